@@ -1,0 +1,65 @@
+"""The ``emaprobe`` command line.
+
+Every module in this package that defines ``register(subparsers)`` adds one
+subcommand; ``register`` creates the subparser and sets ``func`` to a callable that
+takes the parsed ``argparse.Namespace`` and returns an exit code. Adding a
+subcommand is adding a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+EPILOG = """\
+examples:
+  emaprobe demo                         everything the project can do, small, on CPU
+  emaprobe bench scan --device cpu      EMA scan speed against scipy's lfilter
+  emaprobe <command> --help             what a command takes
+
+Data folders are found through arguments or the EMAPROBE_DATA environment variable
+(the folder that holds text/, gpt2/ and ud-english-ewt/).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="emaprobe",
+        description="What fixed-coefficient recurrent context (EMA traces) keeps and loses: "
+        "reproduce the claims of 'EMA Is Not All You Need' (arXiv 2604.08556) and go past them.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from emaprobe import __version__
+
+    parser.add_argument("--version", action="version", version=f"emaprobe {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        if hasattr(module, "register"):
+            module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"emaprobe {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"emaprobe {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from emaprobe.cli import main
+
+sys.exit(main())

@@ -1,0 +1,66 @@
+"""Sequential reference scans: the specification every fast path is tested against.
+
+Symbols (shared by every module in ``emaprobe.ops``):
+
+    B   batch            T   time (dimension 1 of every sequence tensor)
+    D   channels         S   timescales (one per EMA coefficient alpha_s)
+    a   per-step decay   b   per-step input      h   state, h_t = a_t * h_{t-1} + b_t
+
+These loops are slow on purpose: one Python step per time step, no tricks. They
+accept any floating dtype (float64 included) and accumulate in at least float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def _accum_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return torch.promote_types(dtype, torch.float32)
+
+
+def naive_linear_scan(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    h0: torch.Tensor | None = None,
+    return_state: bool = False,
+):
+    """``h_t = a_t * h_{t-1} + b_t`` over dim 1, one step at a time.
+
+    ``a`` and ``b`` broadcast to (B, T, *F); ``h0`` is (B, *F). Returns h in the
+    promoted input dtype, and the final state (B, *F) in the accumulation dtype.
+    """
+    shape = torch.broadcast_shapes(a.shape, b.shape)
+    out_dtype = torch.promote_types(a.dtype, b.dtype)
+    acc = _accum_dtype(a, b) if h0 is None else _accum_dtype(a, b, h0)
+    a = a.expand(shape).to(acc)
+    b = b.expand(shape).to(acc)
+    h = torch.zeros((shape[0],) + tuple(shape[2:]), dtype=acc, device=b.device)
+    if h0 is not None:
+        h = h + h0.to(acc)
+    outs = []
+    for t in range(shape[1]):
+        h = a[:, t] * h + b[:, t]
+        outs.append(h)
+    y = torch.stack(outs, dim=1).to(out_dtype)
+    return (y, h) if return_state else y
+
+
+def naive_ema_traces(
+    x: torch.Tensor,
+    alphas: Sequence[float] = (0.5, 0.1, 0.02),
+    h0: torch.Tensor | None = None,
+    return_state: bool = False,
+):
+    """``h_t^(s) = (1 - alpha_s) h_{t-1}^(s) + alpha_s x_t``; x (B,T,D) -> h (B,T,S,D)."""
+    acc = _accum_dtype(x)
+    alpha = torch.tensor(list(alphas), dtype=acc, device=x.device).view(1, 1, -1, 1)
+    b = alpha * x.to(acc).unsqueeze(2)  # (B, T, S, D)
+    y, h = naive_linear_scan(1.0 - alpha, b, h0, return_state=True)
+    y = y.to(x.dtype)
+    return (y, h) if return_state else y

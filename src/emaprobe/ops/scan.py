@@ -1,0 +1,286 @@
+"""Public scan ops: ``linear_scan`` and ``ema_traces``, with autograd and backends.
+
+Symbols as in ``naive.py``. The backward pass of ``h_t = a_t h_{t-1} + b_t`` is
+the same recurrence run backwards in time:
+
+    g_t = dL/dh_t (total) = dy_t + a_{t+1} g_{t+1}
+    dL/db_t = g_t,   dL/da_t = g_t * h_{t-1},   dL/dh0 = a_1 g_1
+
+so every backend needs only a forward scan. Backends are picked in one place,
+``resolve_backend``: ``"auto"`` takes a registered GPU kernel when the tensor is on
+CUDA and the kernel imports, and the torch path otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from emaprobe.ops.chunk import chunk_ema_traces, chunk_linear_scan
+from emaprobe.ops.naive import naive_ema_traces, naive_linear_scan
+
+DEFAULT_ALPHAS = (0.5, 0.1, 0.02)
+
+
+@dataclass(frozen=True)
+class ScanBackend:
+    """A forward-scan implementation. Both functions return float32 h.
+
+    linear_scan(a, b, h0) -> h (B, T, *F);  ema_traces(x, alphas (S,), h0) -> h (B, T, S, D)
+    ``needs_cuda`` backends are used only for CUDA tensors.
+    """
+
+    name: str
+    linear_scan: Callable
+    ema_traces: Callable
+    needs_cuda: bool = False
+
+
+BACKENDS: dict[str, ScanBackend] = {
+    "torch": ScanBackend("torch", chunk_linear_scan, chunk_ema_traces),
+}
+_LAZY_BACKENDS: dict[str, str] = {"triton": "emaprobe.ops.triton_scan"}
+_warned: set[str] = set()
+
+
+def register_backend(backend: ScanBackend) -> None:
+    BACKENDS[backend.name] = backend
+
+
+def _warn_once(key: str, msg: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+
+def _load(name: str) -> ScanBackend | None:
+    if name in BACKENDS:
+        return BACKENDS[name]
+    module = _LAZY_BACKENDS.get(name)
+    if module is None:
+        return None
+    try:
+        __import__(module)  # the module registers itself
+    except Exception as err:  # noqa: BLE001 - any import failure means "not available"
+        _warn_once(f"import-{name}", f"scan backend {name!r} is unavailable ({err}); using 'torch'")
+        _LAZY_BACKENDS.pop(name)
+        return None
+    return BACKENDS.get(name)
+
+
+def available_backends() -> list[str]:
+    return sorted(set(BACKENDS) | set(_LAZY_BACKENDS) | {"auto", "naive"})
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Name of the backend that will run: 'naive', 'torch' or a registered kernel."""
+    if backend == "naive":
+        return "naive"
+    if backend == "auto":
+        if device.type == "cuda":
+            for name in _LAZY_BACKENDS.copy():
+                if _load(name) is not None:
+                    return name
+            for name, be in BACKENDS.items():
+                if be.needs_cuda:
+                    return name
+        return "torch"
+    if backend not in BACKENDS and backend not in _LAZY_BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {available_backends()}")
+    be = _load(backend)
+    if be is None:
+        return "torch"
+    if be.needs_cuda and device.type != "cuda":
+        _warn_once(f"cpu-{backend}", f"scan backend {backend!r} needs a CUDA tensor; falling back to 'torch'")
+        return "torch"
+    return backend
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+def _check_float(name: str, t: torch.Tensor) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+
+
+def _check_alphas(alphas: Sequence[float]) -> tuple[float, ...]:
+    try:
+        vals = tuple(float(a) for a in alphas)
+    except TypeError as err:
+        raise ValueError(f"alphas must be a sequence of floats, got {alphas!r}") from err
+    if len(vals) == 0:
+        raise ValueError("alphas must hold at least one coefficient")
+    for a in vals:
+        if not (0.0 < a <= 1.0) or math.isnan(a):
+            raise ValueError(f"alphas must lie in (0, 1]; got {a} in {vals}")
+    return vals
+
+
+def _check_h0(h0: torch.Tensor | None, want: tuple[int, ...], what: str) -> None:
+    if h0 is None:
+        return
+    _check_float("h0", h0)
+    if tuple(h0.shape) != want:
+        raise ValueError(f"h0 must have shape {want} ({what}), got {tuple(h0.shape)}")
+
+
+# ---------------------------------------------------------------------------- autograd
+
+
+def _reverse_scan(scan: Callable, a: torch.Tensor, g_out: torch.Tensor) -> torch.Tensor:
+    """g_t = g_out_t + a_{t+1} g_{t+1}; a broadcastable to g_out (B, T, *F)."""
+    if a.shape[1] != 1:
+        a_next = torch.cat([a[:, 1:], torch.ones_like(a[:, :1])], dim=1)
+        a_next = a_next.flip(1)
+    else:
+        a_next = a
+    return scan(a_next, g_out.float().flip(1), None).flip(1)
+
+
+class _LinearScanFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, b, h0, backend_name):
+        be = BACKENDS[backend_name]
+        h = be.linear_scan(a, b, h0)
+        ctx.save_for_backward(a, b, h0, h)
+        ctx.backend_name = backend_name
+        return h
+
+    @staticmethod
+    def backward(ctx, gh):
+        a, b, h0, h = ctx.saved_tensors
+        be = BACKENDS[ctx.backend_name]
+        af = a.float()
+        while af.dim() < h.dim():
+            af = af.unsqueeze(0)
+        g = _reverse_scan(be.linear_scan, af, gh)  # (B, T, *F) float32
+        ga = gb = gh0 = None
+        if ctx.needs_input_grad[0]:
+            first = torch.zeros_like(h[:, :1]) if h0 is None else h0.float().unsqueeze(1).expand_as(h[:, :1])
+            hprev = torch.cat([first, h[:, :-1]], dim=1)
+            ga = (g * hprev).sum_to_size(a.shape).to(a.dtype)
+        if ctx.needs_input_grad[1]:
+            gb = g.sum_to_size(b.shape).to(b.dtype)
+        if h0 is not None and ctx.needs_input_grad[2]:
+            gh0 = (af[:, 0] * g[:, 0]).sum_to_size(h0.shape).to(h0.dtype)
+        return ga, gb, gh0, None
+
+
+class _EmaTracesFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, alphas, h0, backend_name):
+        be = BACKENDS[backend_name]
+        h = be.ema_traces(x, alphas, h0)
+        ctx.save_for_backward(alphas, h0)
+        ctx.backend_name = backend_name
+        ctx.x_dtype = x.dtype
+        return h
+
+    @staticmethod
+    def backward(ctx, gh):
+        alphas, h0 = ctx.saved_tensors
+        be = BACKENDS[ctx.backend_name]
+        S = alphas.numel()
+        decay = (1.0 - alphas.float()).view(1, 1, S, 1)
+        g = _reverse_scan(be.linear_scan, decay, gh)  # (B, T, S, D)
+        gx = gh0 = None
+        if ctx.needs_input_grad[0]:
+            gx = torch.einsum("btsd,s->btd", g, alphas.float()).to(ctx.x_dtype)
+        if h0 is not None and ctx.needs_input_grad[2]:
+            gh0 = (decay[:, 0] * g[:, 0]).to(h0.dtype)
+        return gx, None, gh0, None
+
+
+# ---------------------------------------------------------------------------- public API
+
+
+def linear_scan(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    h0: torch.Tensor | None = None,
+    return_state: bool = False,
+    backend: str = "auto",
+):
+    """The diagonal linear recurrence ``h_t = a_t * h_{t-1} + b_t`` over dim 1.
+
+    Args:
+        a: decays, broadcastable with ``b`` to (B, T, *F). Fixed (shape (1, 1, *F)),
+            learned per channel, or input-dependent (B, T, *F): one op serves all.
+        b: inputs, broadcastable to (B, T, *F).
+        h0: initial state (B, *F); zeros when None.
+        return_state: also return the final state h_T (B, *F), float32.
+        backend: "auto", "torch", "naive" or a registered kernel such as "triton".
+
+    Returns:
+        h (B, T, *F) in the promoted dtype of a and b (accumulated in float32);
+        with ``return_state``, the tuple (h, h_T).
+    """
+    _check_float("a", a)
+    _check_float("b", b)
+    try:
+        shape = torch.broadcast_shapes(a.shape, b.shape)
+    except RuntimeError as err:
+        raise ValueError(f"a {tuple(a.shape)} and b {tuple(b.shape)} do not broadcast to one shape") from err
+    if len(shape) < 2:
+        raise ValueError(f"a and b must broadcast to (B, T, ...), got shape {tuple(shape)}")
+    if a.dim() > len(shape) or b.dim() != len(shape):
+        raise ValueError(f"b must carry the full rank (B, T, ...); got a {tuple(a.shape)}, b {tuple(b.shape)}")
+    _check_h0(h0, (shape[0],) + tuple(shape[2:]), "(B, *F): the broadcast shape without T")
+    out_dtype = torch.promote_types(a.dtype, b.dtype)
+    name = resolve_backend(backend, b.device)
+    if name == "naive":
+        return naive_linear_scan(a, b, h0, return_state)
+    if shape[1] == 0:
+        h = torch.empty(shape, dtype=out_dtype, device=b.device)
+        state = torch.zeros((shape[0],) + tuple(shape[2:]), device=b.device) if h0 is None else h0.float()
+        return (h, state) if return_state else h
+    h = _LinearScanFn.apply(a, b, h0, name)
+    out = h.to(out_dtype)
+    return (out, h[:, -1]) if return_state else out
+
+
+def ema_traces(
+    x: torch.Tensor,
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+    h0: torch.Tensor | None = None,
+    return_state: bool = False,
+    backend: str = "auto",
+):
+    """Multi-timescale EMA traces ``h_t^(s) = (1 - alpha_s) h_{t-1}^(s) + alpha_s x_t``.
+
+    Args:
+        x: (B, T, D) floating input.
+        alphas: S coefficients in (0, 1]; the paper's default (0.5, 0.1, 0.02).
+        h0: initial traces (B, S, D); zeros when None.
+        return_state: also return the final traces (B, S, D), float32.
+        backend: "auto", "torch", "naive" or a registered kernel such as "triton".
+
+    Returns:
+        traces (B, T, S, D) in x's dtype (the state is kept in float32); with
+        ``return_state``, the tuple (traces, final_state).
+    """
+    _check_float("x", x)
+    if x.dim() != 3:
+        raise ValueError(f"x must have shape (B, T, D), got {tuple(x.shape)}")
+    vals = _check_alphas(alphas)
+    B, T, D = x.shape
+    S = len(vals)
+    _check_h0(h0, (B, S, D), "(B, S, D)")
+    name = resolve_backend(backend, x.device)
+    if name == "naive":
+        return naive_ema_traces(x, vals, h0, return_state)
+    if T == 0:
+        h = torch.empty(B, 0, S, D, dtype=x.dtype, device=x.device)
+        state = torch.zeros(B, S, D, device=x.device) if h0 is None else h0.float()
+        return (h, state) if return_state else h
+    alpha_t = torch.tensor(vals, dtype=torch.float64, device=x.device)
+    h = _EmaTracesFn.apply(x, alpha_t, h0, name)
+    out = h.to(x.dtype)
+    return (out, h[:, -1]) if return_state else out

@@ -1,0 +1,31 @@
+"""Shared fixtures. Tests that need the shared data folder skip cleanly without it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from emaprobe.utils.paths import ENV_DATA, data_root
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The folder named by EMAPROBE_DATA (holding text/, gpt2/, ud-english-ewt/)."""
+    root = data_root()
+    if root is None:
+        pytest.skip(f"{ENV_DATA} is not set to a data folder (holding text/, gpt2/, ud-english-ewt/)")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield
+
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+os.environ.setdefault("TQDM_DISABLE", "1")
