@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import torch
 
+from emaprobe.ops.naive import accum_dtype
+
 SCAN_CHUNK = 64
 EMA_CHUNK = 32
 
@@ -38,23 +40,25 @@ def _pad_time(t: torch.Tensor, length: int, value: float) -> torch.Tensor:
 def chunk_linear_scan(
     a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None, chunk: int = SCAN_CHUNK
 ) -> torch.Tensor:
-    """Float32 scan of ``h_t = a_t h_{t-1} + b_t``; a broadcasts to b (B, T, *F).
+    """Scan ``h_t = a_t h_{t-1} + b_t``; a broadcasts to b (B, T, *F).
 
     ``a`` may be constant in time (size 1 on dim 1) and constant over B; that
-    case never materialises a full-size decay tensor. Returns h (B, T, *F) float32.
+    case never materialises a full-size decay tensor. Returns h (B, T, *F) in
+    float32, or float64 when an input is float64.
     """
-    b = b.float()
-    a = a.float()
+    acc = accum_dtype(a, b)
+    b = b.to(acc)
+    a = a.to(acc)
     while a.dim() < b.dim():
         a = a.unsqueeze(0)
     shape = torch.broadcast_shapes(a.shape, b.shape)
     B, T = shape[0], shape[1]
     feat = tuple(shape[2:])
     b = b.expand(shape)
-    h0 = None if h0 is None else h0.float().expand((B,) + feat)
+    h0 = None if h0 is None else h0.to(acc).expand((B,) + feat)
     timevar = a.shape[1] != 1
     if T <= chunk:
-        out = torch.empty(shape, dtype=torch.float32, device=b.device)
+        out = torch.empty(shape, dtype=acc, device=b.device)
         h = h0
         for t in range(T):
             at = a[:, t] if timevar else a[:, 0]
@@ -68,10 +72,10 @@ def chunk_linear_scan(
         a = a.view((a.shape[0], n, chunk) + feat)
     else:
         a = a.unsqueeze(1)  # (B|1, 1, 1, *F|1): the same decay at every position
-    hloc = torch.empty((B, n, chunk) + feat, dtype=torch.float32, device=b.device)
+    hloc = torch.empty((B, n, chunk) + feat, dtype=acc, device=b.device)
     hloc[:, :, 0] = b[:, :, 0]
     pshape = (a.shape[0], n if timevar else 1, chunk) + tuple(a.shape[3:])
-    cum = torch.empty(pshape, dtype=torch.float32, device=b.device)  # decay from chunk start
+    cum = torch.empty(pshape, dtype=acc, device=b.device)  # decay from chunk start
     cum[:, :, 0] = a[:, :, 0]
     for c in range(1, chunk):
         ac = a[:, :, c] if timevar else a[:, :, 0]
@@ -87,7 +91,7 @@ def chunk_linear_scan(
     return hloc.view((B, n * chunk) + feat)[:, :T]
 
 
-def _ema_kernels(alphas: torch.Tensor, chunk: int):
+def _ema_kernels(alphas: torch.Tensor, chunk: int, dtype: torch.dtype):
     """Toeplitz matrices for one chunk; alphas (S,) float64 for accurate powers."""
     S = alphas.numel()
     t = torch.arange(chunk, dtype=torch.float64, device=alphas.device)
@@ -100,24 +104,25 @@ def _ema_kernels(alphas: torch.Tensor, chunk: int):
     P[:, torch.arange(S), torch.arange(S)] = decay.view(1, S) ** (t.view(-1, 1) + 1)
     Laug = torch.cat([Lr, P.reshape(chunk * S, S)], dim=1)  # (C*S, C+S)
     ends = L[:, -1, :]  # (S, C): weights of a chunk's inputs in its local end state
-    return Laug.float(), ends.float(), (decay.view(S) ** chunk).float()
+    return Laug.to(dtype), ends.to(dtype), (decay.view(S) ** chunk).to(dtype)
 
 
 def chunk_ema_traces(
     x: torch.Tensor, alphas: torch.Tensor, h0: torch.Tensor | None = None, chunk: int = EMA_CHUNK
 ) -> torch.Tensor:
-    """Float32 EMA traces: x (B, T, D), alphas (S,) -> h (B, T, S, D) float32."""
+    """EMA traces: x (B, T, D), alphas (S,) -> h (B, T, S, D), float32 (float64 for float64 x)."""
     B, T, D = x.shape
     S = alphas.numel()
-    x = x.float()
+    acc = accum_dtype(x)
+    x = x.to(acc)
     if T <= chunk:
         chunk = max(T, 1)
     n = -(-T // chunk)
-    Laug, wend, dchunk = _ema_kernels(alphas.to(device=x.device, dtype=torch.float64), chunk)
+    Laug, wend, dchunk = _ema_kernels(alphas.to(device=x.device, dtype=torch.float64), chunk, acc)
     xc = _pad_time(x, n * chunk, 0.0).view(B, n, chunk, D)
     ends = torch.matmul(wend, xc)  # (B, n, S, D) local chunk-end states
     ends = chunk_linear_scan(dchunk.view(1, 1, S, 1), ends, h0)  # true chunk-end states
-    first = torch.zeros(B, 1, S, D, dtype=torch.float32, device=x.device) if h0 is None else h0.float().unsqueeze(1)
+    first = torch.zeros(B, 1, S, D, dtype=acc, device=x.device) if h0 is None else h0.to(acc).unsqueeze(1)
     hin = torch.cat([first, ends[:, :-1]], dim=1)  # (B, n, S, D) state entering each chunk
     xa = torch.cat([xc, hin], dim=2)  # (B, n, C+S, D)
     h = torch.matmul(Laug, xa)  # (B, n, C*S, D)

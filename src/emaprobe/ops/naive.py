@@ -17,7 +17,8 @@ from collections.abc import Sequence
 import torch
 
 
-def _accum_dtype(*tensors: torch.Tensor) -> torch.dtype:
+def accum_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """The dtype scans accumulate in: the promoted input dtype, at least float32."""
     dtype = tensors[0].dtype
     for t in tensors[1:]:
         dtype = torch.promote_types(dtype, t.dtype)
@@ -37,7 +38,7 @@ def naive_linear_scan(
     """
     shape = torch.broadcast_shapes(a.shape, b.shape)
     out_dtype = torch.promote_types(a.dtype, b.dtype)
-    acc = _accum_dtype(a, b) if h0 is None else _accum_dtype(a, b, h0)
+    acc = accum_dtype(a, b) if h0 is None else accum_dtype(a, b, h0)
     a = a.expand(shape).to(acc)
     b = b.expand(shape).to(acc)
     h = torch.zeros((shape[0],) + tuple(shape[2:]), dtype=acc, device=b.device)
@@ -58,7 +59,7 @@ def naive_ema_traces(
     return_state: bool = False,
 ):
     """``h_t^(s) = (1 - alpha_s) h_{t-1}^(s) + alpha_s x_t``; x (B,T,D) -> h (B,T,S,D)."""
-    acc = _accum_dtype(x)
+    acc = accum_dtype(x)
     alpha = torch.tensor(list(alphas), dtype=acc, device=x.device).view(1, 1, -1, 1)
     b = alpha * x.to(acc).unsqueeze(2)  # (B, T, S, D)
     y, h = naive_linear_scan(1.0 - alpha, b, h0, return_state=True)

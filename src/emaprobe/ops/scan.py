@@ -141,7 +141,7 @@ def _reverse_scan(scan: Callable, a: torch.Tensor, g_out: torch.Tensor) -> torch
         a_next = a_next.flip(1)
     else:
         a_next = a
-    return scan(a_next, g_out.float().flip(1), None).flip(1)
+    return scan(a_next, g_out.flip(1), None).flip(1)
 
 
 class _LinearScanFn(torch.autograd.Function):
@@ -157,13 +157,14 @@ class _LinearScanFn(torch.autograd.Function):
     def backward(ctx, gh):
         a, b, h0, h = ctx.saved_tensors
         be = BACKENDS[ctx.backend_name]
-        af = a.float()
+        gh = gh.to(h.dtype)
+        af = a.to(h.dtype)
         while af.dim() < h.dim():
             af = af.unsqueeze(0)
-        g = _reverse_scan(be.linear_scan, af, gh)  # (B, T, *F) float32
+        g = _reverse_scan(be.linear_scan, af, gh)  # (B, T, *F), accumulation dtype
         ga = gb = gh0 = None
         if ctx.needs_input_grad[0]:
-            first = torch.zeros_like(h[:, :1]) if h0 is None else h0.float().unsqueeze(1).expand_as(h[:, :1])
+            first = torch.zeros_like(h[:, :1]) if h0 is None else h0.to(h.dtype).unsqueeze(1).expand_as(h[:, :1])
             hprev = torch.cat([first, h[:, :-1]], dim=1)
             ga = (g * hprev).sum_to_size(a.shape).to(a.dtype)
         if ctx.needs_input_grad[1]:
@@ -188,11 +189,13 @@ class _EmaTracesFn(torch.autograd.Function):
         alphas, h0 = ctx.saved_tensors
         be = BACKENDS[ctx.backend_name]
         S = alphas.numel()
-        decay = (1.0 - alphas.float()).view(1, 1, S, 1)
+        acc = torch.promote_types(gh.dtype, torch.float32)
+        gh = gh.to(acc)
+        decay = (1.0 - alphas.to(acc)).view(1, 1, S, 1)
         g = _reverse_scan(be.linear_scan, decay, gh)  # (B, T, S, D)
         gx = gh0 = None
         if ctx.needs_input_grad[0]:
-            gx = torch.einsum("btsd,s->btd", g, alphas.float()).to(ctx.x_dtype)
+            gx = torch.einsum("btsd,s->btd", g, alphas.to(acc)).to(ctx.x_dtype)
         if h0 is not None and ctx.needs_input_grad[2]:
             gh0 = (decay[:, 0] * g[:, 0]).to(h0.dtype)
         return gx, None, gh0, None

@@ -1,0 +1,45 @@
+"""``emaprobe bench``: speed against peers and the physical floor, printed and saved as JSON."""
+
+from __future__ import annotations
+
+import argparse
+
+EPILOG = """\
+examples:
+  emaprobe bench scan                           CPU, default shapes, JSON to results/bench
+  emaprobe bench scan --shape 8x8192x256        the acceptance shape only
+  emaprobe bench scan --device cuda --out results/bench
+                                                Triton kernels against the copy-bandwidth floor
+Each figure is a median of repeats; the peers (scipy.signal.lfilter on CPU, the
+PyTorch step loop, FFT convolution and kernel libraries on GPU) run in the same process.
+"""
+
+
+def _scan(args: argparse.Namespace) -> int:
+    from emaprobe.experiments.bench_scan import main
+
+    return main(args)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="benchmarks: scan speed against peers and the floor",
+        description="Benchmarks that print their peer and the physical floor in the same run and write JSON.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bsub = p.add_subparsers(dest="bench", metavar="<benchmark>", required=True)
+    s = bsub.add_parser(
+        "scan",
+        help="EMA / linear scan forward and backward",
+        description="Time ema_traces (and the selective linear_scan) against scipy.signal.lfilter and a "
+        "PyTorch step loop on CPU, or against the copy-bandwidth floor and kernel peers on CUDA.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    s.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default: cpu)")
+    s.add_argument("--shape", action="append", metavar="BxTxD", help="a shape to time; repeat for several")
+    s.add_argument("--repeats", type=int, default=7, help="timed runs per figure; the median is reported")
+    s.add_argument("--out", default="results/bench", help="folder for the JSON (default: results/bench)")
+    s.set_defaults(func=_scan)

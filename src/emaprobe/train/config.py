@@ -1,0 +1,80 @@
+"""Typed, frozen configs of the LM trainer.
+
+``TrainConfig`` holds everything about a run except the model and the data: steps,
+batch shape, evaluation and checkpoint cadence, precision, and an ``OptimConfig``.
+The CLI sets any field with a dotted override, ``--train.optim.lr=3e-3``, through
+``emaprobe.utils.apply_overrides`` (an unknown field lists the valid ones).
+
+Tokens per optimizer step = batch_size * seq_len * grad_accum * world_size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warmup and cosine decay to ``min_lr_ratio * lr`` at the last step.
+
+    Weight decay applies to matrices only (dim >= 2); norms, biases and gains are not
+    decayed (the nanoGPT convention).
+    """
+
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # max global grad norm; 0 turns clipping off
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"optim.lr must be > 0, got {self.lr}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"optim.min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.weight_decay < 0:
+            raise ValueError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ValueError(f"optim.beta1 and optim.beta2 must lie in [0, 1), got {self.beta1}, {self.beta2}")
+        if self.grad_clip < 0:
+            raise ValueError(f"optim.grad_clip must be >= 0, got {self.grad_clip}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One LM training run. ``batch_size`` is per process and per micro-step."""
+
+    steps: int = 1000
+    batch_size: int = 16
+    seq_len: int = 128
+    grad_accum: int = 1
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 200  # 0: only at the end
+    eval_batches: int = 20  # windows of batch_size x seq_len; 0: the whole validation split
+    ckpt_every: int = 500  # 0: only at the end
+    device: str = "auto"  # auto: cuda when available
+    dtype: str = "auto"  # auto: bf16 autocast on cuda, fp32 on cpu
+    compile: bool = False  # torch.compile the model
+    tensorboard: bool = False  # also write TensorBoard events (needs `pip install tensorboard`)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "seq_len", "grad_accum", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("eval_every", "eval_batches", "ckpt_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if self.device not in DEVICES:
+            raise ValueError(f"train.device must be one of {list(DEVICES)}, got {self.device!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"train.dtype must be one of {list(DTYPES)}, got {self.dtype!r}")

@@ -1,0 +1,187 @@
+"""Fast scan paths against the sequential float64 reference: values, states, gradients."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.signal
+import torch
+
+from emaprobe.ops import (
+    ema_step,
+    ema_traces,
+    linear_scan,
+    linear_scan_step,
+    naive_ema_traces,
+    naive_linear_scan,
+)
+
+ALPHAS = (0.5, 0.1, 0.02)
+TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("with_h0", [False, True], ids=["zero-h0", "h0"])
+@pytest.mark.parametrize("T", [1, 63, 500, 4097])
+def test_ema_traces_vs_naive(T, with_h0, dtype):
+    B, D = 2, 5
+    x = torch.randn(B, T, D).to(dtype)
+    h0 = torch.randn(B, len(ALPHAS), D) if with_h0 else None
+    ref, ref_state = naive_ema_traces(x.double(), ALPHAS, None if h0 is None else h0.double(), return_state=True)
+    out, state = ema_traces(x, ALPHAS, h0, return_state=True, backend="torch")
+    assert out.shape == (B, T, len(ALPHAS), D) and out.dtype == dtype
+    assert state.shape == (B, len(ALPHAS), D) and state.dtype == torch.float32
+    assert rel_err(out, ref) < TOL[dtype]
+    assert rel_err(state, ref_state) < 1e-5  # the state never leaves float32
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("with_h0", [False, True], ids=["zero-h0", "h0"])
+@pytest.mark.parametrize("T", [1, 63, 500, 4097])
+@pytest.mark.parametrize("decay", ["per-step", "fixed"])
+def test_linear_scan_vs_naive(decay, T, with_h0, dtype):
+    B, F = 3, 4
+    b = torch.randn(B, T, F).to(dtype)
+    a = torch.rand(B, T, F) if decay == "per-step" else torch.rand(1, 1, F)
+    a = (0.5 + 0.5 * a).to(dtype)  # decays in (0.5, 1): long memory, the hard case
+    h0 = torch.randn(B, F) if with_h0 else None
+    ref, ref_state = naive_linear_scan(a.double(), b.double(), None if h0 is None else h0.double(), return_state=True)
+    out, state = linear_scan(a, b, h0, return_state=True, backend="torch")
+    assert out.shape == (B, T, F) and out.dtype == dtype
+    assert rel_err(out, ref) < TOL[dtype]
+    assert rel_err(state, ref_state) < 1e-5
+
+
+def test_linear_scan_any_decay_sign_and_feature_rank():
+    # decays outside (0, 1) and extra feature dims: nothing is logged or divided
+    a = torch.randn(2, 300, 3, 2, dtype=torch.float64)
+    a = a / a.abs().clamp_min(1.0)
+    b = torch.randn(2, 300, 3, 2, dtype=torch.float64)
+    assert rel_err(linear_scan(a, b), naive_linear_scan(a, b)) < 1e-12
+
+
+def test_ema_traces_matches_scipy_lfilter():
+    # the EMA is the IIR filter y_t = a x_t + (1 - a) y_{t-1}
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 777, 11))
+    alphas = (0.7, 0.13, 0.003)
+    out = ema_traces(torch.from_numpy(x), alphas).numpy()
+    for s, a in enumerate(alphas):
+        ref = scipy.signal.lfilter([a], [1.0, -(1.0 - a)], x, axis=1)
+        np.testing.assert_allclose(out[:, :, s], ref, rtol=1e-5, atol=1e-12)
+
+
+def test_long_scan_bf16_stays_accurate():
+    # float64 reference over the whole million steps from scipy's IIR filter
+    T = 1_000_000
+    x = torch.randn(1, T, 2).to(torch.bfloat16)
+    out, state = ema_traces(x, ALPHAS, return_state=True)
+    x64 = x.double().numpy()
+    for s, a in enumerate(ALPHAS):
+        ref = torch.from_numpy(scipy.signal.lfilter([a], [1.0, -(1.0 - a)], x64, axis=1))
+        assert rel_err(out[:, :, s], ref) < 1e-2
+        assert rel_err(state[:, s], ref[:, -1]) < 1e-5
+    b = torch.randn(1, T, 2).to(torch.bfloat16)
+    a = torch.full((1, 1, 2), 0.999, dtype=torch.bfloat16)
+    h = linear_scan(a, b)
+    ref = scipy.signal.lfilter([1.0], [1.0, -a[0, 0, 0].double().item()], b.double().numpy(), axis=1)
+    assert rel_err(h, torch.from_numpy(ref)) < 1e-2
+
+
+def test_ema_traces_gradcheck():
+    x = torch.randn(2, 37, 3, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, h0: ema_traces(x, ALPHAS, h0, return_state=True), (x, h0))
+
+
+@pytest.mark.parametrize("decay", ["per-step", "fixed", "per-channel"])
+def test_linear_scan_gradcheck(decay):
+    shapes = {"per-step": (2, 70, 3), "fixed": (1, 1, 3), "per-channel": (3,)}
+    a = (0.3 + 0.6 * torch.rand(*shapes[decay], dtype=torch.float64)).requires_grad_()
+    b = torch.randn(2, 70, 3, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b, h0: linear_scan(a, b, h0, return_state=True), (a, b, h0))
+
+
+@pytest.mark.parametrize("T", [63, 500])
+def test_gradients_vs_naive_float32(T):
+    a = (0.5 + 0.5 * torch.rand(2, T, 4)).requires_grad_()
+    b = torch.randn(2, T, 4, requires_grad=True)
+    h0 = torch.randn(2, 4, requires_grad=True)
+    w = torch.randn(2, T, 4)
+    grads = torch.autograd.grad((linear_scan(a, b, h0) * w).sum(), (a, b, h0))
+    ref = torch.autograd.grad((naive_linear_scan(a, b, h0) * w).sum(), (a, b, h0))
+    for g, r in zip(grads, ref, strict=True):
+        assert rel_err(g, r) < 1e-5
+
+
+def test_step_form_equals_parallel():
+    x = torch.randn(2, 40, 6)
+    h0 = torch.randn(2, 3, 6)
+    full, state = ema_traces(x, ALPHAS, h0, return_state=True)
+    h = h0
+    for t in range(x.shape[1]):
+        h = ema_step(x[:, t], h, ALPHAS)
+        torch.testing.assert_close(h, full[:, t], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h, state)
+    a = torch.rand(2, 40, 6)
+    ys = linear_scan(a, x)
+    g = None
+    for t in range(x.shape[1]):
+        g = linear_scan_step(a[:, t], x[:, t], g)
+    torch.testing.assert_close(g, ys[:, -1], rtol=1e-5, atol=1e-6)
+
+
+def test_streaming_in_pieces_equals_one_pass():
+    x = torch.randn(2, 1000, 4)
+    full = ema_traces(x, ALPHAS)
+    first, state = ema_traces(x[:, :333], ALPHAS, return_state=True)
+    second = ema_traces(x[:, 333:], ALPHAS, h0=state)
+    torch.testing.assert_close(torch.cat([first, second], dim=1), full, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "call, words",
+    [
+        (lambda: ema_traces(torch.randn(2, 5)), "x must have shape (B, T, D)"),
+        (lambda: ema_traces(torch.ones(2, 5, 3, dtype=torch.int64)), "x must be a floating-point"),
+        (lambda: ema_traces(torch.randn(2, 5, 3), alphas=(0.5, 1.5)), "alphas must lie in (0, 1]"),
+        (lambda: ema_traces(torch.randn(2, 5, 3), alphas=(0.0,)), "alphas must lie in (0, 1]"),
+        (lambda: ema_traces(torch.randn(2, 5, 3), alphas=()), "alphas must hold"),
+        (lambda: ema_traces(torch.randn(2, 5, 3), h0=torch.randn(2, 3)), "h0 must have shape (2, 3, 3)"),
+        (lambda: linear_scan(torch.rand(2, 5, 3), torch.randn(2, 4, 3)), "do not broadcast"),
+        (lambda: linear_scan(torch.rand(2, 5, 3), torch.ones(2, 5, 3, dtype=torch.int32)), "b must be a floating"),
+        (lambda: linear_scan(torch.rand(2, 5, 3), torch.randn(2, 5, 3), h0=torch.randn(2, 5, 3)), "h0 must have"),
+        (lambda: linear_scan(torch.rand(3), torch.randn(3)), "(B, T, ...)"),
+        (lambda: ema_traces(torch.randn(1, 4, 2), backend="cuda-magic"), "unknown backend 'cuda-magic'"),
+    ],
+)
+def test_bad_input_names_the_problem(call, words):
+    with pytest.raises(ValueError) as err:
+        call()
+    assert words in str(err.value)
+
+
+def test_naive_backend_and_empty_sequence():
+    x = torch.randn(2, 9, 3)
+    torch.testing.assert_close(ema_traces(x, backend="naive"), ema_traces(x, backend="torch"))
+    out, state = ema_traces(torch.randn(2, 0, 3), return_state=True)
+    assert out.shape == (2, 0, 3, 3) and torch.equal(state, torch.zeros(2, 3, 3))
+
+
+def test_gpu_backend_request_on_cpu_falls_back_with_a_warning():
+    x = torch.randn(1, 10, 2)
+    with pytest.warns(RuntimeWarning, match="triton"):
+        out = ema_traces(x, backend="triton")
+    torch.testing.assert_close(out, ema_traces(x, backend="torch"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_auto_backend_on_cuda_matches_naive():
+    x = torch.randn(2, 777, 33, device="cuda")
+    ref = naive_ema_traces(x.double().cpu(), ALPHAS)
+    assert rel_err(ema_traces(x, ALPHAS).cpu(), ref) < 1e-5
