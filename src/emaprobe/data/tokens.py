@@ -93,7 +93,9 @@ class TokenData:
         self._init([arr], tokenizer, manifest, None)
         return self
 
-    def _init(self, shards: list[np.ndarray], tokenizer: Tokenizer, manifest: dict[str, Any], root: Path | None) -> None:
+    def _init(
+        self, shards: list[np.ndarray], tokenizer: Tokenizer, manifest: dict[str, Any], root: Path | None
+    ) -> None:
         self.shards = shards
         self.tokenizer = tokenizer
         self.manifest = manifest
@@ -223,7 +225,9 @@ def get_batch(tokens: Any, batch_size: int, seq_len: int, generator: Any, device
     return x.contiguous(), y.contiguous()
 
 
-def eval_batches(tokens: Any, batch_size: int, seq_len: int, max_tokens: int | None = None) -> Iterator[tuple[Any, Any]]:
+def eval_batches(
+    tokens: Any, batch_size: int, seq_len: int, max_tokens: int | None = None
+) -> Iterator[tuple[Any, Any]]:
     """Every target of the stream exactly once, in order: ``(x, y)`` int64 tensors.
 
     The N tokens give N - 1 targets, cut into non-overlapping windows of T. Full

@@ -1,0 +1,46 @@
+"""Context mixers: every way a model may summarise its past, behind one interface.
+
+    mixer = build_mixer("ema", d_model=64)          # or learned_ema, selective, attention
+    y, state = mixer(x)                             # x (B, T, D) -> y (B, T, S, D)
+    y2, state = mixer(x_next, state)                # continue where the last call stopped
+
+| name          | decay                                         | state           |
+|---------------|-----------------------------------------------|-----------------|
+| `ema`         | fixed alpha per timescale (the paper's)       | (B, S, D)       |
+| `learned_ema` | learned per channel, constant over time       | (B, S, D)       |
+| `selective`   | input-dependent a_t = sigmoid(W x_t), gated   | (B, S, D)       |
+| `attention`   | causal softmax, one head per timescale        | KV cache        |
+
+Also here: SPEN's predictors (``PREDICTORS``: ``linear``, ``attention``), the
+KV-cached causal attention call, and the top-k sparse FFN.
+"""
+
+from emaprobe.layers.base import MIXERS, ContextMixer, build_mixer, check_alphas, mixer_class, register_mixer
+from emaprobe.layers.ema import EMAMixer
+from emaprobe.layers.learned_ema import LearnedEMAMixer
+from emaprobe.layers.selective import SelectiveMixer
+from emaprobe.layers.attention import AttentionMixer, KVCache, cached_attention
+from emaprobe.layers.predictors import PREDICTORS, AttentionPredictor, LinearPredictor, build_predictor
+from emaprobe.layers.sparse_ffn import ACTIVATIONS, SparseFFN, active_units
+
+__all__ = [
+    "ACTIVATIONS",
+    "MIXERS",
+    "PREDICTORS",
+    "AttentionMixer",
+    "AttentionPredictor",
+    "ContextMixer",
+    "EMAMixer",
+    "KVCache",
+    "LearnedEMAMixer",
+    "LinearPredictor",
+    "SelectiveMixer",
+    "SparseFFN",
+    "active_units",
+    "build_mixer",
+    "build_predictor",
+    "cached_attention",
+    "check_alphas",
+    "mixer_class",
+    "register_mixer",
+]

@@ -1,0 +1,135 @@
+"""Language models and their registry: SPEN (the paper's EMA-context LM) and the GPT baseline.
+
+    model = build_model("spen-tiny", mixer="selective")       # a named config, with overrides
+    logits, state = model(idx)                                 # idx (B, T) -> logits (B, T, V)
+    model.save_pretrained("run/final");  model = from_pretrained("run/final")
+    print(describe())                                          # every named config and its size
+
+Named configs come in matched pairs (same width, depth and vocabulary):
+
+| SPEN        | GPT                   | D   | blocks | V      | use                         |
+|-------------|-----------------------|-----|--------|--------|-----------------------------|
+| spen-tiny   | gpt-tiny              | 128 | 4      | 10000  | PTB word level, CPU          |
+| spen-small  | gpt-small             | 384 | 6      | 50257  | GPT-2 BPE, one GPU           |
+| spen-130m   | gpt-130m (= gpt-124m) | 768 | 12     | 50257  | the paper's 130M model       |
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from emaprobe.models.common import (
+    MODEL_KINDS,
+    LanguageModel,
+    RMSNorm,
+    config_from_dict,
+    from_pretrained,
+    register_model,
+    sample_next,
+)
+from emaprobe.models.gpt import GPT, GPTConfig
+from emaprobe.models.spen import SPEN, SPENBlock, SPENConfig
+from emaprobe.utils import apply_overrides
+
+_GPT_124M = GPTConfig()
+
+MODEL_CONFIGS: dict[str, SPENConfig | GPTConfig] = {
+    "spen-tiny": SPENConfig(
+        vocab_size=10000, d_model=128, n_layer=4, d_bottleneck=96, d_ff=512, n_head=4, mixer_rank=16
+    ),
+    "spen-small": SPENConfig(d_model=384, n_layer=6, d_bottleneck=288, d_ff=1536, n_head=6, mixer_rank=32),
+    "spen-130m": SPENConfig(),
+    "gpt-tiny": GPTConfig(vocab_size=10000, block_size=256, d_model=128, n_layer=4, n_head=4, d_ff=512),
+    "gpt-small": GPTConfig(d_model=384, n_layer=6, n_head=6, d_ff=1536),
+    "gpt-124m": _GPT_124M,
+    "gpt-130m": _GPT_124M,
+}
+
+
+def model_class(config) -> type[LanguageModel]:
+    for cls in MODEL_KINDS.values():
+        if isinstance(config, cls.config_class):
+            return cls
+    raise ValueError(
+        f"no model takes a {type(config).__name__}; config classes: "
+        f"{sorted(c.config_class.__name__ for c in MODEL_KINDS.values())}"
+    )
+
+
+def get_config(name_or_config, **overrides):
+    """A named config (or a config object) with field overrides applied.
+
+    Overrides are typed values (``n_layer=6``) or strings as from a command line
+    (``n_layer="6"``, ``alphas="0.5,0.1"``). An unknown name or field raises a
+    ValueError listing the valid ones.
+    """
+    if isinstance(name_or_config, str):
+        if name_or_config not in MODEL_CONFIGS:
+            raise ValueError(f"unknown model config {name_or_config!r}; choose one of {sorted(MODEL_CONFIGS)}")
+        cfg = MODEL_CONFIGS[name_or_config]
+    else:
+        cfg = name_or_config
+        model_class(cfg)
+    as_text = {k: v for k, v in overrides.items() if isinstance(v, str)}
+    typed = {k: v for k, v in overrides.items() if not isinstance(v, str)}
+    if as_text:
+        cfg = apply_overrides(cfg, as_text)
+    if typed:
+        fields = {f.name for f in dataclasses.fields(cfg)}
+        unknown = sorted(set(typed) - fields)
+        if unknown:
+            raise ValueError(f"unknown config field(s) {unknown}; valid fields: {sorted(fields)}")
+        if "alphas" in typed:
+            typed["alphas"] = tuple(typed["alphas"])
+        cfg = dataclasses.replace(cfg, **typed)
+    return cfg
+
+
+def build_model(name_or_config, **overrides) -> LanguageModel:
+    """Build a model from a named config (``MODEL_CONFIGS``) or a config, with overrides."""
+    cfg = get_config(name_or_config, **overrides)
+    return model_class(cfg)(cfg)
+
+
+def describe(name: str | None = None, **overrides) -> str:
+    """Parameter counts of one named config (or all), as text. Built on the meta
+    device, so even the 130M configs cost no memory."""
+    names = sorted(MODEL_CONFIGS) if name is None else [name]
+    lines = [f"{'config':<11} {'kind':<5} {'params':>9} {'non-emb':>9}  shape"]
+    for n in names:
+        cfg = get_config(n, **overrides)
+        with torch.device("meta"):
+            model = model_class(cfg)(cfg)
+        if isinstance(cfg, SPENConfig):
+            shape = (
+                f"D={cfg.d_model} L={cfg.n_layer} V={cfg.vocab_size} S={cfg.n_scales} d_b={cfg.d_bottleneck} "
+                f"d_ff={cfg.d_ff} k={cfg.k_active} mixer={cfg.mixer} predictor={cfg.predictor}"
+            )
+        else:
+            shape = f"D={cfg.d_model} L={cfg.n_layer} V={cfg.vocab_size} heads={cfg.n_head} d_ff={cfg.d_ff} T<={cfg.block_size}"
+        total, non_emb = model.num_params(), model.num_params(exclude_embeddings=True)
+        lines.append(f"{n:<11} {model.kind:<5} {total / 1e6:>8.2f}M {non_emb / 1e6:>8.2f}M  {shape}")
+    return "\n".join(lines)
+
+
+__all__ = [
+    "GPT",
+    "MODEL_CONFIGS",
+    "MODEL_KINDS",
+    "SPEN",
+    "GPTConfig",
+    "LanguageModel",
+    "RMSNorm",
+    "SPENBlock",
+    "SPENConfig",
+    "build_model",
+    "config_from_dict",
+    "describe",
+    "from_pretrained",
+    "get_config",
+    "model_class",
+    "register_model",
+    "sample_next",
+]

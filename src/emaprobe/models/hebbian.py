@@ -137,8 +137,16 @@ class HebbianConfig:
     lr_final: float = 0.002
     batch_size: int = 32
     conscience: float = 0.3
+    pca_dims: int = 0
+    whiten: bool = False
+    word_classes: int = 0
+    min_count: int = 2
     mapping: str = "hungarian"
     seed: int = 0
+
+    @property
+    def n_directions(self) -> int:
+        return 2 if self.directions == "both" else 1
 
     def __post_init__(self) -> None:
         if self.directions not in DIRECTIONS:
@@ -156,33 +164,146 @@ class HebbianConfig:
             raise ValueError(f"HebbianConfig.lr and lr_final must be > 0, got {self.lr}, {self.lr_final}")
 
 
+# ----------------------------------------------------------------------------- competitive Hebbian units
+
+
+def competitive_learn(
+    X: torch.Tensor,
+    n_units: int,
+    *,
+    epochs: int,
+    lr: float,
+    lr_final: float,
+    batch_size: int,
+    conscience: float,
+    generator: torch.Generator,
+    history: list[dict[str, float]] | None = None,
+) -> torch.Tensor:
+    """Winner-take-all units with Oja-normalised updates on rows of X (N, F); returns W (K, F).
+
+    For each row x the winner k* = argmax_k (w_k . x + b_k) moves by Oja's rule
+    ``lr * y (x - y w)``, y = w_k* . x, averaged over the rows it won in a batch. Oja's
+    decay term keeps |w| near 1 without an explicit renormalisation.
+    """
+    N, F = X.shape
+    K = n_units
+    if N < K:
+        raise ValueError(f"{N} training vectors for {K} units")
+    # Units start on random training vectors (unit norm): none starts far from the data.
+    W = X[torch.randperm(N, generator=generator)[:K]].clone()  # (K, F)
+    W = W / W.norm(dim=1, keepdim=True).clamp_min(1e-8)
+    win_rate = torch.full((K,), 1.0 / K)
+    steps = epochs * ((N + batch_size - 1) // batch_size)
+    decay = (lr_final / lr) ** (1.0 / max(steps - 1, 1))
+    for epoch in range(epochs):
+        order = torch.randperm(N, generator=generator)
+        moved = 0.0
+        for i in range(0, N, batch_size):
+            xb = X[order[i : i + batch_size]]  # (b, F)
+            y = xb @ W.T  # (b, K)
+            win = (y + conscience * (1.0 / K - win_rate)).argmax(1)  # (b,)
+            onehot = torch.nn.functional.one_hot(win, K).to(X.dtype)  # (b, K)
+            yw = (y * onehot).sum(1, keepdim=True)  # (b, 1) the winner's answer
+            hebb = onehot.T @ (yw * xb)  # (K, F)
+            oja = (onehot * yw**2).sum(0).unsqueeze(1) * W  # (K, F)
+            counts = onehot.sum(0).clamp_min(1.0).unsqueeze(1)  # (K, 1)
+            dW = lr * (hebb - oja) / counts
+            W = W + dW
+            moved += float(dW.norm())
+            win_rate = 0.99 * win_rate + 0.01 * onehot.mean(0)
+            lr *= decay
+        if history is not None:
+            history.append({"epoch": epoch, "update_norm": moved, "lr": lr})
+    return W
+
+
+def winners(X: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """Winning unit of every row of X (N, F) against W (K, F), (N,) long; one winner per row."""
+    return (X @ W.T).argmax(1)
+
+
+def _unit_rows(X: torch.Tensor) -> torch.Tensor:
+    return X / X.norm(dim=1, keepdim=True).clamp_min(1e-8)
+
+
 # ----------------------------------------------------------------------------- context
 
 
-def context_vectors(
-    emb: FixedEmbeddings, sentences: Sequence[RoleSentence], cfg: HebbianConfig, chunk: int = 512
-) -> torch.Tensor:
-    """Raw (unstandardised) contexts of the scored tokens, (N, F), in sentence order."""
-    out = []
-    for i in range(0, len(sentences), chunk):
-        part = sentences[i : i + chunk]
-        ids, lengths = emb.ids(part)
-        x = emb.table[ids]  # (B, T, D); pads are zero, so traces ignore them
-        B, T, D = x.shape
-        feats = [cfg.self_weight * x]
-        fwd = ema_traces(x, cfg.alphas)  # (B, T, S, D)
+def trace_context(x: torch.Tensor, cfg: HebbianConfig) -> torch.Tensor:
+    """(B, T, D) token vectors -> (B, T, R*S*D) forward [and backward] traces of the neighbours."""
+    B, T, D = x.shape
+    fwd = ema_traces(x, cfg.alphas)  # (B, T, S, D)
+    if cfg.exclude_self:
+        fwd = torch.cat([torch.zeros_like(fwd[:, :1]), fwd[:, :-1]], dim=1)  # h_{t-1}
+    feats = [fwd.reshape(B, T, -1)]
+    if cfg.directions == "both":
+        # Right padding reversed becomes leading zeros, which leave h at 0: exact per sentence.
+        bwd = ema_traces(x.flip(1), cfg.alphas).flip(1)  # (B, T, S, D)
         if cfg.exclude_self:
-            fwd = torch.cat([torch.zeros_like(fwd[:, :1]), fwd[:, :-1]], dim=1)  # h_{t-1}
-        feats.append(fwd.reshape(B, T, -1))
-        if cfg.directions == "both":
-            # Right padding reversed becomes leading zeros, which leave h at 0: exact per sentence.
-            bwd = ema_traces(x.flip(1), cfg.alphas).flip(1)  # (B, T, S, D)
-            if cfg.exclude_self:
-                bwd = torch.cat([bwd[:, 1:], torch.zeros_like(bwd[:, :1])], dim=1)  # h_{t+1}
-            feats.append(bwd.reshape(B, T, -1))
-        ctx = torch.cat(feats, dim=-1)  # (B, T, F)
-        out.append(ctx[scored_mask(part, T)])  # (N_chunk, F)
-    return torch.cat(out, dim=0)
+            bwd = torch.cat([bwd[:, 1:], torch.zeros_like(bwd[:, :1])], dim=1)  # h_{t+1}
+        feats.append(bwd.reshape(B, T, -1))
+    return torch.cat(feats, dim=-1)
+
+
+def _chunks(sentences: Sequence[RoleSentence], size: int = 512):
+    for i in range(0, len(sentences), size):
+        yield sentences[i : i + size]
+
+
+class WordClasses:
+    """Optional first Hebbian stage: word classes from the averaged EMA context of each word type.
+
+    Each type's context is the mean of its tokens' neighbour traces (the distributional
+    signature of Schutze 1995, here with EMA traces); competitive units cluster these
+    into C classes; every token is then re-coded by a fixed random vector of its class.
+    Words seen fewer than ``min_count`` times in training share the ``<unk>`` class.
+    Trains on tokens alone.
+    """
+
+    def __init__(self, cfg: HebbianConfig, emb: FixedEmbeddings) -> None:
+        self.cfg, self.emb = cfg, emb
+        self.type_class = torch.zeros(len(emb), dtype=torch.long)  # (V,)
+        gen = torch.Generator().manual_seed(int(cfg.seed) + 7919)
+        self.codes = torch.randn(cfg.word_classes, emb.dim, generator=gen) / emb.dim**0.5  # (C, D)
+
+    def fit(self, sentences: Sequence[RoleSentence]) -> WordClasses:
+        V, cfg = len(self.emb), self.cfg
+        F = self.emb.dim * cfg.n_directions * len(cfg.alphas)
+        sums = torch.zeros(V, F)
+        counts = torch.zeros(V)
+        for part in _chunks(sentences):
+            ids, lengths = self.emb.ids(part)
+            ctx = trace_context(self.emb.table[ids], cfg)  # (B, T, F)
+            real = ids > 0
+            sums.index_add_(0, ids[real], ctx[real])
+            counts.index_add_(0, ids[real], torch.ones(int(real.sum())))
+        unk = self.emb.stoi[UNK]
+        rare = (counts < cfg.min_count) & (counts > 0)
+        sums[unk] += sums[rare].sum(0)
+        counts[unk] += counts[rare].sum()
+        seen = counts > 0
+        seen[0] = False
+        if int(seen.sum()) < cfg.word_classes:
+            raise ValueError(f"{int(seen.sum())} word types for {cfg.word_classes} word classes")
+        M = sums[seen] / counts[seen].unsqueeze(1)  # (V_seen, F)
+        M = _unit_rows((M - M.mean(0)) / M.std(0).clamp_min(1e-6))
+        gen = torch.Generator().manual_seed(int(cfg.seed) + 104729)
+        W = competitive_learn(
+            M, cfg.word_classes, epochs=cfg.epochs * 4, lr=cfg.lr, lr_final=cfg.lr_final,
+            batch_size=cfg.batch_size, conscience=cfg.conscience, generator=gen,
+        )
+        cls = winners(M, W)
+        type_class = torch.full((V,), -1, dtype=torch.long)
+        type_class[seen] = cls
+        type_class[(~seen) | rare] = type_class[unk]
+        self.type_class = type_class
+        self.weights = W
+        return self
+
+    def encode(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids -> (B, T, D) class codes; pads stay zero."""
+        x = self.codes[self.type_class[ids].clamp_min(0)]  # (B, T, D)
+        return x * (ids > 0).unsqueeze(-1).to(x.dtype)
 
 
 # ----------------------------------------------------------------------------- learner
@@ -192,7 +313,7 @@ class HebbianRoleLearner:
     """Competitive Hebbian role units on EMA context; ``fit`` never sees a role label.
 
     Use: ``fit(train)`` (unlabelled), ``name_clusters(validation)`` (once), then
-    ``predict(sentences)`` -> a role per scored token, or ``evaluate``.
+    ``predict(sentences)`` -> a role per scored token.
     """
 
     def __init__(self, cfg: HebbianConfig, embeddings: FixedEmbeddings) -> None:
@@ -200,61 +321,61 @@ class HebbianRoleLearner:
             raise ValueError(f"embeddings have dim {embeddings.dim}, HebbianConfig.dim is {cfg.dim}")
         self.cfg = cfg
         self.emb = embeddings
+        self.classes: WordClasses | None = None
         self.W: torch.Tensor | None = None  # (K, F)
         self.mean: torch.Tensor | None = None  # (F,)
         self.std: torch.Tensor | None = None  # (F,)
+        self.proj: torch.Tensor | None = None  # (F, P) or None
         self.cluster_to_role: dict[int, str] | None = None
         self.history: list[dict[str, float]] = []
 
     # -- features
+    def raw_contexts(self, sentences: Sequence[RoleSentence]) -> torch.Tensor:
+        """Unstandardised contexts of the scored tokens, (N, F), in sentence order."""
+        out = []
+        for part in _chunks(sentences):
+            ids, _ = self.emb.ids(part)
+            e = self.emb.table[ids]  # (B, T, D)
+            x = self.classes.encode(ids) if self.classes is not None else e  # (B, T, D)
+            ctx = torch.cat([self.cfg.self_weight * x, trace_context(x, self.cfg)], dim=-1)  # (B, T, F)
+            out.append(ctx[scored_mask(part, ids.shape[1])])  # (N_part, F)
+        return torch.cat(out, dim=0)
+
     def features(self, sentences: Sequence[RoleSentence]) -> torch.Tensor:
-        """Standardised, unit-norm contexts of the scored tokens, (N, F)."""
+        """Standardised, unit-norm contexts of the scored tokens, (N, F) or (N, P)."""
         if self.mean is None:
             raise ValueError("HebbianRoleLearner is not fitted; call fit() first")
-        c = (context_vectors(self.emb, sentences, self.cfg) - self.mean) / self.std
-        return c / c.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        return self._normalise(self.raw_contexts(sentences))
+
+    def _normalise(self, raw: torch.Tensor) -> torch.Tensor:
+        c = (raw - self.mean) / self.std  # (N, F)
+        if self.proj is not None:
+            c = c @ self.proj  # (N, P)
+        return _unit_rows(c)
 
     # -- learning
     def fit(self, sentences: Sequence[RoleSentence]) -> HebbianRoleLearner:
-        """Learn the units from the tokens of ``sentences`` alone (roles only mark which are scored)."""
+        """Learn from the tokens of ``sentences`` alone (roles only mark which tokens are scored)."""
         cfg = self.cfg
-        raw = context_vectors(self.emb, sentences, cfg)  # (N, F)
-        if raw.shape[0] < cfg.n_units:
-            raise ValueError(f"{raw.shape[0]} scored training tokens for {cfg.n_units} units")
+        if cfg.word_classes > 0:
+            self.classes = WordClasses(cfg, self.emb).fit(sentences)
+        raw = self.raw_contexts(sentences)  # (N, F)
         self.mean = raw.mean(0)
         self.std = raw.std(0).clamp_min(1e-6)
-        X = (raw - self.mean) / self.std
-        X = X / X.norm(dim=1, keepdim=True).clamp_min(1e-8)  # (N, F)
-        N, F = X.shape
-        K = cfg.n_units
+        if cfg.pca_dims > 0:
+            z = (raw - self.mean) / self.std
+            evals, evecs = torch.linalg.eigh(z.T @ z / z.shape[0])  # ascending
+            P = min(cfg.pca_dims, z.shape[1])
+            proj = evecs[:, -P:].flip(1)  # (F, P)
+            if cfg.whiten:
+                proj = proj / evals[-P:].flip(0).clamp_min(1e-6).sqrt()
+            self.proj = proj
+        X = self._normalise(raw)  # (N, F) or (N, P)
         gen = torch.Generator().manual_seed(int(cfg.seed))
-        # Units start on random training contexts (unit norm): none starts far from the data.
-        W = X[torch.randperm(N, generator=gen)[:K]].clone()  # (K, F)
-        win_rate = torch.full((K,), 1.0 / K)
-        steps = cfg.epochs * ((N + cfg.batch_size - 1) // cfg.batch_size)
-        decay = (cfg.lr_final / cfg.lr) ** (1.0 / max(steps - 1, 1))
-        lr, step = cfg.lr, 0
-        for epoch in range(cfg.epochs):
-            order = torch.randperm(N, generator=gen)
-            moved = 0.0
-            for i in range(0, N, cfg.batch_size):
-                xb = X[order[i : i + cfg.batch_size]]  # (b, F)
-                y = xb @ W.T  # (b, K)
-                win = (y + cfg.conscience * (1.0 / K - win_rate)).argmax(1)  # (b,)
-                onehot = torch.nn.functional.one_hot(win, K).float()  # (b, K)
-                yw = (y * onehot).sum(1, keepdim=True)  # (b, 1) the winner's answer
-                # Oja: dw = lr * y (x - y w), averaged over the tokens each unit won.
-                hebb = onehot.T @ (yw * xb)  # (K, F)
-                decay_term = (onehot * yw**2).sum(0, keepdim=True).T * W  # (K, F)
-                counts = onehot.sum(0).clamp_min(1.0).unsqueeze(1)  # (K, 1)
-                dW = lr * (hebb - decay_term) / counts
-                W = W + dW
-                moved += float(dW.norm())
-                win_rate = 0.99 * win_rate + 0.01 * onehot.mean(0)
-                lr *= decay
-                step += 1
-            self.history.append({"epoch": epoch, "update_norm": moved, "lr": lr})
-        self.W = W
+        self.W = competitive_learn(
+            X, cfg.n_units, epochs=cfg.epochs, lr=cfg.lr, lr_final=cfg.lr_final,
+            batch_size=cfg.batch_size, conscience=cfg.conscience, generator=gen, history=self.history,
+        )
         return self
 
     # -- assignment
@@ -262,13 +383,13 @@ class HebbianRoleLearner:
         """Winning unit of every scored token, (N,) long (no conscience at test time)."""
         if self.W is None:
             raise ValueError("HebbianRoleLearner is not fitted; call fit() first")
-        return (self.features(sentences) @ self.W.T).argmax(1)
+        return winners(self.features(sentences), self.W)
 
     def name_clusters(self, sentences: Sequence[RoleSentence]) -> dict[int, str]:
         """Name clusters by roles on labelled ``sentences`` (A-validation), once; then frozen."""
         if self.cluster_to_role is not None:
             raise ValueError("clusters are already named; the mapping is frozen after the first call")
-        counts = self.confusion(sentences)  # (K, R)
+        counts = self.confusion(sentences)  # (K, 3)
         if self.cfg.mapping == "hungarian":
             rows, cols = linear_sum_assignment(-counts)
             mapping = {int(k): ROLES[int(r)] for k, r in zip(rows, cols)}
@@ -280,9 +401,8 @@ class HebbianRoleLearner:
     def confusion(self, sentences: Sequence[RoleSentence]) -> np.ndarray:
         """(K, 3) counts of gold roles per winning unit."""
         win = self.clusters(sentences).numpy()
-        gold = role_targets(sentences)
         counts = np.zeros((self.cfg.n_units, len(ROLES)), dtype=np.int64)
-        for k, r in zip(win, gold):
+        for k, r in zip(win, role_targets(sentences)):
             counts[k, ROLES.index(r)] += 1
         return counts
 

@@ -21,8 +21,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from emaprobe.data.tokens import eval_batches
+from emaprobe.train.progress import progress_disabled
 from emaprobe.train.dist import DistInfo, all_reduce_sum
 
 
@@ -44,12 +46,13 @@ def evaluate_lm(
     device: torch.device | str = "cpu",
     autocast: contextlib.AbstractContextManager | None = None,
     dist_info: DistInfo | None = None,
+    quiet: bool = True,
 ) -> dict[str, float]:
     """Loss (nats/token), perplexity and bits per byte of ``model`` on ``tokens``.
 
     ``max_batches`` > 0 scores only the first ``max_batches * batch_size * seq_len``
     targets. Returns ``{"loss", "ppl", "bpb", "tokens"}``; bpb is NaN without
-    ``bytes_per_token``.
+    ``bytes_per_token``. ``quiet=False`` shows a progress bar.
     """
     info = dist_info or DistInfo()
     device = torch.device(device)
@@ -59,7 +62,11 @@ def evaluate_lm(
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of losses, count)
     cap = max_batches * batch_size * seq_len if max_batches else None
-    for i, (x, y) in enumerate(eval_batches(tokens, batch_size, seq_len, max_tokens=cap)):
+    n_targets = min(len(tokens) - 1, cap or len(tokens))
+    n_batches = math.ceil(n_targets // seq_len / batch_size) + (1 if n_targets % seq_len else 0)
+    batches = eval_batches(tokens, batch_size, seq_len, max_tokens=cap)
+    disable = progress_disabled(quiet, info.is_main)
+    for i, (x, y) in enumerate(tqdm(batches, total=n_batches, desc="eval", unit="batch", disable=disable, leave=False)):
         if i % info.world_size != info.rank:
             continue
         x, y = x.to(device), y.to(device)

@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from emaprobe.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from emaprobe.train.config import TrainConfig
+from emaprobe.train.progress import progress_disabled
 from emaprobe.train.dist import (
     DistInfo,
     all_gather_objects,
@@ -217,7 +218,7 @@ def train_lm(
     writer = _tensorboard(out, cfg, info)
     log_file = open(metrics_path, "a", encoding="utf-8") if info.is_main else None
     tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * info.world_size
-    disable = quiet or not info.is_main or None  # None lets tqdm honour TQDM_DISABLE
+    disable = progress_disabled(quiet, info.is_main)
     bar = tqdm(total=cfg.steps, initial=start_step, unit="step", desc="train", disable=disable, dynamic_ncols=True)
     last: dict[str, Any] = {}
     last_val: dict[str, Any] = {}

@@ -1,0 +1,27 @@
+"""``emaprobe demo``: the main job, small, on the embedded default data."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _run(args: argparse.Namespace) -> int:
+    from emaprobe.experiments.demo import run
+
+    only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
+    run(args.out, only)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from emaprobe.experiments.demo import __doc__ as doc
+
+    p = sub.add_parser(
+        "demo",
+        help="run everything emaprobe can do, small, on CPU (a few minutes)",
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--out", default="runs/demo", help="folder for the demo's JSON (default: runs/demo)")
+    p.add_argument("--only", metavar="A,B", help="run only these sections (comma-separated)")
+    p.set_defaults(func=_run)

@@ -1,0 +1,222 @@
+"""``emaprobe lm``: train, evaluate and sample from SPEN and GPT language models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+OVERRIDE_PREFIXES = ("model", "train")
+
+TRAIN_EPILOG = """\
+examples:
+  emaprobe lm train --config spen-tiny --data ptb --steps 300 --out runs/spen-ema
+  emaprobe lm train --config spen-tiny --data ptb --steps 300 --out runs/spen-sel --model.mixer=selective
+  emaprobe lm train --config gpt-tiny --data ptb --steps 300 --out runs/gpt --train.optim.lr=3e-3
+  emaprobe lm train --config spen-tiny --data ptb --steps 300 --out runs/spen-ema --resume
+  torchrun --nproc_per_node=8 -m emaprobe lm train --config spen-130m --data /data/fineweb-gpt2 \\
+      --val /data/fineweb-gpt2-val --steps 20000 --out runs/spen-130m --train.batch_size=32 --train.seq_len=1024
+
+Any field of the model config (see `emaprobe lm configs`) is set with --model.FIELD=VALUE,
+any field of the trainer with --train.FIELD=VALUE (optimizer: --train.optim.FIELD=VALUE).
+Trainer fields: steps batch_size seq_len grad_accum seed log_every eval_every eval_batches
+ckpt_every device dtype compile tensorboard; optim: lr min_lr_ratio warmup_steps
+weight_decay beta1 beta2 eps grad_clip. An unknown field is an error that lists the valid ones.
+
+Data: `ptb` (Penn Treebank, word level; validation is ptb:valid), a folder written by
+`emaprobe data prepare`, or a text/JSONL file, folder or glob (tokenized in memory with
+--tokenizer). Without --val, the last 1% of a non-PTB training stream is held out.
+
+OUT gets run.json (argv, git SHA, seed, resolved configs), metrics.jsonl, checkpoint.pt
+(atomic; --resume continues it exactly), model/ (safetensors + config.json) and tokenizer/.
+"""
+
+EVAL_EPILOG = """\
+examples:
+  emaprobe lm eval --ckpt runs/spen-ema --data ptb           # PTB validation split
+  emaprobe lm eval --ckpt runs/spen-ema --data ptb:test --json results/spen-ema-test.json
+
+Prints loss (nats/token), perplexity and bits per byte, and writes them as JSON
+(default: CKPT/eval-<data>.json). A bare `ptb` means ptb:valid here.
+"""
+
+GENERATE_EPILOG = """\
+examples:
+  emaprobe lm generate --ckpt runs/spen-ema --prompt "the company said" --tokens 40
+  emaprobe lm generate --ckpt runs/gpt --prompt "the market" --temperature 0.8 --top-k 50 --seed 1
+
+The prompt is read once; every new token is then fed alone through the model's
+recurrent state (SPEN's traces, O(1) memory; GPT's KV cache) and printed as it comes.
+"""
+
+CONFIGS_EPILOG = """\
+examples:
+  emaprobe lm configs
+  emaprobe lm configs --vocab-size 10000      # parameter counts at PTB's word vocabulary
+"""
+
+
+class OverrideParser(argparse.ArgumentParser):
+    """An ArgumentParser that also takes dotted ``--model.FIELD=VALUE`` / ``--train.FIELD VALUE``.
+
+    They are collected into ``args.overrides = {"model": {...}, "train": {...}}`` and
+    checked against the config dataclasses later, where an unknown field is an error
+    that lists the valid ones.
+    """
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = list(sys.argv[1:] if args is None else args)
+        overrides: dict[str, dict[str, str]] = {p: {} for p in OVERRIDE_PREFIXES}
+        rest: list[str] = []
+        i = 0
+        while i < len(args):
+            arg = args[i]
+            head = arg[2:].split(".", 1)[0] if arg.startswith("--") else ""
+            if head in OVERRIDE_PREFIXES and "." in arg:
+                key, eq, value = arg[2:].partition("=")
+                if not eq:
+                    if i + 1 >= len(args):
+                        self.error(f"{arg} needs a value: {arg}=VALUE")
+                    i += 1
+                    value = args[i]
+                field = key.split(".", 1)[1]
+                if not field:
+                    self.error(f"{arg}: name a field, as in --{head}.FIELD=VALUE")
+                overrides[head][field] = value
+            else:
+                rest.append(arg)
+            i += 1
+        namespace, extras = super().parse_known_args(rest, namespace)
+        namespace.overrides = overrides
+        return namespace, extras
+
+
+def _train(args) -> int:
+    from emaprobe.train.run import run_lm_training
+
+    if args.steps is not None:
+        args.overrides["train"].setdefault("steps", str(args.steps))
+    result = run_lm_training(
+        config=args.config,
+        data=args.data,
+        out_dir=args.out,
+        model_overrides=args.overrides["model"],
+        train_overrides=args.overrides["train"],
+        val=args.val,
+        tokenizer=args.tokenizer,
+        resume=args.resume,
+        quiet=args.quiet,
+    )
+    val = result.get("val") or {}
+    if val:
+        print(
+            f"step {val['step']}: val loss {val['val_loss']:.4f}  ppl {val['val_ppl']:.2f}  "
+            f"bpb {val['val_bpb']:.4f}  ({result['tokens']:,} tokens)  -> {args.out}"
+        )
+    return 0
+
+
+def _eval(args) -> int:
+    from emaprobe.train.run import evaluate_run
+
+    result = evaluate_run(
+        args.ckpt, args.data, json_path=args.json, batch_size=args.batch_size, seq_len=args.seq_len,
+        max_batches=args.max_batches, device=args.device, quiet=args.quiet,
+    )
+    print(
+        f"{result['data']}: loss {result['loss']:.4f} nats/token  ppl {result['ppl']:.2f}  "
+        f"bpb {result['bpb']:.4f}  ({result['tokens']:,} tokens)  -> {result['json']}"
+    )
+    return 0
+
+
+def _generate(args) -> int:
+    from emaprobe.train.run import stream_generate
+
+    for piece in stream_generate(
+        args.ckpt, args.prompt, max_new_tokens=args.tokens, temperature=args.temperature, top_k=args.top_k,
+        seed=args.seed, device=args.device,
+    ):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def _configs(args) -> int:
+    from emaprobe.train.run import config_table
+
+    rows = config_table(vocab_size=args.vocab_size)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    print(f"{'config':<{width}}  {'params':>12}  {'vocab':>7}  fields")
+    for r in rows:
+        print(f"{r['name']:<{width}}  {r['params']:>12,}  {r['vocab_size']:>7}  {r['summary']}")
+    return 0
+
+
+def register(sub) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    lm = sub.add_parser(
+        "lm",
+        help="train, evaluate and sample SPEN / GPT language models",
+        description="Language models whose context is EMA traces (SPEN) or attention (GPT): "
+        "train on PTB or any corpus, evaluate loss / perplexity / bits per byte, generate.",
+        epilog="run `emaprobe lm <train|eval|generate|configs> --help` for examples",
+        formatter_class=fmt,
+    )
+    lm_sub = lm.add_subparsers(dest="lm_command", metavar="<train|eval|generate|configs>", parser_class=OverrideParser)
+    lm.set_defaults(func=lambda args: (lm.print_help(), 2)[1])
+
+    p = lm_sub.add_parser(
+        "train", help="train a named config on a corpus", formatter_class=fmt, epilog=TRAIN_EPILOG,
+        description="Train a language model (AdamW, warmup + cosine, clipping, accumulation, bf16 on GPU, "
+        "DDP under torchrun) with atomic checkpoints and exact resume.",
+    )
+    p.add_argument("--config", required=True, help="named model config (see `emaprobe lm configs`)")
+    p.add_argument("--data", required=True, help="training data spec: ptb, a prepared folder, file, folder or glob")
+    p.add_argument("--val", default=None, help="validation data spec (default: ptb:valid for ptb, else 1%% held out)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (same as --train.steps)")
+    p.add_argument("--out", required=True, help="run folder (checkpoint, metrics, exported model)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer name or saved folder (default: word for ptb, gpt2 else)")
+    p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out (start fresh if none)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
+
+    p = lm_sub.add_parser(
+        "eval", help="loss, perplexity and bits per byte of a trained model", formatter_class=fmt,
+        epilog=EVAL_EPILOG, description="Evaluate a trained run on a whole data split.",
+    )
+    p.add_argument("--ckpt", required=True, help="run folder from `lm train` (or its model/ folder)")
+    p.add_argument("--data", required=True, help="data spec: ptb (= ptb:valid), ptb:test, a prepared folder, a file...")
+    p.add_argument("--json", default=None, help="where to write the result (default CKPT/eval-<data>.json)")
+    p.add_argument("--batch-size", type=int, default=None, help="windows per batch (default: the run's)")
+    p.add_argument("--seq-len", type=int, default=None, help="window length (default: the run's)")
+    p.add_argument("--max-batches", type=int, default=0, help="score only this many batches (0: all)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_eval)
+
+    p = lm_sub.add_parser(
+        "generate", help="stream tokens from a trained model", formatter_class=fmt, epilog=GENERATE_EPILOG,
+        description="Sample a continuation of --prompt, one token at a time through the recurrent state.",
+    )
+    p.add_argument("--ckpt", required=True, help="run folder from `lm train` (or its model/ folder)")
+    p.add_argument("--prompt", required=True, help="text to continue")
+    p.add_argument("--tokens", type=int, default=50, help="new tokens to generate")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 for greedy")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest tokens")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.set_defaults(func=_generate)
+
+    p = lm_sub.add_parser(
+        "configs", help="list the named model configs with parameter counts", formatter_class=fmt,
+        epilog=CONFIGS_EPILOG, description="The named SPEN and GPT configs and their sizes.",
+    )
+    p.add_argument("--vocab-size", type=int, default=None, help="count parameters at this vocabulary size")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_configs)

@@ -1,0 +1,440 @@
+"""Benchmark on CUDA: the Triton scan kernels against the copy-bandwidth floor and their peers.
+
+Command:   emaprobe bench scan --device cuda --out results/bench
+           (or ``python -m emaprobe.experiments.bench_scan_cuda --out DIR [--sweep]``)
+Hardware:  one CUDA GPU; the committed figures are from one NVIDIA H100 80GB HBM3.
+Run time:  about 3 minutes at the default shapes (the PyTorch step loop dominates;
+           accelerated-scan's CUDA "warp" peer compiles once, about a minute).
+Expected:  issue 5's targets: ``ema_traces`` forward <= 1.25x the floor, forward plus
+           backward <= 1.5x the two-pass floor, the selective ``linear_scan`` forward
+           <= 1.5x its own floor, and faster than every peer at every shape.
+
+In one run it measures:
+
+* the device-to-device copy bandwidth (a 1 GiB ``copy_``, bytes read plus written);
+* the floor: (2 + 2S) bytes per token-channel in bf16 for the EMA forward (read x,
+  write S traces), the same again for the backward (read S gradients, write dx);
+  for the selective scan, read a and b and write h: 6 bytes per token-channel;
+* ours: ``triton_scan`` EMA forward and forward+backward, the selective scan forward
+  and forward+backward, and the public ``ema_traces`` as ``scan.py`` calls it now;
+* peers: PyTorch's copy of the same broadcast bytes, a PyTorch step loop, FFT
+  convolution, accelerated-scan (Triton "scalar" and CUDA "warp") and
+  flash-linear-attention's HGRN chunk kernel when they import. The peers get their
+  inputs pre-built in their own layout (the S traces as S*D channels), outside the
+  timed region.
+
+Every figure is the median of ``triton.testing.do_bench`` (CUDA events, warm-up
+first). Before timing, each of our kernels is checked against a float64 reference on
+fresh random inputs with NaN-poisoned outputs. Writes ``scan_cuda.json`` and
+``scan_cuda.png`` (both name the card) into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from emaprobe.ops import DEFAULT_ALPHAS, ema_step, ema_traces
+from emaprobe.utils import atomic_write_bytes, atomic_write_json, run_record
+
+DEFAULT_SHAPES = ((64, 512, 768), (16, 2048, 768), (4, 8192, 768), (1, 65536, 768))
+HEADLINE = (16, 2048, 768)
+# (CT, block, num_warps) tried by --sweep
+SWEEP = ((16, 32, 2), (16, 64, 2), (16, 64, 4), (16, 128, 4), (32, 16, 2), (32, 32, 2), (32, 32, 4),
+         (32, 64, 4), (32, 128, 4), (64, 16, 4), (64, 32, 4), (64, 64, 4), (64, 64, 8))
+LOOP_MAX_STEPS = 2048  # the step loop beyond this many steps is timed on a prefix and scaled
+
+
+def _bench(fn, warmup: int = 25, rep: int = 200) -> float:
+    """Median milliseconds of ``fn`` by CUDA events."""
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
+
+
+def copy_bandwidth(nbytes: int = 1 << 30) -> float:
+    """Device-to-device copy bandwidth in bytes/s, counting bytes read plus bytes written."""
+    src = torch.randn(nbytes // 4, device="cuda")
+    dst = torch.empty_like(src)
+    ms = _bench(lambda: dst.copy_(src))
+    return 2 * nbytes / (ms * 1e-3)
+
+
+def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out, ref = out.double(), ref.double()
+    if not torch.isfinite(out).all():
+        return math.inf
+    return ((out - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def check_kernels(ts, alphas) -> dict:
+    """Fresh random inputs, NaN-poisoned outputs, float64 references: relative errors."""
+    from emaprobe.ops import naive_ema_traces, naive_linear_scan
+
+    errs = {}
+    alpha_t = torch.tensor(alphas, dtype=torch.float64)
+    empty = torch.empty
+
+    def poisoned(*a, **k):
+        t = empty(*a, **k)
+        return t.fill_(math.nan) if t.is_floating_point() else t
+
+    torch.empty = poisoned  # every buffer the kernels allocate starts as NaN
+    try:
+        for split in (False, True):
+            cfg = ts.TileConfig(ct=16, block=32, split=split) if split else None
+            x = torch.randn(3, 1000, 96, device="cuda", dtype=torch.float64)
+            xr = x.clone().requires_grad_()
+            ref = naive_ema_traces(xr, alphas)
+            gy = torch.randn_like(ref)
+            (ref * gy).sum().backward()
+            out, _ = ts.ema_traces_fwd(x.bfloat16(), alpha_t, cfg=cfg)
+            gx, _ = ts.ema_traces_bwd(gy.bfloat16(), alpha_t, None, torch.bfloat16, cfg=cfg)
+            errs[f"ema_fwd_bf16{'_split' if split else ''}"] = _rel(out, ref)
+            errs[f"ema_bwd_bf16{'_split' if split else ''}"] = _rel(gx, xr.grad)
+            a = torch.rand(3, 1000, 96, device="cuda", dtype=torch.float64) * 0.5 + 0.5
+            b = torch.randn_like(a)
+            ar, br = a.clone().requires_grad_(), b.clone().requires_grad_()
+            ref = naive_linear_scan(ar, br)
+            gy = torch.randn_like(ref)
+            (ref * gy).sum().backward()
+            out, _ = ts.linear_scan_fwd(a.bfloat16(), b.bfloat16(), cfg=cfg)
+            ga, gb, _ = ts.linear_scan_bwd(a.bfloat16(), gy.bfloat16(), out, cfg=cfg)
+            errs[f"lin_fwd_bf16{'_split' if split else ''}"] = _rel(out, ref)
+            errs[f"lin_bwd_a_bf16{'_split' if split else ''}"] = _rel(ga, ar.grad)
+            errs[f"lin_bwd_b_bf16{'_split' if split else ''}"] = _rel(gb, br.grad)
+    finally:
+        torch.empty = empty
+    return errs
+
+
+# ---------------------------------------------------------------------------- peers
+
+
+def _fft_ema(x: torch.Tensor, alphas) -> torch.Tensor:
+    """EMA traces as causal convolutions with kernels alpha (1 - alpha)^k, by FFT in float32."""
+    B, T, D = x.shape
+    n = 2 * T
+    k = torch.arange(T, device=x.device, dtype=torch.float64)
+    al = torch.tensor(alphas, device=x.device, dtype=torch.float64).view(-1, 1)
+    kern = (al * (1.0 - al) ** k).float()  # (S, T)
+    Xf = torch.fft.rfft(x.float().transpose(1, 2), n=n)  # (B, D, n/2+1)
+    Kf = torch.fft.rfft(kern, n=n)  # (S, n/2+1)
+    y = torch.fft.irfft(Xf.unsqueeze(1) * Kf.view(1, -1, 1, Kf.shape[-1]), n=n)[..., :T]  # (B, S, D, T)
+    return y.permute(0, 3, 1, 2).to(x.dtype)  # (B, T, S, D)
+
+
+def _step_loop(x: torch.Tensor, alphas, steps: int) -> torch.Tensor:
+    B, _, D = x.shape
+    out = torch.empty(B, steps, len(alphas), D, device=x.device, dtype=x.dtype)
+    h = None
+    for t in range(steps):
+        h = ema_step(x[:, t], h, alphas)
+        out[:, t] = h
+    return out
+
+
+def _load_peers(want_warp: bool) -> dict:
+    peers = {}
+    try:
+        from accelerated_scan.scalar import scan as acc_scalar
+
+        peers["accelerated-scan (triton)"] = acc_scalar
+    except Exception as err:  # noqa: BLE001 - a missing peer is reported, not fatal
+        print(f"peer accelerated-scan (triton) unavailable: {err}", file=sys.stderr)
+    if want_warp:
+        try:
+            t0 = time.time()
+            from accelerated_scan.warp import scan as acc_warp
+
+            peers["accelerated-scan (warp)"] = acc_warp
+            print(f"accelerated-scan warp kernel compiled in {time.time() - t0:.0f} s", file=sys.stderr)
+        except Exception as err:  # noqa: BLE001
+            print(f"peer accelerated-scan (warp) unavailable: {err}", file=sys.stderr)
+    try:
+        from fla.ops.hgrn import chunk_hgrn
+
+        peers["fla chunk_hgrn"] = chunk_hgrn
+    except Exception as err:  # noqa: BLE001
+        print(f"peer flash-linear-attention unavailable: {err}", file=sys.stderr)
+    return peers
+
+
+def _time_peer(name: str, fn, gates: torch.Tensor, tokens: torch.Tensor, fb: bool) -> float | None:
+    """gates/tokens (B, C, T) for accelerated-scan; (B, T, C) with log-gates for fla."""
+    try:
+        if name.startswith("fla"):
+            call = lambda g, u: fn(u, g)[0]  # noqa: E731 - chunk_hgrn(x, g) returns (o, state)
+        else:
+            call = fn
+        if not fb:
+            with torch.no_grad():
+                return _bench(lambda: call(gates, tokens))
+        g = gates.detach().requires_grad_()
+        u = tokens.detach().requires_grad_()
+        gout = torch.randn_like(tokens)
+
+        def step():
+            y = call(g, u)
+            torch.autograd.backward(y, gout)
+            g.grad = u.grad = None
+
+        return _bench(step)
+    except Exception as err:  # noqa: BLE001
+        print(f"peer {name} failed: {type(err).__name__}: {err}", file=sys.stderr)
+        return None
+
+
+# ---------------------------------------------------------------------------- one shape
+
+
+def bench_shape(ts, shape, alphas, bw: float, peers: dict, loop: bool) -> dict:
+    B, T, D = shape
+    S = len(alphas)
+    dt = torch.bfloat16
+    n = B * T * D
+    row: dict = {"B": B, "T": T, "D": D, "S": S, "dtype": "bfloat16"}
+    row["floor_fwd_ms"] = (2 + 2 * S) * n / bw * 1e3
+    row["floor_fwdbwd_ms"] = 2 * row["floor_fwd_ms"]
+    row["floor_sel_fwd_ms"] = 6 * n / bw * 1e3  # read a, b; write h (bf16)
+    # backward of the selective scan: read a, gh, h; write ga, gb
+    row["floor_sel_fwdbwd_ms"] = row["floor_sel_fwd_ms"] + 10 * n / bw * 1e3
+    alpha_t = torch.tensor(alphas, dtype=torch.float64, device="cuda")
+
+    x = torch.randn(B, T, D, device="cuda", dtype=dt)
+    with torch.no_grad():
+        row["ours_ema_fwd_ms"] = _bench(lambda: ts.ema_traces_fwd(x, alpha_t))
+        out = torch.empty(B, T, S, D, device="cuda", dtype=dt)
+        row["torch_broadcast_copy_ms"] = _bench(lambda: out.copy_(x.unsqueeze(2).expand(B, T, S, D)))
+        row["public_ema_traces_fwd_ms"] = _bench(lambda: ema_traces(x, alphas, backend="triton"))
+    del out
+    xg = x.detach().requires_grad_()
+    gout = torch.randn(B, T, S, D, device="cuda", dtype=dt)
+
+    def ema_fb():
+        y, _ = ts.fused_ema_traces(xg, alpha_t)
+        torch.autograd.backward(y, gout)
+        xg.grad = None
+
+    row["ours_ema_fwdbwd_ms"] = _bench(ema_fb)
+    del gout
+
+    a = (torch.rand(B, T, D, device="cuda") * 0.5 + 0.5).to(dt)
+    b = torch.randn(B, T, D, device="cuda", dtype=dt)
+    with torch.no_grad():
+        row["ours_sel_fwd_ms"] = _bench(lambda: ts.linear_scan_fwd(a, b))
+    ag, bg = a.detach().requires_grad_(), b.detach().requires_grad_()
+    gsel = torch.randn(B, T, D, device="cuda", dtype=dt)
+
+    def sel_fb():
+        y, _ = ts.fused_linear_scan(ag, bg)
+        torch.autograd.backward(y, gsel)
+        ag.grad = bg.grad = None
+
+    row["ours_sel_fwdbwd_ms"] = _bench(sel_fb)
+
+    with torch.no_grad():
+        try:
+            row["fft_ema_fwd_ms"] = _bench(lambda: _fft_ema(x, alphas), warmup=5, rep=50)
+        except torch.OutOfMemoryError:
+            row["fft_ema_fwd_ms"] = None
+            torch.cuda.empty_cache()
+        if loop:
+            steps = min(T, LOOP_MAX_STEPS)
+            _step_loop(x, alphas, min(steps, 64))
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            _step_loop(x, alphas, steps)
+            torch.cuda.synchronize()
+            row["step_loop_ms"] = (time.perf_counter() - t0) * 1e3 * T / steps
+            row["step_loop_scaled_from_steps"] = steps if steps < T else None
+
+    # peers see the S traces as S*D channels (EMA) or D channels (selective), inputs pre-built
+    dec = (1.0 - alpha_t).to(dt).view(1, S, 1, 1)
+    alp = alpha_t.to(dt).view(1, S, 1, 1)
+    for name, fn in peers.items():
+        key = name.split(" ")[0].replace("-", "_") + ("_warp" if "warp" in name else "")
+        if name.startswith("fla"):
+            tok = (alp.view(1, 1, S, 1) * x.unsqueeze(2)).reshape(B, T, S * D).contiguous()
+            gat = dec.view(1, 1, S, 1).float().log().expand(B, T, S, D).reshape(B, T, S * D).to(dt).contiguous()
+            tok_s, gat_s = b, a.float().log().to(dt)
+        else:
+            tok = (alp * x.transpose(1, 2).unsqueeze(1)).reshape(B, S * D, T).contiguous()
+            gat = dec.expand(B, S, D, T).reshape(B, S * D, T).contiguous()
+            tok_s, gat_s = b.transpose(1, 2).contiguous(), a.transpose(1, 2).contiguous()
+        if "warp" in name and T & (T - 1):
+            continue  # the warp kernel needs a power-of-two T
+        row[f"{key}_ema_fwd_ms"] = _time_peer(name, fn, gat, tok, fb=False)
+        row[f"{key}_ema_fwdbwd_ms"] = _time_peer(name, fn, gat, tok, fb=True)
+        row[f"{key}_sel_fwd_ms"] = _time_peer(name, fn, gat_s, tok_s, fb=False)
+        row[f"{key}_sel_fwdbwd_ms"] = _time_peer(name, fn, gat_s, tok_s, fb=True)
+        del tok, gat, tok_s, gat_s
+        torch.cuda.empty_cache()
+    row["x_ema_fwd_vs_floor"] = row["ours_ema_fwd_ms"] / row["floor_fwd_ms"]
+    row["x_ema_fwdbwd_vs_floor"] = row["ours_ema_fwdbwd_ms"] / row["floor_fwdbwd_ms"]
+    row["x_sel_fwd_vs_floor"] = row["ours_sel_fwd_ms"] / row["floor_sel_fwd_ms"]
+    row["x_sel_fwdbwd_vs_floor"] = row["ours_sel_fwdbwd_ms"] / row["floor_sel_fwdbwd_ms"]
+    del x, xg, a, b, ag, bg, gsel
+    torch.cuda.empty_cache()
+    return row
+
+
+def sweep(ts, shape, alphas) -> list[dict]:
+    """Time tile configurations of every kernel at one shape (for choosing the defaults)."""
+    B, T, D = shape
+    dt = torch.bfloat16
+    alpha_t = torch.tensor(alphas, dtype=torch.float64, device="cuda")
+    x = torch.randn(B, T, D, device="cuda", dtype=dt)
+    gh = torch.randn(B, T, len(alphas), D, device="cuda", dtype=dt)
+    a = (torch.rand(B, T, D, device="cuda") * 0.5 + 0.5).to(dt)
+    b = torch.randn(B, T, D, device="cuda", dtype=dt)
+    h, _ = ts.linear_scan_fwd(a, b)
+    rows = []
+    configs = [ts.TileConfig(ct=ct, block=bd, num_warps=w) for ct, bd, w in SWEEP]
+    for cfg in configs:
+        r = {"ct": cfg.ct, "block": cfg.block, "num_warps": cfg.num_warps}
+        try:
+            r["ema_fwd_ms"] = _bench(lambda: ts.ema_traces_fwd(x, alpha_t, cfg=cfg), rep=60)
+            r["ema_bwd_ms"] = _bench(lambda: ts.ema_traces_bwd(gh, alpha_t, None, dt, cfg=cfg), rep=60)
+            r["sel_fwd_ms"] = _bench(lambda: ts.linear_scan_fwd(a, b, cfg=cfg), rep=60)
+            r["sel_bwd_ms"] = _bench(lambda: ts.linear_scan_bwd(a, b, h, None, None, dt, dt, cfg=cfg), rep=60)
+        except Exception as err:  # noqa: BLE001 - a config that fails to compile is recorded
+            r["error"] = f"{type(err).__name__}: {err}"[:200]
+        print("sweep", r, flush=True)
+        rows.append(r)
+    return rows
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else (f"{v:.3f}" if v < 100 else f"{v:.0f}")
+
+
+def format_table(rows: list[dict], card: str) -> str:
+    cols = [
+        ("floor", "floor_fwd_ms"), ("ours fwd", "ours_ema_fwd_ms"), ("ours f+b", "ours_ema_fwdbwd_ms"),
+        ("sel floor", "floor_sel_fwd_ms"), ("sel fwd", "ours_sel_fwd_ms"), ("sel f+b", "ours_sel_fwdbwd_ms"),
+        ("bcast copy", "torch_broadcast_copy_ms"), ("public fwd", "public_ema_traces_fwd_ms"),
+        ("acc triton", "accelerated_scan_ema_fwd_ms"), ("acc warp", "accelerated_scan_warp_ema_fwd_ms"),
+        ("fla hgrn", "fla_ema_fwd_ms"), ("fft", "fft_ema_fwd_ms"), ("step loop", "step_loop_ms"),
+    ]
+    head = f"{'B x T x D':>16} " + " ".join(f"{c:>10}" for c, _ in cols) + "   fwd/floor  f+b/floor  sel/floor"
+    lines = [f"EMA traces S=3 bf16 and selective scan bf16, milliseconds (median), {card}", head]
+    for r in rows:
+        cells = " ".join(f"{_fmt(r.get(k)):>10}" for _, k in cols)
+        lines.append(f"{r['B']:>4} x{r['T']:>6} x{r['D']:>4} {cells}   "
+                     f"{r['x_ema_fwd_vs_floor']:>8.2f}x {r['x_ema_fwdbwd_vs_floor']:>8.2f}x {r['x_sel_fwd_vs_floor']:>8.2f}x")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], card: str, path: Path) -> None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    labels = [f"{r['B']}x{r['T']}x{r['D']}" for r in rows]
+    series = [
+        ("floor (copy bw)", "floor_fwd_ms", "floor_fwdbwd_ms", "k--"),
+        ("ours (triton)", "ours_ema_fwd_ms", "ours_ema_fwdbwd_ms", "o-"),
+        ("torch broadcast copy", "torch_broadcast_copy_ms", None, "s:"),
+        ("accelerated-scan triton", "accelerated_scan_ema_fwd_ms", "accelerated_scan_ema_fwdbwd_ms", "^-"),
+        ("accelerated-scan warp", "accelerated_scan_warp_ema_fwd_ms", "accelerated_scan_warp_ema_fwdbwd_ms", "v-"),
+        ("fla chunk_hgrn", "fla_ema_fwd_ms", "fla_ema_fwdbwd_ms", "d-"),
+        ("FFT conv", "fft_ema_fwd_ms", None, "x-"),
+        ("step loop", "step_loop_ms", None, "+-"),
+    ]
+    for ax, which, title in ((axes[0], 1, "forward"), (axes[1], 2, "forward + backward")):
+        for name, kf, kb, style in series:
+            key = kf if which == 1 else kb
+            if key is None:
+                continue
+            ys = [r.get(key) for r in rows]
+            if all(v is None for v in ys):
+                continue
+            ax.plot(range(len(rows)), [math.nan if v is None else v for v in ys], style, label=name)
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(rows)), labels, rotation=20)
+        ax.set_ylabel("ms (median)")
+        ax.set_title(f"EMA traces S=3 bf16, {title}")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"emaprobe scan kernels vs floor and peers on {card}")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def run_cuda(shapes=DEFAULT_SHAPES, alphas=DEFAULT_ALPHAS, out_dir: str | Path | None = None,
+             peers: bool = True, warp: bool = True, loop: bool = True, do_sweep: bool = False) -> dict:
+    """Run the whole CUDA benchmark; returns the result dict (also written as JSON when ``out_dir``)."""
+    from emaprobe.ops import triton_scan as ts
+
+    card = torch.cuda.get_device_name()
+    bw = copy_bandwidth()
+    print(f"{card}: device-to-device copy {bw / 1e12:.3f} TB/s (read + write)", flush=True)
+    errs = check_kernels(ts, alphas)
+    print("checks (relative error vs float64):", {k: f"{v:.1e}" for k, v in errs.items()}, flush=True)
+    bad = {k: v for k, v in errs.items() if not v < 1e-2}
+    if bad:
+        raise RuntimeError(f"kernel check failed: {bad}")
+    sweep_rows = sweep(ts, HEADLINE, alphas) if do_sweep else None
+    peer_fns = _load_peers(warp) if peers else {}
+    rows = []
+    for shape in shapes:
+        row = bench_shape(ts, shape, alphas, bw, peer_fns, loop)
+        print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+        rows.append(row)
+    print()
+    print(format_table(rows, card))
+    result = run_record(
+        benchmark="scan-cuda",
+        card=card,
+        copy_bandwidth_Bps=bw,
+        alphas=list(alphas),
+        checks=errs,
+        configs={k: getattr(ts, k).__dict__ for k in ("EMA_FWD", "EMA_BWD", "LIN_FWD", "LIN_BWD")},
+        rows=rows,
+        sweep=sweep_rows,
+        triton=__import__("triton").__version__,
+    )
+    if out_dir is not None:
+        out = Path(out_dir)
+        print(f"wrote {atomic_write_json(out / 'scan_cuda.json', result)}")
+        plot(rows, card, out / "scan_cuda.png")
+        print(f"wrote {out / 'scan_cuda.png'}")
+    return result
+
+
+def main(args: argparse.Namespace) -> int:
+    """Entry for ``emaprobe bench scan --device cuda``: uses args.shape, args.out (and --sweep if present)."""
+    from emaprobe.experiments.bench_scan import parse_shape
+
+    shapes = [parse_shape(s) for s in args.shape] if getattr(args, "shape", None) else list(DEFAULT_SHAPES)
+    run_cuda(shapes, out_dir=getattr(args, "out", None), do_sweep=getattr(args, "sweep", False),
+             peers=not getattr(args, "no_peers", False), loop=not getattr(args, "no_loop", False),
+             warp=not getattr(args, "no_warp", False))
+    return 0
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--shape", action="append", metavar="BxTxD")
+    p.add_argument("--out", default=None)
+    p.add_argument("--sweep", action="store_true", help="also time tile configurations at the headline shape")
+    p.add_argument("--no-peers", action="store_true")
+    p.add_argument("--no-warp", action="store_true")
+    p.add_argument("--no-loop", action="store_true")
+    raise SystemExit(main(p.parse_args()))

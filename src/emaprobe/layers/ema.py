@@ -1,0 +1,38 @@
+"""``ema``: the paper's fixed multi-timescale EMA traces (no parameters).
+
+    h_t^(s) = (1 - alpha_s) h_{t-1}^(s) + alpha_s x_t,   h_0 = 0,   alpha = (0.5, 0.1, 0.02)
+
+The state is h_T (B, S, D) in float32; a one-token call takes the O(1) step path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from emaprobe.layers.base import ContextMixer, check_alphas, register_mixer
+from emaprobe.ops import DEFAULT_ALPHAS, ema_step, ema_traces
+
+
+@register_mixer("ema")
+class EMAMixer(ContextMixer):
+    """Fixed-decay traces, ``emaprobe.ops.ema_traces``; y (B, T, S, D) in x's dtype."""
+
+    def __init__(self, d_model: int, alphas: Sequence[float] = DEFAULT_ALPHAS, backend: str = "auto"):
+        vals = check_alphas(alphas)
+        super().__init__(d_model, len(vals))
+        self.alphas = vals
+        self.backend = backend
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None):
+        self.check_input(x)
+        if x.shape[1] == 1:
+            h = ema_step(x[:, 0], state, self.alphas)  # (B, S, D) float32
+            return h.unsqueeze(1).to(x.dtype), h
+        y, h = ema_traces(x, self.alphas, h0=state, return_state=True, backend=self.backend)
+        # clone: h is a view of the float32 scan output, which would otherwise stay alive
+        return y, h.clone()
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, alphas={self.alphas}"

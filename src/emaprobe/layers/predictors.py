@@ -1,0 +1,94 @@
+"""SPEN's predictors: x̂_t = P(H_{<t}), a guess of the current input from past context only.
+
+    forward(H (B, T, S, D), h_last (B, S, D) | None, state=None) -> (x̂ (B, T, D), state)
+
+``H[:, t]`` is the context after token t; ``h_last`` is the context before the
+first of these T tokens (None at the start of a sequence, meaning zero). A
+predictor shifts by one inside, so x̂_t is a function of H_{-1..t-1} only and its
+error u_t - x̂_t is what is new at t. Both predictors apply their projections to
+every H_t first and shift the (narrower) result, which is the same thing, as the
+projections are position-wise.
+
+``linear``: x̂_t = W_P vec(H_{t-1})                         (the paper's block)
+``attention``: causal softmax attention over H_{-1..t-1}, query from H_{t-1}
+              (the paper's ablation: it reports the same loss as ``linear``)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from emaprobe.layers.attention import KVCache, cached_attention
+
+PREDICTORS: dict[str, type[nn.Module]] = {}
+
+
+def register_predictor(name: str):
+    def deco(cls):
+        PREDICTORS[name] = cls
+        cls.predictor_name = name
+        return cls
+
+    return deco
+
+
+def _shift(z: torch.Tensor, first: torch.Tensor | None) -> torch.Tensor:
+    """(B, T, F) values at H_0..H_{T-1} -> values at H_{-1}..H_{T-2}; ``first`` (B, F) or zeros."""
+    head = z.new_zeros(z.shape[0], 1, z.shape[2]) if first is None else first.to(z.dtype).unsqueeze(1)
+    return torch.cat([head, z[:, :-1]], dim=1)
+
+
+def _check(H: torch.Tensor, h_last: torch.Tensor | None, S: int, D: int, who: str) -> None:
+    if H.dim() != 4 or tuple(H.shape[2:]) != (S, D):
+        raise ValueError(f"{who}: H must have shape (B, T, S={S}, D={D}), got {tuple(H.shape)}")
+    if h_last is not None and tuple(h_last.shape) != (H.shape[0], S, D):
+        raise ValueError(f"{who}: h_last must have shape {(H.shape[0], S, D)}, got {tuple(h_last.shape)}")
+
+
+@register_predictor("linear")
+class LinearPredictor(nn.Module):
+    """x̂_t = W_P vec(H_{t-1}); W_P (D, S*D), no bias, so an empty past predicts zero."""
+
+    def __init__(self, d_model: int, n_scales: int, **_unused):
+        super().__init__()
+        self.d_model, self.n_scales = d_model, n_scales
+        self.proj = nn.Linear(n_scales * d_model, d_model, bias=False)
+
+    def forward(self, H: torch.Tensor, h_last: torch.Tensor | None = None, state=None):
+        _check(H, h_last, self.n_scales, self.d_model, "LinearPredictor")
+        z = self.proj(H.flatten(2))  # (B, T, D): W_P vec(H_t)
+        first = None if h_last is None else self.proj(h_last.flatten(1).to(H.dtype))
+        return _shift(z, first), None
+
+
+@register_predictor("attention")
+class AttentionPredictor(nn.Module):
+    """Multi-head causal softmax attention over past contexts H_{-1..t-1}; KV cache as state."""
+
+    def __init__(self, d_model: int, n_scales: int, n_head: int = 4, dropout: float = 0.0, **_unused):
+        super().__init__()
+        if d_model % n_head:
+            raise ValueError(f"attention predictor: d_model={d_model} is not divisible by n_head={n_head}")
+        self.d_model, self.n_scales, self.n_head = d_model, n_scales, n_head
+        self.dropout = dropout
+        self.qkv = nn.Linear(n_scales * d_model, 3 * d_model, bias=False)
+        self.out = nn.Linear(d_model, d_model, bias=False)
+
+    def forward(self, H: torch.Tensor, h_last: torch.Tensor | None = None, state: KVCache | None = None):
+        _check(H, h_last, self.n_scales, self.d_model, "AttentionPredictor")
+        B, T = H.shape[:2]
+        nh, hd = self.n_head, self.d_model // self.n_head
+        z = self.qkv(H.flatten(2))  # (B, T, 3D)
+        first = None if h_last is None else self.qkv(h_last.flatten(1).to(H.dtype))
+        z = _shift(z, first)  # row t now comes from H_{t-1}
+        q, k, v = z.view(B, T, 3, nh, hd).permute(2, 0, 3, 1, 4)  # each (B, nh, T, hd)
+        p = self.dropout if self.training else 0.0
+        y, cache = cached_attention(q, k, v, state, dropout_p=p)  # (B, nh, T, hd)
+        return self.out(y.transpose(1, 2).reshape(B, T, self.d_model)), cache
+
+
+def build_predictor(name: str, d_model: int, n_scales: int, **kw) -> nn.Module:
+    if name not in PREDICTORS:
+        raise ValueError(f"unknown predictor {name!r}; choose one of {sorted(PREDICTORS)}")
+    return PREDICTORS[name](d_model, n_scales, **kw)

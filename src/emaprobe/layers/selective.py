@@ -1,0 +1,79 @@
+"""``selective``: input-dependent decay with an input gate (HGRN / GLA-like).
+
+    a_t = sigmoid(W_a x_t + beta_a)          decay, (S, D) per token, in (0, 1)
+    i_t = sigmoid(W_i x_t + beta_i)          input gate, (S, D) per token
+    h_t = a_t * h_{t-1} + (1 - a_t) * i_t * x_t
+
+beta_a starts at logit(1 - alpha_s) and the projections near zero, so at
+initialisation the layer is the paper's traces scaled by one half; training can
+then choose, token by token, what to keep and what to let in. This is the fix the
+paper's conclusion points to ("only learned, input-dependent selection"), in the
+form of HGRN (Qin et al. 2023) and GLA (Yang et al. 2024). As in GLA the gate
+projection may be low rank: W = W_up W_down with inner width ``rank`` (0 = full).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from emaprobe.layers.base import ContextMixer, check_alphas, register_mixer
+from emaprobe.ops import DEFAULT_ALPHAS, linear_scan, linear_scan_step
+
+
+@register_mixer("selective")
+class SelectiveMixer(ContextMixer):
+    """Input-dependent decays through ``linear_scan``; y (B, T, S, D) in x's dtype."""
+
+    def __init__(
+        self, d_model: int, alphas: Sequence[float] = DEFAULT_ALPHAS, rank: int = 64, backend: str = "auto"
+    ):
+        vals = check_alphas(alphas)
+        super().__init__(d_model, len(vals))
+        if int(rank) < 0:
+            raise ValueError(f"rank must be >= 0 (0 = full rank), got {rank}")
+        self.init_alphas = vals
+        self.rank = int(rank)
+        self.backend = backend
+        S, D = len(vals), d_model
+        if self.rank:
+            self.gate_down = nn.Linear(D, self.rank, bias=False)
+            self.gate_up = nn.Linear(self.rank, 2 * S * D, bias=False)
+        else:
+            self.gate_proj = nn.Linear(D, 2 * S * D, bias=False)
+        self.decay_bias = nn.Parameter(torch.empty(S, D))  # beta_a
+        self.gate_bias = nn.Parameter(torch.empty(S, D))  # beta_i
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            for s, a in enumerate(self.init_alphas):
+                self.decay_bias[s].fill_(math.log((1.0 - a) / a))
+            self.gate_bias.zero_()
+            for lin in (self.gate_down, self.gate_up) if self.rank else (self.gate_proj,):
+                nn.init.normal_(lin.weight, std=0.02)
+
+    def _gates(self, x: torch.Tensor) -> torch.Tensor:
+        g = self.gate_up(self.gate_down(x)) if self.rank else self.gate_proj(x)
+        B, T, _ = x.shape
+        # float32: in bf16 a decay of 0.98 is off by up to 20% in its timescale
+        return g.float().view(B, T, 2, self.n_scales, self.d_model)  # (B, T, 2, S, D)
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None):
+        self.check_input(x)
+        g = self._gates(x)
+        logit_a = g[:, :, 0] + self.decay_bias.float()  # (B, T, S, D)
+        a = torch.sigmoid(logit_a)
+        gate = torch.sigmoid(g[:, :, 1] + self.gate_bias.float())
+        b = torch.sigmoid(-logit_a) * gate * x.float().unsqueeze(2)  # (1 - a_t) i_t x_t, (B, T, S, D)
+        if x.shape[1] == 1:
+            h = linear_scan_step(a[:, 0], b[:, 0], state)  # (B, S, D)
+            return h.unsqueeze(1).to(x.dtype), h
+        y, h = linear_scan(a, b, h0=state, return_state=True, backend=self.backend)
+        return y.to(x.dtype), h.clone()
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, init_alphas={self.init_alphas}, rank={self.rank or 'full'}"

@@ -1,0 +1,240 @@
+"""What every emaprobe language model shares: RMSNorm, the LM interface, save/load.
+
+The interface the trainer, evaluator and generator rely on:
+
+    logits, state = model(idx (B, T) long, state=None)     # logits (B, T, V)
+    model.config                                           # a frozen dataclass
+    model.num_params()
+    model.save_pretrained(dir)       # model.safetensors + config.json, both atomic
+    from_pretrained(dir)             # rebuilds the right class from config.json
+    for tok in model.generate(idx, max_new_tokens, temperature, top_k): ...   # tok (B,)
+
+``state`` is a list with one entry per block; passing it back continues the
+sequence, so feeding tokens one at a time reproduces the full-sequence logits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import typing
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from emaprobe.utils import atomic_write_bytes, atomic_write_json
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+MODEL_KINDS: dict[str, type[LanguageModel]] = {}
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * g over the last dim, computed in float32, returned in x's dtype."""
+
+    def __init__(self, d: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (y * self.weight.float()).to(x.dtype)
+
+
+def register_model(cls: type[LanguageModel]) -> type[LanguageModel]:
+    """Class decorator: make ``from_pretrained`` rebuild ``cls`` from its ``kind``."""
+    MODEL_KINDS[cls.kind] = cls
+    return cls
+
+
+def config_from_dict(config_class: type, values: dict, where: str = "config") -> typing.Any:
+    """Rebuild a frozen config dataclass; lists become tuples; unknown keys raise ValueError."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: expected an object of config fields, got {type(values).__name__}")
+    hints = typing.get_type_hints(config_class)
+    names = {f.name for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown config field(s) {unknown}; valid fields: {sorted(names)}")
+    kw = {}
+    for k, v in values.items():
+        if isinstance(v, list) and typing.get_origin(hints[k]) is tuple:
+            v = tuple(v)
+        kw[k] = v
+    try:
+        return config_class(**kw)
+    except TypeError as err:
+        raise ValueError(f"{where}: {err}") from err
+
+
+def init_weights(model: nn.Module, std: float, n_layer: int) -> None:
+    """GPT-2 / nanoGPT init: N(0, std) for linears and embeddings; projections into the
+    residual stream (marked ``residual_out``) get std / sqrt(2 n_layer)."""
+    for mod in model.modules():
+        if isinstance(mod, nn.Linear):
+            s = std / math.sqrt(2 * n_layer) if getattr(mod, "residual_out", False) else std
+            nn.init.normal_(mod.weight, mean=0.0, std=s)
+            if mod.bias is not None:
+                nn.init.zeros_(mod.bias)
+        elif isinstance(mod, nn.Embedding):
+            nn.init.normal_(mod.weight, mean=0.0, std=std)
+
+
+def sample_next(
+    logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, generator=None
+) -> torch.Tensor:
+    """logits (B, V) -> token ids (B,). temperature <= 0 means greedy."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k is not None and 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+class LanguageModel(nn.Module):
+    """Base of SPEN and GPT. Subclasses set ``kind``, ``config_class`` and ``forward``."""
+
+    kind: str = ""
+    config_class: type = object
+
+    def __init__(self, config):
+        super().__init__()
+        if not isinstance(config, self.config_class):
+            raise ValueError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
+        self.config = config
+
+    # ------------------------------------------------------------------ checks
+    def check_idx(self, idx: torch.Tensor) -> None:
+        name = type(self).__name__
+        if not isinstance(idx, torch.Tensor):
+            raise ValueError(f"{name}: idx must be a torch.Tensor of token ids, got {type(idx).__name__}")
+        if idx.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"{name}: idx must hold integer token ids (torch.long), got dtype {idx.dtype}")
+        if idx.dim() != 2 or idx.shape[1] == 0:
+            raise ValueError(f"{name}: idx must have shape (B, T) with T >= 1, got {tuple(idx.shape)}")
+        # a range check syncs a GPU stream every step; on CUDA the embedding asserts instead
+        if idx.device.type == "cpu" and not torch.compiler.is_compiling():
+            lo, hi = int(idx.min()), int(idx.max())
+            V = self.config.vocab_size
+            if lo < 0 or hi >= V:
+                raise ValueError(f"{name}: token ids must lie in [0, vocab_size={V}), got range [{lo}, {hi}]")
+
+    def check_state(self, state, n: int) -> list:
+        if state is None:
+            return [None] * n
+        if not isinstance(state, (list, tuple)) or len(state) != n:
+            raise ValueError(f"{type(self).__name__}: state must be the list of {n} per-block states this model returned")
+        return list(state)
+
+    # ------------------------------------------------------------------ sizes
+    def embedding_params(self) -> int:
+        return sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Embedding))
+
+    def num_params(self, exclude_embeddings: bool = False) -> int:
+        """Parameter count (tied weights once); optionally without token/position embeddings."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.embedding_params() if exclude_embeddings else n
+
+    # ------------------------------------------------------------------ save / load
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``model.safetensors`` and ``config.json`` into ``directory``, each atomically."""
+        from safetensors.torch import save
+
+        directory = Path(directory)
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        atomic_write_bytes(directory / WEIGHTS_FILE, save(tensors, metadata={"kind": self.kind, "format": "pt"}))
+        from emaprobe import __version__
+
+        atomic_write_json(
+            directory / CONFIG_FILE,
+            {
+                "kind": self.kind,
+                "config": dataclasses.asdict(self.config),
+                "num_params": self.num_params(),
+                "emaprobe_version": __version__,
+            },
+        )
+        return directory
+
+    # ------------------------------------------------------------------ generation
+    def _prefill(self, idx: torch.Tensor):
+        return self(idx)
+
+    def _advance(self, context: torch.Tensor, token: torch.Tensor, state):
+        """Logits after appending ``token`` (B,) to ``context`` (B, T), whose state is ``state``."""
+        return self(token.unsqueeze(1), state)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """Yield ``max_new_tokens`` sampled token ids, each (B,), from the carried state.
+
+        The prompt ``idx`` (B, T) is read once; each new token then costs one
+        step: O(1) for scan-context SPEN models, one KV-cache step for attention.
+        ``temperature <= 0`` is greedy; ``top_k`` keeps the k likeliest tokens.
+        The model runs in eval mode and is put back in its previous mode after.
+        """
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        was_training = self.training
+        self.eval()
+        try:
+            logits, state = self._prefill(idx)
+            context = idx
+            for i in range(max_new_tokens):
+                tok = sample_next(logits[:, -1], temperature, top_k, generator)  # (B,)
+                yield tok
+                if i + 1 < max_new_tokens:
+                    logits, state = self._advance(context, tok, state)
+                    context = torch.cat([context, tok.unsqueeze(1)], dim=1)
+        finally:
+            self.train(was_training)
+
+
+def from_pretrained(directory: str | Path, device: str | torch.device = "cpu") -> LanguageModel:
+    """Rebuild a model saved by ``save_pretrained``: the class named in config.json, its weights."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    cfg_path, w_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+    for p in (cfg_path, w_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} does not exist (expected a folder written by save_pretrained)")
+    try:
+        meta = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{cfg_path}: not valid JSON ({err})") from err
+    if not isinstance(meta, dict) or "kind" not in meta or "config" not in meta:
+        raise ValueError(f"{cfg_path}: expected an object with 'kind' and 'config'")
+    kind = meta["kind"]
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"{cfg_path}: unknown model kind {kind!r}; choose one of {sorted(MODEL_KINDS)}")
+    cls = MODEL_KINDS[kind]
+    config = config_from_dict(cls.config_class, meta["config"], where=f"{cfg_path} 'config'")
+    with torch.device(device):
+        model = cls(config)
+    try:
+        tensors = load_file(str(w_path), device=str(device))
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{w_path}: cannot read safetensors ({err})") from err
+    missing = sorted(set(model.state_dict()) - set(tensors))
+    unexpected = sorted(set(tensors) - set(model.state_dict()))
+    if missing or unexpected:
+        raise ValueError(f"{w_path}: weights do not match {kind} config; missing {missing}, unexpected {unexpected}")
+    model.load_state_dict(tensors, strict=True)
+    return model

@@ -1,0 +1,637 @@
+"""Triton kernels for the scans, forward and backward, near the memory-bandwidth floor.
+
+Symbols as in ``naive.py`` (B batch, T time, D channels, S timescales, F the
+flattened feature dims of ``linear_scan``, h state, a decay, b input), plus:
+
+    CT  time steps in one register tile        BD  channels in one tile
+    SP  S rounded up to a power of two          g   dL/dh_t, the backward state
+    seg a stretch of time one program scans    NSEG segments along T
+
+**One pass, chunked in time.** A program owns BD channels of one sequence (and, at
+long T with few channels, one segment of time). It walks its stretch of time in
+tiles of CT steps: it loads a (CT, BD) tile, scans it in registers with
+``tl.associative_scan`` (the pair operator (a1, b1) . (a2, b2) = (a1 a2, a2 b1 + b2);
+Blelloch 1990, as used by accelerated-scan), adds the carried state times the
+tile's cumulative decay, stores, and carries the last row. Every input byte is read
+once and every output byte written once, so forward EMA moves (2 + 2S) bytes per
+token-channel in bf16, the floor of issue 5.
+
+**Segments when channels are few.** When B * D / BD programs cannot fill the GPU
+(T = 1M with B = 1, say), time is cut into NSEG segments: pass 1 scans each
+segment from zero and keeps only its end state (and decay product); pass 2 scans
+those NSEG states (the same kernel, on a tiny tensor); pass 3 rescans each segment
+from its true incoming state and writes the output. That re-reads the input once
+more (+2 bytes per token-channel for EMA) but keeps every SM busy (the "state
+passing" of chunked linear attention / Mamba-2, Dao & Gu 2024).
+
+**Backward** is the same recurrence run backwards in time,
+``g_t = dy_t + a_{t+1} g_{t+1}``, fused with what the gradients need:
+``dx_t = sum_s alpha_s g_t^(s)`` for EMA (reads S traces' gradients, writes one
+(B, T, D) tensor: the floor again), and ``db_t = g_t``, ``da_t = g_t h_{t-1}`` for
+``linear_scan``. The gradient of a returned final state enters as the carry at T.
+
+The state is float32 throughout; outputs are written in the requested dtype (the
+input's), so bf16 in means bf16 traces out and half the bytes of float32.
+
+Importing this module registers the "triton" scan backend (``scan.py``'s
+``"auto"`` picks it for CUDA tensors); it raises ImportError where Triton is absent.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from emaprobe.ops.scan import ScanBackend, register_backend
+
+# ---------------------------------------------------------------------------- kernels
+
+
+@triton.jit
+def _combine(a1, b1, a2, b2):
+    # (a1, b1) then (a2, b2): h -> a2 (a1 h + b1) + b2
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _last_row3(v, rows, n_last):
+    # row ``n_last`` of a (CT, SP, BD) tile, summed out of axis 0: Triton cannot index rows
+    return tl.sum(tl.where((rows == n_last)[:, None, None], v, 0.0), axis=0)
+
+
+@triton.jit
+def _last_row(v, rows, n_last):
+    # row ``n_last`` of a (CT, BF) tile
+    return tl.sum(tl.where((rows == n_last)[:, None], v, 0.0), axis=0)
+
+
+@triton.jit
+def _seg_len(seg, SEGLEN, T):
+    # length of segment ``seg``: SEGLEN, or what is left of T for the last one
+    n = SEGLEN
+    if seg * SEGLEN + SEGLEN > T:
+        n = T - seg * SEGLEN
+    return n
+
+
+@triton.jit
+def _ema_fwd_kernel(
+    X, OUT, HIN, HEND, DEC, ALP,
+    T, D, SEGLEN, NSEG,
+    S: tl.constexpr, SP: tl.constexpr, CT: tl.constexpr, BD: tl.constexpr,
+    HAS_HIN: tl.constexpr, STORE_OUT: tl.constexpr,
+):
+    """h_t^(s) = dec_s h_{t-1}^(s) + alp_s x_t over one segment; X (B,T,D), OUT (B,T,S,D)."""
+    pid_d = tl.program_id(0)
+    seg = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    rows = tl.arange(0, CT)  # (CT,)
+    offs_s = tl.arange(0, SP)  # (SP,)
+    offs_d = pid_d * BD + tl.arange(0, BD)  # (BD,)
+    mask_d = offs_d < D
+    mask_s = offs_s < S
+    mask_sd = mask_s[:, None] & mask_d[None, :]  # (SP, BD)
+    dec = tl.load(DEC + offs_s, mask=mask_s, other=1.0)  # (SP,)
+    alp = tl.load(ALP + offs_s, mask=mask_s, other=0.0)
+    state_off = ((b * NSEG + seg) * S + offs_s[:, None]) * D + offs_d[None, :]  # (SP, BD)
+    if HAS_HIN:
+        h = tl.load(HIN + state_off, mask=mask_sd, other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros((SP, BD), dtype=tl.float32)
+    t_start = seg * SEGLEN
+    seg_len = _seg_len(seg, SEGLEN, T)
+    SD = S * D
+    x_ptr = X + (b * T + t_start) * D
+    o_ptr = OUT + (b * T + t_start) * SD
+    x_off = rows[:, None] * D + offs_d[None, :]  # (CT, BD)
+    o_off = rows[:, None, None] * SD + offs_s[None, :, None] * D + offs_d[None, None, :]  # (CT, SP, BD)
+    dec3 = tl.broadcast_to(dec[None, :, None], (CT, SP, BD))
+    for i0 in range(0, seg_len, CT):
+        valid = (i0 + rows) < seg_len  # (CT,)
+        x = tl.load(x_ptr + x_off, mask=valid[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
+        # padded rows decay by 1 and add 0, so the last row holds the segment's end state
+        a = tl.where(valid[:, None, None], dec3, 1.0)  # (CT, SP, BD)
+        u = alp[None, :, None] * x[:, None, :]  # (CT, SP, BD)
+        acum, hloc = tl.associative_scan((a, u), 0, _combine)
+        hh = hloc + acum * h[None, :, :]
+        if STORE_OUT:
+            tl.store(o_ptr + o_off, hh.to(OUT.dtype.element_ty), mask=valid[:, None, None] & mask_sd[None, :, :])
+        h = _last_row3(hh, rows, CT - 1)
+        x_ptr += CT * D
+        o_ptr += CT * SD
+    tl.store(HEND + state_off, h, mask=mask_sd)
+
+
+@triton.jit
+def _ema_bwd_kernel(
+    GH, GX, GIN, GSTART, DEC, ALP,
+    T, D, SEGLEN, NSEG,
+    S: tl.constexpr, SP: tl.constexpr, CT: tl.constexpr, BD: tl.constexpr,
+    HAS_GIN: tl.constexpr, STORE_OUT: tl.constexpr,
+):
+    """Backwards in time: g_t = dec g_{t+1} + gh_t; gx_t = sum_s alp_s g_t^(s). GH (B,T,S,D), GX (B,T,D)."""
+    pid_d = tl.program_id(0)
+    seg = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    rows = tl.arange(0, CT)
+    offs_s = tl.arange(0, SP)
+    offs_d = pid_d * BD + tl.arange(0, BD)
+    mask_d = offs_d < D
+    mask_s = offs_s < S
+    mask_sd = mask_s[:, None] & mask_d[None, :]
+    dec = tl.load(DEC + offs_s, mask=mask_s, other=1.0)
+    alp = tl.load(ALP + offs_s, mask=mask_s, other=0.0)
+    state_off = ((b * NSEG + seg) * S + offs_s[:, None]) * D + offs_d[None, :]
+    if HAS_GIN:
+        g = tl.load(GIN + state_off, mask=mask_sd, other=0.0).to(tl.float32)
+    else:
+        g = tl.zeros((SP, BD), dtype=tl.float32)
+    t_start = seg * SEGLEN
+    seg_len = _seg_len(seg, SEGLEN, T)
+    SD = S * D
+    t_last = t_start + seg_len - 1
+    # tile row i is time t_last - (i0 + i): the scan runs forward over reversed time
+    gh_ptr = GH + (b * T + t_last) * SD
+    gx_ptr = GX + (b * T + t_last) * D
+    gh_off = -rows[:, None, None] * SD + offs_s[None, :, None] * D + offs_d[None, None, :]
+    gx_off = -rows[:, None] * D + offs_d[None, :]
+    dec3 = tl.broadcast_to(dec[None, :, None], (CT, SP, BD))
+    for i0 in range(0, seg_len, CT):
+        valid = (i0 + rows) < seg_len
+        u = tl.load(gh_ptr + gh_off, mask=valid[:, None, None] & mask_sd[None, :, :], other=0.0).to(tl.float32)
+        # the final state is h_{T-1} itself: the carry at T enters undecayed
+        keep = valid & ((t_last - i0 - rows) < T - 1)
+        a = tl.where(keep[:, None, None], dec3, 1.0)
+        acum, gloc = tl.associative_scan((a, u), 0, _combine)
+        gg = gloc + acum * g[None, :, :]  # (CT, SP, BD)
+        if STORE_OUT:
+            gx = tl.sum(gg * alp[None, :, None], axis=1)  # (CT, BD)
+            tl.store(gx_ptr + gx_off, gx.to(GX.dtype.element_ty), mask=valid[:, None] & mask_d[None, :])
+        g = _last_row3(gg, rows, CT - 1)
+        gh_ptr -= CT * SD
+        gx_ptr -= CT * D
+    tl.store(GSTART + state_off, g, mask=mask_sd)
+
+
+@triton.jit
+def _lin_fwd_kernel(
+    A, U, OUT, HIN, HEND, AEND,
+    T, F, SEGLEN, NSEG,
+    s_ab, s_at, s_af, s_ub, s_ut, s_uf,
+    CT: tl.constexpr, BF: tl.constexpr,
+    HAS_HIN: tl.constexpr, STORE_OUT: tl.constexpr, STORE_AEND: tl.constexpr,
+):
+    """h_t = a_t h_{t-1} + u_t over one segment; A, U strided (B,T,F) views, OUT (B,T,F) contiguous."""
+    pid_f = tl.program_id(0)
+    seg = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    rows = tl.arange(0, CT)
+    offs_f = pid_f * BF + tl.arange(0, BF)
+    mask_f = offs_f < F
+    state_off = (b * NSEG + seg) * F + offs_f
+    if HAS_HIN:
+        h = tl.load(HIN + state_off, mask=mask_f, other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros((BF,), dtype=tl.float32)
+    aprod = tl.full((BF,), 1.0, tl.float32)
+    t_start = (seg * SEGLEN).to(tl.int64)
+    seg_len = _seg_len(seg, SEGLEN, T)
+    a_ptr = A + b * s_ab + t_start * s_at
+    u_ptr = U + b * s_ub + t_start * s_ut
+    o_ptr = OUT + (b * T + t_start) * F
+    a_off = rows[:, None] * s_at + offs_f[None, :] * s_af
+    u_off = rows[:, None] * s_ut + offs_f[None, :] * s_uf
+    o_off = rows[:, None] * F + offs_f[None, :]
+    for i0 in range(0, seg_len, CT):
+        valid = (i0 + rows) < seg_len
+        m = valid[:, None] & mask_f[None, :]
+        a = tl.load(a_ptr + a_off, mask=m, other=1.0).to(tl.float32)
+        u = tl.load(u_ptr + u_off, mask=m, other=0.0).to(tl.float32)
+        acum, hloc = tl.associative_scan((a, u), 0, _combine)
+        hh = hloc + acum * h[None, :]
+        if STORE_OUT:
+            tl.store(o_ptr + o_off, hh.to(OUT.dtype.element_ty), mask=m)
+        h = _last_row(hh, rows, CT - 1)
+        if STORE_AEND:
+            aprod = aprod * _last_row(acum, rows, CT - 1)
+        a_ptr += CT * s_at
+        u_ptr += CT * s_ut
+        o_ptr += CT * F
+    tl.store(HEND + state_off, h, mask=mask_f)
+    if STORE_AEND:
+        tl.store(AEND + state_off, aprod, mask=mask_f)
+
+
+@triton.jit
+def _lin_bwd_kernel(
+    A, GH, H, H0, GA, GB, GIN, GSTART, AEND,
+    T, F, SEGLEN, NSEG,
+    s_ab, s_at, s_af,
+    CT: tl.constexpr, BF: tl.constexpr,
+    HAS_GIN: tl.constexpr, HAS_H0: tl.constexpr, STORE_OUT: tl.constexpr, STORE_AEND: tl.constexpr,
+):
+    """Backwards: g_t = a_{t+1} g_{t+1} + gh_t; gb_t = g_t; ga_t = g_t h_{t-1}. GH, H, GA, GB (B,T,F) contiguous."""
+    pid_f = tl.program_id(0)
+    seg = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    rows = tl.arange(0, CT)
+    offs_f = pid_f * BF + tl.arange(0, BF)
+    mask_f = offs_f < F
+    state_off = (b * NSEG + seg) * F + offs_f
+    if HAS_GIN:
+        g = tl.load(GIN + state_off, mask=mask_f, other=0.0).to(tl.float32)
+    else:
+        g = tl.zeros((BF,), dtype=tl.float32)
+    aprod = tl.full((BF,), 1.0, tl.float32)
+    if HAS_H0:
+        h0 = tl.load(H0 + b * F + offs_f, mask=mask_f, other=0.0).to(tl.float32)
+    else:
+        h0 = tl.zeros((BF,), dtype=tl.float32)
+    t_start = seg * SEGLEN
+    seg_len = _seg_len(seg, SEGLEN, T)
+    t_last = (t_start + seg_len - 1).to(tl.int64)
+    a_ptr = A + b * s_ab + (t_last + 1) * s_at  # a_{t+1}
+    g_ptr = GH + (b * T + t_last) * F
+    h_ptr = H + (b * T + t_last - 1) * F  # h_{t-1}
+    ga_ptr = GA + (b * T + t_last) * F
+    gb_ptr = GB + (b * T + t_last) * F
+    a_off = -rows[:, None] * s_at + offs_f[None, :] * s_af
+    c_off = -rows[:, None] * F + offs_f[None, :]
+    for i0 in range(0, seg_len, CT):
+        t = (t_start + seg_len - 1 - i0) - rows  # (CT,) time of each tile row
+        valid = (i0 + rows) < seg_len
+        m = valid[:, None] & mask_f[None, :]
+        a = tl.load(a_ptr + a_off, mask=m & (t < T - 1)[:, None], other=1.0).to(tl.float32)
+        u = tl.load(g_ptr + c_off, mask=m, other=0.0).to(tl.float32)
+        acum, gloc = tl.associative_scan((a, u), 0, _combine)
+        gg = gloc + acum * g[None, :]
+        if STORE_OUT:
+            hp = tl.load(h_ptr + c_off, mask=m & (t > 0)[:, None], other=0.0).to(tl.float32)
+            hp = tl.where((t == 0)[:, None], h0[None, :], hp)
+            tl.store(gb_ptr + c_off, gg.to(GB.dtype.element_ty), mask=m)
+            tl.store(ga_ptr + c_off, (gg * hp).to(GA.dtype.element_ty), mask=m)
+        g = _last_row(gg, rows, CT - 1)
+        if STORE_AEND:
+            aprod = aprod * _last_row(acum, rows, CT - 1)
+        a_ptr -= CT * s_at
+        g_ptr -= CT * F
+        h_ptr -= CT * F
+        ga_ptr -= CT * F
+        gb_ptr -= CT * F
+    tl.store(GSTART + state_off, g, mask=mask_f)
+    if STORE_AEND:
+        tl.store(AEND + state_off, aprod, mask=mask_f)
+
+
+# ---------------------------------------------------------------------------- launch plans
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """Launch shape: CT time steps by ``block`` channels per tile, ``num_warps`` warps a program.
+
+    ``min_programs``: below this many (batch x channel-block) programs the time axis is
+    cut into segments (three passes, one extra read of the input) to fill the GPU;
+    0 means "4 per SM". ``split`` forces segments on (True) or off (False).
+    """
+
+    ct: int = 32
+    block: int = 32
+    num_warps: int = 4
+    min_programs: int = 0
+    split: bool | None = None
+
+
+EMA_FWD = TileConfig(ct=32, block=32, num_warps=4)
+EMA_BWD = TileConfig(ct=32, block=32, num_warps=4)
+LIN_FWD = TileConfig(ct=32, block=64, num_warps=4)
+LIN_BWD = TileConfig(ct=32, block=64, num_warps=4)
+
+_SM_COUNT: dict[int, int] = {}
+
+
+def _sm_count(device: torch.device) -> int:
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _SM_COUNT:
+        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _SM_COUNT[idx]
+
+
+def _segments(cfg: TileConfig, programs: int, T: int, device: torch.device) -> tuple[int, int]:
+    """(NSEG, SEGLEN): one segment unless too few programs would run, then enough to fill the GPU."""
+    if cfg.split is False or T <= 4 * cfg.ct:
+        return 1, T
+    want = cfg.min_programs or 4 * (_sm_count(device) if device.type == "cuda" else 132)
+    if cfg.split is None and programs >= want:
+        return 1, T
+    nseg = max(2, min(-(-want // max(programs, 1)), T // (4 * cfg.ct)))
+    seglen = -(-(-(-T // nseg)) // cfg.ct) * cfg.ct  # a multiple of CT
+    return -(-T // seglen), seglen
+
+
+def _seg_decays(dec64: torch.Tensor, T: int, nseg: int, seglen: int, backward: bool = False) -> torch.Tensor:
+    """(NSEG, S) float32: each segment's total decay dec^len, computed in float64.
+
+    Backward, the last step's coefficient is 1 (the carry at T is dL/dh_T itself), so
+    the last segment decays one step less.
+    """
+    lens = torch.full((nseg,), float(seglen), dtype=torch.float64, device=dec64.device)
+    lens[-1] = T - (nseg - 1) * seglen - (1 if backward else 0)
+    return (dec64.view(1, -1) ** lens.view(-1, 1)).float()
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+# ---------------------------------------------------------------------------- forward / backward launchers
+
+
+def ema_traces_fwd(
+    x: torch.Tensor,
+    alphas: torch.Tensor,
+    h0: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
+    cfg: TileConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """EMA traces, no autograd: x (B,T,D) -> (h (B,T,S,D) in ``out_dtype`` (x's), h_T (B,S,D) float32)."""
+    cfg = cfg or EMA_FWD
+    x = x.contiguous()
+    B, T, D = x.shape
+    alphas64 = alphas.to(device=x.device, dtype=torch.float64)
+    S = alphas64.numel()
+    out = torch.empty(B, T, S, D, dtype=out_dtype or x.dtype, device=x.device)
+    dec64 = 1.0 - alphas64
+    dec, alp = dec64.float(), alphas64.float()
+    h0f = None if h0 is None else h0.float().contiguous()
+    if T == 0 or B * D == 0:
+        hT = torch.zeros(B, S, D, device=x.device) if h0f is None else h0f.clone()
+        return out, hT
+    nd = triton.cdiv(D, cfg.block)
+    nseg, seglen = _segments(cfg, B * nd, T, x.device)
+    kw = dict(S=S, SP=_next_pow2(S), CT=cfg.ct, BD=cfg.block, num_warps=cfg.num_warps)
+    hend = torch.empty(B, nseg, S, D, dtype=torch.float32, device=x.device)
+    if nseg == 1:
+        hin = h0f
+    else:
+        ends = torch.empty_like(hend)
+        _ema_fwd_kernel[(nd, nseg, B)](x, out, x, ends, dec, alp, T, D, seglen, nseg,
+                                       HAS_HIN=False, STORE_OUT=False, **kw)
+        dseg = _seg_decays(dec64, T, nseg, seglen).view(1, nseg, S, 1).expand(B, nseg, S, D)
+        H, _ = linear_scan_fwd(dseg, ends, h0f, torch.float32)  # true state after each segment
+        first = torch.zeros_like(H[:, :1]) if h0f is None else h0f.unsqueeze(1)
+        hin = torch.cat([first, H[:, :-1]], dim=1).contiguous()  # (B, NSEG, S, D)
+    _ema_fwd_kernel[(nd, nseg, B)](x, out, hin if hin is not None else x, hend, dec, alp, T, D, seglen, nseg,
+                                   HAS_HIN=hin is not None, STORE_OUT=True, **kw)
+    return out, hend[:, -1]
+
+
+def ema_traces_bwd(
+    gh: torch.Tensor,
+    alphas: torch.Tensor,
+    g_final: torch.Tensor | None = None,
+    x_dtype: torch.dtype = torch.float32,
+    cfg: TileConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backward of ``ema_traces_fwd``: gh (B,T,S,D) [, g_final (B,S,D)] -> (dx (B,T,D), g_0 (B,S,D) float32).
+
+    ``g_0`` is dL/dh_0 total (the backward state at t = 0); dL/dh0 = (1 - alpha) g_0.
+    """
+    cfg = cfg or EMA_BWD
+    gh = gh.contiguous()
+    B, T, S, D = gh.shape
+    alphas64 = alphas.to(device=gh.device, dtype=torch.float64)
+    dec64 = 1.0 - alphas64
+    dec, alp = dec64.float(), alphas64.float()
+    gx = torch.empty(B, T, D, dtype=x_dtype, device=gh.device)
+    gf = None if g_final is None else g_final.float().contiguous()
+    if T == 0 or B * D == 0:
+        return gx, torch.zeros(B, S, D, device=gh.device) if gf is None else gf.clone()
+    nd = triton.cdiv(D, cfg.block)
+    nseg, seglen = _segments(cfg, B * nd, T, gh.device)
+    kw = dict(S=S, SP=_next_pow2(S), CT=cfg.ct, BD=cfg.block, num_warps=cfg.num_warps)
+    gstart = torch.empty(B, nseg, S, D, dtype=torch.float32, device=gh.device)
+    if nseg == 1:
+        gin = gf
+    else:
+        starts = torch.empty_like(gstart)
+        _ema_bwd_kernel[(nd, nseg, B)](gh, gx, gh, starts, dec, alp, T, D, seglen, nseg,
+                                       HAS_GIN=False, STORE_OUT=False, **kw)
+        gin = _reverse_carries(_seg_decays(dec64, T, nseg, seglen, backward=True).view(1, nseg, S, 1).expand(B, nseg, S, D),
+                               starts, gf)
+    _ema_bwd_kernel[(nd, nseg, B)](gh, gx, gin if gin is not None else gh, gstart, dec, alp, T, D, seglen, nseg,
+                                   HAS_GIN=gin is not None, STORE_OUT=True, **kw)
+    return gx, gstart[:, 0]
+
+
+def _reverse_carries(prod: torch.Tensor, starts: torch.Tensor, g_final: torch.Tensor | None) -> torch.Tensor:
+    """Carry entering each segment from the right: c_k = g at the start of segment k+1.
+
+    g_start_k = prod_k * c_k + starts_k, c_last = g_final: a scan over the flipped segments.
+    """
+    G, _ = linear_scan_fwd(prod.flip(1), starts.flip(1), g_final, torch.float32)  # (B, NSEG, *F)
+    first = torch.zeros_like(G[:, :1]) if g_final is None else g_final.unsqueeze(1)
+    return torch.cat([first, G[:, :-1]], dim=1).flip(1).contiguous()
+
+
+def _as_btf(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """View of ``t`` broadcast to ``shape`` (B, T, *F) and flattened to (B, T, F); copies only if it must."""
+    B, T = shape[0], shape[1]
+    F = math.prod(shape[2:])
+    while t.dim() < len(shape):
+        t = t.unsqueeze(0)
+    return t.expand(shape).reshape(B, T, F)
+
+
+def linear_scan_fwd(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    h0: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
+    cfg: TileConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``h_t = a_t h_{t-1} + b_t``, no autograd: -> (h (B,T,*F) in ``out_dtype``, h_T (B,*F) float32)."""
+    cfg = cfg or LIN_FWD
+    shape = torch.broadcast_shapes(a.shape, b.shape)
+    B, T, feat = shape[0], shape[1], tuple(shape[2:])
+    F = math.prod(feat)
+    a3, b3 = _as_btf(a, shape), _as_btf(b, shape)
+    out = torch.empty(shape, dtype=out_dtype or torch.promote_types(a.dtype, b.dtype), device=b.device)
+    h0f = None if h0 is None else h0.float().reshape(B, F).contiguous()
+    if T == 0 or B * F == 0:
+        hT = torch.zeros(B, F, device=b.device) if h0f is None else h0f.clone()
+        return out, hT.view((B,) + feat)
+    nf = triton.cdiv(F, cfg.block)
+    nseg, seglen = _segments(cfg, B * nf, T, b.device)
+    strides = (*a3.stride(), *b3.stride())
+    kw = dict(CT=cfg.ct, BF=cfg.block, num_warps=cfg.num_warps)
+    hend = torch.empty(B, nseg, F, dtype=torch.float32, device=b.device)
+    if nseg == 1:
+        hin = h0f
+    else:
+        ends, prods = torch.empty_like(hend), torch.empty_like(hend)
+        _lin_fwd_kernel[(nf, nseg, B)](a3, b3, out, a3, ends, prods, T, F, seglen, nseg, *strides,
+                                       HAS_HIN=False, STORE_OUT=False, STORE_AEND=True, **kw)
+        H, _ = linear_scan_fwd(prods, ends, h0f, torch.float32)
+        first = torch.zeros_like(H[:, :1]) if h0f is None else h0f.unsqueeze(1)
+        hin = torch.cat([first, H[:, :-1]], dim=1).contiguous()
+    _lin_fwd_kernel[(nf, nseg, B)](a3, b3, out, hin if hin is not None else a3, hend, hend, T, F, seglen, nseg,
+                                   *strides, HAS_HIN=hin is not None, STORE_OUT=True, STORE_AEND=False, **kw)
+    return out, hend[:, -1].view((B,) + feat)
+
+
+def linear_scan_bwd(
+    a: torch.Tensor,
+    gh: torch.Tensor,
+    h: torch.Tensor,
+    h0: torch.Tensor | None = None,
+    g_final: torch.Tensor | None = None,
+    ga_dtype: torch.dtype = torch.float32,
+    gb_dtype: torch.dtype = torch.float32,
+    cfg: TileConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backward of ``linear_scan_fwd`` given its output h: -> (da (B,T,*F), db (B,T,*F), g_0 (B,*F) float32).
+
+    da and db are full-size (sum them to a broadcast input's shape); dL/dh0 = a_0 g_0.
+    """
+    cfg = cfg or LIN_BWD
+    shape = h.shape
+    B, T, feat = shape[0], shape[1], tuple(shape[2:])
+    F = math.prod(feat)
+    a3 = _as_btf(a, shape)
+    gh3 = gh.expand(shape).reshape(B, T, F).contiguous()
+    h3 = h.reshape(B, T, F).contiguous()
+    ga = torch.empty(shape, dtype=ga_dtype, device=h.device)
+    gb = torch.empty(shape, dtype=gb_dtype, device=h.device)
+    gf = None if g_final is None else g_final.float().reshape(B, F).contiguous()
+    h0f = None if h0 is None else h0.float().reshape(B, F).contiguous()
+    if T == 0 or B * F == 0:
+        g0 = torch.zeros(B, F, device=h.device) if gf is None else gf.clone()
+        return ga, gb, g0.view((B,) + feat)
+    nf = triton.cdiv(F, cfg.block)
+    nseg, seglen = _segments(cfg, B * nf, T, h.device)
+    kw = dict(CT=cfg.ct, BF=cfg.block, num_warps=cfg.num_warps)
+    h0_arg = h0f if h0f is not None else h3
+    gstart = torch.empty(B, nseg, F, dtype=torch.float32, device=h.device)
+    if nseg == 1:
+        gin = gf
+    else:
+        starts, prods = torch.empty_like(gstart), torch.empty_like(gstart)
+        _lin_bwd_kernel[(nf, nseg, B)](a3, gh3, h3, h0_arg, ga, gb, gh3, starts, prods, T, F, seglen, nseg,
+                                       *a3.stride(), HAS_GIN=False, HAS_H0=h0f is not None, STORE_OUT=False,
+                                       STORE_AEND=True, **kw)
+        gin = _reverse_carries(prods, starts, gf)
+    _lin_bwd_kernel[(nf, nseg, B)](a3, gh3, h3, h0_arg, ga, gb, gin if gin is not None else gh3, gstart, gstart,
+                                   T, F, seglen, nseg, *a3.stride(), HAS_GIN=gin is not None,
+                                   HAS_H0=h0f is not None, STORE_OUT=True, STORE_AEND=False, **kw)
+    return ga, gb, gstart[:, 0].view((B,) + feat)
+
+
+# ---------------------------------------------------------------------------- autograd
+
+
+class _EmaTracesTriton(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, alphas, h0):
+        out, hT = ema_traces_fwd(x, alphas, h0)
+        ctx.save_for_backward(alphas)
+        ctx.x_dtype = x.dtype
+        ctx.x_shape = x.shape
+        ctx.has_h0 = h0 is not None
+        ctx.h0_dtype = None if h0 is None else h0.dtype
+        ctx.set_materialize_grads(False)
+        return out, hT
+
+    @staticmethod
+    def backward(ctx, gout, ghT):
+        (alphas,) = ctx.saved_tensors
+        B, T, D = ctx.x_shape
+        S = alphas.numel()
+        if gout is None:  # only the final state was used
+            gout = torch.zeros(B, T, S, D, dtype=ctx.x_dtype, device=alphas.device)
+        gx, g0 = ema_traces_bwd(gout, alphas, ghT, ctx.x_dtype)
+        gh0 = None
+        if ctx.has_h0 and ctx.needs_input_grad[2]:
+            gh0 = ((1.0 - alphas.float()).view(1, S, 1) * g0).to(ctx.h0_dtype)
+        return (gx if ctx.needs_input_grad[0] else None), None, gh0
+
+
+class _LinearScanTriton(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, b, h0, out_dtype):
+        h, hT = linear_scan_fwd(a, b, h0, out_dtype)
+        ctx.save_for_backward(a, h0, h)
+        ctx.a_shape, ctx.b_shape = a.shape, b.shape
+        ctx.a_dtype, ctx.b_dtype = a.dtype, b.dtype
+        ctx.set_materialize_grads(False)
+        return h, hT
+
+    @staticmethod
+    def backward(ctx, gout, ghT):
+        a, h0, h = ctx.saved_tensors
+        if gout is None:
+            gout = torch.zeros_like(h)
+        full = tuple(h.shape)
+        ga_dtype = ctx.a_dtype if tuple(ctx.a_shape) == full else torch.float32
+        gb_dtype = ctx.b_dtype if tuple(ctx.b_shape) == full else torch.float32
+        ga, gb, g0 = linear_scan_bwd(a, gout, h, h0, ghT, ga_dtype, gb_dtype)
+        ga = ga.sum_to_size(ctx.a_shape).to(ctx.a_dtype) if ctx.needs_input_grad[0] else None
+        gb = gb.sum_to_size(ctx.b_shape).to(ctx.b_dtype) if ctx.needs_input_grad[1] else None
+        gh0 = None
+        if h0 is not None and ctx.needs_input_grad[2]:
+            a0 = _as_btf(a, h.shape)[:, 0].float().view(g0.shape)
+            gh0 = (a0 * g0).to(h0.dtype)
+        return ga, gb, gh0, None
+
+
+def fused_ema_traces(x, alphas, h0=None):
+    """Differentiable EMA traces: (h (B,T,S,D) in x's dtype, h_T (B,S,D) float32); grads to x and h0."""
+    return _EmaTracesTriton.apply(x, alphas, h0)
+
+
+def fused_linear_scan(a, b, h0=None, out_dtype=None):
+    """Differentiable ``h_t = a_t h_{t-1} + b_t``: (h in ``out_dtype``, h_T float32); grads to a, b and h0."""
+    a_full = a
+    while a_full.dim() < b.dim():
+        a_full = a_full.unsqueeze(0)
+    return _LinearScanTriton.apply(a_full, b, h0, out_dtype or torch.promote_types(a.dtype, b.dtype))
+
+
+# ---------------------------------------------------------------------------- registration
+
+
+def _legacy_linear_scan(a, b, h0):
+    # the ScanBackend contract of scan.py: float32 h, forward only
+    return linear_scan_fwd(a, b, h0, torch.float32)[0]
+
+
+def _legacy_ema_traces(x, alphas, h0):
+    return ema_traces_fwd(x, alphas, h0, torch.float32)[0]
+
+
+@dataclass(frozen=True)
+class FusedScanBackend(ScanBackend):
+    """A backend that also brings differentiable fused ops writing the input's dtype.
+
+    ``fused_linear_scan(a, b, h0, out_dtype) -> (h, h_T)`` and
+    ``fused_ema_traces(x, alphas (S,) float64, h0) -> (h, h_T)``; h_T is float32.
+    """
+
+    fused_linear_scan: object = None
+    fused_ema_traces: object = None
+
+
+register_backend(
+    FusedScanBackend(
+        "triton",
+        linear_scan=_legacy_linear_scan,
+        ema_traces=_legacy_ema_traces,
+        needs_cuda=True,
+        fused_linear_scan=fused_linear_scan,
+        fused_ema_traces=fused_ema_traces,
+    )
+)

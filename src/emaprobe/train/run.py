@@ -1,0 +1,213 @@
+"""Whole LM runs by name: what ``emaprobe lm train|eval|generate|configs`` call.
+
+``run_lm_training`` resolves a named model config plus dotted overrides, the data
+spec and the tokenizer, then calls ``train_lm``. Besides what ``train_lm`` writes,
+the run folder gets ``tokenizer/`` (``load_tokenizer``) and ``model/``
+(``save_pretrained``, refreshed at every checkpoint), so ``evaluate_run`` and
+``stream_generate`` need nothing but the folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from emaprobe.data.tokenizers import Tokenizer, load_tokenizer
+from emaprobe.train.config import TrainConfig
+from emaprobe.train.corpus import load_lm_data, open_split
+from emaprobe.train.dist import DistInfo, env_dist_info, resolve_device
+from emaprobe.train.evaluate import evaluate_lm
+from emaprobe.train.lm import RUN_NAME, LMData, autocast_context, train_lm
+from emaprobe.utils import apply_overrides, atomic_write_json, run_record
+
+MODEL_DIR = "model"
+TOKENIZER_DIR = "tokenizer"
+
+
+def model_configs() -> dict[str, Any]:
+    from emaprobe.models import MODEL_CONFIGS
+
+    return MODEL_CONFIGS
+
+
+def resolve_model_config(name: str, overrides: dict[str, str] | None = None, vocab_size: int | None = None) -> Any:
+    """Named config + dotted overrides (``{"mixer": "selective"}``), sized to ``vocab_size``."""
+    configs = model_configs()
+    if name not in configs:
+        raise ValueError(f"unknown model config {name!r}; choose one of {sorted(configs)}")
+    cfg = apply_overrides(configs[name], dict(overrides or {}), prefix="model.")
+    if vocab_size is not None:
+        if overrides and "vocab_size" in overrides and cfg.vocab_size != vocab_size:
+            raise ValueError(
+                f"model.vocab_size={cfg.vocab_size} disagrees with the tokenizer's {vocab_size} ids; drop the override"
+            )
+        cfg = dataclasses.replace(cfg, vocab_size=vocab_size)
+    return cfg
+
+
+def build_lm(config: Any, seed: int = 0) -> torch.nn.Module:
+    """The model of ``config``, initialised from ``seed`` (same seed, same weights)."""
+    from emaprobe.models import build_model
+
+    torch.manual_seed(seed)
+    return build_model(config)
+
+
+def train_config(overrides: dict[str, str] | None = None, base: TrainConfig | None = None) -> TrainConfig:
+    return apply_overrides(base or TrainConfig(), dict(overrides or {}), prefix="train.")
+
+
+def run_lm_training(
+    config: str,
+    data: str,
+    out_dir: str | os.PathLike,
+    *,
+    model_overrides: dict[str, str] | None = None,
+    train_overrides: dict[str, str] | None = None,
+    base_train: TrainConfig | None = None,
+    val: str | None = None,
+    tokenizer: Tokenizer | str | None = None,
+    lm_data: tuple[LMData, Tokenizer] | None = None,
+    resume: bool = False,
+    quiet: bool = False,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """Train named ``config`` on ``data``; returns ``train_lm``'s result plus the resolved configs.
+
+    ``lm_data`` passes streams already loaded (the experiments reuse one PTB load).
+    """
+    out = Path(out_dir)
+    cfg = train_config(train_overrides, base_train)
+    streams, tok = lm_data if lm_data is not None else load_lm_data(data, val=val, tokenizer=tokenizer)
+    model_cfg = resolve_model_config(config, model_overrides, vocab_size=tok.vocab_size)
+    model = build_lm(model_cfg, seed=cfg.seed)
+    info = env_dist_info()
+    if info.is_main:
+        _save_tokenizer(tok, out / TOKENIZER_DIR)
+
+    def export(m: torch.nn.Module, folder: Path) -> None:
+        m.save_pretrained(folder / MODEL_DIR)
+
+    result = train_lm(
+        model, streams, cfg, out, resume=resume, model_config=model_cfg, on_checkpoint=export, quiet=quiet,
+        stop_after=stop_after,
+        extra_record={"config_name": config, "tokenizer": tok.name, "vocab_size": tok.vocab_size},
+    )
+    result.update(config_name=config, model_config=dataclasses.asdict(model_cfg), train_config=dataclasses.asdict(cfg),
+                  num_params=model.num_params(), out_dir=str(out))
+    return result
+
+
+def _save_tokenizer(tok: Tokenizer, folder: Path) -> None:
+    if folder.is_dir():
+        saved = load_tokenizer(folder)
+        if saved.fingerprint != tok.fingerprint:
+            raise ValueError(f"{folder}: this run folder was made with another tokenizer ({saved!r}); use a new --out")
+        return
+    tok.save(folder)
+
+
+def load_run(ckpt: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, Tokenizer, dict]:
+    """The model, tokenizer and run.json of a run folder (or of a bare ``save_pretrained`` folder)."""
+    from emaprobe.models import from_pretrained
+
+    root = Path(ckpt)
+    if not root.exists():
+        raise FileNotFoundError(f"{root} does not exist")
+    model_dir = root / MODEL_DIR if (root / MODEL_DIR).is_dir() else root
+    run_dir = root if model_dir != root else root.parent
+    tok_dir = run_dir / TOKENIZER_DIR
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{root}: no model here (expected {MODEL_DIR}/config.json, written by `lm train`)")
+    if not tok_dir.is_dir():
+        raise FileNotFoundError(f"{root}: no {TOKENIZER_DIR}/ folder beside the model")
+    model = from_pretrained(model_dir).to(device)
+    model.eval()
+    run = json.loads((run_dir / RUN_NAME).read_text()) if (run_dir / RUN_NAME).is_file() else {}
+    return model, load_tokenizer(tok_dir), run
+
+
+def evaluate_run(
+    ckpt: str | os.PathLike,
+    data: str,
+    *,
+    json_path: str | os.PathLike | None = None,
+    batch_size: int | None = None,
+    seq_len: int | None = None,
+    max_batches: int = 0,
+    device: str = "auto",
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Loss, perplexity and bits per byte of a trained run on a whole split; writes JSON."""
+    dev = resolve_device(device, DistInfo())
+    model, tok, run = load_run(ckpt, dev)
+    spec = "ptb:valid" if data == "ptb" else data
+    tokens = open_split(spec, tok)
+    trained = run.get("train", {})
+    B = batch_size or trained.get("batch_size", 16)
+    T = seq_len or trained.get("seq_len", 128)
+    cfg = TrainConfig(device=device, dtype=trained.get("dtype", "auto"))
+    metrics = evaluate_lm(
+        model, tokens, batch_size=B, seq_len=T, max_batches=max_batches, bytes_per_token=tokens.bytes_per_token,
+        device=dev, autocast=autocast_context(cfg, dev), quiet=quiet,
+    )
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", spec).strip("_") or "data"
+    path = Path(json_path) if json_path else Path(ckpt) / f"eval-{slug}.json"
+    result = {"data": spec, **metrics, "batch_size": B, "seq_len": T, "bytes_per_token": tokens.bytes_per_token,
+              "ckpt": str(ckpt), "json": str(path)}
+    atomic_write_json(path, {**result, "run": run_record(model=run.get("model"), config_name=run.get("config_name"))})
+    return result
+
+
+def stream_generate(
+    ckpt: str | os.PathLike,
+    prompt: str,
+    *,
+    max_new_tokens: int = 50,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int = 0,
+    device: str = "auto",
+) -> Iterator[str]:
+    """Yield the text of each new token as it is sampled (the model's recurrent state carries the past)."""
+    dev = resolve_device(device, DistInfo())
+    model, tok, _ = load_run(ckpt, dev)
+    ids = tok.encode(prompt)
+    if not ids:
+        raise ValueError("the prompt encodes to no tokens; give some text")
+    idx = torch.tensor([ids], dtype=torch.long, device=dev)  # (1, T)
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    yield tok.decode(ids)
+    text, out = tok.decode(ids), list(ids)
+    for t in model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, generator=gen):
+        out.append(int(t[0]))
+        # decoding the whole sequence keeps multi-token characters and word spacing right
+        new = tok.decode(out)
+        yield new[len(text):] if new.startswith(text) else " " + tok.decode(out[-1:])
+        text = new
+
+
+def config_table(vocab_size: int | None = None) -> list[dict[str, Any]]:
+    """Every named config with its parameter count (models built on the meta device: no memory)."""
+    from emaprobe.models import build_model
+
+    rows = []
+    for name, cfg in sorted(model_configs().items()):
+        if vocab_size is not None:
+            cfg = dataclasses.replace(cfg, vocab_size=vocab_size)
+        with torch.device("meta"):
+            model = build_model(cfg)
+        fields = dataclasses.asdict(cfg)
+        keys = [k for k in ("mixer", "predictor", "d_model", "n_layer", "n_head", "d_ff") if k in fields]
+        rows.append({
+            "name": name, "params": model.num_params(), "vocab_size": cfg.vocab_size,
+            "summary": " ".join(f"{k}={fields[k]}" for k in keys), "config": fields,
+        })
+    return rows

@@ -1,0 +1,82 @@
+"""The GPT baseline: KV-cache step mode = parallel, block size, generation, sizes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from emaprobe.models import GPT, GPTConfig, build_model
+
+V = 41
+
+
+def small_gpt(**kw) -> GPT:
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=V, block_size=24, d_model=16, n_layer=2, n_head=2, d_ff=32, init_std=0.3, **kw)
+    return GPT(cfg).eval()
+
+
+def test_gpt_step_equals_parallel():
+    model = small_gpt()
+    idx = torch.randint(0, V, (2, 19))
+    full, state = model(idx)
+    assert full.shape == (2, 19, V)
+    assert len(state) == 2 and state[0][0].shape == (2, 2, 19, 8)
+    st, steps = None, []
+    for t in range(19):
+        logits, st = model(idx[:, t : t + 1], st)
+        steps.append(logits)
+    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-4, atol=1e-4)
+    a, st = model(idx[:, :7])
+    b, _ = model(idx[:, 7:], st)
+    torch.testing.assert_close(torch.cat([a, b], 1), full, rtol=1e-4, atol=1e-4)
+
+
+def test_gpt_is_causal():
+    model = small_gpt()
+    idx = torch.randint(0, V, (1, 12))
+    a, _ = model(idx)
+    idx2 = idx.clone()
+    idx2[0, 8] = (idx[0, 8] + 1) % V
+    b, _ = model(idx2)
+    torch.testing.assert_close(a[:, :8], b[:, :8])
+    assert (a[:, 8] - b[:, 8]).abs().max() > 1e-4
+
+
+def test_gpt_gradients_reach_every_parameter():
+    model = small_gpt(dropout=0.1).train()
+    idx = torch.randint(0, V, (2, 10))
+    logits, _ = model(idx)
+    torch.nn.functional.cross_entropy(logits.reshape(-1, V), idx.reshape(-1)).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_block_size_is_enforced_and_generation_slides_past_it():
+    model = small_gpt()
+    with pytest.raises(ValueError, match="exceed block_size=24"):
+        model(torch.zeros(1, 25, dtype=torch.long))
+    _, st = model(torch.zeros(1, 20, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"20 cached \+ 5 new"):
+        model(torch.zeros(1, 5, dtype=torch.long), st)
+    prompt = torch.randint(0, V, (2, 30))  # longer than the block: its tail is read
+    toks = list(model.generate(prompt, 10, temperature=0))
+    assert len(toks) == 10
+    seq = prompt
+    for t in toks:
+        logits, _ = model(seq[:, -24:])
+        assert torch.equal(logits[:, -1].argmax(-1), t)
+        seq = torch.cat([seq, t[:, None]], 1)
+
+
+def test_gpt_124m_is_gpt2_small():
+    with torch.device("meta"):
+        model = build_model("gpt-124m")
+    assert abs(model.num_params() - 124_439_808) < 1e5  # GPT-2 small with tied head
+
+
+def test_bad_configs_fail_clearly():
+    with pytest.raises(ValueError, match="not divisible by n_head"):
+        GPTConfig(d_model=10, n_head=4)
+    with pytest.raises(ValueError, match="block_size must be positive"):
+        GPTConfig(block_size=0)

@@ -1,0 +1,91 @@
+"""save_pretrained / from_pretrained: identical logits after a round trip, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from emaprobe.layers import MIXERS
+from emaprobe.models import GPT, SPEN, build_model, from_pretrained
+
+TINY = dict(vocab_size=29, d_model=16, n_layer=2, n_head=2, d_ff=32)
+
+
+def _trained_a_little(model):
+    # move the weights off their initial values (incl. the decays) so that a loader
+    # which silently re-initialised anything would be caught
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model.eval()
+
+
+@pytest.mark.parametrize("mixer", sorted(MIXERS))
+def test_spen_round_trip_gives_identical_logits(tmp_path, mixer):
+    model = _trained_a_little(build_model("spen-tiny", **TINY, d_bottleneck=8, mixer=mixer, predictor="attention"))
+    idx = torch.randint(0, 29, (2, 9))
+    before, _ = model(idx)
+    model.save_pretrained(tmp_path / "ckpt")
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors"]
+    meta = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert meta["kind"] == "spen" and meta["config"]["mixer"] == mixer
+    loaded = from_pretrained(tmp_path / "ckpt").eval()
+    assert isinstance(loaded, SPEN) and loaded.config == model.config
+    after, _ = loaded(idx)
+    assert torch.equal(before, after)
+
+
+def test_gpt_round_trip_gives_identical_logits(tmp_path):
+    model = _trained_a_little(build_model("gpt-tiny", **TINY, block_size=16))
+    idx = torch.randint(0, 29, (2, 9))
+    before, _ = model(idx)
+    model.save_pretrained(tmp_path)
+    loaded = from_pretrained(tmp_path)
+    assert isinstance(loaded, GPT) and loaded.config == model.config
+    assert loaded.tok_emb.weight.data_ptr() != model.tok_emb.weight.data_ptr()
+    assert torch.equal(before, loaded(idx)[0])
+
+
+def test_save_leaves_no_temporary_files_and_overwrites(tmp_path):
+    model = build_model("spen-tiny", **TINY, d_bottleneck=8)
+    model.save_pretrained(tmp_path)
+    model.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_loading_bad_folders_fails_clearly(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json does not exist"):
+        from_pretrained(tmp_path)
+    model = build_model("gpt-tiny", **TINY, block_size=16)
+    model.save_pretrained(tmp_path)
+    cfg = tmp_path / "config.json"
+    good = cfg.read_text()
+
+    cfg.write_text("{not json")
+    with pytest.raises(ValueError, match="config.json: not valid JSON"):
+        from_pretrained(tmp_path)
+
+    meta = json.loads(good)
+    meta["kind"] = "mamba"
+    cfg.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"unknown model kind 'mamba'; choose one of \['gpt', 'spen'\]"):
+        from_pretrained(tmp_path)
+
+    meta = json.loads(good)
+    meta["config"]["n_layers"] = 3
+    cfg.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"unknown config field\(s\) \['n_layers'\]"):
+        from_pretrained(tmp_path)
+
+    meta = json.loads(good)
+    meta["config"]["n_layer"] = 3  # the weights hold two blocks
+    cfg.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="weights do not match gpt config; missing"):
+        from_pretrained(tmp_path)
+
+    cfg.write_text(good)
+    (tmp_path / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="model.safetensors: cannot read safetensors"):
+        from_pretrained(tmp_path)

@@ -1,0 +1,168 @@
+"""SPEN as a whole: step mode = parallel, past-only predictor, sparsity, gradients,
+sizes, configs and errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from emaprobe.layers import MIXERS, PREDICTORS
+from emaprobe.models import MODEL_CONFIGS, SPEN, SPENConfig, build_model, describe, get_config
+
+V = 37
+
+
+def small_spen(mixer="ema", predictor="linear", **kw) -> SPEN:
+    torch.manual_seed(0)
+    cfg = SPENConfig(
+        vocab_size=V, d_model=16, n_layer=2, d_bottleneck=12, d_ff=64, n_head=2, key_dim=4, mixer_rank=4,
+        mixer=mixer, predictor=predictor, init_std=0.3, **kw,
+    )
+    return SPEN(cfg).eval()
+
+
+COMBOS = [(m, p) for m in sorted(MIXERS) for p in sorted(PREDICTORS)]
+
+
+@pytest.mark.parametrize(("mixer", "predictor"), COMBOS)
+def test_spen_step_equals_parallel(mixer, predictor):
+    model = small_spen(mixer, predictor)
+    idx = torch.randint(0, V, (2, 17))
+    full, _ = model(idx)
+    assert full.shape == (2, 17, V)
+    state, steps = None, []
+    for t in range(17):
+        logits, state = model(idx[:, t : t + 1], state)
+        steps.append(logits)
+    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-4, atol=1e-4)
+    a, st = model(idx[:, :6])
+    b, _ = model(idx[:, 6:], st)
+    torch.testing.assert_close(torch.cat([a, b], 1), full, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("mixer", "predictor"), COMBOS)
+def test_spen_gradients_reach_every_parameter(mixer, predictor):
+    model = small_spen(mixer, predictor).train()
+    idx = torch.randint(0, V, (2, 11))
+    logits, _ = model(idx)
+    torch.nn.functional.cross_entropy(logits.reshape(-1, V), idx.roll(-1, 1).reshape(-1)).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("predictor", sorted(PREDICTORS))
+def test_predictor_sees_only_past_traces(predictor):
+    block = small_spen("ema", predictor).blocks[0]
+    x = torch.randn(2, 10, 16)
+    _, _, parts = block(x, return_parts=True)
+    x2 = x.clone()
+    x2[:, 5] += 3.0
+    _, _, parts2 = block(x2, return_parts=True)
+    torch.testing.assert_close(parts2["x_hat"][:, :6], parts["x_hat"][:, :6])  # x̂_5 ignores x_5
+    assert (parts2["x_hat"][:, 6] - parts["x_hat"][:, 6]).abs().max() > 1e-4  # x̂_6 reads it
+    torch.testing.assert_close(parts["e"], parts["u"] - parts["x_hat"])
+
+
+def test_block_follows_the_design_order_and_shapes():
+    model = small_spen()
+    parts = model.block_parts(torch.randint(0, V, (2, 7)))
+    assert len(parts) == 2
+    p = parts[0]
+    assert p["u"].shape == (2, 7, 16) and p["H"].shape == (2, 7, 3, 16)
+    assert p["c"].shape == (2, 7, 12) and p["y"].shape == (2, 7, 16)
+    rms = p["u"].pow(2).mean(-1).sqrt()
+    torch.testing.assert_close(rms, torch.ones_like(rms), rtol=1e-3, atol=1e-3)  # u = RMSNorm(x)
+    k = model.config.k_active
+    assert k == math.ceil(0.06 * 64) == 4
+    hidden = model.blocks[0].ffn.hidden(p["c"])
+    assert ((hidden != 0).sum(-1) == k).all()
+
+
+def test_no_positional_encoding_and_tied_head():
+    model = small_spen()
+    assert not any("pos" in n for n, _ in model.named_parameters())
+    assert sum(1 for p in model.parameters() if p.shape == (V, 16)) == 1
+
+
+def test_bf16_autocast_forward_backward():
+    model = small_spen("selective").train()
+    idx = torch.randint(0, V, (2, 9))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, _ = model(idx)
+    loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, V), idx.reshape(-1))
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+def test_generate_streams_from_the_state():
+    model = small_spen()
+    idx = torch.randint(0, V, (2, 5))
+    toks = list(model.generate(idx, 6, temperature=0))
+    assert len(toks) == 6 and all(t.shape == (2,) and t.dtype == torch.long for t in toks)
+    seq = idx
+    for t in toks:  # greedy tokens are the argmax of a full re-read of the sequence
+        logits, _ = model(seq)
+        assert torch.equal(logits[:, -1].argmax(-1), t)
+        seq = torch.cat([seq, t[:, None]], 1)
+    g = torch.Generator().manual_seed(3)
+    sampled = list(model.generate(idx, 4, temperature=1.0, top_k=5, generator=g))
+    assert all(((t >= 0) & (t < V)).all() for t in sampled)
+    model.train()
+    list(model.generate(idx, 2))
+    assert model.training  # generate runs in eval mode and restores the caller's mode
+
+
+def test_spen_130m_size_and_matched_gpt():
+    text = describe("spen-130m")
+    assert "spen-130m" in text
+    with torch.device("meta"):
+        spen = build_model("spen-130m")
+        gpt = build_model("gpt-130m")
+    n_spen, n_gpt = spen.num_params(), gpt.num_params()
+    assert 120e6 <= n_spen <= 140e6
+    assert abs(n_gpt - n_spen) / n_spen <= 0.10
+    assert spen.config.vocab_size == 50257 and spen.config.d_model == 768 and spen.config.n_layer == 12
+
+
+@pytest.mark.parametrize("size", ["tiny", "small"])
+def test_named_pairs_are_matched(size):
+    with torch.device("meta"):
+        spen, gpt = build_model(f"spen-{size}"), build_model(f"gpt-{size}")
+    assert spen.config.d_model == gpt.config.d_model and spen.config.vocab_size == gpt.config.vocab_size
+    assert abs(gpt.num_params() - spen.num_params()) / spen.num_params() <= 0.10
+
+
+def test_config_overrides_and_names():
+    cfg = get_config("spen-tiny", n_layer="2", mixer="learned_ema", alphas="0.5,0.05")
+    assert cfg.n_layer == 2 and cfg.mixer == "learned_ema" and cfg.alphas == (0.5, 0.05)
+    assert build_model("spen-tiny", n_layer=1, d_model=32, vocab_size=50).num_params() > 0
+    assert set(MODEL_CONFIGS) >= {"spen-tiny", "spen-small", "spen-130m", "gpt-tiny", "gpt-small", "gpt-130m"}
+    with pytest.raises(ValueError, match="unknown model config 'spen-huge'; choose one of.*'spen-130m'"):
+        get_config("spen-huge")
+    with pytest.raises(ValueError, match="unknown config field.*n_layers.*valid fields"):
+        get_config("spen-tiny", n_layers=3)
+    with pytest.raises(ValueError, match="unknown config field 'n_layers'"):
+        get_config("spen-tiny", n_layers="3")
+
+
+def test_unknown_mixer_and_predictor_list_the_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown mixer 'rnn'; choose one of \['attention', 'ema'"):
+        SPENConfig(mixer="rnn")
+    with pytest.raises(ValueError, match=r"unknown predictor 'mlp'; choose one of \['attention', 'linear'\]"):
+        get_config("spen-tiny", predictor="mlp")
+    with pytest.raises(ValueError, match="ffn_active"):
+        SPENConfig(ffn_active=0.0)
+
+
+def test_bad_input_fails_clearly():
+    model = small_spen()
+    with pytest.raises(ValueError, match=r"integer token ids.*torch.float32"):
+        model(torch.zeros(2, 5))
+    with pytest.raises(ValueError, match=r"shape \(B, T\)"):
+        model(torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"\[0, vocab_size=37\)"):
+        model(torch.full((1, 3), V, dtype=torch.long))
+    with pytest.raises(ValueError, match="list of 2 per-block states"):
+        model(torch.zeros(1, 3, dtype=torch.long), state=[None])

@@ -1,0 +1,184 @@
+"""The Triton scan kernels against the naive float64 reference: values, final state, gradients.
+
+Needs a CUDA device and Triton; skips cleanly without either. Every buffer the
+kernels allocate is NaN-poisoned first, so an element left unwritten fails.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.signal
+import torch
+
+from emaprobe.ops import ema_traces, linear_scan, naive_ema_traces, naive_linear_scan
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+ts = pytest.importorskip("emaprobe.ops.triton_scan", reason="needs Triton (emaprobe.ops.triton_scan)")
+
+ALPHAS = (0.5, 0.1, 0.02)
+ALPHA_T = torch.tensor(ALPHAS, dtype=torch.float64)
+TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
+# forced three-pass (segmented) launches, small tiles so that many segments occur
+SPLIT = ts.TileConfig(ct=16, block=32, num_warps=4, split=True)
+
+
+def rel(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out, ref = out.double(), ref.double()
+    assert torch.isfinite(out).all(), "non-finite values (an unwritten element?)"
+    return ((out - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+@pytest.fixture(autouse=True)
+def nan_poison(monkeypatch):
+    """torch.empty / empty_like hand out NaN-filled memory while a test runs."""
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def poison(t):
+        if t.is_floating_point():
+            t.fill_(math.nan)
+        return t
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: poison(empty(*a, **k)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: poison(empty_like(*a, **k)))
+
+
+def _ema_case(B, T, D, dtype, with_h0, cfg_fwd=None, cfg_bwd=None):
+    dev = "cuda"
+    x = torch.randn(B, T, D, device=dev, dtype=torch.float64)
+    h0 = torch.randn(B, len(ALPHAS), D, device=dev, dtype=torch.float64) if with_h0 else None
+    xr = x.clone().requires_grad_()
+    h0r = None if h0 is None else h0.clone().requires_grad_()
+    ref, ref_T = naive_ema_traces(xr, ALPHAS, h0r, return_state=True)
+    gy, gT = torch.randn_like(ref), torch.randn_like(ref_T)
+    ((ref * gy).sum() + (ref_T * gT).sum()).backward()
+
+    out, out_T = ts.ema_traces_fwd(x.to(dtype), ALPHA_T, None if h0 is None else h0.float(), cfg=cfg_fwd)
+    assert out.dtype == dtype and out.shape == (B, T, len(ALPHAS), D)
+    assert out_T.dtype == torch.float32
+    assert rel(out, ref) < TOL[dtype]
+    assert rel(out_T, ref_T) < TOL[dtype]
+    gx, g0 = ts.ema_traces_bwd(gy.to(dtype), ALPHA_T, gT.float(), dtype, cfg=cfg_bwd)
+    assert gx.dtype == dtype
+    assert rel(gx, xr.grad) < TOL[dtype]
+    if with_h0:
+        gh0 = (1.0 - ALPHA_T.cuda().float()).view(1, -1, 1) * g0
+        assert rel(gh0, h0r.grad) < TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("with_h0", [False, True], ids=["zero", "h0"])
+@pytest.mark.parametrize("T", [1, 63, 500, 4097])
+def test_ema_traces_triton_vs_naive(T, with_h0, dtype):
+    _ema_case(2, T, 40, dtype, with_h0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("T", [63, 500, 4097])
+def test_ema_traces_triton_segmented_vs_naive(T, dtype):
+    _ema_case(1, T, 33, dtype, True, SPLIT, SPLIT)
+
+
+def _lin_case(B, T, feat, dtype, with_h0, a_shape=None, cfg=None):
+    dev = "cuda"
+    full = (B, T) + feat
+    a = (torch.rand(a_shape or full, device=dev, dtype=torch.float64) * 0.5 + 0.5)
+    b = torch.randn(full, device=dev, dtype=torch.float64)
+    h0 = torch.randn((B,) + feat, device=dev, dtype=torch.float64) if with_h0 else None
+    ar, br = a.clone().requires_grad_(), b.clone().requires_grad_()
+    h0r = None if h0 is None else h0.clone().requires_grad_()
+    ref, ref_T = naive_linear_scan(ar, br, h0r, return_state=True)
+    gy, gT = torch.randn_like(ref), torch.randn_like(ref_T)
+    ((ref * gy).sum() + (ref_T * gT).sum()).backward()
+
+    a_in, b_in = a.to(dtype), b.to(dtype)
+    out, out_T = ts.linear_scan_fwd(a_in, b_in, None if h0 is None else h0.float(), cfg=cfg)
+    assert out.dtype == dtype and out.shape == full
+    assert rel(out, ref) < TOL[dtype]
+    assert rel(out_T, ref_T) < TOL[dtype]
+    ga, gb, g0 = ts.linear_scan_bwd(a_in, gy.to(dtype), out, None if h0 is None else h0.float(), gT.float(), cfg=cfg)
+    assert rel(ga.sum_to_size(a.shape), ar.grad) < TOL[dtype]
+    assert rel(gb, br.grad) < TOL[dtype]
+    if with_h0:
+        a0 = a_in.expand(full)[:, 0].float()
+        assert rel(a0 * g0, h0r.grad) < TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("with_h0", [False, True], ids=["zero", "h0"])
+@pytest.mark.parametrize("T", [1, 63, 500, 4097])
+def test_linear_scan_triton_selective_vs_naive(T, with_h0, dtype):
+    _lin_case(2, T, (3, 24), dtype, with_h0)
+
+
+@pytest.mark.parametrize("T", [63, 4097])
+def test_linear_scan_triton_segmented_and_broadcast_decay(T):
+    _lin_case(1, T, (40,), torch.float32, True, cfg=SPLIT)
+    _lin_case(2, T, (40,), torch.float32, True, a_shape=(1, 1, 40))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_fused_autograd_matches_naive(dtype):
+    """The differentiable wrappers: grads to every input, through traces and final state."""
+    B, T, D = 2, 300, 24
+    x = torch.randn(B, T, D, device="cuda", dtype=torch.float64)
+    h0 = torch.randn(B, 3, D, device="cuda", dtype=torch.float64)
+    gy = torch.randn(B, T, 3, D, device="cuda", dtype=torch.float64)
+    gT = torch.randn(B, 3, D, device="cuda", dtype=torch.float64)
+
+    def grads(fn, cast):
+        xi = x.clone().to(cast).requires_grad_()
+        hi = h0.clone().to(cast if cast == torch.float64 else torch.float32).requires_grad_()
+        y, yT = fn(xi, hi)
+        ((y.double() * gy).sum() + (yT.double() * gT).sum()).backward()
+        return y, yT, xi.grad, hi.grad
+
+    ref = grads(lambda xi, hi: naive_ema_traces(xi, ALPHAS, hi, return_state=True), torch.float64)
+    got = grads(lambda xi, hi: ts.fused_ema_traces(xi, ALPHA_T.cuda(), hi), dtype)
+    assert got[0].dtype == dtype
+    for g, r in zip(got, ref):
+        assert rel(g, r) < TOL[dtype]
+
+    a = torch.rand(B, T, D, device="cuda", dtype=torch.float64) * 0.5 + 0.5
+    b = torch.randn(B, T, D, device="cuda", dtype=torch.float64)
+    s0 = torch.randn(B, D, device="cuda", dtype=torch.float64)
+    gy2 = torch.randn(B, T, D, device="cuda", dtype=torch.float64)
+
+    def lin_grads(fn, cast):
+        ai, bi = a.clone().to(cast).requires_grad_(), b.clone().to(cast).requires_grad_()
+        si = s0.clone().to(cast if cast == torch.float64 else torch.float32).requires_grad_()
+        y, yT = fn(ai, bi, si)
+        ((y.double() * gy2).sum() + (yT.double() * gT[:, 0]).sum()).backward()
+        return y, yT, ai.grad, bi.grad, si.grad
+
+    ref = lin_grads(lambda ai, bi, si: naive_linear_scan(ai, bi, si, return_state=True), torch.float64)
+    got = lin_grads(ts.fused_linear_scan, dtype)
+    for g, r in zip(got, ref):
+        assert rel(g, r) < TOL[dtype]
+
+
+def test_public_api_picks_triton_and_matches():
+    x = torch.randn(2, 129, 16, device="cuda", requires_grad=True)
+    y = ema_traces(x, ALPHAS, backend="auto")
+    ref = naive_ema_traces(x.detach().double(), ALPHAS)
+    assert rel(y, ref) < 1e-5
+    y.sum().backward()
+    assert torch.isfinite(x.grad).all()
+    a = torch.rand(2, 129, 16, device="cuda") * 0.5 + 0.5
+    b = torch.randn(2, 129, 16, device="cuda")
+    assert rel(linear_scan(a, b, backend="triton"), naive_linear_scan(a.double(), b.double())) < 1e-5
+
+
+def test_ema_traces_one_million_steps_bf16():
+    """T = 1M in bf16 (segmented: few channels), against a float64 IIR filter on the CPU."""
+    B, T, D = 1, 1_000_000, 64
+    x = torch.randn(B, T, D, device="cuda").to(torch.bfloat16)
+    out, out_T = ts.ema_traces_fwd(x, ALPHA_T)
+    xn = x.float().cpu().double().numpy()
+    for s, a in enumerate(ALPHAS):
+        ref = scipy.signal.lfilter([a], [1.0, a - 1.0], xn, axis=1)
+        err = np.linalg.norm(out[:, :, s].float().cpu().numpy() - ref) / np.linalg.norm(ref)
+        assert err < 1e-2, f"alpha={a}: relative error {err:.2e}"
+        assert np.allclose(out_T[:, s].cpu().numpy(), ref[:, -1], rtol=1e-3, atol=1e-3)

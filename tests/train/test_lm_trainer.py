@@ -1,0 +1,145 @@
+"""The LM trainer on real PTB text: learning, exact resume, divergence, evaluation."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from emaprobe.train import (
+    CHECKPOINT_NAME,
+    METRICS_NAME,
+    RUN_NAME,
+    BatchSampler,
+    LMData,
+    TrainConfig,
+    TrainingDiverged,
+    evaluate_lm,
+    load_checkpoint,
+    train_lm,
+)
+from emaprobe.train.corpus import load_lm_data
+from emaprobe.train.run import run_lm_training
+
+FAST = {"batch_size": "8", "seq_len": "32", "log_every": "1", "eval_batches": "2", "optim.warmup_steps": "5"}
+
+
+@pytest.fixture(scope="module")
+def ptb():
+    return load_lm_data("ptb")
+
+
+def _metrics(path):
+    return [json.loads(line) for line in (path / METRICS_NAME).read_text().splitlines()]
+
+
+def _curve(metrics):
+    """Everything logged except wall-clock throughput."""
+    return [{k: v for k, v in m.items() if k != "tokens_per_s"} for m in metrics]
+
+
+@pytest.mark.parametrize("config", ["spen-tiny", "gpt-tiny"])
+def test_tiny_model_loss_falls_on_ptb(config, ptb, tmp_path):
+    over = {**FAST, "steps": "40", "eval_every": "0", "optim.lr": "3e-3"}
+    result = run_lm_training(config, "ptb", tmp_path, train_overrides=over, lm_data=ptb, quiet=True)
+    losses = [m["loss"] for m in _metrics(tmp_path) if "loss" in m]
+    assert len(losses) == 40
+    assert losses[0] > math.log(10_000) - 0.3  # starts near uniform over the 10k words
+    assert sum(losses[-5:]) / 5 < losses[0] - 1.5, losses
+    val = result["val"]
+    assert val["val_loss"] < math.log(10_000) - 1.0
+    assert val["val_ppl"] == pytest.approx(math.exp(val["val_loss"]))
+    assert 0 < val["val_bpb"] < val["val_loss"] / math.log(2)  # PTB words are several bytes long
+    assert (tmp_path / "model" / "config.json").is_file() and (tmp_path / "tokenizer").is_dir()
+    record = json.loads((tmp_path / RUN_NAME).read_text())
+    assert record["train"]["steps"] == 40 and record["seed"] == 0 and "git_sha" in record and "argv" in record
+    assert record["model"]["vocab_size"] == 10_000
+
+
+def test_killed_and_resumed_run_equals_unbroken_bit_for_bit(ptb, tmp_path):
+    over = {**FAST, "steps": "20", "ckpt_every": "10", "eval_every": "10"}
+    unbroken, broken = tmp_path / "unbroken", tmp_path / "broken"
+    run_lm_training("spen-tiny", "ptb", unbroken, train_overrides=over, lm_data=ptb, quiet=True)
+    # killed at step 13: three steps logged after the step-10 checkpoint are lost work
+    run_lm_training("spen-tiny", "ptb", broken, train_overrides=over, lm_data=ptb, quiet=True, stop_after=13)
+    assert load_checkpoint(broken / CHECKPOINT_NAME)["step"] == 10
+    assert max(m["step"] for m in _metrics(broken)) == 13
+    run_lm_training("spen-tiny", "ptb", broken, train_overrides=over, lm_data=ptb, quiet=True, resume=True)
+
+    a, b = _curve(_metrics(unbroken)), _curve(_metrics(broken))
+    assert [m["step"] for m in a if "loss" in m] == list(range(1, 21))
+    assert a == b  # every loss, lr, grad norm and validation number, exactly
+    wa = load_checkpoint(unbroken / CHECKPOINT_NAME)["model"]
+    wb = load_checkpoint(broken / CHECKPOINT_NAME)["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert json.loads((broken / RUN_NAME).read_text())["resumed_from_step"] == 10
+    assert not list(broken.glob(".*.tmp")), "a temporary checkpoint file was left behind"
+
+    with pytest.raises(ValueError, match="--resume"):
+        run_lm_training("spen-tiny", "ptb", broken, train_overrides=over, lm_data=ptb, quiet=True)
+    with pytest.raises(ValueError, match="batch_size"):
+        run_lm_training("spen-tiny", "ptb", broken, train_overrides={**over, "batch_size": "4"}, lm_data=ptb,
+                        quiet=True, resume=True)
+
+
+class _PoisonedLM(nn.Module):
+    """A bigram LM whose logits turn NaN after ``after`` forward calls."""
+
+    def __init__(self, vocab: int, after: int):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, 8)
+        self.head = nn.Linear(8, vocab)
+        self.calls, self.after = 0, after
+
+    def forward(self, idx, state=None):
+        self.calls += 1
+        logits = self.head(self.emb(idx))  # (B, T, V)
+        return (logits * float("nan") if self.calls > self.after else logits), None
+
+
+def test_nan_loss_stops_run_and_keeps_last_good_checkpoint(tmp_path):
+    tokens = torch.randint(0, 32, (2_000,), generator=torch.Generator().manual_seed(0))
+    cfg = TrainConfig(steps=20, batch_size=4, seq_len=16, log_every=1, ckpt_every=3, eval_every=0)
+    with pytest.raises(TrainingDiverged, match=r"step 8.*step 6"):
+        train_lm(_PoisonedLM(32, after=7), LMData(train=tokens), cfg, tmp_path, quiet=True)
+    assert load_checkpoint(tmp_path / CHECKPOINT_NAME)["step"] == 6
+    logged = _metrics(tmp_path)
+    assert [m["step"] for m in logged] == list(range(1, 8))
+    assert all(math.isfinite(m["loss"]) for m in logged)
+
+
+class _UniformLM(nn.Module):
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.vocab = vocab
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, idx, state=None):
+        return torch.zeros(*idx.shape, self.vocab) + self.dummy, None
+
+
+def test_evaluate_uniform_model_gives_log_vocab_and_bits_per_byte():
+    tokens = torch.randint(0, 50, (1_001,), generator=torch.Generator().manual_seed(1))
+    out = evaluate_lm(_UniformLM(50), tokens, batch_size=3, seq_len=7, bytes_per_token=2.5)
+    assert out["tokens"] == 1_000  # every target once, the ragged tail included
+    assert out["loss"] == pytest.approx(math.log(50))
+    assert out["ppl"] == pytest.approx(50.0)
+    assert out["bpb"] == pytest.approx(math.log(50) * 1_000 / (2.5 * 1_000 * math.log(2)))
+    assert set(out) == {"loss", "ppl", "bpb", "tokens"}
+
+
+def test_sampler_streams_are_deterministic_per_rank_and_resumable():
+    tokens = torch.arange(10_000)
+    r0, r0_again, r1 = (BatchSampler(tokens, 4, 8, seed=3, rank=r) for r in (0, 0, 1))
+    x0, _ = r0.next()
+    assert torch.equal(x0, r0_again.next()[0])
+    assert not torch.equal(x0, r1.next()[0])
+    state = r0.state_dict()
+    after = r0.next()
+    r1.load_state_dict(state)
+    assert torch.equal(after[0], r1.next()[0])
+    x, y = after
+    assert x.shape == (4, 8) and torch.equal(y[:, :-1], x[:, 1:])
