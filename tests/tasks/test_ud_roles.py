@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from emaprobe.tasks.conllu import read_conllu
+from emaprobe.data.conllu import read_conllu
 from emaprobe.tasks.role_data import label_counts
 from emaprobe.tasks.sentence import ROLES
 from emaprobe.tasks.ud_roles import UDRoleConfig, load_ud_split, load_ud_splits, read_ud_roles, sentence_roles

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from emaprobe.tasks.conllu import Sentence, Word, find_treebank_files, read_conllu
+from emaprobe.data.conllu import Sentence, Word, find_treebank_files, read_conllu
 from emaprobe.tasks.sentence import NO_ROLE, ROLES, RoleSentence
 from emaprobe.utils.paths import find_data
 

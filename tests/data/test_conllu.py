@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from emaprobe.tasks.conllu import find_treebank_files, read_conllu
+from emaprobe.data.conllu import find_treebank_files, read_conllu
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent.parent / "tasks" / "data"
 HANDWRITTEN = DATA / "handwritten-ud-test.conllu"
 
 
