@@ -45,26 +45,27 @@ def nan_poison(monkeypatch):
     monkeypatch.setattr(torch, "empty_like", lambda *a, **k: poison(empty_like(*a, **k)))
 
 
-def _ema_case(B, T, D, dtype, with_h0, cfg_fwd=None, cfg_bwd=None):
+def _ema_case(B, T, D, dtype, with_h0, cfg_fwd=None, cfg_bwd=None, alphas=ALPHAS):
     dev = "cuda"
+    alpha_t = torch.tensor(alphas, dtype=torch.float64)
     x = torch.randn(B, T, D, device=dev, dtype=torch.float64)
-    h0 = torch.randn(B, len(ALPHAS), D, device=dev, dtype=torch.float64) if with_h0 else None
+    h0 = torch.randn(B, len(alphas), D, device=dev, dtype=torch.float64) if with_h0 else None
     xr = x.clone().requires_grad_()
     h0r = None if h0 is None else h0.clone().requires_grad_()
-    ref, ref_T = naive_ema_traces(xr, ALPHAS, h0r, return_state=True)
+    ref, ref_T = naive_ema_traces(xr, alphas, h0r, return_state=True)
     gy, gT = torch.randn_like(ref), torch.randn_like(ref_T)
     ((ref * gy).sum() + (ref_T * gT).sum()).backward()
 
-    out, out_T = ts.ema_traces_fwd(x.to(dtype), ALPHA_T, None if h0 is None else h0.float(), cfg=cfg_fwd)
-    assert out.dtype == dtype and out.shape == (B, T, len(ALPHAS), D)
+    out, out_T = ts.ema_traces_fwd(x.to(dtype), alpha_t, None if h0 is None else h0.float(), cfg=cfg_fwd)
+    assert out.dtype == dtype and out.shape == (B, T, len(alphas), D)
     assert out_T.dtype == torch.float32
     assert rel(out, ref) < TOL[dtype]
     assert rel(out_T, ref_T) < TOL[dtype]
-    gx, g0 = ts.ema_traces_bwd(gy.to(dtype), ALPHA_T, gT.float(), dtype, cfg=cfg_bwd)
+    gx, g0 = ts.ema_traces_bwd(gy.to(dtype), alpha_t, gT.float(), dtype, cfg=cfg_bwd)
     assert gx.dtype == dtype
     assert rel(gx, xr.grad) < TOL[dtype]
     if with_h0:
-        gh0 = (1.0 - ALPHA_T.cuda().float()).view(1, -1, 1) * g0
+        gh0 = (1.0 - alpha_t.cuda().float()).view(1, -1, 1) * g0
         assert rel(gh0, h0r.grad) < TOL[dtype]
 
 
@@ -79,6 +80,13 @@ def test_ema_traces_triton_vs_naive(T, with_h0, dtype):
 @pytest.mark.parametrize("T", [63, 500, 4097])
 def test_ema_traces_triton_segmented_vs_naive(T, dtype):
     _ema_case(1, T, 33, dtype, True, SPLIT, SPLIT)
+
+
+@pytest.mark.parametrize("alphas", [(0.3,), (0.9, 0.5, 0.1, 0.02, 0.01, 1.0)], ids=["S1", "S6"])
+@pytest.mark.parametrize("split", [False, True], ids=["one-pass", "segmented"])
+def test_ema_traces_triton_other_timescale_counts(alphas, split):
+    """S = 1, and S = 6 (two launches of at most 4 timescales; alpha = 1 copies x)."""
+    _ema_case(2, 500, 24, torch.float32, True, SPLIT if split else None, SPLIT if split else None, alphas)
 
 
 def _lin_case(B, T, feat, dtype, with_h0, a_shape=None, cfg=None):

@@ -44,9 +44,10 @@ from emaprobe.utils import atomic_write_bytes, atomic_write_json, run_record
 
 DEFAULT_SHAPES = ((64, 512, 768), (16, 2048, 768), (4, 8192, 768), (1, 65536, 768))
 HEADLINE = (16, 2048, 768)
-# (CT, block, num_warps) tried by --sweep
-SWEEP = ((16, 32, 2), (16, 64, 2), (16, 64, 4), (16, 128, 4), (32, 16, 2), (32, 32, 2), (32, 32, 4),
-         (32, 64, 4), (32, 128, 4), (64, 16, 4), (64, 32, 4), (64, 64, 4), (64, 64, 8))
+# (CT, block, num_warps, min_programs) tried by --sweep; min_programs > B*D/block forces segments
+SWEEP = ((32, 16, 2, 0), (64, 16, 2, 0), (64, 16, 4, 0), (128, 16, 4, 0), (128, 16, 8, 0), (256, 16, 8, 0),
+         (32, 32, 2, 0), (64, 32, 4, 0), (128, 32, 4, 0), (128, 32, 8, 0), (256, 32, 8, 0),
+         (64, 16, 4, 3072), (128, 16, 8, 3072))
 LOOP_MAX_STEPS = 2048  # the step loop beyond this many steps is timed on a prefix and scaled
 
 
@@ -295,9 +296,9 @@ def sweep(ts, shape, alphas) -> list[dict]:
     b = torch.randn(B, T, D, device="cuda", dtype=dt)
     h, _ = ts.linear_scan_fwd(a, b)
     rows = []
-    configs = [ts.TileConfig(ct=ct, block=bd, num_warps=w) for ct, bd, w in SWEEP]
+    configs = [ts.TileConfig(ct=ct, block=bd, num_warps=w, min_programs=mp) for ct, bd, w, mp in SWEEP]
     for cfg in configs:
-        r = {"ct": cfg.ct, "block": cfg.block, "num_warps": cfg.num_warps}
+        r = {"ct": cfg.ct, "block": cfg.block, "num_warps": cfg.num_warps, "min_programs": cfg.min_programs}
         try:
             r["ema_fwd_ms"] = _bench(lambda: ts.ema_traces_fwd(x, alpha_t, cfg=cfg), rep=60)
             r["ema_bwd_ms"] = _bench(lambda: ts.ema_traces_bwd(gh, alpha_t, None, dt, cfg=cfg), rep=60)

@@ -95,7 +95,9 @@ def build_model(name_or_config, **overrides) -> LanguageModel:
 
 def describe(name: str | None = None, **overrides) -> str:
     """Parameter counts of one named config (or all), as text. Built on the meta
-    device, so even the 130M configs cost no memory."""
+    device, so even the 130M configs cost no memory. Overrides need a ``name``."""
+    if name is None and overrides:
+        raise ValueError("describe: overrides apply to one config; pass a name, e.g. describe('spen-130m', mixer='selective')")
     names = sorted(MODEL_CONFIGS) if name is None else [name]
     lines = [f"{'config':<11} {'kind':<5} {'params':>9} {'non-emb':>9}  shape"]
     for n in names:

@@ -58,14 +58,8 @@ def _combine(a1, b1, a2, b2):
 
 
 @triton.jit
-def _last_row3(v, rows, n_last):
-    # row ``n_last`` of a (CT, SP, BD) tile, summed out of axis 0: Triton cannot index rows
-    return tl.sum(tl.where((rows == n_last)[:, None, None], v, 0.0), axis=0)
-
-
-@triton.jit
 def _last_row(v, rows, n_last):
-    # row ``n_last`` of a (CT, BF) tile
+    # row ``n_last`` of a (CT, BD) tile, summed out of axis 0: Triton cannot index rows
     return tl.sum(tl.where((rows == n_last)[:, None], v, 0.0), axis=0)
 
 
@@ -79,102 +73,180 @@ def _seg_len(seg, SEGLEN, T):
 
 
 @triton.jit
+def _ema_fwd_one(x, live, h, DEC, ALP, k: tl.constexpr, o_ptr, o_off, m, D, rows,
+                 CT: tl.constexpr, STORE_OUT: tl.constexpr):
+    # timescale k of a (CT, BD) tile: scan, add the carried state, store, return the new carry
+    dec = tl.load(DEC + k)
+    alp = tl.load(ALP + k)
+    a = tl.where(live, dec, 1.0)  # padded rows decay by 1 and add 0: the last row is the end state
+    acum, hloc = tl.associative_scan((a, alp * x), 0, _combine)
+    hh = hloc + acum * h[None, :]
+    if STORE_OUT:
+        tl.store(o_ptr + k * D + o_off, hh.to(o_ptr.dtype.element_ty), mask=m)
+    return _last_row(hh, rows, CT - 1)
+
+
+@triton.jit
 def _ema_fwd_kernel(
     X, OUT, HIN, HEND, DEC, ALP,
-    T, D, SEGLEN, NSEG,
-    S: tl.constexpr, SP: tl.constexpr, CT: tl.constexpr, BD: tl.constexpr,
+    T, D, SD, SEGLEN, NSEG,
+    NS: tl.constexpr, CT: tl.constexpr, BD: tl.constexpr,
     HAS_HIN: tl.constexpr, STORE_OUT: tl.constexpr,
 ):
-    """h_t^(s) = dec_s h_{t-1}^(s) + alp_s x_t over one segment; X (B,T,D), OUT (B,T,S,D)."""
+    """h_t^(k) = DEC_k h_{t-1}^(k) + ALP_k x_t for NS <= 4 timescales over one segment.
+
+    X (B,T,D) contiguous; OUT, HIN, HEND point at timescale 0 of this launch inside
+    (B,T,S,D) / (B,NSEG,S,D) buffers whose row stride over S is D (SD = S*D per step).
+    """
     pid_d = tl.program_id(0)
     seg = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
     rows = tl.arange(0, CT)  # (CT,)
-    offs_s = tl.arange(0, SP)  # (SP,)
     offs_d = pid_d * BD + tl.arange(0, BD)  # (BD,)
     mask_d = offs_d < D
-    mask_s = offs_s < S
-    mask_sd = mask_s[:, None] & mask_d[None, :]  # (SP, BD)
-    dec = tl.load(DEC + offs_s, mask=mask_s, other=1.0)  # (SP,)
-    alp = tl.load(ALP + offs_s, mask=mask_s, other=0.0)
-    state_off = ((b * NSEG + seg) * S + offs_s[:, None]) * D + offs_d[None, :]  # (SP, BD)
+    st = (b * NSEG + seg) * SD + offs_d  # (BD,) state offsets, timescale 0
+    h0 = tl.zeros((BD,), dtype=tl.float32)
+    h1 = tl.zeros((BD,), dtype=tl.float32)
+    h2 = tl.zeros((BD,), dtype=tl.float32)
+    h3 = tl.zeros((BD,), dtype=tl.float32)
     if HAS_HIN:
-        h = tl.load(HIN + state_off, mask=mask_sd, other=0.0).to(tl.float32)
-    else:
-        h = tl.zeros((SP, BD), dtype=tl.float32)
+        h0 = tl.load(HIN + st, mask=mask_d, other=0.0)
+        if NS > 1:
+            h1 = tl.load(HIN + st + D, mask=mask_d, other=0.0)
+        if NS > 2:
+            h2 = tl.load(HIN + st + 2 * D, mask=mask_d, other=0.0)
+        if NS > 3:
+            h3 = tl.load(HIN + st + 3 * D, mask=mask_d, other=0.0)
     t_start = seg * SEGLEN
     seg_len = _seg_len(seg, SEGLEN, T)
-    SD = S * D
     x_ptr = X + (b * T + t_start) * D
     o_ptr = OUT + (b * T + t_start) * SD
     x_off = rows[:, None] * D + offs_d[None, :]  # (CT, BD)
-    o_off = rows[:, None, None] * SD + offs_s[None, :, None] * D + offs_d[None, None, :]  # (CT, SP, BD)
-    dec3 = tl.broadcast_to(dec[None, :, None], (CT, SP, BD))
+    o_off = rows[:, None] * SD + offs_d[None, :]
+    # prefetch: the next tile's load is in flight while this one is scanned
+    x_next = tl.load(x_ptr + x_off, mask=(rows < seg_len)[:, None] & mask_d[None, :], other=0.0)
     for i0 in range(0, seg_len, CT):
-        valid = (i0 + rows) < seg_len  # (CT,)
-        x = tl.load(x_ptr + x_off, mask=valid[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
-        # padded rows decay by 1 and add 0, so the last row holds the segment's end state
-        a = tl.where(valid[:, None, None], dec3, 1.0)  # (CT, SP, BD)
-        u = alp[None, :, None] * x[:, None, :]  # (CT, SP, BD)
-        acum, hloc = tl.associative_scan((a, u), 0, _combine)
-        hh = hloc + acum * h[None, :, :]
-        if STORE_OUT:
-            tl.store(o_ptr + o_off, hh.to(OUT.dtype.element_ty), mask=valid[:, None, None] & mask_sd[None, :, :])
-        h = _last_row3(hh, rows, CT - 1)
+        x = x_next.to(tl.float32)
+        valid = (i0 + rows) < seg_len
+        m = valid[:, None] & mask_d[None, :]
+        x_next = tl.load(x_ptr + CT * D + x_off, mask=((i0 + CT + rows) < seg_len)[:, None] & mask_d[None, :],
+                         other=0.0)
+        live = tl.broadcast_to(valid[:, None], (CT, BD))
+        h0 = _ema_fwd_one(x, live, h0, DEC, ALP, 0, o_ptr, o_off, m, D, rows, CT, STORE_OUT)
+        if NS > 1:
+            h1 = _ema_fwd_one(x, live, h1, DEC, ALP, 1, o_ptr, o_off, m, D, rows, CT, STORE_OUT)
+        if NS > 2:
+            h2 = _ema_fwd_one(x, live, h2, DEC, ALP, 2, o_ptr, o_off, m, D, rows, CT, STORE_OUT)
+        if NS > 3:
+            h3 = _ema_fwd_one(x, live, h3, DEC, ALP, 3, o_ptr, o_off, m, D, rows, CT, STORE_OUT)
         x_ptr += CT * D
         o_ptr += CT * SD
-    tl.store(HEND + state_off, h, mask=mask_sd)
+    tl.store(HEND + st, h0, mask=mask_d)
+    if NS > 1:
+        tl.store(HEND + st + D, h1, mask=mask_d)
+    if NS > 2:
+        tl.store(HEND + st + 2 * D, h2, mask=mask_d)
+    if NS > 3:
+        tl.store(HEND + st + 3 * D, h3, mask=mask_d)
+
+
+@triton.jit
+def _ema_bwd_one(u, keep, g, DEC, k: tl.constexpr, rows, CT: tl.constexpr):
+    dec = tl.load(DEC + k)
+    a = tl.where(keep, dec, 1.0)
+    acum, gloc = tl.associative_scan((a, u.to(tl.float32)), 0, _combine)
+    gg = gloc + acum * g[None, :]
+    return gg, _last_row(gg, rows, CT - 1)
 
 
 @triton.jit
 def _ema_bwd_kernel(
     GH, GX, GIN, GSTART, DEC, ALP,
-    T, D, SEGLEN, NSEG,
-    S: tl.constexpr, SP: tl.constexpr, CT: tl.constexpr, BD: tl.constexpr,
-    HAS_GIN: tl.constexpr, STORE_OUT: tl.constexpr,
+    T, D, SD, SEGLEN, NSEG,
+    NS: tl.constexpr, CT: tl.constexpr, BD: tl.constexpr,
+    HAS_GIN: tl.constexpr, STORE_OUT: tl.constexpr, ACCUM: tl.constexpr,
 ):
-    """Backwards in time: g_t = dec g_{t+1} + gh_t; gx_t = sum_s alp_s g_t^(s). GH (B,T,S,D), GX (B,T,D)."""
+    """Backwards in time: g_t = DEC g_{t+1} + gh_t (the carry at T enters undecayed);
+    gx_t (+)= sum_k ALP_k g_t^(k). GH, GIN, GSTART point at timescale 0 of this launch."""
     pid_d = tl.program_id(0)
     seg = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
     rows = tl.arange(0, CT)
-    offs_s = tl.arange(0, SP)
     offs_d = pid_d * BD + tl.arange(0, BD)
     mask_d = offs_d < D
-    mask_s = offs_s < S
-    mask_sd = mask_s[:, None] & mask_d[None, :]
-    dec = tl.load(DEC + offs_s, mask=mask_s, other=1.0)
-    alp = tl.load(ALP + offs_s, mask=mask_s, other=0.0)
-    state_off = ((b * NSEG + seg) * S + offs_s[:, None]) * D + offs_d[None, :]
+    st = (b * NSEG + seg) * SD + offs_d
+    g0 = tl.zeros((BD,), dtype=tl.float32)
+    g1 = tl.zeros((BD,), dtype=tl.float32)
+    g2 = tl.zeros((BD,), dtype=tl.float32)
+    g3 = tl.zeros((BD,), dtype=tl.float32)
     if HAS_GIN:
-        g = tl.load(GIN + state_off, mask=mask_sd, other=0.0).to(tl.float32)
-    else:
-        g = tl.zeros((SP, BD), dtype=tl.float32)
+        g0 = tl.load(GIN + st, mask=mask_d, other=0.0)
+        if NS > 1:
+            g1 = tl.load(GIN + st + D, mask=mask_d, other=0.0)
+        if NS > 2:
+            g2 = tl.load(GIN + st + 2 * D, mask=mask_d, other=0.0)
+        if NS > 3:
+            g3 = tl.load(GIN + st + 3 * D, mask=mask_d, other=0.0)
     t_start = seg * SEGLEN
     seg_len = _seg_len(seg, SEGLEN, T)
-    SD = S * D
     t_last = t_start + seg_len - 1
     # tile row i is time t_last - (i0 + i): the scan runs forward over reversed time
     gh_ptr = GH + (b * T + t_last) * SD
     gx_ptr = GX + (b * T + t_last) * D
-    gh_off = -rows[:, None, None] * SD + offs_s[None, :, None] * D + offs_d[None, None, :]
+    gh_off = -rows[:, None] * SD + offs_d[None, :]
     gx_off = -rows[:, None] * D + offs_d[None, :]
-    dec3 = tl.broadcast_to(dec[None, :, None], (CT, SP, BD))
+    mn = (rows < seg_len)[:, None] & mask_d[None, :]
+    u0n = tl.load(gh_ptr + gh_off, mask=mn, other=0.0)
+    u1n = u0n
+    u2n = u0n
+    u3n = u0n
+    if NS > 1:
+        u1n = tl.load(gh_ptr + D + gh_off, mask=mn, other=0.0)
+    if NS > 2:
+        u2n = tl.load(gh_ptr + 2 * D + gh_off, mask=mn, other=0.0)
+    if NS > 3:
+        u3n = tl.load(gh_ptr + 3 * D + gh_off, mask=mn, other=0.0)
     for i0 in range(0, seg_len, CT):
+        u0 = u0n
+        u1 = u1n
+        u2 = u2n
+        u3 = u3n
         valid = (i0 + rows) < seg_len
-        u = tl.load(gh_ptr + gh_off, mask=valid[:, None, None] & mask_sd[None, :, :], other=0.0).to(tl.float32)
-        # the final state is h_{T-1} itself: the carry at T enters undecayed
-        keep = valid & ((t_last - i0 - rows) < T - 1)
-        a = tl.where(keep[:, None, None], dec3, 1.0)
-        acum, gloc = tl.associative_scan((a, u), 0, _combine)
-        gg = gloc + acum * g[None, :, :]  # (CT, SP, BD)
+        m = valid[:, None] & mask_d[None, :]
+        mn = ((i0 + CT + rows) < seg_len)[:, None] & mask_d[None, :]
+        nxt = gh_ptr - CT * SD
+        u0n = tl.load(nxt + gh_off, mask=mn, other=0.0)
+        if NS > 1:
+            u1n = tl.load(nxt + D + gh_off, mask=mn, other=0.0)
+        if NS > 2:
+            u2n = tl.load(nxt + 2 * D + gh_off, mask=mn, other=0.0)
+        if NS > 3:
+            u3n = tl.load(nxt + 3 * D + gh_off, mask=mn, other=0.0)
+        keep = tl.broadcast_to((valid & ((t_last - i0 - rows) < T - 1))[:, None], (CT, BD))
+        gg, g0 = _ema_bwd_one(u0, keep, g0, DEC, 0, rows, CT)
+        gx = tl.load(ALP) * gg
+        if NS > 1:
+            gg, g1 = _ema_bwd_one(u1, keep, g1, DEC, 1, rows, CT)
+            gx += tl.load(ALP + 1) * gg
+        if NS > 2:
+            gg, g2 = _ema_bwd_one(u2, keep, g2, DEC, 2, rows, CT)
+            gx += tl.load(ALP + 2) * gg
+        if NS > 3:
+            gg, g3 = _ema_bwd_one(u3, keep, g3, DEC, 3, rows, CT)
+            gx += tl.load(ALP + 3) * gg
         if STORE_OUT:
-            gx = tl.sum(gg * alp[None, :, None], axis=1)  # (CT, BD)
-            tl.store(gx_ptr + gx_off, gx.to(GX.dtype.element_ty), mask=valid[:, None] & mask_d[None, :])
-        g = _last_row3(gg, rows, CT - 1)
-        gh_ptr -= CT * SD
+            if ACCUM:  # a later group of timescales adds to the first group's dx
+                gx += tl.load(gx_ptr + gx_off, mask=m, other=0.0).to(tl.float32)
+            tl.store(gx_ptr + gx_off, gx.to(GX.dtype.element_ty), mask=m)
+        gh_ptr = nxt
         gx_ptr -= CT * D
-    tl.store(GSTART + state_off, g, mask=mask_sd)
+    tl.store(GSTART + st, g0, mask=mask_d)
+    if NS > 1:
+        tl.store(GSTART + st + D, g1, mask=mask_d)
+    if NS > 2:
+        tl.store(GSTART + st + 2 * D, g2, mask=mask_d)
+    if NS > 3:
+        tl.store(GSTART + st + 3 * D, g3, mask=mask_d)
 
 
 @triton.jit
@@ -206,11 +278,19 @@ def _lin_fwd_kernel(
     a_off = rows[:, None] * s_at + offs_f[None, :] * s_af
     u_off = rows[:, None] * s_ut + offs_f[None, :] * s_uf
     o_off = rows[:, None] * F + offs_f[None, :]
+    mn = (rows < seg_len)[:, None] & mask_f[None, :]
+    a_next = tl.load(a_ptr + a_off, mask=mn, other=1.0)
+    u_next = tl.load(u_ptr + u_off, mask=mn, other=0.0)
     for i0 in range(0, seg_len, CT):
+        a = a_next.to(tl.float32)
+        u = u_next.to(tl.float32)
         valid = (i0 + rows) < seg_len
         m = valid[:, None] & mask_f[None, :]
-        a = tl.load(a_ptr + a_off, mask=m, other=1.0).to(tl.float32)
-        u = tl.load(u_ptr + u_off, mask=m, other=0.0).to(tl.float32)
+        mn = ((i0 + CT + rows) < seg_len)[:, None] & mask_f[None, :]
+        a_ptr += CT * s_at
+        u_ptr += CT * s_ut
+        a_next = tl.load(a_ptr + a_off, mask=mn, other=1.0)
+        u_next = tl.load(u_ptr + u_off, mask=mn, other=0.0)
         acum, hloc = tl.associative_scan((a, u), 0, _combine)
         hh = hloc + acum * h[None, :]
         if STORE_OUT:
@@ -218,8 +298,6 @@ def _lin_fwd_kernel(
         h = _last_row(hh, rows, CT - 1)
         if STORE_AEND:
             aprod = aprod * _last_row(acum, rows, CT - 1)
-        a_ptr += CT * s_at
-        u_ptr += CT * s_ut
         o_ptr += CT * F
     tl.store(HEND + state_off, h, mask=mask_f)
     if STORE_AEND:
@@ -261,24 +339,32 @@ def _lin_bwd_kernel(
     gb_ptr = GB + (b * T + t_last) * F
     a_off = -rows[:, None] * s_at + offs_f[None, :] * s_af
     c_off = -rows[:, None] * F + offs_f[None, :]
+    t = (t_start + seg_len - 1) - rows
+    mn = (rows < seg_len)[:, None] & mask_f[None, :]
+    a_next = tl.load(a_ptr + a_off, mask=mn & (t < T - 1)[:, None], other=1.0)
+    u_next = tl.load(g_ptr + c_off, mask=mn, other=0.0)
     for i0 in range(0, seg_len, CT):
         t = (t_start + seg_len - 1 - i0) - rows  # (CT,) time of each tile row
+        a = a_next.to(tl.float32)
+        u = u_next.to(tl.float32)
         valid = (i0 + rows) < seg_len
         m = valid[:, None] & mask_f[None, :]
-        a = tl.load(a_ptr + a_off, mask=m & (t < T - 1)[:, None], other=1.0).to(tl.float32)
-        u = tl.load(g_ptr + c_off, mask=m, other=0.0).to(tl.float32)
+        if STORE_OUT:
+            hp = tl.load(h_ptr + c_off, mask=m & (t > 0)[:, None], other=0.0).to(tl.float32)
+        mn = ((i0 + CT + rows) < seg_len)[:, None] & mask_f[None, :]
+        a_ptr -= CT * s_at
+        g_ptr -= CT * F
+        a_next = tl.load(a_ptr + a_off, mask=mn & (t - CT < T - 1)[:, None], other=1.0)
+        u_next = tl.load(g_ptr + c_off, mask=mn, other=0.0)
         acum, gloc = tl.associative_scan((a, u), 0, _combine)
         gg = gloc + acum * g[None, :]
         if STORE_OUT:
-            hp = tl.load(h_ptr + c_off, mask=m & (t > 0)[:, None], other=0.0).to(tl.float32)
             hp = tl.where((t == 0)[:, None], h0[None, :], hp)
             tl.store(gb_ptr + c_off, gg.to(GB.dtype.element_ty), mask=m)
             tl.store(ga_ptr + c_off, (gg * hp).to(GA.dtype.element_ty), mask=m)
         g = _last_row(gg, rows, CT - 1)
         if STORE_AEND:
             aprod = aprod * _last_row(acum, rows, CT - 1)
-        a_ptr -= CT * s_at
-        g_ptr -= CT * F
         h_ptr -= CT * F
         ga_ptr -= CT * F
         gb_ptr -= CT * F
@@ -344,11 +430,10 @@ def _seg_decays(dec64: torch.Tensor, T: int, nseg: int, seglen: int, backward: b
     return (dec64.view(1, -1) ** lens.view(-1, 1)).float()
 
 
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
 # ---------------------------------------------------------------------------- forward / backward launchers
+
+
+GROUP = 4  # timescales one launch scans (one x read per group)
 
 
 def ema_traces_fwd(
@@ -373,20 +458,27 @@ def ema_traces_fwd(
         return out, hT
     nd = triton.cdiv(D, cfg.block)
     nseg, seglen = _segments(cfg, B * nd, T, x.device)
-    kw = dict(S=S, SP=_next_pow2(S), CT=cfg.ct, BD=cfg.block, num_warps=cfg.num_warps)
+    grid = (nd, nseg, B)
     hend = torch.empty(B, nseg, S, D, dtype=torch.float32, device=x.device)
     if nseg == 1:
-        hin = h0f
+        hin = None if h0f is None else h0f.view(B, 1, S, D)
     else:
         ends = torch.empty_like(hend)
-        _ema_fwd_kernel[(nd, nseg, B)](x, out, x, ends, dec, alp, T, D, seglen, nseg,
-                                       HAS_HIN=False, STORE_OUT=False, **kw)
+        for s0 in range(0, S, GROUP):
+            ns = min(GROUP, S - s0)
+            _ema_fwd_kernel[grid](x, out, x, ends[:, :, s0:], dec[s0:], alp[s0:], T, D, S * D, seglen, nseg,
+                                  NS=ns, CT=cfg.ct, BD=cfg.block, HAS_HIN=False, STORE_OUT=False,
+                                  num_warps=cfg.num_warps)
         dseg = _seg_decays(dec64, T, nseg, seglen).view(1, nseg, S, 1).expand(B, nseg, S, D)
         H, _ = linear_scan_fwd(dseg, ends, h0f, torch.float32)  # true state after each segment
         first = torch.zeros_like(H[:, :1]) if h0f is None else h0f.unsqueeze(1)
         hin = torch.cat([first, H[:, :-1]], dim=1).contiguous()  # (B, NSEG, S, D)
-    _ema_fwd_kernel[(nd, nseg, B)](x, out, hin if hin is not None else x, hend, dec, alp, T, D, seglen, nseg,
-                                   HAS_HIN=hin is not None, STORE_OUT=True, **kw)
+    for s0 in range(0, S, GROUP):
+        ns = min(GROUP, S - s0)
+        _ema_fwd_kernel[grid](x, out[:, :, s0:], x if hin is None else hin[:, :, s0:], hend[:, :, s0:],
+                              dec[s0:], alp[s0:], T, D, S * D, seglen, nseg,
+                              NS=ns, CT=cfg.ct, BD=cfg.block, HAS_HIN=hin is not None, STORE_OUT=True,
+                              num_warps=cfg.num_warps)
     return out, hend[:, -1]
 
 
@@ -413,18 +505,23 @@ def ema_traces_bwd(
         return gx, torch.zeros(B, S, D, device=gh.device) if gf is None else gf.clone()
     nd = triton.cdiv(D, cfg.block)
     nseg, seglen = _segments(cfg, B * nd, T, gh.device)
-    kw = dict(S=S, SP=_next_pow2(S), CT=cfg.ct, BD=cfg.block, num_warps=cfg.num_warps)
+    grid = (nd, nseg, B)
     gstart = torch.empty(B, nseg, S, D, dtype=torch.float32, device=gh.device)
     if nseg == 1:
-        gin = gf
+        gin = None if gf is None else gf.view(B, 1, S, D)
     else:
         starts = torch.empty_like(gstart)
-        _ema_bwd_kernel[(nd, nseg, B)](gh, gx, gh, starts, dec, alp, T, D, seglen, nseg,
-                                       HAS_GIN=False, STORE_OUT=False, **kw)
-        gin = _reverse_carries(_seg_decays(dec64, T, nseg, seglen, backward=True).view(1, nseg, S, 1).expand(B, nseg, S, D),
-                               starts, gf)
-    _ema_bwd_kernel[(nd, nseg, B)](gh, gx, gin if gin is not None else gh, gstart, dec, alp, T, D, seglen, nseg,
-                                   HAS_GIN=gin is not None, STORE_OUT=True, **kw)
+        for s0 in range(0, S, GROUP):
+            _ema_bwd_kernel[grid](gh[:, :, s0:], gx, gh, starts[:, :, s0:], dec[s0:], alp[s0:], T, D, S * D,
+                                  seglen, nseg, NS=min(GROUP, S - s0), CT=cfg.ct, BD=cfg.block, HAS_GIN=False,
+                                  STORE_OUT=False, ACCUM=False, num_warps=cfg.num_warps)
+        dseg = _seg_decays(dec64, T, nseg, seglen, backward=True).view(1, nseg, S, 1).expand(B, nseg, S, D)
+        gin = _reverse_carries(dseg, starts, gf)
+    for s0 in range(0, S, GROUP):
+        _ema_bwd_kernel[grid](gh[:, :, s0:], gx, gh if gin is None else gin[:, :, s0:], gstart[:, :, s0:],
+                              dec[s0:], alp[s0:], T, D, S * D, seglen, nseg, NS=min(GROUP, S - s0), CT=cfg.ct,
+                              BD=cfg.block, HAS_GIN=gin is not None, STORE_OUT=True, ACCUM=s0 > 0,
+                              num_warps=cfg.num_warps)
     return gx, gstart[:, 0]
 
 

@@ -39,7 +39,6 @@ from tqdm import tqdm
 
 from emaprobe.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from emaprobe.train.config import TrainConfig
-from emaprobe.train.progress import progress_disabled
 from emaprobe.train.dist import (
     DistInfo,
     all_gather_objects,
@@ -50,6 +49,7 @@ from emaprobe.train.dist import (
     resolve_device,
 )
 from emaprobe.train.evaluate import evaluate_lm, lm_loss
+from emaprobe.train.progress import progress_disabled
 from emaprobe.train.sampler import BatchSampler
 from emaprobe.train.schedule import lr_at
 from emaprobe.utils import atomic_write_json, atomic_write_text, config_to_dict, run_record

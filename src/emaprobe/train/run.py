@@ -85,6 +85,7 @@ def run_lm_training(
     """
     out = Path(out_dir)
     cfg = train_config(train_overrides, base_train)
+    resolve_model_config(config, model_overrides)  # a bad name or field fails before any data is read
     streams, tok = lm_data if lm_data is not None else load_lm_data(data, val=val, tokenizer=tokenizer)
     model_cfg = resolve_model_config(config, model_overrides, vocab_size=tok.vocab_size)
     model = build_lm(model_cfg, seed=cfg.seed)
@@ -101,7 +102,8 @@ def run_lm_training(
         extra_record={"config_name": config, "tokenizer": tok.name, "vocab_size": tok.vocab_size},
     )
     result.update(config_name=config, model_config=dataclasses.asdict(model_cfg), train_config=dataclasses.asdict(cfg),
-                  num_params=model.num_params(), out_dir=str(out))
+                  num_params=model.num_params(), num_params_non_embedding=model.num_params(exclude_embeddings=True),
+                  out_dir=str(out))
     return result
 
 
