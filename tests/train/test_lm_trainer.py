@@ -89,9 +89,17 @@ def test_killed_and_resumed_run_equals_unbroken_bit_for_bit(ptb, tmp_path):
 
     with pytest.raises(ValueError, match="--resume"):
         run_lm_training("spen-tiny", "ptb", broken, train_overrides=over, lm_data=ptb, quiet=True)
-    with pytest.raises(ValueError, match="batch_size"):
+    with pytest.raises(ValueError, match=r"different \['batch_size'\] \(batch_size=8\)"):
         run_lm_training("spen-tiny", "ptb", broken, train_overrides={**over, "batch_size": "4"}, lm_data=ptb,
                         quiet=True, resume=True)
+    with pytest.raises(ValueError, match="different model config"):
+        run_lm_training("spen-tiny", "ptb", broken, train_overrides=over, model_overrides={"mixer": "selective"},
+                        lm_data=ptb, quiet=True, resume=True)
+    # a lower learning rate after a divergence is allowed, with a warning (steps 21-22 run with it)
+    with pytest.warns(RuntimeWarning, match=r"changed train settings \['optim', 'steps'\]"):
+        run_lm_training("spen-tiny", "ptb", broken, train_overrides={**over, "steps": "22", "optim.lr": "1e-4"},
+                        lm_data=ptb, quiet=True, resume=True)
+    assert [m["step"] for m in _metrics(broken) if "loss" in m][-2:] == [21, 22]
 
 
 class _PoisonedLM(nn.Module):

@@ -14,7 +14,7 @@ examples:
   emaprobe lm train --config spen-tiny --data ptb --steps 300 --out runs/spen-sel --model.mixer=selective
   emaprobe lm train --config gpt-tiny --data ptb --steps 300 --out runs/gpt --train.optim.lr=3e-3
   emaprobe lm train --config spen-tiny --data ptb --steps 300 --out runs/spen-ema --resume
-  torchrun --nproc_per_node=8 -m emaprobe lm train --config spen-130m --data /data/fineweb-gpt2 \\
+  torchrun --nproc_per_node=8 -m emaprobe.cli lm train --config spen-130m --data /data/fineweb-gpt2 \\
       --val /data/fineweb-gpt2-val --steps 20000 --out runs/spen-130m --train.batch_size=32 --train.seq_len=1024
 
 Any field of the model config (see `emaprobe lm configs`) is set with --model.FIELD=VALUE,
@@ -92,11 +92,31 @@ class OverrideParser(argparse.ArgumentParser):
 
 
 def _train(args) -> int:
-    from emaprobe.train.run import run_lm_training
+    from emaprobe.train.dist import env_dist_info, shutdown_distributed
 
     if args.steps is not None:
-        args.overrides["train"].setdefault("steps", str(args.steps))
-    result = run_lm_training(
+        given = args.overrides["train"].get("steps")
+        if given is not None and given != str(args.steps):
+            raise ValueError(f"--steps {args.steps} and --train.steps={given} disagree; give one")
+        args.overrides["train"]["steps"] = str(args.steps)
+
+    try:
+        result = _run_training(args)
+    finally:
+        shutdown_distributed()
+    val = result.get("val") or {}
+    if val and env_dist_info().is_main:
+        print(
+            f"step {val['step']}: val loss {val['val_loss']:.4f}  ppl {val['val_ppl']:.2f}  "
+            f"bpb {val['val_bpb']:.4f}  ({result['tokens']:,} tokens)  -> {args.out}"
+        )
+    return 0
+
+
+def _run_training(args) -> dict:
+    from emaprobe.train.run import run_lm_training
+
+    return run_lm_training(
         config=args.config,
         data=args.data,
         out_dir=args.out,
@@ -107,13 +127,6 @@ def _train(args) -> int:
         resume=args.resume,
         quiet=args.quiet,
     )
-    val = result.get("val") or {}
-    if val:
-        print(
-            f"step {val['step']}: val loss {val['val_loss']:.4f}  ppl {val['val_ppl']:.2f}  "
-            f"bpb {val['val_bpb']:.4f}  ({result['tokens']:,} tokens)  -> {args.out}"
-        )
-    return 0
 
 
 def _eval(args) -> int:

@@ -25,8 +25,8 @@ In one run it measures:
 
 Every figure is the median of ``triton.testing.do_bench`` (CUDA events, warm-up
 first). Before timing, each of our kernels is checked against a float64 reference on
-fresh random inputs with NaN-poisoned outputs. Writes ``scan_cuda.json`` and
-``scan_cuda.png`` (both name the card) into ``--out``.
+fresh random inputs with NaN-poisoned outputs. Writes ``scan_cuda_<card>.json`` and
+``scan_cuda_<card>.png`` (the card's name in the file names and inside both) into ``--out``.
 """
 
 from __future__ import annotations
@@ -44,25 +44,52 @@ from emaprobe.utils import atomic_write_bytes, atomic_write_json, run_record
 
 DEFAULT_SHAPES = ((64, 512, 768), (16, 2048, 768), (4, 8192, 768), (1, 65536, 768))
 HEADLINE = (16, 2048, 768)
-# (CT, block, num_warps, min_programs) tried by --sweep; min_programs > B*D/block forces segments
-SWEEP = ((32, 16, 2, 0), (64, 16, 2, 0), (64, 16, 4, 0), (128, 16, 4, 0), (128, 16, 8, 0), (256, 16, 8, 0),
-         (32, 32, 2, 0), (64, 32, 4, 0), (128, 32, 4, 0), (128, 32, 8, 0), (256, 32, 8, 0),
-         (64, 16, 4, 3072), (128, 16, 8, 3072))
-LOOP_MAX_STEPS = 2048  # the step loop beyond this many steps is timed on a prefix and scaled
+# TileConfig fields tried by --sweep: (ct, block, num_warps, vec, min_programs); min_programs -1 = one pass
+SWEEP = ((16, 64, 1, 2, -1), (32, 64, 1, 2, -1), (16, 64, 1, 2, 768), (16, 64, 1, 2, 1536), (16, 64, 1, 2, 3072),
+         (8, 64, 1, 2, 1536), (8, 64, 1, 2, 3072), (32, 64, 1, 2, 1536), (16, 128, 2, 2, 3072))
+LOOP_MAX_STEPS = 2048
+# accelerated-scan's warp kernel hit an illegal memory access at B=4 T=8192 (S*D=2304
+# channels) on the H200 here, which ends the CUDA context: it is timed up to this T
+WARP_MAX_T = 2048  # the step loop beyond this many steps is timed on a prefix and scaled
 
 
-def _bench(fn, warmup: int = 25, rep: int = 200) -> float:
-    """Median milliseconds of ``fn`` by CUDA events."""
+EAGER_FALLBACKS: list[str] = []  # figures that could not be timed inside a CUDA graph
+
+
+def _bench_eager(fn, warmup: int = 25, rep: int = 200) -> float:
+    """Median milliseconds of ``fn`` launched from Python (CPU launch overhead included)."""
     import triton.testing
 
     return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
+
+
+def _bench(fn, name: str = "", rep: int = 100) -> float:
+    """Median milliseconds of ``fn`` per call, replayed from a CUDA graph.
+
+    A graph removes the Python launch overhead (tens of microseconds a launch, more than
+    the kernels themselves at these sizes), so the figure is the GPU's time; every
+    kernel, ours and peers alike, is timed this way. Falls back to eager timing (and
+    records ``name`` in EAGER_FALLBACKS) when ``fn`` cannot be captured.
+    """
+    import triton.testing
+
+    try:
+        return float(triton.testing.do_bench_cudagraph(fn, rep=rep, return_mode="median"))
+    except Exception as err:  # noqa: BLE001 - e.g. a peer that synchronises inside
+        torch.cuda.synchronize()
+        EAGER_FALLBACKS.append(name)
+        print(f"{name}: CUDA-graph capture failed ({type(err).__name__}: {str(err)[:120]}); timing eagerly",
+              file=sys.stderr)
+        return _bench_eager(fn, rep=rep)
 
 
 def copy_bandwidth(nbytes: int = 1 << 30) -> float:
     """Device-to-device copy bandwidth in bytes/s, counting bytes read plus bytes written."""
     src = torch.randn(nbytes // 4, device="cuda")
     dst = torch.empty_like(src)
-    ms = _bench(lambda: dst.copy_(src))
+    # eager on purpose: inside a CUDA graph a copy can become a copy-engine node (slower,
+    # 2.77 TB/s against 4.22 on the H200 here); take the faster of two copies, the stricter floor
+    ms = min(_bench_eager(lambda: dst.copy_(src)), _bench_eager(lambda: torch.mul(src, 1.0, out=dst)))
     return 2 * nbytes / (ms * 1e-3)
 
 
@@ -88,7 +115,7 @@ def check_kernels(ts, alphas) -> dict:
     torch.empty = poisoned  # every buffer the kernels allocate starts as NaN
     try:
         for split in (False, True):
-            cfg = ts.TileConfig(ct=16, block=32, split=split) if split else None
+            cfg = ts.TileConfig(ct=16, block=64, split=split) if split else None
             x = torch.randn(3, 1000, 96, device="cuda", dtype=torch.float64)
             xr = x.clone().requires_grad_()
             ref = naive_ema_traces(xr, alphas)
@@ -117,15 +144,18 @@ def check_kernels(ts, alphas) -> dict:
 # ---------------------------------------------------------------------------- peers
 
 
-def _fft_ema(x: torch.Tensor, alphas) -> torch.Tensor:
-    """EMA traces as causal convolutions with kernels alpha (1 - alpha)^k, by FFT in float32."""
+def _fft_kernels(T: int, alphas, device) -> torch.Tensor:
+    """Spectra (S, T+1) of the causal kernels alpha (1 - alpha)^k, k < T, padded to 2T."""
+    k = torch.arange(T, device=device, dtype=torch.float64)
+    al = torch.tensor(alphas, device=device, dtype=torch.float64).view(-1, 1)
+    return torch.fft.rfft((al * (1.0 - al) ** k).float(), n=2 * T)
+
+
+def _fft_ema(x: torch.Tensor, Kf: torch.Tensor) -> torch.Tensor:
+    """EMA traces as causal convolutions by FFT in float32 (the kernels' spectra precomputed)."""
     B, T, D = x.shape
     n = 2 * T
-    k = torch.arange(T, device=x.device, dtype=torch.float64)
-    al = torch.tensor(alphas, device=x.device, dtype=torch.float64).view(-1, 1)
-    kern = (al * (1.0 - al) ** k).float()  # (S, T)
     Xf = torch.fft.rfft(x.float().transpose(1, 2), n=n)  # (B, D, n/2+1)
-    Kf = torch.fft.rfft(kern, n=n)  # (S, n/2+1)
     y = torch.fft.irfft(Xf.unsqueeze(1) * Kf.view(1, -1, 1, Kf.shape[-1]), n=n)[..., :T]  # (B, S, D, T)
     return y.permute(0, 3, 1, 2).to(x.dtype)  # (B, T, S, D)
 
@@ -140,14 +170,10 @@ def _step_loop(x: torch.Tensor, alphas, steps: int) -> torch.Tensor:
     return out
 
 
-def _load_peers(want_warp: bool) -> dict:
+def _load_peers(want_warp: bool) -> dict:  # noqa: C901
     peers = {}
-    try:
-        from accelerated_scan.scalar import scan as acc_scalar
-
-        peers["accelerated-scan (triton)"] = acc_scalar
-    except Exception as err:  # noqa: BLE001 - a missing peer is reported, not fatal
-        print(f"peer accelerated-scan (triton) unavailable: {err}", file=sys.stderr)
+    # accelerated-scan's Triton kernel ("scalar") hit an illegal memory access here (H200,
+    # Triton 3.6, B=64 T=512), which ends the CUDA context; its CUDA "warp" kernel is used
     if want_warp:
         try:
             t0 = time.time()
@@ -175,7 +201,7 @@ def _time_peer(name: str, fn, gates: torch.Tensor, tokens: torch.Tensor, fb: boo
             call = fn
         if not fb:
             with torch.no_grad():
-                return _bench(lambda: call(gates, tokens))
+                return _bench(lambda: call(gates, tokens), name)
         g = gates.detach().requires_grad_()
         u = tokens.detach().requires_grad_()
         gout = torch.randn_like(tokens)
@@ -185,7 +211,7 @@ def _time_peer(name: str, fn, gates: torch.Tensor, tokens: torch.Tensor, fb: boo
             torch.autograd.backward(y, gout)
             g.grad = u.grad = None
 
-        return _bench(step)
+        return _bench(step, name + " fwd+bwd")
     except Exception as err:  # noqa: BLE001
         print(f"peer {name} failed: {type(err).__name__}: {err}", file=sys.stderr)
         return None
@@ -209,10 +235,12 @@ def bench_shape(ts, shape, alphas, bw: float, peers: dict, loop: bool) -> dict:
 
     x = torch.randn(B, T, D, device="cuda", dtype=dt)
     with torch.no_grad():
-        row["ours_ema_fwd_ms"] = _bench(lambda: ts.ema_traces_fwd(x, alpha_t))
+        row["ours_ema_fwd_ms"] = _bench(lambda: ts.ema_traces_fwd(x, alpha_t), "ours_ema_fwd")
+        row["ours_ema_fwd_eager_ms"] = _bench_eager(lambda: ts.ema_traces_fwd(x, alpha_t))
         out = torch.empty(B, T, S, D, device="cuda", dtype=dt)
-        row["torch_broadcast_copy_ms"] = _bench(lambda: out.copy_(x.unsqueeze(2).expand(B, T, S, D)))
-        row["public_ema_traces_fwd_ms"] = _bench(lambda: ema_traces(x, alphas, backend="triton"))
+        row["torch_broadcast_copy_ms"] = _bench(lambda: out.copy_(x.unsqueeze(2).expand(B, T, S, D)), "copy")
+        # the public op as scan.py calls the backend today (float32 contract, then a cast), eager
+        row["public_ema_traces_fwd_eager_ms"] = _bench_eager(lambda: ema_traces(x, alphas, backend="triton"))
     del out
     xg = x.detach().requires_grad_()
     gout = torch.randn(B, T, S, D, device="cuda", dtype=dt)
@@ -222,13 +250,13 @@ def bench_shape(ts, shape, alphas, bw: float, peers: dict, loop: bool) -> dict:
         torch.autograd.backward(y, gout)
         xg.grad = None
 
-    row["ours_ema_fwdbwd_ms"] = _bench(ema_fb)
+    row["ours_ema_fwdbwd_ms"] = _bench(ema_fb, "ours_ema_fwdbwd")
     del gout
 
     a = (torch.rand(B, T, D, device="cuda") * 0.5 + 0.5).to(dt)
     b = torch.randn(B, T, D, device="cuda", dtype=dt)
     with torch.no_grad():
-        row["ours_sel_fwd_ms"] = _bench(lambda: ts.linear_scan_fwd(a, b))
+        row["ours_sel_fwd_ms"] = _bench(lambda: ts.linear_scan_fwd(a, b), "ours_sel_fwd")
     ag, bg = a.detach().requires_grad_(), b.detach().requires_grad_()
     gsel = torch.randn(B, T, D, device="cuda", dtype=dt)
 
@@ -237,11 +265,12 @@ def bench_shape(ts, shape, alphas, bw: float, peers: dict, loop: bool) -> dict:
         torch.autograd.backward(y, gsel)
         ag.grad = bg.grad = None
 
-    row["ours_sel_fwdbwd_ms"] = _bench(sel_fb)
+    row["ours_sel_fwdbwd_ms"] = _bench(sel_fb, "ours_sel_fwdbwd")
 
     with torch.no_grad():
         try:
-            row["fft_ema_fwd_ms"] = _bench(lambda: _fft_ema(x, alphas), warmup=5, rep=50)
+            Kf = _fft_kernels(T, alphas, x.device)
+            row["fft_ema_fwd_ms"] = _bench(lambda: _fft_ema(x, Kf), "fft", rep=50)
         except torch.OutOfMemoryError:
             row["fft_ema_fwd_ms"] = None
             torch.cuda.empty_cache()
@@ -268,8 +297,8 @@ def bench_shape(ts, shape, alphas, bw: float, peers: dict, loop: bool) -> dict:
             tok = (alp * x.transpose(1, 2).unsqueeze(1)).reshape(B, S * D, T).contiguous()
             gat = dec.expand(B, S, D, T).reshape(B, S * D, T).contiguous()
             tok_s, gat_s = b.transpose(1, 2).contiguous(), a.transpose(1, 2).contiguous()
-        if "warp" in name and T & (T - 1):
-            continue  # the warp kernel needs a power-of-two T
+        if "warp" in name and (T & (T - 1) or T > WARP_MAX_T):
+            continue  # the warp kernel needs a power-of-two T; longer T crashed it here
         row[f"{key}_ema_fwd_ms"] = _time_peer(name, fn, gat, tok, fb=False)
         row[f"{key}_ema_fwdbwd_ms"] = _time_peer(name, fn, gat, tok, fb=True)
         row[f"{key}_sel_fwd_ms"] = _time_peer(name, fn, gat_s, tok_s, fb=False)
@@ -296,14 +325,17 @@ def sweep(ts, shape, alphas) -> list[dict]:
     b = torch.randn(B, T, D, device="cuda", dtype=dt)
     h, _ = ts.linear_scan_fwd(a, b)
     rows = []
-    configs = [ts.TileConfig(ct=ct, block=bd, num_warps=w, min_programs=mp) for ct, bd, w, mp in SWEEP]
+    configs = [ts.TileConfig(ct=ct, block=bd, num_warps=w, vec=v, min_programs=max(mp, 0), split=False if mp < 0 else None)
+               for ct, bd, w, v, mp in SWEEP]
     for cfg in configs:
-        r = {"ct": cfg.ct, "block": cfg.block, "num_warps": cfg.num_warps, "min_programs": cfg.min_programs}
+        r = {"ct": cfg.ct, "block": cfg.block, "num_warps": cfg.num_warps, "vec": cfg.vec,
+             "min_programs": cfg.min_programs, "split": cfg.split}
         try:
-            r["ema_fwd_ms"] = _bench(lambda: ts.ema_traces_fwd(x, alpha_t, cfg=cfg), rep=60)
-            r["ema_bwd_ms"] = _bench(lambda: ts.ema_traces_bwd(gh, alpha_t, None, dt, cfg=cfg), rep=60)
-            r["sel_fwd_ms"] = _bench(lambda: ts.linear_scan_fwd(a, b, cfg=cfg), rep=60)
-            r["sel_bwd_ms"] = _bench(lambda: ts.linear_scan_bwd(a, b, h, None, None, dt, dt, cfg=cfg), rep=60)
+            r["ema_fwd_ms"] = _bench(lambda: ts.ema_traces_fwd(x, alpha_t, cfg=cfg), "sweep", rep=40)
+            r["ema_bwd_ms"] = _bench(lambda: ts.ema_traces_bwd(gh, alpha_t, None, dt, cfg=cfg), "sweep", rep=40)
+            r["sel_fwd_ms"] = _bench(lambda: ts.linear_scan_fwd(a, b, cfg=cfg), "sweep", rep=40)
+            r["sel_bwd_ms"] = _bench(lambda: ts.linear_scan_bwd(a, b, h, None, None, dt, dt, cfg=cfg), "sweep",
+                                     rep=40)
         except Exception as err:  # noqa: BLE001 - a config that fails to compile is recorded
             r["error"] = f"{type(err).__name__}: {err}"[:200]
         print("sweep", r, flush=True)
@@ -322,8 +354,8 @@ def format_table(rows: list[dict], card: str) -> str:
     cols = [
         ("floor", "floor_fwd_ms"), ("ours fwd", "ours_ema_fwd_ms"), ("ours f+b", "ours_ema_fwdbwd_ms"),
         ("sel floor", "floor_sel_fwd_ms"), ("sel fwd", "ours_sel_fwd_ms"), ("sel f+b", "ours_sel_fwdbwd_ms"),
-        ("bcast copy", "torch_broadcast_copy_ms"), ("public fwd", "public_ema_traces_fwd_ms"),
-        ("acc triton", "accelerated_scan_ema_fwd_ms"), ("acc warp", "accelerated_scan_warp_ema_fwd_ms"),
+        ("bcast copy", "torch_broadcast_copy_ms"), ("eager fwd", "ours_ema_fwd_eager_ms"),
+        ("acc warp", "accelerated_scan_warp_ema_fwd_ms"),
         ("fla hgrn", "fla_ema_fwd_ms"), ("fft", "fft_ema_fwd_ms"), ("step loop", "step_loop_ms"),
     ]
     head = f"{'B x T x D':>16} " + " ".join(f"{c:>10}" for c, _ in cols) + "   fwd/floor  f+b/floor  sel/floor"
@@ -345,31 +377,31 @@ def plot(rows: list[dict], card: str, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
     labels = [f"{r['B']}x{r['T']}x{r['D']}" for r in rows]
-    series = [
-        ("floor (copy bw)", "floor_fwd_ms", "floor_fwdbwd_ms", "k--"),
-        ("ours (triton)", "ours_ema_fwd_ms", "ours_ema_fwdbwd_ms", "o-"),
-        ("torch broadcast copy", "torch_broadcast_copy_ms", None, "s:"),
-        ("accelerated-scan triton", "accelerated_scan_ema_fwd_ms", "accelerated_scan_ema_fwdbwd_ms", "^-"),
-        ("accelerated-scan warp", "accelerated_scan_warp_ema_fwd_ms", "accelerated_scan_warp_ema_fwdbwd_ms", "v-"),
-        ("fla chunk_hgrn", "fla_ema_fwd_ms", "fla_ema_fwdbwd_ms", "d-"),
-        ("FFT conv", "fft_ema_fwd_ms", None, "x-"),
-        ("step loop", "step_loop_ms", None, "+-"),
+    series = [  # one colour per series in both panels
+        ("floor (copy bw)", "floor_fwd_ms", "floor_fwdbwd_ms", "--", "k"),
+        ("ours (triton)", "ours_ema_fwd_ms", "ours_ema_fwdbwd_ms", "o-", "C0"),
+        ("torch broadcast copy", "torch_broadcast_copy_ms", None, "s:", "C1"),
+        ("accelerated-scan warp", "accelerated_scan_warp_ema_fwd_ms", "accelerated_scan_warp_ema_fwdbwd_ms", "v-", "C2"),
+        ("fla chunk_hgrn", "fla_ema_fwd_ms", "fla_ema_fwdbwd_ms", "d-", "C3"),
+        ("FFT conv", "fft_ema_fwd_ms", None, "x-", "C4"),
+        ("step loop", "step_loop_ms", None, "+-", "C5"),
     ]
     for ax, which, title in ((axes[0], 1, "forward"), (axes[1], 2, "forward + backward")):
-        for name, kf, kb, style in series:
+        for name, kf, kb, style, color in series:
             key = kf if which == 1 else kb
             if key is None:
                 continue
             ys = [r.get(key) for r in rows]
             if all(v is None for v in ys):
                 continue
-            ax.plot(range(len(rows)), [math.nan if v is None else v for v in ys], style, label=name)
+            ax.plot(range(len(rows)), [math.nan if v is None else v for v in ys], style, color=color, label=name)
         ax.set_yscale("log")
         ax.set_xticks(range(len(rows)), labels, rotation=20)
         ax.set_ylabel("ms (median)")
         ax.set_title(f"EMA traces S=3 bf16, {title}")
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8)
+    axes[1].legend(fontsize=8)
     fig.suptitle(f"emaprobe scan kernels vs floor and peers on {card}")
     fig.tight_layout()
     buf = io.BytesIO()
@@ -378,12 +410,28 @@ def plot(rows: list[dict], card: str, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def card_slug(card: str) -> str:
+    """'NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3': the card's name in the result files."""
+    return "-".join("".join(c if c.isalnum() else " " for c in card.lower()).split())
+
+
+def replot(json_path: str | Path) -> Path:
+    """Redraw the plot from a result JSON (no GPU needed): scan_cuda_<card>.png beside it."""
+    import json
+
+    res = json.loads(Path(json_path).read_text())
+    out = Path(json_path).with_suffix(".png")
+    plot(res["rows"], res["card"], out)
+    return out
+
+
 def run_cuda(shapes=DEFAULT_SHAPES, alphas=DEFAULT_ALPHAS, out_dir: str | Path | None = None,
              peers: bool = True, warp: bool = True, loop: bool = True, do_sweep: bool = False) -> dict:
     """Run the whole CUDA benchmark; returns the result dict (also written as JSON when ``out_dir``)."""
     from emaprobe.ops import triton_scan as ts
 
     card = torch.cuda.get_device_name()
+    slug = card_slug(card)
     bw = copy_bandwidth()
     print(f"{card}: device-to-device copy {bw / 1e12:.3f} TB/s (read + write)", flush=True)
     errs = check_kernels(ts, alphas)
@@ -394,28 +442,36 @@ def run_cuda(shapes=DEFAULT_SHAPES, alphas=DEFAULT_ALPHAS, out_dir: str | Path |
     sweep_rows = sweep(ts, HEADLINE, alphas) if do_sweep else None
     peer_fns = _load_peers(warp) if peers else {}
     rows = []
+
+    def record():
+        return run_record(
+            benchmark="scan-cuda",
+            card=card,
+            copy_bandwidth_Bps=bw,
+            alphas=list(alphas),
+            checks=errs,
+            configs={k: getattr(ts, k).__dict__ for k in ("EMA_FWD", "EMA_BWD", "LIN_FWD", "LIN_BWD")},
+            rows=rows,
+            sweep=sweep_rows,
+            triton=__import__("triton").__version__,
+            timing="median per call of CUDA-graph replays (triton.testing.do_bench_cudagraph); *_eager_ms from Python",
+            eager_fallbacks=sorted(set(EAGER_FALLBACKS)),
+        )
+
     for shape in shapes:
         row = bench_shape(ts, shape, alphas, bw, peer_fns, loop)
         print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
         rows.append(row)
+        if out_dir is not None:  # a peer that kills the CUDA context later leaves these rows behind
+            atomic_write_json(Path(out_dir) / f"scan_cuda_{slug}.json", record())
     print()
     print(format_table(rows, card))
-    result = run_record(
-        benchmark="scan-cuda",
-        card=card,
-        copy_bandwidth_Bps=bw,
-        alphas=list(alphas),
-        checks=errs,
-        configs={k: getattr(ts, k).__dict__ for k in ("EMA_FWD", "EMA_BWD", "LIN_FWD", "LIN_BWD")},
-        rows=rows,
-        sweep=sweep_rows,
-        triton=__import__("triton").__version__,
-    )
+    result = record()
     if out_dir is not None:
         out = Path(out_dir)
-        print(f"wrote {atomic_write_json(out / 'scan_cuda.json', result)}")
-        plot(rows, card, out / "scan_cuda.png")
-        print(f"wrote {out / 'scan_cuda.png'}")
+        print(f"wrote {atomic_write_json(out / f'scan_cuda_{slug}.json', result)}")
+        plot(rows, card, out / f"scan_cuda_{slug}.png")
+        print(f"wrote {out / f'scan_cuda_{slug}.png'}")
     return result
 
 

@@ -133,7 +133,7 @@ class BiGRUTagger(nn.Module):
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                total += float(loss) * len(part)
+                total += loss.item() * len(part)
                 n += len(part)
             acc = self.accuracy(val)
             self.history.append({"epoch": epoch, "train_loss": total / max(n, 1), "val_accuracy": acc})

@@ -15,6 +15,8 @@ Symbols
     K   competitive units                    W  (K, F) unit weights, kept near unit norm by Oja
     c_t context of token t = [w_self * e_t ; h_fwd_{t-1}^(s) ; h_bwd_{t+1}^(s)], standardised
         and scaled to unit norm; h_bwd is the same EMA run right to left
+    C   optional word classes: e_t is then replaced by a fixed random code of the class a
+        first competitive stage gives the token's word type (``HebbianConfig.word_classes``)
 
 Learning (no labels ever reach ``fit``): for a context c, every unit answers
 y_k = w_k . c; the winner k* = argmax_k (y_k + b_k) takes an Oja step
@@ -101,7 +103,7 @@ def scored_mask(sentences: Sequence[RoleSentence], T: int) -> torch.Tensor:
 
 
 def role_targets(sentences: Sequence[RoleSentence]) -> list[str]:
-    """Gold roles of the scored tokens, in the order ``contexts`` returns them."""
+    """Gold roles of the scored tokens, in the order ``raw_contexts`` and ``predict`` return them."""
     return [r for s in sentences for r in s.roles if r != NO_ROLE]
 
 
@@ -123,6 +125,10 @@ class HebbianConfig:
     mapping: "hungarian" (one-to-one, the spec; needs K >= 3 and leaves K - 3 clusters
         unnamed, whose tokens count as wrong) or "many_to_one" (each cluster takes its
         majority role on validation; the usual induction metric, optimistic for large K).
+    word_classes: C > 0 adds a first Hebbian stage (``WordClasses``) that clusters word
+        types by their averaged trace context and re-codes every token by a fixed random
+        vector of its class before the role traces are taken; 0 = the spec (raw embeddings).
+    min_count: words rarer than this in training share the ``<unk>`` word class.
     seed: initial units and the order of training tokens.
     """
 
@@ -137,8 +143,6 @@ class HebbianConfig:
     lr_final: float = 0.002
     batch_size: int = 32
     conscience: float = 0.3
-    pca_dims: int = 0
-    whiten: bool = False
     word_classes: int = 0
     min_count: int = 2
     mapping: str = "hungarian"
@@ -256,13 +260,14 @@ class WordClasses:
     Each type's context is the mean of its tokens' neighbour traces (the distributional
     signature of Schutze 1995, here with EMA traces); competitive units cluster these
     into C classes; every token is then re-coded by a fixed random vector of its class.
-    Words seen fewer than ``min_count`` times in training share the ``<unk>`` class.
-    Trains on tokens alone.
+    Words seen fewer than ``min_count`` times in training share the ``<unk>`` class;
+    padding and words with no class (unseen in training) get a zero code, which leaves
+    the traces untouched. Trains on tokens alone.
     """
 
     def __init__(self, cfg: HebbianConfig, emb: FixedEmbeddings) -> None:
         self.cfg, self.emb = cfg, emb
-        self.type_class = torch.zeros(len(emb), dtype=torch.long)  # (V,)
+        self.type_class = torch.full((len(emb),), -1, dtype=torch.long)  # (V,)
         gen = torch.Generator().manual_seed(int(cfg.seed) + 7919)
         self.codes = torch.randn(cfg.word_classes, emb.dim, generator=gen) / emb.dim**0.5  # (C, D)
 
@@ -279,9 +284,11 @@ class WordClasses:
             counts.index_add_(0, ids[real], torch.ones(int(real.sum())))
         unk = self.emb.stoi[UNK]
         rare = (counts < cfg.min_count) & (counts > 0)
+        rare[unk] = False
         sums[unk] += sums[rare].sum(0)
         counts[unk] += counts[rare].sum()
-        seen = counts > 0
+        seen = counts >= cfg.min_count
+        seen[unk] = bool(counts[unk] > 0)
         seen[0] = False
         if int(seen.sum()) < cfg.word_classes:
             raise ValueError(f"{int(seen.sum())} word types for {cfg.word_classes} word classes")
@@ -292,18 +299,19 @@ class WordClasses:
             M, cfg.word_classes, epochs=cfg.epochs * 4, lr=cfg.lr, lr_final=cfg.lr_final,
             batch_size=cfg.batch_size, conscience=cfg.conscience, generator=gen,
         )
-        cls = winners(M, W)
+        # -1 = no class: a word never seen in training gets a zero code and leaves the traces alone.
         type_class = torch.full((V,), -1, dtype=torch.long)
-        type_class[seen] = cls
-        type_class[(~seen) | rare] = type_class[unk]
+        type_class[seen] = winners(M, W)
+        type_class[rare] = type_class[unk]
         self.type_class = type_class
         self.weights = W
         return self
 
     def encode(self, ids: torch.Tensor) -> torch.Tensor:
         """(B, T) ids -> (B, T, D) class codes; pads stay zero."""
-        x = self.codes[self.type_class[ids].clamp_min(0)]  # (B, T, D)
-        return x * (ids > 0).unsqueeze(-1).to(x.dtype)
+        cls = self.type_class[ids]  # (B, T)
+        x = self.codes[cls.clamp_min(0)]  # (B, T, D)
+        return x * (cls >= 0).unsqueeze(-1).to(x.dtype)
 
 
 # ----------------------------------------------------------------------------- learner
@@ -325,7 +333,6 @@ class HebbianRoleLearner:
         self.W: torch.Tensor | None = None  # (K, F)
         self.mean: torch.Tensor | None = None  # (F,)
         self.std: torch.Tensor | None = None  # (F,)
-        self.proj: torch.Tensor | None = None  # (F, P) or None
         self.cluster_to_role: dict[int, str] | None = None
         self.history: list[dict[str, float]] = []
 
@@ -342,16 +349,13 @@ class HebbianRoleLearner:
         return torch.cat(out, dim=0)
 
     def features(self, sentences: Sequence[RoleSentence]) -> torch.Tensor:
-        """Standardised, unit-norm contexts of the scored tokens, (N, F) or (N, P)."""
+        """Standardised, unit-norm contexts of the scored tokens, (N, F)."""
         if self.mean is None:
             raise ValueError("HebbianRoleLearner is not fitted; call fit() first")
         return self._normalise(self.raw_contexts(sentences))
 
     def _normalise(self, raw: torch.Tensor) -> torch.Tensor:
-        c = (raw - self.mean) / self.std  # (N, F)
-        if self.proj is not None:
-            c = c @ self.proj  # (N, P)
-        return _unit_rows(c)
+        return _unit_rows((raw - self.mean) / self.std)  # (N, F)
 
     # -- learning
     def fit(self, sentences: Sequence[RoleSentence]) -> HebbianRoleLearner:
@@ -362,15 +366,7 @@ class HebbianRoleLearner:
         raw = self.raw_contexts(sentences)  # (N, F)
         self.mean = raw.mean(0)
         self.std = raw.std(0).clamp_min(1e-6)
-        if cfg.pca_dims > 0:
-            z = (raw - self.mean) / self.std
-            evals, evecs = torch.linalg.eigh(z.T @ z / z.shape[0])  # ascending
-            P = min(cfg.pca_dims, z.shape[1])
-            proj = evecs[:, -P:].flip(1)  # (F, P)
-            if cfg.whiten:
-                proj = proj / evals[-P:].flip(0).clamp_min(1e-6).sqrt()
-            self.proj = proj
-        X = self._normalise(raw)  # (N, F) or (N, P)
+        X = self._normalise(raw)  # (N, F)
         gen = torch.Generator().manual_seed(int(cfg.seed))
         self.W = competitive_learn(
             X, cfg.n_units, epochs=cfg.epochs, lr=cfg.lr, lr_final=cfg.lr_final,
@@ -408,6 +404,8 @@ class HebbianRoleLearner:
 
     def predict(self, sentences: Sequence[RoleSentence]) -> list[str]:
         """A role per scored token; tokens of an unnamed cluster get ``NO_ROLE`` (scored wrong)."""
+        if self.W is None:
+            raise ValueError("HebbianRoleLearner is not fitted; call fit() first")
         if self.cluster_to_role is None:
             raise ValueError("clusters are not named; call name_clusters() on validation sentences first")
         return [self.cluster_to_role.get(int(k), NO_ROLE) for k in self.clusters(sentences)]

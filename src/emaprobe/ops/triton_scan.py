@@ -40,7 +40,7 @@ Importing this module registers the "triton" scan backend (``scan.py``'s
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import triton
@@ -73,14 +73,12 @@ def _seg_len(seg, SEGLEN, T):
 
 
 @triton.jit
-def _ema_fwd_one(x, live, h, DEC, ALP, k: tl.constexpr, o_ptr, o_off, m, D, rows,
+def _ema_fwd_one(x, live, h, dec, alp, k: tl.constexpr, o_ptr, o_off, m, D, rows,
                  CT: tl.constexpr, STORE_OUT: tl.constexpr):
     # timescale k of a (CT, BD) tile: scan, add the carried state, store, return the new carry
-    dec = tl.load(DEC + k)
-    alp = tl.load(ALP + k)
     a = tl.where(live, dec, 1.0)  # padded rows decay by 1 and add 0: the last row is the end state
-    acum, hloc = tl.associative_scan((a, alp * x), 0, _combine)
-    hh = hloc + acum * h[None, :]
+    u = alp * x + tl.where((rows == 0)[:, None], dec * h[None, :], 0.0)  # the carry enters at row 0
+    _, hh = tl.associative_scan((a, u), 0, _combine)
     if STORE_OUT:
         tl.store(o_ptr + k * D + o_off, hh.to(o_ptr.dtype.element_ty), mask=m)
     return _last_row(hh, rows, CT - 1)
@@ -90,7 +88,7 @@ def _ema_fwd_one(x, live, h, DEC, ALP, k: tl.constexpr, o_ptr, o_off, m, D, rows
 def _ema_fwd_kernel(
     X, OUT, HIN, HEND, DEC, ALP,
     T, D, SD, SEGLEN, NSEG,
-    NS: tl.constexpr, CT: tl.constexpr, BD: tl.constexpr,
+    NS: tl.constexpr, CT: tl.constexpr, BD: tl.constexpr, VEC: tl.constexpr,
     HAS_HIN: tl.constexpr, STORE_OUT: tl.constexpr,
 ):
     """h_t^(k) = DEC_k h_{t-1}^(k) + ALP_k x_t for NS <= 4 timescales over one segment.
@@ -102,7 +100,7 @@ def _ema_fwd_kernel(
     seg = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
     rows = tl.arange(0, CT)  # (CT,)
-    offs_d = pid_d * BD + tl.arange(0, BD)  # (BD,)
+    offs_d = tl.max_contiguous(tl.multiple_of(pid_d * BD + tl.arange(0, BD), VEC), VEC)  # (BD,)
     mask_d = offs_d < D
     st = (b * NSEG + seg) * SD + offs_d  # (BD,) state offsets, timescale 0
     h0 = tl.zeros((BD,), dtype=tl.float32)
@@ -117,6 +115,24 @@ def _ema_fwd_kernel(
             h2 = tl.load(HIN + st + 2 * D, mask=mask_d, other=0.0)
         if NS > 3:
             h3 = tl.load(HIN + st + 3 * D, mask=mask_d, other=0.0)
+    # per-timescale coefficients, loaded once: a load inside the loop would sit on its critical path
+    d0 = tl.load(DEC)
+    a0 = tl.load(ALP)
+    d1 = d0
+    a1 = a0
+    d2 = d0
+    a2 = a0
+    d3 = d0
+    a3 = a0
+    if NS > 1:
+        d1 = tl.load(DEC + 1)
+        a1 = tl.load(ALP + 1)
+    if NS > 2:
+        d2 = tl.load(DEC + 2)
+        a2 = tl.load(ALP + 2)
+    if NS > 3:
+        d3 = tl.load(DEC + 3)
+        a3 = tl.load(ALP + 3)
     t_start = seg * SEGLEN
     seg_len = _seg_len(seg, SEGLEN, T)
     x_ptr = X + (b * T + t_start) * D
@@ -124,23 +140,27 @@ def _ema_fwd_kernel(
     x_off = rows[:, None] * D + offs_d[None, :]  # (CT, BD)
     o_off = rows[:, None] * SD + offs_d[None, :]
     # prefetch: the next tile's load is in flight while this one is scanned
-    x_next = tl.load(x_ptr + x_off, mask=(rows < seg_len)[:, None] & mask_d[None, :], other=0.0)
+    # prefetch two tiles ahead: few programs run at once, so each keeps several loads in flight
+    x_n1 = tl.load(x_ptr + x_off, mask=(rows < seg_len)[:, None] & mask_d[None, :], other=0.0)
+    x_n2 = tl.load(x_ptr + CT * D + x_off, mask=((CT + rows) < seg_len)[:, None] & mask_d[None, :], other=0.0)
     for i0 in range(0, seg_len, CT):
-        x = x_next.to(tl.float32)
+        # offsets from the induction variable (not a carried pointer) keep vector access
+        i = tl.cast(i0, tl.int64)
+        x = x_n1.to(tl.float32)
+        x_n1 = x_n2
         valid = (i0 + rows) < seg_len
         m = valid[:, None] & mask_d[None, :]
-        x_next = tl.load(x_ptr + CT * D + x_off, mask=((i0 + CT + rows) < seg_len)[:, None] & mask_d[None, :],
-                         other=0.0)
+        x_n2 = tl.load(x_ptr + (i + 2 * CT) * D + x_off,
+                       mask=((i0 + 2 * CT + rows) < seg_len)[:, None] & mask_d[None, :], other=0.0)
         live = tl.broadcast_to(valid[:, None], (CT, BD))
-        h0 = _ema_fwd_one(x, live, h0, DEC, ALP, 0, o_ptr, o_off, m, D, rows, CT, STORE_OUT)
+        o_i = o_ptr + i * SD
+        h0 = _ema_fwd_one(x, live, h0, d0, a0, 0, o_i, o_off, m, D, rows, CT, STORE_OUT)
         if NS > 1:
-            h1 = _ema_fwd_one(x, live, h1, DEC, ALP, 1, o_ptr, o_off, m, D, rows, CT, STORE_OUT)
+            h1 = _ema_fwd_one(x, live, h1, d1, a1, 1, o_i, o_off, m, D, rows, CT, STORE_OUT)
         if NS > 2:
-            h2 = _ema_fwd_one(x, live, h2, DEC, ALP, 2, o_ptr, o_off, m, D, rows, CT, STORE_OUT)
+            h2 = _ema_fwd_one(x, live, h2, d2, a2, 2, o_i, o_off, m, D, rows, CT, STORE_OUT)
         if NS > 3:
-            h3 = _ema_fwd_one(x, live, h3, DEC, ALP, 3, o_ptr, o_off, m, D, rows, CT, STORE_OUT)
-        x_ptr += CT * D
-        o_ptr += CT * SD
+            h3 = _ema_fwd_one(x, live, h3, d3, a3, 3, o_i, o_off, m, D, rows, CT, STORE_OUT)
     tl.store(HEND + st, h0, mask=mask_d)
     if NS > 1:
         tl.store(HEND + st + D, h1, mask=mask_d)
@@ -151,11 +171,11 @@ def _ema_fwd_kernel(
 
 
 @triton.jit
-def _ema_bwd_one(u, keep, g, DEC, k: tl.constexpr, rows, CT: tl.constexpr):
-    dec = tl.load(DEC + k)
+def _ema_bwd_one(u, keep, g, dec, rows, CT: tl.constexpr):
     a = tl.where(keep, dec, 1.0)
-    acum, gloc = tl.associative_scan((a, u.to(tl.float32)), 0, _combine)
-    gg = gloc + acum * g[None, :]
+    # the carry enters at row 0 with that row's coefficient
+    u = u.to(tl.float32) + tl.where((rows == 0)[:, None], a * g[None, :], 0.0)
+    _, gg = tl.associative_scan((a, u), 0, _combine)
     return gg, _last_row(gg, rows, CT - 1)
 
 
@@ -163,7 +183,7 @@ def _ema_bwd_one(u, keep, g, DEC, k: tl.constexpr, rows, CT: tl.constexpr):
 def _ema_bwd_kernel(
     GH, GX, GIN, GSTART, DEC, ALP,
     T, D, SD, SEGLEN, NSEG,
-    NS: tl.constexpr, CT: tl.constexpr, BD: tl.constexpr,
+    NS: tl.constexpr, CT: tl.constexpr, BD: tl.constexpr, VEC: tl.constexpr,
     HAS_GIN: tl.constexpr, STORE_OUT: tl.constexpr, ACCUM: tl.constexpr,
 ):
     """Backwards in time: g_t = DEC g_{t+1} + gh_t (the carry at T enters undecayed);
@@ -172,7 +192,7 @@ def _ema_bwd_kernel(
     seg = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
     rows = tl.arange(0, CT)
-    offs_d = pid_d * BD + tl.arange(0, BD)
+    offs_d = tl.max_contiguous(tl.multiple_of(pid_d * BD + tl.arange(0, BD), VEC), VEC)
     mask_d = offs_d < D
     st = (b * NSEG + seg) * SD + offs_d
     g0 = tl.zeros((BD,), dtype=tl.float32)
@@ -187,6 +207,23 @@ def _ema_bwd_kernel(
             g2 = tl.load(GIN + st + 2 * D, mask=mask_d, other=0.0)
         if NS > 3:
             g3 = tl.load(GIN + st + 3 * D, mask=mask_d, other=0.0)
+    d0 = tl.load(DEC)
+    a0 = tl.load(ALP)
+    d1 = d0
+    a1 = a0
+    d2 = d0
+    a2 = a0
+    d3 = d0
+    a3 = a0
+    if NS > 1:
+        d1 = tl.load(DEC + 1)
+        a1 = tl.load(ALP + 1)
+    if NS > 2:
+        d2 = tl.load(DEC + 2)
+        a2 = tl.load(ALP + 2)
+    if NS > 3:
+        d3 = tl.load(DEC + 3)
+        a3 = tl.load(ALP + 3)
     t_start = seg * SEGLEN
     seg_len = _seg_len(seg, SEGLEN, T)
     t_last = t_start + seg_len - 1
@@ -214,7 +251,8 @@ def _ema_bwd_kernel(
         valid = (i0 + rows) < seg_len
         m = valid[:, None] & mask_d[None, :]
         mn = ((i0 + CT + rows) < seg_len)[:, None] & mask_d[None, :]
-        nxt = gh_ptr - CT * SD
+        i = tl.cast(i0, tl.int64)
+        nxt = gh_ptr - (i + CT) * SD
         u0n = tl.load(nxt + gh_off, mask=mn, other=0.0)
         if NS > 1:
             u1n = tl.load(nxt + D + gh_off, mask=mn, other=0.0)
@@ -223,23 +261,22 @@ def _ema_bwd_kernel(
         if NS > 3:
             u3n = tl.load(nxt + 3 * D + gh_off, mask=mn, other=0.0)
         keep = tl.broadcast_to((valid & ((t_last - i0 - rows) < T - 1))[:, None], (CT, BD))
-        gg, g0 = _ema_bwd_one(u0, keep, g0, DEC, 0, rows, CT)
-        gx = tl.load(ALP) * gg
+        gg, g0 = _ema_bwd_one(u0, keep, g0, d0, rows, CT)
+        gx = a0 * gg
         if NS > 1:
-            gg, g1 = _ema_bwd_one(u1, keep, g1, DEC, 1, rows, CT)
-            gx += tl.load(ALP + 1) * gg
+            gg, g1 = _ema_bwd_one(u1, keep, g1, d1, rows, CT)
+            gx += a1 * gg
         if NS > 2:
-            gg, g2 = _ema_bwd_one(u2, keep, g2, DEC, 2, rows, CT)
-            gx += tl.load(ALP + 2) * gg
+            gg, g2 = _ema_bwd_one(u2, keep, g2, d2, rows, CT)
+            gx += a2 * gg
         if NS > 3:
-            gg, g3 = _ema_bwd_one(u3, keep, g3, DEC, 3, rows, CT)
-            gx += tl.load(ALP + 3) * gg
+            gg, g3 = _ema_bwd_one(u3, keep, g3, d3, rows, CT)
+            gx += a3 * gg
         if STORE_OUT:
+            gx_i = gx_ptr - i * D
             if ACCUM:  # a later group of timescales adds to the first group's dx
-                gx += tl.load(gx_ptr + gx_off, mask=m, other=0.0).to(tl.float32)
-            tl.store(gx_ptr + gx_off, gx.to(GX.dtype.element_ty), mask=m)
-        gh_ptr = nxt
-        gx_ptr -= CT * D
+                gx += tl.load(gx_i + gx_off, mask=m, other=0.0).to(tl.float32)
+            tl.store(gx_i + gx_off, gx.to(GX.dtype.element_ty), mask=m)
     tl.store(GSTART + st, g0, mask=mask_d)
     if NS > 1:
         tl.store(GSTART + st + D, g1, mask=mask_d)
@@ -254,7 +291,7 @@ def _lin_fwd_kernel(
     A, U, OUT, HIN, HEND, AEND,
     T, F, SEGLEN, NSEG,
     s_ab, s_at, s_af, s_ub, s_ut, s_uf,
-    CT: tl.constexpr, BF: tl.constexpr,
+    CT: tl.constexpr, BF: tl.constexpr, VEC: tl.constexpr,
     HAS_HIN: tl.constexpr, STORE_OUT: tl.constexpr, STORE_AEND: tl.constexpr,
 ):
     """h_t = a_t h_{t-1} + u_t over one segment; A, U strided (B,T,F) views, OUT (B,T,F) contiguous."""
@@ -262,7 +299,7 @@ def _lin_fwd_kernel(
     seg = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
     rows = tl.arange(0, CT)
-    offs_f = pid_f * BF + tl.arange(0, BF)
+    offs_f = tl.max_contiguous(tl.multiple_of(pid_f * BF + tl.arange(0, BF), VEC), VEC)
     mask_f = offs_f < F
     state_off = (b * NSEG + seg) * F + offs_f
     if HAS_HIN:
@@ -287,18 +324,16 @@ def _lin_fwd_kernel(
         valid = (i0 + rows) < seg_len
         m = valid[:, None] & mask_f[None, :]
         mn = ((i0 + CT + rows) < seg_len)[:, None] & mask_f[None, :]
-        a_ptr += CT * s_at
-        u_ptr += CT * s_ut
-        a_next = tl.load(a_ptr + a_off, mask=mn, other=1.0)
-        u_next = tl.load(u_ptr + u_off, mask=mn, other=0.0)
-        acum, hloc = tl.associative_scan((a, u), 0, _combine)
-        hh = hloc + acum * h[None, :]
+        i = tl.cast(i0, tl.int64)
+        a_next = tl.load(a_ptr + (i + CT) * s_at + a_off, mask=mn, other=1.0)
+        u_next = tl.load(u_ptr + (i + CT) * s_ut + u_off, mask=mn, other=0.0)
+        u += tl.where((rows == 0)[:, None], a * h[None, :], 0.0)  # the carry enters at row 0
+        acum, hh = tl.associative_scan((a, u), 0, _combine)
         if STORE_OUT:
-            tl.store(o_ptr + o_off, hh.to(OUT.dtype.element_ty), mask=m)
+            tl.store(o_ptr + i * F + o_off, hh.to(OUT.dtype.element_ty), mask=m)
         h = _last_row(hh, rows, CT - 1)
         if STORE_AEND:
             aprod = aprod * _last_row(acum, rows, CT - 1)
-        o_ptr += CT * F
     tl.store(HEND + state_off, h, mask=mask_f)
     if STORE_AEND:
         tl.store(AEND + state_off, aprod, mask=mask_f)
@@ -309,7 +344,7 @@ def _lin_bwd_kernel(
     A, GH, H, H0, GA, GB, GIN, GSTART, AEND,
     T, F, SEGLEN, NSEG,
     s_ab, s_at, s_af,
-    CT: tl.constexpr, BF: tl.constexpr,
+    CT: tl.constexpr, BF: tl.constexpr, VEC: tl.constexpr,
     HAS_GIN: tl.constexpr, HAS_H0: tl.constexpr, STORE_OUT: tl.constexpr, STORE_AEND: tl.constexpr,
 ):
     """Backwards: g_t = a_{t+1} g_{t+1} + gh_t; gb_t = g_t; ga_t = g_t h_{t-1}. GH, H, GA, GB (B,T,F) contiguous."""
@@ -317,7 +352,7 @@ def _lin_bwd_kernel(
     seg = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
     rows = tl.arange(0, CT)
-    offs_f = pid_f * BF + tl.arange(0, BF)
+    offs_f = tl.max_contiguous(tl.multiple_of(pid_f * BF + tl.arange(0, BF), VEC), VEC)
     mask_f = offs_f < F
     state_off = (b * NSEG + seg) * F + offs_f
     if HAS_GIN:
@@ -349,25 +384,21 @@ def _lin_bwd_kernel(
         u = u_next.to(tl.float32)
         valid = (i0 + rows) < seg_len
         m = valid[:, None] & mask_f[None, :]
+        i = tl.cast(i0, tl.int64)
         if STORE_OUT:
-            hp = tl.load(h_ptr + c_off, mask=m & (t > 0)[:, None], other=0.0).to(tl.float32)
+            hp = tl.load(h_ptr - i * F + c_off, mask=m & (t > 0)[:, None], other=0.0).to(tl.float32)
         mn = ((i0 + CT + rows) < seg_len)[:, None] & mask_f[None, :]
-        a_ptr -= CT * s_at
-        g_ptr -= CT * F
-        a_next = tl.load(a_ptr + a_off, mask=mn & (t - CT < T - 1)[:, None], other=1.0)
-        u_next = tl.load(g_ptr + c_off, mask=mn, other=0.0)
-        acum, gloc = tl.associative_scan((a, u), 0, _combine)
-        gg = gloc + acum * g[None, :]
+        a_next = tl.load(a_ptr - (i + CT) * s_at + a_off, mask=mn & (t - CT < T - 1)[:, None], other=1.0)
+        u_next = tl.load(g_ptr - (i + CT) * F + c_off, mask=mn, other=0.0)
+        u += tl.where((rows == 0)[:, None], a * g[None, :], 0.0)  # the carry enters at row 0
+        acum, gg = tl.associative_scan((a, u), 0, _combine)
         if STORE_OUT:
             hp = tl.where((t == 0)[:, None], h0[None, :], hp)
-            tl.store(gb_ptr + c_off, gg.to(GB.dtype.element_ty), mask=m)
-            tl.store(ga_ptr + c_off, (gg * hp).to(GA.dtype.element_ty), mask=m)
+            tl.store(gb_ptr - i * F + c_off, gg.to(GB.dtype.element_ty), mask=m)
+            tl.store(ga_ptr - i * F + c_off, (gg * hp).to(GA.dtype.element_ty), mask=m)
         g = _last_row(gg, rows, CT - 1)
         if STORE_AEND:
             aprod = aprod * _last_row(acum, rows, CT - 1)
-        h_ptr -= CT * F
-        ga_ptr -= CT * F
-        gb_ptr -= CT * F
     tl.store(GSTART + state_off, g, mask=mask_f)
     if STORE_AEND:
         tl.store(AEND + state_off, aprod, mask=mask_f)
@@ -380,22 +411,39 @@ def _lin_bwd_kernel(
 class TileConfig:
     """Launch shape: CT time steps by ``block`` channels per tile, ``num_warps`` warps a program.
 
+    ``block`` must be a multiple of 32 * ``vec`` * ``num_warps``: then a warp's lanes lie
+    along channels (``vec`` adjacent channels each) and every tile row stays in one
+    thread, so the in-tile scan is a sequential loop in registers with no shuffles.
     ``min_programs``: below this many (batch x channel-block) programs the time axis is
     cut into segments (three passes, one extra read of the input) to fill the GPU;
-    0 means "4 per SM". ``split`` forces segments on (True) or off (False).
+    0 means: split below ``SPLIT_BELOW_PER_SM`` programs per SM, into enough segments for
+    ``PROGRAMS_PER_SM``. ``split`` forces segments on (True) or off (False).
     """
 
     ct: int = 32
-    block: int = 32
-    num_warps: int = 4
+    block: int = 64
+    num_warps: int = 1
+    vec: int = 2
     min_programs: int = 0
     split: bool | None = None
 
+    def __post_init__(self):
+        if self.block % (32 * self.vec * self.num_warps):
+            # a warp's 32 lanes must lie along channels, so that a tile's CT rows stay in one thread
+            raise ValueError(f"TileConfig.block={self.block} must be a multiple of 32 * vec * num_warps "
+                             f"= {32 * self.vec * self.num_warps}")
 
-EMA_FWD = TileConfig(ct=32, block=32, num_warps=4)
-EMA_BWD = TileConfig(ct=32, block=32, num_warps=4)
-LIN_FWD = TileConfig(ct=32, block=64, num_warps=4)
-LIN_BWD = TileConfig(ct=32, block=64, num_warps=4)
+
+# chosen by ``bench_scan_cuda --sweep`` on an H200 at B=16 T=2048 D=768 (notes/kernels.md)
+EMA_FWD = TileConfig(ct=16, block=64, num_warps=1)
+EMA_BWD = TileConfig(ct=16, block=64, num_warps=1)
+LIN_FWD = TileConfig(ct=16, block=64, num_warps=1)
+LIN_BWD = TileConfig(ct=16, block=64, num_warps=1)
+# Time is cut into segments only when fewer than SPLIT_BELOW_PER_SM one-warp programs per SM
+# would run (measured on the H200: at 5.8 per SM one pass won, 0.070 ms against 0.110 split;
+# at 1.5 per SM segments won, 0.107 against 0.123), and then into enough for PROGRAMS_PER_SM.
+SPLIT_BELOW_PER_SM = 4
+PROGRAMS_PER_SM = 24
 
 _SM_COUNT: dict[int, int] = {}
 
@@ -411,8 +459,10 @@ def _segments(cfg: TileConfig, programs: int, T: int, device: torch.device) -> t
     """(NSEG, SEGLEN): one segment unless too few programs would run, then enough to fill the GPU."""
     if cfg.split is False or T <= 4 * cfg.ct:
         return 1, T
-    want = cfg.min_programs or 4 * (_sm_count(device) if device.type == "cuda" else 132)
-    if cfg.split is None and programs >= want:
+    sms = _sm_count(device) if device.type == "cuda" else 132
+    want = cfg.min_programs or PROGRAMS_PER_SM * sms
+    threshold = cfg.min_programs or SPLIT_BELOW_PER_SM * sms
+    if cfg.split is None and programs >= threshold:
         return 1, T
     nseg = max(2, min(-(-want // max(programs, 1)), T // (4 * cfg.ct)))
     seglen = -(-(-(-T // nseg)) // cfg.ct) * cfg.ct  # a multiple of CT
@@ -425,9 +475,9 @@ def _seg_decays(dec64: torch.Tensor, T: int, nseg: int, seglen: int, backward: b
     Backward, the last step's coefficient is 1 (the carry at T is dL/dh_T itself), so
     the last segment decays one step less.
     """
-    lens = torch.full((nseg,), float(seglen), dtype=torch.float64, device=dec64.device)
-    lens[-1] = T - (nseg - 1) * seglen - (1 if backward else 0)
-    return (dec64.view(1, -1) ** lens.view(-1, 1)).float()
+    last = T - (nseg - 1) * seglen - (1 if backward else 0)
+    full = (dec64 ** float(seglen)).view(1, -1).expand(nseg - 1, -1)
+    return torch.cat([full, (dec64 ** float(last)).view(1, -1)]).float()
 
 
 # ---------------------------------------------------------------------------- forward / backward launchers
@@ -467,7 +517,7 @@ def ema_traces_fwd(
         for s0 in range(0, S, GROUP):
             ns = min(GROUP, S - s0)
             _ema_fwd_kernel[grid](x, out, x, ends[:, :, s0:], dec[s0:], alp[s0:], T, D, S * D, seglen, nseg,
-                                  NS=ns, CT=cfg.ct, BD=cfg.block, HAS_HIN=False, STORE_OUT=False,
+                                  NS=ns, CT=cfg.ct, BD=cfg.block, VEC=cfg.vec, HAS_HIN=False, STORE_OUT=False,
                                   num_warps=cfg.num_warps)
         dseg = _seg_decays(dec64, T, nseg, seglen).view(1, nseg, S, 1).expand(B, nseg, S, D)
         H, _ = linear_scan_fwd(dseg, ends, h0f, torch.float32)  # true state after each segment
@@ -477,7 +527,7 @@ def ema_traces_fwd(
         ns = min(GROUP, S - s0)
         _ema_fwd_kernel[grid](x, out[:, :, s0:], x if hin is None else hin[:, :, s0:], hend[:, :, s0:],
                               dec[s0:], alp[s0:], T, D, S * D, seglen, nseg,
-                              NS=ns, CT=cfg.ct, BD=cfg.block, HAS_HIN=hin is not None, STORE_OUT=True,
+                              NS=ns, CT=cfg.ct, BD=cfg.block, VEC=cfg.vec, HAS_HIN=hin is not None, STORE_OUT=True,
                               num_warps=cfg.num_warps)
     return out, hend[:, -1]
 
@@ -513,14 +563,14 @@ def ema_traces_bwd(
         starts = torch.empty_like(gstart)
         for s0 in range(0, S, GROUP):
             _ema_bwd_kernel[grid](gh[:, :, s0:], gx, gh, starts[:, :, s0:], dec[s0:], alp[s0:], T, D, S * D,
-                                  seglen, nseg, NS=min(GROUP, S - s0), CT=cfg.ct, BD=cfg.block, HAS_GIN=False,
+                                  seglen, nseg, NS=min(GROUP, S - s0), CT=cfg.ct, BD=cfg.block, VEC=cfg.vec, HAS_GIN=False,
                                   STORE_OUT=False, ACCUM=False, num_warps=cfg.num_warps)
         dseg = _seg_decays(dec64, T, nseg, seglen, backward=True).view(1, nseg, S, 1).expand(B, nseg, S, D)
         gin = _reverse_carries(dseg, starts, gf)
     for s0 in range(0, S, GROUP):
         _ema_bwd_kernel[grid](gh[:, :, s0:], gx, gh if gin is None else gin[:, :, s0:], gstart[:, :, s0:],
                               dec[s0:], alp[s0:], T, D, S * D, seglen, nseg, NS=min(GROUP, S - s0), CT=cfg.ct,
-                              BD=cfg.block, HAS_GIN=gin is not None, STORE_OUT=True, ACCUM=s0 > 0,
+                              BD=cfg.block, VEC=cfg.vec, HAS_GIN=gin is not None, STORE_OUT=True, ACCUM=s0 > 0,
                               num_warps=cfg.num_warps)
     return gx, gstart[:, 0]
 
@@ -565,7 +615,7 @@ def linear_scan_fwd(
     nf = triton.cdiv(F, cfg.block)
     nseg, seglen = _segments(cfg, B * nf, T, b.device)
     strides = (*a3.stride(), *b3.stride())
-    kw = dict(CT=cfg.ct, BF=cfg.block, num_warps=cfg.num_warps)
+    kw = dict(CT=cfg.ct, BF=cfg.block, VEC=cfg.vec, num_warps=cfg.num_warps)
     hend = torch.empty(B, nseg, F, dtype=torch.float32, device=b.device)
     if nseg == 1:
         hin = h0f
@@ -611,7 +661,7 @@ def linear_scan_bwd(
         return ga, gb, g0.view((B,) + feat)
     nf = triton.cdiv(F, cfg.block)
     nseg, seglen = _segments(cfg, B * nf, T, h.device)
-    kw = dict(CT=cfg.ct, BF=cfg.block, num_warps=cfg.num_warps)
+    kw = dict(CT=cfg.ct, BF=cfg.block, VEC=cfg.vec, num_warps=cfg.num_warps)
     h0_arg = h0f if h0f is not None else h3
     gstart = torch.empty(B, nseg, F, dtype=torch.float32, device=h.device)
     if nseg == 1:
@@ -716,14 +766,19 @@ class FusedScanBackend(ScanBackend):
 
     ``fused_linear_scan(a, b, h0, out_dtype) -> (h, h_T)`` and
     ``fused_ema_traces(x, alphas (S,) float64, h0) -> (h, h_T)``; h_T is float32.
+    ``scan.py`` uses them when present (notes/scan_py_patch.md); until then it uses the
+    forward-only float32 functions and runs the backward through them.
     """
 
     fused_linear_scan: object = None
     fused_ema_traces: object = None
 
 
+# once scan.py's ScanBackend carries the fused fields itself, register a plain one
+_Backend = ScanBackend if "fused_ema_traces" in {f.name for f in fields(ScanBackend)} else FusedScanBackend
+
 register_backend(
-    FusedScanBackend(
+    _Backend(
         "triton",
         linear_scan=_legacy_linear_scan,
         ema_traces=_legacy_ema_traces,

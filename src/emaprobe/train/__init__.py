@@ -1,7 +1,8 @@
 """Training loops. ``train_lm`` trains any next-token model on a token stream.
 
-See ``lm.py`` for the loop and the out-folder layout, ``config.py`` for the knobs,
-``evaluate.py`` for loss / perplexity / bits per byte.
+``lm.py`` holds the loop and the run-folder layout, ``config.py`` the knobs,
+``evaluate.py`` loss / perplexity / bits per byte, ``run.py`` whole runs by config
+name and data spec (what ``emaprobe lm`` calls), ``corpus.py`` data spec -> streams.
 """
 
 from emaprobe.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
@@ -17,6 +18,7 @@ from emaprobe.train.lm import (
     train_lm,
     wrap_model,
 )
+from emaprobe.train.run import config_table, evaluate_run, load_run, run_lm_training, stream_generate
 from emaprobe.train.sampler import BatchSampler
 from emaprobe.train.schedule import lr_at
 
@@ -31,6 +33,11 @@ __all__ = [
     "TrainConfig",
     "TrainingDiverged",
     "accumulate_gradients",
+    "config_table",
+    "evaluate_run",
+    "load_run",
+    "run_lm_training",
+    "stream_generate",
     "env_dist_info",
     "evaluate_lm",
     "load_checkpoint",

@@ -29,6 +29,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,13 +136,25 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
+# a resumed run must read the same batches: these fields fix the data stream
+STREAM_FIELDS = ("batch_size", "seq_len", "grad_accum", "seed")
+
+
 def _check_resume(ckpt: dict[str, Any], train_cfg: dict, model_cfg: Any, info: DistInfo, path: Path) -> None:
     saved = ckpt["train_config"]
     diff = sorted(k for k in set(saved) | set(train_cfg) if saved.get(k) != train_cfg.get(k))
-    if diff:
+    fixed = [k for k in diff if k in STREAM_FIELDS]
+    if fixed:
         raise ValueError(
-            f"{path}: the checkpoint was made with a different train config (fields {diff}); "
-            "resume with the same settings, or start a new --out"
+            f"{path}: the checkpoint was made with different {fixed} "
+            f"({', '.join(f'{k}={saved.get(k)}' for k in fixed)}); a resumed run must read the same batches, "
+            "so resume with the same values or start a new --out"
+        )
+    if diff and info.is_main:
+        warnings.warn(
+            f"resuming {path} with changed train settings {diff}; the curve will differ from an unbroken run",
+            RuntimeWarning,
+            stacklevel=3,
         )
     if ckpt.get("model_config") != model_cfg:
         raise ValueError(f"{path}: the checkpoint was made with a different model config; resume with the same one")

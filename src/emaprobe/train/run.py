@@ -88,6 +88,12 @@ def run_lm_training(
     resolve_model_config(config, model_overrides)  # a bad name or field fails before any data is read
     streams, tok = lm_data if lm_data is not None else load_lm_data(data, val=val, tokenizer=tokenizer)
     model_cfg = resolve_model_config(config, model_overrides, vocab_size=tok.vocab_size)
+    block = getattr(model_cfg, "block_size", None)
+    if block is not None and cfg.seq_len > block:
+        raise ValueError(
+            f"train.seq_len={cfg.seq_len} is longer than {config}'s block_size={block}; "
+            f"lower --train.seq_len or raise --model.block_size"
+        )
     model = build_lm(model_cfg, seed=cfg.seed)
     info = env_dist_info()
     if info.is_main:

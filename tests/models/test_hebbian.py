@@ -1,0 +1,193 @@
+"""HebbianRoleLearner: Oja keeps units bounded, one winner per token, frozen one-to-one naming, no labels."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+import torch
+
+from emaprobe.models.hebbian import (
+    FixedEmbeddings,
+    HebbianConfig,
+    HebbianRoleLearner,
+    competitive_learn,
+    role_targets,
+    trace_context,
+    winners,
+)
+from emaprobe.ops import naive_ema_traces
+from emaprobe.tasks.sentence import NO_ROLE, ROLES, RoleSentence
+
+
+def _sentence(words: str, roles: str) -> RoleSentence:
+    toks = tuple(words.split())
+    rs = tuple(NO_ROLE if r == "-" else {"A": "AGENT", "P": "PATIENT", "R": "RECIPIENT"}[r] for r in roles.split())
+    n = len(toks)
+    return RoleSentence(toks, rs, (0,) * n, (0,) * n, ("test",) * n)
+
+
+def _corpus(n: int = 150, seed: int = 0) -> list[RoleSentence]:
+    """A hand-made three-construction language: active, passive with by, to-dative."""
+    rng = random.Random(seed)
+    nouns = [f"n{i}" for i in range(12)]
+    out = []
+    for _ in range(n):
+        a, b, c = rng.sample(nouns, 3)
+        kind = rng.randrange(3)
+        if kind == 0:
+            out.append(_sentence(f"the {a} chased the {b}", "- A - - P"))
+        elif kind == 1:
+            out.append(_sentence(f"the {b} was chased by the {a}", "- P - - - - A"))
+        else:
+            out.append(_sentence(f"the {a} gave the {b} to the {c}", "- A - - P - - R"))
+    return out
+
+
+def _learner(cfg: HebbianConfig, train: list[RoleSentence]) -> HebbianRoleLearner:
+    return HebbianRoleLearner(cfg, FixedEmbeddings.from_sentences(train, cfg.dim, cfg.seed))
+
+
+def test_oja_keeps_unit_norms_bounded_without_renormalising():
+    gen = torch.Generator().manual_seed(0)
+    X = torch.randn(2000, 16, generator=gen) * 5 + 3  # far from unit norm on purpose
+    X = X / X.norm(dim=1, keepdim=True)
+    W = competitive_learn(X, 4, epochs=5, lr=0.2, lr_final=0.05, batch_size=16, conscience=0.3, generator=gen)
+    norms = W.norm(dim=1)
+    assert torch.all((norms > 0.8) & (norms < 1.2)), norms
+
+
+def test_plain_hebbian_without_oja_term_would_grow():
+    # The same data under dw = lr*y*x alone grows |w| without bound: Oja's term is what bounds it.
+    gen = torch.Generator().manual_seed(0)
+    X = torch.nn.functional.normalize(torch.randn(500, 8, generator=gen) + 2, dim=1)
+    w = X[0].clone()
+    for x in X:
+        w = w + 0.2 * (w @ x) * x
+    assert w.norm() > 10
+    W = competitive_learn(X, 1, epochs=1, lr=0.2, lr_final=0.2, batch_size=1, conscience=0.0, generator=gen)
+    assert abs(float(W.norm()) - 1.0) < 0.1
+
+
+def test_winner_take_all_gives_exactly_one_unit_per_token():
+    gen = torch.Generator().manual_seed(1)
+    X = torch.randn(300, 10, generator=gen)
+    W = torch.randn(5, 10, generator=gen)
+    win = winners(X, W)
+    assert win.shape == (300,) and win.dtype == torch.long
+    assert torch.equal(win, (X @ W.T).argmax(1))
+    assert set(win.tolist()) <= set(range(5))
+
+
+def test_units_find_well_separated_clusters():
+    gen = torch.Generator().manual_seed(2)
+    centres = torch.nn.functional.normalize(torch.randn(3, 20, generator=gen), dim=1) * 4
+    labels = torch.randint(0, 3, (600,), generator=gen)
+    X = torch.nn.functional.normalize(centres[labels] + torch.randn(600, 20, generator=gen) * 0.5, dim=1)
+    W = competitive_learn(X, 3, epochs=5, lr=0.3, lr_final=0.01, batch_size=8, conscience=0.3, generator=gen)
+    win = winners(X, W)
+    # each unit is pure: one true cluster per unit
+    for k in range(3):
+        members = labels[win == k]
+        assert len(members) > 0
+        assert (members == members.mode().values).float().mean() > 0.95
+
+
+def test_backward_traces_match_reversed_naive_ema_per_sentence():
+    train = [_sentence("the a0 chased the a1", "- A - - P"), _sentence("the a1 slept", "- A -")]
+    emb = FixedEmbeddings.from_sentences(train, 8, 0)
+    cfg = HebbianConfig(dim=8, exclude_self=False)
+    ids, _ = emb.ids(train)
+    ctx = trace_context(emb.table[ids], cfg)  # (B, T, 2*S*D)
+    S, D = len(cfg.alphas), 8
+    short = emb.table[ids[1, :3]].unsqueeze(0).double()  # the short sentence without its padding
+    want = naive_ema_traces(short.flip(1), cfg.alphas).flip(1).reshape(1, 3, -1)
+    assert torch.allclose(ctx[1, :3, S * D :].double(), want[0], atol=1e-5)
+
+
+def test_causal_variant_ignores_the_future():
+    cfg = HebbianConfig(dim=8, directions="forward", exclude_self=True)
+    a = [_sentence("the x0 chased the x1", "- A - - P")]
+    b = [_sentence("the x0 chased the x2", "- A - - P")]
+    emb = FixedEmbeddings.from_sentences(a + b, 8, 0)
+    ctx_a = trace_context(emb.table[emb.ids(a)[0]], cfg)
+    ctx_b = trace_context(emb.table[emb.ids(b)[0]], cfg)
+    assert torch.allclose(ctx_a[:, :4], ctx_b[:, :4])  # everything before the changed last word
+    both = dataclasses.replace(cfg, directions="both")
+    assert not torch.allclose(trace_context(emb.table[emb.ids(a)[0]], both)[:, 1],
+                              trace_context(emb.table[emb.ids(b)[0]], both)[:, 1])
+
+
+def test_training_never_sees_role_labels():
+    train = _corpus()
+    scrambled = []
+    rng = random.Random(5)
+    for s in train:  # same scored positions, random roles
+        roles = tuple(NO_ROLE if r == NO_ROLE else rng.choice(ROLES) for r in s.roles)
+        scrambled.append(dataclasses.replace(s, roles=roles))
+    cfg = HebbianConfig(dim=16, epochs=2, word_classes=3, n_units=4, mapping="many_to_one", min_count=1)
+    a = _learner(cfg, train).fit(train)
+    b = _learner(cfg, scrambled).fit(scrambled)
+    assert torch.equal(a.W, b.W)
+    assert torch.equal(a.classes.type_class, b.classes.type_class)
+
+
+def test_hungarian_mapping_is_one_to_one_and_frozen():
+    train, val = _corpus(200, 0), _corpus(60, 1)
+    cfg = HebbianConfig(dim=16, n_units=5, epochs=3)
+    model = _learner(cfg, train).fit(train)
+    mapping = model.name_clusters(val)
+    assert sorted(mapping.values()) == sorted(ROLES)  # every role named once
+    assert len(set(mapping)) == 3
+    before = model.predict(val)
+    with pytest.raises(ValueError, match="frozen"):
+        model.name_clusters(_corpus(60, 2))
+    assert model.predict(val) == before
+    # tokens of the two unnamed clusters are predicted as no role (scored wrong)
+    assert set(before) <= set(ROLES) | {NO_ROLE}
+    assert len(before) == len(role_targets(val))
+
+
+def test_many_to_one_names_every_used_cluster():
+    train, val = _corpus(200, 0), _corpus(60, 1)
+    model = _learner(HebbianConfig(dim=16, n_units=8, epochs=3, mapping="many_to_one"), train).fit(train)
+    mapping = model.name_clusters(val)
+    used = set(model.clusters(val).tolist())
+    assert set(mapping) == used and set(mapping.values()) <= set(ROLES)
+
+
+def test_learns_roles_of_a_simple_language_beyond_majority():
+    train, val = _corpus(300, 0), _corpus(100, 1)
+    cfg = HebbianConfig(dim=32, n_units=12, epochs=6, mapping="many_to_one", word_classes=4, self_weight=0.0,
+                        batch_size=8, lr=0.3, min_count=1)
+    model = _learner(cfg, train).fit(train)
+    model.name_clusters(val)
+    test = _corpus(100, 2)
+    gold = role_targets(test)
+    acc = sum(p == g for p, g in zip(model.predict(test), gold)) / len(gold)
+    majority = max(gold.count(r) for r in ROLES) / len(gold)
+    assert acc > majority + 0.2, (acc, majority)
+
+
+def test_bad_config_and_unfitted_use_raise_clear_errors():
+    with pytest.raises(ValueError, match="directions"):
+        HebbianConfig(directions="sideways")
+    with pytest.raises(ValueError, match="one-to-one"):
+        HebbianConfig(n_units=2)
+    with pytest.raises(ValueError, match="mapping"):
+        HebbianConfig(mapping="best")
+    train = _corpus(10)
+    model = _learner(HebbianConfig(dim=8), train)
+    with pytest.raises(ValueError, match="not fitted"):
+        model.predict(train)
+    with pytest.raises(ValueError, match="dim"):
+        HebbianRoleLearner(HebbianConfig(dim=8), FixedEmbeddings.from_sentences(train, 16, 0))
+
+
+def test_unknown_words_map_to_unk_and_pads_are_zero():
+    emb = FixedEmbeddings(["the", "dog"], 4, 0)
+    ids, lengths = emb.ids([_sentence("the cat", "- A"), _sentence("the", "-")])
+    assert ids[0, 1] == emb.stoi["<unk>"] and ids[1, 1] == 0
+    assert lengths.tolist() == [2, 1]
+    assert torch.all(emb.table[0] == 0)
