@@ -13,6 +13,7 @@ CUDA and the kernel imports, and the torch path otherwise.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -26,18 +27,33 @@ from emaprobe.ops.naive import naive_ema_traces, naive_linear_scan
 DEFAULT_ALPHAS = (0.5, 0.1, 0.02)
 
 
+@functools.lru_cache(maxsize=64)
+def _alpha_tensor(vals: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    # one host-to-device copy per (alphas, device), not one per call: on CUDA the copy
+    # costs launch time and cannot be captured in a graph
+    return torch.tensor(vals, dtype=torch.float64, device=device)
+
+
 @dataclass(frozen=True)
 class ScanBackend:
-    """A forward-scan implementation. Both functions return float32 h.
+    """A scan implementation.
 
-    linear_scan(a, b, h0) -> h (B, T, *F);  ema_traces(x, alphas (S,), h0) -> h (B, T, S, D)
-    ``needs_cuda`` backends are used only for CUDA tensors.
+    linear_scan(a, b, h0) -> h (B, T, *F) and ema_traces(x, alphas (S,), h0) -> h (B, T, S, D),
+    both in the accumulation dtype (float32, or float64 for float64 inputs), are forward
+    only: the autograd Functions below run the backward through them.
+    fused_linear_scan(a, b, h0, out_dtype) -> (h in out_dtype, h_T float32) and
+    fused_ema_traces(x, alphas (S,) float64, h0) -> (h in x.dtype, h_T float32), when
+    given, are differentiable end to end (x, a, b, h0, and through h_T) and are used
+    instead: a kernel that writes the input dtype directly and fuses its backward
+    moves a quarter of the bytes. ``needs_cuda`` backends run only on CUDA tensors.
     """
 
     name: str
     linear_scan: Callable
     ema_traces: Callable
     needs_cuda: bool = False
+    fused_linear_scan: Callable | None = None
+    fused_ema_traces: Callable | None = None
 
 
 BACKENDS: dict[str, ScanBackend] = {
@@ -244,6 +260,10 @@ def linear_scan(
         h = torch.empty(shape, dtype=out_dtype, device=b.device)
         state = torch.zeros((shape[0],) + tuple(shape[2:]), device=b.device) if h0 is None else h0.float()
         return (h, state) if return_state else h
+    fused = BACKENDS[name].fused_linear_scan
+    if fused is not None:
+        out, state = fused(a, b, h0, out_dtype)  # output in out_dtype, float32 state
+        return (out, state) if return_state else out
     h = _LinearScanFn.apply(a, b, h0, name)
     out = h.to(out_dtype)
     return (out, h[:, -1]) if return_state else out
@@ -283,7 +303,11 @@ def ema_traces(
         h = torch.empty(B, 0, S, D, dtype=x.dtype, device=x.device)
         state = torch.zeros(B, S, D, device=x.device) if h0 is None else h0.float()
         return (h, state) if return_state else h
-    alpha_t = torch.tensor(vals, dtype=torch.float64, device=x.device)
+    alpha_t = _alpha_tensor(vals, x.device)
+    fused = BACKENDS[name].fused_ema_traces
+    if fused is not None:
+        out, state = fused(x, alpha_t, h0)  # traces in x.dtype, float32 state
+        return (out, state) if return_state else out
     h = _EmaTracesFn.apply(x, alpha_t, h0, name)
     out = h.to(x.dtype)
     return (out, h[:, -1]) if return_state else out

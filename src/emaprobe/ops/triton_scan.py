@@ -3,18 +3,25 @@
 Symbols as in ``naive.py`` (B batch, T time, D channels, S timescales, F the
 flattened feature dims of ``linear_scan``, h state, a decay, b input), plus:
 
-    CT  time steps in one register tile        BD  channels in one tile
-    SP  S rounded up to a power of two          g   dL/dh_t, the backward state
+    CT  time steps in one register tile        BD  channels in one tile (BF for F)
+    VEC adjacent channels one thread owns       g   dL/dh_t, the backward state
     seg a stretch of time one program scans    NSEG segments along T
 
-**One pass, chunked in time.** A program owns BD channels of one sequence (and, at
-long T with few channels, one segment of time). It walks its stretch of time in
-tiles of CT steps: it loads a (CT, BD) tile, scans it in registers with
+**One pass, chunked in time.** A program (one warp) owns BD channels of one sequence
+(and, at long T with few channels, one segment of time). It walks its stretch of time
+in tiles of CT steps: it loads a (CT, BD) tile two tiles ahead of use, scans it with
 ``tl.associative_scan`` (the pair operator (a1, b1) . (a2, b2) = (a1 a2, a2 b1 + b2);
-Blelloch 1990, as used by accelerated-scan), adds the carried state times the
-tile's cumulative decay, stores, and carries the last row. Every input byte is read
-once and every output byte written once, so forward EMA moves (2 + 2S) bytes per
-token-channel in bf16, the floor of issue 5.
+Blelloch 1990, as in accelerated-scan), the carried state folded into row 0, stores,
+and carries the last row. Every input byte is read once and every output byte written
+once, so forward EMA moves (2 + 2S) bytes per token-channel in bf16, the floor of
+issue 5. EMA handles up to 4 timescales per launch, one 2-D tile each (more: one more
+launch per 4, re-reading x).
+
+**Why the layout matters.** ``tl.max_contiguous(..., VEC)`` with BD = 32 * VEC * warps
+makes Triton put the 32 lanes of a warp along channels (VEC channels each, coalesced),
+so all CT rows of a tile sit in one thread and the scan is a register loop: no
+shuffles, no shared memory (checked in SASS: 0 SHFL, 0 BAR). Left to itself Triton
+spread time across lanes and the scan cost ~8 shuffles per element (notes/kernels.md).
 
 **Segments when channels are few.** When B * D / BD programs cannot fill the GPU
 (T = 1M with B = 1, say), time is cut into NSEG segments: pass 1 scans each
@@ -40,7 +47,7 @@ Importing this module registers the "triton" scan backend (``scan.py``'s
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -563,7 +570,8 @@ def ema_traces_bwd(
         starts = torch.empty_like(gstart)
         for s0 in range(0, S, GROUP):
             _ema_bwd_kernel[grid](gh[:, :, s0:], gx, gh, starts[:, :, s0:], dec[s0:], alp[s0:], T, D, S * D,
-                                  seglen, nseg, NS=min(GROUP, S - s0), CT=cfg.ct, BD=cfg.block, VEC=cfg.vec, HAS_GIN=False,
+                                  seglen, nseg, NS=min(GROUP, S - s0), CT=cfg.ct, BD=cfg.block, VEC=cfg.vec,
+                                  HAS_GIN=False,
                                   STORE_OUT=False, ACCUM=False, num_warps=cfg.num_warps)
         dseg = _seg_decays(dec64, T, nseg, seglen, backward=True).view(1, nseg, S, 1).expand(B, nseg, S, D)
         gin = _reverse_carries(dseg, starts, gf)
@@ -752,7 +760,8 @@ def fused_linear_scan(a, b, h0=None, out_dtype=None):
 
 
 def _legacy_linear_scan(a, b, h0):
-    # the ScanBackend contract of scan.py: float32 h, forward only
+    # the forward-only ScanBackend contract (float32 h) that scan.py's own autograd
+    # Functions use; the fused ops below are what the public API calls
     return linear_scan_fwd(a, b, h0, torch.float32)[0]
 
 
@@ -760,25 +769,8 @@ def _legacy_ema_traces(x, alphas, h0):
     return ema_traces_fwd(x, alphas, h0, torch.float32)[0]
 
 
-@dataclass(frozen=True)
-class FusedScanBackend(ScanBackend):
-    """A backend that also brings differentiable fused ops writing the input's dtype.
-
-    ``fused_linear_scan(a, b, h0, out_dtype) -> (h, h_T)`` and
-    ``fused_ema_traces(x, alphas (S,) float64, h0) -> (h, h_T)``; h_T is float32.
-    ``scan.py`` uses them when present (notes/scan_py_patch.md); until then it uses the
-    forward-only float32 functions and runs the backward through them.
-    """
-
-    fused_linear_scan: object = None
-    fused_ema_traces: object = None
-
-
-# once scan.py's ScanBackend carries the fused fields itself, register a plain one
-_Backend = ScanBackend if "fused_ema_traces" in {f.name for f in fields(ScanBackend)} else FusedScanBackend
-
 register_backend(
-    _Backend(
+    ScanBackend(
         "triton",
         linear_scan=_legacy_linear_scan,
         ema_traces=_legacy_ema_traces,
