@@ -140,8 +140,10 @@ def main(args: argparse.Namespace) -> int:
     if args.device == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("--device cuda: no CUDA device is visible to torch")
-        from emaprobe.experiments import bench_scan_cuda
+        from emaprobe.experiments.bench_scan_cuda import run_cuda
 
-        return bench_scan_cuda.main(args)
+        run_cuda(shapes if args.shape else None, out_dir=args.out, do_sweep=args.sweep,
+                 peers=not args.no_peers, loop=not args.no_loop, warp=not args.no_warp)
+        return 0
     run_cpu(shapes, repeats=args.repeats, out_dir=args.out)
     return 0

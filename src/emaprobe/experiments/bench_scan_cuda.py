@@ -1,7 +1,7 @@
 """Benchmark on CUDA: the Triton scan kernels against the copy-bandwidth floor and their peers.
 
-Command:   emaprobe bench scan --device cuda --out results/bench
-           (or ``python -m emaprobe.experiments.bench_scan_cuda --out DIR [--sweep]``)
+Command:   emaprobe bench scan --device cuda --out results/bench [--sweep]
+           (where emaprobe is not installed: ``PYTHONPATH=src python -m emaprobe.cli bench scan ...``)
 Hardware:  one CUDA GPU; the committed figures are from one NVIDIA H200 (the device
            tool gave an H200 on every call; no H100 figure exists yet).
 Run time:  about 2 minutes at the default shapes (the PyTorch step loop and the first
@@ -37,7 +37,6 @@ in the file names and inside both) into ``--out``.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
@@ -435,11 +434,12 @@ def replot(json_path: str | Path) -> Path:
     return out
 
 
-def run_cuda(shapes=DEFAULT_SHAPES, alphas=DEFAULT_ALPHAS, out_dir: str | Path | None = None,
+def run_cuda(shapes=None, alphas=DEFAULT_ALPHAS, out_dir: str | Path | None = None,
              peers: bool = True, warp: bool = True, loop: bool = True, do_sweep: bool = False) -> dict:
     """Run the whole CUDA benchmark; returns the result dict (also written as JSON when ``out_dir``)."""
     from emaprobe.ops import triton_scan as ts
 
+    shapes = list(DEFAULT_SHAPES) if shapes is None else shapes
     card = torch.cuda.get_device_name()
     slug = card_slug(card)
     bw = copy_bandwidth()
@@ -483,25 +483,3 @@ def run_cuda(shapes=DEFAULT_SHAPES, alphas=DEFAULT_ALPHAS, out_dir: str | Path |
         plot(rows, card, out / f"scan_cuda_{slug}.png")
         print(f"wrote {out / f'scan_cuda_{slug}.png'}")
     return result
-
-
-def main(args: argparse.Namespace) -> int:
-    """Entry for ``emaprobe bench scan --device cuda``: uses args.shape, args.out (and --sweep if present)."""
-    from emaprobe.experiments.bench_scan import parse_shape
-
-    shapes = [parse_shape(s) for s in args.shape] if getattr(args, "shape", None) else list(DEFAULT_SHAPES)
-    run_cuda(shapes, out_dir=getattr(args, "out", None), do_sweep=getattr(args, "sweep", False),
-             peers=not getattr(args, "no_peers", False), loop=not getattr(args, "no_loop", False),
-             warp=not getattr(args, "no_warp", False))
-    return 0
-
-
-if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--shape", action="append", metavar="BxTxD")
-    p.add_argument("--out", default=None)
-    p.add_argument("--sweep", action="store_true", help="also time tile configurations at the headline shape")
-    p.add_argument("--no-peers", action="store_true")
-    p.add_argument("--no-warp", action="store_true")
-    p.add_argument("--no-loop", action="store_true")
-    raise SystemExit(main(p.parse_args()))
