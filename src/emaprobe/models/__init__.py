@@ -1,4 +1,7 @@
-"""Language models and their registry: SPEN (the paper's EMA-context LM) and the GPT baseline.
+"""Models: SPEN (the paper's EMA-context LM), the GPT baseline, and the two role learners.
+
+``HebbianRoleLearner`` (zero labels) and ``BiGRUTagger`` (supervised) assign grammatical
+roles; the language models below share one registry.
 
     model = build_model("spen-tiny", mixer="selective")       # a named config, with overrides
     logits, state = model(idx)                                 # idx (B, T) -> logits (B, T, V)
@@ -29,7 +32,9 @@ from emaprobe.models.common import (
     register_model,
     sample_next,
 )
+from emaprobe.models.bigru import BiGRUConfig, BiGRUTagger
 from emaprobe.models.gpt import GPT, GPTConfig
+from emaprobe.models.hebbian import HebbianConfig, HebbianRoleLearner
 from emaprobe.models.spen import SPEN, SPENBlock, SPENConfig
 from emaprobe.utils import apply_overrides
 
@@ -118,6 +123,10 @@ def describe(name: str | None = None, **overrides) -> str:
 
 __all__ = [
     "GPT",
+    "BiGRUConfig",
+    "BiGRUTagger",
+    "HebbianConfig",
+    "HebbianRoleLearner",
     "MODEL_CONFIGS",
     "MODEL_KINDS",
     "SPEN",
