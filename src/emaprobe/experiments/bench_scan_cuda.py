@@ -2,16 +2,18 @@
 
 Command:   emaprobe bench scan --device cuda --out results/bench [--sweep]
            (where emaprobe is not installed: ``PYTHONPATH=src python -m emaprobe.cli bench scan ...``)
-Hardware:  one CUDA GPU; the committed figures are from one NVIDIA H200 (the device
-           tool gave an H200 on every call; no H100 figure exists yet).
+Hardware:  one CUDA GPU; committed figures from one NVIDIA H100 80GB HBM3 and one H200.
 Run time:  about 2 minutes at the default shapes (the PyTorch step loop and the first
            import of accelerated-scan's CUDA "warp" kernel, which compiles, ~1 minute).
-Expected:  on the H200 (results/bench/scan_cuda_nvidia-h200.json, notes/kernels.md),
-           B=16 T=2048 D=768 S=3 bf16: floor 0.047 ms at 4.25 TB/s; ours 0.107 ms
-           forward (2.25x), 0.236 ms forward+backward (2.49x); selective forward
-           0.082 ms (2.32x); accelerated-scan warp 0.326 ms, fla chunk_hgrn 0.609 ms,
-           FFT 1.70 ms, step loop 140 ms. Issue 5's targets (1.25x, 1.5x, 1.5x) are met
-           only at B=64 T=512 for f+b and selective; faster than every peer everywhere.
+Expected:  on the H100 (results/bench/scan_cuda_nvidia-h100-80gb-hbm3.json), 3.0 TB/s copy,
+           B=16 T=2048 D=768 S=3 bf16: floor 0.067 ms; ours 0.129 ms forward (1.93x),
+           0.294 ms forward+backward (2.19x), selective forward 0.102 ms (2.03x); at B=64
+           T=512: 1.25x, 1.22x, 1.16x, the only shape that meets issue 5's targets
+           (1.25x, 1.5x, 1.5x). On the H200 (results/bench/scan_cuda_nvidia-h200.json),
+           the same shape: floor 0.047 ms at 4.25 TB/s; ours 0.107 ms forward (2.25x),
+           0.236 ms forward+backward (2.49x); selective forward 0.082 ms (2.32x).
+           Peers at that shape (H100): accelerated-scan warp 0.334 ms, fla chunk_hgrn
+           0.814 ms, FFT 2.20 ms, step loop 187 ms; notes/kernels.md has every version.
 
 In one run it measures:
 
