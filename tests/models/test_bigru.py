@@ -2,51 +2,26 @@
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
+from toy_roles import toy_corpus, toy_sentence
 
 from emaprobe.models.bigru import BiGRUConfig, BiGRUTagger, role_ids
 from emaprobe.models.hebbian import FixedEmbeddings
-from emaprobe.tasks.sentence import NO_ROLE, RoleSentence
-
-
-def _sentence(words: str, roles: str) -> RoleSentence:
-    toks = tuple(words.split())
-    rs = tuple(NO_ROLE if r == "-" else {"A": "AGENT", "P": "PATIENT", "R": "RECIPIENT"}[r] for r in roles.split())
-    n = len(toks)
-    return RoleSentence(toks, rs, (0,) * n, (0,) * n, ("test",) * n)
-
-
-def _corpus(n: int, seed: int) -> list[RoleSentence]:
-    rng = random.Random(seed)
-    nouns = [f"n{i}" for i in range(10)]
-    out = []
-    for _ in range(n):
-        a, b, c = rng.sample(nouns, 3)
-        kind = rng.randrange(3)
-        if kind == 0:
-            out.append(_sentence(f"the {a} chased the {b}", "- A - - P"))
-        elif kind == 1:
-            out.append(_sentence(f"the {b} was chased by the {a}", "- P - - - - A"))
-        else:
-            out.append(_sentence(f"the {a} gave the {b} to the {c}", "- A - - P - - R"))
-    return out
 
 
 def test_loss_falls_and_tagger_learns_the_roles():
-    train, val = _corpus(200, 0), _corpus(50, 1)
+    train, val = toy_corpus(200, 0, n_nouns=10), toy_corpus(50, 1, n_nouns=10)
     emb = FixedEmbeddings.from_sentences(train, 16, 0)
     tagger = BiGRUTagger(BiGRUConfig(dim=16, hidden=16, batch_size=8, max_epochs=8, patience=8, lr=1e-2), emb)
     tagger.fit(train, val, quiet=True)
     losses = [h["train_loss"] for h in tagger.history]
     assert losses[-1] < 0.5 * losses[0], losses
-    assert tagger.accuracy(_corpus(50, 2)) > 0.9
+    assert tagger.accuracy(toy_corpus(50, 2, n_nouns=10)) > 0.9
 
 
 def test_early_stopping_restores_best_validation_epoch():
-    train, val = _corpus(100, 0), _corpus(30, 1)
+    train, val = toy_corpus(100, 0, n_nouns=10), toy_corpus(30, 1, n_nouns=10)
     emb = FixedEmbeddings.from_sentences(train, 8, 0)
     tagger = BiGRUTagger(BiGRUConfig(dim=8, hidden=8, batch_size=8, max_epochs=8, patience=1, lr=3e-2), emb)
     tagger.fit(train, val, quiet=True)
@@ -59,7 +34,7 @@ def test_early_stopping_restores_best_validation_epoch():
 
 
 def test_padding_does_not_change_predictions():
-    train = _corpus(50, 0)
+    train = toy_corpus(50, 0, n_nouns=10)
     emb = FixedEmbeddings.from_sentences(train, 8, 0)
     tagger = BiGRUTagger(BiGRUConfig(dim=8, hidden=8), emb).eval()
     short, long = train[0], max(train, key=len)
@@ -71,7 +46,7 @@ def test_padding_does_not_change_predictions():
 
 
 def test_embeddings_are_frozen_and_shared():
-    train = _corpus(20, 0)
+    train = toy_corpus(20, 0, n_nouns=10)
     emb = FixedEmbeddings.from_sentences(train, 8, 3)
     tagger = BiGRUTagger(BiGRUConfig(dim=8, hidden=8, max_epochs=1), emb)
     tagger.fit(train, train, quiet=True)
@@ -80,7 +55,7 @@ def test_embeddings_are_frozen_and_shared():
 
 
 def test_role_ids_ignore_unscored_tokens_and_bad_config_raises():
-    y = role_ids([_sentence("the n1 slept", "- A -")], 4)
+    y = role_ids([toy_sentence("the n1 slept", "- A -")], 4)
     assert y.tolist() == [[-100, 0, -100, -100]]
     with pytest.raises(ValueError, match="hidden"):
         BiGRUConfig(hidden=0)

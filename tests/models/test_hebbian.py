@@ -7,6 +7,7 @@ import random
 
 import pytest
 import torch
+from toy_roles import toy_corpus, toy_sentence
 
 from emaprobe.models.hebbian import (
     FixedEmbeddings,
@@ -19,30 +20,6 @@ from emaprobe.models.hebbian import (
 )
 from emaprobe.ops import naive_ema_traces
 from emaprobe.tasks.sentence import NO_ROLE, ROLES, RoleSentence
-
-
-def _sentence(words: str, roles: str) -> RoleSentence:
-    toks = tuple(words.split())
-    rs = tuple(NO_ROLE if r == "-" else {"A": "AGENT", "P": "PATIENT", "R": "RECIPIENT"}[r] for r in roles.split())
-    n = len(toks)
-    return RoleSentence(toks, rs, (0,) * n, (0,) * n, ("test",) * n)
-
-
-def _corpus(n: int = 150, seed: int = 0) -> list[RoleSentence]:
-    """A hand-made three-construction language: active, passive with by, to-dative."""
-    rng = random.Random(seed)
-    nouns = [f"n{i}" for i in range(12)]
-    out = []
-    for _ in range(n):
-        a, b, c = rng.sample(nouns, 3)
-        kind = rng.randrange(3)
-        if kind == 0:
-            out.append(_sentence(f"the {a} chased the {b}", "- A - - P"))
-        elif kind == 1:
-            out.append(_sentence(f"the {b} was chased by the {a}", "- P - - - - A"))
-        else:
-            out.append(_sentence(f"the {a} gave the {b} to the {c}", "- A - - P - - R"))
-    return out
 
 
 def _learner(cfg: HebbianConfig, train: list[RoleSentence]) -> HebbianRoleLearner:
@@ -94,8 +71,8 @@ def test_units_find_well_separated_clusters():
         assert (members == members.mode().values).float().mean() > 0.95
 
 
-def test_backward_traces_match_reversed_naive_ema_per_sentence():
-    train = [_sentence("the a0 chased the a1", "- A - - P"), _sentence("the a1 slept", "- A -")]
+def test_backward_traces_match_reversed_naive_ema_pertoy_sentence():
+    train = [toy_sentence("the a0 chased the a1", "- A - - P"), toy_sentence("the a1 slept", "- A -")]
     emb = FixedEmbeddings.from_sentences(train, 8, 0)
     cfg = HebbianConfig(dim=8, exclude_self=False)
     ids, _ = emb.ids(train)
@@ -108,8 +85,8 @@ def test_backward_traces_match_reversed_naive_ema_per_sentence():
 
 def test_causal_variant_ignores_the_future():
     cfg = HebbianConfig(dim=8, directions="forward", exclude_self=True)
-    a = [_sentence("the x0 chased the x1", "- A - - P")]
-    b = [_sentence("the x0 chased the x2", "- A - - P")]
+    a = [toy_sentence("the x0 chased the x1", "- A - - P")]
+    b = [toy_sentence("the x0 chased the x2", "- A - - P")]
     emb = FixedEmbeddings.from_sentences(a + b, 8, 0)
     ctx_a = trace_context(emb.table[emb.ids(a)[0]], cfg)
     ctx_b = trace_context(emb.table[emb.ids(b)[0]], cfg)
@@ -120,7 +97,7 @@ def test_causal_variant_ignores_the_future():
 
 
 def test_training_never_sees_role_labels():
-    train = _corpus()
+    train = toy_corpus()
     scrambled = []
     rng = random.Random(5)
     for s in train:  # same scored positions, random roles
@@ -134,7 +111,7 @@ def test_training_never_sees_role_labels():
 
 
 def test_hungarian_mapping_is_one_to_one_and_frozen():
-    train, val = _corpus(200, 0), _corpus(60, 1)
+    train, val = toy_corpus(200, 0), toy_corpus(60, 1)
     cfg = HebbianConfig(dim=16, n_units=5, epochs=3)
     model = _learner(cfg, train).fit(train)
     mapping = model.name_clusters(val)
@@ -142,7 +119,7 @@ def test_hungarian_mapping_is_one_to_one_and_frozen():
     assert len(set(mapping)) == 3
     before = model.predict(val)
     with pytest.raises(ValueError, match="frozen"):
-        model.name_clusters(_corpus(60, 2))
+        model.name_clusters(toy_corpus(60, 2))
     assert model.predict(val) == before
     # tokens of the two unnamed clusters are predicted as no role (scored wrong)
     assert set(before) <= set(ROLES) | {NO_ROLE}
@@ -150,7 +127,7 @@ def test_hungarian_mapping_is_one_to_one_and_frozen():
 
 
 def test_many_to_one_names_every_used_cluster():
-    train, val = _corpus(200, 0), _corpus(60, 1)
+    train, val = toy_corpus(200, 0), toy_corpus(60, 1)
     model = _learner(HebbianConfig(dim=16, n_units=8, epochs=3, mapping="many_to_one"), train).fit(train)
     mapping = model.name_clusters(val)
     used = set(model.clusters(val).tolist())
@@ -158,12 +135,12 @@ def test_many_to_one_names_every_used_cluster():
 
 
 def test_learns_roles_of_a_simple_language_beyond_majority():
-    train, val = _corpus(300, 0), _corpus(100, 1)
+    train, val = toy_corpus(300, 0), toy_corpus(100, 1)
     cfg = HebbianConfig(dim=32, n_units=12, epochs=6, mapping="many_to_one", word_classes=4, self_weight=0.0,
                         batch_size=8, lr=0.3, min_count=1)
     model = _learner(cfg, train).fit(train)
     model.name_clusters(val)
-    test = _corpus(100, 2)
+    test = toy_corpus(100, 2)
     gold = role_targets(test)
     acc = sum(p == g for p, g in zip(model.predict(test), gold)) / len(gold)
     majority = max(gold.count(r) for r in ROLES) / len(gold)
@@ -177,7 +154,7 @@ def test_bad_config_and_unfitted_use_raise_clear_errors():
         HebbianConfig(n_units=2)
     with pytest.raises(ValueError, match="mapping"):
         HebbianConfig(mapping="best")
-    train = _corpus(10)
+    train = toy_corpus(10)
     model = _learner(HebbianConfig(dim=8), train)
     with pytest.raises(ValueError, match="not fitted"):
         model.predict(train)
@@ -187,7 +164,7 @@ def test_bad_config_and_unfitted_use_raise_clear_errors():
 
 def test_unknown_words_map_to_unk_and_pads_are_zero():
     emb = FixedEmbeddings(["the", "dog"], 4, 0)
-    ids, lengths = emb.ids([_sentence("the cat", "- A"), _sentence("the", "-")])
+    ids, lengths = emb.ids([toy_sentence("the cat", "- A"), toy_sentence("the", "-")])
     assert ids[0, 1] == emb.stoi["<unk>"] and ids[1, 1] == 0
     assert lengths.tolist() == [2, 1]
     assert torch.all(emb.table[0] == 0)
