@@ -32,13 +32,7 @@ def ptb():
     return load_lm_data("ptb")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny matmuls gain nothing from threads, and on a busy CI box they lose a lot
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _metrics(path):
