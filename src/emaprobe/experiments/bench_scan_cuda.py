@@ -248,7 +248,6 @@ def bench_shape(ts, shape, alphas, bw: float, peers: dict, loop: bool) -> dict:
         row["torch_broadcast_copy_ms"] = _bench(lambda: out.copy_(x.unsqueeze(2).expand(B, T, S, D)), "copy")
         # the public op as scan.py calls the backend today (float32 contract, then a cast), eager
         row["public_ema_traces_fwd_eager_ms"] = _bench_eager(lambda: ema_traces(x, alphas, backend="triton"))
-    del out
     xg = x.detach().requires_grad_()
     gout = torch.randn(B, T, S, D, device="cuda", dtype=dt)
 
@@ -258,7 +257,6 @@ def bench_shape(ts, shape, alphas, bw: float, peers: dict, loop: bool) -> dict:
         xg.grad = None
 
     row["ours_ema_fwdbwd_ms"] = _bench(ema_fb, "ours_ema_fwdbwd")
-    del gout
 
     a = (torch.rand(B, T, D, device="cuda") * 0.5 + 0.5).to(dt)
     b = torch.randn(B, T, D, device="cuda", dtype=dt)
@@ -316,7 +314,6 @@ def bench_shape(ts, shape, alphas, bw: float, peers: dict, loop: bool) -> dict:
     row["x_ema_fwdbwd_vs_floor"] = row["ours_ema_fwdbwd_ms"] / row["floor_fwdbwd_ms"]
     row["x_sel_fwd_vs_floor"] = row["ours_sel_fwd_ms"] / row["floor_sel_fwd_ms"]
     row["x_sel_fwdbwd_vs_floor"] = row["ours_sel_fwdbwd_ms"] / row["floor_sel_fwdbwd_ms"]
-    del x, xg, a, b, ag, bg, gsel
     torch.cuda.empty_cache()
     return row
 
