@@ -64,7 +64,7 @@ def test_loading_bad_folders_fails_clearly(tmp_path):
     good = cfg.read_text()
 
     cfg.write_text("{not json")
-    with pytest.raises(ValueError, match="config.json: not valid JSON"):
+    with pytest.raises(ValueError, match="config.json: malformed JSON"):
         from_pretrained(tmp_path)
 
     meta = json.loads(good)

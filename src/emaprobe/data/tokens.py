@@ -17,7 +17,6 @@ tokenizer (shared/PAPER.md, reference points).
 from __future__ import annotations
 
 import bisect
-import json
 import math
 import os
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from emaprobe.data.tokenizers import Tokenizer, load_tokenizer
+from emaprobe.utils import read_json
 
 MANIFEST = "manifest.json"
 FORMAT = "emaprobe-tokens"
@@ -47,10 +47,7 @@ class TokenData:
         if not manifest_path.is_file():
             hint = " (an interrupted prepare leaves no manifest)" if root.is_dir() else ""
             raise FileNotFoundError(f"{root}: no {MANIFEST}; not a folder written by 'emaprobe data prepare'{hint}")
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{manifest_path}: malformed JSON at line {err.lineno}: {err.msg}") from err
+        manifest = read_json(manifest_path)
         _check_manifest(manifest, manifest_path)
         dtype = np.dtype(manifest["dtype"])
         shards = []

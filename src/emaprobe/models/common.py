@@ -16,7 +16,6 @@ sequence, so feeding tokens one at a time reproduces the full-sequence logits.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import typing
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from emaprobe.utils import atomic_write_bytes, atomic_write_json
+from emaprobe.utils import atomic_write_bytes, atomic_write_json, read_json
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -215,10 +214,7 @@ def from_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
     for p in (cfg_path, w_path):
         if not p.is_file():
             raise FileNotFoundError(f"{p} does not exist (expected a folder written by save_pretrained)")
-    try:
-        meta = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{cfg_path}: not valid JSON ({err})") from err
+    meta = read_json(cfg_path)
     if not isinstance(meta, dict) or "kind" not in meta or "config" not in meta:
         raise ValueError(f"{cfg_path}: expected an object with 'kind' and 'config'")
     kind = meta["kind"]

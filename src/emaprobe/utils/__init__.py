@@ -1,7 +1,7 @@
 """Small helpers every layer may use: atomic files, run records, config overrides, paths."""
 
 from emaprobe.utils.config import apply_overrides, config_to_dict
-from emaprobe.utils.io import atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text, run_record
+from emaprobe.utils.io import atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text, read_json, run_record
 from emaprobe.utils.paths import data_root, find_data
 
 __all__ = [
@@ -13,5 +13,6 @@ __all__ = [
     "config_to_dict",
     "data_root",
     "find_data",
+    "read_json",
     "run_record",
 ]

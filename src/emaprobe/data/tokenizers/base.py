@@ -9,14 +9,13 @@ name and hands the folder to that class's ``load``.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
-from emaprobe.utils import atomic_write_json
+from emaprobe.utils import atomic_write_json, read_json
 
 CONFIG_NAME = "emaprobe_tokenizer.json"
 
@@ -81,10 +80,7 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{Path(directory)}: no {CONFIG_NAME}; not a folder written by Tokenizer.save")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: malformed JSON at line {err.lineno}: {err.msg}") from err
+    config = read_json(path)
     if not isinstance(config, dict) or "name" not in config:
         raise ValueError(f"{path}: expected a JSON object with a 'name' field")
     return config

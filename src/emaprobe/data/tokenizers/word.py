@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from emaprobe.data.tokenizers.base import Tokenizer, sha256_hex
-from emaprobe.utils import atomic_write_text
+from emaprobe.utils import atomic_write_text, read_json
 
 VOCAB_FILE = "vocab.json"
 UNK = "<unk>"
@@ -109,10 +109,7 @@ class WordTokenizer(Tokenizer):
         path = directory / config.get("vocab_file", VOCAB_FILE)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: the word list of this saved tokenizer is missing")
-        try:
-            words = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: malformed JSON at line {err.lineno}: {err.msg}") from err
+        words = read_json(path)
         if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
             raise ValueError(f"{path}: expected a JSON list of words")
         return cls(words, unk=config.get("unk", UNK), eos=config.get("eos", EOS))
