@@ -26,6 +26,74 @@ def _deterministic():
     yield
 
 
+# Four sentences written by hand for the CoNLL-U reader and the UD role extraction:
+# a relative clause, a passive with "to" and "by", an empty node, conjoined nouns.
+HANDWRITTEN_CONLLU = """# newdoc id = handwritten
+# sent_id = h-1
+# text = The dog that the cat chased gave the boy a bone.
+1\tThe\tthe\tDET\tDT\t_\t2\tdet\t_\t_
+2\tdog\tdog\tNOUN\tNN\t_\t7\tnsubj\t_\t_
+3\tthat\tthat\tPRON\tWDT\t_\t6\tobj\t_\t_
+4\tthe\tthe\tDET\tDT\t_\t5\tdet\t_\t_
+5\tcat\tcat\tNOUN\tNN\t_\t6\tnsubj\t_\t_
+6\tchased\tchase\tVERB\tVBD\t_\t2\tacl:relcl\t_\t_
+7\tgave\tgive\tVERB\tVBD\t_\t0\troot\t_\t_
+8\tthe\tthe\tDET\tDT\t_\t9\tdet\t_\t_
+9\tboy\tboy\tNOUN\tNN\t_\t7\tiobj\t_\t_
+10\ta\ta\tDET\tDT\t_\t11\tdet\t_\t_
+11\tbone\tbone\tNOUN\tNN\t_\t7\tobj\t_\tSpaceAfter=No
+12\t.\t.\tPUNCT\t.\t_\t7\tpunct\t_\t_
+
+# sent_id = h-2
+# text = The ball wasn't sent to Mary by John.
+1\tThe\tthe\tDET\tDT\t_\t2\tdet\t_\t_
+2\tball\tball\tNOUN\tNN\t_\t5\tnsubj:pass\t_\t_
+3-4\twasn't\t_\t_\t_\t_\t_\t_\t_\t_
+3\twas\tbe\tAUX\tVBD\t_\t5\taux:pass\t_\t_
+4\tn't\tnot\tPART\tRB\t_\t5\tadvmod\t_\t_
+5\tsent\tsend\tVERB\tVBN\t_\t0\troot\t_\t_
+6\tto\tto\tADP\tIN\t_\t7\tcase\t_\t_
+7\tMary\tMary\tPROPN\tNNP\t_\t5\tobl\t_\t_
+8\tby\tby\tADP\tIN\t_\t9\tcase\t_\t_
+9\tJohn\tJohn\tPROPN\tNNP\t_\t5\tobl:agent\t_\tSpaceAfter=No
+10\t.\t.\tPUNCT\t.\t_\t5\tpunct\t_\t_
+
+# sent_id = h-3
+# text = Mary saw the dog and John the cat.
+1\tMary\tMary\tPROPN\tNNP\t_\t2\tnsubj\t_\t_
+2\tsaw\tsee\tVERB\tVBD\t_\t0\troot\t_\t_
+3\tthe\tthe\tDET\tDT\t_\t4\tdet\t_\t_
+4\tdog\tdog\tNOUN\tNN\t_\t2\tobj\t_\t_
+5\tand\tand\tCCONJ\tCC\t_\t6\tcc\t_\t_
+6\tJohn\tJohn\tPROPN\tNNP\t_\t2\tconj\t_\t_
+6.1\tsaw\tsee\tVERB\tVBD\t_\t_\t_\t2:conj\t_
+7\tthe\tthe\tDET\tDT\t_\t8\tdet\t_\t_
+8\tcat\tcat\tNOUN\tNN\t_\t6\torphan\t_\tSpaceAfter=No
+9\t.\t.\tPUNCT\t.\t_\t2\tpunct\t_\t_
+
+# sent_id = h-4
+# text = I think the dog and the cat slept.
+1\tI\tI\tPRON\tPRP\t_\t2\tnsubj\t_\t_
+2\tthink\tthink\tVERB\tVBP\t_\t0\troot\t_\t_
+3\tthe\tthe\tDET\tDT\t_\t4\tdet\t_\t_
+4\tdog\tdog\tNOUN\tNN\t_\t8\tnsubj\t_\t_
+5\tand\tand\tCCONJ\tCC\t_\t7\tcc\t_\t_
+6\tthe\tthe\tDET\tDT\t_\t7\tdet\t_\t_
+7\tcat\tcat\tNOUN\tNN\t_\t4\tconj\t_\t_
+8\tslept\tsleep\tVERB\tVBD\t_\t2\tccomp\t_\tSpaceAfter=No
+9\t.\t.\tPUNCT\t.\t_\t2\tpunct\t_\t_
+
+"""
+
+
+@pytest.fixture(scope="session")
+def handwritten_treebank(tmp_path_factory) -> Path:
+    """A UD-style folder holding ``handwritten-ud-test.conllu`` (the sentences above)."""
+    folder = tmp_path_factory.mktemp("handwritten-ud")
+    (folder / "handwritten-ud-test.conllu").write_text(HANDWRITTEN_CONLLU, encoding="utf-8")
+    return folder
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny models gain nothing from threads, and on a busy 2-core CI box they lose a lot."""

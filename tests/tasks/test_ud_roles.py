@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
@@ -11,13 +10,12 @@ from emaprobe.tasks.role_data import label_counts
 from emaprobe.tasks.sentence import ROLES
 from emaprobe.tasks.ud_roles import UDRoleConfig, load_ud_split, load_ud_splits, read_ud_roles, sentence_roles
 
-DATA = Path(__file__).parent / "data"
-HANDWRITTEN = DATA / "handwritten-ud-test.conllu"
 
 
 @pytest.fixture(scope="module")
-def handwritten():
-    return list(read_ud_roles(HANDWRITTEN))
+def handwritten(handwritten_treebank):
+    handwritten_file = handwritten_treebank / "handwritten-ud-test.conllu"
+    return list(read_ud_roles(handwritten_file))
 
 
 def _scored(sent):
@@ -45,28 +43,30 @@ def test_empty_nodes_do_not_become_tokens(handwritten):
     assert _scored(s) == {"mary": "AGENT", "dog": "PATIENT"}  # an orphan has no role in the basic tree
 
 
-def test_conjoined_nouns_share_a_role_in_an_embedded_clause(handwritten):
+def test_conjoined_nouns_share_a_role_in_an_embedded_clause(handwritten, handwritten_treebank):
+    handwritten_file = handwritten_treebank / "handwritten-ud-test.conllu"
     s = handwritten[3]  # I think the dog and the cat slept .
     assert _scored(s) == {"i": "AGENT", "dog": "AGENT", "cat": "AGENT"}
     assert s.clause == (0, 0, 1, 1, 1, 1, 1, 1, 0) and max(s.depth) == 1
     assert set(s.construction[2:8]) == {"ccomp"}
-    off = sentence_roles(list(read_conllu(HANDWRITTEN))[3], UDRoleConfig(conj_shares_role=False))
+    off = sentence_roles(list(read_conllu(handwritten_file))[3], UDRoleConfig(conj_shares_role=False))
     assert _scored(off) == {"i": "AGENT", "dog": "AGENT"}
 
 
-def test_config_changes_what_is_scored(handwritten):
+def test_config_changes_what_is_scored(handwritten, handwritten_treebank):
+    handwritten_file = handwritten_treebank / "handwritten-ud-test.conllu"
     nouns_only = UDRoleConfig(scored_upos=("NOUN",))
-    s = sentence_roles(next(read_conllu(HANDWRITTEN)), nouns_only)
+    s = sentence_roles(next(read_conllu(handwritten_file)), nouns_only)
     assert "that" not in _scored(s) and _scored(s)["cat"] == "AGENT"
     with pytest.raises(ValueError, match="THEME"):
         UDRoleConfig(deprel_roles=(("obj", "THEME"),))
 
 
-def test_load_split_from_any_folder(tmp_path):
-    sents = load_ud_split("test", DATA)
+def test_load_split_from_any_folder(tmp_path, handwritten_treebank):
+    sents = load_ud_split("test", handwritten_treebank)
     assert len(sents) == 4
     with pytest.raises(FileNotFoundError, match="no \\*-ud-train"):
-        load_ud_split("train", DATA)
+        load_ud_split("train", handwritten_treebank)
 
 
 def test_ewt_parses_and_has_every_role(shared_data):
