@@ -3,8 +3,8 @@
 Not part of the package. It edits the v5 source text (the look-back poll, the publish) into
 variant modules and times each against v4 in the same run. To rerun it, from the repo root:
 
-    git show <v5 commit>:src/emaprobe/ops/triton_scan.py > /tmp/ts_v5.py
-    git show <v4 commit>:src/emaprobe/ops/triton_scan.py | sed 's/^register_backend($/(/' > /tmp/ts_old.py
+    git show 0084654:src/emaprobe/ops/triton_scan.py > /tmp/ts_v5.py
+    git show a217e0e:src/emaprobe/ops/triton_scan.py | sed 's/^register_backend($/(/' > /tmp/ts_old.py
     V5=/tmp/ts_v5.py OLD=/tmp/ts_old.py OUT=/tmp/out PYTHONPATH=src python notes/kernels_v5_variants.py
 
 (the commits are named in notes/kernels.md). The committed v5 already polls with ld.acquire,

@@ -51,10 +51,9 @@ from emaprobe.utils import atomic_write_bytes, atomic_write_json, run_record
 
 DEFAULT_SHAPES = ((64, 512, 768), (16, 2048, 768), (4, 8192, 768), (1, 65536, 768))
 HEADLINE = (16, 2048, 768)
-SWEEP_SHAPES = (HEADLINE, (64, 512, 768))
-# TileConfig fields tried by --sweep: (ct, nsub, block, num_warps, vec); a segment is ct * nsub steps
-SWEEP = ((16, 4, 64, 1, 2), (16, 2, 64, 1, 2), (8, 4, 64, 1, 2), (32, 2, 64, 1, 2), (16, 1, 64, 1, 2),
-         (8, 4, 128, 1, 4), (16, 2, 128, 1, 4), (16, 4, 128, 2, 2))
+# TileConfig fields tried by --sweep: (ct, block, num_warps, vec, min_programs); min_programs -1 = one pass
+SWEEP = ((16, 64, 1, 2, -1), (32, 64, 1, 2, -1), (16, 64, 1, 2, 768), (16, 64, 1, 2, 1536), (16, 64, 1, 2, 3072),
+         (8, 64, 1, 2, 1536), (8, 64, 1, 2, 3072), (32, 64, 1, 2, 1536), (16, 128, 2, 2, 3072))
 LOOP_MAX_STEPS = 2048
 # accelerated-scan's warp kernel hit an illegal memory access at B=4 T=8192 (S*D=2304
 # channels) on the H200 here, which ends the CUDA context: it is timed up to this T
@@ -122,8 +121,8 @@ def check_kernels(ts, alphas) -> dict:
 
     torch.empty = poisoned  # every buffer the kernels allocate starts as NaN
     try:
-        for split in (False, True):  # the default segments, and 16-step ones (long look-back chains)
-            cfg = ts.TileConfig(ct=16, nsub=1) if split else None
+        for split in (False, True):
+            cfg = ts.TileConfig(ct=16, block=64, split=split) if split else None
             x = torch.randn(3, 1000, 96, device="cuda", dtype=torch.float64)
             xr = x.clone().requires_grad_()
             ref = naive_ema_traces(xr, alphas)
@@ -131,8 +130,8 @@ def check_kernels(ts, alphas) -> dict:
             (ref * gy).sum().backward()
             out, _ = ts.ema_traces_fwd(x.bfloat16(), alpha_t, cfg=cfg)
             gx, _ = ts.ema_traces_bwd(gy.bfloat16(), alpha_t, None, torch.bfloat16, cfg=cfg)
-            errs[f"ema_fwd_bf16{'_short' if split else ''}"] = _rel(out, ref)
-            errs[f"ema_bwd_bf16{'_short' if split else ''}"] = _rel(gx, xr.grad)
+            errs[f"ema_fwd_bf16{'_split' if split else ''}"] = _rel(out, ref)
+            errs[f"ema_bwd_bf16{'_split' if split else ''}"] = _rel(gx, xr.grad)
             a = torch.rand(3, 1000, 96, device="cuda", dtype=torch.float64) * 0.5 + 0.5
             b = torch.randn_like(a)
             ar, br = a.clone().requires_grad_(), b.clone().requires_grad_()
@@ -141,9 +140,9 @@ def check_kernels(ts, alphas) -> dict:
             (ref * gy).sum().backward()
             out, _ = ts.linear_scan_fwd(a.bfloat16(), b.bfloat16(), cfg=cfg)
             ga, gb, _ = ts.linear_scan_bwd(a.bfloat16(), gy.bfloat16(), out, cfg=cfg)
-            errs[f"lin_fwd_bf16{'_short' if split else ''}"] = _rel(out, ref)
-            errs[f"lin_bwd_a_bf16{'_short' if split else ''}"] = _rel(ga, ar.grad)
-            errs[f"lin_bwd_b_bf16{'_short' if split else ''}"] = _rel(gb, br.grad)
+            errs[f"lin_fwd_bf16{'_split' if split else ''}"] = _rel(out, ref)
+            errs[f"lin_bwd_a_bf16{'_split' if split else ''}"] = _rel(ga, ar.grad)
+            errs[f"lin_bwd_b_bf16{'_split' if split else ''}"] = _rel(gb, br.grad)
     finally:
         torch.empty = empty
     return errs
@@ -322,7 +321,6 @@ def bench_shape(ts, shape, alphas, bw: float, peers: dict, loop: bool) -> dict:
 def sweep(ts, shape, alphas) -> list[dict]:
     """Time tile configurations of every kernel at one shape (for choosing the defaults)."""
     B, T, D = shape
-    print(f"sweep at B={B} T={T} D={D}", flush=True)
     dt = torch.bfloat16
     alpha_t = torch.tensor(alphas, dtype=torch.float64, device="cuda")
     x = torch.randn(B, T, D, device="cuda", dtype=dt)
@@ -331,9 +329,13 @@ def sweep(ts, shape, alphas) -> list[dict]:
     b = torch.randn(B, T, D, device="cuda", dtype=dt)
     h, _ = ts.linear_scan_fwd(a, b)
     rows = []
-    configs = [ts.TileConfig(ct=ct, nsub=ns, block=bd, num_warps=w, vec=v) for ct, ns, bd, w, v in SWEEP]
+    configs = [
+        ts.TileConfig(ct=ct, block=bd, num_warps=w, vec=v, min_programs=max(mp, 0), split=False if mp < 0 else None)
+        for ct, bd, w, v, mp in SWEEP
+    ]
     for cfg in configs:
-        r = dict(cfg.__dict__, B=B, T=T, D=D)
+        r = {"ct": cfg.ct, "block": cfg.block, "num_warps": cfg.num_warps, "vec": cfg.vec,
+             "min_programs": cfg.min_programs, "split": cfg.split}
         try:
             r["ema_fwd_ms"] = _bench(lambda: ts.ema_traces_fwd(x, alpha_t, cfg=cfg), "sweep", rep=40)
             r["ema_bwd_ms"] = _bench(lambda: ts.ema_traces_bwd(gh, alpha_t, None, dt, cfg=cfg), "sweep", rep=40)
@@ -446,7 +448,7 @@ def run_cuda(shapes=None, alphas=DEFAULT_ALPHAS, out_dir: str | Path | None = No
     bad = {k: v for k, v in errs.items() if not v < 1e-2}
     if bad:
         raise RuntimeError(f"kernel check failed: {bad}")
-    sweep_rows = [r for shape in SWEEP_SHAPES for r in sweep(ts, shape, alphas)] if do_sweep else None
+    sweep_rows = sweep(ts, HEADLINE, alphas) if do_sweep else None
     peer_fns = _load_peers(warp) if peers else {}
     rows = []
 
