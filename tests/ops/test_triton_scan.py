@@ -89,6 +89,25 @@ def test_ema_traces_triton_other_timescale_counts(alphas, split):
     _ema_case(2, 500, 24, torch.float32, True, SPLIT if split else None, SPLIT if split else None, alphas)
 
 
+@pytest.mark.parametrize(
+    "cfg",
+    [ts.TileConfig(stages=1), ts.TileConfig(ct=8, stages=8), ts.TileConfig(ct=32, stages=3, split=True)],
+    ids=["unpipelined", "8-deep", "segmented-3-deep"],
+)
+def test_pipeline_depths_vs_naive(cfg):
+    """Software-pipelined tile loops of any depth, T shorter than the pipeline included."""
+    for T in (5, 77, 300):
+        _ema_case(2, T, 40, torch.float32, True, cfg, cfg)
+        _lin_case(2, T, (40,), torch.float32, True, cfg=cfg)
+
+
+def test_tile_config_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="block"):
+        ts.TileConfig(block=48)
+    with pytest.raises(ValueError, match="stages"):
+        ts.TileConfig(stages=0)
+
+
 def _lin_case(B, T, feat, dtype, with_h0, a_shape=None, cfg=None):
     dev = "cuda"
     full = (B, T) + feat

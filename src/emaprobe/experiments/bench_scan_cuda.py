@@ -6,14 +6,13 @@ Hardware:  one CUDA GPU; committed figures from one NVIDIA H100 80GB HBM3 and on
 Run time:  about 2 minutes at the default shapes (the PyTorch step loop and the first
            import of accelerated-scan's CUDA "warp" kernel, which compiles, ~1 minute).
 Expected:  on the H100 (results/bench/scan_cuda_nvidia-h100-80gb-hbm3.json), 3.0 TB/s copy,
-           B=16 T=2048 D=768 S=3 bf16: floor 0.067 ms; ours 0.129 ms forward (1.93x),
-           0.294 ms forward+backward (2.19x), selective forward 0.102 ms (2.03x); at B=64
-           T=512: 1.25x, 1.22x, 1.16x, the only shape that meets issue 5's targets
-           (1.25x, 1.5x, 1.5x). On the H200 (results/bench/scan_cuda_nvidia-h200.json),
-           the same shape: floor 0.047 ms at 4.25 TB/s; ours 0.107 ms forward (2.25x),
-           0.236 ms forward+backward (2.49x); selective forward 0.082 ms (2.32x).
-           Peers at that shape (H100): accelerated-scan warp 0.334 ms, fla chunk_hgrn
-           0.814 ms, FFT 2.20 ms, step loop 187 ms; notes/kernels.md has every version.
+           B=16 T=2048 D=768 S=3 bf16: floor 0.067 ms; ours 0.084 ms forward (1.247x),
+           0.187 ms forward+backward (1.40x), selective forward 0.072 ms (1.44x of its
+           0.050 ms floor): issue 5's targets (1.25x, 1.5x, 1.5x). B=64 T=512: 1.30x,
+           1.25x, 1.20x; T=8192 and 65536 (segments): 1.75x-2.2x. Peers at B=16 T=2048:
+           accelerated-scan warp 0.333 ms forward, 0.248 ms selective forward+backward
+           (ours 0.218), fla chunk_hgrn 0.815 ms, FFT 2.20 ms, step loop 145 ms.
+           The H200 files are from the earlier kernel (notes/kernels.md, v4).
 
 In one run it measures:
 
@@ -51,9 +50,12 @@ from emaprobe.utils import atomic_write_bytes, atomic_write_json, run_record
 
 DEFAULT_SHAPES = ((64, 512, 768), (16, 2048, 768), (4, 8192, 768), (1, 65536, 768))
 HEADLINE = (16, 2048, 768)
-# TileConfig fields tried by --sweep: (ct, block, num_warps, vec, min_programs); min_programs -1 = one pass
-SWEEP = ((16, 64, 1, 2, -1), (32, 64, 1, 2, -1), (16, 64, 1, 2, 768), (16, 64, 1, 2, 1536), (16, 64, 1, 2, 3072),
-         (8, 64, 1, 2, 1536), (8, 64, 1, 2, 3072), (32, 64, 1, 2, 1536), (16, 128, 2, 2, 3072))
+# TileConfig fields tried by --sweep: (ct, block, num_warps, vec, stages, min_programs); min_programs -1
+# = one pass, 0 = the default rule, else split below that many programs into enough for it
+SWEEP = ((16, 64, 1, 2, 4, -1), (16, 64, 1, 2, 3, -1), (16, 64, 1, 2, 6, -1), (8, 64, 1, 2, 4, -1),
+         (8, 64, 1, 2, 8, -1), (32, 64, 1, 2, 3, -1), (16, 64, 1, 2, 4, 264), (16, 64, 1, 2, 4, 528),
+         (16, 64, 1, 2, 4, 1056), (16, 64, 1, 2, 4, 3168))
+SWEEP_SHAPES = ((16, 2048, 768), (4, 8192, 768))
 LOOP_MAX_STEPS = 2048
 # accelerated-scan's warp kernel hit an illegal memory access at B=4 T=8192 (S*D=2304
 # channels) on the H200 here, which ends the CUDA context: it is timed up to this T
@@ -330,12 +332,13 @@ def sweep(ts, shape, alphas) -> list[dict]:
     h, _ = ts.linear_scan_fwd(a, b)
     rows = []
     configs = [
-        ts.TileConfig(ct=ct, block=bd, num_warps=w, vec=v, min_programs=max(mp, 0), split=False if mp < 0 else None)
-        for ct, bd, w, v, mp in SWEEP
+        ts.TileConfig(ct=ct, block=bd, num_warps=w, vec=v, stages=st, min_programs=max(mp, 0),
+                      split=False if mp < 0 else None)
+        for ct, bd, w, v, st, mp in SWEEP
     ]
+    print(f"sweep at B={B} T={T} D={D}", flush=True)
     for cfg in configs:
-        r = {"ct": cfg.ct, "block": cfg.block, "num_warps": cfg.num_warps, "vec": cfg.vec,
-             "min_programs": cfg.min_programs, "split": cfg.split}
+        r = dict(cfg.__dict__, B=B, T=T, D=D)
         try:
             r["ema_fwd_ms"] = _bench(lambda: ts.ema_traces_fwd(x, alpha_t, cfg=cfg), "sweep", rep=40)
             r["ema_bwd_ms"] = _bench(lambda: ts.ema_traces_bwd(gh, alpha_t, None, dt, cfg=cfg), "sweep", rep=40)
@@ -448,7 +451,7 @@ def run_cuda(shapes=None, alphas=DEFAULT_ALPHAS, out_dir: str | Path | None = No
     bad = {k: v for k, v in errs.items() if not v < 1e-2}
     if bad:
         raise RuntimeError(f"kernel check failed: {bad}")
-    sweep_rows = sweep(ts, HEADLINE, alphas) if do_sweep else None
+    sweep_rows = [r for shape in SWEEP_SHAPES for r in sweep(ts, shape, alphas)] if do_sweep else None
     peer_fns = _load_peers(warp) if peers else {}
     rows = []
 

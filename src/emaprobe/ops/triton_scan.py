@@ -9,13 +9,20 @@ flattened feature dims of ``linear_scan``, h state, a decay, b input), plus:
 
 **One pass, chunked in time.** A program (one warp) owns BD channels of one sequence
 (and, at long T with few channels, one segment of time). It walks its stretch of time
-in tiles of CT steps: it loads a (CT, BD) tile two tiles ahead of use, scans it with
+in tiles of CT steps: it loads a (CT, BD) tile, scans it with
 ``tl.associative_scan`` (the pair operator (a1, b1) . (a2, b2) = (a1 a2, a2 b1 + b2);
 Blelloch 1990, as in accelerated-scan), the carried state folded into row 0, stores,
 and carries the last row. Every input byte is read once and every output byte written
 once, so forward EMA moves (2 + 2S) bytes per token-channel in bf16, the floor of
 issue 5. EMA handles up to 4 timescales per launch, one 2-D tile each (more: one more
 launch per 4, re-reading x).
+
+**Bytes in flight.** At small batch few programs run (B=16, D=768: 192 one-warp
+programs on 132 SMs), so each must keep many loads outstanding: the tile loop is
+software-pipelined (``tl.range(..., num_stages=STAGES)``), which turns each load into
+asynchronous copies (cp.async) issued STAGES - 1 tiles ahead. That alone took the
+forward at that shape from 0.130 to 0.091 ms on the H100, where hand-written prefetch
+two tiles ahead had kept too few bytes in flight (notes/kernels.md, v7).
 
 **Why the layout matters.** ``tl.max_contiguous(..., VEC)`` with BD = 32 * VEC * warps
 makes Triton put the 32 lanes of a warp along channels (VEC channels each, coalesced),
@@ -24,7 +31,7 @@ shuffles, no shared memory (checked in SASS: 0 SHFL, 0 BAR). Left to itself Trit
 spread time across lanes and the scan cost ~8 shuffles per element (notes/kernels.md).
 
 **Segments when channels are few.** When B * D / BD programs cannot fill the GPU
-(T = 1M with B = 1, say), time is cut into NSEG segments: pass 1 scans each
+(fewer than one per SM: T = 1M with B = 1, say), time is cut into NSEG segments: pass 1 scans each
 segment from zero and keeps only its end state (and decay product); pass 2 scans
 those NSEG states (the same kernel, on a tiny tensor); pass 3 rescans each segment
 from its true incoming state and writes the output. That re-reads the input once
@@ -95,7 +102,7 @@ def _ema_fwd_one(x, live, h, dec, alp, k: tl.constexpr, o_ptr, o_off, m, D, rows
 def _ema_fwd_kernel(
     X, OUT, HIN, HEND, DEC, ALP,
     T, D, SD, SEGLEN, NSEG,
-    NS: tl.constexpr, CT: tl.constexpr, BD: tl.constexpr, VEC: tl.constexpr,
+    NS: tl.constexpr, CT: tl.constexpr, BD: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
     HAS_HIN: tl.constexpr, STORE_OUT: tl.constexpr,
 ):
     """h_t^(k) = DEC_k h_{t-1}^(k) + ALP_k x_t for NS <= 4 timescales over one segment.
@@ -148,17 +155,14 @@ def _ema_fwd_kernel(
     o_off = rows[:, None] * SD + offs_d[None, :]
     # prefetch: the next tile's load is in flight while this one is scanned
     # prefetch two tiles ahead: few programs run at once, so each keeps several loads in flight
-    x_n1 = tl.load(x_ptr + x_off, mask=(rows < seg_len)[:, None] & mask_d[None, :], other=0.0)
-    x_n2 = tl.load(x_ptr + CT * D + x_off, mask=((CT + rows) < seg_len)[:, None] & mask_d[None, :], other=0.0)
-    for i0 in range(0, seg_len, CT):
+    # STAGES tiles in flight: Triton's pipeliner turns the load into asynchronous copies
+    # (cp.async) STAGES - 1 iterations ahead
+    for i0 in tl.range(0, seg_len, CT, num_stages=STAGES):
         # offsets from the induction variable (not a carried pointer) keep vector access
         i = tl.cast(i0, tl.int64)
-        x = x_n1.to(tl.float32)
-        x_n1 = x_n2
         valid = (i0 + rows) < seg_len
         m = valid[:, None] & mask_d[None, :]
-        x_n2 = tl.load(x_ptr + (i + 2 * CT) * D + x_off,
-                       mask=((i0 + 2 * CT + rows) < seg_len)[:, None] & mask_d[None, :], other=0.0)
+        x = tl.load(x_ptr + i * D + x_off, mask=m, other=0.0).to(tl.float32)
         live = tl.broadcast_to(valid[:, None], (CT, BD))
         o_i = o_ptr + i * SD
         h0 = _ema_fwd_one(x, live, h0, d0, a0, 0, o_i, o_off, m, D, rows, CT, STORE_OUT)
@@ -190,7 +194,7 @@ def _ema_bwd_one(u, keep, g, dec, rows, CT: tl.constexpr):
 def _ema_bwd_kernel(
     GH, GX, GIN, GSTART, DEC, ALP,
     T, D, SD, SEGLEN, NSEG,
-    NS: tl.constexpr, CT: tl.constexpr, BD: tl.constexpr, VEC: tl.constexpr,
+    NS: tl.constexpr, CT: tl.constexpr, BD: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
     HAS_GIN: tl.constexpr, STORE_OUT: tl.constexpr, ACCUM: tl.constexpr,
 ):
     """Backwards in time: g_t = DEC g_{t+1} + gh_t (the carry at T enters undecayed);
@@ -239,34 +243,21 @@ def _ema_bwd_kernel(
     gx_ptr = GX + (b * T + t_last) * D
     gh_off = -rows[:, None] * SD + offs_d[None, :]
     gx_off = -rows[:, None] * D + offs_d[None, :]
-    mn = (rows < seg_len)[:, None] & mask_d[None, :]
-    u0n = tl.load(gh_ptr + gh_off, mask=mn, other=0.0)
-    u1n = u0n
-    u2n = u0n
-    u3n = u0n
-    if NS > 1:
-        u1n = tl.load(gh_ptr + D + gh_off, mask=mn, other=0.0)
-    if NS > 2:
-        u2n = tl.load(gh_ptr + 2 * D + gh_off, mask=mn, other=0.0)
-    if NS > 3:
-        u3n = tl.load(gh_ptr + 3 * D + gh_off, mask=mn, other=0.0)
-    for i0 in range(0, seg_len, CT):
-        u0 = u0n
-        u1 = u1n
-        u2 = u2n
-        u3 = u3n
+    for i0 in tl.range(0, seg_len, CT, num_stages=STAGES):
         valid = (i0 + rows) < seg_len
         m = valid[:, None] & mask_d[None, :]
-        mn = ((i0 + CT + rows) < seg_len)[:, None] & mask_d[None, :]
         i = tl.cast(i0, tl.int64)
-        nxt = gh_ptr - (i + CT) * SD
-        u0n = tl.load(nxt + gh_off, mask=mn, other=0.0)
+        cur = gh_ptr - i * SD
+        u0 = tl.load(cur + gh_off, mask=m, other=0.0)
+        u1 = u0
+        u2 = u0
+        u3 = u0
         if NS > 1:
-            u1n = tl.load(nxt + D + gh_off, mask=mn, other=0.0)
+            u1 = tl.load(cur + D + gh_off, mask=m, other=0.0)
         if NS > 2:
-            u2n = tl.load(nxt + 2 * D + gh_off, mask=mn, other=0.0)
+            u2 = tl.load(cur + 2 * D + gh_off, mask=m, other=0.0)
         if NS > 3:
-            u3n = tl.load(nxt + 3 * D + gh_off, mask=mn, other=0.0)
+            u3 = tl.load(cur + 3 * D + gh_off, mask=m, other=0.0)
         keep = tl.broadcast_to((valid & ((t_last - i0 - rows) < T - 1))[:, None], (CT, BD))
         gg, g0 = _ema_bwd_one(u0, keep, g0, d0, rows, CT)
         gx = a0 * gg
@@ -298,7 +289,7 @@ def _lin_fwd_kernel(
     A, U, OUT, HIN, HEND, AEND,
     T, F, SEGLEN, NSEG,
     s_ab, s_at, s_af, s_ub, s_ut, s_uf,
-    CT: tl.constexpr, BF: tl.constexpr, VEC: tl.constexpr,
+    CT: tl.constexpr, BF: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
     HAS_HIN: tl.constexpr, STORE_OUT: tl.constexpr, STORE_AEND: tl.constexpr,
 ):
     """h_t = a_t h_{t-1} + u_t over one segment; A, U strided (B,T,F) views, OUT (B,T,F) contiguous."""
@@ -322,18 +313,12 @@ def _lin_fwd_kernel(
     a_off = rows[:, None] * s_at + offs_f[None, :] * s_af
     u_off = rows[:, None] * s_ut + offs_f[None, :] * s_uf
     o_off = rows[:, None] * F + offs_f[None, :]
-    mn = (rows < seg_len)[:, None] & mask_f[None, :]
-    a_next = tl.load(a_ptr + a_off, mask=mn, other=1.0)
-    u_next = tl.load(u_ptr + u_off, mask=mn, other=0.0)
-    for i0 in range(0, seg_len, CT):
-        a = a_next.to(tl.float32)
-        u = u_next.to(tl.float32)
+    for i0 in tl.range(0, seg_len, CT, num_stages=STAGES):
         valid = (i0 + rows) < seg_len
         m = valid[:, None] & mask_f[None, :]
-        mn = ((i0 + CT + rows) < seg_len)[:, None] & mask_f[None, :]
         i = tl.cast(i0, tl.int64)
-        a_next = tl.load(a_ptr + (i + CT) * s_at + a_off, mask=mn, other=1.0)
-        u_next = tl.load(u_ptr + (i + CT) * s_ut + u_off, mask=mn, other=0.0)
+        a = tl.load(a_ptr + i * s_at + a_off, mask=m, other=1.0).to(tl.float32)
+        u = tl.load(u_ptr + i * s_ut + u_off, mask=m, other=0.0).to(tl.float32)
         u += tl.where((rows == 0)[:, None], a * h[None, :], 0.0)  # the carry enters at row 0
         acum, hh = tl.associative_scan((a, u), 0, _combine)
         if STORE_OUT:
@@ -351,7 +336,7 @@ def _lin_bwd_kernel(
     A, GH, H, H0, GA, GB, GIN, GSTART, AEND,
     T, F, SEGLEN, NSEG,
     s_ab, s_at, s_af,
-    CT: tl.constexpr, BF: tl.constexpr, VEC: tl.constexpr,
+    CT: tl.constexpr, BF: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
     HAS_GIN: tl.constexpr, HAS_H0: tl.constexpr, STORE_OUT: tl.constexpr, STORE_AEND: tl.constexpr,
 ):
     """Backwards: g_t = a_{t+1} g_{t+1} + gh_t; gb_t = g_t; ga_t = g_t h_{t-1}. GH, H, GA, GB (B,T,F) contiguous."""
@@ -381,22 +366,16 @@ def _lin_bwd_kernel(
     gb_ptr = GB + (b * T + t_last) * F
     a_off = -rows[:, None] * s_at + offs_f[None, :] * s_af
     c_off = -rows[:, None] * F + offs_f[None, :]
-    t = (t_start + seg_len - 1) - rows
-    mn = (rows < seg_len)[:, None] & mask_f[None, :]
-    a_next = tl.load(a_ptr + a_off, mask=mn & (t < T - 1)[:, None], other=1.0)
-    u_next = tl.load(g_ptr + c_off, mask=mn, other=0.0)
-    for i0 in range(0, seg_len, CT):
+    for i0 in tl.range(0, seg_len, CT, num_stages=STAGES):
         t = (t_start + seg_len - 1 - i0) - rows  # (CT,) time of each tile row
-        a = a_next.to(tl.float32)
-        u = u_next.to(tl.float32)
         valid = (i0 + rows) < seg_len
         m = valid[:, None] & mask_f[None, :]
         i = tl.cast(i0, tl.int64)
+        # a_{t+1} does not exist at t = T - 1: that row's coefficient is 1 (the carry enters as is)
+        a = tl.load(a_ptr - i * s_at + a_off, mask=m & (t < T - 1)[:, None], other=1.0).to(tl.float32)
+        u = tl.load(g_ptr - i * F + c_off, mask=m, other=0.0).to(tl.float32)
         if STORE_OUT:
             hp = tl.load(h_ptr - i * F + c_off, mask=m & (t > 0)[:, None], other=0.0).to(tl.float32)
-        mn = ((i0 + CT + rows) < seg_len)[:, None] & mask_f[None, :]
-        a_next = tl.load(a_ptr - (i + CT) * s_at + a_off, mask=mn & (t - CT < T - 1)[:, None], other=1.0)
-        u_next = tl.load(g_ptr - (i + CT) * F + c_off, mask=mn, other=0.0)
         u += tl.where((rows == 0)[:, None], a * g[None, :], 0.0)  # the carry enters at row 0
         acum, gg = tl.associative_scan((a, u), 0, _combine)
         if STORE_OUT:
@@ -421,36 +400,43 @@ class TileConfig:
     ``block`` must be a multiple of 32 * ``vec`` * ``num_warps``: then a warp's lanes lie
     along channels (``vec`` adjacent channels each) and every tile row stays in one
     thread, so the in-tile scan is a sequential loop in registers with no shuffles.
+    ``stages``: tiles in flight per program (Triton software-pipelines the loads as
+    asynchronous copies ``stages - 1`` iterations ahead).
     ``min_programs``: below this many (batch x channel-block) programs the time axis is
     cut into segments (three passes, one extra read of the input) to fill the GPU;
     0 means: split below ``SPLIT_BELOW_PER_SM`` programs per SM, into enough segments for
     ``PROGRAMS_PER_SM``. ``split`` forces segments on (True) or off (False).
     """
 
-    ct: int = 32
+    ct: int = 16
     block: int = 64
     num_warps: int = 1
     vec: int = 2
+    stages: int = 4
     min_programs: int = 0
     split: bool | None = None
 
     def __post_init__(self):
+        if self.stages < 1:
+            raise ValueError(f"TileConfig.stages={self.stages} must be at least 1")
         if self.block % (32 * self.vec * self.num_warps):
             # a warp's 32 lanes must lie along channels, so that a tile's CT rows stay in one thread
             raise ValueError(f"TileConfig.block={self.block} must be a multiple of 32 * vec * num_warps "
                              f"= {32 * self.vec * self.num_warps}")
 
 
-# chosen by ``bench_scan_cuda --sweep`` on an H200 at B=16 T=2048 D=768 (notes/kernels.md)
-EMA_FWD = TileConfig(ct=16, block=64, num_warps=1)
-EMA_BWD = TileConfig(ct=16, block=64, num_warps=1)
-LIN_FWD = TileConfig(ct=16, block=64, num_warps=1)
-LIN_BWD = TileConfig(ct=16, block=64, num_warps=1)
+# chosen by ``bench_scan_cuda --sweep`` on an H100 at B=16 T=2048 D=768 (notes/kernels.md, v7):
+# the backward kernels read 3 tiles an iteration (S gradients; a, gh, h) and do best shallower
+EMA_FWD = TileConfig(ct=16, block=64, num_warps=1, stages=6)
+EMA_BWD = TileConfig(ct=16, block=64, num_warps=1, stages=3)
+LIN_FWD = TileConfig(ct=16, block=64, num_warps=1, stages=4)
+LIN_BWD = TileConfig(ct=16, block=64, num_warps=1, stages=3)
 # Time is cut into segments only when fewer than SPLIT_BELOW_PER_SM one-warp programs per SM
-# would run (measured on the H200: at 5.8 per SM one pass won, 0.070 ms against 0.110 split;
-# at 1.5 per SM segments won, 0.107 against 0.123), and then into enough for PROGRAMS_PER_SM.
-SPLIT_BELOW_PER_SM = 4
-PROGRAMS_PER_SM = 24
+# would run, and then into enough for PROGRAMS_PER_SM (H100, pipelined loads: at 1.45 per SM
+# one pass took 0.090 ms against 0.130 split; at B=4 T=8192, 8 per SM beat 2, 0.126 against
+# 0.136 ms; notes/kernels.md, v7).
+SPLIT_BELOW_PER_SM = 1
+PROGRAMS_PER_SM = 8
 
 _SM_COUNT: dict[int, int] = {}
 
@@ -524,7 +510,7 @@ def ema_traces_fwd(
         for s0 in range(0, S, GROUP):
             ns = min(GROUP, S - s0)
             _ema_fwd_kernel[grid](x, out, x, ends[:, :, s0:], dec[s0:], alp[s0:], T, D, S * D, seglen, nseg,
-                                  NS=ns, CT=cfg.ct, BD=cfg.block, VEC=cfg.vec, HAS_HIN=False, STORE_OUT=False,
+                                  NS=ns, CT=cfg.ct, BD=cfg.block, VEC=cfg.vec, STAGES=cfg.stages, HAS_HIN=False, STORE_OUT=False,
                                   num_warps=cfg.num_warps)
         dseg = _seg_decays(dec64, T, nseg, seglen).view(1, nseg, S, 1).expand(B, nseg, S, D)
         H, _ = linear_scan_fwd(dseg, ends, h0f, torch.float32)  # true state after each segment
@@ -534,7 +520,7 @@ def ema_traces_fwd(
         ns = min(GROUP, S - s0)
         _ema_fwd_kernel[grid](x, out[:, :, s0:], x if hin is None else hin[:, :, s0:], hend[:, :, s0:],
                               dec[s0:], alp[s0:], T, D, S * D, seglen, nseg,
-                              NS=ns, CT=cfg.ct, BD=cfg.block, VEC=cfg.vec, HAS_HIN=hin is not None, STORE_OUT=True,
+                              NS=ns, CT=cfg.ct, BD=cfg.block, VEC=cfg.vec, STAGES=cfg.stages, HAS_HIN=hin is not None, STORE_OUT=True,
                               num_warps=cfg.num_warps)
     return out, hend[:, -1]
 
@@ -570,7 +556,7 @@ def ema_traces_bwd(
         starts = torch.empty_like(gstart)
         for s0 in range(0, S, GROUP):
             _ema_bwd_kernel[grid](gh[:, :, s0:], gx, gh, starts[:, :, s0:], dec[s0:], alp[s0:], T, D, S * D,
-                                  seglen, nseg, NS=min(GROUP, S - s0), CT=cfg.ct, BD=cfg.block, VEC=cfg.vec,
+                                  seglen, nseg, NS=min(GROUP, S - s0), CT=cfg.ct, BD=cfg.block, VEC=cfg.vec, STAGES=cfg.stages,
                                   HAS_GIN=False,
                                   STORE_OUT=False, ACCUM=False, num_warps=cfg.num_warps)
         dseg = _seg_decays(dec64, T, nseg, seglen, backward=True).view(1, nseg, S, 1).expand(B, nseg, S, D)
@@ -578,7 +564,7 @@ def ema_traces_bwd(
     for s0 in range(0, S, GROUP):
         _ema_bwd_kernel[grid](gh[:, :, s0:], gx, gh if gin is None else gin[:, :, s0:], gstart[:, :, s0:],
                               dec[s0:], alp[s0:], T, D, S * D, seglen, nseg, NS=min(GROUP, S - s0), CT=cfg.ct,
-                              BD=cfg.block, VEC=cfg.vec, HAS_GIN=gin is not None, STORE_OUT=True, ACCUM=s0 > 0,
+                              BD=cfg.block, VEC=cfg.vec, STAGES=cfg.stages, HAS_GIN=gin is not None, STORE_OUT=True, ACCUM=s0 > 0,
                               num_warps=cfg.num_warps)
     return gx, gstart[:, 0]
 
@@ -623,7 +609,7 @@ def linear_scan_fwd(
     nf = triton.cdiv(F, cfg.block)
     nseg, seglen = _segments(cfg, B * nf, T, b.device)
     strides = (*a3.stride(), *b3.stride())
-    kw = dict(CT=cfg.ct, BF=cfg.block, VEC=cfg.vec, num_warps=cfg.num_warps)
+    kw = dict(CT=cfg.ct, BF=cfg.block, VEC=cfg.vec, STAGES=cfg.stages, num_warps=cfg.num_warps)
     hend = torch.empty(B, nseg, F, dtype=torch.float32, device=b.device)
     if nseg == 1:
         hin = h0f
@@ -669,7 +655,7 @@ def linear_scan_bwd(
         return ga, gb, g0.view((B,) + feat)
     nf = triton.cdiv(F, cfg.block)
     nseg, seglen = _segments(cfg, B * nf, T, h.device)
-    kw = dict(CT=cfg.ct, BF=cfg.block, VEC=cfg.vec, num_warps=cfg.num_warps)
+    kw = dict(CT=cfg.ct, BF=cfg.block, VEC=cfg.vec, STAGES=cfg.stages, num_warps=cfg.num_warps)
     h0_arg = h0f if h0f is not None else h3
     gstart = torch.empty(B, nseg, F, dtype=torch.float32, device=h.device)
     if nseg == 1:
