@@ -31,12 +31,13 @@ shuffles, no shared memory (checked in SASS: 0 SHFL, 0 BAR). Left to itself Trit
 spread time across lanes and the scan cost ~8 shuffles per element (notes/kernels.md).
 
 **Segments when channels are few.** When B * D / BD programs cannot fill the GPU
-(fewer than one per SM: T = 1M with B = 1, say), time is cut into NSEG segments: pass 1 scans each
-segment from zero and keeps only its end state (and decay product); pass 2 scans
-those NSEG states (the same kernel, on a tiny tensor); pass 3 rescans each segment
-from its true incoming state and writes the output. That re-reads the input once
-more (+2 bytes per token-channel for EMA) but keeps every SM busy (the "state
-passing" of chunked linear attention / Mamba-2, Dao & Gu 2024).
+(fewer than one per SM: T = 1M with B = 1, say), time is cut into NSEG segments: pass 1
+scans each segment from zero and keeps only its end state (and decay product); pass 2
+first carries the initial state over the end states of the segments before its own (a
+short loop over at most NSEG states, ``COMBINE``), then rescans its segment from that true
+incoming state and writes the output. That re-reads the input once more (+2 bytes per
+token-channel for EMA) but keeps every SM busy (the "state passing" of chunked linear
+attention / Mamba-2, Dao & Gu 2024), in two launches and nothing between them.
 
 **Backward** is the same recurrence run backwards in time,
 ``g_t = dy_t + a_{t+1} g_{t+1}``, fused with what the gradients need:
@@ -87,6 +88,35 @@ def _seg_len(seg, SEGLEN, T):
 
 
 @triton.jit
+def _load_state(ptr, mask, D, NS: tl.constexpr):
+    # up to 4 timescales' (BD,) float32 states, D apart; zeros past NS
+    s0 = tl.load(ptr, mask=mask, other=0.0)
+    s1 = tl.zeros_like(s0)
+    s2 = s1
+    s3 = s1
+    if NS > 1:
+        s1 = tl.load(ptr + D, mask=mask, other=0.0)
+    if NS > 2:
+        s2 = tl.load(ptr + 2 * D, mask=mask, other=0.0)
+    if NS > 3:
+        s3 = tl.load(ptr + 3 * D, mask=mask, other=0.0)
+    return s0, s1, s2, s3
+
+
+@triton.jit
+def _seg_decay(DEC64, k: tl.constexpr, n):
+    # dec_k ** n (the decay over n >= 0 steps of a segment) by repeated squaring in float64
+    base = tl.load(DEC64 + k)
+    p = base * 0.0 + 1.0
+    e = n
+    while e > 0:
+        p = tl.where((e % 2) == 1, p * base, p)
+        base = base * base
+        e = e // 2
+    return p.to(tl.float32)
+
+
+@triton.jit
 def _ema_fwd_one(x, live, h, dec, alp, k: tl.constexpr, o_ptr, o_off, m, D, rows,
                  CT: tl.constexpr, STORE_OUT: tl.constexpr):
     # timescale k of a (CT, BD) tile: scan, add the carried state, store, return the new carry
@@ -100,15 +130,17 @@ def _ema_fwd_one(x, live, h, dec, alp, k: tl.constexpr, o_ptr, o_off, m, D, rows
 
 @triton.jit
 def _ema_fwd_kernel(
-    X, OUT, HIN, HEND, DEC, ALP,
+    X, OUT, HIN, HEND, ENDS, DEC, DEC64, ALP,
     T, D, SD, SEGLEN, NSEG,
     NS: tl.constexpr, CT: tl.constexpr, BD: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
-    HAS_HIN: tl.constexpr, STORE_OUT: tl.constexpr,
+    HAS_HIN: tl.constexpr, STORE_OUT: tl.constexpr, COMBINE: tl.constexpr,
 ):
     """h_t^(k) = DEC_k h_{t-1}^(k) + ALP_k x_t for NS <= 4 timescales over one segment.
 
-    X (B,T,D) contiguous; OUT, HIN, HEND point at timescale 0 of this launch inside
-    (B,T,S,D) / (B,NSEG,S,D) buffers whose row stride over S is D (SD = S*D per step).
+    X (B,T,D) contiguous; OUT, HIN (the state at t = 0), HEND and ENDS point at timescale 0
+    of this launch inside (B,T,S,D) / (B,S,D) / (B,NSEG,S,D) buffers whose row stride over S
+    is D (SD = S*D per step). COMBINE (pass 2 of segments): the segment starts from HIN
+    carried over every earlier segment's end state from zero, ENDS (written by pass 1).
     """
     pid_d = tl.program_id(0)
     seg = tl.program_id(1)
@@ -116,19 +148,31 @@ def _ema_fwd_kernel(
     rows = tl.arange(0, CT)  # (CT,)
     offs_d = tl.max_contiguous(tl.multiple_of(pid_d * BD + tl.arange(0, BD), VEC), VEC)  # (BD,)
     mask_d = offs_d < D
-    st = (b * NSEG + seg) * SD + offs_d  # (BD,) state offsets, timescale 0
+    st = (b * NSEG + seg) * SD + offs_d  # (BD,) offsets of this segment's end state, timescale 0
     h0 = tl.zeros((BD,), dtype=tl.float32)
     h1 = tl.zeros((BD,), dtype=tl.float32)
     h2 = tl.zeros((BD,), dtype=tl.float32)
     h3 = tl.zeros((BD,), dtype=tl.float32)
     if HAS_HIN:
-        h0 = tl.load(HIN + st, mask=mask_d, other=0.0)
+        h0, h1, h2, h3 = _load_state(HIN + b * SD + offs_d, mask_d, D, NS)
+    if COMBINE:
+        # every earlier segment is SEGLEN steps long: h <- dec^SEGLEN h + (its end state from zero)
+        p0 = _seg_decay(DEC64, 0, SEGLEN)
+        p1 = p0
+        p2 = p0
+        p3 = p0
         if NS > 1:
-            h1 = tl.load(HIN + st + D, mask=mask_d, other=0.0)
+            p1 = _seg_decay(DEC64, 1, SEGLEN)
         if NS > 2:
-            h2 = tl.load(HIN + st + 2 * D, mask=mask_d, other=0.0)
+            p2 = _seg_decay(DEC64, 2, SEGLEN)
         if NS > 3:
-            h3 = tl.load(HIN + st + 3 * D, mask=mask_d, other=0.0)
+            p3 = _seg_decay(DEC64, 3, SEGLEN)
+        for k in tl.range(0, seg, num_stages=STAGES):
+            e0, e1, e2, e3 = _load_state(ENDS + (b * NSEG + k) * SD + offs_d, mask_d, D, NS)
+            h0 = p0 * h0 + e0
+            h1 = p1 * h1 + e1
+            h2 = p2 * h2 + e2
+            h3 = p3 * h3 + e3
     # per-timescale coefficients, loaded once: a load inside the loop would sit on its critical path
     d0 = tl.load(DEC)
     a0 = tl.load(ALP)
@@ -192,13 +236,15 @@ def _ema_bwd_one(u, keep, g, dec, rows, CT: tl.constexpr):
 
 @triton.jit
 def _ema_bwd_kernel(
-    GH, GX, GIN, GSTART, DEC, ALP,
+    GH, GX, GIN, GSTART, STARTS, DEC, DEC64, ALP,
     T, D, SD, SEGLEN, NSEG,
     NS: tl.constexpr, CT: tl.constexpr, BD: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
-    HAS_GIN: tl.constexpr, STORE_OUT: tl.constexpr, ACCUM: tl.constexpr,
+    HAS_GIN: tl.constexpr, STORE_OUT: tl.constexpr, ACCUM: tl.constexpr, COMBINE: tl.constexpr,
 ):
-    """Backwards in time: g_t = DEC g_{t+1} + gh_t (the carry at T enters undecayed);
-    gx_t (+)= sum_k ALP_k g_t^(k). GH, GIN, GSTART point at timescale 0 of this launch."""
+    """Backwards in time: g_t = DEC g_{t+1} + gh_t (the carry GIN at T enters undecayed);
+    gx_t (+)= sum_k ALP_k g_t^(k). GH, GIN (B,S,D), GSTART and STARTS (B,NSEG,S,D) point at
+    timescale 0 of this launch. COMBINE (pass 2 of segments): the carry into a segment is
+    GIN carried back over every later segment's start gradient from zero, STARTS (pass 1)."""
     pid_d = tl.program_id(0)
     seg = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
@@ -211,13 +257,35 @@ def _ema_bwd_kernel(
     g2 = tl.zeros((BD,), dtype=tl.float32)
     g3 = tl.zeros((BD,), dtype=tl.float32)
     if HAS_GIN:
-        g0 = tl.load(GIN + st, mask=mask_d, other=0.0)
+        g0, g1, g2, g3 = _load_state(GIN + b * SD + offs_d, mask_d, D, NS)
+    if COMBINE:
+        # later segments, last first: g <- dec^len g + (its start gradient from zero); the last
+        # segment decays one step less (the carry at T enters its last row undecayed)
+        last = T - (NSEG - 1) * SEGLEN - 1
+        f0 = _seg_decay(DEC64, 0, SEGLEN)
+        l0 = _seg_decay(DEC64, 0, last)
+        f1 = f0
+        l1 = l0
+        f2 = f0
+        l2 = l0
+        f3 = f0
+        l3 = l0
         if NS > 1:
-            g1 = tl.load(GIN + st + D, mask=mask_d, other=0.0)
+            f1 = _seg_decay(DEC64, 1, SEGLEN)
+            l1 = _seg_decay(DEC64, 1, last)
         if NS > 2:
-            g2 = tl.load(GIN + st + 2 * D, mask=mask_d, other=0.0)
+            f2 = _seg_decay(DEC64, 2, SEGLEN)
+            l2 = _seg_decay(DEC64, 2, last)
         if NS > 3:
-            g3 = tl.load(GIN + st + 3 * D, mask=mask_d, other=0.0)
+            f3 = _seg_decay(DEC64, 3, SEGLEN)
+            l3 = _seg_decay(DEC64, 3, last)
+        for j in tl.range(0, NSEG - 1 - seg, num_stages=STAGES):
+            k = NSEG - 1 - j
+            s0, s1, s2, s3 = _load_state(STARTS + (b * NSEG + k) * SD + offs_d, mask_d, D, NS)
+            g0 = tl.where(j == 0, l0, f0) * g0 + s0
+            g1 = tl.where(j == 0, l1, f1) * g1 + s1
+            g2 = tl.where(j == 0, l2, f2) * g2 + s2
+            g3 = tl.where(j == 0, l3, f3) * g3 + s3
     d0 = tl.load(DEC)
     a0 = tl.load(ALP)
     d1 = d0
@@ -286,13 +354,15 @@ def _ema_bwd_kernel(
 
 @triton.jit
 def _lin_fwd_kernel(
-    A, U, OUT, HIN, HEND, AEND,
+    A, U, OUT, HIN, HEND, AEND, ENDS, PRODS,
     T, F, SEGLEN, NSEG,
     s_ab, s_at, s_af, s_ub, s_ut, s_uf,
     CT: tl.constexpr, BF: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
-    HAS_HIN: tl.constexpr, STORE_OUT: tl.constexpr, STORE_AEND: tl.constexpr,
+    HAS_HIN: tl.constexpr, STORE_OUT: tl.constexpr, STORE_AEND: tl.constexpr, COMBINE: tl.constexpr,
 ):
-    """h_t = a_t h_{t-1} + u_t over one segment; A, U strided (B,T,F) views, OUT (B,T,F) contiguous."""
+    """h_t = a_t h_{t-1} + u_t over one segment; A, U strided (B,T,F) views, OUT (B,T,F) contiguous,
+    HIN (B,F) the state at t = 0. COMBINE (pass 2 of segments): the segment starts from HIN
+    carried over every earlier segment's (end state from zero, decay product), ENDS and PRODS."""
     pid_f = tl.program_id(0)
     seg = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
@@ -301,9 +371,13 @@ def _lin_fwd_kernel(
     mask_f = offs_f < F
     state_off = (b * NSEG + seg) * F + offs_f
     if HAS_HIN:
-        h = tl.load(HIN + state_off, mask=mask_f, other=0.0).to(tl.float32)
+        h = tl.load(HIN + b * F + offs_f, mask=mask_f, other=0.0).to(tl.float32)
     else:
         h = tl.zeros((BF,), dtype=tl.float32)
+    if COMBINE:
+        for k in tl.range(0, seg, num_stages=STAGES):
+            kk = (b * NSEG + k) * F + offs_f
+            h = tl.load(PRODS + kk, mask=mask_f, other=1.0) * h + tl.load(ENDS + kk, mask=mask_f, other=0.0)
     aprod = tl.full((BF,), 1.0, tl.float32)
     t_start = (seg * SEGLEN).to(tl.int64)
     seg_len = _seg_len(seg, SEGLEN, T)
@@ -333,13 +407,16 @@ def _lin_fwd_kernel(
 
 @triton.jit
 def _lin_bwd_kernel(
-    A, GH, H, H0, GA, GB, GIN, GSTART, AEND,
+    A, GH, H, H0, GA, GB, GIN, GSTART, AEND, STARTS, PRODS,
     T, F, SEGLEN, NSEG,
     s_ab, s_at, s_af,
     CT: tl.constexpr, BF: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
     HAS_GIN: tl.constexpr, HAS_H0: tl.constexpr, STORE_OUT: tl.constexpr, STORE_AEND: tl.constexpr,
+    COMBINE: tl.constexpr,
 ):
-    """Backwards: g_t = a_{t+1} g_{t+1} + gh_t; gb_t = g_t; ga_t = g_t h_{t-1}. GH, H, GA, GB (B,T,F) contiguous."""
+    """Backwards: g_t = a_{t+1} g_{t+1} + gh_t; gb_t = g_t; ga_t = g_t h_{t-1}. GH, H, GA, GB (B,T,F)
+    contiguous, GIN (B,F) the carry at T. COMBINE (pass 2 of segments): the carry into a segment
+    is GIN carried back over every later segment's (start gradient from zero, decay product)."""
     pid_f = tl.program_id(0)
     seg = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
@@ -348,9 +425,13 @@ def _lin_bwd_kernel(
     mask_f = offs_f < F
     state_off = (b * NSEG + seg) * F + offs_f
     if HAS_GIN:
-        g = tl.load(GIN + state_off, mask=mask_f, other=0.0).to(tl.float32)
+        g = tl.load(GIN + b * F + offs_f, mask=mask_f, other=0.0).to(tl.float32)
     else:
         g = tl.zeros((BF,), dtype=tl.float32)
+    if COMBINE:
+        for j in tl.range(0, NSEG - 1 - seg, num_stages=STAGES):
+            kk = (b * NSEG + NSEG - 1 - j) * F + offs_f
+            g = tl.load(PRODS + kk, mask=mask_f, other=1.0) * g + tl.load(STARTS + kk, mask=mask_f, other=0.0)
     aprod = tl.full((BF,), 1.0, tl.float32)
     if HAS_H0:
         h0 = tl.load(H0 + b * F + offs_f, mask=mask_f, other=0.0).to(tl.float32)
@@ -462,17 +543,6 @@ def _segments(cfg: TileConfig, programs: int, T: int, device: torch.device) -> t
     return -(-T // seglen), seglen
 
 
-def _seg_decays(dec64: torch.Tensor, T: int, nseg: int, seglen: int, backward: bool = False) -> torch.Tensor:
-    """(NSEG, S) float32: each segment's total decay dec^len, computed in float64.
-
-    Backward, the last step's coefficient is 1 (the carry at T is dL/dh_T itself), so
-    the last segment decays one step less.
-    """
-    last = T - (nseg - 1) * seglen - (1 if backward else 0)
-    full = (dec64 ** float(seglen)).view(1, -1).expand(nseg - 1, -1)
-    return torch.cat([full, (dec64 ** float(last)).view(1, -1)]).float()
-
-
 # ---------------------------------------------------------------------------- forward / backward launchers
 
 
@@ -503,25 +573,18 @@ def ema_traces_fwd(
     nseg, seglen = _segments(cfg, B * nd, T, x.device)
     grid = (nd, nseg, B)
     hend = torch.empty(B, nseg, S, D, dtype=torch.float32, device=x.device)
-    if nseg == 1:
-        hin = None if h0f is None else h0f.view(B, 1, S, D)
-    else:
-        ends = torch.empty_like(hend)
-        for s0 in range(0, S, GROUP):
-            ns = min(GROUP, S - s0)
-            _ema_fwd_kernel[grid](x, out, x, ends[:, :, s0:], dec[s0:], alp[s0:], T, D, S * D, seglen, nseg,
-                                  NS=ns, CT=cfg.ct, BD=cfg.block, VEC=cfg.vec, STAGES=cfg.stages, HAS_HIN=False, STORE_OUT=False,
-                                  num_warps=cfg.num_warps)
-        dseg = _seg_decays(dec64, T, nseg, seglen).view(1, nseg, S, 1).expand(B, nseg, S, D)
-        H, _ = linear_scan_fwd(dseg, ends, h0f, torch.float32)  # true state after each segment
-        first = torch.zeros_like(H[:, :1]) if h0f is None else h0f.unsqueeze(1)
-        hin = torch.cat([first, H[:, :-1]], dim=1).contiguous()  # (B, NSEG, S, D)
+    ends = torch.empty_like(hend) if nseg > 1 else hend
     for s0 in range(0, S, GROUP):
-        ns = min(GROUP, S - s0)
-        _ema_fwd_kernel[grid](x, out[:, :, s0:], x if hin is None else hin[:, :, s0:], hend[:, :, s0:],
-                              dec[s0:], alp[s0:], T, D, S * D, seglen, nseg,
-                              NS=ns, CT=cfg.ct, BD=cfg.block, VEC=cfg.vec, STAGES=cfg.stages, HAS_HIN=hin is not None, STORE_OUT=True,
-                              num_warps=cfg.num_warps)
+        kw = dict(NS=min(GROUP, S - s0), CT=cfg.ct, BD=cfg.block, VEC=cfg.vec, STAGES=cfg.stages,
+                  num_warps=cfg.num_warps)
+        args = (dec[s0:], dec64[s0:], alp[s0:], T, D, S * D, seglen, nseg)
+        if nseg > 1:  # pass 1: each segment's end state from zero
+            _ema_fwd_kernel[grid](x, out, x, ends[:, :, s0:], x, *args, HAS_HIN=False, STORE_OUT=False,
+                                  COMBINE=False, **kw)
+        # the scan; segmented, each segment first combines the end states before it (pass 2)
+        _ema_fwd_kernel[grid](x, out[:, :, s0:], x if h0f is None else h0f[:, s0:], hend[:, :, s0:],
+                              ends[:, :, s0:], *args, HAS_HIN=h0f is not None, STORE_OUT=True, COMBINE=nseg > 1,
+                              **kw)
     return out, hend[:, -1]
 
 
@@ -550,33 +613,18 @@ def ema_traces_bwd(
     nseg, seglen = _segments(cfg, B * nd, T, gh.device)
     grid = (nd, nseg, B)
     gstart = torch.empty(B, nseg, S, D, dtype=torch.float32, device=gh.device)
-    if nseg == 1:
-        gin = None if gf is None else gf.view(B, 1, S, D)
-    else:
-        starts = torch.empty_like(gstart)
-        for s0 in range(0, S, GROUP):
-            _ema_bwd_kernel[grid](gh[:, :, s0:], gx, gh, starts[:, :, s0:], dec[s0:], alp[s0:], T, D, S * D,
-                                  seglen, nseg, NS=min(GROUP, S - s0), CT=cfg.ct, BD=cfg.block, VEC=cfg.vec, STAGES=cfg.stages,
-                                  HAS_GIN=False,
-                                  STORE_OUT=False, ACCUM=False, num_warps=cfg.num_warps)
-        dseg = _seg_decays(dec64, T, nseg, seglen, backward=True).view(1, nseg, S, 1).expand(B, nseg, S, D)
-        gin = _reverse_carries(dseg, starts, gf)
+    starts = torch.empty_like(gstart) if nseg > 1 else gstart
     for s0 in range(0, S, GROUP):
-        _ema_bwd_kernel[grid](gh[:, :, s0:], gx, gh if gin is None else gin[:, :, s0:], gstart[:, :, s0:],
-                              dec[s0:], alp[s0:], T, D, S * D, seglen, nseg, NS=min(GROUP, S - s0), CT=cfg.ct,
-                              BD=cfg.block, VEC=cfg.vec, STAGES=cfg.stages, HAS_GIN=gin is not None, STORE_OUT=True, ACCUM=s0 > 0,
-                              num_warps=cfg.num_warps)
+        kw = dict(NS=min(GROUP, S - s0), CT=cfg.ct, BD=cfg.block, VEC=cfg.vec, STAGES=cfg.stages,
+                  num_warps=cfg.num_warps)
+        args = (dec[s0:], dec64[s0:], alp[s0:], T, D, S * D, seglen, nseg)
+        if nseg > 1:  # pass 1: each segment's start gradient from zero
+            _ema_bwd_kernel[grid](gh[:, :, s0:], gx, gh, starts[:, :, s0:], gh, *args, HAS_GIN=False,
+                                  STORE_OUT=False, ACCUM=False, COMBINE=False, **kw)
+        _ema_bwd_kernel[grid](gh[:, :, s0:], gx, gh if gf is None else gf[:, s0:], gstart[:, :, s0:],
+                              starts[:, :, s0:], *args, HAS_GIN=gf is not None, STORE_OUT=True, ACCUM=s0 > 0,
+                              COMBINE=nseg > 1, **kw)
     return gx, gstart[:, 0]
-
-
-def _reverse_carries(prod: torch.Tensor, starts: torch.Tensor, g_final: torch.Tensor | None) -> torch.Tensor:
-    """Carry entering each segment from the right: c_k = g at the start of segment k+1.
-
-    g_start_k = prod_k * c_k + starts_k, c_last = g_final: a scan over the flipped segments.
-    """
-    G, _ = linear_scan_fwd(prod.flip(1), starts.flip(1), g_final, torch.float32)  # (B, NSEG, *F)
-    first = torch.zeros_like(G[:, :1]) if g_final is None else g_final.unsqueeze(1)
-    return torch.cat([first, G[:, :-1]], dim=1).flip(1).contiguous()
 
 
 def _as_btf(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -611,17 +659,14 @@ def linear_scan_fwd(
     strides = (*a3.stride(), *b3.stride())
     kw = dict(CT=cfg.ct, BF=cfg.block, VEC=cfg.vec, STAGES=cfg.stages, num_warps=cfg.num_warps)
     hend = torch.empty(B, nseg, F, dtype=torch.float32, device=b.device)
-    if nseg == 1:
-        hin = h0f
-    else:
+    ends = prods = hend
+    if nseg > 1:  # pass 1: each segment's end state from zero and its decay product
         ends, prods = torch.empty_like(hend), torch.empty_like(hend)
-        _lin_fwd_kernel[(nf, nseg, B)](a3, b3, out, a3, ends, prods, T, F, seglen, nseg, *strides,
-                                       HAS_HIN=False, STORE_OUT=False, STORE_AEND=True, **kw)
-        H, _ = linear_scan_fwd(prods, ends, h0f, torch.float32)
-        first = torch.zeros_like(H[:, :1]) if h0f is None else h0f.unsqueeze(1)
-        hin = torch.cat([first, H[:, :-1]], dim=1).contiguous()
-    _lin_fwd_kernel[(nf, nseg, B)](a3, b3, out, hin if hin is not None else a3, hend, hend, T, F, seglen, nseg,
-                                   *strides, HAS_HIN=hin is not None, STORE_OUT=True, STORE_AEND=False, **kw)
+        _lin_fwd_kernel[(nf, nseg, B)](a3, b3, out, a3, ends, prods, a3, a3, T, F, seglen, nseg, *strides,
+                                       HAS_HIN=False, STORE_OUT=False, STORE_AEND=True, COMBINE=False, **kw)
+    _lin_fwd_kernel[(nf, nseg, B)](a3, b3, out, a3 if h0f is None else h0f, hend, hend, ends, prods, T, F, seglen,
+                                   nseg, *strides, HAS_HIN=h0f is not None, STORE_OUT=True, STORE_AEND=False,
+                                   COMBINE=nseg > 1, **kw)
     return out, hend[:, -1].view((B,) + feat)
 
 
@@ -658,17 +703,15 @@ def linear_scan_bwd(
     kw = dict(CT=cfg.ct, BF=cfg.block, VEC=cfg.vec, STAGES=cfg.stages, num_warps=cfg.num_warps)
     h0_arg = h0f if h0f is not None else h3
     gstart = torch.empty(B, nseg, F, dtype=torch.float32, device=h.device)
-    if nseg == 1:
-        gin = gf
-    else:
+    starts = prods = gstart
+    if nseg > 1:  # pass 1: each segment's start gradient from zero and its decay product
         starts, prods = torch.empty_like(gstart), torch.empty_like(gstart)
-        _lin_bwd_kernel[(nf, nseg, B)](a3, gh3, h3, h0_arg, ga, gb, gh3, starts, prods, T, F, seglen, nseg,
-                                       *a3.stride(), HAS_GIN=False, HAS_H0=h0f is not None, STORE_OUT=False,
-                                       STORE_AEND=True, **kw)
-        gin = _reverse_carries(prods, starts, gf)
-    _lin_bwd_kernel[(nf, nseg, B)](a3, gh3, h3, h0_arg, ga, gb, gin if gin is not None else gh3, gstart, gstart,
-                                   T, F, seglen, nseg, *a3.stride(), HAS_GIN=gin is not None,
-                                   HAS_H0=h0f is not None, STORE_OUT=True, STORE_AEND=False, **kw)
+        _lin_bwd_kernel[(nf, nseg, B)](a3, gh3, h3, h0_arg, ga, gb, gh3, starts, prods, gh3, gh3, T, F, seglen,
+                                       nseg, *a3.stride(), HAS_GIN=False, HAS_H0=h0f is not None,
+                                       STORE_OUT=False, STORE_AEND=True, COMBINE=False, **kw)
+    _lin_bwd_kernel[(nf, nseg, B)](a3, gh3, h3, h0_arg, ga, gb, gh3 if gf is None else gf, gstart, gstart, starts,
+                                   prods, T, F, seglen, nseg, *a3.stride(), HAS_GIN=gf is not None,
+                                   HAS_H0=h0f is not None, STORE_OUT=True, STORE_AEND=False, COMBINE=nseg > 1, **kw)
     return ga, gb, gstart[:, 0].view((B,) + feat)
 
 
