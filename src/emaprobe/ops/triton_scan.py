@@ -197,8 +197,6 @@ def _ema_fwd_kernel(
     o_ptr = OUT + (b * T + t_start) * SD
     x_off = rows[:, None] * D + offs_d[None, :]  # (CT, BD)
     o_off = rows[:, None] * SD + offs_d[None, :]
-    # prefetch: the next tile's load is in flight while this one is scanned
-    # prefetch two tiles ahead: few programs run at once, so each keeps several loads in flight
     # STAGES tiles in flight: Triton's pipeliner turns the load into asynchronous copies
     # (cp.async) STAGES - 1 iterations ahead
     for i0 in tl.range(0, seg_len, CT, num_stages=STAGES):
@@ -484,7 +482,7 @@ class TileConfig:
     ``stages``: tiles in flight per program (Triton software-pipelines the loads as
     asynchronous copies ``stages - 1`` iterations ahead).
     ``min_programs``: below this many (batch x channel-block) programs the time axis is
-    cut into segments (three passes, one extra read of the input) to fill the GPU;
+    cut into segments (two passes, one extra read of the input) to fill the GPU;
     0 means: split below ``SPLIT_BELOW_PER_SM`` programs per SM, into enough segments for
     ``PROGRAMS_PER_SM``. ``split`` forces segments on (True) or off (False).
     """
@@ -514,8 +512,8 @@ LIN_FWD = TileConfig(ct=16, block=64, num_warps=1, stages=4)
 LIN_BWD = TileConfig(ct=16, block=64, num_warps=1, stages=3)
 # Time is cut into segments only when fewer than SPLIT_BELOW_PER_SM one-warp programs per SM
 # would run, and then into enough for PROGRAMS_PER_SM (H100, pipelined loads: at 1.45 per SM
-# one pass took 0.090 ms against 0.130 split; at B=4 T=8192, 8 per SM beat 2, 0.126 against
-# 0.136 ms; notes/kernels.md, v7).
+# one pass took 0.091 ms against 0.113 split; at B=4 T=8192, 8 per SM beat 2 and 24, 0.108
+# against 0.120 and 0.114 ms; notes/kernels.md, v7 and v8).
 SPLIT_BELOW_PER_SM = 1
 PROGRAMS_PER_SM = 8
 
