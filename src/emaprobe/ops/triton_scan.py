@@ -89,7 +89,7 @@ def _seg_len(seg, SEGLEN, T):
 
 @triton.jit
 def _load_state(ptr, mask, D, NS: tl.constexpr):
-    # up to 4 timescales' (BD,) float32 states, D apart; zeros past NS
+    # up to 4 timescales' tensors (states, or tiles of gradients), D apart; zeros past NS
     s0 = tl.load(ptr, mask=mask, other=0.0)
     s1 = tl.zeros_like(s0)
     s2 = s1
@@ -104,9 +104,36 @@ def _load_state(ptr, mask, D, NS: tl.constexpr):
 
 
 @triton.jit
-def _seg_decay(DEC64, k: tl.constexpr, n):
-    # dec_k ** n (the decay over n >= 0 steps of a segment) by repeated squaring in float64
-    base = tl.load(DEC64 + k)
+def _store_state(ptr, s0, s1, s2, s3, mask, D, NS: tl.constexpr):
+    # the inverse of _load_state
+    tl.store(ptr, s0, mask=mask)
+    if NS > 1:
+        tl.store(ptr + D, s1, mask=mask)
+    if NS > 2:
+        tl.store(ptr + 2 * D, s2, mask=mask)
+    if NS > 3:
+        tl.store(ptr + 3 * D, s3, mask=mask)
+
+
+@triton.jit
+def _load_coefs(PTR, NS: tl.constexpr):
+    # up to 4 per-timescale scalars; past NS, copies of the first (never used)
+    c0 = tl.load(PTR)
+    c1 = c0
+    c2 = c0
+    c3 = c0
+    if NS > 1:
+        c1 = tl.load(PTR + 1)
+    if NS > 2:
+        c2 = tl.load(PTR + 2)
+    if NS > 3:
+        c3 = tl.load(PTR + 3)
+    return c0, c1, c2, c3
+
+
+@triton.jit
+def _pow(base, n):
+    # base ** n for an integer n >= 0 by repeated squaring (float64 in: exact to ~1 ulp per squaring)
     p = base * 0.0 + 1.0
     e = n
     while e > 0:
@@ -114,6 +141,23 @@ def _seg_decay(DEC64, k: tl.constexpr, n):
         base = base * base
         e = e // 2
     return p.to(tl.float32)
+
+
+@triton.jit
+def _seg_decays(DEC64, n, NS: tl.constexpr):
+    # dec_k ** n for each timescale: the decay over a segment of n steps, computed in float64
+    d0, d1, d2, d3 = _load_coefs(DEC64, NS)
+    p0 = _pow(d0, n)
+    p1 = p0
+    p2 = p0
+    p3 = p0
+    if NS > 1:
+        p1 = _pow(d1, n)
+    if NS > 2:
+        p2 = _pow(d2, n)
+    if NS > 3:
+        p3 = _pow(d3, n)
+    return p0, p1, p2, p3
 
 
 @triton.jit
@@ -150,23 +194,14 @@ def _ema_fwd_kernel(
     mask_d = offs_d < D
     st = (b * NSEG + seg) * SD + offs_d  # (BD,) offsets of this segment's end state, timescale 0
     h0 = tl.zeros((BD,), dtype=tl.float32)
-    h1 = tl.zeros((BD,), dtype=tl.float32)
-    h2 = tl.zeros((BD,), dtype=tl.float32)
-    h3 = tl.zeros((BD,), dtype=tl.float32)
+    h1 = h0
+    h2 = h0
+    h3 = h0
     if HAS_HIN:
         h0, h1, h2, h3 = _load_state(HIN + b * SD + offs_d, mask_d, D, NS)
     if COMBINE:
         # every earlier segment is SEGLEN steps long: h <- dec^SEGLEN h + (its end state from zero)
-        p0 = _seg_decay(DEC64, 0, SEGLEN)
-        p1 = p0
-        p2 = p0
-        p3 = p0
-        if NS > 1:
-            p1 = _seg_decay(DEC64, 1, SEGLEN)
-        if NS > 2:
-            p2 = _seg_decay(DEC64, 2, SEGLEN)
-        if NS > 3:
-            p3 = _seg_decay(DEC64, 3, SEGLEN)
+        p0, p1, p2, p3 = _seg_decays(DEC64, SEGLEN, NS)
         for k in tl.range(0, seg, num_stages=STAGES):
             e0, e1, e2, e3 = _load_state(ENDS + (b * NSEG + k) * SD + offs_d, mask_d, D, NS)
             h0 = p0 * h0 + e0
@@ -174,23 +209,8 @@ def _ema_fwd_kernel(
             h2 = p2 * h2 + e2
             h3 = p3 * h3 + e3
     # per-timescale coefficients, loaded once: a load inside the loop would sit on its critical path
-    d0 = tl.load(DEC)
-    a0 = tl.load(ALP)
-    d1 = d0
-    a1 = a0
-    d2 = d0
-    a2 = a0
-    d3 = d0
-    a3 = a0
-    if NS > 1:
-        d1 = tl.load(DEC + 1)
-        a1 = tl.load(ALP + 1)
-    if NS > 2:
-        d2 = tl.load(DEC + 2)
-        a2 = tl.load(ALP + 2)
-    if NS > 3:
-        d3 = tl.load(DEC + 3)
-        a3 = tl.load(ALP + 3)
+    d0, d1, d2, d3 = _load_coefs(DEC, NS)
+    a0, a1, a2, a3 = _load_coefs(ALP, NS)
     t_start = seg * SEGLEN
     seg_len = _seg_len(seg, SEGLEN, T)
     x_ptr = X + (b * T + t_start) * D
@@ -214,13 +234,7 @@ def _ema_fwd_kernel(
             h2 = _ema_fwd_one(x, live, h2, d2, a2, 2, o_i, o_off, m, D, rows, CT, STORE_OUT)
         if NS > 3:
             h3 = _ema_fwd_one(x, live, h3, d3, a3, 3, o_i, o_off, m, D, rows, CT, STORE_OUT)
-    tl.store(HEND + st, h0, mask=mask_d)
-    if NS > 1:
-        tl.store(HEND + st + D, h1, mask=mask_d)
-    if NS > 2:
-        tl.store(HEND + st + 2 * D, h2, mask=mask_d)
-    if NS > 3:
-        tl.store(HEND + st + 3 * D, h3, mask=mask_d)
+    _store_state(HEND + st, h0, h1, h2, h3, mask_d, D, NS)
 
 
 @triton.jit
@@ -251,32 +265,16 @@ def _ema_bwd_kernel(
     mask_d = offs_d < D
     st = (b * NSEG + seg) * SD + offs_d
     g0 = tl.zeros((BD,), dtype=tl.float32)
-    g1 = tl.zeros((BD,), dtype=tl.float32)
-    g2 = tl.zeros((BD,), dtype=tl.float32)
-    g3 = tl.zeros((BD,), dtype=tl.float32)
+    g1 = g0
+    g2 = g0
+    g3 = g0
     if HAS_GIN:
         g0, g1, g2, g3 = _load_state(GIN + b * SD + offs_d, mask_d, D, NS)
     if COMBINE:
         # later segments, last first: g <- dec^len g + (its start gradient from zero); the last
         # segment decays one step less (the carry at T enters its last row undecayed)
-        last = T - (NSEG - 1) * SEGLEN - 1
-        f0 = _seg_decay(DEC64, 0, SEGLEN)
-        l0 = _seg_decay(DEC64, 0, last)
-        f1 = f0
-        l1 = l0
-        f2 = f0
-        l2 = l0
-        f3 = f0
-        l3 = l0
-        if NS > 1:
-            f1 = _seg_decay(DEC64, 1, SEGLEN)
-            l1 = _seg_decay(DEC64, 1, last)
-        if NS > 2:
-            f2 = _seg_decay(DEC64, 2, SEGLEN)
-            l2 = _seg_decay(DEC64, 2, last)
-        if NS > 3:
-            f3 = _seg_decay(DEC64, 3, SEGLEN)
-            l3 = _seg_decay(DEC64, 3, last)
+        f0, f1, f2, f3 = _seg_decays(DEC64, SEGLEN, NS)
+        l0, l1, l2, l3 = _seg_decays(DEC64, T - (NSEG - 1) * SEGLEN - 1, NS)
         for j in tl.range(0, NSEG - 1 - seg, num_stages=STAGES):
             k = NSEG - 1 - j
             s0, s1, s2, s3 = _load_state(STARTS + (b * NSEG + k) * SD + offs_d, mask_d, D, NS)
@@ -284,23 +282,8 @@ def _ema_bwd_kernel(
             g1 = tl.where(j == 0, l1, f1) * g1 + s1
             g2 = tl.where(j == 0, l2, f2) * g2 + s2
             g3 = tl.where(j == 0, l3, f3) * g3 + s3
-    d0 = tl.load(DEC)
-    a0 = tl.load(ALP)
-    d1 = d0
-    a1 = a0
-    d2 = d0
-    a2 = a0
-    d3 = d0
-    a3 = a0
-    if NS > 1:
-        d1 = tl.load(DEC + 1)
-        a1 = tl.load(ALP + 1)
-    if NS > 2:
-        d2 = tl.load(DEC + 2)
-        a2 = tl.load(ALP + 2)
-    if NS > 3:
-        d3 = tl.load(DEC + 3)
-        a3 = tl.load(ALP + 3)
+    d0, d1, d2, d3 = _load_coefs(DEC, NS)
+    a0, a1, a2, a3 = _load_coefs(ALP, NS)
     t_start = seg * SEGLEN
     seg_len = _seg_len(seg, SEGLEN, T)
     t_last = t_start + seg_len - 1
@@ -341,13 +324,7 @@ def _ema_bwd_kernel(
             if ACCUM:  # a later group of timescales adds to the first group's dx
                 gx += tl.load(gx_i + gx_off, mask=m, other=0.0).to(tl.float32)
             tl.store(gx_i + gx_off, gx.to(GX.dtype.element_ty), mask=m)
-    tl.store(GSTART + st, g0, mask=mask_d)
-    if NS > 1:
-        tl.store(GSTART + st + D, g1, mask=mask_d)
-    if NS > 2:
-        tl.store(GSTART + st + 2 * D, g2, mask=mask_d)
-    if NS > 3:
-        tl.store(GSTART + st + 3 * D, g3, mask=mask_d)
+    _store_state(GSTART + st, g0, g1, g2, g3, mask_d, D, NS)
 
 
 @triton.jit

@@ -421,18 +421,22 @@ def _check_word(where: str, word: Any) -> str:
     return word
 
 
+def _as_mapping(where: str, spec: Any, list_key: str, keys: tuple[str, ...], list_of: str) -> dict:
+    """A list is shorthand for ``{list_key: list}``; a mapping may use only ``keys``."""
+    if isinstance(spec, list):
+        spec = {list_key: spec}
+    if not isinstance(spec, dict):
+        raise GrammarError(f"{where}: must be a list of {list_of} or a mapping with {list(keys)}")
+    unknown = sorted(set(map(str, spec)) - set(keys))
+    if unknown:
+        raise GrammarError(f"{where}: unknown field(s) {unknown}; valid fields are {list(keys)}")
+    return spec
+
+
 def _build_category(path: Path, name: Any, spec: Any) -> Category:
     if not isinstance(name, str) or not _is_symbol(name):
         raise GrammarError(f"{path}: lexicon category {name!r} must start with an upper-case letter")
-    if isinstance(spec, list):
-        spec = {"words": spec}
-    if not isinstance(spec, dict):
-        raise GrammarError(f"{path}: lexicon.{name}: must be a list of words or a mapping with {list(CATEGORY_KEYS)}")
-    unknown = sorted(set(map(str, spec)) - set(CATEGORY_KEYS))
-    if unknown:
-        raise GrammarError(
-            f"{path}: lexicon.{name}: unknown field(s) {unknown}; valid fields are {list(CATEGORY_KEYS)}"
-        )
+    spec = _as_mapping(f"{path}: lexicon.{name}", spec, "words", CATEGORY_KEYS, "words")
     noun = spec.get("noun", False)
     if not isinstance(noun, bool):
         raise GrammarError(f"{path}: lexicon.{name}.noun: must be true or false, got {noun!r}")
@@ -462,13 +466,7 @@ def _build_rule(
     prods = []
     for i, p in enumerate(spec):
         where = f"{path}: rules.{name}[{i}]"
-        if isinstance(p, list):
-            p = {"body": p}
-        if not isinstance(p, dict):
-            raise GrammarError(f"{where}: a production is a list of items or a mapping with {list(PRODUCTION_KEYS)}")
-        unknown = sorted(set(map(str, p)) - set(PRODUCTION_KEYS))
-        if unknown:
-            raise GrammarError(f"{where}: unknown field(s) {unknown}; valid fields are {list(PRODUCTION_KEYS)}")
+        p = _as_mapping(where, p, "body", PRODUCTION_KEYS, "items")
         weight = p.get("weight", 1)
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0 or weight == float("inf"):
             raise GrammarError(f"{where}.weight: must be a positive number, got {weight!r}")
