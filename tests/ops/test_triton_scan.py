@@ -101,6 +101,34 @@ def test_pipeline_depths_vs_naive(cfg):
         _lin_case(2, T, (40,), torch.float32, True, cfg=cfg)
 
 
+@pytest.mark.parametrize(
+    "cfg",
+    [ts.TileConfig(ct=16, block=64, vec=2, split=False), ts.TileConfig(ct=16, block=128, vec=4, stages=3, split=True),
+     ts.TileConfig(ct=32, block=64, vec=2, stages=4, split=True)],
+    ids=["64-one-pass", "128-segmented", "ct32-segmented"],
+)
+@pytest.mark.parametrize("T", [16, 33, 256, 257, 300])
+def test_whole_channel_blocks_and_full_tiles_vs_naive(T, cfg):
+    """Channels a multiple of the block (no channel mask), T at and around multiples of CT and of
+    the segment length: the unmasked full-tile loop and the masked first and last tiles."""
+    _ema_case(2, T, 256, torch.float32, True, cfg, cfg)
+    _lin_case(2, T, (2, 128), torch.float32, True, cfg=cfg)
+
+
+def test_default_tiles_are_the_widest_that_fill_the_gpu():
+    dev = torch.device("cuda")
+    sms = torch.cuda.get_device_properties(dev).multi_processor_count
+    wide, narrow = ts.EMA_FWD
+    assert wide.block > narrow.block
+    assert ts._choose(None, ts.EMA_FWD, 4 * sms, 768, dev) is wide  # plenty of programs at either width
+    B = -(-sms // (768 // narrow.block))  # the narrow tiles fill every SM, the wide ones do not
+    assert B * (768 // wide.block) < sms
+    assert ts._choose(None, ts.EMA_FWD, B, 768, dev) is narrow
+    assert ts._choose(None, ts.EMA_FWD, 1, 768, dev) is wide  # neither fills: the widest, in segments
+    mine = ts.TileConfig()
+    assert ts._choose(mine, ts.EMA_FWD, B, 768, dev) is mine
+
+
 def test_tile_config_rejects_bad_shapes():
     with pytest.raises(ValueError, match="block"):
         ts.TileConfig(block=48)

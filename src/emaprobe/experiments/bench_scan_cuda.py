@@ -53,9 +53,9 @@ DEFAULT_SHAPES = ((64, 512, 768), (16, 2048, 768), (4, 8192, 768), (1, 65536, 76
 HEADLINE = (16, 2048, 768)
 # TileConfig fields tried by --sweep: (ct, block, num_warps, vec, stages, min_programs); min_programs -1
 # = one pass, 0 = the default rule, else split below that many programs into enough for it
-SWEEP = ((16, 64, 1, 2, 4, -1), (16, 64, 1, 2, 3, -1), (16, 64, 1, 2, 6, -1), (8, 64, 1, 2, 4, -1),
-         (8, 64, 1, 2, 8, -1), (32, 64, 1, 2, 3, -1), (16, 64, 1, 2, 4, 264), (16, 64, 1, 2, 4, 528),
-         (16, 64, 1, 2, 4, 1056), (16, 64, 1, 2, 4, 3168))
+SWEEP = ((16, 64, 1, 2, 3, -1), (16, 64, 1, 2, 4, -1), (16, 64, 1, 2, 6, -1), (32, 64, 1, 2, 3, -1),
+         (32, 64, 1, 2, 4, -1), (8, 64, 1, 2, 8, -1), (16, 128, 1, 4, 3, -1), (16, 128, 1, 4, 4, -1),
+         (16, 128, 1, 4, 3, 0), (16, 128, 1, 4, 4, 0), (16, 64, 1, 2, 4, 0), (16, 128, 1, 4, 3, 2112))
 SWEEP_SHAPES = ((16, 2048, 768), (4, 8192, 768))
 LOOP_MAX_STEPS = 2048
 # accelerated-scan's warp kernel hit an illegal memory access at B=4 T=8192 (S*D=2304
@@ -463,7 +463,7 @@ def run_cuda(shapes=None, alphas=DEFAULT_ALPHAS, out_dir: str | Path | None = No
             copy_bandwidth_Bps=bw,
             alphas=list(alphas),
             checks=errs,
-            configs={k: getattr(ts, k).__dict__ for k in ("EMA_FWD", "EMA_BWD", "LIN_FWD", "LIN_BWD")},
+            configs={k: [c.__dict__ for c in getattr(ts, k)] for k in ("EMA_FWD", "EMA_BWD", "LIN_FWD", "LIN_BWD")},
             rows=rows,
             sweep=sweep_rows,
             triton=__import__("triton").__version__,

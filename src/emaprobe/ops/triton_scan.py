@@ -24,6 +24,16 @@ asynchronous copies (cp.async) issued STAGES - 1 tiles ahead. That alone took th
 forward at that shape from 0.130 to 0.091 ms on the H100, where hand-written prefetch
 two tiles ahead had kept too few bytes in flight (notes/kernels.md, v7).
 
+**Masks only where needed.** Full tiles run without row masks, and without channel masks
+when D is a multiple of BD (``EVEN_D``); only a segment's partial last tile, and in the
+backward the tiles holding t = T - 1 or t = 0, run masked (``_tile_plan``). Per-element
+predicates had been most of the loop: 1328 of the EMA forward's instructions per tile
+against 534 now (SASS; notes/kernels.md, v10).
+
+**Width.** The EMA kernels have two default tile shapes (``EMA_FWD``, ``EMA_BWD``): 128
+channels a warp (8-byte accesses, 256-byte rows), which moves bytes best, and 64, which
+makes twice the programs; ``_choose`` takes the wider wherever it alone fills the GPU.
+
 **Why the layout matters.** ``tl.max_contiguous(..., VEC)`` with BD = 32 * VEC * warps
 makes Triton put the 32 lanes of a warp along channels (VEC channels each, coalesced),
 so all CT rows of a tile sit in one thread and the scan is a register loop: no
@@ -76,6 +86,15 @@ def _combine(a1, b1, a2, b2):
 def _last_row(v, rows, n_last):
     # row ``n_last`` of a (CT, BD) tile, summed out of axis 0: Triton cannot index rows
     return tl.sum(tl.where((rows == n_last)[:, None], v, 0.0), axis=0)
+
+
+@triton.jit
+def _channel_mask(offs, D, BD: tl.constexpr, EVEN: tl.constexpr):
+    # offs < D; when D is a multiple of BD, a constant the compiler drops from every load and store
+    if EVEN:
+        return tl.full((BD,), 1, tl.int1)
+    else:
+        return offs < D
 
 
 @triton.jit
@@ -173,11 +192,26 @@ def _ema_fwd_one(x, live, h, dec, alp, k: tl.constexpr, o_ptr, o_off, m, D, rows
 
 
 @triton.jit
+def _ema_fwd_tile(x_ptr, o_ptr, x_off, o_off, m, live, h0, h1, h2, h3, d0, d1, d2, d3, a0, a1, a2, a3, D, rows,
+                  NS: tl.constexpr, CT: tl.constexpr, STORE_OUT: tl.constexpr):
+    # one (CT, BD) tile of x, every timescale: load, scan, store; returns the carried states
+    x = tl.load(x_ptr + x_off, mask=m, other=0.0).to(tl.float32)
+    h0 = _ema_fwd_one(x, live, h0, d0, a0, 0, o_ptr, o_off, m, D, rows, CT, STORE_OUT)
+    if NS > 1:
+        h1 = _ema_fwd_one(x, live, h1, d1, a1, 1, o_ptr, o_off, m, D, rows, CT, STORE_OUT)
+    if NS > 2:
+        h2 = _ema_fwd_one(x, live, h2, d2, a2, 2, o_ptr, o_off, m, D, rows, CT, STORE_OUT)
+    if NS > 3:
+        h3 = _ema_fwd_one(x, live, h3, d3, a3, 3, o_ptr, o_off, m, D, rows, CT, STORE_OUT)
+    return h0, h1, h2, h3
+
+
+@triton.jit
 def _ema_fwd_kernel(
     X, OUT, HIN, HEND, ENDS, DEC, DEC64, ALP,
     T, D, SD, SEGLEN, NSEG,
     NS: tl.constexpr, CT: tl.constexpr, BD: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
-    HAS_HIN: tl.constexpr, STORE_OUT: tl.constexpr, COMBINE: tl.constexpr,
+    HAS_HIN: tl.constexpr, STORE_OUT: tl.constexpr, COMBINE: tl.constexpr, EVEN_D: tl.constexpr,
 ):
     """h_t^(k) = DEC_k h_{t-1}^(k) + ALP_k x_t for NS <= 4 timescales over one segment.
 
@@ -191,7 +225,7 @@ def _ema_fwd_kernel(
     b = tl.program_id(2).to(tl.int64)
     rows = tl.arange(0, CT)  # (CT,)
     offs_d = tl.max_contiguous(tl.multiple_of(pid_d * BD + tl.arange(0, BD), VEC), VEC)  # (BD,)
-    mask_d = offs_d < D
+    mask_d = _channel_mask(offs_d, D, BD, EVEN_D)
     st = (b * NSEG + seg) * SD + offs_d  # (BD,) offsets of this segment's end state, timescale 0
     h0 = tl.zeros((BD,), dtype=tl.float32)
     h1 = h0
@@ -217,23 +251,22 @@ def _ema_fwd_kernel(
     o_ptr = OUT + (b * T + t_start) * SD
     x_off = rows[:, None] * D + offs_d[None, :]  # (CT, BD)
     o_off = rows[:, None] * SD + offs_d[None, :]
-    # STAGES tiles in flight: Triton's pipeliner turns the load into asynchronous copies
-    # (cp.async) STAGES - 1 iterations ahead
-    for i0 in tl.range(0, seg_len, CT, num_stages=STAGES):
+    # Full tiles, without row masks (EVEN_D: without any mask): per-element predicates were
+    # most of the loop's instructions (notes/kernels.md, v10). STAGES tiles in flight: Triton's
+    # pipeliner turns the load into asynchronous copies (cp.async) STAGES - 1 iterations ahead.
+    lo, hi, last, tail = _tile_plan(seg_len, CT, False, False)
+    m = tl.broadcast_to(mask_d[None, :], (CT, BD))
+    live = tl.full((CT, BD), 1, tl.int1)
+    for i0 in tl.range(lo, hi, CT, num_stages=STAGES):
         # offsets from the induction variable (not a carried pointer) keep vector access
         i = tl.cast(i0, tl.int64)
-        valid = (i0 + rows) < seg_len
-        m = valid[:, None] & mask_d[None, :]
-        x = tl.load(x_ptr + i * D + x_off, mask=m, other=0.0).to(tl.float32)
-        live = tl.broadcast_to(valid[:, None], (CT, BD))
-        o_i = o_ptr + i * SD
-        h0 = _ema_fwd_one(x, live, h0, d0, a0, 0, o_i, o_off, m, D, rows, CT, STORE_OUT)
-        if NS > 1:
-            h1 = _ema_fwd_one(x, live, h1, d1, a1, 1, o_i, o_off, m, D, rows, CT, STORE_OUT)
-        if NS > 2:
-            h2 = _ema_fwd_one(x, live, h2, d2, a2, 2, o_i, o_off, m, D, rows, CT, STORE_OUT)
-        if NS > 3:
-            h3 = _ema_fwd_one(x, live, h3, d3, a3, 3, o_i, o_off, m, D, rows, CT, STORE_OUT)
+        h0, h1, h2, h3 = _ema_fwd_tile(x_ptr + i * D, o_ptr + i * SD, x_off, o_off, m, live, h0, h1, h2, h3,
+                                       d0, d1, d2, d3, a0, a1, a2, a3, D, rows, NS, CT, STORE_OUT)
+    if tail:  # the last, partial tile: padded rows decay by 1 and add 0
+        i = tl.cast(last, tl.int64)
+        live = tl.broadcast_to((rows < seg_len - last)[:, None], (CT, BD))
+        h0, h1, h2, h3 = _ema_fwd_tile(x_ptr + i * D, o_ptr + i * SD, x_off, o_off, m & live, live, h0, h1, h2, h3,
+                                       d0, d1, d2, d3, a0, a1, a2, a3, D, rows, NS, CT, STORE_OUT)
     _store_state(HEND + st, h0, h1, h2, h3, mask_d, D, NS)
 
 
@@ -247,11 +280,56 @@ def _ema_bwd_one(u, keep, g, dec, rows, CT: tl.constexpr):
 
 
 @triton.jit
+def _ema_bwd_tile(gh_ptr, gx_ptr, gh_off, gx_off, m, keep, g0, g1, g2, g3, d0, d1, d2, d3, a0, a1, a2, a3, D, rows,
+                  NS: tl.constexpr, CT: tl.constexpr, STORE_OUT: tl.constexpr, ACCUM: tl.constexpr):
+    # one (CT, BD) tile of every timescale's gradient, backwards in time; returns the carried gradients
+    u0 = tl.load(gh_ptr + gh_off, mask=m, other=0.0)
+    u1 = u0
+    u2 = u0
+    u3 = u0
+    if NS > 1:
+        u1 = tl.load(gh_ptr + D + gh_off, mask=m, other=0.0)
+    if NS > 2:
+        u2 = tl.load(gh_ptr + 2 * D + gh_off, mask=m, other=0.0)
+    if NS > 3:
+        u3 = tl.load(gh_ptr + 3 * D + gh_off, mask=m, other=0.0)
+    gg, g0 = _ema_bwd_one(u0, keep, g0, d0, rows, CT)
+    gx = a0 * gg
+    if NS > 1:
+        gg, g1 = _ema_bwd_one(u1, keep, g1, d1, rows, CT)
+        gx += a1 * gg
+    if NS > 2:
+        gg, g2 = _ema_bwd_one(u2, keep, g2, d2, rows, CT)
+        gx += a2 * gg
+    if NS > 3:
+        gg, g3 = _ema_bwd_one(u3, keep, g3, d3, rows, CT)
+        gx += a3 * gg
+    if STORE_OUT:
+        if ACCUM:  # a later group of timescales adds to the first group's dx
+            gx += tl.load(gx_ptr + gx_off, mask=m, other=0.0).to(tl.float32)
+        tl.store(gx_ptr + gx_off, gx.to(gx_ptr.dtype.element_ty), mask=m)
+    return g0, g1, g2, g3
+
+
+@triton.jit
+def _tile_plan(seg_len, CT: tl.constexpr, first_masked, last_masked):
+    # Full tiles run unmasked; at most two run masked: the first (when ``first_masked``) and the
+    # last (when ``last_masked`` or partial). -> (lo, hi) of the unmasked loop, the last tile's start,
+    # and whether it still needs its masked pass
+    last = (seg_len - 1) // CT * CT
+    lo = tl.where(first_masked, CT, 0)
+    tail = last_masked | (seg_len % CT != 0)
+    hi = tl.where(tail, last, seg_len)
+    return lo, hi, last, tail & (last >= lo)
+
+
+@triton.jit
 def _ema_bwd_kernel(
     GH, GX, GIN, GSTART, STARTS, DEC, DEC64, ALP,
     T, D, SD, SEGLEN, NSEG,
     NS: tl.constexpr, CT: tl.constexpr, BD: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
     HAS_GIN: tl.constexpr, STORE_OUT: tl.constexpr, ACCUM: tl.constexpr, COMBINE: tl.constexpr,
+    EVEN_D: tl.constexpr,
 ):
     """Backwards in time: g_t = DEC g_{t+1} + gh_t (the carry GIN at T enters undecayed);
     gx_t (+)= sum_k ALP_k g_t^(k). GH, GIN (B,S,D), GSTART and STARTS (B,NSEG,S,D) point at
@@ -262,7 +340,7 @@ def _ema_bwd_kernel(
     b = tl.program_id(2).to(tl.int64)
     rows = tl.arange(0, CT)
     offs_d = tl.max_contiguous(tl.multiple_of(pid_d * BD + tl.arange(0, BD), VEC), VEC)
-    mask_d = offs_d < D
+    mask_d = _channel_mask(offs_d, D, BD, EVEN_D)
     st = (b * NSEG + seg) * SD + offs_d
     g0 = tl.zeros((BD,), dtype=tl.float32)
     g1 = g0
@@ -292,39 +370,42 @@ def _ema_bwd_kernel(
     gx_ptr = GX + (b * T + t_last) * D
     gh_off = -rows[:, None] * SD + offs_d[None, :]
     gx_off = -rows[:, None] * D + offs_d[None, :]
-    for i0 in tl.range(0, seg_len, CT, num_stages=STAGES):
-        valid = (i0 + rows) < seg_len
-        m = valid[:, None] & mask_d[None, :]
+    # masked tiles: the first of the last segment (row 0 is t = T - 1, where the carry enters
+    # undecayed) and a partial last one; the rest run without row masks
+    lo, hi, last, tail = _tile_plan(seg_len, CT, t_last == T - 1, False)
+    m = tl.broadcast_to(mask_d[None, :], (CT, BD))
+    if t_last == T - 1:
+        keep = tl.broadcast_to(((rows < seg_len) & (rows > 0))[:, None], (CT, BD))
+        g0, g1, g2, g3 = _ema_bwd_tile(gh_ptr, gx_ptr, gh_off, gx_off, m & (rows < seg_len)[:, None], keep,
+                                       g0, g1, g2, g3, d0, d1, d2, d3, a0, a1, a2, a3, D, rows, NS, CT,
+                                       STORE_OUT, ACCUM)
+    keep = tl.full((CT, BD), 1, tl.int1)
+    for i0 in tl.range(lo, hi, CT, num_stages=STAGES):
         i = tl.cast(i0, tl.int64)
-        cur = gh_ptr - i * SD
-        u0 = tl.load(cur + gh_off, mask=m, other=0.0)
-        u1 = u0
-        u2 = u0
-        u3 = u0
-        if NS > 1:
-            u1 = tl.load(cur + D + gh_off, mask=m, other=0.0)
-        if NS > 2:
-            u2 = tl.load(cur + 2 * D + gh_off, mask=m, other=0.0)
-        if NS > 3:
-            u3 = tl.load(cur + 3 * D + gh_off, mask=m, other=0.0)
-        keep = tl.broadcast_to((valid & ((t_last - i0 - rows) < T - 1))[:, None], (CT, BD))
-        gg, g0 = _ema_bwd_one(u0, keep, g0, d0, rows, CT)
-        gx = a0 * gg
-        if NS > 1:
-            gg, g1 = _ema_bwd_one(u1, keep, g1, d1, rows, CT)
-            gx += a1 * gg
-        if NS > 2:
-            gg, g2 = _ema_bwd_one(u2, keep, g2, d2, rows, CT)
-            gx += a2 * gg
-        if NS > 3:
-            gg, g3 = _ema_bwd_one(u3, keep, g3, d3, rows, CT)
-            gx += a3 * gg
-        if STORE_OUT:
-            gx_i = gx_ptr - i * D
-            if ACCUM:  # a later group of timescales adds to the first group's dx
-                gx += tl.load(gx_i + gx_off, mask=m, other=0.0).to(tl.float32)
-            tl.store(gx_i + gx_off, gx.to(GX.dtype.element_ty), mask=m)
+        g0, g1, g2, g3 = _ema_bwd_tile(gh_ptr - i * SD, gx_ptr - i * D, gh_off, gx_off, m, keep, g0, g1, g2, g3,
+                                       d0, d1, d2, d3, a0, a1, a2, a3, D, rows, NS, CT, STORE_OUT, ACCUM)
+    if tail:
+        i = tl.cast(last, tl.int64)
+        keep = tl.broadcast_to((rows < seg_len - last)[:, None], (CT, BD))
+        g0, g1, g2, g3 = _ema_bwd_tile(gh_ptr - i * SD, gx_ptr - i * D, gh_off, gx_off, m & keep, keep,
+                                       g0, g1, g2, g3, d0, d1, d2, d3, a0, a1, a2, a3, D, rows, NS, CT,
+                                       STORE_OUT, ACCUM)
     _store_state(GSTART + st, g0, g1, g2, g3, mask_d, D, NS)
+
+
+@triton.jit
+def _lin_fwd_tile(a_ptr, u_ptr, o_ptr, a_off, u_off, o_off, m, h, aprod, rows,
+                  CT: tl.constexpr, STORE_OUT: tl.constexpr, STORE_AEND: tl.constexpr):
+    # one (CT, BF) tile; masked rows load a = 1, u = 0 (they carry the state unchanged)
+    a = tl.load(a_ptr + a_off, mask=m, other=1.0).to(tl.float32)
+    u = tl.load(u_ptr + u_off, mask=m, other=0.0).to(tl.float32)
+    u += tl.where((rows == 0)[:, None], a * h[None, :], 0.0)  # the carry enters at row 0
+    acum, hh = tl.associative_scan((a, u), 0, _combine)
+    if STORE_OUT:
+        tl.store(o_ptr + o_off, hh.to(o_ptr.dtype.element_ty), mask=m)
+    if STORE_AEND:
+        aprod = aprod * _last_row(acum, rows, CT - 1)
+    return _last_row(hh, rows, CT - 1), aprod
 
 
 @triton.jit
@@ -334,6 +415,7 @@ def _lin_fwd_kernel(
     s_ab, s_at, s_af, s_ub, s_ut, s_uf,
     CT: tl.constexpr, BF: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
     HAS_HIN: tl.constexpr, STORE_OUT: tl.constexpr, STORE_AEND: tl.constexpr, COMBINE: tl.constexpr,
+    EVEN_F: tl.constexpr,
 ):
     """h_t = a_t h_{t-1} + u_t over one segment; A, U strided (B,T,F) views, OUT (B,T,F) contiguous,
     HIN (B,F) the state at t = 0. COMBINE (pass 2 of segments): the segment starts from HIN
@@ -343,7 +425,7 @@ def _lin_fwd_kernel(
     b = tl.program_id(2).to(tl.int64)
     rows = tl.arange(0, CT)
     offs_f = tl.max_contiguous(tl.multiple_of(pid_f * BF + tl.arange(0, BF), VEC), VEC)
-    mask_f = offs_f < F
+    mask_f = _channel_mask(offs_f, F, BF, EVEN_F)
     state_off = (b * NSEG + seg) * F + offs_f
     if HAS_HIN:
         h = tl.load(HIN + b * F + offs_f, mask=mask_f, other=0.0).to(tl.float32)
@@ -362,22 +444,39 @@ def _lin_fwd_kernel(
     a_off = rows[:, None] * s_at + offs_f[None, :] * s_af
     u_off = rows[:, None] * s_ut + offs_f[None, :] * s_uf
     o_off = rows[:, None] * F + offs_f[None, :]
-    for i0 in tl.range(0, seg_len, CT, num_stages=STAGES):
-        valid = (i0 + rows) < seg_len
-        m = valid[:, None] & mask_f[None, :]
+    lo, hi, last, tail = _tile_plan(seg_len, CT, False, False)
+    m = tl.broadcast_to(mask_f[None, :], (CT, BF))
+    for i0 in tl.range(lo, hi, CT, num_stages=STAGES):
         i = tl.cast(i0, tl.int64)
-        a = tl.load(a_ptr + i * s_at + a_off, mask=m, other=1.0).to(tl.float32)
-        u = tl.load(u_ptr + i * s_ut + u_off, mask=m, other=0.0).to(tl.float32)
-        u += tl.where((rows == 0)[:, None], a * h[None, :], 0.0)  # the carry enters at row 0
-        acum, hh = tl.associative_scan((a, u), 0, _combine)
-        if STORE_OUT:
-            tl.store(o_ptr + i * F + o_off, hh.to(OUT.dtype.element_ty), mask=m)
-        h = _last_row(hh, rows, CT - 1)
-        if STORE_AEND:
-            aprod = aprod * _last_row(acum, rows, CT - 1)
+        h, aprod = _lin_fwd_tile(a_ptr + i * s_at, u_ptr + i * s_ut, o_ptr + i * F, a_off, u_off, o_off, m, h, aprod,
+                                 rows, CT, STORE_OUT, STORE_AEND)
+    if tail:  # the last, partial tile
+        i = tl.cast(last, tl.int64)
+        h, aprod = _lin_fwd_tile(a_ptr + i * s_at, u_ptr + i * s_ut, o_ptr + i * F, a_off, u_off, o_off,
+                                 m & (rows < seg_len - last)[:, None], h, aprod, rows, CT, STORE_OUT, STORE_AEND)
     tl.store(HEND + state_off, h, mask=mask_f)
     if STORE_AEND:
         tl.store(AEND + state_off, aprod, mask=mask_f)
+
+
+@triton.jit
+def _lin_bwd_tile(a_ptr, g_ptr, h_ptr, ga_ptr, gb_ptr, a_off, c_off, m, ma, mh, at_t0, h0, g, aprod, rows,
+                  CT: tl.constexpr, STORE_OUT: tl.constexpr, STORE_AEND: tl.constexpr):
+    # one (CT, BF) tile backwards in time; ``ma`` masks a_{t+1} (absent at t = T - 1: coefficient 1),
+    # ``mh`` masks h_{t-1} (absent at t = 0, where the row ``at_t0`` takes h0 instead)
+    a = tl.load(a_ptr + a_off, mask=ma, other=1.0).to(tl.float32)
+    u = tl.load(g_ptr + c_off, mask=m, other=0.0).to(tl.float32)
+    if STORE_OUT:
+        hp = tl.load(h_ptr + c_off, mask=mh, other=0.0).to(tl.float32)
+    u += tl.where((rows == 0)[:, None], a * g[None, :], 0.0)  # the carry enters at row 0
+    acum, gg = tl.associative_scan((a, u), 0, _combine)
+    if STORE_OUT:
+        hp = tl.where(at_t0[:, None], h0[None, :], hp)
+        tl.store(gb_ptr + c_off, gg.to(gb_ptr.dtype.element_ty), mask=m)
+        tl.store(ga_ptr + c_off, (gg * hp).to(ga_ptr.dtype.element_ty), mask=m)
+    if STORE_AEND:
+        aprod = aprod * _last_row(acum, rows, CT - 1)
+    return _last_row(gg, rows, CT - 1), aprod
 
 
 @triton.jit
@@ -387,7 +486,7 @@ def _lin_bwd_kernel(
     s_ab, s_at, s_af,
     CT: tl.constexpr, BF: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
     HAS_GIN: tl.constexpr, HAS_H0: tl.constexpr, STORE_OUT: tl.constexpr, STORE_AEND: tl.constexpr,
-    COMBINE: tl.constexpr,
+    COMBINE: tl.constexpr, EVEN_F: tl.constexpr,
 ):
     """Backwards: g_t = a_{t+1} g_{t+1} + gh_t; gb_t = g_t; ga_t = g_t h_{t-1}. GH, H, GA, GB (B,T,F)
     contiguous, GIN (B,F) the carry at T. COMBINE (pass 2 of segments): the carry into a segment
@@ -397,7 +496,7 @@ def _lin_bwd_kernel(
     b = tl.program_id(2).to(tl.int64)
     rows = tl.arange(0, CT)
     offs_f = tl.max_contiguous(tl.multiple_of(pid_f * BF + tl.arange(0, BF), VEC), VEC)
-    mask_f = offs_f < F
+    mask_f = _channel_mask(offs_f, F, BF, EVEN_F)
     state_off = (b * NSEG + seg) * F + offs_f
     if HAS_GIN:
         g = tl.load(GIN + b * F + offs_f, mask=mask_f, other=0.0).to(tl.float32)
@@ -422,25 +521,27 @@ def _lin_bwd_kernel(
     gb_ptr = GB + (b * T + t_last) * F
     a_off = -rows[:, None] * s_at + offs_f[None, :] * s_af
     c_off = -rows[:, None] * F + offs_f[None, :]
-    for i0 in tl.range(0, seg_len, CT, num_stages=STAGES):
-        t = (t_start + seg_len - 1 - i0) - rows  # (CT,) time of each tile row
-        valid = (i0 + rows) < seg_len
-        m = valid[:, None] & mask_f[None, :]
+    # masked tiles: the first of the last segment (holds t = T - 1), the last of the first (holds
+    # t = 0) and a partial one; the rest run without row masks
+    lo, hi, last, tail = _tile_plan(seg_len, CT, t_last == T - 1, seg == 0)
+    m = tl.broadcast_to(mask_f[None, :], (CT, BF))
+    if t_last == T - 1:
+        t = t_last - rows
+        mv = m & (rows < seg_len)[:, None]
+        g, aprod = _lin_bwd_tile(a_ptr, g_ptr, h_ptr, ga_ptr, gb_ptr, a_off, c_off, mv, mv & (t < T - 1)[:, None],
+                                 mv & (t > 0)[:, None], t == 0, h0, g, aprod, rows, CT, STORE_OUT, STORE_AEND)
+    no_t0 = tl.zeros((CT,), tl.int1)
+    for i0 in tl.range(lo, hi, CT, num_stages=STAGES):
         i = tl.cast(i0, tl.int64)
-        # a_{t+1} does not exist at t = T - 1: that row's coefficient is 1 (the carry enters as is)
-        a = tl.load(a_ptr - i * s_at + a_off, mask=m & (t < T - 1)[:, None], other=1.0).to(tl.float32)
-        u = tl.load(g_ptr - i * F + c_off, mask=m, other=0.0).to(tl.float32)
-        if STORE_OUT:
-            hp = tl.load(h_ptr - i * F + c_off, mask=m & (t > 0)[:, None], other=0.0).to(tl.float32)
-        u += tl.where((rows == 0)[:, None], a * g[None, :], 0.0)  # the carry enters at row 0
-        acum, gg = tl.associative_scan((a, u), 0, _combine)
-        if STORE_OUT:
-            hp = tl.where((t == 0)[:, None], h0[None, :], hp)
-            tl.store(gb_ptr - i * F + c_off, gg.to(GB.dtype.element_ty), mask=m)
-            tl.store(ga_ptr - i * F + c_off, (gg * hp).to(GA.dtype.element_ty), mask=m)
-        g = _last_row(gg, rows, CT - 1)
-        if STORE_AEND:
-            aprod = aprod * _last_row(acum, rows, CT - 1)
+        g, aprod = _lin_bwd_tile(a_ptr - i * s_at, g_ptr - i * F, h_ptr - i * F, ga_ptr - i * F, gb_ptr - i * F,
+                                 a_off, c_off, m, m, m, no_t0, h0, g, aprod, rows, CT, STORE_OUT, STORE_AEND)
+    if tail:
+        i = tl.cast(last, tl.int64)
+        t = t_last - last - rows
+        mv = m & (rows < seg_len - last)[:, None]
+        g, aprod = _lin_bwd_tile(a_ptr - i * s_at, g_ptr - i * F, h_ptr - i * F, ga_ptr - i * F, gb_ptr - i * F,
+                                 a_off, c_off, mv, mv & (t < T - 1)[:, None], mv & (t > 0)[:, None], t == 0, h0, g,
+                                 aprod, rows, CT, STORE_OUT, STORE_AEND)
     tl.store(GSTART + state_off, g, mask=mask_f)
     if STORE_AEND:
         tl.store(AEND + state_off, aprod, mask=mask_f)
@@ -481,12 +582,16 @@ class TileConfig:
                              f"= {32 * self.vec * self.num_warps}")
 
 
-# chosen by ``bench_scan_cuda --sweep`` on an H100 at B=16 T=2048 D=768 (notes/kernels.md, v7):
-# the backward kernels read 3 tiles an iteration (S gradients; a, gh, h) and do best shallower
-EMA_FWD = TileConfig(ct=16, block=64, num_warps=1, stages=6)
-EMA_BWD = TileConfig(ct=16, block=64, num_warps=1, stages=3)
-LIN_FWD = TileConfig(ct=16, block=64, num_warps=1, stages=4)
-LIN_BWD = TileConfig(ct=16, block=64, num_warps=1, stages=3)
+# Each kernel's defaults, widest first; ``_choose`` takes the first that fills the GPU in one pass.
+# 128 channels a warp (8-byte accesses, 256-byte rows) beat 64 wherever enough programs run
+# (B=64 T=512 EMA forward 0.081 against 0.087 ms) and under segments; at B=16 D=768 they
+# leave SMs idle, and 64 channels run. Depths from the H100 sweeps of notes/kernels.md, v10.
+# linear_scan keeps 64: its 128-wide, pipelined, segmented backward got a broadcast decay
+# wrong on the H100 (F=40; right unpipelined, in one pass and in Triton's interpreter; v10).
+EMA_FWD = (TileConfig(ct=16, block=128, vec=4, stages=4), TileConfig(ct=32, block=64, vec=2, stages=4))
+EMA_BWD = (TileConfig(ct=16, block=128, vec=4, stages=3), TileConfig(ct=16, block=64, vec=2, stages=4))
+LIN_FWD = (TileConfig(ct=32, block=64, vec=2, stages=3),)
+LIN_BWD = (TileConfig(ct=16, block=64, vec=2, stages=3),)
 # Time is cut into segments only when fewer than SPLIT_BELOW_PER_SM one-warp programs per SM
 # would run, and then into enough for PROGRAMS_PER_SM (H100, pipelined loads: at 1.45 per SM
 # one pass took 0.091 ms against 0.113 split; at B=4 T=8192, 8 per SM beat 2 and 24, 0.108
@@ -502,6 +607,19 @@ def _sm_count(device: torch.device) -> int:
     if idx not in _SM_COUNT:
         _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
     return _SM_COUNT[idx]
+
+
+def _choose(cfg: TileConfig | None, defaults: tuple[TileConfig, ...], B: int, F: int,
+            device: torch.device) -> TileConfig:
+    """``cfg`` if given; else the widest default whose one-pass launch has at least
+    SPLIT_BELOW_PER_SM programs per SM, or failing all, the widest (which cuts time into segments)."""
+    if cfg is not None:
+        return cfg
+    sms = _sm_count(device) if device.type == "cuda" else 132
+    for c in defaults:
+        if B * triton.cdiv(F, c.block) >= SPLIT_BELOW_PER_SM * sms:
+            return c
+    return defaults[0]
 
 
 def _segments(cfg: TileConfig, programs: int, T: int, device: torch.device) -> tuple[int, int]:
@@ -532,9 +650,9 @@ def ema_traces_fwd(
     cfg: TileConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """EMA traces, no autograd: x (B,T,D) -> (h (B,T,S,D) in ``out_dtype`` (x's), h_T (B,S,D) float32)."""
-    cfg = cfg or EMA_FWD
     x = x.contiguous()
     B, T, D = x.shape
+    cfg = _choose(cfg, EMA_FWD, B, D, x.device)
     alphas64 = alphas.to(device=x.device, dtype=torch.float64)
     S = alphas64.numel()
     out = torch.empty(B, T, S, D, dtype=out_dtype or x.dtype, device=x.device)
@@ -551,7 +669,7 @@ def ema_traces_fwd(
     ends = torch.empty_like(hend) if nseg > 1 else hend
     for s0 in range(0, S, GROUP):
         kw = dict(NS=min(GROUP, S - s0), CT=cfg.ct, BD=cfg.block, VEC=cfg.vec, STAGES=cfg.stages,
-                  num_warps=cfg.num_warps)
+                  num_warps=cfg.num_warps, EVEN_D=D % cfg.block == 0)
         args = (dec[s0:], dec64[s0:], alp[s0:], T, D, S * D, seglen, nseg)
         if nseg > 1:  # pass 1: each segment's end state from zero
             _ema_fwd_kernel[grid](x, out, x, ends[:, :, s0:], x, *args, HAS_HIN=False, STORE_OUT=False,
@@ -574,9 +692,9 @@ def ema_traces_bwd(
 
     ``g_0`` is dL/dh_0 total (the backward state at t = 0); dL/dh0 = (1 - alpha) g_0.
     """
-    cfg = cfg or EMA_BWD
     gh = gh.contiguous()
     B, T, S, D = gh.shape
+    cfg = _choose(cfg, EMA_BWD, B, D, gh.device)
     alphas64 = alphas.to(device=gh.device, dtype=torch.float64)
     dec64 = 1.0 - alphas64
     dec, alp = dec64.float(), alphas64.float()
@@ -591,7 +709,7 @@ def ema_traces_bwd(
     starts = torch.empty_like(gstart) if nseg > 1 else gstart
     for s0 in range(0, S, GROUP):
         kw = dict(NS=min(GROUP, S - s0), CT=cfg.ct, BD=cfg.block, VEC=cfg.vec, STAGES=cfg.stages,
-                  num_warps=cfg.num_warps)
+                  num_warps=cfg.num_warps, EVEN_D=D % cfg.block == 0)
         args = (dec[s0:], dec64[s0:], alp[s0:], T, D, S * D, seglen, nseg)
         if nseg > 1:  # pass 1: each segment's start gradient from zero
             _ema_bwd_kernel[grid](gh[:, :, s0:], gx, gh, starts[:, :, s0:], gh, *args, HAS_GIN=False,
@@ -619,10 +737,10 @@ def linear_scan_fwd(
     cfg: TileConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``h_t = a_t h_{t-1} + b_t``, no autograd: -> (h (B,T,*F) in ``out_dtype``, h_T (B,*F) float32)."""
-    cfg = cfg or LIN_FWD
     shape = torch.broadcast_shapes(a.shape, b.shape)
     B, T, feat = shape[0], shape[1], tuple(shape[2:])
     F = math.prod(feat)
+    cfg = _choose(cfg, LIN_FWD, B, F, b.device)
     a3, b3 = _as_btf(a, shape), _as_btf(b, shape)
     out = torch.empty(shape, dtype=out_dtype or torch.promote_types(a.dtype, b.dtype), device=b.device)
     h0f = None if h0 is None else h0.float().reshape(B, F).contiguous()
@@ -632,7 +750,8 @@ def linear_scan_fwd(
     nf = triton.cdiv(F, cfg.block)
     nseg, seglen = _segments(cfg, B * nf, T, b.device)
     strides = (*a3.stride(), *b3.stride())
-    kw = dict(CT=cfg.ct, BF=cfg.block, VEC=cfg.vec, STAGES=cfg.stages, num_warps=cfg.num_warps)
+    kw = dict(CT=cfg.ct, BF=cfg.block, VEC=cfg.vec, STAGES=cfg.stages, num_warps=cfg.num_warps,
+              EVEN_F=F % cfg.block == 0)
     hend = torch.empty(B, nseg, F, dtype=torch.float32, device=b.device)
     ends = prods = hend
     if nseg > 1:  # pass 1: each segment's end state from zero and its decay product
@@ -659,10 +778,10 @@ def linear_scan_bwd(
 
     da and db are full-size (sum them to a broadcast input's shape); dL/dh0 = a_0 g_0.
     """
-    cfg = cfg or LIN_BWD
     shape = h.shape
     B, T, feat = shape[0], shape[1], tuple(shape[2:])
     F = math.prod(feat)
+    cfg = _choose(cfg, LIN_BWD, B, F, h.device)
     a3 = _as_btf(a, shape)
     gh3 = gh.expand(shape).reshape(B, T, F).contiguous()
     h3 = h.reshape(B, T, F).contiguous()
@@ -675,7 +794,8 @@ def linear_scan_bwd(
         return ga, gb, g0.view((B,) + feat)
     nf = triton.cdiv(F, cfg.block)
     nseg, seglen = _segments(cfg, B * nf, T, h.device)
-    kw = dict(CT=cfg.ct, BF=cfg.block, VEC=cfg.vec, STAGES=cfg.stages, num_warps=cfg.num_warps)
+    kw = dict(CT=cfg.ct, BF=cfg.block, VEC=cfg.vec, STAGES=cfg.stages, num_warps=cfg.num_warps,
+              EVEN_F=F % cfg.block == 0)
     h0_arg = h0f if h0f is not None else h3
     gstart = torch.empty(B, nseg, F, dtype=torch.float32, device=h.device)
     starts = prods = gstart

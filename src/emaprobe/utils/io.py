@@ -67,18 +67,22 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def _git_sha() -> str | None:
+def _git(*args: str) -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).resolve().parent,
+            ["git", *args], capture_output=True, text=True, timeout=5, cwd=Path(__file__).resolve().parent
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _git_sha() -> str | None:
+    """HEAD's SHA, with ``-dirty`` when tracked files differ from it (the run was not of HEAD)."""
+    sha = _git("rev-parse", "HEAD")
+    if not sha:
+        return None
+    return sha + "-dirty" if _git("status", "--porcelain", "--untracked-files=no") else sha
 
 
 def run_record(**extra: Any) -> dict[str, Any]:
