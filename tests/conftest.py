@@ -94,6 +94,12 @@ def handwritten_treebank(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def handwritten_conllu(handwritten_treebank) -> Path:
+    """The file ``handwritten-ud-test.conllu`` itself."""
+    return handwritten_treebank / "handwritten-ud-test.conllu"
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny models gain nothing from threads, and on a busy 2-core CI box they lose a lot."""

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from emaprobe.data.conllu import find_treebank_files, read_conllu
-
 
 
 def _conllu(rows: list[str]) -> str:
@@ -27,9 +25,8 @@ GOOD = [
 ]
 
 
-def test_reads_the_handwritten_treebank(handwritten_treebank):
-    handwritten_file = handwritten_treebank / "handwritten-ud-test.conllu"
-    sents = list(read_conllu(handwritten_file))
+def test_reads_the_handwritten_treebank(handwritten_conllu):
+    sents = list(read_conllu(handwritten_conllu))
     assert [s.sent_id for s in sents] == ["h-1", "h-2", "h-3", "h-4"]
     assert [s.line for s in sents] == [1, 17, 31, 44]  # each sentence's first line, comments included
     assert sents[0].text == "The dog that the cat chased gave the boy a bone."
@@ -46,9 +43,8 @@ def test_multiword_tokens_keep_words_and_surface_form(tmp_path):
     assert s.words[3].deprel == "root" and s.words[1].base_deprel == "aux"
 
 
-def test_empty_nodes_are_kept_apart_from_words(handwritten_treebank):
-    handwritten_file = handwritten_treebank / "handwritten-ud-test.conllu"
-    s = list(read_conllu(handwritten_file))[2]
+def test_empty_nodes_are_kept_apart_from_words(handwritten_conllu):
+    s = list(read_conllu(handwritten_conllu))[2]
     assert [(e.after, e.index, e.form) for e in s.empty] == [(6, 1, "saw")]
     assert [w.id for w in s.words] == list(range(1, 10))  # numbering of words is untouched
 
@@ -122,9 +118,8 @@ def test_bytes_that_are_not_utf8_name_the_line(tmp_path):
         list(read_conllu(path))
 
 
-def test_find_treebank_files(tmp_path, handwritten_treebank):
-    handwritten_file = handwritten_treebank / "handwritten-ud-test.conllu"
-    assert find_treebank_files(handwritten_treebank) == {"test": handwritten_file}
+def test_find_treebank_files(tmp_path, handwritten_treebank, handwritten_conllu):
+    assert find_treebank_files(handwritten_treebank) == {"test": handwritten_conllu}
     for split in ("train", "dev", "test"):
         (tmp_path / f"xx_yy-ud-{split}.conllu").write_text(_conllu(GOOD))
     assert sorted(find_treebank_files(tmp_path)) == ["dev", "test", "train"]

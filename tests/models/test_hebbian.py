@@ -71,7 +71,7 @@ def test_units_find_well_separated_clusters():
         assert (members == members.mode().values).float().mean() > 0.95
 
 
-def test_backward_traces_match_reversed_naive_ema_pertoy_sentence():
+def test_backward_traces_match_reversed_naive_ema_per_sentence():
     train = [toy_sentence("the a0 chased the a1", "- A - - P"), toy_sentence("the a1 slept", "- A -")]
     emb = FixedEmbeddings.from_sentences(train, 8, 0)
     cfg = HebbianConfig(dim=8, exclude_self=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from emaprobe.data.conllu import read_conllu
@@ -11,11 +10,9 @@ from emaprobe.tasks.sentence import ROLES
 from emaprobe.tasks.ud_roles import UDRoleConfig, load_ud_split, load_ud_splits, read_ud_roles, sentence_roles
 
 
-
 @pytest.fixture(scope="module")
-def handwritten(handwritten_treebank):
-    handwritten_file = handwritten_treebank / "handwritten-ud-test.conllu"
-    return list(read_ud_roles(handwritten_file))
+def handwritten(handwritten_conllu):
+    return list(read_ud_roles(handwritten_conllu))
 
 
 def _scored(sent):
@@ -43,20 +40,18 @@ def test_empty_nodes_do_not_become_tokens(handwritten):
     assert _scored(s) == {"mary": "AGENT", "dog": "PATIENT"}  # an orphan has no role in the basic tree
 
 
-def test_conjoined_nouns_share_a_role_in_an_embedded_clause(handwritten, handwritten_treebank):
-    handwritten_file = handwritten_treebank / "handwritten-ud-test.conllu"
+def test_conjoined_nouns_share_a_role_in_an_embedded_clause(handwritten, handwritten_conllu):
     s = handwritten[3]  # I think the dog and the cat slept .
     assert _scored(s) == {"i": "AGENT", "dog": "AGENT", "cat": "AGENT"}
     assert s.clause == (0, 0, 1, 1, 1, 1, 1, 1, 0) and max(s.depth) == 1
     assert set(s.construction[2:8]) == {"ccomp"}
-    off = sentence_roles(list(read_conllu(handwritten_file))[3], UDRoleConfig(conj_shares_role=False))
+    off = sentence_roles(list(read_conllu(handwritten_conllu))[3], UDRoleConfig(conj_shares_role=False))
     assert _scored(off) == {"i": "AGENT", "dog": "AGENT"}
 
 
-def test_config_changes_what_is_scored(handwritten, handwritten_treebank):
-    handwritten_file = handwritten_treebank / "handwritten-ud-test.conllu"
+def test_config_changes_what_is_scored(handwritten, handwritten_conllu):
     nouns_only = UDRoleConfig(scored_upos=("NOUN",))
-    s = sentence_roles(next(read_conllu(handwritten_file)), nouns_only)
+    s = sentence_roles(next(read_conllu(handwritten_conllu)), nouns_only)
     assert "that" not in _scored(s) and _scored(s)["cat"] == "AGENT"
     with pytest.raises(ValueError, match="THEME"):
         UDRoleConfig(deprel_roles=(("obj", "THEME"),))

@@ -6,14 +6,13 @@ Hardware:  one CUDA GPU; committed figures from one NVIDIA H100 80GB HBM3 and on
 Run time:  about 2 minutes at the default shapes (the PyTorch step loop and the first
            import of accelerated-scan's CUDA "warp" kernel, which compiles, ~1 minute).
 Expected:  on the H100 (results/bench/scan_cuda_nvidia-h100-80gb-hbm3.json), 3.0 TB/s copy,
-           B=16 T=2048 D=768 S=3 bf16: floor 0.067 ms; ours 0.084 ms forward (1.24x-1.26x
-           across runs), 0.189 ms forward+backward (1.41x), selective forward 0.071 ms
-           (1.41x of its 0.050 ms floor); issue 5's targets are 1.25x, 1.5x, 1.5x. B=64
-           T=512: 1.30x, 1.25x, 1.20x; T=8192 and 65536 (segments): 1.58x-1.95x. Peers at
-           B=16 T=2048: accelerated-scan warp 0.333 ms forward, 0.247 ms selective
-           forward+backward (ours 0.216), fla chunk_hgrn 0.814 ms, FFT 2.20 ms, step
-           loop 0.1-0.3 s.
-           The H200 files are from the earlier kernel (notes/kernels.md, v4).
+           B=16 T=2048 D=768 S=3 bf16: floor 0.067 ms; ours 0.0835 ms forward (1.247x;
+           1.25x-1.26x in other runs), 0.187 ms forward+backward (1.39x), selective forward
+           0.064 ms (1.27x of its 0.050 ms floor); issue 5's targets are 1.25x, 1.5x, 1.5x.
+           B=64 T=512: 1.22x, 1.21x, 1.13x; T=8192 and 65536 (segments): 1.50x-1.94x. Peers
+           at B=16 T=2048: accelerated-scan warp 0.334 ms forward, 0.248 ms selective
+           forward+backward (ours 0.176), fla chunk_hgrn 0.814 ms, FFT 2.20 ms, step loop
+           0.16 s. On the H200 (scan_cuda_nvidia-h200.json) the B16 forward is 1.39x.
 
 In one run it measures:
 

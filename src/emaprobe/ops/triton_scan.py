@@ -603,6 +603,9 @@ _SM_COUNT: dict[int, int] = {}
 
 
 def _sm_count(device: torch.device) -> int:
+    """SMs of ``device``; an H100's 132 off CUDA (Triton's interpreter runs the kernels on the CPU)."""
+    if device.type != "cuda":
+        return 132
     idx = device.index if device.index is not None else torch.cuda.current_device()
     if idx not in _SM_COUNT:
         _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
@@ -615,7 +618,7 @@ def _choose(cfg: TileConfig | None, defaults: tuple[TileConfig, ...], B: int, F:
     SPLIT_BELOW_PER_SM programs per SM, or failing all, the widest (which cuts time into segments)."""
     if cfg is not None:
         return cfg
-    sms = _sm_count(device) if device.type == "cuda" else 132
+    sms = _sm_count(device)
     for c in defaults:
         if B * triton.cdiv(F, c.block) >= SPLIT_BELOW_PER_SM * sms:
             return c
@@ -626,7 +629,7 @@ def _segments(cfg: TileConfig, programs: int, T: int, device: torch.device) -> t
     """(NSEG, SEGLEN): one segment unless too few programs would run, then enough to fill the GPU."""
     if cfg.split is False or T <= 4 * cfg.ct:
         return 1, T
-    sms = _sm_count(device) if device.type == "cuda" else 132
+    sms = _sm_count(device)
     want = cfg.min_programs or PROGRAMS_PER_SM * sms
     threshold = cfg.min_programs or SPLIT_BELOW_PER_SM * sms
     if cfg.split is None and programs >= threshold:
