@@ -80,6 +80,24 @@ def test_block_follows_the_design_order_and_shapes():
     assert ((hidden != 0).sum(-1) == k).all()
 
 
+@pytest.mark.parametrize("T", [0, 1, 9])
+def test_mix_equals_the_concatenated_product_values_and_gradients(T):
+    # c = M [e; vec(H)] without the concatenation: the same values and the same gradients to
+    # e, H and M as nn.Linear on torch.cat, in float64 on odd sizes
+    block = small_spen().blocks[0].double()
+    torch.manual_seed(1)
+    e = torch.randn(3, T, 16, dtype=torch.float64, requires_grad=True)
+    H = torch.randn(3, T, 3, 16, dtype=torch.float64, requires_grad=True)
+    got = block._mix(e, H)
+    want = block.mix(torch.cat([e, H.flatten(2)], dim=-1))
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(want)
+    grads_got = torch.autograd.grad(got, (e, H, block.mix.weight), g, allow_unused=True)
+    grads_want = torch.autograd.grad(want, (e, H, block.mix.weight), g, allow_unused=True)
+    for a, b in zip(grads_got, grads_want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_no_positional_encoding_and_tied_head():
     model = small_spen()
     assert not any("pos" in n for n, _ in model.named_parameters())
