@@ -397,3 +397,95 @@ def wsc_fwd(x, alphas, h0=None, W=2, ct=16, block=128, vec=4, stages=4):
     _wsc_kernel[grid](x, out, x if h0f is None else h0f, hend, d64.float(), d64, a64.float(), T, D, S * D,
                       NS=S, W=W, CT=ct, BD=block, VEC=vec, STAGES=stages, HAS_HIN=h0f is not None, num_warps=W)
     return out, hend
+
+
+# ---- v12d: CT = M W rows a warp (M >= 1): the exchange anchored through a reshape of x
+@triton.jit
+def _wsd_one(x, h, dec, alp, wt, mc, mn, hc, hn, k: tl.constexpr, o_ptr, o_off, D, rows,
+             W: tl.constexpr, BD: tl.constexpr, CT: tl.constexpr):
+    e = tl.sum(x * wt, axis=1)  # (W, BD)
+    M: tl.constexpr = CT // W
+    xs = tl.sum(tl.reshape(x, (W, M, W, BD)), axis=1)  # (W, W, BD) in x's layout: the anchor
+    E = tl.broadcast_to(e[None, :, :], (W, W, BD)) + 0.0 * xs
+    c = tl.sum(E * mc, axis=1) + hc * h
+    u = alp * x + tl.where((rows == 0)[None, :, None], dec * c[:, None, :], 0.0)
+    a = tl.zeros_like(x) + dec
+    _, hh = tl.associative_scan((a, u), 1, ts._combine)
+    tl.store(o_ptr + k * D + o_off, hh.to(o_ptr.dtype.element_ty))
+    return tl.sum(E * mn, axis=1) + hn * h
+
+
+@triton.jit
+def _wsd_kernel(X, OUT, HIN, HEND, DEC, DEC64, ALP, T, D, SD,
+                NS: tl.constexpr, W: tl.constexpr, CT: tl.constexpr, BD: tl.constexpr, VEC: tl.constexpr,
+                STAGES: tl.constexpr, HAS_HIN: tl.constexpr):
+    pid_d = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    rows = tl.arange(0, CT)
+    wi = tl.arange(0, W)
+    offs_d = tl.max_contiguous(tl.multiple_of(pid_d * BD + tl.arange(0, BD), VEC), VEC)
+    mask_d = ts._channel_mask(offs_d, D, BD, True)
+    h0 = tl.zeros((W, BD), dtype=tl.float32)
+    h1 = h0
+    h2 = h0
+    h3 = h0
+    if HAS_HIN:
+        h0, h1, h2, h3 = ts._load_state(HIN + b * SD + (wi * 0)[:, None] + offs_d[None, :], True, D, NS)
+    d0, d1, d2, d3 = ts._load_coefs(DEC, NS)
+    a0, a1, a2, a3 = ts._load_coefs(ALP, NS)
+    q0, q1, q2, q3 = ts._seg_decays(DEC64, CT, NS)
+    wt0, mc0, mn0, hc0, hn0 = _wsc_consts(d0, a0, rows, wi, W, CT)
+    wt1, mc1, mn1, hc1, hn1 = _wsc_consts(d1, a1, rows, wi, W, CT)
+    wt2, mc2, mn2, hc2, hn2 = _wsc_consts(d2, a2, rows, wi, W, CT)
+    wt3, mc3, mn3, hc3, hn3 = _wsc_consts(d3, a3, rows, wi, W, CT)
+    trow = wi[:, None, None] * CT + rows[None, :, None]
+    x_off = trow * D + offs_d[None, None, :]
+    o_off = trow * SD + offs_d[None, None, :]
+    x_ptr = X + b * T * D
+    o_ptr = OUT + b * T * SD
+    TILE: tl.constexpr = W * CT
+    nfull = T // TILE * TILE
+    for i0 in tl.range(0, nfull, TILE, num_stages=STAGES):
+        i = tl.cast(i0, tl.int64)
+        x = tl.load(x_ptr + i * D + x_off).to(tl.float32)
+        op = o_ptr + i * SD
+        h0 = _wsd_one(x, h0, d0, a0, wt0, mc0, mn0, hc0, hn0, 0, op, o_off, D, rows, W, BD, CT)
+        if NS > 1:
+            h1 = _wsd_one(x, h1, d1, a1, wt1, mc1, mn1, hc1, hn1, 1, op, o_off, D, rows, W, BD, CT)
+        if NS > 2:
+            h2 = _wsd_one(x, h2, d2, a2, wt2, mc2, mn2, hc2, hn2, 2, op, o_off, D, rows, W, BD, CT)
+        if NS > 3:
+            h3 = _wsd_one(x, h3, d3, a3, wt3, mc3, mn3, hc3, hn3, 3, op, o_off, D, rows, W, BD, CT)
+    h0 = tl.sum(tl.where((wi == 0)[:, None], h0, 0.0), axis=0)
+    h1 = tl.sum(tl.where((wi == 0)[:, None], h1, 0.0), axis=0)
+    h2 = tl.sum(tl.where((wi == 0)[:, None], h2, 0.0), axis=0)
+    h3 = tl.sum(tl.where((wi == 0)[:, None], h3, 0.0), axis=0)
+    if nfull < T:
+        i = tl.cast(nfull, tl.int64)
+        live = tl.broadcast_to(trow < T - nfull, (W, CT, BD))
+        x = tl.load(x_ptr + i * D + x_off, mask=live, other=0.0).to(tl.float32)
+        op = o_ptr + i * SD
+        h0 = _ws_one(x, live, h0, q0, d0, a0, 0, op, o_off, live, D, rows, wi, W, CT, False, False)
+        if NS > 1:
+            h1 = _ws_one(x, live, h1, q1, d1, a1, 1, op, o_off, live, D, rows, wi, W, CT, False, False)
+        if NS > 2:
+            h2 = _ws_one(x, live, h2, q2, d2, a2, 2, op, o_off, live, D, rows, wi, W, CT, False, False)
+        if NS > 3:
+            h3 = _ws_one(x, live, h3, q3, d3, a3, 3, op, o_off, live, D, rows, wi, W, CT, False, False)
+    ts._store_state(HEND + b * SD + offs_d, h0, h1, h2, h3, mask_d, D, NS)
+
+
+def wsd_fwd(x, alphas, h0=None, W=4, ct=8, block=128, vec=4, stages=4):
+    x = x.contiguous()
+    B, T, D = x.shape
+    assert D % block == 0 and ct % W == 0
+    a64 = alphas.to(device=x.device, dtype=torch.float64)
+    S = a64.numel()
+    out = torch.empty(B, T, S, D, dtype=x.dtype, device=x.device)
+    hend = torch.empty(B, S, D, dtype=torch.float32, device=x.device)
+    d64 = 1.0 - a64
+    h0f = None if h0 is None else h0.float().contiguous()
+    _wsd_kernel[(D // block, B)](x, out, x if h0f is None else h0f, hend, d64.float(), d64, a64.float(), T, D,
+                                 S * D, NS=S, W=W, CT=ct, BD=block, VEC=vec, STAGES=stages,
+                                 HAS_HIN=h0f is not None, num_warps=W)
+    return out, hend
