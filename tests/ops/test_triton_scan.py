@@ -89,6 +89,73 @@ def test_ema_traces_triton_other_timescale_counts(alphas, split):
     _ema_case(2, 500, 24, torch.float32, True, SPLIT if split else None, SPLIT if split else None, alphas)
 
 
+# forced one-pass segments that warm up, and the same segments in two passes
+WARM = ts.TileConfig(ct=16, block=64, split=True, warmup=True, min_programs=8)
+TWO_PASS = ts.TileConfig(ct=16, block=64, split=True, warmup=False, min_programs=8)
+SHORT_MEMORY = (0.5, 0.3, 0.9)  # warm-ups of 24, 47 and 8 steps: many segments at small T
+
+
+def test_warm_steps_forget_to_float32_resolution():
+    w = ts.warm_steps(ALPHAS)
+    assert w == [24, 158, 824]
+    for a, n in zip(ALPHAS, w):
+        assert (1 - a) ** n <= 2.0 ** -24 < (1 - a) ** (n - 1)
+    assert ts.warm_steps(ALPHAS, 16) == [32, 160, 832]
+    assert ts.warm_steps((1.0,)) == [0]  # h_t = x_t: nothing to remember
+    assert ts.warm_steps((0.5, 0.0)) is None  # a state that never fades: no warm-up is long enough
+    assert ts.warm_steps((2.5,)) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("alphas,T", [(ALPHAS, 4097), (ALPHAS, 7001), (SHORT_MEMORY, 333), (SHORT_MEMORY, 4097)],
+                         ids=["paper-4097", "paper-7001", "short-333", "short-4097"])
+def test_ema_warmup_segments_vs_naive(alphas, T, dtype):
+    """Segments whose incoming state is a warm-up scan, h0 and the carry at T included: windows that
+    reach t = 0 and t = T - 1 and windows that do not, a partial last segment."""
+    nseg, seglen, warm = ts._ema_plan(WARM, 1, T, alphas, torch.device("cuda"))
+    assert warm is not None and nseg >= 3 and T % seglen
+    _ema_case(1, T, 33, dtype, True, WARM, WARM, alphas)
+
+
+def test_ema_warmup_matches_two_passes_elementwise():
+    """Every output of the warm-up plan within 2**-22 of the largest, against the exact two passes."""
+    x = torch.randn(2, 6001, 40, device="cuda")
+    gy = torch.randn(2, 6001, 3, 40, device="cuda")
+    h0, gT = torch.randn(2, 3, 40, device="cuda"), torch.randn(2, 3, 40, device="cuda")
+    assert ts._ema_plan(WARM, 2, 6001, ALPHAS, torch.device("cuda"))[0] >= 3
+    for fn in (lambda c: ts.ema_traces_fwd(x, ALPHAS, h0, cfg=c), lambda c: ts.ema_traces_bwd(gy, ALPHAS, gT, cfg=c)):
+        for got, want in zip(fn(WARM), fn(TWO_PASS)):
+            assert (got - want).abs().max() <= 2.0 ** -22 * want.abs().max()
+
+
+def test_warmup_error_is_absolute_to_the_dropped_state():
+    """The documented bound: a warm-up drops the state W steps back, so it errs by at most 2**-24
+    of that state. After inputs 1e6 times larger, that is far more than the two passes' error."""
+    x = torch.randn(1, 6001, 40, device="cuda", dtype=torch.float64)
+    x[:, :1000] *= 1e6
+    ref = naive_ema_traces(x, ALPHAS)
+    nseg, seglen, warm = ts._ema_plan(WARM, 1, 6001, ALPHAS, torch.device("cuda"))
+    assert seglen - max(warm) < 1000 < seglen  # the second segment's warm-up starts in the loud part
+    after = slice(seglen, 2 * seglen)
+    got = ts.ema_traces_fwd(x.float(), ALPHAS, cfg=WARM)[0].double()[:, after] - ref[:, after]
+    exact = ts.ema_traces_fwd(x.float(), ALPHAS, cfg=TWO_PASS)[0].double()[:, after] - ref[:, after]
+    dropped = ref[:, seglen - max(warm)].abs().max()
+    assert got.abs().max() <= 2.0 ** -24 * dropped * 1.01
+    assert exact.abs().max() < 1e-2 * got.abs().max()
+
+
+def test_default_plan_warms_up_at_long_t_and_falls_back_to_two_passes():
+    dev = torch.device("cuda")
+    cfg = ts._choose(None, ts.EMA_FWD, 1, 768, dev)
+    nseg, seglen, warm = ts._ema_plan(cfg, 768 // cfg.block, 65536, ALPHAS, dev)
+    assert warm == ts.warm_steps(ALPHAS, cfg.ct) and nseg > 1 and seglen >= ts.WARM_SEG_RATIO * max(warm)
+    # a timescale that remembers 17k steps: too few programs with warm-ups, so two passes, still right
+    slow = (0.5, 1e-3)
+    assert ts._ema_plan(cfg, 768 // cfg.block, 65536, slow, dev)[2] is None
+    assert ts._ema_plan(WARM, 1, 4097, slow, dev)[2] is None
+    _ema_case(1, 4097, 33, torch.float32, True, WARM, WARM, slow)
+
+
 @pytest.mark.parametrize(
     "cfg",
     [ts.TileConfig(stages=1), ts.TileConfig(ct=8, stages=8), ts.TileConfig(ct=32, stages=3, split=True)],
@@ -124,7 +191,7 @@ def test_default_tiles_are_the_widest_that_fill_the_gpu():
     B = -(-sms // (768 // narrow.block))  # the narrow tiles fill every SM, the wide ones do not
     assert B * (768 // wide.block) < sms
     assert ts._choose(None, ts.EMA_FWD, B, 768, dev) is narrow
-    assert ts._choose(None, ts.EMA_FWD, 1, 768, dev) is wide  # neither fills: the widest, in segments
+    assert ts._choose(None, ts.EMA_FWD, 1, 768, dev) is narrow  # neither fills: the narrowest, in segments
     mine = ts.TileConfig()
     assert ts._choose(mine, ts.EMA_FWD, B, 768, dev) is mine
 

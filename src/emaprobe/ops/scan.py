@@ -42,7 +42,7 @@ class ScanBackend:
     both in the accumulation dtype (float32, or float64 for float64 inputs), are forward
     only: the autograd Functions below run the backward through them.
     fused_linear_scan(a, b, h0, out_dtype) -> (h in out_dtype, h_T float32) and
-    fused_ema_traces(x, alphas (S,) float64, h0) -> (h in x.dtype, h_T float32), when
+    fused_ema_traces(x, alphas (S floats), h0) -> (h in x.dtype, h_T float32), when
     given, are differentiable end to end (x, a, b, h0, and through h_T) and are used
     instead: a kernel that writes the input dtype directly and fuses its backward
     moves a quarter of the bytes. ``needs_cuda`` backends run only on CUDA tensors.
@@ -303,11 +303,10 @@ def ema_traces(
         h = torch.empty(B, 0, S, D, dtype=x.dtype, device=x.device)
         state = torch.zeros(B, S, D, device=x.device) if h0 is None else h0.float()
         return (h, state) if return_state else h
-    alpha_t = _alpha_tensor(vals, x.device)
     fused = BACKENDS[name].fused_ema_traces
     if fused is not None:
-        out, state = fused(x, alpha_t, h0)  # traces in x.dtype, float32 state
+        out, state = fused(x, vals, h0)  # traces in x.dtype, float32 state
         return (out, state) if return_state else out
-    h = _EmaTracesFn.apply(x, alpha_t, h0, name)
+    h = _EmaTracesFn.apply(x, _alpha_tensor(vals, x.device), h0, name)
     out = h.to(x.dtype)
     return (out, h[:, -1]) if return_state else out

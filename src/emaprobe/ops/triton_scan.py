@@ -41,13 +41,22 @@ shuffles, no shared memory (checked in SASS: 0 SHFL, 0 BAR). Left to itself Trit
 spread time across lanes and the scan cost ~8 shuffles per element (notes/kernels.md).
 
 **Segments when channels are few.** When B * D / BD programs cannot fill the GPU
-(fewer than one per SM: T = 1M with B = 1, say), time is cut into NSEG segments: pass 1
-scans each segment from zero and keeps only its end state (and decay product); pass 2
-first carries the initial state over the end states of the segments before its own (a
-short loop over at most NSEG states, ``COMBINE``), then rescans its segment from that true
-incoming state and writes the output. That re-reads the input once more (+2 bytes per
-token-channel for EMA) but keeps every SM busy (the "state passing" of chunked linear
-attention / Mamba-2, Dao & Gu 2024), in two launches and nothing between them.
+(fewer than one per SM: T = 1M with B = 1, say), time is cut into NSEG segments. A fixed
+decay forgets: after W_k steps (``warm_steps``: 24, 158, 824 at alpha = 0.5, 0.1, 0.02) a
+timescale's state weighs under 2**-24, float32's resolution of it. So each EMA segment
+first scans the W steps before it from zero, storing nothing, and then its own steps from
+that incoming state (``WARM``): one pass, re-reading W of every SEGLEN >= 2 W steps of input
+(the backward warms each timescale's gradient over its own W_k). Where no such W exists or
+the segments would be too few (a decay near 1), and always for ``linear_scan``, whose
+decays are data, two passes run instead: pass 1 scans each segment from zero and keeps
+only its end state (and decay product); pass 2 first carries the initial state over the
+end states of the segments before its own (a short loop over at most NSEG states,
+``COMBINE``), then rescans its segment from that true incoming state and writes the output.
+That re-reads the input once more (+2 bytes per token-channel for EMA) but keeps every SM
+busy (the "state passing" of chunked linear attention / Mamba-2, Dao & Gu 2024). The
+warm-up is the older trick of starting an IIR filter's blocks early and letting the
+transient die (overlap-style block filtering); H100, B=1 T=65536: forward 0.163 against the
+two passes' 0.200 ms (notes/kernels.md, v20).
 
 **Backward** is the same recurrence run backwards in time,
 ``g_t = dy_t + a_{t+1} g_{t+1}``, fused with what the gradients need:
@@ -64,6 +73,7 @@ Importing this module registers the "triton" scan backend (``scan.py``'s
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -207,11 +217,35 @@ def _ema_fwd_tile(x_ptr, o_ptr, x_off, o_off, m, live, h0, h1, h2, h3, d0, d1, d
 
 
 @triton.jit
+def _ema_fwd_span(x_ptr, o_ptr, x_off, o_off, m, h0, h1, h2, h3, d0, d1, d2, d3, a0, a1, a2, a3, D, SD, rows, n,
+                  NS: tl.constexpr, CT: tl.constexpr, BD: tl.constexpr, STAGES: tl.constexpr,
+                  STORE_OUT: tl.constexpr):
+    # n steps of every timescale from x_ptr / o_ptr (time t of the span at row offset t); returns the states.
+    # Full tiles without row masks (with EVEN_D, without any mask): per-element predicates were most of
+    # the loop's instructions (notes/kernels.md, v10). STAGES tiles in flight: Triton's pipeliner turns
+    # the load into asynchronous copies (cp.async) STAGES - 1 iterations ahead.
+    lo, hi, last, tail = _tile_plan(n, CT, False, False)
+    live = tl.full((CT, BD), 1, tl.int1)
+    for i0 in tl.range(lo, hi, CT, num_stages=STAGES):
+        # offsets from the induction variable (not a carried pointer) keep vector access
+        i = tl.cast(i0, tl.int64)
+        h0, h1, h2, h3 = _ema_fwd_tile(x_ptr + i * D, o_ptr + i * SD, x_off, o_off, m, live, h0, h1, h2, h3,
+                                       d0, d1, d2, d3, a0, a1, a2, a3, D, rows, NS, CT, STORE_OUT)
+    if tail:  # the last, partial tile: padded rows decay by 1 and add 0
+        i = tl.cast(last, tl.int64)
+        live = tl.broadcast_to((rows < n - last)[:, None], (CT, BD))
+        h0, h1, h2, h3 = _ema_fwd_tile(x_ptr + i * D, o_ptr + i * SD, x_off, o_off, m & live, live, h0, h1, h2, h3,
+                                       d0, d1, d2, d3, a0, a1, a2, a3, D, rows, NS, CT, STORE_OUT)
+    return h0, h1, h2, h3
+
+
+@triton.jit
 def _ema_fwd_kernel(
     X, OUT, HIN, HEND, ENDS, DEC, DEC64, ALP,
-    T, D, SD, SEGLEN, NSEG,
+    T, D, SD, SEGLEN, NSEG, WARMLEN,
     NS: tl.constexpr, CT: tl.constexpr, BD: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
-    HAS_HIN: tl.constexpr, STORE_OUT: tl.constexpr, COMBINE: tl.constexpr, EVEN_D: tl.constexpr,
+    HAS_HIN: tl.constexpr, STORE_OUT: tl.constexpr, COMBINE: tl.constexpr, WARM: tl.constexpr,
+    EVEN_D: tl.constexpr, WSTAGES: tl.constexpr,
 ):
     """h_t^(k) = DEC_k h_{t-1}^(k) + ALP_k x_t for NS <= 4 timescales over one segment.
 
@@ -219,6 +253,9 @@ def _ema_fwd_kernel(
     of this launch inside (B,T,S,D) / (B,S,D) / (B,NSEG,S,D) buffers whose row stride over S
     is D (SD = S*D per step). COMBINE (pass 2 of segments): the segment starts from HIN
     carried over every earlier segment's end state from zero, ENDS (written by pass 1).
+    WARM (segments in one pass): the segment's incoming state is scanned, unstored, from zero
+    over the WARMLEN steps before it (from HIN at t = 0 if they reach it), pipelined WSTAGES
+    deep; SEGLEN and WARMLEN are multiples of CT.
     """
     pid_d = tl.program_id(0)
     seg = tl.program_id(1)
@@ -246,27 +283,21 @@ def _ema_fwd_kernel(
     d0, d1, d2, d3 = _load_coefs(DEC, NS)
     a0, a1, a2, a3 = _load_coefs(ALP, NS)
     t_start = seg * SEGLEN
-    seg_len = _seg_len(seg, SEGLEN, T)
-    x_ptr = X + (b * T + t_start) * D
-    o_ptr = OUT + (b * T + t_start) * SD
     x_off = rows[:, None] * D + offs_d[None, :]  # (CT, BD)
     o_off = rows[:, None] * SD + offs_d[None, :]
-    # Full tiles, without row masks (EVEN_D: without any mask): per-element predicates were
-    # most of the loop's instructions (notes/kernels.md, v10). STAGES tiles in flight: Triton's
-    # pipeliner turns the load into asynchronous copies (cp.async) STAGES - 1 iterations ahead.
-    lo, hi, last, tail = _tile_plan(seg_len, CT, False, False)
     m = tl.broadcast_to(mask_d[None, :], (CT, BD))
-    live = tl.full((CT, BD), 1, tl.int1)
-    for i0 in tl.range(lo, hi, CT, num_stages=STAGES):
-        # offsets from the induction variable (not a carried pointer) keep vector access
-        i = tl.cast(i0, tl.int64)
-        h0, h1, h2, h3 = _ema_fwd_tile(x_ptr + i * D, o_ptr + i * SD, x_off, o_off, m, live, h0, h1, h2, h3,
-                                       d0, d1, d2, d3, a0, a1, a2, a3, D, rows, NS, CT, STORE_OUT)
-    if tail:  # the last, partial tile: padded rows decay by 1 and add 0
-        i = tl.cast(last, tl.int64)
-        live = tl.broadcast_to((rows < seg_len - last)[:, None], (CT, BD))
-        h0, h1, h2, h3 = _ema_fwd_tile(x_ptr + i * D, o_ptr + i * SD, x_off, o_off, m & live, live, h0, h1, h2, h3,
-                                       d0, d1, d2, d3, a0, a1, a2, a3, D, rows, NS, CT, STORE_OUT)
+    if WARM:  # x is shared: one warm-up, as long as the slowest timescale needs (each its own was slower, v20)
+        w0 = tl.maximum(t_start - WARMLEN, 0)
+        if w0 > 0:  # the state WARMLEN steps back is dropped: its weight here is under 2**-24
+            h0 = tl.zeros_like(h0)
+            h1 = h0
+            h2 = h0
+            h3 = h0
+        h0, h1, h2, h3 = _ema_fwd_span(X + (b * T + w0) * D, OUT, x_off, o_off, m, h0, h1, h2, h3, d0, d1, d2, d3,
+                                       a0, a1, a2, a3, D, SD, rows, t_start - w0, NS, CT, BD, WSTAGES, False)
+    h0, h1, h2, h3 = _ema_fwd_span(X + (b * T + t_start) * D, OUT + (b * T + t_start) * SD, x_off, o_off, m,
+                                   h0, h1, h2, h3, d0, d1, d2, d3, a0, a1, a2, a3, D, SD, rows,
+                                   _seg_len(seg, SEGLEN, T), NS, CT, BD, STAGES, STORE_OUT)
     _store_state(HEND + st, h0, h1, h2, h3, mask_d, D, NS)
 
 
@@ -324,17 +355,60 @@ def _tile_plan(seg_len, CT: tl.constexpr, first_masked, last_masked):
 
 
 @triton.jit
+def _ema_bwd_span(gh_ptr, gx_ptr, gh_off, gx_off, m, g0, g1, g2, g3, d0, d1, d2, d3, a0, a1, a2, a3, D, SD, rows,
+                  n, at_end, NS: tl.constexpr, CT: tl.constexpr, BD: tl.constexpr, STAGES: tl.constexpr,
+                  STORE_OUT: tl.constexpr, ACCUM: tl.constexpr):
+    # n steps backwards in time from gh_ptr / gx_ptr (the span's last step; tile row i is i steps earlier);
+    # ``at_end``: that step is t = T - 1, where the carry enters undecayed. Masked tiles: that first one
+    # and a partial last one; the rest run without row masks. Returns the carried gradients.
+    lo, hi, last, tail = _tile_plan(n, CT, at_end, False)
+    if at_end:
+        keep = tl.broadcast_to(((rows < n) & (rows > 0))[:, None], (CT, BD))
+        g0, g1, g2, g3 = _ema_bwd_tile(gh_ptr, gx_ptr, gh_off, gx_off, m & (rows < n)[:, None], keep,
+                                       g0, g1, g2, g3, d0, d1, d2, d3, a0, a1, a2, a3, D, rows, NS, CT,
+                                       STORE_OUT, ACCUM)
+    keep = tl.full((CT, BD), 1, tl.int1)
+    for i0 in tl.range(lo, hi, CT, num_stages=STAGES):
+        i = tl.cast(i0, tl.int64)
+        g0, g1, g2, g3 = _ema_bwd_tile(gh_ptr - i * SD, gx_ptr - i * D, gh_off, gx_off, m, keep, g0, g1, g2, g3,
+                                       d0, d1, d2, d3, a0, a1, a2, a3, D, rows, NS, CT, STORE_OUT, ACCUM)
+    if tail:
+        i = tl.cast(last, tl.int64)
+        keep = tl.broadcast_to((rows < n - last)[:, None], (CT, BD))
+        g0, g1, g2, g3 = _ema_bwd_tile(gh_ptr - i * SD, gx_ptr - i * D, gh_off, gx_off, m & keep, keep,
+                                       g0, g1, g2, g3, d0, d1, d2, d3, a0, a1, a2, a3, D, rows, NS, CT,
+                                       STORE_OUT, ACCUM)
+    return g0, g1, g2, g3
+
+
+@triton.jit
+def _ema_bwd_warm(GH, gin, dec, b, t_last, warm, T, D, SD, gh_off, m, rows,
+                  CT: tl.constexpr, BD: tl.constexpr, STAGES: tl.constexpr):
+    # one timescale's gradient carried into step t_last, scanned unstored over the ``warm`` steps after
+    # it from zero (from the carry at T, ``gin``, where they reach the end); GH points at this timescale
+    t_hi = tl.minimum(t_last + warm, T - 1)
+    g = tl.where(t_hi == T - 1, gin, 0.0)
+    if t_hi > t_last:
+        g, _, _, _ = _ema_bwd_span(GH + (b * T + t_hi) * SD, GH, gh_off, gh_off, m, g, g, g, g, dec, dec, dec, dec,
+                                   dec, dec, dec, dec, D, SD, rows, t_hi - t_last, t_hi == T - 1, 1, CT, BD, STAGES,
+                                   False, False)
+    return g
+
+
+@triton.jit
 def _ema_bwd_kernel(
     GH, GX, GIN, GSTART, STARTS, DEC, DEC64, ALP,
-    T, D, SD, SEGLEN, NSEG,
+    T, D, SD, SEGLEN, NSEG, WARM0, WARM1, WARM2, WARM3,
     NS: tl.constexpr, CT: tl.constexpr, BD: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
     HAS_GIN: tl.constexpr, STORE_OUT: tl.constexpr, ACCUM: tl.constexpr, COMBINE: tl.constexpr,
-    EVEN_D: tl.constexpr,
+    WARM: tl.constexpr, EVEN_D: tl.constexpr, WSTAGES: tl.constexpr,
 ):
     """Backwards in time: g_t = DEC g_{t+1} + gh_t (the carry GIN at T enters undecayed);
     gx_t (+)= sum_k ALP_k g_t^(k). GH, GIN (B,S,D), GSTART and STARTS (B,NSEG,S,D) point at
     timescale 0 of this launch. COMBINE (pass 2 of segments): the carry into a segment is
-    GIN carried back over every later segment's start gradient from zero, STARTS (pass 1)."""
+    GIN carried back over every later segment's start gradient from zero, STARTS (pass 1).
+    WARM (segments in one pass): timescale k's carry into the segment is scanned, unstored,
+    from zero over the WARMk steps after it (from GIN where they reach T), pipelined WSTAGES deep."""
     pid_d = tl.program_id(0)
     seg = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
@@ -366,30 +440,20 @@ def _ema_bwd_kernel(
     seg_len = _seg_len(seg, SEGLEN, T)
     t_last = t_start + seg_len - 1
     # tile row i is time t_last - (i0 + i): the scan runs forward over reversed time
-    gh_ptr = GH + (b * T + t_last) * SD
-    gx_ptr = GX + (b * T + t_last) * D
     gh_off = -rows[:, None] * SD + offs_d[None, :]
     gx_off = -rows[:, None] * D + offs_d[None, :]
-    # masked tiles: the first of the last segment (row 0 is t = T - 1, where the carry enters
-    # undecayed) and a partial last one; the rest run without row masks
-    lo, hi, last, tail = _tile_plan(seg_len, CT, t_last == T - 1, False)
     m = tl.broadcast_to(mask_d[None, :], (CT, BD))
-    if t_last == T - 1:
-        keep = tl.broadcast_to(((rows < seg_len) & (rows > 0))[:, None], (CT, BD))
-        g0, g1, g2, g3 = _ema_bwd_tile(gh_ptr, gx_ptr, gh_off, gx_off, m & (rows < seg_len)[:, None], keep,
-                                       g0, g1, g2, g3, d0, d1, d2, d3, a0, a1, a2, a3, D, rows, NS, CT,
-                                       STORE_OUT, ACCUM)
-    keep = tl.full((CT, BD), 1, tl.int1)
-    for i0 in tl.range(lo, hi, CT, num_stages=STAGES):
-        i = tl.cast(i0, tl.int64)
-        g0, g1, g2, g3 = _ema_bwd_tile(gh_ptr - i * SD, gx_ptr - i * D, gh_off, gx_off, m, keep, g0, g1, g2, g3,
-                                       d0, d1, d2, d3, a0, a1, a2, a3, D, rows, NS, CT, STORE_OUT, ACCUM)
-    if tail:
-        i = tl.cast(last, tl.int64)
-        keep = tl.broadcast_to((rows < seg_len - last)[:, None], (CT, BD))
-        g0, g1, g2, g3 = _ema_bwd_tile(gh_ptr - i * SD, gx_ptr - i * D, gh_off, gx_off, m & keep, keep,
-                                       g0, g1, g2, g3, d0, d1, d2, d3, a0, a1, a2, a3, D, rows, NS, CT,
-                                       STORE_OUT, ACCUM)
+    if WARM:  # each timescale over its own window: the gradients are separate tensors
+        g0 = _ema_bwd_warm(GH, g0, d0, b, t_last, WARM0, T, D, SD, gh_off, m, rows, CT, BD, WSTAGES)
+        if NS > 1:
+            g1 = _ema_bwd_warm(GH + D, g1, d1, b, t_last, WARM1, T, D, SD, gh_off, m, rows, CT, BD, WSTAGES)
+        if NS > 2:
+            g2 = _ema_bwd_warm(GH + 2 * D, g2, d2, b, t_last, WARM2, T, D, SD, gh_off, m, rows, CT, BD, WSTAGES)
+        if NS > 3:
+            g3 = _ema_bwd_warm(GH + 3 * D, g3, d3, b, t_last, WARM3, T, D, SD, gh_off, m, rows, CT, BD, WSTAGES)
+    g0, g1, g2, g3 = _ema_bwd_span(GH + (b * T + t_last) * SD, GX + (b * T + t_last) * D, gh_off, gx_off, m,
+                                   g0, g1, g2, g3, d0, d1, d2, d3, a0, a1, a2, a3, D, SD, rows, seg_len,
+                                   t_last == T - 1, NS, CT, BD, STAGES, STORE_OUT, ACCUM)
     _store_state(GSTART + st, g0, g1, g2, g3, mask_d, D, NS)
 
 
@@ -558,11 +622,18 @@ class TileConfig:
     along channels (``vec`` adjacent channels each) and every tile row stays in one
     thread, so the in-tile scan is a sequential loop in registers with no shuffles.
     ``stages``: tiles in flight per program (Triton software-pipelines the loads as
-    asynchronous copies ``stages - 1`` iterations ahead).
+    asynchronous copies ``stages - 1`` iterations ahead); ``warm_stages`` the same for the
+    warm-up loops below, which hold no outputs and go deeper (6 against 4: B=1 T=65536 EMA
+    forward 0.167 against 0.168 ms, backward 0.182 against 0.186; 8 was slower; v20).
     ``min_programs``: below this many (batch x channel-block) programs the time axis is
     cut into segments (two passes, one extra read of the input) to fill the GPU;
     0 means: split below ``SPLIT_BELOW_PER_SM`` programs per SM, into enough segments for
     ``PROGRAMS_PER_SM``. ``split`` forces segments on (True) or off (False).
+    ``warmup`` (EMA kernels): how segments get their incoming state. True: in one pass, each
+    scanning the steps before it from zero for as long as a timescale remembers anything at
+    float32 resolution (``warm_steps``); False: two passes, the second combining the first's
+    exact end states; None: warm-ups wherever segments of WARM_SEG_RATIO warm-ups each still
+    make at least one program per SM.
     """
 
     ct: int = 16
@@ -572,20 +643,25 @@ class TileConfig:
     stages: int = 4
     min_programs: int = 0
     split: bool | None = None
+    warmup: bool | None = None
+    warm_stages: int = 6
 
     def __post_init__(self):
-        if self.stages < 1:
-            raise ValueError(f"TileConfig.stages={self.stages} must be at least 1")
+        for name in ("stages", "warm_stages"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TileConfig.{name}={getattr(self, name)} must be at least 1")
         if self.block % (32 * self.vec * self.num_warps):
             # a warp's 32 lanes must lie along channels, so that a tile's CT rows stay in one thread
             raise ValueError(f"TileConfig.block={self.block} must be a multiple of 32 * vec * num_warps "
                              f"= {32 * self.vec * self.num_warps}")
 
 
-# Each kernel's defaults, widest first; ``_choose`` takes the first that fills the GPU in one pass.
+# Each kernel's defaults, widest first; ``_choose`` takes the first that fills the GPU in one pass,
+# or the narrowest if none does (EMA segments that warm up, 64 channels: B=1 T=65536 forward 0.169
+# against 0.177 ms at 128, backward 0.186 against 0.193; notes/kernels.md, v20).
 # 128 channels a warp (8-byte accesses, 256-byte rows) beat 64 wherever enough programs run
-# (B=64 T=512 EMA forward 0.081 against 0.087 ms) and under segments; at B=16 D=768 they
-# leave SMs idle, and 64 channels run. Depths from the H100 sweeps of notes/kernels.md, v10.
+# (B=64 T=512 EMA forward 0.081 against 0.087 ms); at B=16 D=768 they leave SMs idle, and 64
+# channels run. Depths from the H100 sweeps of notes/kernels.md, v10.
 # linear_scan keeps 64: its 128-wide, pipelined, segmented backward got a broadcast decay
 # wrong on the H100 (F=40; right unpipelined, in one pass and in Triton's interpreter; v10).
 EMA_FWD = (TileConfig(ct=16, block=128, vec=4, stages=4), TileConfig(ct=32, block=64, vec=2, stages=4))
@@ -598,6 +674,15 @@ LIN_BWD = (TileConfig(ct=16, block=64, vec=2, stages=3),)
 # against 0.120 and 0.114 ms; notes/kernels.md, v7 and v8).
 SPLIT_BELOW_PER_SM = 1
 PROGRAMS_PER_SM = 8
+# Segments that warm up (EMA): each is at least WARM_SEG_RATIO times its warm-up (the warm-up
+# re-reads 1 / WARM_SEG_RATIO of the input) and there are enough for WARM_PROGRAMS_PER_SM; where
+# that leaves fewer than one program per SM, two passes run instead. A timescale's warm-up is the
+# steps after which the state it starts from weighs under 2**-WARM_BITS (float32 keeps 24 bits).
+# H100, B=1 T=65536 and B=4 T=8192: 2 per SM and twice the warm-up beat 1, 3, 4 and 6 per SM and
+# once or three times it, forward and backward (notes/kernels.md, v20).
+WARM_SEG_RATIO = 2
+WARM_PROGRAMS_PER_SM = 2
+WARM_BITS = 24
 
 _SM_COUNT: dict[int, int] = {}
 
@@ -615,14 +700,15 @@ def _sm_count(device: torch.device) -> int:
 def _choose(cfg: TileConfig | None, defaults: tuple[TileConfig, ...], B: int, F: int,
             device: torch.device) -> TileConfig:
     """``cfg`` if given; else the widest default whose one-pass launch has at least
-    SPLIT_BELOW_PER_SM programs per SM, or failing all, the widest (which cuts time into segments)."""
+    SPLIT_BELOW_PER_SM programs per SM, or failing all, the narrowest (which cuts time into
+    segments, and gets the most programs out of each)."""
     if cfg is not None:
         return cfg
     sms = _sm_count(device)
     for c in defaults:
         if B * triton.cdiv(F, c.block) >= SPLIT_BELOW_PER_SM * sms:
             return c
-    return defaults[0]
+    return defaults[-1]
 
 
 def _segments(cfg: TileConfig, programs: int, T: int, device: torch.device) -> tuple[int, int]:
@@ -639,6 +725,66 @@ def _segments(cfg: TileConfig, programs: int, T: int, device: torch.device) -> t
     return -(-T // seglen), seglen
 
 
+def warm_steps(alphas, ct: int = 1) -> list[int] | None:
+    """Steps W_k after which timescale k forgets: |1 - alpha_k| ** W_k <= 2**-WARM_BITS, rounded up
+    to a multiple of ``ct``; None if some |1 - alpha_k| >= 1 (a state that never fades).
+
+    A segment scanned from zero W_k steps early then differs from the exact scan by at most
+    2**-WARM_BITS times the state it dropped (the state W_k steps back), an absolute error at
+    float32's resolution of that state, decaying from there. Relative to a much smaller state
+    (after inputs that fell by orders of magnitude) it is larger than the sequential scan's own
+    rounding; ``TileConfig(warmup=False)`` keeps the exact two passes. At the default alphas
+    (0.5, 0.1, 0.02): 24, 158 and 824 steps.
+    """
+    out = []
+    for a in alphas:
+        d = abs(1.0 - float(a))
+        if not d < 1.0:  # also NaN
+            return None
+        w = 0 if d == 0.0 else math.ceil(WARM_BITS * math.log(2.0) / -math.log(d))
+        out.append(-(-w // ct) * ct)
+    return out
+
+
+def _warm_plan(cfg: TileConfig, programs: int, T: int, warm: int, device: torch.device) -> tuple[int, int] | None:
+    """(NSEG, SEGLEN) for one pass of segments that each warm up over ``warm`` steps; None where that
+    gives one segment, or (unless ``cfg.warmup`` forces it) under one program per SM: two passes then."""
+    sms = _sm_count(device)
+    want = cfg.min_programs or WARM_PROGRAMS_PER_SM * sms
+    seglen = max(-(-T // max(1, -(-want // max(programs, 1)))), WARM_SEG_RATIO * warm, cfg.ct)
+    seglen = -(-seglen // cfg.ct) * cfg.ct
+    nseg = -(-T // seglen)
+    if nseg == 1 or (nseg * programs < sms and not cfg.warmup):
+        return None
+    return nseg, seglen
+
+
+def _ema_plan(cfg: TileConfig, programs: int, T: int, alphas: tuple[float, ...], device: torch.device):
+    """(NSEG, SEGLEN, per-timescale warm-up steps or None) for an EMA launch of ``programs`` programs."""
+    nseg, seglen = _segments(cfg, programs, T, device)
+    if nseg == 1 or cfg.warmup is False:
+        return nseg, seglen, None
+    warm = warm_steps(alphas, cfg.ct)
+    plan = None if warm is None else _warm_plan(cfg, programs, T, max(warm), device)
+    if plan is None:
+        return nseg, seglen, None
+    return plan[0], plan[1], warm
+
+
+def _host_alphas(alphas) -> tuple[float, ...]:
+    # a CUDA tensor's values cost a device synchronization: pass floats where it matters
+    return tuple(float(a) for a in (alphas.tolist() if torch.is_tensor(alphas) else alphas))
+
+
+@functools.lru_cache(maxsize=64)
+def _coefs(alphas: tuple[float, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(1 - alpha in float64, 1 - alpha and alpha in float32) on ``device``, made once per (alphas, device):
+    computed on the device for each call, these were three small kernels ahead of every scan."""
+    dec = [1.0 - a for a in alphas]
+    return (torch.tensor(dec, dtype=torch.float64, device=device), torch.tensor(dec, dtype=torch.float32, device=device),
+            torch.tensor(alphas, dtype=torch.float32, device=device))
+
+
 # ---------------------------------------------------------------------------- forward / backward launchers
 
 
@@ -647,46 +793,51 @@ GROUP = 4  # timescales one launch scans (one x read per group)
 
 def ema_traces_fwd(
     x: torch.Tensor,
-    alphas: torch.Tensor,
+    alphas,
     h0: torch.Tensor | None = None,
     out_dtype: torch.dtype | None = None,
     cfg: TileConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """EMA traces, no autograd: x (B,T,D) -> (h (B,T,S,D) in ``out_dtype`` (x's), h_T (B,S,D) float32)."""
+    """EMA traces, no autograd: x (B,T,D) -> (h (B,T,S,D) in ``out_dtype`` (x's), h_T (B,S,D) float32).
+
+    ``alphas``: S floats, or a tensor (whose values are read back: a CUDA one costs a synchronization).
+    """
     x = x.contiguous()
     B, T, D = x.shape
     cfg = _choose(cfg, EMA_FWD, B, D, x.device)
-    alphas64 = alphas.to(device=x.device, dtype=torch.float64)
-    S = alphas64.numel()
+    alphas = _host_alphas(alphas)
+    dec64, dec, alp = _coefs(alphas, x.device)
+    S = len(alphas)
     out = torch.empty(B, T, S, D, dtype=out_dtype or x.dtype, device=x.device)
-    dec64 = 1.0 - alphas64
-    dec, alp = dec64.float(), alphas64.float()
     h0f = None if h0 is None else h0.float().contiguous()
     if T == 0 or B * D == 0:
         hT = torch.zeros(B, S, D, device=x.device) if h0f is None else h0f.clone()
         return out, hT
     nd = triton.cdiv(D, cfg.block)
-    nseg, seglen = _segments(cfg, B * nd, T, x.device)
+    nseg, seglen, warm = _ema_plan(cfg, B * nd, T, alphas, x.device)
     grid = (nd, nseg, B)
     hend = torch.empty(B, nseg, S, D, dtype=torch.float32, device=x.device)
-    ends = torch.empty_like(hend) if nseg > 1 else hend
+    two_pass = nseg > 1 and warm is None
+    ends = torch.empty_like(hend) if two_pass else hend
     for s0 in range(0, S, GROUP):
         kw = dict(NS=min(GROUP, S - s0), CT=cfg.ct, BD=cfg.block, VEC=cfg.vec, STAGES=cfg.stages,
-                  num_warps=cfg.num_warps, EVEN_D=D % cfg.block == 0)
-        args = (dec[s0:], dec64[s0:], alp[s0:], T, D, S * D, seglen, nseg)
-        if nseg > 1:  # pass 1: each segment's end state from zero
+                  num_warps=cfg.num_warps, EVEN_D=D % cfg.block == 0, WSTAGES=cfg.warm_stages)
+        # x is shared: one warm-up long enough for the group's slowest timescale
+        warmlen = 0 if warm is None else max(warm[s0:s0 + GROUP])
+        args = (dec[s0:], dec64[s0:], alp[s0:], T, D, S * D, seglen, nseg, warmlen)
+        if two_pass:  # pass 1: each segment's end state from zero
             _ema_fwd_kernel[grid](x, out, x, ends[:, :, s0:], x, *args, HAS_HIN=False, STORE_OUT=False,
-                                  COMBINE=False, **kw)
-        # the scan; segmented, each segment first combines the end states before it (pass 2)
+                                  COMBINE=False, WARM=False, **kw)
+        # the scan; in two passes each segment first combines the end states before it (pass 2)
         _ema_fwd_kernel[grid](x, out[:, :, s0:], x if h0f is None else h0f[:, s0:], hend[:, :, s0:],
-                              ends[:, :, s0:], *args, HAS_HIN=h0f is not None, STORE_OUT=True, COMBINE=nseg > 1,
-                              **kw)
+                              ends[:, :, s0:], *args, HAS_HIN=h0f is not None, STORE_OUT=True, COMBINE=two_pass,
+                              WARM=warm is not None, **kw)
     return out, hend[:, -1]
 
 
 def ema_traces_bwd(
     gh: torch.Tensor,
-    alphas: torch.Tensor,
+    alphas,
     g_final: torch.Tensor | None = None,
     x_dtype: torch.dtype = torch.float32,
     cfg: TileConfig | None = None,
@@ -694,32 +845,35 @@ def ema_traces_bwd(
     """Backward of ``ema_traces_fwd``: gh (B,T,S,D) [, g_final (B,S,D)] -> (dx (B,T,D), g_0 (B,S,D) float32).
 
     ``g_0`` is dL/dh_0 total (the backward state at t = 0); dL/dh0 = (1 - alpha) g_0.
+    ``alphas`` as in ``ema_traces_fwd``.
     """
     gh = gh.contiguous()
     B, T, S, D = gh.shape
     cfg = _choose(cfg, EMA_BWD, B, D, gh.device)
-    alphas64 = alphas.to(device=gh.device, dtype=torch.float64)
-    dec64 = 1.0 - alphas64
-    dec, alp = dec64.float(), alphas64.float()
+    alphas = _host_alphas(alphas)
+    dec64, dec, alp = _coefs(alphas, gh.device)
     gx = torch.empty(B, T, D, dtype=x_dtype, device=gh.device)
     gf = None if g_final is None else g_final.float().contiguous()
     if T == 0 or B * D == 0:
         return gx, torch.zeros(B, S, D, device=gh.device) if gf is None else gf.clone()
     nd = triton.cdiv(D, cfg.block)
-    nseg, seglen = _segments(cfg, B * nd, T, gh.device)
+    nseg, seglen, warm = _ema_plan(cfg, B * nd, T, alphas, gh.device)
     grid = (nd, nseg, B)
     gstart = torch.empty(B, nseg, S, D, dtype=torch.float32, device=gh.device)
-    starts = torch.empty_like(gstart) if nseg > 1 else gstart
+    two_pass = nseg > 1 and warm is None
+    starts = torch.empty_like(gstart) if two_pass else gstart
     for s0 in range(0, S, GROUP):
         kw = dict(NS=min(GROUP, S - s0), CT=cfg.ct, BD=cfg.block, VEC=cfg.vec, STAGES=cfg.stages,
-                  num_warps=cfg.num_warps, EVEN_D=D % cfg.block == 0)
-        args = (dec[s0:], dec64[s0:], alp[s0:], T, D, S * D, seglen, nseg)
-        if nseg > 1:  # pass 1: each segment's start gradient from zero
+                  num_warps=cfg.num_warps, EVEN_D=D % cfg.block == 0, WSTAGES=cfg.warm_stages)
+        # each timescale's gradient is its own tensor: each warms up over its own steps
+        w = [0] * GROUP if warm is None else (warm[s0:s0 + GROUP] + [0] * GROUP)[:GROUP]
+        args = (dec[s0:], dec64[s0:], alp[s0:], T, D, S * D, seglen, nseg, *w)
+        if two_pass:  # pass 1: each segment's start gradient from zero
             _ema_bwd_kernel[grid](gh[:, :, s0:], gx, gh, starts[:, :, s0:], gh, *args, HAS_GIN=False,
-                                  STORE_OUT=False, ACCUM=False, COMBINE=False, **kw)
+                                  STORE_OUT=False, ACCUM=False, COMBINE=False, WARM=False, **kw)
         _ema_bwd_kernel[grid](gh[:, :, s0:], gx, gh if gf is None else gf[:, s0:], gstart[:, :, s0:],
                               starts[:, :, s0:], *args, HAS_GIN=gf is not None, STORE_OUT=True, ACCUM=s0 > 0,
-                              COMBINE=nseg > 1, **kw)
+                              COMBINE=two_pass, WARM=warm is not None, **kw)
     return gx, gstart[:, 0]
 
 
@@ -819,8 +973,9 @@ def linear_scan_bwd(
 class _EmaTracesTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, alphas, h0):
+        alphas = _host_alphas(alphas)
         out, hT = ema_traces_fwd(x, alphas, h0)
-        ctx.save_for_backward(alphas)
+        ctx.alphas = alphas
         ctx.x_dtype = x.dtype
         ctx.x_shape = x.shape
         ctx.has_h0 = h0 is not None
@@ -830,15 +985,15 @@ class _EmaTracesTriton(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gout, ghT):
-        (alphas,) = ctx.saved_tensors
+        alphas = ctx.alphas
         B, T, D = ctx.x_shape
-        S = alphas.numel()
+        S = len(alphas)
         if gout is None:  # only the final state was used
-            gout = torch.zeros(B, T, S, D, dtype=ctx.x_dtype, device=alphas.device)
+            gout = torch.zeros(B, T, S, D, dtype=ctx.x_dtype, device=ghT.device)
         gx, g0 = ema_traces_bwd(gout, alphas, ghT, ctx.x_dtype)
         gh0 = None
         if ctx.has_h0 and ctx.needs_input_grad[2]:
-            gh0 = ((1.0 - alphas.float()).view(1, S, 1) * g0).to(ctx.h0_dtype)
+            gh0 = (_coefs(alphas, g0.device)[1].view(1, S, 1) * g0).to(ctx.h0_dtype)
         return (gx if ctx.needs_input_grad[0] else None), None, gh0
 
 
@@ -871,7 +1026,8 @@ class _LinearScanTriton(torch.autograd.Function):
 
 
 def fused_ema_traces(x, alphas, h0=None):
-    """Differentiable EMA traces: (h (B,T,S,D) in x's dtype, h_T (B,S,D) float32); grads to x and h0."""
+    """Differentiable EMA traces: (h (B,T,S,D) in x's dtype, h_T (B,S,D) float32); grads to x and h0.
+    ``alphas``: S floats (a tensor is read back to the host once per call)."""
     return _EmaTracesTriton.apply(x, alphas, h0)
 
 
