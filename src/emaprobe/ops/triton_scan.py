@@ -781,8 +781,8 @@ def _coefs(alphas: tuple[float, ...], device: torch.device) -> tuple[torch.Tenso
     """(1 - alpha in float64, 1 - alpha and alpha in float32) on ``device``, made once per (alphas, device):
     computed on the device for each call, these were three small kernels ahead of every scan."""
     dec = [1.0 - a for a in alphas]
-    return (torch.tensor(dec, dtype=torch.float64, device=device), torch.tensor(dec, dtype=torch.float32, device=device),
-            torch.tensor(alphas, dtype=torch.float32, device=device))
+    return tuple(torch.tensor(v, dtype=dt, device=device)
+                 for v, dt in ((dec, torch.float64), (dec, torch.float32), (alphas, torch.float32)))
 
 
 # ---------------------------------------------------------------------------- forward / backward launchers
