@@ -242,6 +242,37 @@ def test_linear_scan_triton_segmented_and_broadcast_decay(T):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize(
+    "decays,a_shape",
+    [((0.5, 0.8), None), ((0.5, 1.0), None), ((0.99, 1.0), None), ((0.5, 0.99), (1, 1, 40))],
+    ids=["forget", "mixed", "remember", "broadcast"],
+)
+def test_linear_scan_warmup_segments_vs_naive(decays, a_shape, dtype):
+    """Warmed-up segments: decays that forget within the warm-up (no rescans), that do not (every
+    tile rescanned from its exact incoming state), a mix, and a decay broadcast over batch and time.
+
+    The reference scans the inputs as rounded to ``dtype``: a bf16 decay of 0.999 is 1.0, and over
+    3000 steps that, not the kernel, would decide the error. Constant decays within 1e-4 of 1 stay
+    out of the broadcast case: over 3000 steps float32 itself errs by ~1e-5 there, in either plan."""
+    T = 3001
+    nseg, seglen = ts._warm_plan(WARM, 1, T, ts.LIN_WARM_STEPS, torch.device("cuda"))
+    assert nseg >= 3 and T % seglen
+    lo, hi = decays
+    dev = "cuda"
+    full = (1, T, 40)
+    a = torch.rand(a_shape or full, device=dev, dtype=torch.float64) * (hi - lo) + lo
+    b = torch.randn(full, device=dev, dtype=torch.float64)
+    h0 = torch.randn(1, 40, device=dev, dtype=torch.float64)
+    ref, ref_T = naive_linear_scan(a.to(dtype).double(), b.to(dtype).double(), h0.float().double(), return_state=True)
+    out, out_T = ts.linear_scan_fwd(a.to(dtype), b.to(dtype), h0.float(), cfg=WARM)
+    assert rel(out, ref) < TOL[dtype] and rel(out_T, ref_T) < TOL[dtype]
+    if dtype == torch.float32:  # against the exact two passes, elementwise
+        exact, exact_T = ts.linear_scan_fwd(a.float(), b.float(), h0.float(), cfg=TWO_PASS)
+        assert (out - exact).abs().max() <= 2.0 ** -18 * exact.abs().max()
+        assert (out_T - exact_T).abs().max() <= 2.0 ** -18 * exact.abs().max()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_fused_autograd_matches_naive(dtype):
     """The differentiable wrappers: grads to every input, through traces and final state."""
     B, T, D = 2, 300, 24

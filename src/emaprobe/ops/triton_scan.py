@@ -46,9 +46,12 @@ decay forgets: after W_k steps (``warm_steps``: 24, 158, 824 at alpha = 0.5, 0.1
 timescale's state weighs under 2**-24, float32's resolution of it. So each EMA segment
 first scans the W steps before it from zero, storing nothing, and then its own steps from
 that incoming state (``WARM``): one pass, re-reading W of every SEGLEN >= 2 W steps of input
-(the backward warms each timescale's gradient over its own W_k). Where no such W exists or
-the segments would be too few (a decay near 1), and always for ``linear_scan``, whose
-decays are data, two passes run instead: pass 1 scans each segment from zero and keeps
+(the backward warms each timescale's gradient over its own W_k). ``linear_scan``'s decays
+are data, so its forward segments warm up over a fixed LIN_WARM_STEPS, and a second launch
+rescans, from the exact incoming state, only the tiles where some channel's decays over the
+warm-up multiply to more than 2**-24 (every other program of it returns at once). Where no
+such W exists or the segments would be too few (a decay near 1), and for ``linear_scan``'s
+backward, two passes run instead: pass 1 scans each segment from zero and keeps
 only its end state (and decay product); pass 2 first carries the initial state over the
 end states of the segments before its own (a short loop over at most NSEG states,
 ``COMBINE``), then rescans its segment from that true incoming state and writes the output.
@@ -473,54 +476,86 @@ def _lin_fwd_tile(a_ptr, u_ptr, o_ptr, a_off, u_off, o_off, m, h, aprod, rows,
 
 
 @triton.jit
-def _lin_fwd_kernel(
-    A, U, OUT, HIN, HEND, AEND, ENDS, PRODS,
-    T, F, SEGLEN, NSEG,
-    s_ab, s_at, s_af, s_ub, s_ut, s_uf,
-    CT: tl.constexpr, BF: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
-    HAS_HIN: tl.constexpr, STORE_OUT: tl.constexpr, STORE_AEND: tl.constexpr, COMBINE: tl.constexpr,
-    EVEN_F: tl.constexpr,
-):
-    """h_t = a_t h_{t-1} + u_t over one segment; A, U strided (B,T,F) views, OUT (B,T,F) contiguous,
-    HIN (B,F) the state at t = 0. COMBINE (pass 2 of segments): the segment starts from HIN
-    carried over every earlier segment's (end state from zero, decay product), ENDS and PRODS."""
-    pid_f = tl.program_id(0)
-    seg = tl.program_id(1)
-    b = tl.program_id(2).to(tl.int64)
-    rows = tl.arange(0, CT)
-    offs_f = tl.max_contiguous(tl.multiple_of(pid_f * BF + tl.arange(0, BF), VEC), VEC)
-    mask_f = _channel_mask(offs_f, F, BF, EVEN_F)
-    state_off = (b * NSEG + seg) * F + offs_f
-    if HAS_HIN:
-        h = tl.load(HIN + b * F + offs_f, mask=mask_f, other=0.0).to(tl.float32)
-    else:
-        h = tl.zeros((BF,), dtype=tl.float32)
-    if COMBINE:
-        for k in tl.range(0, seg, num_stages=STAGES):
-            kk = (b * NSEG + k) * F + offs_f
-            h = tl.load(PRODS + kk, mask=mask_f, other=1.0) * h + tl.load(ENDS + kk, mask=mask_f, other=0.0)
-    aprod = tl.full((BF,), 1.0, tl.float32)
-    t_start = (seg * SEGLEN).to(tl.int64)
-    seg_len = _seg_len(seg, SEGLEN, T)
-    a_ptr = A + b * s_ab + t_start * s_at
-    u_ptr = U + b * s_ub + t_start * s_ut
-    o_ptr = OUT + (b * T + t_start) * F
-    a_off = rows[:, None] * s_at + offs_f[None, :] * s_af
-    u_off = rows[:, None] * s_ut + offs_f[None, :] * s_uf
-    o_off = rows[:, None] * F + offs_f[None, :]
-    lo, hi, last, tail = _tile_plan(seg_len, CT, False, False)
-    m = tl.broadcast_to(mask_f[None, :], (CT, BF))
+def _lin_fwd_span(a_ptr, u_ptr, o_ptr, a_off, u_off, o_off, m, h, aprod, rows, n, s_at, s_ut, F,
+                  CT: tl.constexpr, BF: tl.constexpr, STAGES: tl.constexpr, STORE_OUT: tl.constexpr,
+                  STORE_AEND: tl.constexpr):
+    # n steps from a_ptr / u_ptr / o_ptr; full tiles unmasked, a partial last one masked (padded rows
+    # load a = 1, u = 0 and carry the state unchanged). Returns the state and the decays' product.
+    lo, hi, last, tail = _tile_plan(n, CT, False, False)
     for i0 in tl.range(lo, hi, CT, num_stages=STAGES):
         i = tl.cast(i0, tl.int64)
         h, aprod = _lin_fwd_tile(a_ptr + i * s_at, u_ptr + i * s_ut, o_ptr + i * F, a_off, u_off, o_off, m, h, aprod,
                                  rows, CT, STORE_OUT, STORE_AEND)
-    if tail:  # the last, partial tile
+    if tail:
         i = tl.cast(last, tl.int64)
         h, aprod = _lin_fwd_tile(a_ptr + i * s_at, u_ptr + i * s_ut, o_ptr + i * F, a_off, u_off, o_off,
-                                 m & (rows < seg_len - last)[:, None], h, aprod, rows, CT, STORE_OUT, STORE_AEND)
-    tl.store(HEND + state_off, h, mask=mask_f)
-    if STORE_AEND:
-        tl.store(AEND + state_off, aprod, mask=mask_f)
+                                 m & (rows < n - last)[:, None], h, aprod, rows, CT, STORE_OUT, STORE_AEND)
+    return h, aprod
+
+
+@triton.jit
+def _lin_fwd_kernel(
+    A, U, OUT, HIN, HEND, AEND, ENDS, PRODS, FLAGS,
+    T, F, SEGLEN, NSEG, WARMLEN,
+    s_ab, s_at, s_af, s_ub, s_ut, s_uf,
+    CT: tl.constexpr, BF: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
+    HAS_HIN: tl.constexpr, STORE_OUT: tl.constexpr, STORE_AEND: tl.constexpr, COMBINE: tl.constexpr,
+    EVEN_F: tl.constexpr, WARM: tl.constexpr, FIXUP: tl.constexpr, WSTAGES: tl.constexpr,
+):
+    """h_t = a_t h_{t-1} + u_t over one segment; A, U strided (B,T,F) views, OUT (B,T,F) contiguous,
+    HIN (B,F) the state at t = 0. COMBINE (pass 2 of segments): the segment starts from HIN
+    carried over every earlier segment's (end state from zero, decay product), ENDS and PRODS.
+
+    WARM (segments in one pass): the incoming state is scanned, unstored, from zero over the
+    WARMLEN steps before the segment; where some channel's decays there multiply to more than
+    2**-24 (the dropped state still counts), FLAGS (B,NSEG,programs along F) marks the tile. Every
+    segment also leaves its (end state from zero, decay product) in ENDS and PRODS, so that FIXUP
+    (COMBINE, only for marked tiles) can rescan those from their exact incoming state.
+    """
+    pid_f = tl.program_id(0)
+    seg = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    flag_off = (b * NSEG + seg) * tl.num_programs(0) + pid_f
+    redo = True
+    if FIXUP:
+        redo = tl.load(FLAGS + flag_off) != 0
+    if redo:
+        rows = tl.arange(0, CT)
+        offs_f = tl.max_contiguous(tl.multiple_of(pid_f * BF + tl.arange(0, BF), VEC), VEC)
+        mask_f = _channel_mask(offs_f, F, BF, EVEN_F)
+        state_off = (b * NSEG + seg) * F + offs_f
+        if HAS_HIN:
+            h = tl.load(HIN + b * F + offs_f, mask=mask_f, other=0.0).to(tl.float32)
+        else:
+            h = tl.zeros((BF,), dtype=tl.float32)
+        if COMBINE:
+            for k in tl.range(0, seg, num_stages=STAGES):
+                kk = (b * NSEG + k) * F + offs_f
+                h = tl.load(PRODS + kk, mask=mask_f, other=1.0) * h + tl.load(ENDS + kk, mask=mask_f, other=0.0)
+        t_start = (seg * SEGLEN).to(tl.int64)
+        a_off = rows[:, None] * s_at + offs_f[None, :] * s_af
+        u_off = rows[:, None] * s_ut + offs_f[None, :] * s_uf
+        o_off = rows[:, None] * F + offs_f[None, :]
+        m = tl.broadcast_to(mask_f[None, :], (CT, BF))
+        one = tl.full((BF,), 1.0, tl.float32)
+        if WARM:
+            w0 = tl.maximum(t_start - WARMLEN, 0)
+            h = tl.where(w0 > 0, 0.0, h)
+            h, pw = _lin_fwd_span(A + b * s_ab + w0 * s_at, U + b * s_ub + w0 * s_ut, OUT, a_off, u_off, o_off, m,
+                                  h, one, rows, t_start - w0, s_at, s_ut, F, CT, BF, WSTAGES, False, True)
+            lost = (w0 > 0) & (tl.abs(pw) > 5.960464477539063e-08) & mask_f  # 2**-24
+            tl.store(FLAGS + flag_off, tl.max(lost.to(tl.int32), axis=0))
+        h_in = h
+        h, aprod = _lin_fwd_span(A + b * s_ab + t_start * s_at, U + b * s_ub + t_start * s_ut,
+                                 OUT + (b * T + t_start) * F, a_off, u_off, o_off, m, h, one, rows,
+                                 _seg_len(seg, SEGLEN, T), s_at, s_ut, F, CT, BF, STAGES, STORE_OUT,
+                                 STORE_AEND | WARM)
+        tl.store(HEND + state_off, h, mask=mask_f)
+        if STORE_AEND:
+            tl.store(AEND + state_off, aprod, mask=mask_f)
+        if WARM:  # this segment's end state from zero, for FIXUP's rescans
+            tl.store(ENDS + state_off, h - aprod * h_in, mask=mask_f)
+            tl.store(PRODS + state_off, aprod, mask=mask_f)
 
 
 @triton.jit
@@ -629,11 +664,12 @@ class TileConfig:
     cut into segments (two passes, one extra read of the input) to fill the GPU;
     0 means: split below ``SPLIT_BELOW_PER_SM`` programs per SM, into enough segments for
     ``PROGRAMS_PER_SM``. ``split`` forces segments on (True) or off (False).
-    ``warmup`` (EMA kernels): how segments get their incoming state. True: in one pass, each
-    scanning the steps before it from zero for as long as a timescale remembers anything at
-    float32 resolution (``warm_steps``); False: two passes, the second combining the first's
-    exact end states; None: warm-ups wherever segments of WARM_SEG_RATIO warm-ups each still
-    make at least one program per SM.
+    ``warmup`` (the EMA kernels and ``linear_scan``'s forward): how segments get their incoming
+    state. True: in one pass, each scanning the steps before it from zero for as long as a
+    timescale remembers anything at float32 resolution (``warm_steps``; LIN_WARM_STEPS for
+    ``linear_scan``, whose tiles that still remember are then rescanned exactly); False: two
+    passes, the second combining the first's exact end states; None: warm-ups wherever
+    segments of WARM_SEG_RATIO warm-ups each still make at least one program per SM.
     """
 
     ct: int = 16
@@ -683,6 +719,10 @@ PROGRAMS_PER_SM = 8
 WARM_SEG_RATIO = 2
 WARM_PROGRAMS_PER_SM = 2
 WARM_BITS = 24
+# linear_scan's decays are data: its segments warm up over this many steps, and a tile where some
+# channel's decays there multiply to more than 2**-24 is rescanned from its exact incoming state
+# (decays under 0.878 on average forget within it: 0.878**128 = 2**-24)
+LIN_WARM_STEPS = 128
 
 _SM_COUNT: dict[int, int] = {}
 
@@ -906,18 +946,34 @@ def linear_scan_fwd(
         return out, hT.view((B,) + feat)
     nf = triton.cdiv(F, cfg.block)
     nseg, seglen = _segments(cfg, B * nf, T, b.device)
+    plan = None if nseg == 1 or cfg.warmup is False else _warm_plan(cfg, B * nf, T, LIN_WARM_STEPS, b.device)
+    if plan is not None:
+        nseg, seglen = plan
     strides = (*a3.stride(), *b3.stride())
     kw = dict(CT=cfg.ct, BF=cfg.block, VEC=cfg.vec, STAGES=cfg.stages, num_warps=cfg.num_warps,
-              EVEN_F=F % cfg.block == 0)
+              EVEN_F=F % cfg.block == 0, WSTAGES=cfg.warm_stages)
+    grid = (nf, nseg, B)
+    hin = a3 if h0f is None else h0f
     hend = torch.empty(B, nseg, F, dtype=torch.float32, device=b.device)
     ends = prods = hend
-    if nseg > 1:  # pass 1: each segment's end state from zero and its decay product
+    flags = torch.empty(B, nseg, nf, dtype=torch.int32, device=b.device) if plan is not None else hend
+    if nseg > 1:
         ends, prods = torch.empty_like(hend), torch.empty_like(hend)
-        _lin_fwd_kernel[(nf, nseg, B)](a3, b3, out, a3, ends, prods, a3, a3, T, F, seglen, nseg, *strides,
-                                       HAS_HIN=False, STORE_OUT=False, STORE_AEND=True, COMBINE=False, **kw)
-    _lin_fwd_kernel[(nf, nseg, B)](a3, b3, out, a3 if h0f is None else h0f, hend, hend, ends, prods, T, F, seglen,
-                                   nseg, *strides, HAS_HIN=h0f is not None, STORE_OUT=True, STORE_AEND=False,
-                                   COMBINE=nseg > 1, **kw)
+    if plan is not None:  # one pass of warmed-up segments, then exact rescans of the tiles they left marked
+        _lin_fwd_kernel[grid](a3, b3, out, hin, hend, hend, ends, prods, flags, T, F, seglen, nseg, LIN_WARM_STEPS,
+                              *strides, HAS_HIN=h0f is not None, STORE_OUT=True, STORE_AEND=False, COMBINE=False,
+                              WARM=True, FIXUP=False, **kw)
+        _lin_fwd_kernel[grid](a3, b3, out, hin, hend, hend, ends, prods, flags, T, F, seglen, nseg, 0, *strides,
+                              HAS_HIN=h0f is not None, STORE_OUT=True, STORE_AEND=False, COMBINE=True, WARM=False,
+                              FIXUP=True, **kw)
+        return out, hend[:, -1].view((B,) + feat)
+    if nseg > 1:  # pass 1: each segment's end state from zero and its decay product
+        _lin_fwd_kernel[grid](a3, b3, out, a3, ends, prods, a3, a3, a3, T, F, seglen, nseg, 0, *strides,
+                              HAS_HIN=False, STORE_OUT=False, STORE_AEND=True, COMBINE=False, WARM=False, FIXUP=False,
+                              **kw)
+    _lin_fwd_kernel[grid](a3, b3, out, hin, hend, hend, ends, prods, a3, T, F, seglen, nseg, 0, *strides,
+                          HAS_HIN=h0f is not None, STORE_OUT=True, STORE_AEND=False, COMBINE=nseg > 1, WARM=False,
+                          FIXUP=False, **kw)
     return out, hend[:, -1].view((B,) + feat)
 
 
