@@ -7,6 +7,7 @@ kernels allocate is NaN-poisoned first, so an element left unwritten fails.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -183,17 +184,37 @@ def test_whole_channel_blocks_and_full_tiles_vs_naive(T, cfg):
 
 
 def test_default_tiles_are_the_widest_that_fill_the_gpu():
+    """``_choose`` counts warps: the wide tiles (128 channels a warp) wherever they alone give a warp
+    per SM, else the narrow ones (64 channels a warp, two warps a program)."""
     dev = torch.device("cuda")
     sms = torch.cuda.get_device_properties(dev).multi_processor_count
     wide, narrow = ts.EMA_FWD
-    assert wide.block > narrow.block
-    assert ts._choose(None, ts.EMA_FWD, 4 * sms, 768, dev) is wide  # plenty of programs at either width
-    B = -(-sms // (768 // narrow.block))  # the narrow tiles fill every SM, the wide ones do not
-    assert B * (768 // wide.block) < sms
+    assert wide.block // wide.num_warps > narrow.block // narrow.num_warps
+
+    def warps(cfg, B):
+        return B * (768 // cfg.block) * cfg.num_warps
+
+    assert ts._choose(None, ts.EMA_FWD, 4 * sms, 768, dev) is wide  # plenty of warps at either width
+    B = -(-sms // warps(narrow, 1))  # the narrow tiles put a warp on every SM, the wide ones do not
+    assert warps(wide, B) < sms <= warps(narrow, B)
     assert ts._choose(None, ts.EMA_FWD, B, 768, dev) is narrow
+    assert ts._ema_plan(narrow, B * 768 // narrow.block, 2048, ALPHAS, dev)[0] == 1  # one pass, not segments
     assert ts._choose(None, ts.EMA_FWD, 1, 768, dev) is narrow  # neither fills: the narrowest, in segments
     mine = ts.TileConfig()
     assert ts._choose(mine, ts.EMA_FWD, B, 768, dev) is mine
+
+
+@pytest.mark.parametrize("D", [256, 200], ids=["whole-blocks", "masked-channels"])
+@pytest.mark.parametrize("split", [False, True], ids=["one-pass", "warm-segments"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_ema_programs_of_two_warps_vs_naive(D, split, dtype):
+    """The forward's narrow default: two 64-channel warps side by side in one program."""
+    cfg = replace(ts.EMA_FWD[1], split=split, warmup=split or None, min_programs=8 if split else 0)
+    assert cfg.num_warps == 2
+    T = 4097
+    if split:
+        assert ts._ema_plan(cfg, 1 * -(-D // cfg.block), T, ALPHAS, torch.device("cuda"))[2] is not None
+    _ema_case(1, T, D, dtype, True, cfg, None)
 
 
 def test_tile_config_rejects_bad_shapes():

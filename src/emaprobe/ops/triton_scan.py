@@ -31,8 +31,10 @@ predicates had been most of the loop: 1328 of the EMA forward's instructions per
 against 534 now (SASS; notes/kernels.md, v10).
 
 **Width.** The EMA kernels have two default tile shapes (``EMA_FWD``, ``EMA_BWD``): 128
-channels a warp (8-byte accesses, 256-byte rows), which moves bytes best, and 64, which
-makes twice the programs; ``_choose`` takes the wider wherever it alone fills the GPU.
+channels a warp (8-byte accesses, 256-byte rows), which moves bytes best, and 64 a warp, which
+makes twice the warps; ``_choose`` takes the wider wherever it alone fills the GPU. The
+forward's narrow shape puts two 64-channel warps side by side in one program, so that each
+program still covers whole 256-byte rows.
 
 **Why the layout matters.** ``tl.max_contiguous(..., VEC)`` with BD = 32 * VEC * warps
 makes Triton put the 32 lanes of a warp along channels (VEC channels each, coalesced),
@@ -662,14 +664,15 @@ class TileConfig:
     forward 0.167 against 0.168 ms, backward 0.182 against 0.186; 8 was slower; v20).
     ``min_programs``: below this many (batch x channel-block) programs the time axis is
     cut into segments (two passes, one extra read of the input) to fill the GPU;
-    0 means: split below ``SPLIT_BELOW_PER_SM`` programs per SM, into enough segments for
-    ``PROGRAMS_PER_SM``. ``split`` forces segments on (True) or off (False).
+    0 means: split below ``SPLIT_BELOW_PER_SM`` warps per SM, into enough segments for
+    ``PROGRAMS_PER_SM`` (a program of ``num_warps`` warps counts as that many one-warp
+    programs). ``split`` forces segments on (True) or off (False).
     ``warmup`` (the EMA kernels and ``linear_scan``'s forward): how segments get their incoming
     state. True: in one pass, each scanning the steps before it from zero for as long as a
     timescale remembers anything at float32 resolution (``warm_steps``; LIN_WARM_STEPS for
     ``linear_scan``, whose tiles that still remember are then rescanned exactly); False: two
     passes, the second combining the first's exact end states; None: warm-ups wherever
-    segments of WARM_SEG_RATIO warm-ups each still make at least one program per SM.
+    segments of WARM_SEG_RATIO warm-ups each still make at least one warp per SM.
     """
 
     ct: int = 16
@@ -697,22 +700,25 @@ class TileConfig:
 # against 0.177 ms at 128, backward 0.186 against 0.193; notes/kernels.md, v20).
 # 128 channels a warp (8-byte accesses, 256-byte rows) beat 64 wherever enough programs run
 # (B=64 T=512 EMA forward 0.081 against 0.087 ms); at B=16 D=768 they leave SMs idle, and 64
-# channels run. Depths from the H100 sweeps of notes/kernels.md, v10.
+# channels a warp run. The forward puts two such warps side by side in a program, so that one program
+# reads and writes whole 256-byte rows (B=4 T=8192 0.0845 against 0.0882 ms, B=1 T=65536 0.1577
+# against 0.1622, B=16 T=2048 0.0777 against 0.0783; notes/kernels.md, v26). Depths from the H100
+# sweeps of notes/kernels.md, v10 and v26.
 # linear_scan keeps 64: its 128-wide, pipelined, segmented backward got a broadcast decay
 # wrong on the H100 (F=40; right unpipelined, in one pass and in Triton's interpreter; v10).
-EMA_FWD = (TileConfig(ct=16, block=128, vec=4, stages=4), TileConfig(ct=32, block=64, vec=2, stages=4))
+EMA_FWD = (TileConfig(ct=16, block=128, vec=4, stages=4), TileConfig(ct=32, block=128, num_warps=2, vec=2, stages=4))
 EMA_BWD = (TileConfig(ct=16, block=128, vec=4, stages=3), TileConfig(ct=16, block=64, vec=2, stages=4))
 LIN_FWD = (TileConfig(ct=32, block=64, vec=2, stages=3),)
 LIN_BWD = (TileConfig(ct=16, block=64, vec=2, stages=3),)
-# Time is cut into segments only when fewer than SPLIT_BELOW_PER_SM one-warp programs per SM
-# would run, and then into enough for PROGRAMS_PER_SM (H100, pipelined loads: at 1.45 per SM
-# one pass took 0.091 ms against 0.113 split; at B=4 T=8192, 8 per SM beat 2 and 24, 0.108
-# against 0.120 and 0.114 ms; notes/kernels.md, v7 and v8).
+# Time is cut into segments only when fewer than SPLIT_BELOW_PER_SM warps per SM would run (one-warp
+# programs, or a program's warps counted apart), and then into enough for PROGRAMS_PER_SM (H100,
+# pipelined loads: at 1.45 per SM one pass took 0.091 ms against 0.113 split; at B=4 T=8192, 8 per
+# SM beat 2 and 24, 0.108 against 0.120 and 0.114 ms; notes/kernels.md, v7 and v8).
 SPLIT_BELOW_PER_SM = 1
 PROGRAMS_PER_SM = 8
 # Segments that warm up (EMA): each is at least WARM_SEG_RATIO times its warm-up (the warm-up
 # re-reads 1 / WARM_SEG_RATIO of the input) and there are enough for WARM_PROGRAMS_PER_SM; where
-# that leaves fewer than one program per SM, two passes run instead. A timescale's warm-up is the
+# that leaves fewer than one warp per SM, two passes run instead. A timescale's warm-up is the
 # steps after which the state it starts from weighs under 2**-WARM_BITS (float32 keeps 24 bits).
 # H100, B=1 T=65536 and B=4 T=8192: 2 per SM and twice the warm-up beat 1, 3, 4 and 6 per SM and
 # once or three times it, forward and backward (notes/kernels.md, v20).
@@ -740,27 +746,29 @@ def _sm_count(device: torch.device) -> int:
 def _choose(cfg: TileConfig | None, defaults: tuple[TileConfig, ...], B: int, F: int,
             device: torch.device) -> TileConfig:
     """``cfg`` if given; else the widest default whose one-pass launch has at least
-    SPLIT_BELOW_PER_SM programs per SM, or failing all, the narrowest (which cuts time into
-    segments, and gets the most programs out of each)."""
+    SPLIT_BELOW_PER_SM warps per SM, or failing all, the narrowest (which cuts time into
+    segments, and gets the most warps out of each)."""
     if cfg is not None:
         return cfg
     sms = _sm_count(device)
     for c in defaults:
-        if B * triton.cdiv(F, c.block) >= SPLIT_BELOW_PER_SM * sms:
+        if B * triton.cdiv(F, c.block) * c.num_warps >= SPLIT_BELOW_PER_SM * sms:
             return c
     return defaults[-1]
 
 
 def _segments(cfg: TileConfig, programs: int, T: int, device: torch.device) -> tuple[int, int]:
-    """(NSEG, SEGLEN): one segment unless too few programs would run, then enough to fill the GPU."""
+    """(NSEG, SEGLEN) for ``programs`` programs of ``cfg.num_warps`` warps: one segment unless too few
+    warps would run, then enough to fill the GPU."""
     if cfg.split is False or T <= 4 * cfg.ct:
         return 1, T
     sms = _sm_count(device)
-    want = cfg.min_programs or PROGRAMS_PER_SM * sms
-    threshold = cfg.min_programs or SPLIT_BELOW_PER_SM * sms
-    if cfg.split is None and programs >= threshold:
+    warps = programs * cfg.num_warps
+    want = cfg.min_programs * cfg.num_warps or PROGRAMS_PER_SM * sms
+    threshold = cfg.min_programs * cfg.num_warps or SPLIT_BELOW_PER_SM * sms
+    if cfg.split is None and warps >= threshold:
         return 1, T
-    nseg = max(2, min(-(-want // max(programs, 1)), T // (4 * cfg.ct)))
+    nseg = max(2, min(-(-want // max(warps, 1)), T // (4 * cfg.ct)))
     seglen = -(-(-(-T // nseg)) // cfg.ct) * cfg.ct  # a multiple of CT
     return -(-T // seglen), seglen
 
@@ -788,13 +796,14 @@ def warm_steps(alphas, ct: int = 1) -> list[int] | None:
 
 def _warm_plan(cfg: TileConfig, programs: int, T: int, warm: int, device: torch.device) -> tuple[int, int] | None:
     """(NSEG, SEGLEN) for one pass of segments that each warm up over ``warm`` steps; None where that
-    gives one segment, or (unless ``cfg.warmup`` forces it) under one program per SM: two passes then."""
+    gives one segment, or (unless ``cfg.warmup`` forces it) under one warp per SM: two passes then."""
     sms = _sm_count(device)
-    want = cfg.min_programs or WARM_PROGRAMS_PER_SM * sms
-    seglen = max(-(-T // max(1, -(-want // max(programs, 1)))), WARM_SEG_RATIO * warm, cfg.ct)
+    warps = programs * cfg.num_warps
+    want = cfg.min_programs * cfg.num_warps or WARM_PROGRAMS_PER_SM * sms
+    seglen = max(-(-T // max(1, -(-want // max(warps, 1)))), WARM_SEG_RATIO * warm, cfg.ct)
     seglen = -(-seglen // cfg.ct) * cfg.ct
     nseg = -(-T // seglen)
-    if nseg == 1 or (nseg * programs < sms and not cfg.warmup):
+    if nseg == 1 or (nseg * warps < sms and not cfg.warmup):
         return None
     return nseg, seglen
 
