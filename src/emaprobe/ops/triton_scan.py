@@ -196,35 +196,36 @@ def _seg_decays(DEC64, n, NS: tl.constexpr):
 
 @triton.jit
 def _ema_fwd_one(x, live, h, dec, alp, k: tl.constexpr, o_ptr, o_off, m, D, rows,
-                 CT: tl.constexpr, STORE_OUT: tl.constexpr):
+                 CT: tl.constexpr, STORE_OUT: tl.constexpr, SEV: tl.constexpr):
     # timescale k of a (CT, BD) tile: scan, add the carried state, store, return the new carry
     a = tl.where(live, dec, 1.0)  # padded rows decay by 1 and add 0: the last row is the end state
     u = alp * x + tl.where((rows == 0)[:, None], dec * h[None, :], 0.0)  # the carry enters at row 0
     _, hh = tl.associative_scan((a, u), 0, _combine)
     if STORE_OUT:
-        tl.store(o_ptr + k * D + o_off, hh.to(o_ptr.dtype.element_ty), mask=m)
+        tl.store(o_ptr + k * D + o_off, hh.to(o_ptr.dtype.element_ty), mask=m, eviction_policy=SEV)
     return _last_row(hh, rows, CT - 1)
 
 
 @triton.jit
 def _ema_fwd_tile(x_ptr, o_ptr, x_off, o_off, m, live, h0, h1, h2, h3, d0, d1, d2, d3, a0, a1, a2, a3, D, rows,
-                  NS: tl.constexpr, CT: tl.constexpr, STORE_OUT: tl.constexpr):
-    # one (CT, BD) tile of x, every timescale: load, scan, store; returns the carried states
+                  NS: tl.constexpr, CT: tl.constexpr, STORE_OUT: tl.constexpr, SEV: tl.constexpr):
+    # one (CT, BD) tile of x, every timescale: load, scan, store (L2 eviction policy SEV); returns
+    # the carried states
     x = tl.load(x_ptr + x_off, mask=m, other=0.0).to(tl.float32)
-    h0 = _ema_fwd_one(x, live, h0, d0, a0, 0, o_ptr, o_off, m, D, rows, CT, STORE_OUT)
+    h0 = _ema_fwd_one(x, live, h0, d0, a0, 0, o_ptr, o_off, m, D, rows, CT, STORE_OUT, SEV)
     if NS > 1:
-        h1 = _ema_fwd_one(x, live, h1, d1, a1, 1, o_ptr, o_off, m, D, rows, CT, STORE_OUT)
+        h1 = _ema_fwd_one(x, live, h1, d1, a1, 1, o_ptr, o_off, m, D, rows, CT, STORE_OUT, SEV)
     if NS > 2:
-        h2 = _ema_fwd_one(x, live, h2, d2, a2, 2, o_ptr, o_off, m, D, rows, CT, STORE_OUT)
+        h2 = _ema_fwd_one(x, live, h2, d2, a2, 2, o_ptr, o_off, m, D, rows, CT, STORE_OUT, SEV)
     if NS > 3:
-        h3 = _ema_fwd_one(x, live, h3, d3, a3, 3, o_ptr, o_off, m, D, rows, CT, STORE_OUT)
+        h3 = _ema_fwd_one(x, live, h3, d3, a3, 3, o_ptr, o_off, m, D, rows, CT, STORE_OUT, SEV)
     return h0, h1, h2, h3
 
 
 @triton.jit
 def _ema_fwd_span(x_ptr, o_ptr, x_off, o_off, m, h0, h1, h2, h3, d0, d1, d2, d3, a0, a1, a2, a3, D, SD, rows, n,
                   NS: tl.constexpr, CT: tl.constexpr, BD: tl.constexpr, STAGES: tl.constexpr,
-                  STORE_OUT: tl.constexpr):
+                  STORE_OUT: tl.constexpr, SEV: tl.constexpr):
     # n steps of every timescale from x_ptr / o_ptr (time t of the span at row offset t); returns the states.
     # Full tiles without row masks (with EVEN_D, without any mask): per-element predicates were most of
     # the loop's instructions (notes/kernels.md, v10). STAGES tiles in flight: Triton's pipeliner turns
@@ -235,12 +236,12 @@ def _ema_fwd_span(x_ptr, o_ptr, x_off, o_off, m, h0, h1, h2, h3, d0, d1, d2, d3,
         # offsets from the induction variable (not a carried pointer) keep vector access
         i = tl.cast(i0, tl.int64)
         h0, h1, h2, h3 = _ema_fwd_tile(x_ptr + i * D, o_ptr + i * SD, x_off, o_off, m, live, h0, h1, h2, h3,
-                                       d0, d1, d2, d3, a0, a1, a2, a3, D, rows, NS, CT, STORE_OUT)
+                                       d0, d1, d2, d3, a0, a1, a2, a3, D, rows, NS, CT, STORE_OUT, SEV)
     if tail:  # the last, partial tile: padded rows decay by 1 and add 0
         i = tl.cast(last, tl.int64)
         live = tl.broadcast_to((rows < n - last)[:, None], (CT, BD))
         h0, h1, h2, h3 = _ema_fwd_tile(x_ptr + i * D, o_ptr + i * SD, x_off, o_off, m & live, live, h0, h1, h2, h3,
-                                       d0, d1, d2, d3, a0, a1, a2, a3, D, rows, NS, CT, STORE_OUT)
+                                       d0, d1, d2, d3, a0, a1, a2, a3, D, rows, NS, CT, STORE_OUT, SEV)
     return h0, h1, h2, h3
 
 
@@ -250,7 +251,7 @@ def _ema_fwd_kernel(
     T, D, SD, SEGLEN, NSEG, WARMLEN,
     NS: tl.constexpr, CT: tl.constexpr, BD: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
     HAS_HIN: tl.constexpr, STORE_OUT: tl.constexpr, COMBINE: tl.constexpr, WARM: tl.constexpr,
-    EVEN_D: tl.constexpr, WSTAGES: tl.constexpr,
+    EVEN_D: tl.constexpr, WSTAGES: tl.constexpr, OUT_POLICY: tl.constexpr,
 ):
     """h_t^(k) = DEC_k h_{t-1}^(k) + ALP_k x_t for NS <= 4 timescales over one segment.
 
@@ -260,7 +261,8 @@ def _ema_fwd_kernel(
     carried over every earlier segment's end state from zero, ENDS (written by pass 1).
     WARM (segments in one pass): the segment's incoming state is scanned, unstored, from zero
     over the WARMLEN steps before it (from HIN at t = 0 if they reach it), pipelined WSTAGES
-    deep; SEGLEN and WARMLEN are multiples of CT.
+    deep; SEGLEN and WARMLEN are multiples of CT. OUT_POLICY: the L2 eviction policy of the
+    trace stores (``EMA_OUT_POLICY``).
     """
     pid_d = tl.program_id(0)
     seg = tl.program_id(1)
@@ -299,10 +301,10 @@ def _ema_fwd_kernel(
             h2 = h0
             h3 = h0
         h0, h1, h2, h3 = _ema_fwd_span(X + (b * T + w0) * D, OUT, x_off, o_off, m, h0, h1, h2, h3, d0, d1, d2, d3,
-                                       a0, a1, a2, a3, D, SD, rows, t_start - w0, NS, CT, BD, WSTAGES, False)
+                                       a0, a1, a2, a3, D, SD, rows, t_start - w0, NS, CT, BD, WSTAGES, False, "")
     h0, h1, h2, h3 = _ema_fwd_span(X + (b * T + t_start) * D, OUT + (b * T + t_start) * SD, x_off, o_off, m,
                                    h0, h1, h2, h3, d0, d1, d2, d3, a0, a1, a2, a3, D, SD, rows,
-                                   _seg_len(seg, SEGLEN, T), NS, CT, BD, STAGES, STORE_OUT)
+                                   _seg_len(seg, SEGLEN, T), NS, CT, BD, STAGES, STORE_OUT, OUT_POLICY)
     _store_state(HEND + st, h0, h1, h2, h3, mask_d, D, NS)
 
 
@@ -729,6 +731,9 @@ WARM_BITS = 24
 # channel's decays there multiply to more than 2**-24 is rescanned from its exact incoming state
 # (decays under 0.878 on average forget within it: 0.878**128 = 2**-24)
 LIN_WARM_STEPS = 128
+# The EMA forward's traces are 3/4 of its bytes and are not read back by it: their stores are
+# marked evict_first, so that they leave L2 before the input does (notes/kernels.md, v27)
+EMA_OUT_POLICY = "evict_first"
 
 _SM_COUNT: dict[int, int] = {}
 
@@ -870,7 +875,8 @@ def ema_traces_fwd(
     ends = torch.empty_like(hend) if two_pass else hend
     for s0 in range(0, S, GROUP):
         kw = dict(NS=min(GROUP, S - s0), CT=cfg.ct, BD=cfg.block, VEC=cfg.vec, STAGES=cfg.stages,
-                  num_warps=cfg.num_warps, EVEN_D=D % cfg.block == 0, WSTAGES=cfg.warm_stages)
+                  num_warps=cfg.num_warps, EVEN_D=D % cfg.block == 0, WSTAGES=cfg.warm_stages,
+                  OUT_POLICY=EMA_OUT_POLICY)
         # x is shared: one warm-up long enough for the group's slowest timescale
         warmlen = 0 if warm is None else max(warm[s0:s0 + GROUP])
         args = (dec[s0:], dec64[s0:], alp[s0:], T, D, S * D, seglen, nseg, warmlen)
