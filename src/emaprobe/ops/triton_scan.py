@@ -667,8 +667,7 @@ class TileConfig:
     ``min_programs``: below this many (batch x channel-block) programs the time axis is
     cut into segments (two passes, one extra read of the input) to fill the GPU;
     0 means: split below ``SPLIT_BELOW_PER_SM`` warps per SM, into enough segments for
-    ``PROGRAMS_PER_SM`` (a program of ``num_warps`` warps counts as that many one-warp
-    programs). ``split`` forces segments on (True) or off (False).
+    ``WARPS_PER_SM`` (``_warps``). ``split`` forces segments on (True) or off (False).
     ``warmup`` (the EMA kernels and ``linear_scan``'s forward): how segments get their incoming
     state. True: in one pass, each scanning the steps before it from zero for as long as a
     timescale remembers anything at float32 resolution (``warm_steps``; LIN_WARM_STEPS for
@@ -713,19 +712,19 @@ EMA_BWD = (TileConfig(ct=16, block=128, vec=4, stages=3), TileConfig(ct=16, bloc
 LIN_FWD = (TileConfig(ct=32, block=64, vec=2, stages=3),)
 LIN_BWD = (TileConfig(ct=16, block=64, vec=2, stages=3),)
 # Time is cut into segments only when fewer than SPLIT_BELOW_PER_SM warps per SM would run (one-warp
-# programs, or a program's warps counted apart), and then into enough for PROGRAMS_PER_SM (H100,
+# programs, or a program's warps counted apart), and then into enough for WARPS_PER_SM (H100,
 # pipelined loads: at 1.45 per SM one pass took 0.091 ms against 0.113 split; at B=4 T=8192, 8 per
 # SM beat 2 and 24, 0.108 against 0.120 and 0.114 ms; notes/kernels.md, v7 and v8).
 SPLIT_BELOW_PER_SM = 1
-PROGRAMS_PER_SM = 8
+WARPS_PER_SM = 8
 # Segments that warm up (EMA): each is at least WARM_SEG_RATIO times its warm-up (the warm-up
-# re-reads 1 / WARM_SEG_RATIO of the input) and there are enough for WARM_PROGRAMS_PER_SM; where
+# re-reads 1 / WARM_SEG_RATIO of the input) and there are enough for WARM_WARPS_PER_SM; where
 # that leaves fewer than one warp per SM, two passes run instead. A timescale's warm-up is the
 # steps after which the state it starts from weighs under 2**-WARM_BITS (float32 keeps 24 bits).
 # H100, B=1 T=65536 and B=4 T=8192: 2 per SM and twice the warm-up beat 1, 3, 4 and 6 per SM and
 # once or three times it, forward and backward (notes/kernels.md, v20).
 WARM_SEG_RATIO = 2
-WARM_PROGRAMS_PER_SM = 2
+WARM_WARPS_PER_SM = 2
 WARM_BITS = 24
 # linear_scan's decays are data: its segments warm up over this many steps, and a tile where some
 # channel's decays there multiply to more than 2**-24 is rescanned from its exact incoming state
@@ -762,15 +761,20 @@ def _choose(cfg: TileConfig | None, defaults: tuple[TileConfig, ...], B: int, F:
     return defaults[-1]
 
 
+def _warps(cfg: TileConfig, programs: int, per_sm: int, sms: int) -> tuple[int, int]:
+    """(warps a launch of ``programs`` programs runs, warps it should run): a program of
+    ``cfg.num_warps`` warps counts that many; ``cfg.min_programs``, if set, counts programs."""
+    return programs * cfg.num_warps, cfg.min_programs * cfg.num_warps or per_sm * sms
+
+
 def _segments(cfg: TileConfig, programs: int, T: int, device: torch.device) -> tuple[int, int]:
     """(NSEG, SEGLEN) for ``programs`` programs of ``cfg.num_warps`` warps: one segment unless too few
     warps would run, then enough to fill the GPU."""
     if cfg.split is False or T <= 4 * cfg.ct:
         return 1, T
     sms = _sm_count(device)
-    warps = programs * cfg.num_warps
-    want = cfg.min_programs * cfg.num_warps or PROGRAMS_PER_SM * sms
-    threshold = cfg.min_programs * cfg.num_warps or SPLIT_BELOW_PER_SM * sms
+    warps, want = _warps(cfg, programs, WARPS_PER_SM, sms)
+    _, threshold = _warps(cfg, programs, SPLIT_BELOW_PER_SM, sms)
     if cfg.split is None and warps >= threshold:
         return 1, T
     nseg = max(2, min(-(-want // max(warps, 1)), T // (4 * cfg.ct)))
@@ -803,8 +807,7 @@ def _warm_plan(cfg: TileConfig, programs: int, T: int, warm: int, device: torch.
     """(NSEG, SEGLEN) for one pass of segments that each warm up over ``warm`` steps; None where that
     gives one segment, or (unless ``cfg.warmup`` forces it) under one warp per SM: two passes then."""
     sms = _sm_count(device)
-    warps = programs * cfg.num_warps
-    want = cfg.min_programs * cfg.num_warps or WARM_PROGRAMS_PER_SM * sms
+    warps, want = _warps(cfg, programs, WARM_WARPS_PER_SM, sms)
     seglen = max(-(-T // max(1, -(-want // max(warps, 1)))), WARM_SEG_RATIO * warm, cfg.ct)
     seglen = -(-seglen // cfg.ct) * cfg.ct
     nseg = -(-T // seglen)
