@@ -1,0 +1,201 @@
+"""The one protocol every experiment follows, its registry, and the claims it writes.
+
+An experiment is a module of ``emaprobe.experiments`` that defines:
+
+    NAME: str                         its name, and the folder ``runs/<NAME>`` it writes by default
+    Config                            a frozen dataclass: the whole experiment, every choice a field
+    smoke() -> Config                 seconds on CPU (CI runs it)
+    run(cfg, out: Path) -> None       measures, and writes JSON under ``out``
+    report(out: Path) -> None         reads only the JSON under ``out``; writes README.md, the PNGs
+                                      and ``claims.json``
+
+and optionally ``BUDGETS: dict[str, Callable[[], Config]]``, further named budgets
+(``"cpu"``, ``"gpu"``) beside ``smoke`` and the default ``Config()``.
+
+``emaprobe run NAME [--smoke | --budget B] [--set a.b=c ...] [--out DIR]`` runs any of
+them (``run_experiment``). Output goes to ``runs/<NAME>/`` unless ``--out`` says
+otherwise; the committed results under ``results/`` are written only by an explicit
+``--out results/<NAME>``.
+
+``claims.json`` is a JSON list of ``Claim`` rows: the paper's number beside ours, with
+seeds, scale, the labels used and a verdict, plus the command that reruns it.
+``emaprobe reproduce`` reads these files and nothing else to build its report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from emaprobe.utils import apply_overrides, atomic_write_json, read_json
+
+RUNS_DIR = Path("runs")
+CLAIMS_NAME = "claims.json"
+VERDICTS = ("confirmed", "refuted", "inconclusive")
+
+# name -> module; a new experiment is one line here (or register_experiment at import time)
+EXPERIMENTS: dict[str, str] = {
+    "roles": "emaprobe.experiments.roles",
+    "lm_ptb": "emaprobe.experiments.lm_ptb",
+    "lm_scale": "emaprobe.experiments.lm_scale",
+}
+
+REQUIRED = ("NAME", "Config", "smoke", "run", "report")
+
+
+def register_experiment(name: str, module: str) -> None:
+    """Make ``emaprobe run NAME`` find ``module`` (a dotted import path)."""
+    if name in EXPERIMENTS and EXPERIMENTS[name] != module:
+        raise ValueError(f"experiment {name!r} is already registered as {EXPERIMENTS[name]}")
+    EXPERIMENTS[name] = module
+
+
+def get_experiment(name: str) -> ModuleType:
+    """The module of experiment ``name``; an unknown name lists the valid ones."""
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; choose one of {sorted(EXPERIMENTS)}")
+    module = importlib.import_module(EXPERIMENTS[name])
+    missing = [attr for attr in REQUIRED if not hasattr(module, attr)]
+    if missing:
+        raise TypeError(f"{module.__name__} does not follow the experiment protocol: it lacks {missing}")
+    return module
+
+
+def budgets(exp: ModuleType) -> dict[str, Callable[[], Any]]:
+    """Every named budget of ``exp``: ``smoke``, ``default`` (``Config()``) and its own ``BUDGETS``."""
+    return {"smoke": exp.smoke, "default": exp.Config, **getattr(exp, "BUDGETS", {})}
+
+
+def config_for(exp: ModuleType, budget: str = "default", overrides: dict[str, str] | None = None) -> Any:
+    """The config of ``budget`` with dotted ``{"a.b": "c"}`` overrides applied."""
+    table = budgets(exp)
+    if budget not in table:
+        raise ValueError(f"experiment {exp.NAME!r} has no budget {budget!r}; choose one of {sorted(table)}")
+    cfg = table[budget]()
+    return apply_overrides(cfg, dict(overrides or {})) if overrides else cfg
+
+
+def default_out(name: str) -> Path:
+    return RUNS_DIR / name
+
+
+def run_experiment(
+    name: str,
+    *,
+    budget: str = "default",
+    overrides: dict[str, str] | None = None,
+    out: str | Path | None = None,
+    report_only: bool = False,
+) -> Path:
+    """Run experiment ``name`` at ``budget`` into ``out`` (default ``runs/<name>``), then report."""
+    exp = get_experiment(name)
+    folder = Path(out) if out is not None else default_out(exp.NAME)
+    if not report_only:
+        exp.run(config_for(exp, budget, overrides), folder)
+    exp.report(folder)
+    return folder
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One row of ``claims.json``: a paper claim, our measurement of it, and the evidence."""
+
+    claim: str  # a stable id, e.g. "ppl_ratio_130m"
+    metric: str  # what ``ours`` measures, with its unit
+    paper: float | None  # the paper's figure; None where the paper gives none
+    ours: float
+    std: float | None  # across seeds; None for one seed
+    seeds: int
+    scale: str  # params, tokens, data
+    verdict: str  # one of VERDICTS
+    command: str  # the command that reruns it
+    labels: str = "n/a"  # labelled examples the measurement used
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.claim or not isinstance(self.claim, str):
+            raise ValueError(f"claim id must be a non-empty string, got {self.claim!r}")
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"claim {self.claim!r}: verdict must be one of {list(VERDICTS)}, got {self.verdict!r}")
+        for field in ("paper", "ours", "std"):
+            value = getattr(self, field)
+            if value is None and field != "ours":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"claim {self.claim!r}: {field} must be a finite number, got {value!r}")
+        if not isinstance(self.seeds, int) or self.seeds < 1:
+            raise ValueError(f"claim {self.claim!r}: seeds must be an integer >= 1, got {self.seeds!r}")
+        for field in ("metric", "scale", "command"):
+            if not getattr(self, field):
+                raise ValueError(f"claim {self.claim!r}: {field} must not be empty")
+
+
+def write_claims(out: str | Path, claims: Sequence[Claim]) -> Path:
+    """Write ``out/claims.json`` (atomic); ids must be unique."""
+    ids = [c.claim for c in claims]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise ValueError(f"duplicate claim ids {dupes}")
+    return atomic_write_json(Path(out) / CLAIMS_NAME, [dataclasses.asdict(c) for c in claims])
+
+
+def read_claims(path: str | Path) -> list[Claim]:
+    """Parse a ``claims.json``; a malformed row raises a ValueError naming the file and row."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CLAIMS_NAME
+    rows = read_json(path)
+    if not isinstance(rows, list):
+        raise ValueError(f"{path}: expected a JSON list of claims, got {type(rows).__name__}")
+    fields = {f.name for f in dataclasses.fields(Claim)}
+    claims = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}: row {i} is not an object")
+        unknown = sorted(set(row) - fields)
+        if unknown:
+            raise ValueError(f"{path}: row {i} has unknown fields {unknown}; valid: {sorted(fields)}")
+        try:
+            claims.append(Claim(**row))
+        except TypeError as err:
+            raise ValueError(f"{path}: row {i}: {err}") from err
+        except ValueError as err:
+            raise ValueError(f"{path}: row {i}: {err}") from err
+    return claims
+
+
+def verdict_from_interval(low: float, high: float, *, threshold: float, above_confirms: bool = True) -> str:
+    """``confirmed`` when a confidence interval lies wholly on the claim's side of ``threshold``,
+    ``refuted`` when wholly on the other side, else ``inconclusive``."""
+    if low > high:
+        raise ValueError(f"interval low {low} > high {high}")
+    above, below = low > threshold, high < threshold
+    if above:
+        return "confirmed" if above_confirms else "refuted"
+    if below:
+        return "refuted" if above_confirms else "confirmed"
+    return "inconclusive"
+
+
+__all__ = [
+    "CLAIMS_NAME",
+    "EXPERIMENTS",
+    "RUNS_DIR",
+    "VERDICTS",
+    "Claim",
+    "budgets",
+    "config_for",
+    "default_out",
+    "get_experiment",
+    "read_claims",
+    "register_experiment",
+    "run_experiment",
+    "verdict_from_interval",
+    "write_claims",
+]
