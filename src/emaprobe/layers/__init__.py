@@ -15,7 +15,15 @@ Also here: SPEN's predictors (``PREDICTORS``: ``linear``, ``attention``), the
 KV-cached causal attention call, and the top-k sparse FFN.
 """
 
-from emaprobe.layers.base import MIXERS, ContextMixer, build_mixer, check_alphas, mixer_class, register_mixer
+from emaprobe.layers.base import (
+    MIXERS,
+    ContextMixer,
+    build_mixer,
+    check_alphas,
+    mixer_class,
+    no_weight_decay,
+    register_mixer,
+)
 from emaprobe.layers.ema import EMAMixer
 from emaprobe.layers.learned_ema import LearnedEMAMixer
 from emaprobe.layers.selective import SelectiveMixer
@@ -42,5 +50,6 @@ __all__ = [
     "cached_attention",
     "check_alphas",
     "mixer_class",
+    "no_weight_decay",
     "register_mixer",
 ]

@@ -41,6 +41,17 @@ def check_alphas(alphas: Sequence[float]) -> tuple[float, ...]:
     return vals
 
 
+def no_weight_decay(param: nn.Parameter) -> nn.Parameter:
+    """Mark a decay or gate parameter so that AdamW leaves it undecayed, and return it.
+
+    Weight decay pulls a parameter towards 0; for a decay logit that means towards a
+    decay of 0.5, a timescale of two steps, whatever the data says. Mamba marks its
+    ``A_log`` and ``D`` the same way (``_no_weight_decay``); ``emaprobe.train`` reads the mark.
+    """
+    param._no_weight_decay = True
+    return param
+
+
 class ContextMixer(nn.Module):
     """Base class: ``forward(x (B, T, D), state=None) -> (y (B, T, S, D), state)``.
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from emaprobe.layers.base import ContextMixer, check_alphas, register_mixer
+from emaprobe.layers.base import ContextMixer, check_alphas, no_weight_decay, register_mixer
 from emaprobe.ops import DEFAULT_ALPHAS, linear_scan, linear_scan_step
 
 
@@ -29,7 +29,7 @@ class LearnedEMAMixer(ContextMixer):
         super().__init__(d_model, len(vals))
         self.init_alphas = vals
         self.backend = backend
-        self.decay_logit = nn.Parameter(torch.empty(len(vals), d_model))  # theta (S, D)
+        self.decay_logit = no_weight_decay(nn.Parameter(torch.empty(len(vals), d_model)))  # theta (S, D)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

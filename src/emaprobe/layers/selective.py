@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from emaprobe.layers.base import ContextMixer, check_alphas, register_mixer
+from emaprobe.layers.base import ContextMixer, check_alphas, no_weight_decay, register_mixer
 from emaprobe.ops import DEFAULT_ALPHAS, linear_scan, linear_scan_step
 
 
@@ -44,8 +44,8 @@ class SelectiveMixer(ContextMixer):
             self.gate_up = nn.Linear(self.rank, 2 * S * D, bias=False)
         else:
             self.gate_proj = nn.Linear(D, 2 * S * D, bias=False)
-        self.decay_bias = nn.Parameter(torch.empty(S, D))  # beta_a
-        self.gate_bias = nn.Parameter(torch.empty(S, D))  # beta_i
+        self.decay_bias = no_weight_decay(nn.Parameter(torch.empty(S, D)))  # beta_a
+        self.gate_bias = no_weight_decay(nn.Parameter(torch.empty(S, D)))  # beta_i
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -20,8 +20,9 @@ DTYPES = ("auto", "fp32", "bf16")
 class OptimConfig:
     """AdamW with linear warmup and cosine decay to ``min_lr_ratio * lr`` at the last step.
 
-    Weight decay applies to matrices only (dim >= 2); norms, biases and gains are not
-    decayed (the nanoGPT convention).
+    Weight decay applies to matrices only (dim >= 2; the nanoGPT convention), and not
+    to the decay logits and gate biases of the context mixers, which are marked
+    ``_no_weight_decay`` as Mamba marks ``A_log``.
     """
 
     lr: float = 1e-3

@@ -81,11 +81,18 @@ def autocast_context(cfg: TrainConfig, device: torch.device) -> contextlib.Abstr
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+def decays_weight(param: torch.nn.Parameter) -> bool:
+    """Whether AdamW decays ``param``: matrices yes; vectors (norms, biases, gains) and
+    parameters marked ``_no_weight_decay`` (decay logits and gate biases, see
+    ``emaprobe.layers.no_weight_decay``) no."""
+    return param.dim() >= 2 and not getattr(param, "_no_weight_decay", False)
+
+
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW; matrices are decayed, vectors (norms, biases, gains) are not."""
+    """AdamW with two groups: weight decay on the parameters ``decays_weight`` picks, none on the rest."""
     params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
+    decay = [p for p in params if decays_weight(p)]
+    no_decay = [p for p in params if not decays_weight(p)]
     groups = [
         {"params": decay, "weight_decay": cfg.optim.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},

@@ -1,0 +1,42 @@
+"""AdamW's weight decay touches matrices, never the mixers' decay logits or gate biases."""
+
+import pytest
+import torch
+
+from emaprobe.models import build_model
+from emaprobe.train import TrainConfig
+from emaprobe.train.lm import decays_weight, make_optimizer
+
+MARKED = {"learned_ema": ("decay_logit",), "selective": ("decay_bias", "gate_bias")}
+
+
+def _groups(model):
+    opt = make_optimizer(model, TrainConfig(device="cpu"), torch.device("cpu"))
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    plain = {names[id(p)] for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    return decayed, plain
+
+
+@pytest.mark.parametrize("mixer", sorted(MARKED))
+def test_decay_and_gate_parameters_are_not_weight_decayed(mixer):
+    model = build_model("spen-tiny", mixer=mixer, vocab_size=50, d_model=16, n_layer=2, d_bottleneck=8, d_ff=32,
+                        n_head=2, mixer_rank=4)
+    decayed, plain = _groups(model)
+    marked = {n for n in decayed | plain if n.rsplit(".", 1)[-1] in MARKED[mixer]}
+    assert len(marked) == 2 * len(MARKED[mixer])  # one per block
+    assert marked <= plain
+    assert not marked & decayed
+    # every other matrix is still decayed, and the groups cover every parameter once
+    assert {n for n, p in model.named_parameters() if p.dim() >= 2} - marked == decayed
+    assert decayed | plain == {n for n, _ in model.named_parameters()}
+
+
+def test_the_mark_survives_a_move_and_is_read_per_parameter():
+    model = build_model("spen-tiny", mixer="learned_ema", vocab_size=50, d_model=16, n_layer=1, d_bottleneck=8,
+                        d_ff=32, n_head=2)
+    model = model.to(torch.float64)  # .to() keeps the Parameter objects, so their marks
+    logits = [p for n, p in model.named_parameters() if n.endswith("decay_logit")]
+    assert logits and all(not decays_weight(p) for p in logits)
+    assert decays_weight(torch.nn.Parameter(torch.zeros(3, 3)))
+    assert not decays_weight(torch.nn.Parameter(torch.zeros(3)))
