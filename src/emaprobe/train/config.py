@@ -60,6 +60,7 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 10
     eval_every: int = 200  # 0: only at the end
+    eval_steps: tuple[int, ...] = ()  # also evaluate after these steps (log-spaced token curves)
     eval_batches: int = 20  # windows of batch_size x seq_len; 0: the whole validation split
     ckpt_every: int = 500  # 0: only at the end
     device: str = "auto"  # auto: cuda when available
@@ -72,6 +73,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "seq_len", "grad_accum", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if any(int(s) < 1 for s in self.eval_steps):
+            raise ValueError(f"train.eval_steps must hold steps >= 1, got {self.eval_steps}")
         for name in ("eval_every", "eval_batches", "ckpt_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")

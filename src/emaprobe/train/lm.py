@@ -238,6 +238,7 @@ def train_lm(
     writer = _tensorboard(out, cfg, info)
     log_file = open(metrics_path, "a", encoding="utf-8") if info.is_main else None
     tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * info.world_size
+    eval_steps = frozenset(int(s) for s in cfg.eval_steps)
     disable = progress_disabled(quiet, info.is_main)
     bar = tqdm(total=cfg.steps, initial=start_step, unit="step", desc="train", disable=disable, dynamic_ncols=True)
     last: dict[str, Any] = {}
@@ -293,7 +294,7 @@ def train_lm(
                         "tokens": tokens_seen, "tokens_per_s": tok_s}
                 emit(last)
                 bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
-            at_eval = (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps
+            at_eval = (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps or done in eval_steps
             if data.val is not None and at_eval:
                 ev = evaluate()
                 last_val = {"step": done, "val_loss": ev["loss"], "val_ppl": ev["ppl"], "val_bpb": ev["bpb"],
