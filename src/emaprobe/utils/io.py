@@ -78,7 +78,12 @@ def _git(*args: str) -> str | None:
 
 
 def _git_sha() -> str | None:
-    """HEAD's SHA, with ``-dirty`` when tracked files differ from it (the run was not of HEAD)."""
+    """HEAD's SHA, with ``-dirty`` when tracked files differ from it (the run was not of HEAD).
+
+    ``EMAPROBE_GIT_SHA`` overrides it, for a copy of a tree whose git metadata was not copied along.
+    """
+    if os.environ.get("EMAPROBE_GIT_SHA"):
+        return os.environ["EMAPROBE_GIT_SHA"]
     sha = _git("rev-parse", "HEAD")
     if not sha:
         return None
