@@ -11,10 +11,11 @@ Claims tested (shared/PAPER.md, claims 3 and 4):
 
 Stages (``Config.stages``; each pair of runs sees the same batches in the same order,
 because batches are drawn from the run seed alone):
-    lr          the small size: spen-ema and gpt at each of ``lrs``, seed 0; each family's
-                best (lowest final validation loss) is used by every later stage
+    lr          the small size: spen-ema and gpt at each of ``lrs``, seed 0, ``lr_tokens``
+                tokens; each family's best (lowest final validation loss) is used by every
+                later stage
     mechanisms  the small size: every SPEN context mechanism and gpt, ``seeds`` seeds each,
-                ``small_tokens`` tokens; paired differences with 95% t-intervals
+                ``mechanism_tokens`` tokens; paired differences with 95% t-intervals
     headline    spen-130m (ema) and gpt-124m, ``headline_tokens`` tokens, evaluated at
                 ``curve_points`` log-spaced token counts: the ratio as a curve; a power law
                 per family, extrapolated to the paper's 8B tokens (labelled as such)
@@ -119,7 +120,8 @@ class Config:
     small_size: str = "small"
     ladder: tuple[str, ...] = ("tiny", "small", "130m")
     headline_size: str = "130m"
-    small_tokens: int = 20_000_000  # lr and mechanism runs
+    lr_tokens: int = 20_000_000
+    mechanism_tokens: int = 20_000_000
     headline_tokens: int = 100_000_000
     curve_points: int = 8  # log-spaced evaluations of the headline runs
     lrs: tuple[float, ...] = (1e-3, 2e-3, 4e-3)
@@ -149,7 +151,8 @@ class Config:
         bad = sorted(set(self.mechanisms) - set(VARIANTS))
         if bad:
             raise ValueError(f"mechanisms: unknown {bad}; choose from {sorted(VARIANTS)}")
-        for name in ("seq_len", "batch_size", "small_tokens", "headline_tokens", "curve_points", "seeds", "parallel"):
+        for name in ("seq_len", "batch_size", "lr_tokens", "mechanism_tokens", "headline_tokens", "curve_points", "seeds",
+                     "parallel"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.lrs or any(not lr > 0 for lr in self.lrs):
@@ -165,7 +168,7 @@ def smoke() -> Config:
     """Seconds on CPU with PTB (word level), so it runs in any clone, shared data or not."""
     return Config(
         train="ptb:train", valid="ptb:valid", evals=("ptb.valid=ptb:valid", "ptb.test=ptb:test"), tokenizer="word",
-        seq_len=16, batch_size=2, small_size="tiny", ladder=("tiny",), headline_size="tiny", small_tokens=96,
+        seq_len=16, batch_size=2, small_size="tiny", ladder=("tiny",), headline_size="tiny", lr_tokens=64, mechanism_tokens=64,
         headline_tokens=256, curve_points=4, lrs=(1e-3, 3e-3), seeds=2,
         mechanisms=("spen-ema", "spen-ema-attnpred", "spen-selective", "gpt"), eval_batches=2,
         final_eval_tokens=256, ckpt_every=0, compile=False, device="cpu", workers=1,
@@ -173,8 +176,12 @@ def smoke() -> Config:
 
 
 def gpu() -> Config:
-    """What the committed results ran: one H200, the defaults, four small jobs at a time."""
-    return Config(parallel=4, device="cuda")
+    """One H200: jobs of a stage share the GPU, and the mechanisms run 5M tokens each.
+
+    Sharing gives little (the small runs are bound by one GPU's time slices), so plan a
+    stage by its total tokens: about 3e5 tokens/s for the small pairs, 2e5 for SPEN-130m.
+    """
+    return Config(parallel=6, device="cuda", mechanism_tokens=5_000_000, ckpt_every=1000)
 
 
 BUDGETS = {"gpu": gpu}
@@ -231,7 +238,7 @@ def best_lr(cfg: Config, out: Path, family: str) -> float:
         return explicit
     scores = {}
     for lr in cfg.lrs:
-        job = Job(FAMILY_BASE[family], cfg.small_size, lr, 0, cfg.small_tokens)
+        job = Job(FAMILY_BASE[family], cfg.small_size, lr, 0, cfg.lr_tokens)
         path = out / "runs" / f"{job.name}.json"
         if path.is_file():
             scores[lr] = read_json(path)["final_val_loss"]
@@ -245,10 +252,10 @@ def best_lr(cfg: Config, out: Path, family: str) -> float:
 def plan(cfg: Config, out: Path, stage: str) -> list[Job]:
     """The jobs of ``stage``; the same (variant, size, lr, seed, tokens) is one job in any stage."""
     if stage == "lr":
-        return [Job(FAMILY_BASE[f], cfg.small_size, lr, 0, cfg.small_tokens) for f in ("spen", "gpt") for lr in cfg.lrs]
+        return [Job(FAMILY_BASE[f], cfg.small_size, lr, 0, cfg.lr_tokens) for f in ("spen", "gpt") for lr in cfg.lrs]
     lr = {f: best_lr(cfg, out, f) for f in ("spen", "gpt")}
     if stage == "mechanisms":
-        return [Job(v, cfg.small_size, lr[VARIANTS[v][0]], s, cfg.small_tokens)
+        return [Job(v, cfg.small_size, lr[VARIANTS[v][0]], s, cfg.mechanism_tokens)
                 for s in range(cfg.seeds) for v in cfg.mechanisms]
     sizes = cfg.ladder if stage == "ladder" else (cfg.headline_size,)
     return [Job(v, size, lr[VARIANTS[v][0]], 0, cfg.headline_tokens, cfg.curve_points, cfg.ckpt_every)
@@ -494,14 +501,14 @@ def _test_loss(r: dict) -> float:
 
 def summarize(runs: dict[str, dict]) -> dict[str, Any]:
     """Everything the report says, computed from the run JSON."""
-    any_r = next(iter(runs.values()))
-    cfg = any_r["experiment_config"]
+    latest = max(runs.values(), key=lambda r: r["time_utc"])
+    cfg = latest["experiment_config"]  # later stages may run with a later config (their own token budgets)
     s: dict[str, Any] = {"config": cfg}
     # lr sweep
     lr_rows = []
     for fam, variant in FAMILY_BASE.items():
         for lr in cfg["lrs"]:
-            for r in _find(runs, variant=variant, size=cfg["small_size"], lr=lr, seed=0, tokens=cfg["small_tokens"]):
+            for r in _find(runs, variant=variant, size=cfg["small_size"], lr=lr, seed=0, tokens=cfg["lr_tokens"]):
                 lr_rows.append({"family": fam, "lr": lr, "val_loss": r["final_val_loss"]})
     s["lr"] = lr_rows
     best = {}
@@ -514,7 +521,7 @@ def summarize(runs: dict[str, dict]) -> dict[str, Any]:
     mech: dict[str, dict[int, dict]] = {}
     for v in cfg["mechanisms"]:
         fam = VARIANTS[v][0]
-        for r in _find(runs, variant=v, size=cfg["small_size"], tokens=cfg["small_tokens"], lr=best[fam]):
+        for r in _find(runs, variant=v, size=cfg["small_size"], tokens=cfg["mechanism_tokens"], lr=best[fam]):
             mech.setdefault(v, {})[r["job"]["seed"]] = r
     s["mechanisms"] = {
         v: {"seeds": sorted(by_seed), "test_loss": [_test_loss(by_seed[k]) for k in sorted(by_seed)],
@@ -611,7 +618,7 @@ def claims(s: dict[str, Any], command: str) -> list[Claim]:
             scale=(f"{h['spen']['params'] / 1e6:.0f}M vs {h['gpt']['params'] / 1e6:.0f}M params, "
                    f"{h['spen']['tokens']:.3g} tokens each, Wikipedia+Gutenberg, GPT-2 BPE, T={cfg['seq_len']}"),
             verdict=verdict, command=command, labels="none (language modelling)", note=note))
-    small = f"{cfg['small_size']} size, {cfg['small_tokens']:.3g} tokens each, Wikipedia+Gutenberg, GPT-2 BPE"
+    small = f"{cfg['small_size']} size, {cfg['mechanism_tokens']:.3g} tokens each, {cfg['train']}, {cfg['tokenizer']} tokens"
     d = s["paired"].get("spen-ema-attnpred - spen-ema")
     if d and d["seeds"] >= 2:
         tol = 0.02
@@ -714,7 +721,7 @@ def _readme(s: dict, runs: dict[str, dict], figures: list[str], command: str) ->
         lines.append("")
     if s["mechanisms"]:
         splits = list(next(iter(s["mechanisms"].values()))["final"])
-        lines += [f"## Context mechanisms ({cfg['small_size']}, {cfg['small_tokens']:.3g} tokens, mean ± std over seeds)",
+        lines += [f"## Context mechanisms ({cfg['small_size']}, {cfg['mechanism_tokens']:.3g} tokens, mean ± std over seeds)",
                   "", "| variant | params | seeds | " + " | ".join(f"{k} ppl" for k in splits) + " | mean test loss |",
                   "|---|---:|---:|" + "---:|" * (len(splits) + 1)]
         for v, m in s["mechanisms"].items():
@@ -731,7 +738,7 @@ def _readme(s: dict, runs: dict[str, dict], figures: list[str], command: str) ->
             lines.append(f"- fraction of the ema -> gpt gap closed by selective: {_fmt_ci(g['mean'], g['lo'], g['hi'], 3)}")
         lines.append("")
     if s["lr"]:
-        lines += [f"## Learning rate ({cfg['small_size']}, seed 0, final validation loss)", "",
+        lines += [f"## Learning rate ({cfg['small_size']}, {cfg['lr_tokens']:.3g} tokens, seed 0, final validation loss)", "",
                   "| family | " + " | ".join(f"lr {lr:g}" for lr in cfg["lrs"]) + " | used |",
                   "|---|" + "---:|" * (len(cfg["lrs"]) + 1)]
         for fam in FAMILY_BASE:

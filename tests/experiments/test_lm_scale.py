@@ -1,0 +1,96 @@
+"""lm_scale: the plan of jobs, the fits and verdicts, and the smoke run end to end (CPU, PTB)."""
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+
+from emaprobe.experiments import lm_scale as L
+from emaprobe.experiments.protocol import read_claims, run_experiment
+
+
+def test_log_spaced_steps_end_at_the_last_step_and_grow_geometrically():
+    steps = L.log_spaced_steps(6103, 8)
+    assert steps[-1] == 6103 and len(steps) == 8
+    ratios = np.diff(np.log(steps))
+    assert np.allclose(ratios, math.log(2), atol=0.05)
+    assert L.log_spaced_steps(5, 1) == (5,)
+    assert L.log_spaced_steps(3, 8) == (1, 2, 3)  # duplicates collapse, never step 0
+
+
+def test_power_law_fit_recovers_a_known_exponent_and_brackets_the_prediction():
+    d = np.geomspace(1e6, 1e8, 7)
+    rng = np.random.default_rng(0)
+    loss = 20.0 * d ** -0.12 * np.exp(rng.normal(0, 0.003, d.size))
+    fit = L.power_law_fit(list(d), list(loss), at=8e9)
+    assert fit["exponent"] == pytest.approx(0.12, abs=0.01)
+    truth = 20.0 * 8e9 ** -0.12
+    assert fit["loss_lo"] < truth < fit["loss_hi"]
+    with pytest.raises(ValueError, match="3 or more"):
+        L.power_law_fit([1e6, 1e7], [3.0, 2.0], at=1e9)
+
+
+def test_plan_shares_the_headline_pair_with_the_ladder(tmp_path):
+    cfg = L.Config(spen_lr=1e-3, gpt_lr=5e-4)
+    head = L.plan(cfg, tmp_path, "headline")
+    ladder = L.plan(cfg, tmp_path, "ladder")
+    assert {j.name for j in head} <= {j.name for j in ladder}
+    assert {j.lr for j in head if j.family == "gpt"} == {5e-4}
+    mech = L.plan(cfg, tmp_path, "mechanisms")
+    assert len(mech) == cfg.seeds * len(cfg.mechanisms)
+    assert len({j.name for j in mech}) == len(mech)
+
+
+def test_best_lr_needs_the_lr_stage_or_an_explicit_value(tmp_path):
+    cfg = L.Config(lrs=(1e-3, 2e-3))
+    with pytest.raises(ValueError, match="run the 'lr' stage first, or set spen_lr"):
+        L.best_lr(cfg, tmp_path, "spen")
+    (tmp_path / "runs").mkdir()
+    for lr, loss in ((1e-3, 4.2), (2e-3, 4.1)):
+        job = L.Job("spen-ema", cfg.small_size, lr, 0, cfg.lr_tokens)
+        (tmp_path / "runs" / f"{job.name}.json").write_text(json.dumps({"final_val_loss": loss}))
+    assert L.best_lr(cfg, tmp_path, "spen") == 2e-3
+    assert L.best_lr(dataclasses.replace(cfg, spen_lr=7e-4), tmp_path, "spen") == 7e-4
+
+
+def test_bad_configs_are_named_errors(monkeypatch):
+    with pytest.raises(ValueError, match="stages: unknown"):
+        L.Config(stages=("lr", "warmup"))
+    with pytest.raises(ValueError, match="unknown size 'huge'"):
+        L.Config(ladder=("tiny", "huge"))
+    with pytest.raises(ValueError, match="mechanisms: unknown"):
+        L.Config(mechanisms=("spen-ema", "mamba"))
+    with pytest.raises(ValueError, match="NAME=SPEC"):
+        L.Config(evals=("wikipedia.test",))
+    monkeypatch.delenv("EMAPROBE_DATA", raising=False)
+    with pytest.raises(FileNotFoundError, match="EMAPROBE_DATA is not set"):
+        L.resolve_spec("text/no-such-*.jsonl.xz")
+
+
+def test_smoke_run_writes_runs_report_and_claims(tmp_path):
+    out = tmp_path / "lm_scale"
+    overrides = {"work_dir": str(tmp_path / "work")}
+    run_experiment("lm_scale", budget="smoke", overrides=overrides, out=out)
+    runs = sorted((out / "runs").glob("*.json"))
+    cfg = L.smoke()
+    n_jobs = 2 * len(cfg.lrs) + cfg.seeds * len(cfg.mechanisms) - 2 + 2  # lr seed-0 runs are reused
+    assert len(runs) == n_jobs
+    rec = json.loads(runs[0].read_text())
+    for key in ("git_sha", "device", "torch", "num_params", "curve", "final", "tokens_per_s"):
+        assert key in rec
+    assert set(rec["final"]) == {"ptb.valid", "ptb.test"}
+    head = json.loads((out / "runs" / f"{L.Job('spen-ema', 'tiny', 3e-3, 0, 256).name}.json").read_text())
+    assert len(head["curve"]) == len(L.log_spaced_steps(256 // 32, cfg.curve_points))
+    claims = {c.claim: c for c in read_claims(out)}
+    assert set(claims) == {"ppl_ratio_130m", "predictor_ablation_delta_loss", "selective_closes_gap"} or set(claims) >= {
+        "ppl_ratio_130m", "predictor_ablation_delta_loss"}
+    assert claims["ppl_ratio_130m"].paper == 8.0 and claims["ppl_ratio_130m"].ours > 0
+    assert claims["predictor_ablation_delta_loss"].seeds == cfg.seeds
+    for name in ("README.md", "summary.json", "token_curve.png", "mechanisms.png"):
+        assert (out / name).is_file(), name
+    # a second run finds every job done and only redraws the report
+    before = {p: p.stat().st_mtime_ns for p in runs}
+    run_experiment("lm_scale", budget="smoke", overrides=overrides, out=out)
+    assert {p: p.stat().st_mtime_ns for p in runs} == before
