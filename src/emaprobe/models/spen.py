@@ -19,7 +19,7 @@ Symbols:
 One block, in order (Figure 1 of arXiv 2604.08556; DESIGN.md "SPEN language model"):
 
     u   = RMSNorm(x)
-    H   = mixer(u)                       ema (default), learned_ema, selective or attention
+    H   = mixer(u)                       ema (default), learned_ema, selective, gla or attention
     x̂_t = P(H_{t-1})                     linear (default) or attention over H_{<t}
     e_t = u_t - x̂_t
     c_t = M [e_t ; H_t]                  M: (S+1) D -> d_b, the bottleneck
