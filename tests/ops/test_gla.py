@@ -8,11 +8,14 @@ import torch
 import torch.nn.functional as F
 
 from emaprobe.ops import (
+    GLA_BACKENDS,
+    GLABackend,
     available_gla_backends,
     chunk_gla,
     gated_linear_attention,
     gla_step,
     naive_gla,
+    register_gla_backend,
     resolve_gla_backend,
 )
 
@@ -158,6 +161,31 @@ def test_public_op_dispatch():
     assert {"auto", "naive", "torch"} <= set(available_gla_backends())
     with pytest.raises(ValueError, match=r"unknown GLA backend 'mamba'.*'naive'.*'torch'"):
         gated_linear_attention(q, k, v, g, backend="mamba")
+
+
+def test_registered_backends_are_picked_by_name_and_cuda_ones_fall_back_on_cpu():
+    calls = []
+
+    def counting(*args):
+        calls.append(args[0].shape)
+        return naive_gla(*args)
+
+    q, k, v, g, h0 = make_inputs(1, 9, 2, 3, 4)
+    try:
+        register_gla_backend(GLABackend("counting", counting))
+        register_gla_backend(GLABackend("gpu-only", counting, needs_cuda=True))
+        assert {"counting", "gpu-only"} <= set(available_gla_backends())
+        out = gated_linear_attention(q, k, v, g, h0, backend="counting")
+        assert calls == [q.shape]
+        torch.testing.assert_close(out, chunk_gla(q, k, v, g, h0)[0], rtol=1e-5, atol=1e-5)
+        assert resolve_gla_backend("auto", torch.device("cpu")) == "torch"
+        with pytest.warns(RuntimeWarning, match="'gpu-only' needs a CUDA tensor"):
+            assert resolve_gla_backend("gpu-only", torch.device("cpu")) == "torch"
+        with pytest.raises(ValueError, match="reserved"):
+            register_gla_backend(GLABackend("auto", counting))
+    finally:
+        GLA_BACKENDS.pop("counting", None)
+        GLA_BACKENDS.pop("gpu-only", None)
 
 
 def test_bad_shapes_fail_clearly():

@@ -237,58 +237,44 @@ class GLABackend:
 
 
 GLA_BACKENDS: dict[str, GLABackend] = {"torch": GLABackend("torch", chunk_gla)}
-_LAZY_GLA_BACKENDS: dict[str, str] = {}
 _warned: set[str] = set()
 
 
 def register_gla_backend(backend: GLABackend) -> None:
+    """Make a GLA kernel selectable by name (and by ``"auto"`` on CUDA when it ``needs_cuda``).
+
+    A kernel registered here must agree with ``naive_gla``: values, final state and the
+    gradients of q, k, v, log_decay and h0; ``tests/ops/test_gla.py`` shows the checks.
+    """
+    if backend.name in ("auto", "naive"):
+        raise ValueError(f"GLA backend name {backend.name!r} is reserved")
     GLA_BACKENDS[backend.name] = backend
 
 
-def _warn_once(key: str, msg: str) -> None:
-    if key not in _warned:
-        _warned.add(key)
-        warnings.warn(msg, RuntimeWarning, stacklevel=3)
-
-
-def _load(name: str) -> GLABackend | None:
-    if name in GLA_BACKENDS:
-        return GLA_BACKENDS[name]
-    module = _LAZY_GLA_BACKENDS.get(name)
-    if module is None:
-        return None
-    try:
-        __import__(module)  # the module registers itself
-    except Exception as err:  # noqa: BLE001 - any import failure means "not available"
-        _warn_once(f"import-{name}", f"GLA backend {name!r} is unavailable ({err}); using 'torch'")
-        _LAZY_GLA_BACKENDS.pop(name)
-        return None
-    return GLA_BACKENDS.get(name)
-
-
 def available_gla_backends() -> list[str]:
-    return sorted(set(GLA_BACKENDS) | set(_LAZY_GLA_BACKENDS) | {"auto", "naive"})
+    return sorted(set(GLA_BACKENDS) | {"auto", "naive"})
 
 
 def resolve_gla_backend(backend: str, device: torch.device) -> str:
-    """Name of the GLA backend that will run: 'naive', 'torch' or a registered kernel."""
+    """Name of the GLA backend that will run: 'naive', 'torch' or a registered kernel.
+
+    ``"auto"`` takes a registered CUDA kernel for CUDA tensors, else the PyTorch path.
+    """
     if backend == "naive":
         return "naive"
     if backend == "auto":
         if device.type == "cuda":
-            for name in list(_LAZY_GLA_BACKENDS):
-                _load(name)
             for name, be in GLA_BACKENDS.items():
                 if be.needs_cuda:
                     return name
         return "torch"
-    if backend not in GLA_BACKENDS and backend not in _LAZY_GLA_BACKENDS:
+    if backend not in GLA_BACKENDS:
         raise ValueError(f"unknown GLA backend {backend!r}; choose one of {available_gla_backends()}")
-    be = _load(backend)
-    if be is None:
-        return "torch"
-    if be.needs_cuda and device.type != "cuda":
-        _warn_once(f"cpu-{backend}", f"GLA backend {backend!r} needs a CUDA tensor; falling back to 'torch'")
+    if GLA_BACKENDS[backend].needs_cuda and device.type != "cuda":
+        if backend not in _warned:
+            _warned.add(backend)
+            warnings.warn(f"GLA backend {backend!r} needs a CUDA tensor; falling back to 'torch'", RuntimeWarning,
+                          stacklevel=3)
         return "torch"
     return backend
 
