@@ -37,7 +37,13 @@ passes e^-88, which a selective gate reaches easily. Here every exponent is <= 0
   This is one matrix product per sub-chunk (the secondary chunking of GLA's section
   4.2; flash-linear-attention's chunk kernels use the same split);
 - pairs inside one sub-chunk take exp(b_i - b_j), j <= i, elementwise: a
-  (c, c, K) tensor per sub-chunk, the only place memory grows by c over q.
+  (c, c, K) tensor per sub-chunk, the only place memory grows by c over q;
+- log decays are summed within each sub-chunk, and the sub-chunk totals within the
+  chunk, so the exponent of the nearest (largest) pairs is a short sum, never the
+  difference of two long ones, which would lose eps |b| (float32, after a strong gate).
+
+g <= 0 is not checked (that would cost a device sync): a positive g grows the state
+and voids the argument above.
 
 The chunk states are carried by a loop over the T / C chunks. Everything is computed
 in float32 (float64 for float64 inputs); outputs come back in the inputs' dtype and
