@@ -1,7 +1,7 @@
 """Gated linear attention (GLA): a matrix state with an input-dependent, per-key-channel decay.
 
 Per head, with the state S a d_k x d_v matrix (Yang et al. 2023, "Gated Linear Attention
-Transformers with Hardware-Efficient Training", arXiv 2312.06635, eq. 3):
+Transformers with Hardware-Efficient Training", arXiv 2312.06635):
 
     S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t,      o_t = q_t S_t,      S_0 = h0 (zeros by default)
 
@@ -34,8 +34,8 @@ passes e^-88, which a selective gate reaches easily. Here every exponent is <= 0
   an earlier sub-chunk, exp(b_i - b_j) = exp(b_i - r_I) exp(r_I - b_j), where r_I is b
   just before sub-chunk I, so b_i <= r_I <= b_j: both factors lie in (0, 1], and each
   is at least their product, so nothing underflows that the exact value would not.
-  This is one matrix product per sub-chunk (the secondary chunking of GLA's section
-  4.2; flash-linear-attention's chunk kernels use the same split);
+  This is one matrix product per sub-chunk (the paper's secondary-level chunking;
+  flash-linear-attention's chunk kernels split the same way);
 - pairs inside one sub-chunk take exp(b_i - b_j), j <= i, elementwise: a
   (c, c, K) tensor per sub-chunk, the only place memory grows by c over q;
 - log decays are summed within each sub-chunk, and the sub-chunk totals within the
