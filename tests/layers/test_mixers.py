@@ -23,8 +23,8 @@ def _mixer(name: str, **kw):
     return m
 
 
-def test_registry_holds_the_four_mechanisms():
-    assert {"ema", "learned_ema", "selective", "attention"} <= set(MIXERS)
+def test_registry_holds_the_five_mechanisms():
+    assert {"ema", "learned_ema", "selective", "gla", "attention"} <= set(MIXERS)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -50,8 +50,8 @@ def test_mixer_chunked_equals_parallel(name):
     y2, s = m(x[:, 33:34], s)
     y3, s = m(x[:, 34:], s)
     torch.testing.assert_close(torch.cat([y1, y2, y3], 1), y, rtol=1e-5, atol=1e-5)
-    if isinstance(final, torch.Tensor):  # scans: an O(1) float32 state (B, S, D)
-        assert final.shape == (3, m.n_scales, D) and final.dtype == torch.float32
+    if isinstance(final, torch.Tensor):  # scans: an O(1) float32 state, (B, S, D) or gla's (B, S, E, D)
+        assert final.shape[:2] == (3, m.n_scales) and final.shape[-1] == D and final.dtype == torch.float32
         torch.testing.assert_close(s, final, rtol=1e-5, atol=1e-5)
     else:  # attention: the KV cache over every token seen
         assert final[0].shape[2] == 70 and s[0].shape[2] == 70
@@ -140,7 +140,7 @@ def test_attention_mixer_matches_a_softmax_loop():
 
 
 def test_unknown_mixer_lists_the_valid_ones():
-    with pytest.raises(ValueError, match=r"unknown mixer 'mamba'.*'attention'.*'ema'.*'learned_ema'.*'selective'"):
+    with pytest.raises(ValueError, match=r"unknown mixer 'mamba'.*'attention'.*'ema'.*'gla'.*'learned_ema'.*'selective'"):
         build_mixer("mamba", D)
 
 

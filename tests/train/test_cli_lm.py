@@ -27,7 +27,7 @@ def _train_args(out, *extra):
         (["--train.grad_accum=many"], r"train.grad_accum: expected int, got 'many'"),
         (["--train.steps=5"], r"--steps 3 and --train.steps=5 disagree"),
         (["--train.seq_len=512", "--config", "gpt-tiny"], r"seq_len=512 is longer than gpt-tiny's block_size=256"),
-        (["--model.mixer=lstm"], r"unknown mixer 'lstm'; choose one of \['attention', 'ema', 'learned_ema', 'sel"),
+        (["--model.mixer=lstm"], r"unknown mixer 'lstm'; choose one of \['attention', 'ema', 'gla', 'learned_ema', 'sel"),
         (["--model.predictor=mlp"], r"unknown predictor 'mlp'"),
     ],
 )

@@ -1,6 +1,6 @@
 """Context mixers: every way a model may summarise its past, behind one interface.
 
-    mixer = build_mixer("ema", d_model=64)          # or learned_ema, selective, attention
+    mixer = build_mixer("ema", d_model=64)          # or learned_ema, selective, gla, attention
     y, state = mixer(x)                             # x (B, T, D) -> y (B, T, S, D)
     y2, state = mixer(x_next, state)                # continue where the last call stopped
 
@@ -9,6 +9,7 @@
 | `ema`         | fixed alpha per timescale (the paper's)       | (B, S, D)       |
 | `learned_ema` | learned per channel, constant over time       | (B, S, D)       |
 | `selective`   | input-dependent a_t = sigmoid(W x_t), gated   | (B, S, D)       |
+| `gla`         | input-dependent, per key, on a matrix state   | (B, S, E, D)    |
 | `attention`   | causal softmax, one head per timescale        | KV cache        |
 
 Also here: SPEN's predictors (``PREDICTORS``: ``linear``, ``attention``), the
@@ -27,6 +28,7 @@ from emaprobe.layers.base import (
 from emaprobe.layers.ema import EMAMixer
 from emaprobe.layers.learned_ema import LearnedEMAMixer
 from emaprobe.layers.selective import SelectiveMixer
+from emaprobe.layers.gla import GLAMixer
 from emaprobe.layers.attention import AttentionMixer, KVCache, cached_attention
 from emaprobe.layers.predictors import PREDICTORS, AttentionPredictor, LinearPredictor, build_predictor
 from emaprobe.layers.sparse_ffn import ACTIVATIONS, SparseFFN, active_units
@@ -39,6 +41,7 @@ __all__ = [
     "AttentionPredictor",
     "ContextMixer",
     "EMAMixer",
+    "GLAMixer",
     "KVCache",
     "LearnedEMAMixer",
     "LinearPredictor",

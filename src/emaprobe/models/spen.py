@@ -19,7 +19,7 @@ Symbols:
 One block, in order (Figure 1 of arXiv 2604.08556; DESIGN.md "SPEN language model"):
 
     u   = RMSNorm(x)
-    H   = mixer(u)                       ema (default), learned_ema, selective or attention
+    H   = mixer(u)                       ema (default), learned_ema, selective, gla or attention
     x̂_t = P(H_{t-1})                     linear (default) or attention over H_{<t}
     e_t = u_t - x̂_t
     c_t = M [e_t ; H_t]                  M: (S+1) D -> d_b, the bottleneck
@@ -60,8 +60,8 @@ class SPENConfig:
     mixer: str = "ema"
     predictor: str = "linear"
     n_head: int = 12  # heads of the attention predictor
-    key_dim: int = 64  # query/key width per head of the attention mixer
-    mixer_rank: int = 64  # rank of the selective mixer's gate projection; 0 = full
+    key_dim: int = 64  # query/key width per head of the attention and gla mixers (gla's state: S x key_dim x D)
+    mixer_rank: int = 64  # rank of the selective and gla mixers' gate projections; 0 = full
     dropout: float = 0.0
     norm_eps: float = 1e-5
     init_std: float = 0.02

@@ -4,8 +4,23 @@
 learned or input-dependent decays; ``ema_traces(x, alphas)`` is its fixed-decay
 multi-timescale special case, ``h_t^(s) = (1 - alpha_s) h_{t-1}^(s) + alpha_s x_t``.
 ``naive_*`` are the sequential references; ``*_step`` the one-token forms.
+
+``gated_linear_attention(q, k, v, log_decay)`` is the matrix-state recurrence
+``S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t``, ``o_t = q_t S_t`` (GLA), with its
+reference ``naive_gla``, chunked form ``chunk_gla`` and step form ``gla_step``.
 """
 
+from emaprobe.ops.gla import (
+    GLA_BACKENDS,
+    GLABackend,
+    available_gla_backends,
+    chunk_gla,
+    gated_linear_attention,
+    gla_step,
+    naive_gla,
+    register_gla_backend,
+    resolve_gla_backend,
+)
 from emaprobe.ops.naive import naive_ema_traces, naive_linear_scan
 from emaprobe.ops.scan import (
     BACKENDS,
@@ -22,14 +37,23 @@ from emaprobe.ops.step import ema_step, linear_scan_step
 __all__ = [
     "BACKENDS",
     "DEFAULT_ALPHAS",
+    "GLABackend",
+    "GLA_BACKENDS",
     "ScanBackend",
     "available_backends",
+    "available_gla_backends",
+    "chunk_gla",
     "ema_step",
     "ema_traces",
+    "gated_linear_attention",
+    "gla_step",
     "linear_scan",
     "linear_scan_step",
     "naive_ema_traces",
+    "naive_gla",
     "naive_linear_scan",
     "register_backend",
+    "register_gla_backend",
     "resolve_backend",
+    "resolve_gla_backend",
 ]
