@@ -7,7 +7,7 @@ from emaprobe.models import build_model
 from emaprobe.train import TrainConfig
 from emaprobe.train.lm import decays_weight, make_optimizer
 
-MARKED = {"learned_ema": ("decay_logit",), "selective": ("decay_bias", "gate_bias")}
+MARKED = {"learned_ema": ("decay_logit",), "selective": ("decay_bias", "gate_bias"), "gla": ("decay_logit", "gate_bias")}
 
 
 def _groups(model):

@@ -24,8 +24,8 @@ zero, so head s starts with the decay 1 - alpha_s of the s-th EMA timescale.
 State: S (B, S, E, D) in float32, ``state_size`` = S E D floats per sequence (E times
 the S x D of ``ema``, ``learned_ema`` and ``selective``). A one-token call takes the
 step path, ``emaprobe.ops.gla_step``; longer ones ``gated_linear_attention``.
-Parameters that must not be weight-decayed: ``decay_logit`` (beta) and ``gate_bias``
-(beta_r), also listed by ``no_weight_decay()``.
+``decay_logit`` (beta) and ``gate_bias`` (beta_r) are marked so that AdamW leaves them
+undecayed (``emaprobe.layers.no_weight_decay``).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emaprobe.layers.base import ContextMixer, check_alphas, register_mixer
+from emaprobe.layers.base import ContextMixer, check_alphas, no_weight_decay, register_mixer
 from emaprobe.ops import DEFAULT_ALPHAS, available_backends, available_gla_backends, gated_linear_attention, gla_step
 
 
@@ -82,8 +82,8 @@ class GLAMixer(ContextMixer):
             self.gate_up = nn.Linear(self.rank, n_gate, bias=False)
         else:
             self.gate_proj = nn.Linear(D, n_gate, bias=False)
-        self.decay_logit = nn.Parameter(torch.empty(S, E))  # beta
-        self.gate_bias = nn.Parameter(torch.empty(S, D))  # beta_r
+        self.decay_logit = no_weight_decay(nn.Parameter(torch.empty(S, E)))  # beta
+        self.gate_bias = no_weight_decay(nn.Parameter(torch.empty(S, D)))  # beta_r
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -94,10 +94,6 @@ class GLAMixer(ContextMixer):
             self.gate_bias.zero_()
             for lin in (self.qk, self.gate_down, self.gate_up) if self.rank else (self.qk, self.gate_proj):
                 nn.init.normal_(lin.weight, std=0.02)
-
-    def no_weight_decay(self) -> set[str]:
-        """Names of the parameters an optimizer should not decay: the gates' biases."""
-        return {"decay_logit", "gate_bias"}
 
     @property
     def state_size(self) -> int:
