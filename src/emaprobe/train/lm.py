@@ -136,6 +136,22 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
+def _describe_diff(saved: Any, now: Any, prefix: str = "") -> str:
+    """``"d_model: checkpoint 64, now 128; optim.lr: ..."``: the fields where two config dicts differ."""
+    if not (isinstance(saved, dict) and isinstance(now, dict)):
+        return f"{prefix.rstrip('.') or 'config'}: checkpoint {saved!r}, now {now!r}"
+    parts = []
+    for key in sorted(set(saved) | set(now)):
+        a, b = saved.get(key, "<absent>"), now.get(key, "<absent>")
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            parts.append(_describe_diff(a, b, f"{prefix}{key}."))
+        else:
+            parts.append(f"{prefix}{key}: checkpoint {a!r}, now {b!r}")
+    return "; ".join(parts)
+
+
 # a resumed run must read the same batches: these fields fix the data stream
 STREAM_FIELDS = ("batch_size", "seq_len", "grad_accum", "seed")
 
@@ -152,12 +168,17 @@ def _check_resume(ckpt: dict[str, Any], train_cfg: dict, model_cfg: Any, info: D
         )
     if diff and info.is_main:
         warnings.warn(
-            f"resuming {path} with changed train settings {diff}; the curve will differ from an unbroken run",
+            f"resuming {path} with changed train settings ({_describe_diff(saved, train_cfg)}); "
+            "the curve will differ from an unbroken run",
             RuntimeWarning,
             stacklevel=3,
         )
-    if ckpt.get("model_config") != model_cfg:
-        raise ValueError(f"{path}: the checkpoint was made with a different model config; resume with the same one")
+    saved_model = ckpt.get("model_config")
+    if saved_model != model_cfg:
+        raise ValueError(
+            f"{path}: the checkpoint was made with a different model config ({_describe_diff(saved_model, model_cfg)}); "
+            "resume with the same one or start a new --out"
+        )
     if ckpt["world_size"] != info.world_size:
         raise ValueError(
             f"{path}: the checkpoint has {ckpt['world_size']} ranks' sampler states but this run has "
@@ -210,6 +231,23 @@ def train_lm(
         sampler.load_state_dict(ckpt["sampler"][info.rank])
         set_rng_state(ckpt["rng"][info.rank])
         start_step, tokens_seen, metrics = ckpt["step"], ckpt["tokens"], list(ckpt["metrics"])
+        if start_step >= cfg.steps:
+            # nothing to train: say so, keep every file as it is, and succeed
+            note = (f"{ckpt_path} is already at step {start_step}, at or past steps={cfg.steps}; nothing to train "
+                    f"(raise --steps above {start_step} to continue it)")
+            if info.is_main:
+                print(note, flush=True)
+            last_val = next((m for m in reversed(metrics) if "val_loss" in m), {})
+            last = next((m for m in reversed(metrics) if "loss" in m), {})
+            return {"step": start_step, "tokens": tokens_seen, "train": last, "val": last_val,
+                    "already_done": True, "note": note}
+    if cfg.optim.warmup_steps >= cfg.steps and info.is_main:
+        warnings.warn(
+            f"optim.warmup_steps={cfg.optim.warmup_steps} >= steps={cfg.steps}: the learning rate never leaves "
+            f"warmup and never reaches lr={cfg.optim.lr}; lower --train.optim.warmup_steps",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         # lines logged after the checkpoint by a killed run are dropped, so the curve stays exact
