@@ -113,10 +113,17 @@ def _train(args) -> int:
             raise ValueError(f"--steps {args.steps} and --train.steps={given} disagree; give one")
         args.overrides["train"]["steps"] = str(args.steps)
 
+    from emaprobe.train.lm import PeerFailed
+
+    clean = False
     try:
         result = _run_training(args)
+        clean = True
+    except PeerFailed as err:  # another rank's error ended the run; it printed its own
+        print(f"emaprobe lm: error: {err}", file=sys.stderr)
+        return 1
     finally:
-        shutdown_distributed()
+        shutdown_distributed(clean=clean)  # no closing barrier after a failure: the others may not come
     if not env_dist_info().is_main or result.get("already_done"):
         return 0  # an already finished run printed its note in train_lm
     print(training_summary(result, args.out))

@@ -19,6 +19,11 @@ A run killed at any moment and resumed with ``resume=True`` continues from the l
 checkpoint and reproduces the unbroken run's loss curve bit for bit on CPU: the
 checkpoint carries every RNG state and each rank's sampler, the learning rate is a
 pure function of the step, and the metrics file is cut back to the checkpoint.
+
+Under DDP, a rank that raises mid-step records its error for the others and leaves
+without the closing barrier; their collective then fails and they stop with
+``PeerFailed``, which names that rank and its error. Nobody hangs, and the last
+checkpoint (written atomically) stays as it was.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ from emaprobe.train.dist import (
     barrier,
     env_dist_info,
     init_distributed,
+    record_failure,
+    recorded_failure,
     resolve_device,
 )
 from emaprobe.train.evaluate import evaluate_lm, lm_loss
@@ -61,6 +68,10 @@ RUN_NAME = "run.json"
 
 class TrainingDiverged(ValueError):
     """The loss or gradient norm became NaN or infinite; the last good checkpoint is kept."""
+
+
+class PeerFailed(RuntimeError):
+    """Another DDP rank failed mid-run, so this one stopped too; the last checkpoint is kept."""
 
 
 @dataclass
@@ -292,6 +303,7 @@ def train_lm(
             bytes_per_token=data.bytes_per_token, device=device, autocast=autocast, dist_info=info,
         )
 
+    step = start_step
     try:
         model.train()
         for step in range(start_step, cfg.steps):
@@ -339,6 +351,10 @@ def train_lm(
                 barrier(info)
             if stop_after is not None and done >= stop_after:
                 break
+    except Exception as err:
+        if not info.enabled or isinstance(err, PeerFailed):
+            raise
+        _raise_distributed_failure(err, info, step, last_ckpt_step, ckpt_path)
     finally:
         bar.close()
         if log_file is not None:
@@ -346,6 +362,25 @@ def train_lm(
         if writer is not None:
             writer.close()
     return {"step": last.get("step", start_step), "tokens": tokens_seen, "train": last, "val": last_val}
+
+
+def _raise_distributed_failure(err: Exception, info: DistInfo, step: int, ckpt_step: int | None, path: Path):
+    """One rank's error mid-run: say which rank failed, on every rank, instead of letting the others hang.
+
+    The first rank to fail records its error in the store and re-raises it; the others,
+    whose collective then fails, raise PeerFailed naming that rank and its error.
+    """
+    kept = f"the last checkpoint is intact (step {ckpt_step} in {path})" if ckpt_step else "no checkpoint was written yet"
+    other = recorded_failure()
+    if other is None:
+        record_failure(f"rank {info.rank} at step {step + 1}: {type(err).__name__}: {err}")
+        raise err
+    if other.startswith(f"rank {info.rank} "):
+        raise err
+    raise PeerFailed(
+        f"rank {info.rank} stopped at step {step + 1} because {other}; {kept}. Fix the cause, then rerun "
+        "with --resume"
+    ) from err
 
 
 def _save(model, optimizer, sampler, cfg, train_cfg, model_cfg, info, step, tokens, metrics, path) -> None:
