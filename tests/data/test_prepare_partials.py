@@ -61,7 +61,8 @@ def test_prepare_removes_stale_partials_of_its_out_and_says_so(tmp_path, capsys)
     err = capsys.readouterr().err
     for gone in (dead, ownerless, trash):
         assert not gone.exists()
-        assert re.search(rf"removed {re.escape(gone.name)}, 4,\d\d\d bytes left by an earlier prepare that was killed", err)
+        said = rf"removed {re.escape(gone.name)}, 4,\d\d\d bytes left by an earlier prepare that was killed"
+        assert re.search(said, err)
     for kept in (live, other_host, young, other_out):
         assert kept.exists() and kept.name not in err
     assert len(TokenData(tmp_path / "corpus")) > 0

@@ -186,8 +186,9 @@ def _check_resume(ckpt: dict[str, Any], train_cfg: dict, model_cfg: Any, info: D
         )
     saved_model = ckpt.get("model_config")
     if saved_model != model_cfg:
+        changed = _describe_diff(saved_model, model_cfg)
         raise ValueError(
-            f"{path}: the checkpoint was made with a different model config ({_describe_diff(saved_model, model_cfg)}); "
+            f"{path}: the checkpoint was made with a different model config ({changed}); "
             "resume with the same one or start a new --out"
         )
     if ckpt["world_size"] != info.world_size:
@@ -370,7 +371,7 @@ def _raise_distributed_failure(err: Exception, info: DistInfo, step: int, ckpt_s
     The first rank to fail records its error in the store and re-raises it; the others,
     whose collective then fails, raise PeerFailed naming that rank and its error.
     """
-    kept = f"the last checkpoint is intact (step {ckpt_step} in {path})" if ckpt_step else "no checkpoint was written yet"
+    kept = f"the last checkpoint is intact (step {ckpt_step} in {path})" if ckpt_step else "no checkpoint was written"
     other = recorded_failure()
     if other is None:
         record_failure(f"rank {info.rank} at step {step + 1}: {type(err).__name__}: {err}")
