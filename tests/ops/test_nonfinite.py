@@ -157,3 +157,30 @@ def test_linear_scan_backward_nonfinite_is_anticausal(poisoned, T, bad, device):
         assert_same_nonfinite(o, r, f"linear_scan {name}, {bad} in {poisoned} at steps {steps}")
     if poisoned == "grad":
         assert torch.isfinite(out[1][:, max(steps) + 1:]).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("op", ["ema_traces", "linear_scan"])
+def test_long_sequence_keeps_nonfinite_values(op, device):
+    """B=1, T=65536 with few channels: on CUDA the launch cuts time into segments that warm up
+    from zero, the case where a bad value far back could be forgotten. The reference is scipy's
+    IIR filter in float64, which propagates NaN and Inf as the loop does."""
+    import numpy as np
+    import scipy.signal
+
+    B, T, D = 1, 65536, 16
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(B, T, D, generator=gen, dtype=torch.float64)
+    x[0, 1000, 5] = math.nan
+    x[0, 30000, 9] = math.inf
+    x[0, 65000, 11] = -math.inf
+    dev = torch.device(device)
+    if op == "ema_traces":
+        ref = np.stack([scipy.signal.lfilter([a], [1.0, a - 1.0], x.numpy(), axis=1) for a in ALPHAS], axis=2)
+        out = ema_traces(x.float().to(dev), ALPHAS, backend=_backend(device))
+    else:
+        decay = 0.95
+        ref = scipy.signal.lfilter([1.0], [1.0, -decay], x.numpy(), axis=1)
+        a = torch.full((1, 1, D), decay, dtype=torch.float32, device=dev)
+        out = linear_scan(a, x.float().to(dev), backend=_backend(device))
+    assert_same_nonfinite(out, torch.from_numpy(ref), f"{op}, T={T}")
