@@ -6,10 +6,12 @@ import argparse
 
 EPILOG = """\
 examples:
-  emaprobe bench scan                           CPU, default shapes, JSON to results/bench
+  emaprobe bench scan                           CPU, default shapes, JSON to runs/bench
   emaprobe bench scan --shape 8x8192x256        the acceptance shape only
+  emaprobe bench scan --out results/bench       the committed CPU figures (on purpose only)
   emaprobe bench scan --device cuda --out results/bench
                                                 Triton kernels against the copy-bandwidth floor
+Output goes to runs/bench/ (ignored by git) unless --out names another folder.
 Each figure is a median of repeats; the peers (scipy.signal.lfilter on CPU, the
 PyTorch step loop, FFT convolution and kernel libraries on GPU) run in the same process.
 """
@@ -41,7 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default: cpu)")
     s.add_argument("--shape", action="append", metavar="BxTxD", help="a shape to time; repeat for several")
     s.add_argument("--repeats", type=int, default=7, help="timed runs per figure; the median is reported")
-    s.add_argument("--out", default="results/bench", help="folder for the JSON (default: results/bench)")
+    s.add_argument("--out", default="runs/bench",
+                   help="folder for the JSON (default: runs/bench; the committed figures need --out results/bench)")
     g = s.add_argument_group("CUDA only")
     g.add_argument("--sweep", action="store_true", help="also time tile configurations at the headline shape")
     g.add_argument("--no-peers", action="store_true", help="skip accelerated-scan and flash-linear-attention")

@@ -9,7 +9,9 @@ def _run(args: argparse.Namespace) -> int:
     from emaprobe.experiments.demo import run
 
     only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
-    run(args.out, only)
+    if args.smoke and only not in (None, ["scan"]):
+        raise ValueError("--smoke runs the scan section only; drop --only")
+    run(args.out, ["scan"] if args.smoke else only, smoke=args.smoke)
     return 0
 
 
@@ -24,4 +26,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", default="runs/demo", help="folder for the demo's JSON (default: runs/demo)")
     p.add_argument("--only", metavar="A,B", help="run only these sections (comma-separated)")
+    p.add_argument("--smoke", action="store_true", help="the scan section with 2 timing repeats: seconds (CI)")
     p.set_defaults(func=_run)

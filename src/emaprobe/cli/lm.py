@@ -29,6 +29,9 @@ Data: `ptb` (Penn Treebank, word level; validation is ptb:valid), a folder writt
 
 OUT gets run.json (argv, git SHA, seed, resolved configs), metrics.jsonl, checkpoint.pt
 (atomic; --resume continues it exactly), model/ (safetensors + config.json) and tokenizer/.
+--resume of a run whose checkpoint is already at or past --steps prints that there is
+nothing to train, changes no file and exits 0; raise --steps to continue it. A resume
+with another model config or batch stream is an error naming each field that differs.
 """
 
 EVAL_EPILOG = """\
@@ -54,6 +57,16 @@ examples:
   emaprobe lm configs
   emaprobe lm configs --vocab-size 10000      # parameter counts at PTB's word vocabulary
 """
+
+
+class _DefaultsFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the epilog's line breaks and appends each option's default (when it has one) to its help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, argparse.SUPPRESS) or action.required or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 class OverrideParser(argparse.ArgumentParser):
@@ -100,17 +113,34 @@ def _train(args) -> int:
             raise ValueError(f"--steps {args.steps} and --train.steps={given} disagree; give one")
         args.overrides["train"]["steps"] = str(args.steps)
 
+    from emaprobe.train.lm import PeerFailed
+
+    clean = False
     try:
         result = _run_training(args)
+        clean = True
+    except PeerFailed as err:  # another rank's error ended the run; it printed its own
+        print(f"emaprobe lm: error: {err}", file=sys.stderr)
+        return 1
     finally:
-        shutdown_distributed()
-    val = result.get("val") or {}
-    if val and env_dist_info().is_main:
-        print(
-            f"step {val['step']}: val loss {val['val_loss']:.4f}  ppl {val['val_ppl']:.2f}  "
-            f"bpb {val['val_bpb']:.4f}  ({result['tokens']:,} tokens)  -> {args.out}"
-        )
+        shutdown_distributed(clean=clean)  # no closing barrier after a failure: the others may not come
+    if not env_dist_info().is_main or result.get("already_done"):
+        return 0  # an already finished run printed its note in train_lm
+    print(training_summary(result, args.out))
     return 0
+
+
+def training_summary(result: dict, out: str) -> str:
+    """The last line of ``lm train``: validation metrics with their own token count, apart from training's."""
+    val = result.get("val") or {}
+    trained = f"trained {result['step']} steps on {result['tokens']:,} tokens"
+    if not val:
+        return f"{trained} (no validation split)  -> {out}"
+    seen = f" over {val['val_tokens']:,} validation tokens" if "val_tokens" in val else ""
+    return (
+        f"step {val['step']}: val loss {val['val_loss']:.4f}  ppl {val['val_ppl']:.2f}  bpb {val['val_bpb']:.4f}"
+        f"{seen};  {trained}  -> {out}"
+    )
 
 
 def _run_training(args) -> dict:
@@ -144,7 +174,9 @@ def _eval(args) -> int:
 
 
 def _generate(args) -> int:
-    from emaprobe.train.run import stream_generate
+    from emaprobe.train.run import check_generate_args, stream_generate
+
+    check_generate_args(args.tokens, args.temperature, args.top_k)  # before the prompt is printed
 
     for piece in stream_generate(
         args.ckpt, args.prompt, max_new_tokens=args.tokens, temperature=args.temperature, top_k=args.top_k,
@@ -207,23 +239,24 @@ def register(sub) -> None:
     p.add_argument("--ckpt", required=True, help="run folder from `lm train` (or its model/ folder)")
     p.add_argument("--data", required=True, help="data spec: ptb (= ptb:valid), ptb:test, a prepared folder, a file...")
     p.add_argument("--json", default=None, help="where to write the result (default CKPT/eval-<data>.json)")
-    p.add_argument("--batch-size", type=int, default=None, help="windows per batch (default: the run's)")
-    p.add_argument("--seq-len", type=int, default=None, help="window length (default: the run's)")
+    p.add_argument("--batch-size", type=int, default=None, help="windows per batch, >= 1 (default: the run's)")
+    p.add_argument("--seq-len", type=int, default=None, help="window length, >= 1 (default: the run's)")
     p.add_argument("--max-batches", type=int, default=0, help="score only this many batches (0: all)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_eval)
 
     p = lm_sub.add_parser(
-        "generate", help="stream tokens from a trained model", formatter_class=fmt, epilog=GENERATE_EPILOG,
+        "generate", help="stream tokens from a trained model", formatter_class=_DefaultsFormatter,
+        epilog=GENERATE_EPILOG,
         description="Sample a continuation of --prompt, one token at a time through the recurrent state.",
     )
     p.add_argument("--ckpt", required=True, help="run folder from `lm train` (or its model/ folder)")
     p.add_argument("--prompt", required=True, help="text to continue")
-    p.add_argument("--tokens", type=int, default=50, help="new tokens to generate")
-    p.add_argument("--temperature", type=float, default=1.0, help="0 for greedy")
-    p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest tokens")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tokens", type=int, default=50, help="new tokens to generate (>= 0)")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature, >= 0; 0 is greedy")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest tokens (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.set_defaults(func=_generate)
 

@@ -18,7 +18,10 @@ separator, the denominator of bits per byte) and a run record.
 Everything is written to a hidden sibling folder and renamed into place only when
 complete, so ``out_dir`` holds a whole prepared corpus or nothing new: an error
 removes the partial folder, and a killed run leaves only a hidden
-``.<name>.partial-*`` sibling and no manifest.
+``.<name>.partial-*`` (or, killed mid-swap, ``.<name>.old-*``) sibling and no
+manifest. The next prepare of the same ``out_dir`` removes such leftovers, and says
+so; a sibling whose owner (host and process id, in its ``.owner`` file) is still
+alive belongs to a concurrent prepare and is left alone.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ import multiprocessing as mp
 import os
 import re
 import shutil
+import socket
+import sys
 import tempfile
 import time
 from collections import deque
@@ -182,7 +187,9 @@ def prepare(
     _check_target(out, overwrite)
     docs = iter_documents(spec)  # a spec that names nothing fails before any file is made
     out.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_partials(out)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    (staging / OWNER).write_text(f"{socket.gethostname()} {os.getpid()}\n")
     _chmod_like_mkdir(staging)
     try:
         manifest = _prepare_into(staging, spec, tok, docs, workers, shard_tokens, quiet)
@@ -191,6 +198,69 @@ def prepare(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest
+
+
+OWNER = ".owner"  # "<host> <pid>" of the prepare writing a staging folder
+STALE_AFTER_S = 60.0  # an owner-less staging folder younger than this may be starting up
+
+
+def _owner_alive(folder: Path) -> bool:
+    """Whether the prepare that writes ``folder`` still runs (unknowable on another host: assumed so)."""
+    try:
+        host, pid = (folder / OWNER).read_text().split()
+        pid_n = int(pid)
+    except (OSError, ValueError):
+        # no owner file: a prepare of an older version, or one between mkdtemp and the write
+        try:
+            return time.time() - folder.stat().st_mtime < STALE_AFTER_S
+        except OSError:
+            return False
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid_n, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # a live process of another user
+    return True
+
+
+def _folder_bytes(folder: Path) -> int:
+    total = 0
+    for p in folder.rglob("*"):
+        try:
+            total += p.stat().st_size if p.is_file() else 0
+        except OSError:
+            pass
+    return total
+
+
+def clean_stale_partials(out: str | os.PathLike, announce: bool = True) -> list[Path]:
+    """Remove what killed prepares of ``out`` left beside it; returns the removed folders.
+
+    Those are the hidden ``.<name>.partial-*`` staging folders and ``.<name>.old-*``
+    trash folders whose owner no longer runs. Each removal is printed to stderr.
+    """
+    out = Path(out).expanduser()
+    if not out.parent.is_dir():
+        return []
+    removed = []
+    for pattern in (f".{out.name}.partial-*", f".{out.name}.old-*"):
+        for folder in sorted(out.parent.glob(pattern)):
+            if not folder.is_dir() or folder.is_symlink():
+                continue
+            if pattern.endswith("partial-*") and _owner_alive(folder):
+                continue
+            if pattern.endswith("old-*") and time.time() - folder.stat().st_mtime < STALE_AFTER_S:
+                continue  # a concurrent prepare may be swapping right now
+            size = _folder_bytes(folder)
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+            if announce:
+                print(f"prepare {out}: removed {folder.name}, {size:,} bytes left by an earlier prepare that was "
+                      "killed", file=sys.stderr, flush=True)
+    return removed
 
 
 def _chmod_like_mkdir(folder: Path) -> None:
@@ -253,6 +323,7 @@ def _prepare_into(
         "run": run_record(workers=workers, elapsed_s=round(elapsed, 3), tokens_per_s=round(n_tokens / elapsed, 1)),
     }
     atomic_write_json(folder / MANIFEST, manifest)
+    (folder / OWNER).unlink(missing_ok=True)
     return manifest
 
 

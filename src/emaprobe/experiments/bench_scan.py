@@ -1,6 +1,6 @@
 """Benchmark: the EMA scan against its peers, with the floor, in one run.
 
-Command:   emaprobe bench scan --device cpu [--out results/bench]
+Command:   emaprobe bench scan --device cpu [--out results/bench]   (default --out runs/bench)
 Hardware:  the CPU path is written for a small box (2 cores here); ``--device cuda``
            hands over to ``bench_scan_cuda`` (Triton kernels, copy-bandwidth floor).
 Run time:  about a minute on 2 cores at the default shapes.

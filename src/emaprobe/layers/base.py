@@ -27,17 +27,25 @@ from torch import nn
 MIXERS: dict[str, type[ContextMixer]] = {}
 
 
-def check_alphas(alphas: Sequence[float]) -> tuple[float, ...]:
-    """The S timescale coefficients as a tuple, each in (0, 1)."""
+def check_alphas(alphas: Sequence[float], learned: bool = False) -> tuple[float, ...]:
+    """The S timescale coefficients as a tuple, each in (0, 1], the domain of the ops.
+
+    alpha = 1 is a trace with no memory (h_t = x_t). ``learned=True`` is for mixers that
+    start a learned decay at logit(1 - alpha), which is finite only for alpha < 1.
+    """
     try:
         vals = tuple(float(a) for a in alphas)
-    except TypeError as err:
+    except (TypeError, ValueError) as err:
         raise ValueError(f"alphas must be a sequence of floats, got {alphas!r}") from err
     if not vals:
         raise ValueError("alphas must hold at least one coefficient (one per timescale S)")
     for a in vals:
-        if math.isnan(a) or not 0.0 < a < 1.0:
-            raise ValueError(f"alphas must lie in (0, 1); got {a} in {vals}")
+        if math.isnan(a) or not 0.0 < a <= 1.0:
+            raise ValueError(f"alphas must lie in (0, 1]; got {a} in {vals}")
+        if learned and a == 1.0:
+            raise ValueError(
+                f"alphas must lie in (0, 1) for a learned decay, which starts at logit(1 - alpha); got {a} in {vals}"
+            )
     return vals
 
 

@@ -25,7 +25,7 @@ class LearnedEMAMixer(ContextMixer):
     """Learned per-channel decays through ``linear_scan``; y (B, T, S, D) in x's dtype."""
 
     def __init__(self, d_model: int, alphas: Sequence[float] = DEFAULT_ALPHAS, backend: str = "auto"):
-        vals = check_alphas(alphas)
+        vals = check_alphas(alphas, learned=True)
         super().__init__(d_model, len(vals))
         self.init_alphas = vals
         self.backend = backend

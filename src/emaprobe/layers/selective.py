@@ -31,7 +31,7 @@ class SelectiveMixer(ContextMixer):
     def __init__(
         self, d_model: int, alphas: Sequence[float] = DEFAULT_ALPHAS, rank: int = 64, backend: str = "auto"
     ):
-        vals = check_alphas(alphas)
+        vals = check_alphas(alphas, learned=True)
         super().__init__(d_model, len(vals))
         if int(rank) < 0:
             raise ValueError(f"rank must be >= 0 (0 = full rank), got {rank}")

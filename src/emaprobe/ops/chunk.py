@@ -16,6 +16,13 @@ matrix product per chunk with a (C*S, C+S) lower-triangular Toeplitz matrix:
 [x_chunk ; h_in] -> h_chunk. That puts the work on the BLAS matmul (the idea of
 chunked linear attention and SSD/Mamba-2's "state passing"; Dao & Gu 2024).
 
+Non-finite input stays causal, as in the sequential loop: a NaN or Inf at step t
+changes no output before t. The loop of ``chunk_linear_scan`` gives that for free.
+The Toeplitz product does not (its zeros above the diagonal times NaN are NaN, so
+one bad step would poison its whole chunk back to the chunk's start), so
+``chunk_ema_traces`` notices a non-finite chunk-end state, which any non-finite
+input in the chunk produces, and then takes the loop path instead.
+
 These functions carry no autograd of their own; ``scan.py`` wraps them.
 """
 
@@ -121,6 +128,14 @@ def chunk_ema_traces(
     Laug, wend, dchunk = _ema_kernels(alphas.to(device=x.device, dtype=torch.float64), chunk, acc)
     xc = _pad_time(x, n * chunk, 0.0).view(B, n, chunk, D)
     ends = torch.matmul(wend, xc)  # (B, n, S, D) local chunk-end states
+    if not bool(torch.isfinite(ends).all()) or (h0 is not None and not bool(torch.isfinite(h0).all())):
+        # a NaN/Inf input: the Toeplitz product would smear it over the earlier steps of its
+        # chunk, and a bad h0 over the other timescales (0 * NaN = NaN), so run the causal
+        # loop path. Checked on the small ends tensor (S/C of x's size): a NaN/Inf anywhere
+        # in a chunk makes its end state non-finite, even through a zero weight (0 * Inf = NaN)
+        decay = (1.0 - alphas.to(device=x.device, dtype=acc)).view(1, 1, S, 1)
+        b = alphas.to(device=x.device, dtype=acc).view(1, 1, S, 1) * x.unsqueeze(2)  # (B, T, S, D)
+        return chunk_linear_scan(decay, b, h0)
     ends = chunk_linear_scan(dchunk.view(1, 1, S, 1), ends, h0)  # true chunk-end states
     first = torch.zeros(B, 1, S, D, dtype=acc, device=x.device) if h0 is None else h0.to(acc).unsqueeze(1)
     hin = torch.cat([first, ends[:, :-1]], dim=1)  # (B, n, S, D) state entering each chunk

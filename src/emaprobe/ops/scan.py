@@ -129,7 +129,7 @@ def _check_float(name: str, t: torch.Tensor) -> None:
 def _check_alphas(alphas: Sequence[float]) -> tuple[float, ...]:
     try:
         vals = tuple(float(a) for a in alphas)
-    except TypeError as err:
+    except (TypeError, ValueError) as err:
         raise ValueError(f"alphas must be a sequence of floats, got {alphas!r}") from err
     if len(vals) == 0:
         raise ValueError("alphas must hold at least one coefficient")

@@ -3,12 +3,19 @@
 ``torchrun`` sets RANK, LOCAL_RANK and WORLD_SIZE; without them the run is a single
 process and nothing here talks to ``torch.distributed``. The backend is NCCL on GPU
 and gloo on CPU.
+
+When one rank fails mid-run, it records its error in the process group's store
+(``record_failure``) and leaves without the closing barrier; the others' pending
+collective then fails, and they stop with an error that names the failed rank
+(``recorded_failure``). ``EMAPROBE_DIST_TIMEOUT`` (seconds) bounds any collective
+that still waits (NCCL does not notice a peer that left).
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -55,21 +62,79 @@ def resolve_device(preference: str, info: DistInfo) -> torch.device:
     return torch.device("cpu")
 
 
+ENV_TIMEOUT = "EMAPROBE_DIST_TIMEOUT"  # seconds a collective may wait (default: torch's)
+FAILURE_KEY = "emaprobe/failure"  # set in the process group's store by the first rank that fails
+
+
+def dist_timeout() -> timedelta | None:
+    value = os.environ.get(ENV_TIMEOUT)
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError as err:
+        raise ValueError(f"{ENV_TIMEOUT} must be a number of seconds, got {value!r}") from err
+    if not seconds > 0:
+        raise ValueError(f"{ENV_TIMEOUT} must be > 0 seconds, got {value!r}")
+    return timedelta(seconds=seconds)
+
+
 def init_distributed(info: DistInfo, device: torch.device) -> None:
     """Join the process group once (no-op for a single process or when already joined)."""
     if not info.enabled or dist.is_initialized():
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size)
+    timeout = dist_timeout()
+    extra = {"timeout": timeout} if timeout is not None else {}
+    dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size, **extra)
 
 
-def shutdown_distributed() -> None:
-    """Leave the process group. Ranks meet at a barrier first: a rank that tears down
-    gloo while another still talks to it aborts that one ("terminate called without an
-    active exception"), which a 2-process CPU test hit about once in ten runs."""
+def shutdown_distributed(clean: bool = True) -> None:
+    """Leave the process group.
+
+    After a clean run the ranks meet at a barrier first: a rank that tears down gloo
+    while another still talks to it aborts that one ("terminate called without an
+    active exception"), which a 2-process CPU test hit about once in ten runs. After a
+    failure (``clean=False``) there is no barrier, since the others may wait in a
+    collective this rank will never join; leaving closes this rank's connections, so
+    their collective fails at once (gloo) instead of hanging until the timeout.
+    """
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()
+
+
+def _store(wait_s: float = 5.0):
+    try:
+        store = dist.distributed_c10d._get_default_store()
+        store.set_timeout(timedelta(seconds=wait_s))
+        return store
+    except Exception:  # noqa: BLE001 - no store (or its host is gone): nothing to share
+        return None
+
+
+def record_failure(message: str) -> None:
+    """Leave this rank's failure where the other ranks can read it (best effort; the first one stays)."""
+    store = _store()
+    if store is None:
+        return
+    try:
+        if not store.check([FAILURE_KEY]):
+            store.set(FAILURE_KEY, message)
+    except Exception:  # noqa: BLE001 - the store's host (rank 0 or the agent) may be gone
+        pass
+
+
+def recorded_failure() -> str | None:
+    """The failure another rank recorded, if any (None when none was, or when the store is gone)."""
+    store = _store()
+    if store is None:
+        return None
+    try:
+        return store.get(FAILURE_KEY).decode() if store.check([FAILURE_KEY]) else None
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:

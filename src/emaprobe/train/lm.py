@@ -19,6 +19,11 @@ A run killed at any moment and resumed with ``resume=True`` continues from the l
 checkpoint and reproduces the unbroken run's loss curve bit for bit on CPU: the
 checkpoint carries every RNG state and each rank's sampler, the learning rate is a
 pure function of the step, and the metrics file is cut back to the checkpoint.
+
+Under DDP, a rank that raises mid-step records its error for the others and leaves
+without the closing barrier; their collective then fails and they stop with
+``PeerFailed``, which names that rank and its error. Nobody hangs, and the last
+checkpoint (written atomically) stays as it was.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ from emaprobe.train.dist import (
     barrier,
     env_dist_info,
     init_distributed,
+    record_failure,
+    recorded_failure,
     resolve_device,
 )
 from emaprobe.train.evaluate import evaluate_lm, lm_loss
@@ -61,6 +68,10 @@ RUN_NAME = "run.json"
 
 class TrainingDiverged(ValueError):
     """The loss or gradient norm became NaN or infinite; the last good checkpoint is kept."""
+
+
+class PeerFailed(RuntimeError):
+    """Another DDP rank failed mid-run, so this one stopped too; the last checkpoint is kept."""
 
 
 @dataclass
@@ -143,6 +154,22 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
+def _describe_diff(saved: Any, now: Any, prefix: str = "") -> str:
+    """``"d_model: checkpoint 64, now 128; optim.lr: ..."``: the fields where two config dicts differ."""
+    if not (isinstance(saved, dict) and isinstance(now, dict)):
+        return f"{prefix.rstrip('.') or 'config'}: checkpoint {saved!r}, now {now!r}"
+    parts = []
+    for key in sorted(set(saved) | set(now)):
+        a, b = saved.get(key, "<absent>"), now.get(key, "<absent>")
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            parts.append(_describe_diff(a, b, f"{prefix}{key}."))
+        else:
+            parts.append(f"{prefix}{key}: checkpoint {a!r}, now {b!r}")
+    return "; ".join(parts)
+
+
 # a resumed run must read the same batches: these fields fix the data stream
 STREAM_FIELDS = ("batch_size", "seq_len", "grad_accum", "seed")
 
@@ -159,12 +186,18 @@ def _check_resume(ckpt: dict[str, Any], train_cfg: dict, model_cfg: Any, info: D
         )
     if diff and info.is_main:
         warnings.warn(
-            f"resuming {path} with changed train settings {diff}; the curve will differ from an unbroken run",
+            f"resuming {path} with changed train settings ({_describe_diff(saved, train_cfg)}); "
+            "the curve will differ from an unbroken run",
             RuntimeWarning,
             stacklevel=3,
         )
-    if ckpt.get("model_config") != model_cfg:
-        raise ValueError(f"{path}: the checkpoint was made with a different model config; resume with the same one")
+    saved_model = ckpt.get("model_config")
+    if saved_model != model_cfg:
+        changed = _describe_diff(saved_model, model_cfg)
+        raise ValueError(
+            f"{path}: the checkpoint was made with a different model config ({changed}); "
+            "resume with the same one or start a new --out"
+        )
     if ckpt["world_size"] != info.world_size:
         raise ValueError(
             f"{path}: the checkpoint has {ckpt['world_size']} ranks' sampler states but this run has "
@@ -217,6 +250,23 @@ def train_lm(
         sampler.load_state_dict(ckpt["sampler"][info.rank])
         set_rng_state(ckpt["rng"][info.rank])
         start_step, tokens_seen, metrics = ckpt["step"], ckpt["tokens"], list(ckpt["metrics"])
+        if start_step >= cfg.steps:
+            # nothing to train: say so, keep every file as it is, and succeed
+            note = (f"{ckpt_path} is already at step {start_step}, at or past steps={cfg.steps}; nothing to train "
+                    f"(raise --steps above {start_step} to continue it)")
+            if info.is_main:
+                print(note, flush=True)
+            last_val = next((m for m in reversed(metrics) if "val_loss" in m), {})
+            last = next((m for m in reversed(metrics) if "loss" in m), {})
+            return {"step": start_step, "tokens": tokens_seen, "train": last, "val": last_val,
+                    "already_done": True, "note": note}
+    if cfg.optim.warmup_steps >= cfg.steps and info.is_main:
+        warnings.warn(
+            f"optim.warmup_steps={cfg.optim.warmup_steps} >= steps={cfg.steps}: the learning rate never leaves "
+            f"warmup and never reaches lr={cfg.optim.lr}; lower --train.optim.warmup_steps",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         # lines logged after the checkpoint by a killed run are dropped, so the curve stays exact
@@ -262,6 +312,7 @@ def train_lm(
             bytes_per_token=data.bytes_per_token, device=device, autocast=autocast, dist_info=info,
         )
 
+    step = start_step
     try:
         model.train()
         for step in range(start_step, cfg.steps):
@@ -309,6 +360,10 @@ def train_lm(
                 barrier(info)
             if stop_after is not None and done >= stop_after:
                 break
+    except Exception as err:
+        if not info.enabled or isinstance(err, PeerFailed):
+            raise
+        _raise_distributed_failure(err, info, step, last_ckpt_step, ckpt_path)
     finally:
         bar.close()
         if log_file is not None:
@@ -316,6 +371,25 @@ def train_lm(
         if writer is not None:
             writer.close()
     return {"step": last.get("step", start_step), "tokens": tokens_seen, "train": last, "val": last_val}
+
+
+def _raise_distributed_failure(err: Exception, info: DistInfo, step: int, ckpt_step: int | None, path: Path):
+    """One rank's error mid-run: say which rank failed, on every rank, instead of letting the others hang.
+
+    The first rank to fail records its error in the store and re-raises it; the others,
+    whose collective then fails, raise PeerFailed naming that rank and its error.
+    """
+    kept = f"the last checkpoint is intact (step {ckpt_step} in {path})" if ckpt_step else "no checkpoint was written"
+    other = recorded_failure()
+    if other is None:
+        record_failure(f"rank {info.rank} at step {step + 1}: {type(err).__name__}: {err}")
+        raise err
+    if other.startswith(f"rank {info.rank} "):
+        raise err
+    raise PeerFailed(
+        f"rank {info.rank} stopped at step {step + 1} because {other}; {kept}. Fix the cause, then rerun "
+        "with --resume"
+    ) from err
 
 
 def _save(model, optimizer, sampler, cfg, train_cfg, model_cfg, info, step, tokens, metrics, path) -> None:

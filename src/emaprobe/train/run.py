@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -153,14 +154,22 @@ def evaluate_run(
     device: str = "auto",
     quiet: bool = False,
 ) -> dict[str, Any]:
-    """Loss, perplexity and bits per byte of a trained run on a whole split; writes JSON."""
+    """Loss, perplexity and bits per byte of a trained run on a whole split; writes JSON.
+
+    ``batch_size`` and ``seq_len`` default (None) to the run's; given, they must be >= 1.
+    """
+    for name, value in (("batch_size", batch_size), ("seq_len", seq_len)):
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1 (leave it out to use the run's), got {value}")
+    if max_batches < 0:
+        raise ValueError(f"--max-batches must be >= 0 (0: all), got {max_batches}")
     dev = resolve_device(device, DistInfo())
     model, tok, run = load_run(ckpt, dev)
     spec = "ptb:valid" if data == "ptb" else data
     tokens = open_split(spec, tok)
     trained = run.get("train", {})
-    B = batch_size or trained.get("batch_size", 16)
-    T = seq_len or trained.get("seq_len", 128)
+    B = batch_size if batch_size is not None else trained.get("batch_size", 16)
+    T = seq_len if seq_len is not None else trained.get("seq_len", 128)
     cfg = TrainConfig(device=device, dtype=trained.get("dtype", "auto"))
     metrics = evaluate_lm(
         model, tokens, batch_size=B, seq_len=T, max_batches=max_batches, bytes_per_token=tokens.bytes_per_token,
@@ -174,6 +183,16 @@ def evaluate_run(
     return result
 
 
+def check_generate_args(max_new_tokens: int, temperature: float, top_k: int | None) -> None:
+    """Named errors for sampling settings: temperature 0 is greedy, a negative or NaN one is a mistake."""
+    if max_new_tokens < 0:
+        raise ValueError(f"--tokens must be >= 0, got {max_new_tokens}")
+    if not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"--temperature must be a finite number >= 0 (0 is greedy), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"--top-k must be >= 1 (leave it out to sample from all tokens), got {top_k}")
+
+
 def stream_generate(
     ckpt: str | os.PathLike,
     prompt: str,
@@ -184,7 +203,12 @@ def stream_generate(
     seed: int = 0,
     device: str = "auto",
 ) -> Iterator[str]:
-    """Yield the text of each new token as it is sampled (the model's recurrent state carries the past)."""
+    """Yield the text of each new token as it is sampled (the model's recurrent state carries the past).
+
+    The arguments are checked before anything is yielded, so an error is never printed
+    after the prompt.
+    """
+    check_generate_args(max_new_tokens, temperature, top_k)
     dev = resolve_device(device, DistInfo())
     model, tok, _ = load_run(ckpt, dev)
     ids = tok.encode(prompt)

@@ -1,0 +1,102 @@
+"""A killed ``data prepare`` leaves no ``.partial-*`` behind for good: the next run of the same --out cleans it."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from emaprobe.cli import main
+from emaprobe.data import TokenData
+from emaprobe.data.prepare import OWNER, STALE_AFTER_S, clean_stale_partials
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _leftover(parent: Path, name: str, owner: str | None, age_s: float = 0.0) -> Path:
+    folder = parent / name
+    (folder / "tokenizer").mkdir(parents=True)
+    (folder / "tokens_00000.bin").write_bytes(b"\0" * 4096)
+    if owner is not None:
+        (folder / OWNER).write_text(owner)
+    if age_s:
+        old = time.time() - age_s
+        os.utime(folder, (old, old))
+    return folder
+
+
+def _corpus(tmp_path: Path) -> Path:
+    text = tmp_path / "corpus.txt"
+    text.write_text("the cat sat on the mat\n\nthe dog ran\n" * 20, encoding="utf-8")
+    return text
+
+
+def test_prepare_removes_stale_partials_of_its_out_and_says_so(tmp_path, capsys):
+    import socket
+
+    host = socket.gethostname()
+    dead = _leftover(tmp_path, ".corpus.partial-dead", f"{host} {_dead_pid()}")
+    ownerless = _leftover(tmp_path, ".corpus.partial-old", None, age_s=10 * STALE_AFTER_S)
+    trash = _leftover(tmp_path, ".corpus.old-x", None, age_s=10 * STALE_AFTER_S)
+    live = _leftover(tmp_path, ".corpus.partial-live", f"{host} {os.getpid()}")  # a concurrent prepare
+    other_host = _leftover(tmp_path, ".corpus.partial-far", "another-host 1")
+    young = _leftover(tmp_path, ".corpus.partial-young", None)  # between mkdtemp and its owner file
+    other_out = _leftover(tmp_path, ".other.partial-dead", f"{host} {_dead_pid()}")
+
+    args = ["data", "prepare", "--data", str(_corpus(tmp_path)), "--tokenizer", "word", "--out",
+            str(tmp_path / "corpus"), "--workers", "1", "--quiet"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    for gone in (dead, ownerless, trash):
+        assert not gone.exists()
+        said = rf"removed {re.escape(gone.name)}, 4,\d\d\d bytes left by an earlier prepare that was killed"
+        assert re.search(said, err)
+    for kept in (live, other_host, young, other_out):
+        assert kept.exists() and kept.name not in err
+    assert len(TokenData(tmp_path / "corpus")) > 0
+    assert not (tmp_path / "corpus" / OWNER).exists(), "the finished corpus carries no owner file"
+    assert clean_stale_partials(tmp_path / "corpus") == []
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_killed_prepare_leftover_is_cleaned_by_the_next_run(tmp_path):
+    corpus = tmp_path / "big.txt"
+    corpus.write_text(("lorem ipsum dolor sit amet " * 40 + "\n\n") * 4000, encoding="utf-8")
+    out = tmp_path / "corpus"
+    code = ("import sys, time\n"
+            "from emaprobe.data import prepare\n"
+            "p = sys.modules['emaprobe.data.prepare']\n"
+            "real = p._ShardWriter.write\n"
+            "def slow(self, ids):\n"
+            "    real(self, ids); print('writing', flush=True); time.sleep(60)\n"
+            "p._ShardWriter.write = slow\n"
+            f"prepare({str(corpus)!r}, 'word', {str(out)!r}, workers=1, quiet=True)\n")
+    env = {**os.environ, "PYTHONPATH": SRC}
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=env, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    left = list(tmp_path.glob(".corpus.partial-*"))
+    assert len(left) == 1 and not out.exists()  # what a kill leaves: the hidden staging folder only
+    run = subprocess.run(
+        [sys.executable, "-m", "emaprobe.cli", "data", "prepare", "--data", str(corpus), "--tokenizer", "word",
+         "--out", str(out), "--workers", "1", "--quiet"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert f"removed {left[0].name}" in run.stderr
+    assert not list(tmp_path.glob(".corpus.*")) and (out / "manifest.json").is_file()
