@@ -148,7 +148,9 @@ def read_all(root: str | Path, names: list[str] | None = None) -> list[Entry]:
         if (folder / CLAIMS_NAME).is_file():
             entries.append(_read(name, folder, "read"))
         else:
-            entries.append(Entry(name, "missing", folder=str(folder), figures=_figures(folder) if folder.is_dir() else [],
+            there = folder.is_dir()
+            entries.append(Entry(name, "missing", folder=str(folder) if there else None,
+                                 figures=_figures(folder) if there else [],
                                  reason=f"no {folder / CLAIMS_NAME} yet: `emaprobe run {name} --out {folder}` writes it"))
     return entries
 
@@ -184,6 +186,8 @@ def _md_cell(text: str) -> str:
 def claims_table_markdown(entries: list[Entry]) -> str:
     """The claims table alone, as Markdown (what the top-level README carries)."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    if not any(e.claims for e in entries):
+        lines.append("| " + " | ".join(["no claims.json found yet (see below)"] + [""] * (len(COLUMNS) - 1)) + " |")
     for row in claim_rows(entries):
         cells = list(row)
         cells[-1] = f"`{cells[-1]}`"
