@@ -264,7 +264,8 @@ code { font: 12px ui-monospace, SFMono-Regular, Menlo, monospace; background: #f
 .confirmed { background: #dafbe1; color: #116329; } .refuted { background: #ffebe9; color: #a40e26; }
 .inconclusive { background: #fff8c5; color: #7d4e00; }
 .status { color: #59636e; } .failed { color: #a40e26; }
-figure { display: inline-block; margin: .5em 1em .5em 0; } figure img { max-width: 560px; border: 1px solid #d0d7de; }
+figure { display: inline-block; margin: .5em 1em .5em 0; max-width: 100%; }
+figure img { max-width: 100%; max-height: 520px; border: 1px solid #d0d7de; }
 figcaption { color: #59636e; font-size: 13px; }
 """
 
