@@ -15,8 +15,10 @@ examples:
 Writes OUT/report.md, OUT/report.html (one self-contained page, figures embedded) and
 OUT/report.json; with --budget, each experiment's own folder OUT/NAME/ as `emaprobe run`
 writes it. The table has one row per claim: the paper's number, ours (± std over seeds),
-seeds, scale, labels used, verdict, and the command that reruns it. Experiments that need
-a GPU or data that is absent are skipped with the reason; a failed one makes the exit code 1.
+seeds, scale, labels used, verdict, and the command that reruns it. --budget cpu and gpu
+run each experiment's budget of that name, or its default where it has none. Experiments
+that need a GPU or data that is absent are skipped with the reason; a failed one makes the
+exit code 1.
 """
 
 
