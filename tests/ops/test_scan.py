@@ -185,3 +185,30 @@ def test_auto_backend_on_cuda_matches_naive():
     x = torch.randn(2, 777, 33, device="cuda")
     ref = naive_ema_traces(x.double().cpu(), ALPHAS)
     assert rel_err(ema_traces(x, ALPHAS).cpu(), ref) < 1e-5
+
+
+def test_a_registered_backend_serves_both_ops_through_one_contract(monkeypatch):
+    """A backend is two differentiable ops, ``(a, b, h0, out_dtype) -> (h, h_T)`` and
+    ``(x, alphas, h0) -> (h, h_T)``; the public functions call them and nothing else."""
+    from emaprobe.ops import scan
+
+    calls = []
+
+    def lin(a, b, h0, out_dtype):
+        calls.append("linear_scan")
+        h, hT = naive_linear_scan(a, b, h0, return_state=True)
+        return h.to(out_dtype), hT
+
+    def ema(x, alphas, h0):
+        calls.append(("ema_traces", alphas))
+        h, hT = naive_ema_traces(x, alphas, h0, return_state=True)
+        return h.to(x.dtype), hT
+
+    monkeypatch.setitem(scan.BACKENDS, "reference", scan.ScanBackend("reference", linear_scan=lin, ema_traces=ema))
+    x = torch.randn(2, 7, 3, requires_grad=True)
+    y, state = ema_traces(x, ALPHAS, return_state=True, backend="reference")
+    y.sum().backward()
+    assert x.grad is not None and state.shape == (2, 3, 3)
+    a, b = torch.rand(2, 7, 3), torch.randn(2, 7, 3)
+    torch.testing.assert_close(linear_scan(a, b, backend="reference"), linear_scan(a, b, backend="torch"))
+    assert calls == [("ema_traces", tuple(ALPHAS)), "linear_scan"]

@@ -17,13 +17,18 @@ import torch
 from emaprobe.ops import ema_traces, linear_scan, naive_ema_traces, naive_linear_scan
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-ts = pytest.importorskip("emaprobe.ops.triton_scan", reason="needs Triton (emaprobe.ops.triton_scan)")
+ema = pytest.importorskip("emaprobe.ops.triton.ema", reason="needs Triton (emaprobe.ops.triton)")
+lin = pytest.importorskip("emaprobe.ops.triton.linear_scan", reason="needs Triton (emaprobe.ops.triton)")
+from emaprobe.ops.triton import plan  # noqa: E402  (after the skips: plan alone would import anywhere)
+from emaprobe.ops.triton.common import sm_count  # noqa: E402
+
+SMS = sm_count(torch.device("cuda")) if torch.cuda.is_available() else 0
 
 ALPHAS = (0.5, 0.1, 0.02)
 ALPHA_T = torch.tensor(ALPHAS, dtype=torch.float64)
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 # forced three-pass (segmented) launches, small tiles so that many segments occur
-SPLIT = ts.TileConfig(ct=16, block=64, num_warps=1, split=True)
+SPLIT = plan.TileConfig(ct=16, block=64, num_warps=1, split=True)
 
 
 def rel(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -57,12 +62,12 @@ def _ema_case(B, T, D, dtype, with_h0, cfg_fwd=None, cfg_bwd=None, alphas=ALPHAS
     gy, gT = torch.randn_like(ref), torch.randn_like(ref_T)
     ((ref * gy).sum() + (ref_T * gT).sum()).backward()
 
-    out, out_T = ts.ema_traces_fwd(x.to(dtype), alpha_t, None if h0 is None else h0.float(), cfg=cfg_fwd)
+    out, out_T = ema.ema_traces_fwd(x.to(dtype), alpha_t, None if h0 is None else h0.float(), cfg=cfg_fwd)
     assert out.dtype == dtype and out.shape == (B, T, len(alphas), D)
     assert out_T.dtype == torch.float32
     assert rel(out, ref) < TOL[dtype]
     assert rel(out_T, ref_T) < TOL[dtype]
-    gx, g0 = ts.ema_traces_bwd(gy.to(dtype), alpha_t, gT.float(), dtype, cfg=cfg_bwd)
+    gx, g0 = ema.ema_traces_bwd(gy.to(dtype), alpha_t, gT.float(), dtype, cfg=cfg_bwd)
     assert gx.dtype == dtype
     assert rel(gx, xr.grad) < TOL[dtype]
     if with_h0:
@@ -91,20 +96,9 @@ def test_ema_traces_triton_other_timescale_counts(alphas, split):
 
 
 # forced one-pass segments that warm up, and the same segments in two passes
-WARM = ts.TileConfig(ct=16, block=64, split=True, warmup=True, min_programs=8)
-TWO_PASS = ts.TileConfig(ct=16, block=64, split=True, warmup=False, min_programs=8)
+WARM = plan.TileConfig(ct=16, block=64, split=True, warmup=True, min_programs=8)
+TWO_PASS = plan.TileConfig(ct=16, block=64, split=True, warmup=False, min_programs=8)
 SHORT_MEMORY = (0.5, 0.3, 0.9)  # warm-ups of 24, 47 and 8 steps: many segments at small T
-
-
-def test_warm_steps_forget_to_float32_resolution():
-    w = ts.warm_steps(ALPHAS)
-    assert w == [24, 158, 824]
-    for a, n in zip(ALPHAS, w):
-        assert (1 - a) ** n <= 2.0 ** -24 < (1 - a) ** (n - 1)
-    assert ts.warm_steps(ALPHAS, 16) == [32, 160, 832]
-    assert ts.warm_steps((1.0,)) == [0]  # h_t = x_t: nothing to remember
-    assert ts.warm_steps((0.5, 0.0)) is None  # a state that never fades: no warm-up is long enough
-    assert ts.warm_steps((2.5,)) is None
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -113,7 +107,7 @@ def test_warm_steps_forget_to_float32_resolution():
 def test_ema_warmup_segments_vs_naive(alphas, T, dtype):
     """Segments whose incoming state is a warm-up scan, h0 and the carry at T included: windows that
     reach t = 0 and t = T - 1 and windows that do not, a partial last segment."""
-    nseg, seglen, warm = ts._ema_plan(WARM, 1, T, alphas, torch.device("cuda"))
+    nseg, seglen, warm = plan.ema_plan(WARM, 1, T, alphas, SMS)
     assert warm is not None and nseg >= 3 and T % seglen
     _ema_case(1, T, 33, dtype, True, WARM, WARM, alphas)
 
@@ -123,8 +117,8 @@ def test_ema_warmup_matches_two_passes_elementwise():
     x = torch.randn(2, 6001, 40, device="cuda")
     gy = torch.randn(2, 6001, 3, 40, device="cuda")
     h0, gT = torch.randn(2, 3, 40, device="cuda"), torch.randn(2, 3, 40, device="cuda")
-    assert ts._ema_plan(WARM, 2, 6001, ALPHAS, torch.device("cuda"))[0] >= 3
-    for fn in (lambda c: ts.ema_traces_fwd(x, ALPHAS, h0, cfg=c), lambda c: ts.ema_traces_bwd(gy, ALPHAS, gT, cfg=c)):
+    assert plan.ema_plan(WARM, 2, 6001, ALPHAS, SMS)[0] >= 3
+    for fn in (lambda c: ema.ema_traces_fwd(x, ALPHAS, h0, cfg=c), lambda c: ema.ema_traces_bwd(gy, ALPHAS, gT, cfg=c)):
         for got, want in zip(fn(WARM), fn(TWO_PASS)):
             assert (got - want).abs().max() <= 2.0 ** -22 * want.abs().max()
 
@@ -135,31 +129,30 @@ def test_warmup_error_is_absolute_to_the_dropped_state():
     x = torch.randn(1, 6001, 40, device="cuda", dtype=torch.float64)
     x[:, :1000] *= 1e6
     ref = naive_ema_traces(x, ALPHAS)
-    nseg, seglen, warm = ts._ema_plan(WARM, 1, 6001, ALPHAS, torch.device("cuda"))
+    nseg, seglen, warm = plan.ema_plan(WARM, 1, 6001, ALPHAS, SMS)
     assert seglen - max(warm) < 1000 < seglen  # the second segment's warm-up starts in the loud part
     after = slice(seglen, 2 * seglen)
-    got = ts.ema_traces_fwd(x.float(), ALPHAS, cfg=WARM)[0].double()[:, after] - ref[:, after]
-    exact = ts.ema_traces_fwd(x.float(), ALPHAS, cfg=TWO_PASS)[0].double()[:, after] - ref[:, after]
+    got = ema.ema_traces_fwd(x.float(), ALPHAS, cfg=WARM)[0].double()[:, after] - ref[:, after]
+    exact = ema.ema_traces_fwd(x.float(), ALPHAS, cfg=TWO_PASS)[0].double()[:, after] - ref[:, after]
     dropped = ref[:, seglen - max(warm)].abs().max()
     assert got.abs().max() <= 2.0 ** -24 * dropped * 1.01
     assert exact.abs().max() < 1e-2 * got.abs().max()
 
 
 def test_default_plan_warms_up_at_long_t_and_falls_back_to_two_passes():
-    dev = torch.device("cuda")
-    cfg = ts._choose(None, ts.EMA_FWD, 1, 768, dev)
-    nseg, seglen, warm = ts._ema_plan(cfg, 768 // cfg.block, 65536, ALPHAS, dev)
-    assert warm == ts.warm_steps(ALPHAS, cfg.ct) and nseg > 1 and seglen >= ts.WARM_SEG_RATIO * max(warm)
+    cfg = plan.choose(None, plan.EMA_FWD, 1, 768, SMS)
+    nseg, seglen, warm = plan.ema_plan(cfg, 768 // cfg.block, 65536, ALPHAS, SMS)
+    assert warm == plan.warm_steps(ALPHAS, cfg.ct) and nseg > 1 and seglen >= plan.WARM_SEG_RATIO * max(warm)
     # a timescale that remembers 17k steps: too few programs with warm-ups, so two passes, still right
     slow = (0.5, 1e-3)
-    assert ts._ema_plan(cfg, 768 // cfg.block, 65536, slow, dev)[2] is None
-    assert ts._ema_plan(WARM, 1, 4097, slow, dev)[2] is None
+    assert plan.ema_plan(cfg, 768 // cfg.block, 65536, slow, SMS)[2] is None
+    assert plan.ema_plan(WARM, 1, 4097, slow, SMS)[2] is None
     _ema_case(1, 4097, 33, torch.float32, True, WARM, WARM, slow)
 
 
 @pytest.mark.parametrize(
     "cfg",
-    [ts.TileConfig(stages=1), ts.TileConfig(ct=8, stages=8), ts.TileConfig(ct=32, stages=3, split=True)],
+    [plan.TileConfig(stages=1), plan.TileConfig(ct=8, stages=8), plan.TileConfig(ct=32, stages=3, split=True)],
     ids=["unpipelined", "8-deep", "segmented-3-deep"],
 )
 def test_pipeline_depths_vs_naive(cfg):
@@ -171,8 +164,8 @@ def test_pipeline_depths_vs_naive(cfg):
 
 @pytest.mark.parametrize(
     "cfg",
-    [ts.TileConfig(ct=16, block=64, vec=2, split=False), ts.TileConfig(ct=16, block=128, vec=4, stages=3, split=True),
-     ts.TileConfig(ct=32, block=64, vec=2, stages=4, split=True)],
+    [plan.TileConfig(ct=16, block=64, vec=2, split=False), plan.TileConfig(ct=16, block=128, vec=4, stages=3, split=True),
+     plan.TileConfig(ct=32, block=64, vec=2, stages=4, split=True)],
     ids=["64-one-pass", "128-segmented", "ct32-segmented"],
 )
 @pytest.mark.parametrize("T", [16, 33, 256, 257, 300])
@@ -183,45 +176,17 @@ def test_whole_channel_blocks_and_full_tiles_vs_naive(T, cfg):
     _lin_case(2, T, (2, 128), torch.float32, True, cfg=cfg)
 
 
-def test_default_tiles_are_the_widest_that_fill_the_gpu():
-    """``_choose`` counts warps: the wide tiles (128 channels a warp) wherever they alone give a warp
-    per SM, else the narrow ones (64 channels a warp, two warps a program)."""
-    dev = torch.device("cuda")
-    sms = torch.cuda.get_device_properties(dev).multi_processor_count
-    wide, narrow = ts.EMA_FWD
-    assert wide.block // wide.num_warps > narrow.block // narrow.num_warps
-
-    def warps(cfg, B):
-        return B * (768 // cfg.block) * cfg.num_warps
-
-    assert ts._choose(None, ts.EMA_FWD, 4 * sms, 768, dev) is wide  # plenty of warps at either width
-    B = -(-sms // warps(narrow, 1))  # the narrow tiles put a warp on every SM, the wide ones do not
-    assert warps(wide, B) < sms <= warps(narrow, B)
-    assert ts._choose(None, ts.EMA_FWD, B, 768, dev) is narrow
-    assert ts._ema_plan(narrow, B * 768 // narrow.block, 2048, ALPHAS, dev)[0] == 1  # one pass, not segments
-    assert ts._choose(None, ts.EMA_FWD, 1, 768, dev) is narrow  # neither fills: the narrowest, in segments
-    mine = ts.TileConfig()
-    assert ts._choose(mine, ts.EMA_FWD, B, 768, dev) is mine
-
-
 @pytest.mark.parametrize("D", [256, 200], ids=["whole-blocks", "masked-channels"])
 @pytest.mark.parametrize("split", [False, True], ids=["one-pass", "warm-segments"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_ema_programs_of_two_warps_vs_naive(D, split, dtype):
     """The forward's narrow default: two 64-channel warps side by side in one program."""
-    cfg = replace(ts.EMA_FWD[1], split=split, warmup=split or None, min_programs=8 if split else 0)
+    cfg = replace(plan.EMA_FWD[1], split=split, warmup=split or None, min_programs=8 if split else 0)
     assert cfg.num_warps == 2
     T = 4097
     if split:
-        assert ts._ema_plan(cfg, 1 * -(-D // cfg.block), T, ALPHAS, torch.device("cuda"))[2] is not None
+        assert plan.ema_plan(cfg, 1 * -(-D // cfg.block), T, ALPHAS, SMS)[2] is not None
     _ema_case(1, T, D, dtype, True, cfg, None)
-
-
-def test_tile_config_rejects_bad_shapes():
-    with pytest.raises(ValueError, match="block"):
-        ts.TileConfig(block=48)
-    with pytest.raises(ValueError, match="stages"):
-        ts.TileConfig(stages=0)
 
 
 def _lin_case(B, T, feat, dtype, with_h0, a_shape=None, cfg=None):
@@ -237,11 +202,11 @@ def _lin_case(B, T, feat, dtype, with_h0, a_shape=None, cfg=None):
     ((ref * gy).sum() + (ref_T * gT).sum()).backward()
 
     a_in, b_in = a.to(dtype), b.to(dtype)
-    out, out_T = ts.linear_scan_fwd(a_in, b_in, None if h0 is None else h0.float(), cfg=cfg)
+    out, out_T = lin.linear_scan_fwd(a_in, b_in, None if h0 is None else h0.float(), cfg=cfg)
     assert out.dtype == dtype and out.shape == full
     assert rel(out, ref) < TOL[dtype]
     assert rel(out_T, ref_T) < TOL[dtype]
-    ga, gb, g0 = ts.linear_scan_bwd(a_in, gy.to(dtype), out, None if h0 is None else h0.float(), gT.float(), cfg=cfg)
+    ga, gb, g0 = lin.linear_scan_bwd(a_in, gy.to(dtype), out, None if h0 is None else h0.float(), gT.float(), cfg=cfg)
     assert rel(ga.sum_to_size(a.shape), ar.grad) < TOL[dtype]
     assert rel(gb, br.grad) < TOL[dtype]
     if with_h0:
@@ -276,7 +241,7 @@ def test_linear_scan_warmup_segments_vs_naive(decays, a_shape, dtype):
     3000 steps that, not the kernel, would decide the error. Constant decays within 1e-4 of 1 stay
     out of the broadcast case: over 3000 steps float32 itself errs by ~1e-5 there, in either plan."""
     T = 3001
-    nseg, seglen = ts._warm_plan(WARM, 1, T, ts.LIN_WARM_STEPS, torch.device("cuda"))
+    nseg, seglen = plan.warm_plan(WARM, 1, T, plan.LIN_WARM_STEPS, SMS)
     assert nseg >= 3 and T % seglen
     lo, hi = decays
     dev = "cuda"
@@ -285,10 +250,10 @@ def test_linear_scan_warmup_segments_vs_naive(decays, a_shape, dtype):
     b = torch.randn(full, device=dev, dtype=torch.float64)
     h0 = torch.randn(1, 40, device=dev, dtype=torch.float64)
     ref, ref_T = naive_linear_scan(a.to(dtype).double(), b.to(dtype).double(), h0.float().double(), return_state=True)
-    out, out_T = ts.linear_scan_fwd(a.to(dtype), b.to(dtype), h0.float(), cfg=WARM)
+    out, out_T = lin.linear_scan_fwd(a.to(dtype), b.to(dtype), h0.float(), cfg=WARM)
     assert rel(out, ref) < TOL[dtype] and rel(out_T, ref_T) < TOL[dtype]
     if dtype == torch.float32:  # against the exact two passes, elementwise
-        exact, exact_T = ts.linear_scan_fwd(a.float(), b.float(), h0.float(), cfg=TWO_PASS)
+        exact, exact_T = lin.linear_scan_fwd(a.float(), b.float(), h0.float(), cfg=TWO_PASS)
         assert (out - exact).abs().max() <= 2.0 ** -18 * exact.abs().max()
         assert (out_T - exact_T).abs().max() <= 2.0 ** -18 * exact.abs().max()
 
@@ -310,7 +275,7 @@ def test_fused_autograd_matches_naive(dtype):
         return y, yT, xi.grad, hi.grad
 
     ref = grads(lambda xi, hi: naive_ema_traces(xi, ALPHAS, hi, return_state=True), torch.float64)
-    got = grads(lambda xi, hi: ts.fused_ema_traces(xi, ALPHA_T.cuda(), hi), dtype)
+    got = grads(lambda xi, hi: ema.fused_ema_traces(xi, ALPHA_T.cuda(), hi), dtype)
     assert got[0].dtype == dtype
     for g, r in zip(got, ref):
         assert rel(g, r) < TOL[dtype]
@@ -328,7 +293,7 @@ def test_fused_autograd_matches_naive(dtype):
         return y, yT, ai.grad, bi.grad, si.grad
 
     ref = lin_grads(lambda ai, bi, si: naive_linear_scan(ai, bi, si, return_state=True), torch.float64)
-    got = lin_grads(ts.fused_linear_scan, dtype)
+    got = lin_grads(lin.fused_linear_scan, dtype)
     for g, r in zip(got, ref):
         assert rel(g, r) < TOL[dtype]
 
@@ -349,7 +314,7 @@ def test_ema_traces_one_million_steps_bf16():
     """T = 1M in bf16 (segmented: few channels), against a float64 IIR filter on the CPU."""
     B, T, D = 1, 1_000_000, 64
     x = torch.randn(B, T, D, device="cuda").to(torch.bfloat16)
-    out, out_T = ts.ema_traces_fwd(x, ALPHA_T)
+    out, out_T = ema.ema_traces_fwd(x, ALPHA_T)
     xn = x.float().cpu().double().numpy()
     for s, a in enumerate(ALPHAS):
         ref = scipy.signal.lfilter([a], [1.0, a - 1.0], xn, axis=1)

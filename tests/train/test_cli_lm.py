@@ -16,19 +16,21 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def _train_args(out, *extra):
     return ["lm", "train", "--config", "spen-tiny", "--data", "ptb", "--steps", "3", "--out", str(out), "--quiet",
-            "--train.batch_size=4", "--train.seq_len=16", "--train.eval_batches=1", *extra]
+            "--set", "train.batch_size=4", "--set", "train.seq_len=16", "--set", "train.eval_batches=1", *extra]
 
 
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--model.n_layers=3"], r"unknown config field 'model.n_layers'; valid fields: \[.*'n_layer'"),
-        (["--train.optim.lrate", "1"], r"unknown config field 'train.optim.lrate'; valid fields: \[.*'lr'"),
-        (["--train.grad_accum=many"], r"train.grad_accum: expected int, got 'many'"),
-        (["--train.steps=5"], r"--steps 3 and --train.steps=5 disagree"),
-        (["--train.seq_len=512", "--config", "gpt-tiny"], r"seq_len=512 is longer than gpt-tiny's block_size=256"),
-        (["--model.mixer=lstm"], r"unknown mixer 'lstm'; choose one of \['attention', 'ema', 'gla', 'learned_ema', 'sel"),
-        (["--model.predictor=mlp"], r"unknown predictor 'mlp'"),
+        (["--set", "model.n_layers=3"], r"unknown config field 'model.n_layers'; valid fields: \[.*'n_layer'"),
+        (["--set", "train.optim.lrate=1"], r"unknown config field 'train.optim.lrate'; valid fields: \[.*'lr'"),
+        (["--set", "train.grad_accum=many"], r"train.grad_accum: expected int, got 'many'"),
+        (["--set", "train.steps=5"], r"--steps 3 and --set train.steps=5 disagree"),
+        (["--set", "train.seq_len=512", "--config", "gpt-tiny"], r"seq_len=512 is longer than gpt-tiny's block_size=256"),
+        (["--set", "model.mixer=lstm"], r"unknown mixer 'lstm'; choose one of \['attention', 'ema', 'gla', 'learned_ema', 'sel"),
+        (["--set", "model.predictor=mlp"], r"unknown predictor 'mlp'"),
+        (["--set", "mixer=lstm"], r"--set mixer=lstm: name model.FIELD or train.FIELD"),
+        (["--set", "model.mixer"], r"--set takes FIELD=VALUE"),
     ],
 )
 def test_bad_overrides_fail_with_clear_errors(extra, message, tmp_path, capsys):
@@ -47,16 +49,17 @@ def test_unknown_config_name_lists_valid_ones(tmp_path, capsys):
     assert "unknown model config 'spen-huge'" in err and "'spen-tiny'" in err and "'gpt-tiny'" in err
 
 
-def test_override_without_value_is_a_usage_error(tmp_path, capsys):
+def test_the_old_dotted_flags_are_gone(tmp_path, capsys):
+    """One override dialect: ``--set model.FIELD=VALUE``; ``--model.FIELD=VALUE`` is not an option."""
     with pytest.raises(SystemExit) as exc:
-        main(_train_args(tmp_path / "run", "--model.mixer"))
+        main(_train_args(tmp_path / "run", "--model.mixer=selective"))
     assert exc.value.code == 2
-    assert "--model.mixer needs a value" in capsys.readouterr().err
+    assert "unrecognized arguments: --model.mixer=selective" in capsys.readouterr().err
 
 
 def test_train_eval_generate_configs_round_trip(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(_train_args(run, "--model.mixer=selective")) == 0
+    assert main(_train_args(run, "--set", "model.mixer=selective")) == 0
     assert json.loads((run / "run.json").read_text())["model"]["mixer"] == "selective"
     capsys.readouterr()
 

@@ -15,8 +15,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def _train_args(out, *extra, steps="2"):
     return ["lm", "train", "--config", "spen-tiny", "--data", "ptb", "--steps", steps, "--out", str(out), "--quiet",
-            "--train.batch_size=2", "--train.seq_len=8", "--train.eval_batches=1", "--train.optim.warmup_steps=1",
-            "--model.d_model=16", "--model.n_layer=1", *extra]
+            "--set", "train.batch_size=2", "--set", "train.seq_len=8", "--set", "train.eval_batches=1", "--set", "train.optim.warmup_steps=1",
+            "--set", "model.d_model=16", "--set", "model.n_layer=1", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -81,18 +81,18 @@ def test_resume_already_past_steps_says_so_and_changes_nothing(trained, capsys):
 
 
 def test_resume_mismatch_names_the_fields_that_differ(trained, capsys):
-    assert main(_train_args(trained, "--resume", "--model.d_model=24", "--model.n_head=2", steps="3")) == 2
+    assert main(_train_args(trained, "--resume", "--set", "model.d_model=24", "--set", "model.n_head=2", steps="3")) == 2
     err = capsys.readouterr().err
     assert "different model config" in err
     assert "d_model: checkpoint 16, now 24" in err
-    assert main(_train_args(trained, "--resume", "--train.seq_len=4", steps="3")) == 2
+    assert main(_train_args(trained, "--resume", "--set", "train.seq_len=4", steps="3")) == 2
     err = capsys.readouterr().err
     assert "seq_len=8" in err and "same batches" in err
 
 
 def test_warmup_at_or_past_steps_warns(tmp_path):
     with pytest.warns(RuntimeWarning, match=r"warmup_steps=5 >= steps=2"):
-        assert main(_train_args(tmp_path / "run", "--train.optim.warmup_steps=5")) == 0
+        assert main(_train_args(tmp_path / "run", "--set", "train.optim.warmup_steps=5")) == 0
 
 
 def test_training_summary_labels_validation_and_training_tokens():

@@ -1,4 +1,4 @@
-"""Property tests: dotted overrides (``--train.optim.lr=3e-3``) apply exactly or fail with a named ValueError.
+"""Property tests: dotted overrides (``--set train.optim.lr=3e-3``) apply exactly or fail with a named ValueError.
 
 Over the real configs (TrainConfig with its nested OptimConfig, every named model
 config): any key and any value string either give a config, or raise ValueError with

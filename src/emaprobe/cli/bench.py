@@ -7,7 +7,7 @@ import argparse
 EPILOG = """\
 examples:
   emaprobe bench scan                           CPU, default shapes, JSON to runs/bench
-  emaprobe bench scan --shape 8x8192x256        the acceptance shape only
+  emaprobe bench scan --shape 8x8192x256        the target shape only
   emaprobe bench scan --out results/bench       the committed CPU figures (on purpose only)
   emaprobe bench scan --device cuda --out results/bench
                                                 Triton kernels against the copy-bandwidth floor
@@ -18,9 +18,21 @@ PyTorch step loop, FFT convolution and kernel libraries on GPU) run in the same 
 
 
 def _scan(args: argparse.Namespace) -> int:
-    from emaprobe.experiments.bench_scan import main
+    import torch
 
-    return main(args)
+    from emaprobe.experiments.bench_scan import DEFAULT_SHAPES, parse_shape, run_cpu
+
+    shapes = [parse_shape(s) for s in args.shape] if args.shape else list(DEFAULT_SHAPES)
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is visible to torch")
+        from emaprobe.experiments.bench_scan_cuda import run_cuda
+
+        run_cuda(shapes if args.shape else None, out_dir=args.out, do_sweep=args.sweep,
+                 peers=not args.no_peers, loop=not args.no_loop, warp=not args.no_warp)
+        return 0
+    run_cpu(shapes, repeats=args.repeats, out_dir=args.out)
+    return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:

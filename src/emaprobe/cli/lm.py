@@ -11,14 +11,14 @@ OVERRIDE_PREFIXES = ("model", "train")
 TRAIN_EPILOG = """\
 examples:
   emaprobe lm train --config spen-tiny --data ptb --steps 300 --out runs/spen-ema
-  emaprobe lm train --config spen-tiny --data ptb --steps 300 --out runs/spen-sel --model.mixer=selective
-  emaprobe lm train --config gpt-tiny --data ptb --steps 300 --out runs/gpt --train.optim.lr=3e-3
+  emaprobe lm train --config spen-tiny --data ptb --steps 300 --out runs/spen-sel --set model.mixer=selective
+  emaprobe lm train --config gpt-tiny --data ptb --steps 300 --out runs/gpt --set train.optim.lr=3e-3
   emaprobe lm train --config spen-tiny --data ptb --steps 300 --out runs/spen-ema --resume
   torchrun --nproc_per_node=8 -m emaprobe.cli lm train --config spen-130m --data /data/fineweb-gpt2 \\
-      --val /data/fineweb-gpt2-val --steps 20000 --out runs/spen-130m --train.batch_size=32 --train.seq_len=1024
+      --val /data/fineweb-gpt2-val --steps 20000 --out runs/spen-130m --set train.batch_size=32 --set train.seq_len=1024
 
-Any field of the model config (see `emaprobe lm configs`) is set with --model.FIELD=VALUE,
-any field of the trainer with --train.FIELD=VALUE (optimizer: --train.optim.FIELD=VALUE).
+Any field of the model config (see `emaprobe lm configs`) is set with --set model.FIELD=VALUE,
+any field of the trainer with --set train.FIELD=VALUE (optimizer: --set train.optim.FIELD=VALUE).
 Trainer fields: steps batch_size seq_len grad_accum seed log_every eval_every eval_batches
 ckpt_every device dtype compile tensorboard; optim: lr min_lr_ratio warmup_steps
 weight_decay beta1 beta2 eps grad_clip. An unknown field is an error that lists the valid ones.
@@ -69,48 +69,31 @@ class _DefaultsFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
-class OverrideParser(argparse.ArgumentParser):
-    """An ArgumentParser that also takes dotted ``--model.FIELD=VALUE`` / ``--train.FIELD VALUE``.
+def split_overrides(items: list[str] | None) -> dict[str, dict[str, str]]:
+    """``--set`` items -> ``{"model": {FIELD: VALUE}, "train": {FIELD: VALUE}}``.
 
-    They are collected into ``args.overrides = {"model": {...}, "train": {...}}`` and
-    checked against the config dataclasses later, where an unknown field is an error
-    that lists the valid ones.
+    Each names ``model.FIELD`` or ``train.FIELD`` (``train.optim.FIELD``); the fields are checked
+    against the config dataclasses later, where an unknown one is an error that lists the valid ones.
     """
+    from emaprobe.cli.run import parse_set
 
-    def parse_known_args(self, args=None, namespace=None):
-        args = list(sys.argv[1:] if args is None else args)
-        overrides: dict[str, dict[str, str]] = {p: {} for p in OVERRIDE_PREFIXES}
-        rest: list[str] = []
-        i = 0
-        while i < len(args):
-            arg = args[i]
-            head = arg[2:].split(".", 1)[0] if arg.startswith("--") else ""
-            if head in OVERRIDE_PREFIXES and "." in arg:
-                key, eq, value = arg[2:].partition("=")
-                if not eq:
-                    if i + 1 >= len(args):
-                        self.error(f"{arg} needs a value: {arg}=VALUE")
-                    i += 1
-                    value = args[i]
-                field = key.split(".", 1)[1]
-                if not field:
-                    self.error(f"{arg}: name a field, as in --{head}.FIELD=VALUE")
-                overrides[head][field] = value
-            else:
-                rest.append(arg)
-            i += 1
-        namespace, extras = super().parse_known_args(rest, namespace)
-        namespace.overrides = overrides
-        return namespace, extras
+    out: dict[str, dict[str, str]] = {p: {} for p in OVERRIDE_PREFIXES}
+    for key, value in parse_set(items).items():
+        head, _, field = key.partition(".")
+        if head not in out or not field:
+            raise ValueError(f"--set {key}={value}: name model.FIELD or train.FIELD (train.optim.FIELD for the optimizer)")
+        out[head][field] = value
+    return out
 
 
 def _train(args) -> int:
     from emaprobe.train.dist import env_dist_info, shutdown_distributed
 
+    args.overrides = split_overrides(args.set)
     if args.steps is not None:
         given = args.overrides["train"].get("steps")
         if given is not None and given != str(args.steps):
-            raise ValueError(f"--steps {args.steps} and --train.steps={given} disagree; give one")
+            raise ValueError(f"--steps {args.steps} and --set train.steps={given} disagree; give one")
         args.overrides["train"]["steps"] = str(args.steps)
 
     from emaprobe.train.lm import PeerFailed
@@ -189,7 +172,7 @@ def _generate(args) -> int:
 
 
 def _configs(args) -> int:
-    from emaprobe.train.run import config_table
+    from emaprobe.models import config_table
 
     rows = config_table(vocab_size=args.vocab_size)
     if args.json:
@@ -212,7 +195,7 @@ def register(sub) -> None:
         epilog="run `emaprobe lm <train|eval|generate|configs> --help` for examples",
         formatter_class=fmt,
     )
-    lm_sub = lm.add_subparsers(dest="lm_command", metavar="<train|eval|generate|configs>", parser_class=OverrideParser)
+    lm_sub = lm.add_subparsers(dest="lm_command", metavar="<train|eval|generate|configs>")
     lm.set_defaults(func=lambda args: (lm.print_help(), 2)[1])
 
     p = lm_sub.add_parser(
@@ -223,7 +206,9 @@ def register(sub) -> None:
     p.add_argument("--config", required=True, help="named model config (see `emaprobe lm configs`)")
     p.add_argument("--data", required=True, help="training data spec: ptb, a prepared folder, file, folder or glob")
     p.add_argument("--val", default=None, help="validation data spec (default: ptb:valid for ptb, else 1%% held out)")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps (same as --train.steps)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (same as --set train.steps=N)")
+    p.add_argument("--set", action="append", metavar="model.FIELD=VALUE|train.FIELD=VALUE",
+                   help="override a model or trainer config field, dotted (repeatable)")
     p.add_argument("--out", required=True, help="run folder (checkpoint, metrics, exported model)")
     p.add_argument(
         "--tokenizer", default=None, help="tokenizer name or saved folder (default: word for ptb, else gpt2)",

@@ -10,11 +10,12 @@
 
 Module map: ``readers`` (data specs, documents), ``tokenizers`` (registry: gpt2, word,
 bpe), ``prepare`` (multiprocess tokenization, ``load_split``), ``tokens`` (TokenData,
-batches).
+batches), ``splits`` (a spec's training and validation streams, ``train_val_streams``).
 """
 
 from emaprobe.data.prepare import DEFAULT_SHARD_TOKENS, load_split, prepare
 from emaprobe.data.readers import PTB_SPLITS, iter_documents, resolve_files
+from emaprobe.data.splits import train_val_streams
 from emaprobe.data.tokenizers import (
     TOKENIZERS,
     BPETokenizer,
@@ -48,4 +49,5 @@ __all__ = [
     "resolve_files",
     "resolve_tokenizer",
     "train_bpe",
+    "train_val_streams",
 ]

@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 from emaprobe.data.readers import iter_documents, spec_identity
 from emaprobe.data.tokenizers import Tokenizer, load_tokenizer, resolve_tokenizer
 from emaprobe.data.tokens import FORMAT, FORMAT_VERSION, MANIFEST, TokenData
-from emaprobe.utils import atomic_write_json, run_record
+from emaprobe.utils import atomic_write_json, progress_disabled, run_record
 
 DEFAULT_SHARD_TOKENS = 100_000_000
 CHUNK_CHARS = 1 << 20  # text sent to a worker at a time: big enough to hide IPC cost
@@ -153,10 +153,6 @@ def _encoded_chunks(
                 yield pending.popleft().get()
         while pending:
             yield pending.popleft().get()
-
-
-def _progress_disabled(quiet: bool) -> bool:
-    return quiet or os.environ.get("TQDM_DISABLE", "").lower() not in ("", "0", "false", "no")
 
 
 def prepare(
@@ -290,7 +286,7 @@ def _prepare_into(
     dtype = token_dtype(tok.vocab_size)
     writer = _ShardWriter(folder, dtype, shard_tokens)
     n_docs = n_bytes = n_tokens = 0
-    bar = tqdm(desc=f"prepare {spec}", unit="tok", unit_scale=True, disable=_progress_disabled(quiet))
+    bar = tqdm(desc=f"prepare {spec}", unit="tok", unit_scale=True, disable=progress_disabled(quiet))
     try:
         for ids, d, b in _encoded_chunks(_chunks(docs), tok, tok_dir, dtype, workers):
             writer.write(ids)

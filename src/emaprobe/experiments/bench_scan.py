@@ -7,14 +7,13 @@ Run time:  about a minute on 2 cores at the default shapes.
 Expected:  ``ema_traces`` (chunked Toeplitz matmul, both cores) at or under 1.0x
            ``scipy.signal.lfilter`` doing the same work (one IIR filter per
            timescale, float32, single-threaded C loop); the PyTorch step loop is
-           far behind. The issue's acceptance shape is B=8 T=8192 D=256 S=3 fp32.
+           far behind. The target shape is B=8 T=8192 D=256 S=3 fp32.
 
 Every figure is the median of ``--repeats`` timed runs after one warm-up.
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from collections.abc import Callable
@@ -133,17 +132,3 @@ def run_cpu(shapes, alphas=DEFAULT_ALPHAS, repeats: int = 7, out_dir: str | Path
         path = atomic_write_json(Path(out_dir) / "scan_cpu.json", result)
         print(f"wrote {path}")
     return result
-
-
-def main(args: argparse.Namespace) -> int:
-    shapes = [parse_shape(s) for s in args.shape] if args.shape else list(DEFAULT_SHAPES)
-    if args.device == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda: no CUDA device is visible to torch")
-        from emaprobe.experiments.bench_scan_cuda import run_cuda
-
-        run_cuda(shapes if args.shape else None, out_dir=args.out, do_sweep=args.sweep,
-                 peers=not args.no_peers, loop=not args.no_loop, warp=not args.no_warp)
-        return 0
-    run_cpu(shapes, repeats=args.repeats, out_dir=args.out)
-    return 0

@@ -6,14 +6,14 @@ Hardware:  one CUDA GPU; committed figures from one NVIDIA H100 80GB HBM3 and on
 Run time:  about 2 minutes at the default shapes (the PyTorch step loop and the first
            import of accelerated-scan's CUDA "warp" kernel, which compiles, ~1 minute).
 Expected:  on the H100 (results/bench/scan_cuda_nvidia-h100-80gb-hbm3.json), 3.0 TB/s copy,
-           B=16 T=2048 D=768 S=3 bf16: floor 0.067 ms; ours 0.078 ms forward (1.16x),
-           0.175 ms forward+backward (1.31x), selective forward 0.063 ms (1.26x of its
-           0.050 ms floor); issue 5's targets are 1.25x, 1.5x, 1.5x. B=64 T=512: 1.14x, 1.14x,
-           1.13x; B=1 T=65536: 1.21x, 1.29x, 1.27x; B=4 T=8192: 1.31x, 1.44x, 1.44x. Peers
-           at B=16 T=2048: accelerated-scan warp 0.334 ms forward, 0.247 ms selective
+           B=16 T=2048 D=768 S=3 bf16: floor 0.067 ms; ours 0.0777 ms forward (1.16x),
+           0.176 ms forward+backward (1.31x), selective forward 0.064 ms (1.27x of its
+           0.050 ms floor); the targets are 1.25x, 1.5x, 1.5x. B=64 T=512: 1.12x, 1.14x,
+           1.13x; B=1 T=65536: 1.17x, 1.27x, 1.27x; B=4 T=8192: 1.249x, 1.43x, 1.44x. Peers
+           at B=16 T=2048: accelerated-scan warp 0.332 ms forward, 0.247 ms selective
            forward+backward (ours 0.176), fla chunk_hgrn 0.814 ms, FFT 2.20 ms, step loop
-           0.16 s. On the H200 (scan_cuda_nvidia-h200.json, older v10 kernels) the B16
-           forward was 1.39x.
+           0.15 s. On the H200 (scan_cuda_nvidia-h200.json, older kernels without the
+           warm-ups) the B16 forward was 1.39x.
 
 In one run it measures:
 
@@ -22,7 +22,7 @@ In one run it measures:
   write S traces), the same again for the backward (read S gradients, write dx);
   for the selective scan, read a and b and write h: 6 bytes per token-channel, and
   10 more for its backward (read a, gh, h; write ga, gb);
-* ours: ``triton_scan`` EMA forward and forward+backward, the selective scan forward
+* ours: ``ops/triton`` EMA forward and forward+backward, the selective scan forward
   and forward+backward, and, eagerly, the public ``ema_traces`` as ``scan.py`` calls it;
 * peers: PyTorch's copy of the same broadcast bytes, a PyTorch step loop, FFT
   convolution, accelerated-scan's CUDA "warp" kernel (T <= 2048, see WARP_MAX_T) and
@@ -43,6 +43,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -438,11 +439,25 @@ def replot(json_path: str | Path) -> Path:
     return out
 
 
+def _triton_ops() -> SimpleNamespace:
+    """Our kernels' launchers and autograd ops, one namespace (imported here: they need Triton)."""
+    from emaprobe.ops.triton import ema, linear_scan, plan
+
+    return SimpleNamespace(
+        TileConfig=plan.TileConfig,
+        ema_traces_fwd=ema.ema_traces_fwd,
+        ema_traces_bwd=ema.ema_traces_bwd,
+        fused_ema_traces=ema.fused_ema_traces,
+        linear_scan_fwd=linear_scan.linear_scan_fwd,
+        linear_scan_bwd=linear_scan.linear_scan_bwd,
+        fused_linear_scan=linear_scan.fused_linear_scan,
+    )
+
+
 def run_cuda(shapes=None, alphas=DEFAULT_ALPHAS, out_dir: str | Path | None = None,
              peers: bool = True, warp: bool = True, loop: bool = True, do_sweep: bool = False) -> dict:
     """Run the whole CUDA benchmark; returns the result dict (also written as JSON when ``out_dir``)."""
-    from emaprobe.ops import triton_scan as ts
-
+    ts = _triton_ops()
     shapes = list(DEFAULT_SHAPES) if shapes is None else shapes
     card = torch.cuda.get_device_name()
     slug = card_slug(card)

@@ -10,7 +10,9 @@ An experiment is a module of ``emaprobe.experiments`` that defines:
                                       and ``claims.json``
 
 and optionally ``BUDGETS: dict[str, Callable[[], Config]]``, further named budgets
-(``"cpu"``, ``"gpu"``) beside ``smoke`` and the default ``Config()``.
+(``"cpu"``, ``"gpu"``) beside ``smoke`` and the default ``Config()``, and
+``requires(cfg) -> list[str]``, what ``cfg`` needs that is missing here (shared data, say;
+empty when it can run), which ``emaprobe reproduce`` reports as the reason it skipped.
 
 ``emaprobe run NAME [--smoke | --budget B] [--set a.b=c ...] [--out DIR]`` runs any of
 them (``run_experiment``). Output goes to ``runs/<NAME>/`` unless ``--out`` says

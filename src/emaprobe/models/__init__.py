@@ -63,13 +63,16 @@ def model_class(config) -> type[LanguageModel]:
     )
 
 
-def get_config(name_or_config, **overrides):
-    """A named config (or a config object) with field overrides applied.
+def resolve_config(name_or_config, overrides=None, *, vocab_size: int | None = None, prefix: str = ""):
+    """The one config resolution: a named config (``MODEL_CONFIGS``) or a config object, with field
+    overrides, then sized to a tokenizer's ``vocab_size`` when given.
 
     Overrides are typed values (``n_layer=6``) or strings as from a command line
-    (``n_layer="6"``, ``alphas="0.5,0.1"``). An unknown name or field raises a
-    ValueError listing the valid ones.
+    (``n_layer="6"``, ``alphas="0.5,0.1"``); errors name a field as ``prefix + field``. An
+    unknown name or field raises a ValueError listing the valid ones, and so does an explicit
+    ``vocab_size`` override that disagrees with ``vocab_size``.
     """
+    overrides = dict(overrides or {})
     if isinstance(name_or_config, str):
         if name_or_config not in MODEL_CONFIGS:
             raise ValueError(f"unknown model config {name_or_config!r}; choose one of {sorted(MODEL_CONFIGS)}")
@@ -80,16 +83,27 @@ def get_config(name_or_config, **overrides):
     as_text = {k: v for k, v in overrides.items() if isinstance(v, str)}
     typed = {k: v for k, v in overrides.items() if not isinstance(v, str)}
     if as_text:
-        cfg = apply_overrides(cfg, as_text)
+        cfg = apply_overrides(cfg, as_text, prefix=prefix)
     if typed:
         fields = {f.name for f in dataclasses.fields(cfg)}
         unknown = sorted(set(typed) - fields)
         if unknown:
-            raise ValueError(f"unknown config field(s) {unknown}; valid fields: {sorted(fields)}")
+            raise ValueError(f"unknown config field(s) {[prefix + u for u in unknown]}; valid fields: {sorted(fields)}")
         if "alphas" in typed:
             typed["alphas"] = tuple(typed["alphas"])
         cfg = dataclasses.replace(cfg, **typed)
+    if vocab_size is not None:
+        if "vocab_size" in overrides and cfg.vocab_size != vocab_size:
+            raise ValueError(
+                f"{prefix}vocab_size={cfg.vocab_size} disagrees with the tokenizer's {vocab_size} ids; drop the override"
+            )
+        cfg = dataclasses.replace(cfg, vocab_size=vocab_size)
     return cfg
+
+
+def get_config(name_or_config, **overrides):
+    """``resolve_config`` with keyword overrides: ``get_config("spen-tiny", mixer="selective")``."""
+    return resolve_config(name_or_config, overrides)
 
 
 def build_model(name_or_config, **overrides) -> LanguageModel:
@@ -98,15 +112,13 @@ def build_model(name_or_config, **overrides) -> LanguageModel:
     return model_class(cfg)(cfg)
 
 
-def describe(name: str | None = None, **overrides) -> str:
-    """Parameter counts of one named config (or all), as text. Built on the meta
-    device, so even the 130M configs cost no memory. Overrides need a ``name``."""
-    if name is None and overrides:
-        raise ValueError("describe: overrides apply to one config; pass a name, e.g. describe('spen-130m', mixer='selective')")
-    names = sorted(MODEL_CONFIGS) if name is None else [name]
-    lines = [f"{'config':<11} {'kind':<5} {'params':>9} {'non-emb':>9}  shape"]
-    for n in names:
-        cfg = get_config(n, **overrides)
+def config_table(names=None, vocab_size: int | None = None, **overrides) -> list[dict]:
+    """One row per named config (all by default): name, kind, params, non-embedding params,
+    vocab_size, a one-line summary and the resolved config. Models are built on the meta
+    device, so even the 130M configs cost no memory."""
+    rows = []
+    for name in sorted(MODEL_CONFIGS) if names is None else names:
+        cfg = resolve_config(name, overrides, vocab_size=vocab_size)
         with torch.device("meta"):
             model = model_class(cfg)(cfg)
         if isinstance(cfg, SPENConfig):
@@ -116,8 +128,25 @@ def describe(name: str | None = None, **overrides) -> str:
             )
         else:
             shape = f"D={cfg.d_model} L={cfg.n_layer} V={cfg.vocab_size} heads={cfg.n_head} d_ff={cfg.d_ff} T<={cfg.block_size}"
-        total, non_emb = model.num_params(), model.num_params(exclude_embeddings=True)
-        lines.append(f"{n:<11} {model.kind:<5} {total / 1e6:>8.2f}M {non_emb / 1e6:>8.2f}M  {shape}")
+        fields = dataclasses.asdict(cfg)
+        keys = [k for k in ("mixer", "predictor", "d_model", "n_layer", "n_head", "d_ff") if k in fields]
+        rows.append({
+            "name": name, "kind": model.kind, "params": model.num_params(),
+            "non_embedding_params": model.num_params(exclude_embeddings=True), "vocab_size": cfg.vocab_size,
+            "summary": " ".join(f"{k}={fields[k]}" for k in keys), "shape": shape, "config": fields,
+        })
+    return rows
+
+
+def describe(name: str | None = None, **overrides) -> str:
+    """Parameter counts of one named config (or all), as text. Overrides need a ``name``."""
+    if name is None and overrides:
+        raise ValueError("describe: overrides apply to one config; pass a name, e.g. describe('spen-130m', mixer='selective')")
+    lines = [f"{'config':<11} {'kind':<5} {'params':>9} {'non-emb':>9}  shape"]
+    for r in config_table(None if name is None else [name], **overrides):
+        lines.append(
+            f"{r['name']:<11} {r['kind']:<5} {r['params'] / 1e6:>8.2f}M {r['non_embedding_params'] / 1e6:>8.2f}M  {r['shape']}"
+        )
     return "\n".join(lines)
 
 
@@ -137,10 +166,12 @@ __all__ = [
     "SPENConfig",
     "build_model",
     "config_from_dict",
+    "config_table",
     "describe",
     "from_pretrained",
     "get_config",
     "model_class",
     "register_model",
+    "resolve_config",
     "sample_next",
 ]

@@ -6,7 +6,7 @@ the same recurrence run backwards in time:
     g_t = dL/dh_t (total) = dy_t + a_{t+1} g_{t+1}
     dL/db_t = g_t,   dL/da_t = g_t * h_{t-1},   dL/dh0 = a_1 g_1
 
-so every backend needs only a forward scan. Backends are picked in one place,
+so the torch backend needs only a forward scan. Backends are picked in one place,
 ``resolve_backend``: ``"auto"`` takes a registered GPU kernel when the tensor is on
 CUDA and the kernel imports, and the torch path otherwise.
 """
@@ -36,30 +36,47 @@ def _alpha_tensor(vals: tuple[float, ...], device: torch.device) -> torch.Tensor
 
 @dataclass(frozen=True)
 class ScanBackend:
-    """A scan implementation.
+    """A scan implementation: two differentiable ops with one contract.
 
-    linear_scan(a, b, h0) -> h (B, T, *F) and ema_traces(x, alphas (S,), h0) -> h (B, T, S, D),
-    both in the accumulation dtype (float32, or float64 for float64 inputs), are forward
-    only: the autograd Functions below run the backward through them.
-    fused_linear_scan(a, b, h0, out_dtype) -> (h in out_dtype, h_T float32) and
-    fused_ema_traces(x, alphas (S floats), h0) -> (h in x.dtype, h_T float32), when
-    given, are differentiable end to end (x, a, b, h0, and through h_T) and are used
-    instead: a kernel that writes the input dtype directly and fuses its backward
-    moves a quarter of the bytes. ``needs_cuda`` backends run only on CUDA tensors.
+    linear_scan(a, b, h0, out_dtype) -> (h (B, T, *F) in out_dtype, h_T (B, *F))
+    ema_traces(x, alphas, h0) -> (h (B, T, S, D) in x.dtype, h_T (B, S, D))
+
+    ``alphas`` is a tuple of S floats; ``h0`` is None or the initial state. The state is
+    accumulated, and h_T returned, in float32 (float64 for float64 inputs). Gradients flow
+    to a, b, x and h0, and through h_T. Inputs arrive validated, with T >= 1 (the public
+    functions below check shapes and handle T = 0). ``needs_cuda`` backends run only on
+    CUDA tensors.
     """
 
     name: str
     linear_scan: Callable
     ema_traces: Callable
     needs_cuda: bool = False
-    fused_linear_scan: Callable | None = None
-    fused_ema_traces: Callable | None = None
+
+
+def _torch_linear_scan(a, b, h0, out_dtype):
+    h = _LinearScanFn.apply(a, b, h0)  # accumulation dtype
+    return h.to(out_dtype), h[:, -1]
+
+
+def _torch_ema_traces(x, alphas, h0):
+    h = _EmaTracesFn.apply(x, _alpha_tensor(alphas, x.device), h0)
+    return h.to(x.dtype), h[:, -1]
+
+
+def _triton_backend() -> ScanBackend:
+    # imported on first use: it needs Triton, and compiles for CUDA only
+    from emaprobe.ops.triton.ema import fused_ema_traces
+    from emaprobe.ops.triton.linear_scan import fused_linear_scan
+
+    return ScanBackend("triton", linear_scan=fused_linear_scan, ema_traces=fused_ema_traces, needs_cuda=True)
 
 
 BACKENDS: dict[str, ScanBackend] = {
-    "torch": ScanBackend("torch", chunk_linear_scan, chunk_ema_traces),
+    "torch": ScanBackend("torch", linear_scan=_torch_linear_scan, ema_traces=_torch_ema_traces),
 }
-_LAZY_BACKENDS: dict[str, str] = {"triton": "emaprobe.ops.triton_scan"}
+# name -> a function that builds the backend; called once, the first time the name is asked for
+_LAZY_BACKENDS: dict[str, Callable[[], ScanBackend]] = {"triton": _triton_backend}
 _warned: set[str] = set()
 
 
@@ -76,16 +93,18 @@ def _warn_once(key: str, msg: str) -> None:
 def _load(name: str) -> ScanBackend | None:
     if name in BACKENDS:
         return BACKENDS[name]
-    module = _LAZY_BACKENDS.get(name)
-    if module is None:
+    build = _LAZY_BACKENDS.get(name)
+    if build is None:
         return None
     try:
-        __import__(module)  # the module registers itself
+        backend = build()
     except Exception as err:  # noqa: BLE001 - any import failure means "not available"
         _warn_once(f"import-{name}", f"scan backend {name!r} is unavailable ({err}); using 'torch'")
         _LAZY_BACKENDS.pop(name)
         return None
-    return BACKENDS.get(name)
+    _LAZY_BACKENDS.pop(name)
+    register_backend(backend)
+    return backend
 
 
 def available_backends() -> list[str]:
@@ -161,23 +180,22 @@ def _reverse_scan(scan: Callable, a: torch.Tensor, g_out: torch.Tensor) -> torch
 
 
 class _LinearScanFn(torch.autograd.Function):
+    """The torch backend's ``linear_scan``: chunked forward, and the backward as a reverse scan."""
+
     @staticmethod
-    def forward(ctx, a, b, h0, backend_name):
-        be = BACKENDS[backend_name]
-        h = be.linear_scan(a, b, h0)
+    def forward(ctx, a, b, h0):
+        h = chunk_linear_scan(a, b, h0)
         ctx.save_for_backward(a, b, h0, h)
-        ctx.backend_name = backend_name
         return h
 
     @staticmethod
     def backward(ctx, gh):
         a, b, h0, h = ctx.saved_tensors
-        be = BACKENDS[ctx.backend_name]
         gh = gh.to(h.dtype)
         af = a.to(h.dtype)
         while af.dim() < h.dim():
             af = af.unsqueeze(0)
-        g = _reverse_scan(be.linear_scan, af, gh)  # (B, T, *F), accumulation dtype
+        g = _reverse_scan(chunk_linear_scan, af, gh)  # (B, T, *F), accumulation dtype
         ga = gb = gh0 = None
         if ctx.needs_input_grad[0]:
             first = torch.zeros_like(h[:, :1]) if h0 is None else h0.to(h.dtype).unsqueeze(1).expand_as(h[:, :1])
@@ -187,34 +205,33 @@ class _LinearScanFn(torch.autograd.Function):
             gb = g.sum_to_size(b.shape).to(b.dtype)
         if h0 is not None and ctx.needs_input_grad[2]:
             gh0 = (af[:, 0] * g[:, 0]).sum_to_size(h0.shape).to(h0.dtype)
-        return ga, gb, gh0, None
+        return ga, gb, gh0
 
 
 class _EmaTracesFn(torch.autograd.Function):
+    """The torch backend's ``ema_traces``: chunked forward, the backward as one reverse scan."""
+
     @staticmethod
-    def forward(ctx, x, alphas, h0, backend_name):
-        be = BACKENDS[backend_name]
-        h = be.ema_traces(x, alphas, h0)
+    def forward(ctx, x, alphas, h0):
+        h = chunk_ema_traces(x, alphas, h0)
         ctx.save_for_backward(alphas, h0)
-        ctx.backend_name = backend_name
         ctx.x_dtype = x.dtype
         return h
 
     @staticmethod
     def backward(ctx, gh):
         alphas, h0 = ctx.saved_tensors
-        be = BACKENDS[ctx.backend_name]
         S = alphas.numel()
         acc = torch.promote_types(gh.dtype, torch.float32)
         gh = gh.to(acc)
         decay = (1.0 - alphas.to(acc)).view(1, 1, S, 1)
-        g = _reverse_scan(be.linear_scan, decay, gh)  # (B, T, S, D)
+        g = _reverse_scan(chunk_linear_scan, decay, gh)  # (B, T, S, D)
         gx = gh0 = None
         if ctx.needs_input_grad[0]:
             gx = torch.einsum("btsd,s->btd", g, alphas.to(acc)).to(ctx.x_dtype)
         if h0 is not None and ctx.needs_input_grad[2]:
             gh0 = (decay[:, 0] * g[:, 0]).to(h0.dtype)
-        return gx, None, gh0, None
+        return gx, None, gh0
 
 
 # ---------------------------------------------------------------------------- public API
@@ -260,13 +277,8 @@ def linear_scan(
         h = torch.empty(shape, dtype=out_dtype, device=b.device)
         state = torch.zeros((shape[0],) + tuple(shape[2:]), device=b.device) if h0 is None else h0.float()
         return (h, state) if return_state else h
-    fused = BACKENDS[name].fused_linear_scan
-    if fused is not None:
-        out, state = fused(a, b, h0, out_dtype)  # output in out_dtype, float32 state
-        return (out, state) if return_state else out
-    h = _LinearScanFn.apply(a, b, h0, name)
-    out = h.to(out_dtype)
-    return (out, h[:, -1]) if return_state else out
+    out, state = BACKENDS[name].linear_scan(a, b, h0, out_dtype)
+    return (out, state) if return_state else out
 
 
 def ema_traces(
@@ -303,10 +315,5 @@ def ema_traces(
         h = torch.empty(B, 0, S, D, dtype=x.dtype, device=x.device)
         state = torch.zeros(B, S, D, device=x.device) if h0 is None else h0.float()
         return (h, state) if return_state else h
-    fused = BACKENDS[name].fused_ema_traces
-    if fused is not None:
-        out, state = fused(x, vals, h0)  # traces in x.dtype, float32 state
-        return (out, state) if return_state else out
-    h = _EmaTracesFn.apply(x, _alpha_tensor(vals, x.device), h0, name)
-    out = h.to(x.dtype)
-    return (out, h[:, -1]) if return_state else out
+    out, state = BACKENDS[name].ema_traces(x, vals, h0)
+    return (out, state) if return_state else out

@@ -18,7 +18,7 @@ from emaprobe.train.lm import (
     train_lm,
     wrap_model,
 )
-from emaprobe.train.run import config_table, evaluate_run, load_run, run_lm_training, stream_generate
+from emaprobe.train.run import evaluate_run, load_run, run_lm_training, stream_generate
 from emaprobe.train.sampler import BatchSampler
 from emaprobe.train.schedule import lr_at
 
@@ -33,7 +33,6 @@ __all__ = [
     "TrainConfig",
     "TrainingDiverged",
     "accumulate_gradients",
-    "config_table",
     "evaluate_run",
     "load_run",
     "run_lm_training",

@@ -2,7 +2,7 @@
 
 ``TrainConfig`` holds everything about a run except the model and the data: steps,
 batch shape, evaluation and checkpoint cadence, precision, and an ``OptimConfig``.
-The CLI sets any field with a dotted override, ``--train.optim.lr=3e-3``, through
+The CLI sets any field with a dotted override, ``--set train.optim.lr=3e-3``, through
 ``emaprobe.utils.apply_overrides`` (an unknown field lists the valid ones).
 
 Tokens per optimizer step = batch_size * seq_len * grad_accum * world_size.

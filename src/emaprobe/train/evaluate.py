@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from emaprobe.data.tokens import eval_batches
 from emaprobe.train.dist import DistInfo, all_reduce_sum
-from emaprobe.train.progress import progress_disabled
+from emaprobe.utils.progress import progress_disabled
 
 
 def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:

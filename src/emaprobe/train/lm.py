@@ -57,7 +57,7 @@ from emaprobe.train.dist import (
     resolve_device,
 )
 from emaprobe.train.evaluate import evaluate_lm, lm_loss
-from emaprobe.train.progress import progress_disabled
+from emaprobe.utils.progress import progress_disabled
 from emaprobe.train.sampler import BatchSampler
 from emaprobe.train.schedule import lr_at
 from emaprobe.utils import atomic_write_json, atomic_write_text, config_to_dict, run_record
@@ -263,7 +263,7 @@ def train_lm(
     if cfg.optim.warmup_steps >= cfg.steps and info.is_main:
         warnings.warn(
             f"optim.warmup_steps={cfg.optim.warmup_steps} >= steps={cfg.steps}: the learning rate never leaves "
-            f"warmup and never reaches lr={cfg.optim.lr}; lower --train.optim.warmup_steps",
+            f"warmup and never reaches lr={cfg.optim.lr}; lower --set train.optim.warmup_steps",
             RuntimeWarning,
             stacklevel=2,
         )
@@ -328,8 +328,8 @@ def train_lm(
                 where = f"step {last_ckpt_step} in {ckpt_path}" if last_ckpt_step else "none was written yet"
                 raise TrainingDiverged(
                     f"training diverged at step {step + 1}: loss {loss_value}, grad norm {norm_value}; "
-                    f"the last good checkpoint is kept ({where}). Lower --train.optim.lr or raise "
-                    "--train.optim.warmup_steps, then rerun with --resume"
+                    f"the last good checkpoint is kept ({where}). Lower --set train.optim.lr or raise "
+                    "--set train.optim.warmup_steps, then rerun with --resume"
                 )
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from emaprobe.data.tokenizers import Tokenizer, load_tokenizer
+from emaprobe.models import resolve_config
 from emaprobe.train.config import TrainConfig
 from emaprobe.train.corpus import load_lm_data, open_split
 from emaprobe.train.dist import DistInfo, env_dist_info, resolve_device
@@ -30,27 +31,6 @@ from emaprobe.utils import apply_overrides, atomic_write_json, run_record
 
 MODEL_DIR = "model"
 TOKENIZER_DIR = "tokenizer"
-
-
-def model_configs() -> dict[str, Any]:
-    from emaprobe.models import MODEL_CONFIGS
-
-    return MODEL_CONFIGS
-
-
-def resolve_model_config(name: str, overrides: dict[str, str] | None = None, vocab_size: int | None = None) -> Any:
-    """Named config + dotted overrides (``{"mixer": "selective"}``), sized to ``vocab_size``."""
-    configs = model_configs()
-    if name not in configs:
-        raise ValueError(f"unknown model config {name!r}; choose one of {sorted(configs)}")
-    cfg = apply_overrides(configs[name], dict(overrides or {}), prefix="model.")
-    if vocab_size is not None:
-        if overrides and "vocab_size" in overrides and cfg.vocab_size != vocab_size:
-            raise ValueError(
-                f"model.vocab_size={cfg.vocab_size} disagrees with the tokenizer's {vocab_size} ids; drop the override"
-            )
-        cfg = dataclasses.replace(cfg, vocab_size=vocab_size)
-    return cfg
 
 
 def build_lm(config: Any, seed: int = 0) -> torch.nn.Module:
@@ -86,14 +66,14 @@ def run_lm_training(
     """
     out = Path(out_dir)
     cfg = train_config(train_overrides, base_train)
-    resolve_model_config(config, model_overrides)  # a bad name or field fails before any data is read
+    resolve_config(config, model_overrides, prefix="model.")  # a bad name or field fails before any data is read
     streams, tok = lm_data if lm_data is not None else load_lm_data(data, val=val, tokenizer=tokenizer)
-    model_cfg = resolve_model_config(config, model_overrides, vocab_size=tok.vocab_size)
+    model_cfg = resolve_config(config, model_overrides, vocab_size=tok.vocab_size, prefix="model.")
     block = getattr(model_cfg, "block_size", None)
     if block is not None and cfg.seq_len > block:
         raise ValueError(
             f"train.seq_len={cfg.seq_len} is longer than {config}'s block_size={block}; "
-            f"lower --train.seq_len or raise --model.block_size"
+            f"lower --set train.seq_len or raise --set model.block_size"
         )
     model = build_lm(model_cfg, seed=cfg.seed)
     info = env_dist_info()
@@ -224,22 +204,3 @@ def stream_generate(
         new = tok.decode(out)
         yield new[len(text):] if new.startswith(text) else " " + tok.decode(out[-1:])
         text = new
-
-
-def config_table(vocab_size: int | None = None) -> list[dict[str, Any]]:
-    """Every named config with its parameter count (models built on the meta device: no memory)."""
-    from emaprobe.models import build_model
-
-    rows = []
-    for name, cfg in sorted(model_configs().items()):
-        if vocab_size is not None:
-            cfg = dataclasses.replace(cfg, vocab_size=vocab_size)
-        with torch.device("meta"):
-            model = build_model(cfg)
-        fields = dataclasses.asdict(cfg)
-        keys = [k for k in ("mixer", "predictor", "d_model", "n_layer", "n_head", "d_ff") if k in fields]
-        rows.append({
-            "name": name, "params": model.num_params(), "vocab_size": cfg.vocab_size,
-            "summary": " ".join(f"{k}={fields[k]}" for k in keys), "config": fields,
-        })
-    return rows

@@ -1,4 +1,4 @@
-"""Frozen dataclass configs and dotted command-line overrides (``--model.n_layer=6``)."""
+"""Frozen dataclass configs and dotted command-line overrides (``--set model.n_layer=6``)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,14 @@
+"""Triton kernels for the scans, forward and backward, near the memory-bandwidth floor.
+
+    ema.py           ``ema_traces``: kernels, launchers (``ema_traces_fwd``/``_bwd``), autograd
+                     (``fused_ema_traces``)
+    linear_scan.py   ``linear_scan``: kernels, launchers (``linear_scan_fwd``/``_bwd``), autograd
+                     (``fused_linear_scan``)
+    plan.py          tile shapes, time segments and warm-ups; pure Python, the SM count an argument
+    common.py        what the kernels share: the scan's pair operator, tile and mask helpers, ``sm_count``
+
+``ema.py``, ``linear_scan.py`` and ``common.py`` need Triton; ``plan.py`` does not, so this
+package imports nothing itself. ``ops/scan.py`` loads the two ops as its "triton" backend
+the first time a CUDA tensor asks for it. The decision record behind every default (what
+was measured, kept and dropped) is ``notes/kernels.md``.
+"""

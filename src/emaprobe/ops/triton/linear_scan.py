@@ -1,0 +1,372 @@
+"""The selective scan ``h_t = a_t h_{t-1} + b_t`` in Triton: kernels, launchers and autograd.
+
+Symbols as in ``ops/naive.py`` (B batch, T time, F the flattened feature dims, a decay,
+b input), plus CT time steps in one register tile, BF channels in one tile, VEC adjacent
+channels one thread owns, g = dL/dh_t, and NSEG segments along T.
+
+The tile loop, layout and masks are those of ``ema.py``: one program owns BF channels of
+one sequence, walks time in pipelined (CT, BF) tiles scanned in registers, and reads a, b
+and writes h once each (6 bytes per token-channel in bf16). a and b may be strided views
+(a decay broadcast over batch or time is not copied).
+
+**Segments.** Here the decays are data, so no warm-up length is known in advance. The
+forward's segments warm up over ``plan.LIN_WARM_STEPS`` steps anyway, and each tile records
+whether some channel's decays over the warm-up multiplied to more than 2**-24 (the dropped
+state still counts). A second launch (``FIXUP``) rescans only those tiles, from their exact
+incoming state; every other program of it returns at once. So the result is right whatever
+the decays, and fast where they forget (H100, B=1 T=65536: 0.190 -> 0.127 ms). The backward
+runs two passes, as described in ``ema.py``.
+
+**Backward**: ``g_t = a_{t+1} g_{t+1} + dy_t``, ``db_t = g_t``, ``da_t = g_t h_{t-1}``, fused
+into one kernel; the gradient of a returned final state enters as the carry at T.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from emaprobe.ops.triton.common import channel_mask, combine, last_row, segment_length, sm_count, tile_plan
+from emaprobe.ops.triton.plan import LIN_BWD, LIN_FWD, LIN_WARM_STEPS, TileConfig, choose, segments, warm_plan
+
+# ---------------------------------------------------------------------------- kernels
+
+
+@triton.jit
+def _lin_fwd_tile(a_ptr, u_ptr, o_ptr, a_off, u_off, o_off, m, h, aprod, rows,
+                  CT: tl.constexpr, STORE_OUT: tl.constexpr, STORE_AEND: tl.constexpr):
+    # one (CT, BF) tile; masked rows load a = 1, u = 0 (they carry the state unchanged)
+    a = tl.load(a_ptr + a_off, mask=m, other=1.0).to(tl.float32)
+    u = tl.load(u_ptr + u_off, mask=m, other=0.0).to(tl.float32)
+    u += tl.where((rows == 0)[:, None], a * h[None, :], 0.0)  # the carry enters at row 0
+    acum, hh = tl.associative_scan((a, u), 0, combine)
+    if STORE_OUT:
+        tl.store(o_ptr + o_off, hh.to(o_ptr.dtype.element_ty), mask=m)
+    if STORE_AEND:
+        aprod = aprod * last_row(acum, rows, CT - 1)
+    return last_row(hh, rows, CT - 1), aprod
+
+
+@triton.jit
+def _lin_fwd_span(a_ptr, u_ptr, o_ptr, a_off, u_off, o_off, m, h, aprod, rows, n, s_at, s_ut, F,
+                  CT: tl.constexpr, BF: tl.constexpr, STAGES: tl.constexpr, STORE_OUT: tl.constexpr,
+                  STORE_AEND: tl.constexpr):
+    # n steps from a_ptr / u_ptr / o_ptr; full tiles unmasked, a partial last one masked (padded rows
+    # load a = 1, u = 0 and carry the state unchanged). Returns the state and the decays' product.
+    lo, hi, last, tail = tile_plan(n, CT, False, False)
+    for i0 in tl.range(lo, hi, CT, num_stages=STAGES):
+        i = tl.cast(i0, tl.int64)
+        h, aprod = _lin_fwd_tile(a_ptr + i * s_at, u_ptr + i * s_ut, o_ptr + i * F, a_off, u_off, o_off, m, h, aprod,
+                                 rows, CT, STORE_OUT, STORE_AEND)
+    if tail:
+        i = tl.cast(last, tl.int64)
+        h, aprod = _lin_fwd_tile(a_ptr + i * s_at, u_ptr + i * s_ut, o_ptr + i * F, a_off, u_off, o_off,
+                                 m & (rows < n - last)[:, None], h, aprod, rows, CT, STORE_OUT, STORE_AEND)
+    return h, aprod
+
+
+@triton.jit
+def _lin_fwd_kernel(
+    A, U, OUT, HIN, HEND, AEND, ENDS, PRODS, FLAGS,
+    T, F, SEGLEN, NSEG, WARMLEN,
+    s_ab, s_at, s_af, s_ub, s_ut, s_uf,
+    CT: tl.constexpr, BF: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
+    HAS_HIN: tl.constexpr, STORE_OUT: tl.constexpr, STORE_AEND: tl.constexpr, COMBINE: tl.constexpr,
+    EVEN_F: tl.constexpr, WARM: tl.constexpr, FIXUP: tl.constexpr, WSTAGES: tl.constexpr,
+):
+    """h_t = a_t h_{t-1} + u_t over one segment; A, U strided (B,T,F) views, OUT (B,T,F) contiguous,
+    HIN (B,F) the state at t = 0. COMBINE (pass 2 of segments): the segment starts from HIN
+    carried over every earlier segment's (end state from zero, decay product), ENDS and PRODS.
+
+    WARM (segments in one pass): the incoming state is scanned, unstored, from zero over the
+    WARMLEN steps before the segment; where some channel's decays there multiply to more than
+    2**-24 (the dropped state still counts), FLAGS (B,NSEG,programs along F) marks the tile. Every
+    segment also leaves its (end state from zero, decay product) in ENDS and PRODS, so that FIXUP
+    (COMBINE, only for marked tiles) can rescan those from their exact incoming state.
+    """
+    pid_f = tl.program_id(0)
+    seg = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    flag_off = (b * NSEG + seg) * tl.num_programs(0) + pid_f
+    redo = True
+    if FIXUP:
+        redo = tl.load(FLAGS + flag_off) != 0
+    if redo:
+        rows = tl.arange(0, CT)
+        offs_f = tl.max_contiguous(tl.multiple_of(pid_f * BF + tl.arange(0, BF), VEC), VEC)
+        mask_f = channel_mask(offs_f, F, BF, EVEN_F)
+        state_off = (b * NSEG + seg) * F + offs_f
+        if HAS_HIN:
+            h = tl.load(HIN + b * F + offs_f, mask=mask_f, other=0.0).to(tl.float32)
+        else:
+            h = tl.zeros((BF,), dtype=tl.float32)
+        if COMBINE:
+            for k in tl.range(0, seg, num_stages=STAGES):
+                kk = (b * NSEG + k) * F + offs_f
+                h = tl.load(PRODS + kk, mask=mask_f, other=1.0) * h + tl.load(ENDS + kk, mask=mask_f, other=0.0)
+        t_start = (seg * SEGLEN).to(tl.int64)
+        a_off = rows[:, None] * s_at + offs_f[None, :] * s_af
+        u_off = rows[:, None] * s_ut + offs_f[None, :] * s_uf
+        o_off = rows[:, None] * F + offs_f[None, :]
+        m = tl.broadcast_to(mask_f[None, :], (CT, BF))
+        one = tl.full((BF,), 1.0, tl.float32)
+        if WARM:
+            w0 = tl.maximum(t_start - WARMLEN, 0)
+            h = tl.where(w0 > 0, 0.0, h)
+            h, pw = _lin_fwd_span(A + b * s_ab + w0 * s_at, U + b * s_ub + w0 * s_ut, OUT, a_off, u_off, o_off, m,
+                                  h, one, rows, t_start - w0, s_at, s_ut, F, CT, BF, WSTAGES, False, True)
+            lost = (w0 > 0) & (tl.abs(pw) > 5.960464477539063e-08) & mask_f  # 2**-24
+            tl.store(FLAGS + flag_off, tl.max(lost.to(tl.int32), axis=0))
+        h_in = h
+        h, aprod = _lin_fwd_span(A + b * s_ab + t_start * s_at, U + b * s_ub + t_start * s_ut,
+                                 OUT + (b * T + t_start) * F, a_off, u_off, o_off, m, h, one, rows,
+                                 segment_length(seg, SEGLEN, T), s_at, s_ut, F, CT, BF, STAGES, STORE_OUT,
+                                 STORE_AEND | WARM)
+        tl.store(HEND + state_off, h, mask=mask_f)
+        if STORE_AEND:
+            tl.store(AEND + state_off, aprod, mask=mask_f)
+        if WARM:  # this segment's end state from zero, for FIXUP's rescans
+            tl.store(ENDS + state_off, h - aprod * h_in, mask=mask_f)
+            tl.store(PRODS + state_off, aprod, mask=mask_f)
+
+
+@triton.jit
+def _lin_bwd_tile(a_ptr, g_ptr, h_ptr, ga_ptr, gb_ptr, a_off, c_off, m, ma, mh, at_t0, h0, g, aprod, rows,
+                  CT: tl.constexpr, STORE_OUT: tl.constexpr, STORE_AEND: tl.constexpr):
+    # one (CT, BF) tile backwards in time; ``ma`` masks a_{t+1} (absent at t = T - 1: coefficient 1),
+    # ``mh`` masks h_{t-1} (absent at t = 0, where the row ``at_t0`` takes h0 instead)
+    a = tl.load(a_ptr + a_off, mask=ma, other=1.0).to(tl.float32)
+    u = tl.load(g_ptr + c_off, mask=m, other=0.0).to(tl.float32)
+    if STORE_OUT:
+        hp = tl.load(h_ptr + c_off, mask=mh, other=0.0).to(tl.float32)
+    u += tl.where((rows == 0)[:, None], a * g[None, :], 0.0)  # the carry enters at row 0
+    acum, gg = tl.associative_scan((a, u), 0, combine)
+    if STORE_OUT:
+        hp = tl.where(at_t0[:, None], h0[None, :], hp)
+        tl.store(gb_ptr + c_off, gg.to(gb_ptr.dtype.element_ty), mask=m)
+        tl.store(ga_ptr + c_off, (gg * hp).to(ga_ptr.dtype.element_ty), mask=m)
+    if STORE_AEND:
+        aprod = aprod * last_row(acum, rows, CT - 1)
+    return last_row(gg, rows, CT - 1), aprod
+
+
+@triton.jit
+def _lin_bwd_kernel(
+    A, GH, H, H0, GA, GB, GIN, GSTART, AEND, STARTS, PRODS,
+    T, F, SEGLEN, NSEG,
+    s_ab, s_at, s_af,
+    CT: tl.constexpr, BF: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
+    HAS_GIN: tl.constexpr, HAS_H0: tl.constexpr, STORE_OUT: tl.constexpr, STORE_AEND: tl.constexpr,
+    COMBINE: tl.constexpr, EVEN_F: tl.constexpr,
+):
+    """Backwards: g_t = a_{t+1} g_{t+1} + gh_t; gb_t = g_t; ga_t = g_t h_{t-1}. GH, H, GA, GB (B,T,F)
+    contiguous, GIN (B,F) the carry at T. COMBINE (pass 2 of segments): the carry into a segment
+    is GIN carried back over every later segment's (start gradient from zero, decay product)."""
+    pid_f = tl.program_id(0)
+    seg = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    rows = tl.arange(0, CT)
+    offs_f = tl.max_contiguous(tl.multiple_of(pid_f * BF + tl.arange(0, BF), VEC), VEC)
+    mask_f = channel_mask(offs_f, F, BF, EVEN_F)
+    state_off = (b * NSEG + seg) * F + offs_f
+    if HAS_GIN:
+        g = tl.load(GIN + b * F + offs_f, mask=mask_f, other=0.0).to(tl.float32)
+    else:
+        g = tl.zeros((BF,), dtype=tl.float32)
+    if COMBINE:
+        for j in tl.range(0, NSEG - 1 - seg, num_stages=STAGES):
+            kk = (b * NSEG + NSEG - 1 - j) * F + offs_f
+            g = tl.load(PRODS + kk, mask=mask_f, other=1.0) * g + tl.load(STARTS + kk, mask=mask_f, other=0.0)
+    aprod = tl.full((BF,), 1.0, tl.float32)
+    if HAS_H0:
+        h0 = tl.load(H0 + b * F + offs_f, mask=mask_f, other=0.0).to(tl.float32)
+    else:
+        h0 = tl.zeros((BF,), dtype=tl.float32)
+    t_start = seg * SEGLEN
+    seg_len = segment_length(seg, SEGLEN, T)
+    t_last = (t_start + seg_len - 1).to(tl.int64)
+    a_ptr = A + b * s_ab + (t_last + 1) * s_at  # a_{t+1}
+    g_ptr = GH + (b * T + t_last) * F
+    h_ptr = H + (b * T + t_last - 1) * F  # h_{t-1}
+    ga_ptr = GA + (b * T + t_last) * F
+    gb_ptr = GB + (b * T + t_last) * F
+    a_off = -rows[:, None] * s_at + offs_f[None, :] * s_af
+    c_off = -rows[:, None] * F + offs_f[None, :]
+    # masked tiles: the first of the last segment (holds t = T - 1), the last of the first (holds
+    # t = 0) and a partial one; the rest run without row masks
+    lo, hi, last, tail = tile_plan(seg_len, CT, t_last == T - 1, seg == 0)
+    m = tl.broadcast_to(mask_f[None, :], (CT, BF))
+    if t_last == T - 1:
+        t = t_last - rows
+        mv = m & (rows < seg_len)[:, None]
+        g, aprod = _lin_bwd_tile(a_ptr, g_ptr, h_ptr, ga_ptr, gb_ptr, a_off, c_off, mv, mv & (t < T - 1)[:, None],
+                                 mv & (t > 0)[:, None], t == 0, h0, g, aprod, rows, CT, STORE_OUT, STORE_AEND)
+    no_t0 = tl.zeros((CT,), tl.int1)
+    for i0 in tl.range(lo, hi, CT, num_stages=STAGES):
+        i = tl.cast(i0, tl.int64)
+        g, aprod = _lin_bwd_tile(a_ptr - i * s_at, g_ptr - i * F, h_ptr - i * F, ga_ptr - i * F, gb_ptr - i * F,
+                                 a_off, c_off, m, m, m, no_t0, h0, g, aprod, rows, CT, STORE_OUT, STORE_AEND)
+    if tail:
+        i = tl.cast(last, tl.int64)
+        t = t_last - last - rows
+        mv = m & (rows < seg_len - last)[:, None]
+        g, aprod = _lin_bwd_tile(a_ptr - i * s_at, g_ptr - i * F, h_ptr - i * F, ga_ptr - i * F, gb_ptr - i * F,
+                                 a_off, c_off, mv, mv & (t < T - 1)[:, None], mv & (t > 0)[:, None], t == 0, h0, g,
+                                 aprod, rows, CT, STORE_OUT, STORE_AEND)
+    tl.store(GSTART + state_off, g, mask=mask_f)
+    if STORE_AEND:
+        tl.store(AEND + state_off, aprod, mask=mask_f)
+
+
+# ---------------------------------------------------------------------------- launchers
+
+
+def _as_btf(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """View of ``t`` broadcast to ``shape`` (B, T, *F) and flattened to (B, T, F); copies only if it must."""
+    B, T = shape[0], shape[1]
+    F = math.prod(shape[2:])
+    while t.dim() < len(shape):
+        t = t.unsqueeze(0)
+    return t.expand(shape).reshape(B, T, F)
+
+
+def linear_scan_fwd(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    h0: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
+    cfg: TileConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``h_t = a_t h_{t-1} + b_t``, no autograd: -> (h (B,T,*F) in ``out_dtype``, h_T (B,*F) float32)."""
+    shape = torch.broadcast_shapes(a.shape, b.shape)
+    B, T, feat = shape[0], shape[1], tuple(shape[2:])
+    F = math.prod(feat)
+    sms = sm_count(b.device)
+    cfg = choose(cfg, LIN_FWD, B, F, sms)
+    a3, b3 = _as_btf(a, shape), _as_btf(b, shape)
+    out = torch.empty(shape, dtype=out_dtype or torch.promote_types(a.dtype, b.dtype), device=b.device)
+    h0f = None if h0 is None else h0.float().reshape(B, F).contiguous()
+    if T == 0 or B * F == 0:
+        hT = torch.zeros(B, F, device=b.device) if h0f is None else h0f.clone()
+        return out, hT.view((B,) + feat)
+    nf = triton.cdiv(F, cfg.block)
+    nseg, seglen = segments(cfg, B * nf, T, sms)
+    plan = None if nseg == 1 or cfg.warmup is False else warm_plan(cfg, B * nf, T, LIN_WARM_STEPS, sms)
+    if plan is not None:
+        nseg, seglen = plan
+    strides = (*a3.stride(), *b3.stride())
+    kw = dict(CT=cfg.ct, BF=cfg.block, VEC=cfg.vec, STAGES=cfg.stages, num_warps=cfg.num_warps,
+              EVEN_F=F % cfg.block == 0, WSTAGES=cfg.warm_stages)
+    grid = (nf, nseg, B)
+    hin = a3 if h0f is None else h0f
+    hend = torch.empty(B, nseg, F, dtype=torch.float32, device=b.device)
+    ends = prods = hend
+    flags = torch.empty(B, nseg, nf, dtype=torch.int32, device=b.device) if plan is not None else hend
+    if nseg > 1:
+        ends, prods = torch.empty_like(hend), torch.empty_like(hend)
+    if plan is not None:  # one pass of warmed-up segments, then exact rescans of the tiles they left marked
+        _lin_fwd_kernel[grid](a3, b3, out, hin, hend, hend, ends, prods, flags, T, F, seglen, nseg, LIN_WARM_STEPS,
+                              *strides, HAS_HIN=h0f is not None, STORE_OUT=True, STORE_AEND=False, COMBINE=False,
+                              WARM=True, FIXUP=False, **kw)
+        _lin_fwd_kernel[grid](a3, b3, out, hin, hend, hend, ends, prods, flags, T, F, seglen, nseg, 0, *strides,
+                              HAS_HIN=h0f is not None, STORE_OUT=True, STORE_AEND=False, COMBINE=True, WARM=False,
+                              FIXUP=True, **kw)
+        return out, hend[:, -1].view((B,) + feat)
+    if nseg > 1:  # pass 1: each segment's end state from zero and its decay product
+        _lin_fwd_kernel[grid](a3, b3, out, a3, ends, prods, a3, a3, a3, T, F, seglen, nseg, 0, *strides,
+                              HAS_HIN=False, STORE_OUT=False, STORE_AEND=True, COMBINE=False, WARM=False, FIXUP=False,
+                              **kw)
+    _lin_fwd_kernel[grid](a3, b3, out, hin, hend, hend, ends, prods, a3, T, F, seglen, nseg, 0, *strides,
+                          HAS_HIN=h0f is not None, STORE_OUT=True, STORE_AEND=False, COMBINE=nseg > 1, WARM=False,
+                          FIXUP=False, **kw)
+    return out, hend[:, -1].view((B,) + feat)
+
+
+def linear_scan_bwd(
+    a: torch.Tensor,
+    gh: torch.Tensor,
+    h: torch.Tensor,
+    h0: torch.Tensor | None = None,
+    g_final: torch.Tensor | None = None,
+    ga_dtype: torch.dtype = torch.float32,
+    gb_dtype: torch.dtype = torch.float32,
+    cfg: TileConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backward of ``linear_scan_fwd`` given its output h: -> (da (B,T,*F), db (B,T,*F), g_0 (B,*F) float32).
+
+    da and db are full-size (sum them to a broadcast input's shape); dL/dh0 = a_0 g_0.
+    """
+    shape = h.shape
+    B, T, feat = shape[0], shape[1], tuple(shape[2:])
+    F = math.prod(feat)
+    sms = sm_count(h.device)
+    cfg = choose(cfg, LIN_BWD, B, F, sms)
+    a3 = _as_btf(a, shape)
+    gh3 = gh.expand(shape).reshape(B, T, F).contiguous()
+    h3 = h.reshape(B, T, F).contiguous()
+    ga = torch.empty(shape, dtype=ga_dtype, device=h.device)
+    gb = torch.empty(shape, dtype=gb_dtype, device=h.device)
+    gf = None if g_final is None else g_final.float().reshape(B, F).contiguous()
+    h0f = None if h0 is None else h0.float().reshape(B, F).contiguous()
+    if T == 0 or B * F == 0:
+        g0 = torch.zeros(B, F, device=h.device) if gf is None else gf.clone()
+        return ga, gb, g0.view((B,) + feat)
+    nf = triton.cdiv(F, cfg.block)
+    nseg, seglen = segments(cfg, B * nf, T, sms)
+    kw = dict(CT=cfg.ct, BF=cfg.block, VEC=cfg.vec, STAGES=cfg.stages, num_warps=cfg.num_warps,
+              EVEN_F=F % cfg.block == 0)
+    h0_arg = h0f if h0f is not None else h3
+    gstart = torch.empty(B, nseg, F, dtype=torch.float32, device=h.device)
+    starts = prods = gstart
+    if nseg > 1:  # pass 1: each segment's start gradient from zero and its decay product
+        starts, prods = torch.empty_like(gstart), torch.empty_like(gstart)
+        _lin_bwd_kernel[(nf, nseg, B)](a3, gh3, h3, h0_arg, ga, gb, gh3, starts, prods, gh3, gh3, T, F, seglen,
+                                       nseg, *a3.stride(), HAS_GIN=False, HAS_H0=h0f is not None,
+                                       STORE_OUT=False, STORE_AEND=True, COMBINE=False, **kw)
+    _lin_bwd_kernel[(nf, nseg, B)](a3, gh3, h3, h0_arg, ga, gb, gh3 if gf is None else gf, gstart, gstart, starts,
+                                   prods, T, F, seglen, nseg, *a3.stride(), HAS_GIN=gf is not None,
+                                   HAS_H0=h0f is not None, STORE_OUT=True, STORE_AEND=False, COMBINE=nseg > 1, **kw)
+    return ga, gb, gstart[:, 0].view((B,) + feat)
+
+
+# ---------------------------------------------------------------------------- autograd
+
+
+class _LinearScanTriton(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, b, h0, out_dtype):
+        h, hT = linear_scan_fwd(a, b, h0, out_dtype)
+        ctx.save_for_backward(a, h0, h)
+        ctx.a_shape, ctx.b_shape = a.shape, b.shape
+        ctx.a_dtype, ctx.b_dtype = a.dtype, b.dtype
+        ctx.set_materialize_grads(False)
+        return h, hT
+
+    @staticmethod
+    def backward(ctx, gout, ghT):
+        a, h0, h = ctx.saved_tensors
+        if gout is None:
+            gout = torch.zeros_like(h)
+        full = tuple(h.shape)
+        ga_dtype = ctx.a_dtype if tuple(ctx.a_shape) == full else torch.float32
+        gb_dtype = ctx.b_dtype if tuple(ctx.b_shape) == full else torch.float32
+        ga, gb, g0 = linear_scan_bwd(a, gout, h, h0, ghT, ga_dtype, gb_dtype)
+        ga = ga.sum_to_size(ctx.a_shape).to(ctx.a_dtype) if ctx.needs_input_grad[0] else None
+        gb = gb.sum_to_size(ctx.b_shape).to(ctx.b_dtype) if ctx.needs_input_grad[1] else None
+        gh0 = None
+        if h0 is not None and ctx.needs_input_grad[2]:
+            a0 = _as_btf(a, h.shape)[:, 0].float().view(g0.shape)
+            gh0 = (a0 * g0).to(h0.dtype)
+        return ga, gb, gh0, None
+
+
+
+def fused_linear_scan(a, b, h0=None, out_dtype=None):
+    """Differentiable ``h_t = a_t h_{t-1} + b_t``: (h in ``out_dtype``, h_T float32); grads to a, b and h0."""
+    a_full = a
+    while a_full.dim() < b.dim():
+        a_full = a_full.unsqueeze(0)
+    return _LinearScanTriton.apply(a_full, b, h0, out_dtype or torch.promote_types(a.dtype, b.dtype))

@@ -1,0 +1,176 @@
+"""Launch planning for the Triton scans: tile shapes, time segments and warm-ups.
+
+Pure Python (no Triton, no GPU): every function takes the GPU's SM count as ``sms``, so the
+plans can be computed and tested anywhere. ``common.sm_count(device)`` reads it off a CUDA
+device at launch time.
+
+A launch runs ``programs`` programs (batch x channel blocks), each of ``cfg.num_warps`` warps.
+When too few warps would run to fill the GPU, time is cut into segments (``segments``). A
+segment gets its incoming state either from a warm-up (one pass: it scans, unstored, the steps
+before it over which a fixed decay forgets, ``warm_steps``; ``warm_plan``) or from a second pass
+that combines the end states of the segments before it. ``ema_plan`` picks between them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """Launch shape: CT time steps by ``block`` channels per tile, ``num_warps`` warps a program.
+
+    ``block`` must be a multiple of 32 * ``vec`` * ``num_warps``: then a warp's lanes lie
+    along channels (``vec`` adjacent channels each) and every tile row stays in one
+    thread, so the in-tile scan is a sequential loop in registers with no shuffles.
+    ``stages``: tiles in flight per program (Triton software-pipelines the loads as
+    asynchronous copies ``stages - 1`` iterations ahead); ``warm_stages`` the same for the
+    warm-up loops below, which hold no outputs and go deeper (6 against 4: B=1 T=65536 EMA
+    forward 0.167 against 0.168 ms, backward 0.182 against 0.186; 8 was slower).
+    ``min_programs``: below this many (batch x channel-block) programs the time axis is
+    cut into segments (two passes, one extra read of the input) to fill the GPU;
+    0 means: split below ``SPLIT_BELOW_PER_SM`` warps per SM, into enough segments for
+    ``WARPS_PER_SM`` (``warps``). ``split`` forces segments on (True) or off (False).
+    ``warmup`` (the EMA kernels and ``linear_scan``'s forward): how segments get their incoming
+    state. True: in one pass, each scanning the steps before it from zero for as long as a
+    timescale remembers anything at float32 resolution (``warm_steps``; LIN_WARM_STEPS for
+    ``linear_scan``, whose tiles that still remember are then rescanned exactly); False: two
+    passes, the second combining the first's exact end states; None: warm-ups wherever
+    segments of WARM_SEG_RATIO warm-ups each still make at least one warp per SM.
+    """
+
+    ct: int = 16
+    block: int = 64
+    num_warps: int = 1
+    vec: int = 2
+    stages: int = 4
+    min_programs: int = 0
+    split: bool | None = None
+    warmup: bool | None = None
+    warm_stages: int = 6
+
+    def __post_init__(self):
+        for name in ("stages", "warm_stages"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TileConfig.{name}={getattr(self, name)} must be at least 1")
+        if self.block % (32 * self.vec * self.num_warps):
+            # a warp's 32 lanes must lie along channels, so that a tile's CT rows stay in one thread
+            raise ValueError(f"TileConfig.block={self.block} must be a multiple of 32 * vec * num_warps "
+                             f"= {32 * self.vec * self.num_warps}")
+
+
+# Each kernel's defaults, widest first; ``choose`` takes the first that fills the GPU in one pass,
+# or the narrowest if none does (EMA segments that warm up, 64 channels: B=1 T=65536 forward 0.169
+# against 0.177 ms at 128, backward 0.186 against 0.193; notes/kernels.md).
+# 128 channels a warp (8-byte accesses, 256-byte rows) beat 64 wherever enough programs run
+# (B=64 T=512 EMA forward 0.081 against 0.087 ms); at B=16 D=768 they leave SMs idle, and 64
+# channels a warp run. The forward puts two such warps side by side in a program, so that one program
+# reads and writes whole 256-byte rows (B=4 T=8192 0.0845 against 0.0882 ms, B=1 T=65536 0.1577
+# against 0.1622, B=16 T=2048 0.0777 against 0.0783; notes/kernels.md). Depths from the H100
+# sweeps in notes/kernels.md.
+# linear_scan keeps 64: its 128-wide, pipelined, segmented backward got a broadcast decay
+# wrong on the H100 (F=40; right unpipelined, in one pass and in Triton's interpreter).
+EMA_FWD = (TileConfig(ct=16, block=128, vec=4, stages=4), TileConfig(ct=32, block=128, num_warps=2, vec=2, stages=4))
+EMA_BWD = (TileConfig(ct=16, block=128, vec=4, stages=3), TileConfig(ct=16, block=64, vec=2, stages=4))
+LIN_FWD = (TileConfig(ct=32, block=64, vec=2, stages=3),)
+LIN_BWD = (TileConfig(ct=16, block=64, vec=2, stages=3),)
+# Time is cut into segments only when fewer than SPLIT_BELOW_PER_SM warps per SM would run (one-warp
+# programs, or a program's warps counted apart), and then into enough for WARPS_PER_SM (H100,
+# pipelined loads: at 1.45 per SM one pass took 0.091 ms against 0.113 split; at B=4 T=8192, 8 per
+# SM beat 2 and 24, 0.108 against 0.120 and 0.114 ms; notes/kernels.md).
+SPLIT_BELOW_PER_SM = 1
+WARPS_PER_SM = 8
+# Segments that warm up (EMA): each is at least WARM_SEG_RATIO times its warm-up (the warm-up
+# re-reads 1 / WARM_SEG_RATIO of the input) and there are enough for WARM_WARPS_PER_SM; where
+# that leaves fewer than one warp per SM, two passes run instead. A timescale's warm-up is the
+# steps after which the state it starts from weighs under 2**-WARM_BITS (float32 keeps 24 bits).
+# H100, B=1 T=65536 and B=4 T=8192: 2 per SM and twice the warm-up beat 1, 3, 4 and 6 per SM and
+# once or three times it, forward and backward (notes/kernels.md).
+WARM_SEG_RATIO = 2
+WARM_WARPS_PER_SM = 2
+WARM_BITS = 24
+# linear_scan's decays are data: its segments warm up over this many steps, and a tile where some
+# channel's decays there multiply to more than 2**-24 is rescanned from its exact incoming state
+# (decays under 0.878 on average forget within it: 0.878**128 = 2**-24)
+LIN_WARM_STEPS = 128
+# The EMA forward's traces are 3/4 of its bytes and are not read back by it: their stores are
+# marked evict_first, so that they leave L2 before the input does (notes/kernels.md)
+EMA_OUT_POLICY = "evict_first"
+
+
+def choose(cfg: TileConfig | None, defaults: tuple[TileConfig, ...], B: int, F: int, sms: int) -> TileConfig:
+    """``cfg`` if given; else the widest default whose one-pass launch has at least
+    SPLIT_BELOW_PER_SM warps per SM, or failing all, the narrowest (which cuts time into
+    segments, and gets the most warps out of each)."""
+    if cfg is not None:
+        return cfg
+    for c in defaults:
+        if B * -(-F // c.block) * c.num_warps >= SPLIT_BELOW_PER_SM * sms:
+            return c
+    return defaults[-1]
+
+
+def warps(cfg: TileConfig, programs: int, per_sm: int, sms: int) -> tuple[int, int]:
+    """(warps a launch of ``programs`` programs runs, warps it should run): a program of
+    ``cfg.num_warps`` warps counts that many; ``cfg.min_programs``, if set, counts programs."""
+    return programs * cfg.num_warps, cfg.min_programs * cfg.num_warps or per_sm * sms
+
+
+def segments(cfg: TileConfig, programs: int, T: int, sms: int) -> tuple[int, int]:
+    """(NSEG, SEGLEN) for ``programs`` programs of ``cfg.num_warps`` warps: one segment unless too few
+    warps would run, then enough to fill the GPU."""
+    if cfg.split is False or T <= 4 * cfg.ct:
+        return 1, T
+    warps_run, want = warps(cfg, programs, WARPS_PER_SM, sms)
+    _, threshold = warps(cfg, programs, SPLIT_BELOW_PER_SM, sms)
+    if cfg.split is None and warps_run >= threshold:
+        return 1, T
+    nseg = max(2, min(-(-want // max(warps_run, 1)), T // (4 * cfg.ct)))
+    seglen = -(-(-(-T // nseg)) // cfg.ct) * cfg.ct  # a multiple of CT
+    return -(-T // seglen), seglen
+
+
+def warm_steps(alphas, ct: int = 1) -> list[int] | None:
+    """Steps W_k after which timescale k forgets: |1 - alpha_k| ** W_k <= 2**-WARM_BITS, rounded up
+    to a multiple of ``ct``; None if some |1 - alpha_k| >= 1 (a state that never fades).
+
+    A segment scanned from zero W_k steps early then differs from the exact scan by at most
+    2**-WARM_BITS times the state it dropped (the state W_k steps back), an absolute error at
+    float32's resolution of that state, decaying from there. Relative to a much smaller state
+    (after inputs that fell by orders of magnitude) it is larger than the sequential scan's own
+    rounding; ``TileConfig(warmup=False)`` keeps the exact two passes. At the default alphas
+    (0.5, 0.1, 0.02): 24, 158 and 824 steps.
+    """
+    out = []
+    for a in alphas:
+        d = abs(1.0 - float(a))
+        if not d < 1.0:  # also NaN
+            return None
+        w = 0 if d == 0.0 else math.ceil(WARM_BITS * math.log(2.0) / -math.log(d))
+        out.append(-(-w // ct) * ct)
+    return out
+
+
+def warm_plan(cfg: TileConfig, programs: int, T: int, warm: int, sms: int) -> tuple[int, int] | None:
+    """(NSEG, SEGLEN) for one pass of segments that each warm up over ``warm`` steps; None where that
+    gives one segment, or (unless ``cfg.warmup`` forces it) under one warp per SM: two passes then."""
+    warps_run, want = warps(cfg, programs, WARM_WARPS_PER_SM, sms)
+    seglen = max(-(-T // max(1, -(-want // max(warps_run, 1)))), WARM_SEG_RATIO * warm, cfg.ct)
+    seglen = -(-seglen // cfg.ct) * cfg.ct
+    nseg = -(-T // seglen)
+    if nseg == 1 or (nseg * warps_run < sms and not cfg.warmup):
+        return None
+    return nseg, seglen
+
+
+def ema_plan(cfg: TileConfig, programs: int, T: int, alphas, sms: int) -> tuple[int, int, list[int] | None]:
+    """(NSEG, SEGLEN, per-timescale warm-up steps or None) for an EMA launch of ``programs`` programs."""
+    nseg, seglen = segments(cfg, programs, T, sms)
+    if nseg == 1 or cfg.warmup is False:
+        return nseg, seglen, None
+    warm = warm_steps(alphas, cfg.ct)
+    plan = None if warm is None else warm_plan(cfg, programs, T, max(warm), sms)
+    if plan is None:
+        return nseg, seglen, None
+    return plan[0], plan[1], warm

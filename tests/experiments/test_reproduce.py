@@ -1,0 +1,161 @@
+"""``emaprobe reproduce``: runs registered experiments (a fake one here) or reads their committed
+claims, and builds one Markdown + self-contained HTML report of every claim."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+import types
+from dataclasses import dataclass
+
+import pytest
+
+from emaprobe.cli import main
+from emaprobe.experiments import protocol
+from emaprobe.experiments.protocol import Claim, write_claims
+from emaprobe.experiments.reproduce import read_all, reproduce
+from emaprobe.utils import atomic_write_json, read_json
+
+
+def _png(path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(2, 1.5))
+    ax.plot([0, 1, 2], [1, 0, 2])
+    fig.savefig(path, dpi=40)
+    plt.close(fig)
+
+
+def _fake_module(name: str, *, requires=None, fail: bool = False) -> types.ModuleType:
+    """An experiment that follows the protocol: measures a mean over seeds, reports one claim."""
+    mod = types.ModuleType(f"fake_experiments.{name}")
+
+    @dataclass(frozen=True)
+    class Config:
+        seeds: int = 5
+        scale: float = 1.0
+
+    def run(cfg, out):
+        if fail:
+            raise RuntimeError("the fake experiment broke")
+        values = [cfg.scale * (2.0 + 0.1 * s) for s in range(cfg.seeds)]
+        atomic_write_json(out / "result.json", {"values": values, "seeds": cfg.seeds})
+
+    def report(out):
+        r = read_json(out / "result.json")
+        mean = sum(r["values"]) / len(r["values"])
+        std = (sum((v - mean) ** 2 for v in r["values"]) / max(len(r["values"]) - 1, 1)) ** 0.5
+        write_claims(out, [Claim(claim="ratio", metric="ratio to baseline", paper=2.0, ours=mean, std=std,
+                                 seeds=r["seeds"], scale="toy | scale", verdict="confirmed",
+                                 command=f"emaprobe run {name}", labels="0", note="a fake claim")])
+        _png(out / "curve.png")
+
+    mod.NAME, mod.Config, mod.run, mod.report = name, Config, run, report
+    mod.smoke = lambda: Config(seeds=3, scale=0.5)
+    mod.BUDGETS = {"gpu": lambda: Config(seeds=3, scale=4.0)}
+    if requires is not None:
+        mod.requires = requires
+    return mod
+
+
+@pytest.fixture
+def fake_registry(monkeypatch):
+    """Only fake experiments are registered while a test runs."""
+    modules = {
+        "fake": _fake_module("fake"),
+        "needs_data": _fake_module("needs_data", requires=lambda cfg: ["EMAPROBE_DATA/text not found"]),
+    }
+    registry = {}
+    for name, mod in modules.items():
+        monkeypatch.setitem(sys.modules, mod.__name__, mod)
+        registry[name] = mod.__name__
+    monkeypatch.setattr(protocol, "EXPERIMENTS", registry)
+    return modules
+
+
+def test_smoke_runs_each_experiment_skips_with_reasons_and_reports(fake_registry, tmp_path):
+    report = reproduce("smoke", out=tmp_path, log=lambda *_: None)
+    by = {e.name: e for e in report.entries}
+    assert by["fake"].status == "ran" and by["fake"].budget == "smoke"
+    assert by["needs_data"].status == "skipped" and "EMAPROBE_DATA/text not found" in by["needs_data"].reason
+    claim = by["fake"].claims[0]
+    assert claim.seeds == 3 and claim.ours == pytest.approx(0.5 * 2.1)  # the smoke config really ran
+
+    md = (tmp_path / "report.md").read_text()
+    assert "| fake | ratio | ratio to baseline | 2 | 1.05 ± 0.05 | 3 | toy \\| scale | 0 | **confirmed** |" in md
+    assert "`emaprobe run fake`" in md and "needs_data** (skipped" in md
+    assert "![fake: curve](fake/curve.png)" in md
+
+    page = (tmp_path / "report.html").read_text()
+    png = (tmp_path / "fake" / "curve.png").read_bytes()
+    assert base64.b64encode(png).decode() in page  # the figure is embedded, not linked
+    assert "<span class='verdict confirmed'>confirmed</span>" in page and "EMAPROBE_DATA/text not found" in page
+    assert json.loads((tmp_path / "report.json").read_text())["experiments"][0]["claims"][0]["claim"] == "ratio"
+
+
+def test_gpu_budget_without_cuda_is_skipped_with_its_reason(fake_registry, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    report = reproduce("gpu", out=tmp_path, names=["fake"], log=lambda *_: None)
+    (entry,) = report.entries
+    assert entry.status == "skipped" and "CUDA" in entry.reason and not (tmp_path / "fake").exists()
+
+
+def test_from_reads_committed_claims_without_running(fake_registry, tmp_path):
+    results = tmp_path / "results"
+    (results / "fake").mkdir(parents=True)
+    fake_registry["fake"].run(fake_registry["fake"].Config(), results / "fake")
+    fake_registry["fake"].report(results / "fake")
+    fake_registry["fake"].run = lambda cfg, out: pytest.fail("--from must not run anything")
+
+    assert main(["reproduce", "--from", str(results), "--out", str(tmp_path / "rep")]) == 0
+    entries = {e.name: e for e in read_all(results)}
+    assert entries["fake"].status == "read" and entries["fake"].claims[0].seeds == 5
+    assert entries["needs_data"].status == "missing" and "emaprobe run needs_data" in entries["needs_data"].reason
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| fake | ratio |" in md and "2.2 ± 0.16" in md
+    assert "results/fake/curve.png" in md  # linked relative to the report folder
+
+
+def test_a_failed_experiment_is_reported_and_sets_the_exit_code(monkeypatch, tmp_path, capsys):
+    mod = _fake_module("broken", fail=True)
+    monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    monkeypatch.setattr(protocol, "EXPERIMENTS", {"broken": mod.__name__, "absent": "fake_experiments.nowhere"})
+    assert main(["reproduce", "--budget", "smoke", "--out", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "the fake experiment broke" in out and "No module named" in out
+    assert "RuntimeError: the fake experiment broke" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        ("{not json", "claims.json"),
+        ('{"claim": "x"}', "expected a JSON list of claims"),
+        ('[{"claim": "x", "metric": "m", "paper": 1, "ours": 1, "std": null, "seeds": 3, "scale": "s",'
+         ' "verdict": "maybe", "command": "c"}]', "row 0: claim 'x': verdict must be one of"),
+        ('[{"claim": "x", "ourz": 1}]', "row 0 has unknown fields ['ourz']"),
+    ],
+    ids=["bad-json", "not-a-list", "bad-verdict", "unknown-field"],
+)
+def test_malformed_claims_json_is_an_error_naming_the_file(fake_registry, tmp_path, capsys, content, words):
+    folder = tmp_path / "results" / "fake"
+    folder.mkdir(parents=True)
+    (folder / "claims.json").write_text(content)
+    with pytest.raises(ValueError, match="claims.json") as err:
+        read_all(tmp_path / "results")
+    assert words in str(err.value) and str(folder / "claims.json") in str(err.value)
+    assert main(["reproduce", "--from", str(tmp_path / "results"), "--out", str(tmp_path / "rep")]) == 2
+    assert str(folder / "claims.json") in capsys.readouterr().err
+
+
+def test_bad_arguments_are_named(tmp_path, capsys):
+    assert main(["reproduce", "--from", str(tmp_path / "nowhere"), "--out", str(tmp_path)]) == 2
+    assert "not a folder" in capsys.readouterr().err
+    assert main(["reproduce", "--from", str(tmp_path), "--budget", "smoke", "--out", str(tmp_path)]) == 2
+    assert "give one" in capsys.readouterr().err

@@ -1,0 +1,91 @@
+"""The Triton scans' launch planner, on CPU: it is pure Python and takes the SM count as an argument.
+
+The kernels themselves are tested against the naive reference in test_triton_scan.py (CUDA only).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from emaprobe.ops.triton import plan
+
+ALPHAS = (0.5, 0.1, 0.02)
+# SM counts of real cards: H100 SXM and H200 (132), H100 PCIe (114), A100 (108), and a small one (30)
+SM_COUNTS = [30, 108, 114, 132]
+
+
+def test_plan_needs_neither_triton_nor_a_gpu():
+    source = open(plan.__file__).read()
+    assert "import triton" not in source and "import torch" not in source
+
+
+def test_warm_steps_forget_to_float32_resolution():
+    w = plan.warm_steps(ALPHAS)
+    assert w == [24, 158, 824]
+    for a, n in zip(ALPHAS, w):
+        assert (1 - a) ** n <= 2.0 ** -24 < (1 - a) ** (n - 1)
+    assert plan.warm_steps(ALPHAS, 16) == [32, 160, 832]
+    assert plan.warm_steps((1.0,)) == [0]  # h_t = x_t: nothing to remember
+    assert plan.warm_steps((0.5, 0.0)) is None  # a state that never fades: no warm-up is long enough
+    assert plan.warm_steps((2.5,)) is None
+
+
+def test_tile_config_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="block"):
+        plan.TileConfig(block=48)
+    with pytest.raises(ValueError, match="stages"):
+        plan.TileConfig(stages=0)
+
+
+@pytest.mark.parametrize("sms", SM_COUNTS)
+def test_default_tiles_are_the_widest_that_fill_the_gpu(sms):
+    """``choose`` counts warps: the wide tiles (128 channels a warp) wherever they alone give a warp
+    per SM, else the narrow ones (64 channels a warp, two warps a program)."""
+    wide, narrow = plan.EMA_FWD
+    assert wide.block // wide.num_warps > narrow.block // narrow.num_warps
+
+    def warps(cfg, B):
+        return B * (768 // cfg.block) * cfg.num_warps
+
+    assert plan.choose(None, plan.EMA_FWD, 4 * sms, 768, sms) is wide  # plenty of warps at either width
+    B = -(-sms // warps(narrow, 1))  # the narrow tiles put a warp on every SM, the wide ones do not
+    if warps(wide, B) < sms <= warps(narrow, B):
+        assert plan.choose(None, plan.EMA_FWD, B, 768, sms) is narrow
+        assert plan.ema_plan(narrow, B * 768 // narrow.block, 2048, ALPHAS, sms)[0] == 1  # one pass
+    assert plan.choose(None, plan.EMA_FWD, 1, 768, 132) is narrow  # neither fills: the narrowest, in segments
+    mine = plan.TileConfig()
+    assert plan.choose(mine, plan.EMA_FWD, B, 768, sms) is mine
+
+
+@pytest.mark.parametrize("sms", SM_COUNTS)
+@pytest.mark.parametrize("T", [1, 63, 500, 4097, 65536, 1_000_000])
+@pytest.mark.parametrize("programs", [1, 6, 48, 1024])
+def test_segments_cover_time_in_whole_tiles(T, programs, sms):
+    for cfg in (plan.TileConfig(), plan.TileConfig(ct=32, split=True), *plan.EMA_FWD, *plan.LIN_BWD):
+        nseg, seglen = plan.segments(cfg, programs, T, sms)
+        assert nseg >= 1 and (nseg - 1) * seglen < T <= nseg * seglen  # every step, no empty segment
+        if nseg > 1:
+            assert seglen % cfg.ct == 0
+        ema = plan.ema_plan(cfg, programs, T, ALPHAS, sms)
+        nseg, seglen, warm = ema
+        assert (nseg - 1) * seglen < T <= nseg * seglen
+        if warm is not None:  # warmed-up segments: each at least WARM_SEG_RATIO warm-ups long
+            assert nseg > 1 and seglen >= plan.WARM_SEG_RATIO * max(warm) and seglen % cfg.ct == 0
+
+
+@pytest.mark.parametrize("sms", SM_COUNTS)
+def test_default_plan_warms_up_at_long_t_and_falls_back_to_two_passes(sms):
+    cfg = plan.choose(None, plan.EMA_FWD, 1, 768, sms)
+    nseg, seglen, warm = plan.ema_plan(cfg, 768 // cfg.block, 65536, ALPHAS, sms)
+    assert warm == plan.warm_steps(ALPHAS, cfg.ct) and nseg > 1 and seglen >= plan.WARM_SEG_RATIO * max(warm)
+    slow = (0.5, 1e-3)  # a timescale that remembers 17k steps: too few programs with warm-ups
+    assert plan.ema_plan(cfg, 768 // cfg.block, 65536, slow, sms)[2] is None
+    no_warm = plan.TileConfig(ct=16, block=64, split=True, warmup=False, min_programs=8)
+    assert plan.ema_plan(no_warm, 1, 65536, ALPHAS, sms)[2] is None  # warmup=False: two passes always
+
+
+def test_enough_programs_run_in_one_pass():
+    # B=64 T=512 D=768 on 132 SMs: 384 wide programs, one pass
+    cfg = plan.choose(None, plan.EMA_FWD, 64, 768, 132)
+    assert cfg is plan.EMA_FWD[0]
+    assert plan.ema_plan(cfg, 64 * 768 // cfg.block, 512, ALPHAS, 132) == (1, 512, None)
