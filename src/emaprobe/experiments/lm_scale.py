@@ -98,6 +98,7 @@ VARIANTS: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
     "gpt": ("gpt", ()),
 }
 FAMILY_BASE = {"spen": "spen-ema", "gpt": "gpt"}  # what the lr sweep tunes for each family
+CLAIM_VARIANTS = ("spen-ema", "spen-ema-attnpred", "spen-selective", "gpt")
 
 
 @dataclass(frozen=True)
@@ -255,8 +256,10 @@ def plan(cfg: Config, out: Path, stage: str) -> list[Job]:
         return [Job(FAMILY_BASE[f], cfg.small_size, lr, 0, cfg.lr_tokens) for f in ("spen", "gpt") for lr in cfg.lrs]
     lr = {f: best_lr(cfg, out, f) for f in ("spen", "gpt")}
     if stage == "mechanisms":
+        # the variants the claims compare come first, every seed, so a cut-short stage keeps them whole
+        order = sorted(cfg.mechanisms, key=lambda v: v not in CLAIM_VARIANTS)
         return [Job(v, cfg.small_size, lr[VARIANTS[v][0]], s, cfg.mechanism_tokens)
-                for s in range(cfg.seeds) for v in cfg.mechanisms]
+                for v in order for s in range(cfg.seeds)]
     sizes = cfg.ladder if stage == "ladder" else (cfg.headline_size,)
     return [Job(v, size, lr[VARIANTS[v][0]], 0, cfg.headline_tokens, cfg.curve_points, cfg.ckpt_every)
             for size in sizes for v in ("spen-ema", "gpt")]
