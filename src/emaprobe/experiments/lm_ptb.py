@@ -273,8 +273,8 @@ def write_report(out_dir: str | Path) -> str:
         "(the whole PTB splits unless smoke), windows of seq_len, each from an empty state",
         "",
         "| variant | context | params | non-emb. | valid ppl | test ppl | test bpb | test ppl / GPT | tok/s "
-        "| train s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| train s | commit |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, r in res.items():
         f = r["final"]
@@ -285,7 +285,7 @@ def write_report(out_dir: str | Path) -> str:
         lines.append(
             f"| {name} | {context} | {r['num_params']:,} | {r['num_params_non_embedding']:,} | "
             f"{f['valid']['ppl']:.1f} | {f['test']['ppl']:.1f} | {f['test']['bpb']:.3f} | {ratio} | {tok_s} | "
-            f"{r['train_s']:.0f} |"
+            f"{r['train_s']:.0f} | {(r.get('git_sha') or 'not recorded')[:12]} |"
         )
     lines += ["", *_reading(res)]
     lines += [

@@ -515,7 +515,8 @@ def summarize(runs: dict[str, dict]) -> dict[str, Any]:
     for fam, variant in FAMILY_BASE.items():
         for lr in cfg["lrs"]:
             for r in _find(runs, variant=variant, size=cfg["small_size"], lr=lr, seed=0, tokens=cfg["lr_tokens"]):
-                lr_rows.append({"family": fam, "lr": lr, "val_loss": r["final_val_loss"]})
+                lr_rows.append({"family": fam, "lr": lr, "val_loss": r["final_val_loss"],
+                                "commit": str(r.get("git_sha"))[:10]})
     s["lr"] = lr_rows
     best = {}
     for fam in FAMILY_BASE:
@@ -533,7 +534,8 @@ def summarize(runs: dict[str, dict]) -> dict[str, Any]:
         v: {"seeds": sorted(by_seed), "test_loss": [_test_loss(by_seed[k]) for k in sorted(by_seed)],
             "final": {split: [by_seed[k]["final"][split]["ppl"] for k in sorted(by_seed)]
                       for split in next(iter(by_seed.values()))["final"]},
-            "params": next(iter(by_seed.values()))["num_params"]}
+            "params": next(iter(by_seed.values()))["num_params"],
+            "commits": sorted({str(r.get("git_sha"))[:10] for r in by_seed.values()})}
         for v, by_seed in mech.items()
     }
     diffs = {}
@@ -709,13 +711,14 @@ def _readme(s: dict, runs: dict[str, dict], figures: list[str], command: str) ->
         sp, gp = h["spen"], h["gpt"]
         lines += [f"## Headline: {cfg['headline_size']} SPEN (ema) against GPT", "",
                   "| model | params | tokens | lr | " + " | ".join(f"{k} ppl" for k in sp["final"]) + " | "
-                  + " | ".join(f"{k} bpb" for k in sp["final"]) + " | tokens/s | run |",
-                  "|---|---:|---:|---:|" + "---:|" * (2 * len(sp["final"])) + "---:|---|"]
+                  + " | ".join(f"{k} bpb" for k in sp["final"]) + " | tokens/s | run | commit |",
+                  "|---|---:|---:|---:|" + "---:|" * (2 * len(sp["final"])) + "---:|---|---|"]
         for label, b in ((f"{runs[sp['name']]['config_name']}, ema", sp), (runs[gp["name"]]["config_name"], gp)):
             lines.append(f"| {label} | {b['params'] / 1e6:.1f}M | {b['tokens']:.3g} | {b['lr']:g} | "
                          + " | ".join(f"{v['ppl']:.2f}" for v in b["final"].values()) + " | "
                          + " | ".join(f"{v['bpb']:.4f}" for v in b["final"].values()) + " | "
-                         + (f"{b['tokens_per_s']:,.0f}" if b.get("tokens_per_s") else "-") + f" | `{b['name']}` |")
+                         + (f"{b['tokens_per_s']:,.0f}" if b.get("tokens_per_s") else "-")
+                         + f" | `{b['name']}` | {str(b['git_sha'])[:10]} |")
         lines += ["", "Perplexity ratio SPEN / GPT: " + ", ".join(f"{k} **{v:.3f}**" for k, v in h["ratio"].items()) + ".",
                   "", "Ratio along the curve (whole validation stream): "
                   + ", ".join(f"{c['tokens']:.3g} tok {c['ratio']:.3f}" for c in h["curve_ratio"]) + "."]
@@ -738,14 +741,15 @@ def _readme(s: dict, runs: dict[str, dict], figures: list[str], command: str) ->
     if s["mechanisms"]:
         splits = list(next(iter(s["mechanisms"].values()))["final"])
         lines += [f"## Context mechanisms ({cfg['small_size']}, {cfg['mechanism_tokens']:.3g} tokens, mean ± std over seeds)",
-                  "", "| variant | params | seeds | " + " | ".join(f"{k} ppl" for k in splits) + " | mean test loss |",
-                  "|---|---:|---:|" + "---:|" * (len(splits) + 1)]
+                  "", "| variant | params | seeds | " + " | ".join(f"{k} ppl" for k in splits) + " | mean test loss | commits |",
+                  "|---|---:|---:|" + "---:|" * (len(splits) + 1) + "---|"]
         for v, m in s["mechanisms"].items():
             cells = [f"{np.mean(m['final'][k]):.2f} ± {np.std(m['final'][k], ddof=1) if len(m['seeds']) > 1 else 0:.2f}"
                      for k in splits]
             tl = m["test_loss"]
             lines.append(f"| {v} | {m['params'] / 1e6:.2f}M | {len(m['seeds'])} | " + " | ".join(cells)
-                         + f" | {np.mean(tl):.4f} ± {np.std(tl, ddof=1) if len(tl) > 1 else 0:.4f} |")
+                         + f" | {np.mean(tl):.4f} ± {np.std(tl, ddof=1) if len(tl) > 1 else 0:.4f} | "
+                         + ", ".join(m["commits"]) + " |")
         lines += ["", "Paired differences of mean test loss (same seed = same data order), nats/token, mean [95% t-interval]:", ""]
         for k, d in s["paired"].items():
             lines.append(f"- {k}: {_fmt_ci(d['mean'], d['lo'], d['hi'])} ({d['seeds']} seeds)")
@@ -755,12 +759,13 @@ def _readme(s: dict, runs: dict[str, dict], figures: list[str], command: str) ->
         lines.append("")
     if s["lr"]:
         lines += [f"## Learning rate ({cfg['small_size']}, {cfg['lr_tokens']:.3g} tokens, seed 0, final validation loss)", "",
-                  "| family | " + " | ".join(f"lr {lr:g}" for lr in cfg["lrs"]) + " | used |",
-                  "|---|" + "---:|" * (len(cfg["lrs"]) + 1)]
+                  "| family | " + " | ".join(f"lr {lr:g}" for lr in cfg["lrs"]) + " | used | commits |",
+                  "|---|" + "---:|" * (len(cfg["lrs"]) + 1) + "---|"]
         for fam in FAMILY_BASE:
             by = {r["lr"]: r["val_loss"] for r in s["lr"] if r["family"] == fam}
             lines.append(f"| {fam} | " + " | ".join(f"{by[lr]:.4f}" if lr in by else "-" for lr in cfg["lrs"])
-                         + f" | {s['best_lr'][fam]} |")
+                         + f" | {s['best_lr'][fam]} | "
+                         + ", ".join(sorted({r["commit"] for r in s["lr"] if r["family"] == fam})) + " |")
         lines.append("")
     rows = claims(s, command)
     lines += ["## Claims", "", "| claim | paper | ours | seeds | verdict |", "|---|---:|---:|---:|---|"]
