@@ -185,7 +185,8 @@ def claims(res: dict[str, dict]) -> list[Claim]:
     ec = any_r["experiment_config"]
     scale = (f"{any_r['num_params'] / 1e6:.1f}M params, {any_r['tokens']:,} tokens each, PTB word level "
              f"(10k vocabulary), seed {ec['seed']}")
-    command = "emaprobe run lm_ptb" + (" --smoke" if ec.get("smoke") else "")
+    command = ("emaprobe run lm_ptb" + (" --budget gpu" if ec.get("device") == "cuda" else "")
+               + (" --smoke" if ec.get("smoke") else ""))
     test = {name: r["final"]["test"] for name, r in res.items()}
     rows = []
     if "spen-ema" in test and "gpt" in test:
