@@ -202,7 +202,7 @@ def run_ckpt(cfg: Config, path: str, dev: torch.device, log=print) -> dict:
         log(f"  ckpt {path} seed {seed}: last block bits k=1 {blocks[-1][1]['bits']:.2f}")
     mc = dataclasses.asdict(model.config)
     return {"path": str(path), "kind": model.kind, "model_config": mc, "config_name": run.get("config_name"),
-            "train_steps": (run.get("train_config") or {}).get("steps"), "per_seed": per_seed}
+            "train_steps": (run.get("train") or run.get("train_config") or {}).get("steps"), "per_seed": per_seed}
 
 
 def run(cfg: Config, out: Path) -> None:
@@ -213,11 +213,19 @@ def run(cfg: Config, out: Path) -> None:
     history = cfg.seq_len - cfg.n_read  # the earliest read position: the least history
     analytic = analytic_bits(cfg.alphas, cfg.lags, cfg.vocab, cfg.d_model, history)
     snr = lag_snr(cfg.alphas, cfg.lags, history)
-    ckpts = [run_ckpt(cfg, p, dev) for p in cfg.ckpts]
-    atomic_write_json(out / RESULT, run_record(
-        experiment=NAME, config=dataclasses.asdict(cfg), h_bits=math.log2(cfg.vocab), per_seed=seeds,
-        analytic={"lags": list(cfg.lags), "bits": analytic.tolist(), "snr": snr.tolist(), "history": history},
-        ckpts=ckpts, torch_threads=torch.get_num_threads(), wall_seconds=round(time.perf_counter() - t0, 1)))
+    ckpts: list[dict] = []
+
+    def save():
+        atomic_write_json(out / RESULT, run_record(
+            experiment=NAME, config=dataclasses.asdict(cfg), h_bits=math.log2(cfg.vocab), per_seed=seeds,
+            analytic={"lags": list(cfg.lags), "bits": analytic.tolist(), "snr": snr.tolist(), "history": history},
+            ckpts=ckpts, ckpts_done=len(ckpts) == len(cfg.ckpts), torch_threads=torch.get_num_threads(),
+            wall_seconds=round(time.perf_counter() - t0, 1)))
+
+    save()  # the mixer curves are kept even if a checkpoint then fails to load
+    for p in cfg.ckpts:
+        ckpts.append(run_ckpt(cfg, p, dev))
+        save()
 
 
 def summarise(res: dict) -> dict[str, list[dict]]:

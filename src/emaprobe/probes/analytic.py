@@ -89,14 +89,18 @@ def lag_snr(alphas: Sequence[float], lags: Sequence[int], history: int) -> np.nd
     return np.asarray(out)
 
 
-def channel_bits(gamma: np.ndarray | float, vocab: int, d_model: int) -> np.ndarray:
-    """bits = log2 V - log2(1 + (V - 1) 2^{-C}), C = (D_eff / 2) log2(1 + gamma) (step 3 above)."""
+def channel_bits(gamma: np.ndarray | float, vocab: int, dims: int) -> np.ndarray:
+    """bits = log2 V - log2(1 + (V - 1) 2^{-C}), C = (dims / 2) log2(1 + gamma) (step 3 above).
+
+    ``dims`` is the number of parallel real channels: D_eff = min(D, V - 1) for the
+    EMA state (``analytic_bits``), D for an isotropic Gaussian channel (``bayes_bits_mc``).
+    """
     g = np.asarray(gamma, dtype=np.float64)
     if np.any(g < 0):
         raise ValueError("gamma must be >= 0")
-    if vocab < 2 or d_model < 1:
-        raise ValueError(f"vocab must be >= 2 and d_model >= 1, got {vocab}, {d_model}")
-    C = 0.5 * min(d_model, vocab - 1) * np.log2(1.0 + g)
+    if vocab < 2 or dims < 1:
+        raise ValueError(f"vocab must be >= 2 and dims >= 1, got {vocab}, {dims}")
+    C = 0.5 * dims * np.log2(1.0 + g)
     # log2(1 + (V-1) 2^-C) computed stably for large C
     ce = np.logaddexp2(0.0, np.log2(vocab - 1.0) - C)
     return math.log2(vocab) - ce
@@ -104,7 +108,7 @@ def channel_bits(gamma: np.ndarray | float, vocab: int, d_model: int) -> np.ndar
 
 def analytic_bits(alphas: Sequence[float], lags: Sequence[int], vocab: int, d_model: int, history: int) -> np.ndarray:
     """The analytic curve: decodable bits of x_{t-k} for each lag k (module docstring)."""
-    return channel_bits(lag_snr(alphas, lags, history), vocab, d_model)
+    return channel_bits(lag_snr(alphas, lags, history), vocab, min(d_model, vocab - 1))
 
 
 def bayes_bits_mc(gamma: float, vocab: int, d_model: int, n: int = 4000, seed: int = 0) -> float:

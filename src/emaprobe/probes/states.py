@@ -142,5 +142,25 @@ def block_states(model: nn.Module, idx: torch.Tensor) -> list[torch.Tensor]:
     raise ValueError(f"block_states reads SPEN and GPT models; got kind {kind!r} ({type(model).__name__})")
 
 
-__all__ = ["NEEDS_POSITIONS", "block_states", "build_probe_mixer", "mixer_states", "sinusoidal_positions",
+__all__ = ["NEEDS_POSITIONS", "block_states", "build_probe_mixer", "mixer_states", "residual_states", "sinusoidal_positions",
            "train_on_lags"]
+
+
+@torch.no_grad()
+def residual_states(model: nn.Module, idx: torch.Tensor) -> list[torch.Tensor]:
+    """The residual stream of a SPEN or GPT model before block 1 and after every block:
+    L + 1 tensors (B, T, D). Position 0 is the embedding (GPT: token + position)."""
+    kind = getattr(model, "kind", None)
+    model.eval()
+    T = idx.shape[1]
+    if kind == "spen":
+        x = model.tok_emb(idx)  # (B, T, D)
+        out = [x.float()]
+        for p in model.block_parts(idx):
+            x = x + p["y"]
+            out.append(x.float())
+        return out
+    if kind == "gpt":
+        x = model.tok_emb(idx) + model.pos_emb(torch.arange(T, device=idx.device))
+        return [x.float()] + block_states(model, idx)
+    raise ValueError(f"residual_states reads SPEN and GPT models; got kind {kind!r} ({type(model).__name__})")
