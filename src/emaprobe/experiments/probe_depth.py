@@ -163,22 +163,23 @@ def report(out: Path) -> None:
     ncol = 3 if res["ckpts"] else 2
     fig, axes = plt.subplots(1, ncol, figsize=(5.2 * ncol, 4.2), squeeze=False)
     ax = axes[0, 0]
-    for mech in cfg["mechanisms"]:
+    for ci, mech in enumerate(cfg["mechanisms"]):
+        color = f"C{ci}"
         rows = first_layer(res, mech)
         Ls = [r["L"] for r in rows]
-        ax.plot(Ls, [r["mean"] for r in rows], marker="o", ms=3, label=f"{mech}: layer 1")
-        ax.fill_between(Ls, [r["lo"] for r in rows], [r["hi"] for r in rows], alpha=0.2)
+        ax.plot(Ls, [r["mean"] for r in rows], marker="o", ms=3, color=color, label=f"{mech}: layer 1")
+        ax.fill_between(Ls, [r["lo"] for r in rows], [r["hi"] for r in rows], color=color, alpha=0.2)
         rows = mean_layer(res, mech)
-        ax.plot(Ls, [r["mean"] for r in rows], ls="--", lw=1, label=f"{mech}: mean over layers")
+        ax.plot(Ls, [r["mean"] for r in rows], ls="--", lw=1, color=color, label=f"{mech}: mean over layers")
     ax.set_xlabel("depth L")
     ax.set_ylabel("bits at the top, H - CE")
     ax.set_title(f"V={cfg['vocab']}, D={cfg['d_model']}, {cfg['seeds']} seeds (95% CI)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     ax = axes[0, 1]
-    for mech in cfg["mechanisms"]:
+    for ci, mech in enumerate(cfg["mechanisms"]):
         b = np.array([s[mech][str(Lmax)]["bits"] for s in res["per_seed"]])
-        ax.plot(range(1, Lmax + 1), b.mean(0), marker="o", ms=3, label=mech)
+        ax.plot(range(1, Lmax + 1), b.mean(0), marker="o", ms=3, color=f"C{ci}", label=mech)
     ax.set_xlabel(f"layer l (of L={Lmax})")
     ax.set_ylabel("bits of layer l's input at the top")
     ax.set_title(f"per layer, L={Lmax}", fontsize=9)

@@ -18,9 +18,11 @@ Command:   emaprobe run probe_mqar --budget cpu --out results/probes/probe_mqar
 Budgets:   cpu  V=64, T {64, 128}, N {4, 8}, D {64}, lr {3e-3, 1e-2}, 300 steps x 32 sequences:
                 what 2 shared cores do in about half an hour; far short of Zoology's training
                 (64 epochs of 100k sequences), so read it as the start of learning.
-           gpu  V=8192, T {64, 128, 256, 512, 1024}, N {4, 16, 64, 256 where they fit},
-                D {64, 128, 256}, lr {1e-4, 3.2e-4, 1e-3, 3.2e-3, 1e-2}, 4000 steps x 64;
-                untested here (no GPU); every tensor follows ``device``.
+           gpu  V=8192, T {64, 256, 1024}, N {4, 16, 64, 256 where T >= 3N}, D {64, 256},
+                lr {3.2e-4, 1e-3, 3.2e-3}, 3000 steps x 64: 9 cells x 2 widths x 3 lrs x 5 mixers
+                = 270 runs, plus 2 seeds x 5 at the claim cell (T=256, N=64, D=256). Not run here
+                (no GPU); every tensor follows ``device`` (auto picks CUDA), and a stopped run
+                resumes from its JSON. Time it on the H200 before trusting an estimate.
 Writes:    OUT/mqar.json (grid rows: cell, lr, accuracy, loss, seconds; claim-cell seeds), written
            after every cell, so a stopped run keeps its rows and a rerun skips them;
            OUT/README.md, OUT/mqar_heatmap.png, OUT/claims.json.
@@ -91,9 +93,9 @@ def cpu() -> Config:
 
 
 def gpu() -> Config:
-    return Config(vocab=8192, seq_lens=(64, 128, 256, 512, 1024), pairs=(4, 16, 64, 256), widths=(64, 128, 256),
-                  lrs=(1e-4, 3.2e-4, 1e-3, 3.2e-3, 1e-2), steps=4000, batch=64, n_test=1000, key_dim=64, rank=32,
-                  claim_cell=(256, 64, 128), budget="gpu")
+    return Config(vocab=8192, seq_lens=(64, 256, 1024), pairs=(4, 16, 64, 256), widths=(64, 256),
+                  lrs=(3.2e-4, 1e-3, 3.2e-3), steps=3000, batch=64, n_test=1000, key_dim=64, rank=32,
+                  claim_cell=(256, 64, 256), budget="gpu")
 
 
 BUDGETS = {"cpu": cpu, "gpu": gpu}
@@ -246,7 +248,8 @@ def report(out: Path) -> None:
 
     lines = [f"# {NAME}: multi-query associative recall per context mixer", "",
              f"Made by `emaprobe.experiments.{NAME}`; drawn from `{RESULT}` alone. V={cfg['vocab']}, "
-             f"{cfg['steps']} steps x {cfg['batch']} fresh sequences, lrs {cfg['lrs']}, best lr per cell; "
+             f"{cfg['steps']} steps x {cfg['batch']} fresh sequences, lrs {cfg['lrs']}, best lr per cell "
+             f"(chance = 2/V = {2 / cfg['vocab']:.3f}: values are uniform over V/2 tokens); "
              f"{res['device']}, {res['wall_seconds']} s.", "", "![heatmap](mqar_heatmap.png)", "",
              "| T | N | D | " + " | ".join(mixers) + " |", "|---:|---:|---:|" + "---:|" * len(mixers)]
     for c in cells:
