@@ -266,7 +266,7 @@ def report(out: Path) -> None:
     ax.axhline(res["h_bits"], color="gray", lw=0.8, ls=":")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("lag k")
-    ax.set_ylabel("bits of x_{t-k} recovered, H(x) - CE")
+    ax.set_ylabel(r"bits of $x_{t-k}$ recovered, H(x) - CE")
     ax.set_title(f"lag-k identity: V={cfg['vocab']}, D={cfg['d_model']}, S={len(cfg['alphas'])}, "
                  f"{cfg['seeds']} seeds (95% CI)", fontsize=9)
     ax.grid(alpha=0.3)
@@ -320,10 +320,22 @@ def report(out: Path) -> None:
         lines += ["", f"Measured ema against analytic: mean |difference| {np.mean(np.abs(meas - ana)):.2f} bits, "
                   f"largest {np.max(np.abs(meas - ana)):.2f} bits (at k={cfg['lags'][int(np.argmax(np.abs(meas - ana)))]}); "
                   f"total bits summed over lags {meas.sum():.1f} measured, {ana.sum():.1f} analytic."]
+    totals = {n: float(sum(max(r["mean"], 0.0) for r in rows)) for n, rows in summ.items()}
+    lines += ["", "Bits summed over the probed lags (negative means clipped to 0), the state's total "
+              "recoverable identity budget: " + ", ".join(f"{n} {v:.1f}" for n, v in totals.items()) + "."]
+    for n, rows in summ.items():
+        gone = next((r["lag"] for r in rows if r["hi"] < 0.05), None)
+        lines.append(f"- {n}: {rows[0]['mean']:.2f} bits at k=1; below 0.05 bits (CI) from k={gone}.")
+    lines += ["", "The analytic curve treats the other lags' interference as Gaussian noise. It is an "
+              "optimistic bound for a linear probe at short lags, where one or two recent codewords dominate "
+              "the interference (a linear softmax then names the wrong, stronger token), and follows the measured "
+              "decay at long lags. The learnable mixers were trained briefly on all lags at once; what they "
+              "learned favours the short lags they could fit."]
     for c in res["ckpts"]:
         lags = [r["lag"] for r in c["per_seed"][0][0]]
         lines += ["", f"Checkpoint `{c['path']}` ({c['config_name']}, {c['train_steps']} steps): bits per block "
-                  f"(rows) and lag (columns), mean over {len(c['per_seed'])} window draws", "",
+                  f"(rows) and lag (columns), mean over {len(c['per_seed'])} window draws. Words are not i.i.d.: "
+                  "bits at lag k include what the state predicts of x_(t-k) from its neighbours.", "",
                   "| block | " + " | ".join(f"k={k_}" for k_ in lags) + " |", "|---|" + "---:|" * len(lags)]
         for b in range(len(c["per_seed"][0])):
             m = [np.mean([s[b][i]["bits"] for s in c["per_seed"]]) for i in range(len(lags))]

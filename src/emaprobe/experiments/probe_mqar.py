@@ -15,7 +15,8 @@ selective, the better) beat fixed EMA's accuracy, CI above zero?
 Command:   emaprobe run probe_mqar --budget cpu --out results/probes/probe_mqar
            emaprobe run probe_mqar --budget gpu --out results/probes/probe_mqar_gpu   (H200)
            emaprobe run probe_mqar --smoke                                            (seconds; CI)
-Budgets:   cpu  V=64, T {64, 128}, N {4, 8}, D {64}, lr {3e-3, 1e-2}, 300 steps x 32 sequences:
+Budgets:   cpu_long  the claim cell T=64, N=4, D=64 alone, 1500 steps, lr 3e-3, 3 seeds: is it learning?
+           cpu  V=64, T {64, 128}, N {4, 8}, D {64}, lr {3e-3, 1e-2}, 300 steps x 32 sequences:
                 what 2 shared cores do in about half an hour; far short of Zoology's training
                 (64 epochs of 100k sequences), so read it as the start of learning.
            gpu  V=8192, T {64, 256, 1024}, N {4, 16, 64, 256 where T >= 3N}, D {64, 256},
@@ -98,7 +99,12 @@ def gpu() -> Config:
                   claim_cell=(256, 64, 256), budget="gpu")
 
 
-BUDGETS = {"cpu": cpu, "gpu": gpu}
+def cpu_long() -> Config:
+    """The claim cell alone, trained 5x longer, at one lr (3e-3, fixed before the cpu grid finished)."""
+    return Config(seq_lens=(64,), pairs=(4,), widths=(64,), lrs=(3e-3,), steps=1500, budget="cpu_long")
+
+
+BUDGETS = {"cpu": cpu, "cpu_long": cpu_long, "gpu": gpu}
 
 
 def _one(cfg: Config, mixer: str, cell, lr: float, seed: int, dev) -> dict:
