@@ -326,11 +326,21 @@ def report(out: Path) -> None:
     for n, rows in summ.items():
         gone = next((r["lag"] for r in rows if r["hi"] < 0.05), None)
         lines.append(f"- {n}: {rows[0]['mean']:.2f} bits at k=1; below 0.05 bits (CI) from k={gone}.")
-    lines += ["", "The analytic curve treats the other lags' interference as Gaussian noise. It is an "
-              "optimistic bound for a linear probe at short lags, where one or two recent codewords dominate "
-              "the interference (a linear softmax then names the wrong, stronger token), and follows the measured "
-              "decay at long lags. The learnable mixers were trained briefly on all lags at once; what they "
-              "learned favours the short lags they could fit."]
+    if "ema" in summ:
+        meas = np.array([r["mean"] for r in summ["ema"]])
+        ana = np.array(an["bits"])
+        long = [i for i, k_ in enumerate(cfg["lags"]) if k_ >= 8 and ana[i] > 0.05]
+        ratio_long = float(np.median(meas[long] / ana[long])) if long else float("nan")
+        short = [i for i, k_ in enumerate(cfg["lags"]) if k_ < 8]
+        ratio_short = float(np.median(meas[short] / ana[short])) if short else float("nan")
+        lines += ["", "The analytic curve treats the other lags' interference as Gaussian noise. Measured / analytic "
+                  f"(median over lags): {ratio_short:.2f} at k < 8, {ratio_long:.2f} at k >= 8 (where the analytic "
+                  "curve is above 0.05 bits): the analytic curve has the measured shape (where the bits fall, where "
+                  "they reach zero) but not its level. It is an optimistic Gaussian-channel figure: the real "
+                  "interference is a few strong recent codewords plus many weak ones, and a linear softmax "
+                  "names a strong interfering token with confidence; the probe also learns from finite samples."]
+    lines += ["", "The learnable mixers were trained briefly on all lags at once; what they learned favours the "
+              "short lags they could fit."]
     for c in res["ckpts"]:
         lags = [r["lag"] for r in c["per_seed"][0][0]]
         lines += ["", f"Checkpoint `{c['path']}` ({c['config_name']}, {c['train_steps']} steps): bits per block "
