@@ -12,7 +12,11 @@ token x_t (and x_{t-1}) in the residual stream after each block (top words + oth
 
 Command:   emaprobe run probe_depth --budget cpu --out results/probes/probe_depth
            emaprobe run probe_depth --smoke                      (seconds; CI)
-Hardware:  CPU, 2 shared cores; a few minutes. Any device (``device=auto``).
+Hardware:  CPU, 2 shared cores; cpu budget 405 s with two tiny checkpoints.
+Measured (cpu budget, results/probes/probe_depth, 3 seeds, V=64, D=64): bits of layer 1's token at
+           the top of L = 1 / 8 / 24 layers: residual 6.00 / 4.69 / 1.57, ema_depth (beta .5)
+           6.00 / 0.00 / 0.00, learned_gates 6.00 / 4.97 / 1.19 (mean over layers at L=24: 1.59,
+           0.68, 1.62). dilution_over_depth: 0.262 (95% CI 0.242-0.282) of the L=1 bits remain at L=24.
 Writes:    OUT/depth.json, OUT/README.md, OUT/depth_bits.png, OUT/claims.json (``dilution_over_depth``).
 """
 

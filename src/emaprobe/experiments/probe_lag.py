@@ -23,7 +23,13 @@ Command:   emaprobe run probe_lag --budget cpu --out results/probes/probe_lag
            emaprobe run probe_lag --budget cpu --set ckpts='["runs/ckpt/spen-tiny","runs/ckpt/gpt-tiny"]' ...
            emaprobe run probe_lag --smoke                 (seconds; CI)
 Hardware:  CPU, 2 shared cores; runs on CUDA unchanged (``device=auto``).
-Run time:  cpu budget about 10 minutes; smoke about 5 s.
+Run time:  cpu budget 17 minutes (1000 s mixers, then about 4 minutes for two tiny checkpoints) on
+           2 shared cores; smoke a few seconds after start-up.
+Measured (cpu budget, results/probes/probe_lag, 3 seeds, V=64, H = 6 bits): bits at k = 1 / 8 / 64:
+           ema 2.52 / 1.50 / 0.08, learned_ema 2.93 / 1.54 / 0.01, selective 3.02 / 0.77 / 0.00,
+           gla 4.92 / 1.43 / 0.00, attention 1.23 / 0.56 / 0.00; ema analytic 5.94 / 2.90 / 0.32.
+           The analytic curve has the measured shape at about twice its level (median ratio 0.5).
+           dilution_over_time: ema keeps 0.033 (95% CI 0.030-0.037) of its lag-1 bits at k = 64.
 Writes:    OUT/lag.json (config, per-seed bits per mechanism and lag, the analytic
            curve, checkpoint curves), OUT/README.md, OUT/lag_bits.png, OUT/claims.json
            (``dilution_over_time``).

@@ -50,7 +50,10 @@ h_{t,d} = sum_j w(j) e_d(x_{t-j}), w(j) = (w_1(j), ..., w_S(j)).
 What the approximation leaves out: the interference is a mixture of codewords, not
 Gaussian (a lag-0 term of weight 0.5 is one codeword, not noise); a repeated token
 (probability about 1/V per lag) adds to the signal; the probe is fit on finitely many
-samples. The measured curve (``experiments/probe_lag.py``) says how much these matter.
+samples. The measured curve (``experiments/probe_lag.py``) says how much these matter: at
+V = D = 64, alpha = (.5, .1, .02) a linear probe recovers about half the analytic bits at
+every lag (median ratio 0.53 at k < 8, 0.50 at k >= 8; 17.3 bits summed over lags against
+34.4), and both curves reach zero near k = 100 (results/probes/probe_lag).
 """
 
 from __future__ import annotations
