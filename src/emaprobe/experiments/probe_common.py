@@ -38,9 +38,20 @@ def save_fig(fig, path: Path) -> Path:
     return path
 
 
-def command(name: str, out: Path, budget: str | None) -> str:
-    b = f" --budget {budget}" if budget and budget not in ("default",) else ""
-    return f"emaprobe run {name}{b} --out {out}"
+def command(name: str, out: Path, cfg: dict) -> str:
+    """The ``emaprobe run`` line that rebuilds ``cfg``: its budget plus a ``--set`` per field that differs."""
+    import dataclasses
+    import json
+
+    from emaprobe.experiments.protocol import budgets, get_experiment
+
+    budget = cfg.get("budget") or "default"
+    table = budgets(get_experiment(name))
+    base = dataclasses.asdict(table[budget]()) if budget in table else {}
+    sets = [f"--set {k}='{json.dumps(v)}'" if isinstance(v, (list, tuple)) else f"--set {k}={v}"
+            for k, v in cfg.items() if k in base and base[k] != v and not (isinstance(v, list) and list(base[k]) == v)]
+    b = f" --budget {budget}" if budget != "default" else ""
+    return " ".join([f"emaprobe run {name}{b}", *sets, f"--out {out}"])
 
 
 __all__ = ["command", "pick_device", "pyplot", "save_fig"]

@@ -246,7 +246,7 @@ def report(out: Path) -> None:
             claim="selection_fixes_recall", metric=f"MQAR accuracy, {sel} minus ema (best lr each)", paper=None,
             ours=diff["mean"], std=diff["std"], seeds=diff["n"],
             scale=f"2-layer D={D}, T={T}, N={N} pairs, V={cfg['vocab']}, {cfg['steps']} steps x {cfg['batch']}",
-            verdict=verdict, command=command(NAME, out, cfg.get("budget")), labels="MQAR query labels",
+            verdict=verdict, command=command(NAME, out, cfg), labels="MQAR query labels",
             note=f"{sel} {per[sel]['mean']:.3f}, ema {per['ema']['mean']:.3f}, attention "
                  f"{per.get('attention', {}).get('mean', float('nan')):.3f}; 95% CI of the difference "
                  f"[{diff['lo']:.3f}, {diff['hi']:.3f}]; confirmed needs the CI above 0 and {sel} >= 0.9"))
