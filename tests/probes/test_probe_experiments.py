@@ -31,7 +31,7 @@ def test_probe_smoke_writes_report_and_claims(name, tmp_path):
 def test_probe_map_reads_what_exists(tmp_path):
     lag = run_experiment("probe_lag", budget="smoke", out=tmp_path / "lag")
     out = run_experiment("probe_map", budget="smoke", overrides={
-        "roles": str(tmp_path / "absent.json"), "lag": str(lag / "lag.json"), "mqar": str(tmp_path / "nope.json")},
+        "roles": str(tmp_path / "absent.json"), "lag": str(lag / "lag.json"), "mqar": f'["{tmp_path / "nope.json"}"]'},
         out=tmp_path / "map")
     res = json.loads((out / "map.json").read_text())
     assert not res["sources"]["roles"]["found"] and "not found" in res["sources"]["roles"]["missing"]
@@ -42,7 +42,7 @@ def test_probe_map_reads_what_exists(tmp_path):
 
 def test_probe_map_with_nothing(tmp_path):
     out = run_experiment("probe_map", budget="smoke", overrides={
-        "roles": str(tmp_path / "a.json"), "lag": str(tmp_path / "b.json"), "mqar": str(tmp_path / "c.json")},
+        "roles": str(tmp_path / "a.json"), "lag": str(tmp_path / "b.json"), "mqar": f'["{tmp_path / "c.json"}"]'},
         out=tmp_path / "map")
     assert "nothing to draw" in (out / "README.md").read_text()
 

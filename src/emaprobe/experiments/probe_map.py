@@ -7,7 +7,7 @@ One figure, rows = mechanisms, columns = tasks, each cell a score in [0, 1]:
 | roles within-A     | results/roles/roles.json                 | accuracy of the EMA-trace learners (Hebbian) and the BiGRU |
 | roles deep (>=2)   | results/roles/roles.json                 | the same on deep-embedded clauses       |
 | lag k=4, k=64      | results/probes/probe_lag/lag.json        | bits of x_(t-k) / H(x)                  |
-| MQAR               | results/probes/probe_mqar/mqar.json      | accuracy at the claim cell, best lr     |
+| MQAR               | results/probes/probe_mqar{,_long}/mqar.json | accuracy at the claim cell, best lr, mean over seeds |
 
 The roles rows are the mechanisms that experiment has (EMA traces feeding a
 Hebbian learner, the supervised BiGRU); the content rows are the mixers. A cell
@@ -46,7 +46,7 @@ ROLE_MODELS = {"hebbian": "hebbian (EMA traces)", "hebbian_m2o": "hebbian_m2o (E
 class Config:
     roles: str = "results/roles/roles.json"
     lag: str = "results/probes/probe_lag/lag.json"
-    mqar: str = "results/probes/probe_mqar/mqar.json"
+    mqar: tuple[str, ...] = ("results/probes/probe_mqar/mqar.json", "results/probes/probe_mqar_long/mqar.json")
     lag_ks: tuple[int, ...] = (4, 64)
     budget: str = "default"
 
@@ -106,20 +106,25 @@ def lag_columns(res: dict, ks) -> tuple[dict, str]:
 
 
 def mqar_columns(res: dict) -> tuple[dict, str]:
+    """Accuracy at the claim cell per mixer: the seed-0 best lr, then the mean over that lr's seeds."""
     cfg, rows = res.get("config", {}), res.get("rows", [])
     cell = tuple(cfg.get("claim_cell", ()))
+    at = [r for r in rows if (r["seq_len"], r["pairs"], r["width"]) == cell]
     col = {}
-    for r in rows:
-        if (r["seq_len"], r["pairs"], r["width"]) == cell and r["seed"] == 0:
-            col[r["mixer"]] = max(col.get(r["mixer"], 0.0), r["accuracy"])
-    name = f"MQAR T={cell[0]} N={cell[1]} (acc)" if cell else "MQAR"
+    for m in {r["mixer"] for r in at}:
+        seed0 = [r for r in at if r["mixer"] == m and r["seed"] == 0]
+        if not seed0:
+            continue
+        lr = max(seed0, key=lambda r: r["accuracy"])["lr"]
+        col[m] = float(np.mean([r["accuracy"] for r in at if r["mixer"] == m and r["lr"] == lr]))
+    name = f"MQAR T={cell[0]} N={cell[1]}, {cfg.get('steps')} steps (acc)" if cell else "MQAR"
     return ({name: col} if col else {}), "" if col else "MQAR JSON has no rows at its claim cell"
 
 
 def run(cfg: Config, out: Path) -> None:
     sources, columns = {}, {}
     for key, path, fn in (("roles", cfg.roles, roles_columns), ("lag", cfg.lag, lambda r: lag_columns(r, cfg.lag_ks)),
-                          ("mqar", cfg.mqar, mqar_columns)):
+                          *((f"mqar{i or ''}", p, mqar_columns) for i, p in enumerate(cfg.mqar))):
         res, why = _load(path)
         cols = {}
         if res is not None:

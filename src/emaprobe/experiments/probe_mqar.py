@@ -226,8 +226,8 @@ def report(out: Path) -> None:
                 ax.set_ylabel("KV pairs N")
             if wi == len(widths) - 1:
                 ax.set_xlabel("seq len T")
-    fig.suptitle(f"MQAR accuracy, best lr per cell (V={cfg['vocab']}, {cfg['steps']} steps x {cfg['batch']})",
-                 fontsize=10)
+    fig.suptitle(f"MQAR accuracy, best lr per cell (V={cfg['vocab']}, {cfg['steps']} steps x {cfg['batch']}; "
+                 f"chance {2 / cfg['vocab']:.3f})", fontsize=10, y=1.03)
     save_fig(fig, out / "mqar_heatmap.png")
 
     per = claim_stats(cfg, rows)
