@@ -46,7 +46,8 @@ ROLE_MODELS = {"hebbian": "hebbian (EMA traces)", "hebbian_m2o": "hebbian_m2o (E
 class Config:
     roles: str = "results/roles/roles.json"
     lag: str = "results/probes/probe_lag/lag.json"
-    mqar: tuple[str, ...] = ("results/probes/probe_mqar/mqar.json", "results/probes/probe_mqar_long/mqar.json")
+    mqar: tuple[str, ...] = ("results/probes/probe_mqar/mqar.json", "results/probes/probe_mqar_long/mqar.json",
+                             "results/probes/probe_mqar_long_attention/mqar.json")
     lag_ks: tuple[int, ...] = (4, 64)
     budget: str = "default"
 
@@ -131,7 +132,8 @@ def run(cfg: Config, out: Path) -> None:
             cols, why = fn(res)
         sources[key] = {"path": path, "found": bool(cols), "missing": why,
                         "git_sha": (res or {}).get("git_sha") or ((res or {}).get("run") or {}).get("git_sha")}
-        columns.update(cols)
+        for name, col in cols.items():  # two sources of one column (same task and budget) merge
+            columns.setdefault(name, {}).update(col)
     atomic_write_json(Path(out) / RESULT, run_record(experiment=NAME, config=dataclasses.asdict(cfg), sources=sources,
                                                      columns=columns))
 
