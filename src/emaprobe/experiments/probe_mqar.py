@@ -277,8 +277,9 @@ def report(out: Path) -> None:
                   "matrix-state mixers close most of the gap, fixed filters need width growing with the pairs): "
                   "order at the claim cell here, best first: " + " > ".join(f"{m} {per[m]['mean']:.3f}" for m in order)
                   + ". " + (f"Solved (>= 0.9): {', '.join(solved)}." if solved else
-                            "No mixer solves the task at this budget (Zoology trains about 100x more sequences), "
-                            "so only the order can be compared, not the solved / unsolved split.")]
+                            f"No mixer solves the task at this budget ({cfg['steps'] * cfg['batch']:,} training sequences; "
+                            "Zoology's sweeps train on millions), so only the order can be compared, not the "
+                            "solved / unsolved split.")]
     del missing
     atomic_write_text(out / "README.md", "\n".join(lines) + "\n")
 
