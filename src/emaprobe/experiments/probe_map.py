@@ -47,7 +47,8 @@ class Config:
     roles: str = "results/roles/roles.json"
     lag: str = "results/probes/probe_lag/lag.json"
     mqar: tuple[str, ...] = ("results/probes/probe_mqar/mqar.json", "results/probes/probe_mqar_long/mqar.json",
-                             "results/probes/probe_mqar_long_attention/mqar.json")
+                             "results/probes/probe_mqar_long_attention/mqar.json",
+                             "results/probes/probe_mqar_long_selective/mqar.json")
     lag_ks: tuple[int, ...] = (4, 64)
     budget: str = "default"
 
