@@ -262,7 +262,12 @@ def report(out: Path) -> None:
         cellv = [f"{best[(m, *c)]['accuracy']:.3f} ({best[(m, *c)]['lr']:g})" if (m, *c) in best else "-"
                  for m in mixers]
         lines.append(f"| {c[0]} | {c[1]} | {c[2]} | " + " | ".join(cellv) + " |")
-    missing = len(Config().cells()) if cfg.get("budget") == "default" else None
+    grid = [(T, N, D) for T in cfg["seq_lens"] for N in cfg["pairs"] for D in cfg["widths"]
+            if N <= cfg["vocab"] // 2 - 1 and T >= 3 * N]
+    missing = [c for c in grid if any((m, *c) not in best for m in cfg["mixers"])]
+    if missing:
+        lines += ["", f"Not measured (the run was stopped before them; rerunning the same command resumes): "
+                  + ", ".join(f"T={c[0]} N={c[1]} D={c[2]}" for c in missing) + "."]
     if per:
         lines += ["", f"Claim cell T, N, D = {tuple(cfg['claim_cell'])}, seeds at the best lr:", ""]
         for m, p in per.items():
