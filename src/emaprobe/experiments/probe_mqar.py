@@ -17,8 +17,13 @@ Command:   emaprobe run probe_mqar --budget cpu --out results/probes/probe_mqar
            emaprobe run probe_mqar --smoke                                            (seconds; CI)
 Budgets:   cpu_long  the claim cell T=64, N=4, D=64 alone, 1500 steps, lr 3e-3, 3 seeds: is it learning?
            cpu  V=64, T {64, 128}, N {4, 8}, D {64}, lr {3e-3, 1e-2}, 300 steps x 32 sequences:
-                what 2 shared cores do in about half an hour; far short of Zoology's training
-                (64 epochs of 100k sequences), so read it as the start of learning.
+                far short of Zoology's training (millions of sequences): read it as the start of
+                learning. The committed run (results/probes/probe_mqar) took 45 minutes on 2 busy
+                shared cores and was stopped before its last cell (T=128, N=8).
+           Measured, claim cell T=64 N=4 D=64, 3 seeds at the best lr (chance 0.031):
+                300 steps:  ema 0.034, learned_ema 0.034, selective 0.049, gla 0.194 ± 0.136,
+                            attention 0.293 (results/probes/probe_mqar)
+                1000 steps: see results/probes/probe_mqar_long{,_attention,_selective}
            gpu  V=8192, T {64, 256, 1024}, N {4, 16, 64, 256 where T >= 3N}, D {64, 256},
                 lr {3.2e-4, 1e-3, 3.2e-3}, 3000 steps x 64: 9 cells x 2 widths x 3 lrs x 5 mixers
                 = 270 runs, plus 2 seeds x 5 at the claim cell (T=256, N=64, D=256). Not run here
