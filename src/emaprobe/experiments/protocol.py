@@ -46,6 +46,10 @@ EXPERIMENTS: dict[str, str] = {
     "roles": "emaprobe.experiments.roles",
     "lm_ptb": "emaprobe.experiments.lm_ptb",
     "lm_scale": "emaprobe.experiments.lm_scale",
+    "probe_lag": "emaprobe.experiments.probe_lag",
+    "probe_mqar": "emaprobe.experiments.probe_mqar",
+    "probe_depth": "emaprobe.experiments.probe_depth",
+    "probe_map": "emaprobe.experiments.probe_map",
 }
 
 REQUIRED = ("NAME", "Config", "smoke", "run", "report")

@@ -1,0 +1,57 @@
+"""What the probe experiments share: device choice, seed statistics, figures and claim verdicts."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import torch
+
+from emaprobe.utils import atomic_write_bytes
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` is CUDA when one is visible, else CPU; ``cuda`` without one is a ValueError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but torch sees no CUDA device; use device=cpu or auto")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda[:N], got {name!r}")
+    return torch.device(name)
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_fig(fig, path: Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    pyplot().close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def command(name: str, out: Path, cfg: dict) -> str:
+    """The ``emaprobe run`` line that rebuilds ``cfg``: its budget plus a ``--set`` per field that differs."""
+    import dataclasses
+    import json
+
+    from emaprobe.experiments.protocol import budgets, get_experiment
+
+    budget = cfg.get("budget") or "default"
+    table = budgets(get_experiment(name))
+    base = dataclasses.asdict(table[budget]()) if budget in table else {}
+    sets = [f"--set {k}='{json.dumps(v)}'" if isinstance(v, (list, tuple)) else f"--set {k}={v}"
+            for k, v in cfg.items() if k in base and base[k] != v and not (isinstance(v, list) and list(base[k]) == v)]
+    b = f" --budget {budget}" if budget != "default" else ""
+    return " ".join([f"emaprobe run {name}{b}", *sets, f"--out {out}"])
+
+
+__all__ = ["command", "pick_device", "pyplot", "save_fig"]

@@ -1,0 +1,172 @@
+"""MQAR recall: a small residual model per context mixer, trained and scored (Zoology protocol).
+
+    model = RecallModel(RecallModelConfig(mixer="gla", d_model=64, vocab=512, seq_len=128))
+    result = train_recall(model, MQARConfig(512, 128, 16), steps=300, lr=1e-3, seed=0)
+    result["accuracy"]        # held-out query accuracy
+
+Symbols: B batch, T sequence length, D width, S timescales (mixer heads), V vocabulary.
+
+The model, L blocks (L = 2 as in Zoology's MQAR sweeps) over learned token and
+position embeddings (Zoology's attention baseline has positions too; the mixers
+that carry order in their decays just learn to use them or not):
+
+    x = E[tok] + P[t]                                      (B, T, D)
+    per block:  u = ShortConv(RMSNorm(x))                  depthwise causal, width 3
+                H = mixer(u)                               (B, T, S, D)
+                x = x + W_o vec(H)                         W_o: S D -> D
+                x = x + MLP(RMSNorm(x))                    GELU, 4D hidden
+    logits = RMSNorm(x) E^T at the query positions only    (queries, V)
+
+The short convolution (width ``short_conv``; 0 removes it) is the token shift that
+Zoology's gated-convolution models, H3, Based and fla's GLA all put in front of the
+mixer: it lets a value see its key one step back without spending the mixer on it.
+Beyond that window the mixer is the only place positions exchange information, so
+whatever the model recalls across the sequence went through it. Loss and accuracy are on query positions only (label -100
+elsewhere), as in Zoology. Training draws fresh sequences every step (seeded); the
+held-out set is a disjoint seed range.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from emaprobe.layers import build_mixer
+from emaprobe.tasks.mqar import IGNORE, MQARConfig, mqar_batch
+
+
+@dataclass(frozen=True)
+class RecallModelConfig:
+    mixer: str = "attention"
+    d_model: int = 64  # D
+    vocab: int = 512  # V
+    seq_len: int = 128  # T, the largest the position table holds
+    n_layer: int = 2
+    alphas: tuple[float, ...] = (0.5, 0.1, 0.02)  # S timescales / heads
+    key_dim: int = 16  # gla, attention
+    rank: int = 16  # selective, gla gates
+    short_conv: int = 3  # width of the causal depthwise conv before the mixer; 0 = none
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, d: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.eps = eps
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+class RecallBlock(nn.Module):
+    def __init__(self, cfg: RecallModelConfig):
+        super().__init__()
+        D = cfg.d_model
+        self.norm1 = RMSNorm(D)
+        self.conv_width = int(cfg.short_conv)
+        if self.conv_width:
+            self.conv = nn.Conv1d(D, D, self.conv_width, groups=D, padding=self.conv_width - 1)
+        self.mixer = build_mixer(cfg.mixer, D, strict=False, alphas=cfg.alphas, key_dim=cfg.key_dim, rank=cfg.rank)
+        S = self.mixer.n_scales
+        self.out = nn.Linear(S * D, D, bias=False)  # W_o
+        self.norm2 = RMSNorm(D)
+        self.mlp = nn.Sequential(nn.Linear(D, 4 * D), nn.GELU(), nn.Linear(4 * D, D))
+
+    def forward(self, x):
+        u = self.norm1(x)  # (B, T, D)
+        if self.conv_width:
+            T = u.shape[1]
+            u = self.conv(u.transpose(1, 2))[..., :T].transpose(1, 2)  # causal: drop the look-ahead tail
+        H, _ = self.mixer(u)  # (B, T, S, D)
+        x = x + self.out(H.flatten(2).to(x.dtype))  # (B, T, D)
+        return x + self.mlp(self.norm2(x))
+
+
+class RecallModel(nn.Module):
+    def __init__(self, cfg: RecallModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok = nn.Embedding(cfg.vocab, cfg.d_model)
+        self.pos = nn.Embedding(cfg.seq_len, cfg.d_model)
+        self.blocks = nn.ModuleList(RecallBlock(cfg) for _ in range(cfg.n_layer))
+        self.norm = RMSNorm(cfg.d_model)
+        nn.init.normal_(self.tok.weight, std=0.02)
+        nn.init.normal_(self.pos.weight, std=0.02)
+
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (Q, V), targets (Q,)) at the query positions, Q = queries in the batch."""
+        B, T = tokens.shape
+        if T > self.cfg.seq_len:
+            raise ValueError(f"RecallModel: sequence of {T} tokens, position table holds {self.cfg.seq_len}")
+        x = self.tok(tokens) + self.pos(torch.arange(T, device=tokens.device))  # (B, T, D)
+        for blk in self.blocks:
+            x = blk(x)
+        mask = labels != IGNORE  # (B, T)
+        h = self.norm(x[mask])  # (Q, D)
+        return F.linear(h, self.tok.weight), labels[mask]
+
+
+def recall_accuracy(model: RecallModel, task: MQARConfig, n: int, seed: int, device, batch: int = 64) -> float:
+    model.eval()
+    hit = tot = 0
+    with torch.no_grad():
+        for i in range(0, n, batch):
+            b = mqar_batch(task, min(batch, n - i), seed=seed + i).to(device)
+            logits, y = model(b.tokens, b.labels)
+            hit += int((logits.argmax(-1) == y).sum())
+            tot += y.numel()
+    model.train()
+    return hit / max(tot, 1)
+
+
+def train_recall(
+    model: RecallModel,
+    task: MQARConfig,
+    steps: int,
+    lr: float,
+    seed: int,
+    batch: int = 32,
+    n_test: int = 256,
+    weight_decay: float = 0.1,
+    device: torch.device | str = "cpu",
+) -> dict:
+    """AdamW, linear warm-up (10%) then cosine to zero; fresh sequences every step.
+
+    Returns accuracy on ``n_test`` held-out sequences, the last training losses, the
+    step time and whether the loss ever went non-finite (a diverged lr scores 0).
+    """
+    device = torch.device(device)
+    model.to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
+    warm = max(1, steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm)))
+    )
+    losses, diverged = [], False
+    t0 = time.perf_counter()
+    for step in range(steps):
+        b = mqar_batch(task, batch, seed=seed * 1_000_003 + step).to(device)
+        logits, y = model(b.tokens, b.labels)
+        loss = F.cross_entropy(logits.float(), y)
+        if not torch.isfinite(loss):
+            diverged = True
+            break
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    seconds = time.perf_counter() - t0
+    acc = 0.0 if diverged else recall_accuracy(model, task, n_test, seed=10_000_000 + seed * 100_003, device=device)
+    tail = losses[-max(1, len(losses) // 10):] if losses else [float("nan")]
+    return {"accuracy": acc, "final_loss": sum(tail) / len(tail), "diverged": diverged, "steps": len(losses),
+            "seconds": round(seconds, 2), "params": sum(p.numel() for p in model.parameters())}
+
+
+__all__ = ["RecallModel", "RecallModelConfig", "recall_accuracy", "train_recall"]

@@ -1,0 +1,120 @@
+"""Each probe experiment's smoke run through the protocol, and the pieces they are built from."""
+
+import json
+
+import pytest
+import torch
+
+from emaprobe.experiments.protocol import EXPERIMENTS, get_experiment, read_claims, run_experiment
+from emaprobe.probes.depth import DepthStack, train_gates
+from emaprobe.probes.recall import RecallModel, RecallModelConfig
+from emaprobe.probes.states import block_states, build_probe_mixer, mixer_states, residual_states
+from emaprobe.tasks.mqar import IGNORE, MQARConfig, mqar_batch
+
+PROBES = ("probe_lag", "probe_mqar", "probe_depth")
+
+
+@pytest.mark.parametrize("name", PROBES)
+def test_probe_smoke_writes_report_and_claims(name, tmp_path):
+    assert name in EXPERIMENTS
+    out = run_experiment(name, budget="smoke", out=tmp_path / name)
+    files = {p.name for p in out.iterdir()}
+    assert {"README.md", "claims.json"} <= files
+    assert any(f.endswith(".png") for f in files)
+    claims = read_claims(out)
+    expected = {"probe_lag": "dilution_over_time", "probe_mqar": "selection_fixes_recall",
+                "probe_depth": "dilution_over_depth"}[name]
+    assert [c.claim for c in claims] == [expected]
+    assert claims[0].seeds >= 2
+
+
+def test_probe_map_reads_what_exists(tmp_path):
+    lag = run_experiment("probe_lag", budget="smoke", out=tmp_path / "lag")
+    out = run_experiment("probe_map", budget="smoke", overrides={
+        "roles": str(tmp_path / "absent.json"), "lag": str(lag / "lag.json"), "mqar": f'["{tmp_path / "nope.json"}"]'},
+        out=tmp_path / "map")
+    res = json.loads((out / "map.json").read_text())
+    assert not res["sources"]["roles"]["found"] and "not found" in res["sources"]["roles"]["missing"]
+    assert res["sources"]["lag"]["found"]
+    assert (out / "boundary_map.png").is_file()
+    assert read_claims(out) == []
+
+
+def test_probe_map_with_nothing(tmp_path):
+    out = run_experiment("probe_map", budget="smoke", overrides={
+        "roles": str(tmp_path / "a.json"), "lag": str(tmp_path / "b.json"), "mqar": f'["{tmp_path / "c.json"}"]'},
+        out=tmp_path / "map")
+    assert "nothing to draw" in (out / "README.md").read_text()
+
+
+def test_probe_configs_reject_bad_fields():
+    lag = get_experiment("probe_lag")
+    with pytest.raises(ValueError, match="claim_lag"):
+        lag.Config(lags=(1, 2), claim_lag=64)
+    mqar = get_experiment("probe_mqar")
+    with pytest.raises(ValueError, match="claim_cell"):
+        mqar.Config(claim_cell=(999, 4, 64))
+    assert all(T >= 3 * N for T, N, _ in mqar.gpu().cells())
+
+
+@pytest.mark.parametrize("mixer", ["ema", "selective", "gla", "attention"])
+def test_recall_model_is_causal(mixer):
+    torch.manual_seed(0)
+    model = RecallModel(RecallModelConfig(mixer=mixer, d_model=16, vocab=32, seq_len=24, key_dim=4, rank=4)).eval()
+    b = mqar_batch(MQARConfig(32, 24, 4), 2, seed=0)
+    logits, y = model(b.tokens, b.labels)
+    assert logits.shape == (int((b.labels != IGNORE).sum()), 32) and y.shape == logits.shape[:1]
+    # change the last token: nothing before it may move
+    tok2 = b.tokens.clone()
+    tok2[:, -1] = (tok2[:, -1] + 1) % 32
+    lab = b.labels.clone()
+    lab[:, -1] = IGNORE
+    with torch.no_grad():
+        a, _ = model(b.tokens, lab)
+        c, _ = model(tok2, lab)
+    torch.testing.assert_close(a, c)
+
+
+def test_depth_stacks_follow_their_formulas():
+    z = torch.randint(0, 8, (5, 3))
+    res = DepthStack("residual", 3, 8, 4, seed=1)
+    ema = DepthStack("ema_depth", 3, 8, 4, beta=0.5, seed=1)
+    gates = DepthStack("learned_gates", 3, 8, 4, seed=1)
+    e = res.emb[torch.arange(3)[None, :], z]  # (N, L, D)
+    torch.testing.assert_close(res(z), e.sum(1))
+    torch.testing.assert_close(ema(z), 0.125 * e[:, 0] + 0.25 * e[:, 1] + 0.5 * e[:, 2])
+    torch.testing.assert_close(gates(z), res(z))  # the gates start as the plain residual
+    assert train_gates(gates, 8, steps=3)
+    with pytest.raises(ValueError, match="unknown depth mechanism"):
+        DepthStack("highway", 2, 8, 4)
+
+
+def test_mixer_states_shape_and_positions():
+    emb = torch.randn(10, 8)
+    tok = torch.randint(0, 10, (3, 20))
+    pos = torch.arange(15, 20)
+    for name in ("ema", "attention"):
+        m = build_probe_mixer(name, 8, (0.5, 0.1), key_dim=4)
+        f = mixer_states(m, name, emb, tok, pos, chunk=2)
+        assert f.shape == (3, 5, 16)
+
+
+def test_block_and_residual_states_of_tiny_models():
+    from emaprobe.models import build_model
+
+    for cfg in ("spen-tiny", "gpt-tiny"):
+        model = build_model(cfg, vocab_size=50, d_model=16, n_layer=2, **({"d_bottleneck": 8, "d_ff": 32, "n_head": 2}
+                                                                          if cfg.startswith("spen") else
+                                                                          {"n_head": 2, "d_ff": 32}))
+        idx = torch.randint(0, 50, (2, 9))
+        bs = block_states(model, idx)
+        rs = residual_states(model, idx)
+        assert len(bs) == 2 and len(rs) == 3
+        assert all(r.shape == (2, 9, 16) for r in rs)
+        logits, _ = model(idx)
+        # the last residual state, through the final norm and tied head, gives the model's logits
+        norm = model.norm_f if cfg.startswith("spen") else model.ln_f
+        torch.testing.assert_close(torch.nn.functional.linear(norm(rs[-1]), model.tok_emb.weight), logits,
+                                   rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="SPEN and GPT"):
+        block_states(torch.nn.Linear(2, 2), idx)
