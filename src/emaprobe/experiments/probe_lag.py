@@ -24,7 +24,7 @@ Command:   emaprobe run probe_lag --budget cpu --out results/probes/probe_lag
            emaprobe run probe_lag --smoke                 (seconds; CI)
            The committed checkpoints (runs/, not committed) were trained with
            emaprobe lm train --config spen-tiny --data ptb --steps 300 --out runs/ckpt/spen-tiny \
-               --train.optim.lr=3e-3 --train.batch_size=16 --train.seq_len=128 --train.ckpt_every=0
+               --set train.optim.lr=3e-3 --set train.batch_size=16 --set train.seq_len=128 --set train.ckpt_every=0
            (and the same with gpt-tiny): 614k tokens each, valid ppl about 300.
 Hardware:  CPU, 2 shared cores; runs on CUDA unchanged (``device=auto``).
 Run time:  cpu budget 17 minutes (1000 s mixers, then about 4 minutes for two tiny checkpoints) on
