@@ -159,3 +159,16 @@ def test_bad_arguments_are_named(tmp_path, capsys):
     assert "not a folder" in capsys.readouterr().err
     assert main(["reproduce", "--from", str(tmp_path), "--budget", "smoke", "--out", str(tmp_path)]) == 2
     assert "give one" in capsys.readouterr().err
+
+
+def test_from_finds_claims_in_nested_folders(fake_registry, tmp_path):
+    root = tmp_path / "results"
+    claim = Claim(claim="c1", metric="m", paper=None, ours=1.0, std=None, seeds=3, scale="s",
+                  verdict="inconclusive", command="emaprobe run probe_x")
+    write_claims(root / "probes" / "probe_x", [claim])
+    entries = {e.name: e for e in read_all(root)}
+    assert entries["probes/probe_x"].status == "read"
+    assert [c.claim for c in entries["probes/probe_x"].claims] == ["c1"]
+    # registered experiments with no claims anywhere are listed as missing, the found one is not repeated
+    assert "probe_x" not in entries
+    assert all(e.status == "missing" for name, e in entries.items() if name != "probes/probe_x")

@@ -134,14 +134,16 @@ def run_all(budget: str, out: str | Path, names: list[str] | None = None, *, log
 
 
 def read_all(root: str | Path, names: list[str] | None = None) -> list[Entry]:
-    """Each experiment's committed claims under ``root/<name>/claims.json``: every registered
-    experiment (or ``names``), and any other folder of ``root`` that holds a claims.json."""
+    """Each experiment's committed claims: every folder under ``root`` that holds a claims.json,
+    at any depth (``results/probes/probe_lag``), and every registered experiment (or ``names``)
+    that has none, as missing."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"--from {root}: not a folder")
     if names is None:
-        found = {p.parent.name for p in root.glob(f"*/{CLAIMS_NAME}")}
-        names = sorted(set(protocol.EXPERIMENTS) | found)
+        found = sorted(p.parent.relative_to(root).as_posix() for p in root.rglob(CLAIMS_NAME))
+        seen = {Path(f).name for f in found}
+        names = found + sorted(set(protocol.EXPERIMENTS) - seen)
     entries = []
     for name in names:
         folder = root / name
