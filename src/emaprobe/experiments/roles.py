@@ -22,7 +22,7 @@ Learners, per seed (data, embeddings and initial weights all follow the seed):
     hebbian_causal     the same with forward traces only
     two_stage          the strong variant: (a) Hebbian word classes, the 8 most frequent types
                        kept as their own code; (b) EMA traces both ways over the class codes;
-                       (c) K = 150 WTA + Oja units on every noun; (d) many-to-one naming on
+                       (c) K = 300 WTA + Oja units on every noun; (d) many-to-one naming on
                        labelled A-val tokens (a unit no label reaches takes its nearest named
                        unit's role)
     two_stage_causal   the variant with forward traces only
@@ -87,8 +87,8 @@ class Config:
     data: RoleDataConfig = RoleDataConfig(n_train=4000, n_val=500, n_test=1000)
     hebbian: HebbianConfig = HebbianConfig()
     two_stage: HebbianConfig = HebbianConfig(
-        n_units=150, mapping="many_to_one", word_classes=8, keep_frequent=8, class_restarts=10,
-        self_weight=0.0, epochs=10, batch_size=16, lr=0.3, train_on="nouns",
+        n_units=300, mapping="many_to_one", word_classes=8, keep_frequent=8, class_restarts=10,
+        self_weight=0.0, timescale_weights=(1.0, 0.5, 0.25), epochs=10, batch_size=16, lr=0.3, train_on="nouns",
     )
     bigru: BiGRUConfig = BiGRUConfig(hidden=64)
     bigru_train: TaggerTrainConfig = TaggerTrainConfig(batch_size=64, max_epochs=12, patience=3)
@@ -98,21 +98,22 @@ class Config:
     probe_l2: float = 1e-3
     seeds: int = 5
     first_seed: int = 0
-    threads: int = 1
+    threads: int = 1  # torch threads per seed process
+    workers: int = 2  # seeds run in this many processes at once (the results do not depend on it)
     eval_grammars: tuple[str, ...] = ()  # extra YAML grammars to score on (``--eval-grammar``)
     # UD treebank: "auto" = $EMAPROBE_DATA/ud-english-ewt when it exists, "" = none, else a folder
     treebank: str = "auto"
     ud_min_count: int = 5  # vocabulary words rarer than this share <unk>'s Hebbian word class
     ud_bigru_train: TaggerTrainConfig = TaggerTrainConfig(batch_size=64, max_epochs=40, patience=3)
-    ud_hebbian_epochs: int = 5  # EWT has 5x grammar A's nouns: fewer passes, similar step count
+    ud_hebbian_epochs: int = 3  # EWT has about 8x grammar A's nouns: fewer passes, more steps still
     ud_max_train: int = 0  # 0 = the whole train split; smoke runs cap it
     ud_max_eval: int = 0
 
     def __post_init__(self) -> None:
         if self.seeds < 1:
             raise ValueError(f"Config.seeds must be >= 1, got {self.seeds}")
-        if self.threads < 1:
-            raise ValueError(f"Config.threads must be >= 1, got {self.threads}")
+        if self.threads < 1 or self.workers < 1:
+            raise ValueError(f"Config.threads and Config.workers must be >= 1, got {self.threads}, {self.workers}")
         if any(b < 1 for b in self.budgets) or list(self.budgets) != sorted(set(self.budgets)):
             raise ValueError(f"Config.budgets must be increasing positive token counts, got {self.budgets}")
         dims = {self.hebbian.dim, self.two_stage.dim, self.bigru.dim}
@@ -432,6 +433,30 @@ def deep_margins(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- entry points
 
 
+def _seed_job(job: tuple[Config, int, str | None, bool]) -> dict[str, Any]:
+    """One seed, grammars then treebank; runs in a worker process or in the caller."""
+    cfg, seed, treebank, quiet = job
+    torch.set_num_threads(cfg.threads)
+    out = run_seed(cfg, seed, quiet=quiet)
+    if treebank is not None:
+        ud = run_treebank_seed(cfg, seed, _treebank_cached(treebank, cfg), quiet=quiet)
+        out["results"].update(ud["results"])
+        out["curve_ud"] = ud["curve"]
+        out["train_info_ud"] = ud["train_info"]
+        out["unseen"].update(ud["unseen"])
+    return out
+
+
+_TREEBANKS: dict[tuple[str, int, int], dict[str, list[RoleSentence]]] = {}
+
+
+def _treebank_cached(folder: str, cfg: Config) -> dict[str, list[RoleSentence]]:
+    key = (folder, cfg.ud_max_train, cfg.ud_max_eval)
+    if key not in _TREEBANKS:
+        _TREEBANKS[key] = load_treebank(folder, cfg)
+    return _TREEBANKS[key]
+
+
 def run(cfg: Config, out: str | Path) -> dict[str, Any]:
     """The whole experiment: writes OUT/roles.json (and returns it); ``report`` makes the rest."""
     out = Path(out)
@@ -445,17 +470,22 @@ def run(cfg: Config, out: str | Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     try:
         seeds = list(range(cfg.first_seed, cfg.first_seed + cfg.seeds))
-        per_seed = [run_seed(cfg, seed, quiet=quiet) for seed in tqdm(seeds, desc="roles: grammars", disable=quiet)]
+        if treebank is not None:
+            _treebank_cached(str(treebank), cfg)  # parsed once; forked workers inherit it
+        jobs = [(cfg, seed, str(treebank) if treebank is not None else None, quiet) for seed in seeds]
+        if cfg.workers > 1 and len(seeds) > 1:
+            # Seeds are independent: one process each (one torch thread), results merged in seed order.
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(min(cfg.workers, len(seeds)), mp_context=mp.get_context("fork")) as pool:
+                per_seed = list(tqdm(pool.map(_seed_job, jobs), total=len(jobs), desc="roles: seeds", disable=quiet))
+        else:
+            per_seed = [_seed_job(job) for job in tqdm(jobs, desc="roles: seeds", disable=quiet)]
         ud_info: dict[str, Any] = {"treebank": None, "note": "no treebank: set EMAPROBE_DATA or Config.treebank"}
         if treebank is not None:
-            splits = load_treebank(treebank, cfg)
+            splits = _treebank_cached(str(treebank), cfg)
             ud_info = {"treebank": str(treebank), "data": {k: label_counts(v) for k, v in splits.items()}}
-            for i, seed in enumerate(tqdm(seeds, desc="roles: treebank", disable=quiet)):
-                ud = run_treebank_seed(cfg, seed, splits, quiet=quiet)
-                per_seed[i]["results"].update(ud["results"])
-                per_seed[i]["curve_ud"] = ud["curve"]
-                per_seed[i]["train_info_ud"] = ud["train_info"]
-                per_seed[i]["unseen"].update(ud["unseen"])
         wall = time.perf_counter() - t0
     finally:
         torch.set_num_threads(threads)
@@ -476,6 +506,7 @@ def run(cfg: Config, out: str | Path) -> dict[str, Any]:
         "treebank": ud_info,
         "wall_seconds": wall,
         "threads": cfg.threads,
+        "workers": cfg.workers,
         "cpu_count": os.cpu_count(),
         "per_seed": per_seed,
     }
@@ -492,7 +523,7 @@ def _pct(ms: dict[str, float] | None) -> str:
 LABELS = {
     "hebbian": "Hebbian spec, K=3, one-to-one",
     "hebbian_causal": "Hebbian spec causal",
-    "two_stage": "two-stage Hebbian, K=150, many-to-one",
+    "two_stage": "two-stage Hebbian, K=300, many-to-one",
     "two_stage_causal": "two-stage causal",
     "bigru": "BiGRU (supervised, A-train)",
     "majority": "majority role",
@@ -595,8 +626,9 @@ def targets(result: dict[str, Any]) -> list[str]:
         out.append(f"- moonshot, >= 0.96 with <= 100 naming labels: best {best[0]:.3f} at {best[1]} labels: "
                    f"{'met' if best[0] >= 0.96 else 'missed'}")
     wall = result["wall_seconds"]
-    out.append(f"- full run <= 20 minutes on 2 CPU cores: {wall / 60:.1f} min ({result['threads']} torch thread(s), "
-               f"{result['cpu_count']} cores visible, shared): {'met' if wall <= 1200 else 'missed'}")
+    out.append(f"- full run <= 20 minutes on 2 CPU cores: {wall / 60:.1f} min ({result.get('workers', 1)} seed "
+               f"processes of {result['threads']} torch thread(s), {result['cpu_count']} cores visible, shared with "
+               f"other jobs): {'met' if wall <= 1200 else 'missed'}")
     return out
 
 
@@ -683,16 +715,27 @@ def markdown(result: dict[str, Any]) -> str:
         "  (Hungarian) naming on A-val: the faithful reading of the paper. Roles are not three clusters of",
         "  these features, so it stays near the majority class.",
         "- Two-stage learner: Hebbian word classes (8 classes, 10 restarts kept by their own fit, the 8",
-        "  most frequent types kept as their own code), EMA traces both ways over the codes, K = 150",
-        "  WTA + Oja units on every noun, many-to-one naming. Tuned on A-val only (seed 0, half of A-val",
-        "  named, the other half scored); every number here is test.",
+        "  most frequent types kept as their own code), EMA traces both ways over the codes (the fast,",
+        "  middle and slow timescales weighted 1, 0.5, 0.25 after standardising), K = 300 WTA + Oja units",
+        "  on every noun, many-to-one naming. Tuned on A-val only (seeds 0-2: half of A-val named, the",
+        "  other half scored); every number here is test.",
+        "- The word-class stage has its own conscience, `class_conscience` (default 0), apart from the",
+        "  role units' 0.3: its rows are word types, and word classes are very unequal in size (40 nouns,",
+        "  2 determiners), which a conscience pushing every class toward an equal share fights. On A-val",
+        "  (seed 0) 0 and 0.3 gave the same accuracy (0.909 on the held-out half); 0 is kept. What made",
+        "  the classes reliable is 10 restarts kept by their own fit (no labels).",
         "- The curve: labels are whole A-val sentences in a seeded order, cut to the exact budget. The",
         "  BiGRU at a budget trains a fixed number of steps on those sentences only (no dev set).",
         "- `deep, depth >= 2`: tokens in clauses nested deeper than anything in training.",
         "- UD: Hebbian learners train on EWT train without labels; the BiGRU with labels, to convergence",
         "  (early stopping on dev); naming and the curve's labels come from dev; scores are on test.",
-        "",
     ]
+    ud_epochs = [s["train_info_ud"]["bigru"]["epochs"] for s in result["per_seed"] if "train_info_ud" in s]
+    if ud_epochs:
+        stopped = sum(s["train_info_ud"]["bigru"]["converged"] for s in result["per_seed"] if "train_info_ud" in s)
+        lines.append(f"  UD BiGRU epochs per seed: {ud_epochs} (max {cfg['ud_bigru_train']['max_epochs']}, patience "
+                     f"{cfg['ud_bigru_train']['patience']}); early stopping ended {stopped} of {len(ud_epochs)} runs.")
+    lines.append("")
     return "\n".join(lines)
 
 

@@ -13,22 +13,28 @@ Symbols
     F   context width = D * (1 + R * S)
     B   sentences in a batch, T tokens (right-padded), N scored tokens
     K   competitive units                    W  (K, F) unit weights, kept near unit norm by Oja
-    c_t context of token t = [w_self * e_t ; h_fwd_{t-1}^(s) ; h_bwd_{t+1}^(s)], standardised
-        and scaled to unit norm; h_bwd is the same EMA run right to left
+    c_t context of token t = [e_t ; h_fwd_{t-1}^(s) ; h_bwd_{t+1}^(s)], standardised per
+        feature, weighted (``self_weight`` on e_t, ``timescale_weights[s]`` on the traces) and
+        scaled to unit norm; h_bwd is the same EMA run right to left
     C   optional word classes: e_t is then replaced by a fixed random code of the class a
-        first competitive stage gives the token's word type (``HebbianConfig.word_classes``)
+        first competitive stage gives the token's word type (``HebbianConfig.word_classes``),
+        except for the ``keep_frequent`` most frequent types, which keep their own e_t
 
 Learning (no labels ever reach ``fit``): for a context c, every unit answers
 y_k = w_k . c; the winner k* = argmax_k (y_k + b_k) takes an Oja step
 ``w_k* += lr * y (c - y w_k*)`` (Oja 1982, applied to the winner only, as in
 Rumelhart & Zipser's competitive learning). ``b_k`` is DeSieno's (1988) conscience,
 ``gamma * (1/K - p_k)`` with p_k the unit's running win rate, which keeps units
-from dying. Clusters are then named once by a one-to-one Hungarian assignment
-(``scipy.optimize.linear_sum_assignment``) on labelled validation sentences, and the
-mapping is frozen.
+from dying. The units learn on every noun (``train_on="nouns"``; adjunct-PP nouns,
+which carry no role, too) or every token (``"tokens"``); never on the gold set of
+role-bearing tokens, which is only where accuracy is scored.
 
-Which tokens are scored (the nouns that carry a role) is input, exactly as for the
-supervised tagger; which role they carry is not.
+Naming: once, on labelled sentences (A-validation, or a label budget of it), then
+frozen. The spec names K = 3 units one-to-one (Hungarian,
+``scipy.optimize.linear_sum_assignment``); the two-stage variant (``word_classes``,
+``keep_frequent``, K in the hundreds) names many-to-one, and a unit no label reached
+takes the role of its nearest named unit. Every scored token of the naming
+sentences is a label used.
 """
 
 from __future__ import annotations
