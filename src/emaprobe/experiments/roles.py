@@ -770,18 +770,21 @@ def plot_bars(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     agg = result["aggregate"]
-    sets = list(agg)
-    fig, ax = plt.subplots(figsize=(1.6 * len(sets) + 5, 3.6))
+    groups = [(s, "accuracy", s) for s in agg]
+    if "deep" in agg:
+        groups.insert(list(agg).index("deep") + 1, ("deep", "structural", "deep, depth>=2"))
+    fig, ax = plt.subplots(figsize=(1.6 * len(groups) + 5, 3.6))
     width = 0.8 / len(MODELS)
     for i, m in enumerate(MODELS):
-        means = [100 * agg[s][m]["accuracy"]["mean"] for s in sets]
-        stds = [100 * agg[s][m]["accuracy"]["std"] for s in sets]
-        ax.bar(np.arange(len(sets)) + i * width, means, width, yerr=stds, label=LABELS[m])
-    ax.set_xticks(np.arange(len(sets)) + 0.4 - width / 2, sets)
+        means = [100 * agg[s][m][k]["mean"] for s, k, _ in groups]
+        stds = [100 * agg[s][m][k]["std"] for s, k, _ in groups]
+        ax.bar(np.arange(len(groups)) + i * width, means, width, yerr=stds, label=LABELS[m])
+    ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2, [name for _, _, name in groups])
     ax.set_ylabel("accuracy on scored tokens (%)")
     ax.set_ylim(0, 100)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: bars stay readable
-    ax.set_title(f"role assignment, {len(result['seeds'])} seeds: Hebbian learners vs BiGRU")
+    ax.set_title(f"role assignment ({len(result['seeds'])} seed(s), mean ± std): Hebbian learners vs BiGRU, "
+                 "full naming budget")
     fig.tight_layout()
     _savefig(fig, path)
 
@@ -797,9 +800,10 @@ def plot_curve(result: dict[str, Any], path: Path) -> None:
               ("curve", "deep", "accuracy", "deep"), ("curve", "deep", "structural", "deep, depth >= 2")]
     if result.get("curve_ud"):
         panels.append(("curve_ud", "ud_test", "accuracy", "UD EWT test"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.4), sharey=True)
+    fig, axes = plt.subplots(2, 3, figsize=(12, 7.2), sharey=True)
+    axes = axes.ravel()
     colours = {"two_stage": "C0", "probe": "C1", "bigru": "C3"}
-    for ax, (domain, set_name, metric, title) in zip(np.atleast_1d(axes), panels):
+    for ax, (domain, set_name, metric, title) in zip(axes, panels):
         curve = result[domain]
         keys = list(curve["labels"])
         x = [curve["labels"][k]["mean"] for k in keys]
@@ -810,20 +814,24 @@ def plot_curve(result: dict[str, Any], path: Path) -> None:
             ax.plot(x, y, marker="o", ms=3, color=colours[m], label=CURVE_LABELS[m])
             ax.fill_between(x, y - e, y + e, color=colours[m], alpha=0.15)
         full = result["aggregate"][set_name]["bigru"][metric]["mean"]
-        ax.axhline(100 * full, color="C3", ls="--", lw=1, label="BiGRU, all A-train labels" if domain == "curve"
-                   else "BiGRU, all EWT train labels")
+        ax.axhline(100 * full, color="C3", ls="--", lw=1, label="BiGRU, all training labels (A-train; EWT train)")
         ax.axhline(100 * result["aggregate"][set_name]["majority"][metric]["mean"], color="grey", ls=":", lw=1,
                    label="majority role")
         ax.set_xscale("log")
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("labelled tokens")
+        ax.set_title(title + (" (labels: EWT dev)" if domain == "curve_ud" else " (labels: A-val)"), fontsize=10)
+        ax.set_xlabel("labelled tokens (log scale; last point = all)")
+        ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
-    np.atleast_1d(axes)[0].set_ylabel("accuracy on scored tokens (%)")
-    np.atleast_1d(axes)[0].set_ylim(0, 100)
-    handles, labels = np.atleast_1d(axes)[-1].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=8, frameon=False)
-    fig.suptitle(f"label-budget curve ({len(result['seeds'])} seeds, mean ± std)", fontsize=11)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    for ax in axes[::3]:
+        ax.set_ylabel("accuracy on scored tokens (%)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    for ax in axes[len(panels):]:
+        ax.axis("off")
+    axes[-1].legend(handles, labels, loc="center", fontsize=9, frameon=False)
+    n = len(result["seeds"])
+    fig.suptitle(f"label-budget curve: accuracy against labelled tokens ({n} seed{'s' if n > 1 else ''}, "
+                 "mean ± std)", fontsize=11)
+    fig.tight_layout()
     _savefig(fig, path)
 
 
