@@ -13,10 +13,10 @@ from emaprobe.train.tagger import LinearProbe, TaggerTrainConfig, train_tagger
 
 
 def test_loss_falls_and_tagger_learns_the_roles():
-    train, val = toy_corpus(200, 0, n_nouns=10), toy_corpus(50, 1, n_nouns=10)
+    train, val = toy_corpus(160, 0, n_nouns=10), toy_corpus(40, 1, n_nouns=10)
     emb = FixedEmbeddings.from_sentences(train, 16, 0)
     tagger = BiGRUTagger(BiGRUConfig(dim=16, hidden=16), emb)
-    train_tagger(tagger, train, val, TaggerTrainConfig(batch_size=8, max_epochs=8, patience=8, lr=1e-2), quiet=True)
+    train_tagger(tagger, train, val, TaggerTrainConfig(batch_size=16, max_epochs=8, patience=8, lr=2e-2), quiet=True)
     losses = [h["train_loss"] for h in tagger.history]
     assert losses[-1] < 0.5 * losses[0], losses
     assert tagger.accuracy(toy_corpus(50, 2, n_nouns=10)) > 0.9
