@@ -10,9 +10,11 @@ Command:    emaprobe run roles --out results/roles   (EMAPROBE_DATA set: UD EWT 
             emaprobe roles [--eval-grammar G.yaml] [--treebank DIR]   (the same, default out runs/roles)
             emaprobe run roles --smoke                (1 seed, tiny; seconds; CI runs it)
 Hardware:   CPU only, one torch thread (the models are tiny; threads only contend).
-Run time:   24 min wall for the committed run on this project's 2 CPU cores while other jobs
-            kept the load near 7 (880 s user CPU: about 8 min on 2 idle cores); 2 seed
-            processes of one thread each ("workers"). --smoke: about 15 s.
+Run time:   17.7 min wall for the committed run on this project's 2 CPU cores, shared with
+            other jobs (load 4-5); 15.4 min of CPU time in all, so about 8 min on 2 idle cores.
+            2 seed processes of one torch thread each ("workers"); results do not depend on
+            it (a second run under heavier load, 23.7 min, gave the same JSON numbers).
+            --smoke: about 15 s.
 Writes:     OUT/roles.json (run record, resolved config, seeds, per-seed results and the
             label-budget curve, mean ± std), then from it alone OUT/README.md, OUT/roles.png,
             OUT/roles_budget.png and OUT/claims.json.
