@@ -401,14 +401,16 @@ class WordClasses:
         keep = self.kept[ids].unsqueeze(-1)  # (B, T, 1)
         return torch.where(keep, self.emb.table[ids], x)
 
-    def summary(self) -> dict[str, object]:
-        """Kept types and the members of every class, for result files."""
+    def summary(self, examples: int = 40) -> dict[str, object]:
+        """Kept types, and every class's size and first ``examples`` members, for result files
+        (a treebank's classes hold thousands of types)."""
         itos = self.emb.itos
         classes: dict[str, list[str]] = {}
         for v, c in enumerate(self.type_class.tolist()):
             if c >= 0:
                 classes.setdefault(str(c), []).append(itos[v])
-        return {"kept": [itos[v] for v in torch.nonzero(self.kept).flatten().tolist()], "classes": classes}
+        return {"kept": [itos[v] for v in torch.nonzero(self.kept).flatten().tolist()],
+                "classes": {c: {"size": len(ws), "members": ws[:examples]} for c, ws in sorted(classes.items())}}
 
 
 # ----------------------------------------------------------------------------- learner
