@@ -10,10 +10,10 @@ Command:    emaprobe run roles --out results/roles   (EMAPROBE_DATA set: UD EWT 
             emaprobe roles [--eval-grammar G.yaml] [--treebank DIR]   (the same, default out runs/roles)
             emaprobe run roles --smoke                (1 seed, tiny; seconds; CI runs it)
 Hardware:   CPU only, one torch thread (the models are tiny; threads only contend).
-Run time:   17.7 min wall for the committed run on this project's 2 CPU cores, shared with
-            other jobs (load 4-5); 15.4 min of CPU time in all, so about 8 min on 2 idle cores.
-            2 seed processes of one torch thread each ("workers"); results do not depend on
-            it (a second run under heavier load, 23.7 min, gave the same JSON numbers).
+Run time:   14.8 min wall for the committed run on this project's 2 CPU cores, shared with
+            other jobs; 15.3 min of CPU time in all, so about 8 min on 2 idle cores. 2 seed
+            processes of one torch thread each ("workers"); results do not depend on it or on
+            the load (runs of 17.7 and 23.7 min under heavier load gave the same numbers).
             --smoke: about 15 s.
 Writes:     OUT/roles.json (run record, resolved config, seeds, per-seed results and the
             label-budget curve, mean ± std), then from it alone OUT/README.md, OUT/roles.png,
