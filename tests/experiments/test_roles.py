@@ -1,4 +1,4 @@
-"""``emaprobe roles``: the smoke run writes the results users and the report read; bad input fails cleanly."""
+"""The roles experiment: protocol, the smoke run's JSON, report and claims; the alias CLI; bad input."""
 
 from __future__ import annotations
 
@@ -7,9 +7,14 @@ import json
 import pytest
 
 from emaprobe.cli import main
-from emaprobe.experiments.roles import MODELS, aggregate, score, smoke_config
+from emaprobe.experiments import roles
+from emaprobe.experiments.protocol import config_for, get_experiment, read_claims
+from emaprobe.experiments.roles import MODELS, aggregate, score, smoke
 from emaprobe.tasks.grammar import resolve_grammar_path
+from emaprobe.tasks.role_data import label_budget
 from emaprobe.tasks.sentence import RoleSentence
+
+CLAIM_IDS = {"hebbian_over_bigru_within_a", "deep_hebbian_beats_bigru", "transfer_b"}
 
 
 def _check_result(result: dict, sets: set[str]) -> None:
@@ -19,24 +24,75 @@ def _check_result(result: dict, sets: set[str]) -> None:
             entry = result["aggregate"][name][model]
             assert 0.0 <= entry["accuracy"]["mean"] <= 1.0
             assert {"per_role", "per_depth", "per_construction"} <= set(entry)
-    assert set(result["ratio_within_a"]) == {"hebbian", "hebbian_causal", "hebbian_m2o", "hebbian_m2o_causal"}
+    assert set(result["ratio_within_a"]) == {"hebbian", "hebbian_causal", "two_stage", "two_stage_causal"}
     assert {"git_sha", "argv", "time_utc"} <= set(result["run"])
     assert result["config"]["hebbian"]["mapping"] == "hungarian"
+    assert result["config"]["two_stage"]["train_on"] in ("nouns", "tokens")
     assert result["seeds"] == [0]
+    curve = result["curve"]
+    assert list(curve["labels"]) == ["25", "50", "all"]
+    assert [curve["labels"][k]["mean"] for k in ("25", "50")] == [25, 50]  # exact budgets
+    for method in ("two_stage", "probe", "bigru"):
+        assert set(curve["sets"]["within_a"][method]) == {"25", "50", "all"}
+        assert "structural" in curve["sets"]["deep"][method]["25"]
 
 
-def test_smoke_cli_writes_json_table_and_plot(tmp_path, capsys):
+def test_roles_follows_the_protocol():
+    exp = get_experiment("roles")
+    assert exp.NAME == "roles" and exp.Config is roles.Config
+    cfg = config_for(exp, "smoke", {"seeds": "2", "two_stage.n_units": "10"})
+    assert cfg.seeds == 2 and cfg.two_stage.n_units == 10 and cfg.data.n_train <= 500
+    with pytest.raises(ValueError, match="budgets"):
+        roles.Config(budgets=(50, 25))
+
+
+def test_smoke_via_run_writes_json_report_plots_and_claims(tmp_path, monkeypatch):
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    out = tmp_path / "roles"
+    assert main(["run", "roles", "--smoke", "--set", "treebank=", "--out", str(out)]) == 0
+    result = json.loads((out / "roles.json").read_text())
+    _check_result(result, {"within_a", "transfer_b", "deep"})
+    assert "structural" in result["aggregate"]["deep"]["bigru"]
+    table = (out / "README.md").read_text()
+    assert "paper" in table and "61.8" in table and "within-A" in table and "## Targets" in table
+    assert (out / "roles.png").stat().st_size > 1000 and (out / "roles_budget.png").stat().st_size > 1000
+    rows = {c.claim: c for c in read_claims(out)}
+    assert CLAIM_IDS <= set(rows)
+    for c in rows.values():
+        assert c.labels and c.labels != "n/a" and c.verdict == "inconclusive"  # one seed decides nothing
+    assert rows["transfer_b"].paper == 61.8 and rows["hebbian_over_bigru_within_a"].paper == 0.96
+    # report() reads only the JSON: delete the outputs and rebuild them
+    for name in ("README.md", "claims.json", "roles.png"):
+        (out / name).unlink()
+    roles.report(out)
+    assert (out / "claims.json").exists() and (out / "README.md").read_text() == table
+    with pytest.raises(FileNotFoundError, match="roles.json"):
+        roles.report(tmp_path / "nothing")
+
+
+def test_alias_cli_counts_unseen_tokens_of_an_eval_grammar(tmp_path, capsys):
     out = tmp_path / "roles"
     grammar_b = resolve_grammar_path("grammar_b")
     rc = main(["roles", "--smoke", "--no-treebank", "--quiet", "--out", str(out), "--eval-grammar", str(grammar_b)])
     assert rc == 0
     result = json.loads((out / "roles.json").read_text())
-    _check_result(result, {"within_a", "transfer_b", "deep", "eval:grammar_b"})
-    assert "structural" in result["aggregate"]["deep"]["bigru"]
-    table = (out / "README.md").read_text()
-    assert "paper" in table and "61.8" in table and "within-A" in table
-    assert (out / "roles.png").stat().st_size > 1000
-    assert "ratio hebbian/bigru" in capsys.readouterr().out
+    assert "eval:grammar_b" in result["aggregate"]
+    unseen = result["unseen"]["eval:grammar_b"]
+    assert unseen["unseen_tokens"]["mean"] > 0  # "," "it" "which" "did" never occur in grammar A
+    assert result["unseen"]["within_a"]["unseen_tokens"]["mean"] == 0
+    printed = capsys.readouterr().out
+    assert "eval:grammar_b:" in printed and "unseen in training" in printed
+    assert "ratio two_stage/bigru" in printed
+
+
+def test_alias_cli_default_out_is_runs_roles():
+    from emaprobe.cli import build_parser
+
+    args = build_parser().parse_args(["roles"])
+    assert args.out is None  # resolved to protocol.default_out("roles") == runs/roles
+    from emaprobe.experiments.protocol import default_out
+
+    assert str(default_out("roles")) == "runs/roles"
 
 
 def test_smoke_on_the_treebank(tmp_path, shared_data):
@@ -44,7 +100,7 @@ def test_smoke_on_the_treebank(tmp_path, shared_data):
     rc = main(["roles", "--smoke", "--quiet", "--out", str(out), "--treebank", str(shared_data / "ud-english-ewt")])
     assert rc == 0
     result = json.loads((out / "roles.json").read_text())
-    _check_result(result, {"within_a", "transfer_b", "deep", "ud_test"})
+    assert "ud_test" in result["aggregate"] and result["curve_ud"] is not None
     assert set(result["aggregate"]["ud_test"]["majority"]["per_role"]) <= {"AGENT", "PATIENT", "RECIPIENT"}
 
 
@@ -56,6 +112,7 @@ def test_smoke_on_the_treebank(tmp_path, shared_data):
         (["--treebank", "/nonexistent/ud"], "not a folder"),
         (["--set", "hebbian.n_unitz=4"], "n_unitz"),
         (["--set", "hebbian.directions=sideways"], "sideways"),
+        (["--set", "two_stage.train_on=scored"], "train_on"),
         (["--set", "nonsense"], "FIELD=VALUE"),
     ],
 )
@@ -84,18 +141,23 @@ def test_score_counts_per_role_depth_and_construction():
 
 
 def test_smoke_config_is_small():
-    cfg = smoke_config()
-    assert cfg.seeds == 1 and cfg.data.n_train <= 500
+    cfg = smoke()
+    assert cfg.seeds == 1 and cfg.data.n_train <= 500 and len(cfg.budgets) <= 3
 
 
-def test_report_rebuilds_the_table_from_json_alone(tmp_path):
-    out = tmp_path / "roles"
-    assert main(["roles", "--smoke", "--no-treebank", "--quiet", "--out", str(out)]) == 0
-    (out / "README.md").unlink()
-    from emaprobe.experiments.roles import report
+def test_label_budget_is_exact_nested_and_seeded():
+    from emaprobe.tasks.role_data import make_splits
 
-    report(out)
-    text = (out / "README.md").read_text()
-    assert "## Targets" in text and ("met" in text or "missed" in text)
-    with pytest.raises(FileNotFoundError, match="roles.json"):
-        report(tmp_path / "nothing")
+    val = make_splits(seed=0, n_train=10, n_val=60, n_test=10).val
+    total = sum(r != "-" for s in val for r in s.roles)
+    for n in (1, 7, 25, total):
+        picked = label_budget(val, n, seed=3)
+        assert sum(r != "-" for s in picked for r in s.roles) == n
+    small, big = label_budget(val, 10, 3), label_budget(val, 40, 3)
+    assert [s.text for s in small[:-1]] == [s.text for s in big[: len(small) - 1]]
+    assert label_budget(val, 10, 3) == small and label_budget(val, 10, 4) != small
+    assert label_budget(val, None, 3) == list(val)
+    with pytest.raises(ValueError, match="exceeds"):
+        label_budget(val, total + 1, 0)
+    with pytest.raises(ValueError, match=">= 1"):
+        label_budget(val, 0, 0)

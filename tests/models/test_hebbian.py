@@ -110,6 +110,60 @@ def test_training_never_sees_role_labels():
     assert torch.equal(a.classes.type_class, b.classes.type_class)
 
 
+@pytest.mark.parametrize("train_on", ["nouns", "tokens"])
+def test_training_never_sees_which_tokens_bear_roles(train_on):
+    # Blank every role: the learner reads tokens (and noun marks) only, so nothing changes.
+    train = toy_corpus()
+    blank = [dataclasses.replace(s, roles=(NO_ROLE,) * len(s)) for s in train]
+    cfg = HebbianConfig(dim=16, epochs=2, word_classes=3, keep_frequent=2, n_units=4, mapping="many_to_one",
+                        min_count=1, train_on=train_on)
+    a = _learner(cfg, train).fit(train)
+    b = _learner(cfg, train).fit(blank)
+    assert torch.equal(a.W, b.W)
+    assert torch.equal(a.mean, b.mean)
+
+
+def test_nouns_mode_needs_noun_marks_and_learns_on_non_scored_nouns_too():
+    s = toy_sentence("the n1 chased the n2 near the n3", "- A - - P - - -")
+    assert s.noun == (False, True, False, False, True, False, False, True)
+    cfg = HebbianConfig(dim=8, n_units=3, epochs=1)
+    model = _learner(cfg, [s] * 4)
+    assert model.raw_contexts([s], "nouns").shape[0] == 3  # n3 (adjunct PP, role "-") included
+    assert model.raw_contexts([s], "scored").shape[0] == 2
+    bare = dataclasses.replace(s, noun=())
+    with pytest.raises(ValueError, match="noun marks"):
+        model.fit([bare] * 4)
+
+
+def test_frequent_types_keep_their_own_code():
+    train = toy_corpus(200, 0)
+    cfg = HebbianConfig(dim=16, word_classes=3, keep_frequent=3, min_count=1, class_restarts=2, epochs=1)
+    model = _learner(cfg, train).fit(train)
+    kept = set(model.classes.summary()["kept"])
+    assert kept == {"the", "chased", "was"} or "the" in kept and len(kept) == 3
+    ids, _ = model.emb.ids(train[:3])
+    codes = model.classes.encode(ids)  # (B, T, D)
+    the = model.emb.stoi["the"]
+    assert torch.equal(codes[ids == the][0], model.emb.table[the])
+    for w in kept:
+        assert int(model.classes.type_class[model.emb.stoi[w]]) == -1  # in no class
+    with pytest.raises(ValueError, match="keep_frequent"):
+        HebbianConfig(keep_frequent=3)
+
+
+def test_weights_act_after_standardising():
+    train = toy_corpus(60, 0)
+    base = _learner(HebbianConfig(dim=8, epochs=1), train).fit(train)
+    off = _learner(HebbianConfig(dim=8, epochs=1, self_weight=0.0, timescale_weights=(1.0, 0.5, 0.0)), train)
+    off.fit(train)
+    f = off.features(train[:5])  # (N, F)
+    assert torch.all(f[:, :8] == 0)  # the token's own code is off
+    assert torch.all(f[:, -8:] == 0)  # the slowest backward timescale is off
+    assert not torch.all(base.features(train[:5])[:, :8] == 0)
+    with pytest.raises(ValueError, match="timescale_weights"):
+        HebbianConfig(timescale_weights=(1.0,))
+
+
 def test_hungarian_mapping_is_one_to_one_and_frozen():
     train, val = toy_corpus(200, 0), toy_corpus(60, 1)
     cfg = HebbianConfig(dim=16, n_units=5, epochs=3)
@@ -126,12 +180,32 @@ def test_hungarian_mapping_is_one_to_one_and_frozen():
     assert len(before) == len(role_targets(val))
 
 
-def test_many_to_one_names_every_used_cluster():
+def test_many_to_one_names_used_clusters_by_majority_and_the_rest_by_nearest_unit():
     train, val = toy_corpus(200, 0), toy_corpus(60, 1)
     model = _learner(HebbianConfig(dim=16, n_units=8, epochs=3, mapping="many_to_one"), train).fit(train)
+    counts = model.confusion(val)
     mapping = model.name_clusters(val)
+    assert set(mapping) == set(range(8)) and set(mapping.values()) <= set(ROLES)
     used = set(model.clusters(val).tolist())
-    assert set(mapping) == used and set(mapping.values()) <= set(ROLES)
+    assert model.n_named_from_labels == len(used)
+    for k in used:
+        assert mapping[k] == ROLES[int(counts[k].argmax())]
+    Wn = torch.nn.functional.normalize(model.W, dim=1)
+    for k in set(range(8)) - used:
+        nearest = max(used, key=lambda j: float(Wn[k] @ Wn[j]))
+        assert mapping[k] == mapping[nearest]
+
+
+def test_naming_with_one_labelled_token_names_every_cluster():
+    train = toy_corpus(100, 0)
+    model = _learner(HebbianConfig(dim=16, n_units=6, epochs=2, mapping="many_to_one"), train).fit(train)
+    one = [toy_sentence("the n1 slept", "- A -")]
+    mapping = model.name_clusters(one)
+    assert set(mapping.values()) == {"AGENT"} and len(mapping) == 6
+    assert set(model.predict(train)) == {"AGENT"}
+    with pytest.raises(ValueError, match="no scored token"):
+        _learner(HebbianConfig(dim=16, n_units=6, epochs=1, mapping="many_to_one"), train).fit(train).name_clusters(
+            [toy_sentence("the n1 slept", "- - -")])
 
 
 def test_learns_roles_of_a_simple_language_beyond_majority():

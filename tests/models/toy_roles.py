@@ -10,11 +10,15 @@ _ROLE = {"A": "AGENT", "P": "PATIENT", "R": "RECIPIENT"}
 
 
 def toy_sentence(words: str, roles: str) -> RoleSentence:
-    """``toy_sentence("the n1 slept", "- A -")``: one role letter (or -) per word."""
+    """``toy_sentence("the n1 slept", "- A -")``: one role letter (or -) per word.
+
+    A word is a noun when it carries a role or looks like ``n<digits>`` (the toy nouns).
+    """
     toks = tuple(words.split())
     rs = tuple(NO_ROLE if r == "-" else _ROLE[r] for r in roles.split())
     n = len(toks)
-    return RoleSentence(toks, rs, (0,) * n, (0,) * n, ("test",) * n)
+    noun = tuple(r != NO_ROLE or (w[:1] == "n" and w[1:].isdigit()) for w, r in zip(toks, rs))
+    return RoleSentence(toks, rs, (0,) * n, (0,) * n, ("test",) * n, noun)
 
 
 def toy_corpus(n: int = 150, seed: int = 0, n_nouns: int = 12) -> list[RoleSentence]:

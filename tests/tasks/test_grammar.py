@@ -313,16 +313,31 @@ def test_format_sentence_brackets_clauses_and_shows_roles():
     assert format_sentence(s) == "the dog:AGENT [that the cat:AGENT chased] barked"
 
 
-def test_the_documented_schema_examples_are_valid_grammars():
+def test_the_documented_schema_example_is_a_valid_grammar_and_written_once():
     import emaprobe.tasks.grammar as grammar_module
     from emaprobe.tasks.grammar import GRAMMAR_DIR
 
-    doc = grammar_module.__doc__
-    example = textwrap.dedent(doc[doc.index("::") + 2 : doc.index("Body items")])
+    assert "grammars/README.md" in grammar_module.__doc__ and "Body items" not in grammar_module.__doc__
     readme = (GRAMMAR_DIR / "README.md").read_text()
     schema = readme[readme.index("```yaml") + 7 :]
     schema = schema[: schema.index("```")]
-    for text in (example, schema):
+    for text in (schema,):
         g = parse_grammar(text)
         assert g.constructions == {"active_transitive"}
         assert all(s.roles[1] == "AGENT" for s in g.sample_many(10, seed=0))
+
+
+def test_the_relative_clause_np_comes_from_the_shared_lexicon(tmp_path):
+    # NP (with its optional relative clause) lives in lexicon.yaml, so any grammar can use it
+    path = tmp_path / "mine.yaml"
+    path.write_text("include: [lexicon.yaml]\nstart: S\nrules:\n  S:\n    - clause: intransitive\n"
+                    "      body: [NP:AGENT, Vi.past]\n")
+    g = load_grammar(path)
+    assert g.constructions == {"intransitive", "subject_relative", "object_relative"}
+    sents = g.sample_many(300, seed=1)
+    assert any(1 in s.depth for s in sents) and all(max(s.depth) <= 1 for s in sents)
+    from pathlib import Path
+
+    assert "\n  NP:" not in Path(load_grammar("grammar_a").path).read_text()
+    # grammar B includes the lexicon but never reaches NP: no relative-clause construction
+    assert not {"subject_relative", "object_relative"} & load_grammar("grammar_b").constructions

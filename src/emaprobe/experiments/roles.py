@@ -1,43 +1,66 @@
-"""Claim 2, structure survives: label-free Hebbian role learning on EMA traces against a BiGRU.
+"""Claim 2, structure survives: Hebbian role learning on EMA traces against a BiGRU, and its label cost.
 
 Paper ("EMA Is Not All You Need", arXiv 2604.08556): a Hebbian learner with
 multi-timescale traces reaches 96% of a supervised BiGRU on grammatical role
 assignment with zero labels (ratio 0.96); transfer to grammar B 61.8; deep-embedded
 roles 84, above the supervised model. The recipe is DESIGN.md's "Grammatical role
-assignment"; every choice is a config field saved in the result.
+assignment"; every choice is a field of ``Config``, saved in the result.
 
-Command:    emaprobe roles                      (5 seeds, grammar A/B/deep, UD EWT when found)
-            emaprobe roles --smoke              (1 seed, tiny; under a minute; CI runs it)
-Hardware:   CPU only, one thread per process (the tagger's ops are tiny; threads only contend).
-Run time:   full run 6 min (357 s in the run, 6:01 with start-up) on this project's 2-core
-            CPU when otherwise idle; EWT is about two thirds of it. The measured wall time
-            is in results/roles/roles.json ("wall_seconds"). --smoke: about 10 s.
-Writes:     OUT/roles.json (run record, resolved config, seeds, per-seed and mean/std
-            metrics), OUT/README.md (the table, paper beside ours), OUT/roles.png.
+Command:    emaprobe run roles --out results/roles   (EMAPROBE_DATA set: UD EWT included)
+            emaprobe roles [--eval-grammar G.yaml] [--treebank DIR]   (the same, default out runs/roles)
+            emaprobe run roles --smoke                (1 seed, tiny; seconds; CI runs it)
+Hardware:   CPU only, one torch thread (the models are tiny; threads only contend).
+Run time:   14.8 min wall for the committed run on this project's 2 CPU cores, shared with
+            other jobs; 15.3 min of CPU time in all, so about 8 min on 2 idle cores. 2 seed
+            processes of one torch thread each ("workers"); results do not depend on it or on
+            the load (runs of 17.7 and 23.7 min under heavier load gave the same numbers).
+            --smoke: about 15 s.
+Writes:     OUT/roles.json (run record, resolved config, seeds, per-seed results and the
+            label-budget curve, mean ± std), then from it alone OUT/README.md, OUT/roles.png,
+            OUT/roles_budget.png and OUT/claims.json.
 
-Models, per seed (data, embeddings and initial weights all follow the seed):
-    hebbian            K = 3 units, one-to-one Hungarian naming: the spec
+Learners, per seed (data, embeddings and initial weights all follow the seed):
+    hebbian            the spec, the faithful reading: K = 3 WTA + Oja units on [e_t; traces
+                       both ways] of every noun, one-to-one Hungarian naming on A-val
     hebbian_causal     the same with forward traces only
-    hebbian_m2o        K = 96 units on Hebbian word classes, many-to-one naming (our variant;
-                       many-to-one accuracy rises with K because naming uses more labels)
-    hebbian_m2o_causal the variant with forward traces only
-    bigru              supervised on grammar A, early stopping on A-validation
+    two_stage          the strong variant: (a) Hebbian word classes, the 8 most frequent types
+                       kept as their own code; (b) EMA traces both ways over the class codes;
+                       (c) K = 300 WTA + Oja units on every noun; (d) many-to-one naming on
+                       labelled A-val tokens (a unit no label reaches takes its nearest named
+                       unit's role)
+    two_stage_causal   the variant with forward traces only
+    bigru              supervised on all of A-train (BiGRU on frozen shared embeddings),
+                       early stopping on A-val
     majority           the most frequent role of the training set, everywhere
+No learner reads the gold set of role-bearing tokens in training: the Hebbian units learn
+on every noun (adjunct-PP nouns included); scoring is on role-bearing tokens only.
 
-Expected (5 seeds, mean ± std, % of scored tokens; results/roles/README.md has all of it):
-                      within-A     transfer-B   deep         deep, depth>=2  UD EWT test
-    hebbian (spec)    41.5 ± 3.1   32.8 ± 5.0   42.2 ± 6.9   36.3 ± 15.4     42.8 ± 4.3
-    hebbian_m2o       88.0 ± 1.2   44.4 ± 5.8   72.1 ± 5.0   81.9 ± 7.6      67.1 ± 1.3
-    bigru             99.6 ± 0.4   48.2 ± 7.7   92.6 ± 1.9   90.7 ± 3.2      87.5 ± 1.1
-    majority          44.5 ± 0.6   41.8 ± 0.2   49.1 ± 0.8   50.8 ± 1.3      56.8 ± 0.0
-    paper (Hebbian)   96           61.8         84
-Ratio Hebbian / BiGRU within-A: spec 0.417 ± 0.032, m2o variant 0.884 ± 0.015 (paper 0.96).
-Neither target of the issue (ratio >= 0.96; Hebbian > BiGRU at depth >= 2) is met here.
+The label-budget curve: naming budgets of 25, 50, 100, 250, 500, 1000 labelled tokens and
+all of A-val (UD: of EWT dev), drawn as whole sentences in a seeded order. At each budget:
+two_stage naming, a linear probe on the same features (``train.tagger.LinearProbe``), and
+the BiGRU trained on the same labelled sentences for a fixed number of steps (no dev set:
+every label it sees is counted).
+
+Expected (results/roles/roles.json: 5 seeds, mean ± std, % of scored tokens, full naming budget):
+                        within-A     transfer-B   deep         deep, depth>=2  UD EWT test
+    hebbian (spec)      42.3 ± 4.8   33.9 ± 5.3   45.4 ± 6.1   41.7 ± 12.5     47.3 ± 6.3
+    two_stage           90.7 ± 1.4   58.1 ± 3.7   84.2 ± 3.9   88.4 ± 3.5      72.7 ± 1.5
+    two_stage_causal    77.5 ± 1.1   53.2 ± 1.9   88.4 ± 0.9   92.3 ± 1.2      70.7 ± 1.2
+    bigru               99.6 ± 0.4   48.2 ± 7.7   92.6 ± 1.9   90.7 ± 3.2      88.7 ± 0.8
+    majority            44.5 ± 0.6   41.8 ± 0.2   49.1 ± 0.8   50.8 ± 1.3      56.8 ± 0.0
+    paper (Hebbian)     96           61.8         84
+Ratio two-stage / BiGRU within-A 0.911 ± 0.012 with 1153 naming labels (spec 0.425; paper
+0.96); with 100 labels 0.795 (a linear probe on the same features 0.927). Depth >= 2: the
+two-stage learner is ahead of the BiGRU on 2 of 5 seeds, its causal variant on 3 of 5.
+The tables per role, depth, construction and budget: results/roles/README.md.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import io
+import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -49,65 +72,89 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from emaprobe.experiments.protocol import Claim, verdict_from_interval, write_claims
 from emaprobe.models.bigru import BiGRUConfig, BiGRUTagger
 from emaprobe.models.hebbian import FixedEmbeddings, HebbianConfig, HebbianRoleLearner, role_targets
-from emaprobe.tasks.role_data import RoleDataConfig, label_counts, sample_eval_set
+from emaprobe.tasks.role_data import RoleDataConfig, label_budget, label_counts, sample_eval_set, unseen_tokens
 from emaprobe.tasks.sentence import NO_ROLE, ROLES, RoleSentence
+from emaprobe.train.tagger import LinearProbe, TaggerTrainConfig, train_tagger
 from emaprobe.utils import atomic_write_bytes, atomic_write_json, atomic_write_text, config_to_dict, run_record
 
+NAME = "roles"
 PAPER = {
     "within_a": 96.0,
     "ratio_hebbian_bigru": 0.96,
     "transfer_b": 61.8,
     "deep": 84.0,
 }
-HEBBIAN_MODELS = ("hebbian", "hebbian_causal", "hebbian_m2o", "hebbian_m2o_causal")
+HEBBIAN_MODELS = ("hebbian", "hebbian_causal", "two_stage", "two_stage_causal")
 MODELS = HEBBIAN_MODELS + ("bigru", "majority")
+CURVE_METHODS = ("two_stage", "probe", "bigru")
 STRUCTURAL_DEPTH = 2  # deep-set tokens this deep sit in clauses nested past anything in training
+COMMAND = "EMAPROBE_DATA=/path/to/data emaprobe run roles --out results/roles"
 
 
 @dataclass(frozen=True)
-class RolesConfig:
+class Config:
     """The whole experiment. ``--set FIELD=VALUE`` overrides any field (dotted for nested)."""
 
     data: RoleDataConfig = RoleDataConfig(n_train=4000, n_val=500, n_test=1000)
     hebbian: HebbianConfig = HebbianConfig()
-    hebbian_m2o: HebbianConfig = HebbianConfig(
-        n_units=96, mapping="many_to_one", word_classes=8, self_weight=0.0, epochs=20, batch_size=8, lr=0.3
+    two_stage: HebbianConfig = HebbianConfig(
+        n_units=300, mapping="many_to_one", word_classes=8, keep_frequent=8, class_restarts=10,
+        self_weight=0.0, timescale_weights=(1.0, 0.5, 0.25), epochs=10, batch_size=16, lr=0.3, train_on="nouns",
     )
-    bigru: BiGRUConfig = BiGRUConfig(hidden=64, batch_size=64, max_epochs=12, patience=3)
+    bigru: BiGRUConfig = BiGRUConfig(hidden=64)
+    bigru_train: TaggerTrainConfig = TaggerTrainConfig(batch_size=64, max_epochs=12, patience=3)
+    # the curve: naming budgets in labelled tokens; "all" (the whole naming split) is always added
+    budgets: tuple[int, ...] = (25, 50, 100, 250, 500, 1000)
+    budget_train: TaggerTrainConfig = TaggerTrainConfig(batch_size=16, steps=200)
+    probe_l2: float = 1e-3
     seeds: int = 5
     first_seed: int = 0
-    threads: int = 1
-    # UD treebank: vocabulary words rarer than this share <unk>'s Hebbian word class
-    ud_min_count: int = 5
-    ud_bigru_max_epochs: int = 6
-    ud_hebbian_epochs: int = 5  # EWT has 5x grammar A's scored tokens: fewer passes, same step count
+    threads: int = 1  # torch threads per seed process
+    workers: int = 2  # seeds run in this many processes at once (the results do not depend on it)
+    eval_grammars: tuple[str, ...] = ()  # extra YAML grammars to score on (``--eval-grammar``)
+    # UD treebank: "auto" = $EMAPROBE_DATA/ud-english-ewt when it exists, "" = none, else a folder
+    treebank: str = "auto"
+    ud_min_count: int = 5  # vocabulary words rarer than this share <unk>'s Hebbian word class
+    ud_bigru_train: TaggerTrainConfig = TaggerTrainConfig(batch_size=64, max_epochs=40, patience=3)
+    ud_hebbian_epochs: int = 3  # EWT has about 8x grammar A's nouns: fewer passes, more steps still
     ud_max_train: int = 0  # 0 = the whole train split; smoke runs cap it
     ud_max_eval: int = 0
 
     def __post_init__(self) -> None:
         if self.seeds < 1:
-            raise ValueError(f"RolesConfig.seeds must be >= 1, got {self.seeds}")
-        if self.threads < 1:
-            raise ValueError(f"RolesConfig.threads must be >= 1, got {self.threads}")
-        dims = {self.hebbian.dim, self.hebbian_m2o.dim, self.bigru.dim}
+            raise ValueError(f"Config.seeds must be >= 1, got {self.seeds}")
+        if self.threads < 1 or self.workers < 1:
+            raise ValueError(f"Config.threads and Config.workers must be >= 1, got {self.threads}, {self.workers}")
+        if any(b < 1 for b in self.budgets) or list(self.budgets) != sorted(set(self.budgets)):
+            raise ValueError(f"Config.budgets must be increasing positive token counts, got {self.budgets}")
+        dims = {self.hebbian.dim, self.two_stage.dim, self.bigru.dim}
         if len(dims) != 1:
-            raise ValueError(f"hebbian.dim, hebbian_m2o.dim and bigru.dim must agree (shared embeddings), got {dims}")
+            raise ValueError(f"hebbian.dim, two_stage.dim and bigru.dim must agree (shared embeddings), got {dims}")
 
 
-def smoke_config() -> RolesConfig:
-    """A run of the whole pipeline in well under a minute (CI)."""
-    return RolesConfig(
+RolesConfig = Config  # the name it had before the experiment protocol
+
+
+def smoke() -> Config:
+    """The whole pipeline in seconds (CI): tiny data, 1 seed, a three-point curve."""
+    return Config(
         data=RoleDataConfig(n_train=300, n_val=100, n_test=100),
         hebbian=HebbianConfig(epochs=2),
-        hebbian_m2o=dataclasses.replace(RolesConfig().hebbian_m2o, n_units=12, epochs=2),
-        bigru=BiGRUConfig(hidden=32, batch_size=32, max_epochs=4, patience=2),
+        two_stage=dataclasses.replace(Config().two_stage, n_units=12, epochs=2, class_restarts=2),
+        bigru_train=TaggerTrainConfig(batch_size=32, max_epochs=3, patience=2),
+        budgets=(25, 50),
+        budget_train=TaggerTrainConfig(batch_size=8, steps=10),
         seeds=1,
-        ud_bigru_max_epochs=1,
+        ud_bigru_train=TaggerTrainConfig(batch_size=64, max_epochs=1, patience=1),
         ud_max_train=300,
         ud_max_eval=100,
     )
+
+
+smoke_config = smoke  # the name it had before the experiment protocol
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -149,6 +196,14 @@ def score(sentences: Sequence[RoleSentence], pred: Sequence[str]) -> dict[str, A
     return result
 
 
+def _short(r: dict[str, Any]) -> dict[str, Any]:
+    """The curve keeps overall and deep accuracy only."""
+    out = {"accuracy": r["accuracy"]}
+    if "structural" in r:
+        out["structural"] = r["structural"]["accuracy"]
+    return out
+
+
 def majority_role(train: Sequence[RoleSentence]) -> str:
     counts = {r: 0 for r in ROLES}
     for r in role_targets(train):
@@ -156,90 +211,157 @@ def majority_role(train: Sequence[RoleSentence]) -> str:
     return max(ROLES, key=lambda r: counts[r])
 
 
-# ----------------------------------------------------------------------------- one seed
+def n_labels(sentences: Sequence[RoleSentence]) -> int:
+    return len(role_targets(sentences))
 
 
-def _fit_models(
-    cfg: RolesConfig,
+# ----------------------------------------------------------------------------- one seed, one domain
+
+
+def _fit_domain(
+    cfg: Config,
     seed: int,
     train: Sequence[RoleSentence],
     val: Sequence[RoleSentence],
+    eval_sets: dict[str, Sequence[RoleSentence]],
     *,
-    min_count: int | None = None,
-    hebbian_epochs: int | None = None,
-    bigru_max_epochs: int | None = None,
-    quiet: bool = True,
-    tag: str = "",
-) -> tuple[dict[str, Callable[[Sequence[RoleSentence]], list[str]]], dict[str, Any]]:
-    """Train every model on ``train`` (the Hebbian ones without labels), name/stop on ``val``."""
+    ud: bool,
+    quiet: bool,
+) -> dict[str, Any]:
+    """Every learner on ``train`` (Hebbian ones without labels), named / stopped on ``val``;
+    then the label-budget curve with labels drawn from ``val``; scored on ``eval_sets``."""
     emb = FixedEmbeddings.from_sentences(train, cfg.bigru.dim, seed)
-    predictors: dict[str, Callable] = {}
-    info: dict[str, Any] = {"vocab": len(emb), "seconds": {}}
+    predictors: dict[str, Callable[[Sequence[RoleSentence]], list[str]]] = {}
+    info: dict[str, Any] = {"vocab": len(emb), "seconds": {}, "labels": {}}
     variants = {
         "hebbian": cfg.hebbian,
         "hebbian_causal": dataclasses.replace(cfg.hebbian, directions="forward"),
-        "hebbian_m2o": cfg.hebbian_m2o,
-        "hebbian_m2o_causal": dataclasses.replace(cfg.hebbian_m2o, directions="forward"),
+        "two_stage": cfg.two_stage,
+        "two_stage_causal": dataclasses.replace(cfg.two_stage, directions="forward"),
     }
+    learners: dict[str, HebbianRoleLearner] = {}
     for name, hcfg in variants.items():
-        extra = {"min_count": min_count} if min_count else {}
-        if hebbian_epochs:
-            extra["epochs"] = min(hebbian_epochs, hcfg.epochs)
-        hcfg = dataclasses.replace(hcfg, seed=seed, **extra)
+        extra: dict[str, Any] = {"seed": seed}
+        if ud:
+            extra.update(min_count=cfg.ud_min_count, epochs=min(cfg.ud_hebbian_epochs, hcfg.epochs))
+        hcfg = dataclasses.replace(hcfg, **extra)
         t0 = time.perf_counter()
         model = HebbianRoleLearner(hcfg, emb).fit(train)
-        info[name] = {"mapping": {str(k): v for k, v in model.name_clusters(val).items()},
-                      "val_confusion": model.confusion(val).tolist()}
         info["seconds"][name] = time.perf_counter() - t0
+        learners[name] = copy.copy(model)  # unnamed, for the curve
+        mapping = model.name_clusters(val)
+        info[name] = {"mapping": {str(k): v for k, v in mapping.items()}, "named_from_labels":
+                      model.n_named_from_labels, "val_confusion": model.confusion(val).tolist()}
+        if model.classes is not None:
+            info[name]["word_classes"] = model.classes.summary()
+        info["labels"][name] = n_labels(val)
         predictors[name] = model.predict
-    bcfg = dataclasses.replace(cfg.bigru, seed=seed,
-                               **({"max_epochs": bigru_max_epochs} if bigru_max_epochs else {}))
+
+    bcfg = dataclasses.replace(cfg.bigru, seed=seed)
+    tcfg = dataclasses.replace(cfg.ud_bigru_train if ud else cfg.bigru_train, seed=seed)
     t0 = time.perf_counter()
-    tagger = BiGRUTagger(bcfg, emb).fit(train, val, quiet=quiet, desc=f"bigru {tag}seed {seed}")
+    tagger = train_tagger(BiGRUTagger(bcfg, emb), train, val, tcfg, quiet=quiet, desc=f"bigru seed {seed}")
     info["seconds"]["bigru"] = time.perf_counter() - t0
-    info["bigru"] = {"history": tagger.history, "best_val_accuracy": tagger.best_val_accuracy}
+    info["bigru"] = {"history": tagger.history, "best_val_accuracy": tagger.best_val_accuracy,
+                     "epochs": len(tagger.history),
+                     "converged": len(tagger.history) < tcfg.max_epochs}
+    info["labels"]["bigru"] = n_labels(train) + n_labels(val)  # train, plus val for early stopping
     predictors["bigru"] = tagger.predict
     top = majority_role(train)
     info["majority"] = {"role": top}
-    predictors["majority"] = lambda ss: [top] * len(role_targets(ss))
-    return predictors, info
+    info["labels"]["majority"] = n_labels(train)
+    predictors["majority"] = lambda ss: [top] * n_labels(ss)
+
+    results = {name: {m: score(sents, p(sents)) for m, p in predictors.items()} for name, sents in eval_sets.items()}
+    t0 = time.perf_counter()
+    curve = label_curve(cfg, seed, emb, learners["two_stage"], val, eval_sets, quiet=quiet)
+    info["seconds"]["curve"] = time.perf_counter() - t0
+    return {"results": results, "curve": curve, "train_info": info}
 
 
-def run_seed(
-    cfg: RolesConfig,
+def label_curve(
+    cfg: Config,
     seed: int,
-    eval_grammars: Sequence[str | Path] = (),
+    emb: FixedEmbeddings,
+    learner: HebbianRoleLearner,
+    pool: Sequence[RoleSentence],
+    eval_sets: dict[str, Sequence[RoleSentence]],
+    *,
     quiet: bool = True,
 ) -> dict[str, Any]:
-    """Grammar A train -> within-A, transfer-B, deep (and user grammars), every model."""
+    """set -> method -> budget -> accuracy: naming, linear probe and BiGRU on the same labelled sentences."""
+    total = n_labels(pool)
+    budgets: list[tuple[str, int | None]] = [(str(b), b) for b in cfg.budgets if b < total] + [("all", None)]
+    feats = {name: learner.features(sents) for name, sents in eval_sets.items()}  # (N, F) each
+    clusters = {name: (f @ learner.W.T).argmax(1) for name, f in feats.items()}  # (N,) each
+    curve: dict[str, Any] = {name: {m: {} for m in CURVE_METHODS} for name in eval_sets}
+    labels: dict[str, int] = {}
+    for key, b in budgets:
+        labelled = label_budget(pool, b, seed)
+        labels[key] = n_labels(labelled)
+        # (1) Hebbian naming: the frozen units, named by these labels only
+        named = copy.copy(learner)
+        named.cluster_to_role = None
+        mapping = named.name_clusters(labelled)
+        # (2) a linear probe on the same features
+        X = learner.features(labelled)  # (n, F)
+        y = torch.tensor([ROLES.index(r) for r in role_targets(labelled)])  # (n,)
+        probe = LinearProbe(l2=cfg.probe_l2).fit(X, y)
+        # (3) the BiGRU on the same labelled sentences, a fixed number of steps
+        tagger = train_tagger(
+            BiGRUTagger(dataclasses.replace(cfg.bigru, seed=seed), emb), labelled, None,
+            dataclasses.replace(cfg.budget_train, seed=seed), quiet=quiet,
+        )
+        for name, sents in eval_sets.items():
+            preds = {
+                "two_stage": [mapping[int(k)] for k in clusters[name]],
+                "probe": [ROLES[int(i)] for i in probe.predict(feats[name])],
+                "bigru": tagger.predict(sents),
+            }
+            for m, p in preds.items():
+                curve[name][m][key] = _short(score(sents, p))
+    return {"labels": labels, "sets": curve}
+
+
+def run_seed(cfg: Config, seed: int, quiet: bool = True) -> dict[str, Any]:
+    """Grammar A train -> within-A, transfer-B, deep (and user grammars), every learner and the curve."""
     data = dataclasses.replace(cfg.data, seed=seed).build()
-    predictors, info = _fit_models(cfg, seed, data.train, data.val, quiet=quiet)
-    sets = dict(data.eval_sets())
-    for path in eval_grammars:
-        extra = sample_eval_set(path, cfg.data.n_test, seed=seed, train=data.train)
-        sets[f"eval:{Path(path).stem}"] = tuple(extra)
-    results = {
-        name: {model: score(sents, predict(sents)) for model, predict in predictors.items()}
-        for name, sents in sets.items()
-    }
-    return {"seed": seed, "results": results, "train_info": info,
-            "data": {k: label_counts(v) for k, v in {"train": data.train, "val": data.val, **sets}.items()}}
+    sets: dict[str, Sequence[RoleSentence]] = dict(data.eval_sets())
+    for path in cfg.eval_grammars:
+        sets[f"eval:{Path(path).stem}"] = tuple(sample_eval_set(path, cfg.data.n_test, seed=seed, train=data.train))
+    out = _fit_domain(cfg, seed, data.train, data.val, sets, ud=False, quiet=quiet)
+    out["seed"] = seed
+    out["data"] = {k: label_counts(v) for k, v in {"train": data.train, "val": data.val, **sets}.items()}
+    out["unseen"] = {k: unseen_tokens(v, data.train) for k, v in sets.items()}
+    return out
 
 
-def run_treebank_seed(
-    cfg: RolesConfig, seed: int, splits: dict[str, list[RoleSentence]], quiet: bool = True
-) -> dict[str, Any]:
-    """UD: Hebbian learners on train without labels, BiGRU with labels; dev names/stops; test scores."""
-    predictors, info = _fit_models(
-        cfg, seed, splits["train"], splits["dev"], min_count=cfg.ud_min_count, hebbian_epochs=cfg.ud_hebbian_epochs,
-        bigru_max_epochs=cfg.ud_bigru_max_epochs, quiet=quiet, tag="ud ",
-    )
-    test = splits["test"]
-    return {"seed": seed, "results": {"ud_test": {m: score(test, p(test)) for m, p in predictors.items()}},
-            "train_info": info}
+def run_treebank_seed(cfg: Config, seed: int, splits: dict[str, list[RoleSentence]], quiet: bool = True) -> dict:
+    """UD: Hebbian learners on train without labels, BiGRU with labels; dev names / stops / gives the
+    curve's labels; test scores."""
+    out = _fit_domain(cfg, seed, splits["train"], splits["dev"], {"ud_test": splits["test"]}, ud=True, quiet=quiet)
+    out["seed"] = seed
+    out["unseen"] = {"ud_test": unseen_tokens(splits["test"], splits["train"])}
+    return out
 
 
-def load_treebank(folder: str | Path, cfg: RolesConfig) -> dict[str, list[RoleSentence]]:
+def resolve_treebank(spec: str) -> Path | None:
+    """Config.treebank -> a folder, or None (``""``, or ``"auto"`` with no EMAPROBE_DATA treebank)."""
+    if not spec:
+        return None
+    if spec == "auto":
+        from emaprobe.utils.paths import data_root
+
+        root = data_root()
+        folder = root / "ud-english-ewt" if root is not None else None
+        return folder if folder is not None and folder.is_dir() else None
+    folder = Path(spec).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"treebank {folder}: not a folder")
+    return folder
+
+
+def load_treebank(folder: str | Path, cfg: Config) -> dict[str, list[RoleSentence]]:
     """Train/dev/test RoleSentences of a UD folder, keeping sentences with a scored token."""
     from emaprobe.tasks.ud_roles import load_ud_split
 
@@ -264,8 +386,7 @@ def _mean_std(values: list[float]) -> dict[str, float]:
 def aggregate(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean and std over seeds of every accuracy, keyed set -> model -> metric."""
     out: dict[str, Any] = {}
-    sets = per_seed[0]["results"].keys()
-    for name in sets:
+    for name in per_seed[0]["results"]:
         out[name] = {}
         for model in per_seed[0]["results"][name]:
             rs = [s["results"][name][model] for s in per_seed]
@@ -279,6 +400,29 @@ def aggregate(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def aggregate_curve(per_seed: list[dict[str, Any]], domain: str = "curve") -> dict[str, Any]:
+    """set -> method -> budget -> {accuracy, structural, ratio to the fully supervised BiGRU}: mean ± std."""
+    out: dict[str, Any] = {}
+    first = per_seed[0][domain]
+    out["labels"] = {k: _mean_std([s[domain]["labels"][k] for s in per_seed if k in s[domain]["labels"]])
+                     for k in first["labels"]}
+    out["sets"] = {}
+    for name, methods in first["sets"].items():
+        out["sets"][name] = {}
+        for m, per_budget in methods.items():
+            out["sets"][name][m] = {}
+            for key in per_budget:
+                rows = [s[domain]["sets"][name][m][key] for s in per_seed if key in s[domain]["sets"][name][m]]
+                full = [s["results"][name]["bigru"]["accuracy"] for s in per_seed
+                        if key in s[domain]["sets"][name][m]]
+                entry = {"accuracy": _mean_std([r["accuracy"] for r in rows]),
+                         "ratio_to_bigru": _mean_std([r["accuracy"] / f for r, f in zip(rows, full)])}
+                if "structural" in rows[0]:
+                    entry["structural"] = _mean_std([r["structural"] for r in rows])
+                out["sets"][name][m][key] = entry
+    return out
+
+
 def ratios(per_seed: list[dict[str, Any]], set_name: str = "within_a") -> dict[str, Any]:
     """Hebbian / BiGRU accuracy per seed, then mean and std."""
     out = {}
@@ -286,11 +430,110 @@ def ratios(per_seed: list[dict[str, Any]], set_name: str = "within_a") -> dict[s
         vals = [s["results"][set_name][model]["accuracy"] / s["results"][set_name]["bigru"]["accuracy"]
                 for s in per_seed if set_name in s["results"]]
         if vals:
-            out[model] = _mean_std(vals)
+            out[model] = {**_mean_std(vals), "per_seed": vals}
     return out
 
 
-# ----------------------------------------------------------------------------- report
+def deep_margins(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per seed, Hebbian minus BiGRU accuracy at depth >= 2 on the deep set (points of accuracy)."""
+    out = {}
+    for model in HEBBIAN_MODELS:
+        vals = [s["results"]["deep"][model]["structural"]["accuracy"]
+                - s["results"]["deep"]["bigru"]["structural"]["accuracy"] for s in per_seed]
+        out[model] = {**_mean_std(vals), "per_seed": vals, "wins": int(sum(v > 0 for v in vals))}
+    return out
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def _seed_job(job: tuple[Config, int, str | None, bool]) -> dict[str, Any]:
+    """One seed, grammars then treebank; runs in a worker process or in the caller."""
+    cfg, seed, treebank, quiet = job
+    torch.set_num_threads(cfg.threads)
+    out = run_seed(cfg, seed, quiet=quiet)
+    if treebank is not None:
+        ud = run_treebank_seed(cfg, seed, _treebank_cached(treebank, cfg), quiet=quiet)
+        out["results"].update(ud["results"])
+        out["curve_ud"] = ud["curve"]
+        out["train_info_ud"] = ud["train_info"]
+        out["unseen"].update(ud["unseen"])
+    return out
+
+
+_TREEBANKS: dict[tuple[str, int, int], dict[str, list[RoleSentence]]] = {}
+
+
+def _treebank_cached(folder: str, cfg: Config) -> dict[str, list[RoleSentence]]:
+    key = (folder, cfg.ud_max_train, cfg.ud_max_eval)
+    if key not in _TREEBANKS:
+        _TREEBANKS[key] = load_treebank(folder, cfg)
+    return _TREEBANKS[key]
+
+
+def _cpu_seconds() -> float:
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def run(cfg: Config, out: str | Path) -> dict[str, Any]:
+    """The whole experiment: writes OUT/roles.json (and returns it); ``report`` makes the rest."""
+    out = Path(out)
+    for path in cfg.eval_grammars:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"eval grammar {path}: no such file")
+    treebank = resolve_treebank(cfg.treebank)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    quiet = bool(os.environ.get("TQDM_DISABLE"))
+    t0, cpu0 = time.perf_counter(), _cpu_seconds()
+    try:
+        seeds = list(range(cfg.first_seed, cfg.first_seed + cfg.seeds))
+        if treebank is not None:
+            _treebank_cached(str(treebank), cfg)  # parsed once; forked workers inherit it
+        jobs = [(cfg, seed, str(treebank) if treebank is not None else None, quiet) for seed in seeds]
+        if cfg.workers > 1 and len(seeds) > 1:
+            # Seeds are independent: one process each (one torch thread), results merged in seed order.
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(min(cfg.workers, len(seeds)), mp_context=mp.get_context("fork")) as pool:
+                per_seed = list(tqdm(pool.map(_seed_job, jobs), total=len(jobs), desc="roles: seeds", disable=quiet))
+        else:
+            per_seed = [_seed_job(job) for job in tqdm(jobs, desc="roles: seeds", disable=quiet)]
+        ud_info: dict[str, Any] = {"treebank": None, "note": "no treebank: set EMAPROBE_DATA or Config.treebank"}
+        if treebank is not None:
+            splits = _treebank_cached(str(treebank), cfg)
+            ud_info = {"treebank": str(treebank), "data": {k: label_counts(v) for k, v in splits.items()}}
+        wall, cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0
+    finally:
+        torch.set_num_threads(threads)
+    result = {
+        "experiment": NAME,
+        "run": run_record(),
+        "config": config_to_dict(cfg),
+        "seeds": seeds,
+        "paper": PAPER,
+        "aggregate": aggregate(per_seed),
+        "curve": aggregate_curve(per_seed),
+        "curve_ud": aggregate_curve(per_seed, "curve_ud") if treebank is not None else None,
+        "ratio_within_a": ratios(per_seed, "within_a"),
+        "deep_margin": deep_margins(per_seed),
+        "unseen": {k: {f: _mean_std([s["unseen"][k][f] for s in per_seed]) for f in
+                       ("tokens", "unseen_tokens", "scored", "unseen_scored")} for k in per_seed[0]["unseen"]},
+        "labels": {m: _mean_std([s["train_info"]["labels"][m] for s in per_seed]) for m in MODELS},
+        "treebank": ud_info,
+        "wall_seconds": wall,
+        "cpu_seconds": cpu,  # user + system, this process and its (joined) seed workers
+        "threads": cfg.threads,
+        "workers": cfg.workers,
+        "cpu_count": os.cpu_count(),
+        "per_seed": per_seed,
+    }
+    atomic_write_json(out / "roles.json", result)
+    return result
 
 
 def _pct(ms: dict[str, float] | None) -> str:
@@ -300,46 +543,185 @@ def _pct(ms: dict[str, float] | None) -> str:
 
 
 LABELS = {
-    "hebbian": "Hebbian, K=3, one-to-one (spec)",
-    "hebbian_causal": "Hebbian causal, K=3, one-to-one",
-    "hebbian_m2o": "Hebbian + word classes, K=96, many-to-one",
-    "hebbian_m2o_causal": "same, causal",
-    "bigru": "BiGRU (supervised)",
+    "hebbian": "Hebbian spec, K=3, one-to-one",
+    "hebbian_causal": "Hebbian spec causal",
+    "two_stage": "two-stage Hebbian, K=300, many-to-one",
+    "two_stage_causal": "two-stage causal",
+    "bigru": "BiGRU (supervised, A-train)",
     "majority": "majority role",
 }
+CURVE_LABELS = {"two_stage": "two-stage Hebbian, naming", "probe": "linear probe, same features",
+                "bigru": "BiGRU, same labelled sentences"}
+
+
+def _read(out: Path) -> dict[str, Any]:
+    path = out / "roles.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; run `emaprobe run roles --out {out}` first")
+    return json.loads(path.read_text())
+
+
+def _verdict(ms: dict[str, float], threshold: float) -> str:
+    """From mean ± 2 standard errors against the paper's figure; under 3 seeds always inconclusive."""
+    if ms["n"] < 3:
+        return "inconclusive"
+    half = 2 * ms["std"] / ms["n"] ** 0.5
+    return verdict_from_interval(ms["mean"] - half, ms["mean"] + half, threshold=threshold)
+
+
+def claims(result: dict[str, Any]) -> list[Claim]:
+    """The claims.json rows, computed from roles.json alone."""
+    agg, n = result["aggregate"], len(result["seeds"])
+    lab = result["labels"]
+    val_labels = round(lab["two_stage"]["mean"])
+    train_labels = round(lab["bigru"]["mean"])
+    scale = (f"grammar A: {result['config']['data']['n_train']} train sentences, "
+             f"{result['config']['data']['n_test']} test sentences a set; D = {result['config']['bigru']['dim']}")
+    rows = []
+    r = result["ratio_within_a"]["two_stage"]
+    rows.append(Claim(
+        claim="hebbian_over_bigru_within_a", metric="accuracy ratio two-stage Hebbian / BiGRU, within-A test",
+        paper=PAPER["ratio_hebbian_bigru"], ours=r["mean"], std=r["std"], seeds=n, scale=scale,
+        verdict=_verdict(r, PAPER["ratio_hebbian_bigru"]), command=COMMAND,
+        labels=f"Hebbian: 0 in training, {val_labels} A-val tokens for naming; BiGRU: {train_labels} "
+               "(A-train, plus A-val for early stopping)",
+        note=f"the spec learner (K=3, one-to-one) reaches {result['ratio_within_a']['hebbian']['mean']:.3f}",
+    ))
+    spec = result["ratio_within_a"]["hebbian"]
+    rows.append(Claim(
+        claim="hebbian_over_bigru_within_a_spec", metric="accuracy ratio spec Hebbian (K=3, Hungarian) / BiGRU, "
+        "within-A test", paper=PAPER["ratio_hebbian_bigru"], ours=spec["mean"], std=spec["std"], seeds=n,
+        scale=scale, verdict=_verdict(spec, PAPER["ratio_hebbian_bigru"]),
+        command=COMMAND, labels=f"0 in training; {val_labels} A-val tokens fix the one-to-one naming of 3 units",
+    ))
+    curve = result["curve"]["sets"]["within_a"]["two_stage"]
+    if "100" in curve:
+        c = curve["100"]["ratio_to_bigru"]
+        rows.append(Claim(
+            claim="hebbian_over_bigru_within_a_100_labels", metric="accuracy ratio two-stage Hebbian named with "
+            "100 labelled tokens / fully supervised BiGRU, within-A test", paper=PAPER["ratio_hebbian_bigru"],
+            ours=c["mean"], std=c["std"], seeds=n, scale=scale,
+            verdict=_verdict(c, PAPER["ratio_hebbian_bigru"]), command=COMMAND,
+            labels="Hebbian: 100 A-val tokens for naming; BiGRU: " + str(train_labels),
+        ))
+    d = result["deep_margin"]["two_stage"]
+    dc = result["deep_margin"]["two_stage_causal"]
+    wins = d["wins"]
+    if n < 3:
+        deep_verdict = "inconclusive"
+    else:  # every seed ahead confirms, none refutes; between, it rests on the interval
+        deep_verdict = "confirmed" if wins == n else ("refuted" if wins == 0 else _verdict(d, 0.0))
+    rows.append(Claim(
+        claim="deep_hebbian_beats_bigru", metric="two-stage Hebbian minus BiGRU accuracy, deep set, depth >= 2 "
+        "(fraction; > 0 = Hebbian ahead)", paper=None, ours=d["mean"], std=d["std"], seeds=n, scale=scale,
+        verdict=deep_verdict,
+        command=COMMAND,
+        labels=f"Hebbian: {val_labels} A-val naming tokens; BiGRU: {train_labels}",
+        note=f"Hebbian ahead on {wins} of {n} seeds (its causal variant: {dc['wins']} of {n}, "
+             f"{100 * dc['mean']:+.1f} points); the paper says the Hebbian learner beats the supervised "
+             f"model on structure-dependent roles and gives 84 on deep roles; ours: two-stage "
+             f"{100 * agg['deep']['two_stage']['structural']['mean']:.1f}, BiGRU "
+             f"{100 * agg['deep']['bigru']['structural']['mean']:.1f} at depth >= 2",
+    ))
+    b = agg["transfer_b"]["two_stage"]["accuracy"]
+    bs = {k: 100 * v for k, v in b.items() if k != "n"} | {"n": b["n"]}
+    rows.append(Claim(
+        claim="transfer_b", metric="two-stage Hebbian accuracy on grammar B (%), trained and named on A only",
+        paper=PAPER["transfer_b"], ours=bs["mean"], std=bs["std"], seeds=n, scale=scale,
+        verdict=_verdict(bs, PAPER["transfer_b"]), command=COMMAND,
+        labels=f"Hebbian: {val_labels} A-val naming tokens; none from B",
+        note=f"BiGRU on B: {_pct(agg['transfer_b']['bigru']['accuracy'])}; spec Hebbian "
+             f"{_pct(agg['transfer_b']['hebbian']['accuracy'])}",
+    ))
+    return rows
+
+
+def targets(result: dict[str, Any]) -> list[str]:
+    """The targets of this study as met / missed lines, computed from the result only."""
+    out = []
+    r = result["ratio_within_a"]["two_stage"]
+    lab = round(result["labels"]["two_stage"]["mean"])
+    out.append(f"- two-stage / BiGRU within-A >= 0.90 over {r['n']} seeds: {r['mean']:.3f} ± {r['std']:.3f} "
+               f"(min {min(r['per_seed']):.3f}) with {lab} naming labels: {'met' if r['mean'] >= 0.90 else 'missed'}")
+    d = result["deep_margin"]["two_stage"]
+    out.append(f"- two-stage beats the BiGRU at depth >= 2 on every seed: {d['wins']} of {d['n']} "
+               f"(margin {100 * d['mean']:+.1f} ± {100 * d['std']:.1f} points): "
+               f"{'met' if d['wins'] == d['n'] else 'missed'}")
+    dc = result["deep_margin"]["two_stage_causal"]
+    out.append(f"  (the causal two-stage variant: ahead on {dc['wins']} of {dc['n']} seeds, "
+               f"{100 * dc['mean']:+.1f} ± {100 * dc['std']:.1f} points)")
+    curve = result["curve"]["sets"]["within_a"]["two_stage"]
+    probe = result["curve"]["sets"]["within_a"]["probe"]
+    best = max((v["ratio_to_bigru"]["mean"], k) for k, v in curve.items()
+               if k != "all" and int(k) <= 100) if any(k != "all" and int(k) <= 100 for k in curve) else None
+    if best:
+        out.append(f"- moonshot, >= 0.96 with <= 100 naming labels: best {best[0]:.3f} at {best[1]} labels: "
+                   f"{'met' if best[0] >= 0.96 else 'missed'} (a linear probe on the same features with the same "
+                   f"labels: {probe[best[1]]['ratio_to_bigru']['mean']:.3f})")
+    wall = result["wall_seconds"]
+    cpu = result.get("cpu_seconds")
+    busy = f"; CPU time {cpu / 60:.1f} min, so {cpu / 120:.1f} min of wall time on 2 idle cores" if cpu else ""
+    out.append(f"- full run <= 20 minutes on 2 CPU cores: {wall / 60:.1f} min wall ({result.get('workers', 1)} seed "
+               f"processes of {result['threads']} torch thread(s), {result['cpu_count']} cores visible, shared with "
+               f"other jobs{busy}): {'met' if wall <= 1200 else 'missed'}")
+    return out
 
 
 def markdown(result: dict[str, Any]) -> str:
     agg, cfg = result["aggregate"], result["config"]
-    n = cfg["seeds"]
+    n = len(result["seeds"])
+    has_ud = "ud_test" in agg
+    lab = result["labels"]
     lines = [
-        "# Grammatical role assignment: Hebbian (zero labels) vs supervised BiGRU",
+        "# Grammatical roles: Hebbian learners against a supervised BiGRU, and what the labels cost",
         "",
-        f"Written by `emaprobe roles` from `roles.json` ({n} seed(s), mean ± std, accuracy in % of scored",
-        f"tokens). Wall time {result['wall_seconds']:.0f} s on {result['run']['device']}, "
-        f"{cfg['threads']} thread(s). Paper: arXiv 2604.08556.",
+        f"Written by `emaprobe run roles` from `roles.json` ({n} seed(s), mean ± std, accuracy in % of scored "
+        f"tokens). Wall time {result['wall_seconds'] / 60:.1f} min on {result['run'].get('device', 'cpu')}, "
+        f"{cfg['threads']} torch thread(s), {result['cpu_count']} cores visible (shared with other jobs). "
+        "Paper: arXiv 2604.08556.",
         "",
-        "| model | within-A | transfer-B | deep | deep, depth >= 2 |" + (" UD test |" if "ud_test" in agg else ""),
-        "|---|---|---|---|---|" + ("---|" if "ud_test" in agg else ""),
+        "No learner sees the gold set of role-bearing tokens in training: the Hebbian units learn on every noun.",
+        "Scoring is on role-bearing tokens. Labels used: Hebbian 0 in training, then "
+        f"{lab['two_stage']['mean']:.0f} A-val tokens for naming; BiGRU {lab['bigru']['mean']:.0f} "
+        "(A-train, plus A-val for early stopping).",
+        "",
+        "## The label-budget curve",
+        "",
+        "![label-budget curve](roles_budget.png)",
+        "",
+    ]
+    lines += _curve_table(result["curve"], "within_a", "within-A")
+    lines += _curve_table(result["curve"], "deep", "deep, depth >= 2", structural=True)
+    lines += _curve_table(result["curve"], "transfer_b", "transfer-B")
+    if result.get("curve_ud"):
+        lines += _curve_table(result["curve_ud"], "ud_test", "UD EWT test (labels from EWT dev)")
+    lines += [
+        "## All learners, full naming budget",
+        "",
+        "| model | within-A | transfer-B | deep | deep, depth >= 2 |" + (" UD EWT test |" if has_ud else ""),
+        "|---|---|---|---|---|" + ("---|" if has_ud else ""),
     ]
     for m in MODELS:
         row = [LABELS[m]]
         for s in ("within_a", "transfer_b", "deep"):
             row.append(_pct(agg.get(s, {}).get(m, {}).get("accuracy")))
         row.append(_pct(agg.get("deep", {}).get(m, {}).get("structural")))
-        if "ud_test" in agg:
+        if has_ud:
             row.append(_pct(agg["ud_test"].get(m, {}).get("accuracy")))
         lines.append("| " + " | ".join(row) + " |")
-    lines.append(
-        f"| **paper** (Hebbian)* | {PAPER['within_a']} | {PAPER['transfer_b']} | {PAPER['deep']} | | "
-        + ("|" if "ud_test" in agg else "")
-    )
+    lines.append(f"| **paper** (Hebbian)* | {PAPER['within_a']} | {PAPER['transfer_b']} | {PAPER['deep']} | |"
+                 + (" |" if has_ud else ""))
     lines += ["", "*The paper's listing gives 96 for grammar A without saying whether it is accuracy or "
-              "% of the BiGRU; it also gives the ratio 0.96."]
-    lines += ["", "Hebbian / BiGRU accuracy on within-A (paper: 0.96):", ""]
+              "% of the BiGRU; it also gives the ratio 0.96.", "", "![all learners](roles.png)", "",
+              "Hebbian / BiGRU accuracy within-A (paper 0.96):", ""]
     for m, ms in result["ratio_within_a"].items():
         lines.append(f"- {LABELS[m]}: {ms['mean']:.3f} ± {ms['std']:.3f}")
-    lines += ["", "## Targets (issue 3), read off the numbers above", ""] + targets(result)
+    lines += ["", "## Targets, read off the numbers above", ""] + targets(result)
+    lines += ["", "## Tokens unseen in training", "",
+              "| set | tokens | unseen | scored | scored unseen |", "|---|---|---|---|---|"]
+    for k, v in result["unseen"].items():
+        lines.append(f"| {k} | {v['tokens']['mean']:.0f} | {v['unseen_tokens']['mean']:.0f} | "
+                     f"{v['scored']['mean']:.0f} | {v['unseen_scored']['mean']:.0f} |")
     for set_name in agg:
         lines += ["", f"## {set_name}: per role", "", "| model | " + " | ".join(ROLES) + " |",
                   "|---|" + "---|" * len(ROLES)]
@@ -355,140 +737,148 @@ def markdown(result: dict[str, Any]) -> str:
             pd = agg[set_name][m]["per_depth"]
             lines.append(f"| {LABELS[m]} | " + " | ".join(_pct(pd.get(d)) for d in depths) + " |")
         cons = sorted({c for m in MODELS for c in agg[set_name][m]["per_construction"]})
-        lines += ["", f"## {set_name}: per construction", "", "| construction | " +
-                  " | ".join(m for m in MODELS) + " |", "|---|" + "---|" * len(MODELS)]
+        lines += ["", f"## {set_name}: per construction", "", "| construction | " + " | ".join(MODELS) + " |",
+                  "|---|" + "---|" * len(MODELS)]
         for c in cons:
-            lines.append(f"| {c} | " + " | ".join(_pct(agg[set_name][m]["per_construction"].get(c)) for m in MODELS) + " |")
+            lines.append(f"| {c} | " + " | ".join(_pct(agg[set_name][m]["per_construction"].get(c)) for m in MODELS)
+                         + " |")
     lines += [
         "",
-        "Notes",
+        "## Notes",
         "",
-        "- Hebbian learners never see a role label in training; which tokens are scored (the",
-        "  argument nouns) is input, as for the BiGRU. Cluster names come from A-validation",
-        "  (UD: the dev split) once and are frozen for every test set.",
-        "- `deep, depth >= 2`: tokens in clauses nested deeper than anything in training, the",
-        "  structure-dependent roles.",
-        "- The many-to-one variant names each of its 96 clusters by its majority role on",
-        "  validation; that accuracy grows with K because naming uses more labels. The spec's",
-        "  one-to-one K=3 row is the like-for-like reproduction of the paper's setting.",
-        "- UD: Hebbian learners train on the train split without labels; the BiGRU with labels;",
-        "  both are named / early-stopped on dev and scored on test.",
-        "",
+        "- Spec learner: K = 3 WTA + Oja units on [e_t; EMA traces both ways] of every noun, one-to-one",
+        "  (Hungarian) naming on A-val: the faithful reading of the paper. Roles are not three clusters of",
+        "  these features, so it stays near the majority class.",
+        "- Two-stage learner: Hebbian word classes (8 classes, 10 restarts kept by their own fit, the 8",
+        "  most frequent types kept as their own code), EMA traces both ways over the codes (the fast,",
+        "  middle and slow timescales weighted 1, 0.5, 0.25 after standardising), K = 300 WTA + Oja units",
+        "  on every noun, many-to-one naming. Tuned on A-val only (seeds 0-2: half of A-val named, the",
+        "  other half scored); every number here is test.",
+        "- The word-class stage has its own conscience, `class_conscience` (default 0), apart from the",
+        "  role units' 0.3: its rows are word types, and word classes are very unequal in size (40 nouns,",
+        "  2 determiners), which a conscience pushing every class toward an equal share fights. On A-val",
+        "  (seed 0) 0 and 0.3 gave the same accuracy (0.909 on the held-out half); 0 is kept. What made",
+        "  the classes reliable is 10 restarts kept by their own fit (no labels).",
+        "- The curve: labels are whole A-val sentences in a seeded order, cut to the exact budget. The",
+        "  BiGRU at a budget trains a fixed number of steps on those sentences only (no dev set).",
+        "- `deep, depth >= 2`: tokens in clauses nested deeper than anything in training.",
+        "- UD: Hebbian learners train on EWT train without labels; the BiGRU with labels, to convergence",
+        "  (early stopping on dev); naming and the curve's labels come from dev; scores are on test.",
     ]
+    ud_epochs = [s["train_info_ud"]["bigru"]["epochs"] for s in result["per_seed"] if "train_info_ud" in s]
+    if ud_epochs:
+        stopped = sum(s["train_info_ud"]["bigru"]["converged"] for s in result["per_seed"] if "train_info_ud" in s)
+        lines.append(f"  UD BiGRU epochs per seed: {ud_epochs} (max {cfg['ud_bigru_train']['max_epochs']}, patience "
+                     f"{cfg['ud_bigru_train']['patience']}); early stopping ended {stopped} of {len(ud_epochs)} runs.")
+    lines.append("")
     return "\n".join(lines)
 
 
-def targets(result: dict[str, Any]) -> list[str]:
-    """The issue's targets as met / missed lines, computed from the result only."""
-    agg, out = result["aggregate"], []
-    for m in ("hebbian", "hebbian_m2o"):
-        r = result["ratio_within_a"][m]["mean"]
-        out.append(f"- within-A, {LABELS[m]}: ratio {r:.3f} vs target >= 0.96: {'met' if r >= 0.96 else 'missed'}")
-    if "deep" in agg and "structural" in agg["deep"]["bigru"]:
-        b = agg["deep"]["bigru"]["structural"]["mean"]
-        for m in ("hebbian", "hebbian_m2o"):
-            h = agg["deep"][m]["structural"]["mean"]
-            verdict = "met" if h > b else "missed"
-            out.append(f"- deep, depth >= {STRUCTURAL_DEPTH}, {LABELS[m]}: {100 * h:.1f} vs BiGRU {100 * b:.1f}: {verdict}")
-    return out
+def _curve_table(curve: dict[str, Any], set_name: str, title: str, structural: bool = False) -> list[str]:
+    if set_name not in curve["sets"]:
+        return []
+    keys = list(curve["labels"])
+    lines = [f"{title}:", "", "| labelled tokens | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    lines.append("| (mean labels) | " + " | ".join(f"{curve['labels'][k]['mean']:.0f}" for k in keys) + " |")
+    for m in CURVE_METHODS:
+        per = curve["sets"][set_name][m]
+        metric = "structural" if structural else "accuracy"
+        lines.append(f"| {CURVE_LABELS[m]} | " + " | ".join(_pct(per[k].get(metric)) if k in per else "n/a"
+                                                            for k in keys) + " |")
+    return lines + [""]
 
 
-def report(out_dir: str | Path) -> Path:
-    """Rewrite OUT/README.md and OUT/roles.png from OUT/roles.json alone."""
-    import json
-
-    out_dir = Path(out_dir)
-    path = out_dir / "roles.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; run `emaprobe roles --out {out_dir}` first")
-    result = json.loads(path.read_text())
-    atomic_write_text(out_dir / "README.md", markdown(result))
-    plot(result, out_dir / "roles.png")
-    return out_dir / "README.md"
-
-
-def plot(result: dict[str, Any], path: Path) -> Path | None:
-    """Bar chart of overall accuracy per set and model, from the result dict only."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    agg = result["aggregate"]
-    sets = list(agg)
-    fig, ax = plt.subplots(figsize=(1.8 * len(sets) + 5, 3.5))
-    width = 0.8 / len(MODELS)
-    for i, m in enumerate(MODELS):
-        means = [100 * agg[s][m]["accuracy"]["mean"] for s in sets]
-        stds = [100 * agg[s][m]["accuracy"]["std"] for s in sets]
-        ax.bar(np.arange(len(sets)) + i * width, means, width, yerr=stds, label=LABELS[m])
-    ax.set_xticks(np.arange(len(sets)) + 0.4 - width / 2, sets)
-    ax.set_ylabel("accuracy on scored tokens (%)")
-    ax.set_ylim(0, 100)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: bars stay readable
-    ax.set_title("role assignment: Hebbian (zero labels) vs BiGRU")
-    fig.tight_layout()
-    import io
+def _savefig(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
-    return path
 
 
-# ----------------------------------------------------------------------------- entry points
+def plot_bars(result: dict[str, Any], path: Path) -> None:
+    """Bar chart of overall accuracy per set and model, from the result dict only."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    agg = result["aggregate"]
+    groups = [(s, "accuracy", s) for s in agg]
+    if "deep" in agg:
+        groups.insert(list(agg).index("deep") + 1, ("deep", "structural", "deep, depth>=2"))
+    fig, ax = plt.subplots(figsize=(1.6 * len(groups) + 5, 3.6))
+    width = 0.8 / len(MODELS)
+    for i, m in enumerate(MODELS):
+        means = [100 * agg[s][m][k]["mean"] for s, k, _ in groups]
+        stds = [100 * agg[s][m][k]["std"] for s, k, _ in groups]
+        ax.bar(np.arange(len(groups)) + i * width, means, width, yerr=stds, label=LABELS[m])
+    ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2, [name for _, _, name in groups])
+    ax.set_ylabel("accuracy on scored tokens (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: bars stay readable
+    ax.set_title(f"role assignment ({len(result['seeds'])} seed(s), mean ± std): Hebbian learners vs BiGRU, "
+                 "full naming budget")
+    fig.tight_layout()
+    _savefig(fig, path)
 
 
-def run(
-    cfg: RolesConfig,
-    out_dir: str | Path = "results/roles",
-    *,
-    eval_grammars: Sequence[str | Path] = (),
-    treebank: str | Path | None = None,
-    quiet: bool = False,
-    write: bool = True,
-) -> dict[str, Any]:
-    """The whole experiment; returns the result dict and (``write``) writes JSON, Markdown, plot."""
-    out_dir = Path(out_dir)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
-    t0 = time.perf_counter()
-    try:
-        disable = quiet or bool(os.environ.get("TQDM_DISABLE"))
-        seeds = list(range(cfg.first_seed, cfg.first_seed + cfg.seeds))
-        per_seed = []
-        for seed in tqdm(seeds, desc="roles: grammars", disable=disable):
-            per_seed.append(run_seed(cfg, seed, eval_grammars, quiet=disable))
-        ud_info: dict[str, Any] = {"treebank": None}
-        if treebank is not None:
-            splits = load_treebank(treebank, cfg)
-            ud_info = {"treebank": str(treebank), "data": {k: label_counts(v) for k, v in splits.items()}}
-            for i, seed in enumerate(tqdm(seeds, desc="roles: treebank", disable=disable)):
-                ud = run_treebank_seed(cfg, seed, splits, quiet=disable)
-                per_seed[i]["results"].update(ud["results"])
-                per_seed[i]["train_info_ud"] = ud["train_info"]
-        wall = time.perf_counter() - t0
-    finally:
-        torch.set_num_threads(threads)
-    result = {
-        "experiment": "roles",
-        "run": run_record(),
-        "config": config_to_dict(cfg),
-        "seeds": seeds,
-        "paper": PAPER,
-        "aggregate": aggregate(per_seed),
-        "ratio_within_a": ratios(per_seed, "within_a"),
-        "treebank": ud_info,
-        "wall_seconds": wall,
-        "per_seed": per_seed,
-    }
-    if write:
-        atomic_write_json(out_dir / "roles.json", result)
-        report(out_dir)
-    return result
+def plot_curve(result: dict[str, Any], path: Path) -> None:
+    """One panel per test set: accuracy against labelled tokens for naming, probe and BiGRU."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("curve", "within_a", "accuracy", "within-A"), ("curve", "transfer_b", "accuracy", "transfer-B"),
+              ("curve", "deep", "accuracy", "deep"), ("curve", "deep", "structural", "deep, depth >= 2")]
+    if result.get("curve_ud"):
+        panels.append(("curve_ud", "ud_test", "accuracy", "UD EWT test"))
+    fig, axes = plt.subplots(2, 3, figsize=(12, 7.2), sharey=True)
+    axes = axes.ravel()
+    colours = {"two_stage": "C0", "probe": "C1", "bigru": "C3"}
+    for ax, (domain, set_name, metric, title) in zip(axes, panels):
+        curve = result[domain]
+        keys = list(curve["labels"])
+        x = [curve["labels"][k]["mean"] for k in keys]
+        for m in CURVE_METHODS:
+            per = curve["sets"][set_name][m]
+            y = np.array([100 * per[k][metric]["mean"] for k in keys])
+            e = np.array([100 * per[k][metric]["std"] for k in keys])
+            ax.plot(x, y, marker="o", ms=3, color=colours[m], label=CURVE_LABELS[m])
+            ax.fill_between(x, y - e, y + e, color=colours[m], alpha=0.15)
+        full = result["aggregate"][set_name]["bigru"][metric]["mean"]
+        ax.axhline(100 * full, color="C3", ls="--", lw=1, label="BiGRU, all training labels (A-train; EWT train)")
+        ax.axhline(100 * result["aggregate"][set_name]["majority"][metric]["mean"], color="grey", ls=":", lw=1,
+                   label="majority role")
+        ax.set_xscale("log")
+        ax.set_title(title + (" (labels: EWT dev)" if domain == "curve_ud" else " (labels: A-val)"), fontsize=10)
+        ax.set_xlabel("labelled tokens (log scale; last point = all)")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+    for ax in axes[::3]:
+        ax.set_ylabel("accuracy on scored tokens (%)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    for ax in axes[len(panels):]:
+        ax.axis("off")
+    axes[-1].legend(handles, labels, loc="center", fontsize=9, frameon=False)
+    n = len(result["seeds"])
+    fig.suptitle(f"label-budget curve: accuracy against labelled tokens ({n} seed{'s' if n > 1 else ''}, "
+                 "mean ± std)", fontsize=11)
+    fig.tight_layout()
+    _savefig(fig, path)
+
+
+def report(out: str | Path) -> Path:
+    """Rewrite OUT/README.md, OUT/roles.png, OUT/roles_budget.png and OUT/claims.json from OUT/roles.json."""
+    out = Path(out)
+    result = _read(out)
+    atomic_write_text(out / "README.md", markdown(result))
+    plot_bars(result, out / "roles.png")
+    plot_curve(result, out / "roles_budget.png")
+    write_claims(out, claims(result))
+    return out / "README.md"
 
 
 def headline(result: dict[str, Any]) -> str:
@@ -497,18 +887,23 @@ def headline(result: dict[str, Any]) -> str:
     lines = []
     for m in MODELS:
         parts = [f"{s} {_pct(agg[s][m]['accuracy'])}" for s in agg]
-        lines.append(f"{m:20s} " + "  ".join(parts))
+        lines.append(f"{m:18s} " + "  ".join(parts))
     for m, ms in result["ratio_within_a"].items():
         lines.append(f"ratio {m}/bigru within-A: {ms['mean']:.3f} ± {ms['std']:.3f} (paper 0.96)")
+    for k, v in result["unseen"].items():
+        lines.append(f"{k}: {v['unseen_tokens']['mean']:.0f} of {v['tokens']['mean']:.0f} tokens unseen in "
+                     f"training ({v['unseen_scored']['mean']:.0f} of {v['scored']['mean']:.0f} scored)")
     return "\n".join(lines)
 
 
 def demo_section(out_dir: Path) -> dict[str, Any]:
-    """The quick version for ``emaprobe demo``: one seed, 2000 training sentences, no treebank (~20 s)."""
-    cfg = dataclasses.replace(RolesConfig(), data=RoleDataConfig(n_train=2000, n_val=500, n_test=500), seeds=1)
-    result = run(cfg, out_dir, quiet=True)
+    """The quick version for ``emaprobe demo``: one seed, 2000 training sentences, no treebank."""
+    cfg = dataclasses.replace(Config(), data=RoleDataConfig(n_train=2000, n_val=500, n_test=500), seeds=1,
+                              treebank="", budgets=(100,))
+    result = run(cfg, out_dir)
+    report(out_dir)
     print("  " + headline(result).replace("\n", "\n  "))
-    print("  full run: emaprobe roles (5 seeds, UD EWT); committed table: results/roles/README.md")
+    print("  full run: emaprobe run roles (5 seeds, UD EWT); committed table: results/roles/README.md")
     agg = result["aggregate"]
     summary = {s: {m: round(agg[s][m]["accuracy"]["mean"], 4) for m in MODELS} for s in agg}
     return {"section": "roles", "accuracy": summary, "ratio_within_a":

@@ -4,8 +4,8 @@
 with "a supervised BiGRU" on grammatical role assignment; the paper gives nothing
 more, so this tagger is this project's (DESIGN.md, "Grammatical role assignment"):
 the same fixed random embeddings as the Hebbian learner (frozen), a bidirectional
-GRU, a linear read-out to the three roles, cross-entropy on the scored tokens only,
-Adam, and early stopping on validation accuracy.
+GRU and a linear read-out to the three roles. Its training loop (cross-entropy on the
+scored tokens, Adam, early stopping on validation) is ``emaprobe.train.tagger``.
 
 Symbols
     B  sentences in a batch     T  tokens (right-padded)     D  embedding width
@@ -14,15 +14,12 @@ Symbols
 
 from __future__ import annotations
 
-import copy
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
-from tqdm import tqdm
 
 from emaprobe.models.hebbian import FixedEmbeddings
 from emaprobe.tasks.sentence import NO_ROLE, ROLES, RoleSentence
@@ -32,31 +29,22 @@ IGNORE = -100
 
 @dataclass(frozen=True)
 class BiGRUConfig:
-    """Everything that defines the tagger and its training; saved with every result.
+    """The tagger's shape and initial weights; saved with every result.
 
     dim: embedding width D (the embeddings are fixed and shared with the Hebbian learner).
-    hidden: H per direction.  layers: stacked GRU layers.  lr, weight_decay: Adam.
-    batch_size: sentences per step (batches hold sentences of similar length).
-    max_epochs, patience: early stopping on validation accuracy, best epoch restored.
-    seed: initial weights and batch order.
+    hidden: H per direction.  layers: stacked GRU layers.
+    seed: initial weights, drawn from a private ``torch.Generator`` (the global RNG is untouched).
     """
 
     dim: int = 64
     hidden: int = 64
     layers: int = 1
-    lr: float = 3e-3
-    weight_decay: float = 0.0
-    batch_size: int = 32
-    max_epochs: int = 15
-    patience: int = 3
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("dim", "hidden", "layers", "batch_size", "max_epochs", "patience"):
+        for name in ("dim", "hidden", "layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"BiGRUConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"BiGRUConfig.lr must be > 0, got {self.lr}")
 
 
 def role_ids(sentences: Sequence[RoleSentence], T: int) -> torch.Tensor:
@@ -69,6 +57,17 @@ def role_ids(sentences: Sequence[RoleSentence], T: int) -> torch.Tensor:
     return y
 
 
+def length_batches(
+    sentences: Sequence[RoleSentence], batch_size: int, gen: torch.Generator | None = None
+) -> list[list[int]]:
+    """Indices of sentences in batches of similar length (little padding), shuffled by ``gen`` if given."""
+    order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if gen is not None:
+        batches = [batches[int(j)] for j in torch.randperm(len(batches), generator=gen)]
+    return batches
+
+
 class BiGRUTagger(nn.Module):
     """Frozen fixed embeddings -> BiGRU -> linear role logits."""
 
@@ -76,13 +75,26 @@ class BiGRUTagger(nn.Module):
         super().__init__()
         if embeddings.dim != cfg.dim:
             raise ValueError(f"embeddings have dim {embeddings.dim}, BiGRUConfig.dim is {cfg.dim}")
-        torch.manual_seed(cfg.seed)
         self.cfg = cfg
         self.vocab = embeddings
         self.embed = nn.Embedding.from_pretrained(embeddings.table.clone(), freeze=True, padding_idx=0)
-        self.gru = nn.GRU(cfg.dim, cfg.hidden, num_layers=cfg.layers, batch_first=True, bidirectional=True)
-        self.head = nn.Linear(2 * cfg.hidden, len(ROLES))
+        # The modules' default init draws from the global RNG; fork it so the caller's state is
+        # untouched, then draw the weights that count from the config's own generator.
+        with torch.random.fork_rng(devices=[]):
+            self.gru = nn.GRU(cfg.dim, cfg.hidden, num_layers=cfg.layers, batch_first=True, bidirectional=True)
+            self.head = nn.Linear(2 * cfg.hidden, len(ROLES))
         self.history: list[dict[str, float]] = []
+        self.best_val_accuracy: float | None = None
+        self._init_weights(torch.Generator().manual_seed(int(cfg.seed)))
+
+    @torch.no_grad()
+    def _init_weights(self, gen: torch.Generator) -> None:
+        # PyTorch's own defaults (U(-1/sqrt(H), 1/sqrt(H)) for the GRU, U(-1/sqrt(fan_in), ..) for
+        # the head), drawn again from the config's seed so the global RNG plays no part.
+        for module, fan in ((self.gru, self.cfg.hidden), (self.head, self.head.in_features)):
+            bound = fan**-0.5
+            for p in module.parameters():
+                p.copy_(torch.rand(p.shape, generator=gen) * 2 * bound - bound)
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """ids (B, T), lengths (B,) -> logits (B, T, R); packing keeps padding out of the backward GRU."""
@@ -92,70 +104,12 @@ class BiGRUTagger(nn.Module):
         h, _ = pad_packed_sequence(out, batch_first=True, total_length=ids.shape[1])  # (B, T, 2H)
         return self.head(h)  # (B, T, R)
 
-    # -- training
-    def _batches(self, sentences: Sequence[RoleSentence], gen: torch.Generator | None) -> list[list[int]]:
-        # Sentences of similar length share a batch, so padding costs little on long treebank text.
-        order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))
-        batches = [order[i : i + self.cfg.batch_size] for i in range(0, len(order), self.cfg.batch_size)]
-        if gen is not None:
-            batches = [batches[int(j)] for j in torch.randperm(len(batches), generator=gen)]
-        return batches
-
-    def fit(
-        self,
-        train: Sequence[RoleSentence],
-        val: Sequence[RoleSentence],
-        *,
-        quiet: bool = False,
-        desc: str = "bigru",
-    ) -> BiGRUTagger:
-        """Supervised training on ``train`` with early stopping on accuracy over ``val``."""
-        cfg = self.cfg
-        if not train or not val:
-            raise ValueError("BiGRUTagger.fit needs non-empty train and validation sentences")
-        gen = torch.Generator().manual_seed(cfg.seed)
-        opt = torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=cfg.lr,
-                               weight_decay=cfg.weight_decay)
-        best, best_state, bad = -1.0, None, 0
-        disable = quiet or bool(os.environ.get("TQDM_DISABLE"))
-        bar = tqdm(range(cfg.max_epochs), desc=desc, disable=disable, leave=False)
-        for epoch in bar:
-            self.train()
-            total, n = 0.0, 0
-            for idx in self._batches(train, gen):
-                part = [train[i] for i in idx]
-                ids, lengths = self.vocab.ids(part)
-                y = role_ids(part, ids.shape[1])  # (B, T)
-                if not (y != IGNORE).any():
-                    continue
-                logits = self(ids, lengths)  # (B, T, R)
-                loss = nn.functional.cross_entropy(logits.reshape(-1, len(ROLES)), y.reshape(-1), ignore_index=IGNORE)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += loss.item() * len(part)
-                n += len(part)
-            acc = self.accuracy(val)
-            self.history.append({"epoch": epoch, "train_loss": total / max(n, 1), "val_accuracy": acc})
-            bar.set_postfix(loss=f"{total / max(n, 1):.3f}", val=f"{acc:.3f}")
-            if acc > best:
-                best, best_state, bad = acc, copy.deepcopy(self.state_dict()), 0
-            else:
-                bad += 1
-                if bad >= cfg.patience:
-                    break
-        if best_state is not None:
-            self.load_state_dict(best_state)
-        self.best_val_accuracy = best
-        return self
-
-    # -- inference
     @torch.no_grad()
-    def predict(self, sentences: Sequence[RoleSentence]) -> list[str]:
+    def predict(self, sentences: Sequence[RoleSentence], batch_size: int = 256) -> list[str]:
         """A role per scored token, in sentence order (as ``hebbian.role_targets``)."""
         self.eval()
         by_index: dict[int, list[str]] = {}
-        for idx in self._batches(sentences, None):
+        for idx in length_batches(sentences, batch_size):
             part = [sentences[i] for i in idx]
             ids, lengths = self.vocab.ids(part)
             pred = self(ids, lengths).argmax(-1)  # (B, T)

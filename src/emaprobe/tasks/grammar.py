@@ -18,50 +18,10 @@ clause       opened by a production with ``clause: <construction>``; ids count u
              clauses above it (0 = main clause)
 head         the body item (``X:head``) that inherits the role given to its parent
 
-Schema (a YAML mapping; unknown keys are errors)
-------------------------------------------------
-::
-
-    name: grammar_a                 # optional, default: the file's stem
-    description: free text          # optional
-    include: [lexicon.yaml]         # optional: files whose lexicon and rules are
-                                    # merged in, looked up next to this file, then
-                                    # among the shipped grammars; this file's own
-                                    # entries override included ones
-    start: S                        # the rule every sentence starts from
-    lexicon:
-      N:                            # a category: a list of words ...
-        noun: true                  # nouns are the only tokens that take roles
-        words: [dog, cat]
-      Vt:                           # ... or of paradigms, one word per form
-        forms: [base, past, part]
-        words: [[chase, chased, chased], [see, saw, seen]]
-      Det: [the, a]                 # shorthand for {words: [the, a]}
-    rules:
-      S:
-        - clause: active_transitive  # opens a clause named after its construction
-          weight: 3                  # optional, default 1; relative to siblings
-          body: [NP:AGENT, Vt.past, NP:PATIENT]
-      NP:
-        - [Det, N:head]              # a bare list is a production of weight 1
-
-Body items:
-
-* ``word``: a literal token (starts with a lower-case letter, digit or punctuation;
-  quote YAML-special words such as ``"on"``, ``"no"`` or ``","``);
-* ``Sym``: a rule, or a lexicon category without forms;
-* ``Cat.form``: one form of a lexicon category that declares ``forms``;
-* ``Sym:ROLE`` with ROLE in AGENT, PATIENT, RECIPIENT: the noun that heads ``Sym``
-  plays ROLE in the current clause;
-* ``Sym:head``: ``Sym`` inherits whatever role its parent was given.
-
-A role travels down ``:head`` items only, to exactly one noun. So a role-annotated
-symbol must be a noun category, or a rule every production of which has exactly one
-``:head`` item that leads on to a noun. Nouns reached without a role (the object of
-an adjunct preposition, say) carry ``-`` and are not scored.
-
-Every production of the start rule must open a clause: that clause is the main
-clause (id 0, depth 0).
+Schema
+------
+The YAML schema, its body items, the rules checked on load and the conventions of the
+shipped grammars are written once, in ``emaprobe/tasks/grammars/README.md``.
 
 Use
 ---
@@ -69,17 +29,6 @@ Use
 ``Grammar``; ``g.sample(random.Random(0))`` one ``RoleSentence``,
 ``g.sample_many(n, seed)`` a list, ``g.iter_samples(seed)`` a stream. Deduplicated
 train/test splits live in ``emaprobe.tasks.role_data``.
-
-Conventions of the shipped grammars
------------------------------------
-* A noun belongs to the clause of the phrase it heads. In "the dog that the cat
-  chased barked", "dog" is in the main clause (AGENT of "barked"); the relative
-  clause opens at "that", and "cat" is its AGENT. The relativised noun's role inside
-  the relative clause (the gap) is not marked on any token.
-* In a passive the surface subject is PATIENT (RECIPIENT in a passive ditransitive)
-  and the noun of the by-phrase is AGENT. Intransitive subjects are AGENT.
-* An it-cleft is one clause: the copula assigns no role, so the focused noun carries
-  the role it plays in the clause that follows "that".
 """
 
 from __future__ import annotations
@@ -154,15 +103,27 @@ class Grammar:
 
     # ---- what the grammar can produce -------------------------------------------
     @property
+    def reachable_rules(self) -> frozenset[str]:
+        """Rules a derivation from ``start`` can use (an included file may define more)."""
+        seen, todo = {self.start}, [self.start]
+        while todo:
+            for prod in self.rules[todo.pop()]:
+                for it in prod.body:
+                    if it.kind == "rule" and it.symbol not in seen:
+                        seen.add(it.symbol)
+                        todo.append(it.symbol)
+        return frozenset(seen)
+
+    @property
     def constructions(self) -> frozenset[str]:
-        """Names of every construction a production of this grammar can open."""
-        return frozenset(p.clause for prods in self.rules.values() for p in prods if p.clause)
+        """Names of every construction a sentence of this grammar can open (reachable rules only)."""
+        return frozenset(p.clause for r in self.reachable_rules for p in self.rules[r] if p.clause)
 
     @property
     def vocabulary(self) -> frozenset[str]:
         """Every token the grammar can emit (literals and every form of every word)."""
         words = {w for cat in self.lexicon.values() for lexeme in cat.words for w in lexeme}
-        words |= {it.symbol for prods in self.rules.values() for p in prods for it in p.body if it.kind == "word"}
+        words |= {it.symbol for r in self.reachable_rules for p in self.rules[r] for it in p.body if it.kind == "word"}
         return frozenset(words)
 
     @property
@@ -187,6 +148,7 @@ class Grammar:
             clause=tuple(d.clause),
             depth=tuple(d.depth),
             construction=tuple(d.construction),
+            noun=tuple(c is not None and self.lexicon[c].noun for c in d.categories),
         )
         return sent, tuple(d.categories)
 

@@ -18,8 +18,10 @@ Each stream's seed is the string ``f"{seed}:{split}:{grammar name}"``; Python's
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable
@@ -194,3 +196,63 @@ def format_sentence(sent: RoleSentence) -> str:
     out.extend("]" * prev_depth)
     text = " ".join(out)
     return text.replace("[ ", "[").replace(" ]", "]")
+
+
+def label_budget(sentences: Sequence[RoleSentence], n: int | None, seed: int | str) -> list[RoleSentence]:
+    """Labelled sentences holding exactly ``n`` scored tokens (``None``: all of ``sentences``).
+
+    Sentences are taken in a seeded random order until ``n`` scored tokens are reached;
+    in the last one taken, roles past the budget are blanked to ``-`` (unlabelled), so
+    the labels used are exactly ``n``. The same seed gives the same labels, and a larger
+    budget extends a smaller one (the curve's budgets are nested).
+    """
+    if n is None:
+        return list(sentences)
+    if n < 1:
+        raise ValueError(f"a label budget must be >= 1 scored token (or None for all), got {n}")
+    total = sum(r != NO_ROLE for s in sentences for r in s.roles)
+    if n > total:
+        raise ValueError(f"label budget {n} exceeds the {total} scored tokens available")
+    order = list(range(len(sentences)))
+    random.Random(f"{seed}:budget").shuffle(order)
+    out: list[RoleSentence] = []
+    left = n
+    for i in order:
+        s = sentences[i]
+        k = sum(r != NO_ROLE for r in s.roles)
+        if k == 0:
+            continue
+        if k > left:
+            roles, keep = [], left
+            for r in s.roles:
+                if r != NO_ROLE and keep == 0:
+                    roles.append(NO_ROLE)
+                else:
+                    keep -= r != NO_ROLE
+                    roles.append(r)
+            s = dataclasses.replace(s, roles=tuple(roles))
+            k = left
+        out.append(s)
+        left -= k
+        if left == 0:
+            break
+    return out
+
+
+def unseen_tokens(sentences: Iterable[RoleSentence], train: Iterable[RoleSentence]) -> dict:
+    """How many tokens (and scored tokens) of ``sentences`` are word types never seen in ``train``."""
+    vocab = {w for s in train for w in s.tokens}
+    n_tok = n_unseen = n_scored = n_scored_unseen = 0
+    types: Counter = Counter()
+    for s in sentences:
+        for w, r in zip(s.tokens, s.roles):
+            n_tok += 1
+            new = w not in vocab
+            n_unseen += new
+            if new:
+                types[w] += 1
+            if r != NO_ROLE:
+                n_scored += 1
+                n_scored_unseen += new
+    return {"tokens": n_tok, "unseen_tokens": n_unseen, "scored": n_scored, "unseen_scored": n_scored_unseen,
+            "unseen_types": dict(types.most_common(20))}

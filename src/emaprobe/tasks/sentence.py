@@ -17,6 +17,9 @@ class RoleSentence:
     clause:       id of the clause the token sits in (0 = main clause)
     depth:        embedding depth of that clause (0 = main clause)
     construction: name of the construction that produced the token's clause
+    noun:         whether the token is a noun (a word class, not a role: adjunct-PP nouns
+                  are nouns with role "-"); empty when the source does not say. Role
+                  learners may train on all nouns; they never see which nouns are scored.
     """
 
     tokens: tuple[str, ...]
@@ -24,9 +27,12 @@ class RoleSentence:
     clause: tuple[int, ...]
     depth: tuple[int, ...]
     construction: tuple[str, ...]
+    noun: tuple[bool, ...] = ()
 
     def __post_init__(self) -> None:
         n = len(self.tokens)
+        if self.noun and len(self.noun) != n:
+            raise ValueError(f"RoleSentence.noun has {len(self.noun)} entries for {n} tokens (or give none)")
         for name in ("roles", "clause", "depth", "construction"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"RoleSentence.{name} has {len(getattr(self, name))} entries for {n} tokens")

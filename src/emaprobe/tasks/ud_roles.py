@@ -138,6 +138,7 @@ def sentence_roles(sent: Sentence, config: UDRoleConfig = UDRoleConfig()) -> Rol
         construction=tuple(
             "main" if kinds[clause_head[w.id]] == "main" else by_id[clause_head[w.id]].deprel for w in sent.words
         ),
+        noun=tuple(w.upos in cfg.scored_upos for w in sent.words),
     )
 
 
