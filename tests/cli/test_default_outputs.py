@@ -54,14 +54,7 @@ def _experiments() -> list:
 COMMANDS = [
     pytest.param(["bench", "scan", "--shape", "2x70x8", "--repeats", "1"], id="bench-scan"),
     pytest.param(["demo", "--smoke"], id="demo"),
-    pytest.param(
-        ["roles", "--smoke", "--no-treebank", "--quiet"], id="roles",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="cli/roles.py still defaults to results/roles; its move to runs/roles lands on another "
-            "branch (remove this mark then)",
-        ),
-    ),
+    pytest.param(["roles", "--smoke", "--no-treebank", "--quiet"], id="roles"),
     *_experiments(),
 ]
 

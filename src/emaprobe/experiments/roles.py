@@ -79,6 +79,7 @@ from emaprobe.tasks.role_data import RoleDataConfig, label_budget, label_counts,
 from emaprobe.tasks.sentence import NO_ROLE, ROLES, RoleSentence
 from emaprobe.train.tagger import LinearProbe, TaggerTrainConfig, train_tagger
 from emaprobe.utils import atomic_write_bytes, atomic_write_json, atomic_write_text, config_to_dict, run_record
+from emaprobe.utils.progress import progress_disabled
 
 NAME = "roles"
 PAPER = {
@@ -487,7 +488,7 @@ def run(cfg: Config, out: str | Path) -> dict[str, Any]:
     treebank = resolve_treebank(cfg.treebank)
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
-    quiet = bool(os.environ.get("TQDM_DISABLE"))
+    quiet = progress_disabled()
     t0, cpu0 = time.perf_counter(), _cpu_seconds()
     try:
         seeds = list(range(cfg.first_seed, cfg.first_seed + cfg.seeds))

@@ -17,7 +17,6 @@ Used by ``emaprobe.experiments.roles``; a run of the whole experiment is
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,6 +26,7 @@ from tqdm import tqdm
 
 from emaprobe.models.bigru import IGNORE, BiGRUTagger, length_batches, role_ids
 from emaprobe.tasks.sentence import ROLES, RoleSentence
+from emaprobe.utils.progress import progress_disabled
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ def train_tagger(
         model.history.append({"steps": len(losses), "first_loss": losses[0], "last_loss": losses[-1]})
         return model.eval()
     best, best_state, bad = -1.0, None, 0
-    disable = quiet or bool(os.environ.get("TQDM_DISABLE"))
+    disable = progress_disabled(quiet)
     bar = tqdm(range(cfg.max_epochs), desc=desc, disable=disable, leave=False)
     for epoch in bar:
         model.train()
