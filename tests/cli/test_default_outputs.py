@@ -55,6 +55,8 @@ COMMANDS = [
     pytest.param(["bench", "scan", "--shape", "2x70x8", "--repeats", "1"], id="bench-scan"),
     pytest.param(["demo", "--smoke"], id="demo"),
     pytest.param(["roles", "--smoke", "--no-treebank", "--quiet"], id="roles"),
+    # every registered experiment at its smoke budget, and the report: what CI runs of `reproduce`
+    pytest.param(["reproduce", "--budget", "smoke"], id="reproduce"),
     *_experiments(),
 ]
 
