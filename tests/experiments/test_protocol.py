@@ -1,0 +1,58 @@
+"""The experiment protocol: claim rows that cannot lie about their form, verdict rules, the registry."""
+
+import json
+import math
+
+import pytest
+
+from emaprobe.cli.run import parse_set
+from emaprobe.experiments import protocol
+from emaprobe.experiments.protocol import Claim, read_claims, verdict_from_interval, write_claims
+
+ROW = dict(claim="c", metric="m", paper=0.96, ours=0.9, std=0.01, seeds=5, scale="s", verdict="refuted", command="x")
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("verdict", "maybe", "verdict must be one of"),
+    ("ours", math.nan, "ours must be a finite number"),
+    ("paper", "high", "paper must be a finite number"),
+    ("seeds", 0, "seeds must be an integer >= 1"),
+    ("command", "", "command must not be empty"),
+])
+def test_a_malformed_claim_is_a_named_error(field, value, words):
+    with pytest.raises(ValueError, match=words):
+        Claim(**{**ROW, field: value})
+
+
+def test_claims_round_trip_and_duplicate_ids_are_refused(tmp_path):
+    rows = [Claim(**ROW), Claim(**{**ROW, "claim": "d", "paper": None, "std": None})]
+    write_claims(tmp_path, rows)
+    assert read_claims(tmp_path) == rows
+    with pytest.raises(ValueError, match=r"duplicate claim ids \['c'\]"):
+        write_claims(tmp_path, [Claim(**ROW), Claim(**ROW)])
+    (tmp_path / "claims.json").write_text(json.dumps([{**ROW, "colour": "red"}]))
+    with pytest.raises(ValueError, match="row 0 has unknown fields"):
+        read_claims(tmp_path)
+
+
+@pytest.mark.parametrize("lo, hi, above, verdict", [
+    (0.6, 0.9, True, "confirmed"), (0.1, 0.4, True, "refuted"), (0.4, 0.6, True, "inconclusive"),
+    (0.1, 0.4, False, "confirmed"), (0.6, 0.9, False, "refuted"),
+])
+def test_verdict_from_interval(lo, hi, above, verdict):
+    assert verdict_from_interval(lo, hi, threshold=0.5, above_confirms=above) == verdict
+
+
+def test_unknown_experiment_and_budget_list_the_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown experiment 'nope'; choose one of \[.*'lm_scale'"):
+        protocol.get_experiment("nope")
+    exp = protocol.get_experiment("lm_ptb")
+    with pytest.raises(ValueError, match=r"has no budget 'huge'; choose one of \['default', 'gpu', 'smoke'\]"):
+        protocol.config_for(exp, "huge")
+    assert protocol.config_for(exp, "smoke", {"seed": "3"}).seed == 3
+
+
+def test_set_items_parse_or_fail_clearly():
+    assert parse_set(["a.b=1", "c = x "]) == {"a.b": "1", "c": "x"}
+    with pytest.raises(ValueError, match="--set takes FIELD=VALUE"):
+        parse_set(["a.b"])
