@@ -84,8 +84,8 @@ def test_smoke_run_writes_runs_report_and_claims(tmp_path):
     head = json.loads((out / "runs" / f"{L.Job('spen-ema', 'tiny', 3e-3, 0, 256).name}.json").read_text())
     assert len(head["curve"]) == len(L.log_spaced_steps(256 // 32, cfg.curve_points))
     claims = {c.claim: c for c in read_claims(out)}
-    assert set(claims) == {"ppl_ratio_130m", "predictor_ablation_delta_loss", "selective_closes_gap"} or set(claims) >= {
-        "ppl_ratio_130m", "predictor_ablation_delta_loss"}
+    # selective_closes_gap needs GPT behind fixed EMA on every seed, which a smoke run may not give
+    assert {"ppl_ratio_130m", "predictor_ablation_delta_loss", "selection_beats_fixed_decay"} <= set(claims) <= set(L.CLAIMS)
     assert claims["ppl_ratio_130m"].paper == 8.0 and claims["ppl_ratio_130m"].ours > 0
     assert claims["predictor_ablation_delta_loss"].seeds == cfg.seeds
     for name in ("README.md", "summary.json", "token_curve.png", "mechanisms.png"):
