@@ -17,6 +17,7 @@ from emaprobe.train import (
     LMData,
     TrainConfig,
     TrainingDiverged,
+    TrainingInterrupted,
     evaluate_lm,
     load_checkpoint,
     train_lm,
@@ -95,6 +96,31 @@ def test_killed_and_resumed_run_equals_unbroken_bit_for_bit(ptb, tmp_path):
         run_lm_training("spen-tiny", "ptb", broken, train_overrides={**over, "steps": "22", "optim.lr": "1e-4"},
                         lm_data=ptb, quiet=True, resume=True)
     assert [m["step"] for m in _metrics(broken) if "loss" in m][-2:] == [21, 22]
+
+
+def test_sigterm_checkpoints_the_step_reached_and_resume_equals_unbroken(ptb, tmp_path, monkeypatch):
+    import signal
+
+    import emaprobe.train.lm as lm_module
+
+    over = {**FAST, "steps": "12", "ckpt_every": "100", "eval_every": "6"}
+    unbroken, cut = tmp_path / "unbroken", tmp_path / "cut"
+    run_lm_training("spen-tiny", "ptb", unbroken, train_overrides=over, lm_data=ptb, quiet=True)
+    real_lr_at = lm_module.lr_at
+
+    def lr_at_then_term(step, *args):
+        if step == 7:  # SIGTERM arrives during step 8: that step finishes, is checkpointed, and the run stops
+            signal.raise_signal(signal.SIGTERM)
+        return real_lr_at(step, *args)
+
+    monkeypatch.setattr(lm_module, "lr_at", lr_at_then_term)
+    with pytest.raises(TrainingInterrupted, match="SIGTERM at step 8 of 12.*--resume"):
+        run_lm_training("spen-tiny", "ptb", cut, train_overrides=over, lm_data=ptb, quiet=True)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone again
+    assert load_checkpoint(cut / CHECKPOINT_NAME)["step"] == 8  # no checkpoint was due; the signal wrote one
+    monkeypatch.setattr(lm_module, "lr_at", real_lr_at)
+    run_lm_training("spen-tiny", "ptb", cut, train_overrides=over, lm_data=ptb, quiet=True, resume=True)
+    assert _curve(_metrics(cut)) == _curve(_metrics(unbroken))
 
 
 class _PoisonedLM(nn.Module):

@@ -56,8 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"emaprobe {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"emaprobe {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        why = f": {err}" if str(err) else ""
+        print(f"emaprobe {args.command}: interrupted{why}", file=sys.stderr)
         return 130
 
 

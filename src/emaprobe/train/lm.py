@@ -24,6 +24,10 @@ Under DDP, a rank that raises mid-step records its error for the others and leav
 without the closing barrier; their collective then fails and they stop with
 ``PeerFailed``, which names that rank and its error. Nobody hangs, and the last
 checkpoint (written atomically) stays as it was.
+
+SIGTERM or SIGINT (``timeout``, a scheduler's preemption, Ctrl-C) on a single-process
+run finishes the step under way, writes a checkpoint there and raises
+``TrainingInterrupted``, so a resume loses no work; a second signal acts at once.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ import dataclasses
 import json
 import math
 import os
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -70,8 +76,38 @@ class TrainingDiverged(ValueError):
     """The loss or gradient norm became NaN or infinite; the last good checkpoint is kept."""
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGTERM or SIGINT ended the run at a step boundary, after a checkpoint was written there."""
+
+
 class PeerFailed(RuntimeError):
     """Another DDP rank failed mid-run, so this one stopped too; the last checkpoint is kept."""
+
+
+@contextlib.contextmanager
+def _stop_requests(enabled: bool):
+    """Yield a dict whose ``"signal"`` is set when SIGTERM or SIGINT arrives; the first one only.
+
+    Off under DDP (a rank that stops alone would hang the others) and off a main thread.
+    """
+    request: dict[str, int | None] = {"signal": None}
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def handler(signum, frame):
+        request["signal"] = signum
+        for sig, prev in old.items():  # a second signal acts at once
+            signal.signal(sig, prev)
+
+    for sig in old:
+        signal.signal(sig, handler)
+    try:
+        yield request
+    finally:
+        for sig, prev in old.items():
+            signal.signal(sig, prev)
 
 
 @dataclass
@@ -313,6 +349,8 @@ def train_lm(
         )
 
     step = start_step
+    stop = contextlib.ExitStack()
+    request = stop.enter_context(_stop_requests(not info.enabled))
     try:
         model.train()
         for step in range(start_step, cfg.steps):
@@ -358,6 +396,16 @@ def train_lm(
                 if on_checkpoint is not None and info.is_main:
                     on_checkpoint(model, out)
                 barrier(info)
+            if request["signal"] is not None and done < cfg.steps:
+                if last_ckpt_step != done:
+                    _save(model, optimizer, sampler, cfg, train_cfg, model_cfg, info, done, tokens_seen, metrics,
+                          ckpt_path)
+                    if on_checkpoint is not None:
+                        on_checkpoint(model, out)
+                raise TrainingInterrupted(
+                    f"{signal.Signals(request['signal']).name} at step {done} of {cfg.steps}: checkpoint written to "
+                    f"{ckpt_path}; rerun with --resume to continue"
+                )
             if stop_after is not None and done >= stop_after:
                 break
     except Exception as err:
@@ -365,6 +413,7 @@ def train_lm(
             raise
         _raise_distributed_failure(err, info, step, last_ckpt_step, ckpt_path)
     finally:
+        stop.close()
         bar.close()
         if log_file is not None:
             log_file.close()
