@@ -43,6 +43,31 @@ def test_plan_shares_the_headline_pair_with_the_ladder(tmp_path):
     assert len({j.name for j in mech}) == len(mech)
 
 
+def test_headline_variants_join_the_pair_and_the_ladder_keeps_its_own_budget(tmp_path):
+    cfg = L.Config(spen_lr=1e-3, gpt_lr=5e-4, headline_variants=("spen-selective", "gpt"), ladder_tokens=20_000_000)
+    head = L.plan(cfg, tmp_path, "headline")
+    assert [j.variant for j in head] == ["spen-ema", "gpt", "spen-selective"]  # the pair always, first
+    assert {j.size for j in head} == {"130m"} and {j.tokens for j in head} == {cfg.headline_tokens}
+    ladder = L.plan(cfg, tmp_path, "ladder")
+    assert {j.tokens for j in ladder} == {20_000_000} and {j.variant for j in ladder} == {"spen-ema", "gpt"}
+    # the ladder's small pair is the lr stage's seed-0 pair: the same job names, so it is not trained twice
+    lr_small = {j.name for j in L.plan(dataclasses.replace(cfg, lrs=(1e-3, 5e-4)), tmp_path, "lr")}
+    assert {j.name for j in ladder if j.size == "small"} <= lr_small
+    with pytest.raises(ValueError, match="headline_variants: unknown"):
+        L.Config(headline_variants=("mamba",))
+    with pytest.raises(ValueError, match="ladder_tokens must be >= 0"):
+        L.Config(ladder_tokens=-1)
+
+
+def test_a_gap_that_points_the_wrong_way_is_reported_as_the_reason_not_a_claim():
+    s = {"paired": {"spen-ema - gpt": {"mean": -0.3, "lo": -0.4, "hi": -0.2, "seeds": 3, "values": [-0.3] * 3}},
+         "selective_gap_note": "no gap at this scale"}
+    why = L.unmeasured(s, [])
+    assert why["selective_closes_gap"] == "no gap at this scale"
+    assert why["ppl_ratio_130m"] == "its runs are not in runs/"
+    assert "gpt is still behind spen-ema (-0.300 nats)" in L._behind_note(s)
+
+
 def test_best_lr_needs_the_lr_stage_or_an_explicit_value(tmp_path):
     cfg = L.Config(lrs=(1e-3, 2e-3))
     with pytest.raises(ValueError, match="run the 'lr' stage first, or set spen_lr"):

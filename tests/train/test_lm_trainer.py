@@ -117,10 +117,16 @@ def test_sigterm_checkpoints_the_step_reached_and_resume_equals_unbroken(ptb, tm
     with pytest.raises(TrainingInterrupted, match="SIGTERM at step 8 of 12.*--resume"):
         run_lm_training("spen-tiny", "ptb", cut, train_overrides=over, lm_data=ptb, quiet=True)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone again
-    assert load_checkpoint(cut / CHECKPOINT_NAME)["step"] == 8  # no checkpoint was due; the signal wrote one
+    first = load_checkpoint(cut / CHECKPOINT_NAME)
+    assert first["step"] == 8  # no checkpoint was due; the signal wrote one
     monkeypatch.setattr(lm_module, "lr_at", real_lr_at)
-    run_lm_training("spen-tiny", "ptb", cut, train_overrides=over, lm_data=ptb, quiet=True, resume=True)
+    result = run_lm_training("spen-tiny", "ptb", cut, train_overrides=over, lm_data=ptb, quiet=True, resume=True)
     assert _curve(_metrics(cut)) == _curve(_metrics(unbroken))
+    # training time adds up over the two processes, and a finished run reports it again
+    final = load_checkpoint(cut / CHECKPOINT_NAME)["train_s"]
+    assert 0 < first["train_s"] < final <= result["train_s"]
+    again = run_lm_training("spen-tiny", "ptb", cut, train_overrides=over, lm_data=ptb, quiet=True, resume=True)
+    assert again["already_done"] and again["train_s"] == final
 
 
 class _PoisonedLM(nn.Module):

@@ -20,9 +20,11 @@ because batches are drawn from the run seed alone):
                 ``mechanism_tokens`` tokens; paired differences with 95% t-intervals
     headline    spen-130m (ema) and gpt-124m, ``headline_tokens`` tokens, evaluated at
                 ``curve_points`` log-spaced token counts: the ratio as a curve; a power law
-                per family, extrapolated to the paper's 8B tokens (labelled as such)
-    ladder      spen-ema and gpt at each size of ``ladder``, at the headline's token budget
-                and curve points (so its 130m pair is the headline pair): the perplexity
+                per family, extrapolated to the paper's 8B tokens (labelled as such).
+                ``headline_variants`` adds other mechanisms at that scale (e.g.
+                spen-selective, where the gap to attention is open)
+    ladder      spen-ema and gpt at each size of ``ladder``, at ``ladder_tokens`` (0: the
+                headline's budget, so its 130m pair is the headline pair): the perplexity
                 ratio against parameters
 
 Command:   emaprobe run lm_scale --smoke                        (CPU, PTB, seconds; CI)
@@ -127,6 +129,8 @@ class Config:
     lr_tokens: int = 20_000_000
     mechanism_tokens: int = 20_000_000
     headline_tokens: int = 100_000_000
+    headline_variants: tuple[str, ...] = ("spen-ema", "gpt")  # spen-ema and gpt always; others beside them
+    ladder_tokens: int = 0  # 0: headline_tokens
     curve_points: int = 8  # log-spaced evaluations of the headline runs
     lrs: tuple[float, ...] = (1e-3, 2e-3, 4e-3)
     spen_lr: float = 0.0  # 0: the best of the lr stage
@@ -152,9 +156,12 @@ class Config:
         for size in (self.small_size, self.headline_size, *self.ladder):
             if size not in SIZES:
                 raise ValueError(f"unknown size {size!r}; choose one of {sorted(SIZES)}")
-        bad = sorted(set(self.mechanisms) - set(VARIANTS))
-        if bad:
-            raise ValueError(f"mechanisms: unknown {bad}; choose from {sorted(VARIANTS)}")
+        for field in ("mechanisms", "headline_variants"):
+            bad = sorted(set(getattr(self, field)) - set(VARIANTS))
+            if bad:
+                raise ValueError(f"{field}: unknown {bad}; choose from {sorted(VARIANTS)}")
+        if self.ladder_tokens < 0:
+            raise ValueError(f"ladder_tokens must be >= 0 (0: headline_tokens), got {self.ladder_tokens}")
         for name in ("seq_len", "batch_size", "lr_tokens", "mechanism_tokens", "headline_tokens", "curve_points", "seeds",
                      "parallel"):
             if getattr(self, name) < 1:
@@ -263,9 +270,17 @@ def plan(cfg: Config, out: Path, stage: str) -> list[Job]:
         order = sorted(cfg.mechanisms, key=lambda v: v not in CLAIM_VARIANTS)
         return [Job(v, cfg.small_size, lr[VARIANTS[v][0]], s, cfg.mechanism_tokens)
                 for v in order for s in range(cfg.seeds)]
-    sizes = cfg.ladder if stage == "ladder" else (cfg.headline_size,)
-    return [Job(v, size, lr[VARIANTS[v][0]], 0, cfg.headline_tokens, cfg.curve_points, cfg.ckpt_every)
-            for size in sizes for v in ("spen-ema", "gpt")]
+    if stage == "headline":
+        variants = dict.fromkeys(("spen-ema", "gpt", *cfg.headline_variants))
+        return [Job(v, cfg.headline_size, lr[VARIANTS[v][0]], 0, cfg.headline_tokens, cfg.curve_points, cfg.ckpt_every)
+                for v in variants]
+    return [Job(v, size, lr[VARIANTS[v][0]], 0, ladder_tokens(dataclasses.asdict(cfg)), cfg.curve_points, cfg.ckpt_every)
+            for size in cfg.ladder for v in ("spen-ema", "gpt")]
+
+
+def ladder_tokens(cfg: dict[str, Any]) -> int:
+    """The ladder's budget from a config dict (records written before the field existed lack it)."""
+    return cfg.get("ladder_tokens") or cfg["headline_tokens"]
 
 
 def log_spaced_steps(steps: int, points: int) -> tuple[int, ...]:
@@ -360,12 +375,10 @@ def train_job(job: Job, cfg: Config, out: Path) -> dict[str, Any]:
     run_dir = work_dir(cfg) / "jobs" / job.name
     lm_data = LMData(train=data["train"], val=data["valid"], bytes_per_token=data["valid"].bytes_per_token,
                      name=f"{cfg.train} (val {cfg.valid})")
-    t0 = time.perf_counter()
     result = run_lm_training(
         job.config_name, cfg.train, run_dir, model_overrides=overrides, base_train=train_cfg, lm_data=(lm_data, tok),
         resume=(run_dir / "checkpoint.pt").is_file(), quiet=True,
     )
-    train_s = time.perf_counter() - t0
     device = resolve_device(cfg.device, DistInfo())
     model, _, _ = load_run(run_dir, device)
     autocast = autocast_context(train_cfg, device)
@@ -397,7 +410,7 @@ def train_job(job: Job, cfg: Config, out: Path) -> dict[str, Any]:
         tokens=result["tokens"],
         data={"train": cfg.train, "train_tokens": len(data["train"]), "valid": cfg.valid,
               "valid_tokens": len(data["valid"]), "tokenizer": tok.name},
-        train_s=round(train_s, 1),
+        train_s=round(result["train_s"], 1),
         tokens_per_s=float(np.median(speeds)) if speeds else None,
         parallel_jobs=cfg.parallel,
         peak_mem_gb=round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None,
@@ -554,10 +567,17 @@ def summarize(runs: dict[str, dict]) -> dict[str, Any]:
         if le - lg > 0:
             gap.append((le - ls) / (le - lg))
     s["selective_gap_closed"] = dict(zip(("mean", "lo", "hi"), t_interval(gap)), values=gap) if gap else None
+    if common and not gap:
+        d = s["paired"]["spen-ema - gpt"]
+        s["selective_gap_note"] = (
+            f"at the mechanisms scale ({cfg['small_size']}, {cfg['mechanism_tokens']:.3g} tokens) gpt's test loss is above "
+            f"spen-ema's on every seed (spen-ema - gpt = {d['mean']:+.3f} nats), so there is no gap for selection to "
+            "close there; run spen-selective where the gap is open: --set stages=headline "
+            "--set headline_variants=spen-ema,gpt,spen-selective")
     # ladder
     ladder = []
     for size in cfg["ladder"]:
-        pair = {v: _find(runs, variant=v, size=size, seed=0, tokens=cfg["headline_tokens"], lr=best[VARIANTS[v][0]])
+        pair = {v: _find(runs, variant=v, size=size, seed=0, tokens=ladder_tokens(cfg), lr=best[VARIANTS[v][0]])
                 for v in ("spen-ema", "gpt")}
         if all(pair.values()):
             sp, gp = pair["spen-ema"][0], pair["gpt"][0]
@@ -583,6 +603,15 @@ def summarize(runs: dict[str, dict]) -> dict[str, Any]:
             pts = pts[len(pts) // 3:] if len(pts) >= 6 else pts  # the early transient is not the law
             if len(pts) >= 3:
                 fits[fam] = power_law_fit(*zip(*pts), at=PAPER["tokens"])
+        h["others"] = {}
+        for v in cfg.get("headline_variants", ()):
+            found = _find(runs, variant=v, size=cfg["headline_size"], tokens=cfg["headline_tokens"], seed=0)
+            if v in ("spen-ema", "gpt") or not found:
+                continue
+            r = found[0]
+            le, lv, lg = _test_loss(sp), _test_loss(r), _test_loss(gp)
+            h["others"][v] = {**_brief(r), "ratio": {k: r["final"][k]["ppl"] / gp["final"][k]["ppl"] for k in r["final"]},
+                              "gap_closed": (le - lv) / (le - lg) if le > lg else None}
         if len(fits) == 2:
             f_s, f_g = fits["spen"], fits["gpt"]
             dl = f_s["loss"] - f_g["loss"]
@@ -616,8 +645,9 @@ def claims(s: dict[str, Any], command: str) -> list[Claim]:
             note = (f"measured at {h['spen']['tokens']:.3g} tokens; power law per family extrapolated to 8B tokens: "
                     f"ratio {ex['ppl_ratio']:.2f} (95% interval {ex['ppl_ratio_lo']:.2f}-{ex['ppl_ratio_hi']:.2f}). "
                     "Verdict rule: confirmed if that interval lies above 4 (half the paper's 8x), refuted if below, "
-                    "else inconclusive. Ratios on every split: "
-                    + ", ".join(f"{k} {v:.2f}" for k, v in h["ratio"].items()))
+                    "else inconclusive. Both models are trained here on the same tokens in the same order (one "
+                    "seed each); the paper sets its SPEN (about 8B tokens) beside GPT-2's own perplexity. "
+                    "Ratios on every split: " + ", ".join(f"{k} {v:.2f}" for k, v in h["ratio"].items()))
         else:
             verdict, note = "inconclusive", "no extrapolation (too few curve points)"
         rows.append(Claim(
@@ -643,7 +673,7 @@ def claims(s: dict[str, Any], command: str) -> list[Claim]:
             command=command, labels="none (language modelling)",
             note=(f"paired by seed; 95% t-interval [{d['lo']:.4f}, {d['hi']:.4f}]. Verdict rule: confirmed when the "
                   f"interval lies within +-{tol} nats or the difference is under {tol}, refuted when it excludes 0 "
-                  "by more, else inconclusive.")))
+                  "by more, else inconclusive." + _behind_note(s))))
     d = s["paired"].get("spen-selective - spen-ema")
     if d and d["seeds"] >= 2:
         rows.append(Claim(
@@ -663,7 +693,35 @@ def claims(s: dict[str, Any], command: str) -> list[Claim]:
             seeds=len(g["values"]), scale=small, verdict=verdict, command=command, labels="none (language modelling)",
             note=(f"95% t-interval [{g['lo']:.3f}, {g['hi']:.3f}]. Verdict rule: confirmed when the interval lies "
                   "above 0.5 (closes most of the gap), refuted when below, else inconclusive.")))
+    elif h and (h.get("others", {}).get("spen-selective") or {}).get("gap_closed") is not None:
+        o = h["others"]["spen-selective"]
+        rows.append(Claim(
+            claim="selective_closes_gap",
+            metric=f"fraction of the spen-ema -> gpt test-loss gap closed by spen-selective, {cfg['headline_size']} size",
+            paper=None, ours=round(o["gap_closed"], 4), std=None, seeds=1,
+            scale=f"{o['params'] / 1e6:.0f}M params, {o['tokens']:.3g} tokens, seed 0 of each",
+            verdict="inconclusive", command=command, labels="none (language modelling)",
+            note=("one seed per model, so no interval: the verdict stays inconclusive until more seeds run. "
+                  + (s.get("selective_gap_note") or ""))))
     return rows
+
+
+def _behind_note(s: dict[str, Any]) -> str:
+    d = s["paired"].get("spen-ema - gpt")
+    if not d or d["mean"] >= 0:
+        return ""
+    return (f" At this scale gpt is still behind spen-ema ({d['mean']:+.3f} nats), so attention has not yet shown "
+            "what it adds; the headline scale, where the gap is open, is the stronger test "
+            "(--set headline_variants=spen-ema,gpt,spen-ema-attnpred).")
+
+
+def unmeasured(s: dict[str, Any], rows: list[Claim]) -> dict[str, str]:
+    """Each claim without a row, and why."""
+    done = {r.claim for r in rows}
+    why = {c: "its runs are not in runs/" for c in CLAIMS if c not in done}
+    if "selective_closes_gap" in why and s.get("selective_gap_note"):
+        why["selective_closes_gap"] = s["selective_gap_note"]
+    return why
 
 
 def report(out: Path) -> None:
@@ -703,7 +761,8 @@ def _readme(s: dict, runs: dict[str, dict], figures: list[str], command: str) ->
         f"B{cfg['batch_size']} x T{cfg['seq_len']}; AdamW, warmup {cfg['warmup_frac']:.0%}, cosine to "
         f"{cfg['min_lr_ratio']:g} x lr, weight decay {cfg['weight_decay']} (not on decay or gate parameters).",
         f"- Hardware: {', '.join(cards)}; torch {any_r['torch']}; commits {', '.join(shas)}; "
-        f"{len(runs)} runs, {sum(r.get('train_s') or 0 for r in runs.values()) / 3600:.2f} h of training.",
+        f"{len(runs)} runs, {sum(r['tokens'] / r['tokens_per_s'] for r in runs.values() if r.get('tokens_per_s')) / 3600:.2f} h "
+        "of training steps (tokens / median throughput; evaluations and compilation not counted).",
         "",
     ]
     h = s.get("headline")
@@ -713,12 +772,19 @@ def _readme(s: dict, runs: dict[str, dict], figures: list[str], command: str) ->
                   "| model | params | tokens | lr | " + " | ".join(f"{k} ppl" for k in sp["final"]) + " | "
                   + " | ".join(f"{k} bpb" for k in sp["final"]) + " | tokens/s | run | commit |",
                   "|---|---:|---:|---:|" + "---:|" * (2 * len(sp["final"])) + "---:|---|---|"]
-        for label, b in ((f"{runs[sp['name']]['config_name']}, ema", sp), (runs[gp["name"]]["config_name"], gp)):
+        others = h.get("others", {})
+        rows = [(f"{runs[sp['name']]['config_name']}, ema", sp), (runs[gp["name"]]["config_name"], gp)]
+        rows += [(f"{runs[o['name']]['config_name']}, {v.removeprefix('spen-')}", o) for v, o in others.items()]
+        for label, b in rows:
             lines.append(f"| {label} | {b['params'] / 1e6:.1f}M | {b['tokens']:.3g} | {b['lr']:g} | "
                          + " | ".join(f"{v['ppl']:.2f}" for v in b["final"].values()) + " | "
                          + " | ".join(f"{v['bpb']:.4f}" for v in b["final"].values()) + " | "
                          + (f"{b['tokens_per_s']:,.0f}" if b.get("tokens_per_s") else "-")
                          + f" | `{b['name']}` | {str(b['git_sha'])[:10]} |")
+        for v, o in others.items():
+            closed = f"; it closes {o['gap_closed']:.2f} of the ema -> gpt test-loss gap" if o["gap_closed"] is not None else ""
+            lines += ["", f"Perplexity ratio {v} / GPT: " + ", ".join(f"{k} {r:.3f}" for k, r in o["ratio"].items())
+                      + f" (seed 0){closed}."]
         lines += ["", "Perplexity ratio SPEN / GPT: " + ", ".join(f"{k} **{v:.3f}**" for k, v in h["ratio"].items()) + ".",
                   "", "Ratio along the curve (whole validation stream): "
                   + ", ".join(f"{c['tokens']:.3g} tok {c['ratio']:.3f}" for c in h["curve_ratio"]) + "."]
@@ -771,9 +837,9 @@ def _readme(s: dict, runs: dict[str, dict], figures: list[str], command: str) ->
     lines += ["## Claims", "", "| claim | paper | ours | seeds | verdict |", "|---|---:|---:|---:|---|"]
     for c in rows:
         lines.append(f"| {c.claim} | {c.paper if c.paper is not None else '-'} | {c.ours:g} | {c.seeds} | {c.verdict} |")
-    missing = [c for c in CLAIMS if c not in {r.claim for r in rows}]
+    missing = unmeasured(s, rows)
     if missing:
-        lines += ["", "Not measured yet (their runs are not in `runs/`): " + ", ".join(f"`{c}`" for c in missing) + "."]
+        lines += ["", "Not measured:", ""] + [f"- `{c}`: {why}." for c, why in missing.items()]
     lines += ["", "Each claim's scale, verdict rule and command are in `claims.json`.", ""]
     lines += [f"![{f}]({f})" for f in figures] + [""]
     return "\n".join(lines)
@@ -800,7 +866,7 @@ def _plots(s: dict, runs: dict[str, dict], out: Path) -> list[str]:
         for fam, r in (("spen", h["spen"]), ("gpt", h["gpt"])):
             curve = runs[r["name"]]["curve"]
             x, y = [c["tokens"] for c in curve], [c["val_loss"] for c in curve]
-            (line,) = ax.plot(x, y, marker="o", ms=4, label=f"{r['name']}")
+            (line,) = ax.plot(x, y, marker="o", ms=4, label=f"{runs[r['name']]['config_name']} ({r['name']})")
             fit = h.get("extrapolated", {}).get("fits", {}).get(fam)
             if fit:
                 xs = np.geomspace(x[0], PAPER["tokens"], 50)
@@ -840,7 +906,7 @@ def _plots(s: dict, runs: dict[str, dict], out: Path) -> list[str]:
         ax.set_xscale("log")
         ax.set_xlabel("SPEN parameters")
         ax.set_ylabel("perplexity ratio SPEN / GPT")
-        ax.set_title(f"size ladder at {s['config']['headline_tokens']:.3g} tokens")
+        ax.set_title(f"size ladder at {ladder_tokens(s['config']):.3g} tokens")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
         save(fig, "ladder.png")

@@ -275,6 +275,7 @@ def train_lm(
     sampler = BatchSampler(data.train, cfg.batch_size, cfg.seq_len, seed=cfg.seed, rank=info.rank)
     autocast = autocast_context(cfg, device)
     start_step, tokens_seen, metrics = 0, 0, []
+    clock = {"before": 0.0, "since": 0.0}  # training seconds of earlier processes, and this one's start
 
     if ckpt_path.exists() and not resume:
         raise ValueError(f"{out} already holds a checkpoint; pass --resume to continue it, or choose another --out")
@@ -286,6 +287,7 @@ def train_lm(
         sampler.load_state_dict(ckpt["sampler"][info.rank])
         set_rng_state(ckpt["rng"][info.rank])
         start_step, tokens_seen, metrics = ckpt["step"], ckpt["tokens"], list(ckpt["metrics"])
+        clock["before"] = ckpt.get("train_s", 0.0)
         if start_step >= cfg.steps:
             # nothing to train: say so, keep every file as it is, and succeed
             note = (f"{ckpt_path} is already at step {start_step}, at or past steps={cfg.steps}; nothing to train "
@@ -295,7 +297,7 @@ def train_lm(
             last_val = next((m for m in reversed(metrics) if "val_loss" in m), {})
             last = next((m for m in reversed(metrics) if "loss" in m), {})
             return {"step": start_step, "tokens": tokens_seen, "train": last, "val": last_val,
-                    "already_done": True, "note": note}
+                    "already_done": True, "note": note, "train_s": clock["before"]}
     if cfg.optim.warmup_steps >= cfg.steps and info.is_main:
         warnings.warn(
             f"optim.warmup_steps={cfg.optim.warmup_steps} >= steps={cfg.steps}: the learning rate never leaves "
@@ -349,6 +351,11 @@ def train_lm(
         )
 
     step = start_step
+    clock["since"] = time.perf_counter()
+
+    def train_s() -> float:
+        return clock["before"] + time.perf_counter() - clock["since"]
+
     stop = contextlib.ExitStack()
     request = stop.enter_context(_stop_requests(not info.enabled))
     try:
@@ -391,7 +398,8 @@ def train_lm(
                 emit(last_val)
                 t_log = time.perf_counter()  # evaluation time is not training throughput
             if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == cfg.steps:
-                _save(model, optimizer, sampler, cfg, train_cfg, model_cfg, info, done, tokens_seen, metrics, ckpt_path)
+                _save(model, optimizer, sampler, cfg, train_cfg, model_cfg, info, done, tokens_seen, metrics, ckpt_path,
+                      train_s())
                 last_ckpt_step = done
                 if on_checkpoint is not None and info.is_main:
                     on_checkpoint(model, out)
@@ -399,7 +407,7 @@ def train_lm(
             if request["signal"] is not None and done < cfg.steps:
                 if last_ckpt_step != done:
                     _save(model, optimizer, sampler, cfg, train_cfg, model_cfg, info, done, tokens_seen, metrics,
-                          ckpt_path)
+                          ckpt_path, train_s())
                     if on_checkpoint is not None:
                         on_checkpoint(model, out)
                 raise TrainingInterrupted(
@@ -419,7 +427,8 @@ def train_lm(
             log_file.close()
         if writer is not None:
             writer.close()
-    return {"step": last.get("step", start_step), "tokens": tokens_seen, "train": last, "val": last_val}
+    return {"step": last.get("step", start_step), "tokens": tokens_seen, "train": last, "val": last_val,
+            "train_s": train_s()}
 
 
 def _raise_distributed_failure(err: Exception, info: DistInfo, step: int, ckpt_step: int | None, path: Path):
@@ -441,7 +450,7 @@ def _raise_distributed_failure(err: Exception, info: DistInfo, step: int, ckpt_s
     ) from err
 
 
-def _save(model, optimizer, sampler, cfg, train_cfg, model_cfg, info, step, tokens, metrics, path) -> None:
+def _save(model, optimizer, sampler, cfg, train_cfg, model_cfg, info, step, tokens, metrics, path, train_s) -> None:
     # every rank's sampler and RNG state is gathered so that each one resumes its own stream
     samplers = all_gather_objects(sampler.state_dict(), info)
     rngs = all_gather_objects(rng_state(), info)
@@ -461,6 +470,7 @@ def _save(model, optimizer, sampler, cfg, train_cfg, model_cfg, info, step, toke
             "world_size": info.world_size,
             "seed": cfg.seed,
             "metrics": list(metrics),
+            "train_s": train_s,  # wall seconds of training (evaluations included) over every process so far
         },
     )
 
