@@ -39,3 +39,20 @@ def test_bad_settings_fail_clearly():
         SparseFFN(4, 10, 4, k=2, act="tanh")
     with pytest.raises(ValueError, match=r"k must lie in \[1, d_ff=10\]"):
         SparseFFN(4, 10, 4, k=11)
+
+
+@pytest.mark.parametrize("impl", ["dense", "gather"])
+def test_impl_changes_no_parameter_and_loads_any_checkpoint(impl):
+    torch.manual_seed(0)
+    ref = SparseFFN(37, 101, 29, k=7, impl="dense")
+    ffn = SparseFFN(37, 101, 29, k=7, impl=impl)
+    assert list(ffn.state_dict()) == ["up.weight", "down.weight"]
+    ffn.load_state_dict(ref.state_dict())
+    c = torch.randn(3, 5, 37)
+    torch.testing.assert_close(ffn(c), ref(c))
+    assert f"impl={impl}" in repr(ffn)
+
+
+def test_unknown_impl_lists_the_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown FFN impl 'sparse'; choose one of \['dense', 'gather', 'auto'\]"):
+        SparseFFN(4, 10, 4, k=2, impl="sparse")

@@ -2,8 +2,10 @@
 
 The paper's block keeps 6% of the FFN units (k = ceil(0.06 d_ff)); the rest are
 set to zero, k-winners-take-all style. Gradients reach only the k kept units. The
-computation here is dense (scatter into d_ff, then a full matmul), which is the
-fast choice on GPUs at these widths; the sparsity is in the activations.
+down projection runs in one of the forms of ``emaprobe.ops.topk_ffn``, chosen by
+``impl``: ``dense`` (scatter into d_ff, then a full matmul; the fast choice on GPUs at
+these widths, and the only form before), ``gather`` (a weighted sum of the k kept columns of W2, skipping the
+zeros; faster on CPU) or ``auto`` (by device). All give the same values and gradients.
 """
 
 from __future__ import annotations
@@ -11,10 +13,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}
+from emaprobe.ops.sparse_ffn import ACTIVATIONS, check_ffn_impl, topk_code, topk_ffn
 
 
 def active_units(fraction: float, d_ff: int) -> int:
@@ -23,15 +24,20 @@ def active_units(fraction: float, d_ff: int) -> int:
 
 
 class SparseFFN(nn.Module):
-    """c (..., d_in) -> y (..., d_out) through d_ff units of which k are kept per token."""
+    """c (..., d_in) -> y (..., d_out) through d_ff units of which k are kept per token.
 
-    def __init__(self, d_in: int, d_ff: int, d_out: int, k: int, act: str = "relu"):
+    ``impl``: "auto" (default), "dense" or "gather"; see ``emaprobe.ops.sparse_ffn``. It
+    changes no parameter, so a checkpoint loads under any of them.
+    """
+
+    def __init__(self, d_in: int, d_ff: int, d_out: int, k: int, act: str = "relu", impl: str = "auto"):
         super().__init__()
         if act not in ACTIVATIONS:
             raise ValueError(f"unknown activation {act!r}; choose one of {sorted(ACTIVATIONS)}")
         if not 1 <= k <= d_ff:
             raise ValueError(f"k must lie in [1, d_ff={d_ff}], got {k}")
         self.k, self.d_ff, self.act_name = k, d_ff, act
+        self.impl = check_ffn_impl(impl)
         self.act = ACTIVATIONS[act]
         self.up = nn.Linear(d_in, d_ff, bias=False)  # W1
         self.down = nn.Linear(d_ff, d_out, bias=False)  # W2
@@ -42,11 +48,13 @@ class SparseFFN(nn.Module):
         a = self.act(self.up(c))  # (..., d_ff)
         if self.k == self.d_ff:
             return a
-        vals, idx = torch.topk(a, self.k, dim=-1)  # (..., k)
+        vals, idx = topk_code(a, self.k)  # (..., k)
         return torch.zeros_like(a).scatter(-1, idx, vals)
 
     def forward(self, c: torch.Tensor) -> torch.Tensor:
-        return self.down(self.hidden(c))
+        return topk_ffn(c, self.up.weight, self.down.weight, self.k, self.act_name, self.impl)  # (..., d_out)
 
     def extra_repr(self) -> str:
-        return f"d_ff={self.d_ff}, k={self.k} ({self.k / self.d_ff:.1%} active), act={self.act_name}"
+        return (
+            f"d_ff={self.d_ff}, k={self.k} ({self.k / self.d_ff:.1%} active), act={self.act_name}, impl={self.impl}"
+        )

@@ -8,6 +8,9 @@ multi-timescale special case, ``h_t^(s) = (1 - alpha_s) h_{t-1}^(s) + alpha_s x_
 ``gated_linear_attention(q, k, v, log_decay)`` is the matrix-state recurrence
 ``S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t``, ``o_t = q_t S_t`` (GLA), with its
 reference ``naive_gla``, chunked form ``chunk_gla`` and step form ``gla_step``.
+
+``topk_ffn(c, w_up, w_down, k)`` is the top-k FFN ``y = W2 topk(act(W1 c))``, its down
+projection either dense (``naive_topk_ffn``'s form) or a gather of the k kept columns.
 """
 
 from emaprobe.ops.gla import (
@@ -32,9 +35,25 @@ from emaprobe.ops.scan import (
     register_backend,
     resolve_backend,
 )
+from emaprobe.ops.sparse_ffn import (
+    ACTIVATIONS,
+    FFN_IMPLS,
+    available_ffn_impls,
+    check_ffn_impl,
+    naive_topk_ffn,
+    resolve_ffn_impl,
+    topk_ffn,
+)
 from emaprobe.ops.step import ema_step, linear_scan_step
 
 __all__ = [
+    "ACTIVATIONS",
+    "FFN_IMPLS",
+    "available_ffn_impls",
+    "check_ffn_impl",
+    "naive_topk_ffn",
+    "resolve_ffn_impl",
+    "topk_ffn",
     "BACKENDS",
     "DEFAULT_ALPHAS",
     "GLABackend",

@@ -1,0 +1,187 @@
+"""Top-k FFN: ``y = W2 topk(act(W1 c))`` with k of d_ff units kept per token.
+
+Symbols:
+    N      tokens, the leading dims of c flattened
+    d_in   input width;  d_ff hidden units;  d_out output width
+    k      units kept per token (k-winners-take-all)
+    vals   the k kept activations per token          (N, k)
+    idx    their unit indices                        (N, k), int64
+    W1     ``w_up``   (d_ff, d_in);   W2 ``w_down`` (d_out, d_ff)   (``nn.Linear`` layout)
+
+Two forms of the down projection, one result:
+
+``dense``   scatter vals into a zero (N, d_ff) code and multiply by W2 in full. It spends
+            d_ff / k times the needed multiply-adds on zeros, but it is one large GEMM,
+            which tensor cores run at full rate; it is the naive reference.
+``gather``  y[n] = sum_j vals[n, j] W2[:, idx[n, j]]: a weighted sum of k columns of W2,
+            fused into one ``F.embedding_bag`` call (the table is W2^T, the bags are the
+            rows of idx, ``per_sample_weights`` are vals). This is the gather-and-scale step
+            of sparse mixture-of-experts and of embedding lookups, used here for the
+            winners of a k-WTA layer (Ahmad & Scheinkman 2019, "How can we be so dense?",
+            keep the k winners and let only they carry signal and gradient). Its backward
+            touches only the k kept units too: dL/dW2 scatters vals * dy into k columns per
+            token, and dL/dvals[n, j] = <dy[n], W2[:, idx[n, j]]> is a sampled dot product
+            (SDDMM), computed on CPU with ``torch.sparse.sampled_addmm``.
+
+``topk_ffn(..., impl="auto")`` picks one through ``resolve_ffn_impl``: ``gather`` on CPU,
+where it is measured faster (``emaprobe bench ffn``), ``dense`` on CUDA (not yet measured
+there; the dense GEMM was the only form before) and whenever k == d_ff.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}
+
+
+def _activation(act: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    if act not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {act!r}; choose one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[act]
+
+
+def _compute_dtype(vals: torch.Tensor, w: torch.Tensor) -> torch.dtype:
+    """The dtype ``F.linear(h, w)`` would compute in: autocast's when it is on, else promoted."""
+    dev = vals.device.type
+    if torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return torch.promote_types(vals.dtype, w.dtype)
+
+
+# ---------------------------------------------------------------------------- the two down projections
+
+
+def dense_topk_down(vals: torch.Tensor, idx: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
+    """vals, idx (..., k) -> W2 h (..., d_out), h the zero (..., d_ff) code holding vals at idx."""
+    h = vals.new_zeros(*vals.shape[:-1], w_down.shape[1]).scatter(-1, idx, vals)  # (..., d_ff)
+    return F.linear(h, w_down)
+
+
+def _sddmm_ok(t: torch.Tensor) -> bool:
+    return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
+
+
+def _sampled_dots(gy: torch.Tensor, w: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """out[n, j] = <gy[n], w[:, idx[n, j]]>: gy (N, d_out), w (d_out, d_ff), idx (N, k) -> (N, k)."""
+    N, k = idx.shape
+    crow = torch.arange(0, N * k + 1, k, device=idx.device)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta", printed once per process
+        warnings.simplefilter("ignore", UserWarning)
+        pattern = torch.sparse_csr_tensor(
+            crow, idx.reshape(-1), gy.new_zeros(N * k), (N, w.shape[1]), check_invariants=False
+        )
+        out = torch.sparse.sampled_addmm(pattern, gy, w, beta=0.0)
+    return out.values().view(N, k)
+
+
+class _GatherDown(torch.autograd.Function):
+    """y = embedding_bag(idx, W2^T, vals): forward and backward touch only the k kept units."""
+
+    @staticmethod
+    def forward(ctx, vals, idx, w):  # vals (N, k), idx (N, k), w (d_out, d_ff)
+        ctx.save_for_backward(vals, idx, w)
+        # embedding_bag reads table rows; a contiguous W2^T (one d_out x d_ff copy) is ~20x
+        # faster on CPU than the strided view
+        return F.embedding_bag(idx, w.t().contiguous(), per_sample_weights=vals, mode="sum")  # (N, d_out)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy):  # gy (N, d_out)
+        vals, idx, w = ctx.saved_tensors
+        need_vals, _, need_w = ctx.needs_input_grad
+        gy = gy.to(vals.dtype).contiguous()
+        sddmm = need_vals and _sddmm_ok(gy)
+        g_vals = g_w = None
+        if need_w or (need_vals and not sddmm):
+            # embedding_bag's own backward: dW2^T scattered by index, and (off CPU) dvals
+            with torch.enable_grad():
+                wt = w.detach().t().contiguous().requires_grad_(need_w)
+                v = vals.detach().requires_grad_(need_vals and not sddmm)
+                y = F.embedding_bag(idx, wt, per_sample_weights=v, mode="sum")
+                wanted = [t for t in (wt, v) if t.requires_grad]
+                grads = list(torch.autograd.grad(y, wanted, gy))
+            if need_w:
+                g_w = grads.pop(0).t()  # (d_out, d_ff)
+            if v.requires_grad:
+                g_vals = grads.pop(0)  # (N, k)
+        if sddmm:
+            g_vals = _sampled_dots(gy, w, idx)  # its CPU kernel is ~3x embedding_bag's per-weight loop
+        return g_vals, None, g_w
+
+
+def gather_topk_down(vals: torch.Tensor, idx: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
+    """vals, idx (..., k) -> sum_j vals[..., j] W2[:, idx[..., j]] (..., d_out), without the zeros."""
+    lead, k = vals.shape[:-1], vals.shape[-1]
+    dtype = _compute_dtype(vals, w_down)
+    with torch.autocast(vals.device.type, enabled=False):  # dtypes set by hand, as autocast would
+        y = _GatherDown.apply(vals.reshape(-1, k).to(dtype), idx.reshape(-1, k), w_down.to(dtype))
+    return y.view(*lead, w_down.shape[0])
+
+
+# ---------------------------------------------------------------------------- registry and op
+
+FFN_IMPLS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "dense": dense_topk_down,
+    "gather": gather_topk_down,
+}
+# what "auto" takes per device type; anything not named here gets "dense"
+AUTO_IMPL: dict[str, str] = {"cpu": "gather", "cuda": "dense"}
+
+
+def available_ffn_impls() -> list[str]:
+    return sorted(FFN_IMPLS) + ["auto"]
+
+
+def check_ffn_impl(impl: str) -> str:
+    if impl != "auto" and impl not in FFN_IMPLS:
+        raise ValueError(f"unknown FFN impl {impl!r}; choose one of {available_ffn_impls()}")
+    return impl
+
+
+def resolve_ffn_impl(impl: str, device: torch.device, k: int, d_ff: int) -> str:
+    """The implementation that runs: ``impl`` itself, or for ``"auto"`` the device's pick
+    (``AUTO_IMPL``), and ``dense`` when k == d_ff (nothing to skip)."""
+    check_ffn_impl(impl)
+    if impl != "auto":
+        return impl
+    if k >= d_ff:
+        return "dense"
+    return AUTO_IMPL.get(torch.device(device).type, "dense")
+
+
+def topk_code(a: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k largest entries of a (..., d_ff) along the last dim: (vals, idx), each (..., k)."""
+    return torch.topk(a, k, dim=-1)
+
+
+def naive_topk_ffn(c: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, k: int, act: str = "relu") -> torch.Tensor:
+    """The reference: y = W2 mask_k(act(W1 c)), the zeros multiplied densely. Any dtype."""
+    a = _activation(act)(F.linear(c, w_up))  # (..., d_ff)
+    if k < a.shape[-1]:
+        vals, idx = topk_code(a, k)  # (..., k)
+        a = torch.zeros_like(a).scatter(-1, idx, vals)
+    return F.linear(a, w_down)  # (..., d_out)
+
+
+def topk_ffn(
+    c: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, k: int, act: str = "relu", impl: str = "auto"
+) -> torch.Tensor:
+    """y = W2 topk_k(act(W1 c)): c (..., d_in) -> y (..., d_out).
+
+    ``impl``: "dense", "gather" or "auto" (see the module docstring). Gradients reach c,
+    W1 and W2 through the k kept units only, identically in every form.
+    """
+    d_ff = w_up.shape[0]
+    if not 1 <= k <= d_ff:
+        raise ValueError(f"k must lie in [1, d_ff={d_ff}], got {k}")
+    name = resolve_ffn_impl(impl, c.device, k, d_ff)
+    a = _activation(act)(F.linear(c, w_up))  # (..., d_ff)
+    if k == d_ff and name == "dense":
+        return F.linear(a, w_down)
+    vals, idx = topk_code(a, k)  # (..., k)
+    return FFN_IMPLS[name](vals, idx, w_down)  # (..., d_out)
