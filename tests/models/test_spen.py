@@ -3,6 +3,7 @@ sizes, configs and errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 
 from emaprobe.layers import MIXERS, PREDICTORS
 from emaprobe.models import MODEL_CONFIGS, SPEN, SPENConfig, build_model, describe, get_config
+from emaprobe.models.common import config_from_dict
 
 V = 37
 
@@ -114,6 +116,23 @@ def test_bf16_autocast_forward_backward():
     assert torch.isfinite(loss)
 
 
+def test_ffn_impls_give_one_model():
+    idx = torch.randint(0, V, (2, 11))
+    dense, gather = small_spen(ffn_impl="dense"), small_spen(ffn_impl="gather")
+    gather.load_state_dict(dense.state_dict())
+    outs = []
+    for model in (dense, gather):
+        logits, _ = model(idx)
+        logits.square().mean().backward()
+        outs.append((logits, [p.grad for p in model.parameters()]))
+    torch.testing.assert_close(outs[1][0], outs[0][0])
+    for g, r in zip(outs[1][1], outs[0][1]):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
+    # a config saved before the field existed loads, with today's behaviour
+    old = {k: v for k, v in dataclasses.asdict(dense.config).items() if k != "ffn_impl"}
+    assert config_from_dict(SPENConfig, old).ffn_impl == "auto"
+
+
 def test_generate_streams_from_the_state():
     model = small_spen()
     idx = torch.randint(0, V, (2, 5))
@@ -172,6 +191,8 @@ def test_unknown_mixer_and_predictor_list_the_valid_ones():
         get_config("spen-tiny", predictor="mlp")
     with pytest.raises(ValueError, match="ffn_active"):
         SPENConfig(ffn_active=0.0)
+    with pytest.raises(ValueError, match=r"SPENConfig.ffn_impl: unknown FFN impl 'csr'; choose one of \['dense'"):
+        get_config("spen-tiny", ffn_impl="csr")
 
 
 def test_bad_input_fails_clearly():

@@ -42,7 +42,7 @@ from torch import nn
 from emaprobe.layers import ACTIVATIONS, MIXERS, PREDICTORS, SparseFFN, active_units, build_mixer, build_predictor
 from emaprobe.layers import check_alphas
 from emaprobe.models.common import LanguageModel, RMSNorm, init_weights, register_model
-from emaprobe.ops import DEFAULT_ALPHAS
+from emaprobe.ops import DEFAULT_ALPHAS, check_ffn_impl
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,7 @@ class SPENConfig:
     d_ff: int = 3072
     ffn_active: float = 0.06  # k = ceil(ffn_active * d_ff)
     ffn_act: str = "relu"
+    ffn_impl: str = "auto"  # down projection: "dense", "gather" (skips the zeros) or "auto" (by device)
     alphas: tuple[float, ...] = DEFAULT_ALPHAS  # S timescales (initial ones for learned mixers)
     mixer: str = "ema"
     predictor: str = "linear"
@@ -79,6 +80,10 @@ class SPENConfig:
             )
         if self.ffn_act not in ACTIVATIONS:
             raise ValueError(f"SPENConfig.ffn_act: unknown activation {self.ffn_act!r}; choose one of {sorted(ACTIVATIONS)}")
+        try:
+            check_ffn_impl(self.ffn_impl)
+        except ValueError as err:
+            raise ValueError(f"SPENConfig.ffn_impl: {err}") from err
         if not 0.0 < self.ffn_active <= 1.0:
             raise ValueError(f"SPENConfig.ffn_active must lie in (0, 1], got {self.ffn_active}")
         if not 0.0 <= self.dropout < 1.0:
@@ -115,7 +120,7 @@ class SPENBlock(nn.Module):
         )
         self.predictor = build_predictor(cfg.predictor, D, S, n_head=cfg.n_head, dropout=cfg.dropout)
         self.mix = nn.Linear((S + 1) * D, cfg.d_bottleneck, bias=False)  # M
-        self.ffn = SparseFFN(cfg.d_bottleneck, cfg.d_ff, D, cfg.k_active, cfg.ffn_act)
+        self.ffn = SparseFFN(cfg.d_bottleneck, cfg.d_ff, D, cfg.k_active, cfg.ffn_act, cfg.ffn_impl)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, state: dict | None = None, return_parts: bool = False):
