@@ -58,7 +58,7 @@ def _compute_dtype(vals: torch.Tensor, w: torch.Tensor) -> torch.dtype:
 
 def dense_topk_down(vals: torch.Tensor, idx: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
     """vals, idx (..., k) -> W2 h (..., d_out), h the zero (..., d_ff) code holding vals at idx."""
-    h = vals.new_zeros(*vals.shape[:-1], w_down.shape[1]).scatter(-1, idx, vals)  # (..., d_ff)
+    h = vals.new_zeros(*vals.shape[:-1], w_down.shape[1]).scatter_(-1, idx, vals)  # (..., d_ff), no extra copy
     return F.linear(h, w_down)
 
 
@@ -69,7 +69,7 @@ def _sddmm_ok(t: torch.Tensor) -> bool:
 def _sampled_dots(gy: torch.Tensor, w: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """out[n, j] = <gy[n], w[:, idx[n, j]]>: gy (N, d_out), w (d_out, d_ff), idx (N, k) -> (N, k)."""
     N, k = idx.shape
-    crow = torch.arange(0, N * k + 1, k, device=idx.device)
+    crow = torch.arange(0, N * k + 1, k, device=idx.device, dtype=idx.dtype)
     with warnings.catch_warnings():  # "sparse CSR support is in beta", printed once per process
         warnings.simplefilter("ignore", UserWarning)
         pattern = torch.sparse_csr_tensor(
@@ -114,12 +114,18 @@ class _GatherDown(torch.autograd.Function):
         return g_vals, None, g_w
 
 
+def _bag_index(idx: torch.Tensor) -> torch.Tensor:
+    # int32 bags: embedding_bag's CPU backward sorts the indices, and with int32 it ran 3x
+    # faster than with int64 (0.15 s against 0.45 s at N=4096, k=185, d_ff=3072, 2 cores)
+    return idx.int() if idx.numel() < 2**31 else idx
+
+
 def gather_topk_down(vals: torch.Tensor, idx: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
     """vals, idx (..., k) -> sum_j vals[..., j] W2[:, idx[..., j]] (..., d_out), without the zeros."""
     lead, k = vals.shape[:-1], vals.shape[-1]
     dtype = _compute_dtype(vals, w_down)
     with torch.autocast(vals.device.type, enabled=False):  # dtypes set by hand, as autocast would
-        y = _GatherDown.apply(vals.reshape(-1, k).to(dtype), idx.reshape(-1, k), w_down.to(dtype))
+        y = _GatherDown.apply(vals.reshape(-1, k).to(dtype), _bag_index(idx.reshape(-1, k)), w_down.to(dtype))
     return y.view(*lead, w_down.shape[0])
 
 
@@ -155,15 +161,17 @@ def resolve_ffn_impl(impl: str, device: torch.device, k: int, d_ff: int) -> str:
 
 
 def topk_code(a: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k largest entries of a (..., d_ff) along the last dim: (vals, idx), each (..., k)."""
-    return torch.topk(a, k, dim=-1)
+    """The k largest entries of a (..., d_ff) along the last dim: (vals, idx), each (..., k),
+    in no particular order (neither form needs one, and skipping the sort of the k winners
+    saves a fifth of topk's time on CPU)."""
+    return torch.topk(a, k, dim=-1, sorted=False)
 
 
 def naive_topk_ffn(c: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, k: int, act: str = "relu") -> torch.Tensor:
     """The reference: y = W2 mask_k(act(W1 c)), the zeros multiplied densely. Any dtype."""
     a = _activation(act)(F.linear(c, w_up))  # (..., d_ff)
     if k < a.shape[-1]:
-        vals, idx = topk_code(a, k)  # (..., k)
+        vals, idx = torch.topk(a, k, dim=-1)  # (..., k)
         a = torch.zeros_like(a).scatter(-1, idx, vals)
     return F.linear(a, w_down)  # (..., d_out)
 
