@@ -11,6 +11,8 @@ examples:
   emaprobe bench scan --out results/bench       the committed CPU figures (on purpose only)
   emaprobe bench scan --device cuda --out results/bench
                                                 Triton kernels against the copy-bandwidth floor
+  emaprobe bench ffn                            top-k FFN, dense against gather, CPU
+  emaprobe bench ffn --device cuda --width 130m the same on a GPU (bf16 autocast)
 Output goes to runs/bench/ (ignored by git) unless --out names another folder.
 Each figure is a median of repeats; the peers (scipy.signal.lfilter on CPU, the
 PyTorch step loop, FFT convolution and kernel libraries on GPU) run in the same process.
@@ -35,10 +37,18 @@ def _scan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ffn(args: argparse.Namespace) -> int:
+    from emaprobe.experiments.bench_ffn import WIDTHS, run
+
+    run(tuple(args.width) if args.width else tuple(WIDTHS), tokens=args.tokens, repeats=args.repeats,
+        device=args.device, out_dir=args.out, threads=args.threads)
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
-        help="benchmarks: scan speed against peers and the floor",
+        help="benchmarks: scan speed against peers and the floor; the top-k FFN's two forms",
         description="Benchmarks that print their peer and the physical floor in the same run and write JSON.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -63,3 +73,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--no-warp", action="store_true", help="skip accelerated-scan's warp kernel (slow first compile)")
     g.add_argument("--no-loop", action="store_true", help="skip the PyTorch step loop")
     s.set_defaults(func=_scan)
+
+    f = bsub.add_parser(
+        "ffn",
+        help="top-k FFN: dense down projection against the gather form that skips the zeros",
+        description="Time topk_ffn (up projection, top-k, down projection) with impl='dense' and impl='gather', "
+        "forward and forward+backward, and print the speed-up of gather over dense.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    f.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default: cpu)")
+    f.add_argument("--width", action="append", choices=("130m", "small", "tiny"),
+                   help="a width to time; repeat for several (default: all)")
+    f.add_argument("--tokens", type=int, default=4096, help="tokens per call, B*T (default: 4096)")
+    f.add_argument("--repeats", type=int, default=7, help="timed runs per figure; the median is reported")
+    f.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is steadier on a shared box)")
+    f.add_argument("--out", default="runs/bench", help="folder for the JSON (default: runs/bench)")
+    f.set_defaults(func=_ffn)

@@ -1,0 +1,163 @@
+"""Benchmark: the top-k FFN's down projection, dense beside gather, in one run.
+
+Command:   emaprobe bench ffn [--device cuda] [--tokens 4096] [--threads 1] [--out runs/bench]
+Hardware:  written for a small CPU box (2 cores here) and for one CUDA GPU. On a CPU that
+           other jobs share, ``--threads 1`` gives steadier figures.
+Run time:  about a minute on 2 cores at the default widths.
+Expected:  on CPU the gather form (``F.embedding_bag`` over the k kept columns of W2)
+           beats the dense one (scatter into d_ff, full GEMM) forward, where it skips
+           d_ff - k of every d_ff multiply-adds of the down projection; forward+backward
+           gains less, as the up projection W1 c and its gradients stay dense. On CUDA the
+           dense GEMM runs on tensor cores and is expected to hold on; the run says.
+
+What is timed is the whole ``topk_ffn(c, W1, W2, k)`` (up projection, activation, top-k,
+down projection), forward alone and forward+backward with gradients to c, W1 and W2, at
+N = ``--tokens`` tokens, k = ``active_units(0.06, d_ff)``. CPU runs float32; CUDA runs
+float32 weights under bf16 autocast, as training does. Each figure is the median of
+``--repeats`` timed runs after warm-up, the two forms taking turns; on CUDA each run is
+timed with CUDA events between synchronizations.
+"""
+
+from __future__ import annotations
+
+import functools
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from emaprobe.experiments.bench_scan_cuda import card_slug
+from emaprobe.layers import active_units
+from emaprobe.ops import topk_ffn
+from emaprobe.utils import atomic_write_json, run_record
+
+# name -> (d_in, d_ff, d_out); "130m" is the 130M model's width, "small" and "tiny" spen-small's and spen-tiny's
+WIDTHS: dict[str, tuple[int, int, int]] = {
+    "130m": (768, 3072, 768),
+    "small": (384, 1536, 384),
+    "tiny": (128, 512, 128),
+}
+IMPLS = ("dense", "gather")
+
+
+def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
+    """A function that runs ``fn()`` once and returns its seconds: CUDA events between
+    synchronizations on a GPU, ``time.perf_counter`` on CPU."""
+    if device.type == "cuda":
+        def timed(fn):
+            torch.cuda.synchronize(device)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize(device)
+            return start.elapsed_time(end) / 1e3
+    else:
+        def timed(fn):
+            t0 = time.perf_counter()
+            fn()
+            return time.perf_counter() - t0
+    return timed
+
+
+def median_times(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device, warmup: int = 2) -> dict:
+    """Median seconds of each ``fns[name]()`` over ``repeats`` runs after ``warmup`` untimed
+    ones. The functions take turns, so a neighbour's load on a shared machine falls on each alike."""
+    timed = _timer(device)
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(timed(fn))
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def bench_width(name: str, tokens: int, repeats: int, device: torch.device, fraction: float = 0.06) -> dict:
+    d_in, d_ff, d_out = WIDTHS[name]
+    k = active_units(fraction, d_ff)
+    gen = torch.Generator().manual_seed(0)
+    c = torch.randn(tokens, d_in, generator=gen).to(device).requires_grad_()
+    w_up = (torch.randn(d_ff, d_in, generator=gen) / d_in**0.5).to(device).requires_grad_()
+    w_down = (torch.randn(d_out, d_ff, generator=gen) / d_ff**0.5).to(device).requires_grad_()
+    on_gpu = device.type == "cuda"
+    gy = torch.randn(tokens, d_out, generator=gen).to(device, torch.bfloat16 if on_gpu else torch.float32)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu)
+    row: dict = {"width": name, "N": tokens, "d_in": d_in, "d_ff": d_ff, "d_out": d_out, "k": k,
+                 "dtype": "bf16-autocast" if on_gpu else "float32"}
+
+    def fwd(impl):
+        with torch.no_grad(), autocast:
+            return topk_ffn(c, w_up, w_down, k, "relu", impl)
+
+    def fwd_bwd(impl):
+        with autocast:
+            y = topk_ffn(c, w_up, w_down, k, "relu", impl)
+        return torch.autograd.grad(y, (c, w_up, w_down), gy)
+
+    for what, fn in (("fwd", fwd), ("fwd_bwd", fwd_bwd)):
+        got = median_times({impl: functools.partial(fn, impl) for impl in IMPLS}, repeats, device)
+        row.update({f"{impl}_{what}_s": t for impl, t in got.items()})
+    row["fwd_speedup"] = row["dense_fwd_s"] / row["gather_fwd_s"]
+    row["fwd_bwd_speedup"] = row["dense_fwd_bwd_s"] / row["gather_fwd_bwd_s"]
+    return row
+
+
+def format_table(rows: list[dict]) -> str:
+    head = (f"{'width (d_in-d_ff-d_out, k)':<30}{'dense fwd':>11}{'gather fwd':>12}{'speed-up':>10}"
+            f"{'dense f+b':>11}{'gather f+b':>12}{'speed-up':>10}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        label = f"{r['width']} ({r['d_in']}-{r['d_ff']}-{r['d_out']}, {r['k']})"
+        lines.append(
+            f"{label:<30}{r['dense_fwd_s'] * 1e3:9.1f}ms{r['gather_fwd_s'] * 1e3:10.1f}ms{r['fwd_speedup']:9.2f}x"
+            f"{r['dense_fwd_bwd_s'] * 1e3:9.1f}ms{r['gather_fwd_bwd_s'] * 1e3:10.1f}ms{r['fwd_bwd_speedup']:9.2f}x"
+        )
+    return "\n".join(lines)
+
+
+def run(widths=tuple(WIDTHS), tokens: int = 4096, repeats: int = 7, device: str = "cpu",
+        out_dir: str | Path | None = "runs/bench", threads: int | None = None) -> dict:
+    """Time every width in ``widths``, print the table and write ``ffn_<device>.json`` to
+    ``out_dir`` (None: no file). ``threads`` sets torch's CPU threads (default: torch's own)."""
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        return _run(widths, tokens, repeats, torch.device(device), out_dir)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run(widths, tokens: int, repeats: int, dev: torch.device, out_dir) -> dict:
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is visible to torch")
+    unknown = sorted(set(widths) - set(WIDTHS))
+    if unknown:
+        raise ValueError(f"unknown width(s) {unknown}; choose from {sorted(WIDTHS)}")
+    rows = []
+    for name in widths:
+        rows.append(bench_width(name, tokens, repeats, dev))
+        print(format_table(rows[-1:]).splitlines()[-1], flush=True)
+    card = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    where = card if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} torch threads"
+    print()
+    print(f"top-k FFN (k = ceil(0.06 d_ff)), N = {tokens} tokens, {where}, median of {repeats}; "
+          f"speed-up = dense / gather")
+    print(format_table(rows))
+    result = run_record(
+        benchmark=f"ffn-{dev.type}",
+        card=card,
+        tokens=tokens,
+        repeats=repeats,
+        torch_threads=torch.get_num_threads(),
+        rows=rows,
+    )
+    if out_dir is not None:
+        path = atomic_write_json(Path(out_dir) / f"ffn_{card_slug(card)}.json", result)
+        print(f"wrote {path}")
+    return result
