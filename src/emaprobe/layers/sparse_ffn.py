@@ -3,9 +3,9 @@
 The paper's block keeps 6% of the FFN units (k = ceil(0.06 d_ff)); the rest are
 set to zero, k-winners-take-all style. Gradients reach only the k kept units. The
 down projection runs in one of the forms of ``emaprobe.ops.topk_ffn``, chosen by
-``impl``: ``dense`` (scatter into d_ff, then a full matmul; the fast choice on GPUs at
-these widths, and the only form before), ``gather`` (a weighted sum of the k kept columns of W2, skipping the
-zeros; faster on CPU) or ``auto`` (by device). All give the same values and gradients.
+``impl``: ``dense`` (scatter into d_ff, then one full GEMM; what GPUs run, as before),
+``gather`` (a weighted sum of the k kept columns of W2, skipping the zeros; faster on
+CPU) or ``auto`` (by device). All give the same values and gradients.
 """
 
 from __future__ import annotations
