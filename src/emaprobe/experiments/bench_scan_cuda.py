@@ -24,6 +24,12 @@ In one run it measures:
   10 more for its backward (read a, gh, h; write ga, gb);
 * ours: ``ops/triton`` EMA forward and forward+backward, the selective scan forward
   and forward+backward, and, eagerly, the public ``ema_traces`` as ``scan.py`` calls it;
+* host overhead (issue 17; ``host_overhead``): microseconds of host time a call (``host_us``:
+  Python, dispatch and launches, the GPU not waited for) of the EMA launcher, the public
+  ``ema_traces`` and ``linear_scan`` forwards and the public EMA forward + backward; and the
+  public EMA forward (and forward + backward) called eagerly back to back against the same call
+  replayed from a CUDA graph. Targets at B=16 T=2048 D=768: 25 us a call, eager at most 1.3x
+  graphed (HOST_US_TARGET, EAGER_VS_GRAPH_TARGET; the run prints a verdict line);
 * peers: PyTorch's copy of the same broadcast bytes, a PyTorch step loop, FFT
   convolution, accelerated-scan's CUDA "warp" kernel (T <= 2048, see WARP_MAX_T) and
   flash-linear-attention's HGRN chunk kernel when they import. The peers get their
@@ -65,6 +71,10 @@ WARP_MAX_T = 2048  # the step loop beyond this many steps is timed on a prefix a
 
 
 EAGER_FALLBACKS: list[str] = []  # figures that could not be timed inside a CUDA graph
+# Issue 17's host-overhead targets: the public ops' Python time a call (their launches included,
+# the GPU not waited for), and eager back-to-back calls against the same calls replayed from a graph
+HOST_US_TARGET = 25.0
+EAGER_VS_GRAPH_TARGET = 1.3
 
 
 def _bench_eager(fn, warmup: int = 25, rep: int = 200) -> float:
@@ -92,6 +102,97 @@ def _bench(fn, name: str = "", rep: int = 100) -> float:
         print(f"{name}: CUDA-graph capture failed ({type(err).__name__}: {str(err)[:120]}); timing eagerly",
               file=sys.stderr)
         return _bench_eager(fn, rep=rep)
+
+
+def host_us(fn, calls: int = 50, rounds: int = 7, sync=None) -> float:
+    """Median microseconds of host time per call of ``fn``: ``calls`` calls back to back timed by the
+    CPU clock, the GPU waited for only before and after each round (``sync``, default
+    ``torch.cuda.synchronize``), so the figure is Python, dispatch and launch time, not the
+    kernel's. ``calls`` stays well under the launch queue's depth (about a thousand launches), so
+    a call never waits for a free slot. One warm-up round first (compilation, plan caches)."""
+    sync = torch.cuda.synchronize if sync is None else sync
+    per_call = []
+    for r in range(rounds + 1):
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        t1 = time.perf_counter()
+        sync()
+        if r:
+            per_call.append((t1 - t0) / calls * 1e6)
+    per_call.sort()
+    return per_call[len(per_call) // 2]
+
+
+def _bench_back_to_back(fn, calls: int = 50, rounds: int = 7) -> float:
+    """Median milliseconds per call of ``fn`` launched eagerly ``calls`` times back to back, timed by
+    CUDA events around each round: the larger of the GPU's time and the host's, as a training step
+    sees it (``triton.testing.do_bench`` clears L2 between calls, which hides host time under that
+    clearing kernel)."""
+    fn()
+    torch.cuda.synchronize()
+    per_call = []
+    for _ in range(rounds):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            fn()
+        end.record()
+        end.synchronize()
+        per_call.append(start.elapsed_time(end) / calls)
+    per_call.sort()
+    return per_call[len(per_call) // 2]
+
+
+def host_overhead(ts, shape, alphas) -> dict:
+    """Host time a call (``host_us``) of the launcher, the public ops forward, and the public EMA
+    forward + backward; and the public EMA forward eager back to back against a graph replay.
+
+    ``host_us_*`` is microseconds; ``x_public_ema_fwd_eager_vs_graph`` is issue 17's ratio
+    (target EAGER_VS_GRAPH_TARGET at the headline shape), ``*_ms`` milliseconds.
+    """
+    from emaprobe.ops import linear_scan
+
+    B, T, D = shape
+    S = len(alphas)
+    dt = torch.bfloat16
+    x = torch.randn(B, T, D, device="cuda", dtype=dt)
+    a = (torch.rand(B, T, D, device="cuda") * 0.5 + 0.5).to(dt)
+    b = torch.randn(B, T, D, device="cuda", dtype=dt)
+    row: dict = {}
+    with torch.no_grad():
+        row["host_us_ema_fwd_launcher"] = host_us(lambda: ts.ema_traces_fwd(x, alphas))
+        row["host_us_public_ema_fwd"] = host_us(lambda: ema_traces(x, alphas, backend="triton"))
+        row["host_us_public_sel_fwd"] = host_us(lambda: linear_scan(a, b, backend="triton"))
+        public = lambda: ema_traces(x, alphas, backend="triton")  # noqa: E731
+        row["public_ema_fwd_graph_ms"] = _bench(public, "public_ema_fwd")
+        row["public_ema_fwd_eager_b2b_ms"] = _bench_back_to_back(public)
+    xg = x.detach().requires_grad_()
+    gout = torch.randn(B, T, S, D, device="cuda", dtype=dt)
+
+    def fwd_bwd():
+        torch.autograd.backward(ema_traces(xg, alphas, backend="triton"), gout)
+        xg.grad = None
+
+    row["host_us_public_ema_fwdbwd"] = host_us(fwd_bwd, calls=25)
+    row["public_ema_fwdbwd_graph_ms"] = _bench(fwd_bwd, "public_ema_fwdbwd")
+    row["public_ema_fwdbwd_eager_b2b_ms"] = _bench_back_to_back(fwd_bwd, calls=25)
+    row["x_public_ema_fwd_eager_vs_graph"] = row["public_ema_fwd_eager_b2b_ms"] / row["public_ema_fwd_graph_ms"]
+    row["x_public_ema_fwdbwd_eager_vs_graph"] = (row["public_ema_fwdbwd_eager_b2b_ms"]
+                                                 / row["public_ema_fwdbwd_graph_ms"])
+    return row
+
+
+def host_overhead_verdict(row: dict) -> str:
+    """One line against issue 17's targets (host time a call of the public forward; eager over graphed)."""
+    us, ratio = row["host_us_public_ema_fwd"], row["x_public_ema_fwd_eager_vs_graph"]
+    ok = us <= HOST_US_TARGET and ratio <= EAGER_VS_GRAPH_TARGET
+    return (f"host overhead at B={row['B']} T={row['T']} D={row['D']}: public ema_traces forward "
+            f"{us:.1f} us a call (target {HOST_US_TARGET:.0f}), eager {row['public_ema_fwd_eager_b2b_ms']:.4f} ms "
+            f"against graphed {row['public_ema_fwd_graph_ms']:.4f} ms = {ratio:.2f}x (target "
+            f"{EAGER_VS_GRAPH_TARGET}x): {'met' if ok else 'NOT met'}; "
+            f"fwd+bwd {row['host_us_public_ema_fwdbwd']:.1f} us, {row['x_public_ema_fwdbwd_eager_vs_graph']:.2f}x")
 
 
 def copy_bandwidth(nbytes: int = 1 << 30) -> float:
@@ -252,7 +353,7 @@ def bench_shape(ts, shape, alphas, bw: float, peers: dict, loop: bool) -> dict:
         row["ours_ema_fwd_eager_ms"] = _bench_eager(lambda: ts.ema_traces_fwd(x, alphas))
         out = torch.empty(B, T, S, D, device="cuda", dtype=dt)
         row["torch_broadcast_copy_ms"] = _bench(lambda: out.copy_(x.unsqueeze(2).expand(B, T, S, D)), "copy")
-        # the public op as scan.py calls the backend today (float32 contract, then a cast), eager
+        # the public op, eager (do_bench: L2 cleared between calls; host_overhead times it back to back)
         row["public_ema_traces_fwd_eager_ms"] = _bench_eager(lambda: ema_traces(x, alphas, backend="triton"))
     xg = x.detach().requires_grad_()
     gout = torch.randn(B, T, S, D, device="cuda", dtype=dt)
@@ -316,6 +417,7 @@ def bench_shape(ts, shape, alphas, bw: float, peers: dict, loop: bool) -> dict:
         row[f"{key}_sel_fwdbwd_ms"] = _time_peer(name, fn, gat_s, tok_s, fb=True)
         del tok, gat, tok_s, gat_s
         torch.cuda.empty_cache()
+    row.update(host_overhead(ts, shape, alphas))
     row["x_ema_fwd_vs_floor"] = row["ours_ema_fwd_ms"] / row["floor_fwd_ms"]
     row["x_ema_fwdbwd_vs_floor"] = row["ours_ema_fwdbwd_ms"] / row["floor_fwdbwd_ms"]
     row["x_sel_fwd_vs_floor"] = row["ours_sel_fwd_ms"] / row["floor_sel_fwd_ms"]
@@ -367,6 +469,7 @@ def format_table(rows: list[dict], card: str) -> str:
         ("floor", "floor_fwd_ms"), ("ours fwd", "ours_ema_fwd_ms"), ("ours f+b", "ours_ema_fwdbwd_ms"),
         ("sel floor", "floor_sel_fwd_ms"), ("sel fwd", "ours_sel_fwd_ms"), ("sel f+b", "ours_sel_fwdbwd_ms"),
         ("bcast copy", "torch_broadcast_copy_ms"), ("eager fwd", "ours_ema_fwd_eager_ms"),
+        ("host us", "host_us_public_ema_fwd"), ("eager/graph", "x_public_ema_fwd_eager_vs_graph"),
         ("acc warp", "accelerated_scan_warp_ema_fwd_ms"),
         ("fla hgrn", "fla_ema_fwd_ms"), ("fft", "fft_ema_fwd_ms"), ("step loop", "step_loop_ms"),
     ]
@@ -445,6 +548,11 @@ def _triton_ops() -> SimpleNamespace:
 
     return SimpleNamespace(
         TileConfig=plan.TileConfig,
+        # the default tile configurations, recorded in the JSON
+        EMA_FWD=plan.EMA_FWD,
+        EMA_BWD=plan.EMA_BWD,
+        LIN_FWD=plan.LIN_FWD,
+        LIN_BWD=plan.LIN_BWD,
         ema_traces_fwd=ema.ema_traces_fwd,
         ema_traces_bwd=ema.ema_traces_bwd,
         fused_ema_traces=ema.fused_ema_traces,
@@ -483,7 +591,11 @@ def run_cuda(shapes=None, alphas=DEFAULT_ALPHAS, out_dir: str | Path | None = No
             rows=rows,
             sweep=sweep_rows,
             triton=__import__("triton").__version__,
-            timing="median per call of CUDA-graph replays (triton.testing.do_bench_cudagraph); *_eager_ms from Python",
+            timing="median per call of CUDA-graph replays (triton.testing.do_bench_cudagraph); *_eager_ms from Python "
+                   "(triton.testing.do_bench); *_eager_b2b_ms eager calls back to back between CUDA events; "
+                   "host_us_* microseconds of host time a call, the GPU not waited for (host_us)",
+            host_overhead_targets={"host_us_public_ema_fwd": HOST_US_TARGET,
+                                   "x_public_ema_fwd_eager_vs_graph": EAGER_VS_GRAPH_TARGET},
             eager_fallbacks=sorted(set(EAGER_FALLBACKS)),
         )
 
@@ -495,6 +607,9 @@ def run_cuda(shapes=None, alphas=DEFAULT_ALPHAS, out_dir: str | Path | None = No
             atomic_write_json(Path(out_dir) / f"scan_cuda_{slug}.json", record())
     print()
     print(format_table(rows, card))
+    for row in rows:
+        if (row["B"], row["T"], row["D"]) == HEADLINE:
+            print(host_overhead_verdict(row))
     result = record()
     if out_dir is not None:
         out = Path(out_dir)

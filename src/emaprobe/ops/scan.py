@@ -13,7 +13,6 @@ CUDA and the kernel imports, and the torch path otherwise.
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -23,15 +22,20 @@ import torch
 
 from emaprobe.ops.chunk import chunk_ema_traces, chunk_linear_scan
 from emaprobe.ops.naive import naive_ema_traces, naive_linear_scan
+from emaprobe.ops.triton.cache import cached
 
 DEFAULT_ALPHAS = (0.5, 0.1, 0.02)
 
 
-@functools.lru_cache(maxsize=64)
+def _make_alpha_tensor(vals: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    return torch.tensor(vals, dtype=torch.float64, device=device)
+
+
 def _alpha_tensor(vals: tuple[float, ...], device: torch.device) -> torch.Tensor:
     # one host-to-device copy per (alphas, device), not one per call: on CUDA the copy
-    # costs launch time and cannot be captured in a graph
-    return torch.tensor(vals, dtype=torch.float64, device=device)
+    # costs launch time and cannot be captured in a graph. A store that torch.compile
+    # bypasses (ops/triton/cache.py), where an lru_cache made Dynamo warn
+    return cached("alpha_tensor", _make_alpha_tensor, vals, device)
 
 
 @dataclass(frozen=True)

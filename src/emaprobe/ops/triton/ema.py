@@ -52,16 +52,23 @@ the carry at T.
 
 The state is float32 throughout; outputs are written in the requested dtype (the
 input's), so bf16 in means bf16 traces out and half the bytes of float32.
+
+**Host work.** A launch plan (tiles, segments, warm-ups, grid, every scalar and constant
+argument, the coefficient tensors' views) is made once per (shape, alphas, initial state or
+not, device and its SM count, tile config) and kept in ``cache.py``; an eager call then
+allocates its outputs and launches (issue 17: an eager call took 125 to 255 us of host
+time on an H200, against 12 to 97 us of kernel).
 """
 
 from __future__ import annotations
 
-import functools
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
+from emaprobe.ops.triton.cache import cached
 from emaprobe.ops.triton.common import channel_mask, combine, last_row, segment_length, sm_count, tile_plan
 from emaprobe.ops.triton.plan import EMA_BWD, EMA_FWD, EMA_OUT_POLICY, TileConfig, choose, ema_plan
 
@@ -408,16 +415,64 @@ def _host_alphas(alphas) -> tuple[float, ...]:
     return tuple(float(a) for a in (alphas.tolist() if torch.is_tensor(alphas) else alphas))
 
 
-@functools.lru_cache(maxsize=64)
-def _coefs(alphas: tuple[float, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(1 - alpha in float64, 1 - alpha and alpha in float32) on ``device``, made once per (alphas, device):
-    computed on the device for each call, these were three small kernels ahead of every scan."""
-    dec = [1.0 - a for a in alphas]
-    return tuple(torch.tensor(v, dtype=dt, device=device)
-                 for v, dt in ((dec, torch.float64), (dec, torch.float32), (alphas, torch.float32)))
-
-
 GROUP = 4  # timescales one launch scans (one x read per group)
+
+
+class Coefs(NamedTuple):
+    """Per-timescale coefficient tensors on one device, and their views that the launches take."""
+
+    dec64: torch.Tensor  # (S,) 1 - alpha, float64: the segment decays dec ** SEGLEN
+    dec: torch.Tensor  # (S,) 1 - alpha, float32
+    alp: torch.Tensor  # (S,) alpha, float32
+    groups: tuple  # per group of GROUP timescales from s0: (dec[s0:], dec64[s0:], alp[s0:])
+    dec_col: torch.Tensor  # dec.view(1, S, 1): dL/dh0 = (1 - alpha) g_0
+
+
+def _build_coefs(alphas: tuple[float, ...], device: torch.device) -> Coefs:
+    dec = [1.0 - a for a in alphas]
+    dec64, dec32, alp = (torch.tensor(v, dtype=dt, device=device)
+                         for v, dt in ((dec, torch.float64), (dec, torch.float32), (alphas, torch.float32)))
+    groups = tuple((dec32[s0:], dec64[s0:], alp[s0:]) for s0 in range(0, len(alphas), GROUP))
+    return Coefs(dec64, dec32, alp, groups, dec32.view(1, len(alphas), 1))
+
+
+def _coefs(alphas: tuple[float, ...], device: torch.device) -> Coefs:
+    """The coefficient tensors of ``alphas`` on ``device``, made once per (alphas, device): made on the
+    device for each call, these were three small kernels ahead of every scan (notes/kernels.md, v21)."""
+    return cached("ema_coefs", _build_coefs, alphas, device)
+
+
+class _Launch(NamedTuple):
+    """One EMA launch plan: everything but the tensors of the call (``_ema_fwd_launch``)."""
+
+    S: int
+    grid: tuple[int, int, int] | None  # None: T = 0 or B * D = 0, nothing to launch
+    state_shape: tuple[int, ...]  # (B, NSEG, S, D) float32: each segment's end state (fwd) / start gradient (bwd)
+    two_pass: bool  # segments in two passes: a scratch buffer of state_shape for pass 1
+    groups: tuple  # per group from s0: (s0, scalar arguments, pass 1's constants, the scan's constants)
+
+
+def _ema_fwd_launch(B: int, T: int, D: int, alphas: tuple[float, ...], has_h0: bool, device: torch.device,
+                    sms: int, cfg: TileConfig | None) -> _Launch:
+    S = len(alphas)
+    if T == 0 or B * D == 0:
+        return _Launch(S, None, (), False, ())
+    cfg = choose(cfg, EMA_FWD, B, D, sms)
+    nd = -(-D // cfg.block)
+    nseg, seglen, warm = ema_plan(cfg, B * nd, T, alphas, sms)
+    two_pass = nseg > 1 and warm is None
+    groups = []
+    for (dec, dec64, alp), s0 in zip(_coefs(alphas, device).groups, range(0, S, GROUP)):
+        kw = dict(NS=min(GROUP, S - s0), CT=cfg.ct, BD=cfg.block, VEC=cfg.vec, STAGES=cfg.stages,
+                  num_warps=cfg.num_warps, EVEN_D=D % cfg.block == 0, WSTAGES=cfg.warm_stages,
+                  OUT_POLICY=EMA_OUT_POLICY)
+        # x is shared: one warm-up long enough for the group's slowest timescale
+        warmlen = 0 if warm is None else max(warm[s0:s0 + GROUP])
+        args = (dec, dec64, alp, T, D, S * D, seglen, nseg, warmlen)
+        pass1 = dict(kw, HAS_HIN=False, STORE_OUT=False, COMBINE=False, WARM=False)
+        scan = dict(kw, HAS_HIN=has_h0, STORE_OUT=True, COMBINE=two_pass, WARM=warm is not None)
+        groups.append((s0, args, pass1, scan))
+    return _Launch(S, (nd, nseg, B), (B, nseg, S, D), two_pass, tuple(groups))
 
 
 def ema_traces_fwd(
@@ -430,40 +485,53 @@ def ema_traces_fwd(
     """EMA traces, no autograd: x (B,T,D) -> (h (B,T,S,D) in ``out_dtype`` (x's), h_T (B,S,D) float32).
 
     ``alphas``: S floats, or a tensor (whose values are read back: a CUDA one costs a synchronization).
+    The launch plan is made once per (B, T, D, alphas, h0 given or not, device and its SM count, cfg)
+    (``cache.py``); the dtypes do not enter it.
     """
     x = x.contiguous()
     B, T, D = x.shape
-    sms = sm_count(x.device)
-    cfg = choose(cfg, EMA_FWD, B, D, sms)
     alphas = _host_alphas(alphas)
-    dec64, dec, alp = _coefs(alphas, x.device)
-    S = len(alphas)
-    out = torch.empty(B, T, S, D, dtype=out_dtype or x.dtype, device=x.device)
+    dev = x.device
+    p = cached("ema_fwd", _ema_fwd_launch, B, T, D, alphas, h0 is not None, dev, sm_count(dev), cfg)
+    out = torch.empty(B, T, p.S, D, dtype=out_dtype or x.dtype, device=dev)
     h0f = None if h0 is None else h0.float().contiguous()
-    if T == 0 or B * D == 0:
-        hT = torch.zeros(B, S, D, device=x.device) if h0f is None else h0f.clone()
+    if p.grid is None:
+        hT = torch.zeros(B, p.S, D, device=dev) if h0f is None else h0f.clone()
         return out, hT
-    nd = triton.cdiv(D, cfg.block)
-    nseg, seglen, warm = ema_plan(cfg, B * nd, T, alphas, sms)
-    grid = (nd, nseg, B)
-    hend = torch.empty(B, nseg, S, D, dtype=torch.float32, device=x.device)
-    two_pass = nseg > 1 and warm is None
-    ends = torch.empty_like(hend) if two_pass else hend
-    for s0 in range(0, S, GROUP):
-        kw = dict(NS=min(GROUP, S - s0), CT=cfg.ct, BD=cfg.block, VEC=cfg.vec, STAGES=cfg.stages,
-                  num_warps=cfg.num_warps, EVEN_D=D % cfg.block == 0, WSTAGES=cfg.warm_stages,
-                  OUT_POLICY=EMA_OUT_POLICY)
-        # x is shared: one warm-up long enough for the group's slowest timescale
-        warmlen = 0 if warm is None else max(warm[s0:s0 + GROUP])
-        args = (dec[s0:], dec64[s0:], alp[s0:], T, D, S * D, seglen, nseg, warmlen)
-        if two_pass:  # pass 1: each segment's end state from zero
-            _ema_fwd_kernel[grid](x, out, x, ends[:, :, s0:], x, *args, HAS_HIN=False, STORE_OUT=False,
-                                  COMBINE=False, WARM=False, **kw)
+    hend = torch.empty(p.state_shape, dtype=torch.float32, device=dev)
+    ends = torch.empty_like(hend) if p.two_pass else hend
+    hin = x if h0f is None else h0f
+    for s0, args, pass1, scan in p.groups:
+        o, hi, he, en = out, hin, hend, ends
+        if s0:  # a later group of timescales: views from its first timescale on
+            o, he, en = out[:, :, s0:], hend[:, :, s0:], ends[:, :, s0:]
+            hi = x if h0f is None else h0f[:, s0:]
+        if p.two_pass:  # pass 1: each segment's end state from zero
+            _ema_fwd_kernel[p.grid](x, out, x, en, x, *args, **pass1)
         # the scan; in two passes each segment first combines the end states before it (pass 2)
-        _ema_fwd_kernel[grid](x, out[:, :, s0:], x if h0f is None else h0f[:, s0:], hend[:, :, s0:],
-                              ends[:, :, s0:], *args, HAS_HIN=h0f is not None, STORE_OUT=True, COMBINE=two_pass,
-                              WARM=warm is not None, **kw)
+        _ema_fwd_kernel[p.grid](x, o, hi, he, en, *args, **scan)
     return out, hend[:, -1]
+
+
+def _ema_bwd_launch(B: int, T: int, S: int, D: int, alphas: tuple[float, ...], has_gf: bool,
+                    device: torch.device, sms: int, cfg: TileConfig | None) -> _Launch:
+    if T == 0 or B * D == 0:
+        return _Launch(S, None, (), False, ())
+    cfg = choose(cfg, EMA_BWD, B, D, sms)
+    nd = -(-D // cfg.block)
+    nseg, seglen, warm = ema_plan(cfg, B * nd, T, alphas, sms)
+    two_pass = nseg > 1 and warm is None
+    groups = []
+    for (dec, dec64, alp), s0 in zip(_coefs(alphas, device).groups, range(0, S, GROUP)):
+        kw = dict(NS=min(GROUP, S - s0), CT=cfg.ct, BD=cfg.block, VEC=cfg.vec, STAGES=cfg.stages,
+                  num_warps=cfg.num_warps, EVEN_D=D % cfg.block == 0, WSTAGES=cfg.warm_stages)
+        # each timescale's gradient is its own tensor: each warms up over its own steps
+        w = [0] * GROUP if warm is None else (warm[s0:s0 + GROUP] + [0] * GROUP)[:GROUP]
+        args = (dec, dec64, alp, T, D, S * D, seglen, nseg, *w)
+        pass1 = dict(kw, HAS_GIN=False, STORE_OUT=False, ACCUM=False, COMBINE=False, WARM=False)
+        scan = dict(kw, HAS_GIN=has_gf, STORE_OUT=True, ACCUM=s0 > 0, COMBINE=two_pass, WARM=warm is not None)
+        groups.append((s0, args, pass1, scan))
+    return _Launch(S, (nd, nseg, B), (B, nseg, S, D), two_pass, tuple(groups))
 
 
 def ema_traces_bwd(
@@ -476,36 +544,28 @@ def ema_traces_bwd(
     """Backward of ``ema_traces_fwd``: gh (B,T,S,D) [, g_final (B,S,D)] -> (dx (B,T,D), g_0 (B,S,D) float32).
 
     ``g_0`` is dL/dh_0 total (the backward state at t = 0); dL/dh0 = (1 - alpha) g_0.
-    ``alphas`` as in ``ema_traces_fwd``.
+    ``alphas`` as in ``ema_traces_fwd``; the plan is cached as there.
     """
     gh = gh.contiguous()
     B, T, S, D = gh.shape
-    sms = sm_count(gh.device)
-    cfg = choose(cfg, EMA_BWD, B, D, sms)
     alphas = _host_alphas(alphas)
-    dec64, dec, alp = _coefs(alphas, gh.device)
-    gx = torch.empty(B, T, D, dtype=x_dtype, device=gh.device)
+    dev = gh.device
+    p = cached("ema_bwd", _ema_bwd_launch, B, T, S, D, alphas, g_final is not None, dev, sm_count(dev), cfg)
+    gx = torch.empty(B, T, D, dtype=x_dtype, device=dev)
     gf = None if g_final is None else g_final.float().contiguous()
-    if T == 0 or B * D == 0:
-        return gx, torch.zeros(B, S, D, device=gh.device) if gf is None else gf.clone()
-    nd = triton.cdiv(D, cfg.block)
-    nseg, seglen, warm = ema_plan(cfg, B * nd, T, alphas, sms)
-    grid = (nd, nseg, B)
-    gstart = torch.empty(B, nseg, S, D, dtype=torch.float32, device=gh.device)
-    two_pass = nseg > 1 and warm is None
-    starts = torch.empty_like(gstart) if two_pass else gstart
-    for s0 in range(0, S, GROUP):
-        kw = dict(NS=min(GROUP, S - s0), CT=cfg.ct, BD=cfg.block, VEC=cfg.vec, STAGES=cfg.stages,
-                  num_warps=cfg.num_warps, EVEN_D=D % cfg.block == 0, WSTAGES=cfg.warm_stages)
-        # each timescale's gradient is its own tensor: each warms up over its own steps
-        w = [0] * GROUP if warm is None else (warm[s0:s0 + GROUP] + [0] * GROUP)[:GROUP]
-        args = (dec[s0:], dec64[s0:], alp[s0:], T, D, S * D, seglen, nseg, *w)
-        if two_pass:  # pass 1: each segment's start gradient from zero
-            _ema_bwd_kernel[grid](gh[:, :, s0:], gx, gh, starts[:, :, s0:], gh, *args, HAS_GIN=False,
-                                  STORE_OUT=False, ACCUM=False, COMBINE=False, WARM=False, **kw)
-        _ema_bwd_kernel[grid](gh[:, :, s0:], gx, gh if gf is None else gf[:, s0:], gstart[:, :, s0:],
-                              starts[:, :, s0:], *args, HAS_GIN=gf is not None, STORE_OUT=True, ACCUM=s0 > 0,
-                              COMBINE=two_pass, WARM=warm is not None, **kw)
+    if p.grid is None:
+        return gx, torch.zeros(B, S, D, device=dev) if gf is None else gf.clone()
+    gstart = torch.empty(p.state_shape, dtype=torch.float32, device=dev)
+    starts = torch.empty_like(gstart) if p.two_pass else gstart
+    gin = gh if gf is None else gf
+    for s0, args, pass1, scan in p.groups:
+        g, gi, gs, st = gh, gin, gstart, starts
+        if s0:
+            g, gs, st = gh[:, :, s0:], gstart[:, :, s0:], starts[:, :, s0:]
+            gi = gh if gf is None else gf[:, s0:]
+        if p.two_pass:  # pass 1: each segment's start gradient from zero
+            _ema_bwd_kernel[p.grid](g, gx, gh, st, gh, *args, **pass1)
+        _ema_bwd_kernel[p.grid](g, gx, gi, gs, st, *args, **scan)
     return gx, gstart[:, 0]
 
 
@@ -535,12 +595,16 @@ class _EmaTracesTriton(torch.autograd.Function):
         gx, g0 = ema_traces_bwd(gout, alphas, ghT, ctx.x_dtype)
         gh0 = None
         if ctx.has_h0 and ctx.needs_input_grad[2]:
-            gh0 = (_coefs(alphas, g0.device)[1].view(1, S, 1) * g0).to(ctx.h0_dtype)
+            gh0 = (_coefs(alphas, g0.device).dec_col * g0).to(ctx.h0_dtype)
         return (gx if ctx.needs_input_grad[0] else None), None, gh0
 
 
 
 def fused_ema_traces(x, alphas, h0=None):
     """Differentiable EMA traces: (h (B,T,S,D) in x's dtype, h_T (B,S,D) float32); grads to x and h0.
-    ``alphas``: S floats (a tensor is read back to the host once per call)."""
-    return _EmaTracesTriton.apply(x, alphas, h0)
+    ``alphas``: S floats (a tensor is read back to the host once per call). Where no gradient is
+    recorded (no_grad, or no input that requires one) the launcher runs without the autograd
+    Function: the same launches, less host time."""
+    if torch.is_grad_enabled() and (x.requires_grad or (h0 is not None and h0.requires_grad)):
+        return _EmaTracesTriton.apply(x, alphas, h0)
+    return ema_traces_fwd(x, alphas, h0)

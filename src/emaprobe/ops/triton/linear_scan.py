@@ -24,11 +24,13 @@ into one kernel; the gradient of a returned final state enters as the carry at T
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
+from emaprobe.ops.triton.cache import cached
 from emaprobe.ops.triton.common import channel_mask, combine, last_row, segment_length, sm_count, tile_plan
 from emaprobe.ops.triton.plan import LIN_BWD, LIN_FWD, LIN_WARM_STEPS, TileConfig, choose, segments, warm_plan
 
@@ -230,7 +232,48 @@ def _as_btf(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     F = math.prod(shape[2:])
     while t.dim() < len(shape):
         t = t.unsqueeze(0)
+    # always both: reshape can rewrite the strides of size-1 dims, which the kernels receive
     return t.expand(shape).reshape(B, T, F)
+
+
+class _Launch(NamedTuple):
+    """One ``linear_scan`` launch plan: everything but the tensors of the call and their strides."""
+
+    shape: torch.Size  # (B, T, *F)
+    state_shape: tuple[int, ...]  # (B, *F): h_T / g_0
+    grid: tuple[int, int, int] | None  # None: T = 0 or B * F = 0, nothing to launch
+    nseg: int
+    ints: tuple  # the scalar arguments before the strides
+    warm: bool  # (forward) segments that warm up, then the tiles they left marked rescanned
+    flags_shape: tuple[int, ...]  # (B, NSEG, NF) int32: the warm-up's marks
+    launches: tuple  # the constants of each launch, in order
+
+
+def _lin_fwd_launch(a_shape: torch.Size, b_shape: torch.Size, has_h0: bool, sms: int,
+                    cfg: TileConfig | None) -> _Launch:
+    shape = torch.broadcast_shapes(a_shape, b_shape)
+    B, T = shape[0], shape[1]
+    F = math.prod(shape[2:])
+    state_shape = (B,) + tuple(shape[2:])
+    if T == 0 or B * F == 0:
+        return _Launch(shape, state_shape, None, 1, (), False, (), ())
+    cfg = choose(cfg, LIN_FWD, B, F, sms)
+    nf = -(-F // cfg.block)
+    nseg, seglen = segments(cfg, B * nf, T, sms)
+    plan = None if nseg == 1 or cfg.warmup is False else warm_plan(cfg, B * nf, T, LIN_WARM_STEPS, sms)
+    if plan is not None:
+        nseg, seglen = plan
+    kw = dict(CT=cfg.ct, BF=cfg.block, VEC=cfg.vec, STAGES=cfg.stages, num_warps=cfg.num_warps,
+              EVEN_F=F % cfg.block == 0, WSTAGES=cfg.warm_stages)
+    if plan is not None:  # one pass of warmed-up segments, then exact rescans of the tiles they left marked
+        launches = (dict(kw, HAS_HIN=has_h0, STORE_OUT=True, STORE_AEND=False, COMBINE=False, WARM=True, FIXUP=False),
+                    dict(kw, HAS_HIN=has_h0, STORE_OUT=True, STORE_AEND=False, COMBINE=True, WARM=False, FIXUP=True))
+    else:  # one pass; or pass 1 (each segment's end state from zero and its decay product), then the scan
+        scan = dict(kw, HAS_HIN=has_h0, STORE_OUT=True, STORE_AEND=False, COMBINE=nseg > 1, WARM=False, FIXUP=False)
+        pass1 = dict(kw, HAS_HIN=False, STORE_OUT=False, STORE_AEND=True, COMBINE=False, WARM=False, FIXUP=False)
+        launches = (pass1, scan) if nseg > 1 else (scan,)
+    return _Launch(shape, state_shape, (nf, nseg, B), nseg, (T, F, seglen, nseg), plan is not None, (B, nseg, nf),
+                   launches)
 
 
 def linear_scan_fwd(
@@ -240,49 +283,59 @@ def linear_scan_fwd(
     out_dtype: torch.dtype | None = None,
     cfg: TileConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``h_t = a_t h_{t-1} + b_t``, no autograd: -> (h (B,T,*F) in ``out_dtype``, h_T (B,*F) float32)."""
-    shape = torch.broadcast_shapes(a.shape, b.shape)
-    B, T, feat = shape[0], shape[1], tuple(shape[2:])
-    F = math.prod(feat)
-    sms = sm_count(b.device)
-    cfg = choose(cfg, LIN_FWD, B, F, sms)
+    """``h_t = a_t h_{t-1} + b_t``, no autograd: -> (h (B,T,*F) in ``out_dtype``, h_T (B,*F) float32).
+
+    The launch plan is made once per (a's shape, b's shape, h0 given or not, the device's SM count, cfg)
+    (``cache.py``; it holds no tensor, so the device enters only by its SM count)."""
+    dev = b.device
+    p = cached("lin_fwd", _lin_fwd_launch, a.shape, b.shape, h0 is not None, sm_count(dev), cfg)
+    shape = p.shape
+    B, T = shape[0], shape[1]
+    F = math.prod(shape[2:])
     a3, b3 = _as_btf(a, shape), _as_btf(b, shape)
-    out = torch.empty(shape, dtype=out_dtype or torch.promote_types(a.dtype, b.dtype), device=b.device)
+    out = torch.empty(shape, dtype=out_dtype or torch.promote_types(a.dtype, b.dtype), device=dev)
     h0f = None if h0 is None else h0.float().reshape(B, F).contiguous()
-    if T == 0 or B * F == 0:
-        hT = torch.zeros(B, F, device=b.device) if h0f is None else h0f.clone()
-        return out, hT.view((B,) + feat)
-    nf = triton.cdiv(F, cfg.block)
-    nseg, seglen = segments(cfg, B * nf, T, sms)
-    plan = None if nseg == 1 or cfg.warmup is False else warm_plan(cfg, B * nf, T, LIN_WARM_STEPS, sms)
-    if plan is not None:
-        nseg, seglen = plan
+    if p.grid is None:
+        hT = torch.zeros(B, F, device=dev) if h0f is None else h0f.clone()
+        return out, hT.view(p.state_shape)
     strides = (*a3.stride(), *b3.stride())
-    kw = dict(CT=cfg.ct, BF=cfg.block, VEC=cfg.vec, STAGES=cfg.stages, num_warps=cfg.num_warps,
-              EVEN_F=F % cfg.block == 0, WSTAGES=cfg.warm_stages)
-    grid = (nf, nseg, B)
     hin = a3 if h0f is None else h0f
-    hend = torch.empty(B, nseg, F, dtype=torch.float32, device=b.device)
+    T, F, seglen, nseg = p.ints
+    hend = torch.empty(B, nseg, F, dtype=torch.float32, device=dev)
     ends = prods = hend
-    flags = torch.empty(B, nseg, nf, dtype=torch.int32, device=b.device) if plan is not None else hend
+    flags = torch.empty(p.flags_shape, dtype=torch.int32, device=dev) if p.warm else hend
     if nseg > 1:
         ends, prods = torch.empty_like(hend), torch.empty_like(hend)
-    if plan is not None:  # one pass of warmed-up segments, then exact rescans of the tiles they left marked
-        _lin_fwd_kernel[grid](a3, b3, out, hin, hend, hend, ends, prods, flags, T, F, seglen, nseg, LIN_WARM_STEPS,
-                              *strides, HAS_HIN=h0f is not None, STORE_OUT=True, STORE_AEND=False, COMBINE=False,
-                              WARM=True, FIXUP=False, **kw)
-        _lin_fwd_kernel[grid](a3, b3, out, hin, hend, hend, ends, prods, flags, T, F, seglen, nseg, 0, *strides,
-                              HAS_HIN=h0f is not None, STORE_OUT=True, STORE_AEND=False, COMBINE=True, WARM=False,
-                              FIXUP=True, **kw)
-        return out, hend[:, -1].view((B,) + feat)
+    if p.warm:  # one pass of warmed-up segments, then exact rescans of the tiles they left marked
+        warm, fixup = p.launches
+        _lin_fwd_kernel[p.grid](a3, b3, out, hin, hend, hend, ends, prods, flags, T, F, seglen, nseg, LIN_WARM_STEPS,
+                                *strides, **warm)
+        _lin_fwd_kernel[p.grid](a3, b3, out, hin, hend, hend, ends, prods, flags, T, F, seglen, nseg, 0, *strides,
+                                **fixup)
+        return out, hend[:, -1].view(p.state_shape)
     if nseg > 1:  # pass 1: each segment's end state from zero and its decay product
-        _lin_fwd_kernel[grid](a3, b3, out, a3, ends, prods, a3, a3, a3, T, F, seglen, nseg, 0, *strides,
-                              HAS_HIN=False, STORE_OUT=False, STORE_AEND=True, COMBINE=False, WARM=False, FIXUP=False,
-                              **kw)
-    _lin_fwd_kernel[grid](a3, b3, out, hin, hend, hend, ends, prods, a3, T, F, seglen, nseg, 0, *strides,
-                          HAS_HIN=h0f is not None, STORE_OUT=True, STORE_AEND=False, COMBINE=nseg > 1, WARM=False,
-                          FIXUP=False, **kw)
-    return out, hend[:, -1].view((B,) + feat)
+        _lin_fwd_kernel[p.grid](a3, b3, out, a3, ends, prods, a3, a3, a3, T, F, seglen, nseg, 0, *strides,
+                                **p.launches[0])
+    _lin_fwd_kernel[p.grid](a3, b3, out, hin, hend, hend, ends, prods, a3, T, F, seglen, nseg, 0, *strides,
+                            **p.launches[-1])
+    return out, hend[:, -1].view(p.state_shape)
+
+
+def _lin_bwd_launch(shape: torch.Size, has_gf: bool, has_h0: bool, sms: int, cfg: TileConfig | None) -> _Launch:
+    B, T = shape[0], shape[1]
+    F = math.prod(shape[2:])
+    state_shape = (B,) + tuple(shape[2:])
+    if T == 0 or B * F == 0:
+        return _Launch(shape, state_shape, None, 1, (), False, (), ())
+    cfg = choose(cfg, LIN_BWD, B, F, sms)
+    nf = -(-F // cfg.block)
+    nseg, seglen = segments(cfg, B * nf, T, sms)
+    kw = dict(CT=cfg.ct, BF=cfg.block, VEC=cfg.vec, STAGES=cfg.stages, num_warps=cfg.num_warps,
+              EVEN_F=F % cfg.block == 0)
+    pass1 = dict(kw, HAS_GIN=False, HAS_H0=has_h0, STORE_OUT=False, STORE_AEND=True, COMBINE=False)
+    scan = dict(kw, HAS_GIN=has_gf, HAS_H0=has_h0, STORE_OUT=True, STORE_AEND=False, COMBINE=nseg > 1)
+    return _Launch(shape, state_shape, (nf, nseg, B), nseg, (T, F, seglen, nseg), False, (),
+                   (pass1, scan) if nseg > 1 else (scan,))
 
 
 def linear_scan_bwd(
@@ -297,39 +350,35 @@ def linear_scan_bwd(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward of ``linear_scan_fwd`` given its output h: -> (da (B,T,*F), db (B,T,*F), g_0 (B,*F) float32).
 
-    da and db are full-size (sum them to a broadcast input's shape); dL/dh0 = a_0 g_0.
+    da and db are full-size (sum them to a broadcast input's shape); dL/dh0 = a_0 g_0. The plan is
+    cached as the forward's, per (h's shape, g_final and h0 given or not, SM count, cfg).
     """
     shape = h.shape
-    B, T, feat = shape[0], shape[1], tuple(shape[2:])
-    F = math.prod(feat)
-    sms = sm_count(h.device)
-    cfg = choose(cfg, LIN_BWD, B, F, sms)
+    dev = h.device
+    p = cached("lin_bwd", _lin_bwd_launch, shape, g_final is not None, h0 is not None, sm_count(dev), cfg)
+    B, T = shape[0], shape[1]
+    F = math.prod(shape[2:])
     a3 = _as_btf(a, shape)
     gh3 = gh.expand(shape).reshape(B, T, F).contiguous()
     h3 = h.reshape(B, T, F).contiguous()
-    ga = torch.empty(shape, dtype=ga_dtype, device=h.device)
-    gb = torch.empty(shape, dtype=gb_dtype, device=h.device)
+    ga = torch.empty(shape, dtype=ga_dtype, device=dev)
+    gb = torch.empty(shape, dtype=gb_dtype, device=dev)
     gf = None if g_final is None else g_final.float().reshape(B, F).contiguous()
     h0f = None if h0 is None else h0.float().reshape(B, F).contiguous()
-    if T == 0 or B * F == 0:
-        g0 = torch.zeros(B, F, device=h.device) if gf is None else gf.clone()
-        return ga, gb, g0.view((B,) + feat)
-    nf = triton.cdiv(F, cfg.block)
-    nseg, seglen = segments(cfg, B * nf, T, sms)
-    kw = dict(CT=cfg.ct, BF=cfg.block, VEC=cfg.vec, STAGES=cfg.stages, num_warps=cfg.num_warps,
-              EVEN_F=F % cfg.block == 0)
+    if p.grid is None:
+        g0 = torch.zeros(B, F, device=dev) if gf is None else gf.clone()
+        return ga, gb, g0.view(p.state_shape)
+    T, F, seglen, nseg = p.ints
     h0_arg = h0f if h0f is not None else h3
-    gstart = torch.empty(B, nseg, F, dtype=torch.float32, device=h.device)
+    gstart = torch.empty(B, nseg, F, dtype=torch.float32, device=dev)
     starts = prods = gstart
     if nseg > 1:  # pass 1: each segment's start gradient from zero and its decay product
         starts, prods = torch.empty_like(gstart), torch.empty_like(gstart)
-        _lin_bwd_kernel[(nf, nseg, B)](a3, gh3, h3, h0_arg, ga, gb, gh3, starts, prods, gh3, gh3, T, F, seglen,
-                                       nseg, *a3.stride(), HAS_GIN=False, HAS_H0=h0f is not None,
-                                       STORE_OUT=False, STORE_AEND=True, COMBINE=False, **kw)
-    _lin_bwd_kernel[(nf, nseg, B)](a3, gh3, h3, h0_arg, ga, gb, gh3 if gf is None else gf, gstart, gstart, starts,
-                                   prods, T, F, seglen, nseg, *a3.stride(), HAS_GIN=gf is not None,
-                                   HAS_H0=h0f is not None, STORE_OUT=True, STORE_AEND=False, COMBINE=nseg > 1, **kw)
-    return ga, gb, gstart[:, 0].view((B,) + feat)
+        _lin_bwd_kernel[p.grid](a3, gh3, h3, h0_arg, ga, gb, gh3, starts, prods, gh3, gh3, T, F, seglen, nseg,
+                                *a3.stride(), **p.launches[0])
+    _lin_bwd_kernel[p.grid](a3, gh3, h3, h0_arg, ga, gb, gh3 if gf is None else gf, gstart, gstart, starts, prods,
+                            T, F, seglen, nseg, *a3.stride(), **p.launches[-1])
+    return ga, gb, gstart[:, 0].view(p.state_shape)
 
 
 # ---------------------------------------------------------------------------- autograd
@@ -365,8 +414,12 @@ class _LinearScanTriton(torch.autograd.Function):
 
 
 def fused_linear_scan(a, b, h0=None, out_dtype=None):
-    """Differentiable ``h_t = a_t h_{t-1} + b_t``: (h in ``out_dtype``, h_T float32); grads to a, b and h0."""
+    """Differentiable ``h_t = a_t h_{t-1} + b_t``: (h in ``out_dtype``, h_T float32); grads to a, b and h0.
+    Where no gradient is recorded the launcher runs without the autograd Function (as ``fused_ema_traces``)."""
     a_full = a
     while a_full.dim() < b.dim():
         a_full = a_full.unsqueeze(0)
-    return _LinearScanTriton.apply(a_full, b, h0, out_dtype or torch.promote_types(a.dtype, b.dtype))
+    out_dtype = out_dtype or torch.promote_types(a.dtype, b.dtype)
+    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad or (h0 is not None and h0.requires_grad)):
+        return _LinearScanTriton.apply(a_full, b, h0, out_dtype)
+    return linear_scan_fwd(a_full, b, h0, out_dtype)

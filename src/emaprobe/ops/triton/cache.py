@@ -1,0 +1,56 @@
+"""The scans' per-call host work, done once per key: launch plans and coefficient tensors.
+
+An eager call used to re-plan its launch (tile shape, segments, warm-ups), rebuild the
+kernels' constant arguments and slice its coefficient tensors every time: Python work of the
+order of the kernel's own time at B=16 T=2048 D=768 (issue 17). ``ema.py`` and
+``linear_scan.py`` build each once, for a key of the Python values it depends on (shapes,
+alphas, device, whether an initial state is given, the ``TileConfig``), and keep it here; a
+call then allocates its outputs and launches.
+
+Under ``torch.compile`` the stores are bypassed: Dynamo traces the builder, as it traced the
+per-call planning before, rather than a lookup in a module-level dict whose contents it would
+have to guard on (a new entry would recompile every graph that read the dict).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import torch
+
+# Per store; past it the oldest entry goes (a plan is rebuilt in microseconds). A CUDA graph captured
+# from eager calls holds the addresses of the coefficient tensors it launched with: those stay alive
+# while any plan of this many still refers to them, so capture with fewer distinct keys than this.
+MAX_ENTRIES = 256
+
+_STORES: dict[str, dict] = {}
+
+
+def store(name: str) -> dict:
+    """The named store (one per kind of plan), made on first use."""
+    return _STORES.setdefault(name, {})
+
+
+def cached(name: str, build: Callable[..., Any], *key: Hashable) -> Any:
+    """``build(*key)``, made once per ``key`` in store ``name``; every call while compiling builds afresh."""
+    if torch.compiler.is_compiling():
+        return build(*key)
+    entries = _STORES.get(name)
+    if entries is None:
+        entries = store(name)
+    try:
+        return entries[key]
+    except KeyError:
+        pass
+    value = build(*key)
+    if len(entries) >= MAX_ENTRIES:
+        del entries[next(iter(entries))]
+    entries[key] = value
+    return value
+
+
+def clear() -> None:
+    """Empty every store (tests; or after changing the plan's module-level defaults)."""
+    for entries in _STORES.values():
+        entries.clear()

@@ -1,0 +1,327 @@
+"""The Triton scans' host code on CPU: launch plans and coefficient tensors made once per key.
+
+The kernels do not run here: each is replaced by a recorder (``triton_host_harness``), and where
+Triton is not installed a stand-in lets the modules import. What is checked is what the kernels
+would receive: a plan taken from the cache launches exactly what a plan built afresh launches
+(the kernels' results are then unchanged; test_triton_scan.py checks those against float64 on a
+GPU), a second call makes no coefficient tensor and allocates only its outputs, and different
+keys get different entries.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from triton_host_harness import canonical, filled_empty, load_triton_ops, record
+
+from emaprobe.ops.triton import cache, plan
+
+ALPHAS = (0.5, 0.1, 0.02)
+SIX = (0.9, 0.5, 0.1, 0.02, 0.01, 1.0)  # two launches of at most 4 timescales
+SPLIT = plan.TileConfig(ct=16, block=64, num_warps=1, split=True)
+WARM = plan.TileConfig(ct=16, block=64, split=True, warmup=True, min_programs=8)
+TWO_PASS = plan.TileConfig(ct=16, block=64, split=True, warmup=False, min_programs=8)
+SMS = 132
+
+
+@pytest.fixture
+def ops():
+    # per test: a stand-in Triton stays in sys.modules only while a test that needs it runs
+    ema, lin, undo = load_triton_ops()
+    yield ema, lin
+    undo()
+
+
+@pytest.fixture(autouse=True)
+def empty_stores():
+    cache.clear()
+    yield
+    cache.clear()
+
+
+def _count_calls(monkeypatch, name: str) -> list:
+    calls: list = []
+    real = getattr(torch, name)
+
+    def counted(*a, **k):
+        calls.append(a)
+        return real(*a, **k)
+
+    monkeypatch.setattr(torch, name, counted)
+    return calls
+
+
+def _compiling(monkeypatch):
+    """What the stores see under torch.compile: every lookup builds afresh."""
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+
+
+# ---------------------------------------------------------------------------- the store itself
+
+
+def test_store_returns_one_value_per_key_and_stays_bounded(monkeypatch):
+    made = []
+
+    def build(n):
+        made.append(n)
+        return torch.zeros(n)
+
+    first = cache.cached("t", build, 3)
+    assert cache.cached("t", build, 3) is first and made == [3]
+    assert cache.cached("t", build, 4) is not first and made == [3, 4]
+    monkeypatch.setattr(cache, "MAX_ENTRIES", 2)
+    cache.cached("t", build, 5)  # the oldest entry (3) goes
+    assert list(cache.store("t")) == [(4,), (5,)]
+    cache.clear()
+    assert cache.store("t") == {}
+
+
+def test_store_is_bypassed_while_compiling(monkeypatch):
+    _compiling(monkeypatch)
+    a, b = cache.cached("t", torch.zeros, 3), cache.cached("t", torch.zeros, 3)
+    assert a is not b and cache.store("t") == {}
+
+
+def test_dynamo_traces_the_builder_not_the_store():
+    """Under torch.compile (whole graph, no break) the builder is traced and the store stays empty."""
+
+    def f(x):
+        return x * cache.cached("t", lambda n: torch.full((n,), 2.0), 3)
+
+    x = torch.ones(3)
+    torch._dynamo.reset()
+    got = torch.compile(f, backend="eager", fullgraph=True)(x)
+    assert torch.equal(got, 2 * x) and cache.store("t") == {}
+    assert torch.equal(f(x), 2 * x) and len(cache.store("t")) == 1  # eager: made once, kept
+
+
+def test_torch_backend_alpha_tensor_made_once_per_alphas_and_device():
+    from emaprobe.ops import scan
+
+    cpu, meta = torch.device("cpu"), torch.device("meta")
+    t = scan._alpha_tensor(ALPHAS, cpu)
+    assert scan._alpha_tensor(ALPHAS, cpu) is t and t.dtype == torch.float64 and t.tolist() == list(ALPHAS)
+    assert scan._alpha_tensor((0.5,), cpu) is not t
+    assert scan._alpha_tensor(ALPHAS, meta).device == meta
+
+
+# ---------------------------------------------------------------------------- coefficients
+
+
+def test_coefs_made_once_per_alphas_and_device(ops, monkeypatch):
+    ema, _ = ops
+    cpu, meta = torch.device("cpu"), torch.device("meta")
+    made = _count_calls(monkeypatch, "tensor")
+    c = ema._coefs(ALPHAS, cpu)
+    assert len(made) == 3
+    assert ema._coefs(ALPHAS, cpu) is c and len(made) == 3  # the second call makes nothing
+    assert c.dec64.dtype == torch.float64 and c.dec.dtype == c.alp.dtype == torch.float32
+    assert c.dec64.tolist() == [1.0 - a for a in ALPHAS]
+    assert torch.equal(c.alp, torch.tensor(ALPHAS, dtype=torch.float32))
+    assert c.dec_col.shape == (1, 3, 1) and c.dec_col.data_ptr() == c.dec.data_ptr()
+    other = ema._coefs((0.5, 0.1), cpu)
+    assert other is not c and other.dec.tolist() == [0.5, pytest.approx(0.9)]
+    on_meta = ema._coefs(ALPHAS, meta)
+    assert on_meta is not c and on_meta.dec.device == meta
+    six = ema._coefs(SIX, cpu)  # one view per group of 4 timescales, into the same tensors
+    assert [g[0].data_ptr() - six.dec.data_ptr() for g in six.groups] == [0, 4 * 4]
+    assert [g[1].numel() for g in six.groups] == [6, 2]
+
+
+# ---------------------------------------------------------------------------- launches
+
+# (op, B, T, D or feature shape, alphas, cfg, with initial state / final-state gradient)
+CASES = [
+    ("ema_fwd", 16, 300, 768, ALPHAS, None, False),
+    ("ema_fwd", 1, 4097, 33, ALPHAS, SPLIT, True),
+    ("ema_fwd", 1, 4097, 33, ALPHAS, WARM, True),
+    ("ema_fwd", 1, 4097, 33, ALPHAS, TWO_PASS, False),
+    ("ema_fwd", 2, 500, 24, SIX, SPLIT, True),
+    ("ema_fwd", 2, 0, 24, ALPHAS, None, True),
+    ("ema_bwd", 16, 300, 768, ALPHAS, None, True),
+    ("ema_bwd", 1, 4097, 33, ALPHAS, WARM, True),
+    ("ema_bwd", 2, 500, 24, SIX, TWO_PASS, False),
+    ("lin_fwd", 2, 63, (3, 24), None, None, True),
+    ("lin_fwd", 1, 3001, (40,), None, WARM, True),
+    ("lin_fwd", 1, 4097, (40,), None, SPLIT, False),
+    ("lin_bwd", 2, 500, (2, 128), None, None, True),
+    ("lin_bwd", 1, 4097, (40,), None, SPLIT, True),
+]
+IDS = [f"{c[0]}-B{c[1]}-T{c[2]}-{c[3]}-S{0 if c[4] is None else len(c[4])}-{c[5] and c[5].warmup}-{c[6]}"
+       for c in CASES]
+
+
+def _call(ops, monkeypatch, case, dtype=torch.float32, sms=SMS):
+    """Run one launcher on fixed inputs with its kernels recorded -> (canonical launches, outputs)."""
+    ema, lin = ops
+    op, B, T, D, alphas, cfg, with_state = case
+    g = torch.Generator().manual_seed(0)
+    if op.startswith("ema"):
+        S = len(alphas)
+        state = torch.randn(B, S, D, generator=g) if with_state else None
+        log = record(monkeypatch.setattr, ema, "ema", sms)
+        if op == "ema_fwd":
+            x = torch.randn(B, T, D, generator=g).to(dtype)
+            out, hT = ema.ema_traces_fwd(x, alphas, state, cfg=cfg)
+            return canonical(log, {"x": x, "h0": state, "out": out, "hT": hT}), (out, hT)
+        gh = torch.randn(B, T, S, D, generator=g).to(dtype)
+        gx, g0 = ema.ema_traces_bwd(gh, alphas, state, dtype, cfg=cfg)
+        return canonical(log, {"gh": gh, "gf": state, "gx": gx, "g0": g0}), (gx, g0)
+    full = (B, T) + D
+    a = (torch.rand(full, generator=g) * 0.5 + 0.5).to(dtype)
+    b = torch.randn(full, generator=g).to(dtype)
+    state = torch.randn((B,) + D, generator=g) if with_state else None
+    log = record(monkeypatch.setattr, lin, "lin", sms)
+    if op == "lin_fwd":
+        out, hT = lin.linear_scan_fwd(a, b, state, cfg=cfg)
+        return canonical(log, {"a": a, "b": b, "h0": state, "out": out, "hT": hT}), (out, hT)
+    h = torch.randn(full, generator=g).to(dtype)
+    ga, gb, g0 = lin.linear_scan_bwd(a, b, h, state, state, dtype, dtype, cfg=cfg)
+    return canonical(log, {"a": a, "gh": b, "h": h, "h0": state, "ga": ga, "gb": gb, "g0": g0}), (ga, gb, g0)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_cached_plan_launches_what_a_fresh_plan_launches(ops, monkeypatch, case):
+    """First call (builds and keeps the plan), second call (takes it from the store) and a call that
+    builds afresh, as under torch.compile: the same kernels, grids, arguments and constants."""
+    filled_empty(monkeypatch.setattr)
+    first, out1 = _call(ops, monkeypatch, case)
+    second, out2 = _call(ops, monkeypatch, case)
+    assert sum(len(s) for s in cache._STORES.values()) > 0
+    with monkeypatch.context() as m:
+        _compiling(m)
+        fresh, out3 = _call(ops, monkeypatch, case)
+    assert first == second == fresh
+    meta = [[(o.shape, o.dtype) for o in out] for out in (out1, out2, out3)]
+    assert meta[0] == meta[1] == meta[2]
+    if case[2] == 0:
+        assert first == []  # T = 0: nothing launched
+
+
+@pytest.mark.parametrize("cfg", [None, SPLIT, WARM, TWO_PASS], ids=["default", "split", "warm", "two-pass"])
+def test_ema_fwd_launches_follow_the_planner(ops, monkeypatch, cfg):
+    """Grid and scalar arguments as ``plan`` gives them, worked out here without the cache."""
+    B, T, D = 1, 4097, 33
+    launches, _ = _call(ops, monkeypatch, ("ema_fwd", B, T, D, ALPHAS, cfg, True))
+    c = plan.choose(cfg, plan.EMA_FWD, B, D, SMS)
+    nd = -(-D // c.block)
+    nseg, seglen, warm = plan.ema_plan(c, B * nd, T, ALPHAS, SMS)
+    two_pass = nseg > 1 and warm is None
+    assert len(launches) == 1 + two_pass
+    for name, grid, args, kwargs in launches:
+        assert grid == (nd, nseg, B)
+        assert args[8:] == (T, D, 3 * D, seglen, nseg, 0 if warm is None else max(warm))
+    assert dict(launches[-1][3])["WARM"] == (warm is not None) and dict(launches[-1][3])["COMBINE"] == two_pass
+
+
+@pytest.mark.parametrize("cfg,shape", [(None, (16, 300, 768)), (WARM, (1, 4097, 33)), (TWO_PASS, (1, 4097, 33))],
+                         ids=["one-pass", "warm", "two-pass"])
+def test_second_call_makes_no_coefficients_and_allocates_only_outputs(ops, monkeypatch, cfg, shape):
+    ema, _ = ops
+    log = record(monkeypatch.setattr, ema, "ema", SMS)
+    x = torch.randn(shape)
+    c = plan.choose(cfg, plan.EMA_FWD, shape[0], shape[2], SMS)
+    nseg, _, warm = plan.ema_plan(c, shape[0] * -(-shape[2] // c.block), shape[1], ALPHAS, SMS)
+    assert (nseg == 1) == (cfg is None) and (warm is not None) == (cfg is WARM)
+    ema.ema_traces_fwd(x, ALPHAS, cfg=cfg)
+    first = log[:]
+    made, allocated = _count_calls(monkeypatch, "tensor"), _count_calls(monkeypatch, "empty")
+    scratch = _count_calls(monkeypatch, "empty_like")
+    log.clear()
+    ema.ema_traces_fwd(x, ALPHAS, cfg=cfg)
+    assert made == []  # no coefficient tensor
+    assert len(allocated) == 2  # the traces and the end states (h_T is a view)
+    assert len(scratch) == (cfg is TWO_PASS)  # pass 1's end states, in two passes only
+    for (_, _, a1, k1), (_, _, a2, k2) in zip(first, log):
+        assert all(u is v for u, v in zip(a1[5:8], a2[5:8]))  # the very same coefficient tensors
+        assert k1 == k2
+
+
+def test_plans_distinct_per_key_and_shared_across_dtypes(ops, monkeypatch):
+    """Shape, alphas, initial state or not, tile config and SM count each make their own plan; the
+    input dtype does not enter the plan (Triton specializes on it), and outputs keep their dtypes."""
+    filled_empty(monkeypatch.setattr)
+    base = ("ema_fwd", 1, 4097, 33, ALPHAS, None, True)
+    want, _ = _call(ops, monkeypatch, base)
+    fwd = cache.store("ema_fwd")
+    assert len(fwd) == 1
+    launches16, (out16, hT16) = _call(ops, monkeypatch, base, dtype=torch.bfloat16)
+    assert len(fwd) == 1 and out16.dtype == torch.bfloat16 and hT16.dtype == torch.float32
+    assert launches16[0][2][0] == ("x", 0, "torch.bfloat16")  # the kernel gets the bf16 input itself
+    variants = [("ema_fwd", 1, 4000, 33, ALPHAS, None, True), ("ema_fwd", 1, 4097, 33, (0.5,), None, True),
+                ("ema_fwd", 1, 4097, 33, ALPHAS, None, False), ("ema_fwd", 1, 4097, 33, ALPHAS, WARM, True),
+                ("ema_fwd", 2, 4097, 33, ALPHAS, None, True), ("ema_fwd", 1, 4097, 40, ALPHAS, None, True)]
+    for i, v in enumerate(variants):
+        _call(ops, monkeypatch, v)
+        assert len(fwd) == 2 + i
+    _call(ops, monkeypatch, base, sms=30)
+    assert len(fwd) == 2 + len(variants)
+    assert _call(ops, monkeypatch, base)[0] == want  # among them all, the first key's plan is still its own
+    assert len(cache.store("ema_coefs")) == 2  # one per alphas on this one device
+
+
+def test_two_devices_get_their_own_plan_and_coefficients(ops, monkeypatch):
+    """A plan holds its device's coefficient tensors: a second device must not reuse them."""
+    ema, _ = ops
+    cpu, meta = torch.device("cpu"), torch.device("meta")
+    p_cpu = ema._ema_fwd_launch(1, 4097, 33, ALPHAS, True, cpu, SMS, None)
+    p_meta = ema._ema_fwd_launch(1, 4097, 33, ALPHAS, True, meta, SMS, None)
+    assert p_cpu.groups[0][1][0].device == cpu and p_meta.groups[0][1][0].device == meta
+    record(monkeypatch.setattr, ema, "ema", SMS)
+    ema.ema_traces_fwd(torch.randn(1, 4097, 33), ALPHAS)
+    ema.ema_traces_fwd(torch.randn(1, 4097, 33, device=meta), ALPHAS)
+    devices = sorted(str(k[5]) for k in cache.store("ema_fwd"))
+    assert devices == ["cpu", "meta"]
+    assert sorted(str(c.dec.device) for c in cache.store("ema_coefs").values()) == ["cpu", "meta"]
+
+
+def test_fused_ops_skip_the_autograd_function_only_where_no_gradient_is_recorded(ops, monkeypatch):
+    """Without a gradient to record the differentiable ops call the launcher directly: the same
+    launches as through the autograd Function, and outputs without a graph."""
+    ema, lin = ops
+    filled_empty(monkeypatch.setattr)
+    x, h0 = torch.randn(2, 500, 24), torch.randn(2, 3, 24)
+    a, b = torch.rand(2, 500, 24), torch.randn(2, 500, 24)
+    runs = {}
+    for mode in ("no_grad", "no_input_needs_grad", "grad"):
+        ema_log = record(monkeypatch.setattr, ema, "ema", SMS)
+        lin_log = record(monkeypatch.setattr, lin, "lin", SMS)
+        xi, ai = (x.clone().requires_grad_(), a.clone().requires_grad_()) if mode == "grad" else (x, a)
+        with torch.set_grad_enabled(mode != "no_grad"):
+            y, yT = ema.fused_ema_traces(xi, ALPHAS, h0)
+            z, zT = lin.fused_linear_scan(ai, b, None)
+        assert (y.grad_fn is not None) == (z.grad_fn is not None) == (mode == "grad")
+        runs[mode] = (canonical(ema_log, {"x": xi, "h0": h0, "out": y, "hT": yT}),
+                      canonical(lin_log, {"a": ai, "b": b, "out": z, "hT": zT}))
+    assert runs["no_grad"] == runs["no_input_needs_grad"] == runs["grad"]
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+def test_plan_builders_trace_in_one_graph_under_compile(dynamic):
+    """Dynamo traces every plan builder (what the launchers run while compiling) without a graph
+    break or a warning, with static and with symbolic shapes, and leaves the stores empty."""
+    import warnings
+
+    torch.compile(lambda t: t + 1, backend="eager")(torch.ones(1))  # Dynamo's imports, before any stand-in
+    ema, lin, undo = load_triton_ops()
+    try:
+        def plans(x, h):
+            B, T, D = x.shape
+            p = ema._ema_fwd_launch(B, T, D, ALPHAS, True, x.device, SMS, None)
+            q = ema._ema_bwd_launch(B, T, 3, D, ALPHAS, False, x.device, SMS, WARM)
+            r = lin._lin_fwd_launch(h.shape, h.shape, True, SMS, None)
+            s = lin._lin_bwd_launch(h.shape, True, True, SMS, SPLIT)
+            return x * p.groups[0][1][0].sum() + q.groups[0][1][6] + p.grid[1] + r.ints[2] + s.nseg
+
+        torch._dynamo.reset()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            compiled = torch.compile(plans, backend="eager", fullgraph=True, dynamic=dynamic)
+            inputs = [(torch.randn(1, T, 33), torch.randn(2, T, 40)) for T in (4097, 5000)]
+            got = [compiled(x, h) for x, h in inputs]
+        assert cache.store("ema_coefs") == {}
+        for g, (x, h) in zip(got, inputs):
+            assert torch.equal(g, plans(x, h))  # eager, through the stores
+    finally:
+        torch._dynamo.reset()
+        undo()
