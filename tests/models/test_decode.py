@@ -22,8 +22,8 @@ def small_spen(mixer: str) -> SPEN:
 
 def test_compiled_decode_step_gives_the_eager_tokens():
     """torch.compile (inductor on CPU) of the per-token step: identical greedy tokens, twice over one
-    compiled graph (the second call reuses the state buffers), for a vector and a matrix state."""
-    for mixer in ("ema", "gla"):
+    compiled graph (the second call reuses the state buffers), for fixed, input-dependent and matrix states."""
+    for mixer in ("ema", "selective", "gla"):
         model = small_spen(mixer)
         for B, T in ((2, 9), (2, 5)):
             idx = torch.randint(0, V, (B, T))
