@@ -54,6 +54,7 @@ def _experiments() -> list:
 COMMANDS = [
     pytest.param(["bench", "scan", "--shape", "2x70x8", "--repeats", "1"], id="bench-scan"),
     pytest.param(["bench", "ffn", "--width", "tiny", "--tokens", "32", "--repeats", "1"], id="bench-ffn"),
+    pytest.param(["bench", "lm", "--quick", "--device", "cpu", "--mixers", "ema", "--no-train"], id="bench-lm"),
     pytest.param(["demo", "--smoke"], id="demo"),
     pytest.param(["roles", "--smoke", "--no-treebank", "--quiet"], id="roles"),
     # every registered experiment at its smoke budget, and the report: what CI runs of `reproduce`

@@ -18,6 +18,48 @@ Each figure is a median of repeats; the peers (scipy.signal.lfilter on CPU, the
 PyTorch step loop, FFT convolution and kernel libraries on GPU) run in the same process.
 """
 
+LM_EPILOG = """\
+examples:
+  emaprobe bench lm --quick --device cpu        tiny configs, short lengths: the smoke run (seconds)
+  emaprobe bench lm                             spen-130m (every mixer) and gpt-124m on the GPU,
+                                                T = 1k, 4k, 16k, eager and compiled; generation
+                                                at batch 1 and 32 after 2k and 32k prompts
+  emaprobe bench lm --mixers ema --config spen-130m --compile on --no-train
+                                                only SPEN-130m's compiled generation
+  emaprobe bench lm --out results/bench         the committed figures (on purpose only)
+Output: bench_lm_<card>.json and .png in runs/bench/ (ignored by git) unless --out names
+another folder. Each figure is a median of --repeats; warm-up steps (and compiling) are
+not timed. MFU = FLOPs per token x tokens/s / peak FLOP/s (the formula is in the JSON);
+it is null on CPU unless --peak-tflops is given.
+"""
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from err
+
+
+def _lm(args: argparse.Namespace) -> int:
+    import torch
+
+    from emaprobe.experiments.bench_lm import BenchConfig, quick_config, run
+
+    given = {
+        "configs": tuple(args.config) if args.config else None,
+        "mixers": tuple(m for m in args.mixers.split(",") if m) if args.mixers else None,
+        "seq_lens": args.seq_lens, "tokens_per_step": args.tokens_per_step, "steps": args.steps,
+        "warmup": args.warmup, "repeats": args.repeats, "compile": args.compile,
+        "gen_batches": args.gen_batch, "gen_prompts": args.gen_prompts, "gen_tokens": args.gen_tokens,
+        "train": False if args.no_train else None, "generate": False if args.no_generate else None,
+    }
+    given = {k: v for k, v in given.items() if v is not None}
+    bc = quick_config(**given) if args.quick else BenchConfig(**given)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    run(bc, device=device, out_dir=args.out, peak_tflops=args.peak_tflops)
+    return 0
+
 
 def _scan(args: argparse.Namespace) -> int:
     import torch
@@ -48,9 +90,9 @@ def _ffn(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
-        help="benchmarks: scan speed against peers and the floor; the top-k FFN's two forms",
+        help="benchmarks: scan speed against the floor; the top-k FFN's two forms; LM training and generation",
         description="Benchmarks that print their peer and the physical floor in the same run and write JSON.",
-        epilog=EPILOG,
+        epilog=EPILOG + "\nemaprobe bench lm --help: whole language models (training tokens/s and MFU, generation).\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bsub = p.add_subparsers(dest="bench", metavar="<benchmark>", required=True)
@@ -90,3 +132,35 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is steadier on a shared box)")
     f.add_argument("--out", default="runs/bench", help="folder for the JSON (default: runs/bench)")
     f.set_defaults(func=_ffn)
+
+    m = bsub.add_parser(
+        "lm",
+        help="LM training tokens/s, MFU and memory; generation tokens/s",
+        description="Time a full training step of SPEN (each mixer) and GPT at several lengths, eager and "
+        "compiled, with MFU and peak memory; and greedy generation tokens/s after short and long prompts.",
+        epilog=LM_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    m.add_argument("--config", action="append", metavar="NAME",
+                   help="a named model config; repeat for several (default: spen-130m and gpt-124m)")
+    m.add_argument("--mixers", metavar="A,B", help="SPEN mixers, comma-separated (default: every registered one)")
+    m.add_argument("--seq-lens", type=_ints, metavar="T,T", help="training lengths (default: 1024,4096,16384)")
+    m.add_argument("--tokens-per-step", type=int, help="tokens per training step, B = this // T (default: 16384)")
+    m.add_argument("--steps", type=int, help="timed training steps per repeat (default: 10)")
+    m.add_argument("--warmup", type=int, help="untimed steps first, compiling included (default: 3)")
+    m.add_argument("--repeats", type=int, help="timed repeats per figure; the median is reported (default: 3)")
+    m.add_argument("--compile", choices=("both", "on", "off"),
+                   help="eager rows, torch.compile rows, or both (default: both; off with --quick)")
+    m.add_argument("--gen-batch", type=_ints, metavar="B,B", help="generation batch sizes (default: 1,32)")
+    m.add_argument("--gen-prompts", type=_ints, metavar="P,P", help="prompt lengths (default: 2048,32768)")
+    m.add_argument("--gen-tokens", type=int, help="new tokens timed per generation repeat (default: 128)")
+    m.add_argument("--no-train", action="store_true", help="skip the training rows")
+    m.add_argument("--no-generate", action="store_true", help="skip the generation rows")
+    m.add_argument("--quick", action="store_true",
+                   help="tiny configs (spen-tiny, gpt-tiny), short lengths, one repeat, eager: the CPU smoke")
+    m.add_argument("--device", choices=("cpu", "cuda"), help="where to run (default: cuda when available)")
+    m.add_argument("--peak-tflops", type=float,
+                   help="peak FLOP/s for MFU, in TFLOP/s (default: the card's dense bf16 datasheet figure; none on CPU)")
+    m.add_argument("--out", default="runs/bench",
+                   help="folder for the JSON and PNG (default: runs/bench; committed figures need --out results/bench)")
+    m.set_defaults(func=_lm)

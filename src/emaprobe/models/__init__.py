@@ -25,6 +25,8 @@ import torch
 
 from emaprobe.models.common import (
     MODEL_KINDS,
+    CompiledDecodeStep,
+    ContextLimitError,
     LanguageModel,
     RMSNorm,
     config_from_dict,
@@ -152,6 +154,8 @@ def describe(name: str | None = None, **overrides) -> str:
 
 __all__ = [
     "GPT",
+    "CompiledDecodeStep",
+    "ContextLimitError",
     "BiGRUConfig",
     "BiGRUTagger",
     "HebbianConfig",

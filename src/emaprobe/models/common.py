@@ -8,6 +8,7 @@ The interface the trainer, evaluator and generator rely on:
     model.save_pretrained(dir)       # model.safetensors + config.json, both atomic
     from_pretrained(dir)             # rebuilds the right class from config.json
     for tok in model.generate(idx, max_new_tokens, temperature, top_k): ...   # tok (B,)
+    model.generate(idx, n, compile=True)   # the per-token step compiled (CUDA graphs on GPU)
 
 ``state`` is a list with one entry per block; passing it back continues the
 sequence, so feeding tokens one at a time reproduces the full-sequence logits.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -164,11 +166,28 @@ class LanguageModel(nn.Module):
         return directory
 
     # ------------------------------------------------------------------ generation
-    def _prefill(self, idx: torch.Tensor):
-        return self(idx)
+    @property
+    def context_limit(self) -> int | None:
+        """The most positions one state may hold (GPT's ``block_size``); None: no limit."""
+        return None
 
-    def _advance(self, context: torch.Tensor, token: torch.Tensor, state):
-        """Logits after appending ``token`` (B,) to ``context`` (B, T), whose state is ``state``."""
+    @property
+    def static_state(self) -> bool:
+        """Whether a one-token step keeps every state tensor's shape (a scan's h_T does, a KV cache grows):
+        what ``generate(compile=True)`` needs."""
+        return False
+
+    def _prefill(self, idx: torch.Tensor):
+        """Logits (B, 1, V) at the last prompt position and the state after the prompt, read in
+        chunks of ``PREFILL_CHUNK`` positions so that a long prompt's (B, T, V) logits never exist whole."""
+        state, logits = None, None
+        for start in range(0, idx.shape[1], PREFILL_CHUNK):
+            logits, state = self(idx[:, start : start + PREFILL_CHUNK], state)
+            logits = logits[:, -1:]
+        return logits, state
+
+    def _advance(self, token: torch.Tensor, state):
+        """Logits (B, 1, V) after appending ``token`` (B,) to the sequence whose state is ``state``."""
         return self(token.unsqueeze(1), state)
 
     @torch.no_grad()
@@ -179,6 +198,7 @@ class LanguageModel(nn.Module):
         temperature: float = 1.0,
         top_k: int | None = None,
         generator: torch.Generator | None = None,
+        compile: bool = False,
     ) -> Iterator[torch.Tensor]:
         """Yield ``max_new_tokens`` sampled token ids, each (B,), from the carried state.
 
@@ -186,22 +206,120 @@ class LanguageModel(nn.Module):
         step: O(1) for scan-context SPEN models, one KV-cache step for attention.
         ``temperature <= 0`` is greedy; ``top_k`` keeps the k likeliest tokens.
         The model runs in eval mode and is put back in its previous mode after.
+
+        A model with a ``context_limit`` (GPT's block_size) never slides its window:
+        the prompt keeps its last ``limit - max_new_tokens + 1`` tokens so that every new
+        token fits, and asking for more than ``limit`` new tokens raises
+        ``ContextLimitError`` before anything is yielded.
+
+        ``compile=True`` runs each step through ``CompiledDecodeStep`` (one compiled
+        graph, CUDA graphs on GPU): the same tokens as the eager step, without a Python
+        pass through every layer per token. Models whose state grows (``static_state``
+        False: KV caches) warn once and step eagerly.
         """
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        limit = self.context_limit
+        if limit is not None:
+            if max_new_tokens > limit:
+                raise ContextLimitError(
+                    f"{type(self).__name__}: {max_new_tokens} new tokens do not fit in the context of "
+                    f"{limit} positions; ask for at most {limit} or raise block_size"
+                )
+            idx = idx[:, -(limit - max(max_new_tokens - 1, 0)) :]
+        step = self._advance
+        if compile:
+            if self.static_state:
+                # one step object per model, so that later calls replay what the first compiled
+                step = self.__dict__.setdefault("_compiled_decode_step", CompiledDecodeStep(self))
+            else:
+                _warn_once(f"{type(self).__name__}: its state grows per token, so compile=True steps eagerly")
         was_training = self.training
         self.eval()
         try:
             logits, state = self._prefill(idx)
-            context = idx
             for i in range(max_new_tokens):
                 tok = sample_next(logits[:, -1], temperature, top_k, generator)  # (B,)
                 yield tok
                 if i + 1 < max_new_tokens:
-                    logits, state = self._advance(context, tok, state)
-                    context = torch.cat([context, tok.unsqueeze(1)], dim=1)
+                    logits, state = step(tok, state)
         finally:
             self.train(was_training)
+
+
+PREFILL_CHUNK = 1024
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+class ContextLimitError(ValueError):
+    """More positions than a model's context holds (GPT's ``block_size``)."""
+
+
+class CompiledDecodeStep:
+    """One generation step, ``(token (B,), state) -> (logits (B, 1, V), state)``, compiled once.
+
+    The recipe is gpt-fast's (pytorch-labs/gpt-fast, ``decode_one_token``): a
+    fixed-shape step under ``torch.compile(mode="reduce-overhead")``, which on CUDA
+    records the whole step as one CUDA graph and replays it per token, so the host
+    launches one graph instead of a few hundred kernels. The state lives in buffers
+    of fixed address (``mark_static_address``) that the step overwrites in place,
+    as gpt-fast's KV cache does; a graph replay may then read and write them
+    without copies. The first call copies the eager state into the buffers. The
+    arithmetic is the eager step's, so greedy tokens match it
+    (``tests/models/test_decode.py``). Each new (B, dtype, device) compiles again.
+    """
+
+    def __init__(self, model: LanguageModel, mode: str | None = None):
+        self.model = model
+        self.mode = mode
+        self.buffers: list | None = None
+        self._fn = None
+
+    def _step(self, token: torch.Tensor) -> torch.Tensor:
+        logits, new = self.model(token.unsqueeze(1), self.buffers)
+        for buf, t in zip(_tensors(self.buffers), _tensors(new), strict=True):
+            if buf.dtype != t.dtype or buf.shape != t.shape:  # resolved while tracing: no cost per token
+                raise ValueError(
+                    f"CompiledDecodeStep: a state tensor changed from {tuple(buf.shape)} {buf.dtype} to "
+                    f"{tuple(t.shape)} {t.dtype} in one step; only fixed-shape states can be compiled"
+                )
+            buf.copy_(t)
+        return logits
+
+    def __call__(self, token: torch.Tensor, state):
+        if state is not self.buffers:  # the first step after a prefill
+            src, bufs = _tensors(state), _tensors(self.buffers)
+            if [(t.shape, t.dtype, t.device) for t in src] == [(b.shape, b.dtype, b.device) for b in bufs]:
+                for b, t in zip(bufs, src):  # same addresses: the compiled graph is reused
+                    b.copy_(t)
+            else:
+                self.buffers = _clone_state(state)
+                for b in _tensors(self.buffers):
+                    torch._dynamo.mark_static_address(b)
+        if self._fn is None:
+            mode = self.mode or ("reduce-overhead" if token.device.type == "cuda" else None)
+            self._fn = torch.compile(self._step, mode=mode, fullgraph=True, dynamic=False)
+        torch.compiler.cudagraph_mark_step_begin()
+        return self._fn(token), self.buffers
+
+
+def _tensors(state) -> list[torch.Tensor]:
+    """The tensors of a state (nested lists, tuples and dicts), in a fixed order."""
+    from torch.utils._pytree import tree_leaves
+
+    return [t for t in tree_leaves(state) if isinstance(t, torch.Tensor)]
+
+
+def _clone_state(state):
+    from torch.utils._pytree import tree_map
+
+    return tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, state)
 
 
 def from_pretrained(directory: str | Path, device: str | torch.device = "cpu") -> LanguageModel:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from emaprobe.layers import cached_attention
-from emaprobe.models.common import LanguageModel, init_weights, register_model
+from emaprobe.models.common import ContextLimitError, LanguageModel, init_weights, register_model
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ class GPT(LanguageModel):
         T = idx.shape[1]
         past = 0 if caches[0] is None else caches[0][0].shape[2]
         if past + T > self.config.block_size:
-            raise ValueError(
+            raise ContextLimitError(
                 f"GPT: {past} cached + {T} new positions exceed block_size={self.config.block_size}"
             )
         pos = torch.arange(past, past + T, device=idx.device)
@@ -123,15 +123,11 @@ class GPT(LanguageModel):
         logits = F.linear(self.ln_f(x), self.tok_emb.weight)  # (B, T, V), tied head
         return logits, new
 
-    def _prefill(self, idx: torch.Tensor):
-        return self(idx[:, -self.config.block_size :])
-
-    def _advance(self, context: torch.Tensor, token: torch.Tensor, state):
-        if state[0][0].shape[2] < self.config.block_size:
-            return self(token.unsqueeze(1), state)
-        # the window is full: slide it and read it again (absolute positions shift)
-        window = torch.cat([context, token.unsqueeze(1)], dim=1)[:, -self.config.block_size :]
-        return self(window)
+    @property
+    def context_limit(self) -> int:
+        """Learned positions end at ``block_size``: generation stops there rather than re-reading
+        a slid window per token (see ``LanguageModel.generate``)."""
+        return self.config.block_size
 
     def extra_repr(self) -> str:
         return f"params={self.num_params():,}"

@@ -178,6 +178,11 @@ class SPEN(LanguageModel):
         logits = F.linear(self.norm_f(x), self.tok_emb.weight)  # (B, T, V), tied head
         return logits, new_states
 
+    @property
+    def static_state(self) -> bool:
+        """A scan mixer's state is (B, S, D) or (B, S, E, D) whatever the length; attention's KV cache grows."""
+        return self.config.mixer != "attention" and self.config.predictor != "attention"
+
     @torch.no_grad()
     def block_parts(self, idx: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         """Every block's intermediates (u, H, x_hat, e, c, y) for ``idx`` (B, T): what

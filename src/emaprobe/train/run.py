@@ -182,8 +182,11 @@ def stream_generate(
     top_k: int | None = None,
     seed: int = 0,
     device: str = "auto",
+    compile: bool = False,
 ) -> Iterator[str]:
     """Yield the text of each new token as it is sampled (the model's recurrent state carries the past).
+
+    ``compile`` runs each step through the compiled decode step (``LanguageModel.generate``).
 
     The arguments are checked before anything is yielded, so an error is never printed
     after the prompt.
@@ -191,6 +194,9 @@ def stream_generate(
     check_generate_args(max_new_tokens, temperature, top_k)
     dev = resolve_device(device, DistInfo())
     model, tok, _ = load_run(ckpt, dev)
+    limit = model.context_limit
+    if limit is not None and max_new_tokens > limit:
+        raise ValueError(f"--tokens {max_new_tokens} does not fit in this model's context of {limit} positions")
     ids = tok.encode(prompt)
     if not ids:
         raise ValueError("the prompt encodes to no tokens; give some text")
@@ -198,7 +204,8 @@ def stream_generate(
     gen = torch.Generator(device=dev).manual_seed(seed)
     yield tok.decode(ids)
     text, out = tok.decode(ids), list(ids)
-    for t in model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, generator=gen):
+    for t in model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, generator=gen,
+                            compile=compile):
         out.append(int(t[0]))
         # decoding the whole sequence keeps multi-token characters and word spacing right
         new = tok.decode(out)

@@ -1,0 +1,458 @@
+"""Benchmark: language-model training throughput, MFU and memory, and generation speed.
+
+Command:   emaprobe bench lm [--device cuda] [--out results/bench]      (default --out runs/bench)
+           emaprobe bench lm --quick --device cpu                        the CPU smoke (tiny configs)
+Hardware:  written for one H200 (spen-130m with each mixer and gpt-124m); ``--quick``
+           runs spen-tiny and gpt-tiny at short lengths on a laptop CPU in seconds.
+Run time:  with --compile both, most of it is compiling: roughly 20-40 minutes on one H200.
+Expected:  SPEN-130m batch-1 greedy generation at 1,000 tokens/s or more with the compiled
+           step (``generate(compile=True)``), flat from a 2k to a 32k prompt; the eager step
+           measured 86 tokens/s, host-bound (one Python pass through 12 blocks per token).
+
+Training. Each row is one model at one length T with a fixed number of tokens per step
+(B = tokens_per_step // T): a full optimizer step as ``train_lm`` takes it (bf16 autocast
+on CUDA, ``accumulate_gradients``, clipping, fused AdamW), eager or under ``torch.compile``.
+Warm-up steps (which include compiling) are not timed; each figure is the median over
+``repeats`` of ``steps`` timed steps, with CUDA synchronised around each timed region.
+GPT's ``block_size`` is raised to T for the benchmark model.
+
+MFU, the PaLM definition (Chowdhery et al. 2022, appendix B; nanoGPT's ``estimate_mfu``):
+
+    MFU = flops_per_token * tokens_per_s / peak_flops
+    flops_per_token = 6 N + (attention and state terms below)
+
+N counts the parameters that are multiplied, once per token: every ``nn.Linear`` weight
+and the tied output head (V x D); not the embedding lookup, positions, norms or biases.
+The extra terms, forward + backward (3x the forward), per block:
+
+    GPT, SPEN's attention predictor    12 D T        (QK^T and AV over all T, not halved for the causal mask)
+    SPEN's attention mixer             6 S T (E + D) (S heads, keys of width E, values the D inputs)
+    SPEN's gla mixer                   12 S E D      (write k^T x and read q S of an E x D state per head)
+    ema, learned_ema, selective        0             (O(S D) elementwise per token)
+
+SPEN's top-k FFN counts W2 in full (d_ff x D): the kept units are scattered into a dense
+d_ff vector and multiplied densely, so those FLOPs are executed. ``flops_per_token_active``
+counts only the k kept rows of W2 (k / d_ff of it), the FLOPs a sparse kernel would need.
+``peak_flops`` is ``--peak-tflops`` or the dense bf16 tensor-core peak of the card from
+``PEAK_TFLOPS`` (the datasheet figure, e.g. 989 TFLOP/s for H100 SXM and H200; the lab
+measured about 790 TFLOP/s achievable in a bf16 matmul on an H200); on CPU it is None and
+MFU is null.
+
+Generation. Greedy ``generate`` at batch B after a prompt of P random tokens; the prompt
+is read in chunks (``_prefill``) and timed apart; the figure is new tokens per second of
+the decode loop (B x new tokens / seconds), median over repeats, eager step or the
+compiled one. The compiled step needs a fixed-size state, so models whose state grows
+(GPT's KV cache, SPEN's attention mixer or predictor) have eager rows only. GPT's
+``block_size`` is raised to P + new tokens.
+
+Output: ``bench_lm_<card>.json`` (``run_record``: device, git SHA, torch version, and
+the rows) and ``bench_lm_<card>.png`` in ``--out``; the JSON is rewritten after every row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import io
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from emaprobe.layers import MIXERS
+from emaprobe.models import GPTConfig, SPENConfig, build_model, resolve_config
+from emaprobe.train import TrainConfig
+from emaprobe.train.dist import DistInfo
+from emaprobe.train.lm import accumulate_gradients, autocast_context, make_optimizer, wrap_model
+from emaprobe.utils import atomic_write_bytes, atomic_write_json, run_record
+
+# dense bf16 tensor-core peaks from NVIDIA's datasheets (no 2:4 sparsity); first match wins
+PEAK_TFLOPS = (("h200", 989.0), ("h100 pcie", 756.0), ("h100", 989.0), ("a100", 312.0), ("l40s", 362.0))
+PEAK_SOURCE = "NVIDIA datasheet, dense bf16 tensor cores (about 790 TFLOP/s is achievable in a bf16 matmul on an H200)"
+MFU_FORMULA = (
+    "MFU = flops_per_token * tokens_per_s / peak_flops; flops_per_token = 6 N + attention/state terms "
+    "(GPT and attention predictor 12 D T per block, attention mixer 6 S T (E + D), gla 12 S E D, scans 0); "
+    "N = every nn.Linear weight plus the tied V x D head; top-k FFN W2 counted in full (executed densely)"
+)
+COMPILE_CHOICES = ("both", "on", "off")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What ``emaprobe bench lm`` measures. The defaults are the H200 benchmark."""
+
+    configs: tuple[str, ...] = ("spen-130m", "gpt-124m")
+    mixers: tuple[str, ...] = tuple(sorted(MIXERS))  # SPEN configs run once per mixer
+    seq_lens: tuple[int, ...] = (1024, 4096, 16384)
+    tokens_per_step: int = 16384
+    steps: int = 10  # timed optimizer steps per repeat
+    warmup: int = 3  # untimed steps first (compiling happens here; compiled rows take at least 2)
+    repeats: int = 3
+    compile: str = "both"
+    gen_batches: tuple[int, ...] = (1, 32)
+    gen_prompts: tuple[int, ...] = (2048, 32768)
+    gen_tokens: int = 128  # new tokens timed per repeat
+    train: bool = True
+    generate: bool = True
+
+    def __post_init__(self):
+        if self.compile not in COMPILE_CHOICES:
+            raise ValueError(f"compile must be one of {list(COMPILE_CHOICES)}, got {self.compile!r}")
+        unknown = sorted(set(self.mixers) - set(MIXERS))
+        if unknown:
+            raise ValueError(f"unknown mixer(s) {unknown}; choose from {sorted(MIXERS)}")
+        for name in ("tokens_per_step", "steps", "repeats", "gen_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise ValueError(f"warmup must be >= 0, got {self.warmup}")
+        for name in ("seq_lens", "gen_batches", "gen_prompts"):
+            if not getattr(self, name) or min(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must hold positive sizes, got {getattr(self, name)}")
+        for name in self.configs:
+            resolve_config(name)  # an unknown name lists the valid ones
+
+    @property
+    def compile_modes(self) -> tuple[bool, ...]:
+        return {"both": (False, True), "on": (True,), "off": (False,)}[self.compile]
+
+
+def quick_config(**overrides) -> BenchConfig:
+    """The CPU smoke: tiny configs, every mixer, short lengths, one repeat, eager only."""
+    base = BenchConfig(
+        configs=("spen-tiny", "gpt-tiny"), seq_lens=(32, 64), tokens_per_step=256, steps=2, warmup=1, repeats=1,
+        compile="off", gen_batches=(1, 2), gen_prompts=(16, 64), gen_tokens=8,
+    )
+    return dataclasses.replace(base, **overrides)
+
+
+# ---------------------------------------------------------------------------- FLOPs
+
+
+def matmul_params(model: nn.Module) -> int:
+    """N of 6 N: every nn.Linear weight, plus the tied output head (the token embedding, V x D)."""
+    n = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    return n + model.tok_emb.weight.numel()
+
+
+def flops_per_token(model: nn.Module, T: int) -> dict:
+    """Training FLOPs per token (forward + backward) at length T; see the module docstring."""
+    cfg = model.config
+    N = matmul_params(model)
+    L, D = cfg.n_layer, cfg.d_model
+    if isinstance(cfg, GPTConfig):
+        extra = 12 * L * D * T
+        return {"matmul_params": N, "flops_per_token": 6 * N + extra, "flops_per_token_active": 6 * N + extra}
+    S = cfg.n_scales
+    extra = 0
+    if cfg.mixer == "attention":
+        extra += 6 * S * T * (cfg.key_dim + D) * L
+    elif cfg.mixer == "gla":
+        extra += 12 * S * cfg.key_dim * D * L
+    if cfg.predictor == "attention":
+        extra += 12 * D * T * L
+    idle_w2 = (cfg.d_ff - cfg.k_active) * D * L  # W2 rows a sparse kernel would skip
+    return {"matmul_params": N, "flops_per_token": 6 * N + extra, "flops_per_token_active": 6 * (N - idle_w2) + extra}
+
+
+def peak_flops(device: torch.device, override_tflops: float | None = None) -> tuple[float | None, str]:
+    """(peak FLOP/s, where the figure comes from); None on CPU or an unknown card."""
+    if override_tflops is not None:
+        return override_tflops * 1e12, "--peak-tflops"
+    if device.type != "cuda":
+        return None, "none on CPU"
+    name = torch.cuda.get_device_name(device).lower()
+    for key, tflops in PEAK_TFLOPS:
+        if key in name:
+            return tflops * 1e12, PEAK_SOURCE
+    return None, f"unknown card {name!r}; pass --peak-tflops"
+
+
+# ---------------------------------------------------------------------------- timing
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _free(device: torch.device) -> None:
+    if device.type == "cuda":  # the last row's model and optimizer leave the card before this one starts
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_gib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def model_list(bc: BenchConfig) -> list[tuple[str, object]]:
+    """(label, config) pairs: each SPEN config once per mixer, each GPT config once."""
+    out = []
+    for name in bc.configs:
+        cfg = resolve_config(name)
+        if isinstance(cfg, SPENConfig):
+            out += [(f"{name}/{m}", dataclasses.replace(cfg, mixer=m)) for m in bc.mixers]
+        else:
+            out.append((name, cfg))
+    return out
+
+
+def _build(cfg, device: torch.device, min_positions: int) -> nn.Module:
+    if isinstance(cfg, GPTConfig) and cfg.block_size < min_positions:
+        cfg = dataclasses.replace(cfg, block_size=min_positions)
+    torch.manual_seed(0)
+    if device.type == "cpu":
+        return build_model(cfg)
+    with torch.device(device):  # initialised on the card: no host copy of 130M parameters
+        return build_model(cfg)
+
+
+def bench_train(label: str, cfg, T: int, compiled: bool, bc: BenchConfig, device: torch.device,
+                peak: float | None) -> dict:
+    """One training row: tokens/s, MFU and peak memory of a full optimizer step."""
+    B = max(1, bc.tokens_per_step // T)
+    row: dict = {"part": "train", "model": label, "T": T, "B": B, "compiled": compiled}
+    _free(device)
+    model = _build(cfg, device, T).train()
+    row.update(flops_per_token(model, T), params=model.num_params())
+    tcfg = TrainConfig(device=device.type)
+    opt = make_optimizer(model, tcfg, device)
+    run = wrap_model(model, DistInfo(), device, compile=compiled)
+    autocast = autocast_context(tcfg, device)
+    row["dtype"] = "bf16 autocast" if device.type == "cuda" else "fp32"
+    gen = torch.Generator(device=device).manual_seed(0)
+    seq = torch.randint(0, cfg.vocab_size, (B, T + 1), device=device, generator=gen)
+    batch = [(seq[:, :-1], seq[:, 1:])]
+
+    def step() -> None:
+        accumulate_gradients(run, batch, autocast)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.optim.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    t0 = time.perf_counter()
+    for _ in range(max(bc.warmup, 2) if compiled else bc.warmup):  # the second step may compile again
+        step()
+    _sync(device)
+    row["warmup_s"] = time.perf_counter() - t0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    rates = []
+    for _ in range(bc.repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(bc.steps):
+            step()
+        _sync(device)
+        rates.append(B * T * bc.steps / (time.perf_counter() - t0))
+    row["tokens_per_s"] = statistics.median(rates)
+    row["step_s"] = B * T / row["tokens_per_s"]
+    row["mfu"] = None if peak is None else row["flops_per_token"] * row["tokens_per_s"] / peak
+    row["peak_mem_gib"] = _peak_gib(device)
+    del run, opt, model
+    return row
+
+
+def bench_generate(label: str, cfg, B: int, P: int, compiled: bool, bc: BenchConfig,
+                   device: torch.device) -> dict:
+    """One generation row: greedy decode tokens/s after a prompt of P tokens at batch B."""
+    row: dict = {"part": "generate", "model": label, "B": B, "prompt": P, "new_tokens": bc.gen_tokens,
+                 "compiled": compiled}
+    _free(device)
+    model = _build(cfg, device, P + bc.gen_tokens + 1).eval()
+    autocast = autocast_context(TrainConfig(device=device.type), device)
+    row["dtype"] = "bf16 autocast" if device.type == "cuda" else "fp32"
+    gen = torch.Generator(device=device).manual_seed(0)
+    prompt = torch.randint(0, cfg.vocab_size, (B, P), device=device, generator=gen)
+
+    def once(idx: torch.Tensor, n: int) -> tuple[float, float]:
+        """(prefill seconds, decode seconds for n - 1 tokens)"""
+        with autocast:
+            it = model.generate(idx, n, temperature=0.0, compile=compiled)
+            _sync(device)
+            t0 = time.perf_counter()
+            next(it)  # the prefill, then the first token's sampling
+            _sync(device)
+            t1 = time.perf_counter()
+            for _ in it:
+                pass
+            _sync(device)
+            return t1 - t0, time.perf_counter() - t1
+
+    t0 = time.perf_counter()
+    for _ in range(2 if compiled else 1):  # compiling, then (on CUDA) recording the graph, on a short prompt:
+        once(prompt[:, :8], 4)  # the step's state has the same shape whatever the prompt's length
+    row["warmup_s"] = time.perf_counter() - t0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    prefills, rates = [], []
+    for _ in range(bc.repeats):
+        pre, dec = once(prompt, bc.gen_tokens + 1)
+        prefills.append(pre)
+        rates.append(B * bc.gen_tokens / dec)
+    row["prefill_s"] = statistics.median(prefills)
+    row["tokens_per_s"] = statistics.median(rates)
+    row["ms_per_step"] = 1e3 * B / row["tokens_per_s"]
+    row["peak_mem_gib"] = _peak_gib(device)
+    del model
+    return row
+
+
+def _guarded(fn: Callable[[], dict], base: dict) -> dict:
+    """Run one measurement; out of memory becomes a row with an error, not a stopped benchmark.
+
+    Compiled rows start from empty compile caches: each row's model is new, and a shared cache
+    would reach dynamo's recompile limit and fall back to eager without a word."""
+    if base["compiled"]:
+        torch._dynamo.reset()
+    try:
+        return fn()
+    except torch.cuda.OutOfMemoryError as err:
+        gc.collect()
+        torch.cuda.empty_cache()
+        return {**base, "tokens_per_s": None, "error": f"out of memory: {str(err).splitlines()[0]}"}
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def _fmt_row(r: dict) -> str:
+    mode = "compiled" if r["compiled"] else "eager"
+    if r.get("error"):
+        return f"{r['model']:<22} {mode:<8} {r['error']}"
+    mem = "" if r.get("peak_mem_gib") is None else f"  peak {r['peak_mem_gib']:.1f} GiB"
+    if r["part"] == "train":
+        mfu = "" if r.get("mfu") is None else f"  MFU {100 * r['mfu']:5.1f}%"
+        return (f"{r['model']:<22} {mode:<8} T={r['T']:<6} B={r['B']:<4} {r['tokens_per_s']:>12,.0f} tok/s"
+                f"{mfu}{mem}")
+    return (f"{r['model']:<22} {mode:<8} B={r['B']:<3} prompt={r['prompt']:<6} {r['tokens_per_s']:>10,.1f} tok/s"
+            f"  ({r['ms_per_step']:.2f} ms/step, prefill {r['prefill_s']:.2f} s){mem}")
+
+
+def card_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def card_slug(card: str) -> str:
+    """'NVIDIA H200' -> 'nvidia-h200'."""
+    return "-".join("".join(c if c.isalnum() else " " for c in card.lower()).split())
+
+
+def plot(rows: list[dict], card: str, path: Path) -> None:
+    """Training tokens/s against T, and decode tokens/s against the prompt length, log scales."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    ok = [r for r in rows if r.get("tokens_per_s")]
+    models = list(dict.fromkeys(r["model"] for r in ok))
+    for i, m in enumerate(models):
+        color = f"C{i % 10}"
+        for compiled in (False, True):
+            style = "o--" if compiled else "o-"
+            tr = sorted((r for r in ok if r["part"] == "train" and r["model"] == m and r["compiled"] == compiled),
+                        key=lambda r: r["T"])
+            if tr:
+                axes[0].plot([r["T"] for r in tr], [r["tokens_per_s"] for r in tr], style, color=color,
+                             label=f"{m} {'compiled' if compiled else 'eager'}")
+            for B, marker in zip(sorted({r["B"] for r in ok if r["part"] == "generate"}), "osd^v"):
+                ge = sorted((r for r in ok if r["part"] == "generate" and r["model"] == m
+                             and r["compiled"] == compiled and r["B"] == B), key=lambda r: r["prompt"])
+                if ge:
+                    axes[1].plot([r["prompt"] for r in ge], [r["tokens_per_s"] for r in ge],
+                                 style.replace("o", marker), color=color,
+                                 label=f"{m} B={B} {'compiled' if compiled else 'eager'}")
+    for ax, xlabel, title in ((axes[0], "sequence length T (fixed tokens per step)", "training"),
+                              (axes[1], "prompt length", "greedy generation")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("tokens/s (median)")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6)
+    fig.suptitle(f"emaprobe language models on {card}")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def run(bc: BenchConfig, device: str | torch.device = "cpu", out_dir: str | Path | None = "runs/bench",
+        peak_tflops: float | None = None) -> dict:
+    """Measure every row of ``bc`` on ``device``; write JSON (after each row) and the PNG to ``out_dir``."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is visible to torch")
+    card = card_name(dev)
+    slug = card_slug(card)
+    peak, source = peak_flops(dev, peak_tflops)
+    models = model_list(bc)
+    plan: list[tuple[dict, Callable[[], dict]]] = []
+    if bc.train:
+        for label, cfg in models:
+            for T in bc.seq_lens:
+                for compiled in bc.compile_modes:
+                    base = {"part": "train", "model": label, "T": T, "B": max(1, bc.tokens_per_step // T),
+                            "compiled": compiled}
+                    plan.append((base, lambda l=label, c=cfg, T=T, k=compiled: bench_train(l, c, T, k, bc, dev, peak)))
+    if bc.generate:
+        for label, cfg in models:
+            static = _build_meta(cfg).static_state
+            for P in bc.gen_prompts:
+                for B in bc.gen_batches:
+                    for compiled in bc.compile_modes:
+                        if compiled and not static:
+                            continue  # a growing state steps eagerly anyway (see the docstring)
+                        base = {"part": "generate", "model": label, "B": B, "prompt": P, "compiled": compiled}
+                        plan.append((base, lambda l=label, c=cfg, B=B, P=P, k=compiled:
+                                     bench_generate(l, c, B, P, k, bc, dev)))
+    rows: list[dict] = []
+
+    def record() -> dict:
+        return run_record(
+            benchmark="lm", card=card, device_type=dev.type, bench_config=dataclasses.asdict(bc),
+            peak_flops=peak, peak_flops_source=source, mfu_formula=MFU_FORMULA,
+            torch_threads=torch.get_num_threads(), rows=rows,
+        )
+
+    out = None if out_dir is None else Path(out_dir)
+    print(f"bench lm on {card}: {len(plan)} measurements; peak FLOP/s {peak} ({source})", flush=True)
+    for i, (base, fn) in enumerate(plan, 1):
+        row = _guarded(fn, base)
+        rows.append(row)
+        print(f"[{row['part']} {i}/{len(plan)}] {_fmt_row(row)}", flush=True)
+        if out is not None:
+            atomic_write_json(out / f"bench_lm_{slug}.json", record())
+    result = record()
+    if out is not None:
+        print(f"wrote {atomic_write_json(out / f'bench_lm_{slug}.json', result)}")
+        plot(rows, card, out / f"bench_lm_{slug}.png")
+        print(f"wrote {out / f'bench_lm_{slug}.png'}")
+    return result
+
+
+def _build_meta(cfg) -> nn.Module:
+    with torch.device("meta"):
+        return build_model(cfg)
+
+
+def replot(json_path: str | Path) -> Path:
+    """Redraw the PNG beside a result JSON (no GPU needed)."""
+    import json
+
+    res = json.loads(Path(json_path).read_text())
+    path = Path(json_path).with_suffix(".png")
+    plot(res["rows"], res["card"], path)
+    return path
+

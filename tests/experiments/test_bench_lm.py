@@ -1,0 +1,72 @@
+"""``emaprobe bench lm --quick`` end to end on CPU: the JSON's fields and the plot (no speed is asserted)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from emaprobe.cli import main
+from emaprobe.experiments.bench_lm import MFU_FORMULA, BenchConfig, flops_per_token, peak_flops, quick_config
+from emaprobe.layers import MIXERS
+from emaprobe.models import build_model
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_bench_lm_quick_writes_every_row_json_and_png(tmp_path, capsys):
+    assert main(["bench", "lm", "--quick", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    res = json.loads((tmp_path / "bench_lm_cpu.json").read_text())
+    assert (tmp_path / "bench_lm_cpu.png").stat().st_size > 0
+    assert res["benchmark"] == "lm" and res["card"] == "cpu" and res["device"].startswith("cpu")
+    assert res["git_sha"] and res["torch"] == torch.__version__
+    assert res["mfu_formula"] == MFU_FORMULA and "6 N" in res["mfu_formula"]
+    assert res["peak_flops"] is None
+    rows = res["rows"]
+    q = quick_config()
+    models = {f"spen-tiny/{m}" for m in MIXERS} | {"gpt-tiny"}
+    train = [r for r in rows if r["part"] == "train"]
+    gen = [r for r in rows if r["part"] == "generate"]
+    assert {r["model"] for r in train} == models == {r["model"] for r in gen}
+    assert len(train) == len(models) * len(q.seq_lens)
+    assert len(gen) == len(models) * len(q.gen_batches) * len(q.gen_prompts)
+    for r in rows:
+        assert r["tokens_per_s"] > 0, r
+        assert r["compiled"] is False and "error" not in r
+    for r in train:
+        assert r["B"] == q.tokens_per_step // r["T"] and r["flops_per_token"] > 6 * r["matmul_params"] * 0.99
+        assert r["mfu"] is None and r["peak_mem_gib"] is None
+    assert out.count("tok/s") == len(rows)  # a progress line per measurement
+
+
+def test_flops_per_token_counts_attention_and_the_dense_ffn():
+    with torch.device("meta"):
+        gpt = build_model("gpt-124m")
+        spen = build_model("spen-130m")
+        attn = build_model("spen-130m", mixer="attention")
+    f = flops_per_token(gpt, 1024)
+    assert f["flops_per_token"] == 6 * f["matmul_params"] + 12 * 12 * 768 * 1024  # PaLM / nanoGPT
+    assert f["matmul_params"] == gpt.num_params() - gpt.pos_emb.weight.numel() - sum(
+        p.numel() for n, p in gpt.named_parameters() if p.dim() == 1)
+    s = flops_per_token(spen, 1024)
+    assert s["flops_per_token"] == 6 * s["matmul_params"]  # the EMA scan is elementwise: not counted
+    cfg = spen.config
+    assert s["flops_per_token"] - s["flops_per_token_active"] == 6 * (cfg.d_ff - cfg.k_active) * 768 * 12
+    a1, a2 = flops_per_token(attn, 1024), flops_per_token(attn, 2048)
+    assert a2["flops_per_token"] - a1["flops_per_token"] == 6 * cfg.n_scales * 1024 * (cfg.key_dim + 768) * 12
+
+
+def test_peak_flops_is_none_on_cpu_unless_given():
+    assert peak_flops(torch.device("cpu")) == (None, "none on CPU")
+    assert peak_flops(torch.device("cpu"), 100.0) == (1e14, "--peak-tflops")
+
+
+def test_bad_settings_fail_clearly():
+    with pytest.raises(ValueError, match="unknown mixer"):
+        BenchConfig(mixers=("nope",))
+    with pytest.raises(ValueError, match="compile must be one of"):
+        BenchConfig(compile="sometimes")
+    with pytest.raises(ValueError, match="unknown model config"):
+        BenchConfig(configs=("gpt-9000",))

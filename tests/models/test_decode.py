@@ -1,0 +1,77 @@
+"""Generation's two steps give the same tokens, and GPT stops at its block instead of sliding."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from emaprobe.models import GPT, SPEN, ContextLimitError, GPTConfig, SPENConfig
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+V = 23
+
+
+def small_spen(mixer: str) -> SPEN:
+    torch.manual_seed(0)
+    cfg = SPENConfig(vocab_size=V, d_model=16, n_layer=2, d_bottleneck=12, d_ff=32, key_dim=4, mixer_rank=4,
+                     mixer=mixer, init_std=0.3)
+    return SPEN(cfg).eval()
+
+
+def test_compiled_decode_step_gives_the_eager_tokens():
+    """torch.compile (inductor on CPU) of the per-token step: identical greedy tokens, twice over one
+    compiled graph (the second call reuses the state buffers), for fixed, input-dependent and matrix states."""
+    for mixer in ("ema", "selective", "gla"):
+        model = small_spen(mixer)
+        for B, T in ((2, 9), (2, 5)):
+            idx = torch.randint(0, V, (B, T))
+            eager = torch.stack(list(model.generate(idx, 12, temperature=0)), 1)  # (B, 12)
+            compiled = torch.stack(list(model.generate(idx, 12, temperature=0, compile=True)), 1)
+            assert torch.equal(eager, compiled), mixer
+
+
+def test_compile_on_a_growing_state_warns_and_steps_eagerly():
+    model = small_spen("attention")
+    idx = torch.randint(0, V, (1, 6))
+    eager = torch.stack(list(model.generate(idx, 5, temperature=0)), 1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        same = torch.stack(list(model.generate(idx, 5, temperature=0, compile=True)), 1)
+    assert torch.equal(eager, same)
+    assert any("steps eagerly" in str(w.message) for w in caught)
+
+
+@pytest.mark.parametrize("kind", ["spen", "gpt"])
+def test_long_prompt_prefill_in_chunks_matches_one_pass(kind, monkeypatch):
+    import emaprobe.models.common as common
+
+    torch.manual_seed(0)
+    model = small_spen("ema") if kind == "spen" else GPT(GPTConfig(vocab_size=V, block_size=64, d_model=16, n_layer=2,
+                                                                  n_head=2, d_ff=32, init_std=0.3)).eval()
+    idx = torch.randint(0, V, (2, 40))
+    full, _ = model(idx)
+    monkeypatch.setattr(common, "PREFILL_CHUNK", 7)  # 40 = 5 x 7 + 5: an uneven last chunk
+    last, state = model._prefill(idx)
+    assert last.shape == (2, 1, V)
+    torch.testing.assert_close(last, full[:, -1:], rtol=1e-5, atol=1e-5)
+    step, _ = model._advance(idx[:, 0], state)  # the state carries on from all 40 positions
+    torch.testing.assert_close(step, model(torch.cat([idx, idx[:, :1]], 1))[0][:, -1:], rtol=1e-5, atol=1e-5)
+
+
+def test_gpt_generation_fits_the_block_and_never_slides():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=V, block_size=24, d_model=16, n_layer=2, n_head=2, d_ff=32, init_std=0.3)).eval()
+    prompt = torch.randint(0, V, (2, 30))
+    toks = list(model.generate(prompt, 10, temperature=0))
+    # the prompt keeps its last 24 - 9 = 15 tokens, so all 10 new ones fit in one window
+    seq = prompt[:, -15:]
+    for t in toks:
+        assert seq.shape[1] <= 24
+        logits, _ = model(seq)
+        assert torch.equal(logits[:, -1].argmax(-1), t)
+        seq = torch.cat([seq, t[:, None]], 1)
+    assert len(list(model.generate(prompt, 24, temperature=0))) == 24  # exactly the block: one prompt token
+    with pytest.raises(ContextLimitError, match="25 new tokens do not fit in the context of 24"):
+        next(model.generate(prompt, 25, temperature=0))
