@@ -375,7 +375,8 @@ def content_section(out_dir: Path, steps: int = 150) -> dict:
     ratio = rows["spen-ema"]["val_ppl"] / rows["gpt"]["val_ppl"]
     print(f"  SPEN-ema / GPT perplexity: {ratio:.2f}x (the paper, 130M on C4: about 8x); "
           f"full run: emaprobe run {NAME}")
-    print("  at 8.2M tokens on one GPU GPT pulls ahead: results/lm_ptb_h200/README.md")
+    print("  at 8.2M tokens on one GPU GPT pulls ahead: results/lm_ptb_h200/README.md; SPEN-130m against "
+          "GPT-124m at 1e8 tokens of Wikipedia and books: results/lm_scale/README.md")
     result = run_record(section="content", experiment=NAME, config=dataclasses.asdict(cfg), models=rows,
                         ppl_ratio_spen_over_gpt=ratio)
     atomic_write_json(out / "content.json", result)
