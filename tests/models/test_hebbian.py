@@ -164,6 +164,31 @@ def test_weights_act_after_standardising():
         HebbianConfig(timescale_weights=(1.0,))
 
 
+def test_backward_weight_scales_only_the_backward_traces():
+    train = toy_corpus(60, 0)
+    D, S = 8, 3
+    cfg = HebbianConfig(dim=D, epochs=1, self_weight=0.5, timescale_weights=(1.0, 0.5, 0.25))
+    base = _learner(cfg, train).fit(train)
+    same = _learner(dataclasses.replace(cfg, backward_weight=1.0), train).fit(train)
+    f1 = base.features(train[:5])  # (N, F), F = D * (1 + 2 * S)
+    assert torch.equal(same.features(train[:5]), f1)  # 1.0 is today's features, bit for bit
+    assert torch.equal(same.W, base.W)
+    bwd = slice(D + S * D, D + 2 * S * D)
+    for w in (0.25, 0.0):
+        f = _learner(dataclasses.replace(cfg, backward_weight=w), train).fit(train).features(train[:5])
+        scale = torch.ones(f1.shape[1])
+        scale[bwd] = w
+        expect = torch.nn.functional.normalize(f1 * scale, dim=1)  # only the backward block moves
+        torch.testing.assert_close(f, expect, rtol=1e-5, atol=1e-6)
+    fwd_cfg = dataclasses.replace(cfg, directions="forward")
+    causal = _learner(fwd_cfg, train).fit(train)
+    weighted = _learner(dataclasses.replace(fwd_cfg, backward_weight=0.1), train).fit(train)
+    assert torch.equal(causal.features(train[:5]), weighted.features(train[:5]))  # no backward part
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="backward_weight"):
+            HebbianConfig(backward_weight=bad)
+
+
 def test_hungarian_mapping_is_one_to_one_and_frozen():
     train, val = toy_corpus(200, 0), toy_corpus(60, 1)
     cfg = HebbianConfig(dim=16, n_units=5, epochs=3)

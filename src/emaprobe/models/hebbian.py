@@ -14,8 +14,8 @@ Symbols
     B   sentences in a batch, T tokens (right-padded), N scored tokens
     K   competitive units                    W  (K, F) unit weights, kept near unit norm by Oja
     c_t context of token t = [e_t ; h_fwd_{t-1}^(s) ; h_bwd_{t+1}^(s)], standardised per
-        feature, weighted (``self_weight`` on e_t, ``timescale_weights[s]`` on the traces) and
-        scaled to unit norm; h_bwd is the same EMA run right to left
+        feature, weighted (``self_weight`` on e_t, ``timescale_weights[s]`` on the traces, times
+        ``backward_weight`` on h_bwd) and scaled to unit norm; h_bwd is the same EMA run right to left
     C   optional word classes: e_t is then replaced by a fixed random code of the class a
         first competitive stage gives the token's word type (``HebbianConfig.word_classes``),
         except for the ``keep_frequent`` most frequent types, which keep their own e_t
@@ -143,6 +143,11 @@ class HebbianConfig:
         after each feature is standardised, as are ``timescale_weights``.
     timescale_weights: one weight per alpha on the trace features of that timescale (empty:
         all 1, the spec); with 2 directions both get the same weight.
+    backward_weight: a further weight on every backward-trace feature (h_bwd, right context),
+        after standardising, on top of ``timescale_weights``: 1 = both directions alike (the
+        spec), 0 = the role context without its backward traces (they are then zero). Only
+        the role stage reads it (the word-class stage keeps both directions alike); with
+        ``directions="forward"`` there is nothing to weight and it is ignored.
     exclude_self: traces read h_{t-1} (forward) and h_{t+1} (backward), so the context
         part describes the neighbours and the token enters once, through its own code.
     n_units: K.  epochs, lr, lr_final: passes over the training tokens and a geometric
@@ -179,6 +184,7 @@ class HebbianConfig:
     directions: str = "both"
     self_weight: float = 1.0
     timescale_weights: tuple[float, ...] = ()
+    backward_weight: float = 1.0
     exclude_self: bool = True
     n_units: int = 3
     epochs: int = 8
@@ -223,6 +229,8 @@ class HebbianConfig:
         if self.timescale_weights and len(self.timescale_weights) != len(self.alphas):
             raise ValueError(f"HebbianConfig.timescale_weights has {len(self.timescale_weights)} entries for "
                              f"{len(self.alphas)} alphas")
+        if not (self.backward_weight >= 0 and np.isfinite(self.backward_weight)):
+            raise ValueError(f"HebbianConfig.backward_weight must be a finite number >= 0, got {self.backward_weight}")
         if not (self.lr > 0 and self.lr_final > 0):
             raise ValueError(f"HebbianConfig.lr and lr_final must be > 0, got {self.lr}, {self.lr_final}")
 
@@ -460,10 +468,15 @@ class HebbianRoleLearner:
 
     def block_weights(self) -> torch.Tensor:
         """(F,) weight of each context feature: ``self_weight`` on the token's own code, then
-        ``timescale_weights[s]`` on every trace feature of timescale s (both directions)."""
+        ``timescale_weights[s]`` on every trace feature of timescale s (both directions), times
+        ``backward_weight`` on the backward ones. Layout: [e_t (D) ; fwd (S*D) ; bwd (S*D)]."""
         cfg, D = self.cfg, self.emb.dim
         ts = torch.tensor(cfg.timescale_weights or (1.0,) * len(cfg.alphas), dtype=torch.float32)  # (S,)
-        trace = ts.repeat_interleave(D).repeat(cfg.n_directions)  # (R*S*D,)
+        per_dir = ts.repeat_interleave(D)  # (S*D,)
+        parts = [per_dir]
+        if cfg.n_directions == 2:
+            parts.append(per_dir * float(cfg.backward_weight))
+        trace = torch.cat(parts)  # (R*S*D,)
         return torch.cat([torch.full((D,), float(cfg.self_weight)), trace])
 
     # -- learning
