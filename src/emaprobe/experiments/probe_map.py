@@ -36,9 +36,10 @@ from emaprobe.utils import atomic_write_json, atomic_write_text, read_json, run_
 
 NAME = "probe_map"
 RESULT = "map.json"
-ROWS = ("ema", "learned_ema", "selective", "gla", "attention", "hebbian (EMA traces)", "hebbian_m2o (EMA traces)",
-        "bigru (supervised)")
-ROLE_MODELS = {"hebbian": "hebbian (EMA traces)", "hebbian_m2o": "hebbian_m2o (EMA traces)",
+ROWS = ("ema", "learned_ema", "selective", "gla", "attention", "hebbian spec (EMA traces)",
+        "hebbian two-stage (EMA traces)", "bigru (supervised)")
+# the roles experiment's learner names (results/roles/roles.json) -> rows here
+ROLE_MODELS = {"hebbian": "hebbian spec (EMA traces)", "two_stage": "hebbian two-stage (EMA traces)",
                "bigru": "bigru (supervised)"}
 
 
