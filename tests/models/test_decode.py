@@ -75,3 +75,27 @@ def test_gpt_generation_fits_the_block_and_never_slides():
     assert len(list(model.generate(prompt, 24, temperature=0))) == 24  # exactly the block: one prompt token
     with pytest.raises(ContextLimitError, match="25 new tokens do not fit in the context of 24"):
         next(model.generate(prompt, 25, temperature=0))
+
+
+def test_gpt_compiled_generate_gives_the_eager_tokens():
+    """GPT's preallocated KV cache is a fixed-shape state: compile=True compiles (no warning) and gives
+    the eager greedy tokens, twice over one graph, up to the last slot of the block."""
+    from emaprobe.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("gpt-tiny").eval()
+    assert model.static_state
+    bs = model.config.block_size
+    for B, T, n in ((2, 9, 12), (2, 300, 20)):  # the second prompt is trimmed to bs - 19 tokens
+        idx = torch.randint(0, model.config.vocab_size, (B, T))
+        eager = torch.stack(list(model.generate(idx, n, temperature=0)), 1)  # (B, n)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            compiled = torch.stack(list(model.generate(idx, n, temperature=0, compile=True)), 1)
+        assert not any("steps eagerly" in str(w.message) for w in caught)
+        assert torch.equal(eager, compiled), (B, T)
+        seq = torch.cat([idx[:, -(bs - n + 1):], eager[:, :-1]], 1)  # the full-sequence forward's picks
+        assert seq.shape[1] <= bs
+        assert torch.equal(model(seq)[0][:, -n:].argmax(-1), eager)
+    with pytest.raises(ContextLimitError, match=f"{bs + 1} new tokens do not fit"):
+        next(model.generate(idx, bs + 1, temperature=0, compile=True))

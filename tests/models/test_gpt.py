@@ -73,3 +73,45 @@ def test_bad_configs_fail_clearly():
         GPTConfig(d_model=10, n_head=4)
     with pytest.raises(ValueError, match="block_size must be positive"):
         GPTConfig(block_size=0)
+
+
+def test_gpt_fixed_cache_step_vs_full_sequence_float64():
+    """Tokens fed one at a time through the preallocated cache give the full-sequence logits
+    (float64), every step keeps the (B, nh, block_size, hd) buffers and the input state's n."""
+    model = small_gpt().double()
+    idx = torch.randint(0, V, (2, 24))  # the whole block: the last step fills the last slot
+    full, _ = model(idx)
+    st, steps = None, []
+    for t in range(24):
+        logits, new = model(idx[:, t : t + 1], st)
+        steps.append(logits)
+        if t > 0:
+            k, v, n = new[0]
+            assert k.shape == v.shape == (2, 2, 24, 8) and n.shape == () and int(n) == t + 1
+            n_in = st[0][2]  # the state passed in still names its own length
+            assert (st[0][0].shape[2] if n_in is None else int(n_in)) == t
+        st = new
+    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-12, atol=1e-12)
+    # a prompt chunk after a chunk: the (k, v, None) of the first moves into block_size buffers
+    a, st = model(idx[:, :7])
+    assert st[0][2] is None and st[0][0].shape[2] == 7
+    b, st = model(idx[:, 7:20], st)
+    c, _ = model(idx[:, 20:], st)
+    torch.testing.assert_close(torch.cat([a, b, c], 1), full, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match=r"\(k, v, n\) KV cache"):
+        model(idx[:, :1], [(st[0][0], st[0][1])] * 2)
+
+
+def test_gpt_fixed_cache_keeps_the_training_path():
+    """Without a state the forward is the plain is_causal SDPA and returns the keys as they are."""
+    model = small_gpt()
+    idx = torch.randint(0, V, (2, 11))
+    logits, st = model(idx)
+    blk = model.blocks[0]
+    x = model.tok_emb(idx) + model.pos_emb(torch.arange(11))
+    h = blk.ln1(x)
+    q, k, v = blk.attn.qkv(h).view(2, 11, 3, 2, 8).permute(2, 0, 3, 1, 4)
+    assert torch.equal(st[0][0], k) and torch.equal(st[0][1], v) and st[0][2] is None
+    y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    a, _ = blk.attn(h)
+    assert torch.equal(a, blk.attn.proj(y.transpose(1, 2).reshape(2, 11, 16)))

@@ -42,8 +42,10 @@ Generation. Greedy ``generate`` at batch B after a prompt of P random tokens; th
 is read in chunks (``_prefill``) and timed apart; the figure is new tokens per second of
 the decode loop (B x new tokens / seconds), median over repeats, eager step or the
 compiled one. The compiled step needs a fixed-size state, so models whose state grows
-(GPT's KV cache, SPEN's attention mixer or predictor) have eager rows only. GPT's
-``block_size`` is raised to P + new tokens.
+(SPEN's attention mixer or predictor) have eager rows only. GPT's ``block_size`` is
+raised to P + new tokens; its KV cache is preallocated to block_size, so it has compiled
+rows too, and each decode step (eager or compiled) attends over all block_size slots
+through a mask, as gpt-fast does.
 
 Output: ``bench_lm_<card>.json`` (``run_record``: device, git SHA, torch version, and
 the rows) and ``bench_lm_<card>.png`` in ``--out``; the JSON is rewritten after every row.

@@ -13,7 +13,7 @@
 | `attention`   | causal softmax, one head per timescale        | KV cache        |
 
 Also here: SPEN's predictors (``PREDICTORS``: ``linear``, ``attention``), the
-KV-cached causal attention call, and the top-k sparse FFN.
+KV-cached causal attention calls (growing and preallocated), and the top-k sparse FFN.
 """
 
 from emaprobe.layers.base import (
@@ -29,7 +29,14 @@ from emaprobe.layers.ema import EMAMixer
 from emaprobe.layers.learned_ema import LearnedEMAMixer
 from emaprobe.layers.selective import SelectiveMixer
 from emaprobe.layers.gla import GLAMixer
-from emaprobe.layers.attention import AttentionMixer, KVCache, cached_attention
+from emaprobe.layers.attention import (
+    AttentionMixer,
+    FixedKVCache,
+    KVCache,
+    cached_attention,
+    fixed_kv_attention,
+    reserve_kv_cache,
+)
 from emaprobe.layers.predictors import PREDICTORS, AttentionPredictor, LinearPredictor, build_predictor
 from emaprobe.layers.sparse_ffn import ACTIVATIONS, SparseFFN, active_units
 
@@ -41,6 +48,7 @@ __all__ = [
     "AttentionPredictor",
     "ContextMixer",
     "EMAMixer",
+    "FixedKVCache",
     "GLAMixer",
     "KVCache",
     "LearnedEMAMixer",
@@ -52,7 +60,9 @@ __all__ = [
     "build_predictor",
     "cached_attention",
     "check_alphas",
+    "fixed_kv_attention",
     "mixer_class",
     "no_weight_decay",
     "register_mixer",
+    "reserve_kv_cache",
 ]

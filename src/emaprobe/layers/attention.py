@@ -13,6 +13,10 @@ whatever reads y downstream is linear in it (SPEN's predictor and context mix), 
 a per-head value projection would be redundant there. No positional encoding:
 order enters through the causal mask only, as SPEN carries no positions either.
 The state is the KV cache ``(k (B, S, P, E), v (B, 1, P, D))`` over P past tokens.
+
+Two caches: ``cached_attention`` grows its cache by concatenation (SPEN's attention
+mixer and predictor); ``fixed_kv_attention`` writes into buffers preallocated to a
+fixed capacity, so that a one-token step keeps every shape (GPT's generation, compiled).
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ from emaprobe.layers.base import ContextMixer, check_alphas, register_mixer
 from emaprobe.ops import DEFAULT_ALPHAS
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
+# (k (B, H, L, E), v (B, H, L, Ev), n): L slots, the first n filled; n a 0-dim long tensor,
+# or None when all L slots are filled (the keys and values of a forward without a cache)
+FixedKVCache = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]
 
 
 def cached_attention(
@@ -65,6 +72,77 @@ def cached_attention(
         mask = pos.view(1, L) <= (P + torch.arange(T, device=q.device)).view(T, 1)  # (T, L)
         out = F.scaled_dot_product_attention(q, k, vv, attn_mask=mask, dropout_p=dropout_p)
     return out, (k, v)
+
+
+def reserve_kv_cache(cache: FixedKVCache, capacity: int) -> FixedKVCache:
+    """``cache`` with buffers of at least ``capacity`` slots and ``n`` as a tensor.
+
+    Copies only when the buffers are smaller (once per generation, after the first
+    prompt chunk). The unfilled slots are zeros, not garbage: a masked key still
+    meets its value in ``softmax(.) @ v``, and 0 * NaN would be NaN.
+    """
+    k, v, n = cache
+    L = k.shape[2]
+    if n is None:
+        n = torch.full((), L, dtype=torch.long, device=k.device)
+    if L < capacity:
+        kb = k.new_zeros(k.shape[0], k.shape[1], capacity, k.shape[3])  # (B, H, capacity, E)
+        vb = v.new_zeros(v.shape[0], v.shape[1], capacity, v.shape[3])  # (B, H, capacity, Ev)
+        kb[:, :, :L] = k
+        vb[:, :, :L] = v
+        k, v = kb, vb
+    return k, v, n
+
+
+def fixed_kv_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cache: FixedKVCache | None,
+    capacity: int,
+    dropout_p: float = 0.0,
+) -> tuple[torch.Tensor, FixedKVCache]:
+    """Causal attention over a preallocated KV cache, updated in place.
+
+    The idea is gpt-fast's (pytorch-labs/gpt-fast, ``KVCache``): keys and values live in
+    buffers of ``capacity`` slots; each call writes its T new positions at n..n+T-1
+    (``index_copy_`` at a tensor position) and attends through the mask
+    ``slot <= position``, so a one-token step has the same shapes at every n and a
+    compiled step replays one graph.
+
+    Args:
+        q, k: (B, H, T, E); v: (B, H, T, Ev).
+        cache: ``(k_buf (B, H, L, E), v_buf (B, H, L, Ev), n)`` or None. Its buffers are
+            written in place (slots < n are never touched, so the passed state still
+            describes its own n positions, but a second continuation from it overwrites
+            the first's). Buffers smaller than ``capacity`` are first moved into new ones.
+        capacity: the slots to reserve (GPT's block_size); the caller checks n + T fits.
+
+    Without a cache this is exactly the training path, ``is_causal`` SDPA over the T
+    positions, and the returned cache is ``(k, v, None)``, no copy. With one, T = 1
+    attends over all ``capacity`` slots (fixed shapes, O(capacity) per token, as
+    gpt-fast); T > 1 (a prompt chunk) reads n once and attends over the n + T filled slots.
+
+    Returns:
+        out (B, H, T, Ev) and the cache ``(k_buf, v_buf, n + T)``.
+    """
+    if cache is None:
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        return out, (k, v, None)
+    k_buf, v_buf, n = reserve_kv_cache(cache, capacity)
+    if k_buf.shape[:2] != k.shape[:2] or k_buf.shape[-1] != k.shape[-1]:
+        raise ValueError(f"KV cache keys {tuple(k_buf.shape)} do not continue keys {tuple(k.shape)}")
+    T = q.shape[2]
+    new = n + torch.arange(T, device=q.device)  # (T,) the positions written now
+    k_buf.index_copy_(2, new, k.to(k_buf.dtype))
+    v_buf.index_copy_(2, new, v.to(v_buf.dtype))
+    L = k_buf.shape[2]
+    if T > 1 and not torch.compiler.is_compiling():
+        L = int(n) + T  # one read of n per prompt chunk: skip the empty slots
+    mask = torch.arange(L, device=q.device).view(1, L) <= new.view(T, 1)  # (T, L)
+    kk, vv = k_buf[:, :, :L].to(q.dtype), v_buf[:, :, :L].to(q.dtype)
+    out = F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask, dropout_p=dropout_p)
+    return out, (k_buf, v_buf, n + T)
 
 
 @register_mixer("attention")

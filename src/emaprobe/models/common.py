@@ -173,8 +173,8 @@ class LanguageModel(nn.Module):
 
     @property
     def static_state(self) -> bool:
-        """Whether a one-token step keeps every state tensor's shape (a scan's h_T does, a KV cache grows):
-        what ``generate(compile=True)`` needs."""
+        """Whether a one-token step keeps every state tensor's shape (a scan's h_T does, a growing KV
+        cache does not, a preallocated one does): what ``generate(compile=True)`` needs."""
         return False
 
     def _prefill(self, idx: torch.Tensor):
@@ -215,7 +215,8 @@ class LanguageModel(nn.Module):
         ``compile=True`` runs each step through ``CompiledDecodeStep`` (one compiled
         graph, CUDA graphs on GPU): the same tokens as the eager step, without a Python
         pass through every layer per token. Models whose state grows (``static_state``
-        False: KV caches) warn once and step eagerly.
+        False: SPEN's attention mixer or predictor) warn once and step eagerly; GPT's
+        KV cache is preallocated to block_size, so it compiles.
         """
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -284,6 +285,8 @@ class CompiledDecodeStep:
     def _step(self, token: torch.Tensor) -> torch.Tensor:
         logits, new = self.model(token.unsqueeze(1), self.buffers)
         for buf, t in zip(_tensors(self.buffers), _tensors(new), strict=True):
+            if t is buf:  # written in place by the step (GPT's KV cache)
+                continue
             if buf.dtype != t.dtype or buf.shape != t.shape:  # resolved while tracing: no cost per token
                 raise ValueError(
                     f"CompiledDecodeStep: a state tensor changed from {tuple(buf.shape)} {buf.dtype} to "

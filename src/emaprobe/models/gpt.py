@@ -13,8 +13,22 @@ One block, pre-norm:
     x = x + W_o Attn(LN(x))          causal scaled_dot_product_attention
     x = x + W_2 gelu(W_1 LN(x))
 
-Learned absolute positions, tied input/output embeddings. The state is the KV
-cache, one ``(k (B, nh, P, hd), v (B, nh, P, hd))`` per block.
+Learned absolute positions, tied input/output embeddings.
+
+State: a preallocated KV cache (the idea is gpt-fast's, pytorch-labs/gpt-fast), one
+``(k (B, nh, L, hd), v (B, nh, L, hd), n)`` per block: L slots of which the first n
+are filled, n a 0-dim long tensor on the model's device (None: all L filled).
+
+    model(idx)            the training path, is_causal attention over T positions;
+                          the state is each block's (k, v, None), L = T, no copy
+    model(idx, state)     continues: buffers smaller than block_size are moved once
+                          into block_size ones, then the new keys and values are
+                          written in place at n..n+T-1 and n becomes n + T
+
+``generate`` reads the prompt, then steps one token at a time over block_size
+buffers, so every step has the same shapes and ``generate(compile=True)`` replays
+one compiled graph (``static_state``). A state is consumed by continuing from it:
+its first n slots stay as they were, but the slots after are overwritten.
 """
 
 from __future__ import annotations
@@ -25,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emaprobe.layers import cached_attention
+from emaprobe.layers import fixed_kv_attention, reserve_kv_cache
 from emaprobe.models.common import ContextLimitError, LanguageModel, init_weights, register_model
 
 
@@ -57,7 +71,7 @@ class GPTConfig:
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.n_head, self.dropout = cfg.n_head, cfg.dropout
+        self.n_head, self.dropout, self.block_size = cfg.n_head, cfg.dropout, cfg.block_size
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.proj.residual_out = True
@@ -67,7 +81,7 @@ class CausalSelfAttention(nn.Module):
         nh = self.n_head
         q, k, v = self.qkv(x).view(B, T, 3, nh, D // nh).permute(2, 0, 3, 1, 4)  # each (B, nh, T, hd)
         p = self.dropout if self.training else 0.0
-        y, cache = cached_attention(q, k, v, cache, dropout_p=p)  # (B, nh, T, hd)
+        y, cache = fixed_kv_attention(q, k, v, cache, self.block_size, dropout_p=p)  # (B, nh, T, hd)
         return self.proj(y.transpose(1, 2).reshape(B, T, D)), cache
 
 
@@ -109,12 +123,25 @@ class GPT(LanguageModel):
         self.check_idx(idx)
         caches = self.check_state(state, len(self.blocks))
         T = idx.shape[1]
-        past = 0 if caches[0] is None else caches[0][0].shape[2]
+        past, start = 0, 0  # start: the first new position, an int or a 0-dim tensor
+        if state is not None:
+            if not all(isinstance(c, (tuple, list)) and len(c) == 3 for c in caches):
+                raise ValueError("GPT: each block's state must be the (k, v, n) KV cache this model returned")
+            k0, _, n = caches[0]
+            if n is None:
+                past = start = k0.shape[2]
+            else:
+                start = n
+                # reading n syncs a GPU stream every step; on CUDA the position lookup asserts instead
+                past = int(n) if idx.device.type == "cpu" and not torch.compiler.is_compiling() else 0
         if past + T > self.config.block_size:
             raise ContextLimitError(
                 f"GPT: {past} cached + {T} new positions exceed block_size={self.config.block_size}"
             )
-        pos = torch.arange(past, past + T, device=idx.device)
+        if isinstance(start, int):
+            pos = torch.arange(start, start + T, device=idx.device)  # (T,)
+        else:  # a tensor n: no read back, so a compiled step is one graph for every n
+            pos = start + torch.arange(T, device=idx.device)  # (T,)
         x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, D)
         new = []
         for blk, cache in zip(self.blocks, caches):
@@ -122,6 +149,17 @@ class GPT(LanguageModel):
             new.append(cache)
         logits = F.linear(self.ln_f(x), self.tok_emb.weight)  # (B, T, V), tied head
         return logits, new
+
+    @property
+    def static_state(self) -> bool:
+        """After the prompt, every block's cache is block_size slots and a 0-dim n: fixed shapes."""
+        return True
+
+    def _prefill(self, idx: torch.Tensor):
+        # a one-chunk prompt leaves (k, v, None) of T slots: reserve block_size now, so that
+        # the first decode step already has the shapes of every later one
+        logits, state = super()._prefill(idx)
+        return logits, [reserve_kv_cache(c, self.config.block_size) for c in state]
 
     @property
     def context_limit(self) -> int:
