@@ -132,8 +132,9 @@ class GPT(LanguageModel):
                 past = start = k0.shape[2]
             else:
                 start = n
-                # reading n syncs a GPU stream every step; on CUDA the position lookup asserts instead
-                past = int(n) if idx.device.type == "cpu" and not torch.compiler.is_compiling() else 0
+                # an eager call reads n back (one sync, so a bad call is a named error on any device);
+                # a compiled step does not, and generate() checks the limit before it starts
+                past = 0 if torch.compiler.is_compiling() else int(n)
         if past + T > self.config.block_size:
             raise ContextLimitError(
                 f"GPT: {past} cached + {T} new positions exceed block_size={self.config.block_size}"
