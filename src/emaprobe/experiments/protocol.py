@@ -44,6 +44,7 @@ VERDICTS = ("confirmed", "refuted", "inconclusive")
 # name -> module; a new experiment is one line here (or register_experiment at import time)
 EXPERIMENTS: dict[str, str] = {
     "roles": "emaprobe.experiments.roles",
+    "roles_tune": "emaprobe.experiments.roles_tune",
     "lm_ptb": "emaprobe.experiments.lm_ptb",
     "lm_scale": "emaprobe.experiments.lm_scale",
     "probe_lag": "emaprobe.experiments.probe_lag",
