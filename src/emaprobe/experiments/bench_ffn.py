@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from emaprobe.experiments.bench_scan_cuda import card_slug
+from emaprobe.experiments.common import card_slug
 from emaprobe.layers import active_units
 from emaprobe.ops import topk_ffn
 from emaprobe.utils import atomic_write_json, run_record

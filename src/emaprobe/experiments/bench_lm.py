@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import io
 import statistics
 import time
 from collections.abc import Callable
@@ -65,12 +64,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from emaprobe.experiments.common import card_slug, save_fig
 from emaprobe.layers import MIXERS
 from emaprobe.models import GPTConfig, SPENConfig, build_model, resolve_config
 from emaprobe.train import TrainConfig
 from emaprobe.train.dist import DistInfo
 from emaprobe.train.lm import accumulate_gradients, autocast_context, make_optimizer, wrap_model
-from emaprobe.utils import atomic_write_bytes, atomic_write_json, run_record
+from emaprobe.utils import atomic_write_json, run_record
 
 # dense bf16 tensor-core peaks from NVIDIA's datasheets (no 2:4 sparsity); first match wins
 PEAK_TFLOPS = (("h200", 989.0), ("h100 pcie", 756.0), ("h100", 989.0), ("a100", 312.0), ("l40s", 362.0))
@@ -341,11 +341,6 @@ def card_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
-def card_slug(card: str) -> str:
-    """'NVIDIA H200' -> 'nvidia-h200'."""
-    return "-".join("".join(c if c.isalnum() else " " for c in card.lower()).split())
-
-
 def plot(rows: list[dict], card: str, path: Path) -> None:
     """Training tokens/s against T, and decode tokens/s against the prompt length, log scales."""
     import matplotlib
@@ -384,10 +379,7 @@ def plot(rows: list[dict], card: str, path: Path) -> None:
             ax.legend(fontsize=6)
     fig.suptitle(f"emaprobe language models on {card}")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_fig(fig, path, dpi=110)
 
 
 def run(bc: BenchConfig, device: str | torch.device = "cpu", out_dir: str | Path | None = "runs/bench",

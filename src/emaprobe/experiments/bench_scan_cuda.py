@@ -24,7 +24,7 @@ In one run it measures:
   10 more for its backward (read a, gh, h; write ga, gb);
 * ours: ``ops/triton`` EMA forward and forward+backward, the selective scan forward
   and forward+backward, and, eagerly, the public ``ema_traces`` as ``scan.py`` calls it;
-* host overhead (issue 17; ``host_overhead``): microseconds of host time a call (``host_us``:
+* host overhead (``host_overhead``): microseconds of host time a call (``host_us``:
   Python, dispatch and launches, the GPU not waited for) of the EMA launcher, the public
   ``ema_traces`` and ``linear_scan`` forwards and the public EMA forward + backward; and the
   public EMA forward (and forward + backward) called eagerly back to back against the same call
@@ -53,8 +53,9 @@ from types import SimpleNamespace
 
 import torch
 
+from emaprobe.experiments.common import card_slug, save_fig
 from emaprobe.ops import DEFAULT_ALPHAS, ema_step, ema_traces
-from emaprobe.utils import atomic_write_bytes, atomic_write_json, run_record
+from emaprobe.utils import atomic_write_json, run_record
 
 DEFAULT_SHAPES = ((64, 512, 768), (16, 2048, 768), (4, 8192, 768), (1, 65536, 768))
 HEADLINE = (16, 2048, 768)
@@ -71,7 +72,7 @@ WARP_MAX_T = 2048  # the step loop beyond this many steps is timed on a prefix a
 
 
 EAGER_FALLBACKS: list[str] = []  # figures that could not be timed inside a CUDA graph
-# Issue 17's host-overhead targets: the public ops' Python time a call (their launches included,
+# The host-overhead targets: the public ops' Python time a call (their launches included,
 # the GPU not waited for), and eager back-to-back calls against the same calls replayed from a graph
 HOST_US_TARGET = 25.0
 EAGER_VS_GRAPH_TARGET = 1.3
@@ -149,7 +150,7 @@ def host_overhead(ts, shape, alphas) -> dict:
     """Host time a call (``host_us``) of the launcher, the public ops forward, and the public EMA
     forward + backward; and the public EMA forward eager back to back against a graph replay.
 
-    ``host_us_*`` is microseconds; ``x_public_ema_fwd_eager_vs_graph`` is issue 17's ratio
+    ``host_us_*`` is microseconds; ``x_public_ema_fwd_eager_vs_graph`` is the eager/graphed ratio
     (target EAGER_VS_GRAPH_TARGET at the headline shape), ``*_ms`` milliseconds.
     """
     from emaprobe.ops import linear_scan
@@ -185,7 +186,7 @@ def host_overhead(ts, shape, alphas) -> dict:
 
 
 def host_overhead_verdict(row: dict) -> str:
-    """One line against issue 17's targets (host time a call of the public forward; eager over graphed)."""
+    """One line against the host-overhead targets (host time a call of the public forward; eager over graphed)."""
     us, ratio = row["host_us_public_ema_fwd"], row["x_public_ema_fwd_eager_vs_graph"]
     ok = us <= HOST_US_TARGET and ratio <= EAGER_VS_GRAPH_TARGET
     return (f"host overhead at B={row['B']} T={row['T']} D={row['D']}: public ema_traces forward "
@@ -484,8 +485,7 @@ def format_table(rows: list[dict], card: str) -> str:
 
 
 def plot(rows: list[dict], card: str, path: Path) -> None:
-    import io
-
+    
     import matplotlib
 
     matplotlib.use("Agg")
@@ -521,15 +521,7 @@ def plot(rows: list[dict], card: str, path: Path) -> None:
     axes[1].legend(fontsize=8)
     fig.suptitle(f"emaprobe scan kernels vs floor and peers on {card}")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def card_slug(card: str) -> str:
-    """'NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3': the card's name in the result files."""
-    return "-".join("".join(c if c.isalnum() else " " for c in card.lower()).split())
+    save_fig(fig, path, dpi=110)
 
 
 def replot(json_path: str | Path) -> Path:

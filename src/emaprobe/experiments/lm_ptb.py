@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import io
 import json
 import tempfile
 import time
@@ -67,12 +66,13 @@ from pathlib import Path
 
 import torch
 
+from emaprobe.experiments.common import save_fig
 from emaprobe.train import TrainConfig
 from emaprobe.train.config import OptimConfig
 from emaprobe.train.corpus import load_lm_data
 from emaprobe.experiments.protocol import Claim, write_claims
 from emaprobe.train.run import evaluate_run, run_lm_training
-from emaprobe.utils import atomic_write_bytes, atomic_write_json, atomic_write_text, run_record
+from emaprobe.utils import atomic_write_json, atomic_write_text, run_record
 
 NAME = "lm_ptb"
 
@@ -333,10 +333,7 @@ def _plot(res: dict[str, dict], path: Path) -> None:
     ax.set_title("PTB word level: context mechanisms at matched size and tokens")
     ax.grid(alpha=0.3)
     ax.legend()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_fig(fig, path)
 
 
 def _demo_model(name: str, cfg: Config, data) -> dict:

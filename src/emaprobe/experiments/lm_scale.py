@@ -67,7 +67,6 @@ import dataclasses
 import fnmatch
 import functools
 import glob
-import io
 import json
 import math
 import multiprocessing as mp
@@ -79,8 +78,9 @@ from typing import Any
 
 import numpy as np
 
+from emaprobe.experiments.common import save_fig
 from emaprobe.experiments.protocol import Claim, verdict_from_interval, write_claims
-from emaprobe.utils import atomic_write_bytes, atomic_write_json, atomic_write_text, data_root, read_json, run_record
+from emaprobe.utils import atomic_write_json, atomic_write_text, data_root, read_json, run_record
 
 NAME = "lm_scale"
 PAPER = {"ppl_ratio_130m": 8.0, "predictor_ablation_delta_loss": 0.0, "tokens": 8e9, "c4_ppl": 260.0}
@@ -854,10 +854,7 @@ def _plots(s: dict, runs: dict[str, dict], out: Path) -> list[str]:
     written = []
 
     def save(fig, name: str) -> None:
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-        plt.close(fig)
-        atomic_write_bytes(out / name, buf.getvalue())
+        save_fig(fig, out / name)
         written.append(name)
 
     h = s.get("headline")

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emaprobe.experiments.probe_common import command, pyplot, save_fig
+from emaprobe.experiments.common import command, pyplot, save_fig
 from emaprobe.experiments.protocol import Claim, verdict_from_interval, write_claims
 from emaprobe.probes.depth import MECHANISMS, DepthStack, train_gates
 from emaprobe.probes.linear import fit_probe, mean_ci

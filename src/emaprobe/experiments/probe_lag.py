@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emaprobe.experiments.probe_common import command, pick_device, pyplot, save_fig
+from emaprobe.experiments.common import command, pick_device, pyplot, save_fig
 from emaprobe.experiments.protocol import Claim, verdict_from_interval, write_claims
 from emaprobe.probes.analytic import analytic_bits, lag_snr
 from emaprobe.probes.linear import fit_probe, mean_ci

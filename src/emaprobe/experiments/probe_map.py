@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emaprobe.experiments.probe_common import pyplot, save_fig
+from emaprobe.experiments.common import pyplot, save_fig
 from emaprobe.experiments.protocol import write_claims
 from emaprobe.utils import atomic_write_json, atomic_write_text, read_json, run_record
 

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emaprobe.experiments.probe_common import command, pick_device, pyplot, save_fig
+from emaprobe.experiments.common import command, pick_device, pyplot, save_fig
 from emaprobe.experiments.protocol import Claim, verdict_from_interval, write_claims
 from emaprobe.probes.linear import mean_ci
 from emaprobe.probes.recall import RecallModel, RecallModelConfig, train_recall

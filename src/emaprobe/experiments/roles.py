@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import io
 import json
 import os
 import time
@@ -74,13 +73,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from emaprobe.experiments.common import save_fig
 from emaprobe.experiments.protocol import Claim, verdict_from_interval, write_claims
 from emaprobe.models.bigru import BiGRUConfig, BiGRUTagger
 from emaprobe.models.hebbian import FixedEmbeddings, HebbianConfig, HebbianRoleLearner, role_targets
 from emaprobe.tasks.role_data import RoleDataConfig, label_budget, label_counts, sample_eval_set, unseen_tokens
 from emaprobe.tasks.sentence import NO_ROLE, ROLES, RoleSentence
 from emaprobe.train.tagger import LinearProbe, TaggerTrainConfig, train_tagger
-from emaprobe.utils import atomic_write_bytes, atomic_write_json, atomic_write_text, config_to_dict, run_record
+from emaprobe.utils import atomic_write_json, atomic_write_text, config_to_dict, run_record
 from emaprobe.utils.progress import progress_disabled
 
 NAME = "roles"
@@ -793,12 +793,7 @@ def _curve_table(curve: dict[str, Any], set_name: str, title: str, structural: b
 
 
 def _savefig(fig: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_fig(fig, path, dpi=110)
 
 
 def plot_bars(result: dict[str, Any], path: Path) -> None:

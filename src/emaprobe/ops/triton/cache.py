@@ -1,8 +1,8 @@
 """The scans' per-call host work, done once per key: launch plans and coefficient tensors.
 
-An eager call used to re-plan its launch (tile shape, segments, warm-ups), rebuild the
-kernels' constant arguments and slice its coefficient tensors every time: Python work of the
-order of the kernel's own time at B=16 T=2048 D=768 (issue 17). ``ema.py`` and
+Re-planning a launch (tile shape, segments, warm-ups), rebuilding the kernels' constant
+arguments and slicing the coefficient tensors on every call is Python work of the order of
+a short kernel's own time, so an eager call would be host-bound. ``ema.py`` and
 ``linear_scan.py`` build each once, for a key of the Python values it depends on (shapes,
 alphas, device, whether an initial state is given, the ``TileConfig``), and keep it here; a
 call then allocates its outputs and launches.

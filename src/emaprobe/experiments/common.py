@@ -1,4 +1,4 @@
-"""What the probe experiments share: device choice, seed statistics, figures and claim verdicts."""
+"""What experiments share: device choice, card names, seed statistics, figures and claim verdicts."""
 
 from __future__ import annotations
 
@@ -30,9 +30,15 @@ def pyplot():
     return plt
 
 
-def save_fig(fig, path: Path) -> Path:
+def card_slug(card: str) -> str:
+    """'NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3': the card's name in result file names."""
+    return "-".join("".join(c if c.isalnum() else " " for c in card.lower()).split())
+
+
+def save_fig(fig, path: Path, dpi: int = 120) -> Path:
+    """Write ``fig`` as a PNG atomically and close it."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     pyplot().close(fig)
     atomic_write_bytes(path, buf.getvalue())
     return path
