@@ -63,9 +63,65 @@ def test_a_gap_that_points_the_wrong_way_is_reported_as_the_reason_not_a_claim()
     s = {"paired": {"spen-ema - gpt": {"mean": -0.3, "lo": -0.4, "hi": -0.2, "seeds": 3, "values": [-0.3] * 3}},
          "selective_gap_note": "no gap at this scale"}
     why = L.unmeasured(s, [])
-    assert why["selective_closes_gap"] == "no gap at this scale"
+    assert why["selective_closes_gap"].startswith("no gap at this scale Run spen-selective where the gap is open")
     assert why["ppl_ratio_130m"] == "its runs are not in runs/"
     assert "gpt is still behind spen-ema (-0.300 nats)" in L._behind_note(s)
+
+
+def _fake(variant, size, tokens, ppl, lr=1e-3, seed=0):
+    job = L.Job(variant, size, lr, seed, tokens)
+    return job.name, {"job": dataclasses.asdict(job), "num_params": 1, "num_params_non_embedding": 1,
+                      "final": {"x.test": {"ppl": ppl}}}
+
+
+def test_ladder_takes_the_budget_with_the_most_complete_pairs_whatever_the_latest_config():
+    cfg = dataclasses.asdict(L.Config())  # ladder_tokens 0: the headline budget, which only 130m has
+    runs = dict([_fake("spen-ema", "130m", 10**8, 90.0), _fake("gpt", "130m", 10**8, 70.0)]
+                + [_fake(v, size, 2 * 10**7, p) for size in ("tiny", "small", "130m")
+                   for v, p in (("spen-ema", 150.0), ("gpt", 200.0))]
+                + [_fake("spen-ema", "tiny", 5 * 10**6, 300.0)]  # no gpt partner: not a pair
+                + [_fake("gpt", "tiny", 2 * 10**7, 1.0, lr=4e-3)])  # not the best lr: ignored
+    tokens, rows = L.ladder_rows(runs, cfg, {"spen": 1e-3, "gpt": 1e-3})
+    assert tokens == 2 * 10**7
+    assert [r["size"] for r in rows] == ["tiny", "small", "130m"]
+    assert rows[0]["ratio"]["x.test"] == pytest.approx(0.75)
+    # equal counts: the config's own budget wins
+    two = {k: r for k, r in runs.items() if r["job"]["size"] == "130m"}
+    assert L.ladder_rows(two, cfg, {"spen": 1e-3, "gpt": 1e-3})[0] == 10**8
+    assert L.ladder_rows(two, {**cfg, "ladder_tokens": 2 * 10**7}, {"spen": 1e-3, "gpt": 1e-3})[0] == 2 * 10**7
+    assert L.ladder_rows({}, cfg, {"spen": 1e-3, "gpt": 1e-3}) == (None, [])
+
+
+def test_headline_seeds_plan_whole_seeds_first_and_the_gap_claim_takes_an_interval(tmp_path):
+    cfg = L.Config(spen_lr=1e-3, gpt_lr=1e-3, headline_variants=("spen-selective",), headline_seeds=3)
+    head = L.plan(cfg, tmp_path, "headline")
+    assert [(j.seed, j.variant) for j in head[:3]] == [(0, "spen-ema"), (0, "gpt"), (0, "spen-selective")]
+    assert sorted({j.seed for j in head}) == [0, 1, 2] and len(head) == 9
+    with pytest.raises(ValueError, match="headline_seeds must be >= 1"):
+        L.Config(headline_seeds=0)
+
+    def run(variant, seed, loss):
+        job = L.Job(variant, "130m", 1e-3, seed, cfg.headline_tokens, cfg.curve_points)
+        curve = [{"tokens": t, "val_loss": loss + 1 / t} for t in (1e6, 2e6, 4e6, 8e6)]
+        final = {s: {"loss": loss, "ppl": math.exp(loss), "bpb": 1.0} for s in ("wikipedia.test", "books.test")}
+        return job.name, {"job": dataclasses.asdict(job), "num_params": 1, "num_params_non_embedding": 1,
+                          "tokens": job.tokens, "final": final, "curve": curve, "time_utc": "2026", "name": job.name,
+                          "experiment_config": dataclasses.asdict(cfg)}
+
+    # the gap (ema - gpt) is 0.2 nats on every seed; selective closes 0.8, 0.7, 0.9 of it
+    runs = dict(r for k, closed in enumerate((0.8, 0.7, 0.9))
+                for r in (run("spen-ema", k, 4.3), run("gpt", k, 4.1), run("spen-selective", k, 4.3 - 0.2 * closed)))
+    s = L.summarize(runs)
+    assert s["headline"]["ratio_seeds"] == pytest.approx({k: math.exp(0.2) for k in range(3)})
+    claims = {c.claim: c for c in L.claims(s, "cmd")}
+    gap = claims["selective_closes_gap"]
+    assert gap.seeds == 3 and gap.ours == pytest.approx(0.8) and gap.std == pytest.approx(0.1)
+    assert gap.verdict == "confirmed"  # the t-interval [0.55, 1.05] lies above 0.5
+    assert claims["ppl_ratio_130m"].seeds == 3 and claims["ppl_ratio_130m"].std == pytest.approx(0.0, abs=1e-9)
+    # with seed 0 alone the same claim has no interval, so it cannot be confirmed
+    one = {k: r for k, r in runs.items() if r["job"]["seed"] == 0}
+    gap1 = {c.claim: c for c in L.claims(L.summarize(one), "cmd")}["selective_closes_gap"]
+    assert gap1.seeds == 1 and gap1.verdict == "inconclusive" and gap1.std is None
 
 
 def test_best_lr_needs_the_lr_stage_or_an_explicit_value(tmp_path):

@@ -53,11 +53,19 @@ def test_topk_ffn_float32_vs_float64_reference(impl):
         torch.testing.assert_close(g.double(), r, rtol=1e-5, atol=1e-5, msg=name)
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device")])]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("impl", IMPLS)
-def test_topk_ffn_bfloat16_matches_dense_bfloat16(impl):
+def test_topk_ffn_bfloat16_matches_dense_bfloat16(impl, device):
     # bf16 rounding can change which units win, so compare against the dense form on the
-    # same bf16 activations (identical selection), to bf16 accuracy
+    # same bf16 activations (identical selection), to bf16 accuracy. On CUDA this takes the
+    # dense-GEMM path for dvals (embedding_bag has no bf16 per-weight backward there).
     (c, w_up, w_down), gy = _inputs((3, 5), torch.bfloat16, seed=2)
+    c, w_up, w_down = (t.detach().to(device).requires_grad_() for t in (c, w_up, w_down))
+    gy = gy.to(device)
     got = _value_and_grads(lambda *w: topk_ffn(*w, 7, "relu", impl), c, w_up, w_down, gy)
     ref = _value_and_grads(lambda *w: topk_ffn(*w, 7, "relu", "dense"), c, w_up, w_down, gy)
     for name, g, r in zip(("y", "dc", "dW1", "dW2"), got, ref):
@@ -65,17 +73,33 @@ def test_topk_ffn_bfloat16_matches_dense_bfloat16(impl):
         torch.testing.assert_close(g.float(), r.float(), rtol=2e-2, atol=2e-2, msg=name)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("impl", IMPLS)
-def test_topk_ffn_under_autocast_matches_dense(impl):
+def test_topk_ffn_under_autocast_matches_dense(impl, device):
     """float32 weights under bf16 autocast: every form computes in bf16, as F.linear would."""
     (c, w_up, w_down), gy = _inputs((3, 5), torch.float32, seed=3)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    c, w_up, w_down = (t.detach().to(device).requires_grad_() for t in (c, w_up, w_down))
+    gy = gy.to(device)
+    with torch.autocast(device, dtype=torch.bfloat16):
         got = _value_and_grads(lambda *w: topk_ffn(*w, 7, "relu", impl), c, w_up, w_down, gy)
         ref = _value_and_grads(lambda *w: topk_ffn(*w, 7, "relu", "dense"), c, w_up, w_down, gy)
     assert got[0].dtype == ref[0].dtype == torch.bfloat16
     for name, g, r in zip(("y", "dc", "dW1", "dW2"), got, ref):
         assert g.dtype == r.dtype, name
         torch.testing.assert_close(g.float(), r.float(), rtol=2e-2, atol=2e-2, msg=name)
+
+
+def test_vals_gradient_through_the_dense_fallback_matches(monkeypatch):
+    """The path CUDA bf16 takes (dvals = (dy W2) at idx), forced on CPU, against the reference."""
+    import emaprobe.ops.sparse_ffn as sf
+
+    monkeypatch.setattr(sf, "_sddmm_ok", lambda t: False)
+    monkeypatch.setattr(sf, "_bag_weight_grad_ok", lambda t: False)
+    (c, w_up, w_down), gy = _inputs((3, 5), torch.float64, seed=4)
+    got = _value_and_grads(lambda *w: topk_ffn(*w, 7, "relu", "gather"), c, w_up, w_down, gy)
+    ref = _value_and_grads(lambda *w: naive_topk_ffn(*w, 7, "relu"), c, w_up, w_down, gy)
+    for name, g, r in zip(("y", "dc", "dW1", "dW2"), got, ref):
+        torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12, msg=name)
 
 
 def test_gather_touches_only_kept_columns_of_w2():

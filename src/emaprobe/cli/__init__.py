@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as err:
         why = f": {err}" if str(err) else ""
-        print(f"emaprobe {args.command}: interrupted{why}", file=sys.stderr)
+        hint = getattr(args, "resume_hint", "")
+        print(f"emaprobe {args.command}: interrupted{why}" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return 130
 
 

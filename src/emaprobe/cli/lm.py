@@ -215,7 +215,7 @@ def register(sub) -> None:
     )
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out (start fresh if none)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_train)
+    p.set_defaults(func=_train, resume_hint="rerun with --resume to continue")
 
     p = lm_sub.add_parser(
         "eval", help="loss, perplexity and bits per byte of a trained model", formatter_class=fmt,

@@ -22,7 +22,8 @@ because batches are drawn from the run seed alone):
                 ``curve_points`` log-spaced token counts: the ratio as a curve; a power law
                 per family, extrapolated to the paper's 8B tokens (labelled as such).
                 ``headline_variants`` adds other mechanisms at that scale (e.g.
-                spen-selective, where the gap to attention is open)
+                spen-selective, where the gap to attention is open); ``headline_seeds``
+                repeats every model with seeds 0..n-1 (the curve and the fits stay seed 0's)
     ladder      spen-ema and gpt at each size of ``ladder``, at ``ladder_tokens`` (0: the
                 headline's budget, so its 130m pair is the headline pair): the perplexity
                 ratio against parameters
@@ -130,6 +131,7 @@ class Config:
     mechanism_tokens: int = 20_000_000
     headline_tokens: int = 100_000_000
     headline_variants: tuple[str, ...] = ("spen-ema", "gpt")  # spen-ema and gpt always; others beside them
+    headline_seeds: int = 1  # seeds 0..n-1 of every headline model, seed by seed
     ladder_tokens: int = 0  # 0: headline_tokens
     curve_points: int = 8  # log-spaced evaluations of the headline runs
     lrs: tuple[float, ...] = (1e-3, 2e-3, 4e-3)
@@ -163,7 +165,7 @@ class Config:
         if self.ladder_tokens < 0:
             raise ValueError(f"ladder_tokens must be >= 0 (0: headline_tokens), got {self.ladder_tokens}")
         for name in ("seq_len", "batch_size", "lr_tokens", "mechanism_tokens", "headline_tokens", "curve_points", "seeds",
-                     "parallel"):
+                     "headline_seeds", "parallel"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.lrs or any(not lr > 0 for lr in self.lrs):
@@ -272,8 +274,8 @@ def plan(cfg: Config, out: Path, stage: str) -> list[Job]:
                 for v in order for s in range(cfg.seeds)]
     if stage == "headline":
         variants = dict.fromkeys(("spen-ema", "gpt", *cfg.headline_variants))
-        return [Job(v, cfg.headline_size, lr[VARIANTS[v][0]], 0, cfg.headline_tokens, cfg.curve_points, cfg.ckpt_every)
-                for v in variants]
+        return [Job(v, cfg.headline_size, lr[VARIANTS[v][0]], seed, cfg.headline_tokens, cfg.curve_points, cfg.ckpt_every)
+                for seed in range(cfg.headline_seeds) for v in variants]
     return [Job(v, size, lr[VARIANTS[v][0]], 0, ladder_tokens(dataclasses.asdict(cfg)), cfg.curve_points, cfg.ckpt_every)
             for size in cfg.ladder for v in ("spen-ema", "gpt")]
 
@@ -352,7 +354,7 @@ def train_job(job: Job, cfg: Config, out: Path) -> dict[str, Any]:
     """Train, evaluate on every final split, write ``out/runs/<job>.json``; returns the record."""
     import torch
 
-    from emaprobe.train import TrainConfig
+    from emaprobe.train import TrainConfig, TrainingInterrupted
     from emaprobe.train.config import OptimConfig
     from emaprobe.train.dist import DistInfo, resolve_device
     from emaprobe.train.evaluate import evaluate_lm
@@ -375,10 +377,14 @@ def train_job(job: Job, cfg: Config, out: Path) -> dict[str, Any]:
     run_dir = work_dir(cfg) / "jobs" / job.name
     lm_data = LMData(train=data["train"], val=data["valid"], bytes_per_token=data["valid"].bytes_per_token,
                      name=f"{cfg.train} (val {cfg.valid})")
-    result = run_lm_training(
-        job.config_name, cfg.train, run_dir, model_overrides=overrides, base_train=train_cfg, lm_data=(lm_data, tok),
-        resume=(run_dir / "checkpoint.pt").is_file(), quiet=True,
-    )
+    try:
+        result = run_lm_training(
+            job.config_name, cfg.train, run_dir, model_overrides=overrides, base_train=train_cfg,
+            lm_data=(lm_data, tok), resume=(run_dir / "checkpoint.pt").is_file(), quiet=True,
+        )
+    except TrainingInterrupted as err:
+        raise TrainingInterrupted(f"{job.name}: {err}; rerun the same command to continue (finished jobs are "
+                                  "skipped, this one resumes from its checkpoint)") from err
     device = resolve_device(cfg.device, DistInfo())
     model, _, _ = load_run(run_dir, device)
     autocast = autocast_context(train_cfg, device)
@@ -570,22 +576,10 @@ def summarize(runs: dict[str, dict]) -> dict[str, Any]:
     if common and not gap:
         d = s["paired"]["spen-ema - gpt"]
         s["selective_gap_note"] = (
-            f"at the mechanisms scale ({cfg['small_size']}, {cfg['mechanism_tokens']:.3g} tokens) gpt's test loss is above "
+            f"At the mechanisms scale ({cfg['small_size']}, {cfg['mechanism_tokens']:.3g} tokens) gpt's test loss is above "
             f"spen-ema's on every seed (spen-ema - gpt = {d['mean']:+.3f} nats), so there is no gap for selection to "
-            "close there; run spen-selective where the gap is open: --set stages=headline "
-            "--set headline_variants=spen-ema,gpt,spen-selective")
-    # ladder
-    ladder = []
-    for size in cfg["ladder"]:
-        pair = {v: _find(runs, variant=v, size=size, seed=0, tokens=ladder_tokens(cfg), lr=best[VARIANTS[v][0]])
-                for v in ("spen-ema", "gpt")}
-        if all(pair.values()):
-            sp, gp = pair["spen-ema"][0], pair["gpt"][0]
-            ladder.append({"size": size, "spen_params": sp["num_params"], "gpt_params": gp["num_params"],
-                           "spen_params_non_embedding": sp["num_params_non_embedding"],
-                           "gpt_params_non_embedding": gp["num_params_non_embedding"],
-                           "ratio": {split: sp["final"][split]["ppl"] / gp["final"][split]["ppl"] for split in sp["final"]}})
-    s["ladder"] = ladder
+            "close there.")
+    s["ladder_tokens"], s["ladder"] = ladder_rows(runs, cfg, best)
     # headline
     head = {v: _find(runs, variant=v, size=cfg["headline_size"], tokens=cfg["headline_tokens"], seed=0)
             for v in ("spen-ema", "gpt")}
@@ -603,15 +597,30 @@ def summarize(runs: dict[str, dict]) -> dict[str, Any]:
             pts = pts[len(pts) // 3:] if len(pts) >= 6 else pts  # the early transient is not the law
             if len(pts) >= 3:
                 fits[fam] = power_law_fit(*zip(*pts), at=PAPER["tokens"])
+        # every seed of the headline scale: {variant: {seed: run}}
+        by_seed: dict[str, dict[int, dict]] = {}
+        for v in VARIANTS:
+            for r in _find(runs, variant=v, size=cfg["headline_size"], tokens=cfg["headline_tokens"]):
+                by_seed.setdefault(v, {})[r["job"]["seed"]] = r
+        pair_seeds = sorted(set(by_seed["spen-ema"]) & set(by_seed["gpt"]))
+        main = "wikipedia.test" if "wikipedia.test" in h["ratio"] else next(iter(h["ratio"]))
+        h["main_split"] = main
+        h["ratio_seeds"] = {k: by_seed["spen-ema"][k]["final"][main]["ppl"] / by_seed["gpt"][k]["final"][main]["ppl"]
+                            for k in pair_seeds}
         h["others"] = {}
-        for v in cfg.get("headline_variants", ()):
-            found = _find(runs, variant=v, size=cfg["headline_size"], tokens=cfg["headline_tokens"], seed=0)
-            if v in ("spen-ema", "gpt") or not found:
+        for v, runs_v in by_seed.items():
+            if v in ("spen-ema", "gpt") or 0 not in runs_v:
                 continue
-            r = found[0]
+            r = runs_v[0]
             le, lv, lg = _test_loss(sp), _test_loss(r), _test_loss(gp)
+            gaps = {}
+            for k in sorted(set(runs_v) & set(pair_seeds)):
+                e_k, v_k, g_k = (_test_loss(x) for x in (by_seed["spen-ema"][k], runs_v[k], by_seed["gpt"][k]))
+                if e_k > g_k:
+                    gaps[k] = (e_k - v_k) / (e_k - g_k)
             h["others"][v] = {**_brief(r), "ratio": {k: r["final"][k]["ppl"] / gp["final"][k]["ppl"] for k in r["final"]},
-                              "gap_closed": (le - lv) / (le - lg) if le > lg else None}
+                              "gap_closed": (le - lv) / (le - lg) if le > lg else None,
+                              "gap_losses": {"spen-ema": le, v: lv, "gpt": lg}, "gap_closed_seeds": gaps}
         if len(fits) == 2:
             f_s, f_g = fits["spen"], fits["gpt"]
             dl = f_s["loss"] - f_g["loss"]
@@ -622,6 +631,30 @@ def summarize(runs: dict[str, dict]) -> dict[str, Any]:
                                  "ppl_ratio_hi": hi, "fits": fits}
         s["headline"] = h
     return s
+
+
+def ladder_rows(runs: dict[str, dict], cfg: dict[str, Any], best: dict[str, float | None]) -> tuple[int | None, list[dict]]:
+    """The ladder's token budget and its rows (one per size with a complete seed-0 pair at the best lrs).
+
+    The budget is the one with the most complete pairs, the config's own first among equals, then the
+    larger: a report rebuilt after a later stage (whose config may name another budget) still finds it.
+    """
+    ladders: dict[int, list[dict]] = {}
+    for size in cfg["ladder"]:
+        pairs: dict[int, dict[str, dict]] = {}
+        for v in ("spen-ema", "gpt"):
+            for r in _find(runs, variant=v, size=size, seed=0, lr=best[VARIANTS[v][0]]):
+                pairs.setdefault(r["job"]["tokens"], {})[v] = r
+        for tokens, pair in pairs.items():
+            if len(pair) == 2:
+                sp, gp = pair["spen-ema"], pair["gpt"]
+                ladders.setdefault(tokens, []).append({
+                    "size": size, "spen_params": sp["num_params"], "gpt_params": gp["num_params"],
+                    "spen_params_non_embedding": sp["num_params_non_embedding"],
+                    "gpt_params_non_embedding": gp["num_params_non_embedding"],
+                    "ratio": {split: sp["final"][split]["ppl"] / gp["final"][split]["ppl"] for split in sp["final"]}})
+    pick = max(ladders, key=lambda t: (len(ladders[t]), t == ladder_tokens(cfg), t), default=None)
+    return pick, ladders.get(pick, [])
 
 
 def _brief(r: dict) -> dict:
@@ -636,23 +669,25 @@ def claims(s: dict[str, Any], command: str) -> list[Claim]:
     rows = []
     h = s.get("headline")
     if h:
-        main_split = "wikipedia.test" if "wikipedia.test" in h["ratio"] else next(iter(h["ratio"]))
+        main_split = h["main_split"]
         ex = h.get("extrapolated")
-        ours = h["ratio"][main_split]
+        per_seed = list(h["ratio_seeds"].values())
+        ours = float(np.mean(per_seed))
         if ex:
             # the paper's gap is a claim about 8B tokens: judge the extrapolation's interval
             verdict = verdict_from_interval(ex["ppl_ratio_lo"], ex["ppl_ratio_hi"], threshold=PAPER["ppl_ratio_130m"] / 2)
             note = (f"measured at {h['spen']['tokens']:.3g} tokens; power law per family extrapolated to 8B tokens: "
                     f"ratio {ex['ppl_ratio']:.2f} (95% interval {ex['ppl_ratio_lo']:.2f}-{ex['ppl_ratio_hi']:.2f}). "
                     "Verdict rule: confirmed if that interval lies above 4 (half the paper's 8x), refuted if below, "
-                    "else inconclusive. Both models are trained here on the same tokens in the same order (one "
-                    "seed each); the paper sets its SPEN (about 8B tokens) beside GPT-2's own perplexity. "
-                    "Ratios on every split: " + ", ".join(f"{k} {v:.2f}" for k, v in h["ratio"].items()))
+                    "else inconclusive (the fits use seed 0's curves). Both models are trained here on the same "
+                    "tokens in the same order; the paper sets its SPEN (about 8B tokens) beside GPT-2's own perplexity. "
+                    "Seed 0's ratios on every split: " + ", ".join(f"{k} {v:.2f}" for k, v in h["ratio"].items()))
         else:
             verdict, note = "inconclusive", "no extrapolation (too few curve points)"
         rows.append(Claim(
             claim="ppl_ratio_130m", metric=f"perplexity SPEN-130m (ema) / GPT-124m, {main_split}", paper=PAPER["ppl_ratio_130m"],
-            ours=round(ours, 4), std=None, seeds=1,
+            ours=round(ours, 4), std=round(float(np.std(per_seed, ddof=1)), 4) if len(per_seed) > 1 else None,
+            seeds=len(per_seed),
             scale=(f"{h['spen']['params'] / 1e6:.0f}M vs {h['gpt']['params'] / 1e6:.0f}M params, "
                    f"{h['spen']['tokens']:.3g} tokens each, Wikipedia+Gutenberg, GPT-2 BPE, T={cfg['seq_len']}"),
             verdict=verdict, command=command, labels="none (language modelling)", note=note))
@@ -693,15 +728,26 @@ def claims(s: dict[str, Any], command: str) -> list[Claim]:
             seeds=len(g["values"]), scale=small, verdict=verdict, command=command, labels="none (language modelling)",
             note=(f"95% t-interval [{g['lo']:.3f}, {g['hi']:.3f}]. Verdict rule: confirmed when the interval lies "
                   "above 0.5 (closes most of the gap), refuted when below, else inconclusive.")))
-    elif h and (h.get("others", {}).get("spen-selective") or {}).get("gap_closed") is not None:
+    elif h and (h.get("others", {}).get("spen-selective") or {}).get("gap_closed_seeds"):
         o = h["others"]["spen-selective"]
+        gaps = list(o["gap_closed_seeds"].values())
+        m, lo, hi = t_interval(gaps)
+        if len(gaps) >= 2:
+            verdict = verdict_from_interval(lo, hi, threshold=0.5)
+            rule = (f"95% t-interval [{lo:.3f}, {hi:.3f}]. Verdict rule: confirmed when the interval lies above 0.5 "
+                    "(closes most of the gap), refuted when below, else inconclusive. ")
+        else:
+            verdict = "inconclusive"
+            rule = "One seed per model, so no interval: the verdict stays inconclusive until more seeds run. "
         rows.append(Claim(
             claim="selective_closes_gap",
             metric=f"fraction of the spen-ema -> gpt test-loss gap closed by spen-selective, {cfg['headline_size']} size",
-            paper=None, ours=round(o["gap_closed"], 4), std=None, seeds=1,
-            scale=f"{o['params'] / 1e6:.0f}M params, {o['tokens']:.3g} tokens, seed 0 of each",
-            verdict="inconclusive", command=command, labels="none (language modelling)",
-            note=("one seed per model, so no interval: the verdict stays inconclusive until more seeds run. "
+            paper=None, ours=round(m, 4), std=round(float(np.std(gaps, ddof=1)), 4) if len(gaps) > 1 else None,
+            seeds=len(gaps), scale=(f"{o['params'] / 1e6:.0f}M params, {o['tokens']:.3g} tokens, "
+                                    + ("seed 0" if len(gaps) == 1 else f"seeds {sorted(o['gap_closed_seeds'])}, paired")),
+            verdict=verdict, command=command, labels="none (language modelling)",
+            note=(f"seed 0's test loss (mean of the test splits): spen-ema {o['gap_losses']['spen-ema']:.4f}, "
+                  f"spen-selective {o['gap_losses']['spen-selective']:.4f}, gpt {o['gap_losses']['gpt']:.4f}. " + rule
                   + (s.get("selective_gap_note") or ""))))
     return rows
 
@@ -720,7 +766,8 @@ def unmeasured(s: dict[str, Any], rows: list[Claim]) -> dict[str, str]:
     done = {r.claim for r in rows}
     why = {c: "its runs are not in runs/" for c in CLAIMS if c not in done}
     if "selective_closes_gap" in why and s.get("selective_gap_note"):
-        why["selective_closes_gap"] = s["selective_gap_note"]
+        why["selective_closes_gap"] = (s["selective_gap_note"] + " Run spen-selective where the gap is open: "
+                                       "--set stages=headline --set headline_variants=spen-ema,gpt,spen-selective")
     return why
 
 
@@ -785,6 +832,9 @@ def _readme(s: dict, runs: dict[str, dict], figures: list[str], command: str) ->
             closed = f"; it closes {o['gap_closed']:.2f} of the ema -> gpt test-loss gap" if o["gap_closed"] is not None else ""
             lines += ["", f"Perplexity ratio {v} / GPT: " + ", ".join(f"{k} {r:.3f}" for k, r in o["ratio"].items())
                       + f" (seed 0){closed}."]
+        if len(h["ratio_seeds"]) > 1:
+            lines += ["", f"Perplexity ratio SPEN / GPT on {h['main_split']} by seed: "
+                      + ", ".join(f"seed {k} {v:.3f}" for k, v in h["ratio_seeds"].items()) + "."]
         lines += ["", "Perplexity ratio SPEN / GPT: " + ", ".join(f"{k} **{v:.3f}**" for k, v in h["ratio"].items()) + ".",
                   "", "Ratio along the curve (whole validation stream): "
                   + ", ".join(f"{c['tokens']:.3g} tok {c['ratio']:.3f}" for c in h["curve_ratio"]) + "."]
@@ -797,7 +847,7 @@ def _readme(s: dict, runs: dict[str, dict], figures: list[str], command: str) ->
                       "The points come from one cosine schedule, so the later ones include its annealing."]
         lines.append("")
     if s["ladder"]:
-        lines += ["## Size ladder (same tokens for every pair)", "",
+        lines += [f"## Size ladder ({s['ladder_tokens']:.3g} tokens for every pair, seed 0)", "",
                   "| size | SPEN params | GPT params | " + " | ".join(f"ratio {k}" for k in s["ladder"][0]["ratio"]) + " |",
                   "|---|---:|---:|" + "---:|" * len(s["ladder"][0]["ratio"])]
         for row in s["ladder"]:
@@ -903,7 +953,7 @@ def _plots(s: dict, runs: dict[str, dict], out: Path) -> list[str]:
         ax.set_xscale("log")
         ax.set_xlabel("SPEN parameters")
         ax.set_ylabel("perplexity ratio SPEN / GPT")
-        ax.set_title(f"size ladder at {ladder_tokens(s['config']):.3g} tokens")
+        ax.set_title(f"size ladder at {s['ladder_tokens']:.3g} tokens")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
         save(fig, "ladder.png")

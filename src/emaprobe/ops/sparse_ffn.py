@@ -66,6 +66,11 @@ def _sddmm_ok(t: torch.Tensor) -> bool:
     return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
 
 
+def _bag_weight_grad_ok(t: torch.Tensor) -> bool:
+    # embedding_bag's per-sample-weight backward has no CUDA kernel for bf16/fp16 (torch 2.11)
+    return t.device.type == "cpu" or t.dtype in (torch.float32, torch.float64)
+
+
 def _sampled_dots(gy: torch.Tensor, w: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """out[n, j] = <gy[n], w[:, idx[n, j]]>: gy (N, d_out), w (d_out, d_ff), idx (N, k) -> (N, k)."""
     N, k = idx.shape
@@ -96,12 +101,15 @@ class _GatherDown(torch.autograd.Function):
         need_vals, _, need_w = ctx.needs_input_grad
         gy = gy.to(vals.dtype).contiguous()
         sddmm = need_vals and _sddmm_ok(gy)
+        # where neither kernel has the dtype, dvals = (dy W2) at idx: one dense (N, d_ff) GEMM, the
+        # dense form's own cost for this term (the dW2 and forward savings stay)
+        dense_vals = need_vals and not sddmm and not _bag_weight_grad_ok(gy)
         g_vals = g_w = None
-        if need_w or (need_vals and not sddmm):
+        if need_w or (need_vals and not sddmm and not dense_vals):
             # embedding_bag's own backward: dW2^T scattered by index, and (off CPU) dvals
             with torch.enable_grad():
                 wt = w.detach().t().contiguous().requires_grad_(need_w)
-                v = vals.detach().requires_grad_(need_vals and not sddmm)
+                v = vals.detach().requires_grad_(need_vals and not sddmm and not dense_vals)
                 y = F.embedding_bag(idx, wt, per_sample_weights=v, mode="sum")
                 wanted = [t for t in (wt, v) if t.requires_grad]
                 grads = list(torch.autograd.grad(y, wanted, gy))
@@ -111,6 +119,8 @@ class _GatherDown(torch.autograd.Function):
                 g_vals = grads.pop(0)  # (N, k)
         if sddmm:
             g_vals = _sampled_dots(gy, w, idx)  # its CPU kernel is ~3x embedding_bag's per-weight loop
+        elif dense_vals:
+            g_vals = (gy @ w).gather(1, idx.long())  # (N, d_ff) -> (N, k)
         return g_vals, None, g_w
 
 

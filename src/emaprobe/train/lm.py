@@ -412,7 +412,7 @@ def train_lm(
                         on_checkpoint(model, out)
                 raise TrainingInterrupted(
                     f"{signal.Signals(request['signal']).name} at step {done} of {cfg.steps}: checkpoint written to "
-                    f"{ckpt_path}; rerun with --resume to continue"
+                    f"{ckpt_path}"
                 )
             if stop_after is not None and done >= stop_after:
                 break
