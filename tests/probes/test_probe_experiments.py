@@ -1,5 +1,6 @@
 """Each probe experiment's smoke run through the protocol, and the pieces they are built from."""
 
+import dataclasses
 import json
 
 import pytest
@@ -55,6 +56,26 @@ def test_probe_configs_reject_bad_fields():
     with pytest.raises(ValueError, match="claim_cell"):
         mqar.Config(claim_cell=(999, 4, 64))
     assert all(T >= 3 * N for T, N, _ in mqar.gpu().cells())
+
+
+def test_mqar_parallel_runs_the_same_jobs_and_a_rerun_skips_them(tmp_path, capsys):
+    mqar = get_experiment("probe_mqar")
+    cfg = mqar.Config(mixers=("ema", "gla"), vocab=16, seq_lens=(24,), pairs=(2, 4), widths=(16,), lrs=(1e-2, 3e-2),
+                      steps=2, batch=2, n_test=4, seeds=2, claim_cell=(24, 2, 16), device="cpu", parallel=2)
+    mqar.run(cfg, tmp_path)
+    rows = json.loads((tmp_path / "mqar.json").read_text())["rows"]
+    keys = sorted((r["mixer"], r["pairs"], r["lr"], r["seed"]) for r in rows)
+    # the claim cell's lr grid, one more seed at each mixer's best lr, and the other cell's grid
+    grid = [(m, n, lr, 0) for m in ("ema", "gla") for n in (2, 4) for lr in (1e-2, 3e-2)]
+    assert len(keys) == len(set(keys)) == len(grid) + 2
+    assert set(grid) <= set(keys)
+    assert {(m, s) for m, n, _, s in keys if s == 1} == {("ema", 1), ("gla", 1)}
+    capsys.readouterr()
+    mqar.run(dataclasses.replace(cfg, parallel=1), tmp_path)  # parallel is not part of what was measured
+    assert "acc" not in capsys.readouterr().out
+    assert len(json.loads((tmp_path / "mqar.json").read_text())["rows"]) == len(keys)
+    with pytest.raises(ValueError, match="parallel must be >= 1"):
+        dataclasses.replace(cfg, parallel=0)
 
 
 @pytest.mark.parametrize("mixer", ["ema", "selective", "gla", "attention"])

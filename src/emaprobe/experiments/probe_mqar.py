@@ -26,17 +26,24 @@ Budgets:   cpu_long  the claim cell T=64, N=4, D=64 alone, 1500 steps, lr 3e-3, 
                 1000 steps: see results/probes/probe_mqar_long{,_attention,_selective}
            gpu  V=8192, T {64, 256, 1024}, N {4, 16, 64, 256 where T >= 3N}, D {64, 256},
                 lr {3.2e-4, 1e-3, 3.2e-3}, 3000 steps x 64: 9 cells x 2 widths x 3 lrs x 5 mixers
-                = 270 runs, plus 2 seeds x 5 at the claim cell (T=256, N=64, D=256). Not run here
-                (no GPU); every tensor follows ``device`` (auto picks CUDA), and a stopped run
-                resumes from its JSON. Time it on the H200 before trusting an estimate.
+                = 270 runs, plus 2 seeds x 5 at the claim cell (T=256, N=64, D=256), 12 at a
+                time (``parallel``: one process each; 2-layer models at batch 64 leave an H200
+                mostly idle, and its machine has 16 cores). Not run yet; every tensor follows
+                ``device`` (auto picks CUDA). Time it on the H200 before trusting an estimate.
+Order:     the claim cell's lr grid, then its extra seeds at each mixer's best lr beside the rest
+           of the grid, so a run stopped early still has the claim.
 Writes:    OUT/mqar.json (grid rows: cell, lr, accuracy, loss, seconds; claim-cell seeds), written
-           after every cell, so a stopped run keeps its rows and a rerun skips them;
+           after every run, so a stopped run keeps its rows and a rerun of the same config
+           (``parallel`` may differ) skips them;
            OUT/README.md, OUT/mqar_heatmap.png, OUT/claims.json.
 """
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import dataclasses
+import json
+import multiprocessing as mp
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +80,7 @@ class Config:
     seeds: int = 3  # at the claim cell
     claim_cell: tuple[int, int, int] = (64, 4, 64)  # (T, N, D)
     device: str = "auto"
+    parallel: int = 1  # runs at a time, each in its own process (small models leave a GPU mostly idle)
     budget: str = "default"
 
     def __post_init__(self):
@@ -80,8 +88,8 @@ class Config:
         if T not in self.seq_lens or N not in self.pairs or D not in self.widths:
             raise ValueError(f"claim_cell {self.claim_cell} must be a cell of the grid "
                              f"(seq_lens {self.seq_lens}, pairs {self.pairs}, widths {self.widths})")
-        if self.seeds < 1 or self.steps < 1:
-            raise ValueError("seeds and steps must be >= 1")
+        if self.seeds < 1 or self.steps < 1 or self.parallel < 1:
+            raise ValueError("seeds, steps and parallel must be >= 1")
 
     def cells(self) -> list[tuple[int, int, int]]:
         """(T, N, D) cells whose pairs fit: keys need N <= V/2 - 1 and T >= 3N."""
@@ -101,7 +109,7 @@ def cpu() -> Config:
 def gpu() -> Config:
     return Config(vocab=8192, seq_lens=(64, 256, 1024), pairs=(4, 16, 64, 256), widths=(64, 256),
                   lrs=(3.2e-4, 1e-3, 3.2e-3), steps=3000, batch=64, n_test=1000, key_dim=64, rank=32,
-                  claim_cell=(256, 64, 256), budget="gpu")
+                  claim_cell=(256, 64, 256), parallel=12, budget="gpu")
 
 
 def cpu_long() -> Config:
@@ -127,14 +135,22 @@ def _key(r: dict) -> tuple:
     return (r["mixer"], r["seq_len"], r["pairs"], r["width"], r["lr"], r["seed"])
 
 
+def _one_in_subprocess(cfg: Config, mixer: str, cell, lr: float, seed: int) -> dict:
+    torch.set_num_threads(1)  # the parent's cores are shared by `parallel` workers
+    return _one(cfg, mixer, cell, lr, seed, pick_device(cfg.device))
+
+
 def run(cfg: Config, out: Path) -> None:
+    """The claim cell's lr grid first, then its seeds at each mixer's best lr beside the rest
+    of the grid, ``parallel`` runs at a time; every finished run is saved at once."""
     out = Path(out)
     dev = pick_device(cfg.device)
     path = out / RESULT
     rows: list[dict] = []
-    if path.is_file():  # resume: keep rows measured under the same config
+    if path.is_file():  # resume: keep rows measured under the same config (``parallel`` aside)
         old = read_json(path)
-        if old.get("config") == dataclasses.asdict(cfg):
+        same = json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples read back as lists
+        if {**old.get("config", {}), "parallel": cfg.parallel} == same:
             rows = old["rows"]
     done = {_key(r) for r in rows}
     t0 = time.perf_counter()
@@ -144,29 +160,35 @@ def run(cfg: Config, out: Path) -> None:
                                            torch_threads=torch.get_num_threads(),
                                            wall_seconds=round(time.perf_counter() - t0, 1)))
 
-    # the claim cell first: it is what the claim needs, if the run is stopped early
-    cells = cfg.cells()
-    cells.sort(key=lambda c: c != tuple(cfg.claim_cell))
-    for cell in cells:
-        for mixer in cfg.mixers:
-            for lr in cfg.lrs:
-                if (mixer, *cell, lr, 0) in done:
-                    continue
-                r = _one(cfg, mixer, cell, lr, 0, dev)
-                rows.append(r)
-                save()
-                print(f"  {mixer:<12} T={cell[0]} N={cell[1]} D={cell[2]} lr={lr:g}: acc {r['accuracy']:.3f} "
-                      f"({r['seconds']} s)", flush=True)
-            if cell == tuple(cfg.claim_cell):
-                best = max((r for r in rows if r["mixer"] == mixer and _cell(r) == cell and r["seed"] == 0),
-                           key=lambda r: r["accuracy"])
-                for seed in range(1, cfg.seeds):
-                    if (mixer, *cell, best["lr"], seed) in done:
-                        continue
-                    r = _one(cfg, mixer, cell, best["lr"], seed, dev)
-                    rows.append(r)
-                    save()
-                    print(f"  {mixer:<12} claim cell seed {seed}: acc {r['accuracy']:.3f}", flush=True)
+    def execute(jobs: list[tuple]) -> None:
+        jobs = [j for j in jobs if (j[0], *j[1], j[2], j[3]) not in done]
+        if not jobs:
+            return
+
+        def record(r: dict) -> None:
+            rows.append(r)
+            done.add(_key(r))
+            save()
+            print(f"  {r['mixer']:<12} T={r['seq_len']} N={r['pairs']} D={r['width']} lr={r['lr']:g} seed {r['seed']}: "
+                  f"acc {r['accuracy']:.3f} ({r['seconds']} s; {len(done)} runs, {time.perf_counter() - t0:.0f} s)",
+                  flush=True)
+
+        if cfg.parallel == 1 or len(jobs) == 1:
+            for mixer, cell, lr, seed in jobs:
+                record(_one(cfg, mixer, cell, lr, seed, dev))
+            return
+        ctx = mp.get_context("spawn")  # CUDA cannot be forked
+        with cf.ProcessPoolExecutor(max_workers=min(cfg.parallel, len(jobs)), mp_context=ctx) as pool:
+            for fut in cf.as_completed([pool.submit(_one_in_subprocess, cfg, *j) for j in jobs]):
+                record(fut.result())
+
+    claim = tuple(cfg.claim_cell)
+    execute([(m, claim, lr, 0) for m in cfg.mixers for lr in cfg.lrs])
+    best = {m: max((r for r in rows if r["mixer"] == m and _cell(r) == claim and r["seed"] == 0),
+                   key=lambda r: r["accuracy"])["lr"] for m in cfg.mixers}
+    seeds = [(m, claim, best[m], seed) for m in cfg.mixers for seed in range(1, cfg.seeds)]
+    grid = [(m, cell, lr, 0) for cell in cfg.cells() if cell != claim for m in cfg.mixers for lr in cfg.lrs]
+    execute(seeds + grid)
     save()
 
 
