@@ -587,16 +587,8 @@ def summarize(runs: dict[str, dict]) -> dict[str, Any]:
         sp, gp = head["spen-ema"][0], head["gpt"][0]
         h: dict[str, Any] = {"spen": _brief(sp), "gpt": _brief(gp),
                              "ratio": {split: sp["final"][split]["ppl"] / gp["final"][split]["ppl"] for split in sp["final"]}}
-        curve_s = {c["tokens"]: c["val_loss"] for c in sp["curve"]}
-        curve_g = {c["tokens"]: c["val_loss"] for c in gp["curve"]}
-        common_t = sorted(set(curve_s) & set(curve_g))
-        h["curve_ratio"] = [{"tokens": t, "ratio": math.exp(curve_s[t] - curve_g[t])} for t in common_t]
-        fits = {}
-        for fam, r in (("spen", sp), ("gpt", gp)):
-            pts = [(c["tokens"], c["val_loss"]) for c in r["curve"]]
-            pts = pts[len(pts) // 3:] if len(pts) >= 6 else pts  # the early transient is not the law
-            if len(pts) >= 3:
-                fits[fam] = power_law_fit(*zip(*pts), at=PAPER["tokens"])
+        h["curve_ratio"] = _curve_ratio(sp, gp)
+        fits = {fam: f for fam, f in (("spen", _curve_fit(sp)), ("gpt", _curve_fit(gp))) if f}
         # every seed of the headline scale: {variant: {seed: run}}
         by_seed: dict[str, dict[int, dict]] = {}
         for v in VARIANTS:
@@ -618,19 +610,38 @@ def summarize(runs: dict[str, dict]) -> dict[str, Any]:
                 e_k, v_k, g_k = (_test_loss(x) for x in (by_seed["spen-ema"][k], runs_v[k], by_seed["gpt"][k]))
                 if e_k > g_k:
                     gaps[k] = (e_k - v_k) / (e_k - g_k)
+            fit = _curve_fit(r)
             h["others"][v] = {**_brief(r), "ratio": {k: r["final"][k]["ppl"] / gp["final"][k]["ppl"] for k in r["final"]},
                               "gap_closed": (le - lv) / (le - lg) if le > lg else None,
-                              "gap_losses": {"spen-ema": le, v: lv, "gpt": lg}, "gap_closed_seeds": gaps}
+                              "gap_losses": {"spen-ema": le, v: lv, "gpt": lg}, "gap_closed_seeds": gaps,
+                              "curve_ratio": _curve_ratio(r, gp),
+                              "extrapolated": _extrapolate(fit, fits["gpt"]) if fit and "gpt" in fits else None}
         if len(fits) == 2:
-            f_s, f_g = fits["spen"], fits["gpt"]
-            dl = f_s["loss"] - f_g["loss"]
-            # the ratio of perplexities is exp(L_spen - L_gpt); its interval from the two loss intervals
-            lo = math.exp(f_s["loss_lo"] - f_g["loss_hi"])
-            hi = math.exp(f_s["loss_hi"] - f_g["loss_lo"])
-            h["extrapolated"] = {"tokens": PAPER["tokens"], "ppl_ratio": math.exp(dl), "ppl_ratio_lo": lo,
-                                 "ppl_ratio_hi": hi, "fits": fits}
+            h["extrapolated"] = {**_extrapolate(fits["spen"], fits["gpt"]), "fits": fits}
         s["headline"] = h
     return s
+
+
+def _curve_ratio(a: dict, b: dict) -> list[dict]:
+    """exp(L_a - L_b) at every token count both runs' curves evaluated: the perplexity ratio a / b."""
+    la = {c["tokens"]: c["val_loss"] for c in a["curve"]}
+    lb = {c["tokens"]: c["val_loss"] for c in b["curve"]}
+    return [{"tokens": t, "ratio": math.exp(la[t] - lb[t])} for t in sorted(set(la) & set(lb))]
+
+
+def _curve_fit(r: dict) -> dict | None:
+    """A power law through the later two thirds of a run's curve (the early transient is not the
+    law), predicted at the paper's token count; None with fewer than 3 points."""
+    pts = [(c["tokens"], c["val_loss"]) for c in r["curve"]]
+    pts = pts[len(pts) // 3:] if len(pts) >= 6 else pts
+    return power_law_fit(*zip(*pts), at=PAPER["tokens"]) if len(pts) >= 3 else None
+
+
+def _extrapolate(f_a: dict, f_b: dict) -> dict:
+    """The perplexity ratio exp(L_a - L_b) at the fits' token count, its interval from the two loss intervals."""
+    return {"tokens": f_a["at"], "ppl_ratio": math.exp(f_a["loss"] - f_b["loss"]),
+            "ppl_ratio_lo": math.exp(f_a["loss_lo"] - f_b["loss_hi"]),
+            "ppl_ratio_hi": math.exp(f_a["loss_hi"] - f_b["loss_lo"]), "fit": f_a}
 
 
 def ladder_rows(runs: dict[str, dict], cfg: dict[str, Any], best: dict[str, float | None]) -> tuple[int | None, list[dict]]:
@@ -831,7 +842,12 @@ def _readme(s: dict, runs: dict[str, dict], figures: list[str], command: str) ->
         for v, o in others.items():
             closed = f"; it closes {o['gap_closed']:.2f} of the ema -> gpt test-loss gap" if o["gap_closed"] is not None else ""
             lines += ["", f"Perplexity ratio {v} / GPT: " + ", ".join(f"{k} {r:.3f}" for k, r in o["ratio"].items())
-                      + f" (seed 0){closed}."]
+                      + f" (seed 0){closed}. Along the curve: "
+                      + ", ".join(f"{c['tokens']:.3g} tok {c['ratio']:.3f}" for c in o["curve_ratio"]) + "."]
+            if o.get("extrapolated"):
+                e = o["extrapolated"]
+                lines[-1] += (f" Extrapolated to 8B tokens (not a measurement): {e['ppl_ratio']:.2f} "
+                              f"(95% interval {e['ppl_ratio_lo']:.2f}-{e['ppl_ratio_hi']:.2f}).")
         if len(h["ratio_seeds"]) > 1:
             lines += ["", f"Perplexity ratio SPEN / GPT on {h['main_split']} by seed: "
                       + ", ".join(f"seed {k} {v:.3f}" for k, v in h["ratio_seeds"].items()) + "."]
@@ -909,37 +925,43 @@ def _plots(s: dict, runs: dict[str, dict], out: Path) -> list[str]:
 
     h = s.get("headline")
     if h:
-        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-        for fam, r in (("spen", h["spen"]), ("gpt", h["gpt"])):
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.6))
+        fits = h.get("extrapolated", {}).get("fits", {})
+        drawn = [("ema", h["spen"], fits.get("spen"), h["curve_ratio"], h.get("extrapolated")), ("gpt", h["gpt"], fits.get("gpt"), None, None)]
+        drawn += [(v.removeprefix("spen-"), o, (o.get("extrapolated") or {}).get("fit"), o["curve_ratio"], o.get("extrapolated"))
+                  for v, o in h.get("others", {}).items()]
+        for i, (label, r, fit, ratio, ex) in enumerate(drawn):
+            at = PAPER["tokens"] * 1.12 ** i  # side by side at 8B
             curve = runs[r["name"]]["curve"]
             x, y = [c["tokens"] for c in curve], [c["val_loss"] for c in curve]
-            (line,) = ax.plot(x, y, marker="o", ms=4, label=f"{runs[r['name']]['config_name']} ({r['name']})")
-            fit = h.get("extrapolated", {}).get("fits", {}).get(fam)
+            name = runs[r["name"]]["config_name"] + ("" if label == "gpt" else f", {label}")
+            (line,) = ax.plot(x, y, marker="o", ms=4, label=name)
             if fit:
                 xs = np.geomspace(x[0], PAPER["tokens"], 50)
-                ax.plot(xs, np.exp(fit["log_coef"]) * xs ** (-fit["exponent"]), ls="--", color=line.get_color(),
-                        alpha=0.6, label=f"{fam} power law (extrapolation)")
-                ax.errorbar([PAPER["tokens"]], [fit["loss"]], yerr=[[fit["loss"] - fit["loss_lo"]], [fit["loss_hi"] - fit["loss"]]],
+                ax.plot(xs, np.exp(fit["log_coef"]) * xs ** (-fit["exponent"]), ls="--", color=line.get_color(), alpha=0.6)
+                ax.errorbar([at], [fit["loss"]], yerr=[[fit["loss"] - fit["loss_lo"]], [fit["loss_hi"] - fit["loss"]]],
                             color=line.get_color(), capsize=3)
+            if ratio:
+                ax2.plot([c["tokens"] for c in ratio], [c["ratio"] for c in ratio], marker="o", color=line.get_color(),
+                         label=f"{label} / gpt, measured")
+            if ex:
+                ax2.errorbar([at], [ex["ppl_ratio"]],
+                             yerr=[[ex["ppl_ratio"] - ex["ppl_ratio_lo"]], [ex["ppl_ratio_hi"] - ex["ppl_ratio"]]],
+                             fmt="s", capsize=3, color=line.get_color(), label=f"{label} / gpt, extrapolated (power laws)")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("training tokens")
         ax.set_ylabel("validation loss (nats/token)")
-        ax.set_title("token curve, log-log (dashed: extrapolation to 8B)")
+        ax.set_title("token curve, log-log (dashed: power laws extrapolated to 8B)")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
-        cr = h["curve_ratio"]
-        ax2.plot([c["tokens"] for c in cr], [c["ratio"] for c in cr], marker="o", label="measured")
-        ex = h.get("extrapolated")
-        if ex:
-            ax2.errorbar([PAPER["tokens"]], [ex["ppl_ratio"]],
-                         yerr=[[ex["ppl_ratio"] - ex["ppl_ratio_lo"]], [ex["ppl_ratio_hi"] - ex["ppl_ratio"]]],
-                         fmt="s", capsize=3, label="extrapolated (power laws)")
         ax2.axhline(PAPER["ppl_ratio_130m"], color="k", ls=":", label="paper: about 8x at 8B tokens")
+        ax2.axhline(1.0, color="grey", lw=0.8)
         ax2.set_xscale("log")
+        ax2.set_yscale("log")
         ax2.set_xlabel("training tokens")
-        ax2.set_ylabel("perplexity ratio SPEN / GPT")
-        ax2.set_title("the ratio against tokens")
+        ax2.set_ylabel("perplexity ratio to GPT")
+        ax2.set_title(f"the ratio against tokens ({s['config']['headline_size']} size, seed 0)")
         ax2.grid(alpha=0.3, which="both")
         ax2.legend(fontsize=7)
         save(fig, "token_curve.png")
