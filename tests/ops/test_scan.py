@@ -136,6 +136,24 @@ def test_step_form_equals_parallel():
     torch.testing.assert_close(g, ys[:, -1], rtol=1e-5, atol=1e-6)
 
 
+def test_ema_step_makes_its_coefficients_once(monkeypatch):
+    """A decode step calls ema_step once a layer a token: the alphas become a tensor once per
+    (alphas, device), not per call (on CUDA each was a host-to-device copy)."""
+    from emaprobe.ops.triton import cache
+
+    cache.clear()
+    x, h = torch.randn(2, 5), torch.randn(2, 3, 5)
+    first = ema_step(x, h, (0.5, 0.1, 0.02))
+    made = []
+    real = torch.tensor
+    monkeypatch.setattr(torch, "tensor", lambda *a, **k: made.append(a) or real(*a, **k))
+    again = ema_step(x, h, (0.5, 0.1, 0.02))
+    assert made == [] and torch.equal(first, again)
+    ema_step(x, h, (0.5, 0.2, 0.02))  # other alphas: their own entry
+    assert len(made) == 1
+    cache.clear()
+
+
 def test_streaming_in_pieces_equals_one_pass():
     x = torch.randn(2, 1000, 4)
     full = ema_traces(x, ALPHAS)
@@ -212,3 +230,20 @@ def test_a_registered_backend_serves_both_ops_through_one_contract(monkeypatch):
     a, b = torch.rand(2, 7, 3), torch.randn(2, 7, 3)
     torch.testing.assert_close(linear_scan(a, b, backend="reference"), linear_scan(a, b, backend="torch"))
     assert calls == [("ema_traces", tuple(ALPHAS)), "linear_scan"]
+
+
+def test_a_backend_that_fails_to_import_stays_a_known_name(monkeypatch):
+    """Asking twice for a kernel backend that cannot load falls back the same way both times;
+    the name never turns into an unknown one (an order-dependent failure before)."""
+    from emaprobe.ops import scan
+
+    def broken():
+        raise ImportError("no such kernel library")
+
+    monkeypatch.setitem(scan._LAZY_BACKENDS, "broken", broken)
+    monkeypatch.setattr(scan, "_UNAVAILABLE", set())
+    cuda = torch.device("cuda")
+    with pytest.warns(RuntimeWarning, match="'broken' is unavailable"):
+        assert scan.resolve_backend("broken", cuda) == "torch"
+    assert scan.resolve_backend("broken", cuda) == "torch"
+    assert "broken" in scan.available_backends()

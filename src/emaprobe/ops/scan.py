@@ -81,6 +81,8 @@ BACKENDS: dict[str, ScanBackend] = {
 }
 # name -> a function that builds the backend; called once, the first time the name is asked for
 _LAZY_BACKENDS: dict[str, Callable[[], ScanBackend]] = {"triton": _triton_backend}
+# lazy backends whose build failed (no Triton, say): still valid names, never tried again
+_UNAVAILABLE: set[str] = set()
 _warned: set[str] = set()
 
 
@@ -98,13 +100,13 @@ def _load(name: str) -> ScanBackend | None:
     if name in BACKENDS:
         return BACKENDS[name]
     build = _LAZY_BACKENDS.get(name)
-    if build is None:
+    if build is None or name in _UNAVAILABLE:
         return None
     try:
         backend = build()
     except Exception as err:  # noqa: BLE001 - any import failure means "not available"
         _warn_once(f"import-{name}", f"scan backend {name!r} is unavailable ({err}); using 'torch'")
-        _LAZY_BACKENDS.pop(name)
+        _UNAVAILABLE.add(name)  # the name stays known: asking again falls back the same way
         return None
     _LAZY_BACKENDS.pop(name)
     register_backend(backend)
@@ -121,7 +123,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         return "naive"
     if backend == "auto":
         if device.type == "cuda":
-            for name in _LAZY_BACKENDS.copy():
+            for name in list(_LAZY_BACKENDS):
                 if _load(name) is not None:
                     return name
             for name, be in BACKENDS.items():
