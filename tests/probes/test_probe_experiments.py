@@ -73,7 +73,9 @@ def test_mqar_parallel_runs_the_same_jobs_and_a_rerun_skips_them(tmp_path, capsy
     capsys.readouterr()
     mqar.run(dataclasses.replace(cfg, parallel=1), tmp_path)  # parallel is not part of what was measured
     assert "acc" not in capsys.readouterr().out
-    assert len(json.loads((tmp_path / "mqar.json").read_text())["rows"]) == len(keys)
+    again = json.loads((tmp_path / "mqar.json").read_text())
+    assert len(again["rows"]) == len(keys)
+    assert again["resumed_from"] == [again["git_sha"]]  # the first run's commit, kept
     with pytest.raises(ValueError, match="parallel must be >= 1"):
         dataclasses.replace(cfg, parallel=0)
 

@@ -147,17 +147,20 @@ def run(cfg: Config, out: Path) -> None:
     dev = pick_device(cfg.device)
     path = out / RESULT
     rows: list[dict] = []
+    earlier: list[str] = []  # the commits of the runs this one resumes
+    t0 = time.perf_counter()
     if path.is_file():  # resume: keep rows measured under the same config (``parallel`` aside)
         old = read_json(path)
         same = json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples read back as lists
         if {**old.get("config", {}), "parallel": cfg.parallel} == same:
             rows = old["rows"]
+            earlier = list(dict.fromkeys([*old.get("resumed_from", []), old.get("git_sha", "unknown")]))
+            t0 -= old.get("wall_seconds", 0)  # wall seconds add up across resumes
     done = {_key(r) for r in rows}
-    t0 = time.perf_counter()
 
     def save():
         atomic_write_json(path, run_record(experiment=NAME, config=dataclasses.asdict(cfg), rows=rows,
-                                           torch_threads=torch.get_num_threads(),
+                                           torch_threads=torch.get_num_threads(), resumed_from=earlier,
                                            wall_seconds=round(time.perf_counter() - t0, 1)))
 
     def execute(jobs: list[tuple]) -> None:
@@ -283,7 +286,9 @@ def report(out: Path) -> None:
              f"Made by `emaprobe.experiments.{NAME}`; drawn from `{RESULT}` alone. V={cfg['vocab']}, "
              f"{cfg['steps']} steps x {cfg['batch']} fresh sequences, lrs {cfg['lrs']}, best lr per cell "
              f"(chance = 2/V = {2 / cfg['vocab']:.3f}: values are uniform over V/2 tokens); "
-             f"{res['device']}, {res['wall_seconds']} s.", "", "![heatmap](mqar_heatmap.png)", "",
+             f"{res['device']}, {res['wall_seconds']} s"
+             + (f" (resuming the runs of {', '.join(str(c)[:10] for c in res['resumed_from'])})"
+                if res.get("resumed_from") else "") + ".", "", "![heatmap](mqar_heatmap.png)", "",
              "| T | N | D | " + " | ".join(mixers) + " |", "|---:|---:|---:|" + "---:|" * len(mixers)]
     for c in cells:
         cellv = [f"{best[(m, *c)]['accuracy']:.3f} ({best[(m, *c)]['lr']:g})" if (m, *c) in best else "-"
