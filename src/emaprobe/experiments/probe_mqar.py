@@ -18,8 +18,9 @@ Command:   emaprobe run probe_mqar --budget cpu --out results/probes/probe_mqar
 Budgets:   cpu_long  the claim cell T=64, N=4, D=64 alone, 1500 steps, lr 3e-3, 3 seeds: is it learning?
            cpu  V=64, T {64, 128}, N {4, 8}, D {64}, lr {3e-3, 1e-2}, 300 steps x 32 sequences:
                 far short of Zoology's training (millions of sequences): read it as the start of
-                learning. The committed run (results/probes/probe_mqar) took 45 minutes on 2 busy
-                shared cores and was stopped before its last cell (T=128, N=8).
+                learning. The committed run (results/probes/probe_mqar) took 46 minutes on 2 busy
+                shared cores before it was stopped; its resume (`--set parallel=2`) added the last
+                cell (T=128, N=8) in 3 minutes, where only attention rose above chance (0.33).
            Measured, claim cell T=64 N=4 D=64, 3 seeds at the best lr (chance 0.031):
                 300 steps:  ema 0.034, learned_ema 0.034, selective 0.049, gla 0.194 ± 0.136,
                             attention 0.293 (results/probes/probe_mqar)
