@@ -452,20 +452,30 @@ class _Launch(NamedTuple):
     groups: tuple  # per group from s0: (s0, scalar arguments, pass 1's constants, the scan's constants)
 
 
+def _segmented(cfg: TileConfig | None, table, B: int, T: int, D: int, alphas: tuple[float, ...], sms: int):
+    """The tile config one launch takes and how it cuts T: (cfg, channel blocks, segments, segment
+    length, warm-up steps per timescale or None, whether the segments need two passes)."""
+    cfg = choose(cfg, table, B, D, sms)
+    nd = -(-D // cfg.block)
+    nseg, seglen, warm = ema_plan(cfg, B * nd, T, alphas, sms)
+    return cfg, nd, nseg, seglen, warm, nseg > 1 and warm is None
+
+
+def _tile_constants(cfg: TileConfig, D: int, ns: int) -> dict:
+    """The constants both directions' kernels take from the tile config, for a group of ``ns`` timescales."""
+    return dict(NS=ns, CT=cfg.ct, BD=cfg.block, VEC=cfg.vec, STAGES=cfg.stages, num_warps=cfg.num_warps,
+                EVEN_D=D % cfg.block == 0, WSTAGES=cfg.warm_stages)
+
+
 def _ema_fwd_launch(B: int, T: int, D: int, alphas: tuple[float, ...], has_h0: bool, device: torch.device,
                     sms: int, cfg: TileConfig | None) -> _Launch:
     S = len(alphas)
     if T == 0 or B * D == 0:
         return _Launch(S, None, (), False, ())
-    cfg = choose(cfg, EMA_FWD, B, D, sms)
-    nd = -(-D // cfg.block)
-    nseg, seglen, warm = ema_plan(cfg, B * nd, T, alphas, sms)
-    two_pass = nseg > 1 and warm is None
+    cfg, nd, nseg, seglen, warm, two_pass = _segmented(cfg, EMA_FWD, B, T, D, alphas, sms)
     groups = []
     for (dec, dec64, alp), s0 in zip(_coefs(alphas, device).groups, range(0, S, GROUP)):
-        kw = dict(NS=min(GROUP, S - s0), CT=cfg.ct, BD=cfg.block, VEC=cfg.vec, STAGES=cfg.stages,
-                  num_warps=cfg.num_warps, EVEN_D=D % cfg.block == 0, WSTAGES=cfg.warm_stages,
-                  OUT_POLICY=EMA_OUT_POLICY)
+        kw = dict(_tile_constants(cfg, D, min(GROUP, S - s0)), OUT_POLICY=EMA_OUT_POLICY)
         # x is shared: one warm-up long enough for the group's slowest timescale
         warmlen = 0 if warm is None else max(warm[s0:s0 + GROUP])
         args = (dec, dec64, alp, T, D, S * D, seglen, nseg, warmlen)
@@ -517,14 +527,10 @@ def _ema_bwd_launch(B: int, T: int, S: int, D: int, alphas: tuple[float, ...], h
                     device: torch.device, sms: int, cfg: TileConfig | None) -> _Launch:
     if T == 0 or B * D == 0:
         return _Launch(S, None, (), False, ())
-    cfg = choose(cfg, EMA_BWD, B, D, sms)
-    nd = -(-D // cfg.block)
-    nseg, seglen, warm = ema_plan(cfg, B * nd, T, alphas, sms)
-    two_pass = nseg > 1 and warm is None
+    cfg, nd, nseg, seglen, warm, two_pass = _segmented(cfg, EMA_BWD, B, T, D, alphas, sms)
     groups = []
     for (dec, dec64, alp), s0 in zip(_coefs(alphas, device).groups, range(0, S, GROUP)):
-        kw = dict(NS=min(GROUP, S - s0), CT=cfg.ct, BD=cfg.block, VEC=cfg.vec, STAGES=cfg.stages,
-                  num_warps=cfg.num_warps, EVEN_D=D % cfg.block == 0, WSTAGES=cfg.warm_stages)
+        kw = _tile_constants(cfg, D, min(GROUP, S - s0))
         # each timescale's gradient is its own tensor: each warms up over its own steps
         w = [0] * GROUP if warm is None else (warm[s0:s0 + GROUP] + [0] * GROUP)[:GROUP]
         args = (dec, dec64, alp, T, D, S * D, seglen, nseg, *w)
