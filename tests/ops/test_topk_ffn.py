@@ -12,13 +12,13 @@ D_IN, D_FF, D_OUT = 37, 101, 29
 IMPLS = sorted(FFN_IMPLS) + ["auto"]
 
 
-def _inputs(lead, dtype, seed=0):
+def _inputs(lead, dtype, seed=0, device="cpu"):
     gen = torch.Generator().manual_seed(seed)
     c = torch.randn(*lead, D_IN, generator=gen, dtype=torch.float64)
     w_up = torch.randn(D_FF, D_IN, generator=gen, dtype=torch.float64) / D_IN**0.5
     w_down = torch.randn(D_OUT, D_FF, generator=gen, dtype=torch.float64) / D_FF**0.5
     gy = torch.randn(*lead, D_OUT, generator=gen, dtype=torch.float64)
-    return [t.to(dtype).requires_grad_(t is not gy) for t in (c, w_up, w_down)], gy.to(dtype)
+    return [t.to(device, dtype).requires_grad_() for t in (c, w_up, w_down)], gy.to(device, dtype)
 
 
 def _value_and_grads(fn, c, w_up, w_down, gy):
@@ -63,9 +63,7 @@ def test_topk_ffn_bfloat16_matches_dense_bfloat16(impl, device):
     # bf16 rounding can change which units win, so compare against the dense form on the
     # same bf16 activations (identical selection), to bf16 accuracy. On CUDA this takes the
     # dense-GEMM path for dvals (embedding_bag has no bf16 per-weight backward there).
-    (c, w_up, w_down), gy = _inputs((3, 5), torch.bfloat16, seed=2)
-    c, w_up, w_down = (t.detach().to(device).requires_grad_() for t in (c, w_up, w_down))
-    gy = gy.to(device)
+    (c, w_up, w_down), gy = _inputs((3, 5), torch.bfloat16, seed=2, device=device)
     got = _value_and_grads(lambda *w: topk_ffn(*w, 7, "relu", impl), c, w_up, w_down, gy)
     ref = _value_and_grads(lambda *w: topk_ffn(*w, 7, "relu", "dense"), c, w_up, w_down, gy)
     for name, g, r in zip(("y", "dc", "dW1", "dW2"), got, ref):
@@ -77,9 +75,7 @@ def test_topk_ffn_bfloat16_matches_dense_bfloat16(impl, device):
 @pytest.mark.parametrize("impl", IMPLS)
 def test_topk_ffn_under_autocast_matches_dense(impl, device):
     """float32 weights under bf16 autocast: every form computes in bf16, as F.linear would."""
-    (c, w_up, w_down), gy = _inputs((3, 5), torch.float32, seed=3)
-    c, w_up, w_down = (t.detach().to(device).requires_grad_() for t in (c, w_up, w_down))
-    gy = gy.to(device)
+    (c, w_up, w_down), gy = _inputs((3, 5), torch.float32, seed=3, device=device)
     with torch.autocast(device, dtype=torch.bfloat16):
         got = _value_and_grads(lambda *w: topk_ffn(*w, 7, "relu", impl), c, w_up, w_down, gy)
         ref = _value_and_grads(lambda *w: topk_ffn(*w, 7, "relu", "dense"), c, w_up, w_down, gy)

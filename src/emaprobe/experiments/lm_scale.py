@@ -604,7 +604,6 @@ def summarize(runs: dict[str, dict]) -> dict[str, Any]:
             if v in ("spen-ema", "gpt") or 0 not in runs_v:
                 continue
             r = runs_v[0]
-            le, lv, lg = _test_loss(sp), _test_loss(r), _test_loss(gp)
             gaps = {}
             for k in sorted(set(runs_v) & set(pair_seeds)):
                 e_k, v_k, g_k = (_test_loss(x) for x in (by_seed["spen-ema"][k], runs_v[k], by_seed["gpt"][k]))
@@ -612,8 +611,8 @@ def summarize(runs: dict[str, dict]) -> dict[str, Any]:
                     gaps[k] = (e_k - v_k) / (e_k - g_k)
             fit = _curve_fit(r)
             h["others"][v] = {**_brief(r), "ratio": {k: r["final"][k]["ppl"] / gp["final"][k]["ppl"] for k in r["final"]},
-                              "gap_closed": (le - lv) / (le - lg) if le > lg else None,
-                              "gap_losses": {"spen-ema": le, v: lv, "gpt": lg}, "gap_closed_seeds": gaps,
+                              "gap_losses": {"spen-ema": _test_loss(sp), v: _test_loss(r), "gpt": _test_loss(gp)},
+                              "gap_closed_seeds": gaps,  # seed -> share of that seed's ema -> gpt gap closed
                               "curve_ratio": _curve_ratio(r, gp),
                               "extrapolated": _extrapolate(fit, fits["gpt"]) if fit and "gpt" in fits else None}
         if len(fits) == 2:
@@ -840,7 +839,8 @@ def _readme(s: dict, runs: dict[str, dict], figures: list[str], command: str) ->
                          + (f"{b['tokens_per_s']:,.0f}" if b.get("tokens_per_s") else "-")
                          + f" | `{b['name']}` | {str(b['git_sha'])[:10]} |")
         for v, o in others.items():
-            closed = f"; it closes {o['gap_closed']:.2f} of the ema -> gpt test-loss gap" if o["gap_closed"] is not None else ""
+            g0 = o["gap_closed_seeds"].get(0)
+            closed = f"; it closes {g0:.2f} of the ema -> gpt test-loss gap" if g0 is not None else ""
             lines += ["", f"Perplexity ratio {v} / GPT: " + ", ".join(f"{k} {r:.3f}" for k, r in o["ratio"].items())
                       + f" (seed 0){closed}. Along the curve: "
                       + ", ".join(f"{c['tokens']:.3g} tok {c['ratio']:.3f}" for c in o["curve_ratio"]) + "."]
