@@ -109,7 +109,7 @@ def cpu() -> Config:
 
 def gpu() -> Config:
     return Config(vocab=8192, seq_lens=(64, 256, 1024), pairs=(4, 16, 64, 256), widths=(64, 256),
-                  lrs=(3.2e-4, 1e-3, 3.2e-3), steps=3000, batch=64, n_test=1000, key_dim=64, rank=32,
+                  lrs=(1e-3, 3.2e-3), steps=1000, batch=256, n_test=1000, key_dim=64, rank=32,
                   claim_cell=(256, 64, 256), parallel=12, budget="gpu")
 
 

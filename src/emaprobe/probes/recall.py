@@ -113,15 +113,22 @@ class RecallModel(nn.Module):
 
 def recall_accuracy(model: RecallModel, task: MQARConfig, n: int, seed: int, device, batch: int = 64) -> float:
     model.eval()
-    hit = tot = 0
-    with torch.no_grad():
+    device = torch.device(device)
+    hit = torch.zeros((), dtype=torch.long, device=device)
+    tot = 0
+    with torch.no_grad(), _autocast(device):
         for i in range(0, n, batch):
-            b = mqar_batch(task, min(batch, n - i), seed=seed + i).to(device)
+            b = mqar_batch(task, min(batch, n - i), seed=seed + i, device=device)
             logits, y = model(b.tokens, b.labels)
-            hit += int((logits.argmax(-1) == y).sum())
+            hit += (logits.argmax(-1) == y).sum()
             tot += y.numel()
     model.train()
-    return hit / max(tot, 1)
+    return int(hit) / max(tot, 1)
+
+
+def _autocast(device: torch.device):
+    """bf16 autocast on CUDA (weights and the loss stay float32), as the LM trainer does; off on CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 def train_recall(
@@ -134,11 +141,15 @@ def train_recall(
     n_test: int = 256,
     weight_decay: float = 0.1,
     device: torch.device | str = "cpu",
+    check_every: int = 100,
 ) -> dict:
-    """AdamW, linear warm-up (10%) then cosine to zero; fresh sequences every step.
+    """AdamW, linear warm-up (10%) then cosine to zero; fresh sequences every step, made on ``device``.
 
-    Returns accuracy on ``n_test`` held-out sequences, the last training losses, the
-    step time and whether the loss ever went non-finite (a diverged lr scores 0).
+    On CUDA the step runs under bf16 autocast. The loss is read back to the host only every
+    ``check_every`` steps (a sync per step would leave a GPU waiting on Python), so a loss that
+    goes non-finite stops training at the next check; ``steps`` counts the finite ones.
+    Returns accuracy on ``n_test`` held-out sequences, the last training losses, the step time
+    and whether the loss ever went non-finite (a diverged lr scores 0).
     """
     device = torch.device(device)
     model.to(device).train()
@@ -147,21 +158,29 @@ def train_recall(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm)))
     )
-    losses, diverged = [], False
+    losses: list[float] = []
+    pending: list[torch.Tensor] = []  # losses not yet read back
+    diverged = False
     t0 = time.perf_counter()
     for step in range(steps):
-        b = mqar_batch(task, batch, seed=seed * 1_000_003 + step).to(device)
-        logits, y = model(b.tokens, b.labels)
+        b = mqar_batch(task, batch, seed=seed * 1_000_003 + step, device=device)
+        with _autocast(device):
+            logits, y = model(b.tokens, b.labels)
         loss = F.cross_entropy(logits.float(), y)
-        if not torch.isfinite(loss):
-            diverged = True
-            break
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        losses.append(loss.item())
+        pending.append(loss.detach())
+        if len(pending) == check_every or step == steps - 1:
+            read = torch.stack(pending).tolist()
+            pending.clear()
+            bad = next((i for i, v in enumerate(read) if not math.isfinite(v)), None)
+            losses += read[:bad]
+            if bad is not None:
+                diverged = True
+                break
     seconds = time.perf_counter() - t0
     acc = 0.0 if diverged else recall_accuracy(model, task, n_test, seed=10_000_000 + seed * 100_003, device=device)
     tail = losses[-max(1, len(losses) // 10):] if losses else [float("nan")]

@@ -14,7 +14,8 @@ value are never the same token. Queries are placed in the query region uniformly
 random without two on one position (Zoology draws the gaps from a power law; the
 uniform placement is our choice, recorded in every result). The answer is
 recoverable by construction: ``answer_by_lookup`` reads it back from the tokens.
-Deterministic: the same config, n and seed give the same batch.
+Deterministic: the same config, n, seed and device give the same batch (a CUDA
+generator draws other numbers than the CPU one, so the batches differ by device).
 """
 
 from __future__ import annotations
@@ -55,24 +56,26 @@ class MQARBatch:
         return MQARBatch(self.tokens.to(device), self.labels.to(device))
 
 
-def mqar_batch(cfg: MQARConfig, n: int, seed: int) -> MQARBatch:
-    """``n`` MQAR sequences of ``cfg`` drawn from ``seed``."""
+def mqar_batch(cfg: MQARConfig, n: int, seed: int, device: torch.device | str = "cpu") -> MQARBatch:
+    """``n`` MQAR sequences of ``cfg`` drawn from ``seed``, made on ``device`` (on a GPU the
+    sort that draws distinct keys would otherwise cost more than a small model's step)."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    g = torch.Generator()
+    device = torch.device(device)
+    g = torch.Generator(device=device)
     g.manual_seed(int(seed))
     V, T, N = cfg.vocab, cfg.seq_len, cfg.n_pairs
     half = V // 2
-    keys = torch.argsort(torch.rand(n, half - 1, generator=g), dim=1)[:, :N] + 1  # (n, N) distinct in [1, V/2)
-    values = torch.randint(half, V, (n, N), generator=g)  # (n, N)
-    tokens = torch.full((n, T), FILLER, dtype=torch.long)
-    labels = torch.full((n, T), IGNORE, dtype=torch.long)
+    keys = torch.argsort(torch.rand(n, half - 1, generator=g, device=device), dim=1)[:, :N] + 1  # (n, N) distinct
+    values = torch.randint(half, V, (n, N), generator=g, device=device)  # (n, N)
+    tokens = torch.full((n, T), FILLER, dtype=torch.long, device=device)
+    labels = torch.full((n, T), IGNORE, dtype=torch.long, device=device)
     tokens[:, 0 : 2 * N : 2] = keys
     tokens[:, 1 : 2 * N : 2] = values
     # each key queried once, at distinct random positions of the query region [2N, T)
     region = T - 2 * N
-    slots = torch.argsort(torch.rand(n, region, generator=g), dim=1)[:, :N] + 2 * N  # (n, N)
-    order = torch.argsort(torch.rand(n, N, generator=g), dim=1)  # which key goes to which slot
+    slots = torch.argsort(torch.rand(n, region, generator=g, device=device), dim=1)[:, :N] + 2 * N  # (n, N)
+    order = torch.argsort(torch.rand(n, N, generator=g, device=device), dim=1)  # which key goes to which slot
     q_keys = torch.gather(keys, 1, order)
     q_vals = torch.gather(values, 1, order)
     tokens.scatter_(1, slots, q_keys)
