@@ -70,3 +70,13 @@ def test_bad_settings_fail_clearly():
         BenchConfig(compile="sometimes")
     with pytest.raises(ValueError, match="unknown model config"):
         BenchConfig(configs=("gpt-9000",))
+
+
+def test_tag_names_the_files_and_a_bad_tag_is_refused(tmp_path, capsys):
+    args = ["bench", "lm", "--quick", "--device", "cpu", "--no-generate", "--seq-lens", "16", "--out", str(tmp_path)]
+    assert main([*args, "--tag", "long_T"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench_lm_cpu_long_T.json", "bench_lm_cpu_long_T.png"]
+    assert {r["part"] for r in json.loads((tmp_path / "bench_lm_cpu_long_T.json").read_text())["rows"]} == {"train"}
+    capsys.readouterr()
+    assert main([*args, "--tag", "a/b"]) != 0
+    assert "--tag 'a/b': use letters, digits" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import torch
 
 from emaprobe.experiments.protocol import EXPERIMENTS, get_experiment, read_claims, run_experiment
 from emaprobe.probes.depth import DepthStack, train_gates
-from emaprobe.probes.recall import RecallModel, RecallModelConfig
+from emaprobe.probes.recall import RecallModel, RecallModelConfig, train_recall
 from emaprobe.probes.states import block_states, build_probe_mixer, mixer_states, residual_states
 from emaprobe.tasks.mqar import IGNORE, MQARConfig, mqar_batch
 
@@ -78,6 +78,24 @@ def test_mqar_parallel_runs_the_same_jobs_and_a_rerun_skips_them(tmp_path, capsy
     assert again["resumed_from"] == [again["git_sha"]]  # the first run's commit, kept
     with pytest.raises(ValueError, match="parallel must be >= 1"):
         dataclasses.replace(cfg, parallel=0)
+
+
+def _recall_run(lr: float, check_every: int) -> dict:
+    torch.manual_seed(0)
+    model = RecallModel(RecallModelConfig(mixer="ema", d_model=16, vocab=32, seq_len=24))
+    return train_recall(model, MQARConfig(32, 24, 4), 9, lr, seed=0, batch=2, n_test=4, check_every=check_every)
+
+
+def test_train_recall_reads_the_loss_back_in_batches_without_changing_the_run():
+    one, four = _recall_run(1e-2, 1), _recall_run(1e-2, 4)  # 9 steps: checks at 4, 8 and the last step
+    assert one["steps"] == four["steps"] == 9 and not one["diverged"]
+    assert one["final_loss"] == four["final_loss"] and one["accuracy"] == four["accuracy"]
+
+
+def test_train_recall_stops_at_the_first_check_after_a_non_finite_loss():
+    r = _recall_run(1e12, 4)
+    assert r["diverged"] and r["accuracy"] == 0.0
+    assert r["steps"] < 9  # the finite losses before the first non-finite one
 
 
 @pytest.mark.parametrize("mixer", ["ema", "selective", "gla", "attention"])

@@ -27,8 +27,10 @@ examples:
   emaprobe bench lm --mixers ema --config spen-130m --compile on --no-train
                                                 only SPEN-130m's compiled generation
   emaprobe bench lm --out results/bench         the committed figures (on purpose only)
-Output: bench_lm_<card>.json and .png in runs/bench/ (ignored by git) unless --out names
-another folder. Each figure is a median of --repeats; warm-up steps (and compiling) are
+  emaprobe bench lm --mixers ema --seq-lens 8192,16384 --no-generate --tag long
+                                                the long-T training rows, in files of their own
+Output: bench_lm_<card>[_<tag>].json and .png in runs/bench/ (ignored by git) unless --out
+names another folder. Each figure is a median of --repeats; warm-up steps (and compiling) are
 not timed. MFU = FLOPs per token x tokens/s / peak FLOP/s (the formula is in the JSON);
 it is null on CPU unless --peak-tflops is given.
 """
@@ -57,7 +59,7 @@ def _lm(args: argparse.Namespace) -> int:
     given = {k: v for k, v in given.items() if v is not None}
     bc = quick_config(**given) if args.quick else BenchConfig(**given)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    run(bc, device=device, out_dir=args.out, peak_tflops=args.peak_tflops)
+    run(bc, device=device, out_dir=args.out, peak_tflops=args.peak_tflops, tag=args.tag)
     return 0
 
 
@@ -163,4 +165,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="peak FLOP/s for MFU, in TFLOP/s (default: the card's dense bf16 datasheet figure; none on CPU)")
     m.add_argument("--out", default="runs/bench",
                    help="folder for the JSON and PNG (default: runs/bench; committed figures need --out results/bench)")
+    m.add_argument("--tag", help="a suffix for the file names, bench_lm_<card>_<tag>.json, so a run of part of the "
+                                 "grid does not replace another's figures (letters, digits, - and _)")
     m.set_defaults(func=_lm)

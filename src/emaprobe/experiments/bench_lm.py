@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -352,8 +353,10 @@ def plot(rows: list[dict], card: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     ok = [r for r in rows if r.get("tokens_per_s")]
+    parts = [p for p in ("train", "generate") if any(r["part"] == p for r in ok)] or ["train"]
+    fig, panels = plt.subplots(1, len(parts), figsize=(6.5 * len(parts), 5), squeeze=False)
+    axes = {p: ax for p, ax in zip(parts, panels[0])}
     models = list(dict.fromkeys(r["model"] for r in ok))
     for i, m in enumerate(models):
         color = f"C{i % 10}"
@@ -362,17 +365,19 @@ def plot(rows: list[dict], card: str, path: Path) -> None:
             tr = sorted((r for r in ok if r["part"] == "train" and r["model"] == m and r["compiled"] == compiled),
                         key=lambda r: r["T"])
             if tr:
-                axes[0].plot([r["T"] for r in tr], [r["tokens_per_s"] for r in tr], style, color=color,
-                             label=f"{m} {'compiled' if compiled else 'eager'}")
+                axes["train"].plot([r["T"] for r in tr], [r["tokens_per_s"] for r in tr], style, color=color,
+                                   label=f"{m} {'compiled' if compiled else 'eager'}")
             for B, marker in zip(sorted({r["B"] for r in ok if r["part"] == "generate"}), "osd^v"):
                 ge = sorted((r for r in ok if r["part"] == "generate" and r["model"] == m
                              and r["compiled"] == compiled and r["B"] == B), key=lambda r: r["prompt"])
                 if ge:
-                    axes[1].plot([r["prompt"] for r in ge], [r["tokens_per_s"] for r in ge],
-                                 style.replace("o", marker), color=color,
-                                 label=f"{m} B={B} {'compiled' if compiled else 'eager'}")
-    for ax, xlabel, title in ((axes[0], "sequence length T (fixed tokens per step)", "training"),
-                              (axes[1], "prompt length", "greedy generation")):
+                    axes["generate"].plot([r["prompt"] for r in ge], [r["tokens_per_s"] for r in ge],
+                                          style.replace("o", marker), color=color,
+                                          label=f"{m} B={B} {'compiled' if compiled else 'eager'}")
+    titles = {"train": ("sequence length T (fixed tokens per step)", "training"),
+              "generate": ("prompt length", "greedy generation")}
+    for part, ax in axes.items():
+        xlabel, title = titles[part]
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel(xlabel)
@@ -387,13 +392,16 @@ def plot(rows: list[dict], card: str, path: Path) -> None:
 
 
 def run(bc: BenchConfig, device: str | torch.device = "cpu", out_dir: str | Path | None = "runs/bench",
-        peak_tflops: float | None = None) -> dict:
-    """Measure every row of ``bc`` on ``device``; write JSON (after each row) and the PNG to ``out_dir``."""
+        peak_tflops: float | None = None, tag: str | None = None) -> dict:
+    """Measure every row of ``bc`` on ``device``; write JSON (after each row) and the PNG to ``out_dir``,
+    as ``bench_lm_<card>[_<tag>]``."""
+    if tag is not None and not re.fullmatch(r"[A-Za-z0-9_-]+", tag):
+        raise ValueError(f"--tag {tag!r}: use letters, digits, '-' and '_' only (it becomes part of a file name)")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is visible to torch")
     card = card_name(dev)
-    slug = card_slug(card)
+    slug = card_slug(card) + (f"_{tag}" if tag else "")
     peak, source = peak_flops(dev, peak_tflops)
     models = model_list(bc)
     plan: list[tuple[dict, Callable[[], dict]]] = []

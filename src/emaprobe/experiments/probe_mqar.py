@@ -26,11 +26,15 @@ Budgets:   cpu_long  the claim cell T=64, N=4, D=64 alone, 1500 steps, lr 3e-3, 
                             attention 0.293 (results/probes/probe_mqar)
                 1000 steps: see results/probes/probe_mqar_long{,_attention,_selective}
            gpu  V=8192, T {64, 256, 1024}, N {4, 16, 64, 256 where T >= 3N}, D {64, 256},
-                lr {3.2e-4, 1e-3, 3.2e-3}, 3000 steps x 64: 9 cells x 2 widths x 3 lrs x 5 mixers
-                = 270 runs, plus 2 seeds x 5 at the claim cell (T=256, N=64, D=256), 12 at a
-                time (``parallel``: one process each; 2-layer models at batch 64 leave an H200
-                mostly idle, and its machine has 16 cores). Not run yet; every tensor follows
-                ``device`` (auto picks CUDA). Time it on the H200 before trusting an estimate.
+                lr {1e-3, 3.2e-3}, 1000 steps x 256: 9 cells x 2 widths x 2 lrs x 5 mixers = 180
+                runs, plus 2 seeds x 5 at the claim cell (T=256, N=64, D=256), 12 at a time
+                (``parallel``: one process each, on an H200's 16 cores; batches are drawn on the GPU
+                and the loss read back every 100 steps). On the H200 (2d3e6fd) twelve at once share
+                the GPU by time-slicing: a claim-cell run took 130 to 280 s, and the first 30 runs
+                717 s (`results/probes/probe_mqar_gpu/mqar.json`). The whole grid is roughly two
+                device-hours, so it runs over several sessions, each resuming the last: `mqar.json`
+                is committed, and a run whose `--out` holds it goes on from it. Why not the first
+                plan (3000 steps x 64, three lrs): `notes/probes.md`.
 Order:     the claim cell's lr grid, then its extra seeds at each mixer's best lr beside the rest
            of the grid, so a run stopped early still has the claim.
 Writes:    OUT/mqar.json (grid rows: cell, lr, accuracy, loss, seconds; claim-cell seeds), written
@@ -225,6 +229,11 @@ def claim_stats(cfg: dict, rows: list[dict]) -> dict:
     return per
 
 
+def _ci_text(s: dict) -> str:
+    """'95% CI [lo, hi]', or why there is none: one seed gives no interval."""
+    return f"95% CI [{s['lo']:.3f}, {s['hi']:.3f}]" if s["n"] >= 2 else "one seed, no CI"
+
+
 def report(out: Path) -> None:
     out = Path(out)
     res = read_json(out / RESULT)
@@ -232,11 +241,11 @@ def report(out: Path) -> None:
     best = best_per_cell(rows)
     mixers = [m for m in cfg["mixers"] if any(k[0] == m for k in best)]
     cells = sorted({k[1:] for k in best})
-    widths = sorted({c[2] for c in cells})
+    widths = list(cfg["widths"])  # the config's whole grid, so cells not run yet show as such
     plt = pyplot()
     fig, axes = plt.subplots(len(widths), len(mixers), figsize=(2.6 * len(mixers), 2.5 * len(widths) + 0.6),
                              squeeze=False)
-    Ts, Ns = sorted({c[0] for c in cells}), sorted({c[1] for c in cells})
+    Ts, Ns = list(cfg["seq_lens"]), list(cfg["pairs"])
     for wi, D in enumerate(widths):
         for mi, m in enumerate(mixers):
             ax = axes[wi, mi]
@@ -250,6 +259,8 @@ def report(out: Path) -> None:
                     if not np.isnan(grid[i, j]):
                         ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=8,
                                 color="white" if grid[i, j] < 0.6 else "black")
+                    elif Ts[j] >= 3 * Ns[i] and Ns[i] <= cfg["vocab"] // 2 - 1:
+                        ax.text(j, i, "not run", ha="center", va="center", fontsize=6, color="gray")
             ax.set_xticks(range(len(Ts)), [str(t) for t in Ts], fontsize=7)
             ax.set_yticks(range(len(Ns)), [str(n) for n in Ns], fontsize=7)
             ax.set_title(f"{m}, D={D}", fontsize=9)
@@ -258,7 +269,7 @@ def report(out: Path) -> None:
             if wi == len(widths) - 1:
                 ax.set_xlabel("seq len T")
     fig.suptitle(f"MQAR accuracy, best lr per cell (V={cfg['vocab']}, {cfg['steps']} steps x {cfg['batch']}; "
-                 f"chance {2 / cfg['vocab']:.3f})", fontsize=10, y=1.03)
+                 f"chance {2 / cfg['vocab']:.2g})", fontsize=10, y=1.03)
     save_fig(fig, out / "mqar_heatmap.png")
 
     per = claim_stats(cfg, rows)
@@ -268,7 +279,7 @@ def report(out: Path) -> None:
         sel = max(cands, key=lambda m: per[m]["mean"])
         n = min(len(per[sel]["accs"]), len(per["ema"]["accs"]))
         diff = mean_ci([a - b for a, b in zip(per[sel]["accs"][:n], per["ema"]["accs"][:n])])
-        verdict = verdict_from_interval(diff["lo"], diff["hi"], threshold=0.0)
+        verdict = verdict_from_interval(diff["lo"], diff["hi"], threshold=0.0) if n >= 2 else "inconclusive"
         solved = per[sel]["mean"] >= 0.9
         if verdict == "confirmed" and not solved:
             verdict = "inconclusive"  # better than EMA, but not recall: selection did not *fix* it here
@@ -279,14 +290,14 @@ def report(out: Path) -> None:
             scale=f"2-layer D={D}, T={T}, N={N} pairs, V={cfg['vocab']}, {cfg['steps']} steps x {cfg['batch']}",
             verdict=verdict, command=command(NAME, out, cfg), labels="MQAR query labels",
             note=f"{sel} {per[sel]['mean']:.3f}, ema {per['ema']['mean']:.3f}, attention "
-                 f"{per.get('attention', {}).get('mean', float('nan')):.3f}; 95% CI of the difference "
-                 f"[{diff['lo']:.3f}, {diff['hi']:.3f}]; confirmed needs the CI above 0 and {sel} >= 0.9"))
+                 f"{per.get('attention', {}).get('mean', float('nan')):.3f}; {_ci_text(diff)} of the difference; "
+                 f"confirmed needs 2 or more seeds, the CI above 0 and {sel} >= 0.9"))
     write_claims(out, claims)
 
     lines = [f"# {NAME}: multi-query associative recall per context mixer", "",
              f"Made by `emaprobe.experiments.{NAME}`; drawn from `{RESULT}` alone. V={cfg['vocab']}, "
              f"{cfg['steps']} steps x {cfg['batch']} fresh sequences, lrs {cfg['lrs']}, best lr per cell "
-             f"(chance = 2/V = {2 / cfg['vocab']:.3f}: values are uniform over V/2 tokens); "
+             f"(chance = 2/V = {2 / cfg['vocab']:.2g}: values are uniform over V/2 tokens); "
              f"{res['device']}, {res['wall_seconds']} s"
              + (f" (resuming the runs of {', '.join(str(c)[:10] for c in res['resumed_from'])})"
                 if res.get("resumed_from") else "") + ".", "", "![heatmap](mqar_heatmap.png)", "",
@@ -297,15 +308,18 @@ def report(out: Path) -> None:
         lines.append(f"| {c[0]} | {c[1]} | {c[2]} | " + " | ".join(cellv) + " |")
     grid = [(T, N, D) for T in cfg["seq_lens"] for N in cfg["pairs"] for D in cfg["widths"]
             if N <= cfg["vocab"] // 2 - 1 and T >= 3 * N]
-    missing = [c for c in grid if any((m, *c) not in best for m in cfg["mixers"])]
-    if missing:
-        lines += ["", f"Not measured (the run was stopped before them; rerunning the same command resumes): "
-                  + ", ".join(f"T={c[0]} N={c[1]} D={c[2]}" for c in missing) + "."]
+    todo = {c: [m for m in cfg["mixers"] if (m, *c) not in best] for c in grid}
+    partly = [f"T={c[0]} N={c[1]} D={c[2]} (no {', '.join(ms)})" for c, ms in todo.items()
+              if ms and len(ms) < len(cfg["mixers"])]
+    untouched = [f"T={c[0]} N={c[1]} D={c[2]}" for c, ms in todo.items() if len(ms) == len(cfg["mixers"])]
+    if partly or untouched:
+        lines += ["", "The run was stopped before the whole grid; rerunning the same command resumes it. "
+                  + (f"Partly measured: {'; '.join(partly)}. " if partly else "")
+                  + (f"Not measured: {', '.join(untouched)}." if untouched else "")]
     if per:
         lines += ["", f"Claim cell T, N, D = {tuple(cfg['claim_cell'])}, seeds at the best lr:", ""]
         for m, p in per.items():
-            lines.append(f"- {m}: {p['mean']:.3f} ± {p['std']:.3f} (lr {p['lr']:g}, n={p['n']}, "
-                         f"95% CI [{p['lo']:.3f}, {p['hi']:.3f}])")
+            lines.append(f"- {m}: {p['mean']:.3f} ± {p['std']:.3f} (lr {p['lr']:g}, n={p['n']}, {_ci_text(p)})")
     for c in claims:
         lines += ["", f"Claim `{c.claim}`: {c.ours:+.3f} ± {c.std:.3f}: **{c.verdict}** ({c.note})."]
     if per:
@@ -318,7 +332,6 @@ def report(out: Path) -> None:
                             f"No mixer solves the task at this budget ({cfg['steps'] * cfg['batch']:,} training sequences; "
                             "Zoology's sweeps train on millions), so only the order can be compared, not the "
                             "solved / unsolved split.")]
-    del missing
     atomic_write_text(out / "README.md", "\n".join(lines) + "\n")
 
 
