@@ -7,7 +7,7 @@ One figure, rows = mechanisms, columns = tasks, each cell a score in [0, 1]:
 | roles within-A     | results/roles/roles.json                 | accuracy of the EMA-trace learners (Hebbian) and the BiGRU |
 | roles deep (>=2)   | results/roles/roles.json                 | the same on deep-embedded clauses       |
 | lag k=4, k=64      | results/probes/probe_lag/lag.json        | bits of x_(t-k) / H(x)                  |
-| MQAR               | results/probes/probe_mqar{,_long}/mqar.json | accuracy at the claim cell, best lr, mean over seeds |
+| MQAR               | results/probes/probe_mqar{,_long,_gpu}/mqar.json | accuracy at the claim cell, best lr, mean over seeds |
 
 The roles rows are the mechanisms that experiment has (EMA traces feeding a
 Hebbian learner, the supervised BiGRU); the content rows are the mixers. A cell
@@ -49,7 +49,8 @@ class Config:
     lag: str = "results/probes/probe_lag/lag.json"
     mqar: tuple[str, ...] = ("results/probes/probe_mqar/mqar.json", "results/probes/probe_mqar_long/mqar.json",
                              "results/probes/probe_mqar_long_attention/mqar.json",
-                             "results/probes/probe_mqar_long_selective/mqar.json")
+                             "results/probes/probe_mqar_long_selective/mqar.json",
+                             "results/probes/probe_mqar_gpu/mqar.json")
     lag_ks: tuple[int, ...] = (4, 64)
     budget: str = "default"
 
@@ -120,7 +121,7 @@ def mqar_columns(res: dict) -> tuple[dict, str]:
             continue
         lr = max(seed0, key=lambda r: r["accuracy"])["lr"]
         col[m] = float(np.mean([r["accuracy"] for r in at if r["mixer"] == m and r["lr"] == lr]))
-    name = f"MQAR T={cell[0]} N={cell[1]}, {cfg.get('steps')} steps (acc)" if cell else "MQAR"
+    name = f"MQAR V={cfg.get('vocab')} T={cell[0]} N={cell[1]}, {cfg.get('steps')} steps (acc)" if cell else "MQAR"
     return ({name: col} if col else {}), "" if col else "MQAR JSON has no rows at its claim cell"
 
 
