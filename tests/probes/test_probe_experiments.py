@@ -98,6 +98,23 @@ def test_train_recall_stops_at_the_first_check_after_a_non_finite_loss():
     assert r["steps"] < 9  # the finite losses before the first non-finite one
 
 
+def test_recall_queries_by_count_match_the_mask_values_and_gradients():
+    torch.manual_seed(0)
+    model = RecallModel(RecallModelConfig(mixer="gla", d_model=16, vocab=32, seq_len=29, key_dim=4, rank=4))
+    b = mqar_batch(MQARConfig(32, 29, 5), 3, seed=1)
+    outs = []
+    for n in (None, 5):
+        model.zero_grad()
+        logits, y = model(b.tokens, b.labels, n)
+        torch.nn.functional.cross_entropy(logits, y).backward()
+        outs.append((logits, y, [p.grad.clone() for p in model.parameters()]))
+    (l0, y0, g0), (l1, y1, g1) = outs
+    assert torch.equal(y0, y1) and l1.shape == (15, 32)
+    torch.testing.assert_close(l0, l1, rtol=0, atol=0)
+    for a, c in zip(g0, g1):
+        torch.testing.assert_close(a, c)
+
+
 @pytest.mark.parametrize("mixer", ["ema", "selective", "gla", "attention"])
 def test_recall_model_is_causal(mixer):
     torch.manual_seed(0)

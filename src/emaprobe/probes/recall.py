@@ -98,17 +98,25 @@ class RecallModel(nn.Module):
         nn.init.normal_(self.tok.weight, std=0.02)
         nn.init.normal_(self.pos.weight, std=0.02)
 
-    def forward(self, tokens: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits (Q, V), targets (Q,)) at the query positions, Q = queries in the batch."""
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor,
+                n_queries: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (Q, V), targets (Q,)) at the query positions, Q = queries in the batch, in
+        row-major order. ``n_queries``: the number of queries in every row, when the caller knows
+        it (MQAR has one per pair); then they are found by a sort of fixed shape instead of a
+        boolean mask, whose data-dependent size makes the GPU wait for the host every step."""
         B, T = tokens.shape
         if T > self.cfg.seq_len:
             raise ValueError(f"RecallModel: sequence of {T} tokens, position table holds {self.cfg.seq_len}")
         x = self.tok(tokens) + self.pos(torch.arange(T, device=tokens.device))  # (B, T, D)
         for blk in self.blocks:
             x = blk(x)
-        mask = labels != IGNORE  # (B, T)
-        h = self.norm(x[mask])  # (Q, D)
-        return F.linear(h, self.tok.weight), labels[mask]
+        if n_queries is None:
+            mask = labels != IGNORE  # (B, T)
+            return F.linear(self.norm(x[mask]), self.tok.weight), labels[mask]
+        # stable: the query positions come first, each row's in ascending order, as x[mask] has them
+        pos = torch.sort((labels != IGNORE).int(), dim=1, descending=True, stable=True).indices[:, :n_queries]
+        h = x.gather(1, pos.unsqueeze(-1).expand(-1, -1, x.shape[-1])).flatten(0, 1)  # (B n_queries, D)
+        return F.linear(self.norm(h), self.tok.weight), labels.gather(1, pos).flatten()
 
 
 def recall_accuracy(model: RecallModel, task: MQARConfig, n: int, seed: int, device, batch: int = 64) -> float:
@@ -119,7 +127,7 @@ def recall_accuracy(model: RecallModel, task: MQARConfig, n: int, seed: int, dev
     with torch.no_grad(), _autocast(device):
         for i in range(0, n, batch):
             b = mqar_batch(task, min(batch, n - i), seed=seed + i, device=device)
-            logits, y = model(b.tokens, b.labels)
+            logits, y = model(b.tokens, b.labels, task.n_pairs)
             hit += (logits.argmax(-1) == y).sum()
             tot += y.numel()
     model.train()
@@ -129,6 +137,21 @@ def recall_accuracy(model: RecallModel, task: MQARConfig, n: int, seed: int, dev
 def _autocast(device: torch.device):
     """bf16 autocast on CUDA (weights and the loss stay float32), as the LM trainer does; off on CPU."""
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def recall_step(model: RecallModel, opt: torch.optim.Optimizer, task: MQARConfig, batch: int, seed: int,
+                device: torch.device) -> torch.Tensor:
+    """One training step on a fresh batch drawn from ``seed``; returns the loss, left on the device
+    (nothing here waits for the GPU: ``tests/probes/test_recall_gpu.py`` checks it)."""
+    b = mqar_batch(task, batch, seed=seed, device=device)
+    with _autocast(device):
+        logits, y = model(b.tokens, b.labels, task.n_pairs)
+    loss = F.cross_entropy(logits.float(), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return loss.detach()
 
 
 def train_recall(
@@ -163,16 +186,8 @@ def train_recall(
     diverged = False
     t0 = time.perf_counter()
     for step in range(steps):
-        b = mqar_batch(task, batch, seed=seed * 1_000_003 + step, device=device)
-        with _autocast(device):
-            logits, y = model(b.tokens, b.labels)
-        loss = F.cross_entropy(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        pending.append(recall_step(model, opt, task, batch, seed * 1_000_003 + step, device))
         sched.step()
-        pending.append(loss.detach())
         if len(pending) == check_every or step == steps - 1:
             read = torch.stack(pending).tolist()
             pending.clear()
@@ -188,4 +203,4 @@ def train_recall(
             "seconds": round(seconds, 2), "params": sum(p.numel() for p in model.parameters())}
 
 
-__all__ = ["RecallModel", "RecallModelConfig", "recall_accuracy", "train_recall"]
+__all__ = ["RecallModel", "RecallModelConfig", "recall_accuracy", "recall_step", "train_recall"]
