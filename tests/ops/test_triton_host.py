@@ -325,3 +325,53 @@ def test_plan_builders_trace_in_one_graph_under_compile(dynamic):
     finally:
         torch._dynamo.reset()
         undo()
+
+
+def test_direct_launch_reuses_the_compiled_kernel_only_for_the_same_specialization(ops, monkeypatch):
+    import importlib
+
+    common = importlib.import_module("emaprobe.ops.triton.common")
+    monkeypatch.setattr(common, "DIRECT", True)
+    monkeypatch.setattr(common, "_hooked", lambda: False)
+    monkeypatch.setattr(common, "_stream", lambda device_index: 1234)
+    log = []
+
+    class Compiled:  # what Triton's JITFunction.run returns: the kernel and its launcher
+        function, packed_metadata = "function", "metadata"
+
+        def run(self, *args):
+            log.append(("direct", args))
+
+    def kernel(x, y, n, C, D=7):  # C a constexpr given by the launch, D one left at its default
+        pass
+
+    class Jit:
+        fn = staticmethod(kernel)  # a JITFunction keeps the Python function as an attribute
+
+        def __getitem__(self, grid):
+            def go(*args, **kwargs):
+                log.append(("jit", grid, args, kwargs))
+                return Compiled()
+
+            return go
+
+    jit, store, consts, grid = Jit(), {}, {"C": 3, "num_warps": 4}, (2, 1, 1)
+    x, y = torch.zeros(8), torch.zeros(8)
+    for args in [(x, y, 5), (x, y, 5), (x[1:], y, 5), (x, y, 6), (x.double(), y, 5), (x, y, 6)]:
+        common.launch(jit, grid, store, consts, *args)
+    common.launch(jit, grid, store, dict(consts), x, y, 5)  # another launch of the plan: its own entry
+    assert [e[0] for e in log] == ["jit", "direct", "jit", "jit", "jit", "direct", "jit"]
+    assert log[0] == ("jit", grid, (x, y, 5), {"C": 3, "num_warps": 4})
+    # the launcher's convention: grid, stream, function, metadata, three hook slots, then every parameter
+    assert log[1][1] == (2, 1, 1, 1234, "function", "metadata", None, None, None, x, y, 5, 3, 7)
+    assert log[5][1][9:] == (x, y, 6, 3, 7)
+
+
+def test_direct_launch_is_off_unless_asked_for():
+    import importlib
+
+    ema, lin, undo = load_triton_ops()
+    try:
+        assert importlib.import_module("emaprobe.ops.triton.common").DIRECT is False  # EMAPROBE_TRITON_DIRECT unset
+    finally:
+        undo()
