@@ -583,6 +583,7 @@ def run_cuda(shapes=None, alphas=DEFAULT_ALPHAS, out_dir: str | Path | None = No
             rows=rows,
             sweep=sweep_rows,
             triton=__import__("triton").__version__,
+            triton_direct_launch=__import__("emaprobe.ops.triton.common", fromlist=["DIRECT"]).DIRECT,
             timing="median per call of CUDA-graph replays (triton.testing.do_bench_cudagraph); *_eager_ms from Python "
                    "(triton.testing.do_bench); *_eager_b2b_ms eager calls back to back between CUDA events; "
                    "host_us_* microseconds of host time a call, the GPU not waited for (host_us)",
