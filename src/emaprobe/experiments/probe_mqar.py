@@ -58,6 +58,7 @@ import torch
 
 from emaprobe.experiments.common import command, pick_device, pyplot, save_fig
 from emaprobe.experiments.protocol import Claim, verdict_from_interval, write_claims
+from emaprobe.ops import resolve_gla_backend
 from emaprobe.probes.linear import mean_ci
 from emaprobe.probes.recall import RecallModel, RecallModelConfig, train_recall
 from emaprobe.tasks.mqar import MQARConfig
@@ -133,6 +134,8 @@ def _one(cfg: Config, mixer: str, cell, lr: float, seed: int, dev) -> dict:
     model = RecallModel(mc)
     r = train_recall(model, MQARConfig(cfg.vocab, T, N), cfg.steps, lr, seed, batch=cfg.batch, n_test=cfg.n_test,
                      device=dev)
+    if mixer == "gla":  # which GLA kernel ran: the PyTorch chunked form, or a registered CUDA one (fla)
+        r["gla_backend"] = resolve_gla_backend("auto", torch.device(dev))
     return {"mixer": mixer, "seq_len": T, "pairs": N, "width": D, "lr": lr, "seed": seed, **r}
 
 
