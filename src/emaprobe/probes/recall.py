@@ -119,6 +119,11 @@ class RecallModel(nn.Module):
         return F.linear(self.norm(h), self.tok.weight), labels.gather(1, pos).flatten()
 
 
+def _autocast(device: torch.device):
+    """bf16 autocast on CUDA (weights and the loss stay float32), as the LM trainer does; off on CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
 def recall_accuracy(model: RecallModel, task: MQARConfig, n: int, seed: int, device, batch: int = 64) -> float:
     model.eval()
     device = torch.device(device)
@@ -132,11 +137,6 @@ def recall_accuracy(model: RecallModel, task: MQARConfig, n: int, seed: int, dev
             tot += y.numel()
     model.train()
     return int(hit) / max(tot, 1)
-
-
-def _autocast(device: torch.device):
-    """bf16 autocast on CUDA (weights and the loss stay float32), as the LM trainer does; off on CPU."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 def recall_step(model: RecallModel, opt: torch.optim.Optimizer, task: MQARConfig, batch: int, seed: int,

@@ -69,15 +69,7 @@ import triton
 import triton.language as tl
 
 from emaprobe.ops.triton.cache import cached
-from emaprobe.ops.triton.common import (
-    channel_mask,
-    combine,
-    last_row,
-    launch,
-    segment_length,
-    sm_count,
-    tile_plan,
-)
+from emaprobe.ops.triton.common import channel_mask, combine, last_row, launch, segment_length, sm_count, tile_plan
 from emaprobe.ops.triton.plan import EMA_BWD, EMA_FWD, EMA_OUT_POLICY, TileConfig, choose, ema_plan
 
 # ---------------------------------------------------------------------------- kernels

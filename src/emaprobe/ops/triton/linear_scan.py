@@ -31,15 +31,7 @@ import triton
 import triton.language as tl
 
 from emaprobe.ops.triton.cache import cached
-from emaprobe.ops.triton.common import (
-    channel_mask,
-    combine,
-    last_row,
-    launch,
-    segment_length,
-    sm_count,
-    tile_plan,
-)
+from emaprobe.ops.triton.common import channel_mask, combine, last_row, launch, segment_length, sm_count, tile_plan
 from emaprobe.ops.triton.plan import LIN_BWD, LIN_FWD, LIN_WARM_STEPS, TileConfig, choose, segments, warm_plan
 
 # ---------------------------------------------------------------------------- kernels
