@@ -536,10 +536,9 @@ def replot(json_path: str | Path) -> Path:
 
 def _triton_ops() -> SimpleNamespace:
     """Our kernels' launchers and autograd ops, one namespace (imported here: they need Triton)."""
-    from emaprobe.ops.triton import common, ema, linear_scan, plan
+    from emaprobe.ops.triton import ema, linear_scan, plan
 
     return SimpleNamespace(
-        DIRECT=common.DIRECT,  # whether launches skip JITFunction.run (EMAPROBE_TRITON_DIRECT)
         TileConfig=plan.TileConfig,
         # the default tile configurations, recorded in the JSON
         EMA_FWD=plan.EMA_FWD,
@@ -584,7 +583,6 @@ def run_cuda(shapes=None, alphas=DEFAULT_ALPHAS, out_dir: str | Path | None = No
             rows=rows,
             sweep=sweep_rows,
             triton=__import__("triton").__version__,
-            triton_direct_launch=ts.DIRECT,
             timing="median per call of CUDA-graph replays (triton.testing.do_bench_cudagraph); *_eager_ms from Python "
                    "(triton.testing.do_bench); *_eager_b2b_ms eager calls back to back between CUDA events; "
                    "host_us_* microseconds of host time a call, the GPU not waited for (host_us)",

@@ -7,8 +7,7 @@
     plan.py          tile shapes, time segments and warm-ups; pure Python, the SM count an argument
     cache.py         the launchers' plans and coefficient tensors, made once per key (shape, alphas,
                      device...), so that an eager call allocates its outputs and launches
-    common.py        what the kernels share: the scan's pair operator, tile and mask helpers, ``sm_count``,
-                     and ``launch``, which can call a plan's compiled kernels without ``JITFunction.run``
+    common.py        what the kernels share: the scan's pair operator, tile and mask helpers, ``sm_count``
 
 ``ema.py``, ``linear_scan.py`` and ``common.py`` need Triton; ``plan.py`` and ``cache.py`` do not, so this
 package imports nothing itself. ``ops/scan.py`` loads the two ops as its "triton" backend

@@ -69,7 +69,7 @@ import triton
 import triton.language as tl
 
 from emaprobe.ops.triton.cache import cached
-from emaprobe.ops.triton.common import channel_mask, combine, last_row, launch, segment_length, sm_count, tile_plan
+from emaprobe.ops.triton.common import channel_mask, combine, last_row, segment_length, sm_count, tile_plan
 from emaprobe.ops.triton.plan import EMA_BWD, EMA_FWD, EMA_OUT_POLICY, TileConfig, choose, ema_plan
 
 # ---------------------------------------------------------------------------- kernels
@@ -450,7 +450,6 @@ class _Launch(NamedTuple):
     state_shape: tuple[int, ...]  # (B, NSEG, S, D) float32: each segment's end state (fwd) / start gradient (bwd)
     two_pass: bool  # segments in two passes: a scratch buffer of state_shape for pass 1
     groups: tuple  # per group from s0: (s0, scalar arguments, pass 1's constants, the scan's constants)
-    compiled: dict  # the compiled kernels ``launch`` keeps for this plan's launches
 
 
 def _segmented(cfg: TileConfig | None, table, B: int, T: int, D: int, alphas: tuple[float, ...], sms: int):
@@ -472,7 +471,7 @@ def _ema_fwd_launch(B: int, T: int, D: int, alphas: tuple[float, ...], has_h0: b
                     sms: int, cfg: TileConfig | None) -> _Launch:
     S = len(alphas)
     if T == 0 or B * D == 0:
-        return _Launch(S, None, (), False, (), {})
+        return _Launch(S, None, (), False, ())
     cfg, nd, nseg, seglen, warm, two_pass = _segmented(cfg, EMA_FWD, B, T, D, alphas, sms)
     groups = []
     for (dec, dec64, alp), s0 in zip(_coefs(alphas, device).groups, range(0, S, GROUP)):
@@ -483,7 +482,7 @@ def _ema_fwd_launch(B: int, T: int, D: int, alphas: tuple[float, ...], has_h0: b
         pass1 = dict(kw, HAS_HIN=False, STORE_OUT=False, COMBINE=False, WARM=False)
         scan = dict(kw, HAS_HIN=has_h0, STORE_OUT=True, COMBINE=two_pass, WARM=warm is not None)
         groups.append((s0, args, pass1, scan))
-    return _Launch(S, (nd, nseg, B), (B, nseg, S, D), two_pass, tuple(groups), {})
+    return _Launch(S, (nd, nseg, B), (B, nseg, S, D), two_pass, tuple(groups))
 
 
 def ema_traces_fwd(
@@ -518,16 +517,16 @@ def ema_traces_fwd(
             o, he, en = out[:, :, s0:], hend[:, :, s0:], ends[:, :, s0:]
             hi = x if h0f is None else h0f[:, s0:]
         if p.two_pass:  # pass 1: each segment's end state from zero
-            launch(_ema_fwd_kernel, p.grid, p.compiled, pass1, x, out, x, en, x, *args)
+            _ema_fwd_kernel[p.grid](x, out, x, en, x, *args, **pass1)
         # the scan; in two passes each segment first combines the end states before it (pass 2)
-        launch(_ema_fwd_kernel, p.grid, p.compiled, scan, x, o, hi, he, en, *args)
+        _ema_fwd_kernel[p.grid](x, o, hi, he, en, *args, **scan)
     return out, hend[:, -1]
 
 
 def _ema_bwd_launch(B: int, T: int, S: int, D: int, alphas: tuple[float, ...], has_gf: bool,
                     device: torch.device, sms: int, cfg: TileConfig | None) -> _Launch:
     if T == 0 or B * D == 0:
-        return _Launch(S, None, (), False, (), {})
+        return _Launch(S, None, (), False, ())
     cfg, nd, nseg, seglen, warm, two_pass = _segmented(cfg, EMA_BWD, B, T, D, alphas, sms)
     groups = []
     for (dec, dec64, alp), s0 in zip(_coefs(alphas, device).groups, range(0, S, GROUP)):
@@ -538,7 +537,7 @@ def _ema_bwd_launch(B: int, T: int, S: int, D: int, alphas: tuple[float, ...], h
         pass1 = dict(kw, HAS_GIN=False, STORE_OUT=False, ACCUM=False, COMBINE=False, WARM=False)
         scan = dict(kw, HAS_GIN=has_gf, STORE_OUT=True, ACCUM=s0 > 0, COMBINE=two_pass, WARM=warm is not None)
         groups.append((s0, args, pass1, scan))
-    return _Launch(S, (nd, nseg, B), (B, nseg, S, D), two_pass, tuple(groups), {})
+    return _Launch(S, (nd, nseg, B), (B, nseg, S, D), two_pass, tuple(groups))
 
 
 def ema_traces_bwd(
@@ -571,8 +570,8 @@ def ema_traces_bwd(
             g, gs, st = gh[:, :, s0:], gstart[:, :, s0:], starts[:, :, s0:]
             gi = gh if gf is None else gf[:, s0:]
         if p.two_pass:  # pass 1: each segment's start gradient from zero
-            launch(_ema_bwd_kernel, p.grid, p.compiled, pass1, g, gx, gh, st, gh, *args)
-        launch(_ema_bwd_kernel, p.grid, p.compiled, scan, g, gx, gi, gs, st, *args)
+            _ema_bwd_kernel[p.grid](g, gx, gh, st, gh, *args, **pass1)
+        _ema_bwd_kernel[p.grid](g, gx, gi, gs, st, *args, **scan)
     return gx, gstart[:, 0]
 
 

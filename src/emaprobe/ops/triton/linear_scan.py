@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 
 from emaprobe.ops.triton.cache import cached
-from emaprobe.ops.triton.common import channel_mask, combine, last_row, launch, segment_length, sm_count, tile_plan
+from emaprobe.ops.triton.common import channel_mask, combine, last_row, segment_length, sm_count, tile_plan
 from emaprobe.ops.triton.plan import LIN_BWD, LIN_FWD, LIN_WARM_STEPS, TileConfig, choose, segments, warm_plan
 
 # ---------------------------------------------------------------------------- kernels
@@ -247,7 +247,6 @@ class _Launch(NamedTuple):
     warm: bool  # (forward) segments that warm up, then the tiles they left marked rescanned
     flags_shape: tuple[int, ...]  # (B, NSEG, NF) int32: the warm-up's marks
     launches: tuple  # the constants of each launch, in order
-    compiled: dict  # the compiled kernels ``launch`` keeps for this plan's launches
 
 
 def _lin_fwd_launch(a_shape: torch.Size, b_shape: torch.Size, has_h0: bool, sms: int,
@@ -257,7 +256,7 @@ def _lin_fwd_launch(a_shape: torch.Size, b_shape: torch.Size, has_h0: bool, sms:
     F = math.prod(shape[2:])
     state_shape = (B,) + tuple(shape[2:])
     if T == 0 or B * F == 0:
-        return _Launch(shape, state_shape, None, 1, (), False, (), (), {})
+        return _Launch(shape, state_shape, None, 1, (), False, (), ())
     cfg = choose(cfg, LIN_FWD, B, F, sms)
     nf = -(-F // cfg.block)
     nseg, seglen = segments(cfg, B * nf, T, sms)
@@ -267,16 +266,14 @@ def _lin_fwd_launch(a_shape: torch.Size, b_shape: torch.Size, has_h0: bool, sms:
     kw = dict(CT=cfg.ct, BF=cfg.block, VEC=cfg.vec, STAGES=cfg.stages, num_warps=cfg.num_warps,
               EVEN_F=F % cfg.block == 0, WSTAGES=cfg.warm_stages)
     if plan is not None:  # one pass of warmed-up segments, then exact rescans of the tiles they left marked
-        common = dict(kw, HAS_HIN=has_h0, STORE_OUT=True, STORE_AEND=False)
-        launches = (dict(common, COMBINE=False, WARM=True, FIXUP=False),
-                    dict(common, COMBINE=True, WARM=False, FIXUP=True))
+        launches = (dict(kw, HAS_HIN=has_h0, STORE_OUT=True, STORE_AEND=False, COMBINE=False, WARM=True, FIXUP=False),
+                    dict(kw, HAS_HIN=has_h0, STORE_OUT=True, STORE_AEND=False, COMBINE=True, WARM=False, FIXUP=True))
     else:  # one pass; or pass 1 (each segment's end state from zero and its decay product), then the scan
-        scan = dict(kw, HAS_HIN=has_h0, STORE_OUT=True, STORE_AEND=False, COMBINE=nseg > 1, WARM=False,
-                         FIXUP=False)
+        scan = dict(kw, HAS_HIN=has_h0, STORE_OUT=True, STORE_AEND=False, COMBINE=nseg > 1, WARM=False, FIXUP=False)
         pass1 = dict(kw, HAS_HIN=False, STORE_OUT=False, STORE_AEND=True, COMBINE=False, WARM=False, FIXUP=False)
         launches = (pass1, scan) if nseg > 1 else (scan,)
     return _Launch(shape, state_shape, (nf, nseg, B), nseg, (T, F, seglen, nseg), plan is not None, (B, nseg, nf),
-                   launches, {})
+                   launches)
 
 
 def linear_scan_fwd(
@@ -311,16 +308,16 @@ def linear_scan_fwd(
         ends, prods = torch.empty_like(hend), torch.empty_like(hend)
     if p.warm:  # one pass of warmed-up segments, then exact rescans of the tiles they left marked
         warm, fixup = p.launches
-        launch(_lin_fwd_kernel, p.grid, p.compiled, warm, a3, b3, out, hin, hend, hend, ends, prods, flags,
-               T, F, seglen, nseg, LIN_WARM_STEPS, *strides)
-        launch(_lin_fwd_kernel, p.grid, p.compiled, fixup, a3, b3, out, hin, hend, hend, ends, prods, flags,
-               T, F, seglen, nseg, 0, *strides)
+        _lin_fwd_kernel[p.grid](a3, b3, out, hin, hend, hend, ends, prods, flags, T, F, seglen, nseg, LIN_WARM_STEPS,
+                                *strides, **warm)
+        _lin_fwd_kernel[p.grid](a3, b3, out, hin, hend, hend, ends, prods, flags, T, F, seglen, nseg, 0, *strides,
+                                **fixup)
         return out, hend[:, -1].view(p.state_shape)
     if nseg > 1:  # pass 1: each segment's end state from zero and its decay product
-        launch(_lin_fwd_kernel, p.grid, p.compiled, p.launches[0], a3, b3, out, a3, ends, prods, a3, a3, a3,
-               T, F, seglen, nseg, 0, *strides)
-    launch(_lin_fwd_kernel, p.grid, p.compiled, p.launches[-1], a3, b3, out, hin, hend, hend, ends, prods, a3,
-           T, F, seglen, nseg, 0, *strides)
+        _lin_fwd_kernel[p.grid](a3, b3, out, a3, ends, prods, a3, a3, a3, T, F, seglen, nseg, 0, *strides,
+                                **p.launches[0])
+    _lin_fwd_kernel[p.grid](a3, b3, out, hin, hend, hend, ends, prods, a3, T, F, seglen, nseg, 0, *strides,
+                            **p.launches[-1])
     return out, hend[:, -1].view(p.state_shape)
 
 
@@ -329,7 +326,7 @@ def _lin_bwd_launch(shape: torch.Size, has_gf: bool, has_h0: bool, sms: int, cfg
     F = math.prod(shape[2:])
     state_shape = (B,) + tuple(shape[2:])
     if T == 0 or B * F == 0:
-        return _Launch(shape, state_shape, None, 1, (), False, (), (), {})
+        return _Launch(shape, state_shape, None, 1, (), False, (), ())
     cfg = choose(cfg, LIN_BWD, B, F, sms)
     nf = -(-F // cfg.block)
     nseg, seglen = segments(cfg, B * nf, T, sms)
@@ -338,7 +335,7 @@ def _lin_bwd_launch(shape: torch.Size, has_gf: bool, has_h0: bool, sms: int, cfg
     pass1 = dict(kw, HAS_GIN=False, HAS_H0=has_h0, STORE_OUT=False, STORE_AEND=True, COMBINE=False)
     scan = dict(kw, HAS_GIN=has_gf, HAS_H0=has_h0, STORE_OUT=True, STORE_AEND=False, COMBINE=nseg > 1)
     return _Launch(shape, state_shape, (nf, nseg, B), nseg, (T, F, seglen, nseg), False, (),
-                   (pass1, scan) if nseg > 1 else (scan,), {})
+                   (pass1, scan) if nseg > 1 else (scan,))
 
 
 def linear_scan_bwd(
@@ -377,10 +374,10 @@ def linear_scan_bwd(
     starts = prods = gstart
     if nseg > 1:  # pass 1: each segment's start gradient from zero and its decay product
         starts, prods = torch.empty_like(gstart), torch.empty_like(gstart)
-        launch(_lin_bwd_kernel, p.grid, p.compiled, p.launches[0], a3, gh3, h3, h0_arg, ga, gb, gh3, starts, prods,
-               gh3, gh3, T, F, seglen, nseg, *a3.stride())
-    launch(_lin_bwd_kernel, p.grid, p.compiled, p.launches[-1], a3, gh3, h3, h0_arg, ga, gb,
-           gh3 if gf is None else gf, gstart, gstart, starts, prods, T, F, seglen, nseg, *a3.stride())
+        _lin_bwd_kernel[p.grid](a3, gh3, h3, h0_arg, ga, gb, gh3, starts, prods, gh3, gh3, T, F, seglen, nseg,
+                                *a3.stride(), **p.launches[0])
+    _lin_bwd_kernel[p.grid](a3, gh3, h3, h0_arg, ga, gb, gh3 if gf is None else gf, gstart, gstart, starts, prods,
+                            T, F, seglen, nseg, *a3.stride(), **p.launches[-1])
     return ga, gb, gstart[:, 0].view(p.state_shape)
 
 
