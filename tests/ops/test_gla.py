@@ -206,31 +206,3 @@ def test_bad_shapes_fail_clearly():
         chunk_gla(q, k, v, g, chunk_size=20, sub_chunk=16)
     with pytest.raises(ValueError, match=r"q_t must have shape \(B, H, K\)"):
         gla_step(q, k[:, 0], v[:, 0], g[:, 0])
-
-
-FLA_SHAPES = [(2, 1, 3, 16, 7), (1, 63, 2, 64, 256), (2, 300, 3, 32, 33), (1, 1000, 1, 64, 64)]
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.skipif("fla" not in GLA_BACKENDS, reason="needs flash-linear-attention (pip install 'emaprobe[fla]')")
-@pytest.mark.parametrize("with_h0", [False, True], ids=["zero-h0", "h0"])
-@pytest.mark.parametrize("shape", FLA_SHAPES, ids=lambda s: "B{}T{}H{}K{}V{}".format(*s))
-def test_fla_backend_vs_naive_values_and_gradients(shape, with_h0):
-    """The optional ``fla`` backend (float32 on the GPU, whose kernels take some products in tf32)
-    against ``naive_gla`` in float64: outputs, final state and every gradient."""
-    inputs64 = make_inputs(*shape, dtype=torch.float64, with_h0=with_h0)
-    names = ["q", "k", "v", "log_decay", "h0"]
-    results = []
-    for fn, dtype, dev in ((naive_gla, torch.float64, "cpu"), (GLA_BACKENDS["fla"].fn, torch.float32, "cuda")):
-        leaves = [None if t is None else t.to(dev, dtype).requires_grad_(True) for t in inputs64]
-        o, S = fn(*leaves)
-        gen = torch.Generator().manual_seed(1)
-        loss = (o * torch.randn(o.shape, generator=gen, dtype=torch.float64).to(dev, o.dtype)).sum()
-        loss = loss + (S * torch.randn(S.shape, generator=gen, dtype=torch.float64).to(dev, S.dtype)).sum()
-        loss.backward()
-        results.append({"o": o, "S": S, **{n: leaf.grad for n, leaf in zip(names, leaves) if leaf is not None}})
-    ref, out = results
-    assert out["S"].dtype == torch.float32 and out["o"].dtype == torch.float32
-    for name in ref:
-        assert rel_err(out[name].double().cpu(), ref[name]) < 5e-3, name

@@ -52,7 +52,6 @@ the state stays in the accumulation dtype. Autograd runs through the PyTorch ops
 
 from __future__ import annotations
 
-import importlib.util
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -245,22 +244,6 @@ class GLABackend:
 
 GLA_BACKENDS: dict[str, GLABackend] = {"torch": GLABackend("torch", chunk_gla)}
 _warned: set[str] = set()
-
-
-def fla_gla(q, k, v, log_decay, h0=None):
-    """GLA through flash-linear-attention's Triton chunk kernels (``fla.ops.gla.chunk_gla``, Yang et
-    al.; the optional dependency ``pip install 'emaprobe[fla]'``), under this module's contract: no
-    scaling of q (``scale=1``), natural-log decays, the state (B, H, K, V) in float32."""
-    from fla.ops.gla import chunk_gla as fla_chunk_gla  # optional: registered only where it is installed
-
-    dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
-    o, S = fla_chunk_gla(q.to(dtype), k.to(dtype), v.to(dtype), log_decay.float(), scale=1.0,
-                         initial_state=None if h0 is None else h0.float(), output_final_state=True)
-    return o.to(dtype), S.float()
-
-
-if importlib.util.find_spec("fla") is not None:  # found without importing it (Triton loads on first use)
-    GLA_BACKENDS["fla"] = GLABackend("fla", fla_gla, needs_cuda=True)
 
 
 def register_gla_backend(backend: GLABackend) -> None:
