@@ -80,6 +80,40 @@ def test_mqar_parallel_runs_the_same_jobs_and_a_rerun_skips_them(tmp_path, capsy
         dataclasses.replace(cfg, parallel=0)
 
 
+def test_mqar_run_stopped_part_way_goes_on_from_its_checkpoint(tmp_path, monkeypatch):
+    import emaprobe.probes.recall as recall
+
+    mqar = get_experiment("probe_mqar")
+    cfg = mqar.Config(mixers=("ema",), vocab=16, seq_lens=(24,), pairs=(2,), widths=(16,), lrs=(1e-2,),
+                      steps=250, batch=2, n_test=4, seeds=1, claim_cell=(24, 2, 16), device="cpu")
+    step, calls = recall.recall_step, []
+
+    def stop_at_step_230(*a):
+        calls.append(1)
+        if len(calls) > 230:
+            raise KeyboardInterrupt
+        return step(*a)
+
+    monkeypatch.setattr(recall, "recall_step", stop_at_step_230)
+    with pytest.raises(KeyboardInterrupt):
+        mqar.run(cfg, tmp_path)
+    assert [p.name for p in (tmp_path / "partial").iterdir()] == ["ema_T24_N2_D16_lr0.01_seed0.pt"]
+    monkeypatch.setattr(recall, "recall_step", step)
+    mqar.run(cfg, tmp_path)
+    (row,) = json.loads((tmp_path / "mqar.json").read_text())["rows"]
+    assert row["resumed_at"] == 200 and row["steps"] == 250
+    assert list((tmp_path / "partial").iterdir()) == []  # deleted once the row was saved
+    calls.clear()
+    monkeypatch.setattr(recall, "recall_step", stop_at_step_230)
+    with pytest.raises(KeyboardInterrupt):
+        mqar.run(dataclasses.replace(cfg, lrs=(3e-2,)), tmp_path / "other")
+    monkeypatch.setattr(recall, "recall_step", step)
+    other = dataclasses.replace(cfg, lrs=(3e-2,), steps=240)  # another config: the old checkpoint cannot go on
+    mqar.run(other, tmp_path / "other")
+    (row,) = json.loads((tmp_path / "other" / "mqar.json").read_text())["rows"]
+    assert row["resumed_at"] == 0 and row["steps"] == 240
+
+
 def _recall_run(lr: float, check_every: int) -> dict:
     torch.manual_seed(0)
     model = RecallModel(RecallModelConfig(mixer="ema", d_model=16, vocab=32, seq_len=24))
@@ -96,6 +130,52 @@ def test_train_recall_stops_at_the_first_check_after_a_non_finite_loss():
     r = _recall_run(1e12, 4)
     assert r["diverged"] and r["accuracy"] == 0.0
     assert r["steps"] < 9  # the finite losses before the first non-finite one
+
+
+def _recall_model() -> RecallModel:
+    torch.manual_seed(0)
+    return RecallModel(RecallModelConfig(mixer="selective", d_model=16, vocab=32, seq_len=24, rank=4))
+
+
+def test_train_recall_resumed_from_its_checkpoint_ends_where_an_unbroken_run_does(tmp_path, monkeypatch):
+    import emaprobe.probes.recall as recall
+
+    task, ck = MQARConfig(32, 24, 4), tmp_path / "run.pt"
+    args = dict(steps=10, lr=1e-2, seed=3, batch=2, n_test=8, check_every=3)
+    whole_model = _recall_model()
+    whole = train_recall(whole_model, task, **args)
+    step, calls = recall.recall_step, []
+
+    def killed_at_step_7(*a):
+        calls.append(1)
+        if len(calls) == 8:
+            raise KeyboardInterrupt  # as a timeout would stop it, after the check at step 6
+        return step(*a)
+
+    monkeypatch.setattr(recall, "recall_step", killed_at_step_7)
+    with pytest.raises(KeyboardInterrupt):
+        train_recall(_recall_model(), task, checkpoint=ck, **args)
+    monkeypatch.setattr(recall, "recall_step", step)
+    assert torch.load(ck, weights_only=True)["step"] == 6
+    resumed_model = _recall_model()
+    resumed = train_recall(resumed_model, task, checkpoint=ck, **args)
+    assert resumed["resumed_at"] == 6 and whole["resumed_at"] == 0
+    assert resumed["steps"] == whole["steps"] == 10
+    assert (resumed["accuracy"], resumed["final_loss"]) == (whole["accuracy"], whole["final_loss"])
+    for a, b in zip(whole_model.parameters(), resumed_model.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_train_recall_refuses_the_checkpoint_of_another_run(tmp_path):
+    task, ck = MQARConfig(32, 24, 4), tmp_path / "run.pt"
+    train_recall(_recall_model(), task, 4, 1e-2, seed=0, batch=2, n_test=4, check_every=2, checkpoint=ck)
+    assert ck.is_file()  # saved at the check after step 2; the caller deletes it once the result is safe
+    with pytest.raises(ValueError, match="another run.*lr"):
+        train_recall(_recall_model(), task, 4, 3e-2, seed=0, batch=2, n_test=4, checkpoint=ck)
+    ck.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable MQAR checkpoint"):
+        train_recall(_recall_model(), task, 4, 1e-2, seed=0, batch=2, n_test=4, checkpoint=ck)
+    assert ck.read_bytes() == b"not a checkpoint"  # refused, not removed
 
 
 def test_recall_queries_by_count_match_the_mask_values_and_gradients():

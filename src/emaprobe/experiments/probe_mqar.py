@@ -40,6 +40,9 @@ Order:     the claim cell's lr grid, then its extra seeds at each mixer's best l
 Writes:    OUT/mqar.json (grid rows: cell, lr, accuracy, loss, seconds; claim-cell seeds), written
            after every run, so a stopped run keeps its rows and a rerun of the same config
            (``parallel`` may differ) skips them;
+           OUT/partial/*.pt, a checkpoint per unfinished run, saved every 100 steps: a run stopped
+           part way (a timeout, a lost machine) goes on from its last check, and its file is
+           deleted once its row is in mqar.json (git ignores the folder);
            OUT/README.md, OUT/mqar_heatmap.png, OUT/claims.json.
 """
 
@@ -66,6 +69,7 @@ from emaprobe.utils import atomic_write_json, atomic_write_text, read_json, run_
 
 NAME = "probe_mqar"
 RESULT = "mqar.json"
+PARTIAL = "partial"  # OUT/partial/: checkpoints of runs not yet finished
 SELECTIVE = ("gla", "selective")  # the input-dependent mechanisms of the claim
 
 
@@ -126,15 +130,21 @@ def cpu_long() -> Config:
 BUDGETS = {"cpu": cpu, "cpu_long": cpu_long, "gpu": gpu}
 
 
-def _one(cfg: Config, mixer: str, cell, lr: float, seed: int, dev) -> dict:
+def _partial(out: Path, mixer: str, cell, lr: float, seed: int) -> Path:
+    """Where a run keeps its checkpoint until its row is saved (``train_recall``'s ``checkpoint``)."""
+    T, N, D = cell
+    return out / PARTIAL / f"{mixer}_T{T}_N{N}_D{D}_lr{lr:g}_seed{seed}.pt"
+
+
+def _one(cfg: Config, mixer: str, cell, lr: float, seed: int, dev, out: Path) -> dict:
     T, N, D = cell
     torch.manual_seed(seed)
     mc = RecallModelConfig(mixer=mixer, d_model=D, vocab=cfg.vocab, seq_len=T, key_dim=cfg.key_dim, rank=cfg.rank,
                            short_conv=cfg.short_conv)
     model = RecallModel(mc)
     r = train_recall(model, MQARConfig(cfg.vocab, T, N), cfg.steps, lr, seed, batch=cfg.batch, n_test=cfg.n_test,
-                     device=dev)
-    if mixer == "gla":  # which GLA kernel ran: the PyTorch chunked form, or a registered CUDA one (fla)
+                     device=dev, checkpoint=_partial(out, mixer, cell, lr, seed))
+    if mixer == "gla":  # which GLA kernel ran: the PyTorch chunked form, or a registered CUDA one
         r["gla_backend"] = resolve_gla_backend("auto", torch.device(dev))
     return {"mixer": mixer, "seq_len": T, "pairs": N, "width": D, "lr": lr, "seed": seed, **r}
 
@@ -143,9 +153,9 @@ def _key(r: dict) -> tuple:
     return (r["mixer"], r["seq_len"], r["pairs"], r["width"], r["lr"], r["seed"])
 
 
-def _one_in_subprocess(cfg: Config, mixer: str, cell, lr: float, seed: int) -> dict:
+def _one_in_subprocess(cfg: Config, mixer: str, cell, lr: float, seed: int, out: Path) -> dict:
     torch.set_num_threads(1)  # the parent's cores are shared by `parallel` workers
-    return _one(cfg, mixer, cell, lr, seed, pick_device(cfg.device))
+    return _one(cfg, mixer, cell, lr, seed, pick_device(cfg.device), out)
 
 
 def run(cfg: Config, out: Path) -> None:
@@ -157,10 +167,12 @@ def run(cfg: Config, out: Path) -> None:
     rows: list[dict] = []
     earlier: list[str] = []  # the commits of the runs this one resumes
     t0 = time.perf_counter()
+    resumed = False
     if path.is_file():  # resume: keep rows measured under the same config (``parallel`` aside)
         old = read_json(path)
         same = json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples read back as lists
-        if {**old.get("config", {}), "parallel": cfg.parallel} == same:
+        resumed = {**old.get("config", {}), "parallel": cfg.parallel} == same
+        if resumed:
             rows = old["rows"]
             earlier = list(dict.fromkeys([*old.get("resumed_from", []), old.get("git_sha", "unknown")]))
             t0 -= old.get("wall_seconds", 0)  # wall seconds add up across resumes
@@ -180,19 +192,24 @@ def run(cfg: Config, out: Path) -> None:
             rows.append(r)
             done.add(_key(r))
             save()
+            _partial(out, r["mixer"], _cell(r), r["lr"], r["seed"]).unlink(missing_ok=True)  # the row is safe
             print(f"  {r['mixer']:<12} T={r['seq_len']} N={r['pairs']} D={r['width']} lr={r['lr']:g} seed {r['seed']}: "
                   f"acc {r['accuracy']:.3f} ({r['seconds']} s; {len(done)} runs, {time.perf_counter() - t0:.0f} s)",
                   flush=True)
 
         if cfg.parallel == 1 or len(jobs) == 1:
             for mixer, cell, lr, seed in jobs:
-                record(_one(cfg, mixer, cell, lr, seed, dev))
+                record(_one(cfg, mixer, cell, lr, seed, dev, out))
             return
         ctx = mp.get_context("spawn")  # CUDA cannot be forked
         with cf.ProcessPoolExecutor(max_workers=min(cfg.parallel, len(jobs)), mp_context=ctx) as pool:
-            for fut in cf.as_completed([pool.submit(_one_in_subprocess, cfg, *j) for j in jobs]):
+            for fut in cf.as_completed([pool.submit(_one_in_subprocess, cfg, *j, out) for j in jobs]):
                 record(fut.result())
 
+    if not resumed:  # a fresh start or another config: unfinished runs under the old one cannot go on
+        for stale in (out / PARTIAL).glob("*.pt"):
+            stale.unlink()
+    save()  # the config is on disk before any checkpoint is, so a rerun can tell whose they are
     claim = tuple(cfg.claim_cell)
     execute([(m, claim, lr, 0) for m in cfg.mixers for lr in cfg.lrs])
     best = {m: max((r for r in rows if r["mixer"] == m and _cell(r) == claim and r["seed"] == 0),

@@ -28,9 +28,12 @@ held-out set is a disjoint seed range.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +41,7 @@ from torch import nn
 
 from emaprobe.layers import build_mixer
 from emaprobe.tasks.mqar import IGNORE, MQARConfig, mqar_batch
+from emaprobe.utils import atomic_write
 
 
 @dataclass(frozen=True)
@@ -154,6 +158,25 @@ def recall_step(model: RecallModel, opt: torch.optim.Optimizer, task: MQARConfig
     return loss.detach()
 
 
+def _run_key(model: RecallModel, task: MQARConfig, steps: int, lr: float, seed: int, batch: int,
+             weight_decay: float) -> dict:
+    """What a checkpoint must match to be resumed: the model, the task and the training settings."""
+    return {"model": dataclasses.asdict(model.cfg), "task": dataclasses.asdict(task), "steps": steps,
+            "lr": lr, "seed": seed, "batch": batch, "weight_decay": weight_decay}
+
+
+def _load_partial(path: Path, key: dict, device: torch.device) -> dict:
+    try:
+        ck = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
+        raise ValueError(f"{path}: not a readable MQAR checkpoint ({err}); delete it to start the run afresh") from err
+    if ck.get("key") != key:
+        diff = sorted(k for k in key if ck.get("key", {}).get(k) != key[k])
+        raise ValueError(f"{path} is the checkpoint of another run (it differs in {', '.join(diff) or 'its format'}); "
+                         "delete it, or give this run another checkpoint path")
+    return ck
+
+
 def train_recall(
     model: RecallModel,
     task: MQARConfig,
@@ -165,14 +188,21 @@ def train_recall(
     weight_decay: float = 0.1,
     device: torch.device | str = "cpu",
     check_every: int = 100,
+    checkpoint: str | os.PathLike | None = None,
 ) -> dict:
     """AdamW, linear warm-up (10%) then cosine to zero; fresh sequences every step, made on ``device``.
 
     On CUDA the step runs under bf16 autocast. The loss is read back to the host only every
     ``check_every`` steps (a sync per step would leave a GPU waiting on Python), so a loss that
     goes non-finite stops training at the next check; ``steps`` counts the finite ones.
+    ``checkpoint``: a file the run is saved to at every check (atomically: model, optimizer,
+    schedule, losses so far) and resumed from when it exists, so a run stopped part way goes on
+    from its last check. Every batch is drawn from ``seed`` and its step, so on the CPU a resumed
+    run ends bit for bit where an unbroken one does (tested). The caller deletes the file once the
+    result is safe. A checkpoint of another run (model, task or settings) is refused, not loaded.
     Returns accuracy on ``n_test`` held-out sequences, the last training losses, the step time
-    and whether the loss ever went non-finite (a diverged lr scores 0).
+    (``seconds`` summed over resumes), whether the loss ever went non-finite (a diverged lr scores
+    0) and ``resumed_at``, the step the run went on from (0: it ran unbroken).
     """
     device = torch.device(device)
     model.to(device).train()
@@ -184,8 +214,17 @@ def train_recall(
     losses: list[float] = []
     pending: list[torch.Tensor] = []  # losses not yet read back
     diverged = False
+    start, before = 0, 0.0  # the step to go on from, and the seconds spent before it
+    key = _run_key(model, task, steps, lr, seed, batch, weight_decay)
+    path = Path(checkpoint) if checkpoint is not None else None
+    if path is not None and path.is_file():
+        ck = _load_partial(path, key, device)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        sched.load_state_dict(ck["sched"])
+        start, before, losses = int(ck["step"]), float(ck["seconds"]), list(ck["losses"])
     t0 = time.perf_counter()
-    for step in range(steps):
+    for step in range(start, steps):
         pending.append(recall_step(model, opt, task, batch, seed * 1_000_003 + step, device))
         sched.step()
         if len(pending) == check_every or step == steps - 1:
@@ -196,11 +235,16 @@ def train_recall(
             if bad is not None:
                 diverged = True
                 break
-    seconds = time.perf_counter() - t0
+            if path is not None and step < steps - 1:
+                state = {"key": key, "step": step + 1, "seconds": before + time.perf_counter() - t0,
+                         "losses": losses, "model": model.state_dict(), "opt": opt.state_dict(),
+                         "sched": sched.state_dict()}
+                atomic_write(path, lambda f: torch.save(state, f))
+    seconds = before + time.perf_counter() - t0
     acc = 0.0 if diverged else recall_accuracy(model, task, n_test, seed=10_000_000 + seed * 100_003, device=device)
     tail = losses[-max(1, len(losses) // 10):] if losses else [float("nan")]
     return {"accuracy": acc, "final_loss": sum(tail) / len(tail), "diverged": diverged, "steps": len(losses),
-            "seconds": round(seconds, 2), "params": sum(p.numel() for p in model.parameters())}
+            "seconds": round(seconds, 2), "params": sum(p.numel() for p in model.parameters()), "resumed_at": start}
 
 
 __all__ = ["RecallModel", "RecallModelConfig", "recall_accuracy", "recall_step", "train_recall"]
