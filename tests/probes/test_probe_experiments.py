@@ -8,7 +8,7 @@ import torch
 
 from emaprobe.experiments.protocol import EXPERIMENTS, get_experiment, read_claims, run_experiment
 from emaprobe.probes.depth import DepthStack, train_gates
-from emaprobe.probes.recall import RecallModel, RecallModelConfig, train_recall
+from emaprobe.probes.recall import RecallBlock, RecallModel, RecallModelConfig, train_recall
 from emaprobe.probes.states import block_states, build_probe_mixer, mixer_states, residual_states
 from emaprobe.tasks.mqar import IGNORE, MQARConfig, mqar_batch
 
@@ -193,6 +193,25 @@ def test_recall_queries_by_count_match_the_mask_values_and_gradients():
     torch.testing.assert_close(l0, l1, rtol=0, atol=0)
     for a, c in zip(g0, g1):
         torch.testing.assert_close(a, c)
+
+
+@pytest.mark.parametrize("width", [1, 3, 4])
+def test_recall_short_conv_is_the_causal_depthwise_conv(width):
+    """The shifted multiply-adds against ``nn.Conv1d`` on the transposed input, tail dropped:
+    values and every gradient, float64, odd sizes; and under CPU autocast, the conv's dtype."""
+    torch.manual_seed(0)
+    blk = RecallBlock(RecallModelConfig(mixer="ema", d_model=7, short_conv=width)).double()
+    outs = []
+    for fn in (lambda u: blk.conv(u.transpose(1, 2))[..., : u.shape[1]].transpose(1, 2), blk.short_conv):
+        blk.zero_grad()
+        u = torch.randn(3, 11, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        y = fn(u)
+        (y * torch.randn(y.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))).sum().backward()
+        outs.append((y, u.grad, blk.conv.weight.grad.clone(), blk.conv.bias.grad.clone()))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert blk.float().short_conv(torch.randn(2, 5, 7)).dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("mixer", ["ema", "selective", "gla", "attention"])

@@ -81,11 +81,25 @@ class RecallBlock(nn.Module):
         self.norm2 = RMSNorm(D)
         self.mlp = nn.Sequential(nn.Linear(D, 4 * D), nn.GELU(), nn.Linear(4 * D, D))
 
+    def short_conv(self, u: torch.Tensor) -> torch.Tensor:
+        """The causal depthwise conv, y_t = b + sum_j w_j u_{t-j} (j < width), as width shifted
+        multiply-adds in the (B, T, D) layout: the same sum as ``self.conv`` on the transposed
+        input with its look-ahead tail dropped (tested), without the two transposes and cuDNN's
+        depthwise kernels. Summed in u's dtype and rounded once to autocast's, as the conv's
+        output would be under autocast."""
+        T, w = u.shape[1], self.conv_width
+        weight = self.conv.weight[:, 0].to(u.dtype)  # (D, width); tap width-1 meets u_t, as Conv1d has it
+        pad = F.pad(u, (0, 0, w - 1, 0))  # (B, T + width - 1, D), zeros before t = 0
+        y = self.conv.bias.to(u.dtype) + pad[:, :T] * weight[:, 0]
+        for j in range(1, w):
+            y = y + pad[:, j:j + T] * weight[:, j]
+        kind = u.device.type
+        return y.to(torch.get_autocast_dtype(kind)) if torch.is_autocast_enabled(kind) else y
+
     def forward(self, x):
         u = self.norm1(x)  # (B, T, D)
         if self.conv_width:
-            T = u.shape[1]
-            u = self.conv(u.transpose(1, 2))[..., :T].transpose(1, 2)  # causal: drop the look-ahead tail
+            u = self.short_conv(u)
         H, _ = self.mixer(u)  # (B, T, S, D)
         x = x + self.out(H.flatten(2).to(x.dtype))  # (B, T, D)
         return x + self.mlp(self.norm2(x))
