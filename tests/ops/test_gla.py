@@ -106,6 +106,19 @@ def test_chunk_gla_float32_gradients_close_to_float64():
         assert out.dtype == torch.float32 and rel_err(out, ref) < 1e-5
 
 
+def test_chunk_gla_under_autocast_keeps_the_state_in_float32():
+    """Under bf16 autocast the products round their operands to bf16 (the module docstring):
+    the output stays close to the reference, and the state and output keep float32."""
+    q, k, v, g, h0 = make_inputs(2, 100, 2, 16, 24, dtype=torch.float32)
+    ref, ref_state = naive_gla(q.double(), k.double(), v.double(), g.double(), h0.double())
+    plain, _ = chunk_gla(q, k, v, g, h0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, state = chunk_gla(q, k, v, g, h0)
+    assert out.dtype == state.dtype == torch.float32
+    assert rel_err(plain, ref) < 1e-5 < rel_err(out, ref) < 1e-2
+    assert rel_err(state, ref_state) < 1e-2
+
+
 def test_chunk_gla_strong_decays_stay_finite():
     # A gate that erases its memory: per-step log decays down to about -300. GLA's one-level
     # form, (q exp(b)) (k exp(-b))^T, overflows float32 here; every exponent here is <= 0.
