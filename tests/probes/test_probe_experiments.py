@@ -80,7 +80,7 @@ def test_mqar_parallel_runs_the_same_jobs_and_a_rerun_skips_them(tmp_path, capsy
         dataclasses.replace(cfg, parallel=0)
 
 
-def test_mqar_run_stopped_part_way_goes_on_from_its_checkpoint(tmp_path, monkeypatch):
+def test_mqar_run_stopped_part_way_goes_on_from_its_checkpoint(tmp_path, monkeypatch, capsys):
     import emaprobe.probes.recall as recall
 
     mqar = get_experiment("probe_mqar")
@@ -99,7 +99,9 @@ def test_mqar_run_stopped_part_way_goes_on_from_its_checkpoint(tmp_path, monkeyp
         mqar.run(cfg, tmp_path)
     assert [p.name for p in (tmp_path / "partial").iterdir()] == ["ema_T24_N2_D16_lr0.01_seed0.pt"]
     monkeypatch.setattr(recall, "recall_step", step)
+    capsys.readouterr()
     mqar.run(cfg, tmp_path)
+    assert "resumed at step 200" in capsys.readouterr().out
     (row,) = json.loads((tmp_path / "mqar.json").read_text())["rows"]
     assert row["resumed_at"] == 200 and row["steps"] == 250
     assert list((tmp_path / "partial").iterdir()) == []  # deleted once the row was saved

@@ -204,7 +204,9 @@ def run(cfg: Config, out: Path) -> None:
             save()
             _partial(out, r["mixer"], _cell(r), r["lr"], r["seed"]).unlink(missing_ok=True)  # the row is safe
             print(f"  {r['mixer']:<12} T={r['seq_len']} N={r['pairs']} D={r['width']} lr={r['lr']:g} seed {r['seed']}: "
-                  f"acc {r['accuracy']:.3f} ({r['seconds']} s; {len(done)} runs, {time.perf_counter() - t0:.0f} s)",
+                  f"acc {r['accuracy']:.3f} ({r['seconds']} s"
+                  + (f", resumed at step {r['resumed_at']}" if r.get("resumed_at") else "")
+                  + f"; {len(done)} runs, {time.perf_counter() - t0:.0f} s)",
                   flush=True)
 
         if cfg.parallel == 1 or len(jobs) == 1:
