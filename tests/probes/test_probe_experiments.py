@@ -71,13 +71,17 @@ def test_mqar_parallel_runs_the_same_jobs_and_a_rerun_skips_them(tmp_path, capsy
     assert set(grid) <= set(keys)
     assert {(m, s) for m, n, _, s in keys if s == 1} == {("ema", 1), ("gla", 1)}
     capsys.readouterr()
-    mqar.run(dataclasses.replace(cfg, parallel=1), tmp_path)  # parallel is not part of what was measured
+    # neither parallel nor gla's kernel is part of what was measured
+    mqar.run(dataclasses.replace(cfg, parallel=1, gla_backend="torch"), tmp_path)
     assert "acc" not in capsys.readouterr().out
     again = json.loads((tmp_path / "mqar.json").read_text())
     assert len(again["rows"]) == len(keys)
     assert again["resumed_from"] == [again["git_sha"]]  # the first run's commit, kept
     with pytest.raises(ValueError, match="parallel must be >= 1"):
         dataclasses.replace(cfg, parallel=0)
+    with pytest.raises(ValueError, match=r"unknown gla_backend 'fla'; choose one of \[.*'compiled'"):
+        dataclasses.replace(cfg, gla_backend="fla")
+    assert {r["gla_backend"] for r in rows if r["mixer"] == "gla"} == {"torch"}
 
 
 def test_mqar_run_stopped_part_way_goes_on_from_its_checkpoint(tmp_path, monkeypatch, capsys):
@@ -166,6 +170,20 @@ def test_train_recall_resumed_from_its_checkpoint_ends_where_an_unbroken_run_doe
     assert (resumed["accuracy"], resumed["final_loss"]) == (whole["accuracy"], whole["final_loss"])
     for a, b in zip(whole_model.parameters(), resumed_model.parameters()):
         assert torch.equal(a, b)
+
+
+def test_train_recall_resumes_under_another_gla_kernel(tmp_path):
+    """The GLA kernel is how the model is computed, not what it is: its checkpoint carries over."""
+    task, ck = MQARConfig(32, 24, 4), tmp_path / "run.pt"
+
+    def gla(kernel: str) -> RecallModel:
+        torch.manual_seed(0)
+        return RecallModel(RecallModelConfig(mixer="gla", d_model=16, vocab=32, seq_len=24, key_dim=4, rank=4,
+                                             gla_backend=kernel))
+
+    train_recall(gla("torch"), task, 4, 1e-2, seed=0, batch=2, n_test=4, check_every=2, checkpoint=ck)
+    r = train_recall(gla("naive"), task, 4, 1e-2, seed=0, batch=2, n_test=4, check_every=2, checkpoint=ck)
+    assert r["resumed_at"] == 2 and r["steps"] == 4
 
 
 def test_train_recall_refuses_the_checkpoint_of_another_run(tmp_path):

@@ -41,7 +41,7 @@ Order:     the claim cell's lr grid, then its extra seeds at each mixer's best l
            of the grid, so a run stopped early still has the claim.
 Writes:    OUT/mqar.json (grid rows: cell, lr, accuracy, loss, seconds; claim-cell seeds), written
            after every run, so a stopped run keeps its rows and a rerun of the same config
-           (``parallel`` may differ) skips them;
+           (``parallel`` and ``gla_backend`` may differ: each gla row names its kernel) skips them;
            OUT/partial/*.pt, a checkpoint per unfinished run, saved every 100 steps: a run stopped
            part way (a timeout, a lost machine) goes on from its last check, and its file is
            deleted once its row is in mqar.json (git ignores the folder);
@@ -63,7 +63,7 @@ import torch
 
 from emaprobe.experiments.common import command, pick_device, pyplot, save_fig
 from emaprobe.experiments.protocol import Claim, verdict_from_interval, write_claims
-from emaprobe.ops import resolve_gla_backend
+from emaprobe.ops import available_gla_backends, resolve_gla_backend
 from emaprobe.probes.linear import mean_ci
 from emaprobe.probes.recall import RecallModel, RecallModelConfig, train_recall
 from emaprobe.tasks.mqar import MQARConfig
@@ -72,6 +72,7 @@ from emaprobe.utils import atomic_write_json, atomic_write_text, read_json, run_
 NAME = "probe_mqar"
 RESULT = "mqar.json"
 PARTIAL = "partial"  # OUT/partial/: checkpoints of runs not yet finished
+HOW = ("parallel", "gla_backend")  # config fields that say how runs execute, not what they measure
 SELECTIVE = ("gla", "selective")  # the input-dependent mechanisms of the claim
 
 
@@ -93,6 +94,7 @@ class Config:
     claim_cell: tuple[int, int, int] = (64, 4, 64)  # (T, N, D)
     device: str = "auto"
     parallel: int = 1  # runs at a time, each in its own process (small models leave a GPU mostly idle)
+    gla_backend: str = "auto"  # gla's kernel (ops.gla: auto, torch, compiled); recorded in each gla row
     budget: str = "default"
 
     def __post_init__(self):
@@ -102,6 +104,8 @@ class Config:
                              f"(seq_lens {self.seq_lens}, pairs {self.pairs}, widths {self.widths})")
         if self.seeds < 1 or self.steps < 1 or self.parallel < 1:
             raise ValueError("seeds, steps and parallel must be >= 1")
+        if self.gla_backend not in available_gla_backends():
+            raise ValueError(f"unknown gla_backend {self.gla_backend!r}; choose one of {available_gla_backends()}")
 
     def cells(self) -> list[tuple[int, int, int]]:
         """(T, N, D) cells whose pairs fit: keys need N <= V/2 - 1 and T >= 3N."""
@@ -150,12 +154,12 @@ def _one(cfg: Config, mixer: str, cell, lr: float, seed: int, dev, out: Path) ->
     T, N, D = cell
     torch.manual_seed(seed)
     mc = RecallModelConfig(mixer=mixer, d_model=D, vocab=cfg.vocab, seq_len=T, key_dim=cfg.key_dim, rank=cfg.rank,
-                           short_conv=cfg.short_conv)
+                           short_conv=cfg.short_conv, gla_backend=cfg.gla_backend)
     model = RecallModel(mc)
     r = train_recall(model, MQARConfig(cfg.vocab, T, N), cfg.steps, lr, seed, batch=cfg.batch, n_test=cfg.n_test,
                      device=dev, checkpoint=_partial(out, mixer, cell, lr, seed))
     if mixer == "gla":  # which GLA kernel ran: the PyTorch chunked form, or a registered CUDA one
-        r["gla_backend"] = resolve_gla_backend("auto", torch.device(dev))
+        r["gla_backend"] = resolve_gla_backend(cfg.gla_backend, torch.device(dev))
     return {"mixer": mixer, "seq_len": T, "pairs": N, "width": D, "lr": lr, "seed": seed, **r}
 
 
@@ -178,10 +182,10 @@ def run(cfg: Config, out: Path) -> None:
     earlier: list[str] = []  # the commits of the runs this one resumes
     t0 = time.perf_counter()
     resumed = False
-    if path.is_file():  # resume: keep rows measured under the same config (``parallel`` aside)
+    if path.is_file():  # resume: keep rows measured under the same config (how they ran aside)
         old = read_json(path)
         same = json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples read back as lists
-        resumed = {**old.get("config", {}), "parallel": cfg.parallel} == same
+        resumed = {**old.get("config", {}), **{k: same[k] for k in HOW}} == same
         if resumed:
             rows = old["rows"]
             earlier = list(dict.fromkeys([*old.get("resumed_from", []), old.get("git_sha", "unknown")]))

@@ -55,6 +55,7 @@ class RecallModelConfig:
     key_dim: int = 16  # gla, attention
     rank: int = 16  # selective, gla gates
     short_conv: int = 3  # width of the causal depthwise conv before the mixer; 0 = none
+    gla_backend: str = "auto"  # the GLA kernel when mixer is gla (ops.gla: torch, compiled, ...); how, not what
 
 
 class RMSNorm(nn.Module):
@@ -75,7 +76,9 @@ class RecallBlock(nn.Module):
         self.conv_width = int(cfg.short_conv)
         if self.conv_width:
             self.conv = nn.Conv1d(D, D, self.conv_width, groups=D, padding=self.conv_width - 1)
-        self.mixer = build_mixer(cfg.mixer, D, strict=False, alphas=cfg.alphas, key_dim=cfg.key_dim, rank=cfg.rank)
+        kernel = {"backend": cfg.gla_backend} if cfg.mixer == "gla" else {}  # the scan mixers' backend is another
+        self.mixer = build_mixer(cfg.mixer, D, strict=False, alphas=cfg.alphas, key_dim=cfg.key_dim, rank=cfg.rank,
+                                 **kernel)
         S = self.mixer.n_scales
         self.out = nn.Linear(S * D, D, bias=False)  # W_o
         self.norm2 = RMSNorm(D)
@@ -174,8 +177,10 @@ def recall_step(model: RecallModel, opt: torch.optim.Optimizer, task: MQARConfig
 
 def _run_key(model: RecallModel, task: MQARConfig, steps: int, lr: float, seed: int, batch: int,
              weight_decay: float) -> dict:
-    """What a checkpoint must match to be resumed: the model, the task and the training settings."""
-    return {"model": dataclasses.asdict(model.cfg), "task": dataclasses.asdict(task), "steps": steps,
+    """What a checkpoint must match to be resumed: the model, the task and the training settings
+    (not the GLA kernel, which computes the same model)."""
+    arch = {k: v for k, v in dataclasses.asdict(model.cfg).items() if k != "gla_backend"}
+    return {"model": arch, "task": dataclasses.asdict(task), "steps": steps,
             "lr": lr, "seed": seed, "batch": batch, "weight_decay": weight_decay}
 
 
