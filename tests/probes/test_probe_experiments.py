@@ -186,6 +186,17 @@ def test_train_recall_resumes_under_another_gla_kernel(tmp_path):
     assert r["resumed_at"] == 2 and r["steps"] == 4
 
 
+def test_train_recall_compiled_trains_the_same_model():
+    runs = []
+    for compile_ in (False, True):
+        torch.manual_seed(0)
+        model = RecallModel(RecallModelConfig(mixer="attention", d_model=16, vocab=32, seq_len=24, key_dim=4))
+        runs.append(train_recall(model, MQARConfig(32, 24, 4), 3, 1e-2, seed=0, batch=4, n_test=8, compile=compile_))
+    eager, compiled = runs
+    assert compiled["steps"] == eager["steps"] == 3
+    assert compiled["final_loss"] == pytest.approx(eager["final_loss"], rel=1e-5)
+
+
 def test_train_recall_refuses_the_checkpoint_of_another_run(tmp_path):
     task, ck = MQARConfig(32, 24, 4), tmp_path / "run.pt"
     train_recall(_recall_model(), task, 4, 1e-2, seed=0, batch=2, n_test=4, check_every=2, checkpoint=ck)

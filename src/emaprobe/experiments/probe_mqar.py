@@ -41,7 +41,7 @@ Order:     the claim cell's lr grid, then its extra seeds at each mixer's best l
            of the grid, so a run stopped early still has the claim.
 Writes:    OUT/mqar.json (grid rows: cell, lr, accuracy, loss, seconds; claim-cell seeds), written
            after every run, so a stopped run keeps its rows and a rerun of the same config
-           (``parallel`` and ``gla_backend`` may differ: each gla row names its kernel) skips them;
+           (``parallel``, ``gla_backend`` and ``compile`` may differ: rows say how they ran) skips them;
            OUT/partial/*.pt, a checkpoint per unfinished run, saved every 100 steps: a run stopped
            part way (a timeout, a lost machine) goes on from its last check, and its file is
            deleted once its row is in mqar.json (git ignores the folder);
@@ -72,7 +72,7 @@ from emaprobe.utils import atomic_write_json, atomic_write_text, read_json, run_
 NAME = "probe_mqar"
 RESULT = "mqar.json"
 PARTIAL = "partial"  # OUT/partial/: checkpoints of runs not yet finished
-HOW = ("parallel", "gla_backend")  # config fields that say how runs execute, not what they measure
+HOW = ("parallel", "gla_backend", "compile")  # config fields that say how runs execute, not what they measure
 SELECTIVE = ("gla", "selective")  # the input-dependent mechanisms of the claim
 
 
@@ -95,6 +95,7 @@ class Config:
     device: str = "auto"
     parallel: int = 1  # runs at a time, each in its own process (small models leave a GPU mostly idle)
     gla_backend: str = "auto"  # gla's kernel (ops.gla: auto, torch, compiled); recorded in each gla row
+    compile: bool = False  # train through torch.compile(model); recorded in each row
     budget: str = "default"
 
     def __post_init__(self):
@@ -157,7 +158,8 @@ def _one(cfg: Config, mixer: str, cell, lr: float, seed: int, dev, out: Path) ->
                            short_conv=cfg.short_conv, gla_backend=cfg.gla_backend)
     model = RecallModel(mc)
     r = train_recall(model, MQARConfig(cfg.vocab, T, N), cfg.steps, lr, seed, batch=cfg.batch, n_test=cfg.n_test,
-                     device=dev, checkpoint=_partial(out, mixer, cell, lr, seed))
+                     device=dev, checkpoint=_partial(out, mixer, cell, lr, seed), compile=cfg.compile)
+    r["compiled"] = cfg.compile
     if mixer == "gla":  # which GLA kernel ran: the PyTorch chunked form, or a registered CUDA one
         r["gla_backend"] = resolve_gla_backend(cfg.gla_backend, torch.device(dev))
     return {"mixer": mixer, "seq_len": T, "pairs": N, "width": D, "lr": lr, "seed": seed, **r}
