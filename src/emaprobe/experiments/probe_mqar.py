@@ -31,12 +31,13 @@ Budgets:   cpu_long  the claim cell T=64, N=4, D=64 alone, 1500 steps, lr 3e-3, 
                 lr {1e-3, 3.2e-3}, 1000 steps x 256: 9 cells x 2 widths x 2 lrs x 5 mixers = 180
                 runs, plus 2 seeds x 5 at the claim cell (T=256, N=64, D=256), 12 at a time
                 (``parallel``: one process each, on an H200's 16 cores; batches are drawn on the GPU
-                and the loss read back every 100 steps). On the H200 (2d3e6fd) twelve at once share
-                the GPU by time-slicing: a claim-cell run took 130 to 280 s, and the first 30 runs
-                717 s (`results/probes/probe_mqar_gpu/mqar.json`). The whole grid is roughly two
-                device-hours, so it runs over several sessions, each resuming the last: `mqar.json`
-                is committed, and a run whose `--out` holds it goes on from it. Why not the first
-                plan (3000 steps x 64, three lrs): `notes/probes.md`.
+                and the loss read back every 100 steps). On the H200 (2d3e6fd, 76d183e) twelve at
+                once share the GPU by time-slicing: the first 86 runs (T 64 and most of 256) took
+                1740 s (`results/probes/probe_mqar_gpu/mqar.json`); the 104 left, 80 of them at
+                T=1024, are more than one session's device time, so the grid runs over several
+                sessions, each resuming the last: `mqar.json` is committed, and a run whose `--out`
+                holds it goes on from it. Why not the first plan (3000 steps x 64, three lrs), and
+                what comes next: `notes/probes.md`.
 Order:     the claim cell's lr grid, then its extra seeds at each mixer's best lr beside the rest
            of the grid, so a run stopped early still has the claim.
 Writes:    OUT/mqar.json (grid rows: cell, lr, accuracy, loss, seconds; claim-cell seeds), written

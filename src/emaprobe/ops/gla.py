@@ -56,6 +56,7 @@ through the PyTorch ops.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -246,7 +247,9 @@ class GLABackend:
     needs_cuda: bool = False
 
 
-_compiled: list[Callable] = []  # chunk_gla under torch.compile, made on first use
+@functools.cache
+def _compiled_chunk_gla() -> Callable:
+    return torch.compile(chunk_gla)  # made on first use: importing the compiler costs every user of ops
 
 
 def compiled_chunk_gla(q, k, v, log_decay, h0=None):
@@ -255,9 +258,7 @@ def compiled_chunk_gla(q, k, v, log_decay, h0=None):
     earlier sub-chunks) are made where they are summed instead of in memory. Forward+backward at
     B8 T256 H3 K64 V256 in float32: 147 ms eager, 28 ms compiled on this project's 2-core CPU
     (*exploratory*). Each new shape compiles once (seconds); the GPU timing is in notes/probes.md."""
-    if not _compiled:
-        _compiled.append(torch.compile(chunk_gla))
-    return _compiled[0](q, k, v, log_decay, h0)
+    return _compiled_chunk_gla()(q, k, v, log_decay, h0)
 
 
 GLA_BACKENDS: dict[str, GLABackend] = {"torch": GLABackend("torch", chunk_gla),
