@@ -75,7 +75,7 @@ def test_gla_backends_agree_and_names_are_checked():
     y_naive, _ = _gla(backend="naive")(x)
     torch.testing.assert_close(y, y_naive, rtol=1e-5, atol=1e-5)
     assert _gla(backend="triton").backend == "auto"  # a model's scan-only backend: GLA picks its own
-    with pytest.raises(ValueError, match=r"unknown backend 'cuda'; choose one of \['auto', 'compiled', 'naive', 'torch'"):
+    with pytest.raises(ValueError, match=r"unknown backend 'cuda'; choose one of \['auto', 'naive', 'torch'"):
         build_mixer("gla", D, backend="cuda")
     with pytest.raises(ValueError, match="key_dim must be positive"):
         build_mixer("gla", D, key_dim=0)

@@ -219,37 +219,3 @@ def test_bad_shapes_fail_clearly():
         chunk_gla(q, k, v, g, chunk_size=20, sub_chunk=16)
     with pytest.raises(ValueError, match=r"q_t must have shape \(B, H, K\)"):
         gla_step(q, k[:, 0], v[:, 0], g[:, 0])
-
-
-def _compiled_vs_naive(shape, with_h0, device, dtype, tol):
-    inputs = make_inputs(*shape, dtype=torch.float64, with_h0=with_h0)
-    names = ["q", "k", "v", "log_decay", "h0"]
-    results = []
-    for backend, dev, dt in (("naive", "cpu", torch.float64), ("compiled", device, dtype)):
-        leaves = [None if t is None else t.to(dev, dt).requires_grad_(True) for t in inputs]
-        o, S = gated_linear_attention(*leaves, return_state=True, backend=backend)
-        gen = torch.Generator().manual_seed(1)
-        loss = (o * torch.randn(o.shape, generator=gen, dtype=torch.float64).to(dev, o.dtype)).sum()
-        (loss + (S * torch.randn(S.shape, generator=gen, dtype=torch.float64).to(dev, S.dtype)).sum()).backward()
-        results.append({"o": o, "S": S, **{n: x.grad for n, x in zip(names, leaves) if x is not None}})
-    ref, out = results
-    assert set(ref) == {"o", "S", *names[: 4 + with_h0]}
-    for name in ref:
-        assert rel_err(out[name].cpu(), ref[name]) < tol, name
-
-
-@pytest.mark.parametrize(("shape", "with_h0"), [((2, 1, 3, 5, 7), True), ((1, 130, 2, 3, 5), False)],
-                         ids=["T1-h0", "T130"])
-def test_compiled_backend_vs_naive_values_and_gradients(shape, with_h0):
-    """The ``compiled`` backend (``chunk_gla`` under torch.compile) against ``naive_gla``, float64:
-    outputs, final state and every gradient."""
-    _compiled_vs_naive(shape, with_h0, "cpu", torch.float64, 1e-10)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize(("shape", "with_h0"), [((2, 1, 3, 5, 7), True), ((1, 300, 3, 64, 33), False)],
-                         ids=["T1-h0", "T300"])
-def test_compiled_backend_on_cuda_vs_naive(shape, with_h0):
-    """The same in float32 on a GPU, where Inductor writes Triton kernels."""
-    _compiled_vs_naive(shape, with_h0, "cuda", torch.float32, 1e-4)

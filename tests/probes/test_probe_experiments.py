@@ -79,7 +79,7 @@ def test_mqar_parallel_runs_the_same_jobs_and_a_rerun_skips_them(tmp_path, capsy
     assert again["resumed_from"] == [again["git_sha"]]  # the first run's commit, kept
     with pytest.raises(ValueError, match="parallel must be >= 1"):
         dataclasses.replace(cfg, parallel=0)
-    with pytest.raises(ValueError, match=r"unknown gla_backend 'fla'; choose one of \[.*'compiled'"):
+    with pytest.raises(ValueError, match=r"unknown gla_backend 'fla'; choose one of \[.*'torch'"):
         dataclasses.replace(cfg, gla_backend="fla")
     assert {r["gla_backend"] for r in rows if r["mixer"] == "gla"} == {"torch"}
 

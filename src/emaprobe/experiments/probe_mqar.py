@@ -27,6 +27,8 @@ Budgets:   cpu_long  the claim cell T=64, N=4, D=64 alone, 1500 steps, lr 3e-3, 
                 1000 steps: see results/probes/probe_mqar_long{,_attention,_selective}
            gpu_long  the gpu claim cell alone (T=256, N=64, D=256), 4000 steps x 256, lr 1e-3, ema,
                 selective and gla, 3 seeds: do the recurrent mixers reach it with 4x the training?
+                On the H200 (c347530, 1020 s): gla 0.996 ± 0.006, selective 0.013, ema 0.010
+                (results/probes/probe_mqar_gpu_long): gla does; the vector states do not.
            gpu  V=8192, T {64, 256, 1024}, N {4, 16, 64, 256 where T >= 3N}, D {64, 256},
                 lr {1e-3, 3.2e-3}, 1000 steps x 256: 9 cells x 2 widths x 2 lrs x 5 mixers = 180
                 runs, plus 2 seeds x 5 at the claim cell (T=256, N=64, D=256), 12 at a time

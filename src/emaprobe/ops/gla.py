@@ -56,7 +56,6 @@ through the PyTorch ops.
 
 from __future__ import annotations
 
-import functools
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -247,22 +246,7 @@ class GLABackend:
     needs_cuda: bool = False
 
 
-@functools.cache
-def _compiled_chunk_gla() -> Callable:
-    return torch.compile(chunk_gla)  # made on first use: importing the compiler costs every user of ops
-
-
-def compiled_chunk_gla(q, k, v, log_decay, h0=None):
-    """``chunk_gla`` under ``torch.compile``: the same operations, which Inductor fuses, so the
-    sub-chunk exponentials (the (c, c, K) tensor of each sub-chunk and the (n, c, K) one of its
-    earlier sub-chunks) are made where they are summed instead of in memory. Forward+backward at
-    B8 T256 H3 K64 V256 in float32: 147 ms eager, 28 ms compiled on this project's 2-core CPU
-    (*exploratory*). Each new shape compiles once (seconds); the GPU timing is in notes/probes.md."""
-    return _compiled_chunk_gla()(q, k, v, log_decay, h0)
-
-
-GLA_BACKENDS: dict[str, GLABackend] = {"torch": GLABackend("torch", chunk_gla),
-                                       "compiled": GLABackend("compiled", compiled_chunk_gla)}
+GLA_BACKENDS: dict[str, GLABackend] = {"torch": GLABackend("torch", chunk_gla)}
 _warned: set[str] = set()
 
 
