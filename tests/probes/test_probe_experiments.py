@@ -84,6 +84,23 @@ def test_mqar_parallel_runs_the_same_jobs_and_a_rerun_skips_them(tmp_path, capsy
     assert {r["gla_backend"] for r in rows if r["mixer"] == "gla"} == {"torch"}
 
 
+def test_mqar_with_one_lr_runs_every_seed_and_draws_the_claim_cells_curves(tmp_path):
+    mqar = get_experiment("probe_mqar")
+    cfg = mqar.Config(mixers=("ema", "selective"), vocab=16, seq_lens=(24,), pairs=(2,), widths=(16,), lrs=(1e-2,),
+                      steps=4, batch=2, n_test=4, seeds=3, claim_cell=(24, 2, 16), device="cpu")
+    mqar.run(cfg, tmp_path)
+    mqar.report(tmp_path)
+    res = json.loads((tmp_path / "mqar.json").read_text())
+    assert sorted((r["mixer"], r["seed"]) for r in res["rows"]) == [(m, s) for m in ("ema", "selective") for s in range(3)]
+    assert all(len(r["loss_curve"]) == 4 and r["curve_every"] == 1 for r in res["rows"])
+    assert (tmp_path / "mqar_curves.png").is_file() and "mqar_curves.png" in (tmp_path / "README.md").read_text()
+    for r in res["rows"]:  # rows of runs made before curves were kept: no figure, and no link to one
+        del r["loss_curve"], r["curve_every"]
+    (tmp_path / "mqar.json").write_text(json.dumps(res))
+    mqar.report(tmp_path)
+    assert not (tmp_path / "mqar_curves.png").exists() and "mqar_curves" not in (tmp_path / "README.md").read_text()
+
+
 def test_mqar_run_stopped_part_way_goes_on_from_its_checkpoint(tmp_path, monkeypatch, capsys):
     import emaprobe.probes.recall as recall
 
@@ -130,6 +147,7 @@ def test_train_recall_reads_the_loss_back_in_batches_without_changing_the_run():
     one, four = _recall_run(1e-2, 1), _recall_run(1e-2, 4)  # 9 steps: checks at 4, 8 and the last step
     assert one["steps"] == four["steps"] == 9 and not one["diverged"]
     assert one["final_loss"] == four["final_loss"] and one["accuracy"] == four["accuracy"]
+    assert one["loss_curve"] == four["loss_curve"] and len(one["loss_curve"]) == 9  # 9 steps: windows of 1
 
 
 def test_train_recall_stops_at_the_first_check_after_a_non_finite_loss():
@@ -168,6 +186,7 @@ def test_train_recall_resumed_from_its_checkpoint_ends_where_an_unbroken_run_doe
     assert resumed["resumed_at"] == 6 and whole["resumed_at"] == 0
     assert resumed["steps"] == whole["steps"] == 10
     assert (resumed["accuracy"], resumed["final_loss"]) == (whole["accuracy"], whole["final_loss"])
+    assert resumed["loss_curve"] == whole["loss_curve"]  # the steps before the stop come from the checkpoint
     for a, b in zip(whole_model.parameters(), resumed_model.parameters()):
         assert torch.equal(a, b)
 

@@ -41,14 +41,15 @@ Budgets:   cpu_long  the claim cell T=64, N=4, D=64 alone, 1500 steps, lr 3e-3, 
                 holds it goes on from it. Why not the first plan (3000 steps x 64, three lrs), and
                 what comes next: `notes/probes.md`.
 Order:     the claim cell's lr grid, then its extra seeds at each mixer's best lr beside the rest
-           of the grid, so a run stopped early still has the claim.
+           of the grid, so a run stopped early still has the claim (with one lr, all at once).
 Writes:    OUT/mqar.json (grid rows: cell, lr, accuracy, loss, seconds; claim-cell seeds), written
            after every run, so a stopped run keeps its rows and a rerun of the same config
            (``parallel``, ``gla_backend`` and ``compile`` may differ: rows say how they ran) skips them;
            OUT/partial/*.pt, a checkpoint per unfinished run, saved every 100 steps: a run stopped
            part way (a timeout, a lost machine) goes on from its last check, and its file is
            deleted once its row is in mqar.json (git ignores the folder);
-           OUT/README.md, OUT/mqar_heatmap.png, OUT/claims.json.
+           OUT/README.md, OUT/mqar_heatmap.png, OUT/mqar_curves.png (the claim cell's training
+           loss, from rows that keep their ``loss_curve``), OUT/claims.json.
 """
 
 from __future__ import annotations
@@ -232,12 +233,14 @@ def run(cfg: Config, out: Path) -> None:
             stale.unlink()
     save()  # the config is on disk before any checkpoint is, so a rerun can tell whose they are
     claim = tuple(cfg.claim_cell)
-    execute([(m, claim, lr, 0) for m in cfg.mixers for lr in cfg.lrs])
-    best = {m: max((r for r in rows if r["mixer"] == m and _cell(r) == claim and r["seed"] == 0),
-                   key=lambda r: r["accuracy"])["lr"] for m in cfg.mixers}
-    seeds = [(m, claim, best[m], seed) for m in cfg.mixers for seed in range(1, cfg.seeds)]
     grid = [(m, cell, lr, 0) for cell in cfg.cells() if cell != claim for m in cfg.mixers for lr in cfg.lrs]
-    execute(seeds + grid)
+    if len(cfg.lrs) == 1:  # the one lr is the best: the seeds need not wait for the lr grid
+        execute([(m, claim, cfg.lrs[0], seed) for m in cfg.mixers for seed in range(cfg.seeds)] + grid)
+    else:
+        execute([(m, claim, lr, 0) for m in cfg.mixers for lr in cfg.lrs])
+        best = {m: max((r for r in rows if r["mixer"] == m and _cell(r) == claim and r["seed"] == 0),
+                       key=lambda r: r["accuracy"])["lr"] for m in cfg.mixers}
+        execute([(m, claim, best[m], seed) for m in cfg.mixers for seed in range(1, cfg.seeds)] + grid)
     save()
 
 
@@ -268,6 +271,34 @@ def claim_stats(cfg: dict, rows: list[dict]) -> dict:
         accs = [r["accuracy"] for r in rows if r["mixer"] == m and _cell(r) == cell and r["lr"] == lr]
         per[m] = {"lr": lr, "accs": accs, **mean_ci(accs)}
     return per
+
+
+def _draw_curves(cfg: dict, rows: list[dict], per: dict, out: Path) -> bool:
+    """OUT/mqar_curves.png: the claim cell's training loss against steps, per mixer (the mean curve
+    of its seeds at the best lr). Rows without a ``loss_curve`` (older runs) are left out; False,
+    and no file, when none has one."""
+    cell = tuple(cfg["claim_cell"])
+    curves = {}
+    for m, p in per.items():
+        got = [r for r in rows if r["mixer"] == m and _cell(r) == cell and r["lr"] == p["lr"] and r.get("loss_curve")]
+        if got:
+            n = min(len(r["loss_curve"]) for r in got)
+            curves[m] = (got[0]["curve_every"], np.mean([r["loss_curve"][:n] for r in got], axis=0), len(got))
+    if not curves:
+        (out / "mqar_curves.png").unlink(missing_ok=True)
+        return False
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    for m, (w, y, n) in curves.items():
+        ax.plot((np.arange(len(y)) + 0.5) * w, y, label=f"{m} ({n} seed{'s' if n > 1 else ''})")
+    ax.axhline(np.log(cfg["vocab"] / 2), color="gray", ls=":", lw=1, label="chance, ln(V/2)")
+    T, N, D = cell
+    ax.set_xlabel("training step")
+    ax.set_ylabel("loss (nats)")
+    ax.set_title(f"MQAR training loss, T={T}, N={N}, D={D}, batch {cfg['batch']}", fontsize=9)
+    ax.legend(fontsize=7)
+    save_fig(fig, out / "mqar_curves.png")
+    return True
 
 
 def _ci_text(s: dict) -> str:
@@ -314,6 +345,7 @@ def report(out: Path) -> None:
     save_fig(fig, out / "mqar_heatmap.png")
 
     per = claim_stats(cfg, rows)
+    curves = _draw_curves(cfg, rows, per, out)
     cands = [m for m in SELECTIVE if m in per]
     claims = []
     if "ema" in per and cands:
@@ -362,6 +394,10 @@ def report(out: Path) -> None:
         lines += ["", f"Claim cell T, N, D = {tuple(cfg['claim_cell'])}, seeds at the best lr:", ""]
         for m, p in per.items():
             lines.append(f"- {m}: {p['mean']:.3f} ± {p['std']:.3f} (lr {p['lr']:g}, n={p['n']}, {_ci_text(p)})")
+    if curves:
+        lines += ["", "Training loss at the claim cell, mean over the seeds at each mixer's best lr (runs made "
+                  "before rows kept their curves are left out); chance is ln(V/2) nats:", "",
+                  "![training loss](mqar_curves.png)"]
     for c in claims:
         lines += ["", f"Claim `{c.claim}`: {c.ours:+.3f} ± {c.std:.3f}: **{c.verdict}** ({c.note})."]
     if per:

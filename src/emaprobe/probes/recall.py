@@ -224,7 +224,9 @@ def train_recall(
     steps compile); scoring stays eager.
     Returns accuracy on ``n_test`` held-out sequences, the last training losses, the step time
     (``seconds`` summed over resumes), whether the loss ever went non-finite (a diverged lr scores
-    0) and ``resumed_at``, the step the run went on from (0: it ran unbroken).
+    0), ``resumed_at``, the step the run went on from (0: it ran unbroken), and ``loss_curve``:
+    the mean training loss of each window of ``curve_every`` steps (steps // 50: about 50 points,
+    the same however often the loss is read back or the run was resumed).
     """
     device = torch.device(device)
     model.to(device).train()
@@ -266,8 +268,11 @@ def train_recall(
     seconds = before + time.perf_counter() - t0
     acc = 0.0 if diverged else recall_accuracy(model, task, n_test, seed=10_000_000 + seed * 100_003, device=device)
     tail = losses[-max(1, len(losses) // 10):] if losses else [float("nan")]
+    w = max(1, steps // 50)
+    curve = [round(sum(losses[i:i + w]) / len(losses[i:i + w]), 4) for i in range(0, len(losses), w)]
     return {"accuracy": acc, "final_loss": sum(tail) / len(tail), "diverged": diverged, "steps": len(losses),
-            "seconds": round(seconds, 2), "params": sum(p.numel() for p in model.parameters()), "resumed_at": start}
+            "seconds": round(seconds, 2), "params": sum(p.numel() for p in model.parameters()), "resumed_at": start,
+            "curve_every": w, "loss_curve": curve}
 
 
 __all__ = ["RecallModel", "RecallModelConfig", "recall_accuracy", "recall_step", "train_recall"]
