@@ -1,9 +1,14 @@
-"""The CUDA scan benchmark's host-overhead helpers, on CPU: the module imports without CUDA or
-Triton, and ``host_us`` times the calls it is given (no timing is asserted)."""
+"""The CUDA scan benchmark's helpers, on CPU: the module imports without CUDA or Triton,
+``host_us`` times the calls it is given (no timing is asserted), the grid's shapes, verdict and
+plot, and the CLI's checks on --grid and --tag."""
 
 from __future__ import annotations
 
+import pytest
+
+from emaprobe.cli import main
 from emaprobe.experiments import bench_scan_cuda as bench
+from emaprobe.experiments.common import check_tag
 
 
 def test_host_us_calls_fn_each_round_and_syncs_around_rounds():
@@ -23,3 +28,47 @@ def test_host_overhead_verdict_against_the_targets():
     assert "NOT met" in bench.host_overhead_verdict(slow)
     assert "host us" in bench.format_table([dict(row, ours_ema_fwd_ms=0.06, floor_fwd_ms=0.05, x_ema_fwd_vs_floor=1.2,
                                                  x_ema_fwdbwd_vs_floor=1.3, x_sel_fwd_vs_floor=1.2)], "card")
+
+
+def test_grid_shapes_cover_long_t_and_wide_d_at_the_least_batch():
+    shapes = bench.grid_shapes()
+    assert {T for _, T, _ in shapes} == set(bench.GRID_TS) and max(bench.GRID_TS) == 65536
+    assert {D for _, _, D in shapes} == set(bench.GRID_DS) and {256, 4096} <= set(bench.GRID_DS)
+    for B, T, D in shapes:
+        assert B * T * D >= bench.GRID_MIN_ELEMS
+        assert B == 1 or (B // 2) * T * D < bench.GRID_MIN_ELEMS  # no bigger than it must be
+        assert B & (B - 1) == 0
+    assert bench.grid_shapes((3,), (5,), 100) == [(8, 3, 5)]
+
+
+def _grid_rows(ema=(1.1, 1.2), sel=(1.25, 1.4)):
+    return [dict(B=1, T=T, D=D, x_ema_fwd_vs_floor=e, x_sel_fwd_vs_floor=s)
+            for (T, D), e, s in zip(((512, 256), (65536, 4096)), ema, sel)]
+
+
+def test_grid_verdict_names_the_worst_shape_and_the_misses():
+    lines = bench.grid_verdict(_grid_rows()).splitlines()
+    assert lines[0].startswith("EMA forward: worst 1.20x") and lines[0].endswith("0 of 2 shapes above 1.3x: met")
+    assert "1x65536x4096" in lines[1] and lines[1].endswith("1 of 2 shapes above 1.3x: NOT met")
+
+
+def test_plot_grid_draws_from_rows_without_a_gpu(tmp_path):
+    bench.plot_grid(_grid_rows(), "card", tmp_path / "grid.png")
+    assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--grid"], "add --device cuda"),
+    (["--tag", "one"], "add --device cuda"),
+    (["--device", "cuda", "--grid", "--shape", "1x8x8"], "drop --shape"),
+])
+def test_bench_scan_grid_and_tag_misuse_is_named(args, message, capsys):
+    assert main(["bench", "scan", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_tags_become_file_names_only_when_safe():
+    check_tag(None)
+    check_tag("host-1_a")
+    with pytest.raises(ValueError, match="letters, digits"):
+        check_tag("../x")

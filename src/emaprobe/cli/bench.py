@@ -11,6 +11,10 @@ examples:
   emaprobe bench scan --out results/bench       the committed CPU figures (on purpose only)
   emaprobe bench scan --device cuda --out results/bench
                                                 Triton kernels against the copy-bandwidth floor
+  emaprobe bench scan --device cuda --grid --out results/bench
+                                                the forwards over 16 shapes, time / floor heat maps
+  emaprobe bench scan --device cuda --shape 16x2048x768 --no-peers --tag host
+                                                one shape, in files of its own
   emaprobe bench ffn                            top-k FFN, dense against gather, CPU
   emaprobe bench ffn --device cuda --width 130m the same on a GPU (bf16 autocast)
 Output goes to runs/bench/ (ignored by git) unless --out names another folder.
@@ -69,13 +73,20 @@ def _scan(args: argparse.Namespace) -> int:
     from emaprobe.experiments.bench_scan import DEFAULT_SHAPES, parse_shape, run_cpu
 
     shapes = [parse_shape(s) for s in args.shape] if args.shape else list(DEFAULT_SHAPES)
+    if args.device != "cuda" and (args.grid or args.tag):
+        raise ValueError("--grid and --tag are for the CUDA benchmark: add --device cuda")
+    if args.grid and (args.shape or args.sweep or args.tag):
+        raise ValueError("--grid times its own shapes into scan_grid_<card>.json: drop --shape, --sweep and --tag")
     if args.device == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("--device cuda: no CUDA device is visible to torch")
-        from emaprobe.experiments.bench_scan_cuda import run_cuda
+        from emaprobe.experiments.bench_scan_cuda import run_cuda, run_grid
 
+        if args.grid:
+            run_grid(out_dir=args.out)
+            return 0
         run_cuda(shapes if args.shape else None, out_dir=args.out, do_sweep=args.sweep,
-                 peers=not args.no_peers, loop=not args.no_loop, warp=not args.no_warp)
+                 peers=not args.no_peers, loop=not args.no_loop, warp=not args.no_warp, tag=args.tag)
         return 0
     run_cpu(shapes, repeats=args.repeats, out_dir=args.out)
     return 0
@@ -116,6 +127,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--no-peers", action="store_true", help="skip accelerated-scan and flash-linear-attention")
     g.add_argument("--no-warp", action="store_true", help="skip accelerated-scan's warp kernel (slow first compile)")
     g.add_argument("--no-loop", action="store_true", help="skip the PyTorch step loop")
+    g.add_argument("--grid", action="store_true",
+                   help="instead: the EMA and selective forwards (graphed) against their floors over T 512-65536, "
+                        "D 256-4096, B*T*D >= 2^24; writes scan_grid_<card>.json and .png (about a minute)")
+    g.add_argument("--tag", help="a suffix for the file names, scan_cuda_<card>_<tag>.json, so a run of one shape "
+                                 "does not replace the default shapes' figures (letters, digits, - and _)")
     s.set_defaults(func=_scan)
 
     f = bsub.add_parser(

@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import re
 import statistics
 import time
 from collections.abc import Callable
@@ -65,7 +64,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from emaprobe.experiments.common import card_slug, save_fig
+from emaprobe.experiments.common import card_slug, check_tag, save_fig
 from emaprobe.layers import MIXERS
 from emaprobe.models import GPTConfig, SPENConfig, build_model, resolve_config
 from emaprobe.train import TrainConfig
@@ -395,8 +394,7 @@ def run(bc: BenchConfig, device: str | torch.device = "cpu", out_dir: str | Path
         peak_tflops: float | None = None, tag: str | None = None) -> dict:
     """Measure every row of ``bc`` on ``device``; write JSON (after each row) and the PNG to ``out_dir``,
     as ``bench_lm_<card>[_<tag>]``."""
-    if tag is not None and not re.fullmatch(r"[A-Za-z0-9_-]+", tag):
-        raise ValueError(f"--tag {tag!r}: use letters, digits, '-' and '_' only (it becomes part of a file name)")
+    check_tag(tag)
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is visible to torch")

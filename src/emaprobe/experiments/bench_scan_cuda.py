@@ -39,8 +39,13 @@ In one run it measures:
 Kernels are timed as the median per call of CUDA-graph replays (``_bench``), ours and
 peers alike; ``*_eager_ms`` figures are launched from Python. Before timing, each of our
 kernels is checked against a float64 reference on fresh random inputs with NaN-poisoned
-outputs. Writes ``scan_cuda_<card>.json`` and ``scan_cuda_<card>.png`` (the card's name
-in the file names and inside both) into ``--out``.
+outputs. Writes ``scan_cuda_<card>[_<tag>].json`` and ``.png`` (the card's name in the file
+names and inside both) into ``--out``.
+
+``--grid`` (issue 17 item 5) times only the EMA forward and the selective forward, graphed,
+against their floors, at every T in GRID_TS and D in GRID_DS (B the least power of two with
+B*T*D >= 2^24), and writes ``scan_grid_<card>.json`` and ``.png`` (a heat map of time / floor;
+target FLOOR_TARGET). Run time: about a minute.
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ from types import SimpleNamespace
 
 import torch
 
-from emaprobe.experiments.common import card_slug, save_fig
+from emaprobe.experiments.common import card_slug, check_tag, save_fig
 from emaprobe.ops import DEFAULT_ALPHAS, ema_step, ema_traces
 from emaprobe.utils import atomic_write_json, run_record
 
@@ -70,6 +75,13 @@ LOOP_MAX_STEPS = 2048
 # channels) on the H200 here, which ends the CUDA context: it is timed up to this T
 WARP_MAX_T = 2048  # the step loop beyond this many steps is timed on a prefix and scaled
 
+
+# --grid (issue 17 item 5): every T and D below at the least power-of-two B with B*T*D >= GRID_MIN_ELEMS,
+# the EMA and selective forwards timed graphed against their floors, target FLOOR_TARGET or better
+GRID_TS = (512, 2048, 8192, 65536)
+GRID_DS = (256, 768, 1024, 4096)
+GRID_MIN_ELEMS = 1 << 24
+FLOOR_TARGET = 1.3
 
 EAGER_FALLBACKS: list[str] = []  # figures that could not be timed inside a CUDA graph
 # The host-overhead targets: the public ops' Python time a call (their launches included,
@@ -534,6 +546,119 @@ def replot(json_path: str | Path) -> Path:
     return out
 
 
+def grid_shapes(ts=GRID_TS, ds=GRID_DS, min_elems: int = GRID_MIN_ELEMS) -> list[tuple[int, int, int]]:
+    """(B, T, D) for every T and D: B is the least power of two with B * T * D >= ``min_elems``."""
+    shapes = []
+    for T in ts:
+        for D in ds:
+            B = 1
+            while B * T * D < min_elems:
+                B *= 2
+            shapes.append((B, T, D))
+    return shapes
+
+
+def grid_row(ts, shape, alphas, bw: float) -> dict:
+    """One grid shape: the EMA forward and the selective forward, graphed, and their floors."""
+    B, T, D = shape
+    S = len(alphas)
+    n = B * T * D
+    row: dict = {"B": B, "T": T, "D": D, "S": S, "dtype": "bfloat16",
+                 "floor_fwd_ms": (2 + 2 * S) * n / bw * 1e3, "floor_sel_fwd_ms": 6 * n / bw * 1e3}
+    with torch.no_grad():
+        x = torch.randn(B, T, D, device="cuda", dtype=torch.bfloat16)
+        row["ours_ema_fwd_ms"] = _bench(lambda: ts.ema_traces_fwd(x, alphas), "grid_ema_fwd")
+        del x
+        torch.cuda.empty_cache()
+        a = (torch.rand(B, T, D, device="cuda") * 0.5 + 0.5).to(torch.bfloat16)
+        b = torch.randn(B, T, D, device="cuda", dtype=torch.bfloat16)
+        row["ours_sel_fwd_ms"] = _bench(lambda: ts.linear_scan_fwd(a, b), "grid_sel_fwd")
+        del a, b
+    torch.cuda.empty_cache()
+    row["x_ema_fwd_vs_floor"] = row["ours_ema_fwd_ms"] / row["floor_fwd_ms"]
+    row["x_sel_fwd_vs_floor"] = row["ours_sel_fwd_ms"] / row["floor_sel_fwd_ms"]
+    return row
+
+
+def grid_verdict(rows: list[dict]) -> str:
+    """One line per kernel: its worst shape against FLOOR_TARGET, and how many shapes miss it."""
+    lines = []
+    for name, key in (("EMA forward", "x_ema_fwd_vs_floor"), ("selective forward", "x_sel_fwd_vs_floor")):
+        worst = max(rows, key=lambda r: r[key])
+        miss = sum(r[key] > FLOOR_TARGET for r in rows)
+        lines.append(f"{name}: worst {worst[key]:.2f}x of the floor at {worst['B']}x{worst['T']}x{worst['D']}; "
+                     f"{miss} of {len(rows)} shapes above {FLOOR_TARGET}x: " + ("met" if miss == 0 else "NOT met"))
+    return "\n".join(lines)
+
+
+def plot_grid(rows: list[dict], card: str, path: Path) -> None:
+    """Two heat maps, T down and D across: each kernel's time as a multiple of its floor."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    Ts = sorted({r["T"] for r in rows})
+    Ds = sorted({r["D"] for r in rows})
+    fig, axes = plt.subplots(1, 2, figsize=(10, 0.7 * len(Ts) + 2.2))
+    for ax, (title, key) in zip(axes, (("EMA traces forward (S=3)", "x_ema_fwd_vs_floor"),
+                                       ("selective scan forward", "x_sel_fwd_vs_floor"))):
+        grid = np.full((len(Ts), len(Ds)), np.nan)
+        for r in rows:
+            grid[Ts.index(r["T"]), Ds.index(r["D"])] = r[key]
+        im = ax.imshow(grid, cmap="RdYlGn_r", vmin=1.0, vmax=2 * FLOOR_TARGET - 1.0, aspect="auto")
+        for i, T in enumerate(Ts):
+            for j, D in enumerate(Ds):
+                r = next((r for r in rows if (r["T"], r["D"]) == (T, D)), None)
+                if r is not None:
+                    ax.text(j, i, f"{r[key]:.2f}x\nB={r['B']}", ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(len(Ds)), [str(d) for d in Ds])
+        ax.set_yticks(range(len(Ts)), [str(t) for t in Ts])
+        ax.set_xlabel("D (channels)")
+        ax.set_ylabel("T (steps)")
+        ax.set_title(f"{title}: time / floor", fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.suptitle(f"scan kernels over B*T*D >= 2^{GRID_MIN_ELEMS.bit_length() - 1}, graphed, bf16, on {card} "
+                 f"(target {FLOOR_TARGET}x)", fontsize=10)
+    fig.tight_layout()
+    save_fig(fig, path, dpi=110)
+
+
+def run_grid(alphas=DEFAULT_ALPHAS, out_dir: str | Path | None = None, shapes=None) -> dict:
+    """``--grid``: the EMA and selective forwards over ``grid_shapes()``, after the float64 checks;
+    writes ``scan_grid_<card>.json`` and ``.png`` into ``out_dir``."""
+    ts = _triton_ops()
+    shapes = grid_shapes() if shapes is None else shapes
+    card = torch.cuda.get_device_name()
+    slug = card_slug(card)
+    bw = copy_bandwidth()
+    print(f"{card}: device-to-device copy {bw / 1e12:.3f} TB/s (read + write)", flush=True)
+    errs = check_kernels(ts, alphas)
+    bad = {k: v for k, v in errs.items() if not v < 1e-2}
+    if bad:
+        raise RuntimeError(f"kernel check failed: {bad}")
+    rows = []
+    for shape in shapes:
+        rows.append(grid_row(ts, shape, alphas, bw))
+        r = rows[-1]
+        print(f"{r['B']:>4} x{r['T']:>6} x{r['D']:>5}: EMA fwd {r['ours_ema_fwd_ms']:.4f} ms "
+              f"({r['x_ema_fwd_vs_floor']:.2f}x), selective fwd {r['ours_sel_fwd_ms']:.4f} ms "
+              f"({r['x_sel_fwd_vs_floor']:.2f}x)", flush=True)
+    print(grid_verdict(rows))
+    result = run_record(benchmark="scan-cuda-grid", card=card, copy_bandwidth_Bps=bw, alphas=list(alphas), checks=errs,
+                        rows=rows, triton=__import__("triton").__version__, floor_target=FLOOR_TARGET,
+                        grid={"T": list(GRID_TS), "D": list(GRID_DS), "min_elems": GRID_MIN_ELEMS},
+                        timing="median per call of CUDA-graph replays (triton.testing.do_bench_cudagraph)",
+                        eager_fallbacks=sorted(set(EAGER_FALLBACKS)))
+    if out_dir is not None:
+        out = Path(out_dir)
+        print(f"wrote {atomic_write_json(out / f'scan_grid_{slug}.json', result)}")
+        plot_grid(rows, card, out / f"scan_grid_{slug}.png")
+        print(f"wrote {out / f'scan_grid_{slug}.png'}")
+    return result
+
+
 def _triton_ops() -> SimpleNamespace:
     """Our kernels' launchers and autograd ops, one namespace (imported here: they need Triton)."""
     from emaprobe.ops.triton import ema, linear_scan, plan
@@ -555,12 +680,15 @@ def _triton_ops() -> SimpleNamespace:
 
 
 def run_cuda(shapes=None, alphas=DEFAULT_ALPHAS, out_dir: str | Path | None = None,
-             peers: bool = True, warp: bool = True, loop: bool = True, do_sweep: bool = False) -> dict:
-    """Run the whole CUDA benchmark; returns the result dict (also written as JSON when ``out_dir``)."""
+             peers: bool = True, warp: bool = True, loop: bool = True, do_sweep: bool = False,
+             tag: str | None = None) -> dict:
+    """Run the whole CUDA benchmark; returns the result dict (also written as JSON when ``out_dir``,
+    as ``scan_cuda_<card>[_<tag>]``: a run of one shape with a tag leaves the default file alone)."""
+    check_tag(tag)
     ts = _triton_ops()
     shapes = list(DEFAULT_SHAPES) if shapes is None else shapes
     card = torch.cuda.get_device_name()
-    slug = card_slug(card)
+    slug = card_slug(card) + (f"_{tag}" if tag else "")
     bw = copy_bandwidth()
     print(f"{card}: device-to-device copy {bw / 1e12:.3f} TB/s (read + write)", flush=True)
     errs = check_kernels(ts, alphas)

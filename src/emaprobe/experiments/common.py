@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import torch
@@ -33,6 +34,12 @@ def pyplot():
 def card_slug(card: str) -> str:
     """'NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3': the card's name in result file names."""
     return "-".join("".join(c if c.isalnum() else " " for c in card.lower()).split())
+
+
+def check_tag(tag: str | None) -> None:
+    """A benchmark's ``--tag`` becomes part of a file name: letters, digits, '-' and '_' only."""
+    if tag is not None and not re.fullmatch(r"[A-Za-z0-9_-]+", tag):
+        raise ValueError(f"--tag {tag!r}: use letters, digits, '-' and '_' only (it becomes part of a file name)")
 
 
 def save_fig(fig, path: Path, dpi: int = 120) -> Path:
