@@ -13,9 +13,11 @@ from emaprobe.models.hebbian import (
     FixedEmbeddings,
     HebbianConfig,
     HebbianRoleLearner,
+    HebbianVote,
     competitive_learn,
     role_targets,
     trace_context,
+    vote,
     winners,
 )
 from emaprobe.ops import naive_ema_traces
@@ -267,3 +269,34 @@ def test_unknown_words_map_to_unk_and_pads_are_zero():
     assert ids[0, 1] == emb.stoi["<unk>"] and ids[1, 1] == 0
     assert lengths.tolist() == [2, 1]
     assert torch.all(emb.table[0] == 0)
+
+
+def test_vote_takes_the_most_given_role_and_a_tie_goes_to_the_earliest_list():
+    assert vote([["A", "B", "C"], ["B", "B", "T"], ["B", "A", "A"]]) == ["B", "B", "C"]
+    assert vote([["A"], ["T"]]) == ["A"] and vote([["T"], ["A"]]) == ["T"]
+    assert vote([["A", "T"]]) == ["A", "T"]
+
+
+def test_a_vote_of_one_is_the_single_learner_and_members_differ_by_seed():
+    train, val, test = toy_corpus(200, 0), toy_corpus(60, 1), toy_corpus(60, 2)
+    cfg = HebbianConfig(dim=16, n_units=8, epochs=2, mapping="many_to_one", word_classes=3, min_count=1, seed=4)
+    emb = FixedEmbeddings.from_sentences(train, cfg.dim, 0)
+    single = HebbianRoleLearner(cfg, emb).fit(train)
+    single.name_clusters(val)
+    one = HebbianVote(cfg, emb).fit(train)
+    one.name_clusters(val)
+    assert one.predict(test) == single.predict(test)
+    three = HebbianVote(dataclasses.replace(cfg, members=3), emb).fit(train)
+    assert [m.cfg.seed for m in three.members] == [4, 104, 204]
+    assert torch.equal(three.members[0].W, single.W) and not torch.equal(three.members[1].W, single.W)
+    feats = three.features(test)  # (N, 3F): the members' features side by side
+    assert feats.shape == (len(role_targets(test)), 3 * single.features(test).shape[1])
+    wins = three.winners(feats)
+    assert torch.equal(wins[1], three.members[1].clusters(test))
+    namings = three.namings(val)  # fresh copies: the members stay unnamed
+    assert all(m.cluster_to_role is None for m in three.members)
+    three.name_clusters(val)
+    assert [m.cluster_to_role for m in three.members] == namings
+    assert three.predict(test) == vote([m.predict(test) for m in three.members])
+    with pytest.raises(ValueError, match="members must be >= 1"):
+        HebbianConfig(members=0)

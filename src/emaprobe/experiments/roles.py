@@ -28,7 +28,8 @@ Learners, per seed (data, embeddings and initial weights all follow the seed):
                        the backward ones at weight 0.5 (chosen on A-val: notes/roles.md);
                        (c) K = 300 WTA + Oja units on every noun; (d) many-to-one naming on
                        labelled A-val tokens (a unit no label reaches takes its nearest named
-                       unit's role)
+                       unit's role); (e) five such learners (seeds s, s + 100, ...) vote per
+                       token (``HebbianVote``; the size picked on A-val: ``roles_tune``)
     two_stage_causal   the variant with forward traces only
     bigru              supervised on all of A-train (BiGRU on frozen shared embeddings),
                        early stopping on A-val
@@ -45,21 +46,20 @@ every label it sees is counted).
 Expected (results/roles/roles.json: 5 seeds, mean ± std, % of scored tokens, full naming budget):
                         within-A     transfer-B   deep         deep, depth>=2  UD EWT test
     hebbian (spec)      42.3 ± 4.8   33.9 ± 5.3   45.4 ± 6.1   41.7 ± 12.5     47.3 ± 6.3
-    two_stage           92.5 ± 1.1   57.5 ± 2.0   89.5 ± 1.7   93.2 ± 2.7      72.2 ± 0.8
-    two_stage_causal    77.5 ± 1.1   53.2 ± 1.9   88.4 ± 0.9   92.3 ± 1.2      70.7 ± 1.2
+    two_stage (5 vote)  93.4 ± 0.8   54.8 ± 2.1   91.1 ± 1.0   95.1 ± 1.4      73.9 ± 1.3
+    two_stage_causal    78.4 ± 1.2   53.5 ± 1.2   88.6 ± 1.3   92.0 ± 2.1      71.5 ± 0.9
     bigru               99.6 ± 0.4   48.2 ± 7.7   92.6 ± 1.9   90.7 ± 3.2      88.7 ± 0.8
     majority            44.5 ± 0.6   41.8 ± 0.2   49.1 ± 0.8   50.8 ± 1.3      56.8 ± 0.0
     paper (Hebbian)     96           61.8         84
-Ratio two-stage / BiGRU within-A 0.929 ± 0.009 with 1153 naming labels (spec 0.425; paper
-0.96); with 100 labels 0.856 (a linear probe on the same features 0.933). Depth >= 2: the
-two-stage learner is ahead of the BiGRU on 4 of 5 seeds (+2.6 ± 3.1 points), its causal
-variant on 3 of 5.
+Ratio two-stage / BiGRU within-A 0.937 ± 0.005 with 1153 naming labels (spec 0.425; paper
+0.96); with 100 labels 0.864 (a linear probe on the same features 0.954). Depth >= 2: the
+two-stage learner is ahead of the BiGRU on 5 of 5 seeds (+4.5 ± 3.1 points), its causal
+variant on 3 of 5. 10.6 min wall on 2 shared cores.
 The tables per role, depth, construction and budget: results/roles/README.md.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import os
@@ -76,7 +76,7 @@ from tqdm import tqdm
 from emaprobe.experiments.common import save_fig
 from emaprobe.experiments.protocol import Claim, verdict_from_interval, write_claims
 from emaprobe.models.bigru import BiGRUConfig, BiGRUTagger
-from emaprobe.models.hebbian import FixedEmbeddings, HebbianConfig, HebbianRoleLearner, role_targets
+from emaprobe.models.hebbian import FixedEmbeddings, HebbianConfig, HebbianVote, role_targets, vote
 from emaprobe.tasks.role_data import RoleDataConfig, label_budget, label_counts, sample_eval_set, unseen_tokens
 from emaprobe.tasks.sentence import NO_ROLE, ROLES, RoleSentence
 from emaprobe.train.tagger import LinearProbe, TaggerTrainConfig, train_tagger
@@ -107,6 +107,7 @@ class Config:
         n_units=300, mapping="many_to_one", word_classes=8, keep_frequent=8, class_restarts=10,
         self_weight=0.0, timescale_weights=(1.0, 0.5, 0.25), epochs=10, batch_size=16, lr=0.3, train_on="nouns",
         backward_weight=0.5,  # picked on A-val alone (split-half naming, 5 seeds): notes/roles.md
+        members=5,  # a vote of 5 learners, picked on A-val alone the same way (roles_tune)
     )
     bigru: BiGRUConfig = BiGRUConfig(hidden=64)
     bigru_train: TaggerTrainConfig = TaggerTrainConfig(batch_size=64, max_epochs=12, patience=3)
@@ -243,21 +244,22 @@ def _fit_domain(
         "two_stage": cfg.two_stage,
         "two_stage_causal": dataclasses.replace(cfg.two_stage, directions="forward"),
     }
-    learners: dict[str, HebbianRoleLearner] = {}
+    learners: dict[str, HebbianVote] = {}
     for name, hcfg in variants.items():
         extra: dict[str, Any] = {"seed": seed}
         if ud:
             extra.update(min_count=cfg.ud_min_count, epochs=min(cfg.ud_hebbian_epochs, hcfg.epochs))
         hcfg = dataclasses.replace(hcfg, **extra)
         t0 = time.perf_counter()
-        model = HebbianRoleLearner(hcfg, emb).fit(train)
+        model = HebbianVote(hcfg, emb).fit(train)  # one member unless hcfg.members > 1
         info["seconds"][name] = time.perf_counter() - t0
-        learners[name] = copy.copy(model)  # unnamed, for the curve
-        mapping = model.name_clusters(val)
-        info[name] = {"mapping": {str(k): v for k, v in mapping.items()}, "named_from_labels":
-                      model.n_named_from_labels, "val_confusion": model.confusion(val).tolist()}
-        if model.classes is not None:
-            info[name]["word_classes"] = model.classes.summary()
+        learners[name] = model  # the curve names fresh copies of its members (``namings``)
+        mappings = model.name_clusters(val)
+        info[name] = {"members": [
+            {"mapping": {str(k): v for k, v in mapping.items()}, "named_from_labels": m.n_named_from_labels,
+             "val_confusion": m.confusion(val).tolist(),
+             **({"word_classes": m.classes.summary()} if m.classes is not None else {})}
+            for m, mapping in zip(model.members, mappings)]}
         info["labels"][name] = n_labels(val)
         predictors[name] = model.predict
 
@@ -287,7 +289,7 @@ def label_curve(
     cfg: Config,
     seed: int,
     emb: FixedEmbeddings,
-    learner: HebbianRoleLearner,
+    learner: HebbianVote,
     pool: Sequence[RoleSentence],
     eval_sets: dict[str, Sequence[RoleSentence]],
     *,
@@ -296,17 +298,15 @@ def label_curve(
     """set -> method -> budget -> accuracy: naming, linear probe and BiGRU on the same labelled sentences."""
     total = n_labels(pool)
     budgets: list[tuple[str, int | None]] = [(str(b), b) for b in cfg.budgets if b < total] + [("all", None)]
-    feats = {name: learner.features(sents) for name, sents in eval_sets.items()}  # (N, F) each
-    clusters = {name: (f @ learner.W.T).argmax(1) for name, f in feats.items()}  # (N,) each
+    feats = {name: learner.features(sents) for name, sents in eval_sets.items()}  # (N, members * F) each
+    clusters = {name: learner.winners(f) for name, f in feats.items()}  # (members, N) each
     curve: dict[str, Any] = {name: {m: {} for m in CURVE_METHODS} for name in eval_sets}
     labels: dict[str, int] = {}
     for key, b in budgets:
         labelled = label_budget(pool, b, seed)
         labels[key] = n_labels(labelled)
         # (1) Hebbian naming: the frozen units, named by these labels only
-        named = copy.copy(learner)
-        named.cluster_to_role = None
-        mapping = named.name_clusters(labelled)
+        mappings = learner.namings(labelled)
         # (2) a linear probe on the same features
         X = learner.features(labelled)  # (n, F)
         y = torch.tensor([ROLES.index(r) for r in role_targets(labelled)])  # (n,)
@@ -318,7 +318,7 @@ def label_curve(
         )
         for name, sents in eval_sets.items():
             preds = {
-                "two_stage": [mapping[int(k)] for k in clusters[name]],
+                "two_stage": vote([[mp[int(k)] for k in win] for mp, win in zip(mappings, clusters[name])]),
                 "probe": [ROLES[int(i)] for i in probe.predict(feats[name])],
                 "bigru": tagger.predict(sents),
             }
@@ -546,14 +546,19 @@ def _pct(ms: dict[str, float] | None) -> str:
     return f"{100 * ms['mean']:.1f} ± {100 * ms['std']:.1f}"
 
 
-LABELS = {
-    "hebbian": "Hebbian spec, K=3, one-to-one",
-    "hebbian_causal": "Hebbian spec causal",
-    "two_stage": "two-stage Hebbian, K=300, many-to-one",
-    "two_stage_causal": "two-stage causal",
-    "bigru": "BiGRU (supervised, A-train)",
-    "majority": "majority role",
-}
+def model_labels(config: dict[str, Any]) -> dict[str, str]:
+    """Each learner's name in tables and plots, its sizes read from the run's config."""
+    ts = config.get("two_stage", {})
+    members = ts.get("members", 1)
+    return {
+        "hebbian": f"Hebbian spec, K={config.get('hebbian', {}).get('n_units', 3)}, one-to-one",
+        "hebbian_causal": "Hebbian spec causal",
+        "two_stage": f"two-stage Hebbian, K={ts.get('n_units')}, many-to-one"
+                     + (f", {members} voting" if members > 1 else ""),
+        "two_stage_causal": "two-stage causal",
+        "bigru": "BiGRU (supervised, A-train)",
+        "majority": "majority role",
+    }
 CURVE_LABELS = {"two_stage": "two-stage Hebbian, naming", "probe": "linear probe, same features",
                 "bigru": "BiGRU, same labelled sentences"}
 
@@ -673,6 +678,7 @@ def targets(result: dict[str, Any]) -> list[str]:
 
 def markdown(result: dict[str, Any]) -> str:
     agg, cfg = result["aggregate"], result["config"]
+    labels = model_labels(cfg)
     n = len(result["seeds"])
     has_ud = "ud_test" in agg
     lab = result["labels"]
@@ -706,7 +712,7 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|---|---|---|---|" + ("---|" if has_ud else ""),
     ]
     for m in MODELS:
-        row = [LABELS[m]]
+        row = [labels[m]]
         for s in ("within_a", "transfer_b", "deep"):
             row.append(_pct(agg.get(s, {}).get(m, {}).get("accuracy")))
         row.append(_pct(agg.get("deep", {}).get(m, {}).get("structural")))
@@ -719,7 +725,7 @@ def markdown(result: dict[str, Any]) -> str:
               "% of the BiGRU; it also gives the ratio 0.96.", "", "![all learners](roles.png)", "",
               "Hebbian / BiGRU accuracy within-A (paper 0.96):", ""]
     for m, ms in result["ratio_within_a"].items():
-        lines.append(f"- {LABELS[m]}: {ms['mean']:.3f} ± {ms['std']:.3f}")
+        lines.append(f"- {labels[m]}: {ms['mean']:.3f} ± {ms['std']:.3f}")
     lines += ["", "## Targets, read off the numbers above", ""] + targets(result)
     lines += ["", "## Tokens unseen in training", "",
               "| set | tokens | unseen | scored | scored unseen |", "|---|---|---|---|---|"]
@@ -731,7 +737,7 @@ def markdown(result: dict[str, Any]) -> str:
                   "|---|" + "---|" * len(ROLES)]
         for m in MODELS:
             pr = agg[set_name][m]["per_role"]
-            lines.append(f"| {LABELS[m]} | " + " | ".join(_pct(pr.get(r)) for r in ROLES) + " |")
+            lines.append(f"| {labels[m]} | " + " | ".join(_pct(pr.get(r)) for r in ROLES) + " |")
         if set_name == "ud_test":
             continue
         depths = sorted({d for m in MODELS for d in agg[set_name][m]["per_depth"]}, key=int)
@@ -739,7 +745,7 @@ def markdown(result: dict[str, Any]) -> str:
                   "|---|" + "---|" * len(depths)]
         for m in MODELS:
             pd = agg[set_name][m]["per_depth"]
-            lines.append(f"| {LABELS[m]} | " + " | ".join(_pct(pd.get(d)) for d in depths) + " |")
+            lines.append(f"| {labels[m]} | " + " | ".join(_pct(pd.get(d)) for d in depths) + " |")
         cons = sorted({c for m in MODELS for c in agg[set_name][m]["per_construction"]})
         lines += ["", f"## {set_name}: per construction", "", "| construction | " + " | ".join(MODELS) + " |",
                   "|---|" + "---|" * len(MODELS)]
@@ -804,6 +810,7 @@ def plot_bars(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     agg = result["aggregate"]
+    labels = model_labels(result["config"])
     groups = [(s, "accuracy", s) for s in agg]
     if "deep" in agg:
         groups.insert(list(agg).index("deep") + 1, ("deep", "structural", "deep, depth>=2"))
@@ -812,7 +819,7 @@ def plot_bars(result: dict[str, Any], path: Path) -> None:
     for i, m in enumerate(MODELS):
         means = [100 * agg[s][m][k]["mean"] for s, k, _ in groups]
         stds = [100 * agg[s][m][k]["std"] for s, k, _ in groups]
-        ax.bar(np.arange(len(groups)) + i * width, means, width, yerr=stds, label=LABELS[m])
+        ax.bar(np.arange(len(groups)) + i * width, means, width, yerr=stds, label=labels[m])
     ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2, [name for _, _, name in groups])
     ax.set_ylabel("accuracy on scored tokens (%)")
     ax.set_ylim(0, 100)

@@ -15,6 +15,11 @@ The pick is the weight with the best mean split-half score (a tie goes to the we
 nearest 1). ``roles``'s ``two_stage`` config takes the pick; the report says whether they
 agree.
 
+Then the vote's size (``HebbianConfig.members``, ``models.hebbian.HebbianVote``): at the
+two-stage config's own weight, the first E of ``members_grid``'s largest vote, named on one
+half and scored on the other in the same way. The pick is the best mean split-half score (a
+tie goes to the smaller vote).
+
 Command:   emaprobe run roles_tune                 (5 seeds x 4 weights, CPU, minutes)
            emaprobe run roles_tune --smoke         (seconds; CI)
 Writes:    OUT/tune.json (run record with every seed's scores), OUT/README.md, OUT/claims.json
@@ -36,7 +41,8 @@ import numpy as np
 
 from emaprobe.experiments import roles
 from emaprobe.experiments.protocol import write_claims
-from emaprobe.models.hebbian import FixedEmbeddings, HebbianConfig, HebbianRoleLearner, role_targets
+from emaprobe.models.hebbian import (FixedEmbeddings, HebbianConfig, HebbianRoleLearner, HebbianVote, role_targets,
+                                     vote)
 from emaprobe.tasks.role_data import RoleDataConfig
 from emaprobe.utils import atomic_write_json, atomic_write_text, read_json, run_record
 
@@ -52,6 +58,7 @@ class Config:
     two_stage: HebbianConfig = roles.Config().two_stage
     bigru_dim: int = roles.Config().bigru.dim  # the shared embeddings' width
     weights: tuple[float, ...] = (1.0, 0.5, 0.25, 0.1)
+    members_grid: tuple[int, ...] = (1, 3, 5)  # votes of this many learners, at two_stage's own weight
     seeds: int = 5
     workers: int = 2  # seeds in this many processes at once (the scores do not depend on it)
 
@@ -60,19 +67,27 @@ class Config:
             raise ValueError(f"seeds and workers must be >= 1, got {self.seeds}, {self.workers}")
         if not self.weights or any(not w >= 0 for w in self.weights):
             raise ValueError(f"weights must be non-negative backward weights, got {self.weights}")
+        if not self.members_grid or any(m < 1 for m in self.members_grid):
+            raise ValueError(f"members_grid must hold vote sizes >= 1, got {self.members_grid}")
 
 
 def smoke() -> Config:
     small = roles.smoke()
-    return Config(data=small.data, two_stage=small.two_stage, weights=(1.0, 0.5), seeds=1, workers=1)
+    return Config(data=small.data, two_stage=small.two_stage, weights=(1.0, 0.5), members_grid=(1, 2), seeds=1,
+                  workers=1)
+
+
+def _named_predictions(model: HebbianRoleLearner, named_on: list, scored_on: list) -> list[str]:
+    """Roles on ``scored_on`` from ``model``'s clusters named on ``named_on`` (the model is not changed)."""
+    m = copy.copy(model)
+    m.cluster_to_role = None
+    m.name_clusters(named_on)
+    return m.predict(scored_on)
 
 
 def _named_accuracy(model: HebbianRoleLearner, named_on: list, scored_on: list) -> float:
     """Accuracy on ``scored_on`` of ``model``'s clusters named on ``named_on`` (the model is not changed)."""
-    m = copy.copy(model)
-    m.cluster_to_role = None
-    m.name_clusters(named_on)
-    pred, gold = m.predict(scored_on), role_targets(scored_on)
+    pred, gold = _named_predictions(model, named_on, scored_on), role_targets(scored_on)
     return float(np.mean([p == g for p, g in zip(pred, gold)]))
 
 
@@ -94,7 +109,23 @@ def score_seed(cfg: Config, seed: int) -> dict[str, Any]:
             "split_half": 0.5 * (_named_accuracy(model, half_a, half_b) + _named_accuracy(model, half_b, half_a)),
             "in_sample": float(conf.max(1).sum() / conf.sum()),
         }
-    return {"seed": seed, "scores": out}
+    # the vote: its members fitted once; a vote of E is its first E members
+    big = HebbianVote(dataclasses.replace(cfg.two_stage, seed=seed, members=max(cfg.members_grid)), emb).fit(train)
+    votes = {}
+    for named_on, scored_on in ((half_a, half_b), (half_b, half_a)):
+        preds = [_named_predictions(m, named_on, scored_on) for m in big.members]
+        gold = role_targets(scored_on)
+        for e in cfg.members_grid:
+            acc = float(np.mean([p == g for p, g in zip(vote(preds[:e]), gold)]))
+            votes[str(e)] = votes.get(str(e), 0.0) + 0.5 * acc
+    return {"seed": seed, "scores": out, "members": votes}
+
+
+def pick_members(per_seed: list[dict], grid: tuple[int, ...]) -> int:
+    """The vote size with the best mean split-half score; a tie goes to the smaller vote."""
+    means = {e: np.mean([s["members"][str(e)] for s in per_seed]) for e in grid}
+    best = max(means.values())
+    return min(e for e, m in means.items() if m == best)
 
 
 def pick(per_seed: list[dict], weights: tuple[float, ...]) -> float:
@@ -115,7 +146,9 @@ def run(cfg: Config, out: Path) -> None:
             per_seed = list(ex.map(score_seed, [cfg] * len(seeds), seeds))
     chosen = pick(per_seed, cfg.weights)
     record = run_record(experiment=NAME, config=dataclasses.asdict(cfg), seeds=per_seed, pick=chosen,
-                        roles_uses=roles.Config().two_stage.backward_weight, wall_s=round(time.perf_counter() - t0, 1))
+                        roles_uses=roles.Config().two_stage.backward_weight,
+                        members_pick=pick_members(per_seed, cfg.members_grid),
+                        roles_uses_members=roles.Config().two_stage.members, wall_s=round(time.perf_counter() - t0, 1))
     atomic_write_json(out / RESULT, record)
 
 
@@ -144,5 +177,19 @@ def report(out: Path) -> None:
                      + ", ".join(f"{v:.1f}" for v in sh) + " |")
     agree = "the same" if res["pick"] == res["roles_uses"] else f"NOT the same: roles uses {res['roles_uses']:g}"
     lines += ["", f"Pick: **{res['pick']:g}**; `emaprobe run roles` uses {res['roles_uses']:g} ({agree}).", ""]
+    if "members_pick" in res:
+        w = res["config"]["two_stage"]["backward_weight"]
+        lines += ["## The vote's size", "",
+                  f"Votes of the first E learners (seeds s, s + 100, ...; `HebbianVote`) at backward weight {w:g}, "
+                  "split-half A-val accuracy in %:", "", "| learners voting | split-half (the rule) | per seed |",
+                  "|---:|---|---|"]
+        for e in res["config"]["members_grid"]:
+            sh = [100 * s["members"][str(e)] for s in res["seeds"]]
+            mark = "**" if e == res["members_pick"] else ""
+            lines.append(f"| {mark}{e}{mark} | {np.mean(sh):.1f} ± {sd(sh):.1f} | " + ", ".join(f"{v:.1f}" for v in sh)
+                         + " |")
+        same = res["members_pick"] == res["roles_uses_members"]
+        lines += ["", f"Pick: **{res['members_pick']}**; `emaprobe run roles` uses {res['roles_uses_members']} "
+                  f"({'the same' if same else 'NOT the same'}).", ""]
     atomic_write_text(out / "README.md", "\n".join(lines))
     write_claims(out, [])

@@ -39,6 +39,8 @@ sentences is a label used.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -177,6 +179,8 @@ class HebbianConfig:
         their contexts over round r-1's codes (sharper: 40 nouns become one code first).
     min_count: words rarer than this in training share the ``<unk>`` word class.
     seed: initial units and the order of training tokens.
+    members: learners that vote (``HebbianVote``): member j is this config with seed
+        ``seed + 100 j``, so its word classes, unit starts and token order differ; 1 = one learner.
     """
 
     dim: int = 64
@@ -202,6 +206,7 @@ class HebbianConfig:
     min_count: int = 2
     mapping: str = "hungarian"
     seed: int = 0
+    members: int = 1
 
     @property
     def n_directions(self) -> int:
@@ -216,6 +221,8 @@ class HebbianConfig:
             raise ValueError(f"unknown train_on {self.train_on!r}; choose one of {sorted(TRAIN_ON)}")
         if self.n_units < 1:
             raise ValueError(f"HebbianConfig.n_units must be >= 1, got {self.n_units}")
+        if self.members < 1:
+            raise ValueError(f"HebbianConfig.members must be >= 1, got {self.members}")
         if self.mapping == "hungarian" and self.n_units < len(ROLES):
             raise ValueError(f"HebbianConfig.n_units={self.n_units}: a one-to-one mapping needs >= {len(ROLES)} units")
         for name in ("epochs", "batch_size", "dim", "class_epochs", "class_rounds", "class_restarts"):
@@ -546,3 +553,64 @@ class HebbianRoleLearner:
         if self.cluster_to_role is None:
             raise ValueError("clusters are not named; call name_clusters() on labelled sentences first")
         return [self.cluster_to_role.get(int(k), NO_ROLE) for k in self.clusters(sentences)]
+
+
+MEMBER_SEED_STRIDE = 100  # member j of a vote learns from seed + 100 j (experiment seeds stay below 100)
+
+
+class HebbianVote:
+    """``cfg.members`` role learners that differ only in their seed, voting per token.
+
+    Each member is a ``HebbianRoleLearner`` with seed ``cfg.seed + 100 j`` (member 0 is the
+    single learner of that seed): its word classes, unit starts and token order differ. All
+    learn without labels; each is named many-to-one on the same labelled tokens; a token takes
+    the role most members give it, a tie going to the earliest member. What separates one
+    seed's learner from the next is variance (which word classes form, which units win), and a
+    vote averages it. The members' count was picked on A-validation alone (``roles_tune``).
+    """
+
+    def __init__(self, cfg: HebbianConfig, embeddings: FixedEmbeddings) -> None:
+        self.cfg = cfg
+        self.members = [HebbianRoleLearner(dataclasses.replace(cfg, seed=cfg.seed + MEMBER_SEED_STRIDE * j, members=1),
+                                           embeddings) for j in range(cfg.members)]
+
+    def fit(self, sentences: Sequence[RoleSentence]) -> HebbianVote:
+        for m in self.members:
+            m.fit(sentences)
+        return self
+
+    def features(self, sentences: Sequence[RoleSentence]) -> torch.Tensor:
+        """Every member's features of the scored tokens, side by side: (N, members * F)."""
+        return torch.cat([m.features(sentences) for m in self.members], dim=1)
+
+    def winners(self, features: torch.Tensor) -> torch.Tensor:
+        """Each member's winning unit from ``features`` as ``features()`` lays them out: (members, N)."""
+        parts = features.chunk(len(self.members), dim=1)
+        return torch.stack([winners(f, m.W) for f, m in zip(parts, self.members)])
+
+    def namings(self, sentences: Sequence[RoleSentence]) -> list[dict[int, str]]:
+        """Each member's cluster names from labelled ``sentences``, leaving the members as they are."""
+        out = []
+        for m in self.members:
+            fresh = copy.copy(m)
+            fresh.cluster_to_role = None
+            out.append(fresh.name_clusters(sentences))
+        return out
+
+    def name_clusters(self, sentences: Sequence[RoleSentence]) -> list[dict[int, str]]:
+        """Name every member's clusters (once; then frozen); one mapping per member."""
+        return [m.name_clusters(sentences) for m in self.members]
+
+    def predict(self, sentences: Sequence[RoleSentence]) -> list[str]:
+        return vote([m.predict(sentences) for m in self.members])
+
+
+def vote(predictions: Sequence[Sequence[str]]) -> list[str]:
+    """Per token, the role most of the prediction lists give; a tie goes to the earliest list."""
+    out = []
+    for col in zip(*predictions):
+        counts: dict[str, int] = {}
+        for r in col:
+            counts[r] = counts.get(r, 0) + 1
+        out.append(max(counts, key=counts.get))  # the first of the tied, in the members' order
+    return out
