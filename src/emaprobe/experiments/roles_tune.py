@@ -20,7 +20,7 @@ two-stage config's own weight, the first E of ``members_grid``'s largest vote, n
 half and scored on the other in the same way. The pick is the best mean split-half score (a
 tie goes to the smaller vote).
 
-Command:   emaprobe run roles_tune                 (5 seeds x 4 weights, CPU, minutes)
+Command:   emaprobe run roles_tune                 (5 seeds x (4 weights + a vote of 5), CPU, about a minute)
            emaprobe run roles_tune --smoke         (seconds; CI)
 Writes:    OUT/tune.json (run record with every seed's scores), OUT/README.md, OUT/claims.json
            (no claim: a selection, not a finding).
@@ -157,7 +157,7 @@ def report(out: Path) -> None:
     res = read_json(out / RESULT)
     weights = res["config"]["weights"]
     lines = [
-        f"# {NAME}: the two-stage learner's backward-trace weight, picked on A-val alone",
+        f"# {NAME}: the two-stage learner's backward-trace weight and vote size, picked on A-val alone",
         "",
         f"Made by `emaprobe run {NAME}` (`emaprobe.experiments.{NAME}` has the rule); drawn from `{RESULT}`. "
         f"{len(res['seeds'])} seed(s), A-val accuracy of role-bearing tokens in %, mean ± std; no test, transfer or "
