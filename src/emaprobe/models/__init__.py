@@ -1,7 +1,8 @@
 """Models: SPEN (the paper's EMA-context LM), the GPT baseline, and the two role learners.
 
-``HebbianRoleLearner`` (zero labels) and ``BiGRUTagger`` (supervised) assign grammatical
-roles; the language models below share one registry.
+``HebbianRoleLearner`` (zero labels; ``HebbianVote``, several of them voting) and
+``BiGRUTagger`` (supervised) assign grammatical roles; the language models below share one
+registry.
 
     model = build_model("spen-tiny", mixer="selective")       # a named config, with overrides
     logits, state = model(idx)                                 # idx (B, T) -> logits (B, T, V)
@@ -36,7 +37,7 @@ from emaprobe.models.common import (
 )
 from emaprobe.models.bigru import BiGRUConfig, BiGRUTagger
 from emaprobe.models.gpt import GPT, GPTConfig
-from emaprobe.models.hebbian import HebbianConfig, HebbianRoleLearner
+from emaprobe.models.hebbian import HebbianConfig, HebbianRoleLearner, HebbianVote
 from emaprobe.models.spen import SPEN, SPENBlock, SPENConfig
 from emaprobe.utils import apply_overrides
 
@@ -160,6 +161,7 @@ __all__ = [
     "BiGRUTagger",
     "HebbianConfig",
     "HebbianRoleLearner",
+    "HebbianVote",
     "MODEL_CONFIGS",
     "MODEL_KINDS",
     "SPEN",
