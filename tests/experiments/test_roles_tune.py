@@ -49,7 +49,8 @@ def test_smoke_run_scores_every_weight_on_a_val_and_names_the_pick(tmp_path):
         assert all(0.0 <= v <= 1.0 for v in s["members"].values())
     # a vote of one at the config's own weight is that weight's single learner
     w = repr(float(cfg.two_stage.backward_weight))
-    assert all(s["members"]["1"] == pytest.approx(s["scores"][w]["split_half"]) for s in res["seeds"] if w in s["scores"])
+    assert all(s["members"]["1"] == pytest.approx(s["scores"][w]["split_half"])
+               for s in res["seeds"] if w in s["scores"])
     assert res["members_pick"] == R.pick_members(res["seeds"], cfg.members_grid)
     text = (out / "README.md").read_text()
     assert f"Pick: **{res['pick']:g}**" in text and f"Pick: **{res['members_pick']}**" in text

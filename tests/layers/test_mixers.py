@@ -147,7 +147,8 @@ def test_shared_value_attention_equals_one_wide_call(B, H, T, E, D):
     from emaprobe.layers.attention import cached_attention, shared_value_attention
 
     gen = torch.Generator().manual_seed(3)
-    base = [torch.randn(*shape, generator=gen, dtype=torch.float64) for shape in ((B, H, T, E), (B, H, T, E), (B, T, D))]
+    shapes = ((B, H, T, E), (B, H, T, E), (B, T, D))  # q, k, x
+    base = [torch.randn(*shape, generator=gen, dtype=torch.float64) for shape in shapes]
     w = torch.randn(B, H, T, D, generator=gen, dtype=torch.float64)
     results = []
     for fn in (lambda q, k, x: cached_attention(q, k, x.unsqueeze(1))[0], shared_value_attention):

@@ -91,7 +91,8 @@ def test_mqar_with_one_lr_runs_every_seed_and_draws_the_claim_cells_curves(tmp_p
     mqar.run(cfg, tmp_path)
     mqar.report(tmp_path)
     res = json.loads((tmp_path / "mqar.json").read_text())
-    assert sorted((r["mixer"], r["seed"]) for r in res["rows"]) == [(m, s) for m in ("ema", "selective") for s in range(3)]
+    want = [(m, s) for m in ("ema", "selective") for s in range(3)]
+    assert sorted((r["mixer"], r["seed"]) for r in res["rows"]) == want
     assert all(len(r["loss_curve"]) == 4 and r["curve_every"] == 1 for r in res["rows"])
     assert (tmp_path / "mqar_curves.png").is_file() and "mqar_curves.png" in (tmp_path / "README.md").read_text()
     for r in res["rows"]:  # rows of runs made before curves were kept: no figure, and no link to one

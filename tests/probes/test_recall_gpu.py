@@ -39,7 +39,8 @@ def test_compiled_model_gives_every_parameter_the_eager_gradient(mixer):
     grads = []
     for compile_ in (False, True):
         torch.manual_seed(0)
-        model = RecallModel(RecallModelConfig(mixer=mixer, d_model=64, vocab=256, seq_len=96, key_dim=16, rank=8)).to(dev)
+        cfg = RecallModelConfig(mixer=mixer, d_model=64, vocab=256, seq_len=96, key_dim=16, rank=8)
+        model = RecallModel(cfg).to(dev)
         run = torch.compile(model) if compile_ else model
         logits, y = run(b.tokens, b.labels, task.n_pairs)
         F.cross_entropy(logits.float(), y).backward()

@@ -625,19 +625,33 @@ def plot_grid(rows: list[dict], card: str, path: Path) -> None:
     save_fig(fig, path, dpi=110)
 
 
-def run_grid(alphas=DEFAULT_ALPHAS, out_dir: str | Path | None = None, shapes=None) -> dict:
-    """``--grid``: the EMA and selective forwards over ``grid_shapes()``, after the float64 checks;
-    writes ``scan_grid_<card>.json`` and ``.png`` into ``out_dir``."""
+def _checked_start(alphas) -> tuple[SimpleNamespace, str, float, dict]:
+    """What every CUDA run starts with: our kernels, the card, its copy bandwidth (printed) and
+    the float64 checks (printed; a failed one stops the run)."""
     ts = _triton_ops()
-    shapes = grid_shapes() if shapes is None else shapes
     card = torch.cuda.get_device_name()
-    slug = card_slug(card)
     bw = copy_bandwidth()
     print(f"{card}: device-to-device copy {bw / 1e12:.3f} TB/s (read + write)", flush=True)
     errs = check_kernels(ts, alphas)
+    print("checks (relative error vs float64):", {k: f"{v:.1e}" for k, v in errs.items()}, flush=True)
     bad = {k: v for k, v in errs.items() if not v < 1e-2}
     if bad:
         raise RuntimeError(f"kernel check failed: {bad}")
+    return ts, card, bw, errs
+
+
+def _write(stem: Path, result: dict, draw) -> None:
+    """``stem``.json from ``result`` and ``stem``.png drawn by ``draw(path)``, each named as written."""
+    print(f"wrote {atomic_write_json(stem.with_suffix('.json'), result)}")
+    draw(stem.with_suffix(".png"))
+    print(f"wrote {stem.with_suffix('.png')}")
+
+
+def run_grid(alphas=DEFAULT_ALPHAS, out_dir: str | Path | None = None, shapes=None) -> dict:
+    """``--grid``: the EMA and selective forwards over ``grid_shapes()``, after the float64 checks;
+    writes ``scan_grid_<card>.json`` and ``.png`` into ``out_dir``."""
+    shapes = grid_shapes() if shapes is None else shapes
+    ts, card, bw, errs = _checked_start(alphas)
     rows = []
     for shape in shapes:
         rows.append(grid_row(ts, shape, alphas, bw))
@@ -652,10 +666,7 @@ def run_grid(alphas=DEFAULT_ALPHAS, out_dir: str | Path | None = None, shapes=No
                         timing="median per call of CUDA-graph replays (triton.testing.do_bench_cudagraph)",
                         eager_fallbacks=sorted(set(EAGER_FALLBACKS)))
     if out_dir is not None:
-        out = Path(out_dir)
-        print(f"wrote {atomic_write_json(out / f'scan_grid_{slug}.json', result)}")
-        plot_grid(rows, card, out / f"scan_grid_{slug}.png")
-        print(f"wrote {out / f'scan_grid_{slug}.png'}")
+        _write(Path(out_dir) / f"scan_grid_{card_slug(card)}", result, lambda path: plot_grid(rows, card, path))
     return result
 
 
@@ -685,17 +696,9 @@ def run_cuda(shapes=None, alphas=DEFAULT_ALPHAS, out_dir: str | Path | None = No
     """Run the whole CUDA benchmark; returns the result dict (also written as JSON when ``out_dir``,
     as ``scan_cuda_<card>[_<tag>]``: a run of one shape with a tag leaves the default file alone)."""
     check_tag(tag)
-    ts = _triton_ops()
     shapes = list(DEFAULT_SHAPES) if shapes is None else shapes
-    card = torch.cuda.get_device_name()
+    ts, card, bw, errs = _checked_start(alphas)
     slug = card_slug(card) + (f"_{tag}" if tag else "")
-    bw = copy_bandwidth()
-    print(f"{card}: device-to-device copy {bw / 1e12:.3f} TB/s (read + write)", flush=True)
-    errs = check_kernels(ts, alphas)
-    print("checks (relative error vs float64):", {k: f"{v:.1e}" for k, v in errs.items()}, flush=True)
-    bad = {k: v for k, v in errs.items() if not v < 1e-2}
-    if bad:
-        raise RuntimeError(f"kernel check failed: {bad}")
     sweep_rows = [r for shape in SWEEP_SHAPES for r in sweep(ts, shape, alphas)] if do_sweep else None
     peer_fns = _load_peers(warp) if peers else {}
     rows = []
@@ -732,8 +735,5 @@ def run_cuda(shapes=None, alphas=DEFAULT_ALPHAS, out_dir: str | Path | None = No
             print(host_overhead_verdict(row))
     result = record()
     if out_dir is not None:
-        out = Path(out_dir)
-        print(f"wrote {atomic_write_json(out / f'scan_cuda_{slug}.json', result)}")
-        plot(rows, card, out / f"scan_cuda_{slug}.png")
-        print(f"wrote {out / f'scan_cuda_{slug}.png'}")
+        _write(Path(out_dir) / f"scan_cuda_{slug}", result, lambda path: plot(rows, card, path))
     return result

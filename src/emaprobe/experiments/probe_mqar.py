@@ -98,7 +98,7 @@ class Config:
     claim_cell: tuple[int, int, int] = (64, 4, 64)  # (T, N, D)
     device: str = "auto"
     parallel: int = 1  # runs at a time, each in its own process (small models leave a GPU mostly idle)
-    gla_backend: str = "auto"  # gla's kernel (ops.gla: auto, torch, compiled); recorded in each gla row
+    gla_backend: str = "auto"  # gla's kernel (ops.gla: auto, torch, naive, or one registered); recorded in each gla row
     compile: bool = False  # train through torch.compile(model); recorded in each row
     budget: str = "default"
 

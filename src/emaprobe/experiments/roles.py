@@ -54,7 +54,7 @@ Expected (results/roles/roles.json: 5 seeds, mean ± std, % of scored tokens, fu
 Ratio two-stage / BiGRU within-A 0.937 ± 0.005 with 1153 naming labels (spec 0.425; paper
 0.96); with 100 labels 0.864 (a linear probe on the same features 0.954). Depth >= 2: the
 two-stage learner is ahead of the BiGRU on 5 of 5 seeds (+4.5 ± 3.1 points), its causal
-variant on 3 of 5. 10.6 min wall on 2 shared cores.
+variant on 3 of 5. 11.6 min wall on 2 shared cores.
 The tables per role, depth, construction and budget: results/roles/README.md.
 """
 
@@ -254,12 +254,11 @@ def _fit_domain(
         model = HebbianVote(hcfg, emb).fit(train)  # one member unless hcfg.members > 1
         info["seconds"][name] = time.perf_counter() - t0
         learners[name] = model  # the curve names fresh copies of its members (``namings``)
-        mappings = model.name_clusters(val)
-        info[name] = {"members": [
-            {"mapping": {str(k): v for k, v in mapping.items()}, "named_from_labels": m.n_named_from_labels,
-             "val_confusion": m.confusion(val).tolist(),
+        model.name_clusters(val)
+        info[name] = {"members": [  # per member: units named from labels, and its word classes
+            {"named_from_labels": m.n_named_from_labels,
              **({"word_classes": m.classes.summary()} if m.classes is not None else {})}
-            for m, mapping in zip(model.members, mappings)]}
+            for m in model.members]}
         info["labels"][name] = n_labels(val)
         predictors[name] = model.predict
 

@@ -55,7 +55,7 @@ class RecallModelConfig:
     key_dim: int = 16  # gla, attention
     rank: int = 16  # selective, gla gates
     short_conv: int = 3  # width of the causal depthwise conv before the mixer; 0 = none
-    gla_backend: str = "auto"  # the GLA kernel when mixer is gla (ops.gla: torch, compiled, ...); how, not what
+    gla_backend: str = "auto"  # gla's kernel (ops.gla: auto, torch, naive, or one registered); how, not what
 
 
 class RMSNorm(nn.Module):

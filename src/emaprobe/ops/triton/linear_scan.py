@@ -266,8 +266,8 @@ def _lin_fwd_launch(a_shape: torch.Size, b_shape: torch.Size, has_h0: bool, sms:
     kw = dict(CT=cfg.ct, BF=cfg.block, VEC=cfg.vec, STAGES=cfg.stages, num_warps=cfg.num_warps,
               EVEN_F=F % cfg.block == 0, WSTAGES=cfg.warm_stages)
     if plan is not None:  # one pass of warmed-up segments, then exact rescans of the tiles they left marked
-        launches = (dict(kw, HAS_HIN=has_h0, STORE_OUT=True, STORE_AEND=False, COMBINE=False, WARM=True, FIXUP=False),
-                    dict(kw, HAS_HIN=has_h0, STORE_OUT=True, STORE_AEND=False, COMBINE=True, WARM=False, FIXUP=True))
+        both = dict(kw, HAS_HIN=has_h0, STORE_OUT=True, STORE_AEND=False)
+        launches = (dict(both, COMBINE=False, WARM=True, FIXUP=False), dict(both, COMBINE=True, WARM=False, FIXUP=True))
     else:  # one pass; or pass 1 (each segment's end state from zero and its decay product), then the scan
         scan = dict(kw, HAS_HIN=has_h0, STORE_OUT=True, STORE_AEND=False, COMBINE=nseg > 1, WARM=False, FIXUP=False)
         pass1 = dict(kw, HAS_HIN=False, STORE_OUT=False, STORE_AEND=True, COMBINE=False, WARM=False, FIXUP=False)
