@@ -138,6 +138,30 @@ def test_mqar_run_stopped_part_way_goes_on_from_its_checkpoint(tmp_path, monkeyp
     assert row["resumed_at"] == 0 and row["steps"] == 240
 
 
+def test_mqar_run_that_fails_in_a_worker_leaves_the_others_running(tmp_path, capsys):
+    mqar = get_experiment("probe_mqar")
+    cfg = mqar.Config(mixers=("ema", "selective"), vocab=16, seq_lens=(24,), pairs=(2,), widths=(16,), lrs=(1e-2,),
+                      steps=2, batch=2, n_test=4, seeds=1, claim_cell=(24, 2, 16), device="cpu", parallel=2)
+    mqar.run(cfg, tmp_path)
+    res = json.loads((tmp_path / "mqar.json").read_text())
+    res["rows"] = []  # as if neither run had finished, and one had left an unreadable checkpoint
+    (tmp_path / "mqar.json").write_text(json.dumps(res))
+    bad = tmp_path / "partial" / "ema_T24_N2_D16_lr0.01_seed0.pt"
+    bad.parent.mkdir(exist_ok=True)
+    bad.write_bytes(b"not a checkpoint")
+    capsys.readouterr()
+    with pytest.raises(RuntimeError, match=r"1 of 2 runs failed(.|\n)*ema T=24 N=2 D=16 lr=0.01 seed 0: ValueError"
+                                           r"(.|\n)*not a readable MQAR checkpoint(.|\n)*--set parallel"):
+        mqar.run(cfg, tmp_path)
+    assert "FAILED ema" in capsys.readouterr().out
+    rows = json.loads((tmp_path / "mqar.json").read_text())["rows"]
+    assert [r["mixer"] for r in rows] == ["selective"]  # the other run finished and was saved
+    assert bad.read_bytes() == b"not a checkpoint"  # nothing the user may want is deleted
+    bad.unlink()
+    mqar.run(cfg, tmp_path)  # the rerun goes on with the failed run alone
+    assert sorted(r["mixer"] for r in json.loads((tmp_path / "mqar.json").read_text())["rows"]) == ["ema", "selective"]
+
+
 def _recall_run(lr: float, check_every: int) -> dict:
     torch.manual_seed(0)
     model = RecallModel(RecallModelConfig(mixer="ema", d_model=16, vocab=32, seq_len=24))

@@ -157,6 +157,8 @@ def _partial(out: Path, mixer: str, cell, lr: float, seed: int) -> Path:
 
 def _one(cfg: Config, mixer: str, cell, lr: float, seed: int, dev, out: Path) -> dict:
     T, N, D = cell
+    if cfg.compile:  # a fresh model, often of another mixer class: the last run's compiled graphs would
+        torch._dynamo.reset()  # pile up to dynamo's recompile limit, past which the model runs eager
     torch.manual_seed(seed)
     mc = RecallModelConfig(mixer=mixer, d_model=D, vocab=cfg.vocab, seq_len=T, key_dim=cfg.key_dim, rank=cfg.rank,
                            short_conv=cfg.short_conv, gla_backend=cfg.gla_backend)
@@ -175,7 +177,11 @@ def _key(r: dict) -> tuple:
 
 def _one_in_subprocess(cfg: Config, mixer: str, cell, lr: float, seed: int, out: Path) -> dict:
     torch.set_num_threads(1)  # the parent's cores are shared by `parallel` workers
-    return _one(cfg, mixer, cell, lr, seed, pick_device(cfg.device), out)
+    try:
+        return _one(cfg, mixer, cell, lr, seed, pick_device(cfg.device), out)
+    finally:  # a worker outlives its run: give the memory it cached back to the other workers' runs
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def run(cfg: Config, out: Path) -> None:
@@ -224,9 +230,23 @@ def run(cfg: Config, out: Path) -> None:
                 record(_one(cfg, mixer, cell, lr, seed, dev, out))
             return
         ctx = mp.get_context("spawn")  # CUDA cannot be forked
+        failed: list[str] = []
         with cf.ProcessPoolExecutor(max_workers=min(cfg.parallel, len(jobs)), mp_context=ctx) as pool:
-            for fut in cf.as_completed([pool.submit(_one_in_subprocess, cfg, *j, out) for j in jobs]):
-                record(fut.result())
+            futures = {pool.submit(_one_in_subprocess, cfg, *j, out): j for j in jobs}
+            for fut in cf.as_completed(futures):
+                try:
+                    r = fut.result()
+                except Exception as err:  # noqa: BLE001 - one run's failure must not stop the others
+                    mixer, (T, N, D), lr, seed = futures[fut]
+                    failed.append(f"{mixer} T={T} N={N} D={D} lr={lr:g} seed {seed}: {type(err).__name__}: {err}")
+                    print(f"  FAILED {failed[-1]}", flush=True)
+                    continue
+                record(r)
+        if failed:
+            raise RuntimeError(
+                f"{len(failed)} of {len(jobs)} runs failed (the other runs' rows are saved in {path}):\n  "
+                + "\n  ".join(failed) + "\nRerun the same command to go on: saved rows are skipped and each failed "
+                "run resumes from its checkpoint. Out of GPU memory? Fewer at a time: --set parallel=N.")
 
     if not resumed:  # a fresh start or another config: unfinished runs under the old one cannot go on
         for stale in (out / PARTIAL).glob("*.pt"):

@@ -74,38 +74,6 @@ def cached_attention(
     return out, (k, v)
 
 
-def shared_value_attention(q: torch.Tensor, k: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Causal attention of H heads over one value stream wider than the keys, in key-width heads.
-
-    Args:
-        q, k: (B, H, T, E) queries and keys.
-        x: (B, T, D) the values, shared by every head.
-
-    Returns:
-        (B, H, T, D): head h's ``softmax(q_h k_h^T / sqrt(E)) x`` under the causal mask.
-
-    The same sum as ``cached_attention(q, k, x.unsqueeze(1))`` (tested, values and gradients),
-    laid out for flash attention, which takes only heads whose values are as wide as their keys
-    (SDPA's documented constraint; MQAR's attention has E = 64 and D = 256). The D columns of x
-    are cut into G = ceil(D / E) groups of E (the last zero-padded), and each (head, group) pair
-    becomes a head of its own with head h's queries and keys: softmax weights do not depend on
-    the values, so each group's output is that head's output in those columns. It costs G times
-    the query-key products. On this project's CPU it is 1.6-1.8x slower than the one wide call
-    (*exploratory*), so ``AttentionMixer`` takes it on CUDA only; its GPU timing is pending
-    (``notes/probes.md``).
-    """
-    B, H, T, E = q.shape
-    D = x.shape[-1]
-    G = -(-D // E)
-    xv = F.pad(x, (0, G * E - D)) if G * E != D else x
-    v = xv.view(B, T, G, E).permute(0, 2, 1, 3).unsqueeze(1).expand(B, H, G, T, E)  # (B, H, G, T, E)
-    qq = q.unsqueeze(2).expand(B, H, G, T, E).reshape(B, H * G, T, E)
-    kk = k.unsqueeze(2).expand(B, H, G, T, E).reshape(B, H * G, T, E)
-    out = F.scaled_dot_product_attention(qq, kk, v.reshape(B, H * G, T, E), is_causal=True)
-    out = out.view(B, H, G, T, E).permute(0, 1, 3, 2, 4).reshape(B, H, T, G * E)
-    return out[..., :D] if G * E != D else out
-
-
 def reserve_kv_cache(cache: FixedKVCache, capacity: int) -> FixedKVCache:
     """``cache`` with buffers of at least ``capacity`` slots and ``n`` as a tensor.
 
@@ -197,8 +165,6 @@ class AttentionMixer(ContextMixer):
         S, E = self.n_scales, self.key_dim
         q, k = self.qk(x).view(B, T, 2, S, E).permute(2, 0, 3, 1, 4)  # each (B, S, T, E)
         v = x.to(q.dtype).unsqueeze(1)  # (B, 1, T, D)
-        if state is None and x.is_cuda:  # training and prompts: a layout flash attention takes
-            return shared_value_attention(q, k, v[:, 0]).transpose(1, 2), (k, v)  # (B, T, S, D)
         y, cache = cached_attention(q, k, v, state)  # (B, S, T, D)
         return y.transpose(1, 2), cache  # (B, T, S, D)
 
