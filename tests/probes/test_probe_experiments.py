@@ -151,7 +151,7 @@ def test_mqar_run_that_fails_in_a_worker_leaves_the_others_running(tmp_path, cap
     bad.write_bytes(b"not a checkpoint")
     capsys.readouterr()
     with pytest.raises(RuntimeError, match=r"1 of 2 runs failed(.|\n)*ema T=24 N=2 D=16 lr=0.01 seed 0: ValueError"
-                                           r"(.|\n)*not a readable MQAR checkpoint(.|\n)*--set parallel"):
+                                           r"(.|\n)*not a readable MQAR checkpoint(.|\n)*resumes from its checkpoint"):
         mqar.run(cfg, tmp_path)
     assert "FAILED ema" in capsys.readouterr().out
     rows = json.loads((tmp_path / "mqar.json").read_text())["rows"]
@@ -160,6 +160,55 @@ def test_mqar_run_that_fails_in_a_worker_leaves_the_others_running(tmp_path, cap
     bad.unlink()
     mqar.run(cfg, tmp_path)  # the rerun goes on with the failed run alone
     assert sorted(r["mixer"] for r in json.loads((tmp_path / "mqar.json").read_text())["rows"]) == ["ema", "selective"]
+
+
+def test_mqar_pool_queues_a_run_out_of_gpu_memory_again_and_runs_fewer_at_once():
+    """Jobs that each take one of 2 units of a fake GPU's memory, 4 at a time at first: those that
+    find it full go back in the queue and the pool shrinks until they fit; a job too big to fit
+    alone fails, and only it."""
+    import concurrent.futures as cf
+    import threading
+    import time
+
+    from emaprobe.experiments.probe_mqar import run_pool
+
+    lock, held, most = threading.Lock(), [0], [0]
+
+    def train(job):
+        need = 3 if job[0] == "huge" else 1
+        with lock:
+            if held[0] + need > 2:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 768.00 MiB")
+            held[0] += need
+            most[0] = max(most[0], held[0])
+        time.sleep(0.02)
+        with lock:
+            held[0] -= need
+        return job
+
+    jobs = [(f"m{i}", (24, 2, 16), 1e-2, 0) for i in range(9)] + [("huge", (24, 2, 16), 1e-2, 0)]
+    got = []
+    with cf.ThreadPoolExecutor(max_workers=4) as pool:
+        failed = run_pool(jobs, lambda j: pool.submit(train, j), got.append, limit=4)
+    assert sorted(got) == sorted(jobs[:9]) and most[0] <= 2
+    ((job, err),) = failed
+    assert job[0] == "huge" and isinstance(err, torch.OutOfMemoryError)
+    boom = RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`")
+    calls = []
+
+    def flaky(job):  # cuBLAS's allocation failure counts as out of memory; a plain error does not
+        calls.append(job)
+        if len(calls) == 1:
+            raise boom
+        if job[0] == "bad":
+            raise ValueError("bad config")
+        return job
+
+    a, bad = ("a", (24, 2, 16), 1e-2, 0), ("bad", (24, 2, 16), 1e-2, 0)
+    got.clear()
+    with cf.ThreadPoolExecutor(max_workers=1) as pool:
+        failed = run_pool([a, bad], lambda j: pool.submit(flaky, j), got.append, limit=2)
+    assert got == [a] and [j for j, _ in failed] == [bad] and calls.count(a) == 2
 
 
 def _recall_run(lr: float, check_every: int) -> dict:

@@ -39,7 +39,9 @@ Budgets:   cpu_long  the claim cell T=64, N=4, D=64 alone, 1500 steps, lr 3e-3, 
                 T=1024, are more than one session's device time, so the grid runs over several
                 sessions, each resuming the last: `mqar.json` is committed, and a run whose `--out`
                 holds it goes on from it. Why not the first plan (3000 steps x 64, three lrs), and
-                what comes next: `notes/probes.md`.
+                what comes next: `notes/probes.md`. At T=1024 and D=256 a run holds up to about
+                20 GB: 8 or 12 at once fill the card, so a run that runs out of GPU memory goes
+                back in the queue and fewer run at once from then on (``run_pool``).
 Order:     the claim cell's lr grid, then its extra seeds at each mixer's best lr beside the rest
            of the grid, so a run stopped early still has the claim (with one lr, all at once).
 Writes:    OUT/mqar.json (grid rows: cell, lr, accuracy, loss, seconds; claim-cell seeds), written
@@ -54,6 +56,7 @@ Writes:    OUT/mqar.json (grid rows: cell, lr, accuracy, loss, seconds; claim-ce
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
 import dataclasses
 import json
@@ -184,6 +187,47 @@ def _one_in_subprocess(cfg: Config, mixer: str, cell, lr: float, seed: int, out:
             torch.cuda.empty_cache()
 
 
+def _job_name(job: tuple) -> str:
+    mixer, (T, N, D), lr, seed = job
+    return f"{mixer} T={T} N={N} D={D} lr={lr:g} seed {seed}"
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """A CUDA allocation failure (PyTorch's, or cuBLAS's when it cannot make a handle)."""
+    return isinstance(err, torch.OutOfMemoryError) or "CUBLAS_STATUS_ALLOC_FAILED" in str(err)
+
+
+def run_pool(jobs: list, submit, record, limit: int) -> list[tuple]:
+    """Runs ``jobs`` through ``submit`` (job -> future), at most ``limit`` at a time, and hands each
+    result to ``record`` as it comes. A run that fails for want of GPU memory while others share
+    the GPU goes back to the front of the queue (it resumes from its checkpoint), and from then on
+    at most one fewer runs at a time, and never more than were still running: those fit. Any
+    other failure, or running out of memory alone, is final: the others go on, and the failed
+    (job, error) pairs are returned."""
+    queue, running, failed = collections.deque(jobs), {}, []
+    while queue or running:
+        while queue and len(running) < limit:
+            job = queue.popleft()
+            running[submit(job)] = job
+        finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+        for fut in finished:
+            job = running.pop(fut)
+            try:
+                result = fut.result()
+            except Exception as err:  # noqa: BLE001 - one run's failure must not stop the others
+                if _out_of_memory(err) and limit > 1:
+                    limit = max(1, min(limit - 1, len(running)))
+                    queue.appendleft(job)
+                    print(f"  out of GPU memory: {_job_name(job)} goes back in the "
+                          f"queue; {limit} run{'s' if limit > 1 else ''} at a time from now on", flush=True)
+                else:
+                    failed.append((job, err))
+                    print(f"  FAILED {_job_name(job)}: {type(err).__name__}: {err}", flush=True)
+                continue
+            record(result)
+    return failed
+
+
 def run(cfg: Config, out: Path) -> None:
     """The claim cell's lr grid first, then its seeds at each mixer's best lr beside the rest
     of the grid, ``parallel`` runs at a time; every finished run is saved at once."""
@@ -230,23 +274,14 @@ def run(cfg: Config, out: Path) -> None:
                 record(_one(cfg, mixer, cell, lr, seed, dev, out))
             return
         ctx = mp.get_context("spawn")  # CUDA cannot be forked
-        failed: list[str] = []
         with cf.ProcessPoolExecutor(max_workers=min(cfg.parallel, len(jobs)), mp_context=ctx) as pool:
-            futures = {pool.submit(_one_in_subprocess, cfg, *j, out): j for j in jobs}
-            for fut in cf.as_completed(futures):
-                try:
-                    r = fut.result()
-                except Exception as err:  # noqa: BLE001 - one run's failure must not stop the others
-                    mixer, (T, N, D), lr, seed = futures[fut]
-                    failed.append(f"{mixer} T={T} N={N} D={D} lr={lr:g} seed {seed}: {type(err).__name__}: {err}")
-                    print(f"  FAILED {failed[-1]}", flush=True)
-                    continue
-                record(r)
+            failed = run_pool(jobs, lambda j: pool.submit(_one_in_subprocess, cfg, *j, out), record, cfg.parallel)
         if failed:
+            lines = [f"{_job_name(job)}: {type(err).__name__}: {err}" for job, err in failed]
             raise RuntimeError(
                 f"{len(failed)} of {len(jobs)} runs failed (the other runs' rows are saved in {path}):\n  "
-                + "\n  ".join(failed) + "\nRerun the same command to go on: saved rows are skipped and each failed "
-                "run resumes from its checkpoint. Out of GPU memory? Fewer at a time: --set parallel=N.")
+                + "\n  ".join(lines) + "\nRerun the same command to go on: saved rows are skipped and each failed "
+                "run resumes from its checkpoint.")
 
     if not resumed:  # a fresh start or another config: unfinished runs under the old one cannot go on
         for stale in (out / PARTIAL).glob("*.pt"):
