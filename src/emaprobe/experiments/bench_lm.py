@@ -64,7 +64,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from emaprobe.experiments.common import card_slug, check_tag, save_fig
+from emaprobe.experiments.common import card_slug, check_tag, pyplot, save_fig
 from emaprobe.layers import MIXERS
 from emaprobe.models import GPTConfig, SPENConfig, build_model, resolve_config
 from emaprobe.train import TrainConfig
@@ -347,10 +347,7 @@ def card_name(device: torch.device) -> str:
 
 def plot(rows: list[dict], card: str, path: Path) -> None:
     """Training tokens/s against T, and decode tokens/s against the prompt length, log scales."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     ok = [r for r in rows if r.get("tokens_per_s")]
     parts = [p for p in ("train", "generate") if any(r["part"] == p for r in ok)] or ["train"]

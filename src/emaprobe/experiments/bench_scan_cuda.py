@@ -58,7 +58,7 @@ from types import SimpleNamespace
 
 import torch
 
-from emaprobe.experiments.common import card_slug, check_tag, save_fig
+from emaprobe.experiments.common import card_slug, check_tag, pyplot, save_fig
 from emaprobe.ops import DEFAULT_ALPHAS, ema_step, ema_traces
 from emaprobe.utils import atomic_write_json, run_record
 
@@ -497,11 +497,8 @@ def format_table(rows: list[dict], card: str) -> str:
 
 
 def plot(rows: list[dict], card: str, path: Path) -> None:
-    
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Each shape's times against the floor: ours, the peers' and the PyTorch loop, two panels."""
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
     labels = [f"{r['B']}x{r['T']}x{r['D']}" for r in rows]
@@ -593,10 +590,7 @@ def grid_verdict(rows: list[dict]) -> str:
 
 def plot_grid(rows: list[dict], card: str, path: Path) -> None:
     """Two heat maps, T down and D across: each kernel's time as a multiple of its floor."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import numpy as np
 
     Ts = sorted({r["T"] for r in rows})

@@ -23,6 +23,7 @@ def pick_device(name: str) -> torch.device:
 
 
 def pyplot():
+    """matplotlib's pyplot on the Agg backend (files only, no display), imported on first use."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -66,7 +66,7 @@ from pathlib import Path
 
 import torch
 
-from emaprobe.experiments.common import save_fig
+from emaprobe.experiments.common import pyplot, save_fig
 from emaprobe.train import TrainConfig
 from emaprobe.train.config import OptimConfig
 from emaprobe.train.corpus import load_lm_data
@@ -317,10 +317,7 @@ def _reading(res: dict[str, dict]) -> list[str]:
 
 
 def _plot(res: dict[str, dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for name, r in res.items():

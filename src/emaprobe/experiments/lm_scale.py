@@ -79,7 +79,7 @@ from typing import Any
 
 import numpy as np
 
-from emaprobe.experiments.common import save_fig
+from emaprobe.experiments.common import pyplot, save_fig
 from emaprobe.experiments.protocol import Claim, verdict_from_interval, write_claims
 from emaprobe.utils import atomic_write_json, atomic_write_text, data_root, read_json, run_record
 
@@ -912,10 +912,7 @@ def _readme(s: dict, runs: dict[str, dict], figures: list[str], command: str) ->
 
 
 def _plots(s: dict, runs: dict[str, dict], out: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     written = []
 

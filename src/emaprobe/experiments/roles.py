@@ -73,7 +73,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from emaprobe.experiments.common import save_fig
+from emaprobe.experiments.common import pyplot, save_fig
 from emaprobe.experiments.protocol import Claim, verdict_from_interval, write_claims
 from emaprobe.models.bigru import BiGRUConfig, BiGRUTagger
 from emaprobe.models.hebbian import FixedEmbeddings, HebbianConfig, HebbianVote, role_targets, vote
@@ -803,10 +803,7 @@ def _savefig(fig: Any, path: Path) -> None:
 
 def plot_bars(result: dict[str, Any], path: Path) -> None:
     """Bar chart of overall accuracy per set and model, from the result dict only."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     agg = result["aggregate"]
     labels = model_labels(result["config"])
@@ -831,10 +828,7 @@ def plot_bars(result: dict[str, Any], path: Path) -> None:
 
 def plot_curve(result: dict[str, Any], path: Path) -> None:
     """One panel per test set: accuracy against labelled tokens for naming, probe and BiGRU."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     panels = [("curve", "within_a", "accuracy", "within-A"), ("curve", "transfer_b", "accuracy", "transfer-B"),
               ("curve", "deep", "accuracy", "deep"), ("curve", "deep", "structural", "deep, depth >= 2")]

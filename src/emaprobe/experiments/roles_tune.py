@@ -29,7 +29,6 @@ Writes:    OUT/tune.json (run record with every seed's scores), OUT/README.md, O
 from __future__ import annotations
 
 import concurrent.futures as cf
-import copy
 import dataclasses
 import multiprocessing as mp
 import time
@@ -79,10 +78,7 @@ def smoke() -> Config:
 
 def _named_predictions(model: HebbianRoleLearner, named_on: list, scored_on: list) -> list[str]:
     """Roles on ``scored_on`` from ``model``'s clusters named on ``named_on`` (the model is not changed)."""
-    m = copy.copy(model)
-    m.cluster_to_role = None
-    m.name_clusters(named_on)
-    return m.predict(scored_on)
+    return model.named_copy(named_on).predict(scored_on)
 
 
 def _named_accuracy(model: HebbianRoleLearner, named_on: list, scored_on: list) -> float:

@@ -538,6 +538,14 @@ class HebbianRoleLearner:
         self.cluster_to_role = mapping
         return dict(mapping)
 
+    def named_copy(self, sentences: Sequence[RoleSentence]) -> HebbianRoleLearner:
+        """A copy of this learner (sharing its weights) with its clusters named afresh on ``sentences``;
+        this learner, named or not, is left as it is."""
+        fresh = copy.copy(self)
+        fresh.cluster_to_role = None
+        fresh.name_clusters(sentences)
+        return fresh
+
     def confusion(self, sentences: Sequence[RoleSentence]) -> np.ndarray:
         """(K, 3) counts of gold roles per winning unit."""
         win = self.clusters(sentences).numpy()
@@ -590,12 +598,7 @@ class HebbianVote:
 
     def namings(self, sentences: Sequence[RoleSentence]) -> list[dict[int, str]]:
         """Each member's cluster names from labelled ``sentences``, leaving the members as they are."""
-        out = []
-        for m in self.members:
-            fresh = copy.copy(m)
-            fresh.cluster_to_role = None
-            out.append(fresh.name_clusters(sentences))
-        return out
+        return [m.named_copy(sentences).cluster_to_role for m in self.members]
 
     def name_clusters(self, sentences: Sequence[RoleSentence]) -> list[dict[int, str]]:
         """Name every member's clusters (once; then frozen); one mapping per member."""
