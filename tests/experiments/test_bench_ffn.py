@@ -10,15 +10,17 @@ from emaprobe.cli import main
 from emaprobe.experiments.bench_ffn import run
 
 
-def test_bench_ffn_writes_both_forms(tmp_path, capsys):
+def test_bench_ffn_writes_every_form(tmp_path, capsys):
     assert main(["bench", "ffn", "--width", "tiny", "--tokens", "32", "--repeats", "1", "--threads", "1",
                  "--out", str(tmp_path)]) == 0
     rec = json.loads((tmp_path / "ffn_cpu.json").read_text())
     assert rec["benchmark"] == "ffn-cpu" and rec["torch"] and "git_sha" in rec
     (row,) = rec["rows"]
     assert (row["d_in"], row["d_ff"], row["d_out"], row["k"], row["N"]) == (128, 512, 128, 31, 32)
-    for key in ("dense_fwd_s", "gather_fwd_s", "dense_fwd_bwd_s", "gather_fwd_bwd_s"):
-        assert row[key] > 0
+    for impl in ("dense", "gather", "mask"):
+        assert row[f"{impl}_fwd_s"] > 0 and row[f"{impl}_fwd_bwd_s"] > 0
+    for impl in ("gather", "mask"):
+        assert row[f"{impl}_fwd_speedup"] == pytest.approx(row["dense_fwd_s"] / row[f"{impl}_fwd_s"])
     assert "speed-up" in capsys.readouterr().out
 
 

@@ -54,5 +54,5 @@ def test_impl_changes_no_parameter_and_loads_any_checkpoint(impl):
 
 
 def test_unknown_impl_lists_the_valid_ones():
-    with pytest.raises(ValueError, match=r"unknown FFN impl 'sparse'; choose one of \['dense', 'gather', 'auto'\]"):
+    with pytest.raises(ValueError, match=r"unknown FFN impl 'sparse'; choose one of \['dense', 'gather', 'mask', 'auto'\]"):
         SparseFFN(4, 10, 4, k=2, impl="sparse")

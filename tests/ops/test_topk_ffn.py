@@ -1,12 +1,15 @@
 """topk_ffn: every implementation against the dense masked reference, values and the
-gradients to c, W1 and W2, on odd sizes; the impl registry's names and errors."""
+gradients to c, W1 and W2, on odd sizes; the impl registry's names and errors; the one-pass
+top-k mask (reference and, on CUDA, the Triton kernel) and its tie rule."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from emaprobe.ops import FFN_IMPLS, available_ffn_impls, naive_topk_ffn, resolve_ffn_impl, topk_ffn
+from emaprobe.ops.sparse_ffn import IMPL_ACTS, topk_mask, topk_mask_reference
 
 D_IN, D_FF, D_OUT = 37, 101, 29
 IMPLS = sorted(FFN_IMPLS) + ["auto"]
@@ -31,6 +34,8 @@ def _value_and_grads(fn, c, w_up, w_down, gy):
 @pytest.mark.parametrize("lead", [(3, 5), (1,), ()], ids=lambda s: "x".join(map(str, s)) or "scalar")
 @pytest.mark.parametrize("impl", IMPLS)
 def test_topk_ffn_vs_naive_float64(impl, lead, k, act):
+    if act not in IMPL_ACTS.get(impl, (act,)):
+        pytest.skip(f"{impl} does not take {act} (a named error: test_impl_that_does_not_take_the_activation)")
     (c, w_up, w_down), gy = _inputs(lead, torch.float64)
     got = _value_and_grads(lambda *w: topk_ffn(*w, k, act, impl), c, w_up, w_down, gy)
     ref = _value_and_grads(lambda *w: naive_topk_ffn(*w, k, act), c, w_up, w_down, gy)
@@ -53,6 +58,14 @@ def test_topk_ffn_float32_vs_float64_reference(impl):
         torch.testing.assert_close(g.double(), r, rtol=1e-5, atol=1e-5, msg=name)
 
 
+def _dense_with_ties_of(impl, device):
+    """The dense form with the tie rule ``impl`` runs: bf16 codes tie at the k-th value often, and
+    ``mask`` keeps the lowest indices where ``torch.topk`` keeps any."""
+    if resolve_ffn_impl(impl, torch.device(device), 7, D_FF) == "mask":
+        return lambda c, w_up, w_down: F.linear(topk_mask_reference(F.relu(F.linear(c, w_up)), 7), w_down)
+    return lambda *w: topk_ffn(*w, 7, "relu", "dense")
+
+
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA device")])]
 
@@ -65,7 +78,7 @@ def test_topk_ffn_bfloat16_matches_dense_bfloat16(impl, device):
     # dense-GEMM path for dvals (embedding_bag has no bf16 per-weight backward there).
     (c, w_up, w_down), gy = _inputs((3, 5), torch.bfloat16, seed=2, device=device)
     got = _value_and_grads(lambda *w: topk_ffn(*w, 7, "relu", impl), c, w_up, w_down, gy)
-    ref = _value_and_grads(lambda *w: topk_ffn(*w, 7, "relu", "dense"), c, w_up, w_down, gy)
+    ref = _value_and_grads(_dense_with_ties_of(impl, device), c, w_up, w_down, gy)
     for name, g, r in zip(("y", "dc", "dW1", "dW2"), got, ref):
         assert g.dtype == torch.bfloat16, name
         torch.testing.assert_close(g.float(), r.float(), rtol=2e-2, atol=2e-2, msg=name)
@@ -78,7 +91,7 @@ def test_topk_ffn_under_autocast_matches_dense(impl, device):
     (c, w_up, w_down), gy = _inputs((3, 5), torch.float32, seed=3, device=device)
     with torch.autocast(device, dtype=torch.bfloat16):
         got = _value_and_grads(lambda *w: topk_ffn(*w, 7, "relu", impl), c, w_up, w_down, gy)
-        ref = _value_and_grads(lambda *w: topk_ffn(*w, 7, "relu", "dense"), c, w_up, w_down, gy)
+        ref = _value_and_grads(_dense_with_ties_of(impl, device), c, w_up, w_down, gy)
     assert got[0].dtype == ref[0].dtype == torch.bfloat16
     for name, g, r in zip(("y", "dc", "dW1", "dW2"), got, ref):
         assert g.dtype == r.dtype, name
@@ -109,17 +122,103 @@ def test_gather_touches_only_kept_columns_of_w2():
 
 def test_auto_picks_by_device_and_k():
     assert resolve_ffn_impl("auto", torch.device("cpu"), 7, D_FF) == "gather"
-    assert resolve_ffn_impl("auto", torch.device("cuda"), 7, D_FF) == "dense"  # no GPU needed to resolve
+    assert resolve_ffn_impl("auto", torch.device("cuda"), 7, D_FF) == "mask"  # no GPU needed to resolve
+    assert resolve_ffn_impl("auto", torch.device("cuda"), 7, D_FF, "gelu") == "dense"  # mask takes relu only
     assert resolve_ffn_impl("auto", torch.device("cpu"), D_FF, D_FF) == "dense"  # no zeros to skip
     assert resolve_ffn_impl("gather", torch.device("cuda"), 7, D_FF) == "gather"  # an explicit name is kept
 
 
 def test_unknown_impl_is_a_named_error():
     (c, w_up, w_down), _ = _inputs((2,), torch.float32)
-    assert available_ffn_impls() == ["dense", "gather", "auto"]
-    with pytest.raises(ValueError, match=r"unknown FFN impl 'sparse'; choose one of \['dense', 'gather', 'auto'\]"):
+    assert available_ffn_impls() == ["dense", "gather", "mask", "auto"]
+    with pytest.raises(ValueError, match=r"unknown FFN impl 'sparse'; choose one of \['dense', 'gather', 'mask', 'auto'\]"):
         topk_ffn(c, w_up, w_down, 3, impl="sparse")
     with pytest.raises(ValueError, match=r"k must lie in \[1, d_ff=101\]"):
         topk_ffn(c, w_up, w_down, 0)
     with pytest.raises(ValueError, match="unknown activation 'tanh'"):
         topk_ffn(c, w_up, w_down, 3, act="tanh")
+
+
+def test_impl_that_does_not_take_the_activation():
+    (c, w_up, w_down), _ = _inputs((2,), torch.float32)
+    with pytest.raises(ValueError, match=r"FFN impl 'mask' takes act in \['relu'\], got 'gelu'"):
+        topk_ffn(c, w_up, w_down, 3, "gelu", "mask")
+    from emaprobe.layers import SparseFFN
+    from emaprobe.models.spen import SPENConfig
+
+    with pytest.raises(ValueError, match="FFN impl 'mask' takes act"):
+        SparseFFN(8, 16, 8, 3, "silu", "mask")
+    with pytest.raises(ValueError, match="SPENConfig.ffn_impl: FFN impl 'mask' takes act"):
+        SPENConfig(ffn_act="gelu", ffn_impl="mask")
+    assert SPENConfig(ffn_act="gelu").ffn_impl == "auto"  # auto falls back to dense for gelu
+
+
+# ---------------------------------------------------------------------------- the one-pass top-k mask
+
+
+def _stable_topk_mask(a, k):
+    """The tie rule written out: walk each row's values from the largest, lower index first among equals."""
+    out = torch.zeros_like(a)
+    for r in range(a.shape[0]):
+        order = sorted(range(a.shape[1]), key=lambda j: (-float(a[r, j]), j))[:k]
+        out[r, order] = a[r, order]
+    return out
+
+
+def test_topk_mask_reference_keeps_the_lowest_indices_among_ties():
+    a = torch.tensor([[1.0, 3.0, 2.0, 3.0, 2.0, 2.0, -1.0], [0.0, 0.0, 0.0, 0.0, 0.0, 5.0, 0.0]])
+    h = topk_mask_reference(a, 3)
+    assert torch.equal(h, torch.tensor([[0.0, 3.0, 2.0, 3.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0, 5.0, 0.0]]))
+    assert torch.equal((topk_mask_reference(a, 3) != 0).sum(-1), torch.tensor([3, 1]))
+    # integers in a narrow range: ties at the k-th value in most rows
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(-3, 4, (40, 23), generator=g).double()
+    for k in (1, 5, 22, 23):
+        assert torch.equal(topk_mask_reference(a, k), _stable_topk_mask(a, k)), k
+
+
+def test_topk_mask_gradient_is_topk_scatter_gradient_for_relu_codes():
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(6, 4, 31, generator=g, dtype=torch.float64, requires_grad=True)
+    gh = torch.randn(6, 4, 31, generator=g, dtype=torch.float64)
+    (got,) = torch.autograd.grad(topk_mask(torch.relu(z), 9), z, gh)
+    vals, idx = torch.relu(z).topk(9, dim=-1)
+    (ref,) = torch.autograd.grad(torch.zeros_like(z).scatter(-1, idx, vals), z, gh)
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"k must lie in \[1, 31\], got 0"):
+        topk_mask(z, 0)
+
+
+GPU = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+@pytest.mark.parametrize("F_,k", [(101, 7), (3072, 185), (1000, 1), (257, 256), (64, 64), (5000, 300)])
+@pytest.mark.parametrize("pattern", ["randn", "ties", "relu"])
+@pytest.mark.parametrize("gpu", [pytest.param(0, marks=GPU)])
+def test_triton_topk_mask_equals_the_reference(gpu, pattern, F_, k, dtype):
+    from emaprobe.ops.triton.topk import topk_mask_triton
+
+    g = torch.Generator().manual_seed(F_ + k)
+    if pattern == "ties":  # integers in a narrow range: the k-th value tied in most rows
+        a = torch.randint(-4, 5, (37, F_), generator=g).to(dtype)
+    else:
+        a = torch.randn(3, 37, F_, generator=g).to(dtype)
+        if pattern == "relu":  # more zeros than F - k in some rows
+            a = torch.relu(a - 1.5)
+    got = topk_mask_triton(a.cuda(), k).cpu()
+    ref = topk_mask_reference(a, k)
+    assert got.dtype == a.dtype and got.shape == a.shape
+    assert torch.equal(got, ref)
+    assert torch.equal((got != 0).sum(-1) <= k, torch.ones_like(got[..., 0], dtype=torch.bool))
+
+
+@pytest.mark.parametrize("gpu", [pytest.param(0, marks=GPU)])
+def test_mask_impl_compiled_on_cuda_matches_eager(gpu):
+    (c, w_up, w_down), gy = _inputs((4, 33), torch.float32, seed=6, device="cuda")
+    fn = lambda *w: topk_ffn(*w, 7, "relu", "mask")  # noqa: E731
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        ref = _value_and_grads(fn, c, w_up, w_down, gy)
+        got = _value_and_grads(torch.compile(fn, fullgraph=True), c, w_up, w_down, gy)
+    for name, g_, r in zip(("y", "dc", "dW1", "dW2"), got, ref):
+        torch.testing.assert_close(g_.float(), r.float(), rtol=1e-2, atol=1e-2, msg=name)

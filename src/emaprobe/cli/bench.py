@@ -15,7 +15,7 @@ examples:
                                                 the forwards over 16 shapes, time / floor heat maps
   emaprobe bench scan --device cuda --shape 16x2048x768 --no-peers --tag host
                                                 one shape, in files of its own
-  emaprobe bench ffn                            top-k FFN, dense against gather, CPU
+  emaprobe bench ffn                            top-k FFN forms (dense, gather, mask), CPU
   emaprobe bench ffn --device cuda --width 130m the same on a GPU (bf16 autocast)
 Output goes to runs/bench/ (ignored by git) unless --out names another folder.
 Each figure is a median of repeats; the peers (scipy.signal.lfilter on CPU, the

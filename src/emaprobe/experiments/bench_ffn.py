@@ -1,4 +1,4 @@
-"""Benchmark: the top-k FFN's down projection, dense beside gather, in one run.
+"""Benchmark: the top-k FFN's forms (dense, gather, mask) side by side, in one run.
 
 Command:   emaprobe bench ffn [--device cuda] [--tokens 4096] [--threads 1] [--out runs/bench]
 Hardware:  written for a small CPU box (2 cores here) and for one CUDA GPU. On a CPU that
@@ -8,14 +8,16 @@ Expected:  on CPU the gather form (``F.embedding_bag`` over the k kept columns o
            beats the dense one (scatter into d_ff, full GEMM) forward, where it skips
            d_ff - k of every d_ff multiply-adds of the down projection; forward+backward
            gains less, as the up projection W1 c and its gradients stay dense. On CUDA the
-           dense GEMM runs on tensor cores and is expected to hold on; the run says.
+           dense GEMM runs on tensor cores and is expected to hold on, and the mask form
+           (the same GEMM on a code made in one Triton pass, without ``torch.topk`` and the
+           scatter) to beat it; the run says.
 
 What is timed is the whole ``topk_ffn(c, W1, W2, k)`` (up projection, activation, top-k,
 down projection), forward alone and forward+backward with gradients to c, W1 and W2, at
 N = ``--tokens`` tokens, k = ``active_units(0.06, d_ff)``. CPU runs float32; CUDA runs
 float32 weights under bf16 autocast, as training does. Each figure is the median of
-``--repeats`` timed runs after warm-up, the two forms taking turns; on CUDA each run is
-timed with CUDA events between synchronizations.
+``--repeats`` timed runs after warm-up, the forms taking turns; on CUDA each run is
+timed with CUDA events between synchronizations. Speed-ups are dense's time over each form's.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import torch
 
 from emaprobe.experiments.common import card_slug
 from emaprobe.layers import active_units
-from emaprobe.ops import topk_ffn
+from emaprobe.ops import FFN_IMPLS, topk_ffn
 from emaprobe.utils import atomic_write_json, run_record
 
 # name -> (d_in, d_ff, d_out); "130m" is the 130M model's width, "small" and "tiny" spen-small's and spen-tiny's
@@ -39,7 +41,7 @@ WIDTHS: dict[str, tuple[int, int, int]] = {
     "small": (384, 1536, 384),
     "tiny": (128, 512, 128),
 }
-IMPLS = ("dense", "gather")
+IMPLS = tuple(FFN_IMPLS)  # every form takes relu, the activation timed
 
 
 def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
@@ -101,21 +103,23 @@ def bench_width(name: str, tokens: int, repeats: int, device: torch.device, frac
     for what, fn in (("fwd", fwd), ("fwd_bwd", fwd_bwd)):
         got = median_times({impl: functools.partial(fn, impl) for impl in IMPLS}, repeats, device)
         row.update({f"{impl}_{what}_s": t for impl, t in got.items()})
-    row["fwd_speedup"] = row["dense_fwd_s"] / row["gather_fwd_s"]
-    row["fwd_bwd_speedup"] = row["dense_fwd_bwd_s"] / row["gather_fwd_bwd_s"]
+        for impl in IMPLS[1:]:
+            row[f"{impl}_{what}_speedup"] = row[f"dense_{what}_s"] / row[f"{impl}_{what}_s"]
     return row
 
 
 def format_table(rows: list[dict]) -> str:
-    head = (f"{'width (d_in-d_ff-d_out, k)':<30}{'dense fwd':>11}{'gather fwd':>12}{'speed-up':>10}"
-            f"{'dense f+b':>11}{'gather f+b':>12}{'speed-up':>10}")
+    cols = [(f"{impl} {label}", f"{impl}_{what}_s", f"{impl}_{what}_speedup")
+            for what, label in (("fwd", "fwd"), ("fwd_bwd", "f+b")) for impl in IMPLS]
+    head = f"{'width (d_in-d_ff-d_out, k)':<30}" + "".join(f"{name:>18}" for name, _, _ in cols)
     lines = [head, "-" * len(head)]
     for r in rows:
         label = f"{r['width']} ({r['d_in']}-{r['d_ff']}-{r['d_out']}, {r['k']})"
-        lines.append(
-            f"{label:<30}{r['dense_fwd_s'] * 1e3:9.1f}ms{r['gather_fwd_s'] * 1e3:10.1f}ms{r['fwd_speedup']:9.2f}x"
-            f"{r['dense_fwd_bwd_s'] * 1e3:9.1f}ms{r['gather_fwd_bwd_s'] * 1e3:10.1f}ms{r['fwd_bwd_speedup']:9.2f}x"
-        )
+        cells = []
+        for _, key, up in cols:
+            cell = f"{r[key] * 1e3:.2f}ms" + (f" {r[up]:.2f}x" if up in r else "")
+            cells.append(f"{cell:>18}")
+        lines.append(f"{label:<30}" + "".join(cells))
     return "\n".join(lines)
 
 
@@ -147,7 +151,7 @@ def _run(widths, tokens: int, repeats: int, dev: torch.device, out_dir) -> dict:
     where = card if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} torch threads"
     print()
     print(f"top-k FFN (k = ceil(0.06 d_ff)), N = {tokens} tokens, {where}, median of {repeats}; "
-          f"speed-up = dense / gather")
+          f"speed-up = dense's time / the form's")
     print(format_table(rows))
     result = run_record(
         benchmark=f"ffn-{dev.type}",

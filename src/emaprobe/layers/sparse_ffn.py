@@ -3,9 +3,10 @@
 The paper's block keeps 6% of the FFN units (k = ceil(0.06 d_ff)); the rest are
 set to zero, k-winners-take-all style. Gradients reach only the k kept units. The
 down projection runs in one of the forms of ``emaprobe.ops.topk_ffn``, chosen by
-``impl``: ``dense`` (scatter into d_ff, then one full GEMM; what GPUs run, as before),
-``gather`` (a weighted sum of the k kept columns of W2, skipping the zeros; faster on
-CPU) or ``auto`` (by device). All give the same values and gradients.
+``impl``: ``dense`` (topk, a scatter into d_ff, then one full GEMM), ``gather`` (a weighted
+sum of the k kept columns of W2, skipping the zeros; faster on CPU), ``mask`` (the code made
+in one pass, then the full GEMM; relu only; what CUDA runs) or ``auto`` (by device). All give
+the same values and gradients (``mask`` may keep other units among ties at the k-th value).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import math
 import torch
 from torch import nn
 
-from emaprobe.ops.sparse_ffn import ACTIVATIONS, check_ffn_impl, topk_code, topk_ffn
+from emaprobe.ops.sparse_ffn import ACTIVATIONS, check_ffn_impl, resolve_ffn_impl, topk_code, topk_ffn
 
 
 def active_units(fraction: float, d_ff: int) -> int:
@@ -38,6 +39,7 @@ class SparseFFN(nn.Module):
             raise ValueError(f"k must lie in [1, d_ff={d_ff}], got {k}")
         self.k, self.d_ff, self.act_name = k, d_ff, act
         self.impl = check_ffn_impl(impl)
+        resolve_ffn_impl(impl, torch.device("cpu"), k, d_ff, act)  # a form that does not take act: a named error now
         self.act = ACTIVATIONS[act]
         self.up = nn.Linear(d_in, d_ff, bias=False)  # W1
         self.down = nn.Linear(d_ff, d_out, bias=False)  # W2

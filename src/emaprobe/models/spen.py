@@ -42,7 +42,7 @@ from torch import nn
 from emaprobe.layers import ACTIVATIONS, MIXERS, PREDICTORS, SparseFFN, active_units, build_mixer, build_predictor
 from emaprobe.layers import check_alphas
 from emaprobe.models.common import LanguageModel, RMSNorm, init_weights, register_model
-from emaprobe.ops import DEFAULT_ALPHAS, check_ffn_impl
+from emaprobe.ops import DEFAULT_ALPHAS, resolve_ffn_impl
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class SPENConfig:
     d_ff: int = 3072
     ffn_active: float = 0.06  # k = ceil(ffn_active * d_ff)
     ffn_act: str = "relu"
-    ffn_impl: str = "auto"  # down projection: "dense", "gather" (skips the zeros) or "auto" (by device)
+    ffn_impl: str = "auto"  # top-k code and down projection: "dense", "gather", "mask" or "auto" (by device)
     alphas: tuple[float, ...] = DEFAULT_ALPHAS  # S timescales (initial ones for learned mixers)
     mixer: str = "ema"
     predictor: str = "linear"
@@ -80,12 +80,12 @@ class SPENConfig:
             )
         if self.ffn_act not in ACTIVATIONS:
             raise ValueError(f"SPENConfig.ffn_act: unknown activation {self.ffn_act!r}; choose one of {sorted(ACTIVATIONS)}")
-        try:
-            check_ffn_impl(self.ffn_impl)
-        except ValueError as err:
-            raise ValueError(f"SPENConfig.ffn_impl: {err}") from err
         if not 0.0 < self.ffn_active <= 1.0:
             raise ValueError(f"SPENConfig.ffn_active must lie in (0, 1], got {self.ffn_active}")
+        try:
+            resolve_ffn_impl(self.ffn_impl, torch.device("cpu"), self.k_active, self.d_ff, self.ffn_act)
+        except ValueError as err:
+            raise ValueError(f"SPENConfig.ffn_impl: {err}") from err
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"SPENConfig.dropout must lie in [0, 1), got {self.dropout}")
         if self.mixer_rank < 0:
@@ -128,7 +128,7 @@ class SPENBlock(nn.Module):
         u, H, x_hat, e, c, y (the glossary's symbols)."""
         state = state or {}
         u = self.norm(x)  # (B, T, D)
-        H, mix_state = self.mixer(u, state.get("mixer"))  # (B, T, S, D)
+        H, mix_state = self.mixer(_in_autocast_dtype(u), state.get("mixer"))  # (B, T, S, D)
         x_hat, pred_state = self.predictor(H, state.get("h_last"), state.get("pred"))  # (B, T, D)
         e = u - x_hat  # (B, T, D)
         c = self._mix(e.to(H.dtype), H)  # (B, T, d_b)
@@ -149,6 +149,22 @@ class SPENBlock(nn.Module):
         c = F.linear(e, W[:, :D])
         Hf = H.flatten(2).flatten(0, 1)  # (B T, S D)
         return torch.addmm(c.flatten(0, 1), Hf, W[:, D:].t()).view_as(c)
+
+
+def _in_autocast_dtype(t: torch.Tensor) -> torch.Tensor:
+    """t cast to the autocast dtype when autocast is on for its device; t itself otherwise.
+
+    The mixer's input. The scans keep their state in float32 inside the kernel and write H in
+    their input's dtype, so a bf16 u gives a bf16 H (B, T, S, D) directly. With the float32 u
+    that RMSNorm returns, H came out in float32 and autocast cast it to bf16 twice more, once
+    before P and once before M, each a read of 4 S and a write of 2 S bytes per token-channel
+    (and their float32 gradients on the way back). Casting u costs 4 + 2 bytes, once. Without
+    autocast this is the identity: float32 results are unchanged.
+    """
+    dev = t.device.type
+    if torch.is_autocast_enabled(dev):
+        return t.to(torch.get_autocast_dtype(dev))
+    return t
 
 
 @register_model

@@ -8,11 +8,11 @@ Symbols:
     idx    their unit indices                        (N, k), int64
     W1     ``w_up``   (d_ff, d_in);   W2 ``w_down`` (d_out, d_ff)   (``nn.Linear`` layout)
 
-Two forms of the down projection, one result:
+Three forms, one result:
 
-``dense``   scatter vals into a zero (N, d_ff) code and multiply by W2 in full. It spends
-            d_ff / k times the needed multiply-adds on zeros, but it is one large GEMM,
-            which tensor cores run at full rate; it is the naive reference.
+``dense``   ``torch.topk``, a scatter of vals into a zero (N, d_ff) code, and W2 times the
+            code in full. It spends d_ff / k times the needed multiply-adds on zeros, but it
+            is one large GEMM, which tensor cores run at full rate; it is the naive reference.
 ``gather``  y[n] = sum_j vals[n, j] W2[:, idx[n, j]]: a weighted sum of k columns of W2,
             fused into one ``F.embedding_bag`` call (the table is W2^T, the bags are the
             rows of idx, ``per_sample_weights`` are vals). This is the gather-and-scale step
@@ -22,11 +22,18 @@ Two forms of the down projection, one result:
             touches only the k kept units too: dL/dW2 scatters vals * dy into k columns per
             token, and dL/dvals[n, j] = <dy[n], W2[:, idx[n, j]]> is a sampled dot product
             (SDDMM), computed on CPU with ``torch.sparse.sampled_addmm``.
+``mask``    the dense GEMM on a code made in one pass: ``topk_mask`` keeps the k largest of
+            each row in place (on CUDA one Triton program a row, ``ops/triton/topk.py``; a
+            stable sort elsewhere) with no indices, no topk and no scatter. Its backward is
+            dh where h != 0, exact for ``relu`` (a kept zero has relu' = 0), so it takes relu only.
 
 ``topk_ffn(..., impl="auto")`` picks one through ``resolve_ffn_impl``: ``gather`` on CPU,
-where it is measured faster (``emaprobe bench ffn``), ``dense`` on CUDA, where the tensor-core
-GEMM is measured faster (an H200 at the 130m widths: gather 0.24x dense forward, 0.12x
+where it is measured faster (``emaprobe bench ffn``), ``mask`` on CUDA for relu, and ``dense``
+otherwise (gather on an H200 at the 130m widths: 0.24x dense forward, 0.12x
 forward+backward; ``results/bench/ffn_nvidia-h200.json``), and whenever k == d_ff.
+
+Ties at the k-th value: ``torch.topk`` keeps any of them, ``topk_mask`` the lowest indices; the
+two differ only where a row's k-th and (k+1)-th values are equal.
 """
 
 from __future__ import annotations
@@ -140,14 +147,70 @@ def gather_topk_down(vals: torch.Tensor, idx: torch.Tensor, w_down: torch.Tensor
     return y.view(*lead, w_down.shape[0])
 
 
+# ---------------------------------------------------------------------------- the mask form
+
+# dtypes the Triton mask kernel takes on CUDA (ops/triton/topk.py); anything else takes the reference
+_TRITON_MASK_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def topk_mask_reference(a: torch.Tensor, k: int) -> torch.Tensor:
+    """a (..., F) -> h (..., F): the k largest of each row kept, zeros elsewhere; of values tied
+    at the k-th, the lowest indices are kept (a stable descending sort). Any dtype and device."""
+    idx = torch.sort(a, dim=-1, descending=True, stable=True).indices[..., :k]
+    return torch.zeros_like(a).scatter(-1, idx, a.gather(-1, idx))
+
+
+class _TopkMask(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, k):
+        if a.is_cuda and a.dtype in _TRITON_MASK_DTYPES:
+            from emaprobe.ops.triton.topk import topk_mask_triton  # needs Triton: loaded on first CUDA use
+
+            h = topk_mask_triton(a, k)
+        else:
+            h = topk_mask_reference(a, k)
+        ctx.save_for_backward(h)  # the same tensor W2's GEMM saves: no extra memory
+        return h
+
+    @staticmethod
+    def backward(ctx, gh):
+        (h,) = ctx.saved_tensors
+        return gh.masked_fill(h == 0, 0), None
+
+
+def topk_mask(a: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-WTA code of a (..., F): the k largest of each row kept in place, zeros elsewhere.
+    The gradient flows to the kept nonzero entries (for relu codes: exactly topk's)."""
+    if not 1 <= k <= a.shape[-1]:
+        raise ValueError(f"k must lie in [1, {a.shape[-1]}], got {k}")
+    return _TopkMask.apply(a, k)
+
+
 # ---------------------------------------------------------------------------- registry and op
 
-FFN_IMPLS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "dense": dense_topk_down,
-    "gather": gather_topk_down,
+
+def _dense(a: torch.Tensor, k: int, w_down: torch.Tensor) -> torch.Tensor:
+    return dense_topk_down(*topk_code(a, k), w_down)
+
+
+def _gather(a: torch.Tensor, k: int, w_down: torch.Tensor) -> torch.Tensor:
+    return gather_topk_down(*topk_code(a, k), w_down)
+
+
+def _mask(a: torch.Tensor, k: int, w_down: torch.Tensor) -> torch.Tensor:
+    return F.linear(topk_mask(a, k), w_down)
+
+
+# each form: (a = act(W1 c) (..., d_ff), k, W2) -> y (..., d_out)
+FFN_IMPLS: dict[str, Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]] = {
+    "dense": _dense,
+    "gather": _gather,
+    "mask": _mask,
 }
-# what "auto" takes per device type; anything not named here gets "dense"
-AUTO_IMPL: dict[str, str] = {"cpu": "gather", "cuda": "dense"}
+# what "auto" takes per device type for relu; anything not named here, or another activation, gets "dense"
+AUTO_IMPL: dict[str, str] = {"cpu": "gather", "cuda": "mask"}
+# forms that take only some activations, and which
+IMPL_ACTS: dict[str, tuple[str, ...]] = {"mask": ("relu",)}
 
 
 def available_ffn_impls() -> list[str]:
@@ -160,15 +223,18 @@ def check_ffn_impl(impl: str) -> str:
     return impl
 
 
-def resolve_ffn_impl(impl: str, device: torch.device, k: int, d_ff: int) -> str:
+def resolve_ffn_impl(impl: str, device: torch.device, k: int, d_ff: int, act: str = "relu") -> str:
     """The implementation that runs: ``impl`` itself, or for ``"auto"`` the device's pick
-    (``AUTO_IMPL``), and ``dense`` when k == d_ff (nothing to skip)."""
+    (``AUTO_IMPL``) where it takes ``act``, and ``dense`` when k == d_ff (nothing to skip)."""
     check_ffn_impl(impl)
     if impl != "auto":
+        if act not in IMPL_ACTS.get(impl, (act,)):
+            raise ValueError(f"FFN impl {impl!r} takes act in {list(IMPL_ACTS[impl])}, got {act!r}; use 'dense' or 'auto'")
         return impl
     if k >= d_ff:
         return "dense"
-    return AUTO_IMPL.get(torch.device(device).type, "dense")
+    pick = AUTO_IMPL.get(torch.device(device).type, "dense")
+    return pick if act in IMPL_ACTS.get(pick, (act,)) else "dense"
 
 
 def topk_code(a: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,15 +258,15 @@ def topk_ffn(
 ) -> torch.Tensor:
     """y = W2 topk_k(act(W1 c)): c (..., d_in) -> y (..., d_out).
 
-    ``impl``: "dense", "gather" or "auto" (see the module docstring). Gradients reach c,
+    ``impl``: "dense", "gather", "mask" or "auto" (see the module docstring). Gradients reach c,
     W1 and W2 through the k kept units only, identically in every form.
     """
     d_ff = w_up.shape[0]
     if not 1 <= k <= d_ff:
         raise ValueError(f"k must lie in [1, d_ff={d_ff}], got {k}")
-    name = resolve_ffn_impl(impl, c.device, k, d_ff)
-    a = _activation(act)(F.linear(c, w_up))  # (..., d_ff)
+    act_fn = _activation(act)
+    name = resolve_ffn_impl(impl, c.device, k, d_ff, act)
+    a = act_fn(F.linear(c, w_up))  # (..., d_ff)
     if k == d_ff and name == "dense":
         return F.linear(a, w_down)
-    vals, idx = topk_code(a, k)  # (..., k)
-    return FFN_IMPLS[name](vals, idx, w_down)  # (..., d_out)
+    return FFN_IMPLS[name](a, k, w_down)  # (..., d_out)
