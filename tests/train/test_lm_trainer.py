@@ -187,3 +187,24 @@ def test_sampler_streams_are_deterministic_per_rank_and_resumable():
     assert torch.equal(after[0], r1.next()[0])
     x, y = after
     assert x.shape == (4, 8) and torch.equal(y[:, :-1], x[:, 1:])
+
+
+def test_compiled_loss_gives_the_eager_loss_and_gradients():
+    """loss_function(compile=True): the cross-entropy through Inductor (CPU here), same loss and grads."""
+    from emaprobe.models import build_model, resolve_config
+    from emaprobe.train import accumulate_gradients, lm_loss, loss_function
+
+    assert loss_function(False) is lm_loss
+    torch.manual_seed(0)
+    model = build_model(resolve_config("spen-tiny"))
+    gen = torch.Generator().manual_seed(3)
+    batches = [tuple(torch.randint(0, 300, (2, 2, 9), generator=gen).unbind(0)) for _ in range(2)]
+    grads, losses = [], []
+    for fn in (lm_loss, loss_function(True)):
+        model.zero_grad(set_to_none=True)
+        losses.append(accumulate_gradients(model, batches, None, fn))
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+    assert len(grads[0]) == len(grads[1]) > 0
+    for g, r in zip(grads[1], grads[0]):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)

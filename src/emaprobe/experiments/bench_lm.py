@@ -69,7 +69,7 @@ from emaprobe.layers import MIXERS
 from emaprobe.models import GPTConfig, SPENConfig, build_model, resolve_config
 from emaprobe.train import TrainConfig
 from emaprobe.train.dist import DistInfo
-from emaprobe.train.lm import accumulate_gradients, autocast_context, make_optimizer, wrap_model
+from emaprobe.train.lm import accumulate_gradients, autocast_context, loss_function, make_optimizer, wrap_model
 from emaprobe.utils import atomic_write_json, run_record
 
 # dense bf16 tensor-core peaks from NVIDIA's datasheets (no 2:4 sparsity); first match wins
@@ -226,6 +226,7 @@ def bench_train(label: str, cfg, T: int, compiled: bool, bc: BenchConfig, device
     tcfg = TrainConfig(device=device.type)
     opt = make_optimizer(model, tcfg, device)
     run = wrap_model(model, DistInfo(), device, compile=compiled)
+    loss_fn = loss_function(compiled)
     autocast = autocast_context(tcfg, device)
     row["dtype"] = "bf16 autocast" if device.type == "cuda" else "fp32"
     gen = torch.Generator(device=device).manual_seed(0)
@@ -233,7 +234,7 @@ def bench_train(label: str, cfg, T: int, compiled: bool, bc: BenchConfig, device
     batch = [(seq[:, :-1], seq[:, 1:])]
 
     def step() -> None:
-        accumulate_gradients(run, batch, autocast)
+        accumulate_gradients(run, batch, autocast, loss_fn)
         torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.optim.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)

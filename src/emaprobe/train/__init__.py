@@ -16,6 +16,7 @@ from emaprobe.train.lm import (
     TrainingDiverged,
     TrainingInterrupted,
     accumulate_gradients,
+    loss_function,
     train_lm,
     wrap_model,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "evaluate_lm",
     "load_checkpoint",
     "lm_loss",
+    "loss_function",
     "lr_at",
     "save_checkpoint",
     "train_lm",

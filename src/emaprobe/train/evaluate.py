@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -28,10 +29,22 @@ from emaprobe.train.dist import DistInfo, all_reduce_sum
 from emaprobe.utils.progress import progress_disabled
 
 
-def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Next-token cross-entropy of ``model(x)`` against ``y``; x, y (B, T). Computed in float32."""
-    logits, _ = model(x)  # (B, T, V)
+def token_cross_entropy(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of logits (B, T, V) against targets y (B, T), computed in float32."""
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction=reduction)
+
+
+def lm_loss(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    reduction: str = "mean",
+    cross_entropy: Callable[..., torch.Tensor] = token_cross_entropy,
+) -> torch.Tensor:
+    """Next-token cross-entropy of ``model(x)`` against ``y``; x, y (B, T). Computed in float32
+    (``cross_entropy``: ``token_cross_entropy`` or a compiled copy of it)."""
+    logits, _ = model(x)  # (B, T, V)
+    return cross_entropy(logits, y, reduction)
 
 
 @torch.no_grad()

@@ -8,8 +8,8 @@ How a program finds its row's k-th largest value without sorting: each value is 
 integer key of the same order (the float's bits, negatives' magnitude bits flipped, then
 offset to be non-negative), and the k-th largest key is built bit by bit from the top: a bit
 stays set when at least k keys are >= the prefix with it set. That is one count (a reduction
-over the row) per key bit: 16 for bf16 and fp16 rows, whose low fp32 bits are zero, 32 for
-float32. Keys above the threshold are kept; of the keys equal to it, the first ones by index
+over the row) per key bit: 16 for bf16, 19 for fp16 (the fp32 bits a narrower float uses), 32
+for float32. Keys above the threshold are kept; of the keys equal to it, the first ones by index
 fill the row up to k (``tl.cumsum``). The radix select is the one of GPU top-k and sorting
 libraries (e.g. Alabi et al. 2012, "Fast k-selection algorithms for graphics processing
 units"), here in registers, one row a program, with the tie rule made explicit.
@@ -24,23 +24,27 @@ import torch
 import triton
 import triton.language as tl
 
-# low key bits that are always zero: the fp32 mantissa bits a narrower float does not have
-_LOW_BIT = {torch.bfloat16: 16, torch.float16: 13, torch.float32: 0}
-SUPPORTED_DTYPES = tuple(_LOW_BIT)
+# bits of the order key: a narrower float's fp32 form has its low mantissa bits all zero (all one
+# once a negative's are flipped), so its keys differ only in the top bits
+_KEY_BITS = {torch.bfloat16: 16, torch.float16: 19, torch.float32: 32}
+SUPPORTED_DTYPES = tuple(_KEY_BITS)
 
 
 @triton.jit
-def _topk_mask_kernel(A, H, F, k, BLOCK: tl.constexpr, LOW_BIT: tl.constexpr):
+def _topk_mask_kernel(A, H, F, k, BLOCK: tl.constexpr, KEY_BITS: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     live = offs < F
     a = tl.load(A + row * F + offs, mask=live, other=0.0)
     bits = a.to(tl.float32).to(tl.int32, bitcast=True)
-    key = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # signed order of the floats (-0 just below +0)
-    u = tl.where(live, key.to(tl.int64) + 2147483647 + 1, -1)  # in [0, 2^32); padding below every key
-    one = tl.full((), 1, tl.int64)
-    t = tl.zeros((), tl.int64)
-    for b in tl.static_range(31, LOW_BIT - 1, -1):
+    key = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # signed, in the floats' order (-0 just below +0)
+    if KEY_BITS == 32:
+        u = tl.where(live, key.to(tl.int64) + 2147483647 + 1, -1)  # in [0, 2^32); padding below every key
+    else:
+        u = tl.where(live, (key >> (32 - KEY_BITS)) + (1 << (KEY_BITS - 1)), -1)  # int32, in [0, 2^KEY_BITS)
+    one = tl.full((), 1, u.dtype)
+    t = tl.zeros((), u.dtype)
+    for b in tl.static_range(KEY_BITS - 1, -1, -1):
         cand = t | (one << b)
         n = tl.sum((u >= cand).to(tl.int32), axis=0)
         t = tl.where(n >= k, cand, t)
@@ -60,7 +64,7 @@ def _num_warps(block: int) -> int:
 def topk_mask_triton(a: torch.Tensor, k: int) -> torch.Tensor:
     """a (..., F) on CUDA, bf16, fp16 or float32 -> h (..., F): the k largest of each row kept
     (ties at the k-th value: the lowest indices), zeros elsewhere."""
-    if a.dtype not in _LOW_BIT:
+    if a.dtype not in _KEY_BITS:
         raise ValueError(f"topk_mask_triton takes {[str(d) for d in SUPPORTED_DTYPES]}, got {a.dtype}")
     F = a.shape[-1]
     a2 = a.reshape(-1, F).contiguous()
@@ -68,6 +72,6 @@ def topk_mask_triton(a: torch.Tensor, k: int) -> torch.Tensor:
     if a2.shape[0]:
         block = triton.next_power_of_2(F)
         _topk_mask_kernel[(a2.shape[0],)](
-            a2, h, F, k, BLOCK=block, LOW_BIT=_LOW_BIT[a.dtype], num_warps=_num_warps(block)
+            a2, h, F, k, BLOCK=block, KEY_BITS=_KEY_BITS[a.dtype], num_warps=_num_warps(block)
         )
     return h.view(a.shape)
