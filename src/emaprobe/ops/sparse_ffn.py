@@ -29,7 +29,7 @@ Three forms, one result:
 
 ``topk_ffn(..., impl="auto")`` picks one through ``resolve_ffn_impl``: ``gather`` on CPU,
 where it is measured faster (``emaprobe bench ffn``), ``mask`` on CUDA for relu, and ``dense``
-otherwise (gather on an H200 at the 130m widths: 0.24x dense forward, 0.12x
+otherwise (gather on an H200 at the 130m widths: 0.22x dense forward, 0.10x
 forward+backward; ``results/bench/ffn_nvidia-h200.json``), and whenever k == d_ff.
 
 Ties at the k-th value: ``torch.topk`` keeps any of them, ``topk_mask`` the lowest indices; the

@@ -166,7 +166,8 @@ def loss_function(compile: bool = False) -> Callable[..., torch.Tensor]:
     compiled as well as the model: Inductor then reads the bf16 logits in its log-softmax and
     writes their gradient in one pass, where eager PyTorch writes a float32 copy of the
     (B, T, V) logits, runs softmax forward and backward over it and casts the gradient back
-    (on one H200, SPEN-130m at B16 T1024: those kernels took about 10 of a step's 43 ms)."""
+    (in a profile of SPEN-130m at B16 T1024 on one H200, those kernels took about 10 of a
+    step's 43 ms; notes/kernels.md)."""
     if not compile:
         return lm_loss
     return functools.partial(lm_loss, cross_entropy=torch.compile(token_cross_entropy))
