@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 from collections import deque
+from concurrent.futures import ProcessPoolExecutor
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -142,17 +143,25 @@ def _encoded_chunks(
         for chunk in chunks:
             yield encode_documents(tokenizer, chunk, dtype)
         return
-    # spawn: workers import only emaprobe.data (no torch), and no parent threads are forked
+    # spawn: workers import only emaprobe.data (no torch), and no parent threads are forked.
+    # An executor, not multiprocessing.Pool: Pool.terminate(), which its ``with`` calls when the
+    # consumer stops early (an error, Ctrl-C), could hang for good waiting on a queue lock a
+    # worker held (seen in CI, test_interrupt_mid_write_leaves_no_files); the executor cancels
+    # what has not started and waits for at most the 2 x workers chunks in flight.
     ctx = mp.get_context("spawn")
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(str(tokenizer_dir),)) as pool:
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(str(tokenizer_dir),)) as pool:
         pending: deque = deque()
-        # Pool.imap would read the whole corpus ahead into its queue; a window keeps memory bounded
-        for chunk in chunks:
-            pending.append(pool.apply_async(_encode_in_worker, (chunk, dtype.name)))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
+        try:
+            # Pool.imap would read the whole corpus ahead into its queue; a window keeps memory bounded
+            for chunk in chunks:
+                pending.append(pool.submit(_encode_in_worker, chunk, dtype.name))
+                if len(pending) >= 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 def prepare(
