@@ -4,12 +4,14 @@
                      (``fused_ema_traces``)
     linear_scan.py   ``linear_scan``: kernels, launchers (``linear_scan_fwd``/``_bwd``), autograd
                      (``fused_linear_scan``)
+    topk.py          ``topk_mask_triton``: the k largest of each row kept in one pass (the mask form of
+                     ``ops/sparse_ffn.py``'s top-k FFN)
     plan.py          tile shapes, time segments and warm-ups; pure Python, the SM count an argument
     cache.py         the launchers' plans and coefficient tensors, made once per key (shape, alphas,
                      device...), so that an eager call allocates its outputs and launches
     common.py        what the kernels share: the scan's pair operator, tile and mask helpers, ``sm_count``
 
-``ema.py``, ``linear_scan.py`` and ``common.py`` need Triton; ``plan.py`` and ``cache.py`` do not, so this
+``ema.py``, ``linear_scan.py``, ``topk.py`` and ``common.py`` need Triton; ``plan.py`` and ``cache.py`` do not, so this
 package imports nothing itself. ``ops/scan.py`` loads the two ops as its "triton" backend
 the first time a CUDA tensor asks for it. The decision record behind every default (what
 was measured, kept and dropped) is ``notes/kernels.md``.
