@@ -80,3 +80,15 @@ def test_write_puts_the_json_and_the_drawing_beside_each_other(tmp_path, capsys)
     assert (tmp_path / "scan_grid_card.json").read_text().count("rows") == 1
     assert drawn == [tmp_path / "scan_grid_card.png"]
     assert capsys.readouterr().out.count("wrote") == 2
+
+
+def test_sweep_configs_are_valid_tiles_and_cover_few_warp_launches():
+    from emaprobe.experiments.bench_scan_cuda import SWEEP, SWEEP_FEW_WARPS, sweep_configs
+    from emaprobe.ops.triton.plan import TileConfig  # pure Python: no Triton needed
+
+    cfgs = sweep_configs(TileConfig)
+    assert len(cfgs) == len(SWEEP) + len(SWEEP_FEW_WARPS) == len(set(cfgs))
+    assert all(c.block % (32 * c.vec * c.num_warps) == 0 for c in cfgs)
+    few = cfgs[len(SWEEP):]
+    assert any(c.warmup is False for c in few) and max(c.stages for c in few) >= 8
+    assert {c.block for c in few} >= {32, 64, 128}

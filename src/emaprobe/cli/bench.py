@@ -123,7 +123,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", default="runs/bench",
                    help="folder for the JSON (default: runs/bench; the committed figures need --out results/bench)")
     g = s.add_argument_group("CUDA only")
-    g.add_argument("--sweep", action="store_true", help="also time tile configurations at the headline shape")
+    g.add_argument("--sweep", action="store_true", help="also time tile configurations, at each --shape (default: B16 T2048 D768 and B4 T8192 D768)")
     g.add_argument("--no-peers", action="store_true", help="skip accelerated-scan and flash-linear-attention")
     g.add_argument("--no-warp", action="store_true", help="skip accelerated-scan's warp kernel (slow first compile)")
     g.add_argument("--no-loop", action="store_true", help="skip the PyTorch step loop")

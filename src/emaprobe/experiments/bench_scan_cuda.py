@@ -69,6 +69,12 @@ HEADLINE = (16, 2048, 768)
 SWEEP = ((16, 64, 1, 2, 3, -1), (16, 64, 1, 2, 4, -1), (16, 64, 1, 2, 6, -1), (32, 64, 1, 2, 3, -1),
          (32, 64, 1, 2, 4, -1), (8, 64, 1, 2, 8, -1), (16, 128, 1, 4, 3, -1), (16, 128, 1, 4, 4, -1),
          (16, 128, 1, 4, 3, 0), (16, 128, 1, 4, 4, 0), (16, 64, 1, 2, 4, 0), (16, 128, 1, 4, 3, 2112))
+# and, for launches of few warps (the grid's shapes with B*D <= 8192, issue 17 item 5): the forward's
+# two-warp default with deeper pipelines, narrower one-warp tiles, and exact two-pass segments
+# (warmup False) in place of warm-ups; (ct, block, num_warps, vec, stages, warmup)
+SWEEP_FEW_WARPS = ((32, 128, 2, 2, 4, None), (32, 128, 2, 2, 6, None), (32, 128, 2, 2, 8, None),
+                   (32, 128, 2, 2, 4, False), (16, 64, 1, 2, 6, None), (16, 64, 1, 2, 8, None),
+                   (16, 64, 1, 2, 6, False), (16, 32, 1, 1, 6, None))
 SWEEP_SHAPES = ((16, 2048, 768), (4, 8192, 768))
 LOOP_MAX_STEPS = 2048
 # accelerated-scan's warp kernel hit an illegal memory access at B=4 T=8192 (S*D=2304
@@ -439,6 +445,15 @@ def bench_shape(ts, shape, alphas, bw: float, peers: dict, loop: bool) -> dict:
     return row
 
 
+def sweep_configs(tile_config) -> list:
+    """The ``TileConfig``s --sweep times (``tile_config`` is the class: it lives with the kernels)."""
+    out = [tile_config(ct=ct, block=bd, num_warps=w, vec=v, stages=st, min_programs=max(mp, 0),
+                       split=False if mp < 0 else None) for ct, bd, w, v, st, mp in SWEEP]
+    out += [tile_config(ct=ct, block=bd, num_warps=w, vec=v, stages=st, warmup=warm)
+            for ct, bd, w, v, st, warm in SWEEP_FEW_WARPS]
+    return out
+
+
 def sweep(ts, shape, alphas) -> list[dict]:
     """Time tile configurations of every kernel at one shape (for choosing the defaults)."""
     B, T, D = shape
@@ -449,11 +464,7 @@ def sweep(ts, shape, alphas) -> list[dict]:
     b = torch.randn(B, T, D, device="cuda", dtype=dt)
     h, _ = ts.linear_scan_fwd(a, b)
     rows = []
-    configs = [
-        ts.TileConfig(ct=ct, block=bd, num_warps=w, vec=v, stages=st, min_programs=max(mp, 0),
-                      split=False if mp < 0 else None)
-        for ct, bd, w, v, st, mp in SWEEP
-    ]
+    configs = sweep_configs(ts.TileConfig)
     print(f"sweep at B={B} T={T} D={D}", flush=True)
     for cfg in configs:
         r = dict(cfg.__dict__, B=B, T=T, D=D)
@@ -690,10 +701,11 @@ def run_cuda(shapes=None, alphas=DEFAULT_ALPHAS, out_dir: str | Path | None = No
     """Run the whole CUDA benchmark; returns the result dict (also written as JSON when ``out_dir``,
     as ``scan_cuda_<card>[_<tag>]``: a run of one shape with a tag leaves the default file alone)."""
     check_tag(tag)
+    sweep_shapes = SWEEP_SHAPES if shapes is None else shapes  # --shape: the sweep runs there instead
     shapes = list(DEFAULT_SHAPES) if shapes is None else shapes
     ts, card, bw, errs = _checked_start(alphas)
     slug = card_slug(card) + (f"_{tag}" if tag else "")
-    sweep_rows = [r for shape in SWEEP_SHAPES for r in sweep(ts, shape, alphas)] if do_sweep else None
+    sweep_rows = [r for shape in sweep_shapes for r in sweep(ts, shape, alphas)] if do_sweep else None
     peer_fns = _load_peers(warp) if peers else {}
     rows = []
 
