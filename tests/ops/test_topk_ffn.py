@@ -222,3 +222,34 @@ def test_mask_impl_compiled_on_cuda_matches_eager(gpu):
         got = _value_and_grads(torch.compile(fn, fullgraph=True), c, w_up, w_down, gy)
     for name, g_, r in zip(("y", "dc", "dW1", "dW2"), got, ref):
         torch.testing.assert_close(g_.float(), r.float(), rtol=1e-2, atol=1e-2, msg=name)
+
+
+def test_triton_topk_mask_in_the_interpreter_equals_the_reference():
+    """The kernel run by Triton's interpreter on CPU (TRITON_INTERPRET=1, a fresh process: the
+    variable is read when Triton loads): where Triton is installed, kernel work can be checked
+    without a GPU."""
+    pytest.importorskip("triton", reason="Triton is not installed (pip install triton runs this check on CPU)")
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import torch
+        from emaprobe.ops.sparse_ffn import topk_mask_reference
+        from emaprobe.ops.triton.topk import topk_mask_triton
+        g = torch.Generator().manual_seed(0)
+        bad = []
+        for dtype in (torch.bfloat16, torch.float16, torch.float32):
+            for F, k in ((101, 7), (257, 256), (64, 64), (300, 1)):
+                for ties in (False, True):
+                    a = torch.randint(-4, 5, (5, F), generator=g).to(dtype) if ties else \\
+                        torch.randn(5, F, generator=g).to(dtype)
+                    if not torch.equal(topk_mask_triton(a, k), topk_mask_reference(a, k)):
+                        bad.append((str(dtype), F, k, ties))
+        print("BAD", bad)
+    """)
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "BAD []" in out.stdout, out.stdout[-2000:]
