@@ -37,8 +37,8 @@ import sys
 import tempfile
 import time
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 

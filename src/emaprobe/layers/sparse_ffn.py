@@ -16,7 +16,7 @@ import math
 import torch
 from torch import nn
 
-from emaprobe.ops.sparse_ffn import ACTIVATIONS, check_ffn_impl, resolve_ffn_impl, topk_code, topk_ffn
+from emaprobe.ops.sparse_ffn import ACTIVATIONS, check_ffn_impl, topk_code, topk_ffn
 
 
 def active_units(fraction: float, d_ff: int) -> int:
@@ -38,8 +38,7 @@ class SparseFFN(nn.Module):
         if not 1 <= k <= d_ff:
             raise ValueError(f"k must lie in [1, d_ff={d_ff}], got {k}")
         self.k, self.d_ff, self.act_name = k, d_ff, act
-        self.impl = check_ffn_impl(impl)
-        resolve_ffn_impl(impl, torch.device("cpu"), k, d_ff, act)  # a form that does not take act: a named error now
+        self.impl = check_ffn_impl(impl, act)
         self.act = ACTIVATIONS[act]
         self.up = nn.Linear(d_in, d_ff, bias=False)  # W1
         self.down = nn.Linear(d_ff, d_out, bias=False)  # W2

@@ -42,7 +42,7 @@ from torch import nn
 from emaprobe.layers import ACTIVATIONS, MIXERS, PREDICTORS, SparseFFN, active_units, build_mixer, build_predictor
 from emaprobe.layers import check_alphas
 from emaprobe.models.common import LanguageModel, RMSNorm, init_weights, register_model
-from emaprobe.ops import DEFAULT_ALPHAS, resolve_ffn_impl
+from emaprobe.ops import DEFAULT_ALPHAS, check_ffn_impl
 
 
 @dataclass(frozen=True)
@@ -80,12 +80,12 @@ class SPENConfig:
             )
         if self.ffn_act not in ACTIVATIONS:
             raise ValueError(f"SPENConfig.ffn_act: unknown activation {self.ffn_act!r}; choose one of {sorted(ACTIVATIONS)}")
-        if not 0.0 < self.ffn_active <= 1.0:
-            raise ValueError(f"SPENConfig.ffn_active must lie in (0, 1], got {self.ffn_active}")
         try:
-            resolve_ffn_impl(self.ffn_impl, torch.device("cpu"), self.k_active, self.d_ff, self.ffn_act)
+            check_ffn_impl(self.ffn_impl, self.ffn_act)
         except ValueError as err:
             raise ValueError(f"SPENConfig.ffn_impl: {err}") from err
+        if not 0.0 < self.ffn_active <= 1.0:
+            raise ValueError(f"SPENConfig.ffn_active must lie in (0, 1], got {self.ffn_active}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"SPENConfig.dropout must lie in [0, 1), got {self.dropout}")
         if self.mixer_rank < 0:

@@ -217,19 +217,19 @@ def available_ffn_impls() -> list[str]:
     return sorted(FFN_IMPLS) + ["auto"]
 
 
-def check_ffn_impl(impl: str) -> str:
+def check_ffn_impl(impl: str, act: str = "relu") -> str:
+    """``impl`` if it names a form (or "auto") that takes activation ``act``; else a named error."""
     if impl != "auto" and impl not in FFN_IMPLS:
         raise ValueError(f"unknown FFN impl {impl!r}; choose one of {available_ffn_impls()}")
+    if act not in IMPL_ACTS.get(impl, (act,)):
+        raise ValueError(f"FFN impl {impl!r} takes act in {list(IMPL_ACTS[impl])}, got {act!r}; use 'dense' or 'auto'")
     return impl
 
 
 def resolve_ffn_impl(impl: str, device: torch.device, k: int, d_ff: int, act: str = "relu") -> str:
     """The implementation that runs: ``impl`` itself, or for ``"auto"`` the device's pick
     (``AUTO_IMPL``) where it takes ``act``, and ``dense`` when k == d_ff (nothing to skip)."""
-    check_ffn_impl(impl)
-    if impl != "auto":
-        if act not in IMPL_ACTS.get(impl, (act,)):
-            raise ValueError(f"FFN impl {impl!r} takes act in {list(IMPL_ACTS[impl])}, got {act!r}; use 'dense' or 'auto'")
+    if check_ffn_impl(impl, act) != "auto":
         return impl
     if k >= d_ff:
         return "dense"
