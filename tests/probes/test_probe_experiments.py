@@ -399,3 +399,11 @@ def test_block_and_residual_states_of_tiny_models():
                                    rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="SPEN and GPT"):
         block_states(torch.nn.Linear(2, 2), idx)
+
+
+def test_mqar_jobs_run_costliest_first_and_ties_keep_their_order():
+    from emaprobe.experiments.probe_mqar import longest_first
+
+    jobs = [("ema", (64, 4, 64), 1e-3, 0), ("gla", (64, 4, 64), 1e-3, 0), ("ema", (1024, 4, 256), 1e-3, 0),
+            ("attention", (1024, 4, 256), 1e-3, 0), ("gla", (1024, 16, 64), 3.2e-3, 0)]
+    assert longest_first(jobs) == [jobs[2], jobs[3], jobs[4], jobs[1], jobs[0]]
