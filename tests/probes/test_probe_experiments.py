@@ -401,9 +401,26 @@ def test_block_and_residual_states_of_tiny_models():
         block_states(torch.nn.Linear(2, 2), idx)
 
 
-def test_mqar_jobs_run_costliest_first_and_ties_keep_their_order():
-    from emaprobe.experiments.probe_mqar import longest_first
+def test_mqar_pool_requeues_a_run_out_of_memory_that_shared_the_card_even_once_down_to_one_at_a_time():
+    """Two runs share the card and both run out of memory: the first handled drops the pool to one
+    at a time, and the second, which also ran beside another, still goes back in the queue (it
+    used to fail for good there, as on the H200 on 2026-12-04: ten gla runs)."""
+    import concurrent.futures as cf
 
-    jobs = [("ema", (64, 4, 64), 1e-3, 0), ("gla", (64, 4, 64), 1e-3, 0), ("ema", (1024, 4, 256), 1e-3, 0),
-            ("attention", (1024, 4, 256), 1e-3, 0), ("gla", (1024, 16, 64), 3.2e-3, 0)]
-    assert longest_first(jobs) == [jobs[2], jobs[3], jobs[4], jobs[1], jobs[0]]
+    from emaprobe.experiments.probe_mqar import run_pool
+
+    tries = {}
+
+    def submit(job):  # an already-finished future: out of memory on each job's first try
+        tries[job] = tries.get(job, 0) + 1
+        fut = cf.Future()
+        if tries[job] == 1:
+            fut.set_exception(torch.OutOfMemoryError("CUDA out of memory"))
+        else:
+            fut.set_result(job)
+        return fut
+
+    x, y = ("ema", (24, 2, 16), 1e-2, 0), ("gla", (24, 2, 16), 1e-2, 0)
+    got = []
+    assert run_pool([x, y], submit, got.append, limit=2) == []
+    assert sorted(got) == sorted([x, y]) and tries == {x: 2, y: 2}

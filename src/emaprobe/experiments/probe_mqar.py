@@ -192,16 +192,6 @@ def _job_name(job: tuple) -> str:
     return f"{mixer} T={T} N={N} D={D} lr={lr:g} seed {seed}"
 
 
-COST = {"gla": 4.0}  # a run's time relative to the other mixers' at the same T and D (H200, T=1024 D=64: ~350 s vs ~90)
-
-
-def longest_first(jobs: list[tuple]) -> list[tuple]:
-    """``jobs`` by their rough cost, T * D times the mixer's ``COST``, costliest first (ties keep their
-    order): the long runs start while the card is shared most, so the last minutes are not one
-    long run alone on an idle card."""
-    return sorted(jobs, key=lambda j: -j[1][0] * j[1][2] * COST.get(j[0], 1.0))
-
-
 def _out_of_memory(err: BaseException) -> bool:
     """A CUDA allocation failure (PyTorch's, or cuBLAS's when it cannot make a handle)."""
     return isinstance(err, torch.OutOfMemoryError) or "CUBLAS_STATUS_ALLOC_FAILED" in str(err)
@@ -209,23 +199,24 @@ def _out_of_memory(err: BaseException) -> bool:
 
 def run_pool(jobs: list, submit, record, limit: int) -> list[tuple]:
     """Runs ``jobs`` through ``submit`` (job -> future), at most ``limit`` at a time, and hands each
-    result to ``record`` as it comes. A run that fails for want of GPU memory while others share
-    the GPU goes back to the front of the queue (it resumes from its checkpoint), and from then on
-    at most one fewer runs at a time, and never more than were still running: those fit. Any
-    other failure, or running out of memory alone, is final: the others go on, and the failed
-    (job, error) pairs are returned."""
+    result to ``record`` as it comes. A run that fails for want of GPU memory while others may have
+    shared the GPU goes back to the front of the queue (it resumes from its checkpoint), and from
+    then on at most one fewer runs at a time, and never more than were still running: those fit.
+    Any other failure, or running out of memory in a run that had the GPU to itself (started with
+    nothing running and ``limit`` 1), is final: the others go on, and the failed (job, error) pairs
+    are returned."""
     queue, running, failed = collections.deque(jobs), {}, []
     while queue or running:
         while queue and len(running) < limit:
             job = queue.popleft()
-            running[submit(job)] = job
+            running[submit(job)] = (job, not running and limit == 1)
         finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
         for fut in finished:
-            job = running.pop(fut)
+            job, alone = running.pop(fut)
             try:
                 result = fut.result()
             except Exception as err:  # noqa: BLE001 - one run's failure must not stop the others
-                if _out_of_memory(err) and limit > 1:
+                if _out_of_memory(err) and not alone:
                     limit = max(1, min(limit - 1, len(running)))
                     queue.appendleft(job)
                     print(f"  out of GPU memory: {_job_name(job)} goes back in the "
@@ -264,7 +255,7 @@ def run(cfg: Config, out: Path) -> None:
                                            wall_seconds=round(time.perf_counter() - t0, 1)))
 
     def execute(jobs: list[tuple]) -> None:
-        jobs = longest_first([j for j in jobs if (j[0], *j[1], j[2], j[3]) not in done])
+        jobs = [j for j in jobs if (j[0], *j[1], j[2], j[3]) not in done]
         if not jobs:
             return
 
