@@ -115,7 +115,7 @@ def mqar_columns(res: dict) -> tuple[dict, str]:
     cell = tuple(cfg.get("claim_cell", ()))
     at = [r for r in rows if (r["seq_len"], r["pairs"], r["width"]) == cell]
     col = {}
-    for m in {r["mixer"] for r in at}:
+    for m in sorted({r["mixer"] for r in at}):
         seed0 = [r for r in at if r["mixer"] == m and r["seed"] == 0]
         if not seed0:
             continue
