@@ -80,3 +80,56 @@ def test_tag_names_the_files_and_a_bad_tag_is_refused(tmp_path, capsys):
     capsys.readouterr()
     assert main([*args, "--tag", "a/b"]) != 0
     assert "--tag 'a/b': use letters, digits" in capsys.readouterr().err
+
+
+def _part(path, card, rows, sha):
+    rec = {"benchmark": "lm", "card": card, "device_type": "cuda", "peak_flops": 1e15, "peak_flops_source": "x",
+           "git_sha": sha, "time_utc": "t", "torch": "2.x", "argv": ["bench", "lm"], "bench_config": {}, "rows": rows}
+    path.write_text(json.dumps(rec))
+    return path
+
+
+def _train(model, T, compiled, rate=1000.0):
+    return {"part": "train", "model": model, "T": T, "B": 16384 // T, "compiled": compiled, "tokens_per_s": rate}
+
+
+def test_merge_joins_parts_keeps_sources_and_names_missing_rows(tmp_path, capsys):
+    a = _part(tmp_path / "a.json", "H", [_train("spen/ema", 1024, False), _train("gpt", 1024, False),
+                                         _train("spen/ema", 4096, False, 900.0)], "aaa")
+    b = _part(tmp_path / "b.json", "H", [_train("spen/ema", 1024, True), _train("gpt", 4096, True),
+                                         {"part": "generate", "model": "gpt", "B": 1, "prompt": 64,
+                                          "compiled": True, "tokens_per_s": 5.0, "ms_per_step": 200.0,
+                                          "prefill_s": 0.1}], "bbb")
+    out = tmp_path / "out"
+    assert main(["bench", "lm", "--merge", str(a), str(b), "--tag", "grid", "--out", str(out)]) == 0
+    res = json.loads((out / "bench_lm_h_grid.json").read_text())
+    assert (out / "bench_lm_h_grid.png").stat().st_size > 0
+    assert len(res["rows"]) == 6 and [s["git_sha"] for s in res["merged_from"]] == ["aaa", "bbb"]
+    by = {(r["model"], r.get("T"), r["compiled"]): r for r in res["rows"]}
+    assert by[("spen/ema", 4096, False)]["tokens_per_s"] == 900.0
+    assert by[("spen/ema", 4096, False)]["source"]["file"] == "a.json"
+    assert by[("gpt", 4096, True)]["source"]["git_sha"] == "bbb"
+    missing = {(m["model"], m["T"], m["compiled"]) for m in res["missing_train"]}
+    grid = {(m, T, c) for m in ("spen/ema", "gpt") for T in BenchConfig.seq_lens for c in (False, True)}
+    assert missing == grid - {(m, T, c) for m, T, c in by if T}  # the default grid's training rows not measured
+    assert ("gpt", 1024, True) in missing and ("spen/ema", 1024, True) not in missing
+    assert "missing: gpt T=1024 compiled" in capsys.readouterr().out
+
+
+def test_merge_refuses_a_row_in_two_files_another_card_and_a_foreign_file(tmp_path):
+    from emaprobe.experiments.bench_lm import merge
+
+    a = _part(tmp_path / "a.json", "H", [_train("gpt", 1024, True)], "aaa")
+    dup = _part(tmp_path / "dup.json", "H", [_train("gpt", 1024, True, 5.0)], "bbb")
+    with pytest.raises(ValueError, match="measured in both a.json and dup.json"):
+        merge([a, dup], out_dir=tmp_path / "o")
+    other = _part(tmp_path / "other.json", "A100", [_train("gpt", 4096, True)], "ccc")
+    with pytest.raises(ValueError, match="card 'A100'.*differs"):
+        merge([a, other], out_dir=tmp_path / "o")
+    scan = tmp_path / "scan.json"
+    scan.write_text(json.dumps({"benchmark": "scan", "rows": []}))
+    with pytest.raises(ValueError, match="not a bench lm result"):
+        merge([a, scan], out_dir=tmp_path / "o")
+    with pytest.raises(ValueError, match="two or more"):
+        merge([a], out_dir=tmp_path / "o")
+    assert not (tmp_path / "o").exists()  # nothing written on a refusal

@@ -33,6 +33,8 @@ examples:
   emaprobe bench lm --out results/bench         the committed figures (on purpose only)
   emaprobe bench lm --mixers ema --seq-lens 8192,16384 --no-generate --tag long
                                                 the long-T training rows, in files of their own
+  emaprobe bench lm --merge runs/bench/bench_lm_*_part*.json --tag grid
+                                                join parts into one JSON and PNG (rows keep their source)
 Output: bench_lm_<card>[_<tag>].json and .png in runs/bench/ (ignored by git) unless --out
 names another folder. Each figure is a median of --repeats; warm-up steps (and compiling) are
 not timed. MFU = FLOPs per token x tokens/s / peak FLOP/s (the formula is in the JSON);
@@ -50,8 +52,11 @@ def _ints(text: str) -> tuple[int, ...]:
 def _lm(args: argparse.Namespace) -> int:
     import torch
 
-    from emaprobe.experiments.bench_lm import BenchConfig, quick_config, run
+    from emaprobe.experiments.bench_lm import BenchConfig, merge, quick_config, run
 
+    if args.merge:
+        merge(args.merge, out_dir=args.out, tag=args.tag or "merged")
+        return 0
     given = {
         "configs": tuple(args.config) if args.config else None,
         "mixers": tuple(m for m in args.mixers.split(",") if m) if args.mixers else None,
@@ -183,4 +188,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="folder for the JSON and PNG (default: runs/bench; committed figures need --out results/bench)")
     m.add_argument("--tag", help="a suffix for the file names, bench_lm_<card>_<tag>.json, so a run of part of the "
                                  "grid does not replace another's figures (letters, digits, - and _)")
+    m.add_argument("--merge", nargs="+", metavar="JSON",
+                   help="measure nothing: join bench lm JSONs of one card (a grid run in parts) into "
+                        "bench_lm_<card>_<tag>.json and .png (tag default: merged); a row in two files is an error")
     m.set_defaults(func=_lm)

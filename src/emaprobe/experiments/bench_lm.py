@@ -449,6 +449,68 @@ def _build_meta(cfg) -> nn.Module:
         return build_model(cfg)
 
 
+def _row_key(r: dict) -> tuple:
+    if r["part"] == "train":
+        return ("train", r["model"], r["T"], r["compiled"])
+    return ("generate", r["model"], r["B"], r["prompt"], r["compiled"])
+
+
+def merge(paths: list[str | Path], out_dir: str | Path = "runs/bench", tag: str = "merged") -> dict:
+    """One result from several ``bench lm`` JSONs of one card: a grid measured in parts.
+
+    Each row keeps its ``source`` (file, git SHA, time, torch) and the record lists every
+    source's argv and settings. A row measured in two files is an error naming both, so the
+    choice is the user's. ``missing_train`` names the rows of the default training grid
+    (``BenchConfig.seq_lens``, eager and compiled) that the merged models lack; rows at
+    other lengths are kept as extras."""
+    import json
+
+    check_tag(tag)
+    if len(paths) < 2:
+        raise ValueError("--merge needs two or more bench lm JSON files")
+    sources, rows, seen = [], [], {}
+    card = None
+    for p in map(Path, paths):
+        try:
+            res = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"{p}: not a readable JSON file ({err})") from err
+        if res.get("benchmark") != "lm" or "rows" not in res:
+            raise ValueError(f"{p}: not a bench lm result (no benchmark 'lm' with rows)")
+        if card is None:
+            card, device_type, peak, peak_source = (res["card"], res["device_type"], res["peak_flops"],
+                                                    res["peak_flops_source"])
+        elif res["card"] != card or res["peak_flops"] != peak:
+            raise ValueError(f"{p}: card {res['card']!r} (peak {res['peak_flops']}) differs from "
+                             f"{paths[0]}'s {card!r} (peak {peak}); merge results of one card")
+        src = {k: res.get(k) for k in ("git_sha", "time_utc", "torch", "argv", "bench_config")}
+        sources.append({"file": p.name, **src})
+        for r in res["rows"]:
+            key = _row_key(r)
+            if key in seen:
+                raise ValueError(f"{key} is measured in both {seen[key]} and {p.name}: leave one file out")
+            seen[key] = p.name
+            rows.append({**r, "source": {"file": p.name, "git_sha": src["git_sha"], "time_utc": src["time_utc"],
+                                         "torch": src["torch"]}})
+    trained = [r for r in rows if r["part"] == "train" and r.get("tokens_per_s")]
+    have = {_row_key(r) for r in trained}
+    models = list(dict.fromkeys(r["model"] for r in trained))
+    missing = [{"model": m, "T": T, "compiled": c} for m in models for T in BenchConfig.seq_lens
+               for c in (False, True) if ("train", m, T, c) not in have]
+    result = run_record(benchmark="lm", card=card, device_type=device_type, peak_flops=peak,
+                        peak_flops_source=peak_source, mfu_formula=MFU_FORMULA, merged_from=sources,
+                        missing_train=missing, rows=rows)
+    out = Path(out_dir)
+    slug = f"{card_slug(card)}_{tag}"
+    print(f"merged {len(rows)} rows from {len(sources)} files; {len(missing)} training rows missing")
+    for m in missing:
+        print(f"  missing: {m['model']} T={m['T']} {'compiled' if m['compiled'] else 'eager'}")
+    print(f"wrote {atomic_write_json(out / f'bench_lm_{slug}.json', result)}")
+    plot(rows, card, out / f"bench_lm_{slug}.png")
+    print(f"wrote {out / f'bench_lm_{slug}.png'}")
+    return result
+
+
 def replot(json_path: str | Path) -> Path:
     """Redraw the PNG beside a result JSON (no GPU needed)."""
     import json
