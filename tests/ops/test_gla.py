@@ -94,6 +94,24 @@ def test_chunk_gla_gradients_vs_naive(shape, with_h0):
         assert rel_err(out, ref) < 1e-10, name
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("shape", [(2, 63, 3, 5, 7), (1, 1000, 2, 16, 9)], ids=["B2-T63", "B1-T1000"])
+def test_chunk_gla_on_cuda_carries_chunks_through_the_triton_scan(shape):
+    """On CUDA the chunk-to-chunk state goes through ``linear_scan``'s Triton kernels (float32,
+    a decay broadcast over V): values, state and every gradient against float64 on the CPU."""
+    inputs = make_inputs(*shape, dtype=torch.float64)
+    results = []
+    for dev, dtype in (("cpu", torch.float64), ("cuda", torch.float32)):
+        leaves = [t.to(dev, dtype).requires_grad_(True) for t in inputs]
+        fn = naive_gla if dev == "cpu" else (lambda *a: chunk_gla(*a, chunk_size=32, sub_chunk=8))
+        o, S = fn(*leaves)
+        (o.square().sum() + S.sum()).backward()
+        results.append([o, S, *(t.grad for t in leaves)])
+    for name, ref, out in zip(["o", "S", "q", "k", "v", "log_decay", "h0"], *results):
+        assert rel_err(out.cpu(), ref) < 1e-5, name
+
+
 def test_chunk_gla_float32_gradients_close_to_float64():
     inputs = make_inputs(2, 100, 2, 4, 3, dtype=torch.float64)
     grads = []

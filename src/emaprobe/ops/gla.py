@@ -45,7 +45,9 @@ passes e^-88, which a selective gate reaches easily. Here every exponent is <= 0
 g <= 0 is not checked (that would cost a device sync): a positive g grows the state
 and voids the argument above.
 
-The chunk states are carried by a loop over the T / C chunks. Everything is computed
+The chunk states are carried across the T / C chunks by one ``linear_scan`` call (the
+chunk-level recurrence S_m = diag(decay_m) S_(m-1) + U_m is diagonal in K and broadcast over
+V). Everything is computed
 in float32 (float64 for float64 inputs); outputs come back in the inputs' dtype and
 the state stays in the accumulation dtype. Under autocast the matrix products take
 autocast's dtype (bf16 operands, float32 accumulation, as flash-linear-attention's
@@ -63,6 +65,7 @@ from dataclasses import dataclass
 import torch
 
 from emaprobe.ops.naive import accum_dtype
+from emaprobe.ops.scan import linear_scan
 
 # ---------------------------------------------------------------------------- validation
 
@@ -221,12 +224,16 @@ def chunk_gla(
     to_end = (end[:, :, :, -1:] - end).unsqueeze(4) + tail  # (B, H, N, n, c, K): from j + 1 to chunk end
     U = (ks * to_end.exp()).reshape(B, H, N, C, K).transpose(-1, -2) @ v_  # (B, H, N, K, V): chunk m's input
     decay = end[:, :, :, -1].exp().unsqueeze(-1)  # (B, H, N, K, 1)
-    S = torch.zeros(B, H, K, V, dtype=acc, device=q.device) if h0 is None else h0.to(acc)
-    before = []
-    for m in range(N):
-        before.append(S)
-        S = decay[:, :, m] * S + U[:, :, m]  # (B, H, K, V)
-    S_before = torch.stack(before, dim=2)  # (B, H, N, K, V)
+    # S_m = decay_m S_(m-1) + U_m over the N chunks: one diagonal linear recurrence with (B H) as
+    # the batch and (K, V) as channels, so one scan call (one kernel on CUDA), not a loop of N steps
+    # that torch.compile would unroll. float64 stays on the torch scan (the kernels accumulate float32)
+    S0 = None if h0 is None else h0.to(acc).reshape(B * H, K, V)
+    states, S = linear_scan(decay.reshape(B * H, N, K, 1), U.reshape(B * H, N, K, V), S0, return_state=True,
+                            backend="torch" if acc == torch.float64 else "auto")
+    states = states.to(acc).view(B, H, N, K, V)
+    first = torch.zeros_like(states[:, :, :1]) if h0 is None else S0.view(B, H, 1, K, V)
+    S_before = torch.cat([first, states[:, :, :-1]], dim=2)  # (B, H, N, K, V): the state entering chunk m
+    S = S.to(acc).view(B, H, K, V)
     q_dec = (qs * (start.unsqueeze(4) + loc).exp()).reshape(B, H, N, C, K)
     o = o + q_dec @ S_before  # (B, H, N, C, V)
     o = o.reshape(B, H, N * C, V)[:, :, :T].transpose(1, 2)  # (B, T, H, V)
