@@ -103,7 +103,7 @@ def test_chunk_gla_on_cuda_carries_chunks_through_the_triton_scan(shape):
     inputs = make_inputs(*shape, dtype=torch.float64)
     results = []
     for dev, dtype in (("cpu", torch.float64), ("cuda", torch.float32)):
-        leaves = [t.to(dev, dtype).requires_grad_(True) for t in inputs]
+        leaves = [t.detach().to(dev, dtype).requires_grad_(True) for t in inputs]
         fn = naive_gla if dev == "cpu" else (lambda *a: chunk_gla(*a, chunk_size=32, sub_chunk=8))
         o, S = fn(*leaves)
         (o.square().sum() + S.sum()).backward()
