@@ -133,3 +133,10 @@ def test_merge_refuses_a_row_in_two_files_another_card_and_a_foreign_file(tmp_pa
     with pytest.raises(ValueError, match="two or more"):
         merge([a], out_dir=tmp_path / "o")
     assert not (tmp_path / "o").exists()  # nothing written on a refusal
+
+
+def test_merge_with_measuring_options_is_refused(tmp_path, capsys):
+    a = _part(tmp_path / "a.json", "H", [_train("gpt", 1024, True)], "aaa")
+    b = _part(tmp_path / "b.json", "H", [_train("gpt", 4096, True)], "bbb")
+    assert main(["bench", "lm", "--merge", str(a), str(b), "--seq-lens", "1024", "--out", str(tmp_path / "o")]) != 0
+    assert "--merge measures nothing" in capsys.readouterr().err and not (tmp_path / "o").exists()

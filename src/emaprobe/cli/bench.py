@@ -54,9 +54,6 @@ def _lm(args: argparse.Namespace) -> int:
 
     from emaprobe.experiments.bench_lm import BenchConfig, merge, quick_config, run
 
-    if args.merge:
-        merge(args.merge, out_dir=args.out, tag=args.tag or "merged")
-        return 0
     given = {
         "configs": tuple(args.config) if args.config else None,
         "mixers": tuple(m for m in args.mixers.split(",") if m) if args.mixers else None,
@@ -66,6 +63,12 @@ def _lm(args: argparse.Namespace) -> int:
         "train": False if args.no_train else None, "generate": False if args.no_generate else None,
     }
     given = {k: v for k, v in given.items() if v is not None}
+    if args.merge:
+        extra = sorted(given) + [f for f in ("quick", "device", "peak_tflops") if getattr(args, f)]
+        if extra:
+            raise ValueError(f"--merge measures nothing, so it takes only --out and --tag; drop {extra}")
+        merge(args.merge, out_dir=args.out, tag=args.tag or "merged")
+        return 0
     bc = quick_config(**given) if args.quick else BenchConfig(**given)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     run(bc, device=device, out_dir=args.out, peak_tflops=args.peak_tflops, tag=args.tag)
