@@ -247,3 +247,20 @@ def test_a_backend_that_fails_to_import_stays_a_known_name(monkeypatch):
         assert scan.resolve_backend("broken", cuda) == "torch"
     assert scan.resolve_backend("broken", cuda) == "torch"
     assert "broken" in scan.available_backends()
+
+
+def test_auto_keeps_float64_off_the_float32_kernels(monkeypatch):
+    """``auto`` on a CUDA tensor takes a kernel, except for float64: the kernels accumulate in
+    float32, and the backend contract keeps float64 inputs in float64 (the torch scan)."""
+    from emaprobe.ops import scan
+
+    kernel = scan.ScanBackend("kernel", linear_scan=None, ema_traces=None, needs_cuda=True)
+    monkeypatch.setattr(scan, "_LAZY_BACKENDS", {"kernel": lambda: kernel})  # the only kernel, Triton or not
+    monkeypatch.setattr(scan, "_UNAVAILABLE", set())
+    monkeypatch.setattr(scan, "BACKENDS", {"torch": scan.BACKENDS["torch"]})  # none loaded by earlier tests
+    cuda = torch.device("cuda")
+    assert scan.resolve_backend("auto", cuda, torch.float32) == "kernel"
+    assert scan.resolve_backend("auto", cuda, torch.bfloat16) == "kernel"
+    assert scan.resolve_backend("auto", cuda, torch.float64) == "torch"
+    assert scan.resolve_backend("kernel", cuda, torch.float64) == "kernel"  # asked for by name: taken
+    assert scan.resolve_backend("auto", torch.device("cpu"), torch.float32) == "torch"

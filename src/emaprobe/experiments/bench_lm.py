@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import json
 import statistics
 import time
 from collections.abc import Callable
@@ -438,10 +439,15 @@ def run(bc: BenchConfig, device: str | torch.device = "cpu", out_dir: str | Path
             atomic_write_json(out / f"bench_lm_{slug}.json", record())
     result = record()
     if out is not None:
-        print(f"wrote {atomic_write_json(out / f'bench_lm_{slug}.json', result)}")
-        plot(rows, card, out / f"bench_lm_{slug}.png")
-        print(f"wrote {out / f'bench_lm_{slug}.png'}")
+        _write(result, out / f"bench_lm_{slug}")
     return result
+
+
+def _write(result: dict, stem: Path) -> None:
+    """The result's JSON and its plot, ``stem``.json and .png."""
+    print(f"wrote {atomic_write_json(stem.with_suffix('.json'), result)}")
+    plot(result["rows"], result["card"], stem.with_suffix(".png"))
+    print(f"wrote {stem.with_suffix('.png')}")
 
 
 def _build_meta(cfg) -> nn.Module:
@@ -463,8 +469,6 @@ def merge(paths: list[str | Path], out_dir: str | Path = "runs/bench", tag: str 
     choice is the user's. ``missing_train`` names the rows of the default training grid
     (``BenchConfig.seq_lens``, eager and compiled) that the merged models lack; rows at
     other lengths are kept as extras."""
-    import json
-
     check_tag(tag)
     if len(paths) < 2:
         raise ValueError("--merge needs two or more bench lm JSON files")
@@ -500,21 +504,15 @@ def merge(paths: list[str | Path], out_dir: str | Path = "runs/bench", tag: str 
     result = run_record(benchmark="lm", card=card, device_type=device_type, peak_flops=peak,
                         peak_flops_source=peak_source, mfu_formula=MFU_FORMULA, merged_from=sources,
                         missing_train=missing, rows=rows)
-    out = Path(out_dir)
-    slug = f"{card_slug(card)}_{tag}"
     print(f"merged {len(rows)} rows from {len(sources)} files; {len(missing)} training rows missing")
     for m in missing:
         print(f"  missing: {m['model']} T={m['T']} {'compiled' if m['compiled'] else 'eager'}")
-    print(f"wrote {atomic_write_json(out / f'bench_lm_{slug}.json', result)}")
-    plot(rows, card, out / f"bench_lm_{slug}.png")
-    print(f"wrote {out / f'bench_lm_{slug}.png'}")
+    _write(result, Path(out_dir) / f"bench_lm_{card_slug(card)}_{tag}")
     return result
 
 
 def replot(json_path: str | Path) -> Path:
     """Redraw the PNG beside a result JSON (no GPU needed)."""
-    import json
-
     res = json.loads(Path(json_path).read_text())
     path = Path(json_path).with_suffix(".png")
     plot(res["rows"], res["card"], path)

@@ -226,14 +226,13 @@ def chunk_gla(
     decay = end[:, :, :, -1].exp().unsqueeze(-1)  # (B, H, N, K, 1)
     # S_m = decay_m S_(m-1) + U_m over the N chunks: one diagonal linear recurrence with (B H) as
     # the batch and (K, V) as channels, so one scan call (one kernel on CUDA), not a loop of N steps
-    # that torch.compile would unroll. float64 stays on the torch scan (the kernels accumulate float32)
+    # that torch.compile would unroll. Its output and state come back in acc (float32, or float64)
     S0 = None if h0 is None else h0.to(acc).reshape(B * H, K, V)
-    states, S = linear_scan(decay.reshape(B * H, N, K, 1), U.reshape(B * H, N, K, V), S0, return_state=True,
-                            backend="torch" if acc == torch.float64 else "auto")
-    states = states.to(acc).view(B, H, N, K, V)
+    states, S = linear_scan(decay.reshape(B * H, N, K, 1), U.reshape(B * H, N, K, V), S0, return_state=True)
+    states = states.view(B, H, N, K, V)
     first = torch.zeros_like(states[:, :, :1]) if h0 is None else S0.view(B, H, 1, K, V)
     S_before = torch.cat([first, states[:, :, :-1]], dim=2)  # (B, H, N, K, V): the state entering chunk m
-    S = S.to(acc).view(B, H, K, V)
+    S = S.view(B, H, K, V)
     q_dec = (qs * (start.unsqueeze(4) + loc).exp()).reshape(B, H, N, C, K)
     o = o + q_dec @ S_before  # (B, H, N, C, V)
     o = o.reshape(B, H, N * C, V)[:, :, :T].transpose(1, 2)  # (B, T, H, V)

@@ -117,12 +117,15 @@ def available_backends() -> list[str]:
     return sorted(set(BACKENDS) | set(_LAZY_BACKENDS) | {"auto", "naive"})
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """Name of the backend that will run: 'naive', 'torch' or a registered kernel."""
+def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype | None = None) -> str:
+    """Name of the backend that will run: 'naive', 'torch' or a registered kernel.
+
+    ``"auto"`` takes a kernel for CUDA tensors of ``dtype`` other than float64: the kernels
+    accumulate in float32, and float64 inputs are promised a float64 state (``ScanBackend``)."""
     if backend == "naive":
         return "naive"
     if backend == "auto":
-        if device.type == "cuda":
+        if device.type == "cuda" and dtype != torch.float64:
             for name in list(_LAZY_BACKENDS):
                 if _load(name) is not None:
                     return name
@@ -276,7 +279,7 @@ def linear_scan(
         raise ValueError(f"b must carry the full rank (B, T, ...); got a {tuple(a.shape)}, b {tuple(b.shape)}")
     _check_h0(h0, (shape[0],) + tuple(shape[2:]), "(B, *F): the broadcast shape without T")
     out_dtype = torch.promote_types(a.dtype, b.dtype)
-    name = resolve_backend(backend, b.device)
+    name = resolve_backend(backend, b.device, out_dtype)
     if name == "naive":
         return naive_linear_scan(a, b, h0, return_state)
     if shape[1] == 0:
@@ -314,7 +317,7 @@ def ema_traces(
     B, T, D = x.shape
     S = len(vals)
     _check_h0(h0, (B, S, D), "(B, S, D)")
-    name = resolve_backend(backend, x.device)
+    name = resolve_backend(backend, x.device, x.dtype)
     if name == "naive":
         return naive_ema_traces(x, vals, h0, return_state)
     if T == 0:
