@@ -266,7 +266,7 @@ def test_two_devices_get_their_own_plan_and_coefficients(ops, monkeypatch):
     cpu, meta = torch.device("cpu"), torch.device("meta")
     p_cpu = ema._ema_fwd_launch(1, 4097, 33, ALPHAS, True, cpu, SMS, None)
     p_meta = ema._ema_fwd_launch(1, 4097, 33, ALPHAS, True, meta, SMS, None)
-    assert p_cpu.groups[0][1][0].device == cpu and p_meta.groups[0][1][0].device == meta
+    assert p_cpu.groups[0][1].fixed[0].device == cpu and p_meta.groups[0][1].fixed[0].device == meta
     record(monkeypatch.setattr, ema, "ema", SMS)
     ema.ema_traces_fwd(torch.randn(1, 4097, 33), ALPHAS)
     ema.ema_traces_fwd(torch.randn(1, 4097, 33, device=meta), ALPHAS)
@@ -311,7 +311,8 @@ def test_plan_builders_trace_in_one_graph_under_compile(dynamic):
             q = ema._ema_bwd_launch(B, T, 3, D, ALPHAS, False, x.device, SMS, WARM)
             r = lin._lin_fwd_launch(h.shape, h.shape, True, SMS, None)
             s = lin._lin_bwd_launch(h.shape, True, True, SMS, SPLIT)
-            return x * p.groups[0][1][0].sum() + q.groups[0][1][6] + p.grid[1] + r.ints[2] + s.nseg
+            return (x * p.groups[0][1].fixed[0].sum() + q.groups[0][1].fixed[6] + p.grid[1] + r.launches[0].fixed[2]
+                    + s.nseg)
 
         torch._dynamo.reset()
         with warnings.catch_warnings():

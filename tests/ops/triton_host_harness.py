@@ -89,10 +89,17 @@ class Recorder:
 
 
 def record(monkeypatch_setattr, module, which: str, sms: int) -> list:
-    """Swap ``module``'s kernels for recorders and its SM count for ``sms``; -> the launch log."""
+    """Swap ``module``'s kernels for recorders and its SM count for ``sms``; -> a fresh launch log.
+
+    A cached plan holds the kernel it was built with, so a recorder already in place stays and only
+    its log is replaced: launches from plans made earlier in the test land in the new log too."""
     log: list = []
     for name in KERNELS[which]:
-        monkeypatch_setattr(module, name, Recorder(name, log))
+        current = getattr(module, name)
+        if isinstance(current, Recorder):
+            current.log = log
+        else:
+            monkeypatch_setattr(module, name, Recorder(name, log))
     monkeypatch_setattr(module, "sm_count", lambda device: sms)
     return log
 

@@ -1,10 +1,14 @@
-"""What the Triton scan kernels share: the scan's pair operator, tile and mask helpers, the SM count.
+"""What the Triton scan kernels share: the scan's pair operator, tile and mask helpers, the SM count,
+and ``launch``, which starts a cached plan's kernels with little host time.
 
 Symbols: CT time steps in one register tile, BD channels in one tile, T time, D channels,
 SEGLEN the length of a time segment.
 """
 
 from __future__ import annotations
+
+import os
+from typing import Any, NamedTuple
 
 import torch
 import triton
@@ -67,3 +71,102 @@ def sm_count(device: torch.device) -> int:
     if idx not in _SM_COUNT:
         _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
     return _SM_COUNT[idx]
+
+
+# ---------------------------------------------------------------------------- launches
+#
+# ``fn[grid](*args, **constants)`` goes through Triton's ``JITFunction.run``: it binds and specializes
+# every argument, looks the compiled kernel up, builds launch metadata and launches, about 20-30 us of
+# host time a launch on an H200's host, against 8 us for the compiled kernel's own launcher
+# (notes/kernels.md, "direct launches"). A cached plan fixes a launch's grid, constants and scalar
+# arguments, so ``launch`` keeps, per ``Launch`` of a plan, the compiled kernel that Triton's own first
+# call returned, keyed on what Triton specializes on that the plan does not fix (each tensor's dtype and
+# 16-byte alignment, the per-call ints, the current device), and later calls with that key go to the
+# kernel's C launcher with the tensors' addresses. The launcher's calling convention is Triton's own
+# internal one, read from Triton 3.6 (``JITFunction.run``, ``CudaLauncher``); other versions, launch
+# hooks (profilers such as Proton), tracing under ``torch.compile``, a kernel that needs scratch memory
+# and ``EMAPROBE_TRITON_DIRECT=0`` take the ordinary path.
+
+
+def _direct_supported() -> bool:
+    interpreted = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    wanted = os.environ.get("EMAPROBE_TRITON_DIRECT", "1") != "0"
+    version = getattr(triton, "__version__", "")
+    return version.split(".")[:2] == ["3", "6"] and wanted and not interpreted
+
+
+DIRECT = _direct_supported()
+
+
+def _hooked() -> bool:
+    # Triton 3.6 keeps its launch hooks in HookChains, never None: a hook is set when a chain has calls
+    rt = triton.knobs.runtime
+    for hook in (rt.launch_enter_hook, rt.launch_exit_hook):
+        if hook is not None and getattr(hook, "calls", True):
+            return True
+    return False
+
+
+class Launch(NamedTuple):
+    """One kernel launch of a cached plan: ``fn[grid](*tensors, *fixed, *ints, **consts)``, where
+    the call gives ``tensors`` (and ``ints``, such as strides) and the plan fixes the rest.
+    ``kernels`` is ``launch``'s store of compiled kernels for it (see above)."""
+
+    fn: Any  # a triton.JITFunction
+    grid: tuple[int, int, int]
+    consts: dict  # constexpr arguments and launch options (num_warps, ...)
+    fixed: tuple  # the arguments after the tensors that the plan fixes: its coefficient tensors and ints
+    kernels: dict
+
+
+def make_launch(fn, grid: tuple[int, int, int], consts: dict, fixed: tuple = ()) -> Launch:
+    return Launch(fn, tuple(grid), consts, tuple(fixed), {})
+
+
+_MISSING = object()
+
+
+def launch(site: Launch, tensors: tuple, ints: tuple = ()) -> None:
+    """``site.fn[site.grid](*tensors, *site.fixed, *ints, **site.consts)``; with ``DIRECT``, a repeat with
+    the same specialization goes straight to the kernel's launcher (the comment above)."""
+    if DIRECT and not torch.compiler.is_compiling() and not _hooked():
+        dev = torch._C._cuda_getDevice()
+        ptrs = [t.data_ptr() for t in tensors]
+        key = (dev, *[t.dtype for t in tensors], *[p & 15 == 0 for p in ptrs], *ints)
+        hit = site.kernels.get(key, _MISSING)
+        if hit is _MISSING:
+            kernel = site.fn[site.grid](*tensors, *site.fixed, *ints, **site.consts)
+            site.kernels[key] = _direct(site, kernel, len(tensors) + len(ints))
+            return
+        if hit is not None:
+            c_launch, function, meta, coop, pdl, fixed, tail = hit
+            g0, g1, g2 = site.grid
+            c_launch(g0, g1, g2, torch._C._cuda_getCurrentRawStream(dev), function, coop, pdl, None, None, meta,
+                     None, None, None, *ptrs, *fixed, *ints, *tail)
+            return
+    site.fn[site.grid](*tensors, *site.fixed, *ints, **site.consts)
+
+
+def _direct(site: Launch, kernel, n_call: int) -> tuple | None:
+    """What ``launch`` needs to start ``kernel`` (the compiled kernel Triton's call returned) itself, or
+    None where it cannot: not Triton 3.6's compiled kernel, scratch memory, constexprs among the
+    positional arguments."""
+    run = getattr(kernel, "run", None)
+    c_launch = getattr(run, "launch", None)
+    function = getattr(kernel, "function", None)
+    meta = getattr(kernel, "packed_metadata", None)
+    if c_launch is None or function is None or meta is None:
+        return None
+    if getattr(run, "global_scratch_size", 1) or getattr(run, "profile_scratch_size", 1):
+        return None
+    params = site.fn.params
+    n = n_call + len(site.fixed)
+    if len(params) < n or any(p.is_constexpr for p in params[:n]):
+        return None
+    tail = []
+    for p in params[n:]:
+        if not p.is_constexpr:
+            return None
+        tail.append(site.consts[p.name] if p.name in site.consts else p.default)
+    fixed = tuple(v.data_ptr() if isinstance(v, torch.Tensor) else v for v in site.fixed)
+    return (c_launch, function, meta, bool(run.launch_cooperative_grid), bool(run.launch_pdl), fixed, tuple(tail))

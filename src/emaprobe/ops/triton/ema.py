@@ -69,7 +69,16 @@ import triton
 import triton.language as tl
 
 from emaprobe.ops.triton.cache import cached
-from emaprobe.ops.triton.common import channel_mask, combine, last_row, segment_length, sm_count, tile_plan
+from emaprobe.ops.triton.common import (
+    channel_mask,
+    combine,
+    last_row,
+    launch,
+    make_launch,
+    segment_length,
+    sm_count,
+    tile_plan,
+)
 from emaprobe.ops.triton.plan import EMA_BWD, EMA_FWD, EMA_OUT_POLICY, TileConfig, choose, ema_plan
 
 # ---------------------------------------------------------------------------- kernels
@@ -447,9 +456,14 @@ class _Launch(NamedTuple):
 
     S: int
     grid: tuple[int, int, int] | None  # None: T = 0 or B * D = 0, nothing to launch
-    state_shape: tuple[int, ...]  # (B, NSEG, S, D) float32: each segment's end state (fwd) / start gradient (bwd)
+    state_shape: tuple[int, ...]  # float32 (B, NSEG, S, D): each segment's end state (fwd) / start gradient
+    #                               (bwd); (B, S, D) for one segment, the same bytes returned without a view
     two_pass: bool  # segments in two passes: a scratch buffer of state_shape for pass 1
-    groups: tuple  # per group from s0: (s0, scalar arguments, pass 1's constants, the scan's constants)
+    groups: tuple  # per group from s0: (s0, pass 1's Launch, the scan's Launch); common.launch starts them
+
+
+def _state_shape(B: int, nseg: int, S: int, D: int) -> tuple[int, ...]:
+    return (B, S, D) if nseg == 1 else (B, nseg, S, D)
 
 
 def _segmented(cfg: TileConfig | None, table, B: int, T: int, D: int, alphas: tuple[float, ...], sms: int):
@@ -481,8 +495,9 @@ def _ema_fwd_launch(B: int, T: int, D: int, alphas: tuple[float, ...], has_h0: b
         args = (dec, dec64, alp, T, D, S * D, seglen, nseg, warmlen)
         pass1 = dict(kw, HAS_HIN=False, STORE_OUT=False, COMBINE=False, WARM=False)
         scan = dict(kw, HAS_HIN=has_h0, STORE_OUT=True, COMBINE=two_pass, WARM=warm is not None)
-        groups.append((s0, args, pass1, scan))
-    return _Launch(S, (nd, nseg, B), (B, nseg, S, D), two_pass, tuple(groups))
+        grid = (nd, nseg, B)
+        groups.append((s0, make_launch(_ema_fwd_kernel, grid, pass1, args), make_launch(_ema_fwd_kernel, grid, scan, args)))
+    return _Launch(S, (nd, nseg, B), _state_shape(B, nseg, S, D), two_pass, tuple(groups))
 
 
 def ema_traces_fwd(
@@ -511,16 +526,16 @@ def ema_traces_fwd(
     hend = torch.empty(p.state_shape, dtype=torch.float32, device=dev)
     ends = torch.empty_like(hend) if p.two_pass else hend
     hin = x if h0f is None else h0f
-    for s0, args, pass1, scan in p.groups:
+    for s0, pass1, scan in p.groups:
         o, hi, he, en = out, hin, hend, ends
         if s0:  # a later group of timescales: views from its first timescale on
-            o, he, en = out[:, :, s0:], hend[:, :, s0:], ends[:, :, s0:]
+            o, he, en = out[..., s0:, :], hend[..., s0:, :], ends[..., s0:, :]
             hi = x if h0f is None else h0f[:, s0:]
         if p.two_pass:  # pass 1: each segment's end state from zero
-            _ema_fwd_kernel[p.grid](x, out, x, en, x, *args, **pass1)
+            launch(pass1, (x, out, x, en, x))
         # the scan; in two passes each segment first combines the end states before it (pass 2)
-        _ema_fwd_kernel[p.grid](x, o, hi, he, en, *args, **scan)
-    return out, hend[:, -1]
+        launch(scan, (x, o, hi, he, en))
+    return out, (hend if len(p.state_shape) == 3 else hend[:, -1])
 
 
 def _ema_bwd_launch(B: int, T: int, S: int, D: int, alphas: tuple[float, ...], has_gf: bool,
@@ -536,8 +551,9 @@ def _ema_bwd_launch(B: int, T: int, S: int, D: int, alphas: tuple[float, ...], h
         args = (dec, dec64, alp, T, D, S * D, seglen, nseg, *w)
         pass1 = dict(kw, HAS_GIN=False, STORE_OUT=False, ACCUM=False, COMBINE=False, WARM=False)
         scan = dict(kw, HAS_GIN=has_gf, STORE_OUT=True, ACCUM=s0 > 0, COMBINE=two_pass, WARM=warm is not None)
-        groups.append((s0, args, pass1, scan))
-    return _Launch(S, (nd, nseg, B), (B, nseg, S, D), two_pass, tuple(groups))
+        grid = (nd, nseg, B)
+        groups.append((s0, make_launch(_ema_bwd_kernel, grid, pass1, args), make_launch(_ema_bwd_kernel, grid, scan, args)))
+    return _Launch(S, (nd, nseg, B), _state_shape(B, nseg, S, D), two_pass, tuple(groups))
 
 
 def ema_traces_bwd(
@@ -564,15 +580,15 @@ def ema_traces_bwd(
     gstart = torch.empty(p.state_shape, dtype=torch.float32, device=dev)
     starts = torch.empty_like(gstart) if p.two_pass else gstart
     gin = gh if gf is None else gf
-    for s0, args, pass1, scan in p.groups:
+    for s0, pass1, scan in p.groups:
         g, gi, gs, st = gh, gin, gstart, starts
         if s0:
-            g, gs, st = gh[:, :, s0:], gstart[:, :, s0:], starts[:, :, s0:]
+            g, gs, st = gh[..., s0:, :], gstart[..., s0:, :], starts[..., s0:, :]
             gi = gh if gf is None else gf[:, s0:]
         if p.two_pass:  # pass 1: each segment's start gradient from zero
-            _ema_bwd_kernel[p.grid](g, gx, gh, st, gh, *args, **pass1)
-        _ema_bwd_kernel[p.grid](g, gx, gi, gs, st, *args, **scan)
-    return gx, gstart[:, 0]
+            launch(pass1, (g, gx, gh, st, gh))
+        launch(scan, (g, gx, gi, gs, st))
+    return gx, (gstart if len(p.state_shape) == 3 else gstart[:, 0])
 
 
 # ---------------------------------------------------------------------------- autograd

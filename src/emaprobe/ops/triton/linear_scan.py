@@ -31,7 +31,16 @@ import triton
 import triton.language as tl
 
 from emaprobe.ops.triton.cache import cached
-from emaprobe.ops.triton.common import channel_mask, combine, last_row, segment_length, sm_count, tile_plan
+from emaprobe.ops.triton.common import (
+    channel_mask,
+    combine,
+    last_row,
+    launch,
+    make_launch,
+    segment_length,
+    sm_count,
+    tile_plan,
+)
 from emaprobe.ops.triton.plan import LIN_BWD, LIN_FWD, LIN_WARM_STEPS, TileConfig, choose, segments, warm_plan
 
 # ---------------------------------------------------------------------------- kernels
@@ -243,10 +252,9 @@ class _Launch(NamedTuple):
     state_shape: tuple[int, ...]  # (B, *F): h_T / g_0
     grid: tuple[int, int, int] | None  # None: T = 0 or B * F = 0, nothing to launch
     nseg: int
-    ints: tuple  # the scalar arguments before the strides
     warm: bool  # (forward) segments that warm up, then the tiles they left marked rescanned
     flags_shape: tuple[int, ...]  # (B, NSEG, NF) int32: the warm-up's marks
-    launches: tuple  # the constants of each launch, in order
+    launches: tuple  # each launch (common.Launch; the call gives the tensors and their strides), in order
 
 
 def _lin_fwd_launch(a_shape: torch.Size, b_shape: torch.Size, has_h0: bool, sms: int,
@@ -256,7 +264,7 @@ def _lin_fwd_launch(a_shape: torch.Size, b_shape: torch.Size, has_h0: bool, sms:
     F = math.prod(shape[2:])
     state_shape = (B,) + tuple(shape[2:])
     if T == 0 or B * F == 0:
-        return _Launch(shape, state_shape, None, 1, (), False, (), ())
+        return _Launch(shape, state_shape, None, 1, False, (), ())
     cfg = choose(cfg, LIN_FWD, B, F, sms)
     nf = -(-F // cfg.block)
     nseg, seglen = segments(cfg, B * nf, T, sms)
@@ -265,15 +273,19 @@ def _lin_fwd_launch(a_shape: torch.Size, b_shape: torch.Size, has_h0: bool, sms:
         nseg, seglen = plan
     kw = dict(CT=cfg.ct, BF=cfg.block, VEC=cfg.vec, STAGES=cfg.stages, num_warps=cfg.num_warps,
               EVEN_F=F % cfg.block == 0, WSTAGES=cfg.warm_stages)
+    grid = (nf, nseg, B)
     if plan is not None:  # one pass of warmed-up segments, then exact rescans of the tiles they left marked
         both = dict(kw, HAS_HIN=has_h0, STORE_OUT=True, STORE_AEND=False)
-        launches = (dict(both, COMBINE=False, WARM=True, FIXUP=False), dict(both, COMBINE=True, WARM=False, FIXUP=True))
+        launches = (make_launch(_lin_fwd_kernel, grid, dict(both, COMBINE=False, WARM=True, FIXUP=False),
+                                (T, F, seglen, nseg, LIN_WARM_STEPS)),
+                    make_launch(_lin_fwd_kernel, grid, dict(both, COMBINE=True, WARM=False, FIXUP=True),
+                                (T, F, seglen, nseg, 0)))
     else:  # one pass; or pass 1 (each segment's end state from zero and its decay product), then the scan
         scan = dict(kw, HAS_HIN=has_h0, STORE_OUT=True, STORE_AEND=False, COMBINE=nseg > 1, WARM=False, FIXUP=False)
         pass1 = dict(kw, HAS_HIN=False, STORE_OUT=False, STORE_AEND=True, COMBINE=False, WARM=False, FIXUP=False)
-        launches = (pass1, scan) if nseg > 1 else (scan,)
-    return _Launch(shape, state_shape, (nf, nseg, B), nseg, (T, F, seglen, nseg), plan is not None, (B, nseg, nf),
-                   launches)
+        launches = tuple(make_launch(_lin_fwd_kernel, grid, c, (T, F, seglen, nseg, 0))
+                         for c in ((pass1, scan) if nseg > 1 else (scan,)))
+    return _Launch(shape, state_shape, grid, nseg, plan is not None, (B, nseg, nf), launches)
 
 
 def linear_scan_fwd(
@@ -300,25 +312,21 @@ def linear_scan_fwd(
         return out, hT.view(p.state_shape)
     strides = (*a3.stride(), *b3.stride())
     hin = a3 if h0f is None else h0f
-    T, F, seglen, nseg = p.ints
-    hend = torch.empty(B, nseg, F, dtype=torch.float32, device=dev)
+    nseg = p.nseg
+    # one segment: the end state is h_T itself, made in its own shape (the same bytes as (B, 1, F))
+    hend = torch.empty((B, nseg, F) if nseg > 1 else p.state_shape, dtype=torch.float32, device=dev)
     ends = prods = hend
     flags = torch.empty(p.flags_shape, dtype=torch.int32, device=dev) if p.warm else hend
     if nseg > 1:
         ends, prods = torch.empty_like(hend), torch.empty_like(hend)
     if p.warm:  # one pass of warmed-up segments, then exact rescans of the tiles they left marked
-        warm, fixup = p.launches
-        _lin_fwd_kernel[p.grid](a3, b3, out, hin, hend, hend, ends, prods, flags, T, F, seglen, nseg, LIN_WARM_STEPS,
-                                *strides, **warm)
-        _lin_fwd_kernel[p.grid](a3, b3, out, hin, hend, hend, ends, prods, flags, T, F, seglen, nseg, 0, *strides,
-                                **fixup)
-        return out, hend[:, -1].view(p.state_shape)
-    if nseg > 1:  # pass 1: each segment's end state from zero and its decay product
-        _lin_fwd_kernel[p.grid](a3, b3, out, a3, ends, prods, a3, a3, a3, T, F, seglen, nseg, 0, *strides,
-                                **p.launches[0])
-    _lin_fwd_kernel[p.grid](a3, b3, out, hin, hend, hend, ends, prods, a3, T, F, seglen, nseg, 0, *strides,
-                            **p.launches[-1])
-    return out, hend[:, -1].view(p.state_shape)
+        for site in p.launches:
+            launch(site, (a3, b3, out, hin, hend, hend, ends, prods, flags), strides)
+    else:
+        if nseg > 1:  # pass 1: each segment's end state from zero and its decay product
+            launch(p.launches[0], (a3, b3, out, a3, ends, prods, a3, a3, a3), strides)
+        launch(p.launches[-1], (a3, b3, out, hin, hend, hend, ends, prods, a3), strides)
+    return out, (hend[:, -1].view(p.state_shape) if nseg > 1 else hend)
 
 
 def _lin_bwd_launch(shape: torch.Size, has_gf: bool, has_h0: bool, sms: int, cfg: TileConfig | None) -> _Launch:
@@ -326,7 +334,7 @@ def _lin_bwd_launch(shape: torch.Size, has_gf: bool, has_h0: bool, sms: int, cfg
     F = math.prod(shape[2:])
     state_shape = (B,) + tuple(shape[2:])
     if T == 0 or B * F == 0:
-        return _Launch(shape, state_shape, None, 1, (), False, (), ())
+        return _Launch(shape, state_shape, None, 1, False, (), ())
     cfg = choose(cfg, LIN_BWD, B, F, sms)
     nf = -(-F // cfg.block)
     nseg, seglen = segments(cfg, B * nf, T, sms)
@@ -334,8 +342,10 @@ def _lin_bwd_launch(shape: torch.Size, has_gf: bool, has_h0: bool, sms: int, cfg
               EVEN_F=F % cfg.block == 0)
     pass1 = dict(kw, HAS_GIN=False, HAS_H0=has_h0, STORE_OUT=False, STORE_AEND=True, COMBINE=False)
     scan = dict(kw, HAS_GIN=has_gf, HAS_H0=has_h0, STORE_OUT=True, STORE_AEND=False, COMBINE=nseg > 1)
-    return _Launch(shape, state_shape, (nf, nseg, B), nseg, (T, F, seglen, nseg), False, (),
-                   (pass1, scan) if nseg > 1 else (scan,))
+    grid = (nf, nseg, B)
+    return _Launch(shape, state_shape, grid, nseg, False, (),
+                   tuple(make_launch(_lin_bwd_kernel, grid, c, (T, F, seglen, nseg))
+                         for c in ((pass1, scan) if nseg > 1 else (scan,))))
 
 
 def linear_scan_bwd(
@@ -368,17 +378,17 @@ def linear_scan_bwd(
     if p.grid is None:
         g0 = torch.zeros(B, F, device=dev) if gf is None else gf.clone()
         return ga, gb, g0.view(p.state_shape)
-    T, F, seglen, nseg = p.ints
+    nseg = p.nseg
     h0_arg = h0f if h0f is not None else h3
-    gstart = torch.empty(B, nseg, F, dtype=torch.float32, device=dev)
+    gstart = torch.empty((B, nseg, F) if nseg > 1 else p.state_shape, dtype=torch.float32, device=dev)
     starts = prods = gstart
+    strides = a3.stride()
     if nseg > 1:  # pass 1: each segment's start gradient from zero and its decay product
         starts, prods = torch.empty_like(gstart), torch.empty_like(gstart)
-        _lin_bwd_kernel[p.grid](a3, gh3, h3, h0_arg, ga, gb, gh3, starts, prods, gh3, gh3, T, F, seglen, nseg,
-                                *a3.stride(), **p.launches[0])
-    _lin_bwd_kernel[p.grid](a3, gh3, h3, h0_arg, ga, gb, gh3 if gf is None else gf, gstart, gstart, starts, prods,
-                            T, F, seglen, nseg, *a3.stride(), **p.launches[-1])
-    return ga, gb, gstart[:, 0].view(p.state_shape)
+        launch(p.launches[0], (a3, gh3, h3, h0_arg, ga, gb, gh3, starts, prods, gh3, gh3), strides)
+    launch(p.launches[-1], (a3, gh3, h3, h0_arg, ga, gb, gh3 if gf is None else gf, gstart, gstart, starts, prods),
+           strides)
+    return ga, gb, (gstart[:, 0].view(p.state_shape) if nseg > 1 else gstart)
 
 
 # ---------------------------------------------------------------------------- autograd
