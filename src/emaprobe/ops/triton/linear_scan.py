@@ -236,7 +236,10 @@ def _lin_bwd_kernel(
 
 
 def _as_btf(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """View of ``t`` broadcast to ``shape`` (B, T, *F) and flattened to (B, T, F); copies only if it must."""
+    """View of ``t`` broadcast to ``shape`` (B, T, *F) and flattened to (B, T, F); copies only if it must.
+    A (B, T, F) tensor is itself (two views cost microseconds of host time a call)."""
+    if len(shape) == 3 and t.shape == shape:
+        return t
     B, T = shape[0], shape[1]
     F = math.prod(shape[2:])
     while t.dim() < len(shape):
