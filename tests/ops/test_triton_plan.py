@@ -37,6 +37,17 @@ def test_tile_config_rejects_bad_shapes():
         plan.TileConfig(stages=0)
 
 
+def test_selective_forward_takes_two_warp_programs_only_in_one_pass():
+    """``linear_scan``'s forward: 128 channels in two warps where that fills the GPU in one pass (B=16
+    T=2048 D=768 on 132 SMs: 192 warps), else 64 channels in one warp, cut into segments."""
+    two_warps, one_warp = plan.LIN_FWD
+    assert (two_warps.block, two_warps.num_warps, one_warp.block, one_warp.num_warps) == (128, 2, 64, 1)
+    assert plan.choose(None, plan.LIN_FWD, 16, 768, 132) is two_warps
+    assert plan.segments(two_warps, 16 * 768 // 128, 2048, 132) == (1, 2048)
+    assert plan.choose(None, plan.LIN_FWD, 8, 256, 132) is one_warp  # 8 x 2 x 2 = 32 warps: segments
+    assert plan.segments(one_warp, 8 * 256 // 64, 8192, 132)[0] > 1
+
+
 @pytest.mark.parametrize("sms", SM_COUNTS)
 def test_default_tiles_are_the_widest_that_fill_the_gpu(sms):
     """``choose`` counts warps: the wide tiles (128 channels a warp) wherever they alone give a warp

@@ -221,6 +221,23 @@ def test_linear_scan_triton_selective_vs_naive(T, with_h0, dtype):
     _lin_case(2, T, (3, 24), dtype, with_h0)
 
 
+@pytest.mark.parametrize("cfg", range(len(plan.LIN_FWD)), ids=lambda i: f"LIN_FWD[{i}]")
+@pytest.mark.parametrize("a_shape", [None, (1, 1, 200), (3, 1, 200), (1, 4097, 200)],
+                         ids=["full", "channel", "batch-channel", "time-channel"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_linear_scan_forward_defaults_vs_naive(cfg, a_shape, dtype):
+    """Each default forward tile config, forced, with decays full-size or broadcast over batch and/or
+    time, over 200 channels (a partial 128- and 64-channel block) and 4097 steps."""
+    dev = "cuda"
+    full = (3, 4097, 200)
+    a = torch.rand(a_shape or full, device=dev, dtype=torch.float64) * 0.5 + 0.5
+    b = torch.randn(full, device=dev, dtype=torch.float64)
+    h0 = torch.randn(3, 200, device=dev, dtype=torch.float64)
+    ref, ref_T = naive_linear_scan(a.to(dtype).double(), b.to(dtype).double(), h0.float().double(), return_state=True)
+    out, out_T = lin.linear_scan_fwd(a.to(dtype), b.to(dtype), h0.float(), cfg=plan.LIN_FWD[cfg])
+    assert rel(out, ref) < TOL[dtype] and rel(out_T, ref_T) < TOL[dtype]
+
+
 @pytest.mark.parametrize("T", [63, 4097])
 def test_linear_scan_triton_segmented_and_broadcast_decay(T):
     _lin_case(1, T, (40,), torch.float32, True, cfg=SPLIT)

@@ -69,11 +69,14 @@ class TileConfig:
 # reads and writes whole 256-byte rows (B=4 T=8192 0.0845 against 0.0882 ms, B=1 T=65536 0.1577
 # against 0.1622, B=16 T=2048 0.0777 against 0.0783; notes/kernels.md). Depths from the H100
 # sweeps in notes/kernels.md.
-# linear_scan keeps 64: its 128-wide, pipelined, segmented backward got a broadcast decay
-# wrong on the H100 (F=40; right unpipelined, in one pass and in Triton's interpreter).
+# linear_scan's backward keeps 64: its 128-wide, pipelined, segmented backward got a broadcast decay
+# wrong on the H100 (F=40; right unpipelined, in one pass and in Triton's interpreter). Its forward
+# takes two 64-channel warps a program where they fill the GPU in one pass, as the EMA forward does
+# (H200, B=16 T=2048 D=768: 1.29x the floor against 1.48x; where segments run, 64 stays: 1.5-2.0x
+# against 1.5-1.8x; notes/kernels.md, "scan grid, configs").
 EMA_FWD = (TileConfig(ct=16, block=128, vec=4, stages=4), TileConfig(ct=32, block=128, num_warps=2, vec=2, stages=4))
 EMA_BWD = (TileConfig(ct=16, block=128, vec=4, stages=3), TileConfig(ct=16, block=64, vec=2, stages=4))
-LIN_FWD = (TileConfig(ct=32, block=64, vec=2, stages=3),)
+LIN_FWD = (TileConfig(ct=32, block=128, num_warps=2, vec=2, stages=4), TileConfig(ct=32, block=64, vec=2, stages=3))
 LIN_BWD = (TileConfig(ct=16, block=64, vec=2, stages=3),)
 # Time is cut into segments only when fewer than SPLIT_BELOW_PER_SM warps per SM would run (one-warp
 # programs, or a program's warps counted apart), and then into enough for WARPS_PER_SM (H100,
