@@ -76,9 +76,9 @@ def sm_count(device: torch.device) -> int:
 # ---------------------------------------------------------------------------- launches
 #
 # ``fn[grid](*args, **constants)`` goes through Triton's ``JITFunction.run``: it binds and specializes
-# every argument, looks the compiled kernel up, builds launch metadata and launches, about 20-30 us of
-# host time a launch on an H200's host, against 8 us for the compiled kernel's own launcher
-# (notes/kernels.md, "direct launches"). A cached plan fixes a launch's grid, constants and scalar
+# every argument, looks the compiled kernel up, builds launch metadata and launches: 32 us of host time
+# a launch on an H200's host, against 8 us for the compiled kernel's own launcher given the same
+# arguments (notes/kernels.md, "direct launches, second try"). A cached plan fixes a launch's grid, constants and scalar
 # arguments, so ``launch`` keeps, per ``Launch`` of a plan, the compiled kernel that Triton's own first
 # call returned, keyed on what Triton specializes on that the plan does not fix (each tensor's dtype and
 # 16-byte alignment, the per-call ints, the current device), and later calls with that key go to the

@@ -56,8 +56,9 @@ input's), so bf16 in means bf16 traces out and half the bytes of float32.
 **Host work.** A launch plan (tiles, segments, warm-ups, grid, every scalar and constant
 argument, the coefficient tensors' views) is made once per (shape, alphas, initial state or
 not, device and its SM count, tile config) and kept in ``cache.py``; an eager call then
-allocates its outputs and launches, so its host time stays below a short kernel's
-(``emaprobe bench scan --device cuda`` reports it as ``host_us_*``).
+allocates its outputs and launches through ``common.launch``, which after Triton's first launch
+calls the compiled kernel's launcher directly (``emaprobe bench scan --device cuda`` reports the
+host time as ``host_us_*``).
 """
 
 from __future__ import annotations
@@ -496,7 +497,8 @@ def _ema_fwd_launch(B: int, T: int, D: int, alphas: tuple[float, ...], has_h0: b
         pass1 = dict(kw, HAS_HIN=False, STORE_OUT=False, COMBINE=False, WARM=False)
         scan = dict(kw, HAS_HIN=has_h0, STORE_OUT=True, COMBINE=two_pass, WARM=warm is not None)
         grid = (nd, nseg, B)
-        groups.append((s0, make_launch(_ema_fwd_kernel, grid, pass1, args), make_launch(_ema_fwd_kernel, grid, scan, args)))
+        groups.append((s0, make_launch(_ema_fwd_kernel, grid, pass1, args),
+                       make_launch(_ema_fwd_kernel, grid, scan, args)))
     return _Launch(S, (nd, nseg, B), _state_shape(B, nseg, S, D), two_pass, tuple(groups))
 
 
@@ -552,7 +554,8 @@ def _ema_bwd_launch(B: int, T: int, S: int, D: int, alphas: tuple[float, ...], h
         pass1 = dict(kw, HAS_GIN=False, STORE_OUT=False, ACCUM=False, COMBINE=False, WARM=False)
         scan = dict(kw, HAS_GIN=has_gf, STORE_OUT=True, ACCUM=s0 > 0, COMBINE=two_pass, WARM=warm is not None)
         grid = (nd, nseg, B)
-        groups.append((s0, make_launch(_ema_bwd_kernel, grid, pass1, args), make_launch(_ema_bwd_kernel, grid, scan, args)))
+        groups.append((s0, make_launch(_ema_bwd_kernel, grid, pass1, args),
+                       make_launch(_ema_bwd_kernel, grid, scan, args)))
     return _Launch(S, (nd, nseg, B), _state_shape(B, nseg, S, D), two_pass, tuple(groups))
 
 
