@@ -78,12 +78,13 @@ def sm_count(device: torch.device) -> int:
 # ``fn[grid](*args, **constants)`` goes through Triton's ``JITFunction.run``: it binds and specializes
 # every argument, looks the compiled kernel up, builds launch metadata and launches: 32 us of host time
 # a launch on an H200's host, against 8 us for the compiled kernel's own launcher given the same
-# arguments (notes/kernels.md, "direct launches, second try"). A cached plan fixes a launch's grid, constants and scalar
-# arguments, so ``launch`` keeps, per ``Launch`` of a plan, the compiled kernel that Triton's own first
-# call returned, keyed on what Triton specializes on that the plan does not fix (each tensor's dtype and
-# 16-byte alignment, the per-call ints, the current device), and later calls with that key go to the
-# kernel's C launcher with the tensors' addresses. The launcher's calling convention is Triton's own
-# internal one, read from Triton 3.6 (``JITFunction.run``, ``CudaLauncher``); other versions, launch
+# arguments (notes/kernels.md, "direct launches, second try"). A cached plan fixes a launch's grid,
+# constants and scalar arguments, so ``launch`` keeps, per ``Launch`` of a plan, the compiled kernel
+# that Triton's own first call returned, keyed on what Triton specializes on that the plan does not
+# fix (each tensor's dtype and 16-byte alignment, the per-call ints, the current device), and later
+# calls with that key go to the kernel's C launcher with the tensors' addresses. The launcher's
+# calling convention is Triton's own internal one, read from Triton 3.6 (``JITFunction.run``,
+# ``CudaLauncher``); other versions, launch
 # hooks (profilers such as Proton), tracing under ``torch.compile``, a kernel that needs scratch memory
 # and ``EMAPROBE_TRITON_DIRECT=0`` take the ordinary path.
 

@@ -72,8 +72,8 @@ class TileConfig:
 # linear_scan's backward keeps 64: its 128-wide, pipelined, segmented backward got a broadcast decay
 # wrong on the H100 (F=40; right unpipelined, in one pass and in Triton's interpreter). Its forward
 # takes two 64-channel warps a program where they fill the GPU in one pass, as the EMA forward does
-# (H200, B=16 T=2048 D=768: 1.29x the floor against 1.48x; where segments run, 64 stays: 1.5-2.0x
-# against 1.5-1.8x; notes/kernels.md, "scan grid, configs").
+# (H200, B=16 T=2048 D=768: 1.29x the floor against 1.48x; where segments run, 64 stays: there 128
+# was 1.66-2.03x against 1.50-1.76x; notes/kernels.md, "selective forward, two-warp programs").
 EMA_FWD = (TileConfig(ct=16, block=128, vec=4, stages=4), TileConfig(ct=32, block=128, num_warps=2, vec=2, stages=4))
 EMA_BWD = (TileConfig(ct=16, block=128, vec=4, stages=3), TileConfig(ct=16, block=64, vec=2, stages=4))
 LIN_FWD = (TileConfig(ct=32, block=128, num_warps=2, vec=2, stages=4), TileConfig(ct=32, block=64, vec=2, stages=3))
