@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+import torch
+
 from emaprobe.cli import main
 from emaprobe.experiments import bench_scan_cuda as bench
 from emaprobe.experiments.common import check_tag
@@ -19,12 +21,29 @@ def test_host_us_calls_fn_each_round_and_syncs_around_rounds():
     assert us >= 0.0
 
 
+def test_host_windows_open_each_window_with_the_gauge_and_time_every_call(monkeypatch):
+    slept, grad = [], []
+    monkeypatch.setattr(bench.time, "sleep", slept.append)
+    monkeypatch.setattr(bench, "host_us", lambda fn, calls: (fn(), float(calls))[1])
+    windows = bench.host_windows({"a": (lambda: grad.append(torch.is_grad_enabled()), 7, False),
+                                  "b": (lambda: grad.append(torch.is_grad_enabled()), 3, True)}, windows=3, gap_s=0.1)
+    assert [sorted(w) for w in windows] == [["a", "b", "gauge_ms"]] * 3
+    assert [(w["a"], w["b"]) for w in windows] == [(7.0, 3.0)] * 3 and all(w["gauge_ms"] > 0 for w in windows)
+    assert slept == [0.1, 0.1] and grad == [False, True] * 3  # autograd as each entry asks, per window
+
+
 def test_host_overhead_verdict_against_the_targets():
+    windows = [dict(gauge_ms=6.2, public_ema_fwd=20.0, public_sel_fwd=24.0),
+               dict(gauge_ms=11.6, public_ema_fwd=33.0, public_sel_fwd=41.0),
+               dict(gauge_ms=6.4, public_ema_fwd=21.0, public_sel_fwd=24.5)]
     row = dict(B=16, T=2048, D=768, host_us_public_ema_fwd=20.0, host_us_public_sel_fwd=24.0,
+               host_us_public_ema_fwd_median=21.0, host_us_public_sel_fwd_median=24.5, host_windows=windows,
                public_ema_fwd_eager_b2b_ms=0.070,
                public_ema_fwd_graph_ms=0.061, x_public_ema_fwd_eager_vs_graph=0.070 / 0.061,
                host_us_public_ema_fwdbwd=50.0, x_public_ema_fwdbwd_eager_vs_graph=1.1)
-    assert bench.host_overhead_verdict(row).endswith("1.10x") and ": met;" in bench.host_overhead_verdict(row)
+    line = bench.host_overhead_verdict(row)
+    assert line.endswith("1.10x") and ": met in the fastest window;" in line
+    assert "held in 2 of 3 windows" in line and "gauge 6.2-11.6 ms" in line
     for key in ("host_us_public_ema_fwd", "host_us_public_sel_fwd"):  # each public op is held to the target
         assert "NOT met" in bench.host_overhead_verdict(dict(row, **{key: bench.HOST_US_TARGET + 1}))
     assert "NOT met" in bench.host_overhead_verdict(dict(row, x_public_ema_fwd_eager_vs_graph=1.31))

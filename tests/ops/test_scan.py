@@ -206,19 +206,20 @@ def test_auto_backend_on_cuda_matches_naive():
 
 
 def test_a_registered_backend_serves_both_ops_through_one_contract(monkeypatch):
-    """A backend is two differentiable ops, ``(a, b, h0, out_dtype) -> (h, h_T)`` and
-    ``(x, alphas, h0) -> (h, h_T)``; the public functions call them and nothing else."""
+    """A backend is two differentiable ops, ``(a, b, h0, out_dtype, state) -> (h, h_T)`` and
+    ``(x, alphas, h0, state) -> (h, h_T)``; the public functions call them and nothing else,
+    and tell them whether h_T is wanted (``return_state``)."""
     from emaprobe.ops import scan
 
     calls = []
 
-    def lin(a, b, h0, out_dtype):
-        calls.append("linear_scan")
+    def lin(a, b, h0, out_dtype, state):
+        calls.append(("linear_scan", state))
         h, hT = naive_linear_scan(a, b, h0, return_state=True)
         return h.to(out_dtype), hT
 
-    def ema(x, alphas, h0):
-        calls.append(("ema_traces", alphas))
+    def ema(x, alphas, h0, state):
+        calls.append(("ema_traces", alphas, state))
         h, hT = naive_ema_traces(x, alphas, h0, return_state=True)
         return h.to(x.dtype), hT
 
@@ -229,7 +230,7 @@ def test_a_registered_backend_serves_both_ops_through_one_contract(monkeypatch):
     assert x.grad is not None and state.shape == (2, 3, 3)
     a, b = torch.rand(2, 7, 3), torch.randn(2, 7, 3)
     torch.testing.assert_close(linear_scan(a, b, backend="reference"), linear_scan(a, b, backend="torch"))
-    assert calls == [("ema_traces", tuple(ALPHAS)), "linear_scan"]
+    assert calls == [("ema_traces", tuple(ALPHAS), True), ("linear_scan", False)]
 
 
 def test_a_backend_that_fails_to_import_stays_a_known_name(monkeypatch):

@@ -226,15 +226,67 @@ def test_second_call_makes_no_coefficients_and_allocates_only_outputs(ops, monke
     ema.ema_traces_fwd(x, ALPHAS, cfg=cfg)
     first = log[:]
     made, allocated = _count_calls(monkeypatch, "tensor"), _count_calls(monkeypatch, "empty")
-    scratch = _count_calls(monkeypatch, "empty_like")
     log.clear()
     ema.ema_traces_fwd(x, ALPHAS, cfg=cfg)
     assert made == []  # no coefficient tensor
-    assert len(allocated) == 2  # the traces and the end states (h_T is a view)
-    assert len(scratch) == (cfg is TWO_PASS)  # pass 1's end states, in two passes only
+    # the traces and the end states (h_T is a view), and pass 1's end states in two passes only
+    assert len(allocated) == 2 + (cfg is TWO_PASS)
     for (_, _, a1, k1), (_, _, a2, k2) in zip(first, log):
         assert all(u is v for u, v in zip(a1[5:8], a2[5:8]))  # the very same coefficient tensors
         assert k1 == k2
+
+
+# (op, cfg, B, T, D or feature shape): one pass, segments that warm up, two passes
+STATELESS = [("ema_fwd", None, 16, 300, 768), ("ema_fwd", WARM, 1, 4097, 33), ("ema_fwd", TWO_PASS, 1, 4097, 33),
+             ("ema_bwd", None, 16, 300, 768), ("ema_bwd", WARM, 1, 4097, 33), ("ema_bwd", TWO_PASS, 1, 4097, 33),
+             ("lin_fwd", None, 2, 63, (3, 24)), ("lin_fwd", WARM, 1, 3001, (40,)), ("lin_fwd", SPLIT, 1, 4097, (40,)),
+             ("lin_bwd", None, 2, 500, (2, 128)), ("lin_bwd", SPLIT, 1, 4097, (40,))]
+
+
+def _launch_stateless(ops, monkeypatch, op, cfg, B, T, D, state):
+    """One launcher called twice (the second from the cached plan) -> (its launches, canonical, the
+    second call's torch.empty calls, its returned state)."""
+    ema, lin = ops
+    g = torch.Generator().manual_seed(0)
+    which, mod = ("ema", ema) if op.startswith("ema") else ("lin", lin)
+    full = (B, T, D) if which == "ema" else (B, T) + D
+    if op == "ema_bwd":
+        full = (B, T, 3, D)
+    u, v = torch.randn(full, generator=g), torch.rand(full, generator=g) * 0.5 + 0.5
+    run = {"ema_fwd": lambda: ema.ema_traces_fwd(u, ALPHAS, cfg=cfg, state=state),
+           "ema_bwd": lambda: ema.ema_traces_bwd(u, ALPHAS, cfg=cfg, state=state),
+           "lin_fwd": lambda: lin.linear_scan_fwd(v, u, cfg=cfg, state=state),
+           "lin_bwd": lambda: lin.linear_scan_bwd(v, u, u, cfg=cfg, state=state)}[op]
+    log = record(monkeypatch.setattr, mod, which, SMS)
+    run()
+    with monkeypatch.context() as m:
+        allocated = _count_calls(m, "empty")
+        log.clear()
+        outs = run()
+    named = {"u": u, "v": v, "state": outs[-1]} | {f"out{i}": o for i, o in enumerate(outs[:-1])}
+    return canonical(log, named), allocated, outs[-1]
+
+
+@pytest.mark.parametrize("case", STATELESS, ids=[f"{c[0]}-{c[1] and c[1].warmup}-T{c[3]}" for c in STATELESS])
+def test_a_state_nobody_asked_for_is_neither_allocated_nor_stored(ops, monkeypatch, case):
+    """``state=False`` (the public ops' default, ``return_state=False``): one allocation fewer a call,
+    None back in the state's place, and the launches that would store h_T (g_0 backwards) are told
+    not to (STORE_STATE); pass 1's segment states, which the scan reads, are still stored, and
+    every other argument and constant is the same."""
+    filled_empty(monkeypatch.setattr)
+    with_state, alloc_with, st = _launch_stateless(ops, monkeypatch, *case, state=True)
+    without, alloc_without, none = _launch_stateless(ops, monkeypatch, *case, state=False)
+    assert st is not None and none is None
+    assert len(alloc_without) == len(alloc_with) - 1
+    assert len(with_state) == len(without) >= 1
+    for (n1, g1, a1, k1), (n2, g2, a2, k2) in zip(with_state, without):
+        k1, k2 = dict(k1), dict(k2)
+        assert (n1, g1) == (n2, g2) and k1["STORE_STATE"] is True
+        pass1 = not k1["STORE_OUT"]  # pass 1 of two writes only segment states, which pass 2 reads
+        assert k2.pop("STORE_STATE") is pass1 and k1.pop("STORE_STATE")
+        assert k1 == k2
+        # only the state's own buffer is swapped for a stand-in
+        assert [x for x, y in zip(a1, a2) if x != y] == [x for x in a1 if isinstance(x, tuple) and x[0] == "state"]
 
 
 def test_plans_distinct_per_key_and_shared_across_dtypes(ops, monkeypatch):
@@ -264,13 +316,13 @@ def test_two_devices_get_their_own_plan_and_coefficients(ops, monkeypatch):
     """A plan holds its device's coefficient tensors: a second device must not reuse them."""
     ema, _ = ops
     cpu, meta = torch.device("cpu"), torch.device("meta")
-    p_cpu = ema._ema_fwd_launch(1, 4097, 33, ALPHAS, True, cpu, SMS, None)
-    p_meta = ema._ema_fwd_launch(1, 4097, 33, ALPHAS, True, meta, SMS, None)
+    p_cpu = ema._ema_fwd_launch(1, 4097, 33, ALPHAS, True, True, cpu, SMS, None)
+    p_meta = ema._ema_fwd_launch(1, 4097, 33, ALPHAS, True, True, meta, SMS, None)
     assert p_cpu.groups[0][1].fixed[0].device == cpu and p_meta.groups[0][1].fixed[0].device == meta
     record(monkeypatch.setattr, ema, "ema", SMS)
     ema.ema_traces_fwd(torch.randn(1, 4097, 33), ALPHAS)
     ema.ema_traces_fwd(torch.randn(1, 4097, 33, device=meta), ALPHAS)
-    devices = sorted(str(k[5]) for k in cache.store("ema_fwd"))
+    devices = sorted(str(k[6]) for k in cache.store("ema_fwd"))
     assert devices == ["cpu", "meta"]
     assert sorted(str(c.dec.device) for c in cache.store("ema_coefs").values()) == ["cpu", "meta"]
 
@@ -307,10 +359,10 @@ def test_plan_builders_trace_in_one_graph_under_compile(dynamic):
     try:
         def plans(x, h):
             B, T, D = x.shape
-            p = ema._ema_fwd_launch(B, T, D, ALPHAS, True, x.device, SMS, None)
-            q = ema._ema_bwd_launch(B, T, 3, D, ALPHAS, False, x.device, SMS, WARM)
-            r = lin._lin_fwd_launch(h.shape, h.shape, True, SMS, None)
-            s = lin._lin_bwd_launch(h.shape, True, True, SMS, SPLIT)
+            p = ema._ema_fwd_launch(B, T, D, ALPHAS, True, True, x.device, SMS, None)
+            q = ema._ema_bwd_launch(B, T, 3, D, ALPHAS, False, True, x.device, SMS, WARM)
+            r = lin._lin_fwd_launch(h.shape, h.shape, True, True, SMS, None)
+            s = lin._lin_bwd_launch(h.shape, True, True, True, SMS, SPLIT)
             return (x * p.groups[0][1].fixed[0].sum() + q.groups[0][1].fixed[6] + p.grid[1] + r.launches[0].fixed[2]
                     + s.nseg)
 

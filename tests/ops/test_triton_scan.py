@@ -327,6 +327,36 @@ def test_public_api_picks_triton_and_matches():
     assert rel(linear_scan(a, b, backend="triton"), naive_linear_scan(a.double(), b.double())) < 1e-5
 
 
+@pytest.mark.parametrize("cfg", [None, WARM, TWO_PASS], ids=["default", "warm", "two-pass"])
+def test_without_a_state_the_outputs_and_gradients_are_bitwise_the_same(cfg):
+    """``state=False`` only drops the final state's store: traces, selective outputs and every
+    gradient equal those of a call that keeps it, bit for bit, in one pass, warmed-up segments
+    and two passes; the public ops' default (``return_state=False``) takes that path."""
+    B, T, D = 1, 4097, 40
+    x = torch.randn(B, T, D, device="cuda").to(torch.bfloat16)
+    a = (torch.rand(B, T, D, device="cuda") * 0.5 + 0.5).to(torch.bfloat16)
+    gh = torch.randn(B, T, 3, D, device="cuda").to(torch.bfloat16)
+    lin_cfg = None if cfg is WARM else cfg  # the backward has no warm-up plan
+    pairs = [(ema.ema_traces_fwd(x, ALPHAS, cfg=cfg), ema.ema_traces_fwd(x, ALPHAS, cfg=cfg, state=False)),
+             (ema.ema_traces_bwd(gh, ALPHAS, cfg=cfg), ema.ema_traces_bwd(gh, ALPHAS, cfg=cfg, state=False)),
+             (lin.linear_scan_fwd(a, x, cfg=cfg), lin.linear_scan_fwd(a, x, cfg=cfg, state=False)),
+             (lin.linear_scan_bwd(a, x, x, cfg=lin_cfg), lin.linear_scan_bwd(a, x, x, cfg=lin_cfg, state=False))]
+    for kept, dropped in pairs:
+        assert dropped[-1] is None and kept[-1] is not None
+        for u, v in zip(kept[:-1], dropped[:-1]):
+            assert torch.equal(u, v)
+    grads = []
+    for want in (True, False):
+        xi, ai = x.clone().requires_grad_(), a.clone().requires_grad_()
+        y = ema_traces(xi, ALPHAS, return_state=want, backend="triton")
+        z = linear_scan(ai, xi, return_state=want, backend="triton")
+        y, z = (y[0], z[0]) if want else (y, z)
+        torch.autograd.backward((y, z), (gh, x))
+        grads.append((y, z, xi.grad, ai.grad))
+    for u, v in zip(*grads):
+        assert torch.equal(u, v)
+
+
 def test_ema_traces_one_million_steps_bf16():
     """T = 1M in bf16 (segmented: few channels), against a float64 IIR filter on the CPU."""
     B, T, D = 1, 1_000_000, 64

@@ -42,14 +42,16 @@ def _alpha_tensor(vals: tuple[float, ...], device: torch.device) -> torch.Tensor
 class ScanBackend:
     """A scan implementation: two differentiable ops with one contract.
 
-    linear_scan(a, b, h0, out_dtype) -> (h (B, T, *F) in out_dtype, h_T (B, *F))
-    ema_traces(x, alphas, h0) -> (h (B, T, S, D) in x.dtype, h_T (B, S, D))
+    linear_scan(a, b, h0, out_dtype, state) -> (h (B, T, *F) in out_dtype, h_T (B, *F) or None)
+    ema_traces(x, alphas, h0, state) -> (h (B, T, S, D) in x.dtype, h_T (B, S, D) or None)
 
     ``alphas`` is a tuple of S floats; ``h0`` is None or the initial state. The state is
-    accumulated, and h_T returned, in float32 (float64 for float64 inputs). Gradients flow
-    to a, b, x and h0, and through h_T. Inputs arrive validated, with T >= 1 (the public
-    functions below check shapes and handle T = 0). ``needs_cuda`` backends run only on
-    CUDA tensors.
+    accumulated, and h_T returned, in float32 (float64 for float64 inputs). ``state`` False:
+    the caller will not use h_T, and the backend may return None for it (the Triton kernels
+    then neither allocate nor store it: one allocation less a call, a few microseconds of host
+    time). Gradients flow to a, b, x and h0, and through h_T. Inputs arrive validated, with
+    T >= 1 (the public functions below check shapes and handle T = 0). ``needs_cuda``
+    backends run only on CUDA tensors.
     """
 
     name: str
@@ -58,12 +60,12 @@ class ScanBackend:
     needs_cuda: bool = False
 
 
-def _torch_linear_scan(a, b, h0, out_dtype):
+def _torch_linear_scan(a, b, h0, out_dtype, state=True):
     h = _LinearScanFn.apply(a, b, h0)  # accumulation dtype
     return h.to(out_dtype), h[:, -1]
 
 
-def _torch_ema_traces(x, alphas, h0):
+def _torch_ema_traces(x, alphas, h0, state=True):
     h = _EmaTracesFn.apply(x, _alpha_tensor(alphas, x.device), h0)
     return h.to(x.dtype), h[:, -1]
 
@@ -287,7 +289,7 @@ def linear_scan(
         h = torch.empty(shape, dtype=out_dtype, device=b.device)
         state = torch.zeros((shape[0],) + tuple(shape[2:]), device=b.device) if h0 is None else h0.float()
         return (h, state) if return_state else h
-    out, state = BACKENDS[name].linear_scan(a, b, h0, out_dtype)
+    out, state = BACKENDS[name].linear_scan(a, b, h0, out_dtype, return_state)
     return (out, state) if return_state else out
 
 
@@ -325,5 +327,5 @@ def ema_traces(
         h = torch.empty(B, 0, S, D, dtype=x.dtype, device=x.device)
         state = torch.zeros(B, S, D, device=x.device) if h0 is None else h0.float()
         return (h, state) if return_state else h
-    out, state = BACKENDS[name].ema_traces(x, vals, h0)
+    out, state = BACKENDS[name].ema_traces(x, vals, h0, return_state)
     return (out, state) if return_state else out

@@ -215,7 +215,7 @@ def _ema_fwd_kernel(
     T, D, SD, SEGLEN, NSEG, WARMLEN,
     NS: tl.constexpr, CT: tl.constexpr, BD: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
     HAS_HIN: tl.constexpr, STORE_OUT: tl.constexpr, COMBINE: tl.constexpr, WARM: tl.constexpr,
-    EVEN_D: tl.constexpr, WSTAGES: tl.constexpr, OUT_POLICY: tl.constexpr,
+    EVEN_D: tl.constexpr, WSTAGES: tl.constexpr, OUT_POLICY: tl.constexpr, STORE_STATE: tl.constexpr,
 ):
     """h_t^(k) = DEC_k h_{t-1}^(k) + ALP_k x_t for NS <= 4 timescales over one segment.
 
@@ -226,7 +226,8 @@ def _ema_fwd_kernel(
     WARM (segments in one pass): the segment's incoming state is scanned, unstored, from zero
     over the WARMLEN steps before it (from HIN at t = 0 if they reach it), pipelined WSTAGES
     deep; SEGLEN and WARMLEN are multiples of CT. OUT_POLICY: the L2 eviction policy of the
-    trace stores (``EMA_OUT_POLICY``).
+    trace stores (``EMA_OUT_POLICY``). STORE_STATE False: the end state is not stored (nobody
+    asked for it; HEND is then any pointer).
     """
     pid_d = tl.program_id(0)
     seg = tl.program_id(1)
@@ -269,7 +270,8 @@ def _ema_fwd_kernel(
     h0, h1, h2, h3 = _ema_fwd_span(X + (b * T + t_start) * D, OUT + (b * T + t_start) * SD, x_off, o_off, m,
                                    h0, h1, h2, h3, d0, d1, d2, d3, a0, a1, a2, a3, D, SD, rows,
                                    segment_length(seg, SEGLEN, T), NS, CT, BD, STAGES, STORE_OUT, OUT_POLICY)
-    _store_state(HEND + st, h0, h1, h2, h3, mask_d, D, NS)
+    if STORE_STATE:
+        _store_state(HEND + st, h0, h1, h2, h3, mask_d, D, NS)
 
 
 @triton.jit
@@ -361,14 +363,15 @@ def _ema_bwd_kernel(
     T, D, SD, SEGLEN, NSEG, WARM0, WARM1, WARM2, WARM3,
     NS: tl.constexpr, CT: tl.constexpr, BD: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
     HAS_GIN: tl.constexpr, STORE_OUT: tl.constexpr, ACCUM: tl.constexpr, COMBINE: tl.constexpr,
-    WARM: tl.constexpr, EVEN_D: tl.constexpr, WSTAGES: tl.constexpr,
+    WARM: tl.constexpr, EVEN_D: tl.constexpr, WSTAGES: tl.constexpr, STORE_STATE: tl.constexpr,
 ):
     """Backwards in time: g_t = DEC g_{t+1} + gh_t (the carry GIN at T enters undecayed);
     gx_t (+)= sum_k ALP_k g_t^(k). GH, GIN (B,S,D), GSTART and STARTS (B,NSEG,S,D) point at
     timescale 0 of this launch. COMBINE (pass 2 of segments): the carry into a segment is
     GIN carried back over every later segment's start gradient from zero, STARTS (pass 1).
     WARM (segments in one pass): timescale k's carry into the segment is scanned, unstored,
-    from zero over the WARMk steps after it (from GIN where they reach T), pipelined WSTAGES deep."""
+    from zero over the WARMk steps after it (from GIN where they reach T), pipelined WSTAGES deep.
+    STORE_STATE False: the start gradient is not stored (no initial state to pass it to)."""
     pid_d = tl.program_id(0)
     seg = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
@@ -414,7 +417,8 @@ def _ema_bwd_kernel(
     g0, g1, g2, g3 = _ema_bwd_span(GH + (b * T + t_last) * SD, GX + (b * T + t_last) * D, gh_off, gx_off, m,
                                    g0, g1, g2, g3, d0, d1, d2, d3, a0, a1, a2, a3, D, SD, rows, seg_len,
                                    t_last == T - 1, NS, CT, BD, STAGES, STORE_OUT, ACCUM)
-    _store_state(GSTART + st, g0, g1, g2, g3, mask_d, D, NS)
+    if STORE_STATE:
+        _store_state(GSTART + st, g0, g1, g2, g3, mask_d, D, NS)
 
 
 # ---------------------------------------------------------------------------- launchers
@@ -482,8 +486,8 @@ def _tile_constants(cfg: TileConfig, D: int, ns: int) -> dict:
                 EVEN_D=D % cfg.block == 0, WSTAGES=cfg.warm_stages)
 
 
-def _ema_fwd_launch(B: int, T: int, D: int, alphas: tuple[float, ...], has_h0: bool, device: torch.device,
-                    sms: int, cfg: TileConfig | None) -> _Launch:
+def _ema_fwd_launch(B: int, T: int, D: int, alphas: tuple[float, ...], has_h0: bool, state: bool,
+                    device: torch.device, sms: int, cfg: TileConfig | None) -> _Launch:
     S = len(alphas)
     if T == 0 or B * D == 0:
         return _Launch(S, None, (), False, ())
@@ -494,8 +498,8 @@ def _ema_fwd_launch(B: int, T: int, D: int, alphas: tuple[float, ...], has_h0: b
         # x is shared: one warm-up long enough for the group's slowest timescale
         warmlen = 0 if warm is None else max(warm[s0:s0 + GROUP])
         args = (dec, dec64, alp, T, D, S * D, seglen, nseg, warmlen)
-        pass1 = dict(kw, HAS_HIN=False, STORE_OUT=False, COMBINE=False, WARM=False)
-        scan = dict(kw, HAS_HIN=has_h0, STORE_OUT=True, COMBINE=two_pass, WARM=warm is not None)
+        pass1 = dict(kw, HAS_HIN=False, STORE_OUT=False, COMBINE=False, WARM=False, STORE_STATE=True)
+        scan = dict(kw, HAS_HIN=has_h0, STORE_OUT=True, COMBINE=two_pass, WARM=warm is not None, STORE_STATE=state)
         grid = (nd, nseg, B)
         groups.append((s0, make_launch(_ema_fwd_kernel, grid, pass1, args),
                        make_launch(_ema_fwd_kernel, grid, scan, args)))
@@ -508,25 +512,28 @@ def ema_traces_fwd(
     h0: torch.Tensor | None = None,
     out_dtype: torch.dtype | None = None,
     cfg: TileConfig | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    state: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """EMA traces, no autograd: x (B,T,D) -> (h (B,T,S,D) in ``out_dtype`` (x's), h_T (B,S,D) float32).
 
     ``alphas``: S floats, or a tensor (whose values are read back: a CUDA one costs a synchronization).
-    The launch plan is made once per (B, T, D, alphas, h0 given or not, device and its SM count, cfg)
-    (``cache.py``); the dtypes do not enter it.
+    ``state`` False: h_T is neither allocated nor stored, and None comes back in its place.
+    The launch plan is made once per (B, T, D, alphas, h0 given or not, state or not, device and its
+    SM count, cfg) (``cache.py``); the dtypes do not enter it.
     """
     x = x.contiguous()
     B, T, D = x.shape
     alphas = _host_alphas(alphas)
     dev = x.device
-    p = cached("ema_fwd", _ema_fwd_launch, B, T, D, alphas, h0 is not None, dev, sm_count(dev), cfg)
+    p = cached("ema_fwd", _ema_fwd_launch, B, T, D, alphas, h0 is not None, state, dev, sm_count(dev), cfg)
     out = torch.empty(B, T, p.S, D, dtype=out_dtype or x.dtype, device=dev)
     h0f = None if h0 is None else h0.float().contiguous()
     if p.grid is None:
         hT = torch.zeros(B, p.S, D, device=dev) if h0f is None else h0f.clone()
-        return out, hT
-    hend = torch.empty(p.state_shape, dtype=torch.float32, device=dev)
-    ends = torch.empty_like(hend) if p.two_pass else hend
+        return out, hT if state else None
+    # without ``state`` the scan stores no end state: any pointer stands in for it
+    hend = torch.empty(p.state_shape, dtype=torch.float32, device=dev) if state else x
+    ends = torch.empty(p.state_shape, dtype=torch.float32, device=dev) if p.two_pass else hend
     hin = x if h0f is None else h0f
     for s0, pass1, scan in p.groups:
         o, hi, he, en = out, hin, hend, ends
@@ -537,10 +544,12 @@ def ema_traces_fwd(
             launch(pass1, (x, out, x, en, x))
         # the scan; in two passes each segment first combines the end states before it (pass 2)
         launch(scan, (x, o, hi, he, en))
+    if not state:
+        return out, None
     return out, (hend if len(p.state_shape) == 3 else hend[:, -1])
 
 
-def _ema_bwd_launch(B: int, T: int, S: int, D: int, alphas: tuple[float, ...], has_gf: bool,
+def _ema_bwd_launch(B: int, T: int, S: int, D: int, alphas: tuple[float, ...], has_gf: bool, state: bool,
                     device: torch.device, sms: int, cfg: TileConfig | None) -> _Launch:
     if T == 0 or B * D == 0:
         return _Launch(S, None, (), False, ())
@@ -551,8 +560,9 @@ def _ema_bwd_launch(B: int, T: int, S: int, D: int, alphas: tuple[float, ...], h
         # each timescale's gradient is its own tensor: each warms up over its own steps
         w = [0] * GROUP if warm is None else (warm[s0:s0 + GROUP] + [0] * GROUP)[:GROUP]
         args = (dec, dec64, alp, T, D, S * D, seglen, nseg, *w)
-        pass1 = dict(kw, HAS_GIN=False, STORE_OUT=False, ACCUM=False, COMBINE=False, WARM=False)
-        scan = dict(kw, HAS_GIN=has_gf, STORE_OUT=True, ACCUM=s0 > 0, COMBINE=two_pass, WARM=warm is not None)
+        pass1 = dict(kw, HAS_GIN=False, STORE_OUT=False, ACCUM=False, COMBINE=False, WARM=False, STORE_STATE=True)
+        scan = dict(kw, HAS_GIN=has_gf, STORE_OUT=True, ACCUM=s0 > 0, COMBINE=two_pass, WARM=warm is not None,
+                    STORE_STATE=state)
         grid = (nd, nseg, B)
         groups.append((s0, make_launch(_ema_bwd_kernel, grid, pass1, args),
                        make_launch(_ema_bwd_kernel, grid, scan, args)))
@@ -565,23 +575,27 @@ def ema_traces_bwd(
     g_final: torch.Tensor | None = None,
     x_dtype: torch.dtype = torch.float32,
     cfg: TileConfig | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    state: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Backward of ``ema_traces_fwd``: gh (B,T,S,D) [, g_final (B,S,D)] -> (dx (B,T,D), g_0 (B,S,D) float32).
 
-    ``g_0`` is dL/dh_0 total (the backward state at t = 0); dL/dh0 = (1 - alpha) g_0.
+    ``g_0`` is dL/dh_0 total (the backward state at t = 0); dL/dh0 = (1 - alpha) g_0. ``state``
+    False: g_0 is neither allocated nor stored (no h0 wants a gradient), None in its place.
     ``alphas`` as in ``ema_traces_fwd``; the plan is cached as there.
     """
     gh = gh.contiguous()
     B, T, S, D = gh.shape
     alphas = _host_alphas(alphas)
     dev = gh.device
-    p = cached("ema_bwd", _ema_bwd_launch, B, T, S, D, alphas, g_final is not None, dev, sm_count(dev), cfg)
+    p = cached("ema_bwd", _ema_bwd_launch, B, T, S, D, alphas, g_final is not None, state, dev, sm_count(dev),
+               cfg)
     gx = torch.empty(B, T, D, dtype=x_dtype, device=dev)
     gf = None if g_final is None else g_final.float().contiguous()
     if p.grid is None:
-        return gx, torch.zeros(B, S, D, device=dev) if gf is None else gf.clone()
-    gstart = torch.empty(p.state_shape, dtype=torch.float32, device=dev)
-    starts = torch.empty_like(gstart) if p.two_pass else gstart
+        g0 = torch.zeros(B, S, D, device=dev) if gf is None else gf.clone()
+        return gx, g0 if state else None
+    gstart = torch.empty(p.state_shape, dtype=torch.float32, device=dev) if state else gh
+    starts = torch.empty(p.state_shape, dtype=torch.float32, device=dev) if p.two_pass else gstart
     gin = gh if gf is None else gf
     for s0, pass1, scan in p.groups:
         g, gi, gs, st = gh, gin, gstart, starts
@@ -591,6 +605,8 @@ def ema_traces_bwd(
         if p.two_pass:  # pass 1: each segment's start gradient from zero
             launch(pass1, (g, gx, gh, st, gh))
         launch(scan, (g, gx, gi, gs, st))
+    if not state:
+        return gx, None
     return gx, (gstart if len(p.state_shape) == 3 else gstart[:, 0])
 
 
@@ -599,9 +615,9 @@ def ema_traces_bwd(
 
 class _EmaTracesTriton(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, alphas, h0):
+    def forward(ctx, x, alphas, h0, state):
         alphas = _host_alphas(alphas)
-        out, hT = ema_traces_fwd(x, alphas, h0)
+        out, hT = ema_traces_fwd(x, alphas, h0, state=state)
         ctx.alphas = alphas
         ctx.x_dtype = x.dtype
         ctx.x_shape = x.shape
@@ -617,19 +633,20 @@ class _EmaTracesTriton(torch.autograd.Function):
         S = len(alphas)
         if gout is None:  # only the final state was used
             gout = torch.zeros(B, T, S, D, dtype=ctx.x_dtype, device=ghT.device)
-        gx, g0 = ema_traces_bwd(gout, alphas, ghT, ctx.x_dtype)
+        want_h0 = ctx.has_h0 and ctx.needs_input_grad[2]
+        gx, g0 = ema_traces_bwd(gout, alphas, ghT, ctx.x_dtype, state=want_h0)
         gh0 = None
-        if ctx.has_h0 and ctx.needs_input_grad[2]:
+        if want_h0:
             gh0 = (_coefs(alphas, g0.device).dec_col * g0).to(ctx.h0_dtype)
-        return (gx if ctx.needs_input_grad[0] else None), None, gh0
+        return (gx if ctx.needs_input_grad[0] else None), None, gh0, None
 
 
 
-def fused_ema_traces(x, alphas, h0=None):
-    """Differentiable EMA traces: (h (B,T,S,D) in x's dtype, h_T (B,S,D) float32); grads to x and h0.
-    ``alphas``: S floats (a tensor is read back to the host once per call). Where no gradient is
-    recorded (no_grad, or no input that requires one) the launcher runs without the autograd
-    Function: the same launches, less host time."""
+def fused_ema_traces(x, alphas, h0=None, state=True):
+    """Differentiable EMA traces: (h (B,T,S,D) in x's dtype, h_T (B,S,D) float32, or None where
+    ``state`` is False); grads to x and h0. ``alphas``: S floats (a tensor is read back to the host
+    once per call). Where no gradient is recorded (no_grad, or no input that requires one) the
+    launcher runs without the autograd Function: the same launches, less host time."""
     if torch.is_grad_enabled() and (x.requires_grad or (h0 is not None and h0.requires_grad)):
-        return _EmaTracesTriton.apply(x, alphas, h0)
-    return ema_traces_fwd(x, alphas, h0)
+        return _EmaTracesTriton.apply(x, alphas, h0, state)
+    return ema_traces_fwd(x, alphas, h0, state=state)

@@ -87,6 +87,7 @@ def _lin_fwd_kernel(
     CT: tl.constexpr, BF: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
     HAS_HIN: tl.constexpr, STORE_OUT: tl.constexpr, STORE_AEND: tl.constexpr, COMBINE: tl.constexpr,
     EVEN_F: tl.constexpr, WARM: tl.constexpr, FIXUP: tl.constexpr, WSTAGES: tl.constexpr,
+    STORE_STATE: tl.constexpr,
 ):
     """h_t = a_t h_{t-1} + u_t over one segment; A, U strided (B,T,F) views, OUT (B,T,F) contiguous,
     HIN (B,F) the state at t = 0. COMBINE (pass 2 of segments): the segment starts from HIN
@@ -97,6 +98,7 @@ def _lin_fwd_kernel(
     2**-24 (the dropped state still counts), FLAGS (B,NSEG,programs along F) marks the tile. Every
     segment also leaves its (end state from zero, decay product) in ENDS and PRODS, so that FIXUP
     (COMBINE, only for marked tiles) can rescan those from their exact incoming state.
+    STORE_STATE False: HEND is not stored (nobody asked for h_T; HEND is then any pointer).
     """
     pid_f = tl.program_id(0)
     seg = tl.program_id(1)
@@ -136,7 +138,8 @@ def _lin_fwd_kernel(
                                  OUT + (b * T + t_start) * F, a_off, u_off, o_off, m, h, one, rows,
                                  segment_length(seg, SEGLEN, T), s_at, s_ut, F, CT, BF, STAGES, STORE_OUT,
                                  STORE_AEND | WARM)
-        tl.store(HEND + state_off, h, mask=mask_f)
+        if STORE_STATE:
+            tl.store(HEND + state_off, h, mask=mask_f)
         if STORE_AEND:
             tl.store(AEND + state_off, aprod, mask=mask_f)
         if WARM:  # this segment's end state from zero, for FIXUP's rescans
@@ -171,11 +174,12 @@ def _lin_bwd_kernel(
     s_ab, s_at, s_af,
     CT: tl.constexpr, BF: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
     HAS_GIN: tl.constexpr, HAS_H0: tl.constexpr, STORE_OUT: tl.constexpr, STORE_AEND: tl.constexpr,
-    COMBINE: tl.constexpr, EVEN_F: tl.constexpr,
+    COMBINE: tl.constexpr, EVEN_F: tl.constexpr, STORE_STATE: tl.constexpr,
 ):
     """Backwards: g_t = a_{t+1} g_{t+1} + gh_t; gb_t = g_t; ga_t = g_t h_{t-1}. GH, H, GA, GB (B,T,F)
     contiguous, GIN (B,F) the carry at T. COMBINE (pass 2 of segments): the carry into a segment
-    is GIN carried back over every later segment's (start gradient from zero, decay product)."""
+    is GIN carried back over every later segment's (start gradient from zero, decay product).
+    STORE_STATE False: GSTART is not stored (no h0 wants its gradient)."""
     pid_f = tl.program_id(0)
     seg = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
@@ -227,7 +231,8 @@ def _lin_bwd_kernel(
         g, aprod = _lin_bwd_tile(a_ptr - i * s_at, g_ptr - i * F, h_ptr - i * F, ga_ptr - i * F, gb_ptr - i * F,
                                  a_off, c_off, mv, mv & (t < T - 1)[:, None], mv & (t > 0)[:, None], t == 0, h0, g,
                                  aprod, rows, CT, STORE_OUT, STORE_AEND)
-    tl.store(GSTART + state_off, g, mask=mask_f)
+    if STORE_STATE:
+        tl.store(GSTART + state_off, g, mask=mask_f)
     if STORE_AEND:
         tl.store(AEND + state_off, aprod, mask=mask_f)
 
@@ -260,7 +265,7 @@ class _Launch(NamedTuple):
     launches: tuple  # each launch (common.Launch; the call gives the tensors and their strides), in order
 
 
-def _lin_fwd_launch(a_shape: torch.Size, b_shape: torch.Size, has_h0: bool, sms: int,
+def _lin_fwd_launch(a_shape: torch.Size, b_shape: torch.Size, has_h0: bool, state: bool, sms: int,
                     cfg: TileConfig | None) -> _Launch:
     shape = torch.broadcast_shapes(a_shape, b_shape)
     B, T = shape[0], shape[1]
@@ -278,14 +283,16 @@ def _lin_fwd_launch(a_shape: torch.Size, b_shape: torch.Size, has_h0: bool, sms:
               EVEN_F=F % cfg.block == 0, WSTAGES=cfg.warm_stages)
     grid = (nf, nseg, B)
     if plan is not None:  # one pass of warmed-up segments, then exact rescans of the tiles they left marked
-        both = dict(kw, HAS_HIN=has_h0, STORE_OUT=True, STORE_AEND=False)
+        both = dict(kw, HAS_HIN=has_h0, STORE_OUT=True, STORE_AEND=False, STORE_STATE=state)
         launches = (make_launch(_lin_fwd_kernel, grid, dict(both, COMBINE=False, WARM=True, FIXUP=False),
                                 (T, F, seglen, nseg, LIN_WARM_STEPS)),
                     make_launch(_lin_fwd_kernel, grid, dict(both, COMBINE=True, WARM=False, FIXUP=True),
                                 (T, F, seglen, nseg, 0)))
     else:  # one pass; or pass 1 (each segment's end state from zero and its decay product), then the scan
-        scan = dict(kw, HAS_HIN=has_h0, STORE_OUT=True, STORE_AEND=False, COMBINE=nseg > 1, WARM=False, FIXUP=False)
-        pass1 = dict(kw, HAS_HIN=False, STORE_OUT=False, STORE_AEND=True, COMBINE=False, WARM=False, FIXUP=False)
+        scan = dict(kw, HAS_HIN=has_h0, STORE_OUT=True, STORE_AEND=False, COMBINE=nseg > 1, WARM=False, FIXUP=False,
+                    STORE_STATE=state)
+        pass1 = dict(kw, HAS_HIN=False, STORE_OUT=False, STORE_AEND=True, COMBINE=False, WARM=False, FIXUP=False,
+                     STORE_STATE=True)
         launches = tuple(make_launch(_lin_fwd_kernel, grid, c, (T, F, seglen, nseg, 0))
                          for c in ((pass1, scan) if nseg > 1 else (scan,)))
     return _Launch(shape, state_shape, grid, nseg, plan is not None, (B, nseg, nf), launches)
@@ -297,13 +304,15 @@ def linear_scan_fwd(
     h0: torch.Tensor | None = None,
     out_dtype: torch.dtype | None = None,
     cfg: TileConfig | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    state: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``h_t = a_t h_{t-1} + b_t``, no autograd: -> (h (B,T,*F) in ``out_dtype``, h_T (B,*F) float32).
 
-    The launch plan is made once per (a's shape, b's shape, h0 given or not, the device's SM count, cfg)
-    (``cache.py``; it holds no tensor, so the device enters only by its SM count)."""
+    ``state`` False: h_T is neither allocated nor stored, and None comes back in its place. The
+    launch plan is made once per (a's shape, b's shape, h0 given or not, state or not, the device's
+    SM count, cfg) (``cache.py``; it holds no tensor, so the device enters only by its SM count)."""
     dev = b.device
-    p = cached("lin_fwd", _lin_fwd_launch, a.shape, b.shape, h0 is not None, sm_count(dev), cfg)
+    p = cached("lin_fwd", _lin_fwd_launch, a.shape, b.shape, h0 is not None, state, sm_count(dev), cfg)
     shape = p.shape
     B, T = shape[0], shape[1]
     F = math.prod(shape[2:])
@@ -312,16 +321,19 @@ def linear_scan_fwd(
     h0f = None if h0 is None else h0.float().reshape(B, F).contiguous()
     if p.grid is None:
         hT = torch.zeros(B, F, device=dev) if h0f is None else h0f.clone()
-        return out, hT.view(p.state_shape)
+        return out, hT.view(p.state_shape) if state else None
     strides = (*a3.stride(), *b3.stride())
     hin = a3 if h0f is None else h0f
     nseg = p.nseg
-    # one segment: the end state is h_T itself, made in its own shape (the same bytes as (B, 1, F))
-    hend = torch.empty((B, nseg, F) if nseg > 1 else p.state_shape, dtype=torch.float32, device=dev)
+    # one segment: the end state is h_T itself, made in its own shape (the same bytes as (B, 1, F));
+    # without ``state`` the scan stores none, and any pointer stands in for it
+    hend = out
+    if state:
+        hend = torch.empty((B, nseg, F) if nseg > 1 else p.state_shape, dtype=torch.float32, device=dev)
     ends = prods = hend
     flags = torch.empty(p.flags_shape, dtype=torch.int32, device=dev) if p.warm else hend
     if nseg > 1:
-        ends, prods = torch.empty_like(hend), torch.empty_like(hend)
+        ends, prods = (torch.empty((B, nseg, F), dtype=torch.float32, device=dev) for _ in range(2))
     if p.warm:  # one pass of warmed-up segments, then exact rescans of the tiles they left marked
         for site in p.launches:
             launch(site, (a3, b3, out, hin, hend, hend, ends, prods, flags), strides)
@@ -329,10 +341,13 @@ def linear_scan_fwd(
         if nseg > 1:  # pass 1: each segment's end state from zero and its decay product
             launch(p.launches[0], (a3, b3, out, a3, ends, prods, a3, a3, a3), strides)
         launch(p.launches[-1], (a3, b3, out, hin, hend, hend, ends, prods, a3), strides)
+    if not state:
+        return out, None
     return out, (hend[:, -1].view(p.state_shape) if nseg > 1 else hend)
 
 
-def _lin_bwd_launch(shape: torch.Size, has_gf: bool, has_h0: bool, sms: int, cfg: TileConfig | None) -> _Launch:
+def _lin_bwd_launch(shape: torch.Size, has_gf: bool, has_h0: bool, state: bool, sms: int,
+                    cfg: TileConfig | None) -> _Launch:
     B, T = shape[0], shape[1]
     F = math.prod(shape[2:])
     state_shape = (B,) + tuple(shape[2:])
@@ -343,8 +358,9 @@ def _lin_bwd_launch(shape: torch.Size, has_gf: bool, has_h0: bool, sms: int, cfg
     nseg, seglen = segments(cfg, B * nf, T, sms)
     kw = dict(CT=cfg.ct, BF=cfg.block, VEC=cfg.vec, STAGES=cfg.stages, num_warps=cfg.num_warps,
               EVEN_F=F % cfg.block == 0)
-    pass1 = dict(kw, HAS_GIN=False, HAS_H0=has_h0, STORE_OUT=False, STORE_AEND=True, COMBINE=False)
-    scan = dict(kw, HAS_GIN=has_gf, HAS_H0=has_h0, STORE_OUT=True, STORE_AEND=False, COMBINE=nseg > 1)
+    pass1 = dict(kw, HAS_GIN=False, HAS_H0=has_h0, STORE_OUT=False, STORE_AEND=True, COMBINE=False, STORE_STATE=True)
+    scan = dict(kw, HAS_GIN=has_gf, HAS_H0=has_h0, STORE_OUT=True, STORE_AEND=False, COMBINE=nseg > 1,
+                STORE_STATE=state)
     grid = (nf, nseg, B)
     return _Launch(shape, state_shape, grid, nseg, False, (),
                    tuple(make_launch(_lin_bwd_kernel, grid, c, (T, F, seglen, nseg))
@@ -360,15 +376,17 @@ def linear_scan_bwd(
     ga_dtype: torch.dtype = torch.float32,
     gb_dtype: torch.dtype = torch.float32,
     cfg: TileConfig | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    state: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Backward of ``linear_scan_fwd`` given its output h: -> (da (B,T,*F), db (B,T,*F), g_0 (B,*F) float32).
 
-    da and db are full-size (sum them to a broadcast input's shape); dL/dh0 = a_0 g_0. The plan is
-    cached as the forward's, per (h's shape, g_final and h0 given or not, SM count, cfg).
+    da and db are full-size (sum them to a broadcast input's shape); dL/dh0 = a_0 g_0. ``state``
+    False: g_0 is neither allocated nor stored, None in its place. The plan is cached as the
+    forward's, per (h's shape, g_final and h0 given or not, state or not, SM count, cfg).
     """
     shape = h.shape
     dev = h.device
-    p = cached("lin_bwd", _lin_bwd_launch, shape, g_final is not None, h0 is not None, sm_count(dev), cfg)
+    p = cached("lin_bwd", _lin_bwd_launch, shape, g_final is not None, h0 is not None, state, sm_count(dev), cfg)
     B, T = shape[0], shape[1]
     F = math.prod(shape[2:])
     a3 = _as_btf(a, shape)
@@ -380,17 +398,21 @@ def linear_scan_bwd(
     h0f = None if h0 is None else h0.float().reshape(B, F).contiguous()
     if p.grid is None:
         g0 = torch.zeros(B, F, device=dev) if gf is None else gf.clone()
-        return ga, gb, g0.view(p.state_shape)
+        return ga, gb, g0.view(p.state_shape) if state else None
     nseg = p.nseg
     h0_arg = h0f if h0f is not None else h3
-    gstart = torch.empty((B, nseg, F) if nseg > 1 else p.state_shape, dtype=torch.float32, device=dev)
+    gstart = h3  # without ``state``: any pointer, never stored to
+    if state:
+        gstart = torch.empty((B, nseg, F) if nseg > 1 else p.state_shape, dtype=torch.float32, device=dev)
     starts = prods = gstart
     strides = a3.stride()
     if nseg > 1:  # pass 1: each segment's start gradient from zero and its decay product
-        starts, prods = torch.empty_like(gstart), torch.empty_like(gstart)
+        starts, prods = (torch.empty((B, nseg, F), dtype=torch.float32, device=dev) for _ in range(2))
         launch(p.launches[0], (a3, gh3, h3, h0_arg, ga, gb, gh3, starts, prods, gh3, gh3), strides)
     launch(p.launches[-1], (a3, gh3, h3, h0_arg, ga, gb, gh3 if gf is None else gf, gstart, gstart, starts, prods),
            strides)
+    if not state:
+        return ga, gb, None
     return ga, gb, (gstart[:, 0].view(p.state_shape) if nseg > 1 else gstart)
 
 
@@ -399,8 +421,8 @@ def linear_scan_bwd(
 
 class _LinearScanTriton(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, a, b, h0, out_dtype):
-        h, hT = linear_scan_fwd(a, b, h0, out_dtype)
+    def forward(ctx, a, b, h0, out_dtype, state):
+        h, hT = linear_scan_fwd(a, b, h0, out_dtype, state=state)
         ctx.save_for_backward(a, h0, h)
         ctx.a_shape, ctx.b_shape = a.shape, b.shape
         ctx.a_dtype, ctx.b_dtype = a.dtype, b.dtype
@@ -415,24 +437,26 @@ class _LinearScanTriton(torch.autograd.Function):
         full = tuple(h.shape)
         ga_dtype = ctx.a_dtype if tuple(ctx.a_shape) == full else torch.float32
         gb_dtype = ctx.b_dtype if tuple(ctx.b_shape) == full else torch.float32
-        ga, gb, g0 = linear_scan_bwd(a, gout, h, h0, ghT, ga_dtype, gb_dtype)
+        want_h0 = h0 is not None and ctx.needs_input_grad[2]
+        ga, gb, g0 = linear_scan_bwd(a, gout, h, h0, ghT, ga_dtype, gb_dtype, state=want_h0)
         ga = ga.sum_to_size(ctx.a_shape).to(ctx.a_dtype) if ctx.needs_input_grad[0] else None
         gb = gb.sum_to_size(ctx.b_shape).to(ctx.b_dtype) if ctx.needs_input_grad[1] else None
         gh0 = None
-        if h0 is not None and ctx.needs_input_grad[2]:
+        if want_h0:
             a0 = _as_btf(a, h.shape)[:, 0].float().view(g0.shape)
             gh0 = (a0 * g0).to(h0.dtype)
-        return ga, gb, gh0, None
+        return ga, gb, gh0, None, None
 
 
 
-def fused_linear_scan(a, b, h0=None, out_dtype=None):
-    """Differentiable ``h_t = a_t h_{t-1} + b_t``: (h in ``out_dtype``, h_T float32); grads to a, b and h0.
-    Where no gradient is recorded the launcher runs without the autograd Function (as ``fused_ema_traces``)."""
+def fused_linear_scan(a, b, h0=None, out_dtype=None, state=True):
+    """Differentiable ``h_t = a_t h_{t-1} + b_t``: (h in ``out_dtype``, h_T float32, or None where
+    ``state`` is False); grads to a, b and h0. Where no gradient is recorded the launcher runs
+    without the autograd Function (as ``fused_ema_traces``)."""
     a_full = a
     while a_full.dim() < b.dim():
         a_full = a_full.unsqueeze(0)
     out_dtype = out_dtype or torch.promote_types(a.dtype, b.dtype)
     if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad or (h0 is not None and h0.requires_grad)):
-        return _LinearScanTriton.apply(a_full, b, h0, out_dtype)
-    return linear_scan_fwd(a_full, b, h0, out_dtype)
+        return _LinearScanTriton.apply(a_full, b, h0, out_dtype, state)
+    return linear_scan_fwd(a_full, b, h0, out_dtype, state=state)
