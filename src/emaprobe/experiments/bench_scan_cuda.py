@@ -249,6 +249,7 @@ def host_overhead_verdict(row: dict) -> str:
     and ``linear_scan``; the EMA forward eager over graphed): the fastest window's figures, the median
     window's, the gauge's range, and in how many windows both forwards were within the target."""
     us, sel = row["host_us_public_ema_fwd"], row["host_us_public_sel_fwd"]
+    us_med, sel_med = row["host_us_public_ema_fwd_median"], row["host_us_public_sel_fwd_median"]
     ratio = row["x_public_ema_fwd_eager_vs_graph"]
     windows = row["host_windows"]
     held = sum(max(w["public_ema_fwd"], w["public_sel_fwd"]) <= HOST_US_TARGET for w in windows)
@@ -256,7 +257,7 @@ def host_overhead_verdict(row: dict) -> str:
     ok = max(us, sel) <= HOST_US_TARGET and ratio <= EAGER_VS_GRAPH_TARGET
     return (f"host overhead at B={row['B']} T={row['T']} D={row['D']}: public ema_traces forward "
             f"{us:.1f} us a call, linear_scan {sel:.1f} us in the fastest of {len(windows)} windows "
-            f"(median window {row['host_us_public_ema_fwd_median']:.1f} and {row['host_us_public_sel_fwd_median']:.1f}; "
+            f"(median window {us_med:.1f} and {sel_med:.1f}; "
             f"the host's gauge {min(gauges):.1f}-{max(gauges):.1f} ms; target {HOST_US_TARGET:.0f} us, held in "
             f"{held} of {len(windows)} windows), eager {row['public_ema_fwd_eager_b2b_ms']:.4f} ms "
             f"against graphed {row['public_ema_fwd_graph_ms']:.4f} ms = {ratio:.2f}x (target "
