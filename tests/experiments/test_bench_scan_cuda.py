@@ -62,19 +62,27 @@ def test_grid_shapes_cover_long_t_and_wide_d_at_the_least_batch():
     assert bench.grid_shapes((3,), (5,), 100) == [(8, 3, 5)]
 
 
-def _grid_rows(ema=(1.1, 1.2), sel=(1.25, 1.4)):
-    return [dict(B=1, T=T, D=D, x_ema_fwd_vs_floor=e, x_sel_fwd_vs_floor=s)
+def _grid_rows(ema=(1.1, 1.2), sel=(1.25, 1.4), stream=None):
+    rows = [dict(B=1, T=T, D=D, x_ema_fwd_vs_floor=e, x_sel_fwd_vs_floor=s)
             for (T, D), e, s in zip(((512, 256), (65536, 4096)), ema, sel)]
+    for r, p in zip(rows, stream or ()):
+        r.update(x_stream_ema_vs_floor=p, x_stream_sel_vs_floor=p + 0.01)
+    return rows
 
 
 def test_grid_verdict_names_the_worst_shape_and_the_misses():
     lines = bench.grid_verdict(_grid_rows()).splitlines()
     assert lines[0].startswith("EMA forward: worst 1.20x") and lines[0].endswith("0 of 2 shapes above 1.3x: met")
     assert "1x65536x4096" in lines[1] and lines[1].endswith("1 of 2 shapes above 1.3x: NOT met")
+    assert "streaming" not in lines[0]  # rows without the peer (older files)
+    lines = bench.grid_verdict(_grid_rows(stream=(1.05, 1.12))).splitlines()
+    assert "(a streaming kernel of the same bytes: 1.05-1.12x); 0 of 2" in lines[0]
+    assert "1.06-1.13x); 1 of 2" in lines[1]
 
 
-def test_plot_grid_draws_from_rows_without_a_gpu(tmp_path):
-    bench.plot_grid(_grid_rows(), "card", tmp_path / "grid.png")
+@pytest.mark.parametrize("stream", [None, (1.05, 1.12)], ids=["no-peer", "stream-peer"])
+def test_plot_grid_draws_from_rows_without_a_gpu(tmp_path, stream):
+    bench.plot_grid(_grid_rows(stream=stream), "card", tmp_path / "grid.png")
     assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
 
 

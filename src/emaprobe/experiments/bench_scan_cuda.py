@@ -51,7 +51,10 @@ names and inside both) into ``--out``.
 ``--grid`` (issue 17 item 5) times only the EMA forward and the selective forward, graphed,
 against their floors, at every T in GRID_TS and D in GRID_DS (B the least power of two with
 B*T*D >= 2^24), and writes ``scan_grid_<card>.json`` and ``.png`` (a heat map of time / floor;
-target FLOOR_TARGET). Run time: about a minute.
+target FLOOR_TARGET). Its peer at each shape is a plain streaming kernel moving the same bytes
+(``stream_peer_ms``: PyTorch's elementwise negation, half the bytes read and half written), what
+a kernel with no scan and no time axis gets out of the same traffic at that size. Run time:
+about a minute.
 """
 
 from __future__ import annotations
@@ -617,8 +620,21 @@ def grid_shapes(ts=GRID_TS, ds=GRID_DS, min_elems: int = GRID_MIN_ELEMS) -> list
     return shapes
 
 
+def stream_peer_ms(nbytes: int) -> float:
+    """Milliseconds, graphed, of PyTorch's elementwise ``neg`` over bf16 moving ``nbytes`` (half read,
+    half written): a streaming kernel of the same traffic (a plain copy would become a copy-engine
+    node inside a graph, see ``copy_bandwidth``)."""
+    src = torch.randn(max(1, nbytes // 4), device="cuda", dtype=torch.bfloat16)
+    dst = torch.empty_like(src)
+    ms = _bench(lambda: torch.neg(src, out=dst), "stream_peer")
+    del src, dst
+    torch.cuda.empty_cache()
+    return ms
+
+
 def grid_row(ts, shape, alphas, bw: float) -> dict:
-    """One grid shape: the EMA forward and the selective forward, graphed, and their floors."""
+    """One grid shape: the EMA forward and the selective forward, graphed, their floors, and a
+    streaming kernel of each one's bytes (``stream_peer_ms``)."""
     B, T, D = shape
     S = len(alphas)
     n = B * T * D
@@ -634,19 +650,27 @@ def grid_row(ts, shape, alphas, bw: float) -> dict:
         row["ours_sel_fwd_ms"] = _bench(lambda: ts.linear_scan_fwd(a, b), "grid_sel_fwd")
         del a, b
     torch.cuda.empty_cache()
-    row["x_ema_fwd_vs_floor"] = row["ours_ema_fwd_ms"] / row["floor_fwd_ms"]
-    row["x_sel_fwd_vs_floor"] = row["ours_sel_fwd_ms"] / row["floor_sel_fwd_ms"]
+    row["stream_ema_fwd_ms"] = stream_peer_ms((2 + 2 * S) * n)
+    row["stream_sel_fwd_ms"] = stream_peer_ms(6 * n)
+    for k in ("ema", "sel"):
+        floor = row["floor_fwd_ms" if k == "ema" else "floor_sel_fwd_ms"]
+        row[f"x_{k}_fwd_vs_floor"] = row[f"ours_{k}_fwd_ms"] / floor
+        row[f"x_stream_{k}_vs_floor"] = row[f"stream_{k}_fwd_ms"] / floor
     return row
 
 
 def grid_verdict(rows: list[dict]) -> str:
     """One line per kernel: its worst shape against FLOOR_TARGET, and how many shapes miss it."""
     lines = []
-    for name, key in (("EMA forward", "x_ema_fwd_vs_floor"), ("selective forward", "x_sel_fwd_vs_floor")):
+    for name, k in (("EMA forward", "ema"), ("selective forward", "sel")):
+        key, peer = f"x_{k}_fwd_vs_floor", f"x_stream_{k}_vs_floor"
         worst = max(rows, key=lambda r: r[key])
         miss = sum(r[key] > FLOOR_TARGET for r in rows)
-        lines.append(f"{name}: worst {worst[key]:.2f}x of the floor at {worst['B']}x{worst['T']}x{worst['D']}; "
-                     f"{miss} of {len(rows)} shapes above {FLOOR_TARGET}x: " + ("met" if miss == 0 else "NOT met"))
+        streams = [r[peer] for r in rows if peer in r]
+        stream = f" (a streaming kernel of the same bytes: {min(streams):.2f}-{max(streams):.2f}x)" if streams else ""
+        lines.append(f"{name}: worst {worst[key]:.2f}x of the floor at {worst['B']}x{worst['T']}x{worst['D']}"
+                     f"{stream}; {miss} of {len(rows)} shapes above {FLOOR_TARGET}x: "
+                     + ("met" if miss == 0 else "NOT met"))
     return "\n".join(lines)
 
 
@@ -658,8 +682,9 @@ def plot_grid(rows: list[dict], card: str, path: Path) -> None:
     Ts = sorted({r["T"] for r in rows})
     Ds = sorted({r["D"] for r in rows})
     fig, axes = plt.subplots(1, 2, figsize=(10, 0.7 * len(Ts) + 2.2))
-    for ax, (title, key) in zip(axes, (("EMA traces forward (S=3)", "x_ema_fwd_vs_floor"),
-                                       ("selective scan forward", "x_sel_fwd_vs_floor"))):
+    panels = (("EMA traces forward (S=3)", "x_ema_fwd_vs_floor", "x_stream_ema_vs_floor"),
+              ("selective scan forward", "x_sel_fwd_vs_floor", "x_stream_sel_vs_floor"))
+    for ax, (title, key, peer) in zip(axes, panels):
         grid = np.full((len(Ts), len(Ds)), np.nan)
         for r in rows:
             grid[Ts.index(r["T"]), Ds.index(r["D"])] = r[key]
@@ -668,12 +693,13 @@ def plot_grid(rows: list[dict], card: str, path: Path) -> None:
             for j, D in enumerate(Ds):
                 r = next((r for r in rows if (r["T"], r["D"]) == (T, D)), None)
                 if r is not None:
-                    ax.text(j, i, f"{r[key]:.2f}x\nB={r['B']}", ha="center", va="center", fontsize=7)
+                    stream = f"\nstream {r[peer]:.2f}x" if peer in r else ""
+                    ax.text(j, i, f"{r[key]:.2f}x\nB={r['B']}{stream}", ha="center", va="center", fontsize=7)
         ax.set_xticks(range(len(Ds)), [str(d) for d in Ds])
         ax.set_yticks(range(len(Ts)), [str(t) for t in Ts])
         ax.set_xlabel("D (channels)")
         ax.set_ylabel("T (steps)")
-        ax.set_title(f"{title}: time / floor", fontsize=9)
+        ax.set_title(f"{title}: time / floor (stream: a streaming kernel of its bytes)", fontsize=8)
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.suptitle(f"scan kernels over B*T*D >= 2^{GRID_MIN_ELEMS.bit_length() - 1}, graphed, bf16, on {card} "
                  f"(target {FLOOR_TARGET}x)", fontsize=10)
@@ -713,13 +739,15 @@ def run_grid(alphas=DEFAULT_ALPHAS, out_dir: str | Path | None = None, shapes=No
         rows.append(grid_row(ts, shape, alphas, bw))
         r = rows[-1]
         print(f"{r['B']:>4} x{r['T']:>6} x{r['D']:>5}: EMA fwd {r['ours_ema_fwd_ms']:.4f} ms "
-              f"({r['x_ema_fwd_vs_floor']:.2f}x), selective fwd {r['ours_sel_fwd_ms']:.4f} ms "
-              f"({r['x_sel_fwd_vs_floor']:.2f}x)", flush=True)
+              f"({r['x_ema_fwd_vs_floor']:.2f}x; stream {r['x_stream_ema_vs_floor']:.2f}x), selective fwd "
+              f"{r['ours_sel_fwd_ms']:.4f} ms ({r['x_sel_fwd_vs_floor']:.2f}x; stream "
+              f"{r['x_stream_sel_vs_floor']:.2f}x)", flush=True)
     print(grid_verdict(rows))
     result = run_record(benchmark="scan-cuda-grid", card=card, copy_bandwidth_Bps=bw, alphas=list(alphas), checks=errs,
                         rows=rows, triton=__import__("triton").__version__, floor_target=FLOOR_TARGET,
                         grid={"T": list(GRID_TS), "D": list(GRID_DS), "min_elems": GRID_MIN_ELEMS},
-                        timing="median per call of CUDA-graph replays (triton.testing.do_bench_cudagraph)",
+                        timing="median per call of CUDA-graph replays (triton.testing.do_bench_cudagraph); "
+                               "stream_*: torch.neg over bf16 moving the same bytes, graphed (stream_peer_ms)",
                         eager_fallbacks=sorted(set(EAGER_FALLBACKS)))
     if out_dir is not None:
         _write(Path(out_dir) / f"scan_grid_{card_slug(card)}", result, lambda path: plot_grid(rows, card, path))
