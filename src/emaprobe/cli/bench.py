@@ -121,7 +121,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "scan",
         help="EMA / linear scan forward and backward",
         description="Time ema_traces (and the selective linear_scan) against scipy.signal.lfilter and a "
-        "PyTorch step loop on CPU, or against the copy-bandwidth floor and kernel peers on CUDA.",
+        "PyTorch step loop on CPU, or against the copy-bandwidth floor and kernel peers on CUDA. On CUDA the "
+        "host time a call of the public ops is taken in 5 windows, each beside a gauge of the host's own "
+        "speed: the fastest window is reported, with the median one.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -137,7 +139,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--no-loop", action="store_true", help="skip the PyTorch step loop")
     g.add_argument("--grid", action="store_true",
                    help="instead: the EMA and selective forwards (graphed) against their floors over T 512-65536, "
-                        "D 256-4096, B*T*D >= 2^24; writes scan_grid_<card>.json and .png (about a minute)")
+                        "D 256-4096, B*T*D >= 2^24, beside a streaming kernel of the same bytes; writes "
+                        "scan_grid_<card>.json and .png (about a minute)")
     g.add_argument("--tag", help="a suffix for the file names, scan_cuda_<card>_<tag>.json, so a run of one shape "
                                  "does not replace the default shapes' figures (letters, digits, - and _)")
     s.set_defaults(func=_scan)
