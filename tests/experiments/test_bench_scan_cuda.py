@@ -105,7 +105,7 @@ def test_tags_become_file_names_only_when_safe():
 
 def test_write_puts_the_json_and_the_drawing_beside_each_other(tmp_path, capsys):
     drawn = []
-    bench._write(tmp_path / "scan_grid_card", {"rows": [1]}, drawn.append)
+    bench.write_result(tmp_path / "scan_grid_card", {"rows": [1]}, drawn.append)
     assert (tmp_path / "scan_grid_card.json").read_text().count("rows") == 1
     assert drawn == [tmp_path / "scan_grid_card.png"]
     assert capsys.readouterr().out.count("wrote") == 2

@@ -65,7 +65,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from emaprobe.experiments.common import card_slug, check_tag, pyplot, save_fig
+from emaprobe.experiments.common import card_slug, check_tag, pyplot, save_fig, write_result
 from emaprobe.layers import MIXERS
 from emaprobe.models import GPTConfig, SPENConfig, build_model, resolve_config
 from emaprobe.train import TrainConfig
@@ -445,9 +445,7 @@ def run(bc: BenchConfig, device: str | torch.device = "cpu", out_dir: str | Path
 
 def _write(result: dict, stem: Path) -> None:
     """The result's JSON and its plot, ``stem``.json and .png."""
-    print(f"wrote {atomic_write_json(stem.with_suffix('.json'), result)}")
-    plot(result["rows"], result["card"], stem.with_suffix(".png"))
-    print(f"wrote {stem.with_suffix('.png')}")
+    write_result(stem, result, lambda path: plot(result["rows"], result["card"], path))
 
 
 def _build_meta(cfg) -> nn.Module:

@@ -67,7 +67,7 @@ from types import SimpleNamespace
 
 import torch
 
-from emaprobe.experiments.common import card_slug, check_tag, pyplot, save_fig
+from emaprobe.experiments.common import card_slug, check_tag, pyplot, save_fig, write_result
 from emaprobe.ops import DEFAULT_ALPHAS, ema_step, ema_traces
 from emaprobe.utils import atomic_write_json, run_record
 
@@ -722,13 +722,6 @@ def _checked_start(alphas) -> tuple[SimpleNamespace, str, float, dict]:
     return ts, card, bw, errs
 
 
-def _write(stem: Path, result: dict, draw) -> None:
-    """``stem``.json from ``result`` and ``stem``.png drawn by ``draw(path)``, each named as written."""
-    print(f"wrote {atomic_write_json(stem.with_suffix('.json'), result)}")
-    draw(stem.with_suffix(".png"))
-    print(f"wrote {stem.with_suffix('.png')}")
-
-
 def run_grid(alphas=DEFAULT_ALPHAS, out_dir: str | Path | None = None, shapes=None) -> dict:
     """``--grid``: the EMA and selective forwards over ``grid_shapes()``, after the float64 checks;
     writes ``scan_grid_<card>.json`` and ``.png`` into ``out_dir``."""
@@ -750,7 +743,7 @@ def run_grid(alphas=DEFAULT_ALPHAS, out_dir: str | Path | None = None, shapes=No
                                "stream_*: torch.neg over bf16 moving the same bytes, graphed (stream_peer_ms)",
                         eager_fallbacks=sorted(set(EAGER_FALLBACKS)))
     if out_dir is not None:
-        _write(Path(out_dir) / f"scan_grid_{card_slug(card)}", result, lambda path: plot_grid(rows, card, path))
+        write_result(Path(out_dir) / f"scan_grid_{card_slug(card)}", result, lambda path: plot_grid(rows, card, path))
     return result
 
 
@@ -821,5 +814,5 @@ def run_cuda(shapes=None, alphas=DEFAULT_ALPHAS, out_dir: str | Path | None = No
             print(host_overhead_verdict(row))
     result = record()
     if out_dir is not None:
-        _write(Path(out_dir) / f"scan_cuda_{slug}", result, lambda path: plot(rows, card, path))
+        write_result(Path(out_dir) / f"scan_cuda_{slug}", result, lambda path: plot(rows, card, path))
     return result

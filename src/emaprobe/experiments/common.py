@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from emaprobe.utils import atomic_write_bytes
+from emaprobe.utils import atomic_write_bytes, atomic_write_json
 
 
 def pick_device(name: str) -> torch.device:
@@ -52,6 +52,14 @@ def save_fig(fig, path: Path, dpi: int = 120) -> Path:
     return path
 
 
+def write_result(stem: Path, result: dict, draw) -> None:
+    """A benchmark's ``stem``.json from ``result`` and ``stem``.png drawn by ``draw(path)``, each named
+    as it is written."""
+    print(f"wrote {atomic_write_json(stem.with_suffix('.json'), result)}")
+    draw(stem.with_suffix(".png"))
+    print(f"wrote {stem.with_suffix('.png')}")
+
+
 def command(name: str, out: Path, cfg: dict) -> str:
     """The ``emaprobe run`` line that rebuilds ``cfg``: its budget plus a ``--set`` per field that differs."""
     import dataclasses
@@ -68,4 +76,4 @@ def command(name: str, out: Path, cfg: dict) -> str:
     return " ".join([f"emaprobe run {name}{b}", *sets, f"--out {out}"])
 
 
-__all__ = ["command", "pick_device", "pyplot", "save_fig"]
+__all__ = ["command", "pick_device", "pyplot", "save_fig", "write_result"]
