@@ -47,6 +47,11 @@ def test_host_overhead_verdict_against_the_targets():
     for key in ("host_us_public_ema_fwd", "host_us_public_sel_fwd"):  # each public op is held to the target
         assert "NOT met" in bench.host_overhead_verdict(dict(row, **{key: bench.HOST_US_TARGET + 1}))
     assert "NOT met" in bench.host_overhead_verdict(dict(row, x_public_ema_fwd_eager_vs_graph=1.31))
+    # the forward+backward's peers, named with their figures where the row has them
+    peers = dict(row, host_us_launchers_ema_fwdbwd=30.0, x_launchers_ema_fwdbwd_eager_vs_graph=1.03,
+                 host_us_torch_mul_fwdbwd=80.0, x_torch_mul_fwdbwd_eager_vs_graph=2.07)
+    assert bench.host_overhead_verdict(peers).endswith(
+        "1.10x (without autograd 30.0 us, 1.03x; the autograd engine alone (x * 2) 80.0 us, 2.07x)")
     assert "host us" in bench.format_table([dict(row, ours_ema_fwd_ms=0.06, floor_fwd_ms=0.05, x_ema_fwd_vs_floor=1.2,
                                                  x_ema_fwdbwd_vs_floor=1.3, x_sel_fwd_vs_floor=1.2)], "card")
 
