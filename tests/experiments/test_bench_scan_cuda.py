@@ -91,6 +91,20 @@ def test_plot_grid_draws_from_rows_without_a_gpu(tmp_path, stream):
     assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_plot_adds_a_host_panel_for_the_row_with_host_windows(tmp_path, monkeypatch):
+    row = dict(B=16, T=2048, D=768, floor_fwd_ms=0.047, floor_fwdbwd_ms=0.095, ours_ema_fwd_ms=0.06,
+               ours_ema_fwdbwd_ms=0.15)
+    windows = [dict(gauge_ms=6.3, public_ema_fwd=16.0, public_sel_fwd=21.0),
+               dict(gauge_ms=11.4, public_ema_fwd=27.0, public_sel_fwd=35.0)]
+    bench.plot([row, dict(row, B=8, host_windows=windows)], "card", tmp_path / "scan.png")
+    assert (tmp_path / "scan.png").read_bytes()[:4] == b"\x89PNG"
+    drawn = []
+    monkeypatch.setattr(bench, "_plot_host_windows", lambda ax, r: drawn.append(r["B"]))
+    bench.plot([row, dict(row, B=8, host_windows=windows)], "card", tmp_path / "scan.png")
+    bench.plot([row], "card", tmp_path / "scan.png")  # no host figures: no third panel
+    assert drawn == [8]
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--grid"], "add --device cuda"),
     (["--tag", "one"], "add --device cuda"),

@@ -123,7 +123,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Time ema_traces (and the selective linear_scan) against scipy.signal.lfilter and a "
         "PyTorch step loop on CPU, or against the copy-bandwidth floor and kernel peers on CUDA. On CUDA the "
         "host time a call of the public ops is taken in 5 windows, each beside a gauge of the host's own "
-        "speed: the fastest window is reported, with the median one.",
+        "speed: the fastest window is reported, with the median one. The public EMA forward+backward is timed "
+        "beside the same kernels launched without autograd and beside autograd alone (a PyTorch x * 2), whose "
+        "fixed cost per backward call is most of its host time.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -587,13 +587,15 @@ def format_table(rows: list[dict], card: str) -> str:
 
 
 def plot(rows: list[dict], card: str, path: Path) -> None:
-    """Each shape's times against the floor: ours, the peers' and the PyTorch loop, two panels."""
+    """Each shape's times against the floor: ours, the peers' and the PyTorch loop, two panels; a third
+    with the host time of each public forward in each window (``host_overhead``), where a row has it."""
     plt = pyplot()
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    host = next((r for r in rows if r.get("host_windows")), None)
+    fig, axes = plt.subplots(1, 3 if host else 2, figsize=(19 if host else 13, 4.8))
     labels = [f"{r['B']}x{r['T']}x{r['D']}" for r in rows]
     series = [  # one colour per series in both panels
-        ("floor (copy bw)", "floor_fwd_ms", "floor_fwdbwd_ms", "--", "k"),
+        ("floor (copy bw)", "floor_fwd_ms", "floor_fwdbwd_ms", "_--", "k"),  # a tick: one shape has no line
         ("ours (triton)", "ours_ema_fwd_ms", "ours_ema_fwdbwd_ms", "o-", "C0"),
         ("torch broadcast copy", "torch_broadcast_copy_ms", None, "s:", "C1"),
         ("accelerated-scan warp", "accelerated_scan_warp_ema_fwd_ms", "accelerated_scan_warp_ema_fwdbwd_ms",
@@ -618,9 +620,27 @@ def plot(rows: list[dict], card: str, path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8)
     axes[1].legend(fontsize=8)
+    if host:
+        _plot_host_windows(axes[2], host)
     fig.suptitle(f"emaprobe scan kernels vs floor and peers on {card}")
     fig.tight_layout()
     save_fig(fig, path, dpi=110)
+
+
+def _plot_host_windows(ax, row: dict) -> None:
+    # microseconds a call of each public forward, window by window, against the target; each window
+    # labelled with the host gauge's time, which moves them all
+    windows = row["host_windows"]
+    xs = range(len(windows))
+    for key, name, style in (("public_ema_fwd", "ema_traces", "o"), ("public_sel_fwd", "linear_scan", "s")):
+        ax.plot(xs, [w[key] for w in windows], style, label=f"public {name} forward")
+    ax.axhline(HOST_US_TARGET, color="k", ls="--", lw=1, label=f"target {HOST_US_TARGET:.0f} us")
+    ax.set_xticks(xs, [f"{i + 1}\ngauge {w['gauge_ms']:.1f} ms" for i, w in enumerate(windows)], fontsize=8)
+    ax.set_ylim(0, None)
+    ax.set_ylabel("host us a call")
+    ax.set_title(f"host time by window, B={row['B']} T={row['T']} D={row['D']}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
 
 
 def replot(json_path: str | Path) -> Path:
