@@ -31,14 +31,15 @@ In one run it measures:
   replayed from a CUDA graph. The forward + backward has two peers, timed the same ways: the
   same kernels launched without autograd (``launchers_ema_fwdbwd``), and the autograd engine on
   its own, a PyTorch multiply forward and backward (``torch_mul_fwdbwd``), since every
-  ``backward`` call pays the engine's fixed cost whatever its kernels. Targets at B=16 T=2048 D=768: 25 us a call, eager at most 1.3x
-  graphed (HOST_US_TARGET, EAGER_VS_GRAPH_TARGET; the run prints a verdict line). The host
-  time is taken in HOST_WINDOWS windows a fraction of a second apart, each beside a gauge of
-  the host's own speed (``host_gauge_ms``, a fixed pure-Python loop): on the H200 machines
-  the gauge flips between two speeds about 1.9x apart within one process, and every host
-  figure with it (notes/kernels.md, "host time, windows"). ``host_us_*`` is the fastest
-  window (timeit's convention: slower ones are the machine, not the code), ``*_median`` the
-  median window, and the verdict says in how many windows the targets held;
+  ``backward`` call pays the engine's fixed cost whatever its kernels. Targets at B=16 T=2048
+  D=768: 25 us a call, eager at most 1.3x graphed (HOST_US_TARGET, EAGER_VS_GRAPH_TARGET; the
+  run prints a verdict line). The host time is taken in HOST_WINDOWS windows a fraction of a
+  second apart, each beside a gauge of the host's own speed (``host_gauge_ms``, a fixed
+  pure-Python loop): on the H200 machines the gauge flips between two speeds 1.6-1.9x apart
+  within one process, and every host figure with it (notes/kernels.md, "host time, windows").
+  ``host_us_*`` is the fastest window (timeit's convention: slower ones are the machine, not the
+  code), ``*_median`` the median window, and the verdict says in how many windows the targets
+  held; the plot's third panel draws every window;
 * peers: PyTorch's copy of the same broadcast bytes, a PyTorch step loop, FFT
   convolution, accelerated-scan's CUDA "warp" kernel (T <= 2048, see WARP_MAX_T) and
   flash-linear-attention's HGRN chunk kernel when they import. The peers get their
