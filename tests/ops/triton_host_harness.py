@@ -39,6 +39,7 @@ def _any_attribute(name: str):
 
 def _stand_in() -> dict[str, types.ModuleType]:
     tri = types.ModuleType("triton")
+    tri.__version__ = "0.0.0"  # not a release: torch's Triton checks read it, and find nothing to use
     tri.jit = lambda fn=None, **kw: _JitStub(fn) if fn is not None else _JitStub
     tri.cdiv = lambda a, b: -(-a // b)
     tl = types.ModuleType("triton.language")

@@ -10,9 +10,10 @@
     cache.py         the launchers' plans and coefficient tensors, made once per key (shape, alphas,
                      device...), so that an eager call allocates its outputs and launches
     common.py        what the kernels share: the scan's pair operator, tile and mask helpers, ``sm_count``
+    opaque.py        the launchers as ``torch.library`` custom ops, which a ``torch.compile``d model calls
 
-``ema.py``, ``linear_scan.py``, ``topk.py`` and ``common.py`` need Triton; ``plan.py`` and ``cache.py`` do not, so this
-package imports nothing itself. ``ops/scan.py`` loads the two ops as its "triton" backend
-the first time a CUDA tensor asks for it. The decision record behind every default (what
+``ema.py``, ``linear_scan.py``, ``topk.py`` and ``common.py`` need Triton; ``plan.py``, ``cache.py`` and
+``opaque.py`` do not, so this package imports nothing itself. ``ops/scan.py`` loads the two ops as its
+"triton" backend the first time a CUDA tensor asks for it. The decision record behind every default (what
 was measured, kept and dropped) is ``notes/kernels.md``.
 """

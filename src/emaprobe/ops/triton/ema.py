@@ -69,6 +69,7 @@ import torch
 import triton
 import triton.language as tl
 
+from emaprobe.ops.triton import opaque
 from emaprobe.ops.triton.cache import cached
 from emaprobe.ops.triton.common import (
     channel_mask,
@@ -617,7 +618,7 @@ class _EmaTracesTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, alphas, h0, state):
         alphas = _host_alphas(alphas)
-        out, hT = ema_traces_fwd(x, alphas, h0, state=state)
+        out, hT = opaque.run("ema_traces_fwd", x, alphas, h0, state=state)
         ctx.alphas = alphas
         ctx.x_dtype = x.dtype
         ctx.x_shape = x.shape
@@ -634,7 +635,7 @@ class _EmaTracesTriton(torch.autograd.Function):
         if gout is None:  # only the final state was used
             gout = torch.zeros(B, T, S, D, dtype=ctx.x_dtype, device=ghT.device)
         want_h0 = ctx.has_h0 and ctx.needs_input_grad[2]
-        gx, g0 = ema_traces_bwd(gout, alphas, ghT, ctx.x_dtype, state=want_h0)
+        gx, g0 = opaque.run("ema_traces_bwd", gout, alphas, ghT, ctx.x_dtype, state=want_h0)
         gh0 = None
         if want_h0:
             gh0 = (_coefs(alphas, g0.device).dec_col * g0).to(ctx.h0_dtype)
@@ -649,4 +650,9 @@ def fused_ema_traces(x, alphas, h0=None, state=True):
     launcher runs without the autograd Function: the same launches, less host time."""
     if torch.is_grad_enabled() and (x.requires_grad or (h0 is not None and h0.requires_grad)):
         return _EmaTracesTriton.apply(x, alphas, h0, state)
-    return ema_traces_fwd(x, alphas, h0, state=state)
+    return opaque.run("ema_traces_fwd", x, alphas, h0, state=state)
+
+
+# torch.compile reaches the launchers through custom ops (opaque.py)
+opaque.implement("ema_traces_fwd", ema_traces_fwd)
+opaque.implement("ema_traces_bwd", ema_traces_bwd)

@@ -1,0 +1,98 @@
+"""The Triton scans' launchers as ``torch.library`` custom ops: how a ``torch.compile``d model calls them.
+
+Traced through, a launcher's kernels become user-defined Triton kernels in Inductor's graph, and
+Inductor hands each pointer argument it may not prove read-only a buffer of its own. The launchers
+pass one tensor in several places (an input again where a constexpr switches a pointer off), so in
+a compiled SPEN-130m step (B2 T8192, one H200) every block's forward wrote the mixer's input five
+times and every backward wrote the traces' gradient five times, one copy per such argument
+(Inductor's output code; ``notes/kernels.md``, row "scans as custom ops"). As custom ops the
+launchers are opaque to the compiler and run as they do eagerly (cached plans, direct launches),
+with no copies around them. Eager calls skip the ops: their dispatch would add host time to every
+call (``common.py``).
+
+A custom op has no optional outputs, so each op returns the state nobody asked for (``state``
+False) as an empty tensor, and ``run`` hands back None in its place, as the launchers do. The ops
+return contiguous tensors, as their fake implementations (shapes for the compiler) say.
+"""
+
+from collections.abc import Callable
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+# op name -> the launcher it runs: ema.py and linear_scan.py set theirs at import (a module imported
+# again re-routes its ops; each op is defined once, here)
+_LAUNCHERS: dict[str, Callable] = {}
+
+
+def implement(name: str, launcher: Callable) -> None:
+    """Route the custom op ``emaprobe::<name>`` to ``launcher``."""
+    _LAUNCHERS[name] = launcher
+
+
+def run(name: str, *args, state: bool) -> tuple:
+    """``launcher(*args, state=state)``; under ``torch.compile``, through the custom op ``emaprobe::<name>``."""
+    if torch.compiler.is_compiling():
+        *outs, last = getattr(torch.ops.emaprobe, name)(*args, state)
+        return (*outs, last if state else None)
+    return _LAUNCHERS[name](*args, state=state)
+
+
+def _returned(outs: tuple, like: Tensor) -> tuple:
+    # contiguous outputs (a segmented plan's state is a view into its segments' states), None as empty
+    *first, last = outs
+    last = like.new_empty(0, dtype=torch.float32) if last is None else last.contiguous()
+    return (*(t.contiguous() for t in first), last)
+
+
+def _state(shape, state: bool, like: Tensor) -> Tensor:
+    return like.new_empty(shape if state else (0,), dtype=torch.float32)
+
+
+@torch.library.custom_op("emaprobe::ema_traces_fwd", mutates_args=())
+def _ema_traces_fwd(x: Tensor, alphas: list[float], h0: Optional[Tensor], state: bool) -> tuple[Tensor, Tensor]:
+    return _returned(_LAUNCHERS["ema_traces_fwd"](x, tuple(alphas), h0, state=state), x)
+
+
+@_ema_traces_fwd.register_fake
+def _(x, alphas, h0, state):
+    B, T, D = x.shape
+    return x.new_empty(B, T, len(alphas), D), _state((B, len(alphas), D), state, x)
+
+
+@torch.library.custom_op("emaprobe::ema_traces_bwd", mutates_args=())
+def _ema_traces_bwd(gh: Tensor, alphas: list[float], g_final: Optional[Tensor], x_dtype: torch.dtype,
+                    state: bool) -> tuple[Tensor, Tensor]:
+    return _returned(_LAUNCHERS["ema_traces_bwd"](gh, tuple(alphas), g_final, x_dtype, state=state), gh)
+
+
+@_ema_traces_bwd.register_fake
+def _(gh, alphas, g_final, x_dtype, state):
+    B, T, S, D = gh.shape
+    return gh.new_empty(B, T, D, dtype=x_dtype), _state((B, S, D), state, gh)
+
+
+@torch.library.custom_op("emaprobe::linear_scan_fwd", mutates_args=())
+def _linear_scan_fwd(a: Tensor, b: Tensor, h0: Optional[Tensor], out_dtype: torch.dtype,
+                     state: bool) -> tuple[Tensor, Tensor]:
+    return _returned(_LAUNCHERS["linear_scan_fwd"](a, b, h0, out_dtype, state=state), b)
+
+
+@_linear_scan_fwd.register_fake
+def _(a, b, h0, out_dtype, state):
+    shape = torch.broadcast_shapes(a.shape, b.shape)
+    return b.new_empty(shape, dtype=out_dtype), _state((shape[0], *shape[2:]), state, b)
+
+
+@torch.library.custom_op("emaprobe::linear_scan_bwd", mutates_args=())
+def _linear_scan_bwd(a: Tensor, gh: Tensor, h: Tensor, h0: Optional[Tensor], g_final: Optional[Tensor],
+                     ga_dtype: torch.dtype, gb_dtype: torch.dtype, state: bool) -> tuple[Tensor, Tensor, Tensor]:
+    return _returned(_LAUNCHERS["linear_scan_bwd"](a, gh, h, h0, g_final, ga_dtype, gb_dtype, state=state), h)
+
+
+@_linear_scan_bwd.register_fake
+def _(a, gh, h, h0, g_final, ga_dtype, gb_dtype, state):
+    shape = h.shape
+    return (h.new_empty(shape, dtype=ga_dtype), h.new_empty(shape, dtype=gb_dtype),
+            _state((shape[0], *shape[2:]), state, h))
