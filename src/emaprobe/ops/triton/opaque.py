@@ -1,11 +1,11 @@
 """The Triton scans' launchers as ``torch.library`` custom ops: how a ``torch.compile``d model calls them.
 
-Traced through, a launcher's kernels become user-defined Triton kernels in Inductor's graph, and
-Inductor hands each pointer argument it may not prove read-only a buffer of its own. The launchers
-pass one tensor in several places (an input again where a constexpr switches a pointer off), so in
-a compiled SPEN-130m step (B2 T8192, one H200) every block's forward wrote the mixer's input five
-times and every backward wrote the traces' gradient five times, one copy per such argument
-(Inductor's output code; ``notes/kernels.md``, row "scans as custom ops"). As custom ops the
+Traced through, a launcher's kernels become user-defined Triton kernels in Inductor's graph. The
+launchers pass one tensor in several argument slots (an input again where a constexpr switches a
+pointer off), and Inductor gave each slot a buffer of its own: in a compiled SPEN-130m step (B2
+T8192, one H200) every block's forward wrote the mixer's input five times and every backward wrote
+the traces' gradient five times, once per slot over the two launches (Inductor's output code;
+``notes/kernels.md``, row "scans as custom ops"). As custom ops the
 launchers are opaque to the compiler and run as they do eagerly (cached plans, direct launches),
 with no copies around them. Eager calls skip the ops: their dispatch would add host time to every
 call (``common.py``).
