@@ -185,6 +185,10 @@ def test_topk_mask_gradient_is_topk_scatter_gradient_for_relu_codes():
     vals, idx = torch.relu(z).topk(9, dim=-1)
     (ref,) = torch.autograd.grad(torch.zeros_like(z).scatter(-1, idx, vals), z, gh)
     torch.testing.assert_close(got, ref, rtol=0, atol=0)
+    # the relu taken inside the mask's pass: the same code and the same gradient
+    (fused,) = torch.autograd.grad(topk_mask(z, 9, relu=True), z, gh)
+    assert torch.equal(topk_mask(z, 9, relu=True), topk_mask(torch.relu(z), 9))
+    torch.testing.assert_close(fused, ref, rtol=0, atol=0)
     with pytest.raises(ValueError, match=r"k must lie in \[1, 31\], got 0"):
         topk_mask(z, 0)
 
@@ -194,9 +198,10 @@ GPU = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
 @pytest.mark.parametrize("F_,k", [(101, 7), (3072, 185), (1000, 1), (257, 256), (64, 64), (5000, 300)])
-@pytest.mark.parametrize("pattern", ["randn", "ties", "relu"])
+@pytest.mark.parametrize("pattern", ["randn", "ties", "relu", "relu inside"])
 @pytest.mark.parametrize("gpu", [pytest.param(0, marks=GPU)])
 def test_triton_topk_mask_equals_the_reference(gpu, pattern, F_, k, dtype):
+    """``relu inside``: the kernel takes relu(a) itself, as it loads a (negatives become zeros)."""
     from emaprobe.ops.triton.topk import topk_mask_triton
 
     g = torch.Generator().manual_seed(F_ + k)
@@ -206,8 +211,9 @@ def test_triton_topk_mask_equals_the_reference(gpu, pattern, F_, k, dtype):
         a = torch.randn(3, 37, F_, generator=g).to(dtype)
         if pattern == "relu":  # more zeros than F - k in some rows
             a = torch.relu(a - 1.5)
-    got = topk_mask_triton(a.cuda(), k).cpu()
-    ref = topk_mask_reference(a, k)
+    relu = pattern == "relu inside"
+    got = topk_mask_triton(a.cuda(), k, relu).cpu()
+    ref = topk_mask_reference(torch.relu(a) if relu else a, k)
     assert got.dtype == a.dtype and got.shape == a.shape
     assert torch.equal(got, ref)
     assert torch.equal((got != 0).sum(-1) <= k, torch.ones_like(got[..., 0], dtype=torch.bool))
@@ -247,6 +253,8 @@ def test_triton_topk_mask_in_the_interpreter_equals_the_reference():
                         torch.randn(5, F, generator=g).to(dtype)
                     if not torch.equal(topk_mask_triton(a, k), topk_mask_reference(a, k)):
                         bad.append((str(dtype), F, k, ties))
+                    if not torch.equal(topk_mask_triton(a, k, True), topk_mask_reference(torch.relu(a), k)):
+                        bad.append((str(dtype), F, k, ties, "relu"))
         print("BAD", bad)
     """)
     env = dict(os.environ, TRITON_INTERPRET="1")

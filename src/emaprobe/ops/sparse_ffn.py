@@ -24,8 +24,10 @@ Three forms, one result:
             (SDDMM), computed on CPU with ``torch.sparse.sampled_addmm``.
 ``mask``    the dense GEMM on a code made in one pass: ``topk_mask`` keeps the k largest of
             each row in place (on CUDA one Triton program a row, ``ops/triton/topk.py``; a
-            stable sort elsewhere) with no indices, no topk and no scatter. Its backward is
-            dh where h != 0, exact for ``relu`` (a kept zero has relu' = 0), so it takes relu only.
+            stable sort elsewhere) with no indices, no topk and no scatter, and applies the
+            relu in the same pass (``relu=True``), so relu(W1 c) is never written out. Its
+            backward is dh where h != 0, exact for ``relu`` (a kept zero has relu' = 0), so it
+            takes relu only.
 
 ``topk_ffn(..., impl="auto")`` picks one through ``resolve_ffn_impl``: ``gather`` on CPU,
 where it is measured faster (``emaprobe bench ffn``), ``mask`` on CUDA for relu, and ``dense``
@@ -162,46 +164,49 @@ def topk_mask_reference(a: torch.Tensor, k: int) -> torch.Tensor:
 
 class _TopkMask(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, a, k):
+    def forward(ctx, a, k, relu):
         if a.is_cuda and a.dtype in _TRITON_MASK_DTYPES:
             from emaprobe.ops.triton.topk import topk_mask_triton  # needs Triton: loaded on first CUDA use
 
-            h = topk_mask_triton(a, k)
+            h = topk_mask_triton(a, k, relu)
         else:
-            h = topk_mask_reference(a, k)
+            h = topk_mask_reference(F.relu(a) if relu else a, k)
         ctx.save_for_backward(h)  # the same tensor W2's GEMM saves: no extra memory
         return h
 
     @staticmethod
     def backward(ctx, gh):
         (h,) = ctx.saved_tensors
-        return gh.masked_fill(h == 0, 0), None
+        # with relu too: h != 0 exactly where a unit is kept and a > 0, where relu's slope is 1
+        return gh.masked_fill(h == 0, 0), None, None
 
 
-def topk_mask(a: torch.Tensor, k: int) -> torch.Tensor:
-    """The k-WTA code of a (..., F): the k largest of each row kept in place, zeros elsewhere.
-    The gradient flows to the kept nonzero entries (for relu codes: exactly topk's)."""
+def topk_mask(a: torch.Tensor, k: int, relu: bool = False) -> torch.Tensor:
+    """The k-WTA code of a (..., F): the k largest of each row kept in place, zeros elsewhere; with
+    ``relu``, the code of relu(a), in the same one pass (the relu is never written out). The
+    gradient flows to the kept nonzero entries (for relu codes: exactly topk's)."""
     if not 1 <= k <= a.shape[-1]:
         raise ValueError(f"k must lie in [1, {a.shape[-1]}], got {k}")
-    return _TopkMask.apply(a, k)
+    return _TopkMask.apply(a, k, relu)
 
 
 # ---------------------------------------------------------------------------- registry and op
 
 
-def _dense(a: torch.Tensor, k: int, w_down: torch.Tensor) -> torch.Tensor:
-    return dense_topk_down(*topk_code(a, k), w_down)
+def _dense(z: torch.Tensor, act: str, k: int, w_down: torch.Tensor) -> torch.Tensor:
+    return dense_topk_down(*topk_code(_activation(act)(z), k), w_down)
 
 
-def _gather(a: torch.Tensor, k: int, w_down: torch.Tensor) -> torch.Tensor:
-    return gather_topk_down(*topk_code(a, k), w_down)
+def _gather(z: torch.Tensor, act: str, k: int, w_down: torch.Tensor) -> torch.Tensor:
+    return gather_topk_down(*topk_code(_activation(act)(z), k), w_down)
 
 
-def _mask(a: torch.Tensor, k: int, w_down: torch.Tensor) -> torch.Tensor:
-    return F.linear(topk_mask(a, k), w_down)
+def _mask(z: torch.Tensor, act: str, k: int, w_down: torch.Tensor) -> torch.Tensor:
+    # relu only (IMPL_ACTS), applied inside the mask's one pass
+    return F.linear(topk_mask(z, k, relu=True), w_down)
 
 
-# each form: (a = act(W1 c) (..., d_ff), k, W2) -> y (..., d_out)
+# each form: (z = W1 c (..., d_ff), the activation's name, k, W2) -> y (..., d_out) = W2 topk(act(z))
 FFN_IMPLS: dict[str, Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]] = {
     "dense": _dense,
     "gather": _gather,
@@ -264,9 +269,9 @@ def topk_ffn(
     d_ff = w_up.shape[0]
     if not 1 <= k <= d_ff:
         raise ValueError(f"k must lie in [1, d_ff={d_ff}], got {k}")
-    act_fn = _activation(act)
+    _activation(act)  # a named error for an unknown activation, before any work
     name = resolve_ffn_impl(impl, c.device, k, d_ff, act)
-    a = act_fn(F.linear(c, w_up))  # (..., d_ff)
+    z = F.linear(c, w_up)  # (..., d_ff), before the activation, which each form applies
     if k == d_ff and name == "dense":
-        return F.linear(a, w_down)
-    return FFN_IMPLS[name](a, k, w_down)  # (..., d_out)
+        return F.linear(_activation(act)(z), w_down)
+    return FFN_IMPLS[name](z, act, k, w_down)  # (..., d_out)

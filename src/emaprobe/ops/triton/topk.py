@@ -10,7 +10,7 @@ offset to be non-negative), and the k-th largest key is built bit by bit from th
 stays set when at least k keys are >= the prefix with it set. That is one count (a reduction
 over the row) per key bit: 16 for bf16, 19 for fp16 (the fp32 bits a narrower float uses), 32
 for float32. Keys above the threshold are kept; of the keys equal to it, the first ones by index
-fill the row up to k (``tl.cumsum``). The radix select is the one of GPU top-k and sorting
+fill the row up to k (``tl.cumsum``). With ``RELU`` the row is relu(a), taken as it is loaded. The radix select is the one of GPU top-k and sorting
 libraries (e.g. Alabi et al. 2012, "Fast k-selection algorithms for graphics processing
 units"), here in registers, one row a program, with the tie rule made explicit.
 
@@ -31,11 +31,14 @@ SUPPORTED_DTYPES = tuple(_KEY_BITS)
 
 
 @triton.jit
-def _topk_mask_kernel(A, H, F, k, BLOCK: tl.constexpr, KEY_BITS: tl.constexpr):
+def _topk_mask_kernel(A, H, F, k, BLOCK: tl.constexpr, KEY_BITS: tl.constexpr, RELU: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     live = offs < F
     a = tl.load(A + row * F + offs, mask=live, other=0.0)
+    if RELU:  # the code of relu(a), with no pass of its own (NaN stays NaN, as in F.relu); compared in
+        af = a.to(tl.float32)  # float32, which Triton's interpreter also compares right for bf16
+        a = tl.where(af < 0, 0.0, af).to(a.dtype)
     bits = a.to(tl.float32).to(tl.int32, bitcast=True)
     key = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # signed, in the floats' order (-0 just below +0)
     if KEY_BITS == 32:
@@ -63,9 +66,9 @@ def _num_warps(block: int) -> int:
     return max(1, min(8, block // 256))
 
 
-def topk_mask_triton(a: torch.Tensor, k: int) -> torch.Tensor:
+def topk_mask_triton(a: torch.Tensor, k: int, relu: bool = False) -> torch.Tensor:
     """a (..., F) on CUDA, bf16, fp16 or float32 -> h (..., F): the k largest of each row kept
-    (ties at the k-th value: the lowest indices), zeros elsewhere."""
+    (ties at the k-th value: the lowest indices), zeros elsewhere; with ``relu``, of relu(a)."""
     if a.dtype not in _KEY_BITS:
         raise ValueError(f"topk_mask_triton takes {[str(d) for d in SUPPORTED_DTYPES]}, got {a.dtype}")
     F = a.shape[-1]
@@ -74,6 +77,6 @@ def topk_mask_triton(a: torch.Tensor, k: int) -> torch.Tensor:
     if a2.shape[0]:
         block = triton.next_power_of_2(F)
         _topk_mask_kernel[(a2.shape[0],)](
-            a2, h, F, k, BLOCK=block, KEY_BITS=_KEY_BITS[a.dtype], num_warps=_num_warps(block)
+            a2, h, F, k, BLOCK=block, KEY_BITS=_KEY_BITS[a.dtype], RELU=relu, num_warps=_num_warps(block)
         )
     return h.view(a.shape)
