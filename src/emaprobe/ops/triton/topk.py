@@ -10,9 +10,10 @@ offset to be non-negative), and the k-th largest key is built bit by bit from th
 stays set when at least k keys are >= the prefix with it set. That is one count (a reduction
 over the row) per key bit: 16 for bf16, 19 for fp16 (the fp32 bits a narrower float uses), 32
 for float32. Keys above the threshold are kept; of the keys equal to it, the first ones by index
-fill the row up to k (``tl.cumsum``). With ``RELU`` the row is relu(a), taken as it is loaded. The radix select is the one of GPU top-k and sorting
+fill the row up to k (``tl.cumsum``). The radix select is the one of GPU top-k and sorting
 libraries (e.g. Alabi et al. 2012, "Fast k-selection algorithms for graphics processing
-units"), here in registers, one row a program, with the tie rule made explicit.
+units"), here in registers, one row a program, with the tie rule made explicit. With ``RELU``
+the row is relu(a), taken as it is loaded, so a relu before the mask needs no pass of its own.
 
 ``ops/sparse_ffn.py`` holds the reference of the same rule (a stable descending sort), used
 on every other device and dtype, and the autograd around both.
@@ -36,8 +37,8 @@ def _topk_mask_kernel(A, H, F, k, BLOCK: tl.constexpr, KEY_BITS: tl.constexpr, R
     offs = tl.arange(0, BLOCK)
     live = offs < F
     a = tl.load(A + row * F + offs, mask=live, other=0.0)
-    if RELU:  # the code of relu(a), with no pass of its own (NaN stays NaN, as in F.relu); compared in
-        af = a.to(tl.float32)  # float32, which Triton's interpreter also compares right for bf16
+    if RELU:  # relu(a), NaN kept as F.relu keeps it; compared in float32 (on bf16, Triton 3.9's
+        af = a.to(tl.float32)  # interpreter did not apply it)
         a = tl.where(af < 0, 0.0, af).to(a.dtype)
     bits = a.to(tl.float32).to(tl.int32, bitcast=True)
     key = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # signed, in the floats' order (-0 just below +0)
