@@ -12,7 +12,8 @@ call (``common.py``).
 
 A custom op has no optional outputs, so each op returns the state nobody asked for (``state``
 False) as an empty tensor, and ``run`` hands back None in its place, as the launchers do. The ops
-return contiguous tensors, as their fake implementations (shapes for the compiler) say.
+return contiguous tensors, as their fake implementations (shapes for the compiler) say: the
+launchers' outputs are fresh allocations, and a segmented plan's state is made contiguous here.
 """
 
 from collections.abc import Callable
@@ -40,10 +41,10 @@ def run(name: str, *args, state: bool) -> tuple:
 
 
 def _returned(outs: tuple, like: Tensor) -> tuple:
-    # contiguous outputs (a segmented plan's state is a view into its segments' states), None as empty
+    # the state: None as empty, and contiguous (a segmented plan's is a view into its segments' states);
+    # the other outputs are fresh, contiguous allocations already
     *first, last = outs
-    last = like.new_empty(0, dtype=torch.float32) if last is None else last.contiguous()
-    return (*(t.contiguous() for t in first), last)
+    return (*first, like.new_empty(0, dtype=torch.float32) if last is None else last.contiguous())
 
 
 def _state(shape, state: bool, like: Tensor) -> Tensor:
