@@ -8,7 +8,16 @@ import pytest
 import torch
 
 from emaprobe.cli import main
-from emaprobe.experiments.bench_lm import MFU_FORMULA, BenchConfig, flops_per_token, peak_flops, quick_config
+from emaprobe.experiments.bench_lm import (
+    MFU_FORMULA,
+    BenchConfig,
+    config_of,
+    flops_per_token,
+    peak_flops,
+    quick_config,
+    versus,
+    with_executed,
+)
 from emaprobe.layers import MIXERS
 from emaprobe.models import build_model
 
@@ -39,6 +48,11 @@ def test_bench_lm_quick_writes_every_row_json_and_png(tmp_path, capsys):
         assert r["B"] == q.tokens_per_step // r["T"] and r["flops_per_token"] > 6 * r["matmul_params"] * 0.99
         assert r["mfu"] is None and r["peak_mem_gib"] is None
     assert out.count("tok/s") == len(rows)  # a progress line per measurement
+    for r in train:
+        assert r["tflops_executed"] == pytest.approx(r["flops_per_token_executed"] * r["tokens_per_s"] / 1e12)
+    pairs = {(v["model"], v["T"]) for v in res["versus"]}
+    assert pairs == {(m, T) for m in models - {"gpt-tiny"} for T in q.seq_lens}
+    assert all(v["versus"] == "gpt-tiny" for v in res["versus"]) and "against GPT" in out
 
 
 def test_flops_per_token_counts_attention_and_the_dense_ffn():
@@ -56,6 +70,45 @@ def test_flops_per_token_counts_attention_and_the_dense_ffn():
     assert s["flops_per_token"] - s["flops_per_token_active"] == 6 * (cfg.d_ff - cfg.k_active) * 768 * 12
     a1, a2 = flops_per_token(attn, 1024), flops_per_token(attn, 2048)
     assert a2["flops_per_token"] - a1["flops_per_token"] == 6 * cfg.n_scales * 1024 * (cfg.key_dim + 768) * 12
+    # executed: causal attention runs about half its T^2 term; the dense W2 runs in full
+    assert f["flops_per_token_executed"] == 6 * f["matmul_params"] + 6 * 12 * 768 * 1024
+    assert s["flops_per_token_executed"] == s["flops_per_token"] > s["flops_per_token_active"]
+    assert (a2["flops_per_token_executed"] - a1["flops_per_token_executed"]) * 2 == (
+        a2["flops_per_token"] - a1["flops_per_token"])
+
+
+def _measured(model, T, rate, compiled=True):
+    """A training row as bench_train writes it, with today's FLOP counts."""
+    with torch.device("meta"):
+        f = flops_per_token(build_model(config_of(model)), T)
+    return {**_train(model, T, compiled, rate), **f}
+
+
+def test_versus_pairs_each_model_with_gpt_at_its_T_and_mode():
+    rows = [_measured("gpt-124m", 8192, 300.0), _measured("spen-130m/ema", 8192, 450.0),
+            _measured("spen-130m/ema", 1024, 470.0), _measured("gpt-124m", 8192, 200.0, compiled=False),
+            _train("spen/ema", 8192, True, 999.0)]  # no config by that name: left out
+    (v,) = versus(rows)
+    g, m = rows[0], rows[1]
+    assert (v["model"], v["versus"], v["T"], v["compiled"]) == ("spen-130m/ema", "gpt-124m", 8192, True)
+    assert v["speed_ratio"] == pytest.approx(1.5)
+    assert v["flop_ratio"] == pytest.approx(g["flops_per_token_executed"] / m["flops_per_token_executed"])
+    assert v["efficiency_ratio"] * v["flop_ratio"] == pytest.approx(v["speed_ratio"])
+    assert v["active_flop_ratio"] > v["flop_ratio"] > 1  # W2's zeros skipped: fewer FLOPs still
+    assert v["tflops_executed"] == pytest.approx(m["flops_per_token_executed"] * 450.0 / 1e12)
+    assert v["versus_tflops_executed"] == pytest.approx(g["flops_per_token_executed"] * 300.0 / 1e12)
+
+
+def test_an_older_row_gets_its_executed_flops_only_where_its_count_still_holds():
+    fresh = _measured("spen-130m/attention", 4096, 100.0)
+    older = {k: v for k, v in fresh.items() if k != "flops_per_token_executed"}
+    assert with_executed(older)["flops_per_token_executed"] == fresh["flops_per_token_executed"]
+    assert with_executed(older)["tflops_executed"] == pytest.approx(fresh["flops_per_token_executed"] * 1e-10)
+    moved = {**older, "flops_per_token": older["flops_per_token"] + 1}  # the config changed since
+    assert "flops_per_token_executed" not in with_executed(moved)
+    assert "flops_per_token_executed" not in with_executed(_train("spen/ema", 1024, True))
+    assert config_of("spen-130m/nope") is None and config_of("gpt-124m/ema") is None
+    assert config_of("spen-130m/gla").mixer == "gla"
 
 
 def test_peak_flops_is_none_on_cpu_unless_given():
@@ -114,6 +167,20 @@ def test_merge_joins_parts_keeps_sources_and_names_missing_rows(tmp_path, capsys
     assert missing == grid - {(m, T, c) for m, T, c in by if T}  # the default grid's training rows not measured
     assert ("gpt", 1024, True) in missing and ("spen/ema", 1024, True) not in missing
     assert "missing: gpt T=1024 compiled" in capsys.readouterr().out
+    assert res["versus"] == []  # labels no config names: nothing to pair
+
+
+def test_merge_pairs_older_rows_against_gpt(tmp_path, capsys):
+    old = [{k: v for k, v in r.items() if k != "flops_per_token_executed"}
+           for r in (_measured("spen-130m/ema", 8192, 460.0), _measured("gpt-124m", 8192, 300.0))]
+    a = _part(tmp_path / "a.json", "H", old[:1], "aaa")
+    b = _part(tmp_path / "b.json", "H", old[1:], "bbb")
+    assert main(["bench", "lm", "--merge", str(a), str(b), "--tag", "vs", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "bench_lm_h_vs.json").read_text())
+    (v,) = res["versus"]
+    assert v["speed_ratio"] == pytest.approx(460 / 300) and v["flop_ratio"] > 1
+    assert all("tflops_executed" in r for r in res["rows"])
+    assert "spen-130m/ema" in capsys.readouterr().out.split("against GPT")[1]
 
 
 def test_merge_refuses_a_row_in_two_files_another_card_and_a_foreign_file(tmp_path):

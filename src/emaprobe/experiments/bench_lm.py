@@ -33,6 +33,22 @@ The extra terms, forward + backward (3x the forward), per block:
 SPEN's top-k FFN counts W2 in full (d_ff x D): the kept units are scattered into a dense
 d_ff vector and multiplied densely, so those FLOPs are executed. ``flops_per_token_active``
 counts only the k kept rows of W2 (k / d_ff of it), the FLOPs a sparse kernel would need.
+``flops_per_token_executed`` halves the terms that grow with T (GPT's attention, SPEN's
+attention mixer and predictor): training attention is ``is_causal`` SDPA, whose kernels skip
+the masked blocks, about T / 2 keys a query. It is what a step executes (W2 in full), and
+``tflops_executed`` = that x tokens/s / 1e12 is the rate a model runs its arithmetic at.
+
+Against GPT (``versus`` in the JSON, the third panel of the plot). Each model's training row
+is paired with each GPT row of the same T and mode: ``speed_ratio`` is the model's tokens/s
+over GPT's; ``flop_ratio`` is GPT's executed FLOPs a token over the model's, the speed ratio
+the two would have at equal TFLOP/s; ``efficiency_ratio`` = speed_ratio / flop_ratio, how much
+faster the model runs its arithmetic than GPT runs its own. A speed target of X over GPT
+needs efficiency_ratio = X / flop_ratio. ``active_flop_ratio`` divides by the model's
+``flops_per_token_active`` instead: the FLOP ratio a kernel that skips the top-k FFN's zeros
+would reach, at no loss of efficiency. Rows of older JSONs without the executed count get it
+from the config registry by their label (in ``--merge``), where their recorded
+``flops_per_token`` still matches; other rows are left out of ``versus``.
+
 ``peak_flops`` is ``--peak-tflops`` or the dense bf16 tensor-core peak of the card from
 ``PEAK_TFLOPS`` (the datasheet figure, e.g. 989 TFLOP/s for H100 SXM and H200; the lab
 measured about 790 TFLOP/s achievable in a bf16 matmul on an H200); on CPU it is None and
@@ -148,18 +164,16 @@ def flops_per_token(model: nn.Module, T: int) -> dict:
     N = matmul_params(model)
     L, D = cfg.n_layer, cfg.d_model
     if isinstance(cfg, GPTConfig):
-        extra = 12 * L * D * T
-        return {"matmul_params": N, "flops_per_token": 6 * N + extra, "flops_per_token_active": 6 * N + extra}
-    S = cfg.n_scales
-    extra = 0
-    if cfg.mixer == "attention":
-        extra += 6 * S * T * (cfg.key_dim + D) * L
-    elif cfg.mixer == "gla":
-        extra += 12 * S * cfg.key_dim * D * L
-    if cfg.predictor == "attention":
-        extra += 12 * D * T * L
-    idle_w2 = (cfg.d_ff - cfg.k_active) * D * L  # W2 rows a sparse kernel would skip
-    return {"matmul_params": N, "flops_per_token": 6 * N + extra, "flops_per_token_active": 6 * (N - idle_w2) + extra}
+        causal, idle_w2, other = 12 * L * D * T, 0, 0
+    else:
+        S = cfg.n_scales
+        causal = 6 * S * T * (cfg.key_dim + D) * L if cfg.mixer == "attention" else 0
+        causal += 12 * D * T * L if cfg.predictor == "attention" else 0
+        other = 12 * S * cfg.key_dim * D * L if cfg.mixer == "gla" else 0
+        idle_w2 = (cfg.d_ff - cfg.k_active) * D * L  # W2 rows a sparse kernel would skip
+    full = 6 * N + causal + other
+    return {"matmul_params": N, "flops_per_token": full, "flops_per_token_active": full - 6 * idle_w2,
+            "flops_per_token_executed": full - causal // 2}
 
 
 def peak_flops(device: torch.device, override_tflops: float | None = None) -> tuple[float | None, str]:
@@ -258,6 +272,7 @@ def bench_train(label: str, cfg, T: int, compiled: bool, bc: BenchConfig, device
     row["tokens_per_s"] = statistics.median(rates)
     row["step_s"] = B * T / row["tokens_per_s"]
     row["mfu"] = None if peak is None else row["flops_per_token"] * row["tokens_per_s"] / peak
+    row["tflops_executed"] = row["flops_per_token_executed"] * row["tokens_per_s"] / 1e12
     row["peak_mem_gib"] = _peak_gib(device)
     del run, opt, model
     return row
@@ -327,6 +342,72 @@ def _guarded(fn: Callable[[], dict], base: dict) -> dict:
         return {**base, "tokens_per_s": None, "error": f"out of memory: {str(err).splitlines()[0]}"}
 
 
+# ---------------------------------------------------------------------------- against GPT
+
+
+def config_of(label: str):
+    """The config a row's model label names (``model_list``'s inverse), or None for a label
+    that names no registered config."""
+    name, _, mixer = label.partition("/")
+    try:
+        cfg = resolve_config(name)
+    except ValueError:
+        return None
+    if isinstance(cfg, SPENConfig) and mixer in MIXERS:
+        return dataclasses.replace(cfg, mixer=mixer)
+    return None if mixer else cfg
+
+
+def with_executed(row: dict) -> dict:
+    """``row`` with ``flops_per_token_executed`` and ``tflops_executed``, from the config its
+    label names where an older run did not record them; unchanged when the label names no
+    config or the recorded ``flops_per_token`` differs from today's count (the config moved)."""
+    if row.get("part") != "train" or "flops_per_token_executed" in row or not row.get("tokens_per_s"):
+        return row
+    cfg = config_of(row["model"])
+    if cfg is None:
+        return row
+    f = flops_per_token(_build_meta(cfg), row["T"])
+    if f["flops_per_token"] != row.get("flops_per_token"):
+        return row
+    return {**row, "flops_per_token_executed": f["flops_per_token_executed"],
+            "tflops_executed": f["flops_per_token_executed"] * row["tokens_per_s"] / 1e12}
+
+
+def versus(rows: list[dict]) -> list[dict]:
+    """Every non-GPT training row against every GPT row of the same T and mode (see the module
+    docstring): speed, executed-FLOP and efficiency ratios."""
+    train = [r for r in rows if r.get("part") == "train" and r.get("tokens_per_s")
+             and r.get("flops_per_token_executed")]
+    is_gpt = {m: isinstance(config_of(m), GPTConfig) for m in {r["model"] for r in train}}
+    out = []
+    for g in (r for r in train if is_gpt[r["model"]]):
+        for r in train:
+            if is_gpt[r["model"]] or (r["T"], r["compiled"]) != (g["T"], g["compiled"]):
+                continue
+            speed = r["tokens_per_s"] / g["tokens_per_s"]
+            flop = g["flops_per_token_executed"] / r["flops_per_token_executed"]
+            active = g["flops_per_token_executed"] / r.get("flops_per_token_active", r["flops_per_token_executed"])
+            out.append({"model": r["model"], "versus": g["model"], "T": r["T"], "compiled": r["compiled"],
+                        "speed_ratio": speed, "flop_ratio": flop, "efficiency_ratio": speed / flop,
+                        "active_flop_ratio": active,
+                        "tflops_executed": r["flops_per_token_executed"] * r["tokens_per_s"] / 1e12,
+                        "versus_tflops_executed": g["flops_per_token_executed"] * g["tokens_per_s"] / 1e12})
+    return sorted(out, key=lambda v: (v["versus"], v["model"], v["compiled"], v["T"]))
+
+
+def _print_versus(pairs: list[dict]) -> None:
+    if not pairs:
+        return
+    print("against GPT: speed = tokens/s over GPT's; FLOPs = GPT's executed FLOPs a token over the model's "
+          "(the speed at equal TFLOP/s; in brackets, with the top-k FFN's zeros skipped); efficiency = speed / FLOPs")
+    for v in pairs:
+        mode = "compiled" if v["compiled"] else "eager"
+        print(f"  {v['model']:<22} vs {v['versus']:<10} {mode:<8} T={v['T']:<6} speed {v['speed_ratio']:.2f}x  "
+              f"FLOPs {v['flop_ratio']:.2f}x ({v['active_flop_ratio']:.2f}x)  efficiency {v['efficiency_ratio']:.2f}x  "
+              f"({v['tflops_executed']:.1f} vs {v['versus_tflops_executed']:.1f} TFLOP/s executed)")
+
+
 # ---------------------------------------------------------------------------- report
 
 
@@ -347,12 +428,15 @@ def card_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
-def plot(rows: list[dict], card: str, path: Path) -> None:
-    """Training tokens/s against T, and decode tokens/s against the prompt length, log scales."""
+def plot(rows: list[dict], card: str, path: Path, pairs: list[dict] | None = None) -> None:
+    """Training tokens/s against T, and decode tokens/s against the prompt length, log scales;
+    with ``pairs`` (``versus``), a third panel: each model's speed over GPT against T, beside
+    the speed it would have at GPT's TFLOP/s (the FLOP ratio)."""
     plt = pyplot()
 
     ok = [r for r in rows if r.get("tokens_per_s")]
     parts = [p for p in ("train", "generate") if any(r["part"] == p for r in ok)] or ["train"]
+    parts += ["versus"] if pairs else []
     fig, panels = plt.subplots(1, len(parts), figsize=(6.5 * len(parts), 5), squeeze=False)
     axes = {p: ax for p, ax in zip(parts, panels[0])}
     models = list(dict.fromkeys(r["model"] for r in ok))
@@ -372,14 +456,24 @@ def plot(rows: list[dict], card: str, path: Path) -> None:
                     axes["generate"].plot([r["prompt"] for r in ge], [r["tokens_per_s"] for r in ge],
                                           style.replace("o", marker), color=color,
                                           label=f"{m} B={B} {'compiled' if compiled else 'eager'}")
-    titles = {"train": ("sequence length T (fixed tokens per step)", "training"),
-              "generate": ("prompt length", "greedy generation")}
+    for key in dict.fromkeys((v["model"], v["versus"], v["compiled"]) for v in pairs or []):
+        vs = sorted((v for v in pairs if (v["model"], v["versus"], v["compiled"]) == key), key=lambda v: v["T"])
+        color, name = f"C{models.index(key[0]) % 10}", f"{key[0]} / {key[1]}"
+        mode = "compiled" if key[2] else "eager"
+        axes["versus"].plot([v["T"] for v in vs], [v["speed_ratio"] for v in vs], "o--" if key[2] else "o-",
+                            color=color, label=f"{name} {mode}: measured")
+        axes["versus"].plot([v["T"] for v in vs], [v["flop_ratio"] for v in vs], "x:", color=color,
+                            label=f"{name} {mode}: at equal TFLOP/s")
+    titles = {"train": ("sequence length T (fixed tokens per step)", "training", "tokens/s (median)"),
+              "generate": ("prompt length", "greedy generation", "tokens/s (median)"),
+              "versus": ("sequence length T", "training speed over GPT", "tokens/s over GPT's")}
     for part, ax in axes.items():
-        xlabel, title = titles[part]
+        xlabel, title, ylabel = titles[part]
         ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
+        if part != "versus":
+            ax.set_yscale("log")
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("tokens/s (median)")
+        ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -426,7 +520,7 @@ def run(bc: BenchConfig, device: str | torch.device = "cpu", out_dir: str | Path
         return run_record(
             benchmark="lm", card=card, device_type=dev.type, bench_config=dataclasses.asdict(bc),
             peak_flops=peak, peak_flops_source=source, mfu_formula=MFU_FORMULA,
-            torch_threads=torch.get_num_threads(), rows=rows,
+            torch_threads=torch.get_num_threads(), rows=rows, versus=versus(rows),
         )
 
     out = None if out_dir is None else Path(out_dir)
@@ -438,6 +532,7 @@ def run(bc: BenchConfig, device: str | torch.device = "cpu", out_dir: str | Path
         if out is not None:
             atomic_write_json(out / f"bench_lm_{slug}.json", record())
     result = record()
+    _print_versus(result["versus"])
     if out is not None:
         _write(result, out / f"bench_lm_{slug}")
     return result
@@ -445,7 +540,7 @@ def run(bc: BenchConfig, device: str | torch.device = "cpu", out_dir: str | Path
 
 def _write(result: dict, stem: Path) -> None:
     """The result's JSON and its plot, ``stem``.json and .png."""
-    write_result(stem, result, lambda path: plot(result["rows"], result["card"], path))
+    write_result(stem, result, lambda path: plot(result["rows"], result["card"], path, result.get("versus")))
 
 
 def _build_meta(cfg) -> nn.Module:
@@ -492,7 +587,7 @@ def merge(paths: list[str | Path], out_dir: str | Path = "runs/bench", tag: str 
             if key in seen:
                 raise ValueError(f"{key} is measured in both {seen[key]} and {p.name}: leave one file out")
             seen[key] = p.name
-            rows.append({**r, "source": {"file": p.name, "git_sha": src["git_sha"], "time_utc": src["time_utc"],
+            rows.append({**with_executed(r), "source": {"file": p.name, "git_sha": src["git_sha"], "time_utc": src["time_utc"],
                                          "torch": src["torch"]}})
     trained = [r for r in rows if r["part"] == "train" and r.get("tokens_per_s")]
     have = {_row_key(r) for r in trained}
@@ -501,10 +596,11 @@ def merge(paths: list[str | Path], out_dir: str | Path = "runs/bench", tag: str 
                for c in (False, True) if ("train", m, T, c) not in have]
     result = run_record(benchmark="lm", card=card, device_type=device_type, peak_flops=peak,
                         peak_flops_source=peak_source, mfu_formula=MFU_FORMULA, merged_from=sources,
-                        missing_train=missing, rows=rows)
+                        missing_train=missing, rows=rows, versus=versus(rows))
     print(f"merged {len(rows)} rows from {len(sources)} files; {len(missing)} training rows missing")
     for m in missing:
         print(f"  missing: {m['model']} T={m['T']} {'compiled' if m['compiled'] else 'eager'}")
+    _print_versus(result["versus"])
     _write(result, Path(out_dir) / f"bench_lm_{card_slug(card)}_{tag}")
     return result
 
@@ -513,6 +609,6 @@ def replot(json_path: str | Path) -> Path:
     """Redraw the PNG beside a result JSON (no GPU needed)."""
     res = json.loads(Path(json_path).read_text())
     path = Path(json_path).with_suffix(".png")
-    plot(res["rows"], res["card"], path)
+    plot(res["rows"], res["card"], path, res.get("versus"))
     return path
 
