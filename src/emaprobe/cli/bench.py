@@ -38,7 +38,10 @@ examples:
 Output: bench_lm_<card>[_<tag>].json and .png in runs/bench/ (ignored by git) unless --out
 names another folder. Each figure is a median of --repeats; warm-up steps (and compiling) are
 not timed. MFU = FLOPs per token x tokens/s / peak FLOP/s (the formula is in the JSON);
-it is null on CPU unless --peak-tflops is given.
+it is null on CPU unless --peak-tflops is given. Each model is also set against GPT at the
+same T ("against GPT" in the printout, versus in the JSON, a third plot panel): its speed
+ratio beside the ratio of executed FLOPs a token (causal attention counted at half), the
+speed the two would have at equal TFLOP/s; --merge computes it for older files too.
 """
 
 
