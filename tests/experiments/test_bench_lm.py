@@ -135,6 +135,40 @@ def test_tag_names_the_files_and_a_bad_tag_is_refused(tmp_path, capsys):
     assert "--tag 'a/b': use letters, digits" in capsys.readouterr().err
 
 
+def test_resume_keeps_the_rows_measured_and_measures_the_rest(tmp_path, capsys):
+    args = ["bench", "lm", "--quick", "--device", "cpu", "--no-generate", "--seq-lens", "16,32", "--mixers", "ema",
+            "--out", str(tmp_path)]
+    path = tmp_path / "bench_lm_cpu.json"
+    assert main(args) == 0
+    first = json.loads(path.read_text())
+    assert len(first["rows"]) == 4
+    # as if stopped after the first row, which a later run also marked as an error
+    cut = {**first, "git_sha": "c0ffee", "rows": first["rows"][:2]}
+    cut["rows"][1] = {**cut["rows"][1], "error": "RuntimeError: out of memory"}
+    path.write_text(json.dumps(cut))
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 0
+    out = capsys.readouterr().out
+    res = json.loads(path.read_text())
+    assert "1 kept from the earlier run, 3 to measure" in out and out.count("kept (c0ffee") == 1
+    assert [(r["model"], r["T"]) for r in res["rows"]] == [(r["model"], r["T"]) for r in first["rows"]]
+    assert res["rows"][0] == {**first["rows"][0], "source": {"file": path.name, "git_sha": "c0ffee",
+                                                              "time_utc": first["time_utc"], "torch": torch.__version__}}
+    assert "source" not in res["rows"][1] and "error" not in res["rows"][1]  # the error row was measured again
+    assert res["resumed_from"] == ["c0ffee"] and len(res["versus"]) == 2
+    # a run under other settings is refused, naming them, and the file is left as it was
+    before = path.read_text()
+    assert main([*args[:-6], "--seq-lens", "16", "--mixers", "ema", "--out", str(tmp_path), "--resume"]) != 0
+    err = capsys.readouterr().err
+    assert "measured with other settings (seq_lens: seq_lens [16, 32], now [16])" in err
+    assert path.read_text() == before
+    path.write_text("{not json")
+    assert main([*args, "--resume"]) != 0 and "not a readable JSON file" in capsys.readouterr().err
+    path.unlink()
+    assert main([*args, "--resume"]) == 0  # nothing yet: every row is measured
+    assert "every row is measured" in capsys.readouterr().out and len(json.loads(path.read_text())["rows"]) == 4
+
+
 def _part(path, card, rows, sha):
     rec = {"benchmark": "lm", "card": card, "device_type": "cuda", "peak_flops": 1e15, "peak_flops_source": "x",
            "git_sha": sha, "time_utc": "t", "torch": "2.x", "argv": ["bench", "lm"], "bench_config": {}, "rows": rows}
@@ -207,3 +241,5 @@ def test_merge_with_measuring_options_is_refused(tmp_path, capsys):
     b = _part(tmp_path / "b.json", "H", [_train("gpt", 4096, True)], "bbb")
     assert main(["bench", "lm", "--merge", str(a), str(b), "--seq-lens", "1024", "--out", str(tmp_path / "o")]) != 0
     assert "--merge measures nothing" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    assert main(["bench", "lm", "--merge", str(a), str(b), "--resume", "--out", str(tmp_path / "o")]) != 0
+    assert "drop ['resume']" in capsys.readouterr().err and not (tmp_path / "o").exists()

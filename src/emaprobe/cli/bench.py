@@ -33,6 +33,8 @@ examples:
   emaprobe bench lm --out results/bench         the committed figures (on purpose only)
   emaprobe bench lm --mixers ema --seq-lens 8192,16384 --no-generate --tag long
                                                 the long-T training rows, in files of their own
+  emaprobe bench lm --device cuda --resume      the same grid after an interrupted run: rows already in
+                                                runs/bench/bench_lm_<card>.json are kept, the rest measured
   emaprobe bench lm --merge runs/bench/bench_lm_*_part*.json --tag grid
                                                 join parts into one JSON and PNG (rows keep their source)
 Output: bench_lm_<card>[_<tag>].json and .png in runs/bench/ (ignored by git) unless --out
@@ -67,14 +69,14 @@ def _lm(args: argparse.Namespace) -> int:
     }
     given = {k: v for k, v in given.items() if v is not None}
     if args.merge:
-        extra = sorted(given) + [f for f in ("quick", "device", "peak_tflops") if getattr(args, f)]
+        extra = sorted(given) + [f for f in ("quick", "device", "peak_tflops", "resume") if getattr(args, f)]
         if extra:
             raise ValueError(f"--merge measures nothing, so it takes only --out and --tag; drop {extra}")
         merge(args.merge, out_dir=args.out, tag=args.tag or "merged")
         return 0
     bc = quick_config(**given) if args.quick else BenchConfig(**given)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    run(bc, device=device, out_dir=args.out, peak_tflops=args.peak_tflops, tag=args.tag)
+    run(bc, device=device, out_dir=args.out, peak_tflops=args.peak_tflops, tag=args.tag, resume=args.resume)
     return 0
 
 
@@ -199,6 +201,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="folder for the JSON and PNG (default: runs/bench; committed figures need --out results/bench)")
     m.add_argument("--tag", help="a suffix for the file names, bench_lm_<card>_<tag>.json, so a run of part of the "
                                  "grid does not replace another's figures (letters, digits, - and _)")
+    m.add_argument("--resume", action="store_true",
+                   help="keep the rows already in the output JSON (same card, same settings) and measure the "
+                        "rest: a grid longer than one sitting is the same command run again")
     m.add_argument("--merge", nargs="+", metavar="JSON",
                    help="measure nothing: join bench lm JSONs of one card (a grid run in parts) into "
                         "bench_lm_<card>_<tag>.json and .png (tag default: merged); a row in two files is an error")

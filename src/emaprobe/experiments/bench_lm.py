@@ -2,6 +2,7 @@
 
 Command:   emaprobe bench lm [--device cuda] [--out results/bench]      (default --out runs/bench)
            emaprobe bench lm --quick --device cpu                        the CPU smoke (tiny configs)
+           emaprobe bench lm --resume                                    keep the rows already in the JSON
 Hardware:  written for one H200 (spen-130m with each mixer and gpt-124m); ``--quick``
            runs spen-tiny and gpt-tiny at short lengths on a laptop CPU in seconds.
 Run time:  with --compile both, most of it is compiling: roughly 20-40 minutes on one H200.
@@ -484,9 +485,14 @@ def plot(rows: list[dict], card: str, path: Path, pairs: list[dict] | None = Non
 
 
 def run(bc: BenchConfig, device: str | torch.device = "cpu", out_dir: str | Path | None = "runs/bench",
-        peak_tflops: float | None = None, tag: str | None = None) -> dict:
+        peak_tflops: float | None = None, tag: str | None = None, resume: bool = False) -> dict:
     """Measure every row of ``bc`` on ``device``; write JSON (after each row) and the PNG to ``out_dir``,
-    as ``bench_lm_<card>[_<tag>]``."""
+    as ``bench_lm_<card>[_<tag>]``.
+
+    ``resume``: where that JSON exists, keep its rows measured on this card under the same
+    settings (an error names any setting that differs) and measure only the rest, so a grid
+    longer than one sitting is the same command run again. A kept row names its ``source``
+    (file, git SHA, time, torch), as in ``merge``; rows that ended in an error are measured again."""
     check_tag(tag)
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -515,17 +521,32 @@ def run(bc: BenchConfig, device: str | torch.device = "cpu", out_dir: str | Path
                         plan.append((base, lambda l=label, c=cfg, B=B, P=P, k=compiled:
                                      bench_generate(l, c, B, P, k, bc, dev)))
     rows: list[dict] = []
+    out = None if out_dir is None else Path(out_dir)
+    kept, earlier = {}, []
+    if resume:
+        if out is None:
+            raise ValueError("--resume needs an output folder to resume from")
+        kept, earlier = _resumable(out / f"bench_lm_{slug}.json", card, peak, bc)
 
     def record() -> dict:
         return run_record(
             benchmark="lm", card=card, device_type=dev.type, bench_config=dataclasses.asdict(bc),
             peak_flops=peak, peak_flops_source=source, mfu_formula=MFU_FORMULA,
-            torch_threads=torch.get_num_threads(), rows=rows, versus=versus(rows),
+            torch_threads=torch.get_num_threads(), **({"resumed_from": earlier} if earlier else {}),
+            rows=rows, versus=versus(rows),
         )
 
-    out = None if out_dir is None else Path(out_dir)
-    print(f"bench lm on {card}: {len(plan)} measurements; peak FLOP/s {peak} ({source})", flush=True)
+    todo = sum(_row_key(base) not in kept for base, _ in plan)
+    print(f"bench lm on {card}: {len(plan)} measurements ({len(plan) - todo} kept from the earlier run, "
+          f"{todo} to measure); peak FLOP/s {peak} ({source})" if kept else
+          f"bench lm on {card}: {len(plan)} measurements; peak FLOP/s {peak} ({source})", flush=True)
     for i, (base, fn) in enumerate(plan, 1):
+        row = kept.get(_row_key(base))
+        if row is not None:
+            rows.append(row)
+            print(f"[{row['part']} {i}/{len(plan)}] kept ({row['source']['git_sha'][:10]}): {_fmt_row(row)}",
+                  flush=True)
+            continue
         row = _guarded(fn, base)
         rows.append(row)
         print(f"[{row['part']} {i}/{len(plan)}] {_fmt_row(row)}", flush=True)
@@ -536,6 +557,40 @@ def run(bc: BenchConfig, device: str | torch.device = "cpu", out_dir: str | Path
     if out is not None:
         _write(result, out / f"bench_lm_{slug}")
     return result
+
+
+def _resumable(path: Path, card: str, peak: float | None, bc: BenchConfig) -> tuple[dict, list[str]]:
+    """The rows of an earlier ``run`` at ``path`` that a resumed one keeps, by row key, and the
+    git SHAs of the runs they came from; ({}, []) where there is no file yet."""
+    if not path.is_file():
+        print(f"--resume: no {path} yet, so every row is measured", flush=True)
+        return {}, []
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"--resume: {path} is not a readable JSON file ({err}); move it aside or drop --resume") from err
+    if old.get("benchmark") != "lm" or "rows" not in old:
+        raise ValueError(f"--resume: {path} is not a bench lm result")
+    now = {"card": card, "peak_flops": peak, "bench_config": json.loads(json.dumps(dataclasses.asdict(bc)))}
+    for key, value in now.items():
+        if key == "bench_config":
+            differ = sorted(k for k in value if old.get(key, {}).get(k) != value[k])
+            if differ:
+                raise ValueError(f"--resume: {path} was measured with other settings ({', '.join(differ)}: "
+                                 + "; ".join(f"{k} {old.get(key, {}).get(k)!r}, now {value[k]!r}" for k in differ)
+                                 + "); rerun with those settings, pick another --tag, or drop --resume")
+        elif old.get(key) != value:
+            raise ValueError(f"--resume: {path} has {key} {old.get(key)!r}, this run {value!r}; "
+                             "pick another --tag or drop --resume")
+    src = _source(old, path.name)
+    kept = {_row_key(r): {**r, "source": r.get("source", src)} for r in old["rows"] if not r.get("error")}
+    earlier = list(dict.fromkeys([*old.get("resumed_from", []), old.get("git_sha", "unknown")]))
+    return kept, earlier
+
+
+def _source(res: dict, name: str) -> dict:
+    """Where a row of a result file came from: the file, its git SHA, time and torch."""
+    return {"file": name, "git_sha": res.get("git_sha"), "time_utc": res.get("time_utc"), "torch": res.get("torch")}
 
 
 def _write(result: dict, stem: Path) -> None:
@@ -557,7 +612,8 @@ def _row_key(r: dict) -> tuple:
 def merge(paths: list[str | Path], out_dir: str | Path = "runs/bench", tag: str = "merged") -> dict:
     """One result from several ``bench lm`` JSONs of one card: a grid measured in parts.
 
-    Each row keeps its ``source`` (file, git SHA, time, torch) and the record lists every
+    Each row names its ``source`` (file, git SHA, time, torch; a row that already names one, from
+    a resumed run or an earlier merge, keeps it) and the record lists every
     source's argv and settings. A row measured in two files is an error naming both, so the
     choice is the user's. ``missing_train`` names the rows of the default training grid
     (``BenchConfig.seq_lens``, eager and compiled) that the merged models lack; rows at
@@ -587,8 +643,7 @@ def merge(paths: list[str | Path], out_dir: str | Path = "runs/bench", tag: str 
             if key in seen:
                 raise ValueError(f"{key} is measured in both {seen[key]} and {p.name}: leave one file out")
             seen[key] = p.name
-            rows.append({**with_executed(r), "source": {"file": p.name, "git_sha": src["git_sha"], "time_utc": src["time_utc"],
-                                         "torch": src["torch"]}})
+            rows.append({**with_executed(r), "source": r.get("source", _source(res, p.name))})
     trained = [r for r in rows if r["part"] == "train" and r.get("tokens_per_s")]
     have = {_row_key(r) for r in trained}
     models = list(dict.fromkeys(r["model"] for r in trained))
