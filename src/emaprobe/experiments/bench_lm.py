@@ -471,7 +471,10 @@ def plot(rows: list[dict], card: str, path: Path, pairs: list[dict] | None = Non
     for part, ax in axes.items():
         xlabel, title, ylabel = titles[part]
         ax.set_xscale("log", base=2)
-        if part != "versus":
+        if part == "versus":  # ratios from zero, with GPT's own speed drawn at 1
+            ax.axhline(1.0, color="0.5", linewidth=0.8)
+            ax.set_ylim(bottom=0)
+        else:
             ax.set_yscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
