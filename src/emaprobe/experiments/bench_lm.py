@@ -35,8 +35,9 @@ SPEN's top-k FFN counts W2 in full (d_ff x D): the kept units are scattered into
 d_ff vector and multiplied densely, so those FLOPs are executed. ``flops_per_token_active``
 counts only the k kept rows of W2 (k / d_ff of it), the FLOPs a sparse kernel would need.
 ``flops_per_token_executed`` halves the terms that grow with T (GPT's attention, SPEN's
-attention mixer and predictor): training attention is ``is_causal`` SDPA, whose kernels skip
-the masked blocks, about T / 2 keys a query. It is what a step executes (W2 in full), and
+attention mixer and predictor): training attention is ``is_causal`` SDPA, whose flash and
+memory-efficient CUDA kernels skip the masked blocks, about T / 2 keys a query (PyTorch's math
+fallback, as on CPU, does not). It is what a step executes (W2 in full), and
 ``tflops_executed`` = that x tokens/s / 1e12 is the rate a model runs its arithmetic at.
 
 Against GPT (``versus`` in the JSON, the third panel of the plot). Each model's training row
@@ -547,7 +548,7 @@ def run(bc: BenchConfig, device: str | torch.device = "cpu", out_dir: str | Path
         row = kept.get(_row_key(base))
         if row is not None:
             rows.append(row)
-            print(f"[{row['part']} {i}/{len(plan)}] kept ({row['source']['git_sha'][:10]}): {_fmt_row(row)}",
+            print(f"[{row['part']} {i}/{len(plan)}] kept ({str(row['source'].get('git_sha'))[:10]}): {_fmt_row(row)}",
                   flush=True)
             continue
         row = _guarded(fn, base)
