@@ -569,27 +569,31 @@ def _resumable(path: Path, card: str, peak: float | None, bc: BenchConfig) -> tu
     if not path.is_file():
         print(f"--resume: no {path} yet, so every row is measured", flush=True)
         return {}, []
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"--resume: {path} is not a readable JSON file ({err}); move it aside or drop --resume") from err
-    if old.get("benchmark") != "lm" or "rows" not in old:
-        raise ValueError(f"--resume: {path} is not a bench lm result")
-    now = {"card": card, "peak_flops": peak, "bench_config": json.loads(json.dumps(dataclasses.asdict(bc)))}
-    for key, value in now.items():
-        if key == "bench_config":
-            differ = sorted(k for k in value if old.get(key, {}).get(k) != value[k])
-            if differ:
-                raise ValueError(f"--resume: {path} was measured with other settings ({', '.join(differ)}: "
-                                 + "; ".join(f"{k} {old.get(key, {}).get(k)!r}, now {value[k]!r}" for k in differ)
-                                 + "); rerun with those settings, pick another --tag, or drop --resume")
-        elif old.get(key) != value:
-            raise ValueError(f"--resume: {path} has {key} {old.get(key)!r}, this run {value!r}; "
-                             "pick another --tag or drop --resume")
+    old = _read_result(path, "--resume: ")
+    if (old.get("card"), old.get("peak_flops")) != (card, peak):
+        raise ValueError(f"--resume: {path} has card {old.get('card')!r} (peak {old.get('peak_flops')}), this run "
+                         f"{card!r} (peak {peak}); pick another --tag or drop --resume")
+    was, now = old.get("bench_config", {}), json.loads(json.dumps(dataclasses.asdict(bc)))
+    differ = sorted(k for k in now if was.get(k) != now[k])
+    if differ:
+        raise ValueError(f"--resume: {path} was measured with other settings ({', '.join(differ)}: "
+                         + "; ".join(f"{k} {was.get(k)!r}, now {now[k]!r}" for k in differ)
+                         + "); rerun with those settings, pick another --tag, or drop --resume")
     src = _source(old, path.name)
     kept = {_row_key(r): {**r, "source": r.get("source", src)} for r in old["rows"] if not r.get("error")}
     earlier = list(dict.fromkeys([*old.get("resumed_from", []), old.get("git_sha", "unknown")]))
     return kept, earlier
+
+
+def _read_result(path: Path, prefix: str = "") -> dict:
+    """A ``bench lm`` result file, or a ValueError (after ``prefix``) saying why it is not one."""
+    try:
+        res = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{prefix}{path}: not a readable JSON file ({err})") from err
+    if not isinstance(res, dict) or res.get("benchmark") != "lm" or "rows" not in res:
+        raise ValueError(f"{prefix}{path}: not a bench lm result (no benchmark 'lm' with rows)")
+    return res
 
 
 def _source(res: dict, name: str) -> dict:
@@ -628,12 +632,7 @@ def merge(paths: list[str | Path], out_dir: str | Path = "runs/bench", tag: str 
     sources, rows, seen = [], [], {}
     card = None
     for p in map(Path, paths):
-        try:
-            res = json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"{p}: not a readable JSON file ({err})") from err
-        if res.get("benchmark") != "lm" or "rows" not in res:
-            raise ValueError(f"{p}: not a bench lm result (no benchmark 'lm' with rows)")
+        res = _read_result(p)
         if card is None:
             card, device_type, peak, peak_source = (res["card"], res["device_type"], res["peak_flops"],
                                                     res["peak_flops_source"])

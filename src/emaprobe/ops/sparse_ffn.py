@@ -207,7 +207,7 @@ def _mask(z: torch.Tensor, act: str, k: int, w_down: torch.Tensor) -> torch.Tens
 
 
 # each form: (z = W1 c (..., d_ff), the activation's name, k, W2) -> y (..., d_out) = W2 topk(act(z))
-FFN_IMPLS: dict[str, Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]] = {
+FFN_IMPLS: dict[str, Callable[[torch.Tensor, str, int, torch.Tensor], torch.Tensor]] = {
     "dense": _dense,
     "gather": _gather,
     "mask": _mask,
