@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from emaprobe.layers import MIXERS, build_mixer
-from emaprobe.ops import naive_ema_traces
+from emaprobe.ops import gate_inputs, naive_ema_traces
 
 D = 8
 ALL = sorted(MIXERS)
@@ -123,8 +123,8 @@ def test_selective_with_open_gate_and_no_input_dependence_is_ema():
 def test_selective_decay_depends_on_the_input():
     m = _mixer("selective")
     x = torch.randn(1, 2, D)
-    g = m._gates(x)
-    assert (g[0, 0, 0] - g[0, 1, 0]).abs().max() > 1e-3  # two tokens, two different decays
+    a, _ = gate_inputs(m._logits(x), x, m.decay_bias, m.gate_bias)
+    assert (a[0, 0] - a[0, 1]).abs().max() > 1e-3  # two tokens, two different decays
 
 
 def test_attention_mixer_matches_a_softmax_loop():

@@ -10,9 +10,12 @@ import torch
 from emaprobe.ops import (
     ema_step,
     ema_traces,
+    gate_inputs,
+    gated_scan,
     linear_scan,
     linear_scan_step,
     naive_ema_traces,
+    naive_gated_scan,
     naive_linear_scan,
 )
 
@@ -176,6 +179,16 @@ def test_streaming_in_pieces_equals_one_pass():
         (lambda: linear_scan(torch.rand(2, 5, 3), torch.randn(2, 5, 3), h0=torch.randn(2, 5, 3)), "h0 must have"),
         (lambda: linear_scan(torch.rand(3), torch.randn(3)), "(B, T, ...)"),
         (lambda: ema_traces(torch.randn(1, 4, 2), backend="cuda-magic"), "unknown backend 'cuda-magic'"),
+        (lambda: gated_scan(torch.randn(2, 5, 3, 4), torch.randn(2, 5, 4), torch.randn(3, 4), torch.randn(3, 4)),
+         "logits must have shape (B, T, 2, S, D) = (2, 5, 2, S, 4)"),
+        (lambda: gated_scan(torch.randn(2, 5, 2, 3, 4), torch.randn(2, 5, 4), torch.randn(4), torch.randn(3, 4)),
+         "decay_bias must have shape (S, D) = (3, 4)"),
+        (lambda: gated_scan(torch.randn(2, 5, 2, 3, 4), torch.randn(2, 5), torch.randn(3, 4), torch.randn(3, 4)),
+         "x must have shape (B, T, D)"),
+        (lambda: gated_scan(torch.randn(2, 5, 2, 3, 4), torch.randn(2, 5, 4).long(), torch.randn(3, 4),
+                            torch.randn(3, 4)), "x must be a floating-point"),
+        (lambda: gated_scan(torch.randn(2, 5, 2, 3, 4), torch.randn(2, 5, 4), torch.randn(3, 4), torch.randn(3, 4),
+                            h0=torch.randn(2, 4)), "h0 must have shape (2, 3, 4)"),
     ],
 )
 def test_bad_input_names_the_problem(call, words):
@@ -265,3 +278,71 @@ def test_auto_keeps_float64_off_the_float32_kernels(monkeypatch):
     assert scan.resolve_backend("auto", cuda, torch.float64) == "torch"
     assert scan.resolve_backend("kernel", cuda, torch.float64) == "kernel"  # asked for by name: taken
     assert scan.resolve_backend("auto", torch.device("cpu"), torch.float32) == "torch"
+
+
+def _gated_case(B, T, S, D, dtype=torch.float32, with_h0=False, device="cpu"):
+    g = torch.Generator().manual_seed(B * 1000 + T)
+    logits = (2 * torch.randn(B, T, 2, S, D, generator=g)).to(device=device, dtype=dtype)
+    x = torch.randn(B, T, D, generator=g).to(device=device, dtype=dtype)
+    biases = [torch.randn(S, D, generator=g).to(device) for _ in range(2)]
+    h0 = torch.randn(B, S, D, generator=g).to(device) if with_h0 else None
+    return logits, x, *biases, h0
+
+
+def test_gate_inputs_are_the_selective_recurrence():
+    """a_t = sigmoid(l_a + beta_a), b_t = (1 - a_t) sigmoid(l_i + beta_i) x_t, one step written out."""
+    logits, x, ba, bg, _ = _gated_case(2, 3, 2, 4)
+    a, b = gate_inputs(logits, x, ba, bg)
+    la, li = logits[1, 2, 0, 1, 3] + ba[1, 3], logits[1, 2, 1, 1, 3] + bg[1, 3]
+    want_a = 1 / (1 + torch.exp(-la))
+    torch.testing.assert_close(a[1, 2, 1, 3], want_a)
+    torch.testing.assert_close(b[1, 2, 1, 3], (1 - want_a) / (1 + torch.exp(-li)) * x[1, 2, 3])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("with_h0", [False, True], ids=["zero-h0", "h0"])
+@pytest.mark.parametrize("T", [1, 63, 500])
+def test_gated_scan_vs_naive(T, with_h0, dtype):
+    logits, x, ba, bg, h0 = _gated_case(2, T, 3, 5, dtype, with_h0)
+    ref, ref_state = naive_gated_scan(logits.double(), x.double(), ba.double(), bg.double(),
+                                      None if h0 is None else h0.double(), return_state=True)
+    out, state = gated_scan(logits, x, ba, bg, h0, return_state=True, backend="torch")
+    assert out.shape == (2, T, 3, 5) and out.dtype == dtype
+    assert state.shape == (2, 3, 5) and state.dtype == torch.float32
+    assert rel_err(out, ref) < TOL[dtype]
+    assert rel_err(state, ref_state) < 1e-5
+    torch.testing.assert_close(naive_gated_scan(logits, x, ba, bg, h0), gated_scan(logits, x, ba, bg, h0,
+                                                                                  backend="naive"))
+
+
+def test_gated_scan_gradients_vs_naive():
+    leaves = [t.double().requires_grad_() for t in _gated_case(2, 37, 3, 5, with_h0=True)]
+    torch.autograd.gradcheck(lambda *t: gated_scan(*t, return_state=True, backend="torch"), leaves)
+    out, state = gated_scan(*leaves, return_state=True, backend="torch")
+    gy, gs = torch.randn_like(out), torch.randn_like(state)
+    got = torch.autograd.grad((out, state), leaves, (gy, gs))
+    ref, ref_state = naive_gated_scan(*leaves, return_state=True)
+    want = torch.autograd.grad((ref, ref_state), leaves, (gy, gs))
+    for g_got, g_want in zip(got, want):
+        torch.testing.assert_close(g_got, g_want)
+
+
+def test_gated_scan_empty_sequence_and_a_backend_without_a_fused_form(monkeypatch):
+    """T = 0 gives an empty h and the initial state; a backend with no ``gated_scan`` of its own runs
+    the gates apart and its ``linear_scan`` with x's dtype."""
+    from emaprobe.ops import scan
+
+    logits, x, ba, bg, _ = _gated_case(2, 0, 3, 4)
+    out, state = gated_scan(logits, x, ba, bg, return_state=True)
+    assert out.shape == (2, 0, 3, 4) and torch.equal(state, torch.zeros(2, 3, 4))
+    seen = []
+
+    def lin(a, b, h0, out_dtype, state):
+        seen.append(out_dtype)
+        h, hT = naive_linear_scan(a, b, h0, return_state=True)
+        return h.to(out_dtype), hT
+
+    monkeypatch.setitem(scan.BACKENDS, "composed", scan.ScanBackend("composed", linear_scan=lin, ema_traces=None))
+    logits, x, ba, bg, _ = _gated_case(2, 9, 3, 4, torch.bfloat16)
+    torch.testing.assert_close(gated_scan(logits, x, ba, bg, backend="composed"), gated_scan(logits, x, ba, bg))
+    assert seen == [torch.bfloat16]

@@ -16,7 +16,8 @@ from emaprobe.ops.triton import cache
 
 ALPHAS = (0.5, 0.1, 0.02)
 SMS = 132
-OPS = {f"emaprobe.{n}.default" for n in ("ema_traces_fwd", "ema_traces_bwd", "linear_scan_fwd", "linear_scan_bwd")}
+OPS = {f"emaprobe.{n}.default" for n in ("ema_traces_fwd", "ema_traces_bwd", "linear_scan_fwd", "linear_scan_bwd",
+                                         "gated_scan_fwd", "gated_scan_bwd")}
 
 
 @pytest.fixture
@@ -53,19 +54,21 @@ def _launches(log: list) -> list:
 def test_compiled_scans_are_custom_ops_that_launch_what_eager_launches(ops, monkeypatch, with_h0):
     ema, lin = ops
     x, a, b = torch.randn(2, 500, 24), torch.rand(1, 1, 24), torch.randn(2, 500, 24)
-    h0e, h0l = (torch.randn(2, 3, 24), torch.randn(2, 24)) if with_h0 else (None, None)
+    lg, ba, bg = torch.randn(2, 500, 2, 3, 24), torch.randn(3, 24), torch.randn(3, 24)
+    h0e, h0l, h0g = (torch.randn(2, 3, 24), torch.randn(2, 24), torch.randn(2, 3, 24)) if with_h0 else (None,) * 3
 
-    def step(x, a, b, h0e, h0l):
+    def step(x, a, b, lg, ba, bg, h0e, h0l, h0g):
         h, hT = ema.fused_ema_traces(x, ALPHAS, h0e, with_h0)
         z, zT = lin.fused_linear_scan(a, b, h0l, None, with_h0)
-        loss = h.float().sum() + z.float().sum()
-        return loss + (hT.sum() + zT.sum() if with_h0 else 0.0)
+        y, yT = lin.fused_gated_scan(lg, x, ba, bg, h0g, with_h0)
+        loss = h.float().sum() + z.float().sum() + y.float().sum()
+        return loss + (hT.sum() + zT.sum() + yT.sum() if with_h0 else 0.0)
 
     logs, targets = {}, []
     for mode in ("eager", "compiled"):
         ema_log = record(monkeypatch.setattr, ema, "ema", SMS)
         lin_log = record(monkeypatch.setattr, lin, "lin", SMS)
-        leaves = [t.clone().requires_grad_() if t is not None else None for t in (x, a, b, h0e, h0l)]
+        leaves = [t.clone().requires_grad_() if t is not None else None for t in (x, a, b, lg, ba, bg, h0e, h0l, h0g)]
         fn = step if mode == "eager" else torch.compile(step, backend=_graph_recorder(targets), fullgraph=True)
         fn(*leaves).backward()
         logs[mode] = (_launches(ema_log), _launches(lin_log))
@@ -117,11 +120,13 @@ def test_compiled_scans_equal_eager_in_the_triton_interpreter():
             a = torch.rand((B, T, D) if decay == "full" else (1, 1, D), generator=g)
             b = torch.randn(B, T, D, generator=g)
             h0e, h0l = torch.randn(B, 3, D, generator=g), torch.randn(B, D, generator=g)
-            def f(x, a, b, h0e, h0l):
+            lg, ba, bg = torch.randn(B, T, 2, 3, D, generator=g), torch.randn(3, D, generator=g), torch.randn(3, D, generator=g)
+            def f(x, a, b, h0e, h0l, lg, ba, bg):
                 h, hT = E.fused_ema_traces(x, (0.5, 0.1, 0.02), h0e, True)
                 z, zT = L.fused_linear_scan(a, b, h0l, None, True)
-                return (h * h).sum() + (z * z).sum() + hT.sum() + (zT * zT).sum()
-            leaves = [t.requires_grad_() for t in (x, a, b, h0e, h0l)]
+                y, yT = L.fused_gated_scan(lg, x, ba, bg, h0e, True)
+                return (h * h).sum() + (z * z).sum() + hT.sum() + (zT * zT).sum() + (y * y).sum() + yT.sum()
+            leaves = [t.requires_grad_() for t in (x, a, b, h0e, h0l, lg, ba, bg)]
             want = torch.autograd.grad(f(*leaves), leaves)
             got = torch.autograd.grad(torch.compile(f, backend="aot_eager", fullgraph=True)(*leaves), leaves)
             bad += [(B, T, D, decay, i) for i, (p, q) in enumerate(zip(want, got)) if not torch.allclose(p, q, atol=1e-5)]

@@ -10,6 +10,8 @@ then choose, token by token, what to keep and what to let in. This is the fix th
 paper's conclusion points to ("only learned, input-dependent selection"), in the
 form of HGRN (Qin et al. 2023) and GLA (Yang et al. 2024). As in GLA the gate
 projection may be low rank: W = W_up W_down with inner width ``rank`` (0 = full).
+The recurrence runs as ``ops.gated_scan``: on CUDA the gates are computed inside the scan's
+kernels, so the float32 decays and inputs (B, T, S, D) never reach memory.
 """
 
 from __future__ import annotations
@@ -21,12 +23,12 @@ import torch
 from torch import nn
 
 from emaprobe.layers.base import ContextMixer, check_alphas, no_weight_decay, register_mixer
-from emaprobe.ops import DEFAULT_ALPHAS, linear_scan, linear_scan_step
+from emaprobe.ops import DEFAULT_ALPHAS, gate_inputs, gated_scan, linear_scan_step
 
 
 @register_mixer("selective")
 class SelectiveMixer(ContextMixer):
-    """Input-dependent decays through ``linear_scan``; y (B, T, S, D) in x's dtype."""
+    """Input-dependent decays through ``gated_scan``; y (B, T, S, D) in x's dtype."""
 
     def __init__(
         self, d_model: int, alphas: Sequence[float] = DEFAULT_ALPHAS, rank: int = 64, backend: str = "auto"
@@ -56,24 +58,21 @@ class SelectiveMixer(ContextMixer):
             for lin in (self.gate_down, self.gate_up) if self.rank else (self.gate_proj,):
                 nn.init.normal_(lin.weight, std=0.02)
 
-    def _gates(self, x: torch.Tensor) -> torch.Tensor:
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
         g = self.gate_up(self.gate_down(x)) if self.rank else self.gate_proj(x)
         B, T, _ = x.shape
-        # float32: in bf16 a decay of 0.98 is off by up to 20% in its timescale
-        return g.float().view(B, T, 2, self.n_scales, self.d_model)  # (B, T, 2, S, D)
+        # the gates themselves are computed in float32 (``gate_inputs``, ``gated_scan``)
+        return g.view(B, T, 2, self.n_scales, self.d_model)  # (B, T, 2, S, D)
 
     def forward(self, x: torch.Tensor, state: torch.Tensor | None = None):
         self.check_input(x)
-        g = self._gates(x)
-        logit_a = g[:, :, 0] + self.decay_bias.float()  # (B, T, S, D)
-        a = torch.sigmoid(logit_a)
-        gate = torch.sigmoid(g[:, :, 1] + self.gate_bias.float())
-        b = torch.sigmoid(-logit_a) * gate * x.float().unsqueeze(2)  # (1 - a_t) i_t x_t, (B, T, S, D)
+        g = self._logits(x)
         if x.shape[1] == 1:
+            a, b = gate_inputs(g, x, self.decay_bias, self.gate_bias)  # (B, 1, S, D) each
             h = linear_scan_step(a[:, 0], b[:, 0], state)  # (B, S, D)
             return h.unsqueeze(1).to(x.dtype), h
-        y, h = linear_scan(a, b, h0=state, return_state=True, backend=self.backend)
-        return y.to(x.dtype), h.clone()
+        y, h = gated_scan(g, x, self.decay_bias, self.gate_bias, h0=state, return_state=True, backend=self.backend)
+        return y, h.clone()
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, init_alphas={self.init_alphas}, rank={self.rank or 'full'}"

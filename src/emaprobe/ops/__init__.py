@@ -2,7 +2,8 @@
 
 ``linear_scan(a, b)`` computes ``h_t = a_t * h_{t-1} + b_t`` along dim 1 for fixed,
 learned or input-dependent decays; ``ema_traces(x, alphas)`` is its fixed-decay
-multi-timescale special case, ``h_t^(s) = (1 - alpha_s) h_{t-1}^(s) + alpha_s x_t``.
+multi-timescale special case, ``h_t^(s) = (1 - alpha_s) h_{t-1}^(s) + alpha_s x_t``;
+``gated_scan(logits, x, ...)`` the selective mixer's case, its sigmoid gates included.
 ``naive_*`` are the sequential references; ``*_step`` the one-token forms.
 
 ``gated_linear_attention(q, k, v, log_decay)`` is the matrix-state recurrence
@@ -24,13 +25,14 @@ from emaprobe.ops.gla import (
     register_gla_backend,
     resolve_gla_backend,
 )
-from emaprobe.ops.naive import naive_ema_traces, naive_linear_scan
+from emaprobe.ops.naive import gate_inputs, naive_ema_traces, naive_gated_scan, naive_linear_scan
 from emaprobe.ops.scan import (
     BACKENDS,
     DEFAULT_ALPHAS,
     ScanBackend,
     available_backends,
     ema_traces,
+    gated_scan,
     linear_scan,
     register_backend,
     resolve_backend,
@@ -61,11 +63,14 @@ __all__ = [
     "chunk_gla",
     "ema_step",
     "ema_traces",
+    "gate_inputs",
     "gated_linear_attention",
+    "gated_scan",
     "gla_step",
     "linear_scan",
     "linear_scan_step",
     "naive_ema_traces",
+    "naive_gated_scan",
     "naive_gla",
     "naive_linear_scan",
     "naive_topk_ffn",

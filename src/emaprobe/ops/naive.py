@@ -52,6 +52,37 @@ def naive_linear_scan(
     return (y, h) if return_state else y
 
 
+def gate_inputs(
+    logits: torch.Tensor, x: torch.Tensor, decay_bias: torch.Tensor, gate_bias: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The decays and inputs of ``gated_scan``, in the accumulation dtype (at least float32):
+
+        a_t = sigmoid(logits[:, t, 0] + decay_bias)
+        b_t = sigmoid(-(logits[:, t, 0] + decay_bias)) * sigmoid(logits[:, t, 1] + gate_bias) * x_t
+
+    logits (B, T, 2, S, D), x (B, T, D) (shared by the S timescales), biases (S, D) -> a, b (B, T, S, D).
+    """
+    acc = accum_dtype(logits, x, decay_bias, gate_bias)
+    la = logits[:, :, 0].to(acc) + decay_bias.to(acc)
+    gate = torch.sigmoid(logits[:, :, 1].to(acc) + gate_bias.to(acc))
+    return torch.sigmoid(la), torch.sigmoid(-la) * gate * x.to(acc).unsqueeze(2)
+
+
+def naive_gated_scan(
+    logits: torch.Tensor,
+    x: torch.Tensor,
+    decay_bias: torch.Tensor,
+    gate_bias: torch.Tensor,
+    h0: torch.Tensor | None = None,
+    return_state: bool = False,
+):
+    """``naive_linear_scan`` of ``gate_inputs``: h (B, T, S, D) in x's dtype, and the final state (B, S, D)
+    in the accumulation dtype."""
+    y, h = naive_linear_scan(*gate_inputs(logits, x, decay_bias, gate_bias), h0, return_state=True)
+    y = y.to(x.dtype)
+    return (y, h) if return_state else y
+
+
 def naive_ema_traces(
     x: torch.Tensor,
     alphas: Sequence[float] = (0.5, 0.1, 0.02),

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from emaprobe.ops.chunk import chunk_ema_traces, chunk_linear_scan
-from emaprobe.ops.naive import naive_ema_traces, naive_linear_scan
+from emaprobe.ops.naive import gate_inputs, naive_ema_traces, naive_gated_scan, naive_linear_scan
 from emaprobe.ops.triton.cache import cached
 
 DEFAULT_ALPHAS = (0.5, 0.1, 0.02)
@@ -44,6 +44,9 @@ class ScanBackend:
 
     linear_scan(a, b, h0, out_dtype, state) -> (h (B, T, *F) in out_dtype, h_T (B, *F) or None)
     ema_traces(x, alphas, h0, state) -> (h (B, T, S, D) in x.dtype, h_T (B, S, D) or None)
+    gated_scan(logits, x, decay_bias, gate_bias, h0, state) -> (h (B, T, S, D) in x.dtype, h_T or None),
+        optional: a form that computes ``gate_inputs`` inside the kernel; without one, ``gated_scan``
+        computes them apart and runs the backend's ``linear_scan``.
 
     ``alphas`` is a tuple of S floats; ``h0`` is None or the initial state. The state is
     accumulated, and h_T returned, in float32 (float64 for float64 inputs). ``state`` False:
@@ -58,6 +61,7 @@ class ScanBackend:
     linear_scan: Callable
     ema_traces: Callable
     needs_cuda: bool = False
+    gated_scan: Callable | None = None
 
 
 def _torch_linear_scan(a, b, h0, out_dtype, state=True):
@@ -73,9 +77,10 @@ def _torch_ema_traces(x, alphas, h0, state=True):
 def _triton_backend() -> ScanBackend:
     # imported on first use: it needs Triton, and compiles for CUDA only
     from emaprobe.ops.triton.ema import fused_ema_traces
-    from emaprobe.ops.triton.linear_scan import fused_linear_scan
+    from emaprobe.ops.triton.linear_scan import fused_gated_scan, fused_linear_scan
 
-    return ScanBackend("triton", linear_scan=fused_linear_scan, ema_traces=fused_ema_traces, needs_cuda=True)
+    return ScanBackend("triton", linear_scan=fused_linear_scan, ema_traces=fused_ema_traces, needs_cuda=True,
+                       gated_scan=fused_gated_scan)
 
 
 BACKENDS: dict[str, ScanBackend] = {
@@ -290,6 +295,67 @@ def linear_scan(
         state = torch.zeros((shape[0],) + tuple(shape[2:]), device=b.device) if h0 is None else h0.float()
         return (h, state) if return_state else h
     out, state = BACKENDS[name].linear_scan(a, b, h0, out_dtype, return_state)
+    return (out, state) if return_state else out
+
+
+def gated_scan(
+    logits: torch.Tensor,
+    x: torch.Tensor,
+    decay_bias: torch.Tensor,
+    gate_bias: torch.Tensor,
+    h0: torch.Tensor | None = None,
+    return_state: bool = False,
+    backend: str = "auto",
+):
+    """The selective mixer's recurrence, its gates included (``layers/selective.py``):
+
+        a_t = sigmoid(logits[:, t, 0] + decay_bias)              decay
+        i_t = sigmoid(logits[:, t, 1] + gate_bias)               input gate
+        h_t = a_t * h_{t-1} + (1 - a_t) * i_t * x_t              per timescale
+
+    ``linear_scan`` of ``gate_inputs``, but a backend with a fused form (the Triton kernels) computes the
+    gates in float32 inside its tiles: it reads the logits and x and writes h once, where the composed
+    form writes and reads float32 decays and inputs (B, T, S, D), and its backward writes the logits'
+    gradients directly. In both, the decays are float32 (in bf16 a decay of 0.98 is off by up to 20%
+    in its timescale) and h is returned in x's dtype; the fused backward reads h_{t-1} from that h.
+
+    Args:
+        logits: (B, T, 2, S, D): decay logits at [:, :, 0], input-gate logits at [:, :, 1].
+        x: (B, T, D) input, shared by the S timescales.
+        decay_bias, gate_bias: (S, D).
+        h0: initial state (B, S, D); zeros when None.
+        return_state: also return the final state h_T (B, S, D), float32.
+        backend: "auto", "torch", "naive" or a registered kernel such as "triton".
+
+    Returns:
+        h (B, T, S, D) in x's dtype; with ``return_state``, the tuple (h, h_T).
+    """
+    for name, t in (("logits", logits), ("x", x), ("decay_bias", decay_bias), ("gate_bias", gate_bias)):
+        _check_float(name, t)
+    if x.dim() != 3:
+        raise ValueError(f"x must have shape (B, T, D), got {tuple(x.shape)}")
+    B, T, D = x.shape
+    if logits.dim() != 5 or tuple(logits.shape[:3]) != (B, T, 2) or logits.shape[4] != D:
+        raise ValueError(f"logits must have shape (B, T, 2, S, D) = ({B}, {T}, 2, S, {D}) for x {tuple(x.shape)}, "
+                         f"got {tuple(logits.shape)}")
+    S = logits.shape[3]
+    for name, t in (("decay_bias", decay_bias), ("gate_bias", gate_bias)):
+        if tuple(t.shape) != (S, D):
+            raise ValueError(f"{name} must have shape (S, D) = ({S}, {D}), got {tuple(t.shape)}")
+    _check_h0(h0, (B, S, D), "(B, S, D)")
+    name = resolve_backend(backend, x.device, torch.promote_types(logits.dtype, x.dtype))
+    if name == "naive":
+        return naive_gated_scan(logits, x, decay_bias, gate_bias, h0, return_state)
+    if T == 0:
+        h = torch.empty(B, 0, S, D, dtype=x.dtype, device=x.device)
+        state = torch.zeros(B, S, D, device=x.device) if h0 is None else h0.float()
+        return (h, state) if return_state else h
+    be = BACKENDS[name]
+    if be.gated_scan is not None:
+        out, state = be.gated_scan(logits, x, decay_bias, gate_bias, h0, return_state)
+    else:
+        a, b = gate_inputs(logits, x, decay_bias, gate_bias)
+        out, state = be.linear_scan(a, b, h0, x.dtype, return_state)
     return (out, state) if return_state else out
 
 

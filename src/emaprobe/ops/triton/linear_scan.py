@@ -48,11 +48,31 @@ from emaprobe.ops.triton.plan import LIN_BWD, LIN_FWD, LIN_WARM_STEPS, TileConfi
 
 
 @triton.jit
-def _lin_fwd_tile(a_ptr, u_ptr, o_ptr, a_off, u_off, o_off, m, h, aprod, rows,
-                  CT: tl.constexpr, STORE_OUT: tl.constexpr, STORE_AEND: tl.constexpr):
-    # one (CT, BF) tile; masked rows load a = 1, u = 0 (they carry the state unchanged)
-    a = tl.load(a_ptr + a_off, mask=m, other=1.0).to(tl.float32)
-    u = tl.load(u_ptr + u_off, mask=m, other=0.0).to(tl.float32)
+def _gates(la, lg, xv, ba, bg):
+    # the selective mixer's gates (``gated_scan``): decay a = sigmoid(la + ba) and input
+    # u = sigmoid(-(la + ba)) sigmoid(lg + bg) x, in float32; also returns sigmoid(-(la + ba)) and
+    # the input gate sigmoid(lg + bg), which the backward needs
+    la = la + ba[None, :]
+    s = tl.sigmoid(-la)
+    i = tl.sigmoid(lg + bg[None, :])
+    return tl.sigmoid(la), s * i * xv, s, i
+
+
+@triton.jit
+def _lin_fwd_tile(a_ptr, u_ptr, o_ptr, x_ptr, a_off, u_off, o_off, x_off, m, h, aprod, ba, bg, rows,
+                  CT: tl.constexpr, STORE_OUT: tl.constexpr, STORE_AEND: tl.constexpr, GATED: tl.constexpr):
+    # one (CT, BF) tile; masked rows load a = 1, u = 0 (they carry the state unchanged). GATED: a_ptr and
+    # u_ptr hold the decay and input-gate logits, and a, u come from ``_gates`` with x
+    if GATED:
+        la = tl.load(a_ptr + a_off, mask=m, other=0.0).to(tl.float32)
+        lg = tl.load(u_ptr + u_off, mask=m, other=0.0).to(tl.float32)
+        xv = tl.load(x_ptr + x_off, mask=m, other=0.0).to(tl.float32)
+        a, u, _, _ = _gates(la, lg, xv, ba, bg)
+        a = tl.where(m, a, 1.0)
+        u = tl.where(m, u, 0.0)
+    else:
+        a = tl.load(a_ptr + a_off, mask=m, other=1.0).to(tl.float32)
+        u = tl.load(u_ptr + u_off, mask=m, other=0.0).to(tl.float32)
     u += tl.where((rows == 0)[:, None], a * h[None, :], 0.0)  # the carry enters at row 0
     acum, hh = tl.associative_scan((a, u), 0, combine)
     if STORE_OUT:
@@ -63,32 +83,48 @@ def _lin_fwd_tile(a_ptr, u_ptr, o_ptr, a_off, u_off, o_off, m, h, aprod, rows,
 
 
 @triton.jit
-def _lin_fwd_span(a_ptr, u_ptr, o_ptr, a_off, u_off, o_off, m, h, aprod, rows, n, s_at, s_ut, F,
-                  CT: tl.constexpr, BF: tl.constexpr, STAGES: tl.constexpr, STORE_OUT: tl.constexpr,
-                  STORE_AEND: tl.constexpr):
-    # n steps from a_ptr / u_ptr / o_ptr; full tiles unmasked, a partial last one masked (padded rows
+def _lin_fwd_span(a_ptr, u_ptr, o_ptr, x_ptr, a_off, u_off, o_off, x_off, m, h, aprod, ba, bg, rows, n, s_at, s_ut,
+                  s_xt, F, CT: tl.constexpr, BF: tl.constexpr, STAGES: tl.constexpr, STORE_OUT: tl.constexpr,
+                  STORE_AEND: tl.constexpr, GATED: tl.constexpr):
+    # n steps from a_ptr / u_ptr / o_ptr (/ x_ptr); full tiles unmasked, a partial last one masked (padded rows
     # load a = 1, u = 0 and carry the state unchanged). Returns the state and the decays' product.
     lo, hi, last, tail = tile_plan(n, CT, False, False)
     for i0 in tl.range(lo, hi, CT, num_stages=STAGES):
         i = tl.cast(i0, tl.int64)
-        h, aprod = _lin_fwd_tile(a_ptr + i * s_at, u_ptr + i * s_ut, o_ptr + i * F, a_off, u_off, o_off, m, h, aprod,
-                                 rows, CT, STORE_OUT, STORE_AEND)
+        h, aprod = _lin_fwd_tile(a_ptr + i * s_at, u_ptr + i * s_ut, o_ptr + i * F, x_ptr + i * s_xt, a_off, u_off,
+                                 o_off, x_off, m, h, aprod, ba, bg, rows, CT, STORE_OUT, STORE_AEND, GATED)
     if tail:
         i = tl.cast(last, tl.int64)
-        h, aprod = _lin_fwd_tile(a_ptr + i * s_at, u_ptr + i * s_ut, o_ptr + i * F, a_off, u_off, o_off,
-                                 m & (rows < n - last)[:, None], h, aprod, rows, CT, STORE_OUT, STORE_AEND)
+        h, aprod = _lin_fwd_tile(a_ptr + i * s_at, u_ptr + i * s_ut, o_ptr + i * F, x_ptr + i * s_xt, a_off, u_off,
+                                 o_off, x_off, m & (rows < n - last)[:, None], h, aprod, ba, bg, rows, CT, STORE_OUT,
+                                 STORE_AEND, GATED)
     return h, aprod
 
 
 @triton.jit
+def _gate_args(X, BA, BG, b, offs_f, mask_f, rows, s_xb, s_xt, DX, GATED: tl.constexpr):
+    # GATED: x's offsets in a (CT, BF) tile (channel f reads x[..., f % DX]), the biases, x's row of batch b;
+    # otherwise placeholders the tiles never read
+    if GATED:
+        x_off = rows[:, None] * s_xt + (offs_f % DX)[None, :]
+        ba = tl.load(BA + offs_f, mask=mask_f, other=0.0)
+        bg = tl.load(BG + offs_f, mask=mask_f, other=0.0)
+    else:
+        x_off = rows[:, None] * 0 + offs_f[None, :] * 0
+        ba = tl.zeros(offs_f.shape, tl.float32)
+        bg = ba
+    return x_off, ba, bg, X + b * s_xb
+
+
+@triton.jit
 def _lin_fwd_kernel(
-    A, U, OUT, HIN, HEND, AEND, ENDS, PRODS, FLAGS,
-    T, F, SEGLEN, NSEG, WARMLEN,
-    s_ab, s_at, s_af, s_ub, s_ut, s_uf,
+    A, U, OUT, HIN, HEND, AEND, ENDS, PRODS, FLAGS, X, BA, BG,
+    T, F, SEGLEN, NSEG, WARMLEN, DX,
+    s_ab, s_at, s_af, s_ub, s_ut, s_uf, s_xb, s_xt,
     CT: tl.constexpr, BF: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
     HAS_HIN: tl.constexpr, STORE_OUT: tl.constexpr, STORE_AEND: tl.constexpr, COMBINE: tl.constexpr,
     EVEN_F: tl.constexpr, WARM: tl.constexpr, FIXUP: tl.constexpr, WSTAGES: tl.constexpr,
-    STORE_STATE: tl.constexpr,
+    STORE_STATE: tl.constexpr, GATED: tl.constexpr,
 ):
     """h_t = a_t h_{t-1} + u_t over one segment; A, U strided (B,T,F) views, OUT (B,T,F) contiguous,
     HIN (B,F) the state at t = 0. COMBINE (pass 2 of segments): the segment starts from HIN
@@ -100,6 +136,9 @@ def _lin_fwd_kernel(
     segment also leaves its (end state from zero, decay product) in ENDS and PRODS, so that FIXUP
     (COMBINE, only for marked tiles) can rescan those from their exact incoming state.
     STORE_STATE False: HEND is not stored (nobody asked for h_T; HEND is then any pointer).
+    GATED (``gated_scan``): A and U hold the decay and input-gate logits, X (B,T,DX) the input with
+    strides (s_xb, s_xt, 1), shared by the F / DX groups of channels, BA and BG (F,) float32 the
+    biases; a and u come from ``_gates``. Otherwise X, BA and BG are any pointers.
     """
     pid_f = tl.program_id(0)
     seg = tl.program_id(1)
@@ -127,18 +166,20 @@ def _lin_fwd_kernel(
         o_off = rows[:, None] * F + offs_f[None, :]
         m = tl.broadcast_to(mask_f[None, :], (CT, BF))
         one = tl.full((BF,), 1.0, tl.float32)
+        x_off, ba, bg, x_b = _gate_args(X, BA, BG, b, offs_f, mask_f, rows, s_xb, s_xt, DX, GATED)
         if WARM:
             w0 = tl.maximum(t_start - WARMLEN, 0)
             h = tl.where(w0 > 0, 0.0, h)
-            h, pw = _lin_fwd_span(A + b * s_ab + w0 * s_at, U + b * s_ub + w0 * s_ut, OUT, a_off, u_off, o_off, m,
-                                  h, one, rows, t_start - w0, s_at, s_ut, F, CT, BF, WSTAGES, False, True)
+            h, pw = _lin_fwd_span(A + b * s_ab + w0 * s_at, U + b * s_ub + w0 * s_ut, OUT, x_b + w0 * s_xt, a_off,
+                                  u_off, o_off, x_off, m, h, one, ba, bg, rows, t_start - w0, s_at, s_ut, s_xt, F, CT,
+                                  BF, WSTAGES, False, True, GATED)
             lost = (w0 > 0) & (tl.abs(pw) > 5.960464477539063e-08) & mask_f  # 2**-24
             tl.store(FLAGS + flag_off, tl.max(lost.to(tl.int32), axis=0))
         h_in = h
         h, aprod = _lin_fwd_span(A + b * s_ab + t_start * s_at, U + b * s_ub + t_start * s_ut,
-                                 OUT + (b * T + t_start) * F, a_off, u_off, o_off, m, h, one, rows,
-                                 segment_length(seg, SEGLEN, T), s_at, s_ut, F, CT, BF, STAGES, STORE_OUT,
-                                 STORE_AEND | WARM)
+                                 OUT + (b * T + t_start) * F, x_b + t_start * s_xt, a_off, u_off, o_off, x_off, m, h,
+                                 one, ba, bg, rows, segment_length(seg, SEGLEN, T), s_at, s_ut, s_xt, F, CT, BF,
+                                 STAGES, STORE_OUT, STORE_AEND | WARM, GATED)
         if STORE_STATE:
             tl.store(HEND + state_off, h, mask=mask_f)
         if STORE_AEND:
@@ -149,11 +190,18 @@ def _lin_fwd_kernel(
 
 
 @triton.jit
-def _lin_bwd_tile(a_ptr, g_ptr, h_ptr, ga_ptr, gb_ptr, a_off, c_off, m, ma, mh, at_t0, h0, g, aprod, rows,
-                  CT: tl.constexpr, STORE_OUT: tl.constexpr, STORE_AEND: tl.constexpr):
+def _lin_bwd_tile(a_ptr, g_ptr, h_ptr, ga_ptr, gb_ptr, u_ptr, x_ptr, gx_ptr, a_off, c_off, d_off, u_off, x_off, m, ma,
+                  mh, at_t0, h0, g, aprod, ba, bg, sa, sg, s_at, rows,
+                  CT: tl.constexpr, STORE_OUT: tl.constexpr, STORE_AEND: tl.constexpr, GATED: tl.constexpr):
     # one (CT, BF) tile backwards in time; ``ma`` masks a_{t+1} (absent at t = T - 1: coefficient 1),
-    # ``mh`` masks h_{t-1} (absent at t = 0, where the row ``at_t0`` takes h0 instead)
-    a = tl.load(a_ptr + a_off, mask=ma, other=1.0).to(tl.float32)
+    # ``mh`` masks h_{t-1} (absent at t = 0, where the row ``at_t0`` takes h0 instead). GATED: a_ptr and
+    # u_ptr hold the logits (a_ptr at t + 1), and the tile stores the logits' gradients (row offsets
+    # d_off) and x's per-channel gradient, and adds the biases' gradients over its rows to sa and sg
+    if GATED:
+        a = tl.sigmoid(tl.load(a_ptr + a_off, mask=ma, other=0.0).to(tl.float32) + ba[None, :])
+        a = tl.where(ma, a, 1.0)
+    else:
+        a = tl.load(a_ptr + a_off, mask=ma, other=1.0).to(tl.float32)
     u = tl.load(g_ptr + c_off, mask=m, other=0.0).to(tl.float32)
     if STORE_OUT:
         hp = tl.load(h_ptr + c_off, mask=mh, other=0.0).to(tl.float32)
@@ -161,26 +209,45 @@ def _lin_bwd_tile(a_ptr, g_ptr, h_ptr, ga_ptr, gb_ptr, a_off, c_off, m, ma, mh, 
     acum, gg = tl.associative_scan((a, u), 0, combine)
     if STORE_OUT:
         hp = tl.where(at_t0[:, None], h0[None, :], hp)
-        tl.store(gb_ptr + c_off, gg.to(gb_ptr.dtype.element_ty), mask=m)
-        tl.store(ga_ptr + c_off, (gg * hp).to(ga_ptr.dtype.element_ty), mask=m)
+        if GATED:
+            # a_t = sigmoid(la), u_t = s i x with s = sigmoid(-la), i = sigmoid(lg):
+            # dla = g (h_{t-1} a s - a s i x), dlg = g s i (1 - i) x, dx = g s i
+            la = tl.load(a_ptr - s_at + a_off, mask=m, other=0.0).to(tl.float32)
+            lg = tl.load(u_ptr + u_off, mask=m, other=0.0).to(tl.float32)
+            xv = tl.load(x_ptr + x_off, mask=m, other=0.0).to(tl.float32)
+            at, _, st, it = _gates(la, lg, xv, ba, bg)
+            dla = tl.where(m, at * st * gg * (hp - it * xv), 0.0)
+            dlg = tl.where(m, gg * st * it * (1.0 - it) * xv, 0.0)
+            tl.store(ga_ptr + d_off, dla.to(ga_ptr.dtype.element_ty), mask=m)
+            tl.store(gb_ptr + d_off, dlg.to(gb_ptr.dtype.element_ty), mask=m)
+            tl.store(gx_ptr + c_off, (gg * st * it).to(gx_ptr.dtype.element_ty), mask=m)
+            sa += tl.sum(dla, axis=0)
+            sg += tl.sum(dlg, axis=0)
+        else:
+            tl.store(gb_ptr + c_off, gg.to(gb_ptr.dtype.element_ty), mask=m)
+            tl.store(ga_ptr + c_off, (gg * hp).to(ga_ptr.dtype.element_ty), mask=m)
     if STORE_AEND:
         aprod = aprod * last_row(acum, rows, CT - 1)
-    return last_row(gg, rows, CT - 1), aprod
+    return last_row(gg, rows, CT - 1), aprod, sa, sg
 
 
 @triton.jit
 def _lin_bwd_kernel(
-    A, GH, H, H0, GA, GB, GIN, GSTART, AEND, STARTS, PRODS,
-    T, F, SEGLEN, NSEG,
-    s_ab, s_at, s_af,
+    A, GH, H, H0, GA, GB, GIN, GSTART, AEND, STARTS, PRODS, U, X, BA, BG, GX, PB,
+    T, F, SEGLEN, NSEG, DX,
+    s_ab, s_at, s_af, s_ub, s_ut, s_uf, s_xb, s_xt,
     CT: tl.constexpr, BF: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
     HAS_GIN: tl.constexpr, HAS_H0: tl.constexpr, STORE_OUT: tl.constexpr, STORE_AEND: tl.constexpr,
-    COMBINE: tl.constexpr, EVEN_F: tl.constexpr, STORE_STATE: tl.constexpr,
+    COMBINE: tl.constexpr, EVEN_F: tl.constexpr, STORE_STATE: tl.constexpr, GATED: tl.constexpr,
 ):
     """Backwards: g_t = a_{t+1} g_{t+1} + gh_t; gb_t = g_t; ga_t = g_t h_{t-1}. GH, H, GA, GB (B,T,F)
     contiguous, GIN (B,F) the carry at T. COMBINE (pass 2 of segments): the carry into a segment
     is GIN carried back over every later segment's (start gradient from zero, decay product).
-    STORE_STATE False: GSTART is not stored (no h0 wants its gradient)."""
+    STORE_STATE False: GSTART is not stored (no h0 wants its gradient).
+    GATED (``gated_scan``): A and U are the logits, X, BA, BG as in the forward; GA and GB receive the
+    logits' gradients in a (B,T,2,F) buffer (row stride 2F), GX (B,T,F) x's gradient per channel,
+    and PB (B,NSEG,2,F) float32 each program's sums of the two logit gradients over its rows (the
+    biases' gradients, summed by the caller); otherwise U, X, BA, BG, GX and PB are any pointers."""
     pid_f = tl.program_id(0)
     seg = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
@@ -204,13 +271,25 @@ def _lin_bwd_kernel(
     t_start = seg * SEGLEN
     seg_len = segment_length(seg, SEGLEN, T)
     t_last = (t_start + seg_len - 1).to(tl.int64)
+    if GATED:  # the row stride of GA and GB
+        s_dt = 2 * F
+    else:
+        s_dt = F
     a_ptr = A + b * s_ab + (t_last + 1) * s_at  # a_{t+1}
     g_ptr = GH + (b * T + t_last) * F
     h_ptr = H + (b * T + t_last - 1) * F  # h_{t-1}
-    ga_ptr = GA + (b * T + t_last) * F
-    gb_ptr = GB + (b * T + t_last) * F
+    ga_ptr = GA + (b * T + t_last) * s_dt
+    gb_ptr = GB + (b * T + t_last) * s_dt
+    u_ptr = U + b * s_ub + t_last * s_ut
+    gx_ptr = GX + (b * T + t_last) * F
     a_off = -rows[:, None] * s_at + offs_f[None, :] * s_af
     c_off = -rows[:, None] * F + offs_f[None, :]
+    d_off = -rows[:, None] * s_dt + offs_f[None, :]
+    u_off = -rows[:, None] * s_ut + offs_f[None, :] * s_uf
+    x_off, ba, bg, x_ptr = _gate_args(X, BA, BG, b, offs_f, mask_f, -rows, s_xb, s_xt, DX, GATED)
+    x_ptr += t_last * s_xt
+    sa = tl.zeros((BF,), tl.float32)
+    sg = sa
     # masked tiles: the first of the last segment (holds t = T - 1), the last of the first (holds
     # t = 0) and a partial one; the rest run without row masks
     lo, hi, last, tail = tile_plan(seg_len, CT, t_last == T - 1, seg == 0)
@@ -218,24 +297,33 @@ def _lin_bwd_kernel(
     if t_last == T - 1:
         t = t_last - rows
         mv = m & (rows < seg_len)[:, None]
-        g, aprod = _lin_bwd_tile(a_ptr, g_ptr, h_ptr, ga_ptr, gb_ptr, a_off, c_off, mv, mv & (t < T - 1)[:, None],
-                                 mv & (t > 0)[:, None], t == 0, h0, g, aprod, rows, CT, STORE_OUT, STORE_AEND)
+        g, aprod, sa, sg = _lin_bwd_tile(a_ptr, g_ptr, h_ptr, ga_ptr, gb_ptr, u_ptr, x_ptr, gx_ptr, a_off, c_off, d_off,
+                                         u_off, x_off, mv, mv & (t < T - 1)[:, None], mv & (t > 0)[:, None], t == 0,
+                                         h0, g, aprod, ba, bg, sa, sg, s_at, rows, CT, STORE_OUT, STORE_AEND, GATED)
     no_t0 = tl.zeros((CT,), tl.int1)
     for i0 in tl.range(lo, hi, CT, num_stages=STAGES):
         i = tl.cast(i0, tl.int64)
-        g, aprod = _lin_bwd_tile(a_ptr - i * s_at, g_ptr - i * F, h_ptr - i * F, ga_ptr - i * F, gb_ptr - i * F,
-                                 a_off, c_off, m, m, m, no_t0, h0, g, aprod, rows, CT, STORE_OUT, STORE_AEND)
+        g, aprod, sa, sg = _lin_bwd_tile(a_ptr - i * s_at, g_ptr - i * F, h_ptr - i * F, ga_ptr - i * s_dt,
+                                         gb_ptr - i * s_dt, u_ptr - i * s_ut, x_ptr - i * s_xt, gx_ptr - i * F, a_off,
+                                         c_off, d_off, u_off, x_off, m, m, m, no_t0, h0, g, aprod, ba, bg, sa, sg,
+                                         s_at, rows, CT, STORE_OUT, STORE_AEND, GATED)
     if tail:
         i = tl.cast(last, tl.int64)
         t = t_last - last - rows
         mv = m & (rows < seg_len - last)[:, None]
-        g, aprod = _lin_bwd_tile(a_ptr - i * s_at, g_ptr - i * F, h_ptr - i * F, ga_ptr - i * F, gb_ptr - i * F,
-                                 a_off, c_off, mv, mv & (t < T - 1)[:, None], mv & (t > 0)[:, None], t == 0, h0, g,
-                                 aprod, rows, CT, STORE_OUT, STORE_AEND)
+        g, aprod, sa, sg = _lin_bwd_tile(a_ptr - i * s_at, g_ptr - i * F, h_ptr - i * F, ga_ptr - i * s_dt,
+                                         gb_ptr - i * s_dt, u_ptr - i * s_ut, x_ptr - i * s_xt, gx_ptr - i * F, a_off,
+                                         c_off, d_off, u_off, x_off, mv, mv & (t < T - 1)[:, None],
+                                         mv & (t > 0)[:, None], t == 0, h0, g, aprod, ba, bg, sa, sg, s_at, rows, CT,
+                                         STORE_OUT, STORE_AEND, GATED)
     if STORE_STATE:
         tl.store(GSTART + state_off, g, mask=mask_f)
     if STORE_AEND:
         tl.store(AEND + state_off, aprod, mask=mask_f)
+    if GATED and STORE_OUT:
+        pb = PB + ((b * NSEG + seg) * 2) * F + offs_f
+        tl.store(pb, sa, mask=mask_f)
+        tl.store(pb + F, sg, mask=mask_f)
 
 
 # ---------------------------------------------------------------------------- launchers
@@ -267,7 +355,8 @@ class _Launch(NamedTuple):
 
 
 def _lin_fwd_launch(a_shape: torch.Size, b_shape: torch.Size, has_h0: bool, state: bool, sms: int,
-                    cfg: TileConfig | None) -> _Launch:
+                    cfg: TileConfig | None, dx: int = 0) -> _Launch:
+    # dx > 0: the gated form (``gated_scan_fwd``), whose input x has dx channels
     shape = torch.broadcast_shapes(a_shape, b_shape)
     B, T = shape[0], shape[1]
     F = math.prod(shape[2:])
@@ -281,20 +370,21 @@ def _lin_fwd_launch(a_shape: torch.Size, b_shape: torch.Size, has_h0: bool, stat
     if plan is not None:
         nseg, seglen = plan
     kw = dict(CT=cfg.ct, BF=cfg.block, VEC=cfg.vec, STAGES=cfg.stages, num_warps=cfg.num_warps,
-              EVEN_F=F % cfg.block == 0, WSTAGES=cfg.warm_stages)
+              EVEN_F=F % cfg.block == 0, WSTAGES=cfg.warm_stages, GATED=dx > 0)
     grid = (nf, nseg, B)
+    dx = max(dx, 1)
     if plan is not None:  # one pass of warmed-up segments, then exact rescans of the tiles they left marked
         both = dict(kw, HAS_HIN=has_h0, STORE_OUT=True, STORE_AEND=False, STORE_STATE=state)
         launches = (make_launch(_lin_fwd_kernel, grid, dict(both, COMBINE=False, WARM=True, FIXUP=False),
-                                (T, F, seglen, nseg, LIN_WARM_STEPS)),
+                                (T, F, seglen, nseg, LIN_WARM_STEPS, dx)),
                     make_launch(_lin_fwd_kernel, grid, dict(both, COMBINE=True, WARM=False, FIXUP=True),
-                                (T, F, seglen, nseg, 0)))
+                                (T, F, seglen, nseg, 0, dx)))
     else:  # one pass; or pass 1 (each segment's end state from zero and its decay product), then the scan
         scan = dict(kw, HAS_HIN=has_h0, STORE_OUT=True, STORE_AEND=False, COMBINE=nseg > 1, WARM=False, FIXUP=False,
                     STORE_STATE=state)
         pass1 = dict(kw, HAS_HIN=False, STORE_OUT=False, STORE_AEND=True, COMBINE=False, WARM=False, FIXUP=False,
                      STORE_STATE=True)
-        launches = tuple(make_launch(_lin_fwd_kernel, grid, c, (T, F, seglen, nseg, 0))
+        launches = tuple(make_launch(_lin_fwd_kernel, grid, c, (T, F, seglen, nseg, 0, dx))
                          for c in ((pass1, scan) if nseg > 1 else (scan,)))
     return _Launch(shape, state_shape, grid, nseg, plan is not None, (B, nseg, nf), launches)
 
@@ -314,16 +404,55 @@ def linear_scan_fwd(
     SM count, cfg) (``cache.py``; it holds no tensor, so the device enters only by its SM count)."""
     dev = b.device
     p = cached("lin_fwd", _lin_fwd_launch, a.shape, b.shape, h0 is not None, state, sm_count(dev), cfg)
+    a3, b3 = _as_btf(a, p.shape), _as_btf(b, p.shape)
+    out = torch.empty(p.shape, dtype=out_dtype or torch.promote_types(a.dtype, b.dtype), device=dev)
+    return _scan_fwd(p, a3, b3, out, h0, state, (a3, a3, a3), (0, 0))
+
+
+def _gated_views(logits: torch.Tensor, x: torch.Tensor) -> tuple[torch.Size, torch.Tensor, torch.Tensor, torch.Tensor]:
+    # (B, T, *F), the decay and input-gate logits as (B, T, F) views, and x with unit channel stride
+    B, T = logits.shape[0], logits.shape[1]
+    F = math.prod(logits.shape[3:])
+    lg = logits.reshape(B, T, 2, F)
+    return torch.Size((B, T, *logits.shape[3:])), lg[:, :, 0], lg[:, :, 1], x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _bias(t: torch.Tensor) -> torch.Tensor:
+    return t.float().reshape(-1).contiguous()
+
+
+def gated_scan_fwd(
+    logits: torch.Tensor,
+    x: torch.Tensor,
+    decay_bias: torch.Tensor,
+    gate_bias: torch.Tensor,
+    h0: torch.Tensor | None = None,
+    cfg: TileConfig | None = None,
+    state: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``gated_scan``'s forward, no autograd: the gates computed inside the scan's tiles, in float32.
+
+    logits (B, T, 2, *F): decay logits at [:, :, 0], input-gate logits at [:, :, 1]; x (B, T, D),
+    shared by the prod(F) / D groups of channels (F = (S, D) in the selective mixer); biases (*F).
+    -> (h (B, T, *F) in x's dtype, h_T (B, *F) float32 or None). Reads the logits and x and writes h
+    once each: no float32 decays and inputs in memory."""
+    dev = x.device
+    shape, la, lg, x = _gated_views(logits, x)
+    p = cached("gated_fwd", _lin_fwd_launch, shape, shape, h0 is not None, state, sm_count(dev), cfg, x.shape[-1])
+    out = torch.empty(shape, dtype=x.dtype, device=dev)
+    return _scan_fwd(p, la, lg, out, h0, state, (x, _bias(decay_bias), _bias(gate_bias)), x.stride()[:2])
+
+
+def _scan_fwd(p: _Launch, a3, b3, out, h0, state: bool, gate: tuple, gate_strides: tuple):
+    # a forward plan's launches; ``gate``: (x, decay bias, gate bias) of the gated form, or placeholders
     shape = p.shape
-    B, T = shape[0], shape[1]
-    F = math.prod(shape[2:])
-    a3, b3 = _as_btf(a, shape), _as_btf(b, shape)
-    out = torch.empty(shape, dtype=out_dtype or torch.promote_types(a.dtype, b.dtype), device=dev)
+    B, F = shape[0], math.prod(shape[2:])
+    dev = out.device
     h0f = None if h0 is None else h0.float().reshape(B, F).contiguous()
     if p.grid is None:
         hT = torch.zeros(B, F, device=dev) if h0f is None else h0f.clone()
         return out, hT.view(p.state_shape) if state else None
-    strides = (*a3.stride(), *b3.stride())
+    strides = (*a3.stride(), *b3.stride(), *gate_strides)
     hin = a3 if h0f is None else h0f
     nseg = p.nseg
     # one segment: the end state is h_T itself, made in its own shape (the same bytes as (B, 1, F));
@@ -337,18 +466,19 @@ def linear_scan_fwd(
         ends, prods = (torch.empty((B, nseg, F), dtype=torch.float32, device=dev) for _ in range(2))
     if p.warm:  # one pass of warmed-up segments, then exact rescans of the tiles they left marked
         for site in p.launches:
-            launch(site, (a3, b3, out, hin, hend, hend, ends, prods, flags), strides)
+            launch(site, (a3, b3, out, hin, hend, hend, ends, prods, flags, *gate), strides)
     else:
         if nseg > 1:  # pass 1: each segment's end state from zero and its decay product
-            launch(p.launches[0], (a3, b3, out, a3, ends, prods, a3, a3, a3), strides)
-        launch(p.launches[-1], (a3, b3, out, hin, hend, hend, ends, prods, a3), strides)
+            launch(p.launches[0], (a3, b3, out, a3, ends, prods, a3, a3, a3, *gate), strides)
+        launch(p.launches[-1], (a3, b3, out, hin, hend, hend, ends, prods, a3, *gate), strides)
     if not state:
         return out, None
     return out, (hend[:, -1].view(p.state_shape) if nseg > 1 else hend)
 
 
 def _lin_bwd_launch(shape: torch.Size, has_gf: bool, has_h0: bool, state: bool, sms: int,
-                    cfg: TileConfig | None) -> _Launch:
+                    cfg: TileConfig | None, dx: int = 0) -> _Launch:
+    # dx > 0: the gated form (``gated_scan_bwd``), whose input x has dx channels
     B, T = shape[0], shape[1]
     F = math.prod(shape[2:])
     state_shape = (B,) + tuple(shape[2:])
@@ -358,13 +488,13 @@ def _lin_bwd_launch(shape: torch.Size, has_gf: bool, has_h0: bool, state: bool, 
     nf = -(-F // cfg.block)
     nseg, seglen = segments(cfg, B * nf, T, sms)
     kw = dict(CT=cfg.ct, BF=cfg.block, VEC=cfg.vec, STAGES=cfg.stages, num_warps=cfg.num_warps,
-              EVEN_F=F % cfg.block == 0)
+              EVEN_F=F % cfg.block == 0, GATED=dx > 0)
     pass1 = dict(kw, HAS_GIN=False, HAS_H0=has_h0, STORE_OUT=False, STORE_AEND=True, COMBINE=False, STORE_STATE=True)
     scan = dict(kw, HAS_GIN=has_gf, HAS_H0=has_h0, STORE_OUT=True, STORE_AEND=False, COMBINE=nseg > 1,
                 STORE_STATE=state)
     grid = (nf, nseg, B)
     return _Launch(shape, state_shape, grid, nseg, False, (),
-                   tuple(make_launch(_lin_bwd_kernel, grid, c, (T, F, seglen, nseg))
+                   tuple(make_launch(_lin_bwd_kernel, grid, c, (T, F, seglen, nseg, max(dx, 1)))
                          for c in ((pass1, scan) if nseg > 1 else (scan,))))
 
 
@@ -388,33 +518,73 @@ def linear_scan_bwd(
     shape = h.shape
     dev = h.device
     p = cached("lin_bwd", _lin_bwd_launch, shape, g_final is not None, h0 is not None, state, sm_count(dev), cfg)
-    B, T = shape[0], shape[1]
-    F = math.prod(shape[2:])
     a3 = _as_btf(a, shape)
-    gh3 = gh.expand(shape).reshape(B, T, F).contiguous()
-    h3 = h.reshape(B, T, F).contiguous()
     ga = torch.empty(shape, dtype=ga_dtype, device=dev)
     gb = torch.empty(shape, dtype=gb_dtype, device=dev)
+    g0 = _scan_bwd(p, a3, gh, h, ga, gb, h0, g_final, state, (a3,) * 6, (0,) * 5)
+    return ga, gb, g0
+
+
+def _scan_bwd(p: _Launch, a3, gh, h, ga, gb, h0, g_final, state: bool, gate: tuple, gate_strides: tuple):
+    # a backward plan's launches into ga and gb; -> g_0 or None. ``gate``: (gate logits, x, decay bias,
+    # gate bias, x's gradient per channel, bias sums) of the gated form, or placeholders; ``gate_strides``
+    # the gate logits' and x's
+    shape = p.shape
+    B, T, F = shape[0], shape[1], math.prod(shape[2:])
+    dev = h.device
+    gh3 = gh.expand(shape).reshape(B, T, F).contiguous()
+    h3 = h.reshape(B, T, F).contiguous()
     gf = None if g_final is None else g_final.float().reshape(B, F).contiguous()
     h0f = None if h0 is None else h0.float().reshape(B, F).contiguous()
     if p.grid is None:
         g0 = torch.zeros(B, F, device=dev) if gf is None else gf.clone()
-        return ga, gb, g0.view(p.state_shape) if state else None
+        return g0.view(p.state_shape) if state else None
     nseg = p.nseg
     h0_arg = h0f if h0f is not None else h3
     gstart = h3  # without ``state``: any pointer, never stored to
     if state:
         gstart = torch.empty((B, nseg, F) if nseg > 1 else p.state_shape, dtype=torch.float32, device=dev)
     starts = prods = gstart
-    strides = a3.stride()
+    strides = (*a3.stride(), *gate_strides)
     if nseg > 1:  # pass 1: each segment's start gradient from zero and its decay product
         starts, prods = (torch.empty((B, nseg, F), dtype=torch.float32, device=dev) for _ in range(2))
-        launch(p.launches[0], (a3, gh3, h3, h0_arg, ga, gb, gh3, starts, prods, gh3, gh3), strides)
-    launch(p.launches[-1], (a3, gh3, h3, h0_arg, ga, gb, gh3 if gf is None else gf, gstart, gstart, starts, prods),
-           strides)
+        launch(p.launches[0], (a3, gh3, h3, h0_arg, ga, gb, gh3, starts, prods, gh3, gh3, *gate), strides)
+    launch(p.launches[-1], (a3, gh3, h3, h0_arg, ga, gb, gh3 if gf is None else gf, gstart, gstart, starts, prods,
+                            *gate), strides)
     if not state:
-        return ga, gb, None
-    return ga, gb, (gstart[:, 0].view(p.state_shape) if nseg > 1 else gstart)
+        return None
+    return gstart[:, 0].view(p.state_shape) if nseg > 1 else gstart
+
+
+def gated_scan_bwd(
+    logits: torch.Tensor,
+    x: torch.Tensor,
+    decay_bias: torch.Tensor,
+    gate_bias: torch.Tensor,
+    gh: torch.Tensor,
+    h: torch.Tensor,
+    h0: torch.Tensor | None = None,
+    g_final: torch.Tensor | None = None,
+    cfg: TileConfig | None = None,
+    state: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Backward of ``gated_scan_fwd`` given its output h (from which it reads h_{t-1}):
+    -> (d logits (B, T, 2, *F) in the logits' dtype, dx (B, T, D) in x's dtype, d decay bias and
+    d gate bias (*F) float32, g_0 (B, *F) float32 or None). dL/dh0 = a_0 g_0."""
+    dev = h.device
+    shape, la, lg, x = _gated_views(logits, x)
+    B, T, F, D = shape[0], shape[1], math.prod(shape[2:]), x.shape[-1]
+    p = cached("gated_bwd", _lin_bwd_launch, shape, g_final is not None, h0 is not None, state, sm_count(dev), cfg,
+               D)
+    dlogits = torch.empty(logits.shape, dtype=logits.dtype, device=dev)
+    dl = dlogits.view(B, T, 2, F)
+    gx = torch.empty(shape, dtype=torch.float32, device=dev)  # per channel, summed over the F / D groups below
+    sums = torch.empty((B, p.nseg, 2, F), dtype=torch.float32, device=dev)
+    g0 = _scan_bwd(p, la, gh, h, dl[:, :, 0], dl[:, :, 1], h0, g_final, state,
+                   (lg, x, _bias(decay_bias), _bias(gate_bias), gx, sums), (*lg.stride(), *x.stride()[:2]))
+    dx = gx.view(B, T, F // D, D).sum(2).to(x.dtype)
+    dba, dbg = (sums[:, :, k].sum((0, 1)).view(bias.shape) for k, bias in enumerate((decay_bias, gate_bias)))
+    return dlogits, dx, dba, dbg, g0
 
 
 # ---------------------------------------------------------------------------- autograd
@@ -463,6 +633,40 @@ def fused_linear_scan(a, b, h0=None, out_dtype=None, state=True):
     return opaque.run("linear_scan_fwd", a_full, b, h0, out_dtype, state=state)
 
 
+class _GatedScanTriton(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, x, decay_bias, gate_bias, h0, state):
+        h, hT = opaque.run("gated_scan_fwd", logits, x, decay_bias, gate_bias, h0, state=state)
+        ctx.save_for_backward(logits, x, decay_bias, gate_bias, h0, h)
+        ctx.set_materialize_grads(False)
+        return h, hT
+
+    @staticmethod
+    def backward(ctx, gout, ghT):
+        logits, x, decay_bias, gate_bias, h0, h = ctx.saved_tensors
+        if gout is None:
+            gout = torch.zeros_like(h)
+        want_h0 = h0 is not None and ctx.needs_input_grad[4]
+        dl, dx, dba, dbg, g0 = opaque.run("gated_scan_bwd", logits, x, decay_bias, gate_bias, gout, h, h0, ghT,
+                                          state=want_h0)
+        gh0 = None
+        if want_h0:
+            a0 = torch.sigmoid(logits[:, 0, 0].float() + decay_bias.float())
+            gh0 = (a0 * g0).to(h0.dtype)
+        return dl, dx, dba.to(decay_bias.dtype), dbg.to(gate_bias.dtype), gh0, None
+
+
+def fused_gated_scan(logits, x, decay_bias, gate_bias, h0=None, state=True):
+    """Differentiable ``gated_scan`` with the gates inside the kernels: (h in x's dtype, h_T float32 or
+    None); grads to the logits, x, both biases and h0."""
+    tensors = (logits, x, decay_bias, gate_bias) + (() if h0 is None else (h0,))
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return _GatedScanTriton.apply(logits, x, decay_bias, gate_bias, h0, state)
+    return opaque.run("gated_scan_fwd", logits, x, decay_bias, gate_bias, h0, state=state)
+
+
 # torch.compile reaches the launchers through custom ops (opaque.py)
 opaque.implement("linear_scan_fwd", linear_scan_fwd)
 opaque.implement("linear_scan_bwd", linear_scan_bwd)
+opaque.implement("gated_scan_fwd", gated_scan_fwd)
+opaque.implement("gated_scan_bwd", gated_scan_bwd)

@@ -97,3 +97,30 @@ def _(a, gh, h, h0, g_final, ga_dtype, gb_dtype, state):
     shape = h.shape
     return (h.new_empty(shape, dtype=ga_dtype), h.new_empty(shape, dtype=gb_dtype),
             _state((shape[0], *shape[2:]), state, h))
+
+
+@torch.library.custom_op("emaprobe::gated_scan_fwd", mutates_args=())
+def _gated_scan_fwd(logits: Tensor, x: Tensor, decay_bias: Tensor, gate_bias: Tensor, h0: Optional[Tensor],
+                    state: bool) -> tuple[Tensor, Tensor]:
+    return _returned(_LAUNCHERS["gated_scan_fwd"](logits, x, decay_bias, gate_bias, h0, state=state), x)
+
+
+@_gated_scan_fwd.register_fake
+def _(logits, x, decay_bias, gate_bias, h0, state):
+    B, T, F = logits.shape[0], logits.shape[1], tuple(logits.shape[3:])
+    return x.new_empty(B, T, *F), _state((B, *F), state, x)
+
+
+@torch.library.custom_op("emaprobe::gated_scan_bwd", mutates_args=())
+def _gated_scan_bwd(logits: Tensor, x: Tensor, decay_bias: Tensor, gate_bias: Tensor, gh: Tensor, h: Tensor,
+                    h0: Optional[Tensor], g_final: Optional[Tensor],
+                    state: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return _returned(_LAUNCHERS["gated_scan_bwd"](logits, x, decay_bias, gate_bias, gh, h, h0, g_final, state=state),
+                     h)
+
+
+@_gated_scan_bwd.register_fake
+def _(logits, x, decay_bias, gate_bias, gh, h, h0, g_final, state):
+    f32 = torch.float32
+    return (logits.new_empty(logits.shape), x.new_empty(x.shape), decay_bias.new_empty(decay_bias.shape, dtype=f32),
+            gate_bias.new_empty(gate_bias.shape, dtype=f32), _state((h.shape[0], *h.shape[2:]), state, h))
