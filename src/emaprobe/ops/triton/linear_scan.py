@@ -102,11 +102,16 @@ def _lin_fwd_span(a_ptr, u_ptr, o_ptr, x_ptr, a_off, u_off, o_off, x_off, m, h, 
 
 
 @triton.jit
-def _gate_args(X, BA, BG, b, offs_f, mask_f, rows, s_xb, s_xt, DX, GATED: tl.constexpr):
+def _gate_args(X, BA, BG, b, offs_f, mask_f, rows, s_xb, s_xt, DX, GATED: tl.constexpr, XV: tl.constexpr,
+               VEC: tl.constexpr):
     # GATED: x's offsets in a (CT, BF) tile (channel f reads x[..., f % DX]), the biases, x's row of batch b;
-    # otherwise placeholders the tiles never read
+    # otherwise placeholders the tiles never read. XV (DX a multiple of VEC): x's offsets keep offs_f's runs of
+    # VEC, and Triton is told so; unhinted, x's loads were not vectorized, and the kernels took 9x the time
     if GATED:
-        x_off = rows[:, None] * s_xt + (offs_f % DX)[None, :]
+        xo = offs_f % DX
+        if XV:
+            xo = tl.max_contiguous(tl.multiple_of(xo, VEC), VEC)
+        x_off = rows[:, None] * s_xt + xo[None, :]
         ba = tl.load(BA + offs_f, mask=mask_f, other=0.0)
         bg = tl.load(BG + offs_f, mask=mask_f, other=0.0)
     else:
@@ -124,7 +129,7 @@ def _lin_fwd_kernel(
     CT: tl.constexpr, BF: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
     HAS_HIN: tl.constexpr, STORE_OUT: tl.constexpr, STORE_AEND: tl.constexpr, COMBINE: tl.constexpr,
     EVEN_F: tl.constexpr, WARM: tl.constexpr, FIXUP: tl.constexpr, WSTAGES: tl.constexpr,
-    STORE_STATE: tl.constexpr, GATED: tl.constexpr,
+    STORE_STATE: tl.constexpr, GATED: tl.constexpr, XV: tl.constexpr,
 ):
     """h_t = a_t h_{t-1} + u_t over one segment; A, U strided (B,T,F) views, OUT (B,T,F) contiguous,
     HIN (B,F) the state at t = 0. COMBINE (pass 2 of segments): the segment starts from HIN
@@ -166,7 +171,7 @@ def _lin_fwd_kernel(
         o_off = rows[:, None] * F + offs_f[None, :]
         m = tl.broadcast_to(mask_f[None, :], (CT, BF))
         one = tl.full((BF,), 1.0, tl.float32)
-        x_off, ba, bg, x_b = _gate_args(X, BA, BG, b, offs_f, mask_f, rows, s_xb, s_xt, DX, GATED)
+        x_off, ba, bg, x_b = _gate_args(X, BA, BG, b, offs_f, mask_f, rows, s_xb, s_xt, DX, GATED, XV, VEC)
         if WARM:
             w0 = tl.maximum(t_start - WARMLEN, 0)
             h = tl.where(w0 > 0, 0.0, h)
@@ -238,7 +243,7 @@ def _lin_bwd_kernel(
     s_ab, s_at, s_af, s_ub, s_ut, s_uf, s_xb, s_xt,
     CT: tl.constexpr, BF: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
     HAS_GIN: tl.constexpr, HAS_H0: tl.constexpr, STORE_OUT: tl.constexpr, STORE_AEND: tl.constexpr,
-    COMBINE: tl.constexpr, EVEN_F: tl.constexpr, STORE_STATE: tl.constexpr, GATED: tl.constexpr,
+    COMBINE: tl.constexpr, EVEN_F: tl.constexpr, STORE_STATE: tl.constexpr, GATED: tl.constexpr, XV: tl.constexpr,
 ):
     """Backwards: g_t = a_{t+1} g_{t+1} + gh_t; gb_t = g_t; ga_t = g_t h_{t-1}. GH, H, GA, GB (B,T,F)
     contiguous, GIN (B,F) the carry at T. COMBINE (pass 2 of segments): the carry into a segment
@@ -286,7 +291,7 @@ def _lin_bwd_kernel(
     c_off = -rows[:, None] * F + offs_f[None, :]
     d_off = -rows[:, None] * s_dt + offs_f[None, :]
     u_off = -rows[:, None] * s_ut + offs_f[None, :] * s_uf
-    x_off, ba, bg, x_ptr = _gate_args(X, BA, BG, b, offs_f, mask_f, -rows, s_xb, s_xt, DX, GATED)
+    x_off, ba, bg, x_ptr = _gate_args(X, BA, BG, b, offs_f, mask_f, -rows, s_xb, s_xt, DX, GATED, XV, VEC)
     x_ptr += t_last * s_xt
     sa = tl.zeros((BF,), tl.float32)
     sg = sa
@@ -370,7 +375,7 @@ def _lin_fwd_launch(a_shape: torch.Size, b_shape: torch.Size, has_h0: bool, stat
     if plan is not None:
         nseg, seglen = plan
     kw = dict(CT=cfg.ct, BF=cfg.block, VEC=cfg.vec, STAGES=cfg.stages, num_warps=cfg.num_warps,
-              EVEN_F=F % cfg.block == 0, WSTAGES=cfg.warm_stages, GATED=dx > 0)
+              EVEN_F=F % cfg.block == 0, WSTAGES=cfg.warm_stages, GATED=dx > 0, XV=dx % cfg.vec == 0)
     grid = (nf, nseg, B)
     dx = max(dx, 1)
     if plan is not None:  # one pass of warmed-up segments, then exact rescans of the tiles they left marked
@@ -488,7 +493,7 @@ def _lin_bwd_launch(shape: torch.Size, has_gf: bool, has_h0: bool, state: bool, 
     nf = -(-F // cfg.block)
     nseg, seglen = segments(cfg, B * nf, T, sms)
     kw = dict(CT=cfg.ct, BF=cfg.block, VEC=cfg.vec, STAGES=cfg.stages, num_warps=cfg.num_warps,
-              EVEN_F=F % cfg.block == 0, GATED=dx > 0)
+              EVEN_F=F % cfg.block == 0, GATED=dx > 0, XV=dx % cfg.vec == 0)
     pass1 = dict(kw, HAS_GIN=False, HAS_H0=has_h0, STORE_OUT=False, STORE_AEND=True, COMBINE=False, STORE_STATE=True)
     scan = dict(kw, HAS_GIN=has_gf, HAS_H0=has_h0, STORE_OUT=True, STORE_AEND=False, COMBINE=nseg > 1,
                 STORE_STATE=state)
