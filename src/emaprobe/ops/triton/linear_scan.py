@@ -19,6 +19,12 @@ runs two passes, as described in ``ema.py``.
 
 **Backward**: ``g_t = a_{t+1} g_{t+1} + dy_t``, ``db_t = g_t``, ``da_t = g_t h_{t-1}``, fused
 into one kernel; the gradient of a returned final state enters as the carry at T.
+
+**Gates inside** (``gated_scan_fwd`` / ``_bwd``, constexpr GATED). The selective mixer's decays and
+inputs are sigmoids of logits: the same kernels then load the logits and x, compute a and b in
+float32 in the tile, and the backward writes the logits' gradients (and x's, and the biases' as
+per-program sums) directly, so no float32 (B, T, S, D) decays and inputs pass through memory. The
+backward reads h_{t-1} from the returned h (x's dtype).
 """
 
 from __future__ import annotations
@@ -106,7 +112,8 @@ def _gate_args(X, BA, BG, b, offs_f, mask_f, rows, s_xb, s_xt, DX, GATED: tl.con
                VEC: tl.constexpr):
     # GATED: x's offsets in a (CT, BF) tile (channel f reads x[..., f % DX]), the biases, x's row of batch b;
     # otherwise placeholders the tiles never read. XV (DX a multiple of VEC): x's offsets keep offs_f's runs of
-    # VEC, and Triton is told so; unhinted, x's loads were not vectorized, and the kernels took 9x the time
+    # VEC, and Triton is told so (in a compiled SPEN-130m step at B16 T1024 on one H200, the gated forwards
+    # took 2.75 ms with the hint against 16.1 without, the backwards 5.80 against 18.0; notes/kernels.md)
     if GATED:
         xo = offs_f % DX
         if XV:
