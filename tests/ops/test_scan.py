@@ -189,6 +189,10 @@ def test_streaming_in_pieces_equals_one_pass():
                             torch.randn(3, 4)), "x must be a floating-point"),
         (lambda: gated_scan(torch.randn(2, 5, 2, 3, 4), torch.randn(2, 5, 4), torch.randn(3, 4), torch.randn(3, 4),
                             h0=torch.randn(2, 4)), "h0 must have shape (2, 3, 4)"),
+        (lambda: gated_scan(torch.randn(2, 5, 2, 3, 4), torch.randn(2, 5, 4), torch.randn(3, 4, device="meta"),
+                            torch.randn(3, 4)), "decay_bias on meta"),
+        (lambda: linear_scan(torch.rand(2, 5, 3), torch.randn(2, 5, 3, device="meta")), "one device; got a on cpu"),
+        (lambda: ema_traces(torch.randn(2, 5, 3), h0=torch.randn(2, 3, 3, device="meta")), "h0 on meta"),
     ],
 )
 def test_bad_input_names_the_problem(call, words):
