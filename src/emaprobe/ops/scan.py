@@ -40,7 +40,7 @@ def _alpha_tensor(vals: tuple[float, ...], device: torch.device) -> torch.Tensor
 
 @dataclass(frozen=True)
 class ScanBackend:
-    """A scan implementation: two differentiable ops with one contract.
+    """A scan implementation: two differentiable ops with one contract, and optionally a third.
 
     linear_scan(a, b, h0, out_dtype, state) -> (h (B, T, *F) in out_dtype, h_T (B, *F) or None)
     ema_traces(x, alphas, h0, state) -> (h (B, T, S, D) in x.dtype, h_T (B, S, D) or None)
