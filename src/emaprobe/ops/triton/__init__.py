@@ -2,8 +2,8 @@
 
     ema.py           ``ema_traces``: kernels, launchers (``ema_traces_fwd``/``_bwd``), autograd
                      (``fused_ema_traces``)
-    linear_scan.py   ``linear_scan``: kernels, launchers (``linear_scan_fwd``/``_bwd``), autograd
-                     (``fused_linear_scan``)
+    linear_scan.py   ``linear_scan`` and ``gated_scan``: kernels, launchers (``linear_scan_fwd``/``_bwd``,
+                     ``gated_scan_fwd``/``_bwd``), autograd (``fused_linear_scan``, ``fused_gated_scan``)
     topk.py          ``topk_mask_triton``: the k largest of each row kept in one pass (the mask form of
                      ``ops/sparse_ffn.py``'s top-k FFN)
     plan.py          tile shapes, time segments and warm-ups; pure Python, the SM count an argument
@@ -13,7 +13,7 @@
     opaque.py        the launchers as ``torch.library`` custom ops, which a ``torch.compile``d model calls
 
 ``ema.py``, ``linear_scan.py``, ``topk.py`` and ``common.py`` need Triton; ``plan.py``, ``cache.py`` and
-``opaque.py`` do not, so this package imports nothing itself. ``ops/scan.py`` loads the two ops as its
+``opaque.py`` do not, so this package imports nothing itself. ``ops/scan.py`` loads the three ops as its
 "triton" backend the first time a CUDA tensor asks for it. The decision record behind every default (what
 was measured, kept and dropped) is ``notes/kernels.md``.
 """
