@@ -31,10 +31,17 @@ class _JitStub:
         raise RuntimeError(f"{self.__name__}: the stand-in Triton cannot run a kernel")
 
 
+class _Anything:
+    """Any ``tl`` attribute in the stand-in: a value, or called (``tl.constexpr(x)`` at module level), itself."""
+
+    def __call__(self, *args, **kwargs):
+        return self
+
+
 def _any_attribute(name: str):
     if name.startswith("__"):
         raise AttributeError(name)
-    return object()
+    return _Anything()
 
 
 def _stand_in() -> dict[str, types.ModuleType]:
@@ -43,7 +50,7 @@ def _stand_in() -> dict[str, types.ModuleType]:
     tri.jit = lambda fn=None, **kw: _JitStub(fn) if fn is not None else _JitStub
     tri.cdiv = lambda a, b: -(-a // b)
     tl = types.ModuleType("triton.language")
-    tl.__getattr__ = _any_attribute  # tl.constexpr and friends: only annotations use them
+    tl.__getattr__ = _any_attribute  # tl.constexpr and friends: annotations and module constants use them
     tri.language = tl
     return {"triton": tri, "triton.language": tl}
 

@@ -45,23 +45,36 @@ from emaprobe.ops.triton.common import (
     launch,
     make_launch,
     segment_length,
+    NEG_LOG2E,
+    sigmoid2,
+    sigmoid2_pair,
     sm_count,
     tile_plan,
 )
-from emaprobe.ops.triton.plan import LIN_BWD, LIN_FWD, LIN_WARM_STEPS, TileConfig, choose, segments, warm_plan
+from emaprobe.ops.triton.plan import (
+    GATED_BWD,
+    GATED_FWD,
+    LIN_BWD,
+    LIN_FWD,
+    LIN_WARM_STEPS,
+    TileConfig,
+    choose,
+    segments,
+    warm_plan,
+)
 
 # ---------------------------------------------------------------------------- kernels
 
 
 @triton.jit
 def _gates(la, lg, xv, ba, bg):
-    # the selective mixer's gates (``gated_scan``): decay a = sigmoid(la + ba) and input
-    # u = sigmoid(-(la + ba)) sigmoid(lg + bg) x, in float32; also returns sigmoid(-(la + ba)) and
-    # the input gate sigmoid(lg + bg), which the backward needs
-    la = la + ba[None, :]
-    s = tl.sigmoid(-la)
-    i = tl.sigmoid(lg + bg[None, :])
-    return tl.sigmoid(la), s * i * xv, s, i
+    # the selective mixer's gates (``gated_scan``): decay a = sigmoid(la + bias_a) and input
+    # u = sigmoid(-(la + bias_a)) sigmoid(lg + bias_g) x, in float32; also returns sigmoid(-(la + bias_a))
+    # and the input gate sigmoid(lg + bias_g), which the backward needs. ``ba``, ``bg``: the biases
+    # times NEG_LOG2E (``_gate_args``). Two FFMA, two ex2 and two rcp an element
+    a, s = sigmoid2_pair(la * NEG_LOG2E + ba[None, :])
+    i = sigmoid2(lg * NEG_LOG2E + bg[None, :])
+    return a, s * i * xv, s, i
 
 
 @triton.jit
@@ -119,8 +132,8 @@ def _gate_args(X, BA, BG, b, offs_f, mask_f, rows, s_xb, s_xt, DX, GATED: tl.con
         if XV:
             xo = tl.max_contiguous(tl.multiple_of(xo, VEC), VEC)
         x_off = rows[:, None] * s_xt + xo[None, :]
-        ba = tl.load(BA + offs_f, mask=mask_f, other=0.0)
-        bg = tl.load(BG + offs_f, mask=mask_f, other=0.0)
+        ba = tl.load(BA + offs_f, mask=mask_f, other=0.0) * NEG_LOG2E
+        bg = tl.load(BG + offs_f, mask=mask_f, other=0.0) * NEG_LOG2E
     else:
         x_off = rows[:, None] * 0 + offs_f[None, :] * 0
         ba = tl.zeros(offs_f.shape, tl.float32)
@@ -210,7 +223,7 @@ def _lin_bwd_tile(a_ptr, g_ptr, h_ptr, ga_ptr, gb_ptr, u_ptr, x_ptr, gx_ptr, a_o
     # u_ptr hold the logits (a_ptr at t + 1), and the tile stores the logits' gradients (row offsets
     # d_off) and x's per-channel gradient, and adds the biases' gradients over its rows to sa and sg
     if GATED:
-        a = tl.sigmoid(tl.load(a_ptr + a_off, mask=ma, other=0.0).to(tl.float32) + ba[None, :])
+        a = sigmoid2(tl.load(a_ptr + a_off, mask=ma, other=0.0).to(tl.float32) * NEG_LOG2E + ba[None, :])
         a = tl.where(ma, a, 1.0)
     else:
         a = tl.load(a_ptr + a_off, mask=ma, other=1.0).to(tl.float32)
@@ -375,7 +388,7 @@ def _lin_fwd_launch(a_shape: torch.Size, b_shape: torch.Size, has_h0: bool, stat
     state_shape = (B,) + tuple(shape[2:])
     if T == 0 or B * F == 0:
         return _Launch(shape, state_shape, None, 1, False, (), ())
-    cfg = choose(cfg, LIN_FWD, B, F, sms)
+    cfg = choose(cfg, GATED_FWD if dx else LIN_FWD, B, F, sms)
     nf = -(-F // cfg.block)
     nseg, seglen = segments(cfg, B * nf, T, sms)
     plan = None if nseg == 1 or cfg.warmup is False else warm_plan(cfg, B * nf, T, LIN_WARM_STEPS, sms)
@@ -496,7 +509,7 @@ def _lin_bwd_launch(shape: torch.Size, has_gf: bool, has_h0: bool, state: bool, 
     state_shape = (B,) + tuple(shape[2:])
     if T == 0 or B * F == 0:
         return _Launch(shape, state_shape, None, 1, False, (), ())
-    cfg = choose(cfg, LIN_BWD, B, F, sms)
+    cfg = choose(cfg, GATED_BWD if dx else LIN_BWD, B, F, sms)
     nf = -(-F // cfg.block)
     nseg, seglen = segments(cfg, B * nf, T, sms)
     kw = dict(CT=cfg.ct, BF=cfg.block, VEC=cfg.vec, STAGES=cfg.stages, num_warps=cfg.num_warps,

@@ -78,6 +78,11 @@ EMA_FWD = (TileConfig(ct=16, block=128, vec=4, stages=4), TileConfig(ct=32, bloc
 EMA_BWD = (TileConfig(ct=16, block=128, vec=4, stages=3), TileConfig(ct=16, block=64, vec=2, stages=4))
 LIN_FWD = (TileConfig(ct=32, block=128, num_warps=2, vec=2, stages=4), TileConfig(ct=32, block=64, vec=2, stages=3))
 LIN_BWD = (TileConfig(ct=16, block=64, vec=2, stages=3),)
+# The gated form (``gated_scan``) holds more per element (logits, x, gates; the backward also h_{t-1}
+# and the gradients): at linear_scan's depths its sm_90 code spills (264-568 bytes of stack a thread
+# in Triton 3.6), at half of them it does not; the instructions an element stay the same.
+GATED_FWD = (TileConfig(ct=16, block=128, num_warps=2, vec=2, stages=4), TileConfig(ct=16, block=64, vec=2, stages=4))
+GATED_BWD = (TileConfig(ct=8, block=64, vec=2, stages=3),)
 # Time is cut into segments only when fewer than SPLIT_BELOW_PER_SM warps per SM would run (one-warp
 # programs, or a program's warps counted apart), and then into enough for WARPS_PER_SM (H100,
 # pipelined loads: at 1.45 per SM one pass took 0.091 ms against 0.113 split; at B=4 T=8192, 8 per
