@@ -215,45 +215,62 @@ def _lin_fwd_kernel(
 
 
 @triton.jit
+def combine_excl(a1, b1, c1, d1, a2, b2, c2, d2):
+    # ``combine`` on (a, b), and (c, d) the map before the last element: (c2, d2) after (a1, b1). An
+    # element enters as (a, b, 1, -0.0), so a sequential scan's (c, d) at a row is the running map one row
+    # back (register moves: x * 1 and x + -0.0 fold away), and d the exclusive scan where the carry is 0
+    return a1 * a2, a2 * b1 + b2, c2 * a1, c2 * b1 + d2
+
+
+@triton.jit
 def _lin_bwd_tile(a_ptr, g_ptr, h_ptr, ga_ptr, gb_ptr, u_ptr, x_ptr, gx_ptr, a_off, c_off, d_off, u_off, x_off, m, ma,
-                  mh, at_t0, h0, g, aprod, ba, bg, sa, sg, s_at, rows,
+                  mh, at_t0, h0, g, aprod, ba, bg, sa, sg, rows,
                   CT: tl.constexpr, STORE_OUT: tl.constexpr, STORE_AEND: tl.constexpr, GATED: tl.constexpr):
     # one (CT, BF) tile backwards in time; ``ma`` masks a_{t+1} (absent at t = T - 1: coefficient 1),
-    # ``mh`` masks h_{t-1} (absent at t = 0, where the row ``at_t0`` takes h0 instead). GATED: a_ptr and
-    # u_ptr hold the logits (a_ptr at t + 1), and the tile stores the logits' gradients (row offsets
-    # d_off) and x's per-channel gradient, and adds the biases' gradients over its rows to sa and sg
-    if GATED:
-        a = sigmoid2(tl.load(a_ptr + a_off, mask=ma, other=0.0).to(tl.float32) * NEG_LOG2E + ba[None, :])
-        a = tl.where(ma, a, 1.0)
-    else:
-        a = tl.load(a_ptr + a_off, mask=ma, other=1.0).to(tl.float32)
+    # ``mh`` masks h_{t-1} (absent at t = 0, where the row ``at_t0`` takes h0 instead).
+    # GATED: the scan runs on k_t = a_t g_t = a_t (dy_t + k_{t+1}), whose decay is the row's own a_t, so
+    # a_ptr holds the decay logits at t (not t + 1) and one set of gates serves the scan and the
+    # gradients; g_t = dy_t + k_{t+1} is the exclusive scan (``combine_excl``). ``g`` is then the carry
+    # k_{t+1} into the tile, and the tile returns k at its last row. It stores the logits' gradients
+    # (row offsets d_off) and x's per-channel gradient, and adds the biases' gradients over its rows to
+    # sa and sg
     u = tl.load(g_ptr + c_off, mask=m, other=0.0).to(tl.float32)
     if STORE_OUT:
         hp = tl.load(h_ptr + c_off, mask=mh, other=0.0).to(tl.float32)
-    u += tl.where((rows == 0)[:, None], a * g[None, :], 0.0)  # the carry enters at row 0
-    acum, gg = tl.associative_scan((a, u), 0, combine)
-    if STORE_OUT:
         hp = tl.where(at_t0[:, None], h0[None, :], hp)
-        if GATED:
-            # a_t = sigmoid(la), u_t = s i x with s = sigmoid(-la), i = sigmoid(lg):
-            # dla = g (h_{t-1} a s - a s i x), dlg = g s i (1 - i) x, dx = g s i
-            la = tl.load(a_ptr - s_at + a_off, mask=m, other=0.0).to(tl.float32)
-            lg = tl.load(u_ptr + u_off, mask=m, other=0.0).to(tl.float32)
-            xv = tl.load(x_ptr + x_off, mask=m, other=0.0).to(tl.float32)
-            at, _, st, it = _gates(la, lg, xv, ba, bg)
-            dla = tl.where(m, at * st * gg * (hp - it * xv), 0.0)
-            dlg = tl.where(m, gg * st * it * (1.0 - it) * xv, 0.0)
+    if GATED:
+        la = tl.load(a_ptr + a_off, mask=m, other=0.0).to(tl.float32)
+        lg = tl.load(u_ptr + u_off, mask=m, other=0.0).to(tl.float32)
+        xv = tl.load(x_ptr + x_off, mask=m, other=0.0).to(tl.float32)
+        at, _, st, it = _gates(la, lg, xv, ba, bg)
+        at = tl.where(m, at, 1.0)  # rows past the segment carry k unchanged (their dy is 0)
+        u += tl.where((rows == 0)[:, None], g[None, :], 0.0)  # the carry k_{t+1} joins dy at row 0
+        one = tl.full(u.shape, 1.0, tl.float32)
+        acum, kk, _, kx = tl.associative_scan((at, at * u, one, tl.full(u.shape, -0.0, tl.float32)), 0, combine_excl)
+        if STORE_OUT:
+            # a_t = sigmoid(la), u_t = s i x with s = sigmoid(-la), i = sigmoid(lg), g = dy + k_{t+1}:
+            # dla = g a s (h_{t-1} - i x) = k s (h_{t-1} - i x), dx = g s i, dlg = dx (1 - i) x
+            gg = u + kx
+            dla = tl.where(m, kk * st * (hp - it * xv), 0.0)
+            gx = gg * st * it
+            dlg = tl.where(m, gx * (1.0 - it) * xv, 0.0)
             tl.store(ga_ptr + d_off, dla.to(ga_ptr.dtype.element_ty), mask=m)
             tl.store(gb_ptr + d_off, dlg.to(gb_ptr.dtype.element_ty), mask=m)
-            tl.store(gx_ptr + c_off, (gg * st * it).to(gx_ptr.dtype.element_ty), mask=m)
+            tl.store(gx_ptr + c_off, gx.to(gx_ptr.dtype.element_ty), mask=m)
             sa += tl.sum(dla, axis=0)
             sg += tl.sum(dlg, axis=0)
-        else:
+        carry = last_row(kk, rows, CT - 1)
+    else:
+        a = tl.load(a_ptr + a_off, mask=ma, other=1.0).to(tl.float32)
+        u += tl.where((rows == 0)[:, None], a * g[None, :], 0.0)  # the carry enters at row 0
+        acum, gg = tl.associative_scan((a, u), 0, combine)
+        if STORE_OUT:
             tl.store(gb_ptr + c_off, gg.to(gb_ptr.dtype.element_ty), mask=m)
             tl.store(ga_ptr + c_off, (gg * hp).to(ga_ptr.dtype.element_ty), mask=m)
+        carry = last_row(gg, rows, CT - 1)
     if STORE_AEND:
         aprod = aprod * last_row(acum, rows, CT - 1)
-    return last_row(gg, rows, CT - 1), aprod, sa, sg
+    return carry, aprod, sa, sg
 
 
 @triton.jit
@@ -272,7 +289,9 @@ def _lin_bwd_kernel(
     GATED (``gated_scan``): A and U are the logits, X, BA, BG as in the forward; GA and GB receive the
     logits' gradients in a (B,T,2,F) buffer (row stride 2F), GX (B,T,F) x's gradient per channel,
     and PB (B,NSEG,2,F) float32 each program's sums of the two logit gradients over its rows (the
-    biases' gradients, summed by the caller); otherwise U, X, BA, BG, GX and PB are any pointers."""
+    biases' gradients, summed by the caller); otherwise U, X, BA, BG, GX and PB are any pointers.
+    The gated scan carries k_t = a_t g_t (``_lin_bwd_tile``): the segments' start values and
+    products, and GSTART, are k's (GSTART then holds k_0 = a_0 g_0 = dL/dh0), and GIN enters as k_T."""
     pid_f = tl.program_id(0)
     seg = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
@@ -300,7 +319,10 @@ def _lin_bwd_kernel(
         s_dt = 2 * F
     else:
         s_dt = F
-    a_ptr = A + b * s_ab + (t_last + 1) * s_at  # a_{t+1}
+    if GATED:  # the decay logits at t (the scan runs on k_t = a_t g_t)
+        a_ptr = A + b * s_ab + t_last * s_at
+    else:  # a_{t+1}
+        a_ptr = A + b * s_ab + (t_last + 1) * s_at
     g_ptr = GH + (b * T + t_last) * F
     h_ptr = H + (b * T + t_last - 1) * F  # h_{t-1}
     ga_ptr = GA + (b * T + t_last) * s_dt
@@ -324,14 +346,14 @@ def _lin_bwd_kernel(
         mv = m & (rows < seg_len)[:, None]
         g, aprod, sa, sg = _lin_bwd_tile(a_ptr, g_ptr, h_ptr, ga_ptr, gb_ptr, u_ptr, x_ptr, gx_ptr, a_off, c_off, d_off,
                                          u_off, x_off, mv, mv & (t < T - 1)[:, None], mv & (t > 0)[:, None], t == 0,
-                                         h0, g, aprod, ba, bg, sa, sg, s_at, rows, CT, STORE_OUT, STORE_AEND, GATED)
+                                         h0, g, aprod, ba, bg, sa, sg, rows, CT, STORE_OUT, STORE_AEND, GATED)
     no_t0 = tl.zeros((CT,), tl.int1)
     for i0 in tl.range(lo, hi, CT, num_stages=STAGES):
         i = tl.cast(i0, tl.int64)
         g, aprod, sa, sg = _lin_bwd_tile(a_ptr - i * s_at, g_ptr - i * F, h_ptr - i * F, ga_ptr - i * s_dt,
                                          gb_ptr - i * s_dt, u_ptr - i * s_ut, x_ptr - i * s_xt, gx_ptr - i * F, a_off,
                                          c_off, d_off, u_off, x_off, m, m, m, no_t0, h0, g, aprod, ba, bg, sa, sg,
-                                         s_at, rows, CT, STORE_OUT, STORE_AEND, GATED)
+                                         rows, CT, STORE_OUT, STORE_AEND, GATED)
     if tail:
         i = tl.cast(last, tl.int64)
         t = t_last - last - rows
@@ -339,7 +361,7 @@ def _lin_bwd_kernel(
         g, aprod, sa, sg = _lin_bwd_tile(a_ptr - i * s_at, g_ptr - i * F, h_ptr - i * F, ga_ptr - i * s_dt,
                                          gb_ptr - i * s_dt, u_ptr - i * s_ut, x_ptr - i * s_xt, gx_ptr - i * F, a_off,
                                          c_off, d_off, u_off, x_off, mv, mv & (t < T - 1)[:, None],
-                                         mv & (t > 0)[:, None], t == 0, h0, g, aprod, ba, bg, sa, sg, s_at, rows, CT,
+                                         mv & (t > 0)[:, None], t == 0, h0, g, aprod, ba, bg, sa, sg, rows, CT,
                                          STORE_OUT, STORE_AEND, GATED)
     if STORE_STATE:
         tl.store(GSTART + state_off, g, mask=mask_f)
@@ -595,7 +617,8 @@ def gated_scan_bwd(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Backward of ``gated_scan_fwd`` given its output h (from which it reads h_{t-1}):
     -> (d logits (B, T, 2, *F) in the logits' dtype, dx (B, T, D) in x's dtype, d decay bias and
-    d gate bias (*F) float32, g_0 (B, *F) float32 or None). dL/dh0 = a_0 g_0."""
+    d gate bias (*F) float32, dL/dh0 (B, *F) float32 or None). The kernels carry a_t g_t (``_lin_bwd_tile``),
+    whose value at t = 0 is dL/dh0 itself."""
     dev = h.device
     shape, la, lg, x = _gated_views(logits, x)
     B, T, F, D = shape[0], shape[1], math.prod(shape[2:]), x.shape[-1]
@@ -674,10 +697,7 @@ class _GatedScanTriton(torch.autograd.Function):
         want_h0 = h0 is not None and ctx.needs_input_grad[4]
         dl, dx, dba, dbg, g0 = opaque.run("gated_scan_bwd", logits, x, decay_bias, gate_bias, gout, h, h0, ghT,
                                           state=want_h0)
-        gh0 = None
-        if want_h0:
-            a0 = torch.sigmoid(logits[:, 0, 0].float() + decay_bias.float())
-            gh0 = (a0 * g0).to(h0.dtype)
+        gh0 = g0.to(h0.dtype) if want_h0 else None
         return dl, dx, dba.to(decay_bias.dtype), dbg.to(gate_bias.dtype), gh0, None
 
 
