@@ -146,6 +146,10 @@ CASES = [
     ("lin_fwd", 1, 4097, (40,), None, SPLIT, False),
     ("lin_bwd", 2, 500, (2, 128), None, None, True),
     ("lin_bwd", 1, 4097, (40,), None, SPLIT, True),
+    ("gated_fwd", 2, 63, (3, 24), None, None, True),
+    ("gated_fwd", 1, 3001, (2, 40), None, WARM, False),
+    ("gated_bwd", 2, 500, (3, 24), None, None, True),
+    ("gated_bwd", 1, 4097, (2, 40), None, SPLIT, False),
 ]
 IDS = [f"{c[0]}-B{c[1]}-T{c[2]}-{c[3]}-S{0 if c[4] is None else len(c[4])}-{c[5] and c[5].warmup}-{c[6]}"
        for c in CASES]
@@ -167,6 +171,20 @@ def _call(ops, monkeypatch, case, dtype=torch.float32, sms=SMS):
         gh = torch.randn(B, T, S, D, generator=g).to(dtype)
         gx, g0 = ema.ema_traces_bwd(gh, alphas, state, dtype, cfg=cfg)
         return canonical(log, {"gh": gh, "gf": state, "gx": gx, "g0": g0}), (gx, g0)
+    if op.startswith("gated"):
+        S, Dx = D
+        logits = torch.randn(B, T, 2, S, Dx, generator=g).to(dtype)
+        x = torch.randn(B, T, Dx, generator=g).to(dtype)
+        ba, bg = torch.randn(S, Dx, generator=g), torch.randn(S, Dx, generator=g)
+        state = torch.randn(B, S, Dx, generator=g) if with_state else None
+        log = record(monkeypatch.setattr, lin, "lin", sms)
+        named = {"logits": logits, "x": x, "ba": ba, "bg": bg, "h0": state}
+        if op == "gated_fwd":
+            out, hT = lin.gated_scan_fwd(logits, x, ba, bg, state, cfg=cfg, state=with_state)
+            return canonical(log, {**named, "out": out, "hT": hT}), (out,) + ((hT,) if with_state else ())
+        gh, h = torch.randn(B, T, S, Dx, generator=g).to(dtype), torch.randn(B, T, S, Dx, generator=g).to(dtype)
+        outs = lin.gated_scan_bwd(logits, x, ba, bg, gh, h, state, state, cfg=cfg, state=with_state)
+        return canonical(log, {**named, "gh": gh, "h": h, "dl": outs[0], "dx": outs[1]}), outs[:2]
     full = (B, T) + D
     a = (torch.rand(full, generator=g) * 0.5 + 0.5).to(dtype)
     b = torch.randn(full, generator=g).to(dtype)
@@ -196,6 +214,18 @@ def test_cached_plan_launches_what_a_fresh_plan_launches(ops, monkeypatch, case)
     assert meta[0] == meta[1] == meta[2]
     if case[2] == 0:
         assert first == []  # T = 0: nothing launched
+
+
+@pytest.mark.parametrize("B,T", [(16, 1024), (2, 8192)], ids=["one-pass", "segments"])
+def test_gated_launches_take_the_gated_tile_configs(ops, monkeypatch, B, T):
+    """``gated_scan``'s kernels hold more per element than ``linear_scan``'s and run at their own tile
+    depths (plan.GATED_FWD / GATED_BWD, chosen as linear_scan's are), with GATED on in every launch."""
+    S, D = 3, 768
+    for op, defaults in (("gated_fwd", plan.GATED_FWD), ("gated_bwd", plan.GATED_BWD)):
+        launches, _ = _call(ops, monkeypatch, (op, B, T, (S, D), None, None, False), dtype=torch.bfloat16)
+        want = plan.choose(None, defaults, B, S * D, SMS)
+        assert launches and all(dict(kw)["GATED"] and dict(kw)["CT"] == want.ct and dict(kw)["BF"] == want.block
+                                for _, _, _, kw in launches)
 
 
 @pytest.mark.parametrize("cfg", [None, SPLIT, WARM, TWO_PASS], ids=["default", "split", "warm", "two-pass"])
