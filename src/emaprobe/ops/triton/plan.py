@@ -80,8 +80,12 @@ LIN_FWD = (TileConfig(ct=32, block=128, num_warps=2, vec=2, stages=4), TileConfi
 LIN_BWD = (TileConfig(ct=16, block=64, vec=2, stages=3),)
 # The gated form (``gated_scan``) holds more per element (logits, x, gates; the backward also h_{t-1}
 # and the gradients): at linear_scan's depths its sm_90 code spills (264-568 bytes of stack a thread
-# in Triton 3.6), at half of them it does not; the instructions an element stay the same.
-GATED_FWD = (TileConfig(ct=16, block=128, num_warps=2, vec=2, stages=4), TileConfig(ct=16, block=64, vec=2, stages=4))
+# in Triton 3.6), at half of them it does not. Its kernels are bound by instruction issue and the
+# special-function unit, not by bytes, so its segments take two passes: a warm-up rescans wherever a
+# decay remembers past it, as the selective mixer's long timescales (0.9, 0.98 at initialisation) do
+# (H200, B2 T8192 S3 D768: 0.180 ms forward against 0.267 with warm-ups; notes/kernels.md).
+GATED_FWD = (TileConfig(ct=16, block=128, num_warps=2, vec=2, stages=4),
+             TileConfig(ct=16, block=64, vec=2, stages=4, warmup=False))
 GATED_BWD = (TileConfig(ct=8, block=64, vec=2, stages=3),)
 # Time is cut into segments only when fewer than SPLIT_BELOW_PER_SM warps per SM would run (one-warp
 # programs, or a program's warps counted apart), and then into enough for WARPS_PER_SM (H100,
