@@ -1,5 +1,5 @@
-"""What the Triton scan kernels share: the scan's pair operator, tile and mask helpers, the SM count,
-and ``launch``, which starts a cached plan's kernels with little host time.
+"""What the Triton scan kernels share: the scan's pair operator, the gates' sigmoids, tile and mask
+helpers, the SM count, and ``launch``, which starts a cached plan's kernels with little host time.
 
 Symbols: CT time steps in one register tile, BD channels in one tile, T time, D channels,
 SEGLEN the length of a time segment.
@@ -25,8 +25,9 @@ def combine(a1, b1, a2, b2):
 # a division that guard denormals and ranges (about 11 SASS instructions a sigmoid); the selective
 # scan's gates take ``ex2.approx.ftz`` and ``rcp.approx.ftz`` (each within 2 ulp of float32, denormals
 # flushed). Triton's interpreter has no inline PTX, so there the same functions are ``tl.exp2`` and
-# ``1 / x``. In the gated forward of a SPEN-130m step (sm_90 SASS of one tile, CT=32 x 2 channels a
-# thread) the loop fell from 3,527 instructions to about 2,000 (notes/kernels.md).
+# ``1 / x``. With them (and ``linear_scan._lin_bwd_tile``'s one set of gates a row, and tile depths that
+# do not spill) a thread's sm_90 instructions an element in the gated tile loops fell from 55 to 29
+# forward and from 94 to 55 backward (notes/kernels.md, row "gated gates, fewer instructions").
 if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
     @triton.jit
     def fast_exp2(x):
@@ -47,7 +48,7 @@ else:
                                          is_pure=True, pack=1)
 
 
-NEG_LOG2E = tl.constexpr(-1.4426950408889634) # -log2(e): e^-z = 2^(z * NEG_LOG2E)
+NEG_LOG2E = tl.constexpr(-1.4426950408889634)  # -log2(e): e^-z = 2^(z * NEG_LOG2E)
 
 
 @triton.jit

@@ -24,7 +24,9 @@ into one kernel; the gradient of a returned final state enters as the carry at T
 inputs are sigmoids of logits: the same kernels then load the logits and x, compute a and b in
 float32 in the tile, and the backward writes the logits' gradients (and x's, and the biases' as
 per-program sums) directly, so no float32 (B, T, S, D) decays and inputs pass through memory. The
-backward reads h_{t-1} from the returned h (x's dtype).
+backward reads h_{t-1} from the returned h (x's dtype), and scans k_t = a_t g_t, whose decay is the
+row's own, so that one set of gates a row serves the scan and the gradients (``_lin_bwd_tile``).
+Each sigmoid is one ex2 and one rcp (``common.sigmoid2``).
 """
 
 from __future__ import annotations
@@ -39,13 +41,13 @@ import triton.language as tl
 from emaprobe.ops.triton import opaque
 from emaprobe.ops.triton.cache import cached
 from emaprobe.ops.triton.common import (
+    NEG_LOG2E,
     channel_mask,
     combine,
     last_row,
     launch,
     make_launch,
     segment_length,
-    NEG_LOG2E,
     sigmoid2,
     sigmoid2_pair,
     sm_count,

@@ -79,7 +79,7 @@ EMA_BWD = (TileConfig(ct=16, block=128, vec=4, stages=3), TileConfig(ct=16, bloc
 LIN_FWD = (TileConfig(ct=32, block=128, num_warps=2, vec=2, stages=4), TileConfig(ct=32, block=64, vec=2, stages=3))
 LIN_BWD = (TileConfig(ct=16, block=64, vec=2, stages=3),)
 # The gated form (``gated_scan``) holds more per element (logits, x, gates; the backward also h_{t-1}
-# and the gradients): at linear_scan's depths its sm_90 code spills (264-568 bytes of stack a thread
+# and the gradients): at linear_scan's depths its sm_90 code spills (200-760 bytes of stack a thread
 # in Triton 3.6), at half of them it does not. Its kernels are bound by instruction issue and the
 # special-function unit, not by bytes, so its segments take two passes: a warm-up rescans wherever a
 # decay remembers past it, as the selective mixer's long timescales (0.9, 0.98 at initialisation) do
