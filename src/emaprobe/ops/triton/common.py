@@ -21,6 +21,11 @@ def combine(a1, b1, a2, b2):
     return a1 * a2, a2 * b1 + b2
 
 
+def interpreted() -> bool:
+    """Whether Triton's interpreter runs the kernels (TRITON_INTERPRET=1): no inline PTX, no compiled launcher."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
 # Gates as one MUFU instruction each where they run on the GPU: ``tl.exp`` and ``/`` compile to ex2 and
 # a division that guard denormals and ranges (about 11 SASS instructions a sigmoid); the selective
 # scan's gates take ``ex2.approx.ftz`` and ``rcp.approx.ftz`` (each within 2 ulp of float32, denormals
@@ -28,7 +33,7 @@ def combine(a1, b1, a2, b2):
 # ``1 / x``. With them (and ``linear_scan._lin_bwd_tile``'s one set of gates a row, and tile depths that
 # do not spill) a thread's sm_90 instructions an element in the gated tile loops fell from 55 to 29
 # forward and from 94 to 55 backward (notes/kernels.md, row "gated gates, fewer instructions").
-if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+if interpreted():
     @triton.jit
     def fast_exp2(x):
         return tl.exp2(x)
@@ -139,10 +144,9 @@ def sm_count(device: torch.device) -> int:
 
 
 def _direct_supported() -> bool:
-    interpreted = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
     wanted = os.environ.get("EMAPROBE_TRITON_DIRECT", "1") != "0"
     version = getattr(triton, "__version__", "")
-    return version.split(".")[:2] == ["3", "6"] and wanted and not interpreted
+    return version.split(".")[:2] == ["3", "6"] and wanted and not interpreted()
 
 
 DIRECT = _direct_supported()
