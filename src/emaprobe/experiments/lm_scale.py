@@ -80,7 +80,7 @@ from typing import Any
 import numpy as np
 
 from emaprobe.experiments.common import pyplot, save_fig
-from emaprobe.experiments.protocol import Claim, verdict_from_interval, write_claims
+from emaprobe.experiments.protocol import Claim, verdict_from_interval, verdict_no_difference, write_claims
 from emaprobe.utils import atomic_write_json, atomic_write_text, data_root, read_json, run_record
 
 NAME = "lm_scale"
@@ -705,12 +705,7 @@ def claims(s: dict[str, Any], command: str) -> list[Claim]:
     d = s["paired"].get("spen-ema-attnpred - spen-ema")
     if d and d["seeds"] >= 2:
         tol = 0.02
-        if d["lo"] >= -tol and d["hi"] <= tol:
-            verdict = "confirmed"
-        elif d["lo"] > 0 or d["hi"] < 0:
-            verdict = "refuted" if abs(d["mean"]) > tol else "confirmed"
-        else:
-            verdict = "inconclusive"
+        verdict = verdict_no_difference(d["mean"], d["lo"], d["hi"], tol=tol)
         rows.append(Claim(
             claim="predictor_ablation_delta_loss", metric="test loss, attention predictor - linear predictor (nats/token)",
             paper=PAPER["predictor_ablation_delta_loss"], ours=round(d["mean"], 5),

@@ -190,6 +190,19 @@ def verdict_from_interval(low: float, high: float, *, threshold: float, above_co
     return "inconclusive"
 
 
+def verdict_no_difference(mean: float, low: float, high: float, *, tol: float) -> str:
+    """For a claim that two things do not differ (the paper's "identical loss"): ``confirmed`` when the
+    confidence interval lies within +-``tol``, or excludes 0 with a mean under ``tol``; ``refuted`` when it
+    excludes 0 with a mean of ``tol`` or more; else ``inconclusive``."""
+    if low > high:
+        raise ValueError(f"interval low {low} > high {high}")
+    if low >= -tol and high <= tol:
+        return "confirmed"
+    if low > 0 or high < 0:
+        return "refuted" if abs(mean) > tol else "confirmed"
+    return "inconclusive"
+
+
 __all__ = [
     "CLAIMS_NAME",
     "EXPERIMENTS",
@@ -204,5 +217,6 @@ __all__ = [
     "register_experiment",
     "run_experiment",
     "verdict_from_interval",
+    "verdict_no_difference",
     "write_claims",
 ]
