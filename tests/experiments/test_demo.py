@@ -38,3 +38,12 @@ def test_run_prints_the_path_of_every_picture(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(demo, "sections", lambda: {"roles": ("a section that draws", drawing)})
     demo.run(tmp_path)
     assert f"picture: {tmp_path / 'roles' / 'roles.png'}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("only", ["", " , "])
+def test_an_empty_only_is_an_error_not_the_whole_demo(tmp_path, capsys, only):
+    from emaprobe.cli import main
+
+    assert main(["demo", "--only", only, "--out", str(tmp_path / "d")]) == 2
+    assert "names no section; give some of scan,roles,content" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()

@@ -154,10 +154,12 @@ def test_bad_configs_are_named_errors(monkeypatch):
         L.resolve_spec("text/no-such-*.jsonl.xz")
 
 
-def test_smoke_run_writes_runs_report_and_claims(tmp_path):
+def test_smoke_run_writes_runs_report_and_claims(tmp_path, capsys):
     out = tmp_path / "lm_scale"
     overrides = {"work_dir": str(tmp_path / "work")}
     run_experiment("lm_scale", budget="smoke", overrides=overrides, out=out)
+    assert f"checkpoints and token caches to {tmp_path / 'work'}/" in capsys.readouterr().out, \
+        "the run says where its large files go, which is not --out"
     runs = sorted((out / "runs").glob("*.json"))
     cfg = L.smoke()
     n_jobs = 2 * len(cfg.lrs) + cfg.seeds * len(cfg.mechanisms) - 2 + 2  # lr seed-0 runs are reused

@@ -24,6 +24,7 @@ ROW = dict(claim="c", metric="m", paper=0.96, ours=0.9, std=0.01, seeds=5, scale
     ("paper", "high", "paper must be a finite number"),
     ("seeds", 0, "seeds must be an integer >= 1"),
     ("command", "", "command must not be empty"),
+    ("seeds", 1, "std must be None for one seed"),
 ])
 def test_a_malformed_claim_is_a_named_error(field, value, words):
     with pytest.raises(ValueError, match=words):
@@ -79,3 +80,10 @@ def test_set_items_parse_or_fail_clearly():
     assert parse_set(["a.b=1", "c = x "]) == {"a.b": "1", "c": "x"}
     with pytest.raises(ValueError, match="--set takes FIELD=VALUE"):
         parse_set(["a.b"])
+
+
+def test_a_report_of_foreign_json_is_a_named_error(tmp_path):
+    # valid JSON, but not what probe_lag wrote: the report's missing field becomes a ValueError naming the folder
+    (tmp_path / protocol.get_experiment("probe_lag").RESULT).write_text('{"per_seed": []}')
+    with pytest.raises(ValueError, match=r"the probe_lag JSON there lacks what the report reads \(KeyError: 'config'\)"):
+        protocol.run_experiment("probe_lag", out=tmp_path, report_only=True)

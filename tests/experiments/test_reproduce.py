@@ -161,6 +161,20 @@ def test_bad_arguments_are_named(tmp_path, capsys):
     assert "give one" in capsys.readouterr().err
 
 
+def test_from_a_folder_without_claims_or_an_unknown_only_name_is_an_error(fake_registry, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["reproduce", "--from", str(empty), "--out", str(tmp_path / "rep")]) == 2
+    assert "no claims.json in it or below" in capsys.readouterr().err and not (tmp_path / "rep").exists()
+    root = tmp_path / "results"
+    write_claims(root / "fake", [Claim(claim="c1", metric="m", paper=None, ours=1.0, std=None, seeds=3, scale="s",
+                                       verdict="inconclusive", command="emaprobe run fake")])
+    with pytest.raises(ValueError, match=r"--only nope: neither an experiment nor a folder of .* folders: \['fake'\]"):
+        read_all(root, ["nope"])
+    # a registered experiment without claims yet is still listed, as missing
+    assert [e.status for e in read_all(root, ["fake", "needs_data"])] == ["read", "missing"]
+
+
 def test_from_finds_claims_in_nested_folders(fake_registry, tmp_path):
     root = tmp_path / "results"
     claim = Claim(claim="c1", metric="m", paper=None, ours=1.0, std=None, seeds=3, scale="s",

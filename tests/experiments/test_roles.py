@@ -114,10 +114,13 @@ def test_smoke_on_the_treebank(tmp_path, shared_data):
         (["--set", "hebbian.directions=sideways"], "sideways"),
         (["--set", "two_stage.train_on=scored"], "train_on"),
         (["--set", "nonsense"], "FIELD=VALUE"),
+        (["--treebank", "/nonexistent/ud", "--no-treebank"], "--treebank DIR and --no-treebank contradict each other"),
+        (["--seeds", "1", "--set", "seeds=2"], "--seeds and --set seeds=2 both set seeds; give one"),
     ],
 )
 def test_bad_arguments_give_one_line_errors(tmp_path, capsys, args, message):
-    rc = main(["roles", "--smoke", "--no-treebank", "--quiet", "--out", str(tmp_path / "x"), *args])
+    no_treebank = [] if "--treebank" in args else ["--no-treebank"]
+    rc = main(["roles", "--smoke", *no_treebank, "--quiet", "--out", str(tmp_path / "x"), *args])
     err = capsys.readouterr().err
     assert rc == 2
     assert message in err and "Traceback" not in err

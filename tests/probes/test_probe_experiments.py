@@ -55,6 +55,8 @@ def test_probe_configs_reject_bad_fields():
     mqar = get_experiment("probe_mqar")
     with pytest.raises(ValueError, match="claim_cell"):
         mqar.Config(claim_cell=(999, 4, 64))
+    with pytest.raises(ValueError, match=r"unknown mixer 'nope'; choose one of \[.*'ema'"):
+        mqar.Config(mixers=("ema", "nope"))  # before any of the grid trains
     assert all(T >= 3 * N for T, N, _ in mqar.gpu().cells())
 
 

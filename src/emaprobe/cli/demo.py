@@ -8,7 +8,9 @@ import argparse
 def _run(args: argparse.Namespace) -> int:
     from emaprobe.experiments.demo import run
 
-    only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
+    only = None if args.only is None else [s.strip() for s in args.only.split(",") if s.strip()]
+    if only == []:
+        raise ValueError(f"--only {args.only!r} names no section; give some of scan,roles,content, or drop it")
     if args.smoke and only not in (None, ["scan"]):
         raise ValueError("--smoke runs the scan section only; drop --only")
     run(args.out, ["scan"] if args.smoke else only, smoke=args.smoke)

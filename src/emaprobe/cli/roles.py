@@ -33,6 +33,12 @@ def _run(args: argparse.Namespace) -> int:
 
     exp = get_experiment(roles.NAME)
     overrides = parse_set(args.set)
+    if args.treebank is not None and args.no_treebank:
+        raise ValueError("--treebank DIR and --no-treebank contradict each other; give one")
+    for flag, field, value in (("--seeds", "seeds", args.seeds), ("--treebank", "treebank", args.treebank),
+                               ("--no-treebank", "treebank", args.no_treebank or None)):
+        if value is not None and field in overrides:
+            raise ValueError(f"{flag} and --set {field}={overrides[field]} both set {field}; give one")
     if args.seeds is not None:
         if args.seeds < 1:
             raise ValueError(f"--seeds must be >= 1, got {args.seeds}")

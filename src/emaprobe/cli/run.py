@@ -13,7 +13,9 @@ examples:
   emaprobe run lm_scale --report-only --out results/lm_scale    rebuild README, plots, claims
 
 Output goes to runs/NAME/ (ignored by git) unless --out names another folder; write into
-results/ only on purpose. Each experiment writes JSON, then a report made from that JSON
+results/ only on purpose. lm_scale keeps its checkpoints and token caches apart from the
+output, in runs/lm_scale-work/ under the current folder (--set work_dir=DIR moves them), and
+says so when it starts. Each experiment writes JSON, then a report made from that JSON
 alone: README.md, PNG plots and claims.json (the paper's figure beside ours, with seeds,
 scale, labels used and a verdict).
 """

@@ -439,6 +439,8 @@ def run(cfg: Config, out: Path) -> None:
     """Every stage of ``cfg.stages`` in order; finished jobs (their JSON exists) are skipped."""
     out = Path(out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
+    print(f"[{NAME}] results to {out}/; checkpoints and token caches to {work_dir(cfg)}/ (--set work_dir=DIR)",
+          flush=True)
     t0 = time.perf_counter()
     load_data(cfg)  # tokenize once here, before any job process starts
     print(f"[{NAME}] data ready in {time.perf_counter() - t0:.0f} s", flush=True)

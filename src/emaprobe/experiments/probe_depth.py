@@ -210,7 +210,7 @@ def report(out: Path) -> None:
         claims.append(Claim(
             claim="dilution_over_depth",
             metric=f"fixed residual sum: bits of layer 1's token at the top of L={Lmax} / at L=1",
-            paper=None, ours=ratios["mean"], std=ratios["std"], seeds=ratios["n"],
+            paper=None, ours=ratios["mean"], std=ratios["std"] if ratios["n"] > 1 else None, seeds=ratios["n"],
             scale=f"random codebooks V={cfg['vocab']} D={cfg['d_model']}, {cfg['n_train']} probe samples",
             verdict=verdict, command=command(NAME, out, cfg), labels="probe labels: the layer tokens",
             note=f"95% CI [{ratios['lo']:.3f}, {ratios['hi']:.3f}]; confirmed when below 0.5"))

@@ -303,7 +303,7 @@ def report(out: Path) -> None:
     verdict = verdict_from_interval(ratio["lo"], ratio["hi"], threshold=0.5, above_confirms=False)
     claims = [Claim(
         claim="dilution_over_time", metric=f"fixed EMA: bits of x_(t-k) at k={k} / bits at k=1 (linear probe)",
-        paper=None, ours=ratio["mean"], std=ratio["std"], seeds=ratio["n"],
+        paper=None, ours=ratio["mean"], std=ratio["std"] if ratio["n"] > 1 else None, seeds=ratio["n"],
         scale=f"random embeddings V={cfg['vocab']} D={cfg['d_model']} alphas={tuple(cfg['alphas'])}, "
               f"{cfg['train_seqs'] * cfg['n_read']} probe samples",
         verdict=verdict, command=command(NAME, out, cfg), labels="probe labels: the lagged tokens",

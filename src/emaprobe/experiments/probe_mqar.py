@@ -70,6 +70,7 @@ import torch
 
 from emaprobe.experiments.common import command, pick_device, pyplot, save_fig
 from emaprobe.experiments.protocol import Claim, verdict_from_interval, write_claims
+from emaprobe.layers import mixer_class
 from emaprobe.ops import available_gla_backends, resolve_gla_backend
 from emaprobe.probes.linear import mean_ci
 from emaprobe.probes.recall import RecallModel, RecallModelConfig, train_recall
@@ -112,6 +113,8 @@ class Config:
                              f"(seq_lens {self.seq_lens}, pairs {self.pairs}, widths {self.widths})")
         if self.seeds < 1 or self.steps < 1 or self.parallel < 1:
             raise ValueError("seeds, steps and parallel must be >= 1")
+        for m in self.mixers:  # before any training: a typo at the end of the list fails now, not hours in
+            mixer_class(m)
         if self.gla_backend not in available_gla_backends():
             raise ValueError(f"unknown gla_backend {self.gla_backend!r}; choose one of {available_gla_backends()}")
 
@@ -415,7 +418,7 @@ def report(out: Path) -> None:
         T, N, D = cfg["claim_cell"]
         claims.append(Claim(
             claim="selection_fixes_recall", metric=f"MQAR accuracy, {sel} minus ema (best lr each)", paper=None,
-            ours=diff["mean"], std=diff["std"], seeds=diff["n"],
+            ours=diff["mean"], std=diff["std"] if diff["n"] > 1 else None, seeds=diff["n"],
             scale=f"2-layer D={D}, T={T}, N={N} pairs, V={cfg['vocab']}, {cfg['steps']} steps x {cfg['batch']}",
             verdict=verdict, command=command(NAME, out, cfg), labels="MQAR query labels",
             note=f"{sel} {per[sel]['mean']:.3f}, ema {per['ema']['mean']:.3f}"

@@ -105,7 +105,12 @@ def run_experiment(
     folder = Path(out) if out is not None else default_out(exp.NAME)
     if not report_only:
         exp.run(config_for(exp, budget, overrides), folder)
-    exp.report(folder)
+    try:
+        exp.report(folder)
+    except (KeyError, IndexError, TypeError) as err:  # a report reads its JSON by field names
+        raise ValueError(f"{folder}: the {exp.NAME} JSON there lacks what the report reads ({type(err).__name__}: "
+                         f"{err}); was it written by `emaprobe run {exp.NAME}` of this version? Rerun it into "
+                         "that folder, or point --out at one that it wrote") from err
     return folder
 
 
@@ -138,6 +143,9 @@ class Claim:
                 raise ValueError(f"claim {self.claim!r}: {field} must be a finite number, got {value!r}")
         if not isinstance(self.seeds, int) or self.seeds < 1:
             raise ValueError(f"claim {self.claim!r}: seeds must be an integer >= 1, got {self.seeds!r}")
+        if self.seeds == 1 and self.std is not None:
+            raise ValueError(f"claim {self.claim!r}: std must be None for one seed (a spread over one seed is "
+                             f"undefined, not {self.std!r})")
         for field in ("metric", "scale", "command"):
             if not getattr(self, field):
                 raise ValueError(f"claim {self.claim!r}: {field} must not be empty")

@@ -140,10 +140,17 @@ def read_all(root: str | Path, names: list[str] | None = None) -> list[Entry]:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"--from {root}: not a folder")
+    found = sorted(p.parent.relative_to(root).as_posix() for p in root.rglob(CLAIMS_NAME))
+    if not found:
+        raise FileNotFoundError(f"--from {root}: no {CLAIMS_NAME} in it or below; point --from at a folder that "
+                                "`emaprobe run NAME --out DIR/NAME` wrote into (the committed ones: results)")
     if names is None:
-        found = sorted(p.parent.relative_to(root).as_posix() for p in root.rglob(CLAIMS_NAME))
         seen = {Path(f).name for f in found}
         names = found + sorted(set(protocol.EXPERIMENTS) - seen)
+    unknown = [n for n in names if n not in protocol.EXPERIMENTS and n not in found]
+    if unknown:
+        raise ValueError(f"--only {unknown[0]}: neither an experiment nor a folder of {root} with a {CLAIMS_NAME}; "
+                         f"experiments: {sorted(protocol.EXPERIMENTS)}; folders: {found}")
     entries = []
     for name in names:
         folder = root / name

@@ -539,10 +539,16 @@ def run(cfg: Config, out: str | Path) -> dict[str, Any]:
     return result
 
 
+def _pm(ms: dict[str, float], fmt: str, scale: float = 1.0) -> str:
+    """``mean ± std``; the mean alone over one seed, where a spread is undefined."""
+    mean = format(scale * ms["mean"], fmt)
+    return mean if ms["n"] < 2 else f"{mean} ± {format(scale * ms['std'], fmt.lstrip('+'))}"
+
+
 def _pct(ms: dict[str, float] | None) -> str:
     if not ms:
         return "n/a"
-    return f"{100 * ms['mean']:.1f} ± {100 * ms['std']:.1f}"
+    return _pm(ms, ".1f", 100)
 
 
 def model_labels(config: dict[str, Any]) -> dict[str, str]:
@@ -589,7 +595,7 @@ def claims(result: dict[str, Any]) -> list[Claim]:
     r = result["ratio_within_a"]["two_stage"]
     rows.append(Claim(
         claim="hebbian_over_bigru_within_a", metric="accuracy ratio two-stage Hebbian / BiGRU, within-A test",
-        paper=PAPER["ratio_hebbian_bigru"], ours=r["mean"], std=r["std"], seeds=n, scale=scale,
+        paper=PAPER["ratio_hebbian_bigru"], ours=r["mean"], std=r["std"] if n > 1 else None, seeds=n, scale=scale,
         verdict=_verdict(r, PAPER["ratio_hebbian_bigru"]), command=COMMAND,
         labels=f"Hebbian: 0 in training, {val_labels} A-val tokens for naming; BiGRU: {train_labels} "
                "(A-train, plus A-val for early stopping)",
@@ -598,7 +604,7 @@ def claims(result: dict[str, Any]) -> list[Claim]:
     spec = result["ratio_within_a"]["hebbian"]
     rows.append(Claim(
         claim="hebbian_over_bigru_within_a_spec", metric="accuracy ratio spec Hebbian (K=3, Hungarian) / BiGRU, "
-        "within-A test", paper=PAPER["ratio_hebbian_bigru"], ours=spec["mean"], std=spec["std"], seeds=n,
+        "within-A test", paper=PAPER["ratio_hebbian_bigru"], ours=spec["mean"], std=spec["std"] if n > 1 else None, seeds=n,
         scale=scale, verdict=_verdict(spec, PAPER["ratio_hebbian_bigru"]),
         command=COMMAND, labels=f"0 in training; {val_labels} A-val tokens fix the one-to-one naming of 3 units",
     ))
@@ -608,7 +614,7 @@ def claims(result: dict[str, Any]) -> list[Claim]:
         rows.append(Claim(
             claim="hebbian_over_bigru_within_a_100_labels", metric="accuracy ratio two-stage Hebbian named with "
             "100 labelled tokens / fully supervised BiGRU, within-A test", paper=PAPER["ratio_hebbian_bigru"],
-            ours=c["mean"], std=c["std"], seeds=n, scale=scale,
+            ours=c["mean"], std=c["std"] if n > 1 else None, seeds=n, scale=scale,
             verdict=_verdict(c, PAPER["ratio_hebbian_bigru"]), command=COMMAND,
             labels="Hebbian: 100 A-val tokens for naming; BiGRU: " + str(train_labels),
         ))
@@ -621,7 +627,7 @@ def claims(result: dict[str, Any]) -> list[Claim]:
         deep_verdict = "confirmed" if wins == n else ("refuted" if wins == 0 else _verdict(d, 0.0))
     rows.append(Claim(
         claim="deep_hebbian_beats_bigru", metric="two-stage Hebbian minus BiGRU accuracy, deep set, depth >= 2 "
-        "(fraction; > 0 = Hebbian ahead)", paper=None, ours=d["mean"], std=d["std"], seeds=n, scale=scale,
+        "(fraction; > 0 = Hebbian ahead)", paper=None, ours=d["mean"], std=d["std"] if n > 1 else None, seeds=n, scale=scale,
         verdict=deep_verdict,
         command=COMMAND,
         labels=f"Hebbian: {val_labels} A-val naming tokens; BiGRU: {train_labels}",
@@ -635,7 +641,7 @@ def claims(result: dict[str, Any]) -> list[Claim]:
     bs = {k: 100 * v for k, v in b.items() if k != "n"} | {"n": b["n"]}
     rows.append(Claim(
         claim="transfer_b", metric="two-stage Hebbian accuracy on grammar B (%), trained and named on A only",
-        paper=PAPER["transfer_b"], ours=bs["mean"], std=bs["std"], seeds=n, scale=scale,
+        paper=PAPER["transfer_b"], ours=bs["mean"], std=bs["std"] if n > 1 else None, seeds=n, scale=scale,
         verdict=_verdict(bs, PAPER["transfer_b"]), command=COMMAND,
         labels=f"Hebbian: {val_labels} A-val naming tokens; none from B",
         note=f"BiGRU on B: {_pct(agg['transfer_b']['bigru']['accuracy'])}; spec Hebbian "
@@ -649,15 +655,15 @@ def targets(result: dict[str, Any]) -> list[str]:
     out = []
     r = result["ratio_within_a"]["two_stage"]
     lab = round(result["labels"]["two_stage"]["mean"])
-    out.append(f"- two-stage / BiGRU within-A >= 0.90 over {r['n']} seeds: {r['mean']:.3f} ± {r['std']:.3f} "
+    out.append(f"- two-stage / BiGRU within-A >= 0.90 over {r['n']} seeds: {_pm(r, '.3f')} "
                f"(min {min(r['per_seed']):.3f}) with {lab} naming labels: {'met' if r['mean'] >= 0.90 else 'missed'}")
     d = result["deep_margin"]["two_stage"]
     out.append(f"- two-stage beats the BiGRU at depth >= 2 on every seed: {d['wins']} of {d['n']} "
-               f"(margin {100 * d['mean']:+.1f} ± {100 * d['std']:.1f} points): "
+               f"(margin {_pm(d, '+.1f', 100)} points): "
                f"{'met' if d['wins'] == d['n'] else 'missed'}")
     dc = result["deep_margin"]["two_stage_causal"]
     out.append(f"  (the causal two-stage variant: ahead on {dc['wins']} of {dc['n']} seeds, "
-               f"{100 * dc['mean']:+.1f} ± {100 * dc['std']:.1f} points)")
+               f"{_pm(dc, '+.1f', 100)} points)")
     curve = result["curve"]["sets"]["within_a"]["two_stage"]
     probe = result["curve"]["sets"]["within_a"]["probe"]
     best = max((v["ratio_to_bigru"]["mean"], k) for k, v in curve.items()
@@ -724,7 +730,7 @@ def markdown(result: dict[str, Any]) -> str:
               "% of the BiGRU; it also gives the ratio 0.96.", "", "![all learners](roles.png)", "",
               "Hebbian / BiGRU accuracy within-A (paper 0.96):", ""]
     for m, ms in result["ratio_within_a"].items():
-        lines.append(f"- {labels[m]}: {ms['mean']:.3f} ± {ms['std']:.3f}")
+        lines.append(f"- {labels[m]}: {_pm(ms, '.3f')}")
     lines += ["", "## Targets, read off the numbers above", ""] + targets(result)
     lines += ["", "## Tokens unseen in training", "",
               "| set | tokens | unseen | scored | scored unseen |", "|---|---|---|---|---|"]
@@ -888,7 +894,7 @@ def headline(result: dict[str, Any]) -> str:
         parts = [f"{s} {_pct(agg[s][m]['accuracy'])}" for s in agg]
         lines.append(f"{m:18s} " + "  ".join(parts))
     for m, ms in result["ratio_within_a"].items():
-        lines.append(f"ratio {m}/bigru within-A: {ms['mean']:.3f} ± {ms['std']:.3f} (paper 0.96)")
+        lines.append(f"ratio {m}/bigru within-A: {_pm(ms, '.3f')} (paper 0.96)")
     for k, v in result["unseen"].items():
         lines.append(f"{k}: {v['unseen_tokens']['mean']:.0f} of {v['tokens']['mean']:.0f} tokens unseen in "
                      f"training ({v['unseen_scored']['mean']:.0f} of {v['scored']['mean']:.0f} scored)")
