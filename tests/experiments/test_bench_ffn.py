@@ -27,3 +27,21 @@ def test_bench_ffn_writes_every_form(tmp_path, capsys):
 def test_bench_ffn_unknown_width_lists_the_valid_ones():
     with pytest.raises(ValueError, match=r"unknown width\(s\) \['huge'\]; choose from \['130m', 'small', 'tiny'\]"):
         run(widths=("huge",), out_dir=None)
+
+
+@pytest.mark.parametrize("flag, value", [("--tokens", "-8"), ("--tokens", "0"), ("--repeats", "0"), ("--repeats", "-1")])
+def test_bench_ffn_refuses_a_count_below_one_naming_its_flag(flag, value, tmp_path, capsys):
+    given = {"--tokens": "32", "--repeats": "1", flag: value}
+    argv = ["bench", "ffn", "--width", "tiny", *(v for kv in given.items() for v in kv), "--out", str(tmp_path)]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == f"emaprobe bench: error: {flag} must be >= 1, got {value}\n"
+    assert not any(tmp_path.iterdir())  # refused before anything is timed or written
+
+
+def test_bench_ffn_help_names_every_form_its_defaults_and_only_its_own_examples(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "ffn", "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines at the terminal's width
+    assert all(f"impl='{impl}'" in out for impl in ("dense", "gather", "mask"))
+    assert "the median is reported (default: 7)" in out
+    assert "emaprobe bench ffn --device cuda" in out and "bench scan" not in out

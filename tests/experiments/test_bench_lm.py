@@ -243,3 +243,22 @@ def test_merge_with_measuring_options_is_refused(tmp_path, capsys):
     assert "--merge measures nothing" in capsys.readouterr().err and not (tmp_path / "o").exists()
     assert main(["bench", "lm", "--merge", str(a), str(b), "--resume", "--out", str(tmp_path / "o")]) != 0
     assert "drop ['resume']" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--no-train", "--no-generate"], "--no-train and --no-generate together leave nothing to measure"),
+    (["--seq-lens", "32,64", "--tokens-per-step", "10"],
+     "--tokens-per-step 10 is less than T = 64 of --seq-lens, so B = 10 // 64 = 0"),
+])
+def test_a_run_that_would_measure_nothing_is_refused(args, message, tmp_path, capsys):
+    assert main(["bench", "lm", "--quick", "--device", "cpu", *args, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"emaprobe bench: error: {message}") and err.count("\n") == 1
+    assert not any(tmp_path.iterdir())
+
+
+def test_quick_help_gives_its_cpu_run_time(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "lm", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(seconds)" not in out and out.count("(half a minute to two minutes on 2 CPU cores)") == 2  # --quick and its example

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-EPILOG = """\
-examples:
+# each benchmark's help shows its own examples; `emaprobe bench --help` shows both
+SCAN_EXAMPLES = """\
   emaprobe bench scan                           CPU, default shapes, JSON to runs/bench
   emaprobe bench scan --shape 8x8192x256        the target shape only
   emaprobe bench scan --out results/bench       the committed CPU figures (on purpose only)
@@ -15,16 +15,28 @@ examples:
                                                 the forwards over 16 shapes, time / floor heat maps
   emaprobe bench scan --device cuda --shape 16x2048x768 --no-peers --tag host
                                                 one shape, in files of its own
-  emaprobe bench ffn                            top-k FFN forms (dense, gather, mask), CPU
-  emaprobe bench ffn --device cuda --width 130m the same on a GPU (bf16 autocast)
+"""
+SCAN_NOTES = """\
 Output goes to runs/bench/ (ignored by git) unless --out names another folder.
 Each figure is a median of repeats; the peers (scipy.signal.lfilter on CPU, the
 PyTorch step loop, FFT convolution and kernel libraries on GPU) run in the same process.
 """
+FFN_EXAMPLES = """\
+  emaprobe bench ffn                            top-k FFN forms (dense, gather, mask), CPU
+  emaprobe bench ffn --device cuda --width 130m the same on a GPU (bf16 autocast)
+"""
+FFN_NOTES = """\
+Output: ffn_<device>.json in runs/bench/ (ignored by git) unless --out names another folder.
+Each figure is a median of --repeats, the forms taking turns; speed-up = dense's time / the form's.
+"""
+EPILOG = "examples:\n" + SCAN_EXAMPLES + FFN_EXAMPLES + SCAN_NOTES
+SCAN_EPILOG = "examples:\n" + SCAN_EXAMPLES + SCAN_NOTES
+FFN_EPILOG = "examples:\n" + FFN_EXAMPLES + FFN_NOTES
 
 LM_EPILOG = """\
 examples:
-  emaprobe bench lm --quick --device cpu        tiny configs, short lengths: the smoke run (seconds)
+  emaprobe bench lm --quick --device cpu        tiny configs, short lengths: the smoke run
+                                                (half a minute to two minutes on 2 CPU cores)
   emaprobe bench lm                             spen-130m (every mixer) and gpt-124m on the GPU,
                                                 T = 1k, 4k, 16k, eager and compiled; generation
                                                 at batch 1 and 32 after 2k and 32k prompts
@@ -116,7 +128,7 @@ def _ffn(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
-        help="benchmarks: scan speed against the floor; the top-k FFN's two forms; LM training and generation",
+        help="benchmarks: scan speed against the floor; the top-k FFN's three forms; LM training and generation",
         description="Benchmarks that print their peer and the physical floor in the same run and write JSON.",
         epilog=EPILOG + "\nemaprobe bench lm --help: whole language models (training tokens/s and MFU, generation).\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -131,12 +143,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "speed: the fastest window is reported, with the median one. The public EMA forward+backward is timed "
         "beside the same kernels launched without autograd and beside autograd alone (a PyTorch x * 2), whose "
         "fixed cost per backward call is most of its host time.",
-        epilog=EPILOG,
+        epilog=SCAN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     s.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default: cpu)")
     s.add_argument("--shape", action="append", metavar="BxTxD", help="a shape to time; repeat for several")
-    s.add_argument("--repeats", type=int, default=7, help="timed runs per figure; the median is reported")
+    s.add_argument("--repeats", type=int, default=7, help="timed runs per figure; the median is reported (default: 7)")
     s.add_argument("--out", default="runs/bench",
                    help="folder for the JSON (default: runs/bench; the committed figures need --out results/bench)")
     g = s.add_argument_group("CUDA only")
@@ -154,17 +166,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     f = bsub.add_parser(
         "ffn",
-        help="top-k FFN: dense down projection against the gather form that skips the zeros",
-        description="Time topk_ffn (up projection, top-k, down projection) with impl='dense' and impl='gather', "
-        "forward and forward+backward, and print the speed-up of gather over dense.",
-        epilog=EPILOG,
+        help="top-k FFN: the dense down projection against the gather and mask forms",
+        description="Time topk_ffn (up projection, top-k, down projection) in each form: impl='dense' (scatter, "
+        "full GEMM), impl='gather' (only the k kept columns of W2) and impl='mask' (the full GEMM on a code made "
+        "in one pass, without topk and the scatter), forward and forward+backward, and print the speed-up of "
+        "each form over dense.",
+        epilog=FFN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     f.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default: cpu)")
     f.add_argument("--width", action="append", choices=("130m", "small", "tiny"),
                    help="a width to time; repeat for several (default: all)")
     f.add_argument("--tokens", type=int, default=4096, help="tokens per call, B*T (default: 4096)")
-    f.add_argument("--repeats", type=int, default=7, help="timed runs per figure; the median is reported")
+    f.add_argument("--repeats", type=int, default=7, help="timed runs per figure; the median is reported (default: 7)")
     f.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is steadier on a shared box)")
     f.add_argument("--out", default="runs/bench", help="folder for the JSON (default: runs/bench)")
     f.set_defaults(func=_ffn)
@@ -181,7 +195,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a named model config; repeat for several (default: spen-130m and gpt-124m)")
     m.add_argument("--mixers", metavar="A,B", help="SPEN mixers, comma-separated (default: every registered one)")
     m.add_argument("--seq-lens", type=_ints, metavar="T,T", help="training lengths (default: 1024,4096,16384)")
-    m.add_argument("--tokens-per-step", type=int, help="tokens per training step, B = this // T (default: 16384)")
+    m.add_argument("--tokens-per-step", type=int,
+                   help="tokens per training step, B = this // T, so at least the longest T (default: 16384)")
     m.add_argument("--steps", type=int, help="timed training steps per repeat (default: 10)")
     m.add_argument("--warmup", type=int, help="untimed steps first, compiling included (default: 3)")
     m.add_argument("--repeats", type=int, help="timed repeats per figure; the median is reported (default: 3)")
@@ -193,7 +208,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--no-train", action="store_true", help="skip the training rows")
     m.add_argument("--no-generate", action="store_true", help="skip the generation rows")
     m.add_argument("--quick", action="store_true",
-                   help="tiny configs (spen-tiny, gpt-tiny), short lengths, one repeat, eager: the CPU smoke")
+                   help="tiny configs (spen-tiny, gpt-tiny), short lengths, one repeat, eager: the CPU smoke "
+                        "(half a minute to two minutes on 2 CPU cores)")
     m.add_argument("--device", choices=("cpu", "cuda"), help="where to run (default: cuda when available)")
     m.add_argument("--peak-tflops", type=float,
                    help="peak FLOP/s for MFU, in TFLOP/s (default: the card's dense bf16 datasheet figure; none on CPU)")

@@ -129,6 +129,10 @@ def run(widths=tuple(WIDTHS), tokens: int = 4096, repeats: int = 7, device: str 
     ``out_dir`` (None: no file). ``threads`` sets torch's CPU threads (default: torch's own)."""
     if threads is not None and threads < 1:
         raise ValueError(f"--threads must be >= 1, got {threads}")
+    if tokens < 1:
+        raise ValueError(f"--tokens must be >= 1, got {tokens}")
+    if repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {repeats}")
     before = torch.get_num_threads()
     torch.set_num_threads(threads or before)
     try:

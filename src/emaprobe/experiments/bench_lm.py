@@ -4,7 +4,7 @@ Command:   emaprobe bench lm [--device cuda] [--out results/bench]      (default
            emaprobe bench lm --quick --device cpu                        the CPU smoke (tiny configs)
            emaprobe bench lm --resume                                    keep the rows already in the JSON
 Hardware:  written for one H200 (spen-130m with each mixer and gpt-124m); ``--quick``
-           runs spen-tiny and gpt-tiny at short lengths on a laptop CPU in seconds.
+           runs spen-tiny and gpt-tiny at short lengths in half a minute to two minutes on 2 CPU cores.
 Run time:  with --compile both, most of it is compiling: roughly 20-40 minutes on one H200.
 Expected:  SPEN-130m batch-1 greedy generation at 1,000 tokens/s or more with the compiled
            step (``generate(compile=True)``), flat from a 2k to a 32k prompt; the eager step
@@ -134,6 +134,13 @@ class BenchConfig:
         for name in ("seq_lens", "gen_batches", "gen_prompts"):
             if not getattr(self, name) or min(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must hold positive sizes, got {getattr(self, name)}")
+        if not (self.train or self.generate):
+            raise ValueError("--no-train and --no-generate together leave nothing to measure; drop one of them")
+        # B = tokens_per_step // T, as documented: a step of fewer tokens than T would be B = 0
+        if self.train and self.tokens_per_step < max(self.seq_lens):
+            T = max(self.seq_lens)
+            raise ValueError(f"--tokens-per-step {self.tokens_per_step} is less than T = {T} of --seq-lens, "
+                             f"so B = {self.tokens_per_step} // {T} = 0; give --tokens-per-step {T} or more")
         for name in self.configs:
             resolve_config(name)  # an unknown name lists the valid ones
 
@@ -235,7 +242,7 @@ def _build(cfg, device: torch.device, min_positions: int) -> nn.Module:
 def bench_train(label: str, cfg, T: int, compiled: bool, bc: BenchConfig, device: torch.device,
                 peak: float | None) -> dict:
     """One training row: tokens/s, MFU and peak memory of a full optimizer step."""
-    B = max(1, bc.tokens_per_step // T)
+    B = bc.tokens_per_step // T  # >= 1: BenchConfig refuses a step shorter than T
     row: dict = {"part": "train", "model": label, "T": T, "B": B, "compiled": compiled}
     _free(device)
     model = _build(cfg, device, T).train()
@@ -510,7 +517,7 @@ def run(bc: BenchConfig, device: str | torch.device = "cpu", out_dir: str | Path
         for label, cfg in models:
             for T in bc.seq_lens:
                 for compiled in bc.compile_modes:
-                    base = {"part": "train", "model": label, "T": T, "B": max(1, bc.tokens_per_step // T),
+                    base = {"part": "train", "model": label, "T": T, "B": bc.tokens_per_step // T,
                             "compiled": compiled}
                     plan.append((base, lambda l=label, c=cfg, T=T, k=compiled: bench_train(l, c, T, k, bc, dev, peak)))
     if bc.generate:

@@ -112,6 +112,8 @@ def format_table(rows: list[dict]) -> str:
 
 
 def run_cpu(shapes, alphas=DEFAULT_ALPHAS, repeats: int = 7, out_dir: str | Path | None = None, loop_max_tokens: int = 70_000) -> dict:
+    if repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {repeats}")
     rows = []
     for shape in shapes:
         rows.append(bench_cpu_shape(shape, tuple(alphas), repeats, loop_max_tokens))
