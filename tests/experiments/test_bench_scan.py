@@ -14,6 +14,11 @@ def test_bench_scan_refuses_repeats_below_one(repeats, tmp_path, capsys):
     assert not any(tmp_path.iterdir())
 
 
+def test_bench_scan_repeats_are_refused_on_cuda_where_they_would_do_nothing(tmp_path, capsys):
+    assert main(["bench", "scan", "--device", "cuda", "--repeats", "3", "--out", str(tmp_path)]) == 2
+    assert "--repeats is for the CPU benchmark" in capsys.readouterr().err
+
+
 def test_bench_scan_help_shows_its_defaults_and_only_its_own_examples(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "scan", "--help"])

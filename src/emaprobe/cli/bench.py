@@ -103,6 +103,8 @@ def _scan(args: argparse.Namespace) -> int:
     if args.grid and (args.shape or args.sweep or args.tag):
         raise ValueError("--grid times its own shapes into scan_grid_<card>.json: drop --shape, --sweep and --tag")
     if args.device == "cuda":
+        if args.repeats is not None:
+            raise ValueError("--repeats is for the CPU benchmark; the CUDA one times CUDA-graph replays its own way")
         if not torch.cuda.is_available():
             raise ValueError("--device cuda: no CUDA device is visible to torch")
         from emaprobe.experiments.bench_scan_cuda import run_cuda, run_grid
@@ -113,7 +115,7 @@ def _scan(args: argparse.Namespace) -> int:
         run_cuda(shapes if args.shape else None, out_dir=args.out, do_sweep=args.sweep,
                  peers=not args.no_peers, loop=not args.no_loop, warp=not args.no_warp, tag=args.tag)
         return 0
-    run_cpu(shapes, repeats=args.repeats, out_dir=args.out)
+    run_cpu(shapes, repeats=7 if args.repeats is None else args.repeats, out_dir=args.out)
     return 0
 
 
@@ -148,7 +150,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default: cpu)")
     s.add_argument("--shape", action="append", metavar="BxTxD", help="a shape to time; repeat for several")
-    s.add_argument("--repeats", type=int, default=7, help="timed runs per figure; the median is reported (default: 7)")
+    s.add_argument("--repeats", type=int, default=None,
+                   help="CPU: timed runs per figure; the median is reported (default: 7). The CUDA benchmark "
+                   "replays CUDA graphs its own number of times")
     s.add_argument("--out", default="runs/bench",
                    help="folder for the JSON (default: runs/bench; the committed figures need --out results/bench)")
     g = s.add_argument_group("CUDA only")
