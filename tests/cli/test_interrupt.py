@@ -14,7 +14,7 @@ def test_an_interrupted_lm_train_exits_130_and_names_resume(monkeypatch, capsys)
     monkeypatch.setattr(cli_lm, "_train", cut)
     assert main(["lm", "train", "--config", "spen-tiny", "--data", "ptb", "--out", "runs/x"]) == 130
     err = capsys.readouterr().err
-    assert "emaprobe lm: interrupted: SIGTERM at step 3 of 9" in err
+    assert "emaprobe lm train: interrupted: SIGTERM at step 3 of 9" in err
     assert err.rstrip().endswith("; rerun with --resume to continue")
 
 

@@ -23,7 +23,9 @@ def test_prepare_then_info_then_reuse_tokenizer(tmp_path, capsys):
     assert valid.decode() == "a d <unk>\n"  # the train vocabulary has no 'e'
     assert main(["data", "info", str(tmp_path / "tr"), "--show", "7"]) == 0
     out = capsys.readouterr().out
-    assert "TokenData(11 tokens, 2 documents" in out and "a b c\na b\n" in out
+    assert f"{tmp_path / 'tr'}: 11 tokens (uint16) in 1 shard(s), 2 documents, 16 bytes" in out
+    assert "  tokenizer: word (vocab 6)" in out and "TokenData(" not in out  # lines, not a repr
+    assert "a b c\na b\n" in out
     assert main(["data", "info", str(tmp_path / "va"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n_tokens"] == 4
 
@@ -33,6 +35,12 @@ def test_prepare_then_info_then_reuse_tokenizer(tmp_path, capsys):
     [
         (["--tokenizer", "spm"], "unknown tokenizer 'spm'; choose one of ['bpe', 'gpt2', 'word']"),
         (["--tokenizer", "bpe", "--vocab-size", "10"], "vocab_size must be >= 257"),
+        # the flags by their command-line names, not prepare()'s parameters
+        (["--tokenizer", "word", "--workers", "0"], "emaprobe data prepare: error: --workers must be >= 1, got 0"),
+        (["--tokenizer", "word", "--shard-tokens", "0"], "--shard-tokens must be >= 1, got 0"),
+        # refused, not ignored
+        (["--tokenizer", "word", "--ranks", "/x"], "--ranks applies only to --tokenizer gpt2, not 'word'"),
+        (["--tokenizer", "gpt2", "--ranks", "/nonexistent/x.tiktoken"], "--ranks /nonexistent/x.tiktoken: no such"),
     ],
 )
 def test_prepare_bad_arguments_exit_2_with_one_line(tmp_path, capsys, extra, message):
@@ -54,3 +62,45 @@ def test_prepare_corrupt_corpus_exits_2_naming_the_file(tmp_path, capsys):
 def test_info_on_a_non_prepared_folder_exits_2(tmp_path, capsys):
     assert main(["data", "info", str(tmp_path)]) == 2
     assert "no manifest.json" in capsys.readouterr().err
+
+
+def test_prepare_over_a_prepared_folder_names_the_overwrite_flag(tmp_path, capsys):
+    (tmp_path / "c.txt").write_text("a b\n", encoding="utf-8")
+    argv = ["data", "prepare", "--data", str(tmp_path / "c.txt"), "--tokenizer", "word", "--out", str(tmp_path / "o"),
+            "--workers", "1", "--quiet"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "already holds a prepared corpus; pass --overwrite to replace it" in err and "overwrite=True" not in err
+    assert main([*argv, "--overwrite"]) == 0
+
+
+def test_prepare_without_gpt2_ranks_reports_a_missing_data_path_first(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("EMAPROBE_DATA", raising=False)
+    monkeypatch.delenv("EMAPROBE_GPT2_RANKS", raising=False)
+    argv = ["data", "prepare", "--tokenizer", "gpt2", "--out", str(tmp_path / "o"), "--quiet"]
+    assert main([*argv, "--data", str(tmp_path / "missing.txt")]) == 2
+    err = capsys.readouterr().err
+    assert f"--data: data spec '{tmp_path / 'missing.txt'}': no such file or folder" in err and "ranks" not in err
+    (tmp_path / "c.txt").write_text("a b\n", encoding="utf-8")
+    assert main([*argv, "--data", str(tmp_path / "c.txt")]) == 2
+    err = capsys.readouterr().err
+    assert "GPT-2 ranks file not found: pass --ranks FILE" in err and "ranks_path" not in err
+    assert err.count("EMAPROBE_DATA") == 2 and err.count("\n") == 1  # named once, and once as not set
+
+
+def test_info_refuses_a_negative_show(tmp_path, capsys):
+    (tmp_path / "c.txt").write_text("a b\n", encoding="utf-8")
+    assert main(["data", "prepare", "--data", str(tmp_path / "c.txt"), "--tokenizer", "word",
+                 "--out", str(tmp_path / "o"), "--workers", "1", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["data", "info", str(tmp_path / "o"), "--show", "-3"]) == 2
+    err = capsys.readouterr().err
+    assert err == "emaprobe data info: error: --show must be >= 0 (the number of tokens to decode), got -3\n"
+
+
+def test_prepare_help_shows_the_shard_size_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["data", "prepare", "--help"])
+    assert "ids per shard file (default: 100,000,000)" in " ".join(capsys.readouterr().out.split())

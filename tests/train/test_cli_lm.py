@@ -36,7 +36,7 @@ def _train_args(out, *extra):
 def test_bad_overrides_fail_with_clear_errors(extra, message, tmp_path, capsys):
     assert main(_train_args(tmp_path / "run", *extra)) == 2
     err = capsys.readouterr().err
-    assert err.startswith("emaprobe lm: error: ")
+    assert err.startswith("emaprobe lm train: error: ")
     assert re.search(message, err), err
     assert not (tmp_path / "run").exists(), "a failed start must not leave a run folder"
 

@@ -40,7 +40,7 @@ def test_generate_bad_settings_fail_before_the_prompt_is_printed(trained, extra,
     assert main(["lm", "generate", "--ckpt", str(trained), "--prompt", "the company", *extra]) == 2
     captured = capsys.readouterr()
     assert captured.out == "", "nothing (not even the prompt) may be printed before the error"
-    assert captured.err.startswith("emaprobe lm: error: ") and captured.err.endswith("\n")
+    assert captured.err.startswith("emaprobe lm generate: error: ") and captured.err.endswith("\n")
     assert re.search(message, captured.err), captured.err
 
 
@@ -51,6 +51,52 @@ def test_generate_zero_temperature_is_greedy_and_deterministic(trained, capsys):
                      "--temperature", "0", "--seed", seed]) == 0
         outs.append(capsys.readouterr().out)
     assert outs[0] == outs[1] and outs[0].startswith("the company")
+
+
+def test_generate_warns_once_about_prompt_words_outside_the_vocabulary(trained, capsys):
+    assert main(["lm", "generate", "--ckpt", str(trained), "--prompt", "The Company said", "--tokens", "2"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("<unk> <unk> said")
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: 2 prompt word(s)"), captured.err
+    assert "became <unk>: 'The', 'Company'" in lines[0] and "lower case" in lines[0]
+    assert main(["lm", "generate", "--ckpt", str(trained), "--prompt", "the company said", "--tokens", "2"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    "argv, default",
+    [(["lm", "train"], "(default: 1000;"), (["lm", "eval"], "auto, cpu or cuda (default: auto)")],
+)
+def test_train_and_eval_help_show_defaults(argv, default, capsys):
+    with pytest.raises(SystemExit):
+        main([*argv, "--help"])
+    assert default in " ".join(capsys.readouterr().out.split())
+
+
+def test_configs_name_the_alias(capsys):
+    assert main(["lm", "configs"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert lines["gpt-130m"].endswith("alias of gpt-124m") and "alias" not in lines["gpt-124m"]
+    assert main(["lm", "configs", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["gpt-130m"]["alias_of"] == "gpt-124m" and rows["spen-130m"]["alias_of"] is None
+
+
+def test_train_reports_a_missing_data_path_before_the_gpt2_ranks(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("EMAPROBE_DATA", raising=False)
+    monkeypatch.delenv("EMAPROBE_GPT2_RANKS", raising=False)
+    argv = ["lm", "train", "--config", "spen-tiny", "--out", str(tmp_path / "run"), "--quiet"]
+    assert main([*argv, "--data", str(tmp_path / "missing.txt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"emaprobe lm train: error: --data: data spec '{tmp_path / 'missing.txt'}': no such file")
+    assert "ranks" not in err
+    (tmp_path / "c.txt").write_text("a b\n", encoding="utf-8")
+    assert main([*argv, "--data", str(tmp_path / "c.txt")]) == 2
+    err = capsys.readouterr().err
+    # lm train has no --ranks flag, and no Python parameter is a way to give the file here
+    assert "GPT-2 ranks file not found: give --tokenizer a saved gpt2 tokenizer folder" in err
+    assert "ranks_path" not in err and "--ranks" not in err and err.count("EMAPROBE_DATA") == 2
 
 
 def test_generate_help_shows_defaults(capsys):
@@ -103,3 +149,22 @@ def test_training_summary_labels_validation_and_training_tokens():
     assert "trained 300 steps on 1,228,800 tokens" in line
     assert "(1,228,800 tokens)" not in line
     assert "no validation split" in training_summary({"step": 3, "tokens": 10, "val": {}}, "o")
+
+
+def test_resume_says_so_in_plain_lines(tmp_path, capsys, recwarn):
+    run = tmp_path / "run"
+    assert main(_train_args(run)) == 0
+    capsys.readouterr()
+    assert main(_train_args(run, "--resume", steps="3")) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"resuming {run} from step 2 of 3; changed train settings: steps: checkpoint 2, now 3")
+    assert "resumed from step 2, now 3 steps on" in lines[-1]
+    assert not [w for w in recwarn if "resum" in str(w.message)], "a resume is not a warning"
+
+
+def test_resume_with_another_kind_of_model_says_which_kinds(trained, capsys):
+    assert main(_train_args(trained, "--resume", "--config", "gpt-tiny", steps="3")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("emaprobe lm train: error: ")
+    assert "the checkpoint holds a SPEN model but this run's config is a GPT model" in err
+    assert "<absent>" not in err

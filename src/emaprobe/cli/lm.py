@@ -96,14 +96,26 @@ def _train(args) -> int:
             raise ValueError(f"--steps {args.steps} and --set train.steps={given} disagree; give one")
         args.overrides["train"]["steps"] = str(args.steps)
 
+    from emaprobe.data.splits import check_spec
+    from emaprobe.data.tokenizers.gpt2 import RanksNotFound
     from emaprobe.train.lm import PeerFailed
+
+    # a mistyped path is reported as such, before the tokenizer (gpt2 for a file) needs its ranks
+    for flag, spec in (("--data", args.data), ("--val", args.val)):
+        if spec is not None:
+            try:
+                check_spec(spec)
+            except (ValueError, FileNotFoundError) as err:
+                raise type(err)(f"{flag}: {err}") from None
 
     clean = False
     try:
         result = _run_training(args)
         clean = True
+    except RanksNotFound:
+        raise RanksNotFound("give --tokenizer a saved gpt2 tokenizer folder (data prepare writes one)") from None
     except PeerFailed as err:  # another rank's error ended the run; it printed its own
-        print(f"emaprobe lm: error: {err}", file=sys.stderr)
+        print(f"emaprobe {args.command}: error: {err}", file=sys.stderr)
         return 1
     finally:
         shutdown_distributed(clean=clean)  # no closing barrier after a failure: the others may not come
@@ -117,6 +129,9 @@ def training_summary(result: dict, out: str) -> str:
     """The last line of ``lm train``: validation metrics with their own token count, apart from training's."""
     val = result.get("val") or {}
     trained = f"trained {result['step']} steps on {result['tokens']:,} tokens"
+    if result.get("resumed_from"):
+        trained = (f"resumed from step {result['resumed_from']}, now {result['step']} steps on "
+                   f"{result['tokens']:,} tokens in all")
     if not val:
         return f"{trained} (no validation split)  -> {out}"
     seen = f" over {val['val_tokens']:,} validation tokens" if "val_tokens" in val else ""
@@ -175,17 +190,26 @@ def _configs(args) -> int:
     from emaprobe.models import config_table
 
     rows = config_table(vocab_size=args.vocab_size)
+    # one config under two names (gpt-130m is gpt-124m, named to pair with spen-130m): the later is an alias
+    first_of: dict[str, str] = {}
+    for r in rows:
+        key = json.dumps(r["config"], sort_keys=True)
+        r["alias_of"] = first_of.get(key)
+        first_of.setdefault(key, r["name"])
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     width = max(len(r["name"]) for r in rows)
     print(f"{'config':<{width}}  {'params':>12}  {'vocab':>7}  fields")
     for r in rows:
-        print(f"{r['name']:<{width}}  {r['params']:>12,}  {r['vocab_size']:>7}  {r['summary']}")
+        fields = f"alias of {r['alias_of']}" if r["alias_of"] else r["summary"]
+        print(f"{r['name']:<{width}}  {r['params']:>12,}  {r['vocab_size']:>7}  {fields}")
     return 0
 
 
 def register(sub) -> None:
+    from emaprobe.train.config import TrainConfig
+
     fmt = argparse.RawDescriptionHelpFormatter
     lm = sub.add_parser(
         "lm",
@@ -206,7 +230,8 @@ def register(sub) -> None:
     p.add_argument("--config", required=True, help="named model config (see `emaprobe lm configs`)")
     p.add_argument("--data", required=True, help="training data spec: ptb, a prepared folder, file, folder or glob")
     p.add_argument("--val", default=None, help="validation data spec (default: ptb:valid for ptb, else 1%% held out)")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps (same as --set train.steps=N)")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"optimizer steps (default: {TrainConfig.steps}; same as --set train.steps=N)")
     p.add_argument("--set", action="append", metavar="model.FIELD=VALUE|train.FIELD=VALUE",
                    help="override a model or trainer config field, dotted (repeatable)")
     p.add_argument("--out", required=True, help="run folder (checkpoint, metrics, exported model)")
@@ -215,7 +240,8 @@ def register(sub) -> None:
     )
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out (start fresh if none)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_train, resume_hint="rerun with --resume to continue")
+    # command: errors and interrupts name the subcommand ("emaprobe lm train: error: ...")
+    p.set_defaults(func=_train, command="lm train", resume_hint="rerun with --resume to continue")
 
     p = lm_sub.add_parser(
         "eval", help="loss, perplexity and bits per byte of a trained model", formatter_class=fmt,
@@ -227,9 +253,9 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="windows per batch, >= 1 (default: the run's)")
     p.add_argument("--seq-len", type=int, default=None, help="window length, >= 1 (default: the run's)")
     p.add_argument("--max-batches", type=int, default=0, help="score only this many batches (0: all)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_eval)
+    p.set_defaults(func=_eval, command="lm eval")
 
     p = lm_sub.add_parser(
         "generate", help="stream tokens from a trained model", formatter_class=_DefaultsFormatter,
@@ -246,7 +272,7 @@ def register(sub) -> None:
     p.add_argument("--compile", action="store_true",
                    help="compile the per-token step (CUDA graphs on GPU): the same tokens, faster after a "
                    "compile of tens of seconds; for models with a fixed-size state (SPEN's scan mixers)")
-    p.set_defaults(func=_generate)
+    p.set_defaults(func=_generate, command="lm generate")
 
     p = lm_sub.add_parser(
         "configs", help="list the named model configs with parameter counts", formatter_class=fmt,
@@ -254,4 +280,4 @@ def register(sub) -> None:
     )
     p.add_argument("--vocab-size", type=int, default=None, help="count parameters at this vocabulary size")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=_configs)
+    p.set_defaults(func=_configs, command="lm configs")

@@ -282,7 +282,7 @@ def _check_target(out: Path, overwrite: bool) -> None:
         raise ValueError(f"{out}: exists and is not a folder")
     if (out / MANIFEST).is_file():
         if not overwrite:
-            raise ValueError(f"{out}: already holds a prepared corpus; pass overwrite=True (--overwrite) to replace it")
+            raise ValueError(f"{out}: already holds a prepared corpus; pass overwrite=True to replace it")
     elif any(out.iterdir()):
         raise ValueError(f"{out}: a non-empty folder that is not a prepared corpus; choose a new or empty folder")
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from emaprobe.data.prepare import load_split
-from emaprobe.data.readers import is_ptb_spec
+from emaprobe.data.readers import is_ptb_spec, ptb_split, resolve_files
 from emaprobe.data.tokenizers import Tokenizer, get_tokenizer, resolve_tokenizer
 from emaprobe.data.tokens import MANIFEST, TokenData
 
@@ -51,6 +51,18 @@ def is_prepared(spec: str | os.PathLike) -> bool:
     return (Path(spec) / MANIFEST).is_file()
 
 
+def check_spec(spec: str) -> None:
+    """Fail now, naming the spec, if it names no data; nothing is read.
+
+    A run checks its specs before it builds a tokenizer, so a mistyped path is reported
+    as such and not as whatever building the tokenizer needed first.
+    """
+    if is_ptb_spec(spec):
+        ptb_split(spec)
+    elif not is_prepared(spec):
+        resolve_files(spec)
+
+
 def default_tokenizer(spec: str, tokenizer: Tokenizer | str | os.PathLike | None = None) -> Tokenizer:
     """The tokenizer a run on ``spec`` uses (see the module docstring)."""
     if tokenizer is not None:
@@ -80,6 +92,9 @@ def train_val_streams(
 
     The streams are ``TokenData`` or ``StreamView``s of one; both have ``bytes_per_token``.
     """
+    for named in (spec, val):
+        if named is not None:
+            check_spec(named)
     tok = default_tokenizer(spec, tokenizer)
     if is_ptb_spec(spec) and val is None:
         spec, val = ("ptb:train" if spec == "ptb" else spec), "ptb:valid"

@@ -21,6 +21,8 @@ import torch
 from emaprobe.utils import atomic_write
 
 CHECKPOINT_NAME = "checkpoint.pt"
+# what a resume reads (train.lm); model_config and train_s are optional
+REQUIRED_KEYS = ("step", "tokens", "model", "optimizer", "sampler", "rng", "train_config", "world_size", "metrics")
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
@@ -34,9 +36,23 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise ValueError(f"{path}: not a readable emaprobe checkpoint ({err})") from err
+        raise ValueError(f"{path}: not a readable emaprobe checkpoint: {_why_unreadable(path, err)}") from err
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt] if isinstance(ckpt, dict) else list(REQUIRED_KEYS)
+    if missing:
+        raise ValueError(f"{path}: a torch file but not an emaprobe training checkpoint (it lacks {missing})")
+    return ckpt
+
+
+def _why_unreadable(path: Path, err: Exception) -> str:
+    """What failed, in words. torch.load's own message can be a bare number (a KeyError from the
+    unpickler) or a paragraph that suggests weights_only=False; neither helps with a damaged file."""
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    first = str(err).strip().split("\n")[0].split(". ")[0].strip().rstrip(".")
+    detail = f"{type(err).__name__}: {first}" if any(c.isalpha() for c in first) else type(err).__name__
+    return f"torch.load could not read it ({detail}); the file is damaged or cut short, or was not written by emaprobe"
 
 
 def rng_state() -> dict[str, Any]:

@@ -225,7 +225,28 @@ def _describe_diff(saved: Any, now: Any, prefix: str = "") -> str:
 STREAM_FIELDS = ("batch_size", "seq_len", "grad_accum", "seed")
 
 
-def _check_resume(ckpt: dict[str, Any], train_cfg: dict, model_cfg: Any, info: DistInfo, path: Path) -> None:
+def _model_kind(cfg: Any) -> str | None:
+    """The registered model kind ('spen', 'gpt') whose config has exactly the fields of dict ``cfg``, or None."""
+    from emaprobe.models import MODEL_KINDS
+
+    if not isinstance(cfg, dict):
+        return None
+    for kind, cls in MODEL_KINDS.items():
+        if set(cfg) == {f.name for f in dataclasses.fields(cls.config_class)}:
+            return kind
+    return None
+
+
+def _check_resume(ckpt: dict[str, Any], train_cfg: dict, model_cfg: Any, info: DistInfo, path: Path) -> str:
+    """Raise if the checkpoint cannot continue as this run; return the train settings that changed ('' if none)."""
+    saved_model = ckpt.get("model_config")
+    was, now = _model_kind(saved_model), _model_kind(model_cfg)
+    if was and now and was != now:
+        # a field-by-field diff of two kinds of model is all '<absent>'; the kinds say it
+        raise ValueError(
+            f"{path}: the checkpoint holds a {was.upper()} model but this run's config is a {now.upper()} model; "
+            "resume with the config the checkpoint was trained with, or start a new --out"
+        )
     saved = ckpt["train_config"]
     diff = sorted(k for k in set(saved) | set(train_cfg) if saved.get(k) != train_cfg.get(k))
     fixed = [k for k in diff if k in STREAM_FIELDS]
@@ -235,14 +256,6 @@ def _check_resume(ckpt: dict[str, Any], train_cfg: dict, model_cfg: Any, info: D
             f"({', '.join(f'{k}={saved.get(k)}' for k in fixed)}); a resumed run must read the same batches, "
             "so resume with the same values or start a new --out"
         )
-    if diff and info.is_main:
-        warnings.warn(
-            f"resuming {path} with changed train settings ({_describe_diff(saved, train_cfg)}); "
-            "the curve will differ from an unbroken run",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-    saved_model = ckpt.get("model_config")
     if saved_model != model_cfg:
         changed = _describe_diff(saved_model, model_cfg)
         raise ValueError(
@@ -254,6 +267,7 @@ def _check_resume(ckpt: dict[str, Any], train_cfg: dict, model_cfg: Any, info: D
             f"{path}: the checkpoint has {ckpt['world_size']} ranks' sampler states but this run has "
             f"{info.world_size} processes; exact resume needs the same world size"
         )
+    return _describe_diff(saved, train_cfg) if diff else ""
 
 
 def train_lm(
@@ -296,7 +310,7 @@ def train_lm(
         raise ValueError(f"{out} already holds a checkpoint; pass --resume to continue it, or choose another --out")
     if resume and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path, map_location="cpu")
-        _check_resume(ckpt, train_cfg, model_cfg, info, ckpt_path)
+        changed = _check_resume(ckpt, train_cfg, model_cfg, info, ckpt_path)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         sampler.load_state_dict(ckpt["sampler"][info.rank])
@@ -313,6 +327,11 @@ def train_lm(
             last = next((m for m in reversed(metrics) if "loss" in m), {})
             return {"step": start_step, "tokens": tokens_seen, "train": last, "val": last_val,
                     "already_done": True, "note": note, "train_s": clock["before"]}
+        if info.is_main:
+            # a plain line, not a warning: resuming is what was asked for
+            also = (f"; changed train settings: {changed} (the curve will differ from an unbroken run)"
+                    if changed else "")
+            print(f"resuming {out} from step {start_step} of {cfg.steps}{also}", flush=True)
     if cfg.optim.warmup_steps >= cfg.steps and info.is_main:
         warnings.warn(
             f"optim.warmup_steps={cfg.optim.warmup_steps} >= steps={cfg.steps}: the learning rate never leaves "
@@ -444,7 +463,7 @@ def train_lm(
         if writer is not None:
             writer.close()
     return {"step": last.get("step", start_step), "tokens": tokens_seen, "train": last, "val": last_val,
-            "train_s": train_s()}
+            "train_s": train_s(), "resumed_from": start_step or None}
 
 
 def _raise_distributed_failure(err: Exception, info: DistInfo, step: int, ckpt_step: int | None, path: Path):

@@ -14,13 +14,14 @@ import json
 import math
 import os
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from emaprobe.data.tokenizers import Tokenizer, load_tokenizer
+from emaprobe.data.tokenizers import Tokenizer, WordTokenizer, load_tokenizer
 from emaprobe.models import resolve_config
 from emaprobe.train.config import TrainConfig
 from emaprobe.train.corpus import load_lm_data, open_split
@@ -173,6 +174,23 @@ def check_generate_args(max_new_tokens: int, temperature: float, top_k: int | No
         raise ValueError(f"--top-k must be >= 1 (leave it out to sample from all tokens), got {top_k}")
 
 
+def _unknown_words(tok: Tokenizer, text: str) -> list[str]:
+    """The distinct words of ``text`` that a word-level tokenizer maps to its unknown token, in order
+    (none for byte-level tokenizers, which encode anything)."""
+    if not isinstance(tok, WordTokenizer):
+        return []
+    return list(dict.fromkeys(w for w in text.split() if w not in tok.ids))
+
+
+def _case_hint(tok: WordTokenizer, unknown: list[str]) -> str:
+    # PTB's vocabulary is lower case (but for 'N', its number token), so "The Company said" loses two words
+    found = [w.lower() for w in unknown if w.lower() in tok.ids]
+    cased = sum(w != w.lower() for w in tok.words)
+    if not found or cased > 0.01 * len(tok.words):
+        return ""
+    return f"; this vocabulary is lower case (as PTB's is) and has {', '.join(repr(w) for w in found)}"
+
+
 def stream_generate(
     ckpt: str | os.PathLike,
     prompt: str,
@@ -189,7 +207,8 @@ def stream_generate(
     ``compile`` runs each step through the compiled decode step (``LanguageModel.generate``).
 
     The arguments are checked before anything is yielded, so an error is never printed
-    after the prompt.
+    after the prompt. Prompt words a word-level tokenizer does not know are named in one
+    warning on stderr, since each becomes its unknown token.
     """
     check_generate_args(max_new_tokens, temperature, top_k)
     dev = resolve_device(device, DistInfo())
@@ -200,6 +219,11 @@ def stream_generate(
     ids = tok.encode(prompt)
     if not ids:
         raise ValueError("the prompt encodes to no tokens; give some text")
+    unknown = _unknown_words(tok, prompt)
+    if unknown:
+        print(f"warning: {len(unknown)} prompt word(s) are not in the {tok.name} tokenizer's vocabulary and became "
+              f"{tok.unk}: {', '.join(repr(w) for w in unknown)}{_case_hint(tok, unknown)}",
+              file=sys.stderr, flush=True)
     idx = torch.tensor([ids], dtype=torch.long, device=dev)  # (1, T)
     gen = torch.Generator(device=dev).manual_seed(seed)
     yield tok.decode(ids)

@@ -18,13 +18,32 @@ from pathlib import Path
 from typing import Any
 
 from emaprobe.data.tokenizers.base import Tokenizer, sha256_hex
-from emaprobe.utils.paths import find_data
+from emaprobe.utils.paths import ENV_DATA, find_data
 
 ENV_RANKS = "EMAPROBE_GPT2_RANKS"
 RANKS_FILE = "gpt2.tiktoken"
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 EOT_TEXT = "<|endoftext|>"
 GPT2_EOT_ID = 50256
+
+
+class RanksNotFound(FileNotFoundError):
+    """No ranks file was given and none is where one is looked for.
+
+    ``give`` is the way to pass the file explicitly in the caller's words: ``ranks_path``
+    from Python; a command line raises it again naming its own flag.
+    """
+
+    def __init__(self, give: str = "pass ranks_path") -> None:
+        root = os.environ.get(ENV_DATA)
+        if root:
+            looked = f"{Path(root).expanduser() / 'gpt2' / RANKS_FILE} does not exist"
+        else:
+            looked = f"neither {ENV_RANKS} nor {ENV_DATA} is set"
+        super().__init__(
+            f"GPT-2 ranks file not found: {give}, set {ENV_RANKS} to the file, "
+            f"or set {ENV_DATA} to a folder holding gpt2/{RANKS_FILE} ({looked})"
+        )
 
 
 def resolve_ranks_path(ranks_path: str | os.PathLike | None = None) -> Path:
@@ -34,11 +53,8 @@ def resolve_ranks_path(ranks_path: str | os.PathLike | None = None) -> Path:
         return find_data("gpt2/gpt2.tiktoken", ranks_path)
     try:
         return find_data("gpt2/gpt2.tiktoken")
-    except FileNotFoundError as err:
-        raise FileNotFoundError(
-            f"GPT-2 ranks file not found: pass ranks_path, set {ENV_RANKS} to the file, "
-            f"or set EMAPROBE_DATA to a folder holding gpt2/gpt2.tiktoken ({err})"
-        ) from None
+    except FileNotFoundError:
+        raise RanksNotFound() from None
 
 
 def read_ranks(path: Path) -> dict[bytes, int]:
