@@ -41,6 +41,9 @@ def test_prepare_then_info_then_reuse_tokenizer(tmp_path, capsys):
         # refused, not ignored
         (["--tokenizer", "word", "--ranks", "/x"], "--ranks applies only to --tokenizer gpt2, not 'word'"),
         (["--tokenizer", "gpt2", "--ranks", "/nonexistent/x.tiktoken"], "--ranks /nonexistent/x.tiktoken: no such"),
+        (["--tokenizer", "gpt2", "--vocab-size", "100"], "--vocab-size applies only to --tokenizer word or bpe"),
+        (["--tokenizer", "gpt2", "--tokenizer-corpus", "ptb:train"], "--tokenizer-corpus applies only to"),
+        (["--tokenizer", "word", "--vocab-size", "1"], "--vocab-size must be >= 2, got 1"),
     ],
 )
 def test_prepare_bad_arguments_exit_2_with_one_line(tmp_path, capsys, extra, message):

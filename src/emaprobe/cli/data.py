@@ -57,6 +57,13 @@ def _check_prepare_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     if args.shard_tokens < 1:
         raise ValueError(f"--shard-tokens must be >= 1, got {args.shard_tokens}")
+    learned = args.tokenizer in ("word", "bpe")  # the tokenizers that learn a vocabulary from text
+    for flag, value in (("--vocab-size", args.vocab_size), ("--tokenizer-corpus", args.tokenizer_corpus)):
+        if value is not None and not learned:
+            raise ValueError(f"{flag} applies only to --tokenizer word or bpe (they learn a vocabulary), "
+                             f"not {args.tokenizer!r}; drop {flag}")
+    if args.vocab_size is not None and args.vocab_size < 2:
+        raise ValueError(f"--vocab-size must be >= 2, got {args.vocab_size}")
     if args.ranks is not None:
         # refused, not ignored, as --steps against --set train.steps is in `lm train`
         if args.tokenizer != "gpt2":
