@@ -92,6 +92,20 @@ def test_a_run_with_other_settings_is_refused_and_nothing_is_overwritten(tmp_pat
     assert (tmp_path / "spen-ema-s0.json").read_bytes() == before
 
 
+def test_a_rerun_keeps_runs_recorded_before_seeds_and_settings_existed(tmp_path, monkeypatch):
+    # results/lm_ptb_h200's JSON predates ``seeds`` and ``threads``: a rerun with more seeds keeps its seed 0
+    cfg, _ = _two_seeds(tmp_path)
+    for path in tmp_path.glob("*-s0.json"):
+        r = json.loads(path.read_text())
+        ec = r["experiment_config"]
+        del ec["seeds"], ec["variants"], ec["threads"]
+        ec["seed"] = 0
+        path.write_text(json.dumps(r))
+    monkeypatch.setattr(lm_ptb, "run_variant", lambda *a, **k: pytest.fail("nothing is left to train"))
+    res = lm_ptb.run(cfg, tmp_path, quiet=True)
+    assert list(res["spen-ema"]) == [0, 1] and res["spen-ema"][0]["experiment_config"]["seed"] == 0
+
+
 def test_a_result_named_without_its_seed_is_reported_with_the_fix(tmp_path):
     _two_seeds(tmp_path)
     (tmp_path / "spen-ema-s0.json").rename(tmp_path / "spen-ema.json")

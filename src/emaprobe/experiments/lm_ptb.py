@@ -170,9 +170,10 @@ def result_path(out: Path, name: str, seed: int) -> Path:
     return out / f"{name}-s{seed}.json"
 
 
-# what a (variant, seed) run depends on: every Config field but the lists of seeds and variants
+# what a (variant, seed) run depends on: every Config field but the lists of seeds and variants (and
+# ``seed``, the one seed of records made before ``seeds``; a run's own seed is in its file name)
 def _settings(ec: dict) -> dict:
-    return {k: v for k, v in ec.items() if k not in ("seeds", "variants")}
+    return {k: v for k, v in ec.items() if k not in ("seeds", "variants", "seed")}
 
 
 def run(cfg: Config, out: str | Path, runs_dir: str | Path | None = None, quiet: bool = False) -> dict[str, dict]:
@@ -197,7 +198,8 @@ def run(cfg: Config, out: str | Path, runs_dir: str | Path | None = None, quiet:
             continue
         r = json.loads(path.read_text())
         have = _settings(r["experiment_config"])
-        diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+        # a field the saved run predates is not compared (results/lm_ptb_h200 has no ``threads``)
+        diff = sorted(k for k in set(want) & set(have) if want[k] != have[k])
         if diff:
             raise ValueError(f"{path} was made with other settings ({', '.join(f'{k}={have.get(k)!r}' for k in diff)}; "
                              f"this run has {', '.join(f'{k}={want.get(k)!r}' for k in diff)}): choose another --out, "
