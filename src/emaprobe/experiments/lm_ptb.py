@@ -288,7 +288,8 @@ def claims(res: dict[str, dict]) -> list[Claim]:
                   "cannot test it, so the verdict stays inconclusive.")))
     d = paired(res, "spen-ema-attnpred", "spen-ema", _loss_diff)
     if d:
-        verdict = verdict_no_difference(d["mean"], d["lo"], d["hi"], tol=SAME_LOSS_NATS) if d["n"] > 1 else "inconclusive"
+        verdict = "inconclusive" if d["n"] < 2 else verdict_no_difference(d["mean"], d["lo"], d["hi"],
+                                                                           tol=SAME_LOSS_NATS)
         rows.append(Claim(
             claim="predictor_ablation_delta_loss_ptb", metric="test loss, attention predictor - linear (nats/token)",
             paper=0.0, ours=round(d["mean"], 5), std=_std(d), seeds=d["n"], verdict=verdict, **common,
@@ -298,8 +299,8 @@ def claims(res: dict[str, dict]) -> list[Claim]:
                   "inconclusive.")))
     d = paired(res, "spen-selective", "spen-ema", _loss_diff)
     if d:
-        verdict = verdict_from_interval(d["lo"], d["hi"], threshold=0.0, above_confirms=False) if d["n"] > 1 \
-            else "inconclusive"
+        verdict = "inconclusive" if d["n"] < 2 else verdict_from_interval(d["lo"], d["hi"], threshold=0.0,
+                                                                           above_confirms=False)
         rows.append(Claim(
             claim="selection_beats_fixed_decay_ptb", metric="test loss, spen-selective - spen-ema (nats/token)",
             paper=None, ours=round(d["mean"], 5), std=_std(d), seeds=d["n"], verdict=verdict, **common,

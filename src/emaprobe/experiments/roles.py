@@ -545,6 +545,11 @@ def _pm(ms: dict[str, float], fmt: str, scale: float = 1.0) -> str:
     return mean if ms["n"] < 2 else f"{mean} ± {format(scale * ms['std'], fmt.lstrip('+'))}"
 
 
+def _spread(ms: dict[str, float], n: int) -> float | None:
+    """A claim's std: none over one seed."""
+    return ms["std"] if n > 1 else None
+
+
 def _pct(ms: dict[str, float] | None) -> str:
     if not ms:
         return "n/a"
@@ -595,7 +600,7 @@ def claims(result: dict[str, Any]) -> list[Claim]:
     r = result["ratio_within_a"]["two_stage"]
     rows.append(Claim(
         claim="hebbian_over_bigru_within_a", metric="accuracy ratio two-stage Hebbian / BiGRU, within-A test",
-        paper=PAPER["ratio_hebbian_bigru"], ours=r["mean"], std=r["std"] if n > 1 else None, seeds=n, scale=scale,
+        paper=PAPER["ratio_hebbian_bigru"], ours=r["mean"], std=_spread(r, n), seeds=n, scale=scale,
         verdict=_verdict(r, PAPER["ratio_hebbian_bigru"]), command=COMMAND,
         labels=f"Hebbian: 0 in training, {val_labels} A-val tokens for naming; BiGRU: {train_labels} "
                "(A-train, plus A-val for early stopping)",
@@ -604,7 +609,7 @@ def claims(result: dict[str, Any]) -> list[Claim]:
     spec = result["ratio_within_a"]["hebbian"]
     rows.append(Claim(
         claim="hebbian_over_bigru_within_a_spec", metric="accuracy ratio spec Hebbian (K=3, Hungarian) / BiGRU, "
-        "within-A test", paper=PAPER["ratio_hebbian_bigru"], ours=spec["mean"], std=spec["std"] if n > 1 else None, seeds=n,
+        "within-A test", paper=PAPER["ratio_hebbian_bigru"], ours=spec["mean"], std=_spread(spec, n), seeds=n,
         scale=scale, verdict=_verdict(spec, PAPER["ratio_hebbian_bigru"]),
         command=COMMAND, labels=f"0 in training; {val_labels} A-val tokens fix the one-to-one naming of 3 units",
     ))
@@ -614,7 +619,7 @@ def claims(result: dict[str, Any]) -> list[Claim]:
         rows.append(Claim(
             claim="hebbian_over_bigru_within_a_100_labels", metric="accuracy ratio two-stage Hebbian named with "
             "100 labelled tokens / fully supervised BiGRU, within-A test", paper=PAPER["ratio_hebbian_bigru"],
-            ours=c["mean"], std=c["std"] if n > 1 else None, seeds=n, scale=scale,
+            ours=c["mean"], std=_spread(c, n), seeds=n, scale=scale,
             verdict=_verdict(c, PAPER["ratio_hebbian_bigru"]), command=COMMAND,
             labels="Hebbian: 100 A-val tokens for naming; BiGRU: " + str(train_labels),
         ))
@@ -627,7 +632,7 @@ def claims(result: dict[str, Any]) -> list[Claim]:
         deep_verdict = "confirmed" if wins == n else ("refuted" if wins == 0 else _verdict(d, 0.0))
     rows.append(Claim(
         claim="deep_hebbian_beats_bigru", metric="two-stage Hebbian minus BiGRU accuracy, deep set, depth >= 2 "
-        "(fraction; > 0 = Hebbian ahead)", paper=None, ours=d["mean"], std=d["std"] if n > 1 else None, seeds=n, scale=scale,
+        "(fraction; > 0 = Hebbian ahead)", paper=None, ours=d["mean"], std=_spread(d, n), seeds=n, scale=scale,
         verdict=deep_verdict,
         command=COMMAND,
         labels=f"Hebbian: {val_labels} A-val naming tokens; BiGRU: {train_labels}",
@@ -641,7 +646,7 @@ def claims(result: dict[str, Any]) -> list[Claim]:
     bs = {k: 100 * v for k, v in b.items() if k != "n"} | {"n": b["n"]}
     rows.append(Claim(
         claim="transfer_b", metric="two-stage Hebbian accuracy on grammar B (%), trained and named on A only",
-        paper=PAPER["transfer_b"], ours=bs["mean"], std=bs["std"] if n > 1 else None, seeds=n, scale=scale,
+        paper=PAPER["transfer_b"], ours=bs["mean"], std=_spread(bs, n), seeds=n, scale=scale,
         verdict=_verdict(bs, PAPER["transfer_b"]), command=COMMAND,
         labels=f"Hebbian: {val_labels} A-val naming tokens; none from B",
         note=f"BiGRU on B: {_pct(agg['transfer_b']['bigru']['accuracy'])}; spec Hebbian "
