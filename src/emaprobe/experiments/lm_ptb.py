@@ -275,8 +275,11 @@ def claims(res: dict[str, dict]) -> list[Claim]:
     seeds = _seeds(res)
     scale = (f"{any_r['num_params'] / 1e6:.1f}M params, {any_r['tokens']:,} tokens each, PTB word level "
              f"(10k vocabulary), " + (f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds}"))
-    command = ("emaprobe run lm_ptb" + (" --budget gpu" if ec.get("device") == "cuda" else "")
-               + (" --smoke" if ec.get("smoke") else ""))
+    gpu, smoke_run = ec.get("device") == "cuda", bool(ec.get("smoke"))
+    budget = SMOKE if smoke_run else (BUDGETS["gpu"]() if gpu else Config())
+    # the command that makes these runs into an empty folder: the seeds found, where the budget has others
+    command = ("emaprobe run lm_ptb" + (" --budget gpu" if gpu else "") + (" --smoke" if smoke_run else "")
+               + ("" if tuple(seeds) == budget.seeds else f" --set seeds={','.join(map(str, seeds))}"))
     common = dict(scale=scale, command=command, labels="none (language modelling)")
     rows = []
     d = paired(res, "spen-ema", "gpt", _ppl_ratio)
