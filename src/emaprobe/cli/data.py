@@ -74,10 +74,7 @@ def _check_prepare_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--out {args.out} already holds a prepared corpus; pass --overwrite to replace it")
     for flag, spec in (("--data", args.data), ("--tokenizer-corpus", args.tokenizer_corpus)):
         if spec is not None:
-            try:
-                check_spec(spec)
-            except (ValueError, FileNotFoundError) as err:
-                raise type(err)(f"{flag}: {err}") from None
+            check_spec(spec, flag)
 
 
 def run_prepare(args: argparse.Namespace) -> int:

@@ -103,10 +103,7 @@ def _train(args) -> int:
     # a mistyped path is reported as such, before the tokenizer (gpt2 for a file) needs its ranks
     for flag, spec in (("--data", args.data), ("--val", args.val)):
         if spec is not None:
-            try:
-                check_spec(spec)
-            except (ValueError, FileNotFoundError) as err:
-                raise type(err)(f"{flag}: {err}") from None
+            check_spec(spec, flag)
 
     clean = False
     try:

@@ -51,16 +51,22 @@ def is_prepared(spec: str | os.PathLike) -> bool:
     return (Path(spec) / MANIFEST).is_file()
 
 
-def check_spec(spec: str) -> None:
-    """Fail now, naming the spec, if it names no data; nothing is read.
+def check_spec(spec: str, flag: str = "") -> None:
+    """Fail now, naming the spec (after ``flag``, the option that gave it, if any), if it names no
+    data; nothing is read.
 
     A run checks its specs before it builds a tokenizer, so a mistyped path is reported
     as such and not as whatever building the tokenizer needed first.
     """
-    if is_ptb_spec(spec):
-        ptb_split(spec)
-    elif not is_prepared(spec):
-        resolve_files(spec)
+    try:
+        if is_ptb_spec(spec):
+            ptb_split(spec)
+        elif not is_prepared(spec):
+            resolve_files(spec)
+    except (ValueError, FileNotFoundError) as err:
+        if not flag:
+            raise
+        raise type(err)(f"{flag}: {err}") from None
 
 
 def default_tokenizer(spec: str, tokenizer: Tokenizer | str | os.PathLike | None = None) -> Tokenizer:

@@ -11,6 +11,13 @@ import torch
 from emaprobe.utils import atomic_write_bytes, atomic_write_json
 
 
+def mean_std_text(ms: dict, fmt: str, scale: float = 1.0) -> str:
+    """``mean ± std`` of a ``{"mean", "std", "n"}`` summary over seeds (``probes.linear.mean_ci``), each
+    times ``scale`` in format ``fmt``; the mean alone over one seed, where a spread is undefined."""
+    mean = format(scale * ms["mean"], fmt)
+    return mean if ms["n"] < 2 else f"{mean} ± {format(scale * ms['std'], fmt.lstrip('+'))}"
+
+
 def pick_device(name: str) -> torch.device:
     """``auto`` is CUDA when one is visible, else CPU; ``cuda`` without one is a ValueError."""
     if name == "auto":

@@ -79,7 +79,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emaprobe.experiments.common import pyplot, save_fig
+from emaprobe.experiments.common import mean_std_text, pyplot, save_fig
 from emaprobe.experiments.protocol import Claim, verdict_from_interval, verdict_no_difference, write_claims
 from emaprobe.probes.linear import mean_ci
 from emaprobe.train import TrainConfig
@@ -376,14 +376,6 @@ def _seeds(res: dict[str, dict]) -> list[int]:
     return sorted({k for by_seed in res.values() for k in by_seed})
 
 
-def _mean_std(values: list[float], fmt: str) -> str:
-    """``mean ± std`` over seeds; the value alone for one seed."""
-    if len(values) == 1:
-        return format(values[0], fmt)
-    d = mean_ci(values)
-    return f"{format(d['mean'], fmt)} ± {format(d['std'], fmt)}"
-
-
 def write_report(out_dir: str | Path) -> str:
     """README.md (table) and val_loss.png (curves) from the result JSON alone."""
     out = Path(out_dir)
@@ -420,9 +412,9 @@ def write_report(out_dir: str | Path) -> str:
         mc = r["model_config"]
         context = f"{mc['mixer']} / {mc['predictor']} pred." if "mixer" in mc else "attention"
         d = paired(res, name, "gpt", _ppl_ratio)
-        ratio = f"{_mean_std(d['values'], '.3f')}x" if d else "-"
+        ratio = f"{mean_std_text(d, '.3f')}x" if d else "-"
         tok = [x["tokens_per_s"] for x in rs if x.get("tokens_per_s")]
-        cells = [_mean_std([x["final"][split][k] for x in rs], fmt)
+        cells = [mean_std_text(mean_ci([x["final"][split][k] for x in rs]), fmt)
                  for split, k, fmt in (("valid", "ppl", ".1f"), ("test", "ppl", ".1f"), ("test", "bpb", ".3f"))]
         lines.append(
             f"| {name} | {context} | {r['num_params']:,} | {r['num_params_non_embedding']:,} | {len(rs)} | "
@@ -456,7 +448,7 @@ def _reading(res: dict[str, dict]) -> list[str]:
         ratio, diff = paired(res, a, b, _ppl_ratio), paired(res, a, b, _loss_diff)
         if ratio:
             ci = f", 95% interval [{diff['lo']:+.4f}, {diff['hi']:+.4f}]" if diff["n"] > 1 else ""
-            out.append(f"- {a} / {b} test perplexity: {_mean_std(ratio['values'], '.3f')}x; test loss "
+            out.append(f"- {a} / {b} test perplexity: {mean_std_text(ratio, '.3f')}x; test loss "
                        f"{diff['mean']:+.4f} nats{ci} ({diff['n']} seed{'s' if diff['n'] > 1 else ''}); {what}")
     return ["Reading (paired by seed):", "", *out] if out else []
 

@@ -73,7 +73,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from emaprobe.experiments.common import pyplot, save_fig
+from emaprobe.experiments.common import mean_std_text, pyplot, save_fig
 from emaprobe.experiments.protocol import Claim, verdict_from_interval, write_claims
 from emaprobe.models.bigru import BiGRUConfig, BiGRUTagger
 from emaprobe.models.hebbian import FixedEmbeddings, HebbianConfig, HebbianVote, role_targets, vote
@@ -539,12 +539,6 @@ def run(cfg: Config, out: str | Path) -> dict[str, Any]:
     return result
 
 
-def _pm(ms: dict[str, float], fmt: str, scale: float = 1.0) -> str:
-    """``mean ± std``; the mean alone over one seed, where a spread is undefined."""
-    mean = format(scale * ms["mean"], fmt)
-    return mean if ms["n"] < 2 else f"{mean} ± {format(scale * ms['std'], fmt.lstrip('+'))}"
-
-
 def _spread(ms: dict[str, float], n: int) -> float | None:
     """A claim's std: none over one seed."""
     return ms["std"] if n > 1 else None
@@ -553,7 +547,7 @@ def _spread(ms: dict[str, float], n: int) -> float | None:
 def _pct(ms: dict[str, float] | None) -> str:
     if not ms:
         return "n/a"
-    return _pm(ms, ".1f", 100)
+    return mean_std_text(ms, ".1f", 100)
 
 
 def model_labels(config: dict[str, Any]) -> dict[str, str]:
@@ -660,15 +654,15 @@ def targets(result: dict[str, Any]) -> list[str]:
     out = []
     r = result["ratio_within_a"]["two_stage"]
     lab = round(result["labels"]["two_stage"]["mean"])
-    out.append(f"- two-stage / BiGRU within-A >= 0.90 over {r['n']} seeds: {_pm(r, '.3f')} "
+    out.append(f"- two-stage / BiGRU within-A >= 0.90 over {r['n']} seeds: {mean_std_text(r, '.3f')} "
                f"(min {min(r['per_seed']):.3f}) with {lab} naming labels: {'met' if r['mean'] >= 0.90 else 'missed'}")
     d = result["deep_margin"]["two_stage"]
     out.append(f"- two-stage beats the BiGRU at depth >= 2 on every seed: {d['wins']} of {d['n']} "
-               f"(margin {_pm(d, '+.1f', 100)} points): "
+               f"(margin {mean_std_text(d, '+.1f', 100)} points): "
                f"{'met' if d['wins'] == d['n'] else 'missed'}")
     dc = result["deep_margin"]["two_stage_causal"]
     out.append(f"  (the causal two-stage variant: ahead on {dc['wins']} of {dc['n']} seeds, "
-               f"{_pm(dc, '+.1f', 100)} points)")
+               f"{mean_std_text(dc, '+.1f', 100)} points)")
     curve = result["curve"]["sets"]["within_a"]["two_stage"]
     probe = result["curve"]["sets"]["within_a"]["probe"]
     best = max((v["ratio_to_bigru"]["mean"], k) for k, v in curve.items()
@@ -735,7 +729,7 @@ def markdown(result: dict[str, Any]) -> str:
               "% of the BiGRU; it also gives the ratio 0.96.", "", "![all learners](roles.png)", "",
               "Hebbian / BiGRU accuracy within-A (paper 0.96):", ""]
     for m, ms in result["ratio_within_a"].items():
-        lines.append(f"- {labels[m]}: {_pm(ms, '.3f')}")
+        lines.append(f"- {labels[m]}: {mean_std_text(ms, '.3f')}")
     lines += ["", "## Targets, read off the numbers above", ""] + targets(result)
     lines += ["", "## Tokens unseen in training", "",
               "| set | tokens | unseen | scored | scored unseen |", "|---|---|---|---|---|"]
@@ -899,7 +893,7 @@ def headline(result: dict[str, Any]) -> str:
         parts = [f"{s} {_pct(agg[s][m]['accuracy'])}" for s in agg]
         lines.append(f"{m:18s} " + "  ".join(parts))
     for m, ms in result["ratio_within_a"].items():
-        lines.append(f"ratio {m}/bigru within-A: {_pm(ms, '.3f')} (paper 0.96)")
+        lines.append(f"ratio {m}/bigru within-A: {mean_std_text(ms, '.3f')} (paper 0.96)")
     for k, v in result["unseen"].items():
         lines.append(f"{k}: {v['unseen_tokens']['mean']:.0f} of {v['tokens']['mean']:.0f} tokens unseen in "
                      f"training ({v['unseen_scored']['mean']:.0f} of {v['scored']['mean']:.0f} scored)")
