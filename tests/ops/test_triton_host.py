@@ -10,9 +10,11 @@ keys get different entries.
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
-from triton_host_harness import canonical, filled_empty, load_triton_ops, record
+from triton_host_harness import Recorder, canonical, filled_empty, load_triton_ops, record
 
 from emaprobe.ops.triton import cache, plan
 
@@ -226,6 +228,62 @@ def test_gated_launches_take_the_gated_tile_configs(ops, monkeypatch, B, T):
         want = plan.choose(None, defaults, B, S * D, SMS)
         assert launches and all(dict(kw)["GATED"] and dict(kw)["CT"] == want.ct and dict(kw)["BF"] == want.block
                                 for _, _, _, kw in launches)
+
+
+class _Writes(Recorder):
+    """The backward kernel's recorder that also fills some of its outputs, by argument name, where the scan
+    launch (STORE_OUT) would write them."""
+
+    def __init__(self, log: list, kernel, fills: dict[str, torch.Tensor]):
+        super().__init__("_lin_bwd_kernel", log)
+        names = list(getattr(kernel, "arg_names", None) or inspect.signature(kernel.fn).parameters)
+        self.at = {name: i for i, name in enumerate(names)}
+        self.fills = {self.at[name]: t for name, t in fills.items()}
+
+    def __getitem__(self, grid):
+        record_launch = super().__getitem__(grid)
+
+        def launch(*args, **kwargs):
+            record_launch(*args, **kwargs)
+            if kwargs["STORE_OUT"]:
+                for at, t in self.fills.items():
+                    args[at].view(t.shape).copy_(t)
+
+        return launch
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("S,cfg", [(3, None), (1, None), (2, SPLIT)], ids=["S3", "S1", "S2-segments"])
+def test_gated_backward_sums_the_kernels_partial_gradients(ops, monkeypatch, dtype, S, cfg):
+    """x (B, T, D) feeds the S groups of ``gated_scan``'s channels (F = (S, D)). The backward's kernel writes
+    x's gradient per channel (GX) in x's dtype, so that in bf16 it and the sum over the groups move half the
+    bytes of float32, and each program's sums of the two logits' gradients (PB, float32); the call returns
+    GX summed over the groups, in x's dtype (one group: GX itself), and PB summed over batch and segments as
+    the two biases' gradients."""
+    _, lin = ops
+    B, T, D = 2, 50 if cfg is None else 4097, 24
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(B, T, 2, S, D, generator=g).to(dtype)
+    x = torch.randn(B, T, D, generator=g).to(dtype)
+    ba, bg = torch.randn(S, D, generator=g), torch.randn(S, D, generator=g)
+    gh, h = (torch.randn(B, T, S, D, generator=g).to(dtype) for _ in range(2))
+    nseg = cache.cached("gated_bwd", lin._lin_bwd_launch, torch.Size((B, T, S, D)), False, False, False, SMS,
+                        cfg, D).nseg
+    assert cfg is None or nseg > 1
+    gx = torch.randn(B, T, S * D, generator=g).to(dtype)
+    pb = torch.randn(B, nseg, 2, S * D, generator=g)
+    log: list = []
+    monkeypatch.setattr(lin, "_lin_bwd_kernel", _Writes(log, lin._lin_bwd_kernel, {"GX": gx, "PB": pb}))
+    monkeypatch.setattr(lin, "sm_count", lambda device: SMS)
+    cache.clear()  # the plan above holds the kernel it was built with
+    _, dx, dba, dbg, _ = lin.gated_scan_bwd(logits, x, ba, bg, gh, h, cfg=cfg, state=False)
+    assert len(log) == 1 + (nseg > 1)
+    assert log[-1][2][lin._lin_bwd_kernel.at["GX"]].dtype == dtype  # what the kernel stores into
+    assert dx.dtype == dtype and dx.shape == x.shape
+    torch.testing.assert_close(dx, gx.view(B, T, S, D).sum(2), rtol=0, atol=0)
+    for got, k in ((dba, 0), (dbg, 1)):
+        assert got.dtype == torch.float32 and got.shape == (S, D)
+        torch.testing.assert_close(got, pb[:, :, k].sum((0, 1)).view(S, D))
 
 
 @pytest.mark.parametrize("cfg", [None, SPLIT, WARM, TWO_PASS], ids=["default", "split", "warm", "two-pass"])

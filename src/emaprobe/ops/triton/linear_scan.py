@@ -628,11 +628,13 @@ def gated_scan_bwd(
                D)
     dlogits = torch.empty(logits.shape, dtype=logits.dtype, device=dev)
     dl = dlogits.view(B, T, 2, F)
-    gx = torch.empty(shape, dtype=torch.float32, device=dev)  # per channel, summed over the F / D groups below
+    # x's gradient per channel, in x's dtype (half the bytes of float32 in bf16, here and in the sum below),
+    # summed over the F / D groups (float32 accumulation in torch's sum, one rounding more a group)
+    gx = torch.empty(shape, dtype=x.dtype, device=dev)
     sums = torch.empty((B, p.nseg, 2, F), dtype=torch.float32, device=dev)
     g0 = _scan_bwd(p, la, gh, h, dl[:, :, 0], dl[:, :, 1], h0, g_final, state,
                    (lg, x, _bias(decay_bias), _bias(gate_bias), gx, sums), (*lg.stride(), *x.stride()[:2]))
-    dx = gx.view(B, T, F // D, D).sum(2).to(x.dtype)
+    dx = gx.view(B, T, D) if F == D else gx.view(B, T, F // D, D).sum(2)
     dba, dbg = (sums[:, :, k].sum((0, 1)).view(bias.shape) for k, bias in enumerate((decay_bias, gate_bias)))
     return dlogits, dx, dba, dbg, g0
 
