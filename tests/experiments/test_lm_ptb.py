@@ -68,6 +68,13 @@ def test_seeds_pair_the_variants_and_the_claims_carry_mean_std_and_interval(tmp_
     readme = (tmp_path / "README.md").read_text()
     assert "seeds 0, 1" in readme and "±" in readme
     assert "(2 seeds); selective against fixed EMA" in readme
+    assert (tmp_path / "paired.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "(paired.png)" in readme
+    alone = tmp_path / "alone"  # one variant: no pair to draw, and no stale plot left behind
+    alone.mkdir()
+    (alone / "paired.png").write_bytes(b"stale")
+    for k in (0, 1):
+        (alone / f"spen-ema-s{k}.json").write_text((tmp_path / f"spen-ema-s{k}.json").read_text())
+    assert "paired.png" not in lm_ptb.write_report(alone) and not (alone / "paired.png").exists()
 
 
 def test_a_rerun_keeps_finished_runs_and_adds_new_seeds(tmp_path, monkeypatch):

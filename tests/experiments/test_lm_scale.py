@@ -175,8 +175,9 @@ def test_smoke_run_writes_runs_report_and_claims(tmp_path, capsys):
     assert {"ppl_ratio_130m", "predictor_ablation_delta_loss", "selection_beats_fixed_decay"} <= set(claims) <= set(L.CLAIMS)
     assert claims["ppl_ratio_130m"].paper == 8.0 and claims["ppl_ratio_130m"].ours > 0
     assert claims["predictor_ablation_delta_loss"].seeds == cfg.seeds
-    for name in ("README.md", "summary.json", "token_curve.png", "mechanisms.png"):
+    for name in ("README.md", "summary.json", "token_curve.png", "mechanisms.png", "paired.png"):
         assert (out / name).is_file(), name
+    assert "![paired.png](paired.png)" in (out / "README.md").read_text()
     # a second run finds every job done and only redraws the report
     before = {p: p.stat().st_mtime_ns for p in runs}
     run_experiment("lm_scale", budget="smoke", overrides=overrides, out=out)

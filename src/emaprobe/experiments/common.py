@@ -59,6 +59,36 @@ def save_fig(fig, path: Path, dpi: int = 120) -> Path:
     return path
 
 
+def plot_paired(rows: list[tuple[str, list[float], float, float, float]], path: Path, title: str,
+                band: float | None = None, band_label: str = "", unit: str = "nats/token") -> Path:
+    """Differences paired by seed, one comparison a row: ``(label, values, mean, lo, hi)``, each seed's value a
+    dot, and with two seeds or more the mean and its interval [lo, hi] as a bar; a line at 0 and, where
+    ``band`` is given, the band |difference| < band shaded (a claim's "no difference" tolerance)."""
+    import numpy as np
+
+    plt = pyplot()
+    height = 1.0 + 0.75 * len(rows)
+    fig, ax = plt.subplots(figsize=(6.8, height))
+    if band is not None:
+        ax.axvspan(-band, band, color="0.85", zorder=0, label=band_label or f"|difference| < {band}")
+    ax.axvline(0.0, color="0.3", lw=0.8)
+    for y, (_, values, mean, lo, hi) in enumerate(reversed(rows)):
+        jitter = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else np.zeros(1)
+        ax.scatter(values, y + jitter, s=14, color="tab:blue", alpha=0.7, zorder=3, label="one seed" if y == 0 else None)
+        if len(values) > 1:
+            ax.plot([lo, hi], [y - 0.3, y - 0.3], color="black", lw=2.5, zorder=4,
+                    label="mean, 95% t-interval" if y == 0 else None)
+            ax.plot([mean], [y - 0.3], marker="D", color="black", ms=5, zorder=5)
+    ax.set_yticks(range(len(rows)), [label for label, *_ in reversed(rows)], fontsize=8)
+    ax.set_ylim(-0.7, len(rows) - 0.5)
+    ax.set_xlabel(f"difference, paired by seed ({unit}; below 0: the first is better)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    # the legend 0.75 inch under the axes (about 77% of the figure's height), below the axis label
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.75 / (0.77 * height)), ncol=3, frameon=False)
+    return save_fig(fig, path)
+
+
 def write_result(stem: Path, result: dict, draw) -> None:
     """A benchmark's ``stem``.json from ``result`` and ``stem``.png drawn by ``draw(path)``, each named
     as it is written."""

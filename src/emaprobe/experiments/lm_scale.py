@@ -79,8 +79,14 @@ from typing import Any
 
 import numpy as np
 
-from emaprobe.experiments.common import pyplot, save_fig
-from emaprobe.experiments.protocol import Claim, verdict_from_interval, verdict_no_difference, write_claims
+from emaprobe.experiments.common import plot_paired, pyplot, save_fig
+from emaprobe.experiments.protocol import (
+    SAME_LOSS_NATS,
+    Claim,
+    verdict_from_interval,
+    verdict_no_difference,
+    write_claims,
+)
 from emaprobe.utils import atomic_write_json, atomic_write_text, data_root, read_json, run_record
 
 NAME = "lm_scale"
@@ -706,7 +712,7 @@ def claims(s: dict[str, Any], command: str) -> list[Claim]:
     small = f"{cfg['small_size']} size, {cfg['mechanism_tokens']:.3g} tokens each, {cfg['train']}, {cfg['tokenizer']} tokens"
     d = s["paired"].get("spen-ema-attnpred - spen-ema")
     if d and d["seeds"] >= 2:
-        tol = 0.02
+        tol = SAME_LOSS_NATS
         verdict = verdict_no_difference(d["mean"], d["lo"], d["hi"], tol=tol)
         rows.append(Claim(
             claim="predictor_ablation_delta_loss", metric="test loss, attention predictor - linear predictor (nats/token)",
@@ -987,4 +993,11 @@ def _plots(s: dict, runs: dict[str, dict], out: Path) -> list[str]:
         ax.set_title(f"context mechanisms, {s['config']['small_size']} size, mean ± std over seeds")
         ax.grid(alpha=0.3, axis="y")
         save(fig, "mechanisms.png")
+    if s["paired"]:
+        rows = [(label.replace(" - ", "\n- "), d["values"], d["mean"], d["lo"], d["hi"]) for label, d in s["paired"].items()]
+        seeds = max(d["seeds"] for d in s["paired"].values())
+        plot_paired(rows, out / "paired.png",
+                    f"context mechanisms, {s['config']['small_size']} size: mean test loss, paired over {seeds} seed(s)",
+                    band=SAME_LOSS_NATS, band_label=f'|difference| < {SAME_LOSS_NATS} ("the same loss")')
+        written.append("paired.png")
     return written

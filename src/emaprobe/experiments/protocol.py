@@ -198,6 +198,10 @@ def verdict_from_interval(low: float, high: float, *, threshold: float, above_co
     return "inconclusive"
 
 
+# the tolerance of the paper's "identical loss" (nats a token): the language-model experiments' predictor claims
+SAME_LOSS_NATS = 0.02
+
+
 def verdict_no_difference(mean: float, low: float, high: float, *, tol: float) -> str:
     """For a claim that two things do not differ (the paper's "identical loss"): ``confirmed`` when the
     confidence interval lies within +-``tol``, or excludes 0 with a mean under ``tol``; ``refuted`` when it
@@ -215,6 +219,7 @@ __all__ = [
     "CLAIMS_NAME",
     "EXPERIMENTS",
     "RUNS_DIR",
+    "SAME_LOSS_NATS",
     "VERDICTS",
     "Claim",
     "budgets",
