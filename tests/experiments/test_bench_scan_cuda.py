@@ -140,3 +140,54 @@ def test_sweep_configs_are_valid_tiles_and_cover_few_warp_launches():
     few = cfgs[len(SWEEP):]
     assert any(c.warmup is False for c in few) and max(c.stages for c in few) >= 8
     assert {c.block for c in few} >= {32, 64, 128}
+
+
+def test_gated_floors_count_the_bytes_each_pass_must_move():
+    # B*T*D = 1000 token-channels, S = 4, 1e9 bytes a second: forward 2 logits + h per timescale (6 bytes)
+    # and x once (2 bytes over S); backward 12 bytes per timescale and x read + dx written once (4 over S)
+    fwd, fwdbwd = bench.gated_floors(1000, 4, 1e9)
+    assert fwd == pytest.approx((6 * 4 + 2) * 1000 / 1e9 * 1e3)
+    assert fwdbwd - fwd == pytest.approx((12 * 4 + 4) * 1000 / 1e9 * 1e3)
+
+
+def test_bench_gated_times_the_fused_form_and_its_composed_peer(monkeypatch):
+    """The gated rows with PyTorch standing in for the kernels and a timer that runs each call twice: the
+    fused form and its composed peer are each timed forward and forward + backward, the fused one under
+    autograd in the second, and the ratios are to the floors."""
+    from types import SimpleNamespace
+
+    from emaprobe.ops import gated_scan, linear_scan
+
+    timed, grads = [], []
+
+    def fake_bench(fn, name="", rep=100):
+        fn()
+        fn()
+        timed.append(name)
+        return 0.5
+
+    def fused(lg, x, db, gb):
+        h = gated_scan(lg, x, db, gb, backend="torch")
+        grads.append(lg.requires_grad)
+        return h, None
+
+    ts = SimpleNamespace(
+        gated_scan_fwd=lambda lg, x, db, gb: (gated_scan(lg, x, db, gb, backend="torch"), None),
+        fused_gated_scan=fused,
+        fused_linear_scan=lambda a, b, out_dtype=None: (linear_scan(a, b, backend="torch").to(out_dtype), None))
+    monkeypatch.setattr(bench, "_bench", fake_bench)
+    B, T, D, alphas = 2, 9, 4, (0.5, 0.1, 0.02)
+    x = torch.randn(B, T, D)
+    row = bench.bench_gated(ts, x, alphas, bw=1e9, gout=torch.randn(B, T, len(alphas), D))
+    assert timed == ["ours_gated_fwd", "composed_gated_fwd", "ours_gated_fwdbwd", "composed_gated_fwdbwd"]
+    assert grads == [True, True]  # the fused form ran with autograd, twice
+    floors = bench.gated_floors(B * T * D, 3, 1e9)
+    assert (row["floor_gated_fwd_ms"], row["floor_gated_fwdbwd_ms"]) == floors
+    assert row["x_gated_fwd_vs_floor"] == pytest.approx(0.5 / floors[0])
+    assert row["x_gated_fwdbwd_vs_floor"] == pytest.approx(0.5 / floors[1])
+    table = bench.format_table([dict(B=B, T=T, D=D, x_ema_fwd_vs_floor=1.2, x_ema_fwdbwd_vs_floor=1.3,
+                                     x_sel_fwd_vs_floor=1.25, **row)], "card")
+    assert "gated f+b" in table and "composed f+b" in table and f"{0.5 / floors[1]:.2f}x" in table
+    # a row from before the gated figures (older JSON) still prints, with dashes
+    assert " - " in bench.format_table([dict(B=B, T=T, D=D, x_ema_fwd_vs_floor=1.2, x_ema_fwdbwd_vs_floor=1.3,
+                                             x_sel_fwd_vs_floor=1.25)], "card")

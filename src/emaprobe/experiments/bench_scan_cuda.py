@@ -24,6 +24,11 @@ In one run it measures:
   10 more for its backward (read a, gh, h; write ga, gb);
 * ours: ``ops/triton`` EMA forward and forward+backward, the selective scan forward
   and forward+backward, and, eagerly, the public ``ema_traces`` as ``scan.py`` calls it;
+* the selective mixer's fused form, ``gated_scan`` (gates computed in the scan's tiles), forward
+  and forward+backward at S = 3 timescales of D channels, against its floors (``gated_floors``:
+  6 + 2/S bytes per token, channel and timescale forward, 12 + 4/S more backward) and its
+  peer, the composed form (``gate_inputs``' float32 decays and inputs, then ``linear_scan``),
+  what a backend without the fused form runs (``bench_gated``);
 * host overhead (``host_overhead``): microseconds of host time a call (``host_us``:
   Python, dispatch and launches, the GPU not waited for) of the EMA launcher, the public
   ``ema_traces`` and ``linear_scan`` forwards and the public EMA forward + backward; and the
@@ -313,7 +318,7 @@ def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 def check_kernels(ts, alphas) -> dict:
     """Fresh random inputs, NaN-poisoned outputs, float64 references: relative errors."""
-    from emaprobe.ops import naive_ema_traces, naive_linear_scan
+    from emaprobe.ops import naive_ema_traces, naive_gated_scan, naive_linear_scan
 
     errs = {}
     alpha_t = torch.tensor(alphas, dtype=torch.float64)
@@ -348,6 +353,21 @@ def check_kernels(ts, alphas) -> dict:
             errs[f"lin_fwd_bf16{tag}"] = _rel(out, ref)
             errs[f"lin_bwd_a_bf16{tag}"] = _rel(ga, ar.grad)
             errs[f"lin_bwd_b_bf16{tag}"] = _rel(gb, br.grad)
+            f64 = dict(device="cuda", dtype=torch.float64)  # logits, x, decay and gate biases (S = 3)
+            leaves = [t.requires_grad_() for t in (2 * torch.randn(3, 1000, 2, 3, 32, **f64),
+                                                   torch.randn(3, 1000, 32, **f64), torch.randn(3, 32, **f64),
+                                                   torch.randn(3, 32, **f64))]
+            ref = naive_gated_scan(*leaves)
+            gy = torch.randn_like(ref)
+            (ref * gy).sum().backward()
+            lg, xg = (t.detach().bfloat16() for t in leaves[:2])
+            db, gb_ = (t.detach().float() for t in leaves[2:])
+            out, _ = ts.gated_scan_fwd(lg, xg, db, gb_, cfg=cfg)
+            dl, dx, dba, dbg, _ = ts.gated_scan_bwd(lg, xg, db, gb_, gy.bfloat16(), out, cfg=cfg)
+            errs[f"gated_fwd_bf16{tag}"] = _rel(out, ref)
+            for name, got, leaf in (("logits", dl, leaves[0]), ("x", dx, leaves[1]), ("decay_bias", dba, leaves[2]),
+                                    ("gate_bias", dbg, leaves[3])):
+                errs[f"gated_bwd_{name}_bf16{tag}"] = _rel(got, leaf.grad)
     finally:
         torch.empty = empty
     return errs
@@ -477,6 +497,7 @@ def bench_shape(ts, shape, alphas, bw: float, peers: dict, loop: bool) -> dict:
         ag.grad = bg.grad = None
 
     row["ours_sel_fwdbwd_ms"] = _bench(sel_fb, "ours_sel_fwdbwd")
+    row.update(bench_gated(ts, x, alphas, bw, gout))
 
     with torch.no_grad():
         try:
@@ -522,6 +543,51 @@ def bench_shape(ts, shape, alphas, bw: float, peers: dict, loop: bool) -> dict:
     row["x_sel_fwd_vs_floor"] = row["ours_sel_fwd_ms"] / row["floor_sel_fwd_ms"]
     row["x_sel_fwdbwd_vs_floor"] = row["ours_sel_fwdbwd_ms"] / row["floor_sel_fwdbwd_ms"]
     torch.cuda.empty_cache()
+    return row
+
+
+def gated_floors(n: int, S: int, bw: float) -> tuple[float, float]:
+    """Floors (ms) of ``gated_scan`` over n token-channels and S timescales in bf16: the forward reads two
+    logits and writes h per token, channel and timescale, and reads x once for all S (6 + 2/S bytes); the
+    backward reads the logits, gh and h and writes the logits' gradients (12 bytes), and reads x and writes
+    dx once for all S (4/S). -> (forward, forward + backward)."""
+    fwd = (6 + 2 / S) * n * S / bw * 1e3
+    return fwd, fwd + (12 + 4 / S) * n * S / bw * 1e3
+
+
+def bench_gated(ts, x: torch.Tensor, alphas, bw: float, gout: torch.Tensor) -> dict:
+    """The selective mixer's fused form (``ops.gated_scan``: the gates computed in the scan's tiles), graphed,
+    against its floors (``gated_floors``) and its peer, the composed form a backend without a fused one runs
+    (``gate_inputs``' float32 decays and inputs, then ``linear_scan``). Decay biases at the mixer's initial
+    values (decays 1 - alpha), gate biases 0, logits N(0, 0.5^2)."""
+    from emaprobe.ops import gate_inputs
+
+    B, T, D = x.shape
+    S = len(alphas)
+    row: dict = {}
+    row["floor_gated_fwd_ms"], row["floor_gated_fwdbwd_ms"] = gated_floors(B * T * D, S, bw)
+    logits = (0.5 * torch.randn(B, T, 2, S, D, device=x.device)).to(x.dtype)
+    dbias = torch.tensor([math.log((1 - a) / a) for a in alphas], device=x.device).view(S, 1).expand(S, D).contiguous()
+    gbias = torch.zeros(S, D, device=x.device)
+
+    def composed(lg, xi, db, gb):
+        a, b = gate_inputs(lg, xi, db, gb)
+        return ts.fused_linear_scan(a, b, out_dtype=xi.dtype)
+
+    with torch.no_grad():
+        row["ours_gated_fwd_ms"] = _bench(lambda: ts.gated_scan_fwd(logits, x, dbias, gbias), "ours_gated_fwd")
+        row["composed_gated_fwd_ms"] = _bench(lambda: composed(logits, x, dbias, gbias), "composed_gated_fwd")
+    leaves = [t.detach().requires_grad_() for t in (logits, x, dbias, gbias)]
+    for key, fn in (("ours_gated_fwdbwd_ms", ts.fused_gated_scan), ("composed_gated_fwdbwd_ms", composed)):
+        def fb(fn=fn):
+            y, _ = fn(*leaves)
+            torch.autograd.backward(y, gout)
+            for t in leaves:
+                t.grad = None
+
+        row[key] = _bench(fb, key.removesuffix("_ms"))
+    row["x_gated_fwd_vs_floor"] = row["ours_gated_fwd_ms"] / row["floor_gated_fwd_ms"]
+    row["x_gated_fwdbwd_vs_floor"] = row["ours_gated_fwdbwd_ms"] / row["floor_gated_fwdbwd_ms"]
     return row
 
 
@@ -572,18 +638,22 @@ def format_table(rows: list[dict], card: str) -> str:
     cols = [
         ("floor", "floor_fwd_ms"), ("ours fwd", "ours_ema_fwd_ms"), ("ours f+b", "ours_ema_fwdbwd_ms"),
         ("sel floor", "floor_sel_fwd_ms"), ("sel fwd", "ours_sel_fwd_ms"), ("sel f+b", "ours_sel_fwdbwd_ms"),
+        ("gated fwd", "ours_gated_fwd_ms"), ("gated f+b", "ours_gated_fwdbwd_ms"),
+        ("composed f+b", "composed_gated_fwdbwd_ms"),
         ("bcast copy", "torch_broadcast_copy_ms"), ("eager fwd", "ours_ema_fwd_eager_ms"),
         ("host us", "host_us_public_ema_fwd"), ("eager/graph", "x_public_ema_fwd_eager_vs_graph"),
         ("acc warp", "accelerated_scan_warp_ema_fwd_ms"),
         ("fla hgrn", "fla_ema_fwd_ms"), ("fft", "fft_ema_fwd_ms"), ("step loop", "step_loop_ms"),
     ]
-    head = f"{'B x T x D':>16} " + " ".join(f"{c:>10}" for c, _ in cols) + "   fwd/floor  f+b/floor  sel/floor"
-    lines = [f"EMA traces S=3 bf16 and selective scan bf16, milliseconds (median), {card}", head]
+    ratios = (("fwd/floor", "x_ema_fwd_vs_floor"), ("f+b/floor", "x_ema_fwdbwd_vs_floor"),
+              ("sel/floor", "x_sel_fwd_vs_floor"), ("gated/floor", "x_gated_fwd_vs_floor"),
+              ("gated f+b/floor", "x_gated_fwdbwd_vs_floor"))
+    widths = [max(10, len(c)) for c, _ in (*cols, *ratios)]
+    head = f"{'B x T x D':>16}  " + " ".join(f"{c:>{w}}" for (c, _), w in zip((*cols, *ratios), widths))
+    lines = [f"EMA traces S=3, selective scan and gated scan S=3, bf16, milliseconds (median), {card}", head]
     for r in rows:
-        cells = " ".join(f"{_fmt(r.get(k)):>10}" for _, k in cols)
-        lines.append(f"{r['B']:>4} x{r['T']:>6} x{r['D']:>4} {cells}   "
-                     f"{r['x_ema_fwd_vs_floor']:>8.2f}x {r['x_ema_fwdbwd_vs_floor']:>8.2f}x "
-                     f"{r['x_sel_fwd_vs_floor']:>8.2f}x")
+        cells = [_fmt(r.get(k)) for _, k in cols] + ["-" if r.get(k) is None else f"{r[k]:.2f}x" for _, k in ratios]
+        lines.append(f"{r['B']:>4} x{r['T']:>6} x{r['D']:>4}  " + " ".join(f"{c:>{w}}" for c, w in zip(cells, widths)))
     return "\n".join(lines)
 
 
@@ -810,6 +880,9 @@ def _triton_ops() -> SimpleNamespace:
         linear_scan_fwd=linear_scan.linear_scan_fwd,
         linear_scan_bwd=linear_scan.linear_scan_bwd,
         fused_linear_scan=linear_scan.fused_linear_scan,
+        gated_scan_fwd=linear_scan.gated_scan_fwd,
+        gated_scan_bwd=linear_scan.gated_scan_bwd,
+        fused_gated_scan=linear_scan.fused_gated_scan,
     )
 
 

@@ -74,7 +74,8 @@ def plot_paired(rows: list[tuple[str, list[float], float, float, float]], path: 
     ax.axvline(0.0, color="0.3", lw=0.8)
     for y, (_, values, mean, lo, hi) in enumerate(reversed(rows)):
         jitter = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else np.zeros(1)
-        ax.scatter(values, y + jitter, s=14, color="tab:blue", alpha=0.7, zorder=3, label="one seed" if y == 0 else None)
+        ax.scatter(values, y + jitter, s=14, color="tab:blue", alpha=0.7, zorder=3,
+                   label="one seed" if y == 0 else None)
         if len(values) > 1:
             ax.plot([lo, hi], [y - 0.3, y - 0.3], color="black", lw=2.5, zorder=4,
                     label="mean, 95% t-interval" if y == 0 else None)

@@ -994,10 +994,11 @@ def _plots(s: dict, runs: dict[str, dict], out: Path) -> list[str]:
         ax.grid(alpha=0.3, axis="y")
         save(fig, "mechanisms.png")
     if s["paired"]:
-        rows = [(label.replace(" - ", "\n- "), d["values"], d["mean"], d["lo"], d["hi"]) for label, d in s["paired"].items()]
+        rows = [(label.replace(" - ", "\n- "), d["values"], d["mean"], d["lo"], d["hi"])
+                for label, d in s["paired"].items()]
         seeds = max(d["seeds"] for d in s["paired"].values())
-        plot_paired(rows, out / "paired.png",
-                    f"context mechanisms, {s['config']['small_size']} size: mean test loss, paired over {seeds} seed(s)",
-                    band=SAME_LOSS_NATS, band_label=f'|difference| < {SAME_LOSS_NATS} ("the same loss")')
+        title = f"context mechanisms, {s['config']['small_size']} size: mean test loss, paired over {seeds} seed(s)"
+        plot_paired(rows, out / "paired.png", title, band=SAME_LOSS_NATS,
+                    band_label=f'|difference| < {SAME_LOSS_NATS} ("the same loss")')
         written.append("paired.png")
     return written
