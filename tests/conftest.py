@@ -109,4 +109,25 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture
+def missing_data_then_no_ranks(tmp_path, monkeypatch, capsys):
+    """``run(argv)`` -> (stderr, stderr): the command of ``argv`` with ``--data`` naming a missing file, then an
+    existing one, where no GPT-2 ranks file is to be found (EMAPROBE_DATA and EMAPROBE_GPT2_RANKS unset);
+    each must exit 2."""
+    from emaprobe.cli import main
+
+    monkeypatch.delenv(ENV_DATA, raising=False)
+    monkeypatch.delenv("EMAPROBE_GPT2_RANKS", raising=False)
+
+    def run(argv: list[str]) -> tuple[str, str]:
+        errs = []
+        for name in ("missing.txt", "c.txt"):
+            assert main([*argv, "--data", str(tmp_path / name)]) == 2
+            errs.append(capsys.readouterr().err)
+            (tmp_path / "c.txt").write_text("a b\n", encoding="utf-8")
+        return errs[0], errs[1]
+
+    return run
+
+
 os.environ.setdefault("TQDM_DISABLE", "1")

@@ -79,16 +79,11 @@ def test_prepare_over_a_prepared_folder_names_the_overwrite_flag(tmp_path, capsy
     assert main([*argv, "--overwrite"]) == 0
 
 
-def test_prepare_without_gpt2_ranks_reports_a_missing_data_path_first(tmp_path, monkeypatch, capsys):
-    monkeypatch.delenv("EMAPROBE_DATA", raising=False)
-    monkeypatch.delenv("EMAPROBE_GPT2_RANKS", raising=False)
-    argv = ["data", "prepare", "--tokenizer", "gpt2", "--out", str(tmp_path / "o"), "--quiet"]
-    assert main([*argv, "--data", str(tmp_path / "missing.txt")]) == 2
-    err = capsys.readouterr().err
-    assert f"--data: data spec '{tmp_path / 'missing.txt'}': no such file or folder" in err and "ranks" not in err
-    (tmp_path / "c.txt").write_text("a b\n", encoding="utf-8")
-    assert main([*argv, "--data", str(tmp_path / "c.txt")]) == 2
-    err = capsys.readouterr().err
+def test_prepare_without_gpt2_ranks_reports_a_missing_data_path_first(tmp_path, missing_data_then_no_ranks):
+    missing, err = missing_data_then_no_ranks(["data", "prepare", "--tokenizer", "gpt2", "--out", str(tmp_path / "o"),
+                                               "--quiet"])
+    assert f"--data: data spec '{tmp_path / 'missing.txt'}': no such file or folder" in missing
+    assert "ranks" not in missing
     assert "GPT-2 ranks file not found: pass --ranks FILE" in err and "ranks_path" not in err
     assert err.count("EMAPROBE_DATA") == 2 and err.count("\n") == 1  # named once, and once as not set
 

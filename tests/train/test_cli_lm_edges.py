@@ -83,17 +83,11 @@ def test_configs_name_the_alias(capsys):
     assert rows["gpt-130m"]["alias_of"] == "gpt-124m" and rows["spen-130m"]["alias_of"] is None
 
 
-def test_train_reports_a_missing_data_path_before_the_gpt2_ranks(tmp_path, monkeypatch, capsys):
-    monkeypatch.delenv("EMAPROBE_DATA", raising=False)
-    monkeypatch.delenv("EMAPROBE_GPT2_RANKS", raising=False)
-    argv = ["lm", "train", "--config", "spen-tiny", "--out", str(tmp_path / "run"), "--quiet"]
-    assert main([*argv, "--data", str(tmp_path / "missing.txt")]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith(f"emaprobe lm train: error: --data: data spec '{tmp_path / 'missing.txt'}': no such file")
-    assert "ranks" not in err
-    (tmp_path / "c.txt").write_text("a b\n", encoding="utf-8")
-    assert main([*argv, "--data", str(tmp_path / "c.txt")]) == 2
-    err = capsys.readouterr().err
+def test_train_reports_a_missing_data_path_before_the_gpt2_ranks(tmp_path, missing_data_then_no_ranks):
+    missing, err = missing_data_then_no_ranks(["lm", "train", "--config", "spen-tiny", "--out", str(tmp_path / "run"),
+                                               "--quiet"])
+    assert missing.startswith(f"emaprobe lm train: error: --data: data spec '{tmp_path / 'missing.txt'}': no such file")
+    assert "ranks" not in missing
     # lm train has no --ranks flag, and no Python parameter is a way to give the file here
     assert "GPT-2 ranks file not found: give --tokenizer a saved gpt2 tokenizer folder" in err
     assert "ranks_path" not in err and "--ranks" not in err and err.count("EMAPROBE_DATA") == 2
