@@ -105,6 +105,23 @@ def test_plot_adds_a_host_panel_for_the_row_with_host_windows(tmp_path, monkeypa
     assert drawn == [8]
 
 
+def test_plot_adds_a_gated_panel_for_rows_with_gated_figures(tmp_path, monkeypatch):
+    row = dict(B=16, T=2048, D=768, floor_fwd_ms=0.047, floor_fwdbwd_ms=0.095, ours_ema_fwd_ms=0.06,
+               ours_ema_fwdbwd_ms=0.15)
+    gated = dict(floor_gated_fwd_ms=0.12, floor_gated_fwdbwd_ms=0.36, ours_gated_fwd_ms=0.22,
+                 ours_gated_fwdbwd_ms=0.75, composed_gated_fwd_ms=2.3, composed_gated_fwdbwd_ms=5.8)
+    windows = [dict(gauge_ms=6.3, public_ema_fwd=16.0, public_sel_fwd=21.0)]
+    panels = []
+    monkeypatch.setattr(bench, "_plot_gated", lambda ax, rows, labels: panels.append(("gated", len(rows))))
+    monkeypatch.setattr(bench, "_plot_host_windows", lambda ax, r: panels.append(("host", r["B"])))
+    bench.plot([dict(row, **gated), dict(row, B=8, host_windows=windows)], "card", tmp_path / "scan.png")
+    bench.plot([row], "card", tmp_path / "scan.png")  # rows from before the gated figures: no such panel
+    assert panels == [("gated", 2), ("host", 8)]
+    monkeypatch.undo()
+    bench.plot([dict(row, **gated), dict(row, B=8, host_windows=windows)], "card", tmp_path / "scan.png")
+    assert (tmp_path / "scan.png").read_bytes()[:4] == b"\x89PNG"
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--grid"], "add --device cuda"),
     (["--tag", "one"], "add --device cuda"),

@@ -658,12 +658,15 @@ def format_table(rows: list[dict], card: str) -> str:
 
 
 def plot(rows: list[dict], card: str, path: Path) -> None:
-    """Each shape's times against the floor: ours, the peers' and the PyTorch loop, two panels; a third
-    with the host time of each public forward in each window (``host_overhead``), where a row has it."""
+    """Each shape's times against the floor: ours, the peers' and the PyTorch loop, two panels; then the
+    gated scan (``bench_gated``) against its floors and the composed form, where rows have it; and the host
+    time of each public forward in each window (``host_overhead``), where a row has it."""
     plt = pyplot()
 
     host = next((r for r in rows if r.get("host_windows")), None)
-    fig, axes = plt.subplots(1, 3 if host else 2, figsize=(19 if host else 13, 4.8))
+    gated = any(r.get("ours_gated_fwd_ms") is not None for r in rows)
+    n = 2 + gated + (host is not None)
+    fig, axes = plt.subplots(1, n, figsize=(6.3 * n + 0.4, 4.8))
     labels = [f"{r['B']}x{r['T']}x{r['D']}" for r in rows]
     series = [  # one colour per series in both panels
         ("floor (copy bw)", "floor_fwd_ms", "floor_fwdbwd_ms", "_--", "k"),  # a tick: one shape has no line
@@ -691,11 +694,31 @@ def plot(rows: list[dict], card: str, path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8)
     axes[1].legend(fontsize=8)
+    if gated:
+        _plot_gated(axes[2], rows, labels)
     if host:
-        _plot_host_windows(axes[2], host)
+        _plot_host_windows(axes[-1], host)
     fig.suptitle(f"emaprobe scan kernels vs floor and peers on {card}")
     fig.tight_layout()
     save_fig(fig, path, dpi=110)
+
+
+def _plot_gated(ax, rows: list[dict], labels: list[str]) -> None:
+    # the selective mixer's fused scan: forward (solid) and forward + backward (dashed), each beside its
+    # floor, and the composed form a backend without the fused one runs
+    xs = range(len(rows))
+    for name, key, style, color in (
+        ("floor fwd", "floor_gated_fwd_ms", "_-", "k"), ("floor f+b", "floor_gated_fwdbwd_ms", "_--", "k"),
+        ("fused fwd", "ours_gated_fwd_ms", "o-", "C0"), ("fused f+b", "ours_gated_fwdbwd_ms", "o--", "C0"),
+        ("composed fwd", "composed_gated_fwd_ms", "s-", "C1"), ("composed f+b", "composed_gated_fwdbwd_ms", "s--", "C1"),
+    ):
+        ax.plot(xs, [math.nan if r.get(key) is None else r[key] for r in rows], style, color=color, label=name)
+    ax.set_yscale("log")
+    ax.set_xticks(xs, labels, rotation=20)
+    ax.set_ylabel("ms (median)")
+    ax.set_title("gated scan S=3 bf16 (the selective mixer)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
 
 
 def _plot_host_windows(ax, row: dict) -> None:
