@@ -26,9 +26,11 @@ Resume:    each (variant, seed) run is its own JSON; a rerun keeps those already
            run continues, and seeds or variants run in separate processes into one OUT
            (``--set variants=gpt,spen-ema`` in one, the rest in another).
 Hardware:  CPU; the committed numbers came from 2 shared cores, one torch thread a run.
-           The 4000-step run (8.2M tokens, results/lm_ptb_h200, seed 0) took 6 minutes on
-           one NVIDIA H200: test perplexity spen-ema 121.0, learned_ema 121.5, selective
-           116.2, ema + attention predictor 119.5, gpt 113.8 (spen-ema / gpt 1.06x).
+           The 4000-step runs (8.2M tokens, results/lm_ptb_h200, seeds 0-4) took 6 minutes a
+           seed on one NVIDIA H200: test perplexity spen-ema 120.5 ± 0.6, learned_ema
+           120.0 ± 0.9, selective 116.0 ± 0.6, ema + attention predictor 118.6 ± 0.7, gpt
+           118.5 ± 3.5 (spen-ema / gpt 1.02x [0.98, 1.06]; selective - ema -0.038 nats
+           [-0.043, -0.033]; attention predictor - linear -0.016 [-0.023, -0.009]).
 Run time:  3 to 4 minutes a variant and seed at 300 steps (about 55 minutes for 5
            variants x 3 seeds on one core); ``--smoke`` runs every variant for a few steps,
            one seed, in about 15 seconds (CI).
@@ -542,7 +544,7 @@ def content_section(out_dir: Path, steps: int = 150) -> dict:
     ratio = rows["spen-ema"]["val_ppl"] / rows["gpt"]["val_ppl"]
     print(f"  SPEN-ema / GPT perplexity: {ratio:.2f}x (the paper, 130M on C4: about 8x); "
           f"full run: emaprobe run {NAME}")
-    print("  at 8.2M tokens on one GPU GPT pulls ahead: results/lm_ptb_h200/README.md; SPEN-130m against "
+    print("  at 8.2M tokens on one GPU the two are level: results/lm_ptb_h200/README.md; SPEN-130m against "
           "GPT-124m at 1e8 tokens of Wikipedia and books: results/lm_scale/README.md")
     result = run_record(section="content", experiment=NAME, config=dataclasses.asdict(cfg), models=rows,
                         ppl_ratio_spen_over_gpt=ratio)
