@@ -11,6 +11,7 @@ from emaprobe.experiments.protocol import (
     Claim,
     read_claims,
     verdict_from_interval,
+    no_difference_note,
     verdict_no_difference,
     write_claims,
 )
@@ -59,6 +60,22 @@ def test_verdict_from_interval(lo, hi, above, verdict):
 ])
 def test_verdict_no_difference(mean, lo, hi, verdict):
     assert verdict_no_difference(mean, lo, hi, tol=0.02) == verdict
+
+
+@pytest.mark.parametrize("verdict, lo, hi, caveat", [
+    ("confirmed", -0.015, 0.019, None),  # within the tolerance: the rule alone
+    ("confirmed", -0.0227, -0.0091, "reaches -0.0227, past +-0.02"),  # by the mean alone, the low end past it
+    ("confirmed", 0.005, 0.031, "reaches +0.0310, past +-0.02"),  # the high end past it
+    ("inconclusive", -0.0227, -0.0091, None),  # a verdict the caller kept (one seed): no caveat
+    ("refuted", 0.030, 0.044, None),
+])
+def test_no_difference_note_names_a_verdict_resting_on_the_mean_alone(verdict, lo, hi, caveat):
+    note = no_difference_note(verdict, lo, hi, tol=0.02)
+    assert note.startswith("Verdict rule: confirmed when the interval lies within +-0.02 nats")
+    if caveat is None:
+        assert "mean alone" not in note
+    else:
+        assert note.endswith(f"Confirmed here by the mean alone: the interval {caveat}.")
 
 
 def test_verdicts_refuse_an_inverted_interval():

@@ -88,6 +88,7 @@ from emaprobe.experiments.common import mean_std_text, plot_paired, pyplot, save
 from emaprobe.experiments.protocol import (
     SAME_LOSS_NATS,
     Claim,
+    no_difference_note,
     verdict_from_interval,
     verdict_no_difference,
     write_claims,
@@ -302,10 +303,8 @@ def claims(res: dict[str, dict]) -> list[Claim]:
         rows.append(Claim(
             claim="predictor_ablation_delta_loss_ptb", metric="test loss, attention predictor - linear (nats/token)",
             paper=0.0, ours=round(d["mean"], 5), std=_std(d), seeds=d["n"], verdict=verdict, **common,
-            note=(f"{_interval(d)}; above 0, the attention predictor does worse. Verdict rule: confirmed when the "
-                  f"interval lies within +-{SAME_LOSS_NATS} nats "
-                  f"or the difference is under {SAME_LOSS_NATS}, refuted when it excludes 0 by more, else "
-                  "inconclusive.")))
+            note=(f"{_interval(d)}; above 0, the attention predictor does worse. "
+                  + no_difference_note(verdict, d["lo"], d["hi"], tol=SAME_LOSS_NATS))))
     d = paired(res, "spen-selective", "spen-ema", _loss_diff)
     if d:
         verdict = "inconclusive" if d["n"] < 2 else verdict_from_interval(d["lo"], d["hi"], threshold=0.0,

@@ -83,6 +83,7 @@ from emaprobe.experiments.common import plot_paired, pyplot, save_fig
 from emaprobe.experiments.protocol import (
     SAME_LOSS_NATS,
     Claim,
+    no_difference_note,
     verdict_from_interval,
     verdict_no_difference,
     write_claims,
@@ -719,9 +720,8 @@ def claims(s: dict[str, Any], command: str) -> list[Claim]:
             paper=PAPER["predictor_ablation_delta_loss"], ours=round(d["mean"], 5),
             std=round(float(np.std(d["values"], ddof=1)), 5), seeds=d["seeds"], scale=small, verdict=verdict,
             command=command, labels="none (language modelling)",
-            note=(f"paired by seed; 95% t-interval [{d['lo']:.4f}, {d['hi']:.4f}]. Verdict rule: confirmed when the "
-                  f"interval lies within +-{tol} nats or the difference is under {tol}, refuted when it excludes 0 "
-                  "by more, else inconclusive." + _behind_note(s))))
+            note=(f"paired by seed; 95% t-interval [{d['lo']:.4f}, {d['hi']:.4f}]. "
+                  + no_difference_note(verdict, d["lo"], d["hi"], tol=tol) + _behind_note(s))))
     d = s["paired"].get("spen-selective - spen-ema")
     if d and d["seeds"] >= 2:
         rows.append(Claim(
