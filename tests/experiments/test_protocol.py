@@ -9,9 +9,9 @@ from emaprobe.cli.run import parse_set
 from emaprobe.experiments import protocol
 from emaprobe.experiments.protocol import (
     Claim,
+    no_difference_note,
     read_claims,
     verdict_from_interval,
-    no_difference_note,
     verdict_no_difference,
     write_claims,
 )
