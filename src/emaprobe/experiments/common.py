@@ -60,17 +60,18 @@ def save_fig(fig, path: Path, dpi: int = 120) -> Path:
 
 
 def plot_paired(rows: list[tuple[str, list[float], float, float, float]], path: Path, title: str,
-                band: float | None = None, band_label: str = "", unit: str = "nats/token") -> Path:
+                band: float | None = None, unit: str = "nats/token") -> Path:
     """Differences paired by seed, one comparison a row: ``(label, values, mean, lo, hi)``, each seed's value a
     dot, and with two seeds or more the mean and its interval [lo, hi] as a bar; a line at 0 and, where
-    ``band`` is given, the band |difference| < band shaded (a claim's "no difference" tolerance)."""
+    ``band`` is given, the band |difference| < band shaded and labelled "the same loss" (a claim's
+    no-difference tolerance)."""
     import numpy as np
 
     plt = pyplot()
     height = 1.0 + 0.75 * len(rows)
     fig, ax = plt.subplots(figsize=(6.8, height))
     if band is not None:
-        ax.axvspan(-band, band, color="0.85", zorder=0, label=band_label or f"|difference| < {band}")
+        ax.axvspan(-band, band, color="0.85", zorder=0, label=f'|difference| < {band} ("the same loss")')
     ax.axvline(0.0, color="0.3", lw=0.8)
     for y, (_, values, mean, lo, hi) in enumerate(reversed(rows)):
         jitter = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else np.zeros(1)

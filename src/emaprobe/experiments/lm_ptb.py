@@ -503,7 +503,7 @@ def _plot_paired(res: dict[str, dict], path: Path) -> bool:
     if not rows:
         return False
     plot_paired(rows, path, f"PTB word level: test loss, paired over {len(_seeds(res))} seed(s)",
-                band=SAME_LOSS_NATS, band_label=f'|difference| < {SAME_LOSS_NATS} ("the same loss")')
+                band=SAME_LOSS_NATS)
     return True
 
 

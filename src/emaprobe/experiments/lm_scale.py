@@ -998,7 +998,6 @@ def _plots(s: dict, runs: dict[str, dict], out: Path) -> list[str]:
                 for label, d in s["paired"].items()]
         seeds = max(d["seeds"] for d in s["paired"].values())
         title = f"context mechanisms, {s['config']['small_size']} size: mean test loss, paired over {seeds} seed(s)"
-        plot_paired(rows, out / "paired.png", title, band=SAME_LOSS_NATS,
-                    band_label=f'|difference| < {SAME_LOSS_NATS} ("the same loss")')
+        plot_paired(rows, out / "paired.png", title, band=SAME_LOSS_NATS)
         written.append("paired.png")
     return written
