@@ -122,10 +122,13 @@ def test_headline_seeds_plan_whole_seeds_first_and_the_gap_claim_takes_an_interv
     assert gap.seeds == 3 and gap.ours == pytest.approx(0.8) and gap.std == pytest.approx(0.1)
     assert gap.verdict == "confirmed"  # the t-interval [0.55, 1.05] lies above 0.5
     assert claims["ppl_ratio_130m"].seeds == 3 and claims["ppl_ratio_130m"].std == pytest.approx(0.0, abs=1e-9)
+    r = f"{math.exp(0.2):.3f}"
+    assert f"paired by seed: {r} (95% t-interval {r}-{r}); by seed 0 {r}, 1 {r}, 2 {r}" in claims["ppl_ratio_130m"].note
     # with seed 0 alone the same claim has no interval, so it cannot be confirmed
     one = {k: r for k, r in runs.items() if r["job"]["seed"] == 0}
     gap1 = {c.claim: c for c in L.claims(L.summarize(one), "cmd")}["selective_closes_gap"]
     assert gap1.seeds == 1 and gap1.verdict == "inconclusive" and gap1.std is None
+    assert "by seed" not in {c.claim: c for c in L.claims(L.summarize(one), "cmd")}["ppl_ratio_130m"].note
 
 
 def test_best_lr_needs_the_lr_stage_or_an_explicit_value(tmp_path):

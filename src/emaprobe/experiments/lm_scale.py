@@ -703,6 +703,10 @@ def claims(s: dict[str, Any], command: str) -> list[Claim]:
                     "Seed 0's ratios on every split: " + ", ".join(f"{k} {v:.2f}" for k, v in h["ratio"].items()))
         else:
             verdict, note = "inconclusive", "no extrapolation (too few curve points)"
+        if len(per_seed) > 1:
+            m, lo, hi = t_interval(per_seed)
+            note += (f". Measured on {main_split}, paired by seed: {m:.3f} (95% t-interval {lo:.3f}-{hi:.3f}); by seed "
+                     + ", ".join(f"{k} {v:.3f}" for k, v in h["ratio_seeds"].items()))
         rows.append(Claim(
             claim="ppl_ratio_130m", metric=f"perplexity SPEN-130m (ema) / GPT-124m, {main_split}", paper=PAPER["ppl_ratio_130m"],
             ours=round(ours, 4), std=round(float(np.std(per_seed, ddof=1)), 4) if len(per_seed) > 1 else None,
