@@ -164,55 +164,6 @@ def test_mqar_run_that_fails_in_a_worker_leaves_the_others_running(tmp_path, cap
     assert sorted(r["mixer"] for r in json.loads((tmp_path / "mqar.json").read_text())["rows"]) == ["ema", "selective"]
 
 
-def test_mqar_pool_queues_a_run_out_of_gpu_memory_again_and_runs_fewer_at_once():
-    """Jobs that each take one of 2 units of a fake GPU's memory, 4 at a time at first: those that
-    find it full go back in the queue and the pool shrinks until they fit; a job too big to fit
-    alone fails, and only it."""
-    import concurrent.futures as cf
-    import threading
-    import time
-
-    from emaprobe.experiments.probe_mqar import run_pool
-
-    lock, held, most = threading.Lock(), [0], [0]
-
-    def train(job):
-        need = 3 if job[0] == "huge" else 1
-        with lock:
-            if held[0] + need > 2:
-                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 768.00 MiB")
-            held[0] += need
-            most[0] = max(most[0], held[0])
-        time.sleep(0.02)
-        with lock:
-            held[0] -= need
-        return job
-
-    jobs = [(f"m{i}", (24, 2, 16), 1e-2, 0) for i in range(9)] + [("huge", (24, 2, 16), 1e-2, 0)]
-    got = []
-    with cf.ThreadPoolExecutor(max_workers=4) as pool:
-        failed = run_pool(jobs, lambda j: pool.submit(train, j), got.append, limit=4)
-    assert sorted(got) == sorted(jobs[:9]) and most[0] <= 2
-    ((job, err),) = failed
-    assert job[0] == "huge" and isinstance(err, torch.OutOfMemoryError)
-    boom = RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`")
-    calls = []
-
-    def flaky(job):  # cuBLAS's allocation failure counts as out of memory; a plain error does not
-        calls.append(job)
-        if len(calls) == 1:
-            raise boom
-        if job[0] == "bad":
-            raise ValueError("bad config")
-        return job
-
-    a, bad = ("a", (24, 2, 16), 1e-2, 0), ("bad", (24, 2, 16), 1e-2, 0)
-    got.clear()
-    with cf.ThreadPoolExecutor(max_workers=1) as pool:
-        failed = run_pool([a, bad], lambda j: pool.submit(flaky, j), got.append, limit=2)
-    assert got == [a] and [j for j, _ in failed] == [bad] and calls.count(a) == 2
-
-
 def _recall_run(lr: float, check_every: int) -> dict:
     torch.manual_seed(0)
     model = RecallModel(RecallModelConfig(mixer="ema", d_model=16, vocab=32, seq_len=24))
@@ -401,28 +352,3 @@ def test_block_and_residual_states_of_tiny_models():
                                    rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="SPEN and GPT"):
         block_states(torch.nn.Linear(2, 2), idx)
-
-
-def test_mqar_pool_requeues_a_run_out_of_memory_that_shared_the_card_even_once_down_to_one_at_a_time():
-    """Two runs share the card and both run out of memory: the first handled drops the pool to one
-    at a time, and the second, which also ran beside another, still goes back in the queue (it
-    used to fail for good there, as on the H200 on 2026-12-04: ten gla runs)."""
-    import concurrent.futures as cf
-
-    from emaprobe.experiments.probe_mqar import run_pool
-
-    tries = {}
-
-    def submit(job):  # an already-finished future: out of memory on each job's first try
-        tries[job] = tries.get(job, 0) + 1
-        fut = cf.Future()
-        if tries[job] == 1:
-            fut.set_exception(torch.OutOfMemoryError("CUDA out of memory"))
-        else:
-            fut.set_result(job)
-        return fut
-
-    x, y = ("ema", (24, 2, 16), 1e-2, 0), ("gla", (24, 2, 16), 1e-2, 0)
-    got = []
-    assert run_pool([x, y], submit, got.append, limit=2) == []
-    assert sorted(got) == sorted([x, y]) and tries == {x: 2, y: 2}

@@ -1,9 +1,13 @@
-"""What experiments share: device choice, card names, seed statistics, figures and claim verdicts."""
+"""What experiments share: device choice, card names, seed statistics, figures, claim verdicts
+and a pool that runs jobs in worker processes."""
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures as cf
 import io
 import re
+import signal
 from pathlib import Path
 
 import torch
@@ -27,6 +31,64 @@ def pick_device(name: str) -> torch.device:
     if name != "cpu" and not name.startswith("cuda"):
         raise ValueError(f"device must be auto, cpu or cuda[:N], got {name!r}")
     return torch.device(name)
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """A CUDA allocation failure (PyTorch's, or cuBLAS's when it cannot make a handle)."""
+    return isinstance(err, torch.OutOfMemoryError) or "CUBLAS_STATUS_ALLOC_FAILED" in str(err)
+
+
+def run_pool(jobs: list, submit, record, limit: int, name=str) -> list[tuple]:
+    """Runs ``jobs`` through ``submit`` (job -> future), at most ``limit`` at a time, and hands each
+    result to ``record`` as it comes; ``name(job)`` names a job in messages.
+
+    Out of memory: a run that fails for want of GPU memory while others may have shared the GPU
+    goes back to the front of the queue (it resumes from its checkpoint), and from then on at most
+    one fewer runs at a time, and never more than were still running: those fit. Any other failure,
+    or running out of memory in a run that had the GPU to itself (started with nothing running and
+    ``limit`` 1), is final: the others go on, and the failed (job, error) pairs are returned.
+
+    SIGTERM or SIGINT (``timeout``, a scheduler, Ctrl-C; in the main thread): no job starts after it,
+    and the pool waits for the running ones instead of leaving them behind. Workers in the same
+    process group got the signal too, so a training run writes its checkpoint and stops
+    (``TrainingInterrupted``); one signalled alone finishes its job. Then ``KeyboardInterrupt``
+    says how many runs stopped and how many never started. A second signal acts at once."""
+    from emaprobe.train.lm import stop_requests
+
+    queue, running, failed, stopped = collections.deque(jobs), {}, [], []
+    with stop_requests(True) as stop:
+        while queue or running:
+            while queue and len(running) < limit and stop["signal"] is None:
+                job = queue.popleft()
+                running[submit(job)] = (job, not running and limit == 1)
+            if not running:
+                break
+            finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            for fut in finished:
+                job, alone = running.pop(fut)
+                try:
+                    result = fut.result()
+                except KeyboardInterrupt as err:  # a worker stopped by a signal, after its checkpoint
+                    stopped.append(job)
+                    print(f"  stopped: {err}" if name(job) in str(err) else f"  stopped {name(job)}: {err}", flush=True)
+                    continue
+                except Exception as err:  # noqa: BLE001 - one run's failure must not stop the others
+                    if _out_of_memory(err) and not alone:
+                        limit = max(1, min(limit - 1, len(running)))
+                        queue.appendleft(job)
+                        print(f"  out of GPU memory: {name(job)} goes back in the "
+                              f"queue; {limit} run{'s' if limit > 1 else ''} at a time from now on", flush=True)
+                    else:
+                        failed.append((job, err))
+                        print(f"  FAILED {name(job)}: {type(err).__name__}: {err}", flush=True)
+                    continue
+                record(result)
+    if stop["signal"] is not None or stopped:
+        why = signal.Signals(stop["signal"]).name if stop["signal"] is not None else "a signal to the workers"
+        raise KeyboardInterrupt(
+            f"{why}: {len(stopped)} run{'s' if len(stopped) != 1 else ''} stopped at a checkpoint, {len(queue)} not "
+            f"started, {len(failed)} failed; finished runs are saved, so the same command goes on from here")
+    return failed
 
 
 def pyplot():

@@ -46,16 +46,24 @@ Writes:    OUT/runs/<job>.json per run (run record with card, git SHA and torch 
            OUT/README.md, OUT/*.png and OUT/claims.json, all drawn from the JSON
            (``report``). Checkpoints go to ``work_dir`` (default runs/lm_scale-work), never OUT.
 
-Getting the data onto a lent GPU machine (at most 64 MiB travels a call; the text
-shards are under 29 MiB each): copy two shards at a time into a git-ignored folder of
-the checkout (``.carry/data/text/``; ``gpt2/gpt2.tiktoken`` with the first), name
-that folder in the call's ``carry``, and make the calls back to back while the machine
-stays warm, so the shards of earlier calls are still there. When all have arrived,
-``EMAPROBE_DATA=.carry/data emaprobe run lm_scale --budget gpu`` tokenizes every spec
-with ``workers`` processes (the machine's cores) and starts training; later calls
+Getting the data onto a lent GPU machine (at most 64 MiB travels a call, the checkout
+included; the text shards are 15-29 MiB each): copy the shards into git-ignored folders
+of the checkout, one folder a call (``.carry/d1/text/`` with the valid and test files,
+``.carry/d2/text/``, ...; ``gpt2/gpt2.tiktoken`` in one of them), name that call's folder
+in its ``carry`` (a carried path replaces its namesake there, so each call needs a new
+one), and make the calls back to back while the machine stays warm, so the folders of
+earlier calls are still there. When all have arrived, link every shard into one
+``.carry/data/text/`` (and the tokenizer into ``.carry/data/gpt2/``), then
+``EMAPROBE_DATA=$PWD/.carry/data emaprobe run lm_scale --budget gpu`` tokenizes every
+spec with ``workers`` processes (the machine's cores) and starts training; later calls
 resume: finished jobs (their JSON in OUT/runs) are skipped, and a run with a
 checkpoint in ``work_dir`` continues from it. ``--set only=PATTERN`` runs the jobs
-whose names match (fnmatch) so that each call fits its time limit.
+whose names match (fnmatch) so that each call fits its time limit. A SIGTERM or SIGINT
+to the command's process group (``timeout``, Ctrl-C) stops every running job at a
+checkpoint, starts no other, and returns once those checkpoints are written; leave
+``timeout`` a minute before the call's own end, as a 130m checkpoint is 1.5 GB. The
+device replaces its copy of a tracked ``--out`` at each call: write to an ignored one
+seeded with the committed ``runs/``, and bring new JSON back each call.
 
 The paper-scale run (8B tokens, several GPUs) uses the trainer directly; the README's
 "paper-scale recipe" gives the commands.
@@ -79,7 +87,7 @@ from typing import Any
 
 import numpy as np
 
-from emaprobe.experiments.common import plot_paired, pyplot, save_fig
+from emaprobe.experiments.common import plot_paired, pyplot, run_pool, save_fig
 from emaprobe.experiments.protocol import (
     SAME_LOSS_NATS,
     Claim,
@@ -466,13 +474,22 @@ def run(cfg: Config, out: Path) -> None:
                 print(f"[{NAME}]   {i}/{len(todo)} {job.name}: val loss {rec['final_val_loss']:.4f} "
                       f"({time.perf_counter() - t:.0f} s)", flush=True)
             continue
+        done: list[str] = []
+
+        def record(result: tuple[str, float]) -> None:
+            done.append(result[0])
+            print(f"[{NAME}]   {len(done)}/{len(todo)} {result[0]}: val loss {result[1]:.4f} "
+                  f"({time.perf_counter() - t0:.0f} s since start)", flush=True)
+
         ctx = mp.get_context("spawn")
         with cf.ProcessPoolExecutor(max_workers=min(cfg.parallel, len(todo)), mp_context=ctx) as pool:
-            futures = {pool.submit(_job_in_subprocess, job, cfg, str(out)): job for job in todo}
-            for i, fut in enumerate(cf.as_completed(futures), 1):
-                name, loss = fut.result()
-                print(f"[{NAME}]   {i}/{len(todo)} {name}: val loss {loss:.4f} "
-                      f"({time.perf_counter() - t0:.0f} s since start)", flush=True)
+            failed = run_pool(todo, lambda job: pool.submit(_job_in_subprocess, job, cfg, str(out)), record,
+                              cfg.parallel, name=lambda job: job.name)
+        if failed:
+            raise RuntimeError(
+                f"{len(failed)} of {len(todo)} {stage} jobs failed (the others' JSON is saved in {out / 'runs'}):\n  "
+                + "\n  ".join(f"{job.name}: {type(err).__name__}: {err}" for job, err in failed)
+                + "\nRerun the same command to go on: finished jobs are skipped, and a job with a checkpoint resumes.")
 
 
 # ----------------------------------------------------------------------------- report

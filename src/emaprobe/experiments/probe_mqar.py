@@ -56,7 +56,6 @@ Writes:    OUT/mqar.json (grid rows: cell, lr, accuracy, loss, seconds; claim-ce
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures as cf
 import dataclasses
 import json
@@ -68,7 +67,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emaprobe.experiments.common import command, pick_device, pyplot, save_fig
+from emaprobe.experiments.common import command, pick_device, pyplot, run_pool, save_fig
 from emaprobe.experiments.protocol import Claim, verdict_from_interval, write_claims
 from emaprobe.layers import mixer_class
 from emaprobe.ops import available_gla_backends, resolve_gla_backend
@@ -195,43 +194,6 @@ def _job_name(job: tuple) -> str:
     return f"{mixer} T={T} N={N} D={D} lr={lr:g} seed {seed}"
 
 
-def _out_of_memory(err: BaseException) -> bool:
-    """A CUDA allocation failure (PyTorch's, or cuBLAS's when it cannot make a handle)."""
-    return isinstance(err, torch.OutOfMemoryError) or "CUBLAS_STATUS_ALLOC_FAILED" in str(err)
-
-
-def run_pool(jobs: list, submit, record, limit: int) -> list[tuple]:
-    """Runs ``jobs`` through ``submit`` (job -> future), at most ``limit`` at a time, and hands each
-    result to ``record`` as it comes. A run that fails for want of GPU memory while others may have
-    shared the GPU goes back to the front of the queue (it resumes from its checkpoint), and from
-    then on at most one fewer runs at a time, and never more than were still running: those fit.
-    Any other failure, or running out of memory in a run that had the GPU to itself (started with
-    nothing running and ``limit`` 1), is final: the others go on, and the failed (job, error) pairs
-    are returned."""
-    queue, running, failed = collections.deque(jobs), {}, []
-    while queue or running:
-        while queue and len(running) < limit:
-            job = queue.popleft()
-            running[submit(job)] = (job, not running and limit == 1)
-        finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-        for fut in finished:
-            job, alone = running.pop(fut)
-            try:
-                result = fut.result()
-            except Exception as err:  # noqa: BLE001 - one run's failure must not stop the others
-                if _out_of_memory(err) and not alone:
-                    limit = max(1, min(limit - 1, len(running)))
-                    queue.appendleft(job)
-                    print(f"  out of GPU memory: {_job_name(job)} goes back in the "
-                          f"queue; {limit} run{'s' if limit > 1 else ''} at a time from now on", flush=True)
-                else:
-                    failed.append((job, err))
-                    print(f"  FAILED {_job_name(job)}: {type(err).__name__}: {err}", flush=True)
-                continue
-            record(result)
-    return failed
-
-
 def run(cfg: Config, out: Path) -> None:
     """The claim cell's lr grid first, then its seeds at each mixer's best lr beside the rest
     of the grid, ``parallel`` runs at a time; every finished run is saved at once."""
@@ -279,7 +241,8 @@ def run(cfg: Config, out: Path) -> None:
             return
         ctx = mp.get_context("spawn")  # CUDA cannot be forked
         with cf.ProcessPoolExecutor(max_workers=min(cfg.parallel, len(jobs)), mp_context=ctx) as pool:
-            failed = run_pool(jobs, lambda j: pool.submit(_one_in_subprocess, cfg, *j, out), record, cfg.parallel)
+            failed = run_pool(jobs, lambda j: pool.submit(_one_in_subprocess, cfg, *j, out), record, cfg.parallel,
+                              name=_job_name)
         if failed:
             lines = [f"{_job_name(job)}: {type(err).__name__}: {err}" for job, err in failed]
             raise RuntimeError(

@@ -86,10 +86,12 @@ class PeerFailed(RuntimeError):
 
 
 @contextlib.contextmanager
-def _stop_requests(enabled: bool):
+def stop_requests(enabled: bool):
     """Yield a dict whose ``"signal"`` is set when SIGTERM or SIGINT arrives; the first one only.
 
-    Off under DDP (a rank that stops alone would hang the others) and off a main thread.
+    Off under DDP (a rank that stops alone would hang the others) and off a main thread. The
+    training loop stops at a step boundary with it; ``experiments.common.run_pool`` stops
+    starting jobs.
     """
     request: dict[str, int | None] = {"signal": None}
     if not enabled or threading.current_thread() is not threading.main_thread():
@@ -392,7 +394,7 @@ def train_lm(
         return clock["before"] + time.perf_counter() - clock["since"]
 
     stop = contextlib.ExitStack()
-    request = stop.enter_context(_stop_requests(not info.enabled))
+    request = stop.enter_context(stop_requests(not info.enabled))
     try:
         model.train()
         for step in range(start_step, cfg.steps):
