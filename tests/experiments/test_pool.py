@@ -102,8 +102,8 @@ def test_pool_on_sigterm_starts_no_job_waits_for_the_running_ones_and_says_what_
         with pytest.raises(KeyboardInterrupt) as err:
             run_pool(["a", "b", "c"], lambda j: pool.submit(work, j), got.append, limit=2)
     assert got == ["a done"] and sorted(started) == ["a", "b"]
-    assert str(err.value) == ("SIGTERM: 1 run stopped at a checkpoint, 1 not started, 0 failed; finished runs are "
-                              "saved, so the same command goes on from here")
+    assert str(err.value) == ("SIGTERM: 1 run stopped, 1 not started, 0 failed; finished runs are saved, and the "
+                              "same command goes on from here (a stopped run from its last checkpoint)")
     assert signal.getsignal(signal.SIGTERM) is before
 
 
@@ -118,6 +118,6 @@ def test_pool_a_worker_stopped_alone_does_not_stop_the_others_from_finishing():
         return job
 
     with cf.ThreadPoolExecutor(max_workers=2) as pool:
-        with pytest.raises(KeyboardInterrupt, match="a signal to the workers: 1 run stopped at a checkpoint, 0 not"):
+        with pytest.raises(KeyboardInterrupt, match="a signal to the workers: 1 run stopped, 0 not started, 0 failed"):
             run_pool(["a", "b", "c"], lambda j: pool.submit(work, j), got.append, limit=2)
     assert sorted(got) == ["a", "c"]

@@ -50,9 +50,11 @@ def run_pool(jobs: list, submit, record, limit: int, name=str) -> list[tuple]:
 
     SIGTERM or SIGINT (``timeout``, a scheduler, Ctrl-C; in the main thread): no job starts after it,
     and the pool waits for the running ones instead of leaving them behind. Workers in the same
-    process group got the signal too, so a training run writes its checkpoint and stops
-    (``TrainingInterrupted``); one signalled alone finishes its job. Then ``KeyboardInterrupt``
-    says how many runs stopped and how many never started. A second signal acts at once."""
+    process group got the signal too: an LM training run writes a checkpoint at its step and
+    stops (``TrainingInterrupted``), other work stops as its own signal handling says (an
+    exception from a worker that died counts as a failure); a worker not signalled finishes its
+    job. Then ``KeyboardInterrupt`` says how many runs stopped and how many never started. A
+    second signal acts at once."""
     from emaprobe.train.lm import stop_requests
 
     queue, running, failed, stopped = collections.deque(jobs), {}, [], []
@@ -86,8 +88,9 @@ def run_pool(jobs: list, submit, record, limit: int, name=str) -> list[tuple]:
     if stop["signal"] is not None or stopped:
         why = signal.Signals(stop["signal"]).name if stop["signal"] is not None else "a signal to the workers"
         raise KeyboardInterrupt(
-            f"{why}: {len(stopped)} run{'s' if len(stopped) != 1 else ''} stopped at a checkpoint, {len(queue)} not "
-            f"started, {len(failed)} failed; finished runs are saved, so the same command goes on from here")
+            f"{why}: {len(stopped)} run{'s' if len(stopped) != 1 else ''} stopped, {len(queue)} not started, "
+            f"{len(failed)} failed; finished runs are saved, and the same command goes on from here (a stopped run "
+            "from its last checkpoint)")
     return failed
 
 
