@@ -59,8 +59,6 @@ def test_pool_requeues_a_run_out_of_memory_that_shared_the_card_even_once_down_t
     """Two runs share the card and both run out of memory: the first handled drops the pool to one
     at a time, and the second, which also ran beside another, still goes back in the queue (it
     used to fail for good there, as on the H200 on 2026-12-04: ten gla runs)."""
-
-
     tries = {}
 
     def submit(job):  # an already-finished future: out of memory on each job's first try

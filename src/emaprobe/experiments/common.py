@@ -70,7 +70,7 @@ def run_pool(jobs: list, submit, record, limit: int, name=str) -> list[tuple]:
                 job, alone = running.pop(fut)
                 try:
                     result = fut.result()
-                except KeyboardInterrupt as err:  # a worker stopped by a signal, after its checkpoint
+                except KeyboardInterrupt as err:  # a worker stopped by a signal (TrainingInterrupted: checkpointed)
                     stopped.append(job)
                     print(f"  stopped: {err}" if name(job) in str(err) else f"  stopped {name(job)}: {err}", flush=True)
                     continue
