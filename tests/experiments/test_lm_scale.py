@@ -113,6 +113,8 @@ def test_headline_seeds_plan_whole_seeds_first_and_the_gap_claim_takes_an_interv
                 for r in (run("spen-ema", k, 4.3), run("gpt", k, 4.1), run("spen-selective", k, 4.3 - 0.2 * closed)))
     s = L.summarize(runs)
     assert s["headline"]["ratio_seeds"] == pytest.approx({k: math.exp(0.2) for k in range(3)})
+    assert sorted(s["headline"]["curve_ratio_seeds"]) == [1, 2]  # seed 0's is curve_ratio
+    assert [c["ratio"] for c in s["headline"]["curve_ratio_seeds"][2]] == pytest.approx([math.exp(0.2)] * 4)
     sel = s["headline"]["others"]["spen-selective"]  # seed 0 closed 0.8: its loss is 0.04 above gpt's throughout
     assert [c["ratio"] for c in sel["curve_ratio"]] == pytest.approx([math.exp(0.04)] * 4)
     assert sel["extrapolated"]["ppl_ratio"] == pytest.approx(math.exp(0.04), rel=1e-3)

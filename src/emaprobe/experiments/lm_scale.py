@@ -625,6 +625,7 @@ def summarize(runs: dict[str, dict]) -> dict[str, Any]:
         h["main_split"] = main
         h["ratio_seeds"] = {k: by_seed["spen-ema"][k]["final"][main]["ppl"] / by_seed["gpt"][k]["final"][main]["ppl"]
                             for k in pair_seeds}
+        h["curve_ratio_seeds"] = {k: _curve_ratio(by_seed["spen-ema"][k], by_seed["gpt"][k]) for k in pair_seeds if k}
         h["others"] = {}
         for v, runs_v in by_seed.items():
             if v in ("spen-ema", "gpt") or 0 not in runs_v:
@@ -878,6 +879,8 @@ def _readme(s: dict, runs: dict[str, dict], figures: list[str], command: str) ->
         lines += ["", "Perplexity ratio SPEN / GPT: " + ", ".join(f"{k} **{v:.3f}**" for k, v in h["ratio"].items()) + ".",
                   "", "Ratio along the curve (whole validation stream): "
                   + ", ".join(f"{c['tokens']:.3g} tok {c['ratio']:.3f}" for c in h["curve_ratio"]) + "."]
+        lines += [f"Seed {k}'s: " + ", ".join(f"{c['tokens']:.3g} tok {c['ratio']:.3f}" for c in rk) + "."
+                  for k, rk in h.get("curve_ratio_seeds", {}).items()]
         ex = h.get("extrapolated")
         if ex:
             lines += ["", f"**Extrapolation, not a measurement:** fitting log L = c - a log D per family to the later "
@@ -965,6 +968,10 @@ def _plots(s: dict, runs: dict[str, dict], out: Path) -> list[str]:
             if ratio:
                 ax2.plot([c["tokens"] for c in ratio], [c["ratio"] for c in ratio], marker="o", color=line.get_color(),
                          label=f"{label} / gpt, measured")
+            if label == "ema" and h.get("curve_ratio_seeds"):
+                for j, (k, rk) in enumerate(h["curve_ratio_seeds"].items()):
+                    ax2.plot([c["tokens"] for c in rk], [c["ratio"] for c in rk], lw=0.8, alpha=0.6, color=line.get_color(),
+                             label=f"ema / gpt, seeds {', '.join(map(str, h['curve_ratio_seeds']))}" if j == 0 else None)
             if ex:
                 ax2.errorbar([at], [ex["ppl_ratio"]],
                              yerr=[[ex["ppl_ratio"] - ex["ppl_ratio_lo"]], [ex["ppl_ratio_hi"] - ex["ppl_ratio"]]],
@@ -973,7 +980,7 @@ def _plots(s: dict, runs: dict[str, dict], out: Path) -> list[str]:
         ax.set_yscale("log")
         ax.set_xlabel("training tokens")
         ax.set_ylabel("validation loss (nats/token)")
-        ax.set_title("token curve, log-log (dashed: power laws extrapolated to 8B)")
+        ax.set_title("token curve, log-log\n(dashed: power laws extrapolated to 8B)", fontsize=10)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
         ax2.axhline(PAPER["ppl_ratio_130m"], color="k", ls=":", label="paper: about 8x at 8B tokens")
@@ -982,7 +989,8 @@ def _plots(s: dict, runs: dict[str, dict], out: Path) -> list[str]:
         ax2.set_yscale("log")
         ax2.set_xlabel("training tokens")
         ax2.set_ylabel("perplexity ratio to GPT")
-        ax2.set_title(f"the ratio against tokens ({s['config']['headline_size']} size, seed 0)")
+        ax2.set_title(f"the ratio against tokens\n({s['config']['headline_size']} size, seed 0"
+                      + ("; thin lines: other seeds)" if h.get("curve_ratio_seeds") else ")"), fontsize=10)
         ax2.grid(alpha=0.3, which="both")
         ax2.legend(fontsize=7)
         save(fig, "token_curve.png")
