@@ -969,7 +969,7 @@ def _plots(s: dict, runs: dict[str, dict], out: Path) -> list[str]:
                 ax2.plot([c["tokens"] for c in ratio], [c["ratio"] for c in ratio], marker="o", color=line.get_color(),
                          label=f"{label} / gpt, measured")
             if label == "ema" and h.get("curve_ratio_seeds"):
-                for j, (k, rk) in enumerate(h["curve_ratio_seeds"].items()):
+                for j, rk in enumerate(h["curve_ratio_seeds"].values()):
                     ax2.plot([c["tokens"] for c in rk], [c["ratio"] for c in rk], lw=0.8, alpha=0.6, color=line.get_color(),
                              label=f"ema / gpt, seeds {', '.join(map(str, h['curve_ratio_seeds']))}" if j == 0 else None)
             if ex:
