@@ -126,6 +126,9 @@ def test_headline_seeds_plan_whole_seeds_first_and_the_gap_claim_takes_an_interv
     assert claims["ppl_ratio_130m"].seeds == 3 and claims["ppl_ratio_130m"].std == pytest.approx(0.0, abs=1e-9)
     r = f"{math.exp(0.2):.3f}"
     assert f"paired by seed: {r} (95% t-interval {r}-{r}); by seed 0 {r}, 1 {r}, 2 {r}" in claims["ppl_ratio_130m"].note
+    ex = s["headline"]["extrapolated_seeds"]  # every seed's curves are seed 0's: the same fit, the same ratio
+    assert sorted(ex) == [1, 2] and ex[2]["ppl_ratio"] == pytest.approx(s["headline"]["extrapolated"]["ppl_ratio"])
+    assert f"seed 2 {ex[2]['ppl_ratio']:.2f} ({ex[2]['ppl_ratio_lo']:.2f}-" in claims["ppl_ratio_130m"].note
     # with seed 0 alone the same claim has no interval, so it cannot be confirmed
     one = {k: r for k, r in runs.items() if r["job"]["seed"] == 0}
     gap1 = {c.claim: c for c in L.claims(L.summarize(one), "cmd")}["selective_closes_gap"]

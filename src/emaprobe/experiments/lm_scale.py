@@ -626,6 +626,9 @@ def summarize(runs: dict[str, dict]) -> dict[str, Any]:
         h["ratio_seeds"] = {k: by_seed["spen-ema"][k]["final"][main]["ppl"] / by_seed["gpt"][k]["final"][main]["ppl"]
                             for k in pair_seeds}
         h["curve_ratio_seeds"] = {k: _curve_ratio(by_seed["spen-ema"][k], by_seed["gpt"][k]) for k in pair_seeds if k}
+        seed_fits = {k: (_curve_fit(by_seed["spen-ema"][k]), _curve_fit(by_seed["gpt"][k])) for k in pair_seeds if k}
+        h["extrapolated_seeds"] = {k: {x: v for x, v in _extrapolate(*f).items() if x != "fit"}
+                                   for k, f in seed_fits.items() if all(f)}  # beside seed 0's, which the rule uses
         h["others"] = {}
         for v, runs_v in by_seed.items():
             if v in ("spen-ema", "gpt") or 0 not in runs_v:
@@ -725,6 +728,10 @@ def claims(s: dict[str, Any], command: str) -> list[Claim]:
             m, lo, hi = t_interval(per_seed)
             note += (f". Measured on {main_split}, paired by seed: {m:.3f} (95% t-interval {lo:.3f}-{hi:.3f}); by seed "
                      + ", ".join(f"{k} {v:.3f}" for k, v in h["ratio_seeds"].items()))
+        if ex and h.get("extrapolated_seeds"):
+            note += (". Each other seed's own extrapolation (not used by the rule): "
+                     + ", ".join(f"seed {k} {e['ppl_ratio']:.2f} ({e['ppl_ratio_lo']:.2f}-{e['ppl_ratio_hi']:.2f})"
+                                 for k, e in h["extrapolated_seeds"].items()))
         rows.append(Claim(
             claim="ppl_ratio_130m", metric=f"perplexity SPEN-130m (ema) / GPT-124m, {main_split}", paper=PAPER["ppl_ratio_130m"],
             ours=round(ours, 4), std=round(float(np.std(per_seed, ddof=1)), 4) if len(per_seed) > 1 else None,
@@ -888,6 +895,10 @@ def _readme(s: dict, runs: dict[str, dict], figures: list[str], command: str) ->
                       f"{ex['fits']['gpt']['exponent']:.3f} (GPT), and at 8B tokens a perplexity ratio of "
                       f"{ex['ppl_ratio']:.2f} (95% interval {ex['ppl_ratio_lo']:.2f}-{ex['ppl_ratio_hi']:.2f}). "
                       "The points come from one cosine schedule, so the later ones include its annealing."]
+            if h.get("extrapolated_seeds"):
+                lines[-1] += (" The same fit to each other seed's curves: " + ", ".join(
+                    f"seed {k} {e['ppl_ratio']:.2f} ({e['ppl_ratio_lo']:.2f}-{e['ppl_ratio_hi']:.2f})"
+                    for k, e in h["extrapolated_seeds"].items()) + ".")
         lines.append("")
     if s["ladder"]:
         lines += [f"## Size ladder ({s['ladder_tokens']:.3g} tokens for every pair, seed 0)", "",
