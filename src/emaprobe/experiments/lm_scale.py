@@ -729,9 +729,7 @@ def claims(s: dict[str, Any], command: str) -> list[Claim]:
             note += (f". Measured on {main_split}, paired by seed: {m:.3f} (95% t-interval {lo:.3f}-{hi:.3f}); by seed "
                      + ", ".join(f"{k} {v:.3f}" for k, v in h["ratio_seeds"].items()))
         if ex and h.get("extrapolated_seeds"):
-            note += (". Each other seed's own extrapolation (not used by the rule): "
-                     + ", ".join(f"seed {k} {e['ppl_ratio']:.2f} ({e['ppl_ratio_lo']:.2f}-{e['ppl_ratio_hi']:.2f})"
-                                 for k, e in h["extrapolated_seeds"].items()))
+            note += ". Each other seed's own extrapolation (not used by the rule): " + _seed_extrapolations(h)
         rows.append(Claim(
             claim="ppl_ratio_130m", metric=f"perplexity SPEN-130m (ema) / GPT-124m, {main_split}", paper=PAPER["ppl_ratio_130m"],
             ours=round(ours, 4), std=round(float(np.std(per_seed, ddof=1)), 4) if len(per_seed) > 1 else None,
@@ -792,6 +790,12 @@ def claims(s: dict[str, Any], command: str) -> list[Claim]:
                   f"spen-selective {o['gap_losses']['spen-selective']:.4f}, gpt {o['gap_losses']['gpt']:.4f}. " + rule
                   + (s.get("selective_gap_note") or ""))))
     return rows
+
+
+def _seed_extrapolations(h: dict[str, Any]) -> str:
+    """'seed 1 1.43 (0.78-2.38), ...': the headline's other seeds, each extrapolated alone."""
+    return ", ".join(f"seed {k} {e['ppl_ratio']:.2f} ({e['ppl_ratio_lo']:.2f}-{e['ppl_ratio_hi']:.2f})"
+                     for k, e in h["extrapolated_seeds"].items())
 
 
 def _behind_note(s: dict[str, Any]) -> str:
@@ -896,9 +900,7 @@ def _readme(s: dict, runs: dict[str, dict], figures: list[str], command: str) ->
                       f"{ex['ppl_ratio']:.2f} (95% interval {ex['ppl_ratio_lo']:.2f}-{ex['ppl_ratio_hi']:.2f}). "
                       "The points come from one cosine schedule, so the later ones include its annealing."]
             if h.get("extrapolated_seeds"):
-                lines[-1] += (" The same fit to each other seed's curves: " + ", ".join(
-                    f"seed {k} {e['ppl_ratio']:.2f} ({e['ppl_ratio_lo']:.2f}-{e['ppl_ratio_hi']:.2f})"
-                    for k, e in h["extrapolated_seeds"].items()) + ".")
+                lines[-1] += " The same fit to each other seed's curves: " + _seed_extrapolations(h) + "."
         lines.append("")
     if s["ladder"]:
         lines += [f"## Size ladder ({s['ladder_tokens']:.3g} tokens for every pair, seed 0)", "",
