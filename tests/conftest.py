@@ -120,11 +120,11 @@ def missing_data_then_no_ranks(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("EMAPROBE_GPT2_RANKS", raising=False)
 
     def run(argv: list[str]) -> tuple[str, str]:
+        (tmp_path / "c.txt").write_text("a b\n", encoding="utf-8")
         errs = []
         for name in ("missing.txt", "c.txt"):
             assert main([*argv, "--data", str(tmp_path / name)]) == 2
             errs.append(capsys.readouterr().err)
-            (tmp_path / "c.txt").write_text("a b\n", encoding="utf-8")
         return errs[0], errs[1]
 
     return run
