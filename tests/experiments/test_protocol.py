@@ -67,11 +67,15 @@ def test_verdict_no_difference(mean, lo, hi, verdict):
     ("confirmed", -0.0227, -0.0091, "reaches -0.0227, past +-0.02"),  # by the mean alone, the low end past it
     ("confirmed", 0.005, 0.031, "reaches +0.0310, past +-0.02"),  # the high end past it
     ("inconclusive", -0.0227, -0.0091, None),  # a verdict the caller kept (one seed): no caveat
+    ("inconclusive", -0.0122, 0.0302, None),  # spans 0 and passes +0.02: the mean (+0.009) is not enough
     ("refuted", 0.030, 0.044, None),
 ])
 def test_no_difference_note_names_a_verdict_resting_on_the_mean_alone(verdict, lo, hi, caveat):
     note = no_difference_note(verdict, lo, hi, tol=0.02)
     assert note.startswith("Verdict rule: confirmed when the interval lies within +-0.02 nats")
+    # a small mean alone does not confirm: the rule's words say the interval must exclude 0 too (lm_ptb's
+    # +0.009 over [-0.012, +0.030] is inconclusive)
+    assert "or excludes 0 with a mean under 0.02" in note and "the difference is under" not in note
     if caveat is None:
         assert "mean alone" not in note
     else:

@@ -218,8 +218,9 @@ def verdict_no_difference(mean: float, low: float, high: float, *, tol: float) -
 def no_difference_note(verdict: str, low: float, high: float, *, tol: float) -> str:
     """``verdict_no_difference``'s rule in words, for a claim's note; where ``verdict`` is confirmed by the mean
     alone (the interval excludes 0 and reaches past +-``tol``), it says so and where the interval ends."""
-    text = (f"Verdict rule: confirmed when the interval lies within +-{tol} nats or the difference is under {tol}, "
-            "refuted when it excludes 0 by more, else inconclusive.")
+    text = (f"Verdict rule: confirmed when the interval lies within +-{tol} nats, or excludes 0 with a mean under "
+            f"{tol} (a real but small difference); refuted when it excludes 0 with a mean of {tol} or more; "
+            "else inconclusive.")
     if verdict == "confirmed" and not (low >= -tol and high <= tol):
         end = low if low < -tol else high
         text += f" Confirmed here by the mean alone: the interval reaches {end:+.4f}, past +-{tol}."
