@@ -45,6 +45,16 @@ def test_sampling_is_deterministic_given_a_seed(grammars, name):
     assert g.sample_many(50, seed=7) == g.sample_many(50, seed=7)
     assert g.sample_many(50, seed=7) != g.sample_many(50, seed=8)
     assert load_grammar(name).sample_many(20, seed="x") == g.sample_many(20, seed="x")
+    stream = g.iter_samples(seed=7)  # the stream starts with the list of the same seed
+    assert [next(stream) for _ in range(50)] == g.sample_many(50, seed=7)
+
+
+@pytest.mark.parametrize("name", ["grammar_a", "grammar_b", "deep"])
+def test_vocabulary_holds_every_sampled_token_and_the_nouns(grammars, name):
+    g = grammars[name]
+    seen = {w for s in g.sample_many(300, seed=1) for w in s.tokens}
+    assert seen <= g.vocabulary
+    assert g.nouns <= g.vocabulary and seen & g.nouns
 
 
 @pytest.mark.parametrize("name", ["grammar_a", "grammar_b", "deep"])

@@ -20,7 +20,7 @@ import torch.multiprocessing as mp
 
 from emaprobe.models import build_model
 from emaprobe.train import LMData, TrainConfig, load_checkpoint, train_lm
-from emaprobe.train.dist import env_dist_info, shutdown_distributed
+from emaprobe.train.dist import shutdown_distributed
 
 WORLD = 2
 V = 64

@@ -17,7 +17,6 @@ tokenizer (shared/PAPER.md, reference points).
 from __future__ import annotations
 
 import bisect
-import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -122,9 +121,6 @@ class TokenData:
     def bytes_per_token(self) -> float:
         """UTF-8 bytes of text per token: divide loss in bits per token by it for bits per byte."""
         return self.n_bytes / max(len(self), 1)
-
-    def bits_per_byte(self, loss_nats_per_token: float) -> float:
-        return loss_nats_per_token / math.log(2) / self.bytes_per_token
 
     def __getitem__(self, key: int | slice) -> Any:
         n = len(self)

@@ -668,12 +668,3 @@ def merge(paths: list[str | Path], out_dir: str | Path = "runs/bench", tag: str 
     _print_versus(result["versus"])
     _write(result, Path(out_dir) / f"bench_lm_{card_slug(card)}_{tag}")
     return result
-
-
-def replot(json_path: str | Path) -> Path:
-    """Redraw the PNG beside a result JSON (no GPU needed)."""
-    res = json.loads(Path(json_path).read_text())
-    path = Path(json_path).with_suffix(".png")
-    plot(res["rows"], res["card"], path, res.get("versus"))
-    return path
-

@@ -27,7 +27,6 @@ from emaprobe.ops import DEFAULT_ALPHAS, ema_step, ema_traces, linear_scan
 from emaprobe.utils import atomic_write_json, run_record
 
 DEFAULT_SHAPES = ((8, 8192, 256), (16, 2048, 768), (1, 65536, 64))
-ACCEPTANCE_SHAPE = (8, 8192, 256)
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:

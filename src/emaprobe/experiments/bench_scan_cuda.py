@@ -737,16 +737,6 @@ def _plot_host_windows(ax, row: dict) -> None:
     ax.legend(fontsize=8)
 
 
-def replot(json_path: str | Path) -> Path:
-    """Redraw the plot from a result JSON (no GPU needed): scan_cuda_<card>.png beside it."""
-    import json
-
-    res = json.loads(Path(json_path).read_text())
-    out = Path(json_path).with_suffix(".png")
-    plot(res["rows"], res["card"], out)
-    return out
-
-
 def grid_shapes(ts=GRID_TS, ds=GRID_DS, min_elems: int = GRID_MIN_ELEMS) -> list[tuple[int, int, int]]:
     """(B, T, D) for every T and D: B is the least power of two with B * T * D >= ``min_elems``."""
     shapes = []

@@ -140,9 +140,6 @@ class Config:
             raise ValueError(f"hebbian.dim, two_stage.dim and bigru.dim must agree (shared embeddings), got {dims}")
 
 
-RolesConfig = Config  # the name it had before the experiment protocol
-
-
 def smoke() -> Config:
     """The whole pipeline in seconds (CI): tiny data, 1 seed, a three-point curve."""
     return Config(
@@ -157,9 +154,6 @@ def smoke() -> Config:
         ud_max_train=300,
         ud_max_eval=100,
     )
-
-
-smoke_config = smoke  # the name it had before the experiment protocol
 
 
 # ----------------------------------------------------------------------------- metrics

@@ -102,11 +102,6 @@ class FixedEmbeddings:
         return ids, lengths
 
 
-def scored_mask(sentences: Sequence[RoleSentence], T: int) -> torch.Tensor:
-    """(B, T) bool: the tokens that carry a role (scored; never a training input)."""
-    return token_mask(sentences, T, "scored")
-
-
 def token_mask(sentences: Sequence[RoleSentence], T: int, which: str) -> torch.Tensor:
     """(B, T) bool: "scored" (role-bearing), "nouns" (noun marks) or "tokens" (every real token)."""
     mask = torch.zeros(len(sentences), T, dtype=torch.bool)
