@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import pytest
 import torch
@@ -157,6 +158,36 @@ def test_nan_loss_stops_run_and_keeps_last_good_checkpoint(tmp_path):
     logged = _metrics(tmp_path)
     assert [m["step"] for m in logged] == list(range(1, 8))
     assert all(math.isfinite(m["loss"]) for m in logged)
+
+
+def test_nan_between_log_lines_is_found_before_the_next_checkpoint(tmp_path):
+    # losses are read back at log lines, evaluations and checkpoints, not at every step: step 8's NaN
+    # (log every 5, checkpoints every 3) is found at step 9, before its checkpoint, and named as step 8
+    tokens = torch.randint(0, 32, (2_000,), generator=torch.Generator().manual_seed(0))
+    cfg = TrainConfig(steps=20, batch_size=4, seq_len=16, log_every=5, ckpt_every=3, eval_every=0)
+    with pytest.raises(TrainingDiverged, match=r"at step 8: loss nan.*step 6"):
+        train_lm(_PoisonedLM(32, after=7), LMData(train=tokens), cfg, tmp_path, quiet=True)
+    assert load_checkpoint(tmp_path / CHECKPOINT_NAME)["step"] == 6
+    assert [m["step"] for m in _metrics(tmp_path)] == [5]
+
+
+def test_losses_are_read_back_once_per_log_line_not_per_step(tmp_path, monkeypatch):
+    # a read-back waits for every queued kernel (on a GPU the host then cannot run ahead of it): the loop
+    # makes one per log line, for all the steps since the last, and calls item() nowhere (CPU AdamW's own
+    # item() on its step counts, which the fused CUDA AdamW does not make, is not the loop's)
+    reads, items = [], []
+    tolist, item = torch.Tensor.tolist, torch.Tensor.item
+
+    def ours() -> bool:
+        return "emaprobe" in sys._getframe(2).f_code.co_filename
+
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda t: (ours() and reads.append(tuple(t.shape))) or tolist(t))
+    monkeypatch.setattr(torch.Tensor, "item", lambda t: (ours() and items.append(tuple(t.shape))) or item(t))
+    tokens = torch.randint(0, 32, (2_000,), generator=torch.Generator().manual_seed(0))
+    cfg = TrainConfig(steps=12, batch_size=4, seq_len=16, log_every=4, ckpt_every=0, eval_every=0)
+    train_lm(_PoisonedLM(32, after=10**9), LMData(train=tokens), cfg, tmp_path, quiet=True)
+    assert reads == [(4, 2)] * 3 and items == [], items
+    assert [m["step"] for m in _metrics(tmp_path)] == [4, 8, 12]
 
 
 class _UniformLM(nn.Module):

@@ -370,6 +370,29 @@ def train_lm(
     last_val: dict[str, Any] = {}
     last_ckpt_step = start_step if start_step else None
     t_log, tok_log = time.perf_counter(), tokens_seen
+    # (step, loss, grad norm) of the steps whose values are still on the device. Reading a value back
+    # waits for every kernel queued so far; read each step, the host could never queue the next step
+    # while the GPU runs this one. So they are read back together, at the steps that need them: a log
+    # line, an evaluation, a checkpoint, a stop. A run that diverges is still stopped there at its first
+    # bad step, before any checkpoint could save the NaN weights (the probes' trainer does the same).
+    pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+
+    def read_back() -> tuple[float, float] | None:
+        """The latest pending step's (loss, grad norm), after checking every pending step is finite."""
+        if not pending:
+            return None
+        values = torch.stack([torch.stack((lo.float(), no.float())) for _, lo, no in pending]).tolist()
+        steps = [s for s, _, _ in pending]
+        pending.clear()
+        for at, (loss_value, norm_value) in zip(steps, values):
+            if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
+                where = f"step {last_ckpt_step} in {ckpt_path}" if last_ckpt_step else "none was written yet"
+                raise TrainingDiverged(
+                    f"training diverged at step {at}: loss {loss_value}, grad norm {norm_value}; "
+                    f"the last good checkpoint is kept ({where}). Lower --set train.optim.lr or raise "
+                    "--set train.optim.warmup_steps, then rerun with --resume"
+                )
+        return values[-1][0], values[-1][1]
 
     def emit(rec: dict[str, Any]) -> None:
         metrics.append(rec)
@@ -405,21 +428,15 @@ def train_lm(
             loss = all_reduce_mean(accumulate_gradients(run, batches, autocast, loss_fn), info)
             max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-            loss_value, norm_value = loss.item(), grad_norm.item()
-            if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
-                where = f"step {last_ckpt_step} in {ckpt_path}" if last_ckpt_step else "none was written yet"
-                raise TrainingDiverged(
-                    f"training diverged at step {step + 1}: loss {loss_value}, grad norm {norm_value}; "
-                    f"the last good checkpoint is kept ({where}). Lower --set train.optim.lr or raise "
-                    "--set train.optim.warmup_steps, then rerun with --resume"
-                )
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             done = step + 1
+            pending.append((done, loss, grad_norm))
             tokens_seen += tokens_per_step
             bar.update(1)
 
             if done % cfg.log_every == 0 or done == cfg.steps:
+                loss_value, norm_value = read_back()
                 now = time.perf_counter()
                 tok_s = (tokens_seen - tok_log) / max(now - t_log, 1e-9)
                 t_log, tok_log = now, tokens_seen
@@ -429,12 +446,14 @@ def train_lm(
                 bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
             at_eval = (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps or done in eval_steps
             if data.val is not None and at_eval:
+                read_back()
                 ev = evaluate()
                 last_val = {"step": done, "val_loss": ev["loss"], "val_ppl": ev["ppl"], "val_bpb": ev["bpb"],
                             "val_tokens": ev["tokens"]}
                 emit(last_val)
                 t_log = time.perf_counter()  # evaluation time is not training throughput
             if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == cfg.steps:
+                read_back()
                 _save(model, optimizer, sampler, cfg, train_cfg, model_cfg, info, done, tokens_seen, metrics, ckpt_path,
                       train_s())
                 last_ckpt_step = done
@@ -442,6 +461,7 @@ def train_lm(
                     on_checkpoint(model, out)
                 barrier(info)
             if request["signal"] is not None and done < cfg.steps:
+                read_back()
                 if last_ckpt_step != done:
                     _save(model, optimizer, sampler, cfg, train_cfg, model_cfg, info, done, tokens_seen, metrics,
                           ckpt_path, train_s())
@@ -452,6 +472,7 @@ def train_lm(
                     f"{ckpt_path}"
                 )
             if stop_after is not None and done >= stop_after:
+                read_back()
                 break
     except Exception as err:
         if not info.enabled or isinstance(err, PeerFailed):
