@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import socket
-
 import torch
 import torch.multiprocessing as mp
 
 from emaprobe.models import build_model
 from emaprobe.train import LMData, TrainConfig, accumulate_gradients, load_checkpoint, train_lm, wrap_model
 from emaprobe.train.dist import env_dist_info, init_distributed, shutdown_distributed
+
+from ddp_harness import agent_store, worker_env
 
 WORLD = 2
 V = 64
@@ -27,15 +26,8 @@ def _batch():
     return tokens[:, :-1], tokens[:, 1:]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(WORLD))
+    worker_env(rank, port, WORLD)
     torch.set_num_threads(1)
     info = env_dist_info()
     device = torch.device("cpu")
@@ -58,7 +50,8 @@ def _worker(rank: int, port: int, out: str) -> None:
 
 
 def test_two_process_ddp_gradients_equal_one_process_on_combined_batch(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    with agent_store() as port:
+        mp.spawn(_worker, args=(port, str(tmp_path)), nprocs=WORLD, join=True)
     model = _small_spen()
     x, y = _batch()
     accumulate_gradients(model, [(x, y)])

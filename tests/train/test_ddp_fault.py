@@ -4,13 +4,12 @@ Two CPU processes (gloo) train a tiny SPEN; one rank's model raises in its forwa
 pass at step 4, after the checkpoint of step 2. That rank must report its own error,
 the other an error naming it and its error, both within the time limit (a hang fails
 the test), and checkpoint.pt must still load at step 2. Both ranks are tried as the
-one that fails: rank 0 also hosts the process group's store.
+one that fails. The store is hosted by the test process, as torchrun's agent hosts it
+(``ddp_harness``), so rank 0 failing does not take the recorded failure with it.
 """
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 import traceback
 
@@ -21,6 +20,8 @@ import torch.multiprocessing as mp
 from emaprobe.models import build_model
 from emaprobe.train import LMData, TrainConfig, load_checkpoint, train_lm
 from emaprobe.train.dist import shutdown_distributed
+
+from ddp_harness import agent_store, worker_env
 
 WORLD = 2
 V = 64
@@ -42,15 +43,8 @@ class Faulty(torch.nn.Module):
         return self.inner(idx, *args, **kwargs)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, port: int, out: str, fail_rank: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(WORLD), EMAPROBE_DIST_TIMEOUT="60")
+    worker_env(rank, port, WORLD, EMAPROBE_DIST_TIMEOUT="60")
     torch.set_num_threads(1)
     torch.manual_seed(0)
     inner = build_model("spen-tiny", vocab_size=V, d_model=32, n_layer=1, d_bottleneck=16, d_ff=32, n_head=2)
@@ -74,16 +68,17 @@ def _worker(rank: int, port: int, out: str, fail_rank: int) -> None:
 
 @pytest.mark.parametrize("fail_rank", [1, 0])
 def test_one_rank_raising_mid_step_ends_every_rank_with_a_clear_error(tmp_path, fail_rank):
-    ctx = mp.spawn(_worker, args=(_free_port(), str(tmp_path), fail_rank), nprocs=WORLD, join=False)
-    deadline = time.monotonic() + LIMIT_S
-    try:
-        while not ctx.join(timeout=1):
-            if time.monotonic() > deadline:
-                pytest.fail(f"the job hung: still running {LIMIT_S} s after start")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.kill()
+    with agent_store() as port:
+        ctx = mp.spawn(_worker, args=(port, str(tmp_path), fail_rank), nprocs=WORLD, join=False)
+        deadline = time.monotonic() + LIMIT_S
+        try:
+            while not ctx.join(timeout=1):
+                if time.monotonic() > deadline:
+                    pytest.fail(f"the job hung: still running {LIMIT_S} s after start")
+        finally:
+            for p in ctx.processes:
+                if p.is_alive():
+                    p.kill()
     outcomes = {r: (tmp_path / f"outcome{r}.txt").read_text() for r in range(WORLD)}
     assert outcomes[fail_rank] == "ValueError: injected fault in the forward pass"
     peer = outcomes[1 - fail_rank]

@@ -8,7 +8,10 @@ When one rank fails mid-run, it records its error in the process group's store
 (``record_failure``) and leaves without the closing barrier; the others' pending
 collective then fails, and they stop with an error that names the failed rank
 (``recorded_failure``). ``EMAPROBE_DIST_TIMEOUT`` (seconds) bounds any collective
-that still waits (NCCL does not notice a peer that left).
+that still waits (NCCL does not notice a peer that left). Under torchrun the store is
+the agent's, so it outlives any rank; launched without an agent (rank 0 hosting the
+store), a peer that reads it after a failed rank 0 has left gets the backend's own
+error ("Connection closed by peer") instead of the failure's.
 """
 
 from __future__ import annotations
