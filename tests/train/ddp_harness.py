@@ -20,10 +20,7 @@ def agent_store() -> Iterator[int]:
     it between a free-port probe and the bind.
     """
     store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
-    try:
-        yield store.port
-    finally:
-        del store
+    yield store.port  # the store lives as long as this frame: until the with block ends
 
 
 def worker_env(rank: int, port: int, world: int, **extra: str) -> None:
