@@ -149,26 +149,21 @@ class _PoisonedLM(nn.Module):
         return (logits * float("nan") if self.calls > self.after else logits), None
 
 
-def test_nan_loss_stops_run_and_keeps_last_good_checkpoint(tmp_path):
-    tokens = torch.randint(0, 32, (2_000,), generator=torch.Generator().manual_seed(0))
-    cfg = TrainConfig(steps=20, batch_size=4, seq_len=16, log_every=1, ckpt_every=3, eval_every=0)
-    with pytest.raises(TrainingDiverged, match=r"step 8.*step 6"):
-        train_lm(_PoisonedLM(32, after=7), LMData(train=tokens), cfg, tmp_path, quiet=True)
-    assert load_checkpoint(tmp_path / CHECKPOINT_NAME)["step"] == 6
-    logged = _metrics(tmp_path)
-    assert [m["step"] for m in logged] == list(range(1, 8))
-    assert all(math.isfinite(m["loss"]) for m in logged)
-
-
-def test_nan_between_log_lines_is_found_before_the_next_checkpoint(tmp_path):
+@pytest.mark.parametrize("log_every, logged_steps", [
+    (1, list(range(1, 8))),
     # losses are read back at log lines, evaluations and checkpoints, not at every step: step 8's NaN
     # (log every 5, checkpoints every 3) is found at step 9, before its checkpoint, and named as step 8
+    (5, [5]),
+])
+def test_nan_loss_stops_run_and_keeps_last_good_checkpoint(tmp_path, log_every, logged_steps):
     tokens = torch.randint(0, 32, (2_000,), generator=torch.Generator().manual_seed(0))
-    cfg = TrainConfig(steps=20, batch_size=4, seq_len=16, log_every=5, ckpt_every=3, eval_every=0)
+    cfg = TrainConfig(steps=20, batch_size=4, seq_len=16, log_every=log_every, ckpt_every=3, eval_every=0)
     with pytest.raises(TrainingDiverged, match=r"at step 8: loss nan.*step 6"):
         train_lm(_PoisonedLM(32, after=7), LMData(train=tokens), cfg, tmp_path, quiet=True)
     assert load_checkpoint(tmp_path / CHECKPOINT_NAME)["step"] == 6
-    assert [m["step"] for m in _metrics(tmp_path)] == [5]
+    logged = _metrics(tmp_path)
+    assert [m["step"] for m in logged] == logged_steps
+    assert all(math.isfinite(m["loss"]) for m in logged)
 
 
 def test_losses_are_read_back_once_per_log_line_not_per_step(tmp_path, monkeypatch):
