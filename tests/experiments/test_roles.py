@@ -35,6 +35,12 @@ def _check_result(result: dict, sets: set[str]) -> None:
     for method in ("two_stage", "probe", "bigru"):
         assert set(curve["sets"]["within_a"][method]) == {"25", "50", "all"}
         assert "structural" in curve["sets"]["deep"][method]["25"]
+    ceiling = result["naming_ceiling"]  # the two-stage units named by each set's own roles
+    assert set(ceiling) == sets and "structural" in ceiling["deep"]
+    seed0 = result["per_seed"][0]
+    for name in sets:
+        assert ceiling[name]["ratio_to_bigru"]["mean"] == pytest.approx(
+            seed0["naming_ceiling"][name]["accuracy"] / seed0["results"][name]["bigru"]["accuracy"])
 
 
 def test_roles_follows_the_protocol():
@@ -55,6 +61,7 @@ def test_smoke_via_run_writes_json_report_plots_and_claims(tmp_path, monkeypatch
     assert "structural" in result["aggregate"]["deep"]["bigru"]
     table = (out / "README.md").read_text()
     assert "paper" in table and "61.8" in table and "within-A" in table and "## Targets" in table
+    assert "### Naming's ceiling" in table and "named by the within-A test set's own roles" in table
     assert (out / "roles.png").stat().st_size > 1000 and (out / "roles_budget.png").stat().st_size > 1000
     rows = {c.claim: c for c in read_claims(out)}
     assert CLAIM_IDS <= set(rows)

@@ -300,3 +300,22 @@ def test_a_vote_of_one_is_the_single_learner_and_members_differ_by_seed():
     assert three.predict(test) == vote([m.predict(test) for m in three.members])
     with pytest.raises(ValueError, match="members must be >= 1"):
         HebbianConfig(members=0)
+
+
+def test_best_naming_scores_one_learner_at_least_as_well_as_any_other_naming():
+    train, val, test = toy_corpus(200, 0), toy_corpus(60, 1), toy_corpus(80, 2)
+    cfg = HebbianConfig(dim=16, n_units=10, epochs=2, mapping="many_to_one", word_classes=3, min_count=1, seed=1)
+    one = HebbianVote(cfg, FixedEmbeddings.from_sentences(train, cfg.dim, 0)).fit(train)
+    gold = role_targets(test)
+
+    def acc(pred: list[str]) -> float:
+        return sum(p == g for p, g in zip(pred, gold)) / len(gold)
+
+    best = acc(one.best_naming_predict(test))
+    counts = one.members[0].confusion(test)  # (K, 3): the best many-to-one naming takes each row's largest
+    assert best == pytest.approx(counts.max(1).sum() / counts.sum())
+    assert all(m.cluster_to_role is None for m in one.members)  # the learner itself is not named
+    for named_on in (val, train[:20], toy_corpus(30, 7)):
+        assert acc(one.members[0].named_copy(named_on).predict(test)) <= best
+    three = HebbianVote(dataclasses.replace(cfg, members=3), one.members[0].emb).fit(train)
+    assert three.best_naming_predict(test) == vote([m.named_copy(test).predict(test) for m in three.members])

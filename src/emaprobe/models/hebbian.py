@@ -602,6 +602,16 @@ class HebbianVote:
     def predict(self, sentences: Sequence[RoleSentence]) -> list[str]:
         return vote([m.predict(sentences) for m in self.members])
 
+    def best_naming_predict(self, sentences: Sequence[RoleSentence]) -> list[str]:
+        """Roles of the scored tokens of ``sentences`` with every member's units named by those same
+        tokens' gold roles, then voted; the members stay as they are.
+
+        Each member gets the best naming its mapping allows on this set (many-to-one: each unit
+        its tokens' majority role), so no naming from labels elsewhere scores a member higher.
+        It reads the roles it scores: a measure of how pure the units are, not a learner.
+        """
+        return vote([m.named_copy(sentences).predict(sentences) for m in self.members])
+
 
 def vote(predictions: Sequence[Sequence[str]]) -> list[str]:
     """Per token, the role most of the prediction lists give; a tie goes to the earliest list."""
