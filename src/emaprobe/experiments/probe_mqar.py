@@ -15,7 +15,8 @@ selective, the better) beat fixed EMA's accuracy, CI above zero?
 Command:   emaprobe run probe_mqar --budget cpu --out results/probes/probe_mqar
            emaprobe run probe_mqar --budget gpu --out results/probes/probe_mqar_gpu   (H200)
            emaprobe run probe_mqar --smoke                                            (seconds; CI)
-Budgets:   cpu_long  the claim cell T=64, N=4, D=64 alone, 1500 steps, lr 3e-3, 3 seeds: is it learning?
+Budgets:   cpu_long  the claim cell T=64, N=4, D=64 alone, ema, selective and gla, 4000 steps, lr 3e-3,
+                3 seeds, 2 processes: does 4x the 1000 steps that left gla part way get it there?
            cpu  V=64, T {64, 128}, N {4, 8}, D {64}, lr {3e-3, 1e-2}, 300 steps x 32 sequences:
                 far short of Zoology's training (millions of sequences): read it as the start of
                 learning. The committed run (results/probes/probe_mqar) took 46 minutes on 2 busy
@@ -139,8 +140,11 @@ def gpu() -> Config:
 
 
 def cpu_long() -> Config:
-    """The claim cell alone, trained 5x longer, at one lr (3e-3, fixed before the cpu grid finished)."""
-    return Config(seq_lens=(64,), pairs=(4,), widths=(64,), lrs=(3e-3,), steps=1500, budget="cpu_long")
+    """The cpu claim cell alone at one lr (3e-3, fixed before the cpu grid finished), ema against the
+    two input-dependent mixers as ``gpu_long``, 4000 steps: at 1000, gla was still learning (0.84,
+    0.64 and 0.29 over 3 seeds), as on the GPU cell, where 4000 steps took it from 0.008 to 0.996."""
+    return Config(mixers=("ema", "selective", "gla"), seq_lens=(64,), pairs=(4,), widths=(64,), lrs=(3e-3,),
+                  steps=4000, parallel=2, budget="cpu_long")
 
 
 def gpu_long() -> Config:
