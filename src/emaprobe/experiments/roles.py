@@ -671,10 +671,10 @@ def _ceiling_text(result: dict[str, Any]) -> str | None:
     if top is None:
         return None
     r, k = top["ratio_to_bigru"], result["config"]["two_stage"]["n_units"]
-    verdict = ("so naming these units better is not enough: purer units are needed too" if r["mean"] < 0.96
-               else "so a better naming of these units could get there")
+    verdict = ("naming them better is not enough: purer units are needed too" if r["mean"] < 0.96
+               else "a better naming of these units could get there")
     return (f"each learner's {k} units named by the within-A test set's own roles, then voted, reach "
-            f"{mean_std_text(r, '.3f')} of the BiGRU: {verdict}")
+            f"{mean_std_text(r, '.3f')} of the BiGRU, so {verdict}")
 
 
 def targets(result: dict[str, Any]) -> list[str]:
