@@ -7,7 +7,7 @@ One figure, rows = mechanisms, columns = tasks, each cell a score in [0, 1]:
 | roles within-A     | results/roles/roles.json                 | accuracy of the EMA-trace learners (Hebbian) and the BiGRU |
 | roles deep (>=2)   | results/roles/roles.json                 | the same on deep-embedded clauses       |
 | lag k=4, k=64      | results/probes/probe_lag/lag.json        | bits of x_(t-k) / H(x)                  |
-| MQAR               | results/probes/probe_mqar{,_long*,_gpu,_gpu_long}/mqar.json | accuracy at the claim cell, best lr, mean over seeds |
+| MQAR               | results/probes/probe_mqar{,_long*,_cpu_long,_gpu,_gpu_long}/mqar.json | accuracy at the claim cell, best lr, mean over seeds |
 
 The roles rows are the mechanisms that experiment has (EMA traces feeding a
 Hebbian learner, the supervised BiGRU); the content rows are the mixers. A cell
@@ -50,6 +50,7 @@ class Config:
     mqar: tuple[str, ...] = ("results/probes/probe_mqar/mqar.json", "results/probes/probe_mqar_long/mqar.json",
                              "results/probes/probe_mqar_long_attention/mqar.json",
                              "results/probes/probe_mqar_long_selective/mqar.json",
+                             "results/probes/probe_mqar_cpu_long/mqar.json",
                              "results/probes/probe_mqar_gpu/mqar.json", "results/probes/probe_mqar_gpu_long/mqar.json")
     lag_ks: tuple[int, ...] = (4, 64)
     budget: str = "default"

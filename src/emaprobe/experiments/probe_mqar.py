@@ -13,6 +13,7 @@ reported, as Zoology does. Claim ``selection_fixes_recall``: at ``claim_cell``, 
 selective, the better) beat fixed EMA's accuracy, CI above zero?
 
 Command:   emaprobe run probe_mqar --budget cpu --out results/probes/probe_mqar
+           emaprobe run probe_mqar --budget cpu_long --out results/probes/probe_mqar_cpu_long
            emaprobe run probe_mqar --budget gpu --out results/probes/probe_mqar_gpu   (H200)
            emaprobe run probe_mqar --smoke                                            (seconds; CI)
 Budgets:   cpu_long  the claim cell T=64, N=4, D=64 alone, ema, selective and gla, 4000 steps, lr 3e-3,
@@ -26,6 +27,8 @@ Budgets:   cpu_long  the claim cell T=64, N=4, D=64 alone, ema, selective and gl
                 300 steps:  ema 0.034, learned_ema 0.034, selective 0.049, gla 0.194 ± 0.136,
                             attention 0.293 (results/probes/probe_mqar)
                 1000 steps: see results/probes/probe_mqar_long{,_attention,_selective}
+                4000 steps (cpu_long, 21 min): gla 0.993 ± 0.005, selective 0.286 ± 0.003, ema
+                            0.267 ± 0.016 (results/probes/probe_mqar_cpu_long)
            gpu_long  the gpu claim cell alone (T=256, N=64, D=256), 4000 steps x 256, lr 1e-3, ema,
                 selective and gla, 3 seeds: do the recurrent mixers reach it with 4x the training?
                 On the H200 (c347530, 1020 s): gla 0.996 ± 0.006, selective 0.013, ema 0.010
