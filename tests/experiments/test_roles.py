@@ -68,6 +68,7 @@ def test_smoke_via_run_writes_json_report_plots_and_claims(tmp_path, monkeypatch
     for c in rows.values():
         assert c.labels and c.labels != "n/a" and c.verdict == "inconclusive"  # one seed decides nothing
     assert rows["transfer_b"].paper == 61.8 and rows["hebbian_over_bigru_within_a"].paper == 0.96
+    assert "named by the within-A test set's own roles" in rows["hebbian_over_bigru_within_a"].note
     # report() reads only the JSON: delete the outputs and rebuild them
     for name in ("README.md", "claims.json", "roles.png"):
         (out / name).unlink()

@@ -613,7 +613,8 @@ def claims(result: dict[str, Any]) -> list[Claim]:
         verdict=_verdict(r, PAPER["ratio_hebbian_bigru"]), command=COMMAND,
         labels=f"Hebbian: 0 in training, {val_labels} A-val tokens for naming; BiGRU: {train_labels} "
                "(A-train, plus A-val for early stopping)",
-        note=f"the spec learner (K=3, one-to-one) reaches {result['ratio_within_a']['hebbian']['mean']:.3f}",
+        note=f"the spec learner (K=3, one-to-one) reaches {result['ratio_within_a']['hebbian']['mean']:.3f}"
+             + (f"; {_ceiling_text(result)}" if _ceiling_text(result) else ""),
     ))
     spec = result["ratio_within_a"]["hebbian"]
     rows.append(Claim(
