@@ -91,6 +91,7 @@ def test_alias_cli_counts_unseen_tokens_of_an_eval_grammar(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "eval:grammar_b:" in printed and "unseen in training" in printed
     assert "ratio two_stage/bigru" in printed
+    assert "naming's ceiling" in printed and "eval:grammar_b " in printed.split("naming's ceiling")[1]
 
 
 def test_alias_cli_default_out_is_runs_roles():

@@ -950,6 +950,9 @@ def headline(result: dict[str, Any]) -> str:
         lines.append(f"{m:18s} " + "  ".join(parts))
     for m, ms in result["ratio_within_a"].items():
         lines.append(f"ratio {m}/bigru within-A: {mean_std_text(ms, '.3f')} (paper 0.96)")
+    if result.get("naming_ceiling"):
+        lines.append("naming's ceiling (two-stage units named by each set's own roles): " + "  ".join(
+            f"{s} {_pct(v['accuracy'])}" for s, v in result["naming_ceiling"].items()))
     for k, v in result["unseen"].items():
         lines.append(f"{k}: {v['unseen_tokens']['mean']:.0f} of {v['tokens']['mean']:.0f} tokens unseen in "
                      f"training ({v['unseen_scored']['mean']:.0f} of {v['scored']['mean']:.0f} scored)")
