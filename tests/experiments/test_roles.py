@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -173,3 +174,37 @@ def test_label_budget_is_exact_nested_and_seeded():
         label_budget(val, total + 1, 0)
     with pytest.raises(ValueError, match=">= 1"):
         label_budget(val, 0, 0)
+
+
+def test_an_interrupted_run_keeps_its_finished_seeds_and_only_those_of_its_own_settings(tmp_path, monkeypatch, capsys):
+    cfg = dataclasses.replace(smoke(), seeds=2, workers=1, treebank="")
+    real, calls = roles.run_seed, []
+
+    def interrupted_at_seed_1(c, seed, quiet=True):
+        calls.append(seed)
+        if seed == 1 and calls.count(1) == 1:
+            raise KeyboardInterrupt  # Ctrl-C while seed 1 runs
+        return real(c, seed, quiet=quiet)
+
+    monkeypatch.setattr(roles, "run_seed", interrupted_at_seed_1)
+    out = tmp_path / "roles"
+    with pytest.raises(KeyboardInterrupt):
+        roles.run(cfg, out)
+    assert (out / "partial" / "seed-0.json").is_file() and not (out / "roles.json").exists()
+    resumed = roles.run(cfg, out)
+    assert calls == [0, 1, 1]  # seed 0 was kept, not computed again
+    assert "1 of 2 seeds kept" in capsys.readouterr().out
+    assert not (out / "partial").exists()  # roles.json holds every seed now
+    fresh = roles.run(cfg, tmp_path / "fresh")
+    for key in ("aggregate", "curve", "naming_ceiling", "ratio_within_a", "deep_margin"):
+        assert resumed[key] == fresh[key], key
+    # a seed saved by other settings is computed again, never mixed in
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        roles.run(cfg, out)
+    other = dataclasses.replace(cfg, two_stage=dataclasses.replace(cfg.two_stage, n_units=9), seeds=3, workers=2)
+    result = roles.run(other, out)  # seeds 0-2 in two worker processes, each saved as it arrives
+    assert calls == [0, 1]  # the workers' calls are their own; none of them ran here
+    assert "made by other code or settings: seed 0" in capsys.readouterr().out
+    assert [r["seed"] for r in result["per_seed"]] == [0, 1, 2] and not (out / "partial").exists()
+    assert result["config"]["two_stage"]["n_units"] == 9

@@ -11,13 +11,16 @@ Command:    emaprobe run roles --out results/roles   (EMAPROBE_DATA set: UD EWT 
             emaprobe run roles --smoke                (1 seed, tiny; seconds; CI runs it)
 Hardware:   CPU only, one torch thread (the models are tiny; threads only contend).
 Run time:   14.8 min wall for the committed run on this project's 2 CPU cores, shared with
-            other jobs; 15.3 min of CPU time in all, so about 8 min on 2 idle cores. 2 seed
+            other jobs; 25.0 min of CPU time in all, so about 12.5 min on 2 idle cores. 2 seed
             processes of one torch thread each ("workers"); results do not depend on it or on
             the load (runs of 17.7 and 23.7 min under heavier load gave the same numbers).
             --smoke: about 15 s.
 Writes:     OUT/roles.json (run record, resolved config, seeds, per-seed results and the
             label-budget curve, mean ± std), then from it alone OUT/README.md, OUT/roles.png,
             OUT/roles_budget.png and OUT/claims.json.
+Resumes:    each finished seed is saved at once in OUT/partial/seed-<s>.json; the same command
+            after an interruption keeps those made by the same code (git SHA) and settings, and
+            computes the rest. The folder goes once roles.json is written.
 
 Learners, per seed (data, embeddings and initial weights all follow the seed):
     hebbian            the spec, the faithful reading: K = 3 WTA + Oja units on [e_t; traces
@@ -64,6 +67,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -478,6 +482,35 @@ def _seed_job(job: tuple[Config, int, str | None, bool]) -> dict[str, Any]:
     return out
 
 
+PARTIAL = "partial"  # OUT/partial/seed-<s>.json: the finished seeds of a run not yet written whole
+SEED_FREE = ("seeds", "first_seed", "workers")  # fields that choose or spread the seeds, not what one computes
+
+
+def seed_settings(cfg: Config, treebank: Path | None) -> dict[str, Any]:
+    """What one seed's result depends on: the config without ``SEED_FREE``, the treebank read, the code;
+    as JSON gives it back (tuples as lists), so it compares equal to a saved copy."""
+    return json.loads(json.dumps({"config": {k: v for k, v in config_to_dict(cfg).items() if k not in SEED_FREE},
+                                  "treebank": None if treebank is None else str(treebank),
+                                  "git_sha": run_record()["git_sha"]}))
+
+
+def load_partial(out: Path, seed: int, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """A seed an interrupted run finished in ``out``, if the same code and settings made it; else None."""
+    path = out / PARTIAL / f"seed-{seed}.json"
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+        same = saved["settings"] == settings
+    except (ValueError, KeyError, TypeError) as err:
+        print(f"{path} is unreadable ({err}): seed {seed} is computed again", flush=True)
+        return None
+    if not same:
+        print(f"{path} was made by other code or settings: seed {seed} is computed again", flush=True)
+        return None
+    return saved["result"]
+
+
 _TREEBANKS: dict[tuple[str, int, int], dict[str, list[RoleSentence]]] = {}
 
 
@@ -508,18 +541,32 @@ def run(cfg: Config, out: str | Path) -> dict[str, Any]:
     t0, cpu0 = time.perf_counter(), _cpu_seconds()
     try:
         seeds = list(range(cfg.first_seed, cfg.first_seed + cfg.seeds))
-        if treebank is not None:
+        settings = seed_settings(cfg, treebank)
+        done = {seed: r for seed in seeds if (r := load_partial(out, seed, settings)) is not None}
+        if done:
+            print(f"roles: {len(done)} of {len(seeds)} seeds kept from {out / PARTIAL} (same code and settings)",
+                  flush=True)
+        if treebank is not None and len(done) < len(seeds):
             _treebank_cached(str(treebank), cfg)  # parsed once; forked workers inherit it
-        jobs = [(cfg, seed, str(treebank) if treebank is not None else None, quiet) for seed in seeds]
-        if cfg.workers > 1 and len(seeds) > 1:
+        jobs = [(cfg, seed, str(treebank) if treebank is not None else None, quiet)
+                for seed in seeds if seed not in done]
+
+        def save(result: dict[str, Any]) -> None:  # each seed as it finishes, so an interrupted run resumes
+            atomic_write_json(out / PARTIAL / f"seed-{result['seed']}.json", {"settings": settings, "result": result})
+            done[result["seed"]] = result
+
+        if cfg.workers > 1 and len(jobs) > 1:
             # Seeds are independent: one process each (one torch thread), results merged in seed order.
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor
 
-            with ProcessPoolExecutor(min(cfg.workers, len(seeds)), mp_context=mp.get_context("fork")) as pool:
-                per_seed = list(tqdm(pool.map(_seed_job, jobs), total=len(jobs), desc="roles: seeds", disable=quiet))
+            with ProcessPoolExecutor(min(cfg.workers, len(jobs)), mp_context=mp.get_context("fork")) as pool:
+                for result in tqdm(pool.map(_seed_job, jobs), total=len(jobs), desc="roles: seeds", disable=quiet):
+                    save(result)
         else:
-            per_seed = [_seed_job(job) for job in tqdm(jobs, desc="roles: seeds", disable=quiet)]
+            for job in tqdm(jobs, desc="roles: seeds", disable=quiet):
+                save(_seed_job(job))
+        per_seed = [done[seed] for seed in seeds]
         ud_info: dict[str, Any] = {"treebank": None, "note": "no treebank: set EMAPROBE_DATA or Config.treebank"}
         if treebank is not None:
             splits = _treebank_cached(str(treebank), cfg)
@@ -551,6 +598,7 @@ def run(cfg: Config, out: str | Path) -> dict[str, Any]:
         "per_seed": per_seed,
     }
     atomic_write_json(out / "roles.json", result)
+    shutil.rmtree(out / PARTIAL, ignore_errors=True)  # roles.json holds every seed now
     return result
 
 
