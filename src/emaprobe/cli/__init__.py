@@ -13,6 +13,8 @@ import importlib
 import pkgutil
 import sys
 
+from emaprobe.utils.io import pinned_git_sha
+
 EPILOG = """\
 examples:
   emaprobe demo                         everything the project can do, small, on CPU
@@ -52,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with pinned_git_sha():  # results name the code the command started with
+            return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as err:
         print(f"emaprobe {args.command}: error: {err}", file=sys.stderr)
         return 2

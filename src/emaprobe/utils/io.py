@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -9,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -88,6 +89,22 @@ def _git_sha() -> str | None:
     if not sha:
         return None
     return sha + "-dirty" if _git("status", "--porcelain", "--untracked-files=no") else sha
+
+
+@contextlib.contextmanager
+def pinned_git_sha() -> Iterator[None]:
+    """Within the block, every run record (this process's and its children's) names HEAD as it was on
+    entry: a long run then names the code it started with, even when a commit or a checkout moves
+    HEAD before it writes its results. It sets ``EMAPROBE_GIT_SHA`` for the block (an explicit one
+    is kept) and puts it back after."""
+    if os.environ.get("EMAPROBE_GIT_SHA") or (sha := _git_sha()) is None:
+        yield
+        return
+    os.environ["EMAPROBE_GIT_SHA"] = sha
+    try:
+        yield
+    finally:
+        os.environ.pop("EMAPROBE_GIT_SHA", None)
 
 
 def run_record(**extra: Any) -> dict[str, Any]:
