@@ -145,6 +145,8 @@ def test_resume_keeps_the_rows_measured_and_measures_the_rest(tmp_path, capsys):
     # as if stopped after the first row, which a later run also marked as an error
     cut = {**first, "git_sha": "c0ffee", "rows": first["rows"][:2]}
     cut["rows"][1] = {**cut["rows"][1], "error": "RuntimeError: out of memory"}
+    # and written before the `trainer` setting existed: a missing setting counts as its default
+    cut["bench_config"] = {k: v for k, v in first["bench_config"].items() if k != "trainer"}
     path.write_text(json.dumps(cut))
     capsys.readouterr()
     assert main([*args, "--resume"]) == 0
@@ -262,3 +264,23 @@ def test_quick_help_gives_its_cpu_run_time(capsys):
         main(["bench", "lm", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "(seconds)" not in out and out.count("(half a minute to two minutes on 2 CPU cores)") == 2  # --quick and its example
+
+
+def test_trainer_rows_time_train_lm_at_each_training_shape(tmp_path, capsys):
+    args = ["bench", "lm", "--quick", "--device", "cpu", "--config", "spen-tiny", "--mixers", "ema", "--seq-lens",
+            "32,64", "--no-generate", "--trainer", "--steps", "3", "--repeats", "2", "--out", str(tmp_path)]
+    assert main(args) == 0
+    res = json.loads((tmp_path / "bench_lm_cpu.json").read_text())
+    train = {(r["model"], r["T"]): r for r in res["rows"] if r["part"] == "train"}
+    loop = {(r["model"], r["T"]): r for r in res["rows"] if r["part"] == "trainer"}
+    assert set(loop) == set(train) == {("spen-tiny/ema", 32), ("spen-tiny/ema", 64)}
+    for key, r in loop.items():
+        # train_lm ran steps x (repeats + 1) steps, logged every `steps`; the first window is not in the figure
+        assert len(r["windows_tokens_per_s"]) == 3 and r["B"] == train[key]["B"]
+        assert r["tokens_per_s"] == pytest.approx(sorted(r["windows_tokens_per_s"][1:])[0] / 2
+                                                  + sorted(r["windows_tokens_per_s"][1:])[1] / 2)
+    ratios = {(t["model"], t["T"]): t["ratio"] for t in res["trainer_vs_step"]}
+    assert ratios == {k: pytest.approx(loop[k]["tokens_per_s"] / train[k]["tokens_per_s"]) for k in loop}
+    assert "through train_lm" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--trainer .* needs the training rows"):
+        quick_config(trainer=True, train=False)

@@ -78,6 +78,7 @@ def _lm(args: argparse.Namespace) -> int:
         "warmup": args.warmup, "repeats": args.repeats, "compile": args.compile,
         "gen_batches": args.gen_batch, "gen_prompts": args.gen_prompts, "gen_tokens": args.gen_tokens,
         "train": False if args.no_train else None, "generate": False if args.no_generate else None,
+        "trainer": True if args.trainer else None,
     }
     given = {k: v for k, v in given.items() if v is not None}
     if args.merge:
@@ -211,6 +212,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--gen-tokens", type=int, help="new tokens timed per generation repeat (default: 128)")
     m.add_argument("--no-train", action="store_true", help="skip the training rows")
     m.add_argument("--no-generate", action="store_true", help="skip the generation rows")
+    m.add_argument("--trainer", action="store_true",
+                   help="also run each training shape through train_lm (the loop of `emaprobe lm train`: host "
+                        "batches, lr schedule, read-backs) and report its tokens/s beside the step's")
     m.add_argument("--quick", action="store_true",
                    help="tiny configs (spen-tiny, gpt-tiny), short lengths, one repeat, eager: the CPU smoke "
                         "(half a minute to two minutes on 2 CPU cores)")

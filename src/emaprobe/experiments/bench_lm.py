@@ -65,6 +65,14 @@ raised to P + new tokens; its KV cache is preallocated to block_size, so it has 
 rows too, and each decode step (eager or compiled) attends over all block_size slots
 through a mask, as gpt-fast does.
 
+The trainer (``--trainer``). A training row times the step alone; users run ``train_lm``
+(``emaprobe lm train``), which also draws batches on the host and copies them to the device,
+schedules the learning rate, and reads the loss back at its log lines. With ``--trainer`` each
+training row's shape is also run through ``train_lm`` itself, on random tokens, for
+``steps x (repeats + 1)`` steps logged every ``steps``: its own logged tokens/s, the median of
+the windows after the first (which holds the warm-up and compiling). ``trainer_vs_step`` in the
+JSON is that over the step's tokens/s, per shape: what the loop costs beyond the step.
+
 Output: ``bench_lm_<card>.json`` (``run_record``: device, git SHA, torch version, and
 the rows) and ``bench_lm_<card>.png`` in ``--out``; the JSON is rewritten after every row.
 """
@@ -75,6 +83,7 @@ import dataclasses
 import gc
 import json
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,7 +97,8 @@ from emaprobe.layers import MIXERS
 from emaprobe.models import GPTConfig, SPENConfig, build_model, resolve_config
 from emaprobe.train import TrainConfig
 from emaprobe.train.dist import DistInfo
-from emaprobe.train.lm import accumulate_gradients, autocast_context, loss_function, make_optimizer, wrap_model
+from emaprobe.train.lm import (LMData, accumulate_gradients, autocast_context, loss_function, make_optimizer,
+                                train_lm, wrap_model)
 from emaprobe.utils import atomic_write_json, run_record
 
 # dense bf16 tensor-core peaks from NVIDIA's datasheets (no 2:4 sparsity); first match wins
@@ -119,6 +129,7 @@ class BenchConfig:
     gen_tokens: int = 128  # new tokens timed per repeat
     train: bool = True
     generate: bool = True
+    trainer: bool = False  # also time train_lm itself at each training shape (see the docstring)
 
     def __post_init__(self):
         if self.compile not in COMPILE_CHOICES:
@@ -136,6 +147,9 @@ class BenchConfig:
                 raise ValueError(f"{name} must hold positive sizes, got {getattr(self, name)}")
         if not (self.train or self.generate):
             raise ValueError("--no-train and --no-generate together leave nothing to measure; drop one of them")
+        if self.trainer and not self.train:
+            raise ValueError("--trainer times the training shapes through train_lm; it needs the training rows "
+                             "(drop --no-train)")
         # B = tokens_per_step // T, as documented: a step of fewer tokens than T would be B = 0
         if self.train and self.tokens_per_step < max(self.seq_lens):
             T = max(self.seq_lens)
@@ -287,6 +301,43 @@ def bench_train(label: str, cfg, T: int, compiled: bool, bc: BenchConfig, device
     return row
 
 
+def bench_trainer(label: str, cfg, T: int, compiled: bool, bc: BenchConfig, device: torch.device) -> dict:
+    """One trainer row: ``train_lm``'s own logged tokens/s at a training row's shape (see the docstring)."""
+    B = bc.tokens_per_step // T
+    row: dict = {"part": "trainer", "model": label, "T": T, "B": B, "compiled": compiled}
+    _free(device)
+    model = _build(cfg, device, T)
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, cfg.vocab_size, (4 * B * (T + 1),), generator=gen).numpy()  # host, as a corpus is
+    tcfg = TrainConfig(steps=bc.steps * (bc.repeats + 1), batch_size=B, seq_len=T, log_every=bc.steps,
+                       eval_every=0, ckpt_every=0, device=device.type, compile=compiled)
+    with tempfile.TemporaryDirectory(prefix="bench-trainer-") as tmp:
+        t0 = time.perf_counter()
+        train_lm(model, LMData(train=tokens, name="random tokens"), tcfg, tmp, quiet=True)
+        row["wall_s"] = time.perf_counter() - t0
+        logged = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
+    windows = [m["tokens_per_s"] for m in logged if "tokens_per_s" in m]
+    row["windows_tokens_per_s"] = windows  # the first holds the warm-up (and compiling): not in the median
+    row["tokens_per_s"] = statistics.median(windows[1:])
+    row["step_s"] = B * T / row["tokens_per_s"]
+    row["dtype"] = "bf16 autocast" if device.type == "cuda" else "fp32"
+    del model
+    return row
+
+
+def trainer_vs_step(rows: list[dict]) -> list[dict]:
+    """Each trainer row's tokens/s over the training row of its shape (model, T, mode)."""
+    step = {_row_key({**r, "part": "train"}): r for r in rows if r.get("part") == "train" and r.get("tokens_per_s")}
+    out = []
+    for r in rows:
+        s = step.get(_row_key({**r, "part": "train"})) if r.get("part") == "trainer" and r.get("tokens_per_s") else None
+        if s is not None:
+            out.append({"model": r["model"], "T": r["T"], "compiled": r["compiled"], "trainer_tokens_per_s":
+                        r["tokens_per_s"], "step_tokens_per_s": s["tokens_per_s"],
+                        "ratio": r["tokens_per_s"] / s["tokens_per_s"]})
+    return out
+
+
 def bench_generate(label: str, cfg, B: int, P: int, compiled: bool, bc: BenchConfig,
                    device: torch.device) -> dict:
     """One generation row: greedy decode tokens/s after a prompt of P tokens at batch B."""
@@ -429,6 +480,9 @@ def _fmt_row(r: dict) -> str:
         mfu = "" if r.get("mfu") is None else f"  MFU {100 * r['mfu']:5.1f}%"
         return (f"{r['model']:<22} {mode:<8} T={r['T']:<6} B={r['B']:<4} {r['tokens_per_s']:>12,.0f} tok/s"
                 f"{mfu}{mem}")
+    if r["part"] == "trainer":
+        return (f"{r['model']:<22} {mode:<8} T={r['T']:<6} B={r['B']:<4} {r['tokens_per_s']:>12,.0f} tok/s "
+                f"through train_lm")
     return (f"{r['model']:<22} {mode:<8} B={r['B']:<3} prompt={r['prompt']:<6} {r['tokens_per_s']:>10,.1f} tok/s"
             f"  ({r['ms_per_step']:.2f} ms/step, prefill {r['prefill_s']:.2f} s){mem}")
 
@@ -458,6 +512,12 @@ def plot(rows: list[dict], card: str, path: Path, pairs: list[dict] | None = Non
             if tr:
                 axes["train"].plot([r["T"] for r in tr], [r["tokens_per_s"] for r in tr], style, color=color,
                                    label=f"{m} {'compiled' if compiled else 'eager'}")
+            loop = sorted((r for r in ok if r["part"] == "trainer" and r["model"] == m and r["compiled"] == compiled),
+                          key=lambda r: r["T"])
+            if loop:
+                axes["train"].plot([r["T"] for r in loop], [r["tokens_per_s"] for r in loop], style.replace("o", "s"),
+                                   color=color, alpha=0.5,
+                                   label=f"{m} {'compiled' if compiled else 'eager'}, through train_lm")
             for B, marker in zip(sorted({r["B"] for r in ok if r["part"] == "generate"}), "osd^v"):
                 ge = sorted((r for r in ok if r["part"] == "generate" and r["model"] == m
                              and r["compiled"] == compiled and r["B"] == B), key=lambda r: r["prompt"])
@@ -520,6 +580,9 @@ def run(bc: BenchConfig, device: str | torch.device = "cpu", out_dir: str | Path
                     base = {"part": "train", "model": label, "T": T, "B": bc.tokens_per_step // T,
                             "compiled": compiled}
                     plan.append((base, lambda l=label, c=cfg, T=T, k=compiled: bench_train(l, c, T, k, bc, dev, peak)))
+                    if bc.trainer:
+                        plan.append(({**base, "part": "trainer"},
+                                     lambda l=label, c=cfg, T=T, k=compiled: bench_trainer(l, c, T, k, bc, dev)))
     if bc.generate:
         for label, cfg in models:
             static = _build_meta(cfg).static_state
@@ -544,7 +607,7 @@ def run(bc: BenchConfig, device: str | torch.device = "cpu", out_dir: str | Path
             benchmark="lm", card=card, device_type=dev.type, bench_config=dataclasses.asdict(bc),
             peak_flops=peak, peak_flops_source=source, mfu_formula=MFU_FORMULA,
             torch_threads=torch.get_num_threads(), **({"resumed_from": earlier} if earlier else {}),
-            rows=rows, versus=versus(rows),
+            rows=rows, versus=versus(rows), **({"trainer_vs_step": trainer_vs_step(rows)} if bc.trainer else {}),
         )
 
     todo = sum(_row_key(base) not in kept for base, _ in plan)
@@ -565,6 +628,10 @@ def run(bc: BenchConfig, device: str | torch.device = "cpu", out_dir: str | Path
             atomic_write_json(out / f"bench_lm_{slug}.json", record())
     result = record()
     _print_versus(result["versus"])
+    for t in result.get("trainer_vs_step", []):
+        print(f"  trainer {t['model']:<22} {'compiled' if t['compiled'] else 'eager':<8} T={t['T']:<6} "
+              f"{t['trainer_tokens_per_s']:,.0f} against the step's {t['step_tokens_per_s']:,.0f} tok/s: "
+              f"{t['ratio']:.2f}x")
     if out is not None:
         _write(result, out / f"bench_lm_{slug}")
     return result
@@ -581,7 +648,9 @@ def _resumable(path: Path, card: str, peak: float | None, bc: BenchConfig) -> tu
         raise ValueError(f"--resume: {path} has card {old.get('card')!r} (peak {old.get('peak_flops')}), this run "
                          f"{card!r} (peak {peak}); pick another --tag or drop --resume")
     was, now = old.get("bench_config", {}), json.loads(json.dumps(dataclasses.asdict(bc)))
-    differ = sorted(k for k in now if was.get(k) != now[k])
+    # a setting newer than the file (``trainer``) counts as its default there
+    default = {f.name: json.loads(json.dumps(f.default)) for f in dataclasses.fields(BenchConfig)}
+    differ = sorted(k for k in now if was.get(k, default[k]) != now[k])
     if differ:
         raise ValueError(f"--resume: {path} was measured with other settings ({', '.join(differ)}: "
                          + "; ".join(f"{k} {was.get(k)!r}, now {now[k]!r}" for k in differ)
@@ -619,8 +688,8 @@ def _build_meta(cfg) -> nn.Module:
 
 
 def _row_key(r: dict) -> tuple:
-    if r["part"] == "train":
-        return ("train", r["model"], r["T"], r["compiled"])
+    if r["part"] in ("train", "trainer"):
+        return (r["part"], r["model"], r["T"], r["compiled"])
     return ("generate", r["model"], r["B"], r["prompt"], r["compiled"])
 
 
