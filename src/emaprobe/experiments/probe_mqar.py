@@ -16,8 +16,9 @@ Command:   emaprobe run probe_mqar --budget cpu --out results/probes/probe_mqar
            emaprobe run probe_mqar --budget cpu_long --out results/probes/probe_mqar_cpu_long
            emaprobe run probe_mqar --budget gpu --out results/probes/probe_mqar_gpu   (H200)
            emaprobe run probe_mqar --smoke                                            (seconds; CI)
-Budgets:   cpu_long  the claim cell T=64, N=4, D=64 alone, ema, learned_ema, selective and gla, 4000 steps, lr 3e-3,
-                3 seeds, 2 processes: does 4x the 1000 steps that left gla part way get it there?
+Budgets:   cpu_long  the claim cell T=64, N=4, D=64 alone, ema, learned_ema, selective and gla, 4000
+                steps, lr 3e-3, 3 seeds, 2 processes: does 4x the 1000 steps that left gla part way
+                get it there?
            cpu  V=64, T {64, 128}, N {4, 8}, D {64}, lr {3e-3, 1e-2}, 300 steps x 32 sequences:
                 far short of Zoology's training (millions of sequences): read it as the start of
                 learning. The committed run (results/probes/probe_mqar) took 46 minutes on 2 busy
