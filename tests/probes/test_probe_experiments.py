@@ -104,6 +104,23 @@ def test_mqar_with_one_lr_runs_every_seed_and_draws_the_claim_cells_curves(tmp_p
     assert not (tmp_path / "mqar_curves.png").exists() and "mqar_curves" not in (tmp_path / "README.md").read_text()
 
 
+def test_mqar_claim_pairs_mixers_by_seed_whatever_order_the_runs_finished_in(tmp_path):
+    mqar = get_experiment("probe_mqar")
+    cfg = mqar.Config(mixers=("ema", "gla"), vocab=16, seq_lens=(24,), pairs=(2,), widths=(16,), lrs=(1e-2,),
+                      steps=4, batch=2, n_test=4, seeds=3, claim_cell=(24, 2, 16), device="cpu")
+    acc = {("ema", 0): 0.10, ("ema", 1): 0.30, ("ema", 2): 0.20, ("gla", 0): 0.95, ("gla", 1): 0.99, ("gla", 2): 0.90}
+    order = [("gla", 2), ("ema", 1), ("gla", 0), ("ema", 2), ("ema", 0), ("gla", 1)]  # as parallel runs finish
+    rows = [{"mixer": m, "seed": s, "seq_len": 24, "pairs": 2, "width": 16, "lr": 1e-2, "accuracy": acc[(m, s)],
+             "steps": 4, "seconds": 1.0} for m, s in order]
+    (tmp_path / "mqar.json").write_text(json.dumps({"config": dataclasses.asdict(cfg), "rows": rows,
+                                                    "device": "cpu", "wall_seconds": 1.0}))
+    mqar.report(tmp_path)
+    (claim,) = read_claims(tmp_path)
+    diffs = [acc[("gla", s)] - acc[("ema", s)] for s in range(3)]  # 0.85, 0.69, 0.70
+    assert claim.ours == pytest.approx(sum(diffs) / 3)
+    assert claim.std == pytest.approx(float(torch.tensor(diffs, dtype=torch.float64).std()))
+
+
 def test_mqar_run_stopped_part_way_goes_on_from_its_checkpoint(tmp_path, monkeypatch, capsys):
     import emaprobe.probes.recall as recall
 

@@ -28,8 +28,9 @@ Budgets:   cpu_long  the claim cell T=64, N=4, D=64 alone, ema, learned_ema, sel
                 300 steps:  ema 0.034, learned_ema 0.034, selective 0.049, gla 0.194 ± 0.136,
                             attention 0.293 (results/probes/probe_mqar)
                 1000 steps: see results/probes/probe_mqar_long{,_attention,_selective}
-                4000 steps (cpu_long, 21 min): gla 0.993 ± 0.005, selective 0.286 ± 0.003, ema
-                            0.267 ± 0.016 (results/probes/probe_mqar_cpu_long)
+                4000 steps (cpu_long, 22 min): gla 0.993 ± 0.005, selective 0.286 ± 0.003, ema
+                            0.267 ± 0.016, learned_ema 0.265 ± 0.009
+                            (results/probes/probe_mqar_cpu_long)
            gpu_long  the gpu claim cell alone (T=256, N=64, D=256), 4000 steps x 256, lr 1e-3, ema,
                 selective and gla, 3 seeds: do the recurrent mixers reach it with 4x the training?
                 On the H200 (c347530, 1020 s): gla 0.996 ± 0.006, selective 0.013, ema 0.010
@@ -299,9 +300,19 @@ def claim_stats(cfg: dict, rows: list[dict]) -> dict:
         if (m, *cell) not in best:
             continue
         lr = best[(m, *cell)]["lr"]
-        accs = [r["accuracy"] for r in rows if r["mixer"] == m and _cell(r) == cell and r["lr"] == lr]
-        per[m] = {"lr": lr, "accs": accs, **mean_ci(accs)}
+        # in seed order: rows are saved as runs finish, and parallel runs finish in any order
+        at = sorted((r for r in rows if r["mixer"] == m and _cell(r) == cell and r["lr"] == lr), key=lambda r: r["seed"])
+        accs = [r["accuracy"] for r in at]
+        per[m] = {"lr": lr, "accs": accs, "seeds": [r["seed"] for r in at], **mean_ci(accs)}
     return per
+
+
+def paired_difference(a: dict, b: dict) -> dict | None:
+    """``mean_ci`` of a's accuracy minus b's over the seeds both have, seed by seed (``claim_stats``
+    entries); None when they share no seed."""
+    acc_b = dict(zip(b["seeds"], b["accs"]))
+    diffs = [x - acc_b[s] for s, x in zip(a["seeds"], a["accs"]) if s in acc_b]
+    return mean_ci(diffs) if diffs else None
 
 
 def _draw_curves(cfg: dict, rows: list[dict], per: dict, out: Path) -> bool:
@@ -379,11 +390,10 @@ def report(out: Path) -> None:
     curves = _draw_curves(cfg, rows, per, out)
     cands = [m for m in SELECTIVE if m in per]
     claims = []
-    if "ema" in per and cands:
-        sel = max(cands, key=lambda m: per[m]["mean"])
-        n = min(len(per[sel]["accs"]), len(per["ema"]["accs"]))
-        diff = mean_ci([a - b for a, b in zip(per[sel]["accs"][:n], per["ema"]["accs"][:n])])
-        verdict = verdict_from_interval(diff["lo"], diff["hi"], threshold=0.0) if n >= 2 else "inconclusive"
+    sel = max(cands, key=lambda m: per[m]["mean"]) if cands else None
+    diff = paired_difference(per[sel], per["ema"]) if sel and "ema" in per else None
+    if diff is not None:
+        verdict = verdict_from_interval(diff["lo"], diff["hi"], threshold=0.0) if diff["n"] >= 2 else "inconclusive"
         solved = per[sel]["mean"] >= 0.9
         if verdict == "confirmed" and not solved:
             verdict = "inconclusive"  # better than EMA, but not recall: selection did not *fix* it here
