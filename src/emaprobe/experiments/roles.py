@@ -654,6 +654,7 @@ def claims(result: dict[str, Any]) -> list[Claim]:
     scale = (f"grammar A: {result['config']['data']['n_train']} train sentences, "
              f"{result['config']['data']['n_test']} test sentences a set; D = {result['config']['bigru']['dim']}")
     rows = []
+    ceiling = _ceiling_text(result)
     r = result["ratio_within_a"]["two_stage"]
     rows.append(Claim(
         claim="hebbian_over_bigru_within_a", metric="accuracy ratio two-stage Hebbian / BiGRU, within-A test",
@@ -662,7 +663,7 @@ def claims(result: dict[str, Any]) -> list[Claim]:
         labels=f"Hebbian: 0 in training, {val_labels} A-val tokens for naming; BiGRU: {train_labels} "
                "(A-train, plus A-val for early stopping)",
         note=f"the spec learner (K=3, one-to-one) reaches {result['ratio_within_a']['hebbian']['mean']:.3f}"
-             + (f"; {_ceiling_text(result)}" if _ceiling_text(result) else ""),
+             + (f"; {ceiling}" if ceiling else ""),
     ))
     spec = result["ratio_within_a"]["hebbian"]
     rows.append(Claim(
@@ -680,7 +681,7 @@ def claims(result: dict[str, Any]) -> list[Claim]:
             ours=c["mean"], std=_spread(c, n), seeds=n, scale=scale,
             verdict=_verdict(c, PAPER["ratio_hebbian_bigru"]), command=COMMAND,
             labels="Hebbian: 100 A-val tokens for naming; BiGRU: " + str(train_labels),
-            note=_ceiling_text(result),
+            note=ceiling,
         ))
     d = result["deep_margin"]["two_stage"]
     dc = result["deep_margin"]["two_stage_causal"]
@@ -748,8 +749,9 @@ def targets(result: dict[str, Any]) -> list[str]:
         out.append(f"- moonshot, >= 0.96 with <= 100 naming labels: best {best[0]:.3f} at {best[1]} labels: "
                    f"{'met' if best[0] >= 0.96 else 'missed'} (a linear probe on the same features with the same "
                    f"labels: {probe[best[1]]['ratio_to_bigru']['mean']:.3f})")
-        if _ceiling_text(result):
-            out.append(f"  ({_ceiling_text(result)})")
+        ceiling = _ceiling_text(result)
+        if ceiling:
+            out.append(f"  ({ceiling})")
     wall = result["wall_seconds"]
     cpu = result.get("cpu_seconds")
     busy = f"; CPU time {cpu / 60:.1f} min, so {cpu / 120:.1f} min of wall time on 2 idle cores" if cpu else ""
