@@ -514,24 +514,27 @@ class HebbianRoleLearner:
         """
         if self.cluster_to_role is not None:
             raise ValueError("clusters are already named; the mapping is frozen after the first call")
-        counts = self.confusion(sentences)  # (K, 3)
+        mapping, self.n_named_from_labels = self.mapping_from(self.confusion(sentences))
+        self.cluster_to_role = mapping
+        return dict(mapping)
+
+    def mapping_from(self, counts: np.ndarray) -> tuple[dict[int, str], int]:
+        """(unit -> role, units named from labels) for (K, 3) role counts per unit, by ``cfg.mapping``
+        (see ``name_clusters``); this learner is not changed."""
         if counts.sum() == 0:
             raise ValueError("no scored token among the naming sentences: nothing to name clusters with")
         if self.cfg.mapping == "hungarian":
             rows, cols = linear_sum_assignment(-counts)
             mapping = {int(k): ROLES[int(r)] for k, r in zip(rows, cols)}
-            self.n_named_from_labels = len(mapping)
-        else:
-            named = [k for k in range(counts.shape[0]) if counts[k].sum() > 0]
-            mapping = {k: ROLES[int(np.argmax(counts[k]))] for k in named}
-            self.n_named_from_labels = len(named)
-            Wn = _unit_rows(self.W)  # (K, F)
-            sim = Wn @ Wn[named].T  # (K, n_named)
-            for k in range(counts.shape[0]):
-                if k not in mapping:
-                    mapping[k] = mapping[named[int(sim[k].argmax())]]
-        self.cluster_to_role = mapping
-        return dict(mapping)
+            return mapping, len(mapping)
+        named = [k for k in range(counts.shape[0]) if counts[k].sum() > 0]
+        mapping = {k: ROLES[int(np.argmax(counts[k]))] for k in named}
+        Wn = _unit_rows(self.W)  # (K, F)
+        sim = Wn @ Wn[named].T  # (K, n_named)
+        for k in range(counts.shape[0]):
+            if k not in mapping:
+                mapping[k] = mapping[named[int(sim[k].argmax())]]
+        return mapping, len(named)
 
     def named_copy(self, sentences: Sequence[RoleSentence]) -> HebbianRoleLearner:
         """A copy of this learner (sharing its weights) with its clusters named afresh on ``sentences``;
@@ -541,9 +544,9 @@ class HebbianRoleLearner:
         fresh.name_clusters(sentences)
         return fresh
 
-    def confusion(self, sentences: Sequence[RoleSentence]) -> np.ndarray:
-        """(K, 3) counts of gold roles per winning unit."""
-        win = self.clusters(sentences).numpy()
+    def confusion(self, sentences: Sequence[RoleSentence], win: np.ndarray | None = None) -> np.ndarray:
+        """(K, 3) counts of gold roles per winning unit (``win``: the scored tokens' winners, if known)."""
+        win = self.clusters(sentences).numpy() if win is None else win
         counts = np.zeros((self.cfg.n_units, len(ROLES)), dtype=np.int64)
         for k, r in zip(win, role_targets(sentences)):
             counts[k, ROLES.index(r)] += 1
@@ -610,7 +613,12 @@ class HebbianVote:
         its tokens' majority role), so no naming from labels elsewhere scores a member higher.
         It reads the roles it scores: a measure of how pure the units are, not a learner.
         """
-        return vote([m.named_copy(sentences).predict(sentences) for m in self.members])
+        preds = []
+        for m in self.members:
+            win = m.clusters(sentences).numpy()  # once: the naming and the prediction share it
+            mapping, _ = m.mapping_from(m.confusion(sentences, win))
+            preds.append([mapping.get(int(k), NO_ROLE) for k in win])
+        return vote(preds)
 
 
 def vote(predictions: Sequence[Sequence[str]]) -> list[str]:
