@@ -97,8 +97,8 @@ from emaprobe.layers import MIXERS
 from emaprobe.models import GPTConfig, SPENConfig, build_model, resolve_config
 from emaprobe.train import TrainConfig
 from emaprobe.train.dist import DistInfo
-from emaprobe.train.lm import (LMData, accumulate_gradients, autocast_context, loss_function, make_optimizer,
-                                train_lm, wrap_model)
+from emaprobe.train.lm import (METRICS_NAME, LMData, accumulate_gradients, autocast_context, loss_function,
+                                make_optimizer, train_lm, wrap_model)
 from emaprobe.utils import atomic_write_json, run_record
 
 # dense bf16 tensor-core peaks from NVIDIA's datasheets (no 2:4 sparsity); first match wins
@@ -315,7 +315,7 @@ def bench_trainer(label: str, cfg, T: int, compiled: bool, bc: BenchConfig, devi
         t0 = time.perf_counter()
         train_lm(model, LMData(train=tokens, name="random tokens"), tcfg, tmp, quiet=True)
         row["wall_s"] = time.perf_counter() - t0
-        logged = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
+        logged = [json.loads(line) for line in (Path(tmp) / METRICS_NAME).read_text().splitlines()]
     windows = [m["tokens_per_s"] for m in logged if "tokens_per_s" in m]
     row["windows_tokens_per_s"] = windows  # the first holds the warm-up (and compiling): not in the median
     row["tokens_per_s"] = statistics.median(windows[1:])
