@@ -95,7 +95,7 @@ from torch import nn
 from emaprobe.experiments.common import card_slug, check_tag, pyplot, save_fig, write_result
 from emaprobe.layers import MIXERS
 from emaprobe.models import GPTConfig, SPENConfig, build_model, resolve_config
-from emaprobe.train import TrainConfig
+from emaprobe.train import OptimConfig, TrainConfig
 from emaprobe.train.dist import DistInfo
 from emaprobe.train.lm import (METRICS_NAME, LMData, accumulate_gradients, autocast_context, loss_function,
                                 make_optimizer, train_lm, wrap_model)
@@ -309,8 +309,10 @@ def bench_trainer(label: str, cfg, T: int, compiled: bool, bc: BenchConfig, devi
     model = _build(cfg, device, T)
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, cfg.vocab_size, (4 * B * (T + 1),), generator=gen).numpy()  # host, as a corpus is
+    # the lr warms up within the first (untimed) window, so train_lm has no warm-up to warn about
     tcfg = TrainConfig(steps=bc.steps * (bc.repeats + 1), batch_size=B, seq_len=T, log_every=bc.steps,
-                       eval_every=0, ckpt_every=0, device=device.type, compile=compiled)
+                       eval_every=0, ckpt_every=0, device=device.type, compile=compiled,
+                       optim=OptimConfig(warmup_steps=bc.steps))
     with tempfile.TemporaryDirectory(prefix="bench-trainer-") as tmp:
         t0 = time.perf_counter()
         train_lm(model, LMData(train=tokens, name="random tokens"), tcfg, tmp, quiet=True)
