@@ -64,7 +64,7 @@ from emaprobe.train.dist import (
     resolve_device,
 )
 from emaprobe.train.evaluate import evaluate_lm, lm_loss, token_cross_entropy
-from emaprobe.utils.progress import progress_disabled
+from emaprobe.utils.progress import progress_disabled, progress_lines
 from emaprobe.train.sampler import BatchSampler
 from emaprobe.train.schedule import lr_at
 from emaprobe.utils import atomic_write_json, atomic_write_text, config_to_dict, run_record
@@ -365,6 +365,7 @@ def train_lm(
     tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * info.world_size
     eval_steps = frozenset(int(s) for s in cfg.eval_steps)
     disable = progress_disabled(quiet, info.is_main)
+    lines = progress_lines(quiet, info.is_main)  # a log file gets a line per log step, not a bar's redraws
     bar = tqdm(total=cfg.steps, initial=start_step, unit="step", desc="train", disable=disable, dynamic_ncols=True)
     last: dict[str, Any] = {}
     last_val: dict[str, Any] = {}
@@ -444,6 +445,9 @@ def train_lm(
                         "tokens": tokens_seen, "tokens_per_s": tok_s}
                 emit(last)
                 bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
+                if lines:
+                    print(f"train step {done}/{cfg.steps}  loss {loss_value:.3f}  lr {lr:.2e}  {tok_s:,.0f} tok/s",
+                          flush=True)
             at_eval = (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps or done in eval_steps
             if data.val is not None and at_eval:
                 read_back()
@@ -451,6 +455,8 @@ def train_lm(
                 last_val = {"step": done, "val_loss": ev["loss"], "val_ppl": ev["ppl"], "val_bpb": ev["bpb"],
                             "val_tokens": ev["tokens"]}
                 emit(last_val)
+                if lines:
+                    print(f"eval step {done}/{cfg.steps}  val loss {ev['loss']:.3f}  ppl {ev['ppl']:.2f}", flush=True)
                 t_log = time.perf_counter()  # evaluation time is not training throughput
             if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == cfg.steps:
                 read_back()

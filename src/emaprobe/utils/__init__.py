@@ -3,7 +3,7 @@
 from emaprobe.utils.config import apply_overrides, config_to_dict
 from emaprobe.utils.io import atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text, read_json, run_record
 from emaprobe.utils.paths import data_root, find_data
-from emaprobe.utils.progress import progress_disabled
+from emaprobe.utils.progress import progress_disabled, progress_lines
 
 __all__ = [
     "apply_overrides",
@@ -15,6 +15,7 @@ __all__ = [
     "data_root",
     "find_data",
     "progress_disabled",
+    "progress_lines",
     "read_json",
     "run_record",
 ]
