@@ -191,9 +191,11 @@ def test_an_interrupted_run_keeps_its_finished_seeds_and_only_those_of_its_own_s
     with pytest.raises(KeyboardInterrupt):
         roles.run(cfg, out)
     assert (out / "partial" / "seed-0.json").is_file() and not (out / "roles.json").exists()
+    monkeypatch.delenv("TQDM_DISABLE")  # output captured, so not a terminal: a line a seed, not a bar
     resumed = roles.run(cfg, out)
     assert calls == [0, 1, 1]  # seed 0 was kept, not computed again
-    assert "1 of 2 seeds kept" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "1 of 2 seeds kept" in printed and "roles: seed 1 done, 2 of 2" in printed
     assert not (out / "partial").exists()  # roles.json holds every seed now
     fresh = roles.run(cfg, tmp_path / "fresh")
     for key in ("aggregate", "curve", "naming_ceiling", "ratio_within_a", "deep_margin"):

@@ -86,7 +86,7 @@ from emaprobe.tasks.role_data import RoleDataConfig, label_budget, label_counts,
 from emaprobe.tasks.sentence import NO_ROLE, ROLES, RoleSentence
 from emaprobe.train.tagger import LinearProbe, TaggerTrainConfig, train_tagger
 from emaprobe.utils import atomic_write_json, atomic_write_text, config_to_dict, run_record
-from emaprobe.utils.progress import progress_disabled
+from emaprobe.utils.progress import progress_disabled, progress_lines
 
 NAME = "roles"
 PAPER = {
@@ -537,7 +537,7 @@ def run(cfg: Config, out: str | Path) -> dict[str, Any]:
     treebank = resolve_treebank(cfg.treebank)
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
-    quiet = progress_disabled()
+    quiet, lines = progress_disabled(), progress_lines()  # lines: a log file gets a line a seed, not a bar
     t0, cpu0 = time.perf_counter(), _cpu_seconds()
     try:
         seeds = list(range(cfg.first_seed, cfg.first_seed + cfg.seeds))
@@ -554,6 +554,8 @@ def run(cfg: Config, out: str | Path) -> dict[str, Any]:
         def save(result: dict[str, Any]) -> None:  # each seed as it finishes, so an interrupted run resumes
             atomic_write_json(out / PARTIAL / f"seed-{result['seed']}.json", {"settings": settings, "result": result})
             done[result["seed"]] = result
+            if lines:
+                print(f"roles: seed {result['seed']} done, {len(done)} of {len(seeds)}", flush=True)
 
         if cfg.workers > 1 and len(jobs) > 1:
             # Seeds are independent: one process each (one torch thread), results merged in seed order.
