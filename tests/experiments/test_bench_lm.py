@@ -206,6 +206,20 @@ def test_merge_joins_parts_keeps_sources_and_names_missing_rows(tmp_path, capsys
     assert res["versus"] == []  # labels no config names: nothing to pair
 
 
+def test_merge_pairs_each_trainer_row_with_its_step_row_across_parts(tmp_path, capsys):
+    def trainer(T, rate):
+        return {**_train("spen/sel", T, True, rate), "part": "trainer"}
+
+    a = _part(tmp_path / "a.json", "H", [_train("spen/sel", 1024, True, 400.0), trainer(1024, 398.0)], "aaa")
+    b = _part(tmp_path / "b.json", "H", [_train("spen/sel", 8192, True, 384.0), trainer(8192, 192.0)], "bbb")
+    out = tmp_path / "out"
+    assert main(["bench", "lm", "--merge", str(a), str(b), "--tag", "t", "--out", str(out)]) == 0
+    res = json.loads((out / "bench_lm_h_t.json").read_text())
+    assert {t["T"]: t["ratio"] for t in res["trainer_vs_step"]} == {1024: pytest.approx(0.995), 8192: 0.5}
+    printed = capsys.readouterr().out
+    assert "192 against the step's 384 tok/s: 0.50x" in printed and "398 against the step's 400" in printed
+
+
 def test_merge_pairs_older_rows_against_gpt(tmp_path, capsys):
     old = [{k: v for k, v in r.items() if k != "flops_per_token_executed"}
            for r in (_measured("spen-130m/ema", 8192, 460.0), _measured("gpt-124m", 8192, 300.0))]

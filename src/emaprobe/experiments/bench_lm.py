@@ -327,6 +327,13 @@ def bench_trainer(label: str, cfg, T: int, compiled: bool, bc: BenchConfig, devi
     return row
 
 
+def _print_trainer(pairs: list[dict]) -> None:
+    for t in pairs:
+        print(f"  trainer {t['model']:<22} {'compiled' if t['compiled'] else 'eager':<8} T={t['T']:<6} "
+              f"{t['trainer_tokens_per_s']:,.0f} against the step's {t['step_tokens_per_s']:,.0f} tok/s: "
+              f"{t['ratio']:.2f}x")
+
+
 def trainer_vs_step(rows: list[dict]) -> list[dict]:
     """Each trainer row's tokens/s over the training row of its shape (model, T, mode)."""
     step = {_row_key({**r, "part": "train"}): r for r in rows if r.get("part") == "train" and r.get("tokens_per_s")}
@@ -630,10 +637,7 @@ def run(bc: BenchConfig, device: str | torch.device = "cpu", out_dir: str | Path
             atomic_write_json(out / f"bench_lm_{slug}.json", record())
     result = record()
     _print_versus(result["versus"])
-    for t in result.get("trainer_vs_step", []):
-        print(f"  trainer {t['model']:<22} {'compiled' if t['compiled'] else 'eager':<8} T={t['T']:<6} "
-              f"{t['trainer_tokens_per_s']:,.0f} against the step's {t['step_tokens_per_s']:,.0f} tok/s: "
-              f"{t['ratio']:.2f}x")
+    _print_trainer(result.get("trainer_vs_step", []))
     if out is not None:
         _write(result, out / f"bench_lm_{slug}")
     return result
@@ -732,10 +736,12 @@ def merge(paths: list[str | Path], out_dir: str | Path = "runs/bench", tag: str 
                for c in (False, True) if ("train", m, T, c) not in have]
     result = run_record(benchmark="lm", card=card, device_type=device_type, peak_flops=peak,
                         peak_flops_source=peak_source, mfu_formula=MFU_FORMULA, merged_from=sources,
-                        missing_train=missing, rows=rows, versus=versus(rows))
+                        missing_train=missing, rows=rows, versus=versus(rows),
+                        **({"trainer_vs_step": ts} if (ts := trainer_vs_step(rows)) else {}))
     print(f"merged {len(rows)} rows from {len(sources)} files; {len(missing)} training rows missing")
     for m in missing:
         print(f"  missing: {m['model']} T={m['T']} {'compiled' if m['compiled'] else 'eager'}")
     _print_versus(result["versus"])
+    _print_trainer(result.get("trainer_vs_step", []))
     _write(result, Path(out_dir) / f"bench_lm_{card_slug(card)}_{tag}")
     return result
