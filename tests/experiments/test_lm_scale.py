@@ -123,6 +123,7 @@ def test_headline_seeds_plan_whole_seeds_first_and_the_gap_claim_takes_an_interv
     gap = claims["selective_closes_gap"]
     assert gap.seeds == 3 and gap.ours == pytest.approx(0.8) and gap.std == pytest.approx(0.1)
     assert gap.verdict == "confirmed"  # the t-interval [0.55, 1.05] lies above 0.5
+    assert "Gap closed by seed: 0 0.800, 1 0.700, 2 0.900; 95% t-interval [0.552, 1.048]" in gap.note
     assert claims["ppl_ratio_130m"].seeds == 3 and claims["ppl_ratio_130m"].std == pytest.approx(0.0, abs=1e-9)
     r = f"{math.exp(0.2):.3f}"
     assert f"paired by seed: {r} (95% t-interval {r}-{r}); by seed 0 {r}, 1 {r}, 2 {r}" in claims["ppl_ratio_130m"].note

@@ -774,8 +774,9 @@ def claims(s: dict[str, Any], command: str) -> list[Claim]:
         m, lo, hi = t_interval(gaps)
         if len(gaps) >= 2:
             verdict = verdict_from_interval(lo, hi, threshold=0.5)
-            rule = (f"95% t-interval [{lo:.3f}, {hi:.3f}]. Verdict rule: confirmed when the interval lies above 0.5 "
-                    "(closes most of the gap), refuted when below, else inconclusive. ")
+            rule = ("Gap closed by seed: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(o["gap_closed_seeds"].items()))
+                    + f"; 95% t-interval [{lo:.3f}, {hi:.3f}]. Verdict rule: confirmed when the interval lies above "
+                    "0.5 (closes most of the gap), refuted when below, else inconclusive. ")
         else:
             verdict = "inconclusive"
             rule = "One seed per model, so no interval: the verdict stays inconclusive until more seeds run. "
@@ -877,6 +878,8 @@ def _readme(s: dict, runs: dict[str, dict], figures: list[str], command: str) ->
         for v, o in others.items():
             g0 = o["gap_closed_seeds"].get(0)
             closed = f"; it closes {g0:.2f} of the ema -> gpt test-loss gap" if g0 is not None else ""
+            if len(o["gap_closed_seeds"]) > 1:
+                closed += " (by seed: " + ", ".join(f"{k} {g:.3f}" for k, g in sorted(o["gap_closed_seeds"].items())) + ")"
             lines += ["", f"Perplexity ratio {v} / GPT: " + ", ".join(f"{k} {r:.3f}" for k, r in o["ratio"].items())
                       + f" (seed 0){closed}. Along the curve: "
                       + ", ".join(f"{c['tokens']:.3g} tok {c['ratio']:.3f}" for c in o["curve_ratio"]) + "."]
