@@ -6,8 +6,9 @@ the same way everywhere: ``TQDM_DISABLE=1`` hides, ``TQDM_DISABLE=0`` shows).
 
 With ``TQDM_DISABLE`` unset, a bar shows only where standard error is a terminal: redirected
 to a file or a pipe, a bar's carriage returns pile up into one long line of redraws. There the
-LM trainer prints a plain line at each log step instead (``progress_lines``), so a log still
-says how far a run has got. ``TQDM_DISABLE=0`` shows bars anywhere.
+LM trainer prints a plain line at each log step and evaluation, and ``run roles`` one a seed,
+instead (``progress_lines``), so a log still says how far a run has got. ``TQDM_DISABLE=0``
+shows bars anywhere.
 """
 
 from __future__ import annotations
