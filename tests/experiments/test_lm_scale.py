@@ -117,6 +117,10 @@ def test_headline_seeds_plan_whole_seeds_first_and_the_gap_claim_takes_an_interv
     assert [c["ratio"] for c in s["headline"]["curve_ratio_seeds"][2]] == pytest.approx([math.exp(0.2)] * 4)
     sel = s["headline"]["others"]["spen-selective"]  # seed 0 closed 0.8: its loss is 0.04 above gpt's throughout
     assert [c["ratio"] for c in sel["curve_ratio"]] == pytest.approx([math.exp(0.04)] * 4)
+    # seeds 1 and 2 closed 0.7 and 0.9: their own curves sit 0.06 and 0.02 nats above their gpt's
+    assert sorted(sel["curve_ratio_seeds"]) == [1, 2]
+    assert [c["ratio"] for c in sel["curve_ratio_seeds"][1]] == pytest.approx([math.exp(0.06)] * 4)
+    assert [c["ratio"] for c in sel["curve_ratio_seeds"][2]] == pytest.approx([math.exp(0.02)] * 4)
     assert sel["extrapolated"]["ppl_ratio"] == pytest.approx(math.exp(0.04), rel=1e-3)
     assert sel["extrapolated"]["ppl_ratio_lo"] <= sel["extrapolated"]["ppl_ratio"] <= sel["extrapolated"]["ppl_ratio_hi"]
     claims = {c.claim: c for c in L.claims(s, "cmd")}

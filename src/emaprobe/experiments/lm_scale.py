@@ -644,6 +644,8 @@ def summarize(runs: dict[str, dict]) -> dict[str, Any]:
                               "gap_losses": {"spen-ema": _test_loss(sp), v: _test_loss(r), "gpt": _test_loss(gp)},
                               "gap_closed_seeds": gaps,  # seed -> share of that seed's ema -> gpt gap closed
                               "curve_ratio": _curve_ratio(r, gp),
+                              "curve_ratio_seeds": {k: _curve_ratio(runs_v[k], by_seed["gpt"][k])
+                                                    for k in sorted(set(runs_v) & set(pair_seeds)) if k},
                               "extrapolated": _extrapolate(fit, fits["gpt"]) if fit and "gpt" in fits else None}
         if len(fits) == 2:
             h["extrapolated"] = {**_extrapolate(fits["spen"], fits["gpt"]), "fits": fits}
@@ -887,6 +889,8 @@ def _readme(s: dict, runs: dict[str, dict], figures: list[str], command: str) ->
                 e = o["extrapolated"]
                 lines[-1] += (f" Extrapolated to 8B tokens (not a measurement): {e['ppl_ratio']:.2f} "
                               f"(95% interval {e['ppl_ratio_lo']:.2f}-{e['ppl_ratio_hi']:.2f}).")
+            lines += [f"Seed {k}'s along the curve: " + ", ".join(f"{c['tokens']:.3g} tok {c['ratio']:.3f}" for c in rk) + "."
+                      for k, rk in o.get("curve_ratio_seeds", {}).items()]
         if len(h["ratio_seeds"]) > 1:
             lines += ["", f"Perplexity ratio SPEN / GPT on {h['main_split']} by seed: "
                       + ", ".join(f"seed {k} {v:.3f}" for k, v in h["ratio_seeds"].items()) + "."]
@@ -984,10 +988,11 @@ def _plots(s: dict, runs: dict[str, dict], out: Path) -> list[str]:
             if ratio:
                 ax2.plot([c["tokens"] for c in ratio], [c["ratio"] for c in ratio], marker="o", color=line.get_color(),
                          label=f"{label} / gpt, measured")
-            if label == "ema" and h.get("curve_ratio_seeds"):
-                for j, rk in enumerate(h["curve_ratio_seeds"].values()):
+            thin = h.get("curve_ratio_seeds") if label == "ema" else r.get("curve_ratio_seeds")  # other seeds
+            if ratio and thin:
+                for j, rk in enumerate(thin.values()):
                     ax2.plot([c["tokens"] for c in rk], [c["ratio"] for c in rk], lw=0.8, alpha=0.6, color=line.get_color(),
-                             label=f"ema / gpt, seeds {', '.join(map(str, h['curve_ratio_seeds']))}" if j == 0 else None)
+                             label=f"{label} / gpt, seeds {', '.join(map(str, thin))}" if j == 0 else None)
             if ex:
                 ax2.errorbar([at], [ex["ppl_ratio"]],
                              yerr=[[ex["ppl_ratio"] - ex["ppl_ratio_lo"]], [ex["ppl_ratio_hi"] - ex["ppl_ratio"]]],
