@@ -992,7 +992,7 @@ def _plots(s: dict, runs: dict[str, dict], out: Path) -> list[str]:
             if ratio and thin:
                 for j, rk in enumerate(thin.values()):
                     ax2.plot([c["tokens"] for c in rk], [c["ratio"] for c in rk], lw=0.8, alpha=0.6, color=line.get_color(),
-                             label=f"{label} / gpt, seeds {', '.join(map(str, thin))}" if j == 0 else None)
+                             label=f"{label} / gpt, seed{'s' * (len(thin) > 1)} {', '.join(map(str, thin))}" if j == 0 else None)
             if ex:
                 ax2.errorbar([at], [ex["ppl_ratio"]],
                              yerr=[[ex["ppl_ratio"] - ex["ppl_ratio_lo"]], [ex["ppl_ratio_hi"] - ex["ppl_ratio"]]],
