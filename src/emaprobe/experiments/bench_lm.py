@@ -266,7 +266,7 @@ def bench_train(label: str, cfg, T: int, compiled: bool, bc: BenchConfig, device
     run = wrap_model(model, DistInfo(), device, compile=compiled)
     loss_fn = loss_function(compiled)
     autocast = autocast_context(tcfg, device)
-    row["dtype"] = "bf16 autocast" if device.type == "cuda" else "fp32"
+    row["dtype"] = _dtype(device)
     gen = torch.Generator(device=device).manual_seed(0)
     seq = torch.randint(0, cfg.vocab_size, (B, T + 1), device=device, generator=gen)
     batch = [(seq[:, :-1], seq[:, 1:])]
@@ -322,9 +322,14 @@ def bench_trainer(label: str, cfg, T: int, compiled: bool, bc: BenchConfig, devi
     row["windows_tokens_per_s"] = windows  # the first holds the warm-up (and compiling): not in the median
     row["tokens_per_s"] = statistics.median(windows[1:])
     row["step_s"] = B * T / row["tokens_per_s"]
-    row["dtype"] = "bf16 autocast" if device.type == "cuda" else "fp32"
+    row["dtype"] = _dtype(device)
     del model
     return row
+
+
+def _dtype(device: torch.device) -> str:
+    """What a row computes in: with the default ``dtype`` (auto), ``autocast_context`` is bf16 on CUDA only."""
+    return "bf16 autocast" if device.type == "cuda" else "fp32"
 
 
 def _print_trainer(pairs: list[dict]) -> None:
@@ -355,7 +360,7 @@ def bench_generate(label: str, cfg, B: int, P: int, compiled: bool, bc: BenchCon
     _free(device)
     model = _build(cfg, device, P + bc.gen_tokens + 1).eval()
     autocast = autocast_context(TrainConfig(device=device.type), device)
-    row["dtype"] = "bf16 autocast" if device.type == "cuda" else "fp32"
+    row["dtype"] = _dtype(device)
     gen = torch.Generator(device=device).manual_seed(0)
     prompt = torch.randint(0, cfg.vocab_size, (B, P), device=device, generator=gen)
 
