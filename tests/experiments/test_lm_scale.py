@@ -92,6 +92,16 @@ def test_ladder_takes_the_budget_with_the_most_complete_pairs_whatever_the_lates
     assert L.ladder_rows({}, cfg, {"spen": 1e-3, "gpt": 1e-3}) == (None, [])
 
 
+def _headline_run(cfg, variant, seed, loss, params=1):
+    """(name, record) of a headline-scale run whose test loss is ``loss`` and whose curve falls as 1/t."""
+    job = L.Job(variant, "130m", 1e-3, seed, cfg.headline_tokens, cfg.curve_points)
+    curve = [{"tokens": t, "val_loss": loss + 1 / t} for t in (1e6, 2e6, 4e6, 8e6)]
+    final = {s: {"loss": loss, "ppl": math.exp(loss), "bpb": 1.0} for s in ("wikipedia.test", "books.test")}
+    return job.name, {"job": dataclasses.asdict(job), "num_params": params, "num_params_non_embedding": params,
+                      "tokens": job.tokens, "final": final, "curve": curve, "time_utc": "2026", "name": job.name,
+                      "experiment_config": dataclasses.asdict(cfg)}
+
+
 def test_headline_seeds_plan_whole_seeds_first_and_the_gap_claim_takes_an_interval(tmp_path):
     cfg = L.Config(spen_lr=1e-3, gpt_lr=1e-3, headline_variants=("spen-selective",), headline_seeds=3)
     head = L.plan(cfg, tmp_path, "headline")
@@ -101,12 +111,7 @@ def test_headline_seeds_plan_whole_seeds_first_and_the_gap_claim_takes_an_interv
         L.Config(headline_seeds=0)
 
     def run(variant, seed, loss):
-        job = L.Job(variant, "130m", 1e-3, seed, cfg.headline_tokens, cfg.curve_points)
-        curve = [{"tokens": t, "val_loss": loss + 1 / t} for t in (1e6, 2e6, 4e6, 8e6)]
-        final = {s: {"loss": loss, "ppl": math.exp(loss), "bpb": 1.0} for s in ("wikipedia.test", "books.test")}
-        return job.name, {"job": dataclasses.asdict(job), "num_params": 1, "num_params_non_embedding": 1,
-                          "tokens": job.tokens, "final": final, "curve": curve, "time_utc": "2026", "name": job.name,
-                          "experiment_config": dataclasses.asdict(cfg)}
+        return _headline_run(cfg, variant, seed, loss)
 
     # the gap (ema - gpt) is 0.2 nats on every seed; selective closes 0.8, 0.7, 0.9 of it
     runs = dict(r for k, closed in enumerate((0.8, 0.7, 0.9))
@@ -139,6 +144,39 @@ def test_headline_seeds_plan_whole_seeds_first_and_the_gap_claim_takes_an_interv
     gap1 = {c.claim: c for c in L.claims(L.summarize(one), "cmd")}["selective_closes_gap"]
     assert gap1.seeds == 1 and gap1.verdict == "inconclusive" and gap1.std is None
     assert "by seed" not in {c.claim: c for c in L.claims(L.summarize(one), "cmd")}["ppl_ratio_130m"].note
+
+
+def test_the_predictor_ablation_at_the_headline_scale_is_paired_by_seed_and_names_its_extra_parameters():
+    cfg = L.Config(headline_variants=("spen-ema-attnpred",), headline_seeds=3)
+    ema, gpt = 4.30, 4.10
+
+    def runs_with(attn_losses):
+        return dict(r for k, a in enumerate(attn_losses)
+                    for r in (_headline_run(cfg, "spen-ema", k, ema, params=130e6), _headline_run(cfg, "gpt", k, gpt),
+                              _headline_run(cfg, "spen-ema-attnpred", k, a, params=180e6)))
+
+    def claim(runs):
+        s = L.summarize(runs)
+        rows = {c.claim: c for c in L.claims(s, "cmd")}
+        return s, rows["predictor_ablation_130m"], L.unmeasured(s, list(rows.values()))
+
+    # attention over the traces closes half the gap on every seed: a clear difference, so "identical loss" fails
+    s, c, why = claim(runs_with((4.20, 4.19, 4.21)))
+    assert c.seeds == 3 and c.ours == pytest.approx(-0.10) and c.std == pytest.approx(0.01)
+    assert c.verdict == "refuted" and c.paper == 0.0 and "predictor_ablation_130m" not in why
+    assert "180.0M parameters against 130.0M" in c.note and "0 0.500, 1 0.550, 2 0.450" in c.note
+    assert c.scale == "180M vs 130M params, 1e+08 tokens each, seeds [0, 1, 2], paired"
+    assert s["headline"]["others"]["spen-ema-attnpred"]["minus_ema"]["values"] == pytest.approx([-0.10, -0.11, -0.09])
+    # the same loss within the tolerance on every seed: the paper's claim holds at this scale
+    assert claim(runs_with((4.301, 4.299, 4.300)))[1].verdict == "confirmed"
+    # one seed gives no interval, so no verdict either way
+    one = claim(runs_with((4.20,)))[1]
+    assert one.seeds == 1 and one.std is None and one.verdict == "inconclusive" and "one seed" in one.note
+    # without the variant's runs the claim is listed as unmeasured, with the command that makes them
+    pair = {k: r for k, r in runs_with((4.20,)).items() if r["job"]["variant"] != "spen-ema-attnpred"}
+    s = L.summarize(pair)
+    assert L.unmeasured(s, L.claims(s, "cmd"))["predictor_ablation_130m"].endswith(
+        "--set headline_variants=spen-ema,gpt,spen-ema-attnpred)")
 
 
 def test_best_lr_needs_the_lr_stage_or_an_explicit_value(tmp_path):

@@ -6,6 +6,9 @@ Claims tested (shared/PAPER.md, claims 3 and 4):
                                    (C4 ppl 260; about 8B tokens)
     predictor_ablation_delta_loss  swapping SPEN's linear predictor for softmax attention
                                    changes nothing (paper: "identical loss", so 0)
+    predictor_ablation_130m        the same at the headline scale, where the ema -> gpt
+                                   gap is open (the paper's own ran on a smaller model);
+                                   needs spen-ema-attnpred in ``headline_variants``
     selective_closes_gap           input-dependent selection closes the gap to attention
                                    (argued by the paper, not measured there)
     selection_beats_fixed_decay    input-dependent decays give a lower loss than the
@@ -119,7 +122,8 @@ VARIANTS: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
 }
 FAMILY_BASE = {"spen": "spen-ema", "gpt": "gpt"}  # what the lr sweep tunes for each family
 CLAIM_VARIANTS = ("spen-ema", "spen-ema-attnpred", "spen-selective", "gpt")
-CLAIMS = ("ppl_ratio_130m", "predictor_ablation_delta_loss", "selective_closes_gap", "selection_beats_fixed_decay")
+CLAIMS = ("ppl_ratio_130m", "predictor_ablation_delta_loss", "predictor_ablation_130m", "selective_closes_gap",
+          "selection_beats_fixed_decay")
 
 
 @dataclass(frozen=True)
@@ -640,7 +644,12 @@ def summarize(runs: dict[str, dict]) -> dict[str, Any]:
                 if e_k > g_k:
                     gaps[k] = (e_k - v_k) / (e_k - g_k)
             fit = _curve_fit(r)
-            h["others"][v] = {**_brief(r), "ratio": {k: r["final"][k]["ppl"] / gp["final"][k]["ppl"] for k in r["final"]},
+            paired = sorted(set(runs_v) & set(by_seed["spen-ema"]))
+            minus_ema = [_test_loss(runs_v[k]) - _test_loss(by_seed["spen-ema"][k]) for k in paired]
+            h["others"][v] = {**_brief(r),
+                              # test loss minus spen-ema's, paired by seed (same data order)
+                              "minus_ema": dict(zip(("mean", "lo", "hi"), t_interval(minus_ema)), seeds=paired,
+                                                values=minus_ema), "ratio": {k: r["final"][k]["ppl"] / gp["final"][k]["ppl"] for k in r["final"]},
                               "gap_losses": {"spen-ema": _test_loss(sp), v: _test_loss(r), "gpt": _test_loss(gp)},
                               "gap_closed_seeds": gaps,  # seed -> share of that seed's ema -> gpt gap closed
                               "curve_ratio": _curve_ratio(r, gp),
@@ -751,6 +760,8 @@ def claims(s: dict[str, Any], command: str) -> list[Claim]:
             command=command, labels="none (language modelling)",
             note=(f"paired by seed; 95% t-interval [{d['lo']:.4f}, {d['hi']:.4f}]. "
                   + no_difference_note(verdict, d["lo"], d["hi"], tol=tol) + _behind_note(s))))
+    if h and "spen-ema-attnpred" in h.get("others", {}):
+        rows.append(_predictor_at_scale(h, cfg, command))
     d = s["paired"].get("spen-selective - spen-ema")
     if d and d["seeds"] >= 2:
         rows.append(Claim(
@@ -795,6 +806,36 @@ def claims(s: dict[str, Any], command: str) -> list[Claim]:
     return rows
 
 
+def _predictor_at_scale(h: dict[str, Any], cfg: dict[str, Any], command: str) -> Claim:
+    """predictor_ablation_130m: the paper's predictor ablation at the headline scale, where the
+    ema -> gpt gap is open (the paper's own ran on a smaller model than its 130M one)."""
+    o, tol = h["others"]["spen-ema-attnpred"], SAME_LOSS_NATS
+    d = o["minus_ema"]
+    by_seed = ", ".join(f"{k} {v:+.4f}" for k, v in zip(d["seeds"], d["values"]))
+    if len(d["seeds"]) >= 2:
+        verdict = verdict_no_difference(d["mean"], d["lo"], d["hi"], tol=tol)
+        rule = (f"Paired by seed ({by_seed}); 95% t-interval [{d['lo']:.4f}, {d['hi']:.4f}]. "
+                + no_difference_note(verdict, d["lo"], d["hi"], tol=tol))
+    else:
+        verdict = "inconclusive"
+        rule = f"Seed {by_seed}: one seed, so no interval; the verdict stays inconclusive until more seeds run."
+    gaps = o["gap_closed_seeds"]
+    rule += (f" The attention predictor has {o['params'] / 1e6:.1f}M parameters against {h['spen']['params'] / 1e6:.1f}M "
+             "(its query, key and value read all the traces), so a lower loss may come from parameters as well as from "
+             "attending over past contexts.")
+    if gaps:
+        rule += " Share of the ema -> gpt test-loss gap it closes, by seed: " + ", ".join(
+            f"{k} {g:.3f}" for k, g in sorted(gaps.items())) + "."
+    return Claim(
+        claim="predictor_ablation_130m",
+        metric=f"test loss, attention predictor - linear predictor, {cfg['headline_size']} size (nats/token)",
+        paper=PAPER["predictor_ablation_delta_loss"], ours=round(d["mean"], 5),
+        std=round(float(np.std(d["values"], ddof=1)), 5) if len(d["values"]) > 1 else None, seeds=len(d["seeds"]),
+        scale=(f"{o['params'] / 1e6:.0f}M vs {h['spen']['params'] / 1e6:.0f}M params, {o['tokens']:.3g} tokens each, "
+               f"seeds {d['seeds']}, paired"),
+        verdict=verdict, command=command, labels="none (language modelling)", note=rule)
+
+
 def _seed_extrapolations(h: dict[str, Any]) -> str:
     """'seed 1 1.43 (0.78-2.38), ...': the headline's other seeds, each extrapolated alone."""
     return ", ".join(f"seed {k} {e['ppl_ratio']:.2f} ({e['ppl_ratio_lo']:.2f}-{e['ppl_ratio_hi']:.2f})"
@@ -814,6 +855,9 @@ def unmeasured(s: dict[str, Any], rows: list[Claim]) -> dict[str, str]:
     """Each claim without a row, and why."""
     done = {r.claim for r in rows}
     why = {c: "its runs are not in runs/" for c in CLAIMS if c not in done}
+    if "predictor_ablation_130m" in why:
+        why["predictor_ablation_130m"] += (" (--set stages=headline "
+                                           "--set headline_variants=spen-ema,gpt,spen-ema-attnpred)")
     if "selective_closes_gap" in why and s.get("selective_gap_note"):
         why["selective_closes_gap"] = (s["selective_gap_note"] + " Run spen-selective where the gap is open: "
                                        "--set stages=headline --set headline_variants=spen-ema,gpt,spen-selective")
@@ -882,6 +926,10 @@ def _readme(s: dict, runs: dict[str, dict], figures: list[str], command: str) ->
             closed = f"; it closes {g0:.2f} of the ema -> gpt test-loss gap" if g0 is not None else ""
             if len(o["gap_closed_seeds"]) > 1:
                 closed += " (by seed: " + ", ".join(f"{k} {g:.3f}" for k, g in sorted(o["gap_closed_seeds"].items())) + ")"
+            d = o["minus_ema"]
+            if len(d["seeds"]) > 1:
+                closed += (f"; test loss minus spen-ema's, paired by seed: {d['mean']:+.4f} nats "
+                           f"(95% interval {d['lo']:+.4f} to {d['hi']:+.4f})")
             lines += ["", f"Perplexity ratio {v} / GPT: " + ", ".join(f"{k} {r:.3f}" for k, r in o["ratio"].items())
                       + f" (seed 0){closed}. Along the curve: "
                       + ", ".join(f"{c['tokens']:.3g} tok {c['ratio']:.3f}" for c in o["curve_ratio"]) + "."]
