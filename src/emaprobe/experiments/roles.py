@@ -546,8 +546,6 @@ def run(cfg: Config, out: str | Path) -> dict[str, Any]:
         if done:
             print(f"roles: {len(done)} of {len(seeds)} seeds kept from {out / PARTIAL} (same code and settings)",
                   flush=True)
-        if treebank is not None and len(done) < len(seeds):
-            _treebank_cached(str(treebank), cfg)  # parsed once; forked workers inherit it
         jobs = [(cfg, seed, str(treebank) if treebank is not None else None, quiet)
                 for seed in seeds if seed not in done]
 
@@ -559,10 +557,13 @@ def run(cfg: Config, out: str | Path) -> dict[str, Any]:
 
         if cfg.workers > 1 and len(jobs) > 1:
             # Seeds are independent: one process each (one torch thread), results merged in seed order.
+            # Spawned, not forked: where CUDA exists, this process has started it (run_record names the
+            # card) and a forked child's optimizer step would touch it again, which CUDA refuses. Each
+            # worker parses the treebank once for itself (about 2 s).
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor
 
-            with ProcessPoolExecutor(min(cfg.workers, len(jobs)), mp_context=mp.get_context("fork")) as pool:
+            with ProcessPoolExecutor(min(cfg.workers, len(jobs)), mp_context=mp.get_context("spawn")) as pool:
                 for result in tqdm(pool.map(_seed_job, jobs), total=len(jobs), desc="roles: seeds", disable=quiet):
                     save(result)
         else:
