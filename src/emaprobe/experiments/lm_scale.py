@@ -646,10 +646,10 @@ def summarize(runs: dict[str, dict]) -> dict[str, Any]:
             fit = _curve_fit(r)
             paired = sorted(set(runs_v) & set(by_seed["spen-ema"]))
             minus_ema = [_test_loss(runs_v[k]) - _test_loss(by_seed["spen-ema"][k]) for k in paired]
-            h["others"][v] = {**_brief(r),
+            h["others"][v] = {**_brief(r), "ratio": {k: r["final"][k]["ppl"] / gp["final"][k]["ppl"] for k in r["final"]},
                               # test loss minus spen-ema's, paired by seed (same data order)
                               "minus_ema": dict(zip(("mean", "lo", "hi"), t_interval(minus_ema)), seeds=paired,
-                                                values=minus_ema), "ratio": {k: r["final"][k]["ppl"] / gp["final"][k]["ppl"] for k in r["final"]},
+                                                values=minus_ema),
                               "gap_losses": {"spen-ema": _test_loss(sp), v: _test_loss(r), "gpt": _test_loss(gp)},
                               "gap_closed_seeds": gaps,  # seed -> share of that seed's ema -> gpt gap closed
                               "curve_ratio": _curve_ratio(r, gp),
