@@ -165,7 +165,8 @@ def test_the_predictor_ablation_at_the_headline_scale_is_paired_by_seed_and_name
     assert c.seeds == 3 and c.ours == pytest.approx(-0.10) and c.std == pytest.approx(0.01)
     assert c.verdict == "refuted" and c.paper == 0.0 and "predictor_ablation_130m" not in why
     assert "180.0M parameters against 130.0M" in c.note and "0 0.500, 1 0.550, 2 0.450" in c.note
-    assert c.scale == "180M vs 130M params, 1e+08 tokens each, seeds [0, 1, 2], paired"
+    assert c.scale == (f"180M vs 130M params, 1e+08 tokens each, {cfg.train}, {cfg.tokenizer} tokens, T={cfg.seq_len}, "
+                       "seeds [0, 1, 2], paired")
     assert s["headline"]["others"]["spen-ema-attnpred"]["minus_ema"]["values"] == pytest.approx([-0.10, -0.11, -0.09])
     # the same loss within the tolerance on every seed: the paper's claim holds at this scale
     assert claim(runs_with((4.301, 4.299, 4.300)))[1].verdict == "confirmed"
@@ -225,6 +226,9 @@ def test_smoke_run_writes_runs_report_and_claims(tmp_path, capsys):
     # selective_closes_gap needs GPT behind fixed EMA on every seed, which a smoke run may not give
     assert {"ppl_ratio_130m", "predictor_ablation_delta_loss", "selection_beats_fixed_decay"} <= set(claims) <= set(L.CLAIMS)
     assert claims["ppl_ratio_130m"].paper == 8.0 and claims["ppl_ratio_130m"].ours > 0
+    # each claim names the data it ran on, from the run's config: PTB here, never the GPU runs' corpus
+    for c in claims.values():
+        assert f"{cfg.train}, {cfg.tokenizer} tokens, T={cfg.seq_len}" in c.scale, (c.claim, c.scale)
     assert claims["predictor_ablation_delta_loss"].seeds == cfg.seeds
     for name in ("README.md", "summary.json", "token_curve.png", "mechanisms.png", "paired.png"):
         assert (out / name).is_file(), name

@@ -746,9 +746,9 @@ def claims(s: dict[str, Any], command: str) -> list[Claim]:
             ours=round(ours, 4), std=round(float(np.std(per_seed, ddof=1)), 4) if len(per_seed) > 1 else None,
             seeds=len(per_seed),
             scale=(f"{h['spen']['params'] / 1e6:.0f}M vs {h['gpt']['params'] / 1e6:.0f}M params, "
-                   f"{h['spen']['tokens']:.3g} tokens each, Wikipedia+Gutenberg, GPT-2 BPE, T={cfg['seq_len']}"),
+                   f"{h['spen']['tokens']:.3g} tokens each, {_data_scale(cfg)}"),
             verdict=verdict, command=command, labels="none (language modelling)", note=note))
-    small = f"{cfg['small_size']} size, {cfg['mechanism_tokens']:.3g} tokens each, {cfg['train']}, {cfg['tokenizer']} tokens"
+    small = f"{cfg['small_size']} size, {cfg['mechanism_tokens']:.3g} tokens each, {_data_scale(cfg)}"
     d = s["paired"].get("spen-ema-attnpred - spen-ema")
     if d and d["seeds"] >= 2:
         tol = SAME_LOSS_NATS
@@ -797,7 +797,7 @@ def claims(s: dict[str, Any], command: str) -> list[Claim]:
             claim="selective_closes_gap",
             metric=f"fraction of the spen-ema -> gpt test-loss gap closed by spen-selective, {cfg['headline_size']} size",
             paper=None, ours=round(m, 4), std=round(float(np.std(gaps, ddof=1)), 4) if len(gaps) > 1 else None,
-            seeds=len(gaps), scale=(f"{o['params'] / 1e6:.0f}M params, {o['tokens']:.3g} tokens, "
+            seeds=len(gaps), scale=(f"{o['params'] / 1e6:.0f}M params, {o['tokens']:.3g} tokens, {_data_scale(cfg)}, "
                                     + ("seed 0" if len(gaps) == 1 else f"seeds {sorted(o['gap_closed_seeds'])}, paired")),
             verdict=verdict, command=command, labels="none (language modelling)",
             note=(f"seed 0's test loss (mean of the test splits): spen-ema {o['gap_losses']['spen-ema']:.4f}, "
@@ -832,8 +832,13 @@ def _predictor_at_scale(h: dict[str, Any], cfg: dict[str, Any], command: str) ->
         paper=PAPER["predictor_ablation_delta_loss"], ours=round(d["mean"], 5),
         std=round(float(np.std(d["values"], ddof=1)), 5) if len(d["values"]) > 1 else None, seeds=len(d["seeds"]),
         scale=(f"{o['params'] / 1e6:.0f}M vs {h['spen']['params'] / 1e6:.0f}M params, {o['tokens']:.3g} tokens each, "
-               f"seeds {d['seeds']}, paired"),
+               f"{_data_scale(cfg)}, seeds {d['seeds']}, paired"),
         verdict=verdict, command=command, labels="none (language modelling)", note=rule)
+
+
+def _data_scale(cfg: dict[str, Any]) -> str:
+    """A claim's data, from the run's own config (so a run on C4 says C4): train spec, tokenizer, T."""
+    return f"{cfg['train']}, {cfg['tokenizer']} tokens, T={cfg['seq_len']}"
 
 
 def _seed_extrapolations(h: dict[str, Any]) -> str:
