@@ -738,7 +738,7 @@ def claims(s: dict[str, Any], command: str) -> list[Claim]:
         if len(per_seed) > 1:
             m, lo, hi = t_interval(per_seed)
             note += (f". Measured on {main_split}, paired by seed: {m:.3f} (95% t-interval {lo:.3f}-{hi:.3f}); by seed "
-                     + ", ".join(f"{k} {v:.3f}" for k, v in h["ratio_seeds"].items()))
+                     + _by_seed(h["ratio_seeds"]))
         if ex and h.get("extrapolated_seeds"):
             note += ". Each other seed's own extrapolation (not used by the rule): " + _seed_extrapolations(h)
         rows.append(Claim(
@@ -787,7 +787,7 @@ def claims(s: dict[str, Any], command: str) -> list[Claim]:
         m, lo, hi = t_interval(gaps)
         if len(gaps) >= 2:
             verdict = verdict_from_interval(lo, hi, threshold=0.5)
-            rule = ("Gap closed by seed: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(o["gap_closed_seeds"].items()))
+            rule = ("Gap closed by seed: " + _by_seed(o["gap_closed_seeds"])
                     + f"; 95% t-interval [{lo:.3f}, {hi:.3f}]. Verdict rule: confirmed when the interval lies above "
                     "0.5 (closes most of the gap), refuted when below, else inconclusive. ")
         else:
@@ -824,8 +824,7 @@ def _predictor_at_scale(h: dict[str, Any], cfg: dict[str, Any], command: str) ->
              "(its query, key and value read all the traces), so a lower loss may come from parameters as well as from "
              "attending over past contexts.")
     if gaps:
-        rule += " Share of the ema -> gpt test-loss gap it closes, by seed: " + ", ".join(
-            f"{k} {g:.3f}" for k, g in sorted(gaps.items())) + "."
+        rule += " Share of the ema -> gpt test-loss gap it closes, by seed: " + _by_seed(gaps) + "."
     return Claim(
         claim="predictor_ablation_130m",
         metric=f"test loss, attention predictor - linear predictor, {cfg['headline_size']} size (nats/token)",
@@ -834,6 +833,16 @@ def _predictor_at_scale(h: dict[str, Any], cfg: dict[str, Any], command: str) ->
         scale=(f"{o['params'] / 1e6:.0f}M vs {h['spen']['params'] / 1e6:.0f}M params, {o['tokens']:.3g} tokens each, "
                f"{_data_scale(cfg)}, seeds {d['seeds']}, paired"),
         verdict=verdict, command=command, labels="none (language modelling)", note=rule)
+
+
+def _by_seed(values: dict) -> str:
+    """'0 0.815, 1 0.828, ...': a per-seed figure, in seed order."""
+    return ", ".join(f"{k} {v:.3f}" for k, v in sorted(values.items()))
+
+
+def _curve_text(points: list[dict]) -> str:
+    """'7.86e+05 tok 0.847, ...': a ratio curve, point by point."""
+    return ", ".join(f"{c['tokens']:.3g} tok {c['ratio']:.3f}" for c in points)
 
 
 def _data_scale(cfg: dict[str, Any]) -> str:
@@ -930,27 +939,27 @@ def _readme(s: dict, runs: dict[str, dict], figures: list[str], command: str) ->
             g0 = o["gap_closed_seeds"].get(0)
             closed = f"; it closes {g0:.2f} of the ema -> gpt test-loss gap" if g0 is not None else ""
             if len(o["gap_closed_seeds"]) > 1:
-                closed += " (by seed: " + ", ".join(f"{k} {g:.3f}" for k, g in sorted(o["gap_closed_seeds"].items())) + ")"
+                closed += " (by seed: " + _by_seed(o["gap_closed_seeds"]) + ")"
             d = o["minus_ema"]
             if len(d["seeds"]) > 1:
                 closed += (f"; test loss minus spen-ema's, paired by seed: {d['mean']:+.4f} nats "
                            f"(95% interval {d['lo']:+.4f} to {d['hi']:+.4f})")
             lines += ["", f"Perplexity ratio {v} / GPT: " + ", ".join(f"{k} {r:.3f}" for k, r in o["ratio"].items())
                       + f" (seed 0){closed}. Along the curve: "
-                      + ", ".join(f"{c['tokens']:.3g} tok {c['ratio']:.3f}" for c in o["curve_ratio"]) + "."]
+                      + _curve_text(o["curve_ratio"]) + "."]
             if o.get("extrapolated"):
                 e = o["extrapolated"]
                 lines[-1] += (f" Extrapolated to 8B tokens (not a measurement): {e['ppl_ratio']:.2f} "
                               f"(95% interval {e['ppl_ratio_lo']:.2f}-{e['ppl_ratio_hi']:.2f}).")
-            lines += [f"Seed {k}'s along the curve: " + ", ".join(f"{c['tokens']:.3g} tok {c['ratio']:.3f}" for c in rk) + "."
+            lines += [f"Seed {k}'s along the curve: " + _curve_text(rk) + "."
                       for k, rk in o.get("curve_ratio_seeds", {}).items()]
         if len(h["ratio_seeds"]) > 1:
             lines += ["", f"Perplexity ratio SPEN / GPT on {h['main_split']} by seed: "
                       + ", ".join(f"seed {k} {v:.3f}" for k, v in h["ratio_seeds"].items()) + "."]
         lines += ["", "Perplexity ratio SPEN / GPT: " + ", ".join(f"{k} **{v:.3f}**" for k, v in h["ratio"].items()) + ".",
                   "", "Ratio along the curve (whole validation stream): "
-                  + ", ".join(f"{c['tokens']:.3g} tok {c['ratio']:.3f}" for c in h["curve_ratio"]) + "."]
-        lines += [f"Seed {k}'s: " + ", ".join(f"{c['tokens']:.3g} tok {c['ratio']:.3f}" for c in rk) + "."
+                  + _curve_text(h["curve_ratio"]) + "."]
+        lines += [f"Seed {k}'s: " + _curve_text(rk) + "."
                   for k, rk in h.get("curve_ratio_seeds", {}).items()]
         ex = h.get("extrapolated")
         if ex:
