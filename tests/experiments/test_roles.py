@@ -213,6 +213,7 @@ def test_an_interrupted_run_keeps_its_finished_seeds_and_only_those_of_its_own_s
     # exists, the context run_record starts here, which a forked worker's optimizer step would touch.
     monkeypatch.setattr(roles, "run_seed", refused)
     result = roles.run(other, out)  # seeds 0-2 in two worker processes, each saved as it arrives
+    assert calls == [0, 1]  # the workers' calls are their own; none of them ran here
     assert "made by other code or settings: seed 0" in capsys.readouterr().out
     assert [r["seed"] for r in result["per_seed"]] == [0, 1, 2] and not (out / "partial").exists()
     assert result["config"]["two_stage"]["n_units"] == 9

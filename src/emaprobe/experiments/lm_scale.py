@@ -590,10 +590,8 @@ def summarize(runs: dict[str, dict]) -> dict[str, Any]:
     diffs = {}
     for a, b in (("spen-ema-attnpred", "spen-ema"), ("spen-learned_ema", "spen-ema"), ("spen-selective", "spen-ema"),
                  ("spen-gla", "spen-ema"), ("spen-ema", "gpt"), ("spen-selective", "gpt"), ("spen-gla", "gpt")):
-        common = sorted(set(mech.get(a, {})) & set(mech.get(b, {})))
+        common, d, (m, lo, hi) = _paired(mech.get(a, {}), mech.get(b, {}))
         if common:
-            d = [_test_loss(mech[a][k]) - _test_loss(mech[b][k]) for k in common]
-            m, lo, hi = t_interval(d)
             diffs[f"{a} - {b}"] = {"mean": m, "lo": lo, "hi": hi, "seeds": len(common), "values": d}
     s["paired"] = diffs
     gap = []
@@ -644,12 +642,10 @@ def summarize(runs: dict[str, dict]) -> dict[str, Any]:
                 if e_k > g_k:
                     gaps[k] = (e_k - v_k) / (e_k - g_k)
             fit = _curve_fit(r)
-            paired = sorted(set(runs_v) & set(by_seed["spen-ema"]))
-            minus_ema = [_test_loss(runs_v[k]) - _test_loss(by_seed["spen-ema"][k]) for k in paired]
+            paired, minus_ema, (m, lo, hi) = _paired(runs_v, by_seed["spen-ema"])
             h["others"][v] = {**_brief(r), "ratio": {k: r["final"][k]["ppl"] / gp["final"][k]["ppl"] for k in r["final"]},
                               # test loss minus spen-ema's, paired by seed (same data order)
-                              "minus_ema": dict(zip(("mean", "lo", "hi"), t_interval(minus_ema)), seeds=paired,
-                                                values=minus_ema),
+                              "minus_ema": {"mean": m, "lo": lo, "hi": hi, "seeds": paired, "values": minus_ema},
                               "gap_losses": {"spen-ema": _test_loss(sp), v: _test_loss(r), "gpt": _test_loss(gp)},
                               "gap_closed_seeds": gaps,  # seed -> share of that seed's ema -> gpt gap closed
                               "curve_ratio": _curve_ratio(r, gp),
@@ -811,7 +807,7 @@ def _predictor_at_scale(h: dict[str, Any], cfg: dict[str, Any], command: str) ->
     ema -> gpt gap is open (the paper's own ran on a smaller model than its 130M one)."""
     o, tol = h["others"]["spen-ema-attnpred"], SAME_LOSS_NATS
     d = o["minus_ema"]
-    by_seed = ", ".join(f"{k} {v:+.4f}" for k, v in zip(d["seeds"], d["values"]))
+    by_seed = _by_seed(dict(zip(d["seeds"], d["values"])), "+.4f")
     if len(d["seeds"]) >= 2:
         verdict = verdict_no_difference(d["mean"], d["lo"], d["hi"], tol=tol)
         rule = (f"Paired by seed ({by_seed}); 95% t-interval [{d['lo']:.4f}, {d['hi']:.4f}]. "
@@ -835,9 +831,17 @@ def _predictor_at_scale(h: dict[str, Any], cfg: dict[str, Any], command: str) ->
         verdict=verdict, command=command, labels="none (language modelling)", note=rule)
 
 
-def _by_seed(values: dict) -> str:
+def _by_seed(values: dict, fmt: str = ".3f") -> str:
     """'0 0.815, 1 0.828, ...': a per-seed figure, in seed order."""
-    return ", ".join(f"{k} {v:.3f}" for k, v in sorted(values.items()))
+    return ", ".join(f"{k} {v:{fmt}}" for k, v in sorted(values.items()))
+
+
+def _paired(a: dict[int, dict], b: dict[int, dict]) -> tuple[list[int], list[float], tuple]:
+    """Test loss of a's runs minus b's, paired by seed (same data order): (seeds, differences,
+    (mean, lo, hi) of the 95% t-interval); no common seed gives ([], [], (nan, nan, nan))."""
+    seeds = sorted(set(a) & set(b))
+    d = [_test_loss(a[k]) - _test_loss(b[k]) for k in seeds]
+    return seeds, d, t_interval(d) if d else (math.nan, math.nan, math.nan)
 
 
 def _curve_text(points: list[dict]) -> str:
