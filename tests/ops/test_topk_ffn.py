@@ -196,27 +196,53 @@ def test_topk_mask_gradient_is_topk_scatter_gradient_for_relu_codes():
 GPU = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
+def _same_with_nans(got, ref):
+    """Equal values, NaN where the other has NaN (torch.equal never calls two NaNs equal)."""
+    return torch.equal(got.isnan(), ref.isnan()) and torch.equal(got.nan_to_num(0.5), ref.nan_to_num(0.5))
+
+
+def _mask_input(pattern, F_, k, dtype):
+    g = torch.Generator().manual_seed(F_ + k)
+    if pattern.startswith("ties"):  # integers in a narrow range: the k-th value tied in most rows
+        return torch.randint(-4, 5, (37, F_), generator=g).to(dtype)
+    a = torch.randn(3, 37, F_, generator=g).to(dtype)
+    if pattern == "relu":  # more zeros than F - k in some rows
+        a = torch.relu(a - 1.5)
+    if pattern == "nonfinite, relu inside":  # relu keeps NaN of either sign, as the largest value
+        a[0, :, 0], a[0, :, -1], a[1, :, 1], a[2, ::2, 2], a[2, 1::2, -2] = float("nan"), -0.0, float("inf"), \
+            -float("nan"), -float("inf")
+    return a
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
-@pytest.mark.parametrize("F_,k", [(101, 7), (3072, 185), (1000, 1), (257, 256), (64, 64), (5000, 300)])
-@pytest.mark.parametrize("pattern", ["randn", "ties", "relu", "relu inside"])
+@pytest.mark.parametrize("F_,k", [(101, 7), (3072, 185), (1000, 1), (257, 256), (64, 64), (5000, 300), (138, 40)])
+@pytest.mark.parametrize("pattern", ["randn", "ties", "relu", "relu inside", "ties, relu inside",
+                                     "nonfinite, relu inside"])
 @pytest.mark.parametrize("gpu", [pytest.param(0, marks=GPU)])
 def test_triton_topk_mask_equals_the_reference(gpu, pattern, F_, k, dtype):
-    """``relu inside``: the kernel takes relu(a) itself, as it loads a (negatives become zeros)."""
-    from emaprobe.ops.triton.topk import topk_mask_triton
+    """``relu inside``: the kernel takes relu(a) itself, as it loads a (negatives become zeros).
+    bf16 with an even F takes the two-keys-a-word kernel there (one part: F 64; two parts: 3072,
+    1000, 138 with padding lanes), every other case the bit-by-bit one."""
+    from emaprobe.ops.triton.topk import takes_pairs, topk_mask_triton
 
-    g = torch.Generator().manual_seed(F_ + k)
-    if pattern == "ties":  # integers in a narrow range: the k-th value tied in most rows
-        a = torch.randint(-4, 5, (37, F_), generator=g).to(dtype)
-    else:
-        a = torch.randn(3, 37, F_, generator=g).to(dtype)
-        if pattern == "relu":  # more zeros than F - k in some rows
-            a = torch.relu(a - 1.5)
-    relu = pattern == "relu inside"
+    a = _mask_input(pattern, F_, k, dtype)
+    relu = pattern.endswith("relu inside")
+    assert takes_pairs(a.cuda(), relu) == (relu and dtype == torch.bfloat16 and F_ % 2 == 0)
     got = topk_mask_triton(a.cuda(), k, relu).cpu()
     ref = topk_mask_reference(torch.relu(a) if relu else a, k)
     assert got.dtype == a.dtype and got.shape == a.shape
-    assert torch.equal(got, ref)
+    assert _same_with_nans(got, ref)
     assert torch.equal((got != 0).sum(-1) <= k, torch.ones_like(got[..., 0], dtype=torch.bool))
+
+
+@pytest.mark.parametrize("gpu", [pytest.param(0, marks=GPU)])
+def test_triton_topk_mask_rows_off_a_word_boundary_take_the_bit_by_bit_kernel(gpu):
+    from emaprobe.ops.triton.topk import takes_pairs, topk_mask_triton
+
+    a = _mask_input("relu inside", 3072, 185, torch.bfloat16).reshape(-1).cuda()
+    view = a[1:1 + 37 * 3072].view(37, 3072)  # contiguous, 2 bytes past a 4-byte boundary
+    assert not takes_pairs(view, True) and takes_pairs(a[:37 * 3072].view(37, 3072), True)
+    assert torch.equal(topk_mask_triton(view, 185, True).cpu(), topk_mask_reference(torch.relu(view.cpu()), 185))
 
 
 @pytest.mark.parametrize("gpu", [pytest.param(0, marks=GPU)])
@@ -246,8 +272,9 @@ def test_triton_topk_mask_in_the_interpreter_equals_the_reference():
         from emaprobe.ops.triton.topk import topk_mask_triton
         g = torch.Generator().manual_seed(0)
         bad = []
+        same = lambda x, y: torch.equal(x.isnan(), y.isnan()) and torch.equal(x.nan_to_num(0.5), y.nan_to_num(0.5))
         for dtype in (torch.bfloat16, torch.float16, torch.float32):
-            for F, k in ((101, 7), (257, 256), (64, 64), (300, 1)):
+            for F, k in ((101, 7), (257, 256), (64, 64), (300, 1), (138, 40), (3072, 185)):
                 for ties in (False, True):
                     a = torch.randint(-4, 5, (5, F), generator=g).to(dtype) if ties else \\
                         torch.randn(5, F, generator=g).to(dtype)
@@ -255,6 +282,10 @@ def test_triton_topk_mask_in_the_interpreter_equals_the_reference():
                         bad.append((str(dtype), F, k, ties))
                     if not torch.equal(topk_mask_triton(a, k, True), topk_mask_reference(torch.relu(a), k)):
                         bad.append((str(dtype), F, k, ties, "relu"))
+                a[0, 0], a[1, 1], a[2, 2], a[3, -1], a[4, 3] = float("nan"), -float("nan"), float("inf"), -0.0, \\
+                    -float("inf")
+                if not same(topk_mask_triton(a, k, True), topk_mask_reference(torch.relu(a), k)):
+                    bad.append((str(dtype), F, k, "nonfinite, relu"))
         print("BAD", bad)
     """)
     env = dict(os.environ, TRITON_INTERPRET="1")

@@ -11,6 +11,7 @@ keys get different entries.
 from __future__ import annotations
 
 import inspect
+import threading
 
 import pytest
 import torch
@@ -317,8 +318,8 @@ def test_second_call_makes_no_coefficients_and_allocates_only_outputs(ops, monke
     log.clear()
     ema.ema_traces_fwd(x, ALPHAS, cfg=cfg)
     assert made == []  # no coefficient tensor
-    # the traces and the end states (h_T is a view), and pass 1's end states in two passes only
-    assert len(allocated) == 2 + (cfg is TWO_PASS)
+    # the traces and the end states (h_T is a view); pass 1's end states in two passes come from the plan
+    assert len(allocated) == 2
     for (_, _, a1, k1), (_, _, a2, k2) in zip(first, log):
         assert all(u is v for u, v in zip(a1[5:8], a2[5:8]))  # the very same coefficient tensors
         assert k1 == k2
@@ -375,6 +376,67 @@ def test_a_state_nobody_asked_for_is_neither_allocated_nor_stored(ops, monkeypat
         assert k1 == k2
         # only the state's own buffer is swapped for a stand-in
         assert [x for x, y in zip(a1, a2) if x != y] == [x for x in a1 if isinstance(x, tuple) and x[0] == "state"]
+
+
+# launchers with scratch (segments in two passes, or warm-ups and their marks): (op, cfg, B, T, features)
+SCRATCH = [("ema_fwd", TWO_PASS, 1, 4097, 33), ("ema_bwd", TWO_PASS, 1, 4097, 33),
+           ("lin_fwd", WARM, 1, 3001, (40,)), ("lin_fwd", SPLIT, 1, 4097, (40,)), ("lin_bwd", SPLIT, 1, 4097, (40,))]
+
+
+def _scratch_call(ops, monkeypatch, op, cfg, B, T, D):
+    """One call of a launcher -> (its launches' tensor arguments that are none of the call's inputs or
+    outputs, by identity of their storage; torch.empty calls)."""
+    ema, lin = ops
+    g = torch.Generator().manual_seed(0)
+    which, mod = ("ema", ema) if op.startswith("ema") else ("lin", lin)
+    full = {"ema_fwd": (B, T, D), "ema_bwd": (B, T, 3, D)}.get(op) or (B, T) + D
+    u, v = torch.randn(full, generator=g), torch.rand(full, generator=g) * 0.5 + 0.5
+    run = {"ema_fwd": lambda: ema.ema_traces_fwd(u, ALPHAS, cfg=cfg, state=False),
+           "ema_bwd": lambda: ema.ema_traces_bwd(u, ALPHAS, cfg=cfg, state=False),
+           "lin_fwd": lambda: lin.linear_scan_fwd(v, u, cfg=cfg, state=False),
+           "lin_bwd": lambda: lin.linear_scan_bwd(v, u, u, cfg=cfg, state=False)}[op]
+    log = record(monkeypatch.setattr, mod, which, SMS)
+    with monkeypatch.context() as m:
+        allocated = _count_calls(m, "empty")
+        outs = run()
+    coefs = ema._coefs(ALPHAS, u.device)[:3] if which == "ema" else ()
+    known = {t.untyped_storage().data_ptr() for t in (u, v, *outs, *coefs) if t is not None}
+    found = {a.untyped_storage().data_ptr() for _, _, args, _ in log for a in args
+             if isinstance(a, torch.Tensor)} - known
+    return found, allocated
+
+
+@pytest.mark.parametrize("case", SCRATCH, ids=[f"{c[0]}-{c[1].warmup}-T{c[3]}" for c in SCRATCH])
+def test_scratch_is_made_once_per_thread_and_afresh_while_compiling(ops, monkeypatch, case):
+    """A launcher's scratch (what one launch writes and the next reads, never returned) is made by its first
+    call and handed to later calls on the same stream and thread without an allocation; another thread gets
+    its own (two threads may share a stream, and their launches interleave), and so does every call under
+    torch.compile, as the plans themselves are built afresh there (``cache.scratch``)."""
+    first, alloc_first = _scratch_call(ops, monkeypatch, *case)
+    second, alloc_second = _scratch_call(ops, monkeypatch, *case)
+    assert first and second == first
+    assert len(alloc_second) == len(alloc_first) - len(first) >= 1  # the outputs alone
+    other: list = []
+    worker = threading.Thread(target=lambda: other.append(_scratch_call(ops, monkeypatch, *case)))
+    worker.start()
+    worker.join()
+    assert other[0][0] and not other[0][0] & first and len(other[0][1]) == len(alloc_first)
+    assert _scratch_call(ops, monkeypatch, *case)[0] == first  # this thread's are still its own
+    with monkeypatch.context() as m:
+        _compiling(m)
+        compiled, alloc_compiled = _scratch_call(ops, monkeypatch, *case)
+    assert compiled and not compiled & first and len(alloc_compiled) == len(alloc_first)
+
+
+def test_scratch_store_stays_bounded():
+    owner: dict = {}
+    made = []
+    for tag in range(cache.MAX_SCRATCH + 3):
+        cache.scratch(owner, lambda: made.append(1) or torch.zeros(3), torch.device("cpu"), str(tag))
+    assert len(made) == cache.MAX_SCRATCH + 3 and len(owner) == cache.MAX_SCRATCH
+    assert ("0", "cpu", None, None) not in {k[:4] for k in owner}  # the oldest went first
+    t = cache.scratch(owner, lambda: made.append(1) or torch.zeros(3), torch.device("cpu"), "5")
+    assert len(made) == cache.MAX_SCRATCH + 3 and t is owner[("5", "cpu", None, None, threading.get_ident())]
 
 
 def test_plans_distinct_per_key_and_shared_across_dtypes(ops, monkeypatch):

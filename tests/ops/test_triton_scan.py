@@ -244,6 +244,50 @@ def test_linear_scan_triton_segmented_and_broadcast_decay(T):
     _lin_case(2, T, (40,), torch.float32, True, a_shape=(1, 1, 40))
 
 
+def test_scratch_kept_per_stream_and_made_afresh_under_graph_capture():
+    """A segmented call's scratch (segment end states and decay products, ``cache.scratch``) is kept
+    per stream: calls queued on two streams at once each use their own. A call captured in a CUDA graph
+    makes its own, which its replays keep using while eager calls run between them."""
+    from emaprobe.ops.triton import cache
+
+    cache.clear()
+    g = torch.Generator(device="cuda").manual_seed(0)
+    cases = [(torch.rand(1, 4097, 40, device="cuda", generator=g) * 0.5 + 0.5,
+              torch.randn(1, 4097, 40, device="cuda", generator=g)) for _ in range(3)]
+    refs = [naive_linear_scan(a.double(), b.double()) for a, b in cases]
+    lin.linear_scan_fwd(*cases[0], cfg=SPLIT, state=False)
+    (p,) = cache.store("lin_fwd").values()
+    assert p.nseg > 1 and len(p.scratch) == 1
+    streams = [torch.cuda.Stream() for _ in range(2)]
+    outs: list = [[], []]
+    for _ in range(20):  # queued on both streams without waiting: any sharing of scratch would mix them
+        for s, (a, b), got in zip(streams, cases[1:], outs):
+            with torch.cuda.stream(s):
+                got.append(lin.linear_scan_fwd(a, b, cfg=SPLIT, state=False)[0])
+    torch.cuda.synchronize()
+    assert len(p.scratch) == 3
+    for got, ref in zip(outs, refs[1:]):
+        assert max(rel(o, ref) for o in got) < TOL[torch.float32]
+    a, b = (t.clone() for t in cases[0])
+    graph = torch.cuda.CUDAGraph()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        lin.linear_scan_fwd(a, b, cfg=SPLIT, state=False)  # warm-up on the capture's stream
+    torch.cuda.current_stream().wait_stream(side)
+    kept = len(p.scratch)
+    with torch.cuda.graph(graph):
+        captured = lin.linear_scan_fwd(a, b, cfg=SPLIT, state=False)[0]
+    assert len(p.scratch) == kept  # the capture's scratch is the graph's, not the store's
+    for (a_new, b_new), ref in zip(cases[1:], refs[1:]):
+        a.copy_(a_new)
+        b.copy_(b_new)
+        graph.replay()
+        eager = lin.linear_scan_fwd(*cases[0], cfg=SPLIT, state=False)[0]  # between replays, its own scratch
+        torch.cuda.synchronize()
+        assert rel(captured, ref) < TOL[torch.float32] and rel(eager, refs[0]) < TOL[torch.float32]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize(
     "decays,a_shape",

@@ -18,6 +18,11 @@ N = ``--tokens`` tokens, k = ``active_units(0.06, d_ff)``. CPU runs float32; CUD
 float32 weights under bf16 autocast, as training does. Each figure is the median of
 ``--repeats`` timed runs after warm-up, the forms taking turns; on CUDA each run is
 timed with CUDA events between synchronizations. Speed-ups are dense's time over each form's.
+
+On CUDA the selection alone is timed too, on a bf16 (N, d_ff) code with the relu inside, as the
+mask form runs it: ``topk_mask`` (the Triton kernel) against its peer, the dense form's relu,
+``torch.topk`` and scatter, and against its floor, the code's bytes read and written (4 N d_ff)
+at the card's copy bandwidth; medians of back-to-back calls (``triton.testing.do_bench``).
 """
 
 from __future__ import annotations
@@ -30,9 +35,10 @@ from pathlib import Path
 
 import torch
 
-from emaprobe.experiments.common import card_slug
+from emaprobe.experiments.common import bench_eager_ms, card_slug, copy_bandwidth
 from emaprobe.layers import active_units
 from emaprobe.ops import FFN_IMPLS, topk_ffn
+from emaprobe.ops.sparse_ffn import topk_code, topk_mask
 from emaprobe.utils import atomic_write_json, run_record
 
 # name -> (d_in, d_ff, d_out); "130m" is the 130M model's width, "small" and "tiny" spen-small's and spen-tiny's
@@ -108,6 +114,35 @@ def bench_width(name: str, tokens: int, repeats: int, device: torch.device, frac
     return row
 
 
+def bench_selection(row: dict, bw: float) -> None:
+    """Add the CUDA selection figures to ``row``: ``select_<name>_s`` for the mask kernel and
+    its peer, ``select_floor_s`` (4 N d_ff bytes at ``bw`` bytes/s) and each one's ratio to it."""
+    n, d_ff, k = row["N"], row["d_ff"], row["k"]
+    gen = torch.Generator().manual_seed(1)
+    a = torch.randn(n, d_ff, generator=gen).to("cuda", torch.bfloat16)
+
+    def topk_scatter():
+        vals, idx = topk_code(torch.relu(a), k)
+        return torch.zeros_like(a).scatter(-1, idx, vals)
+
+    # the same values kept in every row (which of several tied units is kept may differ)
+    if not torch.equal(topk_mask(a, k, relu=True).sort(-1).values, topk_scatter().sort(-1).values):
+        raise RuntimeError(f"topk_mask and topk + scatter keep different values at {row['width']}")
+    row["select_floor_s"] = 4 * n * d_ff / bw
+    for name, fn in (("mask", lambda: topk_mask(a, k, relu=True)), ("topk_scatter", topk_scatter)):
+        row[f"select_{name}_s"] = bench_eager_ms(fn) / 1e3
+        row[f"select_{name}_x_floor"] = row[f"select_{name}_s"] / row["select_floor_s"]
+
+
+def format_selection(rows: list[dict]) -> str:
+    lines = [f"{'width (N x d_ff, k)':<30}{'mask kernel':>22}{'topk + scatter':>22}{'floor':>12}"]
+    for r in rows:
+        cells = [f"{r[f'select_{n}_s'] * 1e3:.3f}ms {r[f'select_{n}_x_floor']:.2f}x" for n in ("mask", "topk_scatter")]
+        lines.append(f"{r['width'] + ' (' + str(r['N']) + ' x ' + str(r['d_ff']) + ', ' + str(r['k']) + ')':<30}"
+                     f"{cells[0]:>22}{cells[1]:>22}{r['select_floor_s'] * 1e3:>10.3f}ms")
+    return "\n".join(lines)
+
+
 def format_table(rows: list[dict]) -> str:
     cols = [(f"{impl} {label}", f"{impl}_{what}_s", f"{impl}_{what}_speedup")
             for what, label in (("fwd", "fwd"), ("fwd_bwd", "f+b")) for impl in IMPLS]
@@ -147,22 +182,31 @@ def _run(widths, tokens: int, repeats: int, dev: torch.device, out_dir) -> dict:
     unknown = sorted(set(widths) - set(WIDTHS))
     if unknown:
         raise ValueError(f"unknown width(s) {unknown}; choose from {sorted(WIDTHS)}")
+    on_gpu = dev.type == "cuda"
+    bw = copy_bandwidth() if on_gpu else None
     rows = []
     for name in widths:
         rows.append(bench_width(name, tokens, repeats, dev))
+        if on_gpu:
+            bench_selection(rows[-1], bw)
         print(format_table(rows[-1:]).splitlines()[-1], flush=True)
-    card = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-    where = card if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} torch threads"
+    card = torch.cuda.get_device_name(dev) if on_gpu else "cpu"
+    where = card if on_gpu else f"CPU, {torch.get_num_threads()} torch threads"
     print()
     print(f"top-k FFN (k = ceil(0.06 d_ff)), N = {tokens} tokens, {where}, median of {repeats}; "
           f"speed-up = dense's time / the form's")
     print(format_table(rows))
+    if on_gpu:
+        print(f"\nthe selection alone (bf16 code, relu inside), median of back-to-back calls; x = time over "
+              f"the floor, 4 N d_ff bytes at the copy bandwidth ({bw / 1e12:.2f} TB/s):")
+        print(format_selection(rows))
     result = run_record(
         benchmark=f"ffn-{dev.type}",
         card=card,
         tokens=tokens,
         repeats=repeats,
         torch_threads=torch.get_num_threads(),
+        **({"copy_bandwidth_Bps": bw} if on_gpu else {}),
         rows=rows,
     )
     if out_dir is not None:

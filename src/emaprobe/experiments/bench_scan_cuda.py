@@ -76,7 +76,15 @@ from types import SimpleNamespace
 
 import torch
 
-from emaprobe.experiments.common import card_slug, check_tag, pyplot, save_fig, write_result
+from emaprobe.experiments.common import (
+    bench_eager_ms,
+    card_slug,
+    check_tag,
+    copy_bandwidth,
+    pyplot,
+    save_fig,
+    write_result,
+)
 from emaprobe.ops import DEFAULT_ALPHAS, ema_step, ema_traces
 from emaprobe.utils import atomic_write_json, run_record
 
@@ -116,13 +124,6 @@ HOST_WINDOWS = 5  # host-time windows, HOST_WINDOW_GAP_S apart (host_overhead)
 HOST_WINDOW_GAP_S = 0.3
 
 
-def _bench_eager(fn, warmup: int = 25, rep: int = 200) -> float:
-    """Median milliseconds of ``fn`` launched from Python (CPU launch overhead included)."""
-    import triton.testing
-
-    return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
-
-
 def _bench(fn, name: str = "", rep: int = 100) -> float:
     """Median milliseconds of ``fn`` per call, replayed from a CUDA graph.
 
@@ -140,7 +141,7 @@ def _bench(fn, name: str = "", rep: int = 100) -> float:
         EAGER_FALLBACKS.append(name)
         print(f"{name}: CUDA-graph capture failed ({type(err).__name__}: {str(err)[:120]}); timing eagerly",
               file=sys.stderr)
-        return _bench_eager(fn, rep=rep)
+        return bench_eager_ms(fn, rep=rep)
 
 
 def host_us(fn, calls: int = 50, rounds: int = 7, sync=None) -> float:
@@ -297,16 +298,6 @@ def _fwdbwd_peers(row: dict) -> str:
                                 ("torch_mul_fwdbwd", "the autograd engine alone (x * 2)"))
              if f"host_us_{name}" in row]
     return f" ({'; '.join(parts)})" if parts else ""
-
-
-def copy_bandwidth(nbytes: int = 1 << 30) -> float:
-    """Device-to-device copy bandwidth in bytes/s, counting bytes read plus bytes written."""
-    src = torch.randn(nbytes // 4, device="cuda")
-    dst = torch.empty_like(src)
-    # eager on purpose: inside a CUDA graph a copy can become a copy-engine node (slower,
-    # 2.77 TB/s against 4.22 on the H200 here); take the faster of two copies, the stricter floor
-    ms = min(_bench_eager(lambda: dst.copy_(src)), _bench_eager(lambda: torch.mul(src, 1.0, out=dst)))
-    return 2 * nbytes / (ms * 1e-3)
 
 
 def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -469,11 +460,11 @@ def bench_shape(ts, shape, alphas, bw: float, peers: dict, loop: bool) -> dict:
     with torch.no_grad():
         # alphas as floats, as the public op passes them: a CUDA tensor's values would cost a sync
         row["ours_ema_fwd_ms"] = _bench(lambda: ts.ema_traces_fwd(x, alphas), "ours_ema_fwd")
-        row["ours_ema_fwd_eager_ms"] = _bench_eager(lambda: ts.ema_traces_fwd(x, alphas))
+        row["ours_ema_fwd_eager_ms"] = bench_eager_ms(lambda: ts.ema_traces_fwd(x, alphas))
         out = torch.empty(B, T, S, D, device="cuda", dtype=dt)
         row["torch_broadcast_copy_ms"] = _bench(lambda: out.copy_(x.unsqueeze(2).expand(B, T, S, D)), "copy")
         # the public op, eager (do_bench: L2 cleared between calls; host_overhead times it back to back)
-        row["public_ema_traces_fwd_eager_ms"] = _bench_eager(lambda: ema_traces(x, alphas, backend="triton"))
+        row["public_ema_traces_fwd_eager_ms"] = bench_eager_ms(lambda: ema_traces(x, alphas, backend="triton"))
     xg = x.detach().requires_grad_()
     gout = torch.randn(B, T, S, D, device="cuda", dtype=dt)
 

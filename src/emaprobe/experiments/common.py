@@ -104,6 +104,24 @@ def pyplot():
     return plt
 
 
+def bench_eager_ms(fn, warmup: int = 25, rep: int = 200) -> float:
+    """Median milliseconds of ``fn`` launched from Python, back to back (CUDA; needs Triton)."""
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
+
+
+def copy_bandwidth(nbytes: int = 1 << 30) -> float:
+    """Device-to-device copy bandwidth in bytes/s, counting bytes read plus bytes written: the
+    floor the CUDA benchmarks set each kernel's bytes against."""
+    src = torch.randn(nbytes // 4, device="cuda")
+    dst = torch.empty_like(src)
+    # eager on purpose: inside a CUDA graph a copy can become a copy-engine node (slower,
+    # 2.77 TB/s against 4.22 on the H200 here); take the faster of two copies, the stricter floor
+    ms = min(bench_eager_ms(lambda: dst.copy_(src)), bench_eager_ms(lambda: torch.mul(src, 1.0, out=dst)))
+    return 2 * nbytes / (ms * 1e-3)
+
+
 def card_slug(card: str) -> str:
     """'NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3': the card's name in result file names."""
     return "-".join("".join(c if c.isalnum() else " " for c in card.lower()).split())

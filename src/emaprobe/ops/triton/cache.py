@@ -7,6 +7,12 @@ a short kernel's own time, so an eager call would be host-bound. ``ema.py`` and
 alphas, device, whether an initial state is given, the ``TileConfig``), and keep it here; a
 call then allocates its outputs and launches.
 
+The scratch tensors a call's launches pass between them (segment end states, decay products,
+warm-up marks: written by one launch, read by the next, never returned) are kept too, in the
+plan, per (device, stream, thread): a call on one stream finishes with them before the next call
+on that stream starts, so reuse needs no synchronization. Calls under CUDA graph capture make
+their own (the graph's pool holds them for its replays).
+
 Under ``torch.compile`` the stores are bypassed: Dynamo traces the builder, as it traced the
 per-call planning before, rather than a lookup in a module-level dict whose contents it would
 have to guard on (a new entry would recompile every graph that read the dict).
@@ -14,6 +20,7 @@ have to guard on (a new entry would recompile every graph that read the dict).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -48,6 +55,31 @@ def cached(name: str, build: Callable[..., Any], *key: Hashable) -> Any:
         del entries[next(iter(entries))]
     entries[key] = value
     return value
+
+
+# per plan; past it the oldest (device, stream, thread) entry goes
+MAX_SCRATCH = 8
+
+
+def scratch(owner: dict, make: Callable[[], Any], device: torch.device, tag: str = "") -> Any:
+    """``make()``'s scratch tensors, made once per (``tag``, device, current stream, thread) in ``owner``
+    (a plan's own dict), or afresh while compiling or capturing a CUDA graph (see above)."""
+    if torch.compiler.is_compiling():
+        return make()
+    idx = stream = None
+    if device.type == "cuda":
+        if torch.cuda.is_current_stream_capturing():
+            return make()
+        idx = device.index if device.index is not None else torch.cuda.current_device()
+        stream = torch._C._cuda_getCurrentRawStream(idx)
+    key = (tag, device.type, idx, stream, threading.get_ident())
+    got = owner.get(key)
+    if got is None:
+        got = make()
+        if len(owner) >= MAX_SCRATCH:
+            del owner[next(iter(owner))]
+        owner[key] = got
+    return got
 
 
 def clear() -> None:

@@ -63,6 +63,7 @@ host time as ``host_us_*``).
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -70,7 +71,7 @@ import triton
 import triton.language as tl
 
 from emaprobe.ops.triton import opaque
-from emaprobe.ops.triton.cache import cached
+from emaprobe.ops.triton.cache import cached, scratch
 from emaprobe.ops.triton.common import (
     channel_mask,
     combine,
@@ -466,6 +467,7 @@ class _Launch(NamedTuple):
     #                               (bwd); (B, S, D) for one segment, the same bytes returned without a view
     two_pass: bool  # segments in two passes: a scratch buffer of state_shape for pass 1
     groups: tuple  # per group from s0: (s0, pass 1's Launch, the scan's Launch); common.launch starts them
+    scratch: dict  # cache.scratch's store: pass 1's buffer, per device, stream and thread
 
 
 def _state_shape(B: int, nseg: int, S: int, D: int) -> tuple[int, ...]:
@@ -487,11 +489,16 @@ def _tile_constants(cfg: TileConfig, D: int, ns: int) -> dict:
                 EVEN_D=D % cfg.block == 0, WSTAGES=cfg.warm_stages)
 
 
+def _pass1_buffer(p: _Launch, dev: torch.device) -> torch.Tensor:
+    # pass 1's segment end states (forward) or start gradients (backward), read by the scan's pass 2
+    return torch.empty(p.state_shape, dtype=torch.float32, device=dev)
+
+
 def _ema_fwd_launch(B: int, T: int, D: int, alphas: tuple[float, ...], has_h0: bool, state: bool,
                     device: torch.device, sms: int, cfg: TileConfig | None) -> _Launch:
     S = len(alphas)
     if T == 0 or B * D == 0:
-        return _Launch(S, None, (), False, ())
+        return _Launch(S, None, (), False, (), {})
     cfg, nd, nseg, seglen, warm, two_pass = _segmented(cfg, EMA_FWD, B, T, D, alphas, sms)
     groups = []
     for (dec, dec64, alp), s0 in zip(_coefs(alphas, device).groups, range(0, S, GROUP)):
@@ -504,7 +511,7 @@ def _ema_fwd_launch(B: int, T: int, D: int, alphas: tuple[float, ...], has_h0: b
         grid = (nd, nseg, B)
         groups.append((s0, make_launch(_ema_fwd_kernel, grid, pass1, args),
                        make_launch(_ema_fwd_kernel, grid, scan, args)))
-    return _Launch(S, (nd, nseg, B), _state_shape(B, nseg, S, D), two_pass, tuple(groups))
+    return _Launch(S, (nd, nseg, B), _state_shape(B, nseg, S, D), two_pass, tuple(groups), {})
 
 
 def ema_traces_fwd(
@@ -534,7 +541,7 @@ def ema_traces_fwd(
         return out, hT if state else None
     # without ``state`` the scan stores no end state: any pointer stands in for it
     hend = torch.empty(p.state_shape, dtype=torch.float32, device=dev) if state else x
-    ends = torch.empty(p.state_shape, dtype=torch.float32, device=dev) if p.two_pass else hend
+    ends = scratch(p.scratch, functools.partial(_pass1_buffer, p, dev), dev) if p.two_pass else hend
     hin = x if h0f is None else h0f
     for s0, pass1, scan in p.groups:
         o, hi, he, en = out, hin, hend, ends
@@ -553,7 +560,7 @@ def ema_traces_fwd(
 def _ema_bwd_launch(B: int, T: int, S: int, D: int, alphas: tuple[float, ...], has_gf: bool, state: bool,
                     device: torch.device, sms: int, cfg: TileConfig | None) -> _Launch:
     if T == 0 or B * D == 0:
-        return _Launch(S, None, (), False, ())
+        return _Launch(S, None, (), False, (), {})
     cfg, nd, nseg, seglen, warm, two_pass = _segmented(cfg, EMA_BWD, B, T, D, alphas, sms)
     groups = []
     for (dec, dec64, alp), s0 in zip(_coefs(alphas, device).groups, range(0, S, GROUP)):
@@ -567,7 +574,7 @@ def _ema_bwd_launch(B: int, T: int, S: int, D: int, alphas: tuple[float, ...], h
         grid = (nd, nseg, B)
         groups.append((s0, make_launch(_ema_bwd_kernel, grid, pass1, args),
                        make_launch(_ema_bwd_kernel, grid, scan, args)))
-    return _Launch(S, (nd, nseg, B), _state_shape(B, nseg, S, D), two_pass, tuple(groups))
+    return _Launch(S, (nd, nseg, B), _state_shape(B, nseg, S, D), two_pass, tuple(groups), {})
 
 
 def ema_traces_bwd(
@@ -596,7 +603,7 @@ def ema_traces_bwd(
         g0 = torch.zeros(B, S, D, device=dev) if gf is None else gf.clone()
         return gx, g0 if state else None
     gstart = torch.empty(p.state_shape, dtype=torch.float32, device=dev) if state else gh
-    starts = torch.empty(p.state_shape, dtype=torch.float32, device=dev) if p.two_pass else gstart
+    starts = scratch(p.scratch, functools.partial(_pass1_buffer, p, dev), dev) if p.two_pass else gstart
     gin = gh if gf is None else gf
     for s0, pass1, scan in p.groups:
         g, gi, gs, st = gh, gin, gstart, starts

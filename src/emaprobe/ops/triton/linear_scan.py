@@ -31,6 +31,7 @@ Each sigmoid is one ex2 and one rcp (``common.sigmoid2``).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -39,7 +40,7 @@ import triton
 import triton.language as tl
 
 from emaprobe.ops.triton import opaque
-from emaprobe.ops.triton.cache import cached
+from emaprobe.ops.triton.cache import cached, scratch
 from emaprobe.ops.triton.common import (
     NEG_LOG2E,
     channel_mask,
@@ -401,6 +402,7 @@ class _Launch(NamedTuple):
     warm: bool  # (forward) segments that warm up, then the tiles they left marked rescanned
     flags_shape: tuple[int, ...]  # (B, NSEG, NF) int32: the warm-up's marks
     launches: tuple  # each launch (common.Launch; the call gives the tensors and their strides), in order
+    scratch: dict  # cache.scratch's store: the tensors one call's launches pass between them
 
 
 def _lin_fwd_launch(a_shape: torch.Size, b_shape: torch.Size, has_h0: bool, state: bool, sms: int,
@@ -411,7 +413,7 @@ def _lin_fwd_launch(a_shape: torch.Size, b_shape: torch.Size, has_h0: bool, stat
     F = math.prod(shape[2:])
     state_shape = (B,) + tuple(shape[2:])
     if T == 0 or B * F == 0:
-        return _Launch(shape, state_shape, None, 1, False, (), ())
+        return _Launch(shape, state_shape, None, 1, False, (), (), {})
     cfg = choose(cfg, GATED_FWD if dx else LIN_FWD, B, F, sms)
     nf = -(-F // cfg.block)
     nseg, seglen = segments(cfg, B * nf, T, sms)
@@ -435,7 +437,7 @@ def _lin_fwd_launch(a_shape: torch.Size, b_shape: torch.Size, has_h0: bool, stat
                      STORE_STATE=True)
         launches = tuple(make_launch(_lin_fwd_kernel, grid, c, (T, F, seglen, nseg, 0, dx))
                          for c in ((pass1, scan) if nseg > 1 else (scan,)))
-    return _Launch(shape, state_shape, grid, nseg, plan is not None, (B, nseg, nf), launches)
+    return _Launch(shape, state_shape, grid, nseg, plan is not None, (B, nseg, nf), launches, {})
 
 
 def linear_scan_fwd(
@@ -492,6 +494,13 @@ def gated_scan_fwd(
     return _scan_fwd(p, la, lg, out, h0, state, (x, _bias(decay_bias), _bias(gate_bias)), x.stride()[:2])
 
 
+def _segment_scratch(p: _Launch, B: int, F: int, dev: torch.device) -> tuple:
+    # (B, NSEG, F) float32 twice (segment end states / start gradients, decay products), and the
+    # forward warm-up's int32 marks or None
+    pair = [torch.empty((B, p.nseg, F), dtype=torch.float32, device=dev) for _ in range(2)]
+    return (*pair, torch.empty(p.flags_shape, dtype=torch.int32, device=dev) if p.warm else None)
+
+
 def _scan_fwd(p: _Launch, a3, b3, out, h0, state: bool, gate: tuple, gate_strides: tuple):
     # a forward plan's launches; ``gate``: (x, decay bias, gate bias) of the gated form, or placeholders
     shape = p.shape
@@ -509,10 +518,10 @@ def _scan_fwd(p: _Launch, a3, b3, out, h0, state: bool, gate: tuple, gate_stride
     hend = out
     if state:
         hend = torch.empty((B, nseg, F) if nseg > 1 else p.state_shape, dtype=torch.float32, device=dev)
-    ends = prods = hend
-    flags = torch.empty(p.flags_shape, dtype=torch.int32, device=dev) if p.warm else hend
-    if nseg > 1:
-        ends, prods = (torch.empty((B, nseg, F), dtype=torch.float32, device=dev) for _ in range(2))
+    ends = prods = flags = hend
+    if nseg > 1:  # segments' end states and decay products; the warm-up's marks (``p.warm`` needs segments)
+        ends, prods, marks = scratch(p.scratch, functools.partial(_segment_scratch, p, B, F, dev), dev)
+        flags = hend if marks is None else marks
     if p.warm:  # one pass of warmed-up segments, then exact rescans of the tiles they left marked
         for site in p.launches:
             launch(site, (a3, b3, out, hin, hend, hend, ends, prods, flags, *gate), strides)
@@ -532,7 +541,7 @@ def _lin_bwd_launch(shape: torch.Size, has_gf: bool, has_h0: bool, state: bool, 
     F = math.prod(shape[2:])
     state_shape = (B,) + tuple(shape[2:])
     if T == 0 or B * F == 0:
-        return _Launch(shape, state_shape, None, 1, False, (), ())
+        return _Launch(shape, state_shape, None, 1, False, (), (), {})
     cfg = choose(cfg, GATED_BWD if dx else LIN_BWD, B, F, sms)
     nf = -(-F // cfg.block)
     nseg, seglen = segments(cfg, B * nf, T, sms)
@@ -544,7 +553,7 @@ def _lin_bwd_launch(shape: torch.Size, has_gf: bool, has_h0: bool, state: bool, 
     grid = (nf, nseg, B)
     return _Launch(shape, state_shape, grid, nseg, False, (),
                    tuple(make_launch(_lin_bwd_kernel, grid, c, (T, F, seglen, nseg, max(dx, 1)))
-                         for c in ((pass1, scan) if nseg > 1 else (scan,))))
+                         for c in ((pass1, scan) if nseg > 1 else (scan,))), {})
 
 
 def linear_scan_bwd(
@@ -596,7 +605,7 @@ def _scan_bwd(p: _Launch, a3, gh, h, ga, gb, h0, g_final, state: bool, gate: tup
     starts = prods = gstart
     strides = (*a3.stride(), *gate_strides)
     if nseg > 1:  # pass 1: each segment's start gradient from zero and its decay product
-        starts, prods = (torch.empty((B, nseg, F), dtype=torch.float32, device=dev) for _ in range(2))
+        starts, prods, _ = scratch(p.scratch, functools.partial(_segment_scratch, p, B, F, dev), dev)
         launch(p.launches[0], (a3, gh3, h3, h0_arg, ga, gb, gh3, starts, prods, gh3, gh3, *gate), strides)
     launch(p.launches[-1], (a3, gh3, h3, h0_arg, ga, gb, gh3 if gf is None else gf, gstart, gstart, starts, prods,
                             *gate), strides)
@@ -631,7 +640,9 @@ def gated_scan_bwd(
     # x's gradient per channel, in x's dtype (half the bytes of float32 in bf16, here and in the sum below),
     # summed over the F / D groups (float32 accumulation in torch's sum, one rounding more a group)
     gx = torch.empty(shape, dtype=x.dtype, device=dev)
-    sums = torch.empty((B, p.nseg, 2, F), dtype=torch.float32, device=dev)
+    # per program, read by the sums below on this stream before any later call writes it again
+    sums = scratch(p.scratch, functools.partial(torch.empty, (B, p.nseg, 2, F), dtype=torch.float32, device=dev),
+                   dev, "sums")
     g0 = _scan_bwd(p, la, gh, h, dl[:, :, 0], dl[:, :, 1], h0, g_final, state,
                    (lg, x, _bias(decay_bias), _bias(gate_bias), gx, sums), (*lg.stride(), *x.stride()[:2]))
     dx = gx.view(B, T, D) if F == D else gx.view(B, T, F // D, D).sum(2)
