@@ -332,20 +332,24 @@ STATELESS = [("ema_fwd", None, 16, 300, 768), ("ema_fwd", WARM, 1, 4097, 33), ("
              ("lin_bwd", None, 2, 500, (2, 128)), ("lin_bwd", SPLIT, 1, 4097, (40,))]
 
 
-def _launch_stateless(ops, monkeypatch, op, cfg, B, T, D, state):
-    """One launcher called twice (the second from the cached plan) -> (its launches, canonical, the
-    second call's torch.empty calls, its returned state)."""
+def _launcher(ops, op, cfg, B, T, D, state):
+    """-> ("ema" or "lin", its module, the inputs (u, v), a call of launcher ``op`` on them)."""
     ema, lin = ops
     g = torch.Generator().manual_seed(0)
     which, mod = ("ema", ema) if op.startswith("ema") else ("lin", lin)
-    full = (B, T, D) if which == "ema" else (B, T) + D
-    if op == "ema_bwd":
-        full = (B, T, 3, D)
+    full = {"ema_fwd": (B, T, D), "ema_bwd": (B, T, 3, D)}.get(op) or (B, T) + D
     u, v = torch.randn(full, generator=g), torch.rand(full, generator=g) * 0.5 + 0.5
     run = {"ema_fwd": lambda: ema.ema_traces_fwd(u, ALPHAS, cfg=cfg, state=state),
            "ema_bwd": lambda: ema.ema_traces_bwd(u, ALPHAS, cfg=cfg, state=state),
            "lin_fwd": lambda: lin.linear_scan_fwd(v, u, cfg=cfg, state=state),
            "lin_bwd": lambda: lin.linear_scan_bwd(v, u, u, cfg=cfg, state=state)}[op]
+    return which, mod, (u, v), run
+
+
+def _launch_stateless(ops, monkeypatch, op, cfg, B, T, D, state):
+    """One launcher called twice (the second from the cached plan) -> (its launches, canonical, the
+    second call's torch.empty calls, its returned state)."""
+    which, mod, (u, v), run = _launcher(ops, op, cfg, B, T, D, state)
     log = record(monkeypatch.setattr, mod, which, SMS)
     run()
     with monkeypatch.context() as m:
@@ -386,20 +390,12 @@ SCRATCH = [("ema_fwd", TWO_PASS, 1, 4097, 33), ("ema_bwd", TWO_PASS, 1, 4097, 33
 def _scratch_call(ops, monkeypatch, op, cfg, B, T, D):
     """One call of a launcher -> (its launches' tensor arguments that are none of the call's inputs or
     outputs, by identity of their storage; torch.empty calls)."""
-    ema, lin = ops
-    g = torch.Generator().manual_seed(0)
-    which, mod = ("ema", ema) if op.startswith("ema") else ("lin", lin)
-    full = {"ema_fwd": (B, T, D), "ema_bwd": (B, T, 3, D)}.get(op) or (B, T) + D
-    u, v = torch.randn(full, generator=g), torch.rand(full, generator=g) * 0.5 + 0.5
-    run = {"ema_fwd": lambda: ema.ema_traces_fwd(u, ALPHAS, cfg=cfg, state=False),
-           "ema_bwd": lambda: ema.ema_traces_bwd(u, ALPHAS, cfg=cfg, state=False),
-           "lin_fwd": lambda: lin.linear_scan_fwd(v, u, cfg=cfg, state=False),
-           "lin_bwd": lambda: lin.linear_scan_bwd(v, u, u, cfg=cfg, state=False)}[op]
+    which, mod, (u, v), run = _launcher(ops, op, cfg, B, T, D, False)
     log = record(monkeypatch.setattr, mod, which, SMS)
     with monkeypatch.context() as m:
         allocated = _count_calls(m, "empty")
         outs = run()
-    coefs = ema._coefs(ALPHAS, u.device)[:3] if which == "ema" else ()
+    coefs = mod._coefs(ALPHAS, u.device)[:3] if which == "ema" else ()
     known = {t.untyped_storage().data_ptr() for t in (u, v, *outs, *coefs) if t is not None}
     found = {a.untyped_storage().data_ptr() for _, _, args, _ in log for a in args
              if isinstance(a, torch.Tensor)} - known
