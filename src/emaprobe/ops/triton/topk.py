@@ -23,8 +23,8 @@ word with a guard bit above each (bits 15 and 31). One subtraction then compares
 word with the candidate, ``(word | guards) - cand * 0x10001``: each guard survives exactly where
 its key is >= cand, and no borrow crosses from the low key into the high one; a shift and a mask
 count both in two 16-bit lanes of one int32. The row is held as two power-of-two parts (3072 =
-2 x (1024 + 512) words: no padding lanes) by one warp, so each count is one warp reduction with
-no barrier. NaN (either sign) is kept as the largest value, as the reference's sort keeps it.
+2 x (1024 + 512) words: no padding lanes), at most 24 words a thread (two warps at 3072, one
+at 1536 and below, where a count is one warp reduction with no barrier). NaN (either sign) is kept as the largest value, as the reference's sort keeps it.
 
 ``ops/sparse_ffn.py`` holds the reference of the same rule (a stable descending sort), used
 on every other device and dtype, and the autograd around both.
@@ -157,6 +157,13 @@ def _num_warps(block: int) -> int:
     return max(1, min(8, block // 256))
 
 
+def _pair_warps(words: int) -> int:
+    # at most 24 words a thread: H100, 16384 rows, k = 6%: 3072 bf16 (1536 words) took 275.6 / 136.1 /
+    # 142.0 us at 1 / 2 / 4 warps, 1536 bf16 59.3 / 68.6 / 100.2, 512 bf16 22.3 / 30.2 / 46.9
+    # (against 396.8, 172.0, 44.4 for the bit-by-bit kernel; notes/kernels.md)
+    return triton.next_power_of_2(-(-words // 768))
+
+
 def pair_parts(words: int) -> tuple[int, int]:
     """A row of ``words`` int32 words as two power-of-two parts: the largest power of two, then the
     rest rounded up (0 when there is none)."""
@@ -184,7 +191,7 @@ def topk_mask_triton(a: torch.Tensor, k: int, relu: bool = False) -> torch.Tenso
         return h.view(a.shape)
     if takes_pairs(a2, relu):
         first, rest = pair_parts(F // 2)
-        _relu_pair_kernel[(a2.shape[0],)](a2, h, F // 2, k, BA=first, BB=rest, num_warps=1)
+        _relu_pair_kernel[(a2.shape[0],)](a2, h, F // 2, k, BA=first, BB=rest, num_warps=_pair_warps(first + rest))
     else:
         block = triton.next_power_of_2(F)
         _topk_mask_kernel[(a2.shape[0],)](
