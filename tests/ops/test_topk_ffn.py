@@ -256,6 +256,23 @@ def test_mask_impl_compiled_on_cuda_matches_eager(gpu):
         torch.testing.assert_close(g_.float(), r.float(), rtol=1e-2, atol=1e-2, msg=name)
 
 
+@pytest.mark.parametrize("gpu", [pytest.param(0, marks=GPU)])
+def test_pair_mask_kernel_compiles_in_one_graph(gpu):
+    """bf16 with relu and an even width takes the pair kernel; under torch.compile it must choose it
+    without the tensor's address (a traced tensor has none: reading it broke the graph, and SPEN-130m
+    trained a third slower) and give the eager code."""
+    from emaprobe.ops.triton.topk import takes_pairs
+
+    a = _mask_input("relu inside", 3072, 185, torch.bfloat16)[0].cuda().requires_grad_()
+    assert takes_pairs(a.detach(), True)
+    fn = lambda z: topk_mask(z * 1.0, 185, relu=True)  # noqa: E731
+    (g_eager,) = torch.autograd.grad(fn(a).float().square().sum(), a)
+    compiled = torch.compile(fn, fullgraph=True)
+    h = compiled(a)
+    (g_comp,) = torch.autograd.grad(h.float().square().sum(), a)
+    assert torch.equal(h, fn(a)) and torch.equal(g_comp, g_eager)
+
+
 def test_triton_topk_mask_in_the_interpreter_equals_the_reference():
     """The kernel run by Triton's interpreter on CPU (TRITON_INTERPRET=1, a fresh process: the
     variable is read when Triton loads): where Triton is installed, kernel work can be checked

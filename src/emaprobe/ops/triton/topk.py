@@ -173,10 +173,14 @@ def pair_parts(words: int) -> tuple[int, int]:
 
 
 def takes_pairs(a2: torch.Tensor, relu: bool) -> bool:
-    """Whether ``_relu_pair_kernel`` takes the rows of a2 (N, F): bf16 with relu, F even, rows on
-    4-byte boundaries, and at most 2^15 - 1 words a row (a lane's count must fit 16 bits)."""
+    """Whether ``_relu_pair_kernel`` takes the rows of a2 (N, F), contiguous: bf16 with relu, F even,
+    rows on 4-byte boundaries, and at most 2^15 - 1 words a row (a lane's count must fit 16 bits)."""
     F = a2.shape[-1]
-    return relu and a2.dtype == torch.bfloat16 and F % 2 == 0 and 0 < F < 1 << 16 and a2.data_ptr() % 4 == 0
+    if not (relu and a2.dtype == torch.bfloat16 and F % 2 == 0 and 0 < F < 1 << 16 and a2.storage_offset() % 2 == 0):
+        return False
+    # the storage's start, 4-byte aligned from PyTorch's allocators and Inductor's buffers: read only
+    # eagerly, as a tensor traced by torch.compile has no address (and reading one breaks the graph)
+    return torch.compiler.is_compiling() or a2.untyped_storage().data_ptr() % 4 == 0
 
 
 def topk_mask_triton(a: torch.Tensor, k: int, relu: bool = False) -> torch.Tensor:
