@@ -258,9 +258,9 @@ def test_mask_impl_compiled_on_cuda_matches_eager(gpu):
 
 @pytest.mark.parametrize("gpu", [pytest.param(0, marks=GPU)])
 def test_pair_mask_kernel_compiles_in_one_graph(gpu):
-    """bf16 with relu and an even width takes the pair kernel; under torch.compile it must choose it
-    without the tensor's address (a traced tensor has none: reading it broke the graph, and SPEN-130m
-    trained a third slower) and give the eager code."""
+    """bf16 with relu and an even width takes the pair kernel, whose choice reads the tensor's address:
+    under torch.compile the launch is a custom op (a traced tensor has no address; reading one stopped
+    the graph, and SPEN-130m trained a third slower), in one graph, giving the eager code."""
     from emaprobe.ops.triton.topk import takes_pairs
 
     a = _mask_input("relu inside", 3072, 185, torch.bfloat16)[0].cuda().requires_grad_()

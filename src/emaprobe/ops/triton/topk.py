@@ -176,18 +176,10 @@ def takes_pairs(a2: torch.Tensor, relu: bool) -> bool:
     """Whether ``_relu_pair_kernel`` takes the rows of a2 (N, F), contiguous: bf16 with relu, F even,
     rows on 4-byte boundaries, and at most 2^15 - 1 words a row (a lane's count must fit 16 bits)."""
     F = a2.shape[-1]
-    if not (relu and a2.dtype == torch.bfloat16 and F % 2 == 0 and 0 < F < 1 << 16 and a2.storage_offset() % 2 == 0):
-        return False
-    # the storage's start, 4-byte aligned from PyTorch's allocators and Inductor's buffers: read only
-    # eagerly, as a tensor traced by torch.compile has no address (and reading one breaks the graph)
-    return torch.compiler.is_compiling() or a2.untyped_storage().data_ptr() % 4 == 0
+    return relu and a2.dtype == torch.bfloat16 and F % 2 == 0 and 0 < F < 1 << 16 and a2.data_ptr() % 4 == 0
 
 
-def topk_mask_triton(a: torch.Tensor, k: int, relu: bool = False) -> torch.Tensor:
-    """a (..., F) on CUDA, bf16, fp16 or float32 -> h (..., F): the k largest of each row kept
-    (ties at the k-th value: the lowest indices), zeros elsewhere; with ``relu``, of relu(a)."""
-    if a.dtype not in _KEY_BITS:
-        raise ValueError(f"topk_mask_triton takes {[str(d) for d in SUPPORTED_DTYPES]}, got {a.dtype}")
+def _launch(a: torch.Tensor, k: int, relu: bool) -> torch.Tensor:
     F = a.shape[-1]
     a2 = a.reshape(-1, F).contiguous()
     h = torch.empty_like(a2)
@@ -202,3 +194,26 @@ def topk_mask_triton(a: torch.Tensor, k: int, relu: bool = False) -> torch.Tenso
             a2, h, F, k, BLOCK=block, KEY_BITS=_KEY_BITS[a.dtype], RELU=relu, num_warps=_num_warps(block)
         )
     return h.view(a.shape)
+
+
+# Under torch.compile the launch is a custom op, opaque to the compiler: choosing the pair kernel reads
+# the tensor's address, which a traced tensor does not have (read inside the autograd Function that
+# calls this, it stopped the trace: SPEN-130m compiled trained a third slower; notes/kernels.md)
+@torch.library.custom_op("emaprobe::topk_mask", mutates_args=())
+def _topk_mask_op(a: torch.Tensor, k: int, relu: bool) -> torch.Tensor:
+    return _launch(a, k, relu)
+
+
+@_topk_mask_op.register_fake
+def _(a, k, relu):
+    return a.new_empty(a.shape)
+
+
+def topk_mask_triton(a: torch.Tensor, k: int, relu: bool = False) -> torch.Tensor:
+    """a (..., F) on CUDA, bf16, fp16 or float32 -> h (..., F): the k largest of each row kept
+    (ties at the k-th value: the lowest indices), zeros elsewhere; with ``relu``, of relu(a)."""
+    if a.dtype not in _KEY_BITS:
+        raise ValueError(f"topk_mask_triton takes {[str(d) for d in SUPPORTED_DTYPES]}, got {a.dtype}")
+    if torch.compiler.is_compiling():
+        return torch.ops.emaprobe.topk_mask(a, k, relu)
+    return _launch(a, k, relu)
