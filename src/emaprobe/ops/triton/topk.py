@@ -15,16 +15,17 @@ libraries (e.g. Alabi et al. 2012, "Fast k-selection algorithms for graphics pro
 units"), here in registers, one row a program, with the tie rule made explicit. With ``RELU``
 the row is relu(a), taken as it is loaded, so a relu before the mask needs no pass of its own.
 
-The code SPEN trains with (bf16, relu inside, an even F) takes a second kernel, ``_relu_pair``,
-that does the same selection with a third of the instructions: the bit-by-bit kernel is bound
-by issue, not by its bytes (0.32 ms at 16,384 x 3072 on the H200, 6.7x its copy floor). There a
-relu'd bf16 is non-negative, so its 15 low bits are its order key, and two keys share an int32
-word with a guard bit above each (bits 15 and 31). One subtraction then compares both keys of a
-word with the candidate, ``(word | guards) - cand * 0x10001``: each guard survives exactly where
-its key is >= cand, and no borrow crosses from the low key into the high one; a shift and a mask
-count both in two 16-bit lanes of one int32. The row is held as two power-of-two parts (3072 =
-2 x (1024 + 512) words: no padding lanes), at most 24 words a thread (two warps at 3072, one
-at 1536 and below, where a count is one warp reduction with no barrier). NaN (either sign) is kept as the largest value, as the reference's sort keeps it.
+The code SPEN trains with (bf16, relu inside, an even F) takes a second kernel,
+``_relu_pair_kernel``, that makes the same selection in less than half the instructions: the
+bit-by-bit kernel is bound by issue, not by its bytes (0.32 ms at 16,384 x 3072 on the H200, 6.7x
+its copy floor). A relu'd bf16 is non-negative, so its 15 low bits are its order key, and two keys
+share an int32 word with a guard bit above each (bits 15 and 31). One subtraction compares both
+keys of a word with the candidate, ``(word | guards) - cand * 0x10001``: each guard survives
+exactly where its key is >= cand, and no borrow crosses from the low key into the high one; a
+shift and a mask count both in two 16-bit lanes of one int32. The row is held as two power-of-two
+parts (3072 = 2 x (1024 + 512) words: no padding lanes), at most 24 words a thread (two warps at
+3072; one at 1536 and below, where a count is one warp reduction with no barrier). NaN of either
+sign is kept as the largest value, as the reference's sort keeps it.
 
 ``ops/sparse_ffn.py`` holds the reference of the same rule (a stable descending sort), used
 on every other device and dtype, and the autograd around both.
