@@ -1,4 +1,4 @@
-"""The Triton scans' launchers as ``torch.library`` custom ops: how a ``torch.compile``d model calls them.
+"""The Triton launchers as ``torch.library`` custom ops: how a ``torch.compile``d model calls them.
 
 Traced through, a launcher's kernels become user-defined Triton kernels in Inductor's graph. The
 launchers pass one tensor in several argument slots (an input again where a constexpr switches a
@@ -14,6 +14,11 @@ A custom op has no optional outputs, so each op returns the state nobody asked f
 False) as an empty tensor, and ``run`` hands back None in its place, as the launchers do. The ops
 return contiguous tensors, as their fake implementations (shapes for the compiler) say: the
 launchers' outputs are fresh allocations, and a segmented plan's state is made contiguous here.
+
+The top-k mask (``topk.py``) is one too, for another reason: it chooses its kernel by the input's
+address (rows on 4-byte boundaries take the two-keys-a-word kernel), which a tensor traced by the
+compiler does not have; read inside the autograd Function that calls it, it stopped the trace
+(SPEN-130m compiled trained a third slower, ``notes/kernels.md``, row "an address under compile").
 """
 
 from collections.abc import Callable
@@ -124,3 +129,13 @@ def _(logits, x, decay_bias, gate_bias, gh, h, h0, g_final, state):
     f32 = torch.float32
     return (logits.new_empty(logits.shape), x.new_empty(x.shape), decay_bias.new_empty(decay_bias.shape, dtype=f32),
             gate_bias.new_empty(gate_bias.shape, dtype=f32), _state((h.shape[0], *h.shape[2:]), state, h))
+
+
+@torch.library.custom_op("emaprobe::topk_mask", mutates_args=())
+def _topk_mask(a: Tensor, k: int, relu: bool) -> Tensor:
+    return _LAUNCHERS["topk_mask"](a, k, relu)
+
+
+@_topk_mask.register_fake
+def _(a, k, relu):
+    return a.new_empty(a.shape)

@@ -37,6 +37,8 @@ import torch
 import triton
 import triton.language as tl
 
+from emaprobe.ops.triton import opaque
+
 # bits of the order key: a narrower float's fp32 form has its low mantissa bits all zero (all one
 # once a negative's are flipped), so its keys differ only in the top bits
 _KEY_BITS = {torch.bfloat16: 16, torch.float16: 19, torch.float32: 32}
@@ -197,24 +199,14 @@ def _launch(a: torch.Tensor, k: int, relu: bool) -> torch.Tensor:
     return h.view(a.shape)
 
 
-# Under torch.compile the launch is a custom op, opaque to the compiler: choosing the pair kernel reads
-# the tensor's address, which a traced tensor does not have (read inside the autograd Function that
-# calls this, it stopped the trace: SPEN-130m compiled trained a third slower; notes/kernels.md)
-@torch.library.custom_op("emaprobe::topk_mask", mutates_args=())
-def _topk_mask_op(a: torch.Tensor, k: int, relu: bool) -> torch.Tensor:
-    return _launch(a, k, relu)
-
-
-@_topk_mask_op.register_fake
-def _(a, k, relu):
-    return a.new_empty(a.shape)
-
-
 def topk_mask_triton(a: torch.Tensor, k: int, relu: bool = False) -> torch.Tensor:
     """a (..., F) on CUDA, bf16, fp16 or float32 -> h (..., F): the k largest of each row kept
     (ties at the k-th value: the lowest indices), zeros elsewhere; with ``relu``, of relu(a)."""
     if a.dtype not in _KEY_BITS:
         raise ValueError(f"topk_mask_triton takes {[str(d) for d in SUPPORTED_DTYPES]}, got {a.dtype}")
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling():  # as a custom op (opaque.py): the launch reads the input's address
         return torch.ops.emaprobe.topk_mask(a, k, relu)
     return _launch(a, k, relu)
+
+
+opaque.implement("topk_mask", _launch)
