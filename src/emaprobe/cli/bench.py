@@ -175,7 +175,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Time topk_ffn (up projection, top-k, down projection) in each form: impl='dense' (scatter, "
         "full GEMM), impl='gather' (only the k kept columns of W2) and impl='mask' (the full GEMM on a code made "
         "in one pass, without topk and the scatter), forward and forward+backward, and print the speed-up of "
-        "each form over dense.",
+        "each form over dense. On CUDA also the selection alone: the mask kernel against topk + scatter and "
+        "against its floor (the code's bytes at the card's copy bandwidth).",
         epilog=FFN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
