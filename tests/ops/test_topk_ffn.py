@@ -303,6 +303,19 @@ def test_triton_topk_mask_in_the_interpreter_equals_the_reference():
                     -float("inf")
                 if not same(topk_mask_triton(a, k, True), topk_mask_reference(torch.relu(a), k)):
                     bad.append((str(dtype), F, k, "nonfinite, relu"))
+        # the pair kernel (bf16, relu, even widths) over random widths, k and rows: ties, all-equal and
+        # all-negative rows, denormals, NaN and infinities in one row
+        odd = torch.tensor([float("nan"), -float("nan"), float("inf"), -float("inf"), -0.0, 1e-39])
+        for i in range(40):
+            F = int(torch.randint(1, 1100, (), generator=g)) * 2
+            k = int(torch.randint(1, F + 1, (), generator=g))
+            a = torch.randn(3, F, generator=g) * torch.tensor([[1.0], [1e-38], [3.0]])
+            a[0, : F // 3] = 0.75
+            a[1] = -a[1].abs() if i % 4 == 0 else a[1]
+            a[2].scatter_(0, torch.randint(0, F, (6,), generator=g), odd)
+            a = a.to(torch.bfloat16)
+            if not same(topk_mask_triton(a, k, True), topk_mask_reference(torch.relu(a), k)):
+                bad.append(("random pair", F, k))
         print("BAD", bad)
     """)
     env = dict(os.environ, TRITON_INTERPRET="1")
