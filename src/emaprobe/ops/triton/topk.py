@@ -23,7 +23,7 @@ share an int32 word with a guard bit above each (bits 15 and 31). One subtractio
 keys of a word with the candidate, ``(word | guards) - cand * 0x10001``: each guard survives
 exactly where its key is >= cand, and no borrow crosses from the low key into the high one; a
 shift and a mask count both in two 16-bit lanes of one int32. The row is held as two power-of-two
-parts (3072 = 2 x (1024 + 512) words: no padding lanes), at most 24 words a thread (two warps at
+parts (3072 bf16 are 1024 + 512 words: no padding lanes), at most 24 words a thread (two warps at
 3072; one at 1536 and below, where a count is one warp reduction with no barrier). NaN of either
 sign is kept as the largest value, as the reference's sort keeps it.
 
