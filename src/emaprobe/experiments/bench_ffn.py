@@ -114,12 +114,12 @@ def bench_width(name: str, tokens: int, repeats: int, device: torch.device, frac
     return row
 
 
-def bench_selection(row: dict, bw: float) -> None:
+def bench_selection(row: dict, bw: float, device: torch.device) -> None:
     """Add the CUDA selection figures to ``row``: ``select_<name>_s`` for the mask kernel and
     its peer, ``select_floor_s`` (4 N d_ff bytes at ``bw`` bytes/s) and each one's ratio to it."""
     n, d_ff, k = row["N"], row["d_ff"], row["k"]
     gen = torch.Generator().manual_seed(1)
-    a = torch.randn(n, d_ff, generator=gen).to("cuda", torch.bfloat16)
+    a = torch.randn(n, d_ff, generator=gen).to(device, torch.bfloat16)
 
     def topk_scatter():
         vals, idx = topk_code(torch.relu(a), k)
@@ -188,7 +188,7 @@ def _run(widths, tokens: int, repeats: int, dev: torch.device, out_dir) -> dict:
     for name in widths:
         rows.append(bench_width(name, tokens, repeats, dev))
         if on_gpu:
-            bench_selection(rows[-1], bw)
+            bench_selection(rows[-1], bw, dev)
         print(format_table(rows[-1:]).splitlines()[-1], flush=True)
     card = torch.cuda.get_device_name(dev) if on_gpu else "cpu"
     where = card if on_gpu else f"CPU, {torch.get_num_threads()} torch threads"
