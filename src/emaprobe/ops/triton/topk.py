@@ -103,11 +103,10 @@ def _lanes(v):
 
 
 @triton.jit
-def _kept_words(x, keys, live, t, need, before, ALL_EQUAL: tl.constexpr):
-    """x with each half zeroed unless its key is above t, or equal to t among the first ``need``
-    such halves of the row by index (``before`` of them lie in words before this part)."""
-    above = _at_least(keys, t + 1)
-    equal = tl.where(live, _at_least(keys, t) ^ above, 0)
+def _kept_words(x, above, equal, need, before, ALL_EQUAL: tl.constexpr):
+    """x with each half zeroed unless its key is above the k-th (``above``), or equal to it
+    (``equal``) among the first ``need`` such halves of the row by index (``before`` of them lie in
+    words before this part); ``above`` and ``equal`` as ``_at_least`` gives them, per half."""
     if ALL_EQUAL:
         keep = above | equal
     else:
@@ -136,22 +135,27 @@ def _relu_pair_kernel(A, H, W, k, BA: tl.constexpr, BB: tl.constexpr):
         if BB > 0:
             n += tl.sum(_at_least(kb, cand), axis=0)
         t = tl.where(_lanes(n) >= k, cand, t)
-    above = tl.sum(_at_least(ka, t + 1), axis=0)
-    equal_a = tl.sum(tl.where(la, _at_least(ka, t), 0), axis=0) - above
-    equal = equal_a
+    # per half: above t, or equal to it (padding words are neither)
+    above_a = _at_least(ka, t + 1)
+    equal_a = tl.where(la, _at_least(ka, t) ^ above_a, 0)
+    n_above = tl.sum(above_a, axis=0)
+    n_equal_a = tl.sum(equal_a, axis=0)
+    n_equal = n_equal_a
     if BB > 0:
-        above_b = tl.sum(_at_least(kb, t + 1), axis=0)
-        above += above_b
-        equal += tl.sum(tl.where(lb, _at_least(kb, t), 0), axis=0) - above_b
-    need = k - _lanes(above)
-    if _lanes(equal) <= need:  # every key equal to t is kept: no ranks needed
-        tl.store(H32 + row * W + oa, _kept_words(xa, ka, la, t, need, 0, True), mask=la)
+        above_b = _at_least(kb, t + 1)
+        equal_b = tl.where(lb, _at_least(kb, t) ^ above_b, 0)
+        n_above += tl.sum(above_b, axis=0)
+        n_equal += tl.sum(equal_b, axis=0)
+    need = k - _lanes(n_above)
+    if _lanes(n_equal) <= need:  # every key equal to t is kept: no ranks needed
+        tl.store(H32 + row * W + oa, _kept_words(xa, above_a, equal_a, need, 0, True), mask=la)
         if BB > 0:
-            tl.store(H32 + row * W + ob, _kept_words(xb, kb, lb, t, need, 0, True), mask=lb)
+            tl.store(H32 + row * W + ob, _kept_words(xb, above_b, equal_b, need, 0, True), mask=lb)
     else:
-        tl.store(H32 + row * W + oa, _kept_words(xa, ka, la, t, need, 0, False), mask=la)
+        tl.store(H32 + row * W + oa, _kept_words(xa, above_a, equal_a, need, 0, False), mask=la)
         if BB > 0:
-            tl.store(H32 + row * W + ob, _kept_words(xb, kb, lb, t, need, _lanes(equal_a), False), mask=lb)
+            tl.store(H32 + row * W + ob, _kept_words(xb, above_b, equal_b, need, _lanes(n_equal_a), False),
+                     mask=lb)
 
 
 def _num_warps(block: int) -> int:
