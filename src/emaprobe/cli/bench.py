@@ -29,9 +29,17 @@ FFN_NOTES = """\
 Output: ffn_<device>.json in runs/bench/ (ignored by git) unless --out names another folder.
 Each figure is a median of --repeats, the forms taking turns; speed-up = dense's time / the form's.
 """
-EPILOG = "examples:\n" + SCAN_EXAMPLES + FFN_EXAMPLES + SCAN_NOTES
+LOSS_EXAMPLES = """\
+  emaprobe bench loss --device cuda             the LM loss's forms over 16,384 x 50,257 bf16 logits
+"""
+LOSS_NOTES = """\
+Output: loss_<card>.json in runs/bench/ (ignored by git) unless --out names another folder.
+Each figure is a median of back-to-back calls; x = time over the fused form's bytes at the copy bandwidth.
+"""
+EPILOG = "examples:\n" + SCAN_EXAMPLES + FFN_EXAMPLES + LOSS_EXAMPLES + SCAN_NOTES
 SCAN_EPILOG = "examples:\n" + SCAN_EXAMPLES + SCAN_NOTES
 FFN_EPILOG = "examples:\n" + FFN_EXAMPLES + FFN_NOTES
+LOSS_EPILOG = "examples:\n" + LOSS_EXAMPLES + LOSS_NOTES
 
 LM_EPILOG = """\
 examples:
@@ -128,10 +136,18 @@ def _ffn(args: argparse.Namespace) -> int:
     return 0
 
 
+def _loss(args: argparse.Namespace) -> int:
+    from emaprobe.experiments.bench_loss import run
+
+    run(tokens=args.tokens, vocab=args.vocab, device=args.device, repeats=args.repeats, out_dir=args.out)
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
-        help="benchmarks: scan speed against the floor; the top-k FFN's three forms; LM training and generation",
+        help="benchmarks: scan speed against the floor; the top-k FFN's three forms; the LM loss; LM training "
+        "and generation",
         description="Benchmarks that print their peer and the physical floor in the same run and write JSON.",
         epilog=EPILOG + "\nemaprobe bench lm --help: whole language models (training tokens/s and MFU, generation).\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -188,6 +204,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is steadier on a shared box)")
     f.add_argument("--out", default="runs/bench", help="folder for the JSON (default: runs/bench)")
     f.set_defaults(func=_ffn)
+
+    c = bsub.add_parser(
+        "loss",
+        help="the LM loss (token cross-entropy): fused Triton passes against F.cross_entropy, eager and compiled",
+        description="Time the token cross-entropy of bf16 logits (N, V) in each form of emaprobe.ops.cross_entropy: "
+        "impl='fused' (two Triton passes over the logits in their dtype), impl='torch' (F.cross_entropy over a "
+        "float32 copy) and that form under torch.compile; forward and forward+backward, each against its floor "
+        "(the fused form's bytes at the card's copy bandwidth), after checking every form's loss and gradient "
+        "against the torch form's.",
+        epilog=LOSS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    c.add_argument("--device", choices=("cpu", "cuda"), default="cuda",
+                   help="where to run (default: cuda; on cpu only the torch form runs)")
+    c.add_argument("--tokens", type=int, default=16384, help="rows of logits, a step's B*T (default: 16384)")
+    c.add_argument("--vocab", type=int, default=50257, help="the vocabulary, V (default: 50257, GPT-2's)")
+    c.add_argument("--repeats", type=int, default=5, help="timed runs per figure on cpu (default: 5)")
+    c.add_argument("--out", default="runs/bench", help="folder for the JSON (default: runs/bench)")
+    c.set_defaults(func=_loss)
 
     m = bsub.add_parser(
         "lm",

@@ -10,6 +10,9 @@ multi-timescale special case, ``h_t^(s) = (1 - alpha_s) h_{t-1}^(s) + alpha_s x_
 ``S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t``, ``o_t = q_t S_t`` (GLA), with its
 reference ``naive_gla``, chunked form ``chunk_gla`` and step form ``gla_step``.
 
+``cross_entropy(logits, target)`` is the language models' loss, on CUDA two Triton passes over the
+logits in their own dtype (``losses.py``), with its float64 reference ``naive_cross_entropy``.
+
 ``topk_ffn(c, w_up, w_down, k)`` is the top-k FFN ``y = W2 topk(act(W1 c))``, its down
 projection either dense (``naive_topk_ffn``'s form) or a gather of the k kept columns.
 """
@@ -25,6 +28,7 @@ from emaprobe.ops.gla import (
     register_gla_backend,
     resolve_gla_backend,
 )
+from emaprobe.ops.losses import CE_IMPLS, available_ce_impls, cross_entropy, naive_cross_entropy, resolve_ce_impl
 from emaprobe.ops.naive import gate_inputs, naive_ema_traces, naive_gated_scan, naive_linear_scan
 from emaprobe.ops.scan import (
     BACKENDS,
@@ -51,16 +55,19 @@ from emaprobe.ops.step import ema_step, linear_scan_step
 __all__ = [
     "ACTIVATIONS",
     "BACKENDS",
+    "CE_IMPLS",
     "DEFAULT_ALPHAS",
     "FFN_IMPLS",
     "GLABackend",
     "GLA_BACKENDS",
     "ScanBackend",
     "available_backends",
+    "available_ce_impls",
     "available_ffn_impls",
     "available_gla_backends",
     "check_ffn_impl",
     "chunk_gla",
+    "cross_entropy",
     "ema_step",
     "ema_traces",
     "gate_inputs",
@@ -69,6 +76,7 @@ __all__ = [
     "gla_step",
     "linear_scan",
     "linear_scan_step",
+    "naive_cross_entropy",
     "naive_ema_traces",
     "naive_gated_scan",
     "naive_gla",
@@ -77,6 +85,7 @@ __all__ = [
     "register_backend",
     "register_gla_backend",
     "resolve_backend",
+    "resolve_ce_impl",
     "resolve_ffn_impl",
     "resolve_gla_backend",
     "topk_ffn",

@@ -21,17 +21,18 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from emaprobe.data.tokens import eval_batches
+from emaprobe.ops.losses import cross_entropy
 from emaprobe.train.dist import DistInfo, all_reduce_sum
 from emaprobe.utils.progress import progress_disabled
 
 
 def token_cross_entropy(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Cross-entropy of logits (B, T, V) against targets y (B, T), computed in float32."""
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction=reduction)
+    """Cross-entropy of logits (B, T, V) against targets y (B, T), computed in float32
+    (``emaprobe.ops.losses.cross_entropy``: on CUDA two Triton passes over the logits in their own dtype)."""
+    return cross_entropy(logits, y, reduction=reduction)
 
 
 def lm_loss(

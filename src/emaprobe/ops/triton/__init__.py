@@ -4,6 +4,7 @@
                      (``fused_ema_traces``)
     linear_scan.py   ``linear_scan`` and ``gated_scan``: kernels, launchers (``linear_scan_fwd``/``_bwd``,
                      ``gated_scan_fwd``/``_bwd``), autograd (``fused_linear_scan``, ``fused_gated_scan``)
+    cross_entropy.py the fused token cross-entropy (``ops/losses.py``): two passes over the logits in their dtype
     topk.py          ``topk_mask_triton``: the k largest of each row kept in one pass (the mask form of
                      ``ops/sparse_ffn.py``'s top-k FFN)
     plan.py          tile shapes, time segments and warm-ups; pure Python, the SM count an argument

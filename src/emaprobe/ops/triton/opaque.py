@@ -19,6 +19,8 @@ The top-k mask (``topk.py``) is one too, for another reason: it chooses its kern
 address (rows on 4-byte boundaries take the two-keys-a-word kernel), which a tensor traced by the
 compiler does not have; read inside the autograd Function that calls it, it stopped the trace
 (SPEN-130m compiled trained a third slower, ``notes/kernels.md``, row "an address under compile").
+The fused cross-entropy's two passes (``cross_entropy.py``) are ops so that a compiled loss runs them
+as they run eagerly.
 """
 
 from collections.abc import Callable
@@ -139,3 +141,23 @@ def _topk_mask(a: Tensor, k: int, relu: bool) -> Tensor:
 @_topk_mask.register_fake
 def _(a, k, relu):
     return a.new_empty(a.shape)
+
+
+@torch.library.custom_op("emaprobe::cross_entropy_fwd", mutates_args=())
+def _cross_entropy_fwd(logits: Tensor, target: Tensor, ignore_index: int) -> tuple[Tensor, Tensor]:
+    return _LAUNCHERS["cross_entropy_fwd"](logits, target, ignore_index)
+
+
+@_cross_entropy_fwd.register_fake
+def _(logits, target, ignore_index):
+    return logits.new_empty(logits.shape[0], dtype=torch.float32), logits.new_empty(logits.shape[0], dtype=torch.float32)
+
+
+@torch.library.custom_op("emaprobe::cross_entropy_bwd", mutates_args=())
+def _cross_entropy_bwd(logits: Tensor, target: Tensor, lse: Tensor, g: Tensor, ignore_index: int) -> Tensor:
+    return _LAUNCHERS["cross_entropy_bwd"](logits, target, lse, g, ignore_index)
+
+
+@_cross_entropy_bwd.register_fake
+def _(logits, target, lse, g, ignore_index):
+    return torch.empty_strided(logits.shape, logits.stride(), dtype=logits.dtype, device=logits.device)

@@ -1,0 +1,158 @@
+"""Token cross-entropy over a large vocabulary in two Triton passes, without a float32 copy of the logits.
+
+Symbols: N rows (tokens), V entries a row (the vocabulary), ``stride`` the distance between rows in
+elements (V for contiguous logits), t a row's target, lse = log sum_j exp(x_j) its log-partition.
+
+    forward    loss_n = lse_n - x_n[t_n]               one read of the logits; lse kept for the backward
+    backward   dx_nj  = g_n (exp(x_nj - lse_n) - [j = t_n])   one read, one write, in the logits' dtype
+
+That is three passes over the logits' bytes, the fewest a loss needs whose gradient is scaled by a
+g known only in the backward. (Computing the gradient in the forward and scaling it in the backward,
+as Liger-Kernel's cross-entropy does, saves one read when g is 1, but a model trained with gradient
+accumulation hands the loss g = 1/steps, and testing g on the host would wait for the GPU.)
+
+How a row is read: one program a row, its values in blocks of BLOCK. A log-partition needs a running
+maximum; here every lane keeps its own (m, s), updated with one exponential an element:
+    x > m:  s <- s e^(m - x) + 1,  m <- x        else:  s <- s + e^(x - m)
+(both are e^-|x - m|), so the loop has no reduction across lanes and no barrier; the lanes are
+combined once at the end. This is the online softmax's normaliser (Milakov & Gimelshein 2018,
+"Online normalizer calculation for softmax") kept per lane.
+
+Alignment: GPT-2's vocabulary (50,257) puts most rows of a contiguous (N, V) bf16 tensor off a 16-byte
+boundary, and a block that starts at a row's first element could then only load 2 bytes a lane. So a
+program reads from the row's start rounded down to a 16-byte boundary and masks what lies outside the
+row: every block is 16-byte aligned, and the padding costs at most one partial block a row.
+
+Non-finite logits follow the reference (``F.cross_entropy`` over float32 logits): NaN anywhere in a row,
+or +inf, makes the row's loss NaN; -inf entries have probability 0. A target outside [0, V) (other than
+``ignore_index``) gives NaN for its row: the kernel does not stop the GPU for it (the check that would
+raise is a device assert, which ends the CUDA context; on CPU, the reference raises).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from emaprobe.ops.triton import opaque
+
+SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+LOG2E = tl.constexpr(1.4426950408889634)
+
+# one program a row; BLOCK values a loop step, 4 warps (16 values, 32 bytes of bf16, a thread a step)
+BLOCK = 2048
+NUM_WARPS = 4
+
+
+@triton.jit
+def _row_span(row, stride, V, ALIGN: tl.constexpr, BLOCK: tl.constexpr):
+    # the row's first element, its first aligned element at or before it, and the number of blocks
+    base = row * stride
+    start = tl.multiple_of((base // ALIGN) * ALIGN, ALIGN)
+    return base, start, (base + V - start + BLOCK - 1) // BLOCK
+
+
+@triton.jit
+def _ce_fwd_kernel(X, TGT, LOSS, LSE, V, stride, ignore_index,
+                   ALIGN: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    base, start, nblocks = _row_span(row, stride, V, ALIGN, BLOCK)
+    offs = tl.arange(0, BLOCK)
+    m = tl.full((BLOCK,), float("-inf"), tl.float32)  # each lane's running maximum
+    s = tl.zeros((BLOCK,), tl.float32)  # and its sum of e^(x - m)
+    for b in range(nblocks):
+        idx = start + b * BLOCK + offs
+        live = (idx >= base) & (idx < base + V)
+        x = tl.load(X + idx, mask=live, other=float("-inf")).to(tl.float32)
+        e = tl.exp2(-tl.abs(x - m) * LOG2E)
+        # a -inf value adds nothing (and -inf - -inf would be NaN); NaN passes (NaN != -inf) and poisons s
+        take = x != float("-inf")
+        s = tl.where(take, tl.where(x > m, s * e + 1.0, s + e), s)
+        m = tl.where(take, tl.maximum(m, x), m)
+    mx = tl.max(m, 0)
+    lse = mx + tl.log(tl.sum(s * tl.exp2((m - mx) * LOG2E), 0))
+    t = tl.load(TGT + row).to(tl.int64)
+    valid = (t >= 0) & (t < V)
+    xt = tl.load(X + base + tl.where(valid, t, 0)).to(tl.float32)
+    loss = tl.where(t == ignore_index, 0.0, tl.where(valid, lse - xt, float("nan")))
+    tl.store(LOSS + row, loss)
+    tl.store(LSE + row, lse)
+
+
+@triton.jit
+def _ce_bwd_kernel(X, TGT, LSE, G, DX, V, stride, g_stride, ignore_index,
+                   ALIGN: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    base, start, nblocks = _row_span(row, stride, V, ALIGN, BLOCK)
+    offs = tl.arange(0, BLOCK)
+    t = tl.load(TGT + row).to(tl.int64)
+    lse = tl.load(LSE + row)
+    g = tl.where(t == ignore_index, 0.0, tl.load(G + row * g_stride).to(tl.float32))
+    for b in range(nblocks):
+        idx = start + b * BLOCK + offs
+        live = (idx >= base) & (idx < base + V)
+        x = tl.load(X + idx, mask=live, other=0.0).to(tl.float32)
+        p = tl.exp2((x - lse) * LOG2E)
+        d = g * (p - tl.where(idx - base == t, 1.0, 0.0))
+        tl.store(DX + idx, d.to(DX.dtype.element_ty), mask=live)
+
+
+def check_rows(logits: torch.Tensor, target: torch.Tensor) -> None:
+    """The kernels' contract: logits (N, V) of a supported dtype, unit stride along V and rows at least V
+    apart; target (N,) of integers, contiguous, on the same device."""
+    if logits.dim() != 2 or target.dim() != 1 or target.shape[0] != logits.shape[0]:
+        raise ValueError(f"logits must be (N, V) and target (N,), got {tuple(logits.shape)} and {tuple(target.shape)}")
+    if logits.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"the fused cross-entropy takes {[str(d) for d in SUPPORTED_DTYPES]}, got {logits.dtype}")
+    if target.dtype not in (torch.int64, torch.int32) or target.device != logits.device or not target.is_contiguous():
+        raise ValueError(f"target must be contiguous int64 or int32 on {logits.device}, got {target.dtype} on "
+                         f"{target.device} with stride {target.stride()}")
+    if logits.shape[1] and (logits.stride(1) != 1 or logits.stride(0) < logits.shape[1]):
+        raise ValueError(f"logits need unit stride along V and rows at least V apart, got strides {logits.stride()}")
+
+
+def _align(dtype: torch.dtype) -> int:
+    return 16 // torch.empty((), dtype=dtype).element_size()
+
+
+def _fwd(logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    N, V = logits.shape
+    loss = logits.new_empty(N, dtype=torch.float32)
+    lse = logits.new_empty(N, dtype=torch.float32)
+    if N:
+        _ce_fwd_kernel[(N,)](logits, target, loss, lse, V, logits.stride(0), ignore_index,
+                             ALIGN=_align(logits.dtype), BLOCK=BLOCK, num_warps=NUM_WARPS)
+    return loss, lse
+
+
+def _bwd(logits: torch.Tensor, target: torch.Tensor, lse: torch.Tensor, g: torch.Tensor,
+         ignore_index: int) -> torch.Tensor:
+    # the gradient has the logits' strides: rows padded in the input stay padded (what a GEMM wants)
+    N, V = logits.shape
+    dx = torch.empty_strided((N, V), logits.stride(), dtype=logits.dtype, device=logits.device)
+    if N:
+        _ce_bwd_kernel[(N,)](logits, target, lse, g, dx, V, logits.stride(0), g.stride(0), ignore_index,
+                             ALIGN=_align(logits.dtype), BLOCK=BLOCK, num_warps=NUM_WARPS)
+    return dx
+
+
+def cross_entropy_fwd(logits: torch.Tensor, target: torch.Tensor,
+                      ignore_index: int = -100) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits (N, V), target (N,) -> (loss (N,), lse (N,)), float32; loss 0 where target == ignore_index."""
+    check_rows(logits, target)
+    if torch.compiler.is_compiling():
+        return torch.ops.emaprobe.cross_entropy_fwd(logits, target, ignore_index)
+    return _fwd(logits, target, ignore_index)
+
+
+def cross_entropy_bwd(logits: torch.Tensor, target: torch.Tensor, lse: torch.Tensor, g: torch.Tensor,
+                      ignore_index: int = -100) -> torch.Tensor:
+    """d(sum_n g_n loss_n)/d logits (N, V), in the logits' dtype and strides; g (N,) may be expanded."""
+    if torch.compiler.is_compiling():
+        return torch.ops.emaprobe.cross_entropy_bwd(logits, target, lse, g, ignore_index)
+    return _bwd(logits, target, lse, g, ignore_index)
+
+
+opaque.implement("cross_entropy_fwd", _fwd)
+opaque.implement("cross_entropy_bwd", _bwd)
