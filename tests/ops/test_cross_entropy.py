@@ -150,7 +150,10 @@ def test_fused_passes_in_the_interpreter_equal_the_reference():
     """The Triton kernels run by Triton's interpreter on CPU (TRITON_INTERPRET=1, a fresh process: the
     variable is read when Triton loads): rows padded and not, every dtype, int32 and int64 targets,
     ignored targets, the three reductions, non-finite logits and targets out of range."""
-    pytest.importorskip("triton", reason="Triton is not installed (pip install triton runs this check on CPU)")
+    triton = pytest.importorskip("triton", reason="Triton is not installed (pip install triton runs this check on CPU)")
+    if tuple(int(p) for p in triton.__version__.split(".")[:2]) < (3, 9):
+        pytest.skip(f"Triton {triton.__version__}'s interpreter passes an int argument as an array, so a loop over "
+                    "it fails; 3.9's runs these kernels")
     import os
     import subprocess
     import sys
@@ -167,8 +170,8 @@ def test_fused_passes_in_the_interpreter_equal_the_reference():
 @pytest.mark.parametrize("gpu", [pytest.param(0, marks=GPU)])
 def test_fused_on_cuda_equals_the_torch_form(gpu, lead, V, pad, dtype):
     """The fused passes against ``F.cross_entropy`` over float32 (whose gradient is cast back to the
-    logits' dtype): loss to float32 rounding, gradient to one rounding of its dtype; padded rows give a
-    gradient with the same padded strides."""
+    logits' dtype): loss to float32 rounding, gradient to one rounding of its dtype (float32: to a few ulp,
+    e^(x - lse) against e^(x - max) / sum); padded rows give a gradient with the same padded strides."""
     logits, target = _inputs(lead, V, torch.float32, seed=V + pad)
     buf = torch.zeros(*lead, V + pad, dtype=dtype, device="cuda")
     buf[..., :V] = logits.to(dtype)
@@ -183,7 +186,7 @@ def test_fused_on_cuda_equals_the_torch_form(gpu, lead, V, pad, dtype):
         (gx,) = torch.autograd.grad((got * w).sum(), x)
         (gr,) = torch.autograd.grad((ref * w).sum(), xr)
         assert gx.dtype == dtype and gx.stride() == x.stride()
-        eps = torch.finfo(dtype).eps
+        eps = torch.finfo(dtype).eps * (8 if dtype == torch.float32 else 1)  # float32: a few ulp apart
         torch.testing.assert_close(gx.float(), gr.float(), rtol=eps, atol=eps * gr.abs().max().item())
 
 
