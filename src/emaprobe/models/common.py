@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from emaprobe.utils import atomic_write_bytes, atomic_write_json, read_json
@@ -31,6 +32,33 @@ from emaprobe.utils import atomic_write_bytes, atomic_write_json, read_json
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 MODEL_KINDS: dict[str, type[LanguageModel]] = {}
+
+
+# the tied head's weight is padded with zero rows to a multiple of this when training on CUDA (tied_logits)
+HEAD_ROWS = 64
+
+
+def padded_linear(h: torch.Tensor, weight: torch.Tensor, multiple: int) -> torch.Tensor:
+    """``F.linear(h, weight)`` (..., V) computed with weight's rows padded by zeros to a multiple of
+    ``multiple``: the result is a view of the first V columns of a wider product, its rows ``multiple``
+    elements apart. Values and gradients are F.linear's."""
+    V = weight.shape[0]
+    return F.linear(h, F.pad(weight, (0, 0, 0, -V % multiple)))[..., :V]
+
+
+def tied_logits(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The tied output head: h (..., D) against the embedding weight (V, D) -> logits (..., V).
+
+    Training on CUDA (gradients on), the product runs on the weight padded to a multiple of
+    ``HEAD_ROWS`` rows (``padded_linear``): with GPT-2's V = 50,257 every row of the logits and of
+    their gradient is then 16-byte aligned. Unpadded, the weight's gradient (logits' gradient
+    transposed times h) ran cuBLAS's align-1 kernel: 8.4 ms of a 40.5 ms compiled SPEN-130m step at
+    B16 T1024 on one H100, and the step took 33.9 ms padded (``notes/kernels.md``, row "padded
+    head"). It is nanoGPT's vocabulary of 50,304, made inside the forward, so the parameters and
+    checkpoints keep their V rows. Without gradients (evaluation, generation) the product is plain."""
+    if h.is_cuda and torch.is_grad_enabled():
+        return padded_linear(h, weight, HEAD_ROWS)
+    return F.linear(h, weight)
 
 
 class RMSNorm(nn.Module):

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from emaprobe.layers import fixed_kv_attention, reserve_kv_cache
-from emaprobe.models.common import ContextLimitError, LanguageModel, init_weights, register_model
+from emaprobe.models.common import ContextLimitError, LanguageModel, init_weights, register_model, tied_logits
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,7 @@ class GPT(LanguageModel):
         for blk, cache in zip(self.blocks, caches):
             x, cache = blk(x, cache)
             new.append(cache)
-        logits = F.linear(self.ln_f(x), self.tok_emb.weight)  # (B, T, V), tied head
+        logits = tied_logits(self.ln_f(x), self.tok_emb.weight)  # (B, T, V), tied head
         return logits, new
 
     @property

@@ -41,7 +41,7 @@ from torch import nn
 
 from emaprobe.layers import ACTIVATIONS, MIXERS, PREDICTORS, SparseFFN, active_units, build_mixer, build_predictor
 from emaprobe.layers import check_alphas
-from emaprobe.models.common import LanguageModel, RMSNorm, init_weights, register_model
+from emaprobe.models.common import LanguageModel, RMSNorm, init_weights, register_model, tied_logits
 from emaprobe.ops import DEFAULT_ALPHAS, check_ffn_impl
 
 
@@ -191,7 +191,7 @@ class SPEN(LanguageModel):
         for blk, st in zip(self.blocks, states):
             x, st = blk(x, st)
             new_states.append(st)
-        logits = F.linear(self.norm_f(x), self.tok_emb.weight)  # (B, T, V), tied head
+        logits = tied_logits(self.norm_f(x), self.tok_emb.weight)  # (B, T, V), tied head
         return logits, new_states
 
     @property

@@ -29,10 +29,12 @@ from emaprobe.train.dist import DistInfo, all_reduce_sum
 from emaprobe.utils.progress import progress_disabled
 
 
-def token_cross_entropy(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+def token_cross_entropy(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean",
+                        impl: str = "auto") -> torch.Tensor:
     """Cross-entropy of logits (B, T, V) against targets y (B, T), computed in float32
-    (``emaprobe.ops.losses.cross_entropy``: on CUDA two Triton passes over the logits in their own dtype)."""
-    return cross_entropy(logits, y, reduction=reduction)
+    (``emaprobe.ops.losses.cross_entropy``; ``auto``: on CUDA two Triton passes over the logits in their
+    own dtype)."""
+    return cross_entropy(logits, y, reduction=reduction, impl=impl)
 
 
 def lm_loss(

@@ -164,15 +164,20 @@ def wrap_model(model: torch.nn.Module, info: DistInfo, device: torch.device, com
 
 
 def loss_function(compile: bool = False) -> Callable[..., torch.Tensor]:
-    """What training minimises: ``lm_loss(run, x, y)``. With ``compile`` its cross-entropy is
-    compiled as well as the model: Inductor then reads the bf16 logits in its log-softmax and
-    writes their gradient in one pass, where eager PyTorch writes a float32 copy of the
-    (B, T, V) logits, runs softmax forward and backward over it and casts the gradient back
-    (in a profile of SPEN-130m at B16 T1024 on one H200, those kernels took about 10 of a
-    step's 43 ms; notes/kernels.md)."""
+    """What training minimises: ``lm_loss(run, x, y)``.
+
+    Eager, the loss is ``token_cross_entropy``'s ``auto`` form: on CUDA the fused Triton passes over the
+    bf16 logits (``emaprobe.ops.losses``), where ``F.cross_entropy`` writes a float32 copy of the
+    (B, T, V) logits and runs softmax forward and backward over it (13.8 ms against 1.9 ms at
+    16,384 x 50,257 on one H100, ``emaprobe bench loss``). With ``compile`` the ``torch`` form is
+    compiled as well as the model, and Inductor reads the bf16 logits in one fused log-softmax (3.0
+    ms there): the fused form's gradient keeps the logits' strides, which Inductor pads, and the
+    compiled model's backward copied it to contiguous rows first (2.0 ms a step), so in the compiled
+    step it was slower (``notes/kernels.md``, rows "compiled cross-entropy" and "fused cross-entropy
+    in the compiled step")."""
     if not compile:
         return lm_loss
-    return functools.partial(lm_loss, cross_entropy=torch.compile(token_cross_entropy))
+    return functools.partial(lm_loss, cross_entropy=torch.compile(functools.partial(token_cross_entropy, impl="torch")))
 
 
 def accumulate_gradients(
