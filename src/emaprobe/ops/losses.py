@@ -11,7 +11,10 @@ Two forms, one result:
             compiled too (``notes/kernels.md``, row "compiled cross-entropy").
 ``fused``   two Triton passes over the logits in their own dtype (``ops/triton/cross_entropy.py``): the
             forward reads them once and keeps each row's lse (4 bytes a token), the backward reads them
-            again and writes the gradient; float32 inside. CUDA only.
+            again and writes the gradient; float32 inside. CUDA only. Its gradient keeps the logits'
+            strides (rows the head pads stay padded), which eager autograd takes as they are; a compiled
+            model's backward copied it to contiguous rows first, so compiled training keeps the
+            compiled ``torch`` form (``train.lm.loss_function``).
 
 ``impl="auto"`` takes ``fused`` for CUDA logits of a dtype it takes and ``torch`` otherwise. Both reduce
 as ``F.cross_entropy`` does: ``mean`` over the targets that are not ``ignore_index``, ``sum``, or
@@ -72,7 +75,7 @@ def fused_rows(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -
 def _fused(logits: torch.Tensor, target: torch.Tensor, reduction: str, ignore_index: int) -> torch.Tensor:
     V = logits.shape[-1]
     rows = logits.reshape(-1, V)
-    if rows.shape[1] and rows.stride(1) != 1:
+    if rows.shape[1] and (rows.stride(1) != 1 or rows.stride(0) < V):  # the kernels' rows: unit stride, apart
         rows = rows.contiguous()
     loss = fused_rows(rows, target.reshape(-1).contiguous(), ignore_index)
     if reduction == "none":

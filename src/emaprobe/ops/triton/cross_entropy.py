@@ -13,8 +13,8 @@ accumulation hands the loss g = 1/steps, and testing g on the host would wait fo
 
 How a row is read: one program a row, its values in blocks of BLOCK, from the row's start rounded down
 to 16 bytes (below). The blocks strictly inside the row, 1 to V // BLOCK - 1, take no mask; the first
-and the last two do. A log-partition needs a running
-maximum; here every lane keeps its own (m, s), updated with one exponential an element:
+and the last two do. A log-partition needs a running maximum; here every lane keeps its own (m, s),
+updated with one exponential an element:
     x > m:  s <- s e^(m - x) + 1,  m <- x        else:  s <- s + e^(x - m)
 (both are e^-|x - m|), so the loop has no reduction across lanes and no barrier; the lanes are
 combined once at the end. This is the online softmax's normaliser (Milakov & Gimelshein 2018,
@@ -50,7 +50,7 @@ NUM_WARPS = 4
 
 
 @triton.jit
-def _block(X, base, b0, b, offs, V, BLOCK: tl.constexpr, MASKED: tl.constexpr):
+def _block(base, b0, b, offs, V, BLOCK: tl.constexpr, MASKED: tl.constexpr):
     # block b of a row: the indices of its values and which of them lie in the row. Blocks strictly
     # inside the row (1 .. V // BLOCK - 1) take no mask, so their loads and stores are 16-byte vectors
     idx = b0 + b * BLOCK + offs
@@ -63,7 +63,7 @@ def _block(X, base, b0, b, offs, V, BLOCK: tl.constexpr, MASKED: tl.constexpr):
 
 @triton.jit
 def _fwd_block(X, m, s, base, b0, b, offs, V, BLOCK: tl.constexpr, MASKED: tl.constexpr):
-    idx, live = _block(X, base, b0, b, offs, V, BLOCK, MASKED)
+    idx, live = _block(base, b0, b, offs, V, BLOCK, MASKED)
     if MASKED:
         x = tl.load(X + idx, mask=live, other=float("-inf")).to(tl.float32)
     else:
@@ -102,7 +102,7 @@ def _ce_fwd_kernel(X, TGT, LOSS, LSE, V, stride, ignore_index, NFULL, TAIL,
 
 @triton.jit
 def _bwd_block(X, DX, lse, g, t, base, b0, b, offs, V, BLOCK: tl.constexpr, MASKED: tl.constexpr):
-    idx, live = _block(X, base, b0, b, offs, V, BLOCK, MASKED)
+    idx, live = _block(base, b0, b, offs, V, BLOCK, MASKED)
     if MASKED:
         x = tl.load(X + idx, mask=live, other=0.0).to(tl.float32)
     else:
@@ -169,7 +169,8 @@ def _fwd(logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> tuple
 
 def _bwd(logits: torch.Tensor, target: torch.Tensor, lse: torch.Tensor, g: torch.Tensor,
          ignore_index: int) -> torch.Tensor:
-    # the gradient has the logits' strides: rows padded in the input stay padded (what a GEMM wants)
+    # the gradient has the logits' strides, so its stores line up with the loads. (A compiled model's
+    # backward wants its logits' gradient contiguous, and copies one with padded rows: ops/losses.py)
     N, V = logits.shape
     dx = torch.empty_strided((N, V), logits.stride(), dtype=logits.dtype, device=logits.device)
     if N:
