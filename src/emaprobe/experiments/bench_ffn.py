@@ -28,14 +28,11 @@ at the card's copy bandwidth; medians of back-to-back calls (``triton.testing.do
 from __future__ import annotations
 
 import functools
-import statistics
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from emaprobe.experiments.common import bench_eager_ms, card_slug, copy_bandwidth
+from emaprobe.experiments.common import bench_eager_ms, card_slug, copy_bandwidth, median_times
 from emaprobe.layers import active_units
 from emaprobe.ops import FFN_IMPLS, topk_ffn
 from emaprobe.ops.sparse_ffn import topk_code, topk_mask
@@ -48,40 +45,6 @@ WIDTHS: dict[str, tuple[int, int, int]] = {
     "tiny": (128, 512, 128),
 }
 IMPLS = tuple(FFN_IMPLS)  # every form takes relu, the activation timed
-
-
-def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
-    """A function that runs ``fn()`` once and returns its seconds: CUDA events between
-    synchronizations on a GPU, ``time.perf_counter`` on CPU."""
-    if device.type == "cuda":
-        def timed(fn):
-            torch.cuda.synchronize(device)
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize(device)
-            return start.elapsed_time(end) / 1e3
-    else:
-        def timed(fn):
-            t0 = time.perf_counter()
-            fn()
-            return time.perf_counter() - t0
-    return timed
-
-
-def median_times(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device, warmup: int = 2) -> dict:
-    """Median seconds of each ``fns[name]()`` over ``repeats`` runs after ``warmup`` untimed
-    ones. The functions take turns, so a neighbour's load on a shared machine falls on each alike."""
-    timed = _timer(device)
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            times[name].append(timed(fn))
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def bench_width(name: str, tokens: int, repeats: int, device: torch.device, fraction: float = 0.06) -> dict:

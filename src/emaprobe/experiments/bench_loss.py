@@ -5,8 +5,8 @@ Hardware:  one CUDA GPU; on CPU only the ``torch`` form runs (a smoke run of the
 Run time:  under a minute on one H100 or H200 (most of it compiling the ``compiled`` form).
 Expected:  the fused form (``ops/losses.py``: two Triton passes over the bf16 logits) near its floor;
            ``torch`` (``F.cross_entropy`` over a float32 copy, what an eager model pays) several times
-           slower; ``compiled`` (the same under ``torch.compile``, what the trainer ran before the fused
-           form) between them.
+           slower; ``compiled`` (the same under ``torch.compile``, what the compiled trainer runs:
+           ``train.lm.loss_function``) between them.
 
 What is timed: the loss of bf16 logits (N, V), N = ``--tokens`` (a training step's tokens), forward
 alone (under ``no_grad``) and forward+backward (the gradient to the logits), mean reduction, medians of
@@ -17,37 +17,29 @@ read twice and their gradient written once (2 N V and 6 N V bytes in bf16).
 
 from __future__ import annotations
 
-import statistics
-import time
+import functools
 from pathlib import Path
 
 import torch
 
-from emaprobe.experiments.common import bench_eager_ms, card_slug, copy_bandwidth
+from emaprobe.experiments.common import bench_eager_ms, card_slug, copy_bandwidth, median_times
 from emaprobe.ops.losses import cross_entropy
 from emaprobe.utils import atomic_write_json, run_record
 
-FORMS = ("fused", "compiled", "torch")  # compiled: torch.compile of the torch form
-
-
 def _forms(device: torch.device) -> dict:
+    """name -> loss(logits, target): the forms that run on ``device``; compiled is torch.compile of the torch form."""
+    torch_form = functools.partial(cross_entropy, impl="torch")
     if device.type != "cuda":
-        return {"torch": lambda x, t: cross_entropy(x, t, impl="torch")}
-    compiled = torch.compile(lambda x, t: cross_entropy(x, t, impl="torch"))
-    return {"fused": lambda x, t: cross_entropy(x, t, impl="fused"), "compiled": compiled,
-            "torch": lambda x, t: cross_entropy(x, t, impl="torch")}
+        return {"torch": torch_form}
+    return {"fused": functools.partial(cross_entropy, impl="fused"), "compiled": torch.compile(torch_form),
+            "torch": torch_form}
 
 
 def _median_ms(fn, device: torch.device, repeats: int) -> float:
+    # CUDA: back-to-back calls with the L2 cleared between them; CPU: the FFN benchmark's timer
     if device.type == "cuda":
         return bench_eager_ms(fn)
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+    return median_times({"fn": fn}, repeats, device, warmup=1)["fn"] * 1e3
 
 
 def run(tokens: int = 16384, vocab: int = 50257, device: str = "cuda", repeats: int = 5,

@@ -8,6 +8,9 @@ import concurrent.futures as cf
 import io
 import re
 import signal
+import statistics
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -109,6 +112,40 @@ def bench_eager_ms(fn, warmup: int = 25, rep: int = 200) -> float:
     import triton.testing
 
     return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
+
+
+def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
+    """A function that runs ``fn()`` once and returns its seconds: CUDA events between
+    synchronizations on a GPU, ``time.perf_counter`` on CPU."""
+    if device.type == "cuda":
+        def timed(fn):
+            torch.cuda.synchronize(device)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize(device)
+            return start.elapsed_time(end) / 1e3
+    else:
+        def timed(fn):
+            t0 = time.perf_counter()
+            fn()
+            return time.perf_counter() - t0
+    return timed
+
+
+def median_times(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device, warmup: int = 2) -> dict:
+    """Median seconds of each ``fns[name]()`` over ``repeats`` runs after ``warmup`` untimed
+    ones. The functions take turns, so a neighbour's load on a shared machine falls on each alike."""
+    timed = _timer(device)
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(timed(fn))
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def copy_bandwidth(nbytes: int = 1 << 30) -> float:
