@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from emaprobe.models import build_model, resolve_config
+from emaprobe.models import common
 from emaprobe.models.common import HEAD_ROWS, padded_linear, tied_logits
+from emaprobe.ops import cross_entropy
 
 
 @pytest.mark.parametrize("V,multiple", [(101, 64), (128, 64), (7, 8), (1, 64)])
@@ -40,8 +42,6 @@ GPU = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason
 def test_models_train_on_the_padded_head_on_cuda_with_the_plain_heads_values(gpu, name, monkeypatch):
     """With gradients on CUDA the logits are a view of rows padded to HEAD_ROWS (their gradient GEMMs
     then see aligned rows); the values and every parameter's gradient are the plain head's."""
-    import importlib
-
     torch.manual_seed(0)
     model = build_model(resolve_config(name)).cuda()
     V = model.config.vocab_size
@@ -51,10 +51,27 @@ def test_models_train_on_the_padded_head_on_cuda_with_the_plain_heads_values(gpu
     with torch.no_grad():
         assert model(idx)[0].is_contiguous()
     grads = torch.autograd.grad(logits.square().mean(), list(model.parameters()))
-    module = importlib.import_module(type(model).__module__)
-    monkeypatch.setattr(module, "tied_logits", F.linear)  # the plain head, with gradients
+    monkeypatch.setattr(common, "tied_logits", F.linear)  # the plain head, with gradients
     plain, _ = model(idx)
     assert plain.is_contiguous()
     torch.testing.assert_close(logits, plain, rtol=1e-5, atol=1e-5)
     for a, b in zip(grads, torch.autograd.grad(plain.square().mean(), list(model.parameters()))):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["spen-tiny", "gpt-tiny"])
+@pytest.mark.parametrize("gpu", [pytest.param(0, marks=GPU)])
+def test_model_loss_on_cuda_is_the_loss_of_its_logits(gpu, name):
+    """``model.loss`` (the head and the fused loss in one op) against the torch loss of ``model(idx)``'s
+    logits under bf16 autocast, as training runs: the loss and every parameter's gradient."""
+    torch.manual_seed(0)
+    model = build_model(resolve_config(name)).cuda()
+    V = model.config.vocab_size
+    idx, y = torch.randint(0, V, (2, 2, 37), device="cuda").unbind(0)
+    with torch.autocast("cuda", torch.bfloat16):
+        loss = model.loss(idx, y)
+        ref = cross_entropy(model(idx)[0], y, impl="torch")
+    torch.testing.assert_close(loss, ref, rtol=1e-3, atol=1e-3)
+    params = list(model.parameters())
+    for a, b in zip(torch.autograd.grad(loss, params), torch.autograd.grad(ref, params)):
+        torch.testing.assert_close(a, b, rtol=3e-2, atol=3e-2 * b.abs().max().item())

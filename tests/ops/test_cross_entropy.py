@@ -1,6 +1,7 @@
 """cross_entropy: every form against the float64 reference, values and gradients, on odd sizes and
 every reduction, ignored targets included; the impl registry's names and errors; the fused Triton
-passes in Triton's interpreter on CPU (where Triton is installed) and on CUDA, rows padded and not."""
+passes in Triton's interpreter on CPU (where Triton is installed) and on CUDA, rows padded and not; the
+head and the loss together (linear_cross_entropy) against the loss of F.linear's logits."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from emaprobe.ops import CE_IMPLS, available_ce_impls, cross_entropy, naive_cross_entropy, resolve_ce_impl
+from emaprobe.ops import (CE_IMPLS, LINEAR_CE_IMPLS, available_ce_impls, cross_entropy, linear_cross_entropy,
+                          naive_cross_entropy, resolve_ce_impl)
 from emaprobe.ops.losses import REDUCTIONS
 
 GPU = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -69,6 +71,46 @@ def test_impl_registry_names_and_errors():
         cross_entropy(cpu, torch.zeros(2, dtype=torch.long), reduction="avg")
     with pytest.raises(ValueError, match=r"logits must be \(\.\.\., V\) over target's shape"):
         cross_entropy(cpu, torch.zeros(3, dtype=torch.long))
+
+
+def _head(lead, V, D, dtype=torch.float64, seed=0, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(*lead, D, generator=g, dtype=torch.float64).to(device, dtype)
+    w = (torch.randn(V, D, generator=g, dtype=torch.float64) / D ** 0.5 * 3).to(device, dtype)
+    target = torch.randint(0, V, lead, generator=g).to(device)
+    target.view(-1)[0] = -100
+    return h, w, target
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("lead,V,D", [((3, 5), 11, 7), ((7,), 101, 13), ((1, 2), 1, 3)],
+                         ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v))
+def test_linear_torch_form_is_the_loss_of_the_product(lead, V, D, reduction):
+    h, w, target = _head(lead, V, D, seed=V)
+    hl, wl = h.clone().requires_grad_(), w.clone().requires_grad_()
+    got = linear_cross_entropy(hl, wl, target, reduction)  # auto: torch on CPU
+    hr, wr = h.clone().requires_grad_(), w.clone().requires_grad_()
+    ref = _reduced(naive_cross_entropy(F.linear(hr, wr), target), target, reduction)
+    assert got.shape == ref.shape and got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), ref, rtol=1e-6, atol=1e-6)
+    gy = torch.randn(got.shape, dtype=torch.float64)
+    for a, b in zip(torch.autograd.grad((got.double() * gy).sum(), (hl, wl)), torch.autograd.grad((ref * gy).sum(), (hr, wr))):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)  # the loss runs in float32
+
+
+def test_linear_cross_entropy_errors():
+    h, w, target = _head((2, 3), 5, 4)
+    assert sorted(LINEAR_CE_IMPLS) == sorted(CE_IMPLS)
+    with pytest.raises(ValueError, match=r"h must be \(\.\.\., D\) over target's shape"):
+        linear_cross_entropy(h, w[:, :3], target)
+    with pytest.raises(ValueError, match=r"h must be \(\.\.\., D\) over target's shape"):
+        linear_cross_entropy(h, w, target[:, :2])
+    with pytest.raises(ValueError, match="unknown cross-entropy impl 'fast'"):
+        linear_cross_entropy(h, w, target, impl="fast")
+    with pytest.raises(ValueError, match="impl 'fused' takes CUDA logits"):
+        linear_cross_entropy(h.float(), w.float(), target, impl="fused")
+    with pytest.raises(ValueError, match="unknown reduction 'avg'"):
+        linear_cross_entropy(h, w, target, reduction="avg")
 
 
 def test_every_target_ignored_gives_nan_mean_as_F_does():
@@ -142,6 +184,27 @@ for args, msg in (((torch.zeros(3, 4), torch.zeros(2, dtype=torch.long)), "logit
     except ValueError as err:
         if msg not in str(err):
             bad.append(("message", msg, str(err)))
+# the head and the loss in one op: the logits' rows padded to pad_rows, the gradients read through them
+from emaprobe.ops.triton.cross_entropy import linear_cross_entropy_bwd, linear_cross_entropy_fwd
+for dtype, N, V, D, pad_rows in ((torch.float32, 5, 101, 12, 64), (torch.float32, 3, 64, 8, 64),
+                                 (torch.bfloat16, 7, 333, 16, 8), (torch.float32, 4, 1, 3, 64)):
+    h = torch.randn(N, D, generator=g).to(dtype)
+    w = (torch.randn(V, D, generator=g) * 0.7).to(dtype)
+    t = torch.randint(0, V, (N,), generator=g)
+    t[1 % N] = -100
+    loss, lse, logits, padded = linear_cross_entropy_fwd(h, w, t, -100, pad_rows)
+    gn = torch.randn(N, generator=g)
+    dh, dw = linear_cross_entropy_bwd(h, padded, logits, t, lse, gn, -100, V)
+    hd, wd = h.double().requires_grad_(True), w.double().requires_grad_(True)
+    ref = naive_cross_entropy(hd @ wd.t(), t)
+    rh, rw = torch.autograd.grad((ref * gn.double()).sum(), (hd, wd))
+    tol = 2e-5 if dtype == torch.float32 else 3e-2
+    if (logits.shape != (N, V + -V % pad_rows) or not torch.equal(padded[:V], w) or padded[V:].any()
+            or dh.shape != h.shape or dw.shape != w.shape or dh.dtype != dtype or dw.dtype != dtype):
+        bad.append(("linear layout", str(dtype), V, tuple(logits.shape)))
+    for name, a, b in (("loss", loss, ref), ("dh", dh, rh), ("dw", dw, rw)):
+        if ((a.double() - b).abs().max() / b.abs().max().clamp_min(1e-30)).item() > tol:
+            bad.append(("linear", name, str(dtype), N, V, pad_rows))
 print("BAD", bad)
 """
 
@@ -149,7 +212,8 @@ print("BAD", bad)
 def test_fused_passes_in_the_interpreter_equal_the_reference():
     """The Triton kernels run by Triton's interpreter on CPU (TRITON_INTERPRET=1, a fresh process: the
     variable is read when Triton loads): rows padded and not, every dtype, int32 and int64 targets,
-    ignored targets, the three reductions, non-finite logits and targets out of range."""
+    ignored targets, the three reductions, non-finite logits and targets out of range; the head and the
+    loss in one op (CPU products around the interpreted passes), V padded and not."""
     triton = pytest.importorskip("triton", reason="Triton is not installed (pip install triton runs this check on CPU)")
     if tuple(int(p) for p in triton.__version__.split(".")[:2]) < (3, 9):
         pytest.skip(f"Triton {triton.__version__}'s interpreter passes an int argument as an array, so a loop over "
@@ -203,3 +267,44 @@ def test_fused_loss_compiles_in_one_graph(gpu):
     (g_comp,) = torch.autograd.grad(got, x)
     assert torch.equal(got, eager) and torch.equal(g_comp, g_eager)
     assert resolve_ce_impl("auto", x) == "fused"
+
+
+@pytest.mark.parametrize("dtype,autocast", [(torch.float32, False), (torch.bfloat16, False), (torch.float32, True)],
+                         ids=["float32", "bfloat16", "autocast"])
+@pytest.mark.parametrize("lead,V,D", [((4, 37), 50257, 64), ((5,), 4099, 24), ((3, 2), 64, 16), ((2,), 1, 8)])
+@pytest.mark.parametrize("gpu", [pytest.param(0, marks=GPU)])
+def test_linear_fused_on_cuda_equals_the_torch_form(gpu, lead, V, D, dtype, autocast):
+    """The head and the fused loss in one op against F.linear's logits and the torch loss, in the same
+    dtype (under autocast both compute the product in bf16): loss and both gradients, every reduction."""
+    h, w, target = _head(lead, V, D, torch.float32, seed=V, device="cuda")
+    h, w = h.to(dtype), w.to(dtype)
+    ctx = torch.autocast("cuda", torch.bfloat16) if autocast else torch.autocast("cuda", enabled=False)
+    for reduction in REDUCTIONS:
+        hf, wf = h.clone().requires_grad_(), w.clone().requires_grad_()
+        hr, wr = h.clone().requires_grad_(), w.clone().requires_grad_()
+        with ctx:
+            got = linear_cross_entropy(hf, wf, target, reduction, impl="fused")
+            ref = linear_cross_entropy(hr, wr, target, reduction, impl="torch")
+        tol = 2e-5 if dtype == torch.float32 and not autocast else 2e-2
+        torch.testing.assert_close(got, ref, rtol=tol, atol=tol)
+        gy = torch.randn(got.shape, device="cuda")
+        for a, b in zip(torch.autograd.grad((got * gy).sum(), (hf, wf)), torch.autograd.grad((ref * gy).sum(), (hr, wr))):
+            assert a.dtype == b.dtype == dtype and a.shape == b.shape
+            torch.testing.assert_close(a.float(), b.float(), rtol=tol, atol=tol * b.abs().max().item())
+
+
+@pytest.mark.parametrize("gpu", [pytest.param(0, marks=GPU)])
+def test_linear_loss_compiles_in_one_graph(gpu):
+    """Under torch.compile the head and the loss are two custom ops in one graph, with the eager values."""
+    h, w, target = _head((4, 33), 50257, 64, torch.bfloat16, device="cuda")
+    hl, wl = h.requires_grad_(), w.requires_grad_()
+    fn = lambda a, b, t: linear_cross_entropy(a * 1.0, b, t)  # noqa: E731
+    eager = fn(hl, wl, target)
+    g_eager = torch.autograd.grad(eager, (hl, wl))
+    with torch.autocast("cuda", torch.bfloat16):
+        compiled = torch.compile(fn, fullgraph=True)
+        got = compiled(hl, wl, target)
+    g_comp = torch.autograd.grad(got, (hl, wl))
+    torch.testing.assert_close(got, eager, rtol=1e-6, atol=0)  # the mean's sum: Inductor's order, not eager's
+    for a, b in zip(g_comp, g_eager):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=0)

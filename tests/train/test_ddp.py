@@ -6,7 +6,7 @@ import torch
 import torch.multiprocessing as mp
 
 from emaprobe.models import build_model
-from emaprobe.train import LMData, TrainConfig, accumulate_gradients, load_checkpoint, train_lm, wrap_model
+from emaprobe.train import DistInfo, LMData, TrainConfig, accumulate_gradients, load_checkpoint, train_lm, wrap_model
 from emaprobe.train.dist import env_dist_info, init_distributed, shutdown_distributed
 
 from ddp_harness import agent_store, worker_env
@@ -54,7 +54,7 @@ def test_two_process_ddp_gradients_equal_one_process_on_combined_batch(tmp_path)
         mp.spawn(_worker, args=(port, str(tmp_path)), nprocs=WORLD, join=True)
     model = _small_spen()
     x, y = _batch()
-    accumulate_gradients(model, [(x, y)])
+    accumulate_gradients(wrap_model(model, DistInfo(), torch.device("cpu")), [(x, y)])
     want = {k: p.grad for k, p in model.named_parameters()}
     for rank in range(WORLD):
         got = torch.load(tmp_path / f"grads{rank}.pt")

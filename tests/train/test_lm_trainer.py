@@ -219,22 +219,27 @@ def test_sampler_streams_are_deterministic_per_rank_and_resumable():
     assert x.shape == (4, 8) and torch.equal(y[:, :-1], x[:, 1:])
 
 
-def test_compiled_loss_gives_the_eager_loss_and_gradients():
-    """loss_function(compile=True): the cross-entropy through Inductor (CPU here), same loss and grads."""
+def test_compiled_loss_module_gives_the_eager_loss_and_gradients():
+    """wrap_model(compile=True): the model and its loss as one graph through Inductor (CPU here), with the
+    eager module's loss and gradients; both are ``model.loss``, the cross-entropy of ``model(x)``'s logits."""
     from emaprobe.models import build_model, resolve_config
-    from emaprobe.train import accumulate_gradients, lm_loss, loss_function
+    from emaprobe.ops import cross_entropy
+    from emaprobe.train import DistInfo, NextTokenLoss, accumulate_gradients, wrap_model
 
-    assert loss_function(False) is lm_loss
     torch.manual_seed(0)
     model = build_model(resolve_config("spen-tiny"))
     gen = torch.Generator().manual_seed(3)
     batches = [tuple(torch.randint(0, 300, (2, 2, 9), generator=gen).unbind(0)) for _ in range(2)]
+    eager = wrap_model(model, DistInfo(), torch.device("cpu"))
+    assert isinstance(eager, NextTokenLoss) and eager.model is model
+    x, y = batches[0]
+    torch.testing.assert_close(eager(x, y), cross_entropy(model(x)[0], y), rtol=1e-6, atol=1e-6)
     grads, losses = [], []
-    for fn in (lm_loss, loss_function(True)):
+    for run in (eager, wrap_model(model, DistInfo(), torch.device("cpu"), compile=True)):
         model.zero_grad(set_to_none=True)
-        losses.append(accumulate_gradients(model, batches, None, fn))
+        losses.append(accumulate_gradients(run, batches))
         grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
-    assert len(grads[0]) == len(grads[1]) > 0
+    assert len(grads[0]) == len(grads[1]) == len(list(model.parameters()))
     for g, r in zip(grads[1], grads[0]):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)

@@ -97,7 +97,7 @@ from emaprobe.layers import MIXERS
 from emaprobe.models import GPTConfig, SPENConfig, build_model, resolve_config
 from emaprobe.train import OptimConfig, TrainConfig
 from emaprobe.train.dist import DistInfo
-from emaprobe.train.lm import (METRICS_NAME, LMData, accumulate_gradients, autocast_context, loss_function,
+from emaprobe.train.lm import (METRICS_NAME, LMData, accumulate_gradients, autocast_context,
                                 make_optimizer, train_lm, wrap_model)
 from emaprobe.utils import atomic_write_json, run_record
 
@@ -264,7 +264,6 @@ def bench_train(label: str, cfg, T: int, compiled: bool, bc: BenchConfig, device
     tcfg = TrainConfig(device=device.type)
     opt = make_optimizer(model, tcfg, device)
     run = wrap_model(model, DistInfo(), device, compile=compiled)
-    loss_fn = loss_function(compiled)
     autocast = autocast_context(tcfg, device)
     row["dtype"] = _dtype(device)
     gen = torch.Generator(device=device).manual_seed(0)
@@ -272,7 +271,7 @@ def bench_train(label: str, cfg, T: int, compiled: bool, bc: BenchConfig, device
     batch = [(seq[:, :-1], seq[:, 1:])]
 
     def step() -> None:
-        accumulate_gradients(run, batch, autocast, loss_fn)
+        accumulate_gradients(run, batch, autocast)
         torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.optim.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -5,8 +5,9 @@ Hardware:  one CUDA GPU; on CPU only the ``torch`` form runs (a smoke run of the
 Run time:  under a minute on one H100 or H200 (most of it compiling the ``compiled`` form).
 Expected:  the fused form (``ops/losses.py``: two Triton passes over the bf16 logits) near its floor;
            ``torch`` (``F.cross_entropy`` over a float32 copy, what an eager model pays) several times
-           slower; ``compiled`` (the same under ``torch.compile``, what the compiled trainer runs:
-           ``train.lm.loss_function``) between them.
+           slower; ``compiled`` (the same under ``torch.compile``, what a compiled loss over a model's
+           logits runs) between them. (Training calls ``model.loss``, the head and the fused loss in one op:
+           ``ops.linear_cross_entropy``.)
 
 What is timed: the loss of bf16 logits (N, V), N = ``--tokens`` (a training step's tokens), forward
 alone (under ``no_grad``) and forward+backward (the gradient to the logits), mean reduction, medians of

@@ -3,6 +3,7 @@
 The interface the trainer, evaluator and generator rely on:
 
     logits, state = model(idx (B, T) long, state=None)     # logits (B, T, V)
+    loss = model.loss(idx, target)                         # what training minimises
     model.config                                           # a frozen dataclass
     model.num_params()
     model.save_pretrained(dir)       # model.safetensors + config.json, both atomic
@@ -27,15 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from emaprobe.ops import HEAD_ROWS, linear_cross_entropy
 from emaprobe.utils import atomic_write_bytes, atomic_write_json, read_json
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 MODEL_KINDS: dict[str, type[LanguageModel]] = {}
-
-
-# the tied head's weight is padded with zero rows to a multiple of this when training on CUDA (tied_logits)
-HEAD_ROWS = 64
 
 
 def padded_linear(h: torch.Tensor, weight: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -129,7 +127,12 @@ def sample_next(
 
 
 class LanguageModel(nn.Module):
-    """Base of SPEN and GPT. Subclasses set ``kind``, ``config_class`` and ``forward``."""
+    """Base of SPEN and GPT, language models with a tied head. Subclasses set ``kind``, ``config_class``
+    and ``hidden(idx, state) -> (h, state)``, the normed last hidden state h (B, T, D) that the head reads:
+
+        forward(idx, state)   -> (logits (B, T, V), state)     h against the token embedding
+        loss(idx, target)     -> the mean next-token loss       the head and the loss in one op
+    """
 
     kind: str = ""
     config_class: type = object
@@ -162,6 +165,22 @@ class LanguageModel(nn.Module):
         if not isinstance(state, (list, tuple)) or len(state) != n:
             raise ValueError(f"{type(self).__name__}: state must be the list of {n} per-block states this model returned")
         return list(state)
+
+    # ------------------------------------------------------------------ the head
+    def hidden(self, idx: torch.Tensor, state: list | None = None) -> tuple[torch.Tensor, list]:
+        raise NotImplementedError(f"{type(self).__name__} must define hidden(idx, state) -> (h (B, T, D), state)")
+
+    def forward(self, idx: torch.Tensor, state: list | None = None) -> tuple[torch.Tensor, list]:
+        """idx (B, T) -> (logits (B, T, V), the state after idx); ``state`` is what a previous call returned."""
+        h, state = self.hidden(idx, state)
+        return tied_logits(h, self.tok_emb.weight), state
+
+    def loss(self, idx: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """The next-token cross-entropy of ``self(idx)``'s logits against target (B, T), float32, without
+        handing the logits out (``ops.linear_cross_entropy``: on CUDA the head's product and the loss are one
+        op, and their backward reads the logits' gradient where it was written). What training minimises."""
+        h, _ = self.hidden(idx)
+        return linear_cross_entropy(h, self.tok_emb.weight, target, reduction)
 
     # ------------------------------------------------------------------ sizes
     def embedding_params(self) -> int:

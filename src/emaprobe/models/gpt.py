@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from emaprobe.layers import fixed_kv_attention, reserve_kv_cache
-from emaprobe.models.common import ContextLimitError, LanguageModel, init_weights, register_model, tied_logits
+from emaprobe.models.common import ContextLimitError, LanguageModel, init_weights, register_model
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ class GPT(LanguageModel):
         self.ln_f = nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=config.bias)
         init_weights(self, config.init_std, config.n_layer)
 
-    def forward(self, idx: torch.Tensor, state: list | None = None):
+    def hidden(self, idx: torch.Tensor, state: list | None = None):
         self.check_idx(idx)
         caches = self.check_state(state, len(self.blocks))
         T = idx.shape[1]
@@ -148,8 +148,7 @@ class GPT(LanguageModel):
         for blk, cache in zip(self.blocks, caches):
             x, cache = blk(x, cache)
             new.append(cache)
-        logits = tied_logits(self.ln_f(x), self.tok_emb.weight)  # (B, T, V), tied head
-        return logits, new
+        return self.ln_f(x), new
 
     @property
     def static_state(self) -> bool:

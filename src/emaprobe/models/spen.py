@@ -41,7 +41,7 @@ from torch import nn
 
 from emaprobe.layers import ACTIVATIONS, MIXERS, PREDICTORS, SparseFFN, active_units, build_mixer, build_predictor
 from emaprobe.layers import check_alphas
-from emaprobe.models.common import LanguageModel, RMSNorm, init_weights, register_model, tied_logits
+from emaprobe.models.common import LanguageModel, RMSNorm, init_weights, register_model
 from emaprobe.ops import DEFAULT_ALPHAS, check_ffn_impl
 
 
@@ -183,7 +183,7 @@ class SPEN(LanguageModel):
         # linears and embeddings only: the mixers' decay parameters keep their own init
         init_weights(self, config.init_std, config.n_layer)
 
-    def forward(self, idx: torch.Tensor, state: list | None = None):
+    def hidden(self, idx: torch.Tensor, state: list | None = None):
         self.check_idx(idx)
         states = self.check_state(state, len(self.blocks))
         x = self.drop(self.tok_emb(idx))  # (B, T, D)
@@ -191,8 +191,7 @@ class SPEN(LanguageModel):
         for blk, st in zip(self.blocks, states):
             x, st = blk(x, st)
             new_states.append(st)
-        logits = tied_logits(self.norm_f(x), self.tok_emb.weight)  # (B, T, V), tied head
-        return logits, new_states
+        return self.norm_f(x), new_states
 
     @property
     def static_state(self) -> bool:

@@ -11,7 +11,8 @@ multi-timescale special case, ``h_t^(s) = (1 - alpha_s) h_{t-1}^(s) + alpha_s x_
 reference ``naive_gla``, chunked form ``chunk_gla`` and step form ``gla_step``.
 
 ``cross_entropy(logits, target)`` is the language models' loss, on CUDA two Triton passes over the
-logits in their own dtype (``losses.py``), with its float64 reference ``naive_cross_entropy``.
+logits in their own dtype (``losses.py``), with its float64 reference ``naive_cross_entropy``;
+``linear_cross_entropy(h, weight, target)`` is the tied head and that loss in one op, as training calls it.
 
 ``topk_ffn(c, w_up, w_down, k)`` is the top-k FFN ``y = W2 topk(act(W1 c))``, its down
 projection either dense (``naive_topk_ffn``'s form) or a gather of the k kept columns.
@@ -28,7 +29,8 @@ from emaprobe.ops.gla import (
     register_gla_backend,
     resolve_gla_backend,
 )
-from emaprobe.ops.losses import CE_IMPLS, available_ce_impls, cross_entropy, naive_cross_entropy, resolve_ce_impl
+from emaprobe.ops.losses import (CE_IMPLS, HEAD_ROWS, LINEAR_CE_IMPLS, available_ce_impls, cross_entropy,
+                                linear_cross_entropy, naive_cross_entropy, resolve_ce_impl)
 from emaprobe.ops.naive import gate_inputs, naive_ema_traces, naive_gated_scan, naive_linear_scan
 from emaprobe.ops.scan import (
     BACKENDS,
@@ -59,6 +61,8 @@ __all__ = [
     "DEFAULT_ALPHAS",
     "FFN_IMPLS",
     "GLABackend",
+    "HEAD_ROWS",
+    "LINEAR_CE_IMPLS",
     "GLA_BACKENDS",
     "ScanBackend",
     "available_backends",
@@ -74,6 +78,7 @@ __all__ = [
     "gated_linear_attention",
     "gated_scan",
     "gla_step",
+    "linear_cross_entropy",
     "linear_scan",
     "linear_scan_step",
     "naive_cross_entropy",

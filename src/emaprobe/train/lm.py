@@ -1,9 +1,11 @@
 """The language-model training loop.
 
 ``train_lm(model, data, cfg, out_dir)`` trains any ``model(idx (B, T)) -> (logits
-(B, T, V), state)`` on a 1-D token stream: AdamW with warmup and cosine decay,
-gradient clipping and accumulation, bf16 autocast on GPU, optional
-``torch.compile``, and DDP when started by ``torchrun``. The ingredients follow
+(B, T, V), state)`` on a 1-D token stream, minimising ``model.loss(x, y)`` where it has
+one (``models.LanguageModel``: the head and the loss in one op) and the logits'
+cross-entropy otherwise: AdamW with warmup and cosine decay, gradient clipping and
+accumulation, bf16 autocast on GPU, optional ``torch.compile``, and DDP when started
+by ``torchrun``. The ingredients follow
 nanoGPT's ``train.py`` (Karpathy); the checkpoint and resume logic is this
 project's own.
 
@@ -34,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -63,7 +64,7 @@ from emaprobe.train.dist import (
     recorded_failure,
     resolve_device,
 )
-from emaprobe.train.evaluate import evaluate_lm, lm_loss, token_cross_entropy
+from emaprobe.train.evaluate import evaluate_lm, lm_loss
 from emaprobe.utils.progress import progress_disabled, progress_lines
 from emaprobe.train.sampler import BatchSampler
 from emaprobe.train.schedule import lr_at
@@ -153,9 +154,31 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
     )
 
 
+class NextTokenLoss(torch.nn.Module):
+    """The training objective as a module: ``run(x, y)`` is the mean next-token loss, ``model.loss(x, y)``
+    where the model has one (``models.LanguageModel``), else the cross-entropy of ``model(x)``'s logits.
+
+    This is what ``wrap_model`` compiles and DDP wraps, so a compiled step is one graph from the tokens to
+    the loss. Compiled apart, the model handed its logits' gradient back across the graphs' edge as a
+    contiguous tensor, and the head's padded rows (``models.common.tied_logits``) were copied to and fro
+    (``notes/kernels.md``, rows "fused cross-entropy in the compiled step" and "the head and the loss in
+    one op")."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if hasattr(self.model, "loss"):
+            return self.model.loss(x, y)
+        return lm_loss(self.model, x, y)
+
+
 def wrap_model(model: torch.nn.Module, info: DistInfo, device: torch.device, compile: bool = False) -> torch.nn.Module:
-    """The module the loop calls: compiled if asked, then DDP-wrapped under torchrun."""
-    run = torch.compile(model) if compile else model
+    """The module the loop calls, ``run(x, y) -> loss``: the model's ``NextTokenLoss``, compiled if asked,
+    then DDP-wrapped under torchrun."""
+    run = NextTokenLoss(model)
+    run = torch.compile(run) if compile else run
     if info.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -163,31 +186,13 @@ def wrap_model(model: torch.nn.Module, info: DistInfo, device: torch.device, com
     return run
 
 
-def loss_function(compile: bool = False) -> Callable[..., torch.Tensor]:
-    """What training minimises: ``lm_loss(run, x, y)``.
-
-    Eager, the loss is ``token_cross_entropy``'s ``auto`` form: on CUDA the fused Triton passes over the
-    bf16 logits (``emaprobe.ops.losses``), where ``F.cross_entropy`` writes a float32 copy of the
-    (B, T, V) logits and runs softmax forward and backward over it (13.8 ms against 1.9 ms at
-    16,384 x 50,257 on one H100, ``emaprobe bench loss``). With ``compile`` the ``torch`` form is
-    compiled as well as the model, and Inductor reads the bf16 logits in one fused log-softmax (3.0
-    ms there): the fused form's gradient keeps the logits' strides, which Inductor pads, and the
-    compiled model's backward copied it to contiguous rows first (2.0 ms a step), so in the compiled
-    step it was slower (``notes/kernels.md``, rows "compiled cross-entropy" and "fused cross-entropy
-    in the compiled step")."""
-    if not compile:
-        return lm_loss
-    return functools.partial(lm_loss, cross_entropy=torch.compile(functools.partial(token_cross_entropy, impl="torch")))
-
-
 def accumulate_gradients(
     run: torch.nn.Module,
     batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
     autocast: contextlib.AbstractContextManager | None = None,
-    loss_fn: Callable[..., torch.Tensor] = lm_loss,
 ) -> torch.Tensor:
     """Backward over ``batches`` (micro-steps) so that .grad holds the gradient of their mean loss
-    (``loss_fn(run, x, y)``; ``loss_function`` makes it).
+    (``run(x, y)``, the loss module ``wrap_model`` makes).
 
     Under DDP gradients are all-reduced (averaged over ranks) only on the last
     micro-step. Returns the mean loss of this process's batches, detached.
@@ -198,7 +203,7 @@ def accumulate_gradients(
         skip_sync = n > 1 and i < n - 1 and hasattr(run, "no_sync")
         with run.no_sync() if skip_sync else contextlib.nullcontext():
             with autocast if autocast is not None else contextlib.nullcontext():
-                loss = loss_fn(run, x, y) / n
+                loss = run(x, y) / n
             loss.backward()
         total += loss.detach()
     return total
@@ -364,7 +369,6 @@ def train_lm(
         atomic_write_json(out / RUN_NAME, record)
 
     run = wrap_model(model, info, device, compile=cfg.compile)
-    loss_fn = loss_function(cfg.compile)
     writer = _tensorboard(out, cfg, info)
     log_file = open(metrics_path, "a", encoding="utf-8") if info.is_main else None
     tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * info.world_size
@@ -410,9 +414,11 @@ def train_lm(
                 if key != "step" and isinstance(value, (int, float)):
                     writer.add_scalar(key, value, rec["step"])
 
+    scorer = torch.compile(model) if cfg.compile else model  # evaluation reads the logits (compiled once, lazily)
+
     def evaluate() -> dict[str, float]:
         return evaluate_lm(
-            run, data.val, batch_size=cfg.batch_size, seq_len=cfg.seq_len, max_batches=cfg.eval_batches,
+            scorer, data.val, batch_size=cfg.batch_size, seq_len=cfg.seq_len, max_batches=cfg.eval_batches,
             bytes_per_token=data.bytes_per_token, device=device, autocast=autocast, dist_info=info,
         )
 
@@ -431,7 +437,7 @@ def train_lm(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batches = [tuple(t.to(device, non_blocking=True) for t in sampler.next()) for _ in range(cfg.grad_accum)]
-            loss = all_reduce_mean(accumulate_gradients(run, batches, autocast, loss_fn), info)
+            loss = all_reduce_mean(accumulate_gradients(run, batches, autocast), info)
             max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
             optimizer.step()

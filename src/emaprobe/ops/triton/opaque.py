@@ -20,7 +20,8 @@ address (rows on 4-byte boundaries take the two-keys-a-word kernel), which a ten
 compiler does not have; read inside the autograd Function that calls it, it stopped the trace
 (SPEN-130m compiled trained a third slower, ``notes/kernels.md``, row "an address under compile").
 The fused cross-entropy's two passes (``cross_entropy.py``) are ops so that a compiled loss runs them
-as they run eagerly.
+as they run eagerly; so are the tied head and its loss together (``linear_cross_entropy_*``), whose
+products read the logits and their gradient with padded rows, a layout the compiler would copy.
 """
 
 from collections.abc import Callable
@@ -161,3 +162,29 @@ def _cross_entropy_bwd(logits: Tensor, target: Tensor, lse: Tensor, g: Tensor, i
 @_cross_entropy_bwd.register_fake
 def _(logits, target, lse, g, ignore_index):
     return torch.empty_strided(logits.shape, logits.stride(), dtype=logits.dtype, device=logits.device)
+
+
+@torch.library.custom_op("emaprobe::linear_cross_entropy_fwd", mutates_args=())
+def _linear_cross_entropy_fwd(h: Tensor, weight: Tensor, target: Tensor, ignore_index: int,
+                              pad_rows: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _LAUNCHERS["linear_cross_entropy_fwd"](h, weight, target, ignore_index, pad_rows)
+
+
+@_linear_cross_entropy_fwd.register_fake
+def _(h, weight, target, ignore_index, pad_rows):
+    N, (V, D) = h.shape[0], weight.shape
+    Vp = V + -V % pad_rows
+    loss = h.new_empty(N, dtype=torch.float32)
+    return loss, torch.empty_like(loss), h.new_empty(N, Vp), weight.new_empty(Vp, D)
+
+
+@torch.library.custom_op("emaprobe::linear_cross_entropy_bwd", mutates_args=())
+def _linear_cross_entropy_bwd(h: Tensor, padded: Tensor, logits: Tensor, target: Tensor, lse: Tensor, g: Tensor,
+                              ignore_index: int, V: int) -> tuple[Tensor, Tensor]:
+    dh, dw = _LAUNCHERS["linear_cross_entropy_bwd"](h, padded, logits, target, lse, g, ignore_index, V)
+    return dh, dw.clone() if dw._base is not None else dw  # an op's outputs own their memory
+
+
+@_linear_cross_entropy_bwd.register_fake
+def _(h, padded, logits, target, lse, g, ignore_index, V):
+    return torch.empty_like(h, memory_format=torch.contiguous_format), padded.new_empty(V, padded.shape[1])
