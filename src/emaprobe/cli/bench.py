@@ -30,11 +30,13 @@ Output: ffn_<device>.json in runs/bench/ (ignored by git) unless --out names ano
 Each figure is a median of --repeats, the forms taking turns; speed-up = dense's time / the form's.
 """
 LOSS_EXAMPLES = """\
-  emaprobe bench loss --device cuda             the LM loss's forms over 16,384 x 50,257 bf16 logits
+  emaprobe bench loss --device cuda             the LM loss's forms over 16,384 x 50,257 bf16 logits,
+                                                alone and with the 768-wide tied head before it
 """
 LOSS_NOTES = """\
 Output: loss_<card>.json in runs/bench/ (ignored by git) unless --out names another folder.
-Each figure is a median of back-to-back calls; x = time over the fused form's bytes at the copy bandwidth.
+Each figure is a median of back-to-back calls; x = time over the floor: the fused passes' bytes at the copy
+bandwidth, and for the head's rows its products' FLOPs at the card's dense bf16 peak too.
 """
 EPILOG = "examples:\n" + SCAN_EXAMPLES + FFN_EXAMPLES + LOSS_EXAMPLES + SCAN_NOTES
 SCAN_EPILOG = "examples:\n" + SCAN_EXAMPLES + SCAN_NOTES
@@ -139,7 +141,8 @@ def _ffn(args: argparse.Namespace) -> int:
 def _loss(args: argparse.Namespace) -> int:
     from emaprobe.experiments.bench_loss import run
 
-    run(tokens=args.tokens, vocab=args.vocab, device=args.device, repeats=args.repeats, out_dir=args.out)
+    run(tokens=args.tokens, vocab=args.vocab, width=args.width, device=args.device, repeats=args.repeats,
+        out_dir=args.out)
     return 0
 
 
@@ -207,12 +210,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     c = bsub.add_parser(
         "loss",
-        help="the LM loss (token cross-entropy): fused Triton passes against F.cross_entropy, eager and compiled",
+        help="the LM loss (token cross-entropy), alone and with the tied head: fused Triton passes against "
+        "F.cross_entropy, eager and compiled",
         description="Time the token cross-entropy of bf16 logits (N, V) in each form of emaprobe.ops.cross_entropy: "
         "impl='fused' (two Triton passes over the logits in their dtype), impl='torch' (F.cross_entropy over a "
-        "float32 copy) and that form under torch.compile; forward and forward+backward, each against its floor "
-        "(the fused form's bytes at the card's copy bandwidth), after checking every form's loss and gradient "
-        "against the torch form's.",
+        "float32 copy) and that form under torch.compile; then the same forms of emaprobe.ops.linear_cross_entropy, "
+        "the tied head (h (N, D) against the weight (V, D)) and the loss together, as training runs them. Forward "
+        "and forward+backward, each against its floor (the fused passes' bytes at the card's copy bandwidth, and "
+        "the head's products at its peak), after checking every form's loss and gradients against the torch form's.",
         epilog=LOSS_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -220,6 +225,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="where to run (default: cuda; on cpu only the torch form runs)")
     c.add_argument("--tokens", type=int, default=16384, help="rows of logits, a step's B*T (default: 16384)")
     c.add_argument("--vocab", type=int, default=50257, help="the vocabulary, V (default: 50257, GPT-2's)")
+    c.add_argument("--width", type=int, default=768, help="the head's input width, D (default: 768, the 130m models')")
     c.add_argument("--repeats", type=int, default=5, help="timed runs per figure on cpu (default: 5)")
     c.add_argument("--out", default="runs/bench", help="folder for the JSON (default: runs/bench)")
     c.set_defaults(func=_loss)

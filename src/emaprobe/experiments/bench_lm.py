@@ -52,7 +52,7 @@ from the config registry by their label (in ``--merge``), where their recorded
 ``flops_per_token`` still matches; other rows are left out of ``versus``.
 
 ``peak_flops`` is ``--peak-tflops`` or the dense bf16 tensor-core peak of the card from
-``PEAK_TFLOPS`` (the datasheet figure, e.g. 989 TFLOP/s for H100 SXM and H200; the lab
+``experiments.common.PEAK_TFLOPS`` (the datasheet figure, e.g. 989 TFLOP/s for H100 SXM and H200; the lab
 measured about 790 TFLOP/s achievable in a bf16 matmul on an H200); on CPU it is None and
 MFU is null.
 
@@ -92,7 +92,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from emaprobe.experiments.common import card_slug, check_tag, pyplot, save_fig, write_result
+from emaprobe.experiments.common import card_slug, check_tag, peak_flops, pyplot, save_fig, write_result
 from emaprobe.layers import MIXERS
 from emaprobe.models import GPTConfig, SPENConfig, build_model, resolve_config
 from emaprobe.train import OptimConfig, TrainConfig
@@ -101,9 +101,6 @@ from emaprobe.train.lm import (METRICS_NAME, LMData, accumulate_gradients, autoc
                                 make_optimizer, train_lm, wrap_model)
 from emaprobe.utils import atomic_write_json, run_record
 
-# dense bf16 tensor-core peaks from NVIDIA's datasheets (no 2:4 sparsity); first match wins
-PEAK_TFLOPS = (("h200", 989.0), ("h100 pcie", 756.0), ("h100", 989.0), ("a100", 312.0), ("l40s", 362.0))
-PEAK_SOURCE = "NVIDIA datasheet, dense bf16 tensor cores (about 790 TFLOP/s is achievable in a bf16 matmul on an H200)"
 MFU_FORMULA = (
     "MFU = flops_per_token * tokens_per_s / peak_flops; flops_per_token = 6 N + attention/state terms "
     "(GPT and attention predictor 12 D T per block, attention mixer 6 S T (E + D), gla 12 S E D, scans 0); "
@@ -197,19 +194,6 @@ def flops_per_token(model: nn.Module, T: int) -> dict:
     full = 6 * N + causal + other
     return {"matmul_params": N, "flops_per_token": full, "flops_per_token_active": full - 6 * idle_w2,
             "flops_per_token_executed": full - causal // 2}
-
-
-def peak_flops(device: torch.device, override_tflops: float | None = None) -> tuple[float | None, str]:
-    """(peak FLOP/s, where the figure comes from); None on CPU or an unknown card."""
-    if override_tflops is not None:
-        return override_tflops * 1e12, "--peak-tflops"
-    if device.type != "cuda":
-        return None, "none on CPU"
-    name = torch.cuda.get_device_name(device).lower()
-    for key, tflops in PEAK_TFLOPS:
-        if key in name:
-            return tflops * 1e12, PEAK_SOURCE
-    return None, f"unknown card {name!r}; pass --peak-tflops"
 
 
 # ---------------------------------------------------------------------------- timing

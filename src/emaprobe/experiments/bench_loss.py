@@ -1,19 +1,27 @@
-"""Benchmark: the language models' loss (token cross-entropy over the vocabulary) in each form, in one run.
+"""Benchmark: the language models' loss (token cross-entropy over the vocabulary) in each form, in one run,
+alone and with the tied head before it.
 
-Command:   emaprobe bench loss --device cuda [--tokens 16384] [--vocab 50257] [--out runs/bench]
-Hardware:  one CUDA GPU; on CPU only the ``torch`` form runs (a smoke run of the command).
-Run time:  under a minute on one H100 or H200 (most of it compiling the ``compiled`` form).
-Expected:  the fused form (``ops/losses.py``: two Triton passes over the bf16 logits) near its floor;
-           ``torch`` (``F.cross_entropy`` over a float32 copy, what an eager model pays) several times
-           slower; ``compiled`` (the same under ``torch.compile``, what a compiled loss over a model's
-           logits runs) between them. (Training calls ``model.loss``, the head and the fused loss in one op:
-           ``ops.linear_cross_entropy``.)
+Command:   emaprobe bench loss --device cuda [--tokens 16384] [--vocab 50257] [--width 768] [--out runs/bench]
+Hardware:  one CUDA GPU; on CPU only the ``torch`` forms run (a smoke run of the command).
+Run time:  under a minute on one H100 or H200 (most of it compiling the ``compiled`` forms).
+Expected:  the fused forms near their floors; ``torch`` (``F.cross_entropy`` over a float32 copy, what an
+           eager model paid) several times slower; ``compiled`` (the same under ``torch.compile``) between.
 
-What is timed: the loss of bf16 logits (N, V), N = ``--tokens`` (a training step's tokens), forward
-alone (under ``no_grad``) and forward+backward (the gradient to the logits), mean reduction, medians of
-back-to-back calls (``triton.testing.do_bench``; ``time.perf_counter`` medians on CPU). The floor is the
-fused form's bytes at the card's copy bandwidth: the logits read once forward, and forward+backward
-read twice and their gradient written once (2 N V and 6 N V bytes in bf16).
+Two rows, each with three forms (``fused``, ``compiled``, ``torch``):
+
+``loss``  ``ops.cross_entropy`` of bf16 logits (N, V), N = ``--tokens`` (a training step's tokens); fused is
+          two Triton passes over the logits (``ops/losses.py``).
+``head``  ``ops.linear_cross_entropy`` of h (N, D) and the head's weight (V, D), D = ``--width``: what
+          training runs (``LanguageModel.loss``); fused is the product padded to 64 columns, the two passes
+          and the backward's products over the padded rows, in one op.
+
+What is timed: forward alone (under ``no_grad``) and forward+backward (the gradients to the logits, or to h
+and the weight), mean reduction, medians of back-to-back calls (``triton.testing.do_bench``;
+``time.perf_counter`` medians on CPU), after checking each form's loss and gradients against the torch
+form's. The floor is the fused passes' bytes at the card's copy bandwidth (the logits read once forward;
+forward+backward read twice and their gradient written once: 2 N V and 6 N V bytes in bf16); the head's
+rows add the logits written once by the product and the products' FLOPs (2 N D V forward, three times that
+forward+backward) at the card's dense bf16 peak (``experiments.common.PEAK_TFLOPS``).
 """
 
 from __future__ import annotations
@@ -23,17 +31,17 @@ from pathlib import Path
 
 import torch
 
-from emaprobe.experiments.common import bench_eager_ms, card_slug, copy_bandwidth, median_times
-from emaprobe.ops.losses import cross_entropy
+from emaprobe.experiments.common import bench_eager_ms, card_slug, copy_bandwidth, median_times, peak_flops
+from emaprobe.ops.losses import cross_entropy, linear_cross_entropy
 from emaprobe.utils import atomic_write_json, run_record
 
-def _forms(device: torch.device) -> dict:
-    """name -> loss(logits, target): the forms that run on ``device``; compiled is torch.compile of the torch form."""
-    torch_form = functools.partial(cross_entropy, impl="torch")
+def _forms(device: torch.device, loss) -> dict:
+    """name -> loss(...): the forms of ``loss`` (``cross_entropy`` or ``linear_cross_entropy``) that run on
+    ``device``; compiled is torch.compile of the torch form."""
+    torch_form = functools.partial(loss, impl="torch")
     if device.type != "cuda":
         return {"torch": torch_form}
-    return {"fused": functools.partial(cross_entropy, impl="fused"), "compiled": torch.compile(torch_form),
-            "torch": torch_form}
+    return {"fused": functools.partial(loss, impl="fused"), "compiled": torch.compile(torch_form), "torch": torch_form}
 
 
 def _median_ms(fn, device: torch.device, repeats: int) -> float:
@@ -43,10 +51,33 @@ def _median_ms(fn, device: torch.device, repeats: int) -> float:
     return median_times({"fn": fn}, repeats, device, warmup=1)["fn"] * 1e3
 
 
-def run(tokens: int = 16384, vocab: int = 50257, device: str = "cuda", repeats: int = 5,
+def _measure(forms: dict, inputs: tuple, leaves: tuple, row: dict, device: torch.device, repeats: int) -> dict:
+    """Check every form's loss and gradients (to ``leaves``) against the torch form's, then time it."""
+    ref = forms["torch"](*inputs)
+    grefs = torch.autograd.grad(ref, leaves)
+    for name, fn in forms.items():
+        loss = fn(*inputs)
+        grads = torch.autograd.grad(loss, leaves)
+        # the check before the clock: every form gives the reference's loss and gradients
+        row[f"{name}_loss_err"] = abs(loss.item() - ref.item())
+        row[f"{name}_grad_err"] = max((g.float() - r.float()).abs().max().item() for g, r in zip(grads, grefs))
+
+        def fwd(fn=fn):
+            with torch.no_grad():
+                return fn(*inputs)
+
+        def fwd_bwd(fn=fn):
+            return torch.autograd.grad(fn(*inputs), leaves)
+
+        row[f"{name}_fwd_ms"] = _median_ms(fwd, device, repeats)
+        row[f"{name}_fwd_bwd_ms"] = _median_ms(fwd_bwd, device, repeats)
+    return row
+
+
+def run(tokens: int = 16384, vocab: int = 50257, width: int = 768, device: str = "cuda", repeats: int = 5,
         out_dir: str | Path | None = "runs/bench") -> dict:
-    """Time every form, print the table and write ``loss_<card>.json`` to ``out_dir`` (None: no file)."""
-    for flag, value in (("--tokens", tokens), ("--vocab", vocab), ("--repeats", repeats)):
+    """Time every form, print the tables and write ``loss_<card>.json`` to ``out_dir`` (None: no file)."""
+    for flag, value in (("--tokens", tokens), ("--vocab", vocab), ("--width", width), ("--repeats", repeats)):
         if value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")
     dev = torch.device(device)
@@ -56,40 +87,34 @@ def run(tokens: int = 16384, vocab: int = 50257, device: str = "cuda", repeats: 
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     logits = (torch.randn(tokens, vocab, generator=gen) * 2).to(dev, dtype).requires_grad_()
     target = torch.randint(0, vocab, (tokens,), generator=gen).to(dev)
-    forms = _forms(dev)
-    ref = forms["torch"](logits, target)
-    (gref,) = torch.autograd.grad(ref, logits)
-    row: dict = {"N": tokens, "V": vocab, "dtype": str(dtype).removeprefix("torch.")}
-    for name, fn in forms.items():
-        loss = fn(logits, target)
-        (g,) = torch.autograd.grad(loss, logits)
-        # the check before the clock: every form gives the reference's loss and gradient
-        row[f"{name}_loss_err"] = abs(loss.item() - ref.item())
-        row[f"{name}_grad_err"] = (g.float() - gref.float()).abs().max().item()
-
-        def fwd(fn=fn):
-            with torch.no_grad():
-                return fn(logits, target)
-
-        def fwd_bwd(fn=fn):
-            return torch.autograd.grad(fn(logits, target), logits)
-
-        row[f"{name}_fwd_ms"] = _median_ms(fwd, dev, repeats)
-        row[f"{name}_fwd_bwd_ms"] = _median_ms(fwd_bwd, dev, repeats)
+    h = torch.randn(tokens, width, generator=gen).to(dev, dtype).requires_grad_()
+    w = (torch.randn(vocab, width, generator=gen) * 2 / width ** 0.5).to(dev, dtype).requires_grad_()
+    shape = {"N": tokens, "V": vocab, "dtype": str(dtype).removeprefix("torch.")}
+    rows = [_measure(_forms(dev, cross_entropy), (logits, target), (logits,), {"part": "loss", **shape}, dev, repeats),
+            _measure(_forms(dev, linear_cross_entropy), (h, w, target), (h, w), {"part": "head", "D": width, **shape},
+                     dev, repeats)]
+    forms = list(_forms(dev, cross_entropy))
     on_gpu = dev.type == "cuda"
     card = torch.cuda.get_device_name(dev) if on_gpu else "cpu"
     bw = copy_bandwidth() if on_gpu else None
+    peak, peak_source = peak_flops(dev)
     if on_gpu:
         size = logits.element_size()
-        # the copy bandwidth counts bytes read plus bytes written
-        row["floor_fwd_ms"] = tokens * vocab * size / bw * 1e3
-        row["floor_fwd_bwd_ms"] = 3 * tokens * vocab * size / bw * 1e3
-        for name in forms:
-            for what in ("fwd", "fwd_bwd"):
-                row[f"{name}_{what}_x_floor"] = row[f"{name}_{what}_ms"] / row[f"floor_{what}_ms"]
-    print(format_table(row, list(forms), card))
+        for row in rows:
+            # the fused passes' bytes (the copy bandwidth counts bytes read plus bytes written): the logits read
+            # once forward, twice forward+backward, their gradient written once; the head's rows add the
+            # products at the card's peak (1 forward, 3 forward+backward) and the logits written once
+            head = row["part"] == "head"
+            gemm = 2 * tokens * width * vocab / peak if head and peak else 0.0
+            row["floor_fwd_ms"] = ((1 + head) * tokens * vocab * size / bw + gemm) * 1e3
+            row["floor_fwd_bwd_ms"] = ((3 + head) * tokens * vocab * size / bw + 3 * gemm) * 1e3
+            for name in forms:
+                for what in ("fwd", "fwd_bwd"):
+                    row[f"{name}_{what}_x_floor"] = row[f"{name}_{what}_ms"] / row[f"floor_{what}_ms"]
+    for row in rows:
+        print(format_table(row, forms, card))
     result = run_record(benchmark=f"loss-{dev.type}", card=card, **({"copy_bandwidth_Bps": bw} if on_gpu else {}),
-                        repeats=repeats, rows=[row])
+                        peak_flops=peak, peak_flops_source=peak_source, repeats=repeats, rows=rows)
     if out_dir is not None:
         path = atomic_write_json(Path(out_dir) / f"loss_{card_slug(card)}.json", result)
         print(f"wrote {path}")
@@ -97,8 +122,10 @@ def run(tokens: int = 16384, vocab: int = 50257, device: str = "cuda", repeats: 
 
 
 def format_table(row: dict, forms: list[str], card: str) -> str:
-    lines = [f"token cross-entropy, {row['N']} x {row['V']} {row['dtype']} logits, {card}; "
-             f"x = time over the floor (the fused form's bytes at the copy bandwidth)",
+    what = (f"the head and the loss, h {row['N']} x {row['D']} and W {row['V']} x {row['D']}" if row["part"] == "head"
+            else f"token cross-entropy, {row['N']} x {row['V']} logits")
+    lines = [f"{what}, {row['dtype']}, {card}; x = time over the floor (the fused passes' bytes at the copy "
+             f"bandwidth{', the products at the peak' if row['part'] == 'head' else ''})",
              f"{'form':<10}{'forward':>20}{'forward+backward':>22}{'|loss - torch|':>16}{'|grad - torch|':>16}"]
     for name in forms:
         cells = []

@@ -159,6 +159,24 @@ def copy_bandwidth(nbytes: int = 1 << 30) -> float:
     return 2 * nbytes / (ms * 1e-3)
 
 
+# dense bf16 tensor-core peaks from NVIDIA's datasheets (no 2:4 sparsity); first match wins
+PEAK_TFLOPS = (("h200", 989.0), ("h100 pcie", 756.0), ("h100", 989.0), ("a100", 312.0), ("l40s", 362.0))
+PEAK_SOURCE = "NVIDIA datasheet, dense bf16 tensor cores (about 790 TFLOP/s is achievable in a bf16 matmul on an H200)"
+
+
+def peak_flops(device: torch.device, override_tflops: float | None = None) -> tuple[float | None, str]:
+    """(peak FLOP/s, where the figure comes from); None on CPU or an unknown card."""
+    if override_tflops is not None:
+        return override_tflops * 1e12, "--peak-tflops"
+    if device.type != "cuda":
+        return None, "none on CPU"
+    name = torch.cuda.get_device_name(device).lower()
+    for key, tflops in PEAK_TFLOPS:
+        if key in name:
+            return tflops * 1e12, PEAK_SOURCE
+    return None, f"unknown card {name!r}; pass --peak-tflops"
+
+
 def card_slug(card: str) -> str:
     """'NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3': the card's name in result file names."""
     return "-".join("".join(c if c.isalnum() else " " for c in card.lower()).split())
