@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -29,25 +28,11 @@ from emaprobe.train.dist import DistInfo, all_reduce_sum
 from emaprobe.utils.progress import progress_disabled
 
 
-def token_cross_entropy(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean",
-                        impl: str = "auto") -> torch.Tensor:
-    """Cross-entropy of logits (B, T, V) against targets y (B, T), computed in float32
-    (``emaprobe.ops.losses.cross_entropy``; ``auto``: on CUDA two Triton passes over the logits in their
-    own dtype)."""
-    return cross_entropy(logits, y, reduction=reduction, impl=impl)
-
-
-def lm_loss(
-    model: torch.nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    reduction: str = "mean",
-    cross_entropy: Callable[..., torch.Tensor] = token_cross_entropy,
-) -> torch.Tensor:
-    """Next-token cross-entropy of ``model(x)`` against ``y``; x, y (B, T). Computed in float32
-    (``cross_entropy``: ``token_cross_entropy`` or a compiled copy of it)."""
+def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Next-token cross-entropy of ``model(x)``'s logits against ``y``; x, y (B, T). Computed in float32
+    (``emaprobe.ops.cross_entropy``: on CUDA two Triton passes over the logits in their own dtype)."""
     logits, _ = model(x)  # (B, T, V)
-    return cross_entropy(logits, y, reduction)
+    return cross_entropy(logits, y, reduction=reduction)
 
 
 @torch.no_grad()
