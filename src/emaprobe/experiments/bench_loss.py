@@ -124,8 +124,9 @@ def run(tokens: int = 16384, vocab: int = 50257, width: int = 768, device: str =
 def format_table(row: dict, forms: list[str], card: str) -> str:
     what = (f"the head and the loss, h {row['N']} x {row['D']} and W {row['V']} x {row['D']}" if row["part"] == "head"
             else f"token cross-entropy, {row['N']} x {row['V']} logits")
-    lines = [f"{what}, {row['dtype']}, {card}; x = time over the floor (the fused passes' bytes at the copy "
-             f"bandwidth{', the products at the peak' if row['part'] == 'head' else ''})",
+    floor = (f"; x = time over the floor (the fused passes' bytes at the copy bandwidth"
+             f"{', the products at the peak' if row['part'] == 'head' else ''})" if "floor_fwd_ms" in row else "")
+    lines = [f"{what}, {row['dtype']}, {card}{floor}",
              f"{'form':<10}{'forward':>20}{'forward+backward':>22}{'|loss - torch|':>16}{'|grad - torch|':>16}"]
     for name in forms:
         cells = []
