@@ -184,6 +184,17 @@ for args, msg in (((torch.zeros(3, 4), torch.zeros(2, dtype=torch.long)), "logit
     except ValueError as err:
         if msg not in str(err):
             bad.append(("message", msg, str(err)))
+# a gradient buffer handed in must share the logits' layout: the kernel writes it at the logits' offsets
+from emaprobe.ops.triton.cross_entropy import _bwd
+x = torch.randn(3, 10, generator=g)
+t = torch.tensor([1, 2, 3])
+_, lse = cross_entropy_fwd(x, t)
+try:
+    _bwd(x, t, lse, torch.ones(3), -100, dx=torch.empty(3, 12)[:, :10])
+    bad.append(("no error", "dx layout"))
+except ValueError as err:
+    if "dx must have the logits' shape, strides and dtype" not in str(err):
+        bad.append(("message", "dx layout", str(err)))
 # the head and the loss in one op: the logits' rows padded to pad_rows, the gradients read through them
 from emaprobe.ops.triton.cross_entropy import linear_cross_entropy_bwd, linear_cross_entropy_fwd
 for dtype, N, V, D, pad_rows in ((torch.float32, 5, 101, 12, 64), (torch.float32, 3, 64, 8, 64),

@@ -90,10 +90,11 @@ def run(tokens: int = 16384, vocab: int = 50257, width: int = 768, device: str =
     h = torch.randn(tokens, width, generator=gen).to(dev, dtype).requires_grad_()
     w = (torch.randn(vocab, width, generator=gen) * 2 / width ** 0.5).to(dev, dtype).requires_grad_()
     shape = {"N": tokens, "V": vocab, "dtype": str(dtype).removeprefix("torch.")}
-    rows = [_measure(_forms(dev, cross_entropy), (logits, target), (logits,), {"part": "loss", **shape}, dev, repeats),
+    loss_forms = _forms(dev, cross_entropy)
+    rows = [_measure(loss_forms, (logits, target), (logits,), {"part": "loss", **shape}, dev, repeats),
             _measure(_forms(dev, linear_cross_entropy), (h, w, target), (h, w), {"part": "head", "D": width, **shape},
                      dev, repeats)]
-    forms = list(_forms(dev, cross_entropy))
+    forms = list(loss_forms)  # the same names in both rows
     on_gpu = dev.type == "cuda"
     card = torch.cuda.get_device_name(dev) if on_gpu else "cpu"
     bw = copy_bandwidth() if on_gpu else None

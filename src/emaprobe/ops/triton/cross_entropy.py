@@ -179,6 +179,9 @@ def _bwd(logits: torch.Tensor, target: torch.Tensor, lse: torch.Tensor, g: torch
     N, V = logits.shape
     if dx is None:
         dx = torch.empty_strided((N, V), logits.stride(), dtype=logits.dtype, device=logits.device)
+    elif dx.shape != logits.shape or dx.stride() != logits.stride() or dx.dtype != logits.dtype:
+        raise ValueError(f"dx must have the logits' shape, strides and dtype (the kernel writes it at their "
+                         f"offsets), got {tuple(dx.shape)} {dx.stride()} {dx.dtype}")
     if N:
         _ce_bwd_kernel[(N,)](logits, target, lse, g, dx, V, logits.stride(0), g.stride(0), ignore_index,
                              *_blocks(V), ALIGN=_align(logits.dtype), BLOCK=BLOCK, num_warps=NUM_WARPS)
