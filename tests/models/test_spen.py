@@ -82,21 +82,37 @@ def test_block_follows_the_design_order_and_shapes():
     assert ((hidden != 0).sum(-1) == k).all()
 
 
-@pytest.mark.parametrize("T", [0, 1, 9])
-def test_mix_equals_the_concatenated_product_values_and_gradients(T):
-    # c = M [e; vec(H)] without the concatenation: the same values and the same gradients to
-    # e, H and M as nn.Linear on torch.cat, in float64 on odd sizes
-    block = small_spen().blocks[0].double()
+@pytest.mark.parametrize("predictor", sorted(PREDICTORS))
+@pytest.mark.parametrize("T", [1, 9])
+@pytest.mark.parametrize("with_past", [False, True])
+def test_stacked_context_product_equals_predictor_then_concatenated_mix(predictor, T, with_past):
+    # the block reads vec(H) once, with the predictor's in_proj and M's H columns stacked in one
+    # product: the same x̂, e, c and predictor state, and the same gradients to u, H, h_last and
+    # every weight, as the predictor module followed by nn.Linear on cat([e, vec(H)]); float64,
+    # odd sizes, with and without a past (h_last and the attention predictor's cache)
+    block = small_spen(predictor=predictor).blocks[0].double()
     torch.manual_seed(1)
-    e = torch.randn(3, T, 16, dtype=torch.float64, requires_grad=True)
+    u = torch.randn(3, T, 16, dtype=torch.float64, requires_grad=True)
     H = torch.randn(3, T, 3, 16, dtype=torch.float64, requires_grad=True)
-    got = block._mix(e, H)
-    want = block.mix(torch.cat([e, H.flatten(2)], dim=-1))
-    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
-    g = torch.randn_like(want)
-    grads_got = torch.autograd.grad(got, (e, H, block.mix.weight), g, allow_unused=True)
-    grads_want = torch.autograd.grad(want, (e, H, block.mix.weight), g, allow_unused=True)
-    for a, b in zip(grads_got, grads_want):
+    h_last, pred_state = None, None
+    if with_past:
+        with torch.no_grad():
+            _, pred_state = block.predictor(torch.randn(3, 5, 3, 16, dtype=torch.float64))
+        h_last = torch.randn(3, 3, 16, dtype=torch.float64, requires_grad=True)
+    x_hat, e, c, st = block._predict_and_mix(u, H, h_last, pred_state)
+    x_ref, st_ref = block.predictor(H, h_last, pred_state)
+    e_ref = u - x_ref
+    c_ref = block.mix(torch.cat([e_ref, H.flatten(2)], dim=-1))
+    for a, b in ((x_hat, x_ref), (e, e_ref), (c, c_ref)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    if predictor == "attention":
+        for a, b in zip(st, st_ref):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    wrt = [u, H] + ([h_last] if with_past else []) + list(block.predictor.parameters()) + [block.mix.weight]
+    gc, gx = torch.randn_like(c), torch.randn_like(x_hat)
+    got = torch.autograd.grad((c, x_hat), wrt, (gc, gx))
+    want = torch.autograd.grad((c_ref, x_ref), wrt, (gc, gx))
+    for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 

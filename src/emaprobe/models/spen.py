@@ -129,9 +129,7 @@ class SPENBlock(nn.Module):
         state = state or {}
         u = self.norm(x)  # (B, T, D)
         H, mix_state = self.mixer(_in_autocast_dtype(u), state.get("mixer"))  # (B, T, S, D)
-        x_hat, pred_state = self.predictor(H, state.get("h_last"), state.get("pred"))  # (B, T, D)
-        e = u - x_hat  # (B, T, D)
-        c = self._mix(e.to(H.dtype), H)  # (B, T, d_b)
+        x_hat, e, c, pred_state = self._predict_and_mix(u, H, state.get("h_last"), state.get("pred"))
         y = self.ffn(c)  # (B, T, D)
         out = x + self.drop(y)
         new_state = {"mixer": mix_state, "h_last": H[:, -1].clone(), "pred": pred_state}
@@ -139,16 +137,23 @@ class SPENBlock(nn.Module):
             return out, new_state, {"u": u, "H": H, "x_hat": x_hat, "e": e, "c": c, "y": y}
         return out, new_state
 
-    def _mix(self, e: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
-        """c = M [e; vec(H)], computed as e M_e^T + vec(H) M_H^T: the same product without the
-        (B, T, (S+1) D) concatenation, which cost a read and a write of 4 (S+1) bytes per
-        token-channel in bf16 (and its own saved activation). On one H100 at B=16 T=2048 this took
-        a block's forward from 3.73 to 3.64 ms (results/bench/spen_mix_nvidia-h100-80gb-hbm3.json)."""
-        D = e.shape[-1]
-        W = self.mix.weight  # (d_b, (S+1) D): columns [0, D) act on e, the rest on vec(H)
-        c = F.linear(e, W[:, :D])
-        Hf = H.flatten(2).flatten(0, 1)  # (B T, S D)
-        return torch.addmm(c.flatten(0, 1), Hf, W[:, D:].t()).view_as(c)
+    def _predict_and_mix(self, u: torch.Tensor, H: torch.Tensor, h_last: torch.Tensor | None, pred_state):
+        """(x̂, e, c, predictor state): x̂ = P(H_{<t}), e = u - x̂ and c = M [e; vec(H)].
+
+        Both P and M read vec(H), the block's widest activation (S D a token). Their H-facing
+        weights, the predictor's ``in_proj`` (F, S D) and M's H columns (d_b, S D), are stacked
+        into one product, so H is read once forward and once for the weight gradients, and its
+        gradient comes out of one product instead of two that a third kernel sums. M is applied
+        as e M_e^T + vec(H) M_H^T, without the (B, T, (S+1) D) concatenation.
+        """
+        D = u.shape[-1]
+        W_P, W = self.predictor.in_proj.weight, self.mix.weight  # (F, S D); (d_b, (S+1) D), [0, D) acts on e
+        zc = F.linear(H.flatten(2), torch.cat([W_P, W[:, D:]]))  # (B, T, F + d_b)
+        z, c_H = zc.split([W_P.shape[0], W.shape[0]], dim=-1)
+        x_hat, pred_state = self.predictor.finish(z, self.predictor.project_last(h_last, H.dtype), pred_state)
+        e = u - x_hat  # (B, T, D)
+        c = torch.addmm(c_H.flatten(0, 1), e.to(H.dtype).flatten(0, 1), W[:, :D].t()).view_as(c_H)
+        return x_hat, e, c, pred_state
 
 
 def _in_autocast_dtype(t: torch.Tensor) -> torch.Tensor:
