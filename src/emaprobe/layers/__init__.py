@@ -12,7 +12,8 @@
 | `gla`         | input-dependent, per key, on a matrix state   | (B, S, E, D)    |
 | `attention`   | causal softmax, one head per timescale        | KV cache        |
 
-Also here: SPEN's predictors (``PREDICTORS``: ``linear``, ``attention``), the
+Also here: SPEN's predictors (``PREDICTORS``: ``linear``, ``attention``; a new one subclasses
+``Predictor``, an input projection ``in_proj`` then ``finish``, and takes ``@register_predictor``), the
 KV-cached causal attention calls (growing and preallocated), and the top-k sparse FFN.
 """
 
@@ -37,7 +38,14 @@ from emaprobe.layers.attention import (
     fixed_kv_attention,
     reserve_kv_cache,
 )
-from emaprobe.layers.predictors import PREDICTORS, AttentionPredictor, LinearPredictor, build_predictor
+from emaprobe.layers.predictors import (
+    PREDICTORS,
+    AttentionPredictor,
+    LinearPredictor,
+    Predictor,
+    build_predictor,
+    register_predictor,
+)
 from emaprobe.layers.sparse_ffn import ACTIVATIONS, SparseFFN, active_units
 
 __all__ = [
@@ -53,6 +61,7 @@ __all__ = [
     "KVCache",
     "LearnedEMAMixer",
     "LinearPredictor",
+    "Predictor",
     "SelectiveMixer",
     "SparseFFN",
     "active_units",
@@ -64,5 +73,6 @@ __all__ = [
     "mixer_class",
     "no_weight_decay",
     "register_mixer",
+    "register_predictor",
     "reserve_kv_cache",
 ]
