@@ -29,18 +29,6 @@ from torch import nn
 
 from emaprobe.layers.attention import KVCache, cached_attention
 
-PREDICTORS: dict[str, type[Predictor]] = {}
-
-
-def register_predictor(name: str):
-    def deco(cls):
-        PREDICTORS[name] = cls
-        cls.predictor_name = name
-        return cls
-
-    return deco
-
-
 def _shift(z: torch.Tensor, first: torch.Tensor | None) -> torch.Tensor:
     """(B, T, F) values at H_0..H_{T-1} -> values at H_{-1}..H_{T-2}; ``first`` (B, F) or zeros."""
     head = z.new_zeros(z.shape[0], 1, z.shape[2]) if first is None else first.to(z.dtype).unsqueeze(1)
@@ -76,6 +64,23 @@ class Predictor(nn.Module):
     def finish(self, z: torch.Tensor, first: torch.Tensor | None, state=None):
         """z = in_proj(vec H) (B, T, F), first = in_proj(vec h_last) (B, F) or None -> (x̂ (B, T, D), state)."""
         raise NotImplementedError
+
+
+PREDICTORS: dict[str, type[Predictor]] = {}
+
+
+def register_predictor(name: str):
+    """Class decorator: make a ``Predictor`` buildable as ``build_predictor(name, ...)`` and so
+    nameable in ``SPENConfig.predictor``."""
+
+    def deco(cls: type[Predictor]) -> type[Predictor]:
+        if not (isinstance(cls, type) and issubclass(cls, Predictor)):
+            raise TypeError(f"{cls!r} is not a Predictor subclass")
+        PREDICTORS[name] = cls
+        cls.predictor_name = name
+        return cls
+
+    return deco
 
 
 @register_predictor("linear")
