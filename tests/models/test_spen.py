@@ -245,3 +245,42 @@ def test_bad_input_fails_clearly():
         model(torch.full((1, 3), V, dtype=torch.long))
     with pytest.raises(ValueError, match="list of 2 per-block states"):
         model(torch.zeros(1, 3, dtype=torch.long), state=[None])
+
+
+def test_the_gradient_of_H_is_one_product_and_no_sum():
+    # what the stacked product is for: in the traced forward+backward of x̂, e and c, exactly one op
+    # writes an H-sized tensor (B T x S D), the product of the stacked gradients with the stacked
+    # weight; unstacked, P and M each wrote one and an add summed them. Sizes chosen so that no
+    # weight or other activation has H's number of elements.
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    block = small_spen().blocks[0]
+    B, T, S, D = 3, 17, 3, 16
+
+    class Context(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = block
+
+        def forward(self, u, H):
+            x_hat, e, c, _ = self.block._predict_and_mix(u, H, None, None)
+            return x_hat, c
+
+    ctx = Context()
+    names = [n for n, _ in ctx.named_parameters() if ".predictor." in n or ".mix." in n]
+
+    def fwd_bwd(u, H, *weights):
+        x_hat, c = torch.func.functional_call(ctx, dict(zip(names, weights)), (u, H))
+        return torch.autograd.grad((x_hat.sum() + c.sum(),), [u, H, *weights])
+
+    weights = [dict(ctx.named_parameters())[n].detach().requires_grad_() for n in names]
+    u = torch.randn(B, T, D, requires_grad=True)
+    H = torch.randn(B, T, S, D, requires_grad=True)
+    graph = make_fx(fwd_bwd)(u, H, *weights).graph
+    assert all(w.numel() != H.numel() for w in weights)
+    writes = [
+        str(n.target) for n in graph.nodes
+        if n.op == "call_function" and "view" not in str(n.target)
+        and isinstance(n.meta.get("val"), torch.Tensor) and n.meta["val"].numel() == H.numel()
+    ]
+    assert writes == ["aten.mm.default"], writes
