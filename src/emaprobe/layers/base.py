@@ -92,17 +92,23 @@ class ContextMixer(nn.Module):
         return f"d_model={self.d_model}, n_scales={self.n_scales}"
 
 
-def register_mixer(name: str):
-    """Class decorator: make a ``ContextMixer`` buildable as ``build_mixer(name, ...)``."""
+def registering(registry: dict, base: type, name_attr: str, name: str):
+    """A class decorator that files a ``base`` subclass in ``registry`` under ``name`` and sets
+    ``cls.<name_attr> = name``; anything else is a TypeError. The mixers' and predictors' registries."""
 
-    def deco(cls: type[ContextMixer]) -> type[ContextMixer]:
-        if not (isinstance(cls, type) and issubclass(cls, ContextMixer)):
-            raise TypeError(f"{cls!r} is not a ContextMixer subclass")
-        MIXERS[name] = cls
-        cls.mixer_name = name
+    def deco(cls: type) -> type:
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            raise TypeError(f"{cls!r} is not a {base.__name__} subclass")
+        registry[name] = cls
+        setattr(cls, name_attr, name)
         return cls
 
     return deco
+
+
+def register_mixer(name: str):
+    """Class decorator: make a ``ContextMixer`` buildable as ``build_mixer(name, ...)``."""
+    return registering(MIXERS, ContextMixer, "mixer_name", name)
 
 
 def mixer_class(name: str) -> type[ContextMixer]:

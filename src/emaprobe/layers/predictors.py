@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from emaprobe.layers.attention import KVCache, cached_attention
+from emaprobe.layers.base import registering
 
 def _shift(z: torch.Tensor, first: torch.Tensor | None) -> torch.Tensor:
     """(B, T, F) values at H_0..H_{T-1} -> values at H_{-1}..H_{T-2}; ``first`` (B, F) or zeros."""
@@ -72,15 +73,7 @@ PREDICTORS: dict[str, type[Predictor]] = {}
 def register_predictor(name: str):
     """Class decorator: make a ``Predictor`` buildable as ``build_predictor(name, ...)`` and so
     nameable in ``SPENConfig.predictor``."""
-
-    def deco(cls: type[Predictor]) -> type[Predictor]:
-        if not (isinstance(cls, type) and issubclass(cls, Predictor)):
-            raise TypeError(f"{cls!r} is not a Predictor subclass")
-        PREDICTORS[name] = cls
-        cls.predictor_name = name
-        return cls
-
-    return deco
+    return registering(PREDICTORS, Predictor, "predictor_name", name)
 
 
 @register_predictor("linear")
