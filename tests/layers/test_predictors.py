@@ -90,3 +90,21 @@ def test_a_registered_predictor_runs_in_spen_as_its_own_forward(monkeypatch):
     want, _ = block.predictor(H)
     torch.testing.assert_close(x_hat, want)
     torch.testing.assert_close(c, block.mix(torch.cat([u - want, H.flatten(2)], -1)), rtol=1e-5, atol=1e-6)
+
+
+def test_spen_refuses_a_predictor_whose_in_proj_has_a_bias(monkeypatch):
+    # the block stacks in_proj's weight with M's and would drop a bias: a named error instead
+    class Biased(Predictor):
+        def __init__(self, d_model, n_scales, **_unused):
+            super().__init__(d_model, n_scales)
+            self.in_proj = torch.nn.Linear(n_scales * d_model, d_model)
+
+        def finish(self, z, first, state=None):
+            return _shift(z, first), None
+
+    monkeypatch.setitem(PREDICTORS, "biased", None)
+    register_predictor("biased")(Biased)
+    from emaprobe.models import SPEN, SPENConfig
+
+    with pytest.raises(ValueError, match="predictor 'biased' has a bias in in_proj"):
+        SPEN(SPENConfig(vocab_size=29, d_model=D, n_layer=1, d_bottleneck=6, d_ff=32, predictor="biased"))

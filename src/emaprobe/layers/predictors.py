@@ -30,6 +30,7 @@ from torch import nn
 from emaprobe.layers.attention import KVCache, cached_attention
 from emaprobe.layers.base import registering
 
+
 def _shift(z: torch.Tensor, first: torch.Tensor | None) -> torch.Tensor:
     """(B, T, F) values at H_0..H_{T-1} -> values at H_{-1}..H_{T-2}; ``first`` (B, F) or zeros."""
     head = z.new_zeros(z.shape[0], 1, z.shape[2]) if first is None else first.to(z.dtype).unsqueeze(1)

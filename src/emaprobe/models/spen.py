@@ -119,6 +119,8 @@ class SPENBlock(nn.Module):
             key_dim=cfg.key_dim,
         )
         self.predictor = build_predictor(cfg.predictor, D, S, n_head=cfg.n_head, dropout=cfg.dropout)
+        if self.predictor.in_proj.bias is not None:  # _predict_and_mix stacks in_proj's weight alone
+            raise ValueError(f"SPEN: predictor {cfg.predictor!r} has a bias in in_proj; SPEN takes predictors without one")
         self.mix = nn.Linear((S + 1) * D, cfg.d_bottleneck, bias=False)  # M
         self.ffn = SparseFFN(cfg.d_bottleneck, cfg.d_ff, D, cfg.k_active, cfg.ffn_act, cfg.ffn_impl)
         self.drop = nn.Dropout(cfg.dropout)
