@@ -98,6 +98,46 @@ def test_an_op_returns_the_state_nobody_asked_for_as_none(ops, monkeypatch):
     assert raw[1].numel() == 0 and raw[1].dtype == torch.float32
 
 
+def _scratch_kept() -> dict:
+    # per plan store: how many plans keep scratch, and how many have segments that need it
+    out = {}
+    for name in ("ema_fwd", "ema_bwd", "lin_fwd", "lin_bwd", "gated_fwd", "gated_bwd"):
+        plans = list(cache.store(name).values())
+        segmented = [p for p in plans if getattr(p, "two_pass", False) or getattr(p, "nseg", 1) > 1]
+        out[name] = (sum(bool(p.scratch) for p in plans), len(segmented))
+    return out
+
+
+def test_compiled_calls_keep_no_tensor_made_at_run_time(ops, monkeypatch):
+    """Under torch.compile(mode="reduce-overhead") a graph's first run allocates into its CUDA graph
+    pool, which may hold no tensor past the call: compiled calls keep no scratch, and the EMA's
+    coefficient tensors, which plans keep, are made while the op is traced. Eager calls of the same
+    shapes keep their scratch (so the first check can fail)."""
+    ema, lin = ops
+    record(monkeypatch.setattr, ema, "ema", SMS)
+    record(monkeypatch.setattr, lin, "lin", SMS)
+    built = []
+    real = ema._build_coefs
+    monkeypatch.setattr(ema, "_build_coefs", lambda a, d: built.append(torch.compiler.is_compiling()) or real(a, d))
+    x, a, b = torch.randn(2, 3000, 24), torch.rand(2, 3000, 24), torch.randn(2, 3000, 24)
+    lg, ba, bg = torch.randn(2, 3000, 2, 3, 24), torch.randn(3, 24), torch.randn(3, 24)
+
+    def step(x, a, b, lg, ba, bg):
+        h, _ = ema.fused_ema_traces(x, ALPHAS, None, False)
+        z, _ = lin.fused_linear_scan(a, b, None, None, False)
+        y, _ = lin.fused_gated_scan(lg, x, ba, bg, None, False)
+        return h.float().sum() + z.float().sum() + y.float().sum()
+
+    leaves = [t.clone().requires_grad_() for t in (x, a, b, lg, ba, bg)]
+    torch.compile(step, backend="aot_eager", fullgraph=True)(*leaves).backward()
+    compiled = _scratch_kept()
+    assert all(n for _, n in compiled.values()), compiled  # every direction ran in segments
+    assert all(kept == 0 for kept, _ in compiled.values()), compiled
+    assert built == [True]  # once, while tracing; the run found them
+    step(*[t.clone().requires_grad_() for t in (x, a, b, lg, ba, bg)]).backward()
+    assert all(kept >= 1 for kept, _ in _scratch_kept().values()), _scratch_kept()
+
+
 def test_compiled_scans_equal_eager_in_the_triton_interpreter():
     """The kernels run by Triton's interpreter on CPU (TRITON_INTERPRET=1, a fresh process): values
     and gradients of compiled calls, through the custom ops, against eager calls."""

@@ -11,7 +11,12 @@ The scratch tensors a call's launches pass between them (segment end states, dec
 warm-up marks: written by one launch, read by the next, never returned) are kept too, in the
 plan, per (device, stream, thread): a call on one stream finishes with them before the next call
 on that stream starts, so reuse needs no synchronization. Calls under CUDA graph capture make
-their own (the graph's pool holds them for its replays).
+their own (the graph's pool holds them for its replays), and so do calls that compiled code makes
+through the custom ops (``opaque.py``, inside ``unkept()``): CUDA graph trees
+(``torch.compile(mode="reduce-overhead")``) run a graph's first call eagerly, not capturing, with
+every allocation of the thread routed to the graph's private pool, which may hold no tensor past the
+call. For the same reason the EMA's coefficient tensors are made ahead, when the compiler traces the
+op (``ahead``, from ``opaque.make_ahead``).
 
 Under ``torch.compile`` the stores are bypassed: Dynamo traces the builder, as it traced the
 per-call planning before, rather than a lookup in a module-level dict whose contents it would
@@ -20,8 +25,9 @@ have to guard on (a new entry would recompile every graph that read the dict).
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
 import torch
@@ -43,6 +49,16 @@ def cached(name: str, build: Callable[..., Any], *key: Hashable) -> Any:
     """``build(*key)``, made once per ``key`` in store ``name``; every call while compiling builds afresh."""
     if torch.compiler.is_compiling():
         return build(*key)
+    return _kept(name, build, key)
+
+
+def ahead(name: str, build: Callable[..., Any], *key: Hashable) -> Any:
+    """``cached``'s value, made and kept also while compiling: what compiled code will look up, made
+    before it runs (``opaque.make_ahead``)."""
+    return _kept(name, build, key)
+
+
+def _kept(name: str, build: Callable[..., Any], key: tuple) -> Any:
     entries = _STORES.get(name)
     if entries is None:
         entries = store(name)
@@ -60,11 +76,24 @@ def cached(name: str, build: Callable[..., Any], *key: Hashable) -> Any:
 # per plan; past it the oldest (device, stream, thread) entry goes
 MAX_SCRATCH = 8
 
+_LOCAL = threading.local()
+
+
+@contextlib.contextmanager
+def unkept() -> Iterator[None]:
+    """Within (this thread): ``scratch`` makes its tensors afresh and keeps none (see above)."""
+    before = getattr(_LOCAL, "unkept", False)
+    _LOCAL.unkept = True
+    try:
+        yield
+    finally:
+        _LOCAL.unkept = before
+
 
 def scratch(owner: dict, make: Callable[[], Any], device: torch.device, tag: str = "") -> Any:
     """``make()``'s scratch tensors, made once per (``tag``, device, current stream, thread) in ``owner``
-    (a plan's own dict), or afresh while compiling or capturing a CUDA graph (see above)."""
-    if torch.compiler.is_compiling():
+    (a plan's own dict), or afresh while compiling, capturing a CUDA graph or ``unkept`` (see above)."""
+    if torch.compiler.is_compiling() or getattr(_LOCAL, "unkept", False):
         return make()
     idx = stream = None
     if device.type == "cuda":

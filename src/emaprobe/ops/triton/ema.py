@@ -71,7 +71,7 @@ import triton
 import triton.language as tl
 
 from emaprobe.ops.triton import opaque
-from emaprobe.ops.triton.cache import cached, scratch
+from emaprobe.ops.triton.cache import ahead, cached, scratch
 from emaprobe.ops.triton.common import (
     channel_mask,
     combine,
@@ -458,6 +458,11 @@ def _coefs(alphas: tuple[float, ...], device: torch.device) -> Coefs:
     return cached("ema_coefs", _build_coefs, alphas, device)
 
 
+def _coefs_ahead(alphas: tuple[float, ...], device: torch.device) -> None:
+    # the coefficient tensors a compiled call's plans will keep, made while the compiler traces the op
+    ahead("ema_coefs", _build_coefs, alphas, device)
+
+
 class _Launch(NamedTuple):
     """One EMA launch plan: everything but the tensors of the call (``_ema_fwd_launch``)."""
 
@@ -663,3 +668,5 @@ def fused_ema_traces(x, alphas, h0=None, state=True):
 # torch.compile reaches the launchers through custom ops (opaque.py)
 opaque.implement("ema_traces_fwd", ema_traces_fwd)
 opaque.implement("ema_traces_bwd", ema_traces_bwd)
+opaque.make_ahead("ema_traces_fwd", _coefs_ahead)
+opaque.make_ahead("ema_traces_bwd", _coefs_ahead)

@@ -15,6 +15,13 @@ False) as an empty tensor, and ``run`` hands back None in its place, as the laun
 return contiguous tensors, as their fake implementations (shapes for the compiler) say: the
 launchers' outputs are fresh allocations, and a segmented plan's state is made contiguous here.
 
+Compiled code's scan calls keep no tensor of their own between calls (``cache.unkept``: their
+scratch is made per call), and the EMA's coefficient tensors, which its plans keep, are made when
+the compiler traces the op (``make_ahead``), not at its first run: under
+``torch.compile(mode="reduce-overhead")`` that run allocates into a CUDA graph's private pool, which
+may hold nothing past the call (the step failed so, ``notes/kernels.md``, row "the step under CUDA
+graphs").
+
 The top-k mask (``topk.py``) is one too, for another reason: it chooses its kernel by the input's
 address (rows on 4-byte boundaries take the two-keys-a-word kernel), which a tensor traced by the
 compiler does not have; read inside the autograd Function that calls it, it stopped the trace
@@ -30,14 +37,33 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from emaprobe.ops.triton.cache import unkept
+
 # op name -> the launcher it runs: ema.py and linear_scan.py set theirs at import (a module imported
 # again re-routes its ops; each op is defined once, here)
 _LAUNCHERS: dict[str, Callable] = {}
 
 
+# op name -> what the op's fake implementation makes on the real device while the compiler traces it
+_AHEAD: dict[str, Callable] = {}
+
+
 def implement(name: str, launcher: Callable) -> None:
     """Route the custom op ``emaprobe::<name>`` to ``launcher``."""
     _LAUNCHERS[name] = launcher
+
+
+def make_ahead(name: str, make: Callable) -> None:
+    """Have op ``emaprobe::<name>``'s fake implementation call ``make(alphas, device)`` outside fake mode, so
+    that what a launch keeps (cached) exists before compiled code first runs the op."""
+    _AHEAD[name] = make
+
+
+def _ahead(name: str, alphas: list[float], like: Tensor) -> None:
+    make = _AHEAD.get(name)
+    if make is not None:
+        with torch._subclasses.fake_tensor.unset_fake_temporarily():
+            make(tuple(alphas), like.device)
 
 
 def run(name: str, *args, state: bool) -> tuple:
@@ -61,11 +87,13 @@ def _state(shape, state: bool, like: Tensor) -> Tensor:
 
 @torch.library.custom_op("emaprobe::ema_traces_fwd", mutates_args=())
 def _ema_traces_fwd(x: Tensor, alphas: list[float], h0: Optional[Tensor], state: bool) -> tuple[Tensor, Tensor]:
-    return _returned(_LAUNCHERS["ema_traces_fwd"](x, tuple(alphas), h0, state=state), x)
+    with unkept():
+        return _returned(_LAUNCHERS["ema_traces_fwd"](x, tuple(alphas), h0, state=state), x)
 
 
 @_ema_traces_fwd.register_fake
 def _(x, alphas, h0, state):
+    _ahead("ema_traces_fwd", alphas, x)
     B, T, D = x.shape
     return x.new_empty(B, T, len(alphas), D), _state((B, len(alphas), D), state, x)
 
@@ -73,11 +101,13 @@ def _(x, alphas, h0, state):
 @torch.library.custom_op("emaprobe::ema_traces_bwd", mutates_args=())
 def _ema_traces_bwd(gh: Tensor, alphas: list[float], g_final: Optional[Tensor], x_dtype: torch.dtype,
                     state: bool) -> tuple[Tensor, Tensor]:
-    return _returned(_LAUNCHERS["ema_traces_bwd"](gh, tuple(alphas), g_final, x_dtype, state=state), gh)
+    with unkept():
+        return _returned(_LAUNCHERS["ema_traces_bwd"](gh, tuple(alphas), g_final, x_dtype, state=state), gh)
 
 
 @_ema_traces_bwd.register_fake
 def _(gh, alphas, g_final, x_dtype, state):
+    _ahead("ema_traces_bwd", alphas, gh)
     B, T, S, D = gh.shape
     return gh.new_empty(B, T, D, dtype=x_dtype), _state((B, S, D), state, gh)
 
@@ -85,7 +115,8 @@ def _(gh, alphas, g_final, x_dtype, state):
 @torch.library.custom_op("emaprobe::linear_scan_fwd", mutates_args=())
 def _linear_scan_fwd(a: Tensor, b: Tensor, h0: Optional[Tensor], out_dtype: torch.dtype,
                      state: bool) -> tuple[Tensor, Tensor]:
-    return _returned(_LAUNCHERS["linear_scan_fwd"](a, b, h0, out_dtype, state=state), b)
+    with unkept():
+        return _returned(_LAUNCHERS["linear_scan_fwd"](a, b, h0, out_dtype, state=state), b)
 
 
 @_linear_scan_fwd.register_fake
@@ -97,7 +128,8 @@ def _(a, b, h0, out_dtype, state):
 @torch.library.custom_op("emaprobe::linear_scan_bwd", mutates_args=())
 def _linear_scan_bwd(a: Tensor, gh: Tensor, h: Tensor, h0: Optional[Tensor], g_final: Optional[Tensor],
                      ga_dtype: torch.dtype, gb_dtype: torch.dtype, state: bool) -> tuple[Tensor, Tensor, Tensor]:
-    return _returned(_LAUNCHERS["linear_scan_bwd"](a, gh, h, h0, g_final, ga_dtype, gb_dtype, state=state), h)
+    with unkept():
+        return _returned(_LAUNCHERS["linear_scan_bwd"](a, gh, h, h0, g_final, ga_dtype, gb_dtype, state=state), h)
 
 
 @_linear_scan_bwd.register_fake
@@ -110,7 +142,8 @@ def _(a, gh, h, h0, g_final, ga_dtype, gb_dtype, state):
 @torch.library.custom_op("emaprobe::gated_scan_fwd", mutates_args=())
 def _gated_scan_fwd(logits: Tensor, x: Tensor, decay_bias: Tensor, gate_bias: Tensor, h0: Optional[Tensor],
                     state: bool) -> tuple[Tensor, Tensor]:
-    return _returned(_LAUNCHERS["gated_scan_fwd"](logits, x, decay_bias, gate_bias, h0, state=state), x)
+    with unkept():
+        return _returned(_LAUNCHERS["gated_scan_fwd"](logits, x, decay_bias, gate_bias, h0, state=state), x)
 
 
 @_gated_scan_fwd.register_fake
@@ -123,8 +156,9 @@ def _(logits, x, decay_bias, gate_bias, h0, state):
 def _gated_scan_bwd(logits: Tensor, x: Tensor, decay_bias: Tensor, gate_bias: Tensor, gh: Tensor, h: Tensor,
                     h0: Optional[Tensor], g_final: Optional[Tensor],
                     state: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return _returned(_LAUNCHERS["gated_scan_bwd"](logits, x, decay_bias, gate_bias, gh, h, h0, g_final, state=state),
-                     h)
+    with unkept():
+        return _returned(_LAUNCHERS["gated_scan_bwd"](logits, x, decay_bias, gate_bias, gh, h, h0, g_final,
+                                                      state=state), h)
 
 
 @_gated_scan_bwd.register_fake
