@@ -57,7 +57,7 @@ kernels is checked against a float64 reference on fresh random inputs with NaN-p
 outputs. Writes ``scan_cuda_<card>[_<tag>].json`` and ``.png`` (the card's name in the file
 names and inside both) into ``--out``.
 
-``--grid`` (issue 17 item 5) times only the EMA forward and the selective forward, graphed,
+``--grid`` times only the EMA forward and the selective forward, graphed,
 against their floors, at every T in GRID_TS and D in GRID_DS (B the least power of two with
 B*T*D >= 2^24), and writes ``scan_grid_<card>.json`` and ``.png`` (a heat map of time / floor;
 target FLOOR_TARGET). Its peer at each shape is a plain streaming kernel moving the same bytes
@@ -95,7 +95,7 @@ HEADLINE = (16, 2048, 768)
 SWEEP = ((16, 64, 1, 2, 3, -1), (16, 64, 1, 2, 4, -1), (16, 64, 1, 2, 6, -1), (32, 64, 1, 2, 3, -1),
          (32, 64, 1, 2, 4, -1), (8, 64, 1, 2, 8, -1), (16, 128, 1, 4, 3, -1), (16, 128, 1, 4, 4, -1),
          (16, 128, 1, 4, 3, 0), (16, 128, 1, 4, 4, 0), (16, 64, 1, 2, 4, 0), (16, 128, 1, 4, 3, 2112))
-# and, for launches of few warps (the grid's shapes with B*D <= 8192, issue 17 item 5): the forward's
+# and, for launches of few warps (the grid's shapes with B*D <= 8192): the forward's
 # two-warp default with deeper pipelines, narrower one-warp tiles, and exact two-pass segments
 # (warmup False) in place of warm-ups; (ct, block, num_warps, vec, stages, warmup)
 SWEEP_FEW_WARPS = ((32, 128, 2, 2, 4, None), (32, 128, 2, 2, 6, None), (32, 128, 2, 2, 8, None),
@@ -108,7 +108,7 @@ LOOP_MAX_STEPS = 2048
 WARP_MAX_T = 2048  # the step loop beyond this many steps is timed on a prefix and scaled
 
 
-# --grid (issue 17 item 5): every T and D below at the least power-of-two B with B*T*D >= GRID_MIN_ELEMS,
+# --grid: every T and D below at the least power-of-two B with B*T*D >= GRID_MIN_ELEMS,
 # the EMA and selective forwards timed graphed against their floors, target FLOOR_TARGET or better
 GRID_TS = (512, 2048, 8192, 65536)
 GRID_DS = (256, 768, 1024, 4096)
