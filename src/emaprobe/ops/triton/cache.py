@@ -16,7 +16,7 @@ through the custom ops (``opaque.py``, inside ``unkept()``): CUDA graph trees
 (``torch.compile(mode="reduce-overhead")``) run a graph's first call eagerly, not capturing, with
 every allocation of the thread routed to the graph's private pool, which may hold no tensor past the
 call. For the same reason the EMA's coefficient tensors are made ahead, when the compiler traces the
-op (``ahead``, from ``opaque.make_ahead``).
+op (``ahead``, from the op's fake implementation, ``opaque.implement``).
 
 Under ``torch.compile`` the stores are bypassed: Dynamo traces the builder, as it traced the
 per-call planning before, rather than a lookup in a module-level dict whose contents it would
@@ -49,16 +49,12 @@ def cached(name: str, build: Callable[..., Any], *key: Hashable) -> Any:
     """``build(*key)``, made once per ``key`` in store ``name``; every call while compiling builds afresh."""
     if torch.compiler.is_compiling():
         return build(*key)
-    return _kept(name, build, key)
+    return ahead(name, build, *key)
 
 
 def ahead(name: str, build: Callable[..., Any], *key: Hashable) -> Any:
     """``cached``'s value, made and kept also while compiling: what compiled code will look up, made
-    before it runs (``opaque.make_ahead``)."""
-    return _kept(name, build, key)
-
-
-def _kept(name: str, build: Callable[..., Any], key: tuple) -> Any:
+    before it runs (an op's ``ahead`` in ``opaque.implement``)."""
     entries = _STORES.get(name)
     if entries is None:
         entries = store(name)

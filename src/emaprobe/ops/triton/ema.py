@@ -666,7 +666,5 @@ def fused_ema_traces(x, alphas, h0=None, state=True):
 
 
 # torch.compile reaches the launchers through custom ops (opaque.py)
-opaque.implement("ema_traces_fwd", ema_traces_fwd)
-opaque.implement("ema_traces_bwd", ema_traces_bwd)
-opaque.make_ahead("ema_traces_fwd", _coefs_ahead)
-opaque.make_ahead("ema_traces_bwd", _coefs_ahead)
+opaque.implement("ema_traces_fwd", ema_traces_fwd, ahead=_coefs_ahead)
+opaque.implement("ema_traces_bwd", ema_traces_bwd, ahead=_coefs_ahead)

@@ -17,7 +17,7 @@ launchers' outputs are fresh allocations, and a segmented plan's state is made c
 
 Compiled code's scan calls keep no tensor of their own between calls (``cache.unkept``: their
 scratch is made per call), and the EMA's coefficient tensors, which its plans keep, are made when
-the compiler traces the op (``make_ahead``), not at its first run: under
+the compiler traces the op (``implement``'s ``ahead``), not at its first run: under
 ``torch.compile(mode="reduce-overhead")`` that run allocates into a CUDA graph's private pool, which
 may hold nothing past the call (the step failed so, ``notes/kernels.md``, row "the step under CUDA
 graphs").
@@ -48,15 +48,13 @@ _LAUNCHERS: dict[str, Callable] = {}
 _AHEAD: dict[str, Callable] = {}
 
 
-def implement(name: str, launcher: Callable) -> None:
-    """Route the custom op ``emaprobe::<name>`` to ``launcher``."""
+def implement(name: str, launcher: Callable, ahead: Callable | None = None) -> None:
+    """Route the custom op ``emaprobe::<name>`` to ``launcher``. ``ahead(alphas, device)``, where given, is
+    called by the op's fake implementation outside fake mode, so that what a launch keeps (cached) exists
+    before compiled code first runs the op (the EMA ops' coefficient tensors)."""
     _LAUNCHERS[name] = launcher
-
-
-def make_ahead(name: str, make: Callable) -> None:
-    """Have op ``emaprobe::<name>``'s fake implementation call ``make(alphas, device)`` outside fake mode, so
-    that what a launch keeps (cached) exists before compiled code first runs the op."""
-    _AHEAD[name] = make
+    if ahead is not None:
+        _AHEAD[name] = ahead
 
 
 def _ahead(name: str, alphas: list[float], like: Tensor) -> None:
@@ -81,14 +79,19 @@ def _returned(outs: tuple, like: Tensor) -> tuple:
     return (*first, like.new_empty(0, dtype=torch.float32) if last is None else last.contiguous())
 
 
+def _scan(name: str, like: Tensor, *args, state: bool) -> tuple:
+    # a scan launcher's call from compiled code: its scratch made for the call (see the module docstring)
+    with unkept():
+        return _returned(_LAUNCHERS[name](*args, state=state), like)
+
+
 def _state(shape, state: bool, like: Tensor) -> Tensor:
     return like.new_empty(shape if state else (0,), dtype=torch.float32)
 
 
 @torch.library.custom_op("emaprobe::ema_traces_fwd", mutates_args=())
 def _ema_traces_fwd(x: Tensor, alphas: list[float], h0: Optional[Tensor], state: bool) -> tuple[Tensor, Tensor]:
-    with unkept():
-        return _returned(_LAUNCHERS["ema_traces_fwd"](x, tuple(alphas), h0, state=state), x)
+    return _scan("ema_traces_fwd", x, x, tuple(alphas), h0, state=state)
 
 
 @_ema_traces_fwd.register_fake
@@ -101,8 +104,7 @@ def _(x, alphas, h0, state):
 @torch.library.custom_op("emaprobe::ema_traces_bwd", mutates_args=())
 def _ema_traces_bwd(gh: Tensor, alphas: list[float], g_final: Optional[Tensor], x_dtype: torch.dtype,
                     state: bool) -> tuple[Tensor, Tensor]:
-    with unkept():
-        return _returned(_LAUNCHERS["ema_traces_bwd"](gh, tuple(alphas), g_final, x_dtype, state=state), gh)
+    return _scan("ema_traces_bwd", gh, gh, tuple(alphas), g_final, x_dtype, state=state)
 
 
 @_ema_traces_bwd.register_fake
@@ -115,8 +117,7 @@ def _(gh, alphas, g_final, x_dtype, state):
 @torch.library.custom_op("emaprobe::linear_scan_fwd", mutates_args=())
 def _linear_scan_fwd(a: Tensor, b: Tensor, h0: Optional[Tensor], out_dtype: torch.dtype,
                      state: bool) -> tuple[Tensor, Tensor]:
-    with unkept():
-        return _returned(_LAUNCHERS["linear_scan_fwd"](a, b, h0, out_dtype, state=state), b)
+    return _scan("linear_scan_fwd", b, a, b, h0, out_dtype, state=state)
 
 
 @_linear_scan_fwd.register_fake
@@ -128,8 +129,7 @@ def _(a, b, h0, out_dtype, state):
 @torch.library.custom_op("emaprobe::linear_scan_bwd", mutates_args=())
 def _linear_scan_bwd(a: Tensor, gh: Tensor, h: Tensor, h0: Optional[Tensor], g_final: Optional[Tensor],
                      ga_dtype: torch.dtype, gb_dtype: torch.dtype, state: bool) -> tuple[Tensor, Tensor, Tensor]:
-    with unkept():
-        return _returned(_LAUNCHERS["linear_scan_bwd"](a, gh, h, h0, g_final, ga_dtype, gb_dtype, state=state), h)
+    return _scan("linear_scan_bwd", h, a, gh, h, h0, g_final, ga_dtype, gb_dtype, state=state)
 
 
 @_linear_scan_bwd.register_fake
@@ -142,8 +142,7 @@ def _(a, gh, h, h0, g_final, ga_dtype, gb_dtype, state):
 @torch.library.custom_op("emaprobe::gated_scan_fwd", mutates_args=())
 def _gated_scan_fwd(logits: Tensor, x: Tensor, decay_bias: Tensor, gate_bias: Tensor, h0: Optional[Tensor],
                     state: bool) -> tuple[Tensor, Tensor]:
-    with unkept():
-        return _returned(_LAUNCHERS["gated_scan_fwd"](logits, x, decay_bias, gate_bias, h0, state=state), x)
+    return _scan("gated_scan_fwd", x, logits, x, decay_bias, gate_bias, h0, state=state)
 
 
 @_gated_scan_fwd.register_fake
@@ -156,9 +155,7 @@ def _(logits, x, decay_bias, gate_bias, h0, state):
 def _gated_scan_bwd(logits: Tensor, x: Tensor, decay_bias: Tensor, gate_bias: Tensor, gh: Tensor, h: Tensor,
                     h0: Optional[Tensor], g_final: Optional[Tensor],
                     state: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    with unkept():
-        return _returned(_LAUNCHERS["gated_scan_bwd"](logits, x, decay_bias, gate_bias, gh, h, h0, g_final,
-                                                      state=state), h)
+    return _scan("gated_scan_bwd", h, logits, x, decay_bias, gate_bias, gh, h, h0, g_final, state=state)
 
 
 @_gated_scan_bwd.register_fake
