@@ -245,6 +245,25 @@ def test_triton_topk_mask_rows_off_a_word_boundary_take_the_bit_by_bit_kernel(gp
     assert torch.equal(topk_mask_triton(view, 185, True).cpu(), topk_mask_reference(torch.relu(view.cpu()), 185))
 
 
+@pytest.mark.parametrize("F_,k", [(3072, 185), (1032, 62), (1026, 62)])
+@pytest.mark.parametrize("gpu", [pytest.param(0, marks=GPU)])
+def test_mask_backward_on_cuda_reads_bits_and_equals_the_masked_gradient(gpu, F_, k):
+    """bf16 with relu inside and F a multiple of 8: the backward keeps the code's bits (1 a unit), not
+    the code, and gives gh where h != 0; other widths keep h. Ties and rows with fewer than k
+    positive values (kept zeros, which pass no gradient) included."""
+    a = _mask_input("ties, relu inside", F_, k, torch.bfloat16).cuda()
+    a[0] = -a[0].abs()
+    a[0, : k // 2] = 1.0
+    a.requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.dtype) or t, lambda t: t):
+        h = topk_mask(a * 1.0, k, relu=True)
+    gh = torch.randn_like(h)
+    (got,) = torch.autograd.grad(h, a, gh)
+    assert torch.equal(got, gh.masked_fill(h == 0, 0))
+    assert (torch.uint8 in saved) == (F_ % 8 == 0)
+
+
 @pytest.mark.parametrize("gpu", [pytest.param(0, marks=GPU)])
 def test_mask_impl_compiled_on_cuda_matches_eager(gpu):
     (c, w_up, w_down), gy = _inputs((4, 33), torch.float32, seed=6, device="cuda")
@@ -286,7 +305,7 @@ def test_triton_topk_mask_in_the_interpreter_equals_the_reference():
     script = textwrap.dedent("""
         import torch
         from emaprobe.ops.sparse_ffn import topk_mask_reference
-        from emaprobe.ops.triton.topk import topk_mask_triton
+        from emaprobe.ops.triton.topk import topk_mask_bits, topk_mask_triton, unmask_triton
         g = torch.Generator().manual_seed(0)
         bad = []
         same = lambda x, y: torch.equal(x.isnan(), y.isnan()) and torch.equal(x.nan_to_num(0.5), y.nan_to_num(0.5))
@@ -316,6 +335,29 @@ def test_triton_topk_mask_in_the_interpreter_equals_the_reference():
             a = a.to(torch.bfloat16)
             if not same(topk_mask_triton(a, k, True), topk_mask_reference(torch.relu(a), k)):
                 bad.append(("random pair", F, k))
+        # the bits the pair kernel writes beside the code (F a multiple of 8), tie-breaking pass and all,
+        # and the backward that reads them: gh where h != 0
+        for F, k in ((3072, 185), (1032, 62), (264, 16), (8, 3)):
+            for ties in (False, True):
+                a = torch.randint(-4, 5, (5, F), generator=g) / 2 if ties else torch.randn(5, F, generator=g)
+                a[0] = -a[0].abs()  # fewer than k positive: kept zeros, which pass no gradient
+                a[0, : k // 2] = 1.0
+                a = a.to(torch.bfloat16)
+                h, bits = topk_mask_bits(a, k, True)
+                gh = torch.randn(5, F, generator=g).to(torch.bfloat16)
+                want = (h != 0).view(5, F // 8, 8).to(torch.int32) * (2 ** torch.arange(8))
+                if not (torch.equal(bits.int(), want.sum(-1)) and
+                        torch.equal(unmask_triton(gh, bits), gh.masked_fill(h == 0, 0))):
+                    bad.append(("bits", F, k, ties))
+        if topk_mask_bits(torch.randn(2, 1026).to(torch.bfloat16), 9, True)[1].numel():
+            bad.append(("bits where F % 8 != 0",))
+        # the custom ops compiled code calls: their fake implementations (what the compiler traces) give the
+        # launchers' shapes and dtypes, the bits included or left empty by shape and dtype alone
+        checks = ("test_schema", "test_faketensor")
+        a = torch.randn(3, 1032, generator=g).to(torch.bfloat16)
+        for args in ((a, 62, True), (a, 62, False), (a[:, :1026], 62, True), (a.float(), 62, True)):
+            torch.library.opcheck(torch.ops.emaprobe.topk_mask, args, test_utils=checks)
+        torch.library.opcheck(torch.ops.emaprobe.topk_unmask, (gh, bits), test_utils=checks)
         print("BAD", bad)
     """)
     env = dict(os.environ, TRITON_INTERPRET="1")

@@ -165,20 +165,27 @@ def topk_mask_reference(a: torch.Tensor, k: int) -> torch.Tensor:
 class _TopkMask(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, k, relu):
+        bits = None
         if a.is_cuda and a.dtype in _TRITON_MASK_DTYPES:
-            from emaprobe.ops.triton.topk import topk_mask_triton  # needs Triton: loaded on first CUDA use
+            from emaprobe.ops.triton.topk import topk_mask_bits  # needs Triton: loaded on first CUDA use
 
-            h = topk_mask_triton(a, k, relu)
+            h, bits = topk_mask_bits(a, k, relu)
         else:
             h = topk_mask_reference(F.relu(a) if relu else a, k)
-        ctx.save_for_backward(h)  # the same tensor W2's GEMM saves: no extra memory
+        ctx.bits = bits is not None and bits.numel() > 0
+        # the bits, 1 a unit (the backward reads them, not h's 16), or h itself: the tensor W2's GEMM saves
+        ctx.save_for_backward(bits if ctx.bits else h)
         return h
 
     @staticmethod
     def backward(ctx, gh):
-        (h,) = ctx.saved_tensors
+        (saved,) = ctx.saved_tensors
+        if ctx.bits:
+            from emaprobe.ops.triton.topk import unmask_triton
+
+            return unmask_triton(gh, saved), None, None
         # with relu too: h != 0 exactly where a unit is kept and a > 0, where relu's slope is 1
-        return gh.masked_fill(h == 0, 0), None, None
+        return gh.masked_fill(saved == 0, 0), None, None
 
 
 def topk_mask(a: torch.Tensor, k: int, relu: bool = False) -> torch.Tensor:

@@ -6,7 +6,8 @@
                      ``gated_scan_fwd``/``_bwd``), autograd (``fused_linear_scan``, ``fused_gated_scan``)
     cross_entropy.py the fused token cross-entropy (``ops/losses.py``): two passes over the logits in their dtype
     topk.py          ``topk_mask_triton``: the k largest of each row kept in one pass (the mask form of
-                     ``ops/sparse_ffn.py``'s top-k FFN)
+                     ``ops/sparse_ffn.py``'s top-k FFN); ``topk_mask_bits`` and ``unmask_triton``, the
+                     code's nonzero units as bits and the backward that reads them
     plan.py          tile shapes, time segments and warm-ups; pure Python, the SM count an argument
     cache.py         the launchers' plans and coefficient tensors, made once per key (shape, alphas,
                      device...), so that an eager call allocates its outputs and launches

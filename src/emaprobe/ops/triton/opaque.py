@@ -25,7 +25,9 @@ graphs").
 The top-k mask (``topk.py``) is one too, for another reason: it chooses its kernel by the input's
 address (rows on 4-byte boundaries take the two-keys-a-word kernel), which a tensor traced by the
 compiler does not have; read inside the autograd Function that calls it, it stopped the trace
-(SPEN-130m compiled trained a third slower, ``notes/kernels.md``, row "an address under compile").
+(SPEN-130m compiled trained a third slower, ``notes/kernels.md``, row "an address under compile");
+it returns the code's bits beside the code (empty where the shape and dtype give none), and its
+backward reads them through ``topk_unmask``.
 The fused cross-entropy's two passes (``cross_entropy.py``) are ops so that a compiled loss runs them
 as they run eagerly; so are the tied head and its loss together (``linear_cross_entropy_*``), whose
 products read the logits and their gradient with padded rows, a layout the compiler would copy.
@@ -166,13 +168,26 @@ def _(logits, x, decay_bias, gate_bias, gh, h, h0, g_final, state):
 
 
 @torch.library.custom_op("emaprobe::topk_mask", mutates_args=())
-def _topk_mask(a: Tensor, k: int, relu: bool) -> Tensor:
+def _topk_mask(a: Tensor, k: int, relu: bool) -> tuple[Tensor, Tensor]:
     return _LAUNCHERS["topk_mask"](a, k, relu)
 
 
 @_topk_mask.register_fake
 def _(a, k, relu):
-    return a.new_empty(a.shape)
+    from emaprobe.ops.triton.topk import bits_shape, with_bits  # loaded already: it routes this op
+
+    bits = bits_shape(a.shape) if with_bits(a.shape, a.dtype, relu) else (0,)
+    return a.new_empty(a.shape), a.new_empty(bits, dtype=torch.uint8)
+
+
+@torch.library.custom_op("emaprobe::topk_unmask", mutates_args=())
+def _topk_unmask(gh: Tensor, bits: Tensor) -> Tensor:
+    return _LAUNCHERS["topk_unmask"](gh, bits)
+
+
+@_topk_unmask.register_fake
+def _(gh, bits):
+    return gh.new_empty(gh.shape)
 
 
 @torch.library.custom_op("emaprobe::cross_entropy_fwd", mutates_args=())

@@ -24,8 +24,15 @@ keys of a word with the candidate, ``(word | guards) - cand * 0x10001``: each gu
 exactly where its key is >= cand, and no borrow crosses from the low key into the high one; a
 shift and a mask count both in two 16-bit lanes of one int32. The row is held as two power-of-two
 parts (3072 bf16 are 1024 + 512 words: no padding lanes), at most 24 words a thread (two warps at
-3072; one at 1536 and below, where a count is one warp reduction with no barrier). NaN of either
-sign is kept as the largest value, as the reference's sort keeps it.
+3072; one at 1536 and below, where a count is one warp reduction with no barrier), as keys alone:
+a kept half is written from its key, and the rare rows whose ties at the k-th key must be broken
+by index are read again, a chunk at a time, in a second pass. NaN of either sign is kept as the
+largest value, as the reference's sort keeps it (written without its sign bit).
+
+**Bits for the backward.** The mask's gradient is gh where h != 0. Read from h, that backward moves
+6 bytes a unit (gh and h in, dh out). Where F is a multiple of 8, the pair kernel also writes the
+nonzero halves of each row it stores as bits, one byte for 4 words (``_store_bits``), and the backward
+(``_unmask_kernel``) reads gh and the bits: 4.125 bytes a unit.
 
 ``ops/sparse_ffn.py`` holds the reference of the same rule (a stable descending sort), used
 on every other device and dtype, and the autograd around both.
@@ -80,15 +87,15 @@ _GUARDS = tl.constexpr(-2147450880)
 
 
 @triton.jit
-def _relu_words(A32, base, offs, W):
-    """Words of two bf16 -> (relu'd words, their keys with guard bits, live). A half whose sign bit
-    is set becomes +0 unless it is NaN (low 15 bits above 0x7F80: then only the key drops the sign)."""
+def _guarded_keys(A32, base, offs, W):
+    """Words of two bf16 -> (their relu'd 15-bit keys, a guard bit above each (bits 15 and 31); live).
+    A half whose sign bit is set keys 0 unless it is NaN (low 15 bits above 0x7F80: then its
+    magnitude). A kept half is written as its key: relu(a) itself, and a NaN without its sign."""
     live = offs < W
     w = tl.load(A32 + base + offs, mask=live, other=0)
     nan = ((w & 0x7FFF7FFF) + 0x007F007F) & _GUARDS  # a guard bit where the half is NaN
     neg = (w & _GUARDS) & ~nan
-    x = w & ~(((neg >> 15) & 0x10001) * 0xFFFF)  # relu'd: what a kept half writes
-    return x, (x & 0x7FFF7FFF) | _GUARDS, live
+    return (w & ~(((neg >> 15) & 0x10001) * 0xFFFF)) | _GUARDS, live
 
 
 @triton.jit
@@ -103,59 +110,97 @@ def _lanes(v):
 
 
 @triton.jit
-def _kept_words(x, above, equal, need, before, ALL_EQUAL: tl.constexpr):
+def _kept_words(x, above, equal, need, before):
     """x with each half zeroed unless its key is above the k-th (``above``), or equal to it
     (``equal``) among the first ``need`` such halves of the row by index (``before`` of them lie in
-    words before this part); ``above`` and ``equal`` as ``_at_least`` gives them, per half."""
-    if ALL_EQUAL:
-        keep = above | equal
-    else:
-        seen = _lanes(tl.cumsum(equal, axis=0)) + before  # equals up to each word's high half, inclusive
-        lo = ((seen - (equal >> 16)) <= need).to(tl.int32) & equal
-        hi = ((seen <= need).to(tl.int32) << 16) & equal
-        keep = above | lo | hi
-    return x & (keep * 0xFFFF)
+    words before these); ``above`` and ``equal`` as ``_at_least`` gives them, per half."""
+    seen = _lanes(tl.cumsum(equal, axis=0)) + before  # equals up to each word's high half, inclusive
+    lo = ((seen - (equal >> 16)) <= need).to(tl.int32) & equal
+    hi = ((seen <= need).to(tl.int32) << 16) & equal
+    return x & ((above | lo | hi) * 0xFFFF)
 
 
 @triton.jit
-def _relu_pair_kernel(A, H, W, k, BA: tl.constexpr, BB: tl.constexpr):
-    """One row of 2W bf16 a program: words [0, BA) in part a, [BA, BA + BB) in part b (BB = 0: none)."""
+def _store_bits(BITS, base, start, out, NW: tl.constexpr, W):
+    """The nonzero halves of ``out``, words [start, start + NW) of a row as written (sign bits clear), as
+    the row's bytes [start / 4, (start + NW) / 4) of BITS: bit j of byte i is half 8 i + j (a word's
+    low half first). A kept zero passes no gradient (relu's slope there is 0), so nonzero is what
+    the backward needs. NW and start multiples of 4; bytes at or past W / 4 are not stored."""
+    nz = _at_least(out | _GUARDS, 1)
+    two = tl.reshape((nz & 1) | ((nz >> 15) & 2), (NW // 4, 4))  # 2 bits a word
+    byte = tl.sum(two << (2 * tl.arange(0, 4))[None, :], axis=1)
+    ob = start // 4 + tl.arange(0, NW // 4)
+    tl.store(BITS + base + ob, byte.to(tl.uint8), mask=ob < W // 4)
+
+
+@triton.jit
+def _unmask_kernel(GH, BITS, DH, NB, BLOCK: tl.constexpr):
+    """dh = gh at the halves whose bit is set, 0 elsewhere: BLOCK bytes of BITS (4 BLOCK words of the
+    flattened gh) a program, NB bytes in all."""
+    ob = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    live = ob < NB
+    byte = tl.load(BITS + ob, mask=live, other=0).to(tl.int32)
+    j = tl.arange(0, 4)
+    two = (byte[:, None] >> (2 * j)[None, :]) & 3  # (BLOCK, 4): a word's two bits
+    keep = (two & 1) * 0xFFFF | (two >> 1) * -65536  # 0xFFFF0000 where the high half passes
+    ow = ob[:, None] * 4 + j[None, :]
+    GH32 = GH.to(tl.pointer_type(tl.int32))
+    DH32 = DH.to(tl.pointer_type(tl.int32))
+    tl.store(DH32 + ow, tl.load(GH32 + ow, mask=live[:, None], other=0) & keep, mask=live[:, None])
+
+
+@triton.jit
+def _relu_pair_kernel(A, H, BITS, W, k, BA: tl.constexpr, BB: tl.constexpr, CHUNK: tl.constexpr,
+                      WITH_BITS: tl.constexpr):
+    """One row of 2W bf16 a program: words [0, BA) in part a, [BA, BA + BB) in part b (BB = 0: none).
+    Only the guarded keys stay in registers; ties at the k-th key are broken in a second pass that
+    reads the row again, CHUNK words at a time (rare: only when they cannot all be kept). With
+    WITH_BITS (W a multiple of 4), the halves that pass a gradient go to BITS as well (``_store_bits``)."""
     row = tl.program_id(0).to(tl.int64)
     A32 = A.to(tl.pointer_type(tl.int32))
     H32 = H.to(tl.pointer_type(tl.int32))
+    base = row * W
     oa = tl.arange(0, BA)
-    xa, ka, la = _relu_words(A32, row * W, oa, W)
+    ga, la = _guarded_keys(A32, base, oa, W)
     if BB > 0:
         ob = BA + tl.arange(0, BB)
-        xb, kb, lb = _relu_words(A32, row * W, ob, W)
+        gb, lb = _guarded_keys(A32, base, ob, W)
     t = tl.zeros((), tl.int32)
+    n_t = 2 * W  # halves with a key >= t (t = 0: every one)
     for b in tl.static_range(14, -1, -1):  # the k-th largest 15-bit key, bit by bit from the top
         cand = t | (1 << b)
-        n = tl.sum(_at_least(ka, cand), axis=0)
+        n = tl.sum(_at_least(ga, cand), axis=0)
         if BB > 0:
-            n += tl.sum(_at_least(kb, cand), axis=0)
-        t = tl.where(_lanes(n) >= k, cand, t)
-    # per half: above t, or equal to it (padding words are neither)
-    above_a = _at_least(ka, t + 1)
-    equal_a = tl.where(la, _at_least(ka, t) ^ above_a, 0)
-    n_above = tl.sum(above_a, axis=0)
-    n_equal_a = tl.sum(equal_a, axis=0)
-    n_equal = n_equal_a
+            n += tl.sum(_at_least(gb, cand), axis=0)
+        n = _lanes(n)
+        t = tl.where(n >= k, cand, t)
+        n_t = tl.where(n >= k, n, n_t)
+    n_above = tl.sum(_at_least(ga, t + 1), axis=0)
     if BB > 0:
-        above_b = _at_least(kb, t + 1)
-        equal_b = tl.where(lb, _at_least(kb, t) ^ above_b, 0)
-        n_above += tl.sum(above_b, axis=0)
-        n_equal += tl.sum(equal_b, axis=0)
+        n_above += tl.sum(_at_least(gb, t + 1), axis=0)
     need = k - _lanes(n_above)
-    if _lanes(n_equal) <= need:  # every key equal to t is kept: no ranks needed
-        tl.store(H32 + row * W + oa, _kept_words(xa, above_a, equal_a, need, 0, True), mask=la)
+    if (t == 0) | (n_t - _lanes(n_above) <= need):  # every half keyed t kept (t = 0: they are zeros)
+        outa = (ga & 0x7FFF7FFF) & (_at_least(ga, t) * 0xFFFF)
+        tl.store(H32 + base + oa, outa, mask=la)
+        if WITH_BITS:
+            _store_bits(BITS, row * (W // 4), 0, outa, BA, W)
         if BB > 0:
-            tl.store(H32 + row * W + ob, _kept_words(xb, above_b, equal_b, need, 0, True), mask=lb)
-    else:
-        tl.store(H32 + row * W + oa, _kept_words(xa, above_a, equal_a, need, 0, False), mask=la)
-        if BB > 0:
-            tl.store(H32 + row * W + ob, _kept_words(xb, above_b, equal_b, need, _lanes(n_equal_a), False),
-                     mask=lb)
+            outb = (gb & 0x7FFF7FFF) & (_at_least(gb, t) * 0xFFFF)
+            tl.store(H32 + base + ob, outb, mask=lb)
+            if WITH_BITS:
+                _store_bits(BITS, row * (W // 4), BA, outb, BB, W)
+    else:  # the first `need` halves keyed t, by index: a chunk at a time, counting those before it
+        seen = tl.zeros((), tl.int32)
+        for c0 in range(0, BA + BB, CHUNK):
+            oc = c0 + tl.arange(0, CHUNK)
+            g, live = _guarded_keys(A32, base, oc, W)
+            above = _at_least(g, t + 1)
+            equal = tl.where(live, _at_least(g, t) ^ above, 0)
+            out = _kept_words(g & 0x7FFF7FFF, above, equal, need, seen)
+            tl.store(H32 + base + oc, out, mask=live)
+            if WITH_BITS:
+                _store_bits(BITS, row * (W // 4), c0, out, CHUNK, W)
+            seen += _lanes(tl.sum(equal, axis=0))
 
 
 def _num_warps(block: int) -> int:
@@ -165,10 +210,16 @@ def _num_warps(block: int) -> int:
 
 
 def _pair_warps(words: int) -> int:
-    # at most 24 words a thread: H100, 16384 rows, k = 6%: 3072 bf16 (1536 words) took 275.6 / 136.1 /
-    # 142.0 us at 1 / 2 / 4 warps, 1536 bf16 59.3 / 68.6 / 100.2, 512 bf16 22.3 / 30.2 / 46.9
-    # (against 396.8, 172.0, 44.4 for the bit-by-bit kernel; notes/kernels.md)
+    # at most 24 words a thread: H100, 16384 rows, k = 6%, the form that held the relu'd words as well
+    # as deriving keys: 3072 bf16 (1536 words) took 275.6 / 136.1 / 142.0 us at 1 / 2 / 4 warps, 1536
+    # bf16 59.3 / 68.6 / 100.2, 512 bf16 22.3 / 30.2 / 46.9 (against 396.8, 172.0, 44.4 for the
+    # bit-by-bit kernel; notes/kernels.md). Holding keys alone took its sm_90 registers at one warp
+    # from 191 to 128 at 3072 and from 104 to 72 at 1536 (two warps at 3072: 107 and 111); whether
+    # one warp now wins at 3072 is not timed yet (notes/kernels.md, row "mask, keys alone and bits")
     return triton.next_power_of_2(-(-words // 768))
+
+
+_TIE_CHUNK = 256  # words a step of the tie-breaking pass
 
 
 def pair_parts(words: int) -> tuple[int, int]:
@@ -186,31 +237,85 @@ def takes_pairs(a2: torch.Tensor, relu: bool) -> bool:
     return relu and a2.dtype == torch.bfloat16 and F % 2 == 0 and 0 < F < 1 << 16 and a2.data_ptr() % 4 == 0
 
 
-def _launch(a: torch.Tensor, k: int, relu: bool) -> torch.Tensor:
+def with_bits(shape, dtype: torch.dtype, relu: bool) -> bool:
+    """Whether the mask of a (..., F) comes with its bits (``topk_mask_bits``): the pair kernel's
+    inputs (bf16 with relu) with F a multiple of 8, a byte of bits per 4 words. By shape and dtype
+    alone, so that a compiler's fake tensors get the same answer."""
+    return relu and dtype == torch.bfloat16 and shape[-1] % 8 == 0
+
+
+def bits_shape(shape) -> tuple[int, ...]:
+    return (*shape[:-1], shape[-1] // 8)
+
+
+def _pack_bits(h: torch.Tensor) -> torch.Tensor:
+    """(N, F) -> (N, F / 8) uint8, bit j of byte i set where h[:, 8 i + j] != 0 (the kernels' order)."""
+    weights = torch.tensor([1 << j for j in range(8)], dtype=torch.uint8, device=h.device)
+    return (h.view(h.shape[0], -1, 8) != 0).to(torch.uint8).mul_(weights).sum(-1, dtype=torch.uint8)
+
+
+def _launch(a: torch.Tensor, k: int, relu: bool) -> tuple[torch.Tensor, torch.Tensor]:
     F = a.shape[-1]
     a2 = a.reshape(-1, F).contiguous()
     h = torch.empty_like(a2)
-    if not a2.shape[0]:
-        return h.view(a.shape)
-    if takes_pairs(a2, relu):
+    bits = a2.new_empty(bits_shape(a2.shape) if with_bits(a.shape, a.dtype, relu) else (0,), dtype=torch.uint8)
+    if a2.shape[0] and takes_pairs(a2, relu):
         first, rest = pair_parts(F // 2)
-        _relu_pair_kernel[(a2.shape[0],)](a2, h, F // 2, k, BA=first, BB=rest, num_warps=_pair_warps(first + rest))
-    else:
+        _relu_pair_kernel[(a2.shape[0],)](
+            a2, h, bits, F // 2, k, BA=first, BB=rest, CHUNK=min(first, _TIE_CHUNK), WITH_BITS=bits.numel() > 0,
+            num_warps=_pair_warps(first + rest),
+        )
+    elif a2.shape[0]:
         block = triton.next_power_of_2(F)
         _topk_mask_kernel[(a2.shape[0],)](
             a2, h, F, k, BLOCK=block, KEY_BITS=_KEY_BITS[a.dtype], RELU=relu, num_warps=_num_warps(block)
         )
-    return h.view(a.shape)
+        if bits.numel():  # rows off a word boundary: the bits from the code
+            bits = _pack_bits(h)
+    return h.view(a.shape), bits.view(bits_shape(a.shape) if bits.numel() else (0,))
 
 
-def topk_mask_triton(a: torch.Tensor, k: int, relu: bool = False) -> torch.Tensor:
-    """a (..., F) on CUDA, bf16, fp16 or float32 -> h (..., F): the k largest of each row kept
-    (ties at the k-th value: the lowest indices), zeros elsewhere; with ``relu``, of relu(a)."""
+def _unmask(gh: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    gh = gh.contiguous()
+    dh = torch.empty_like(gh)
+    if bits.numel():
+        _unmask_kernel[(triton.cdiv(bits.numel(), _UNMASK_BLOCK),)](gh, bits, dh, bits.numel(), BLOCK=_UNMASK_BLOCK,
+                                                                     num_warps=4)
+    return dh
+
+
+_UNMASK_BLOCK = 1024  # bytes of bits a program: 4,096 words of the gradient
+
+
+def _check(a: torch.Tensor) -> None:
     if a.dtype not in _KEY_BITS:
         raise ValueError(f"topk_mask_triton takes {[str(d) for d in SUPPORTED_DTYPES]}, got {a.dtype}")
+
+
+def topk_mask_bits(a: torch.Tensor, k: int, relu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``topk_mask_triton``'s code h, and where ``with_bits`` says so its bits (..., F / 8) uint8: bit j
+    of byte i set where h[..., 8 i + j] != 0, the units the gradient reaches; else an empty tensor."""
+    _check(a)
     if torch.compiler.is_compiling():  # as a custom op (opaque.py): the launch reads the input's address
         return torch.ops.emaprobe.topk_mask(a, k, relu)
     return _launch(a, k, relu)
 
 
+def topk_mask_triton(a: torch.Tensor, k: int, relu: bool = False) -> torch.Tensor:
+    """a (..., F) on CUDA, bf16, fp16 or float32 -> h (..., F): the k largest of each row kept
+    (ties at the k-th value: the lowest indices), zeros elsewhere; with ``relu``, of relu(a)."""
+    return topk_mask_bits(a, k, relu)[0]
+
+
+def unmask_triton(gh: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    """gh (..., F), 2-byte floats, where ``bits`` (``topk_mask_bits``'s) is set, 0 elsewhere: the mask's
+    backward, reading 1 bit a unit where ``gh.masked_fill(h == 0, 0)`` reads h's 16."""
+    if gh.element_size() != 2 or bits.shape != bits_shape(gh.shape):
+        raise ValueError(f"unmask_triton: gh {tuple(gh.shape)} {gh.dtype} and bits {tuple(bits.shape)} do not match")
+    if torch.compiler.is_compiling():
+        return torch.ops.emaprobe.topk_unmask(gh, bits)
+    return _unmask(gh, bits)
+
+
 opaque.implement("topk_mask", _launch)
+opaque.implement("topk_unmask", _unmask)
