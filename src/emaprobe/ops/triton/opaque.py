@@ -172,12 +172,18 @@ def _topk_mask(a: Tensor, k: int, relu: bool) -> tuple[Tensor, Tensor]:
     return _LAUNCHERS["topk_mask"](a, k, relu)
 
 
+def mask_bits_shape(shape, dtype: torch.dtype, relu: bool) -> tuple[int, ...]:
+    """The shape of the top-k mask's bits beside a code of ``shape`` (``topk.py``): (..., F / 8) for the
+    pair kernel's inputs (bf16 with relu) with F a multiple of 8, a byte per 4 words; (0,), none,
+    elsewhere. By shape and dtype alone, so that the launch and this op's fake implementation agree."""
+    if relu and dtype == torch.bfloat16 and shape[-1] % 8 == 0:
+        return (*shape[:-1], shape[-1] // 8)
+    return (0,)
+
+
 @_topk_mask.register_fake
 def _(a, k, relu):
-    from emaprobe.ops.triton.topk import bits_shape, with_bits  # loaded already: it routes this op
-
-    bits = bits_shape(a.shape) if with_bits(a.shape, a.dtype, relu) else (0,)
-    return a.new_empty(a.shape), a.new_empty(bits, dtype=torch.uint8)
+    return a.new_empty(a.shape), a.new_empty(mask_bits_shape(a.shape, a.dtype, relu), dtype=torch.uint8)
 
 
 @torch.library.custom_op("emaprobe::topk_unmask", mutates_args=())

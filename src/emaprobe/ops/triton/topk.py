@@ -237,17 +237,6 @@ def takes_pairs(a2: torch.Tensor, relu: bool) -> bool:
     return relu and a2.dtype == torch.bfloat16 and F % 2 == 0 and 0 < F < 1 << 16 and a2.data_ptr() % 4 == 0
 
 
-def with_bits(shape, dtype: torch.dtype, relu: bool) -> bool:
-    """Whether the mask of a (..., F) comes with its bits (``topk_mask_bits``): the pair kernel's
-    inputs (bf16 with relu) with F a multiple of 8, a byte of bits per 4 words. By shape and dtype
-    alone, so that a compiler's fake tensors get the same answer."""
-    return relu and dtype == torch.bfloat16 and shape[-1] % 8 == 0
-
-
-def bits_shape(shape) -> tuple[int, ...]:
-    return (*shape[:-1], shape[-1] // 8)
-
-
 def _pack_bits(h: torch.Tensor) -> torch.Tensor:
     """(N, F) -> (N, F / 8) uint8, bit j of byte i set where h[:, 8 i + j] != 0 (the kernels' order)."""
     weights = torch.tensor([1 << j for j in range(8)], dtype=torch.uint8, device=h.device)
@@ -258,7 +247,7 @@ def _launch(a: torch.Tensor, k: int, relu: bool) -> tuple[torch.Tensor, torch.Te
     F = a.shape[-1]
     a2 = a.reshape(-1, F).contiguous()
     h = torch.empty_like(a2)
-    bits = a2.new_empty(bits_shape(a2.shape) if with_bits(a.shape, a.dtype, relu) else (0,), dtype=torch.uint8)
+    bits = a2.new_empty(opaque.mask_bits_shape(a2.shape, a.dtype, relu), dtype=torch.uint8)
     if a2.shape[0] and takes_pairs(a2, relu):
         first, rest = pair_parts(F // 2)
         _relu_pair_kernel[(a2.shape[0],)](
@@ -272,7 +261,7 @@ def _launch(a: torch.Tensor, k: int, relu: bool) -> tuple[torch.Tensor, torch.Te
         )
         if bits.numel():  # rows off a word boundary: the bits from the code
             bits = _pack_bits(h)
-    return h.view(a.shape), bits.view(bits_shape(a.shape) if bits.numel() else (0,))
+    return h.view(a.shape), bits.view(opaque.mask_bits_shape(a.shape, a.dtype, relu))
 
 
 def _unmask(gh: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
@@ -293,8 +282,9 @@ def _check(a: torch.Tensor) -> None:
 
 
 def topk_mask_bits(a: torch.Tensor, k: int, relu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """``topk_mask_triton``'s code h, and where ``with_bits`` says so its bits (..., F / 8) uint8: bit j
-    of byte i set where h[..., 8 i + j] != 0, the units the gradient reaches; else an empty tensor."""
+    """``topk_mask_triton``'s code h, and its bits (..., F / 8) uint8 where ``opaque.mask_bits_shape``
+    gives them: bit j of byte i set where h[..., 8 i + j] != 0, the units the gradient reaches; else an
+    empty tensor."""
     _check(a)
     if torch.compiler.is_compiling():  # as a custom op (opaque.py): the launch reads the input's address
         return torch.ops.emaprobe.topk_mask(a, k, relu)
@@ -310,7 +300,7 @@ def topk_mask_triton(a: torch.Tensor, k: int, relu: bool = False) -> torch.Tenso
 def unmask_triton(gh: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
     """gh (..., F), 2-byte floats, where ``bits`` (``topk_mask_bits``'s) is set, 0 elsewhere: the mask's
     backward, reading 1 bit a unit where ``gh.masked_fill(h == 0, 0)`` reads h's 16."""
-    if gh.element_size() != 2 or bits.shape != bits_shape(gh.shape):
+    if gh.element_size() != 2 or bits.shape != opaque.mask_bits_shape(gh.shape, torch.bfloat16, True):
         raise ValueError(f"unmask_triton: gh {tuple(gh.shape)} {gh.dtype} and bits {tuple(bits.shape)} do not match")
     if torch.compiler.is_compiling():
         return torch.ops.emaprobe.topk_unmask(gh, bits)
