@@ -349,6 +349,13 @@ def test_triton_topk_mask_in_the_interpreter_equals_the_reference():
                 if not (torch.equal(bits.int(), want.sum(-1)) and
                         torch.equal(unmask_triton(gh, bits), gh.masked_fill(h == 0, 0))):
                     bad.append(("bits", F, k, ties))
+        # rows off a 4-byte boundary take the bit-by-bit kernel; their bits are packed from its code
+        flat = torch.randn(1 + 3 * 1032, generator=g).to(torch.bfloat16)
+        view = flat[1:].view(3, 1032)
+        h_off, bits_off = topk_mask_bits(view, 62, True)
+        want = (h_off != 0).view(3, 129, 8).to(torch.int32) * (2 ** torch.arange(8))
+        if view.data_ptr() % 4 == 0 or not torch.equal(bits_off.int(), want.sum(-1)):
+            bad.append(("bits off a word boundary",))
         if topk_mask_bits(torch.randn(2, 1026).to(torch.bfloat16), 9, True)[1].numel():
             bad.append(("bits where F % 8 != 0",))
         # the custom ops compiled code calls: their fake implementations (what the compiler traces) give the

@@ -238,16 +238,16 @@ def takes_pairs(a2: torch.Tensor, relu: bool) -> bool:
 
 
 def _pack_bits(h: torch.Tensor) -> torch.Tensor:
-    """(N, F) -> (N, F / 8) uint8, bit j of byte i set where h[:, 8 i + j] != 0 (the kernels' order)."""
+    """(..., F) -> (..., F / 8) uint8, bit j of byte i set where h[..., 8 i + j] != 0 (the kernels' order)."""
     weights = torch.tensor([1 << j for j in range(8)], dtype=torch.uint8, device=h.device)
-    return (h.view(h.shape[0], -1, 8) != 0).to(torch.uint8).mul_(weights).sum(-1, dtype=torch.uint8)
+    return (h.unflatten(-1, (-1, 8)) != 0).to(torch.uint8).mul_(weights).sum(-1, dtype=torch.uint8)
 
 
 def _launch(a: torch.Tensor, k: int, relu: bool) -> tuple[torch.Tensor, torch.Tensor]:
     F = a.shape[-1]
     a2 = a.reshape(-1, F).contiguous()
     h = torch.empty_like(a2)
-    bits = a2.new_empty(opaque.mask_bits_shape(a2.shape, a.dtype, relu), dtype=torch.uint8)
+    bits = a.new_empty(opaque.mask_bits_shape(a.shape, a.dtype, relu), dtype=torch.uint8)  # rows as a2's
     if a2.shape[0] and takes_pairs(a2, relu):
         first, rest = pair_parts(F // 2)
         _relu_pair_kernel[(a2.shape[0],)](
@@ -260,8 +260,8 @@ def _launch(a: torch.Tensor, k: int, relu: bool) -> tuple[torch.Tensor, torch.Te
             a2, h, F, k, BLOCK=block, KEY_BITS=_KEY_BITS[a.dtype], RELU=relu, num_warps=_num_warps(block)
         )
         if bits.numel():  # rows off a word boundary: the bits from the code
-            bits = _pack_bits(h)
-    return h.view(a.shape), bits.view(opaque.mask_bits_shape(a.shape, a.dtype, relu))
+            bits = _pack_bits(h.view(a.shape))
+    return h.view(a.shape), bits
 
 
 def _unmask(gh: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
@@ -300,7 +300,7 @@ def topk_mask_triton(a: torch.Tensor, k: int, relu: bool = False) -> torch.Tenso
 def unmask_triton(gh: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
     """gh (..., F), 2-byte floats, where ``bits`` (``topk_mask_bits``'s) is set, 0 elsewhere: the mask's
     backward, reading 1 bit a unit where ``gh.masked_fill(h == 0, 0)`` reads h's 16."""
-    if gh.element_size() != 2 or bits.shape != opaque.mask_bits_shape(gh.shape, torch.bfloat16, True):
+    if gh.element_size() != 2 or gh.shape[-1] % 8 or bits.shape != (*gh.shape[:-1], gh.shape[-1] // 8):
         raise ValueError(f"unmask_triton: gh {tuple(gh.shape)} {gh.dtype} and bits {tuple(bits.shape)} do not match")
     if torch.compiler.is_compiling():
         return torch.ops.emaprobe.topk_unmask(gh, bits)
