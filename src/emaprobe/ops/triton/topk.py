@@ -150,12 +150,12 @@ def _unmask_kernel(GH, BITS, DH, NB, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _relu_pair_kernel(A, H, BITS, W, k, BA: tl.constexpr, BB: tl.constexpr, CHUNK: tl.constexpr,
-                      WITH_BITS: tl.constexpr):
+def _relu_pair_kernel(A, H, BITS, W, k, BA: tl.constexpr, BB: tl.constexpr, WITH_BITS: tl.constexpr):
     """One row of 2W bf16 a program: words [0, BA) in part a, [BA, BA + BB) in part b (BB = 0: none).
-    Only the guarded keys stay in registers; ties at the k-th key are broken in a second pass that
-    reads the row again, CHUNK words at a time (rare: only when they cannot all be kept). With
-    WITH_BITS (W a multiple of 4), the halves that pass a gradient go to BITS as well (``_store_bits``)."""
+    Only the guarded keys stay in registers, and a kept half is written from its key. Ties at the k-th
+    key are broken by index in registers (a prefix count of the equal halves); in bf16 codes they are
+    common (most rows of 3072 random normals). With WITH_BITS (W a multiple of 4), the halves that
+    pass a gradient go to BITS as well (``_store_bits``)."""
     row = tl.program_id(0).to(tl.int64)
     A32 = A.to(tl.pointer_type(tl.int32))
     H32 = H.to(tl.pointer_type(tl.int32))
@@ -189,18 +189,21 @@ def _relu_pair_kernel(A, H, BITS, W, k, BA: tl.constexpr, BB: tl.constexpr, CHUN
             tl.store(H32 + base + ob, outb, mask=lb)
             if WITH_BITS:
                 _store_bits(BITS, row * (W // 4), BA, outb, BB, W)
-    else:  # the first `need` halves keyed t, by index: a chunk at a time, counting those before it
-        seen = tl.zeros((), tl.int32)
-        for c0 in range(0, BA + BB, CHUNK):
-            oc = c0 + tl.arange(0, CHUNK)
-            g, live = _guarded_keys(A32, base, oc, W)
-            above = _at_least(g, t + 1)
-            equal = tl.where(live, _at_least(g, t) ^ above, 0)
-            out = _kept_words(g & 0x7FFF7FFF, above, equal, need, seen)
-            tl.store(H32 + base + oc, out, mask=live)
+    else:  # the first `need` halves keyed t, by index (t > 0 here, so padding words rank none)
+        above = _at_least(ga, t + 1)
+        equal = _at_least(ga, t) ^ above
+        outa = _kept_words(ga & 0x7FFF7FFF, above, equal, need, 0)
+        tl.store(H32 + base + oa, outa, mask=la)
+        if WITH_BITS:
+            _store_bits(BITS, row * (W // 4), 0, outa, BA, W)
+        if BB > 0:
+            before = _lanes(tl.sum(equal, axis=0))
+            above = _at_least(gb, t + 1)
+            equal = _at_least(gb, t) ^ above
+            outb = _kept_words(gb & 0x7FFF7FFF, above, equal, need, before)
+            tl.store(H32 + base + ob, outb, mask=lb)
             if WITH_BITS:
-                _store_bits(BITS, row * (W // 4), c0, out, CHUNK, W)
-            seen += _lanes(tl.sum(equal, axis=0))
+                _store_bits(BITS, row * (W // 4), BA, outb, BB, W)
 
 
 def _num_warps(block: int) -> int:
@@ -217,9 +220,6 @@ def _pair_warps(words: int) -> int:
     # from 191 to 128 at 3072 and from 104 to 72 at 1536 (two warps at 3072: 107 and 111); whether
     # one warp now wins at 3072 is not timed yet (notes/kernels.md, row "mask, keys alone and bits")
     return triton.next_power_of_2(-(-words // 768))
-
-
-_TIE_CHUNK = 256  # words a step of the tie-breaking pass
 
 
 def pair_parts(words: int) -> tuple[int, int]:
@@ -251,7 +251,7 @@ def _launch(a: torch.Tensor, k: int, relu: bool) -> tuple[torch.Tensor, torch.Te
     if a2.shape[0] and takes_pairs(a2, relu):
         first, rest = pair_parts(F // 2)
         _relu_pair_kernel[(a2.shape[0],)](
-            a2, h, bits, F // 2, k, BA=first, BB=rest, CHUNK=min(first, _TIE_CHUNK), WITH_BITS=bits.numel() > 0,
+            a2, h, bits, F // 2, k, BA=first, BB=rest, WITH_BITS=bits.numel() > 0,
             num_warps=_pair_warps(first + rest),
         )
     elif a2.shape[0]:
