@@ -153,9 +153,10 @@ def _unmask_kernel(GH, BITS, DH, NB, BLOCK: tl.constexpr):
 def _relu_pair_kernel(A, H, BITS, W, k, BA: tl.constexpr, BB: tl.constexpr, WITH_BITS: tl.constexpr):
     """One row of 2W bf16 a program: words [0, BA) in part a, [BA, BA + BB) in part b (BB = 0: none).
     Only the guarded keys stay in registers, and a kept half is written from its key. Ties at the k-th
-    key are broken by index in registers (a prefix count of the equal halves); in bf16 codes they are
-    common (most rows of 3072 random normals). With WITH_BITS (W a multiple of 4), the halves that
-    pass a gradient go to BITS as well (``_store_bits``)."""
+    key are broken by index in registers, a prefix count of the equal halves, in every row: bf16 codes
+    tie there often (most rows of 3072 random normals), so a branch for rows without ties saves little.
+    With WITH_BITS (W a multiple of 4), the halves that pass a gradient go to BITS as well
+    (``_store_bits``)."""
     row = tl.program_id(0).to(tl.int64)
     A32 = A.to(tl.pointer_type(tl.int32))
     H32 = H.to(tl.pointer_type(tl.int32))
@@ -166,44 +167,32 @@ def _relu_pair_kernel(A, H, BITS, W, k, BA: tl.constexpr, BB: tl.constexpr, WITH
         ob = BA + tl.arange(0, BB)
         gb, lb = _guarded_keys(A32, base, ob, W)
     t = tl.zeros((), tl.int32)
-    n_t = 2 * W  # halves with a key >= t (t = 0: every one)
     for b in tl.static_range(14, -1, -1):  # the k-th largest 15-bit key, bit by bit from the top
         cand = t | (1 << b)
         n = tl.sum(_at_least(ga, cand), axis=0)
         if BB > 0:
             n += tl.sum(_at_least(gb, cand), axis=0)
-        n = _lanes(n)
-        t = tl.where(n >= k, cand, t)
-        n_t = tl.where(n >= k, n, n_t)
-    n_above = tl.sum(_at_least(ga, t + 1), axis=0)
+        t = tl.where(_lanes(n) >= k, cand, t)
+    # per half: above t, or equal to it (padding words are neither); all flags first, then the
+    # stores: this order took two warps at 3072 from 168 sm_90 registers to 128
+    above_a = _at_least(ga, t + 1)
+    equal_a = tl.where(la, _at_least(ga, t) ^ above_a, 0)
+    n_above = tl.sum(above_a, axis=0)
+    n_equal_a = tl.sum(equal_a, axis=0)
     if BB > 0:
-        n_above += tl.sum(_at_least(gb, t + 1), axis=0)
+        above_b = _at_least(gb, t + 1)
+        equal_b = tl.where(lb, _at_least(gb, t) ^ above_b, 0)
+        n_above += tl.sum(above_b, axis=0)
     need = k - _lanes(n_above)
-    if (t == 0) | (n_t - _lanes(n_above) <= need):  # every half keyed t kept (t = 0: they are zeros)
-        outa = (ga & 0x7FFF7FFF) & (_at_least(ga, t) * 0xFFFF)
-        tl.store(H32 + base + oa, outa, mask=la)
+    outa = _kept_words(ga & 0x7FFF7FFF, above_a, equal_a, need, 0)
+    tl.store(H32 + base + oa, outa, mask=la)
+    if WITH_BITS:
+        _store_bits(BITS, row * (W // 4), 0, outa, BA, W)
+    if BB > 0:
+        outb = _kept_words(gb & 0x7FFF7FFF, above_b, equal_b, need, _lanes(n_equal_a))
+        tl.store(H32 + base + ob, outb, mask=lb)
         if WITH_BITS:
-            _store_bits(BITS, row * (W // 4), 0, outa, BA, W)
-        if BB > 0:
-            outb = (gb & 0x7FFF7FFF) & (_at_least(gb, t) * 0xFFFF)
-            tl.store(H32 + base + ob, outb, mask=lb)
-            if WITH_BITS:
-                _store_bits(BITS, row * (W // 4), BA, outb, BB, W)
-    else:  # the first `need` halves keyed t, by index (t > 0 here, so padding words rank none)
-        above = _at_least(ga, t + 1)
-        equal = _at_least(ga, t) ^ above
-        outa = _kept_words(ga & 0x7FFF7FFF, above, equal, need, 0)
-        tl.store(H32 + base + oa, outa, mask=la)
-        if WITH_BITS:
-            _store_bits(BITS, row * (W // 4), 0, outa, BA, W)
-        if BB > 0:
-            before = _lanes(tl.sum(equal, axis=0))
-            above = _at_least(gb, t + 1)
-            equal = _at_least(gb, t) ^ above
-            outb = _kept_words(gb & 0x7FFF7FFF, above, equal, need, before)
-            tl.store(H32 + base + ob, outb, mask=lb)
-            if WITH_BITS:
-                _store_bits(BITS, row * (W // 4), BA, outb, BB, W)
+            _store_bits(BITS, row * (W // 4), BA, outb, BB, W)
 
 
 def _num_warps(block: int) -> int:
