@@ -25,8 +25,9 @@ exactly where its key is >= cand, and no borrow crosses from the low key into th
 shift and a mask count both in two 16-bit lanes of one int32. The row is held as two power-of-two
 parts (3072 bf16 are 1024 + 512 words: no padding lanes), at most 24 words a thread (two warps at
 3072; one at 1536 and below, where a count is one warp reduction with no barrier), as keys alone:
-a kept half is written from its key, and the rare rows whose ties at the k-th key must be broken
-by index are read again, a chunk at a time, in a second pass. NaN of either sign is kept as the
+a kept half is written from its key, and ties at the k-th key are broken by index in registers
+(a prefix count of the equal halves, in every row: bf16 codes tie there in most rows of 3072,
+so a second pass over the row for them ran in most rows). NaN of either sign is kept as the
 largest value, as the reference's sort keeps it (written without its sign bit).
 
 **Bits for the backward.** The mask's gradient is gh where h != 0. Read from h, that backward moves
@@ -205,9 +206,9 @@ def _pair_warps(words: int) -> int:
     # at most 24 words a thread: H100, 16384 rows, k = 6%, the form that held the relu'd words as well
     # as deriving keys: 3072 bf16 (1536 words) took 275.6 / 136.1 / 142.0 us at 1 / 2 / 4 warps, 1536
     # bf16 59.3 / 68.6 / 100.2, 512 bf16 22.3 / 30.2 / 46.9 (against 396.8, 172.0, 44.4 for the
-    # bit-by-bit kernel; notes/kernels.md). Holding keys alone took its sm_90 registers at one warp
-    # from 191 to 128 at 3072 and from 104 to 72 at 1536 (two warps at 3072: 107 and 111); whether
-    # one warp now wins at 3072 is not timed yet (notes/kernels.md, row "mask, keys alone and bits")
+    # bit-by-bit kernel; notes/kernels.md). With keys alone and a second pass for ties (fewer
+    # registers at one warp), 3072 still took 176.1 / 164.4 / 182.9 us at 1 / 2 / 4 warps (H100;
+    # notes/kernels.md, row "mask, keys alone and bits")
     return triton.next_power_of_2(-(-words // 768))
 
 
