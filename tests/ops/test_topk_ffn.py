@@ -335,14 +335,15 @@ def test_triton_topk_mask_in_the_interpreter_equals_the_reference():
             a = a.to(torch.bfloat16)
             if not same(topk_mask_triton(a, k, True), topk_mask_reference(torch.relu(a), k)):
                 bad.append(("random pair", F, k))
-        # the bits the pair kernel writes beside the code (F a multiple of 8), tie-breaking pass and all,
-        # and the backward that reads them: gh where h != 0
+        # the bits the pair kernel writes beside the code (F a multiple of 8), ties broken and all, and
+        # the backward that reads them: gh where h != 0 (the least positive bf16, kept, has its bit)
         for F, k in ((3072, 185), (1032, 62), (264, 16), (8, 3)):
             for ties in (False, True):
                 a = torch.randint(-4, 5, (5, F), generator=g) / 2 if ties else torch.randn(5, F, generator=g)
                 a[0] = -a[0].abs()  # fewer than k positive: kept zeros, which pass no gradient
                 a[0, : k // 2] = 1.0
                 a = a.to(torch.bfloat16)
+                a[0, k // 2] = torch.tensor(1, dtype=torch.int16).view(torch.bfloat16)  # the least positive bf16
                 h, bits = topk_mask_bits(a, k, True)
                 gh = torch.randn(5, F, generator=g).to(torch.bfloat16)
                 want = (h != 0).view(5, F // 8, 8).to(torch.int32) * (2 ** torch.arange(8))
