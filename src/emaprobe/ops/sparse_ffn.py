@@ -172,15 +172,14 @@ class _TopkMask(torch.autograd.Function):
             h, bits = topk_mask_bits(a, k, relu)
         else:
             h = topk_mask_reference(F.relu(a) if relu else a, k)
-        ctx.bits = bits is not None and bits.numel() > 0
         # the bits, 1 a unit (the backward reads them, not h's 16), or h itself: the tensor W2's GEMM saves
-        ctx.save_for_backward(bits if ctx.bits else h)
+        ctx.save_for_backward(bits if bits is not None and bits.numel() else h)
         return h
 
     @staticmethod
     def backward(ctx, gh):
         (saved,) = ctx.saved_tensors
-        if ctx.bits:
+        if saved.dtype == torch.uint8:  # the bits (a code h is a float, as its input)
             from emaprobe.ops.triton.topk import unmask_triton
 
             return unmask_triton(gh, saved), None, None

@@ -266,6 +266,9 @@ def _launch(a: torch.Tensor, k: int, relu: bool) -> tuple[torch.Tensor, torch.Te
     return h.view(a.shape), bits
 
 
+_UNMASK_BLOCK = 1024  # bytes of bits a program: 4,096 words of the gradient
+
+
 def _unmask(gh: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
     gh = gh.contiguous()
     dh = torch.empty_like(gh)
@@ -273,9 +276,6 @@ def _unmask(gh: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
         _unmask_kernel[(triton.cdiv(bits.numel(), _UNMASK_BLOCK),)](gh, bits, dh, bits.numel(), BLOCK=_UNMASK_BLOCK,
                                                                      num_warps=4)
     return dh
-
-
-_UNMASK_BLOCK = 1024  # bytes of bits a program: 4,096 words of the gradient
 
 
 def _check(a: torch.Tensor) -> None:
