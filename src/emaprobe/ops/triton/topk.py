@@ -23,11 +23,11 @@ share an int32 word with a guard bit above each (bits 15 and 31). One subtractio
 keys of a word with the candidate, ``(word | guards) - cand * 0x10001``: each guard survives
 exactly where its key is >= cand, and no borrow crosses from the low key into the high one; a
 shift and a mask count both in two 16-bit lanes of one int32. The row is held as two power-of-two
-parts (3072 bf16 are 1024 + 512 words: no padding lanes), at most 24 words a thread (two warps at
-3072; one at 1536 and below, where a count is one warp reduction with no barrier), as keys alone:
-a kept half is written from its key, and ties at the k-th key are broken by index in registers
-(a prefix count of the equal halves, in every row: bf16 codes tie there in most rows of 3072,
-so a second pass over the row for them ran in most rows). NaN of either sign is kept as the
+parts (3072 bf16 are 1024 + 512 words: no padding lanes), at most 24 words a thread (four warps
+at 3072, 12 a thread; one at 1536 and below, where a count is one warp reduction with no barrier),
+as keys alone: a kept half is written from its key, and ties at the k-th key are broken by index in
+registers (a prefix count of the equal halves, in every row: bf16 codes tie there in most rows of
+3072, so a second pass over the row for them ran in most rows). NaN of either sign is kept as the
 largest value, as the reference's sort keeps it (written without its sign bit).
 
 **Bits for the backward.** The mask's gradient is gh where h != 0. Read from h, that backward moves
@@ -215,13 +215,11 @@ def _num_warps(block: int) -> int:
 
 
 def _pair_warps(words: int) -> int:
-    # at most 24 words a thread: H100, 16384 rows, k = 6%, the form that held the relu'd words as well
-    # as deriving keys: 3072 bf16 (1536 words) took 275.6 / 136.1 / 142.0 us at 1 / 2 / 4 warps, 1536
-    # bf16 59.3 / 68.6 / 100.2, 512 bf16 22.3 / 30.2 / 46.9 (against 396.8, 172.0, 44.4 for the
-    # bit-by-bit kernel; notes/kernels.md). With keys alone and a second pass for ties (fewer
-    # registers at one warp), 3072 still took 176.1 / 164.4 / 182.9 us at 1 / 2 / 4 warps (H100;
-    # notes/kernels.md, row "mask, keys alone and bits")
-    return triton.next_power_of_2(-(-words // 768))
+    # one warp up to 768 words (24 a thread), else four. H100, 16384 rows, k = 6%,
+    # this kernel (ties in registers, bits, one reduction a count): 3072 bf16 (1536 words) took
+    # 157.3 / 149.8 / 140.2 / 815.6 us at 1 / 2 / 4 / 8 warps, 1536 bf16 68.7 / 71.5 / 430.3 at 1 / 2 / 4
+    # (notes/kernels.md, row "mask, warps after one reduction a count")
+    return 1 if words <= 768 else 4
 
 
 def pair_parts(words: int) -> tuple[int, int]:
