@@ -215,11 +215,14 @@ def _num_warps(block: int) -> int:
 
 
 def _pair_warps(words: int) -> int:
-    # one warp up to 768 words (24 a thread), else four. H100, 16384 rows, k = 6%,
-    # this kernel (ties in registers, bits, one reduction a count): 3072 bf16 (1536 words) took
-    # 157.3 / 149.8 / 140.2 / 815.6 us at 1 / 2 / 4 / 8 warps, 1536 bf16 68.7 / 71.5 / 430.3 at 1 / 2 / 4
+    # one warp up to 768 words, then 12-24 words a thread: two warps below 1536 words, four from 1536,
+    # more past 3072. H100, 16384 rows, k = 6%, this kernel (ties in registers, bits, one reduction a
+    # count): 3072 bf16 (1536 words) took 157.3 / 149.8 / 140.2 / 815.6 us at 1 / 2 / 4 / 8 warps, 1536
+    # bf16 68.7 / 71.5 / 430.3 at 1 / 2 / 4: at 6 words a thread it fell off a cliff both times
     # (notes/kernels.md, row "mask, warps after one reduction a count")
-    return 1 if words <= 768 else 4
+    if words <= 768:
+        return 1
+    return 2 if words < 1536 else max(4, triton.next_power_of_2(-(-words // 768)))
 
 
 def pair_parts(words: int) -> tuple[int, int]:
