@@ -10,9 +10,12 @@ import torch
 from emaprobe.cli import main
 from emaprobe.experiments.bench_lm import (
     MFU_FORMULA,
+    PROFILE_STEPS,
+    PROFILE_TOP,
     BenchConfig,
     config_of,
     flops_per_token,
+    kernel_group,
     peak_flops,
     quick_config,
     versus,
@@ -300,3 +303,45 @@ def test_trainer_rows_time_train_lm_at_each_training_shape(tmp_path, capsys, rec
     assert "through train_lm" in capsys.readouterr().out
     with pytest.raises(ValueError, match="--trainer .* needs the training rows"):
         quick_config(trainer=True, train=False)
+
+
+@pytest.mark.parametrize("name, group", [
+    ("nvjet_sm90_tst_192x192_64x3_2x1_v_bz_coopB_NNN", "matmul"),  # cuBLAS's Hopper GEMMs, as an H100 names them
+    ("void cublasLt::splitKreduce_kernel<32, 16, int, float, __nv_bfloat16>", "matmul"),
+    ("cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_26_64x64x64", "attention"),
+    ("_relu_pair_kernel", "emaprobe"),
+    ("_ema_bwd_kernel", "emaprobe"),
+    ("triton_per_fused__to_copy_add_div_expand_mul_pow_sum_view_9", "inductor"),
+    ("void at::native::multi_tensor_apply_kernel<FusedOptimizerTensorListMetadata<4>, FusedAdamMathFunctor<float>>",
+     "optimizer"),
+    ("void at::native::multi_tensor_apply_kernel<TensorListMetadata<1>, LpNormFunctor<float>>", "foreach"),
+    ("aten::mm", "matmul"),
+    ("aten::_scaled_dot_product_flash_attention_for_cpu", "attention"),
+    ("Memset (Device)", "other"),
+    ("aten::copy_", "other"),
+])
+def test_kernel_group_names_what_a_kernel_is(name, group):
+    assert kernel_group(name) == group
+
+
+def test_profile_sums_each_training_rows_kernels_by_kind(tmp_path, capsys):
+    args = ["bench", "lm", "--quick", "--device", "cpu", "--config", "spen-tiny", "--config", "gpt-tiny",
+            "--mixers", "ema", "--seq-lens", "32", "--no-generate", "--out", str(tmp_path)]
+    assert main([*args, "--profile"]) == 0
+    out = capsys.readouterr().out
+    rows = json.loads((tmp_path / "bench_lm_cpu.json").read_text())["rows"]
+    assert {r["model"] for r in rows} == {"spen-tiny/ema", "gpt-tiny"}
+    for r in rows:
+        p = r["profile"]
+        assert p["steps"] == PROFILE_STEPS and p["what"].startswith("CPU ops") and p["idle_ms"] is None
+        assert p["busy_ms"] > 0 and sum(p["groups"].values()) == pytest.approx(p["busy_ms"])
+        assert list(p["groups"].values()) == sorted(p["groups"].values(), reverse=True)
+        assert p["groups"]["matmul"] > 0  # both models multiply (aten::mm and friends on CPU)
+        ms = [k["ms"] for k in p["top"]]
+        assert 0 < len(ms) <= PROFILE_TOP and ms == sorted(ms, reverse=True)
+        for k in p["top"]:
+            assert k["group"] == kernel_group(k["name"]) and k["launches"] > 0
+    assert out.count("profile (CPU ops") == 2 and out.count("largest:") == 2
+    # without --profile a row carries none
+    assert main([*args, "--tag", "plain"]) == 0
+    assert all("profile" not in r for r in json.loads((tmp_path / "bench_lm_cpu_plain.json").read_text())["rows"])

@@ -59,6 +59,8 @@ examples:
                                                 runs/bench/bench_lm_<card>.json are kept, the rest measured
   emaprobe bench lm --merge runs/bench/bench_lm_*_part*.json --tag grid
                                                 join parts into one JSON and PNG (rows keep their source)
+  emaprobe bench lm --config spen-130m --mixers ema --seq-lens 8192 --compile on --no-generate --profile
+                                                where SPEN-130m's compiled step spends its time, kernel by kernel
 Output: bench_lm_<card>[_<tag>].json and .png in runs/bench/ (ignored by git) unless --out
 names another folder. Each figure is a median of --repeats; warm-up steps (and compiling) are
 not timed. MFU = FLOPs per token x tokens/s / peak FLOP/s (the formula is in the JSON);
@@ -88,7 +90,7 @@ def _lm(args: argparse.Namespace) -> int:
         "warmup": args.warmup, "repeats": args.repeats, "compile": args.compile,
         "gen_batches": args.gen_batch, "gen_prompts": args.gen_prompts, "gen_tokens": args.gen_tokens,
         "train": False if args.no_train else None, "generate": False if args.no_generate else None,
-        "trainer": True if args.trainer else None,
+        "trainer": True if args.trainer else None, "profile": True if args.profile else None,
     }
     given = {k: v for k, v in given.items() if v is not None}
     if args.merge:
@@ -257,6 +259,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--trainer", action="store_true",
                    help="also run each training shape through train_lm (the loop of `emaprobe lm train`: host "
                         "batches, lr schedule, read-backs) and report its tokens/s beside the step's")
+    m.add_argument("--profile", action="store_true",
+                   help="also profile each training row's step after timing it: every kernel's time a step "
+                        "(each op's CPU time on CPU), summed by kind (matmul, attention, Inductor, emaprobe, "
+                        "optimizer...), the largest named, and on CUDA the time with no kernel running")
     m.add_argument("--quick", action="store_true",
                    help="tiny configs (spen-tiny, gpt-tiny), short lengths, one repeat, eager: the CPU smoke "
                         "(half a minute to two minutes on 2 CPU cores)")

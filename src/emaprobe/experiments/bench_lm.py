@@ -73,6 +73,13 @@ training row's shape is also run through ``train_lm`` itself, on random tokens, 
 the windows after the first (which holds the warm-up and compiling). ``trainer_vs_step`` in the
 JSON is that over the step's tokens/s, per shape: what the loop costs beyond the step.
 
+The profile (``--profile``). After a training row is timed, ``PROFILE_STEPS`` more steps run under
+``torch.profiler``: on CUDA every kernel's device time a step, on CPU every op's own CPU time; the
+row's ``profile`` holds their sum (``busy_ms``), the sums by kind (``kernel_group``: matmul,
+attention, Inductor's kernels, this package's Triton kernels, the optimizer, foreach ops, other), the
+``PROFILE_TOP`` largest with their launches a step, and on CUDA ``idle_ms``, the timed step less the
+kernels: the time in which no kernel runs. The profiled steps are not in the timed figure.
+
 Output: ``bench_lm_<card>.json`` (``run_record``: device, git SHA, torch version, and
 the rows) and ``bench_lm_<card>.png`` in ``--out``; the JSON is rewritten after every row.
 """
@@ -127,6 +134,7 @@ class BenchConfig:
     train: bool = True
     generate: bool = True
     trainer: bool = False  # also time train_lm itself at each training shape (see the docstring)
+    profile: bool = False  # also profile each training row's step, kernel by kernel (see the docstring)
 
     def __post_init__(self):
         if self.compile not in COMPILE_CHOICES:
@@ -280,6 +288,8 @@ def bench_train(label: str, cfg, T: int, compiled: bool, bc: BenchConfig, device
     row["mfu"] = None if peak is None else row["flops_per_token"] * row["tokens_per_s"] / peak
     row["tflops_executed"] = row["flops_per_token_executed"] * row["tokens_per_s"] / 1e12
     row["peak_mem_gib"] = _peak_gib(device)
+    if bc.profile:
+        row["profile"] = profile_steps(step, device, row["step_s"] * 1e3)
     del run, opt, model
     return row
 
@@ -308,6 +318,75 @@ def bench_trainer(label: str, cfg, T: int, compiled: bool, bc: BenchConfig, devi
     row["dtype"] = _dtype(device)
     del model
     return row
+
+
+PROFILE_STEPS = 3  # steps under the profiler, after a row's timed ones
+PROFILE_TOP = 25  # kernels (ops on CPU) named in a row's profile, the largest first
+# what a kernel's (or a CPU op's) name says it is: the first group with a fragment in the lowered name
+KERNEL_GROUPS = (
+    ("attention", ("flash", "fmha", "sdpa", "scaled_dot_product")),
+    ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "splitk", "cublas", "aten::mm", "aten::addmm", "aten::bmm",
+                "aten::baddbmm")),
+    ("optimizer", ("adam",)),
+    ("foreach", ("multi_tensor_apply", "aten::_foreach")),
+    ("inductor", ("triton_",)),
+)
+
+
+def kernel_group(name: str) -> str:
+    """The group of ``KERNEL_GROUPS`` a kernel or op name falls in; "emaprobe" for this package's Triton
+    kernels (``_<name>_kernel``); "other" for the rest (copies, fills, PyTorch's elementwise kernels)."""
+    low = name.lower()
+    for group, fragments in KERNEL_GROUPS:
+        if any(f in low for f in fragments):
+            return group
+    if name.startswith("_") and name.endswith("_kernel"):
+        return "emaprobe"
+    return "other"
+
+
+def profile_steps(step: Callable[[], None], device: torch.device, step_ms: float,
+                  steps: int = PROFILE_STEPS) -> dict:
+    """``steps`` more training steps under ``torch.profiler``: on CUDA each kernel's device time a step,
+    on CPU each op's own CPU time a step; their sum (``busy_ms``), the sums by ``kernel_group``, and
+    the ``PROFILE_TOP`` largest with their launches a step. On CUDA ``idle_ms`` is the timed step
+    (``step_ms``) less ``busy_ms``: the time a step in which no kernel runs (null on CPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    want = torch.autograd.DeviceType.CUDA if cuda else torch.autograd.DeviceType.CPU
+    _sync(device)
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+        _sync(device)
+    per: dict[str, list] = {}
+    for e in prof.events():
+        if e.device_type == want:
+            us = e.device_time if cuda else e.self_cpu_time_total
+            acc = per.setdefault(e.name, [0.0, 0])
+            acc[0] += us / 1e3 / steps
+            acc[1] += 1
+    busy = sum(ms for ms, _ in per.values())
+    groups: dict[str, float] = {}
+    for name, (ms, _) in per.items():
+        groups[kernel_group(name)] = groups.get(kernel_group(name), 0.0) + ms
+    top = sorted(per.items(), key=lambda kv: -kv[1][0])[:PROFILE_TOP]
+    return {
+        "steps": steps, "what": "CUDA kernels, device time" if cuda else "CPU ops, own (self) time",
+        "busy_ms": busy, "idle_ms": step_ms - busy if cuda else None,
+        "groups": dict(sorted(groups.items(), key=lambda kv: -kv[1])),
+        "top": [{"name": name, "ms": ms, "launches": n / steps, "group": kernel_group(name)}
+                for name, (ms, n) in top],
+    }
+
+
+def _fmt_profile(p: dict) -> str:
+    idle = "" if p.get("idle_ms") is None else f", {p['idle_ms']:.2f} with none running"
+    groups = ", ".join(f"{g} {ms:.2f}" for g, ms in p["groups"].items())
+    top = ", ".join(f"{k['name'][:40]} {k['ms']:.2f}" for k in p["top"][:5])
+    return (f"    profile ({p['what']}): {p['busy_ms']:.2f} ms a step{idle}; {groups}\n"
+            f"    largest: {top}")
 
 
 def _dtype(device: torch.device) -> str:
@@ -475,8 +554,9 @@ def _fmt_row(r: dict) -> str:
     mem = "" if r.get("peak_mem_gib") is None else f"  peak {r['peak_mem_gib']:.1f} GiB"
     if r["part"] == "train":
         mfu = "" if r.get("mfu") is None else f"  MFU {100 * r['mfu']:5.1f}%"
+        prof = "" if "profile" not in r else "\n" + _fmt_profile(r["profile"])
         return (f"{r['model']:<22} {mode:<8} T={r['T']:<6} B={r['B']:<4} {r['tokens_per_s']:>12,.0f} tok/s"
-                f"{mfu}{mem}")
+                f"{mfu}{mem}{prof}")
     if r["part"] == "trainer":
         return (f"{r['model']:<22} {mode:<8} T={r['T']:<6} B={r['B']:<4} {r['tokens_per_s']:>12,.0f} tok/s "
                 f"through train_lm")
