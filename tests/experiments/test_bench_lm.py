@@ -309,6 +309,7 @@ def test_trainer_rows_time_train_lm_at_each_training_shape(tmp_path, capsys, rec
     ("nvjet_sm90_tst_192x192_64x3_2x1_v_bz_coopB_NNN", "matmul"),  # cuBLAS's Hopper GEMMs, as an H100 names them
     ("void cublasLt::splitKreduce_kernel<32, 16, int, float, __nv_bfloat16>", "matmul"),
     ("cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_26_64x64x64", "attention"),
+    ("void cudnn::fusion::compute_dot_do_o_specialized<true, 64>(void const*, void const*)", "attention"),
     ("_relu_pair_kernel", "emaprobe"),
     ("_ema_bwd_kernel", "emaprobe"),
     ("triton_per_fused__to_copy_add_div_expand_mul_pow_sum_view_9", "inductor"),

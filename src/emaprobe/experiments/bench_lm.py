@@ -324,7 +324,7 @@ PROFILE_STEPS = 3  # steps under the profiler, after a row's timed ones
 PROFILE_TOP = 25  # kernels (ops on CPU) named in a row's profile, the largest first
 # what a kernel's (or a CPU op's) name says it is: the first group with a fragment in the lowered name
 KERNEL_GROUPS = (
-    ("attention", ("flash", "fmha", "sdpa", "scaled_dot_product")),
+    ("attention", ("flash", "fmha", "sdpa", "scaled_dot_product", "cudnn")),  # cuDNN runs only SDPA here
     ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "splitk", "cublas", "aten::mm", "aten::addmm", "aten::bmm",
                 "aten::baddbmm")),
     ("optimizer", ("adam",)),
@@ -381,10 +381,16 @@ def profile_steps(step: Callable[[], None], device: torch.device, step_ms: float
     }
 
 
+def _short(name: str, width: int = 44) -> str:
+    # a kernel's name within width: its start and its end (GEMM names differ in their last letters)
+    name = name.removeprefix("void ")
+    return name if len(name) <= width else f"{name[:width - 17]}...{name[-14:]}"
+
+
 def _fmt_profile(p: dict) -> str:
     idle = "" if p.get("idle_ms") is None else f", {p['idle_ms']:.2f} with none running"
     groups = ", ".join(f"{g} {ms:.2f}" for g, ms in p["groups"].items())
-    top = ", ".join(f"{k['name'][:40]} {k['ms']:.2f}" for k in p["top"][:5])
+    top = ", ".join(f"{_short(k['name'])} {k['ms']:.2f}" for k in p["top"][:5])
     return (f"    profile ({p['what']}): {p['busy_ms']:.2f} ms a step{idle}; {groups}\n"
             f"    largest: {top}")
 
