@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import matplotlib.image
 import pytest
 import torch
 
@@ -343,6 +344,8 @@ def test_profile_sums_each_training_rows_kernels_by_kind(tmp_path, capsys):
         for k in p["top"]:
             assert k["group"] == kernel_group(k["name"]) and k["launches"] > 0
     assert out.count("profile (CPU ops") == 2 and out.count("largest:") == 2
-    # without --profile a row carries none
+    # without --profile a row carries none, and the plot has no panel of bars (a panel is 6.5 inches wide)
     assert main([*args, "--tag", "plain"]) == 0
     assert all("profile" not in r for r in json.loads((tmp_path / "bench_lm_cpu_plain.json").read_text())["rows"])
+    wide, plain = (matplotlib.image.imread(tmp_path / f"bench_lm_cpu{t}.png").shape[1] for t in ("", "_plain"))
+    assert wide > 1.2 * plain

@@ -577,12 +577,15 @@ def card_name(device: torch.device) -> str:
 def plot(rows: list[dict], card: str, path: Path, pairs: list[dict] | None = None) -> None:
     """Training tokens/s against T, and decode tokens/s against the prompt length, log scales;
     with ``pairs`` (``versus``), a third panel: each model's speed over GPT against T, beside
-    the speed it would have at GPT's TFLOP/s (the FLOP ratio)."""
+    the speed it would have at GPT's TFLOP/s (the FLOP ratio); with profiled training rows, a last
+    panel of bars: each row's step by kind of kernel (``_plot_profile``)."""
     plt = pyplot()
 
     ok = [r for r in rows if r.get("tokens_per_s")]
     parts = [p for p in ("train", "generate") if any(r["part"] == p for r in ok)] or ["train"]
     parts += ["versus"] if pairs else []
+    profiled = [r for r in ok if r["part"] == "train" and r.get("profile")]
+    parts += ["profile"] if profiled else []
     fig, panels = plt.subplots(1, len(parts), figsize=(6.5 * len(parts), 5), squeeze=False)
     axes = {p: ax for p, ax in zip(parts, panels[0])}
     models = list(dict.fromkeys(r["model"] for r in ok))
@@ -616,10 +619,14 @@ def plot(rows: list[dict], card: str, path: Path, pairs: list[dict] | None = Non
                             color=color, label=f"{name} {mode}: measured")
         axes["versus"].plot([v["T"] for v in vs], [v["flop_ratio"] for v in vs], "x:", color=color,
                             label=f"{name} {mode}: at equal TFLOP/s")
+    if profiled:
+        _plot_profile(axes["profile"], profiled)
     titles = {"train": ("sequence length T (fixed tokens per step)", "training", "tokens/s (median)"),
               "generate": ("prompt length", "greedy generation", "tokens/s (median)"),
               "versus": ("sequence length T", "training speed over GPT", "tokens/s over GPT's")}
     for part, ax in axes.items():
+        if part == "profile":
+            continue
         xlabel, title, ylabel = titles[part]
         ax.set_xscale("log", base=2)
         if part == "versus":  # ratios from zero, with GPT's own speed drawn at 1
@@ -636,6 +643,25 @@ def plot(rows: list[dict], card: str, path: Path, pairs: list[dict] | None = Non
     fig.suptitle(f"emaprobe language models on {card}")
     fig.tight_layout()
     save_fig(fig, path, dpi=110)
+
+
+def _plot_profile(ax, rows: list[dict]) -> None:
+    """One horizontal bar a profiled training row: its kernels' time a step by kind, then (CUDA) the
+    time with no kernel running."""
+    kinds = list(dict.fromkeys(g for r in rows for g in r["profile"]["groups"]))
+    labels = [f"{r['model']} T={r['T']} {'compiled' if r['compiled'] else 'eager'}" for r in rows]
+    left = [0.0] * len(rows)
+    idle = ["no kernel running"] if any(r["profile"].get("idle_ms") is not None for r in rows) else []
+    for i, kind in enumerate([*kinds, *idle]):
+        ms = [r["profile"]["groups"].get(kind, 0.0) if kind in kinds else max(r["profile"].get("idle_ms") or 0.0, 0.0)
+              for r in rows]
+        color = "0.85" if kind not in kinds else f"C{i % 10}"
+        ax.barh(labels, ms, left=left, color=color, label=kind)
+        left = [a + b for a, b in zip(left, ms)]
+    ax.invert_yaxis()
+    ax.set_xlabel(f"ms a step ({rows[0]['profile']['what']})")
+    ax.set_title("where a training step goes")
+    ax.legend(fontsize=6)
 
 
 def run(bc: BenchConfig, device: str | torch.device = "cpu", out_dir: str | Path | None = "runs/bench",
