@@ -370,7 +370,8 @@ def profile_steps(step: Callable[[], None], device: torch.device, step_ms: float
     busy = sum(ms for ms, _ in per.values())
     groups: dict[str, float] = {}
     for name, (ms, _) in per.items():
-        groups[kernel_group(name)] = groups.get(kernel_group(name), 0.0) + ms
+        group = kernel_group(name)
+        groups[group] = groups.get(group, 0.0) + ms
     top = sorted(per.items(), key=lambda kv: -kv[1][0])[:PROFILE_TOP]
     return {
         "steps": steps, "what": "CUDA kernels, device time" if cuda else "CPU ops, own (self) time",
