@@ -651,12 +651,11 @@ def _plot_profile(ax, rows: list[dict]) -> None:
     time with no kernel running."""
     kinds = list(dict.fromkeys(g for r in rows for g in r["profile"]["groups"]))
     labels = [f"{r['model']} T={r['T']} {'compiled' if r['compiled'] else 'eager'}" for r in rows]
+    bars = [(kind, f"C{i % 10}", [r["profile"]["groups"].get(kind, 0.0) for r in rows]) for i, kind in enumerate(kinds)]
+    if any(r["profile"].get("idle_ms") is not None for r in rows):  # CUDA: the time with no kernel running
+        bars.append(("no kernel running", "0.85", [max(r["profile"].get("idle_ms") or 0.0, 0.0) for r in rows]))
     left = [0.0] * len(rows)
-    idle = ["no kernel running"] if any(r["profile"].get("idle_ms") is not None for r in rows) else []
-    for i, kind in enumerate([*kinds, *idle]):
-        ms = [r["profile"]["groups"].get(kind, 0.0) if kind in kinds else max(r["profile"].get("idle_ms") or 0.0, 0.0)
-              for r in rows]
-        color = "0.85" if kind not in kinds else f"C{i % 10}"
+    for kind, color, ms in bars:
         ax.barh(labels, ms, left=left, color=color, label=kind)
         left = [a + b for a, b in zip(left, ms)]
     ax.invert_yaxis()
