@@ -125,6 +125,10 @@ def test_bad_settings_fail_clearly():
         BenchConfig(mixers=("nope",))
     with pytest.raises(ValueError, match="compile must be one of"):
         BenchConfig(compile="sometimes")
+    with pytest.raises(ValueError, match="compile_mode must be one of"):
+        BenchConfig(compile_mode="max-speed")
+    with pytest.raises(ValueError, match="--compile off leaves none"):
+        BenchConfig(compile="off", compile_mode="reduce-overhead")
     with pytest.raises(ValueError, match="unknown model config"):
         BenchConfig(configs=("gpt-9000",))
 
@@ -349,3 +353,17 @@ def test_profile_sums_each_training_rows_kernels_by_kind(tmp_path, capsys):
     assert all("profile" not in r for r in json.loads((tmp_path / "bench_lm_cpu_plain.json").read_text())["rows"])
     wide, plain = (matplotlib.image.imread(tmp_path / f"bench_lm_cpu{t}.png").shape[1] for t in ("", "_plain"))
     assert wide > 1.2 * plain
+
+
+def test_compile_mode_reaches_the_compiled_rows_and_their_printout(tmp_path, capsys):
+    """--compile-mode is the trainer's compile_mode for every compiled training row (on CPU Inductor compiles
+    reduce-overhead as default; the CUDA graphs are checked in tests/train/test_compile_mode_gpu.py)."""
+    assert main(["bench", "lm", "--quick", "--device", "cpu", "--no-generate", "--config", "spen-tiny", "--mixers",
+                 "ema", "--seq-lens", "16", "--compile", "both", "--compile-mode", "reduce-overhead",
+                 "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "bench_lm_cpu.json").read_text())
+    assert res["bench_config"]["compile_mode"] == "reduce-overhead"
+    by = {r["compiled"]: r for r in res["rows"]}
+    assert by[True]["compile_mode"] == "reduce-overhead" and by[True]["tokens_per_s"] > 0
+    assert "compile_mode" not in by[False]
+    assert "compiled (reduce-overhead)" in capsys.readouterr().out

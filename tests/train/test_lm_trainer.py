@@ -219,9 +219,11 @@ def test_sampler_streams_are_deterministic_per_rank_and_resumable():
     assert x.shape == (4, 8) and torch.equal(y[:, :-1], x[:, 1:])
 
 
-def test_compiled_loss_module_gives_the_eager_loss_and_gradients():
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_compiled_loss_module_gives_the_eager_loss_and_gradients(mode):
     """wrap_model(compile=True): the model and its loss as one graph through Inductor (CPU here), with the
-    eager module's loss and gradients; both are ``model.loss``, the cross-entropy of ``model(x)``'s logits."""
+    eager module's loss and gradients; both are ``model.loss``, the cross-entropy of ``model(x)``'s logits.
+    "reduce-overhead" compiles the same graph (its CUDA graphs are for CUDA: tests/train/test_compile_mode_gpu.py)."""
     from emaprobe.models import build_model, resolve_config
     from emaprobe.ops import cross_entropy
     from emaprobe.train import DistInfo, NextTokenLoss, accumulate_gradients, wrap_model
@@ -235,7 +237,7 @@ def test_compiled_loss_module_gives_the_eager_loss_and_gradients():
     x, y = batches[0]
     torch.testing.assert_close(eager(x, y), cross_entropy(model(x)[0], y), rtol=1e-6, atol=1e-6)
     grads, losses = [], []
-    for run in (eager, wrap_model(model, DistInfo(), torch.device("cpu"), compile=True)):
+    for run in (eager, wrap_model(model, DistInfo(), torch.device("cpu"), compile=True, mode=mode)):
         model.zero_grad(set_to_none=True)
         losses.append(accumulate_gradients(run, batches))
         grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
@@ -243,3 +245,23 @@ def test_compiled_loss_module_gives_the_eager_loss_and_gradients():
     assert len(grads[0]) == len(grads[1]) == len(list(model.parameters()))
     for g, r in zip(grads[1], grads[0]):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"compile_mode": "fast"}, "train.compile_mode must be one of"),
+    ({"compile": True, "compile_mode": "reduce-overhead", "grad_accum": 2}, "needs train.grad_accum=1, got 2"),
+])
+def test_train_config_refuses_a_compile_mode_it_cannot_run(kw, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**kw)
+
+
+def test_wrap_model_refuses_cuda_graphs_under_ddp_and_unknown_modes():
+    from emaprobe.models import build_model, resolve_config
+    from emaprobe.train import DistInfo, wrap_model
+
+    model = build_model(resolve_config("spen-tiny"))
+    with pytest.raises(ValueError, match="does not run under DDP"):
+        wrap_model(model, DistInfo(rank=0, world_size=2), torch.device("cpu"), compile=True, mode="reduce-overhead")
+    with pytest.raises(ValueError, match="compile mode must be one of"):
+        wrap_model(model, DistInfo(), torch.device("cpu"), compile=True, mode="max-speed")

@@ -61,6 +61,8 @@ examples:
                                                 join parts into one JSON and PNG (rows keep their source)
   emaprobe bench lm --config spen-130m --mixers ema --seq-lens 8192 --compile on --no-generate --profile
                                                 where SPEN-130m's compiled step spends its time, kernel by kernel
+  emaprobe bench lm --mixers ema --seq-lens 1024,8192 --compile on --no-generate --compile-mode reduce-overhead
+                                                the compiled steps replayed as CUDA graphs
 Output: bench_lm_<card>[_<tag>].json and .png in runs/bench/ (ignored by git) unless --out
 names another folder. Each figure is a median of --repeats; warm-up steps (and compiling) are
 not timed. MFU = FLOPs per token x tokens/s / peak FLOP/s (the formula is in the JSON);
@@ -87,7 +89,7 @@ def _lm(args: argparse.Namespace) -> int:
         "configs": tuple(args.config) if args.config else None,
         "mixers": tuple(m for m in args.mixers.split(",") if m) if args.mixers else None,
         "seq_lens": args.seq_lens, "tokens_per_step": args.tokens_per_step, "steps": args.steps,
-        "warmup": args.warmup, "repeats": args.repeats, "compile": args.compile,
+        "warmup": args.warmup, "repeats": args.repeats, "compile": args.compile, "compile_mode": args.compile_mode,
         "gen_batches": args.gen_batch, "gen_prompts": args.gen_prompts, "gen_tokens": args.gen_tokens,
         "train": False if args.no_train else None, "generate": False if args.no_generate else None,
         "trainer": True if args.trainer else None, "profile": True if args.profile else None,
@@ -251,6 +253,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--repeats", type=int, help="timed repeats per figure; the median is reported (default: 3)")
     m.add_argument("--compile", choices=("both", "on", "off"),
                    help="eager rows, torch.compile rows, or both (default: both; off with --quick)")
+    m.add_argument("--compile-mode", choices=("default", "reduce-overhead"),
+                   help="torch.compile's mode for the compiled training rows, as `lm train --set "
+                        "train.compile_mode=...` takes it: reduce-overhead also replays the step as CUDA graphs "
+                        "(default: default)")
     m.add_argument("--gen-batch", type=_ints, metavar="B,B", help="generation batch sizes (default: 1,32)")
     m.add_argument("--gen-prompts", type=_ints, metavar="P,P", help="prompt lengths (default: 2048,32768)")
     m.add_argument("--gen-tokens", type=int, help="new tokens timed per generation repeat (default: 128)")

@@ -20,7 +20,7 @@ examples:
 Any field of the model config (see `emaprobe lm configs`) is set with --set model.FIELD=VALUE,
 any field of the trainer with --set train.FIELD=VALUE (optimizer: --set train.optim.FIELD=VALUE).
 Trainer fields: steps batch_size seq_len grad_accum seed log_every eval_every eval_batches
-ckpt_every device dtype compile tensorboard; optim: lr min_lr_ratio warmup_steps
+ckpt_every device dtype compile compile_mode tensorboard; optim: lr min_lr_ratio warmup_steps
 weight_decay beta1 beta2 eps grad_clip. An unknown field is an error that lists the valid ones.
 
 Data: `ptb` (Penn Treebank, word level; validation is ptb:valid), a folder written by

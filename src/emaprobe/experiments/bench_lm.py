@@ -15,7 +15,10 @@ Training. Each row is one model at one length T with a fixed number of tokens pe
 on CUDA, ``accumulate_gradients``, clipping, fused AdamW), eager or under ``torch.compile``.
 Warm-up steps (which include compiling) are not timed; each figure is the median over
 ``repeats`` of ``steps`` timed steps, with CUDA synchronised around each timed region.
-GPT's ``block_size`` is raised to T for the benchmark model.
+GPT's ``block_size`` is raised to T for the benchmark model. ``compile_mode`` is the trainer's
+(``TrainConfig.compile_mode``) for every compiled training row: "reduce-overhead" replays the
+compiled forward and backward as CUDA graphs, which takes the gaps between kernels out of a step
+(one micro-step a step, as here). Generation compiles its own step and ignores it.
 
 MFU, the PaLM definition (Chowdhery et al. 2022, appendix B; nanoGPT's ``estimate_mfu``):
 
@@ -103,6 +106,7 @@ from emaprobe.experiments.common import card_slug, check_tag, peak_flops, pyplot
 from emaprobe.layers import MIXERS
 from emaprobe.models import GPTConfig, SPENConfig, build_model, resolve_config
 from emaprobe.train import OptimConfig, TrainConfig
+from emaprobe.train.config import COMPILE_MODES
 from emaprobe.train.dist import DistInfo
 from emaprobe.train.lm import (METRICS_NAME, LMData, accumulate_gradients, autocast_context,
                                 make_optimizer, train_lm, wrap_model)
@@ -128,6 +132,7 @@ class BenchConfig:
     warmup: int = 3  # untimed steps first (compiling happens here; compiled rows take at least 2)
     repeats: int = 3
     compile: str = "both"
+    compile_mode: str = "default"  # torch.compile's mode for the compiled training rows (train.COMPILE_MODES)
     gen_batches: tuple[int, ...] = (1, 32)
     gen_prompts: tuple[int, ...] = (2048, 32768)
     gen_tokens: int = 128  # new tokens timed per repeat
@@ -139,6 +144,11 @@ class BenchConfig:
     def __post_init__(self):
         if self.compile not in COMPILE_CHOICES:
             raise ValueError(f"compile must be one of {list(COMPILE_CHOICES)}, got {self.compile!r}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode must be one of {list(COMPILE_MODES)}, got {self.compile_mode!r}")
+        if self.compile_mode != "default" and self.compile == "off":
+            raise ValueError(f"--compile-mode {self.compile_mode} applies to compiled training rows; "
+                             "--compile off leaves none (give --compile on or both)")
         unknown = sorted(set(self.mixers) - set(MIXERS))
         if unknown:
             raise ValueError(f"unknown mixer(s) {unknown}; choose from {sorted(MIXERS)}")
@@ -249,13 +259,14 @@ def bench_train(label: str, cfg, T: int, compiled: bool, bc: BenchConfig, device
                 peak: float | None) -> dict:
     """One training row: tokens/s, MFU and peak memory of a full optimizer step."""
     B = bc.tokens_per_step // T  # >= 1: BenchConfig refuses a step shorter than T
-    row: dict = {"part": "train", "model": label, "T": T, "B": B, "compiled": compiled}
+    row: dict = {"part": "train", "model": label, "T": T, "B": B, "compiled": compiled,
+                 **({"compile_mode": bc.compile_mode} if compiled else {})}
     _free(device)
     model = _build(cfg, device, T).train()
     row.update(flops_per_token(model, T), params=model.num_params())
     tcfg = TrainConfig(device=device.type)
     opt = make_optimizer(model, tcfg, device)
-    run = wrap_model(model, DistInfo(), device, compile=compiled)
+    run = wrap_model(model, DistInfo(), device, compile=compiled, mode=bc.compile_mode)
     autocast = autocast_context(tcfg, device)
     row["dtype"] = _dtype(device)
     gen = torch.Generator(device=device).manual_seed(0)
@@ -297,7 +308,8 @@ def bench_train(label: str, cfg, T: int, compiled: bool, bc: BenchConfig, device
 def bench_trainer(label: str, cfg, T: int, compiled: bool, bc: BenchConfig, device: torch.device) -> dict:
     """One trainer row: ``train_lm``'s own logged tokens/s at a training row's shape (see the docstring)."""
     B = bc.tokens_per_step // T
-    row: dict = {"part": "trainer", "model": label, "T": T, "B": B, "compiled": compiled}
+    row: dict = {"part": "trainer", "model": label, "T": T, "B": B, "compiled": compiled,
+                 **({"compile_mode": bc.compile_mode} if compiled else {})}
     _free(device)
     model = _build(cfg, device, T)
     gen = torch.Generator().manual_seed(0)
@@ -305,6 +317,7 @@ def bench_trainer(label: str, cfg, T: int, compiled: bool, bc: BenchConfig, devi
     # the lr warms up within the first (untimed) window, so train_lm has no warm-up to warn about
     tcfg = TrainConfig(steps=bc.steps * (bc.repeats + 1), batch_size=B, seq_len=T, log_every=bc.steps,
                        eval_every=0, ckpt_every=0, device=device.type, compile=compiled,
+                       compile_mode=bc.compile_mode if compiled else "default",
                        optim=OptimConfig(warmup_steps=bc.steps))
     with tempfile.TemporaryDirectory(prefix="bench-trainer-") as tmp:
         t0 = time.perf_counter()
@@ -556,6 +569,8 @@ def _print_versus(pairs: list[dict]) -> None:
 
 def _fmt_row(r: dict) -> str:
     mode = "compiled" if r["compiled"] else "eager"
+    if r.get("compile_mode", "default") != "default":
+        mode += f" ({r['compile_mode']})"
     if r.get("error"):
         return f"{r['model']:<22} {mode:<8} {r['error']}"
     mem = "" if r.get("peak_mem_gib") is None else f"  peak {r['peak_mem_gib']:.1f} GiB"

@@ -14,6 +14,12 @@ from dataclasses import dataclass, field
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "fp32", "bf16")
+# torch.compile modes of the training step: "reduce-overhead" also replays the compiled forward and
+# backward as CUDA graphs (on CUDA; elsewhere it compiles as "default"), which takes the gaps between
+# kernels out of a step. A replay reuses its outputs' memory, the gradients included, so it needs one
+# micro-step a step (a second would overwrite the first's gradients) and no DDP (its hooks run outside
+# the graphs).
+COMPILE_MODES = ("default", "reduce-overhead")
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,7 @@ class TrainConfig:
     device: str = "auto"  # auto: cuda when available
     dtype: str = "auto"  # auto: bf16 autocast on cuda, fp32 on cpu
     compile: bool = False  # torch.compile the model
+    compile_mode: str = "default"  # with compile: one of COMPILE_MODES
     tensorboard: bool = False  # also write TensorBoard events (needs `pip install tensorboard`)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
@@ -82,3 +89,11 @@ class TrainConfig:
             raise ValueError(f"train.device must be one of {list(DEVICES)}, got {self.device!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"train.dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"train.compile_mode must be one of {list(COMPILE_MODES)}, got {self.compile_mode!r}")
+        if self.compile_mode == "reduce-overhead" and self.grad_accum > 1:
+            raise ValueError(
+                f"train.compile_mode='reduce-overhead' replays the step as CUDA graphs, whose gradients a second "
+                f"micro-step would overwrite; it needs train.grad_accum=1, got {self.grad_accum} (raise "
+                "train.batch_size instead, or keep compile_mode='default')"
+            )

@@ -52,7 +52,7 @@ import torch
 from tqdm import tqdm
 
 from emaprobe.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from emaprobe.train.config import TrainConfig
+from emaprobe.train.config import COMPILE_MODES, TrainConfig
 from emaprobe.train.dist import (
     DistInfo,
     all_gather_objects,
@@ -174,11 +174,17 @@ class NextTokenLoss(torch.nn.Module):
         return lm_loss(self.model, x, y)
 
 
-def wrap_model(model: torch.nn.Module, info: DistInfo, device: torch.device, compile: bool = False) -> torch.nn.Module:
-    """The module the loop calls, ``run(x, y) -> loss``: the model's ``NextTokenLoss``, compiled if asked,
-    then DDP-wrapped under torchrun."""
+def wrap_model(model: torch.nn.Module, info: DistInfo, device: torch.device, compile: bool = False,
+               mode: str = "default") -> torch.nn.Module:
+    """The module the loop calls, ``run(x, y) -> loss``: the model's ``NextTokenLoss``, compiled if asked
+    (``mode``, one of ``config.COMPILE_MODES``), then DDP-wrapped under torchrun."""
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile mode must be one of {list(COMPILE_MODES)}, got {mode!r}")
+    if compile and mode == "reduce-overhead" and info.enabled:
+        raise ValueError("compile_mode='reduce-overhead' (CUDA graphs) does not run under DDP, whose gradient "
+                         "hooks run outside the graphs; use compile_mode='default' with torchrun")
     run = NextTokenLoss(model)
-    run = torch.compile(run) if compile else run
+    run = torch.compile(run, mode=mode) if compile else run
     if info.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -368,7 +374,7 @@ def train_lm(
         )
         atomic_write_json(out / RUN_NAME, record)
 
-    run = wrap_model(model, info, device, compile=cfg.compile)
+    run = wrap_model(model, info, device, compile=cfg.compile, mode=cfg.compile_mode)
     writer = _tensorboard(out, cfg, info)
     log_file = open(metrics_path, "a", encoding="utf-8") if info.is_main else None
     tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * info.world_size
