@@ -91,7 +91,10 @@ class TrainConfig:
             raise ValueError(f"train.dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
         if self.compile_mode not in COMPILE_MODES:
             raise ValueError(f"train.compile_mode must be one of {list(COMPILE_MODES)}, got {self.compile_mode!r}")
-        if self.compile and self.compile_mode == "reduce-overhead" and self.grad_accum > 1:
+        if self.compile_mode != "default" and not self.compile:
+            raise ValueError(f"train.compile_mode={self.compile_mode!r} is a mode of the compiled step; set "
+                             "train.compile=true too")
+        if self.compile_mode == "reduce-overhead" and self.grad_accum > 1:
             raise ValueError(
                 f"train.compile_mode='reduce-overhead' replays the step as CUDA graphs, whose gradients a second "
                 f"micro-step would overwrite; it needs train.grad_accum=1, got {self.grad_accum} (raise "
