@@ -658,7 +658,9 @@ def plot(rows: list[dict], card: str, path: Path, pairs: list[dict] | None = Non
         ax.grid(True, which="both", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=6)
-    fig.suptitle(f"emaprobe language models on {card}")
+    modes = sorted({r.get("compile_mode", "default") for r in rows if r.get("compiled")} - {"default"})
+    fig.suptitle(f"emaprobe language models on {card}"
+                 + (f" (compiled rows: torch.compile mode {', '.join(modes)})" if modes else ""))
     fig.tight_layout()
     save_fig(fig, path, dpi=110)
 
