@@ -13,8 +13,9 @@ from emaprobe.train import METRICS_NAME, LMData, TrainConfig, train_lm
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
-@pytest.mark.parametrize("config", ["spen-tiny", "gpt-tiny"])
-def test_reduce_overhead_replays_cuda_graphs_and_trains_as_the_default_mode(config, tmp_path):
+@pytest.mark.parametrize("config, overrides", [("spen-tiny", {}), ("spen-tiny", {"mixer": "selective"}),
+                                               ("gpt-tiny", {})])
+def test_reduce_overhead_replays_cuda_graphs_and_trains_as_the_default_mode(config, overrides, tmp_path):
     from torch._dynamo.utils import counters
 
     tokens = np.random.default_rng(0).integers(0, 1000, 40_000)
@@ -23,7 +24,7 @@ def test_reduce_overhead_replays_cuda_graphs_and_trains_as_the_default_mode(conf
         torch._dynamo.reset()
         counters.clear()
         torch.manual_seed(0)
-        model = build_model(resolve_config(config))
+        model = build_model(resolve_config(config), **overrides)
         cfg = TrainConfig(steps=8, batch_size=4, seq_len=64, log_every=1, eval_every=0, ckpt_every=0,
                           device="cuda", compile=True, compile_mode=mode)
         train_lm(model, LMData(train=tokens, name="random tokens"), cfg, tmp_path / mode, quiet=True)
