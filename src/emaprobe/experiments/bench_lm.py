@@ -569,10 +569,15 @@ def _print_versus(pairs: list[dict]) -> None:
 # ---------------------------------------------------------------------------- report
 
 
+def _mode(r: dict) -> str:
+    """A row's mode as printed and plotted: eager, compiled, or compiled with a torch.compile mode named."""
+    if not r["compiled"]:
+        return "eager"
+    return "compiled" if r.get("compile_mode", "default") == "default" else f"compiled ({r['compile_mode']})"
+
+
 def _fmt_row(r: dict) -> str:
-    mode = "compiled" if r["compiled"] else "eager"
-    if r.get("compile_mode", "default") != "default":
-        mode += f" ({r['compile_mode']})"
+    mode = _mode(r)
     if r.get("error"):
         return f"{r['model']:<22} {mode:<8} {r['error']}"
     mem = "" if r.get("peak_mem_gib") is None else f"  peak {r['peak_mem_gib']:.1f} GiB"
@@ -669,7 +674,7 @@ def _plot_profile(ax, rows: list[dict]) -> None:
     """One horizontal bar a profiled training row: its kernels' time a step by kind, then (CUDA) the
     time with no kernel running."""
     kinds = list(dict.fromkeys(g for r in rows for g in r["profile"]["groups"]))
-    labels = [f"{r['model']} T={r['T']} {'compiled' if r['compiled'] else 'eager'}" for r in rows]
+    labels = [f"{r['model']} T={r['T']} {_mode(r)}" for r in rows]
     bars = [(kind, f"C{i % 10}", [r["profile"]["groups"].get(kind, 0.0) for r in rows]) for i, kind in enumerate(kinds)]
     if any(r["profile"].get("idle_ms") is not None for r in rows):  # CUDA: the time with no kernel running
         bars.append(("no kernel running", "0.85", [max(r["profile"].get("idle_ms") or 0.0, 0.0) for r in rows]))
