@@ -255,12 +255,17 @@ def _build(cfg, device: torch.device, min_positions: int) -> nn.Module:
         return build_model(cfg)
 
 
+def _training_row(part: str, label: str, T: int, B: int, compiled: bool, bc: BenchConfig) -> dict:
+    # what a training or trainer row is; a compiled one also names its torch.compile mode
+    return {"part": part, "model": label, "T": T, "B": B, "compiled": compiled,
+            **({"compile_mode": bc.compile_mode} if compiled else {})}
+
+
 def bench_train(label: str, cfg, T: int, compiled: bool, bc: BenchConfig, device: torch.device,
                 peak: float | None) -> dict:
     """One training row: tokens/s, MFU and peak memory of a full optimizer step."""
     B = bc.tokens_per_step // T  # >= 1: BenchConfig refuses a step shorter than T
-    row: dict = {"part": "train", "model": label, "T": T, "B": B, "compiled": compiled,
-                 **({"compile_mode": bc.compile_mode} if compiled else {})}
+    row = _training_row("train", label, T, B, compiled, bc)
     _free(device)
     model = _build(cfg, device, T).train()
     row.update(flops_per_token(model, T), params=model.num_params())
@@ -310,8 +315,7 @@ def bench_train(label: str, cfg, T: int, compiled: bool, bc: BenchConfig, device
 def bench_trainer(label: str, cfg, T: int, compiled: bool, bc: BenchConfig, device: torch.device) -> dict:
     """One trainer row: ``train_lm``'s own logged tokens/s at a training row's shape (see the docstring)."""
     B = bc.tokens_per_step // T
-    row: dict = {"part": "trainer", "model": label, "T": T, "B": B, "compiled": compiled,
-                 **({"compile_mode": bc.compile_mode} if compiled else {})}
+    row = _training_row("trainer", label, T, B, compiled, bc)
     _free(device)
     model = _build(cfg, device, T)
     gen = torch.Generator().manual_seed(0)
