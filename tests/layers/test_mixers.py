@@ -41,6 +41,23 @@ def test_mixer_step_equals_parallel(name, T):
     torch.testing.assert_close(torch.cat(ys, 1), y, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["ema", "learned_ema", "selective"])
+def test_scan_mixer_in_float64_steps_as_its_parallel_form(name):
+    """A float64 mixer keeps float64 through its one-token path (the step forms once cast to float32)."""
+    m = _mixer(name).double()
+    x = torch.randn(2, 9, D, dtype=torch.float64)
+    y, final = m(x)
+    state, ys = None, []
+    for t in range(x.shape[1]):
+        yt, state = m(x[:, t : t + 1], state)
+        ys.append(yt)
+    assert state.dtype == torch.float64
+    torch.testing.assert_close(torch.cat(ys, 1), y, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(state, final, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="h must have shape"):
+        m(x[:1, :1].expand(3, 1, D), state[:1])
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_mixer_chunked_equals_parallel(name):
     m = _mixer(name)

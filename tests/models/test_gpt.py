@@ -71,8 +71,27 @@ def test_gpt_124m_is_gpt2_small():
 def test_bad_configs_fail_clearly():
     with pytest.raises(ValueError, match="not divisible by n_head"):
         GPTConfig(d_model=10, n_head=4)
-    with pytest.raises(ValueError, match="block_size must be positive"):
+    with pytest.raises(ValueError, match="block_size must be a positive integer"):
         GPTConfig(block_size=0)
+    with pytest.raises(ValueError, match="d_model must be a positive integer, got 16.5"):
+        GPTConfig(d_model=16.5, n_head=1)
+
+
+def test_gpt_backward_through_three_stateful_chunks_equals_one_call():
+    """Each continuation writes the KV cache that the previous chunk's attention saved for its backward:
+    with a graph recorded that write must not be in place (the third chunk's used to void the first's)."""
+    model = small_gpt()
+    idx = torch.randint(0, V, (2, 12))
+    state, outs = None, []
+    for lo, hi in ((0, 4), (4, 5), (5, 9), (9, 12)):
+        out, state = model(idx[:, lo:hi], state)
+        outs.append(out)
+    torch.cat(outs, 1).pow(2).mean().backward()
+    chunked = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model(idx)[0].pow(2).mean().backward()
+    for got, p in zip(chunked, model.parameters(), strict=True):
+        torch.testing.assert_close(got, p.grad, rtol=1e-4, atol=1e-6)
 
 
 def test_gpt_fixed_cache_step_vs_full_sequence_float64():

@@ -222,6 +222,14 @@ def test_config_overrides_and_names():
         get_config("spen-tiny", n_layers=3)
     with pytest.raises(ValueError, match="unknown config field 'n_layers'"):
         get_config("spen-tiny", n_layers="3")
+    # describe takes overrides as get_config does: text as from a command line, or typed values
+    assert " V=7 " in describe("spen-tiny", vocab_size="7") and " L=2 " in describe("spen-tiny", n_layer="2")
+    with pytest.raises(ValueError, match="alphas must be a sequence of floats"):
+        describe("spen-tiny", alphas=0.5)
+    with pytest.raises(ValueError, match=r"SPENConfig.scan_backend: unknown scan backend 'nope'; choose one of \["):
+        get_config("spen-tiny", scan_backend="nope")
+    with pytest.raises(ValueError, match="SPENConfig.d_model must be a positive integer, got 16.5"):
+        SPENConfig(d_model=16.5)
 
 
 def test_unknown_mixer_and_predictor_list_the_valid_ones():

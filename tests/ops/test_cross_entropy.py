@@ -113,6 +113,20 @@ def test_linear_cross_entropy_errors():
         linear_cross_entropy(h, w, target, reduction="avg")
 
 
+def test_targets_of_any_integer_dtype_and_a_named_error_otherwise():
+    """The models take int32 and uint8 token ids, so the losses do; a float target is a named error."""
+    logits, target = _inputs((2, 3), 5, ignored=False)
+    h, w, _ = _head((2, 3), 5, 4)
+    want = cross_entropy(logits, target)
+    for dtype in (torch.int32, torch.uint8, torch.int16):
+        torch.testing.assert_close(cross_entropy(logits, target.to(dtype)), want)
+        torch.testing.assert_close(linear_cross_entropy(h, w, target.to(dtype)), linear_cross_entropy(h, w, target))
+    with pytest.raises(ValueError, match="target must be a tensor of integer class indices, got dtype torch.float32"):
+        cross_entropy(logits, target.float())
+    with pytest.raises(ValueError, match="integer class indices, got dtype torch.bool"):
+        linear_cross_entropy(h, w, target > 2)
+
+
 def test_every_target_ignored_gives_nan_mean_as_F_does():
     logits, target = _inputs((3,), 5, ignored=False)
     target[:] = -100

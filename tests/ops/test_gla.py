@@ -237,3 +237,6 @@ def test_bad_shapes_fail_clearly():
         chunk_gla(q, k, v, g, chunk_size=20, sub_chunk=16)
     with pytest.raises(ValueError, match=r"q_t must have shape \(B, H, K\)"):
         gla_step(q, k[:, 0], v[:, 0], g[:, 0])
+    for fn in (chunk_gla, naive_gla):  # the caller's names, not those of the scan inside
+        with pytest.raises(ValueError, match="one device; got q on cpu, k on cpu, v on meta, log_decay on cpu"):
+            fn(q, k, v.to("meta"), g)

@@ -16,7 +16,7 @@ import math
 import pytest
 import torch
 
-from emaprobe.ops import ema_traces, linear_scan, naive_ema_traces, naive_linear_scan
+from emaprobe.ops import chunk_gla, ema_traces, linear_scan, naive_ema_traces, naive_gla, naive_linear_scan
 
 ALPHAS = (0.5, 0.1, 0.02)
 BAD = {"nan": math.nan, "+inf": math.inf, "-inf": -math.inf}
@@ -184,3 +184,46 @@ def test_long_sequence_keeps_nonfinite_values(op, device):
         a = torch.full((1, 1, D), decay, dtype=torch.float32, device=dev)
         out = linear_scan(a, x.float().to(dev), backend=_backend(device))
     assert_same_nonfinite(out, torch.from_numpy(ref), f"{op}, T={T}")
+
+
+# ---------------------------------------------------------------------------- gated linear attention
+
+
+def _gla_inputs(gen: torch.Generator, T: int, B: int = 2, H: int = 2, K: int = 3, V: int = 4):
+    def r(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+    g = -torch.rand(B, T, H, K, generator=gen, dtype=torch.float64)  # log decays <= 0
+    return {"q": r(B, T, H, K), "k": r(B, T, H, K), "v": r(B, T, H, V), "log_decay": g, "h0": r(B, H, K, V)}
+
+
+@pytest.mark.parametrize("bad", list(BAD))
+@pytest.mark.parametrize("T", [1, 23, 130])
+@pytest.mark.parametrize("where", ["q", "k", "v", "log_decay", "h0"])
+def test_chunk_gla_nonfinite_input_is_causal(where, T, bad):
+    """The chunked form multiplies whole chunks at once (0 * NaN is NaN): it must still be finite exactly
+    where the token loop is, outputs and final state, with chunks and sub-chunks smaller than T."""
+    gen = torch.Generator().manual_seed(T * 19 + len(bad) + len(where))
+    x = _gla_inputs(gen, T)
+    steps = [0] if where == "h0" else _poison(x[where], BAD[bad], 2, gen)
+    ref, ref_S = naive_gla(**x)
+    out, S = chunk_gla(**{n: t.float() for n, t in x.items()}, chunk_size=16, sub_chunk=4)
+    assert_same_nonfinite(out, ref, f"chunk_gla, {bad} in {where} at steps {steps}")
+    assert_same_nonfinite(S, ref_S, f"chunk_gla final state, {bad} in {where} at steps {steps}")
+    if where != "h0":
+        assert torch.isfinite(out[:, :min(steps)]).all(), f"an output before step {min(steps)} is non-finite"
+
+
+def test_chunk_gla_zero_decay_is_a_reset():
+    """g = -inf is a decay of exactly 0, a legitimate reset: the state forgets what came before, finite."""
+    gen = torch.Generator().manual_seed(3)
+    x = _gla_inputs(gen, 70)
+    x["log_decay"][:, [5, 33, 34, 69]] = -math.inf
+    ref, ref_S = naive_gla(**x)
+    assert torch.isfinite(ref).all()
+    out, S = chunk_gla(**x, chunk_size=32, sub_chunk=8)
+    torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(S, ref_S, rtol=1e-9, atol=1e-9)
+    after = chunk_gla(**{**x, "q": x["q"][:, 34:], "k": x["k"][:, 34:], "v": x["v"][:, 34:],
+                         "log_decay": x["log_decay"][:, 34:], "h0": torch.zeros_like(x["h0"])})[0]
+    torch.testing.assert_close(out[:, 34:], after, rtol=1e-9, atol=1e-9)

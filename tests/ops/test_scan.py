@@ -208,6 +208,44 @@ def test_naive_backend_and_empty_sequence():
     assert out.shape == (2, 0, 3, 3) and torch.equal(state, torch.zeros(2, 3, 3))
 
 
+@pytest.mark.parametrize("backend", ["naive", "torch"])
+def test_empty_sequence_state_has_a_longer_calls_dtype(backend):
+    """T = 0 on every backend, the naive one included, and the state in the dtype a T > 0 call gives:
+    float64 for float64 inputs, h0 itself (copied) when given."""
+    x64 = torch.randn(2, 0, 3, dtype=torch.float64)
+    h64 = torch.randn(2, 3, 3, dtype=torch.float64)
+    out, state = ema_traces(x64, ALPHAS, h64, return_state=True, backend=backend)
+    assert out.shape == (2, 0, 3, 3) and state.dtype == torch.float64 and torch.equal(state, h64)
+    assert state.data_ptr() != h64.data_ptr()
+    _, longer = ema_traces(torch.randn(2, 1, 3, dtype=torch.float64), ALPHAS, h64, return_state=True,
+                           backend=backend)
+    assert longer.dtype == state.dtype
+    h, s = linear_scan(torch.rand(2, 0, 3), torch.randn(2, 0, 3), return_state=True, backend=backend)
+    assert h.shape == (2, 0, 3) and s.dtype == torch.float32 and not s.any()
+    logits, xx, bias = torch.randn(2, 0, 2, 3, 4, dtype=torch.float64), torch.randn(2, 0, 4), torch.zeros(3, 4)
+    h, s = gated_scan(logits, xx, bias, bias, return_state=True, backend=backend)
+    assert h.shape == (2, 0, 3, 4) and s.dtype == torch.float64
+
+
+def test_step_forms_check_the_state_and_keep_float64():
+    """A state of another shape no longer broadcasts into a step (a batch-1 state into a batch-3 step), an
+    integer state is refused, and float64 inputs keep a float64 state, as the full-sequence ops do."""
+    with pytest.raises(ValueError, match=r"h must have shape \(2, 3\)"):
+        linear_scan_step(torch.rand(2, 3), torch.randn(2, 3), torch.zeros(5, 2, 3))
+    with pytest.raises(ValueError, match="h must be a floating-point tensor"):
+        ema_step(torch.randn(2, 3), torch.zeros(2, 3, 3, dtype=torch.long), ALPHAS)
+    x = torch.randn(2, 30, 4, dtype=torch.float64)
+    a = torch.rand(2, 30, 4, dtype=torch.float64)
+    full, last = ema_traces(x, ALPHAS, return_state=True)
+    h = g = None
+    for t in range(x.shape[1]):
+        h = ema_step(x[:, t], h, ALPHAS)
+        g = linear_scan_step(a[:, t], x[:, t], g)
+    assert h.dtype == g.dtype == torch.float64
+    torch.testing.assert_close(h, last, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g, naive_linear_scan(a, x)[:, -1], rtol=1e-12, atol=1e-12)
+
+
 def test_gpu_backend_request_on_cpu_falls_back_with_a_warning():
     x = torch.randn(1, 10, 2)
     with pytest.warns(RuntimeWarning, match="triton"):

@@ -137,6 +137,12 @@ def test_unknown_impl_is_a_named_error():
         topk_ffn(c, w_up, w_down, 0)
     with pytest.raises(ValueError, match="unknown activation 'tanh'"):
         topk_ffn(c, w_up, w_down, 3, act="tanh")
+    with pytest.raises(ValueError, match="c must be a floating-point tensor, got dtype torch.int64"):
+        topk_ffn(c.long(), w_up, w_down, 3)
+    with pytest.raises(ValueError, match=r"want c \(\.\.\., d_in\), w_up \(d_ff, d_in\) and w_down \(d_out, d_ff\)"):
+        topk_ffn(c, w_up[:, :-1], w_down, 3)
+    with pytest.raises(ValueError, match="w_down"):
+        topk_ffn(c, w_up, w_down[:, :-1], 3)
 
 
 def test_impl_that_does_not_take_the_activation():

@@ -115,7 +115,9 @@ def fixed_kv_attention(
         cache: ``(k_buf (B, H, L, E), v_buf (B, H, L, Ev), n)`` or None. Its buffers are
             written in place (slots < n are never touched, so the passed state still
             describes its own n positions, but a second continuation from it overwrites
-            the first's). Buffers smaller than ``capacity`` are first moved into new ones.
+            the first's), except where autograd records a graph: then the call writes
+            copies, which the earlier calls' backward needs untouched. Buffers smaller
+            than ``capacity`` are first moved into new ones.
         capacity: the slots to reserve (GPT's block_size); the caller checks n + T fits.
 
     Without a cache this is exactly the training path, ``is_causal`` SDPA over the T
@@ -134,8 +136,14 @@ def fixed_kv_attention(
         raise ValueError(f"KV cache keys {tuple(k_buf.shape)} do not continue keys {tuple(k.shape)}")
     T = q.shape[2]
     new = n + torch.arange(T, device=q.device)  # (T,) the positions written now
-    k_buf.index_copy_(2, new, k.to(k_buf.dtype))
-    v_buf.index_copy_(2, new, v.to(v_buf.dtype))
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, k_buf, v_buf)):
+        # a graph is recorded: the previous call's attention saved these buffers for its backward, so
+        # write new ones (an in-place write would void that backward, from the third chunk on)
+        k_buf = k_buf.index_copy(2, new, k.to(k_buf.dtype))
+        v_buf = v_buf.index_copy(2, new, v.to(v_buf.dtype))
+    else:
+        k_buf.index_copy_(2, new, k.to(k_buf.dtype))
+        v_buf.index_copy_(2, new, v.to(v_buf.dtype))
     L = k_buf.shape[2]
     if T > 1 and not torch.compiler.is_compiling():
         L = int(n) + T  # one read of n per prompt chunk: skip the empty slots

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from emaprobe.layers.base import ContextMixer, check_alphas, no_weight_decay, register_mixer
-from emaprobe.ops import DEFAULT_ALPHAS, linear_scan, linear_scan_step
+from emaprobe.ops import DEFAULT_ALPHAS, accum_dtype, linear_scan, linear_scan_step
 
 
 @register_mixer("learned_ema")
@@ -43,10 +43,11 @@ class LearnedEMAMixer(ContextMixer):
 
     def forward(self, x: torch.Tensor, state: torch.Tensor | None = None):
         self.check_input(x)
-        theta = self.decay_logit.float()
+        acc = accum_dtype(x, self.decay_logit)  # float32, or float64 for a float64 module and input
+        theta = self.decay_logit.to(acc)
         a = torch.sigmoid(theta)  # (S, D)
         # sigmoid(-theta) is 1 - a without the cancellation of 1 - sigmoid(theta) near a = 1
-        b = torch.sigmoid(-theta) * x.float().unsqueeze(2)  # (B, T, S, D)
+        b = torch.sigmoid(-theta) * x.to(acc).unsqueeze(2)  # (B, T, S, D)
         if x.shape[1] == 1:
             h = linear_scan_step(a.expand_as(b[:, 0]), b[:, 0], state)  # (B, S, D)
             return h.unsqueeze(1).to(x.dtype), h

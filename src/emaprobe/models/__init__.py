@@ -93,7 +93,11 @@ def resolve_config(name_or_config, overrides=None, *, vocab_size: int | None = N
         if unknown:
             raise ValueError(f"unknown config field(s) {[prefix + u for u in unknown]}; valid fields: {sorted(fields)}")
         if "alphas" in typed:
-            typed["alphas"] = tuple(typed["alphas"])
+            try:
+                typed["alphas"] = tuple(typed["alphas"])
+            except TypeError as err:
+                raise ValueError(f"{prefix}alphas must be a sequence of floats, e.g. (0.5, 0.1, 0.02); "
+                                 f"got {typed['alphas']!r}") from err
         cfg = dataclasses.replace(cfg, **typed)
     if vocab_size is not None:
         if "vocab_size" in overrides and cfg.vocab_size != vocab_size:
@@ -115,10 +119,12 @@ def build_model(name_or_config, **overrides) -> LanguageModel:
     return model_class(cfg)(cfg)
 
 
-def config_table(names=None, vocab_size: int | None = None, **overrides) -> list[dict]:
+def config_table(names=None, vocab_size: int | None = None, overrides: dict | None = None) -> list[dict]:
     """One row per named config (all by default): name, kind, params, non-embedding params,
-    vocab_size, a one-line summary and the resolved config. Models are built on the meta
-    device, so even the 130M configs cost no memory."""
+    vocab_size, a one-line summary and the resolved config. ``overrides`` are field overrides as
+    ``resolve_config`` takes them (``vocab_size`` among them, as a field), ``vocab_size`` a tokenizer's
+    size. Models are built on the meta device, so even the 130M configs cost no memory."""
+    overrides = dict(overrides or {})
     rows = []
     for name in sorted(MODEL_CONFIGS) if names is None else names:
         cfg = resolve_config(name, overrides, vocab_size=vocab_size)
@@ -146,7 +152,7 @@ def describe(name: str | None = None, **overrides) -> str:
     if name is None and overrides:
         raise ValueError("describe: overrides apply to one config; pass a name, e.g. describe('spen-130m', mixer='selective')")
     lines = [f"{'config':<11} {'kind':<5} {'params':>9} {'non-emb':>9}  shape"]
-    for r in config_table(None if name is None else [name], **overrides):
+    for r in config_table(None if name is None else [name], overrides=overrides):
         lines.append(
             f"{r['name']:<11} {r['kind']:<5} {r['params'] / 1e6:>8.2f}M {r['non_embedding_params'] / 1e6:>8.2f}M  {r['shape']}"
         )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import typing
 import warnings
 from collections.abc import Iterator
@@ -97,6 +98,15 @@ def config_from_dict(config_class: type, values: dict, where: str = "config") ->
         return config_class(**kw)
     except TypeError as err:
         raise ValueError(f"{where}: {err}") from err
+
+
+def check_sizes(config, names: tuple[str, ...]) -> None:
+    """Each named field of ``config`` a positive integer: a ValueError naming the field otherwise (a
+    float such as 16.5 would pass ``int(x) > 0`` and fail deep inside torch)."""
+    for name in names:
+        v = getattr(config, name)
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v <= 0:
+            raise ValueError(f"{type(config).__name__}.{name} must be a positive integer, got {v!r}")
 
 
 def init_weights(model: nn.Module, std: float, n_layer: int) -> None:

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from emaprobe.layers import fixed_kv_attention, reserve_kv_cache
-from emaprobe.models.common import ContextLimitError, LanguageModel, init_weights, register_model
+from emaprobe.models.common import ContextLimitError, LanguageModel, check_sizes, init_weights, register_model
 
 
 @dataclass(frozen=True)
@@ -59,9 +59,7 @@ class GPTConfig:
     init_std: float = 0.02
 
     def __post_init__(self):
-        for name in ("vocab_size", "block_size", "d_model", "n_layer", "n_head", "d_ff"):
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(f"GPTConfig.{name} must be positive, got {getattr(self, name)}")
+        check_sizes(self, ("vocab_size", "block_size", "d_model", "n_layer", "n_head", "d_ff"))
         if self.d_model % self.n_head:
             raise ValueError(f"GPTConfig: d_model={self.d_model} is not divisible by n_head={self.n_head}")
         if not 0.0 <= self.dropout < 1.0:

@@ -41,8 +41,8 @@ from torch import nn
 
 from emaprobe.layers import ACTIVATIONS, MIXERS, PREDICTORS, SparseFFN, active_units, build_mixer, build_predictor
 from emaprobe.layers import check_alphas
-from emaprobe.models.common import LanguageModel, RMSNorm, init_weights, register_model
-from emaprobe.ops import DEFAULT_ALPHAS, check_ffn_impl
+from emaprobe.models.common import LanguageModel, RMSNorm, check_sizes, init_weights, register_model
+from emaprobe.ops import DEFAULT_ALPHAS, available_backends, check_ffn_impl
 
 
 @dataclass(frozen=True)
@@ -69,9 +69,10 @@ class SPENConfig:
     scan_backend: str = "auto"  # emaprobe.ops backend of the scan mixers
 
     def __post_init__(self):
-        for name in ("vocab_size", "d_model", "n_layer", "d_bottleneck", "d_ff", "n_head", "key_dim"):
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(f"SPENConfig.{name} must be positive, got {getattr(self, name)}")
+        check_sizes(self, ("vocab_size", "d_model", "n_layer", "d_bottleneck", "d_ff", "n_head", "key_dim"))
+        if self.scan_backend not in available_backends():
+            raise ValueError(f"SPENConfig.scan_backend: unknown scan backend {self.scan_backend!r}; "
+                             f"choose one of {available_backends()}")
         if self.mixer not in MIXERS:
             raise ValueError(f"SPENConfig.mixer: unknown mixer {self.mixer!r}; choose one of {sorted(MIXERS)}")
         if self.predictor not in PREDICTORS:

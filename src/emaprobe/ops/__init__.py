@@ -31,7 +31,7 @@ from emaprobe.ops.gla import (
 )
 from emaprobe.ops.losses import (CE_IMPLS, HEAD_ROWS, LINEAR_CE_IMPLS, available_ce_impls, cross_entropy,
                                 linear_cross_entropy, naive_cross_entropy, resolve_ce_impl)
-from emaprobe.ops.naive import gate_inputs, naive_ema_traces, naive_gated_scan, naive_linear_scan
+from emaprobe.ops.naive import accum_dtype, gate_inputs, naive_ema_traces, naive_gated_scan, naive_linear_scan
 from emaprobe.ops.scan import (
     BACKENDS,
     DEFAULT_ALPHAS,
@@ -65,6 +65,7 @@ __all__ = [
     "HEAD_ROWS",
     "LINEAR_CE_IMPLS",
     "ScanBackend",
+    "accum_dtype",
     "available_backends",
     "available_ce_impls",
     "available_ffn_impls",

@@ -45,6 +45,12 @@ passes e^-88, which a selective gate reaches easily. Here every exponent is <= 0
 g <= 0 is not checked (that would cost a device sync): a positive g grows the state
 and voids the argument above.
 
+Non-finite input stays causal in the forward, as in the token loop: a chunk's products
+mix its positions (0 * NaN is NaN), so ``chunk_gla`` computes on the inputs made finite
+and marks NaN where the loop's outputs and state are non-finite (``_nonfinite``); a log
+decay of -inf is a decay of 0, a reset. Its backward is autograd's through the same
+products, so a non-finite upstream gradient may reach later positions' input gradients.
+
 The chunk states are carried across the T / C chunks by one ``linear_scan`` call (the
 chunk-level recurrence S_m = diag(decay_m) S_(m-1) + U_m is diagonal in K and broadcast over
 V). Everything is computed
@@ -58,6 +64,7 @@ through the PyTorch ops.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,7 +72,7 @@ from dataclasses import dataclass
 import torch
 
 from emaprobe.ops.naive import accum_dtype
-from emaprobe.ops.scan import linear_scan
+from emaprobe.ops.scan import _check_devices, linear_scan
 
 # ---------------------------------------------------------------------------- validation
 
@@ -95,6 +102,7 @@ def _check_gla(q, k, v, g, h0) -> tuple[int, int, int, int, int]:
         _check_tensor("h0", h0)
         if tuple(h0.shape) != (B, H, K, V):
             raise ValueError(f"h0 must have shape (B, H, K, V) = {(B, H, K, V)}, got {tuple(h0.shape)}")
+    _check_devices(q=q, k=k, v=v, log_decay=g, h0=h0)
     return B, T, H, K, V
 
 
@@ -179,6 +187,11 @@ def chunk_gla(
     if T == 0:
         S = torch.zeros(B, H, K, V, dtype=acc, device=q.device) if h0 is None else h0.to(acc)
         return v.new_zeros(B, 0, H, V, dtype=out_dtype), S
+    # Products mix the positions of a chunk, so a NaN or Inf anywhere in it would reach earlier outputs
+    # (0 * NaN), and a decay of exactly 0 (g = -inf) would give -inf - (-inf): compute on finite values
+    # and mark afterwards what the sequential loop makes non-finite
+    bad_o, bad_S = _nonfinite(q, k, v, log_decay, h0)
+    q, k, v, log_decay, h0 = _finite_inputs(q, k, v, log_decay, h0, acc)
     c = sub_chunk
     C = min(chunk_size, -(-T // c) * c)  # a short sequence is one chunk, rounded up to sub-chunks
     N, n = -(-T // C), C // c  # chunks, sub-chunks per chunk
@@ -236,7 +249,36 @@ def chunk_gla(
     q_dec = (qs * (start.unsqueeze(4) + loc).exp()).reshape(B, H, N, C, K)
     o = o + q_dec @ S_before  # (B, H, N, C, V)
     o = o.reshape(B, H, N * C, V)[:, :, :T].transpose(1, 2)  # (B, T, H, V)
-    return o.to(out_dtype), S
+    nan = torch.tensor(float("nan"), dtype=acc, device=q.device)
+    return torch.where(bad_o, nan, o).to(out_dtype), torch.where(bad_S, nan, S)
+
+
+def _nonfinite(q, k, v, g, h0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where ``naive_gla``'s outputs (B, T, H, V) and final state (B, H, K, V) are non-finite, from where
+    its inputs are: S_t[i, c] once any k_s[i], g_s[i] (NaN or +inf) or v_s[c] at s <= t, or h0[i, c], is;
+    o_t[:, c] once any S_t[i, c] is, or any q_t[i] (a product with NaN or Inf is never finite, and a
+    state's NaN is never forgotten: exp(-inf) * NaN is NaN). A decay of 0 (g = -inf) is finite."""
+    key = ~torch.isfinite(k) | torch.isnan(g) | (g == float("inf"))  # (B, T, H, K)
+    key_seen = key.int().cumsum(1) > 0  # (B, T, H, K): a row i of the state is non-finite from here
+    val_seen = (~torch.isfinite(v)).int().cumsum(1) > 0  # (B, T, H, V): a column c, from here
+    bad_o = val_seen | key_seen.any(-1, keepdim=True) | (~torch.isfinite(q)).any(-1, keepdim=True)
+    bad_S = key_seen[:, -1].unsqueeze(-1) | val_seen[:, -1].unsqueeze(-2)  # (B, H, K, V)
+    if h0 is not None:
+        bad_h0 = ~torch.isfinite(h0)  # (B, H, K, V)
+        bad_o = bad_o | bad_h0.any(2).unsqueeze(1)
+        bad_S = bad_S | bad_h0
+    return bad_o, bad_S
+
+
+def _finite_inputs(q, k, v, g, h0, acc: torch.dtype) -> tuple:
+    """The inputs with every non-finite value made finite (0; a log decay of -inf, or below, to a value
+    whose exp is 0 in ``acc``: a reset stays a reset, and sums of log decays stay finite)."""
+    def finite(t):
+        return torch.where(torch.isfinite(t), t, 0.0)
+
+    g_min = 2.0 * math.log(torch.finfo(acc).tiny)  # -174.7 in float32, -1416.8 in float64: exp is 0
+    g = torch.where(torch.isnan(g) | (g == float("inf")), 0.0, g).clamp_min(g_min)
+    return finite(q), finite(k), finite(v), g, None if h0 is None else finite(h0)
 
 
 # ---------------------------------------------------------------------------- backends

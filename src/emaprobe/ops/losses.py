@@ -124,6 +124,15 @@ def _check_reduction(reduction: str) -> None:
         raise ValueError(f"unknown reduction {reduction!r}; choose one of {list(REDUCTIONS)}")
 
 
+def _as_indices(target: torch.Tensor) -> torch.Tensor:
+    # class indices as int64, what both forms take; the models accept int32 and uint8 token ids too
+    if not isinstance(target, torch.Tensor) or target.is_floating_point() or target.is_complex() \
+            or target.dtype == torch.bool:
+        what = type(target).__name__ if not isinstance(target, torch.Tensor) else f"dtype {target.dtype}"
+        raise ValueError(f"target must be a tensor of integer class indices, got {what}")
+    return target if target.dtype == torch.int64 else target.long()
+
+
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean", ignore_index: int = -100,
                   impl: str = "auto") -> torch.Tensor:
     """Next-token cross-entropy of logits (..., V) against target (...), in nats, computed in float32.
@@ -131,6 +140,7 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, reduction: str = "
     ``reduction``: ``mean`` (over targets other than ``ignore_index``), ``sum`` or ``none``. ``impl``: a
     name of ``CE_IMPLS`` or ``auto`` (module docstring)."""
     _check_reduction(reduction)
+    target = _as_indices(target)
     if logits.dim() < 1 or tuple(logits.shape[:-1]) != tuple(target.shape):
         raise ValueError(f"logits must be (..., V) over target's shape (...), got {tuple(logits.shape)} "
                          f"and {tuple(target.shape)}")
@@ -193,6 +203,7 @@ def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, target: torch.Te
     fro; inside one op nothing is copied. Under autocast both forms compute the logits in its dtype, as
     ``F.linear`` does. ``impl`` is chosen as ``cross_entropy``'s, with h in place of the logits."""
     _check_reduction(reduction)
+    target = _as_indices(target)
     if h.dim() < 1 or tuple(h.shape[:-1]) != tuple(target.shape) or weight.dim() != 2 or weight.shape[1] != h.shape[-1]:
         raise ValueError(f"h must be (..., D) over target's shape (...) and weight (V, D), got {tuple(h.shape)}, "
                          f"{tuple(target.shape)} and {tuple(weight.shape)}")

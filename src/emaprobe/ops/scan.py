@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from emaprobe.ops.chunk import chunk_ema_traces, chunk_linear_scan
-from emaprobe.ops.naive import gate_inputs, naive_ema_traces, naive_gated_scan, naive_linear_scan
+from emaprobe.ops.naive import accum_dtype, gate_inputs, naive_ema_traces, naive_gated_scan, naive_linear_scan
 from emaprobe.ops.triton.cache import cached
 
 DEFAULT_ALPHAS = (0.5, 0.1, 0.02)
@@ -184,6 +184,13 @@ def _check_devices(**tensors: torch.Tensor | None) -> None:
             raise ValueError(f"the tensors must be on one device; got {where}")
 
 
+def _empty_state(h0: torch.Tensor | None, shape: tuple[int, ...], device: torch.device,
+                 *inputs: torch.Tensor) -> torch.Tensor:
+    # the state after T = 0 steps: h0 (zeros without one), in the dtype a longer call's state has
+    acc = accum_dtype(*inputs) if h0 is None else accum_dtype(*inputs, h0)
+    return torch.zeros(shape, dtype=acc, device=device) if h0 is None else h0.to(acc, copy=True)
+
+
 def _check_h0(h0: torch.Tensor | None, want: tuple[int, ...], what: str) -> None:
     if h0 is None:
         return
@@ -299,12 +306,11 @@ def linear_scan(
     _check_devices(a=a, b=b, h0=h0)
     out_dtype = torch.promote_types(a.dtype, b.dtype)
     name = resolve_backend(backend, b.device, out_dtype)
-    if name == "naive":
-        return naive_linear_scan(a, b, h0, return_state)
     if shape[1] == 0:
         h = torch.empty(shape, dtype=out_dtype, device=b.device)
-        state = torch.zeros((shape[0],) + tuple(shape[2:]), device=b.device) if h0 is None else h0.float()
-        return (h, state) if return_state else h
+        return (h, _empty_state(h0, (shape[0],) + tuple(shape[2:]), b.device, a, b)) if return_state else h
+    if name == "naive":
+        return naive_linear_scan(a, b, h0, return_state)
     out, state = BACKENDS[name].linear_scan(a, b, h0, out_dtype, return_state)
     return (out, state) if return_state else out
 
@@ -356,12 +362,11 @@ def gated_scan(
     _check_h0(h0, (B, S, D), "(B, S, D)")
     _check_devices(logits=logits, x=x, decay_bias=decay_bias, gate_bias=gate_bias, h0=h0)
     name = resolve_backend(backend, x.device, torch.promote_types(logits.dtype, x.dtype))
-    if name == "naive":
-        return naive_gated_scan(logits, x, decay_bias, gate_bias, h0, return_state)
     if T == 0:
         h = torch.empty(B, 0, S, D, dtype=x.dtype, device=x.device)
-        state = torch.zeros(B, S, D, device=x.device) if h0 is None else h0.float()
-        return (h, state) if return_state else h
+        return (h, _empty_state(h0, (B, S, D), x.device, logits, x, decay_bias, gate_bias)) if return_state else h
+    if name == "naive":
+        return naive_gated_scan(logits, x, decay_bias, gate_bias, h0, return_state)
     be = BACKENDS[name]
     if be.gated_scan is not None:
         out, state = be.gated_scan(logits, x, decay_bias, gate_bias, h0, return_state)
@@ -400,11 +405,10 @@ def ema_traces(
     _check_h0(h0, (B, S, D), "(B, S, D)")
     _check_devices(x=x, h0=h0)
     name = resolve_backend(backend, x.device, x.dtype)
-    if name == "naive":
-        return naive_ema_traces(x, vals, h0, return_state)
     if T == 0:
         h = torch.empty(B, 0, S, D, dtype=x.dtype, device=x.device)
-        state = torch.zeros(B, S, D, device=x.device) if h0 is None else h0.float()
-        return (h, state) if return_state else h
+        return (h, _empty_state(h0, (B, S, D), x.device, x)) if return_state else h
+    if name == "naive":
+        return naive_ema_traces(x, vals, h0, return_state)
     out, state = BACKENDS[name].ema_traces(x, vals, h0, return_state)
     return (out, state) if return_state else out

@@ -272,6 +272,14 @@ def topk_ffn(
     ``impl``: "dense", "gather", "mask" or "auto" (see the module docstring). Gradients reach c,
     W1 and W2 through the k kept units only, identically in every form.
     """
+    for name, t in (("c", c), ("w_up", w_up), ("w_down", w_down)):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            what = f"dtype {t.dtype}" if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"topk_ffn: {name} must be a floating-point tensor, got {what}")
+    if w_up.dim() != 2 or w_down.dim() != 2 or c.dim() < 1 or w_up.shape[1] != c.shape[-1] \
+            or w_down.shape[1] != w_up.shape[0]:
+        raise ValueError(f"topk_ffn: want c (..., d_in), w_up (d_ff, d_in) and w_down (d_out, d_ff); got "
+                         f"{tuple(c.shape)}, {tuple(w_up.shape)} and {tuple(w_down.shape)}")
     d_ff = w_up.shape[0]
     if not 1 <= k <= d_ff:
         raise ValueError(f"k must lie in [1, d_ff={d_ff}], got {k}")

@@ -10,43 +10,63 @@ from collections.abc import Sequence
 
 import torch
 
-from emaprobe.ops.scan import DEFAULT_ALPHAS, _check_alphas, _check_float
+from emaprobe.ops.naive import accum_dtype
+from emaprobe.ops.scan import DEFAULT_ALPHAS, _check_alphas, _check_devices, _check_float
 from emaprobe.ops.triton.cache import cached
 
 
-def _make_step_coefs(vals: tuple[float, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    alpha = torch.tensor(vals, dtype=torch.float32, device=device).view(1, -1, 1)
+def _make_step_coefs(vals: tuple[float, ...], device: torch.device,
+                     dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    alpha = torch.tensor(vals, dtype=dtype, device=device).view(1, -1, 1)
     return alpha, 1.0 - alpha
 
 
-def _step_coefs(vals: tuple[float, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(alpha, 1 - alpha), each (1, S, 1) float32, made once per (alphas, device): a decode step
-    runs ema_step once a layer a token, and on CUDA each fresh tensor was a host-to-device copy."""
-    return cached("ema_step_coefs", _make_step_coefs, vals, device)
+def _step_coefs(vals: tuple[float, ...], device: torch.device,
+                dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """(alpha, 1 - alpha), each (1, S, 1) in ``dtype``, made once per (alphas, device, dtype): a decode
+    step runs ema_step once a layer a token, and on CUDA each fresh tensor was a host-to-device copy."""
+    return cached("ema_step_coefs", _make_step_coefs, vals, device, dtype)
+
+
+def _check_state(h: torch.Tensor, want: tuple[int, ...], what: str) -> None:
+    # a state of another shape would broadcast silently (a batch-1 state into a batch-3 step)
+    _check_float("h", h)
+    if tuple(h.shape) != want:
+        raise ValueError(f"h must have shape {want} ({what}), got {tuple(h.shape)}")
 
 
 def linear_scan_step(a_t: torch.Tensor, b_t: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
-    """One step ``h <- a_t * h + b_t``; all (B, *F). The state stays float32."""
+    """One step ``h <- a_t * h + b_t``; a_t and b_t broadcast to (B, *F), h (B, *F) exactly.
+
+    The state is in the accumulation dtype of the inputs, at least float32 (float64 for float64
+    inputs), as ``linear_scan``'s."""
     _check_float("a_t", a_t)
     _check_float("b_t", b_t)
+    shape = torch.broadcast_shapes(a_t.shape, b_t.shape)
     if h is None:
-        return torch.broadcast_to(b_t, torch.broadcast_shapes(a_t.shape, b_t.shape)).float()
-    return torch.addcmul(b_t.float(), a_t.float(), h.float())
+        _check_devices(a_t=a_t, b_t=b_t)
+        return torch.broadcast_to(b_t, shape).to(accum_dtype(a_t, b_t))
+    _check_state(h, tuple(shape), "the broadcast shape of a_t and b_t")
+    _check_devices(a_t=a_t, b_t=b_t, h=h)
+    acc = accum_dtype(a_t, b_t, h)
+    return torch.addcmul(b_t.to(acc), a_t.to(acc), h.to(acc))
 
 
 def ema_step(
     x_t: torch.Tensor, h: torch.Tensor | None = None, alphas: Sequence[float] = DEFAULT_ALPHAS
 ) -> torch.Tensor:
-    """One EMA step: x_t (B, D), h (B, S, D) float32 -> new h (B, S, D) float32."""
+    """One EMA step: x_t (B, D), h (B, S, D) -> new h (B, S, D), in the accumulation dtype (at least
+    float32; float64 for float64 inputs, as ``ema_traces``'s state)."""
     _check_float("x_t", x_t)
     if x_t.dim() != 2:
         raise ValueError(f"x_t must have shape (B, D), got {tuple(x_t.shape)}")
     vals = _check_alphas(alphas)
-    alpha, decay = _step_coefs(tuple(vals), x_t.device)
-    b = alpha * x_t.float().unsqueeze(1)  # (B, S, D)
+    if h is not None:
+        _check_state(h, (x_t.shape[0], len(vals), x_t.shape[1]), "(B, S, D)")
+        _check_devices(x_t=x_t, h=h)
+    acc = accum_dtype(x_t) if h is None else accum_dtype(x_t, h)
+    alpha, decay = _step_coefs(tuple(vals), x_t.device, acc)
+    b = alpha * x_t.to(acc).unsqueeze(1)  # (B, S, D)
     if h is None:
         return b
-    want = (x_t.shape[0], len(vals), x_t.shape[1])
-    if tuple(h.shape) != want:
-        raise ValueError(f"h must have shape {want} (B, S, D), got {tuple(h.shape)}")
-    return torch.addcmul(b, decay, h.float())
+    return torch.addcmul(b, decay, h.to(acc))
