@@ -130,3 +130,36 @@ def test_find_treebank_files(tmp_path, handwritten_treebank, handwritten_conllu)
         find_treebank_files(tmp_path / "..")  # a folder without treebank files
     with pytest.raises(FileNotFoundError, match="not a folder"):
         find_treebank_files(tmp_path / "missing")
+
+
+def _read(tmp_path, rows: list[str]):
+    path = tmp_path / "x.conllu"
+    path.write_text(_conllu(rows))
+    return path, lambda: list(read_conllu(path))
+
+
+def test_overlapping_multiword_tokens_are_refused(tmp_path):
+    path, read = _read(tmp_path, [
+        "1-2 ab _ _ _ _ _ _ _ _",
+        "1 a a X _ _ 0 root _ _",
+        "2-3 bc _ _ _ _ _ _ _ _",  # word 2 is already inside 1-2
+        "2 b b X _ _ 1 dep _ _",
+        "3 c c X _ _ 1 dep _ _",
+        "",
+    ])
+    with pytest.raises(ValueError, match=rf"^{path}:3: multiword token ID '2-3' overlaps the previous one"):
+        read()
+
+
+def test_a_sentence_of_only_a_multiword_token_says_no_words(tmp_path):
+    path, read = _read(tmp_path, ["1-2 ab _ _ _ _ _ _ _ _", ""])
+    with pytest.raises(ValueError) as info:
+        read()
+    assert str(info.value) == f"{path}:1: sentence has no words"
+
+
+@pytest.mark.parametrize("head", ["\u00b2", "\u0663"])  # superscript two, Arabic-Indic three: isdigit() says yes
+def test_unicode_digit_head_names_file_and_line(tmp_path, head):
+    path, read = _read(tmp_path, ["1 a a X _ _ 0 root _ _", f"2 b b X _ _ {head} dep _ _", ""])
+    with pytest.raises(ValueError, match=rf"^{path}:2: HEAD '{head}' of word 2 is not a non-negative integer"):
+        read()

@@ -140,3 +140,29 @@ def test_paths_that_name_nothing_fail_at_the_call(tmp_path):
         iter_documents(str(tmp_path))
     with pytest.raises(ValueError, match=r"notes\.md: unsupported file type"):
         iter_documents(str(tmp_path / "notes.md"))
+
+
+def test_lone_surrogate_escape_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    # a paired escape is one emoji; a lone one passes json.loads but no tokenizer can encode it
+    path.write_text('{"text": "ok \\ud83d\\ude00"}\n{"text": "bad \\ud83d emoji"}\n', encoding="utf-8")
+    docs = iter_documents(str(path))
+    assert next(docs) == "ok \U0001f600"
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2: the 'text' field is not valid Unicode: a lone surrogate"):
+        next(docs)
+
+
+@pytest.mark.parametrize(
+    "name,content", [("bom.txt", "first doc\n\nsecond\n"), ("bom.jsonl", '{"text": "first doc"}\n')]
+)
+def test_utf8_byte_order_mark_is_not_text(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(b"\xef\xbb\xbf" + content.encode("utf-8"))
+    assert next(iter_documents(str(path))) == "first doc"
+
+
+def test_a_prepared_folder_is_refused_as_raw_text(tmp_path):
+    (tmp_path / "manifest.json").write_text('{"format": "emaprobe-tokens"}\n', encoding="utf-8")
+    (tmp_path / "notes.txt").write_text("text that would otherwise be read\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"is already a prepared corpus \(manifest\.json\), not raw text"):
+        iter_documents(str(tmp_path))

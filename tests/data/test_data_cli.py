@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
+import signal
+import sys
+import time
 
 import pytest
 
 from emaprobe.cli import main
 from emaprobe.data import TokenData
+
+# the package re-exports a function of the same name
+PREPARE = importlib.import_module("emaprobe.data.prepare")
 
 
 def test_prepare_then_info_then_reuse_tokenizer(tmp_path, capsys):
@@ -102,3 +110,138 @@ def test_prepare_help_shows_the_shard_size_default(capsys):
     with pytest.raises(SystemExit):
         main(["data", "prepare", "--help"])
     assert "ids per shard file (default: 100,000,000)" in " ".join(capsys.readouterr().out.split())
+
+
+def _prepare_argv(data, out, *extra) -> list[str]:
+    return ["data", "prepare", "--data", str(data), "--tokenizer", "word", "--out", str(out), "--workers", "1",
+            "--quiet", *extra]
+
+
+def test_prepare_refuses_a_prepared_folder_as_raw_text(tmp_path, capsys):
+    (tmp_path / "c.txt").write_text("a b\n", encoding="utf-8")
+    assert main(_prepare_argv(tmp_path / "c.txt", tmp_path / "o")) == 0
+    capsys.readouterr()
+    assert main(_prepare_argv(tmp_path / "o", tmp_path / "o2")) == 2
+    err = capsys.readouterr().err
+    assert f"--data: {tmp_path / 'o'} is already a prepared corpus (manifest.json), not raw text" in err
+    assert main(_prepare_argv(tmp_path / "c.txt", tmp_path / "o2", "--tokenizer-corpus", str(tmp_path / "o"))) == 2
+    assert "--tokenizer-corpus: " in capsys.readouterr().err and not (tmp_path / "o2").exists()
+
+
+def test_prepare_through_a_symlink_replaces_its_target(tmp_path, capsys):
+    (tmp_path / "old.txt").write_text("old words\n", encoding="utf-8")
+    (tmp_path / "new.txt").write_text("new text here\n", encoding="utf-8")
+    assert main(_prepare_argv(tmp_path / "old.txt", tmp_path / "target")) == 0
+    (tmp_path / "link").symlink_to("target")
+    assert main(_prepare_argv(tmp_path / "new.txt", tmp_path / "link", "--overwrite")) == 0
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "link").resolve() == (tmp_path / "target").resolve()
+    assert TokenData(tmp_path / "target").decode() == "new text here\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "new.txt", "old.txt", "target"]  # no debris
+
+
+@pytest.mark.parametrize("prepared", [False, True])
+def test_prepare_out_dot_fails_before_tokenizing(tmp_path, capsys, monkeypatch, prepared):
+    here = tmp_path / "here"
+    (tmp_path / "c.txt").write_text("a b\n", encoding="utf-8")
+    if prepared:
+        assert main(_prepare_argv(tmp_path / "c.txt", here)) == 0
+    else:
+        here.mkdir()
+    before = sorted(p.name for p in here.iterdir())
+    monkeypatch.chdir(here)
+
+    def no_tokenizer(*args, **kwargs):
+        raise AssertionError("the tokenizer was built before --out was checked")
+
+    monkeypatch.setattr("emaprobe.data.resolve_tokenizer", no_tokenizer)
+    capsys.readouterr()
+    assert main(_prepare_argv(tmp_path / "c.txt", ".", "--overwrite")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"emaprobe data prepare: error: --out: {here}: is the working folder")
+    assert err.count("\n") == 1
+    assert sorted(p.name for p in here.iterdir()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt", "here"]
+
+
+def test_prepare_api_checks_out_before_building_the_tokenizer(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    from emaprobe.data import prepare
+
+    # an unknown tokenizer name would fail first if the target were checked after it
+    with pytest.raises(ValueError, match="is the working folder or holds it"):
+        prepare("ptb:valid", "no-such-tokenizer", ".")
+
+
+def test_prepare_under_a_file_exits_2_naming_it(tmp_path, capsys):
+    (tmp_path / "c.txt").write_text("a b\n", encoding="utf-8")
+    assert main(_prepare_argv(tmp_path / "c.txt", tmp_path / "c.txt" / "o")) == 2
+    assert f"{tmp_path / 'c.txt'} is a file, not a folder" in capsys.readouterr().err
+
+
+def test_an_os_error_exits_2_with_one_line_naming_the_path(tmp_path, capsys, monkeypatch):
+    import errno
+
+    def disk_full(folder, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder / "tokens_00000.bin"))
+
+    monkeypatch.setattr(PREPARE, "_prepare_into", disk_full)
+    (tmp_path / "c.txt").write_text("a b\n", encoding="utf-8")
+    assert main(_prepare_argv(tmp_path / "c.txt", tmp_path / "o")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("emaprobe data prepare: error: ")
+    assert err.endswith("tokens_00000.bin: No space left on device\n") and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt"]  # the staging folder went too
+
+
+def test_a_dead_worker_exits_2_with_one_line_and_no_debris(tmp_path, capsys, monkeypatch):
+    from concurrent.futures.process import BrokenProcessPool
+
+    class DyingPool:  # what ProcessPoolExecutor does once a worker was killed
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def submit(self, *args, **kwargs):
+            raise BrokenProcessPool("A child process terminated abruptly")
+
+    monkeypatch.setattr(PREPARE, "ProcessPoolExecutor", DyingPool)
+    (tmp_path / "c.txt").write_text("a b\n", encoding="utf-8")
+    assert main(["data", "prepare", "--data", str(tmp_path / "c.txt"), "--tokenizer", "word", "--out",
+                 str(tmp_path / "o"), "--workers", "2", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "a tokenizer worker process died" in err and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt"]
+
+
+def test_info_on_a_hand_edited_manifest_names_the_field(tmp_path, capsys):
+    (tmp_path / "c.txt").write_text("a b\n", encoding="utf-8")
+    assert main(_prepare_argv(tmp_path / "c.txt", tmp_path / "o")) == 0
+    path = tmp_path / "o" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["spec"]
+    path.write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert main(["data", "info", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == f"emaprobe data info: error: {path}: manifest has no 'spec' field\n"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_sigterm_becomes_an_interrupt_inside_prepare_only():
+    from emaprobe.cli.data import sigterm_as_interrupt
+
+    seen = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM"), sigterm_as_interrupt():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler interrupts this at once
+        os.kill(os.getpid(), signal.SIGTERM)  # outside: the caller's handler is back
+        time.sleep(0.01)
+        assert seen == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -100,3 +100,54 @@ def test_killed_prepare_leftover_is_cleaned_by_the_next_run(tmp_path):
     assert run.returncode == 0, run.stderr
     assert f"removed {left[0].name}" in run.stderr
     assert not list(tmp_path.glob(".corpus.*")) and (out / "manifest.json").is_file()
+
+
+def test_stale_partials_of_a_bracketed_name_are_its_own(tmp_path):
+    import socket
+
+    dead = f"{socket.gethostname()} {_dead_pid()}"
+    own = _leftover(tmp_path, ".run[1].partial-x", dead)
+    own_trash = _leftover(tmp_path, ".run[1].old-x", None, age_s=10 * STALE_AFTER_S)
+    other = _leftover(tmp_path, ".run1.partial-x", dead)  # what the unescaped class [1] matched
+    assert sorted(clean_stale_partials(tmp_path / "run[1]", announce=False)) == sorted([own, own_trash])
+    assert other.exists() and not own.exists() and not own_trash.exists()
+
+
+def test_orphan_watchdog_exits_once_the_parent_changes():
+    from emaprobe.data.prepare import _exit_when_orphaned
+
+    class Exited(Exception):
+        pass
+
+    def exit_now(code):
+        raise Exited(code)
+
+    ppids = iter([41, 41, 41, 1])  # re-parented to init after three polls
+    sleeps = []
+    with pytest.raises(Exited) as info:
+        _exit_when_orphaned(41, poll_s=0.5, getppid=lambda: next(ppids), sleep=sleeps.append, exit_now=exit_now)
+    assert info.value.args == (1,) and sleeps == [0.5, 0.5, 0.5]
+    # a parent already gone when the worker starts: exit at once, without a poll
+    with pytest.raises(Exited):
+        _exit_when_orphaned(41, getppid=lambda: 1, sleep=sleeps.append, exit_now=exit_now)
+    assert len(sleeps) == 3
+
+
+def test_workers_start_the_watchdog_with_the_prepare_pid(monkeypatch):
+    import importlib
+
+    prep = importlib.import_module("emaprobe.data.prepare")  # the package re-exports a function of that name
+    started = []
+
+    class FakeThread:
+        def __init__(self, target, args, name, daemon):
+            started.append((target, args, daemon))
+
+        def start(self):
+            pass
+
+    monkeypatch.setattr(prep.threading, "Thread", FakeThread)
+    monkeypatch.setattr(prep, "load_tokenizer", lambda path: None)
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")
+    prep._init_worker("tok", 1234)
+    assert started == [(prep._exit_when_orphaned, (1234,), True)]

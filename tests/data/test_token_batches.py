@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -77,3 +79,29 @@ def test_eval_batches_cover_every_target_once_in_order(sharded, batch_size, seq_
 def test_eval_batches_max_tokens_caps_targets(sharded):
     data, _ = sharded
     assert sum(y.numel() for _, y in eval_batches(data, 4, 16, max_tokens=100)) == 100
+
+
+def test_eval_batches_refuses_a_negative_max_tokens():
+    with pytest.raises(ValueError, match="max_tokens must be >= 0"):
+        list(eval_batches(np.arange(10), 2, 3, max_tokens=-5))
+    assert list(eval_batches(np.arange(10), 2, 3, max_tokens=0)) == []
+
+
+@pytest.mark.parametrize(
+    "edit,field",
+    [
+        (lambda m: m.pop("spec"), "'spec'"),
+        (lambda m: m["tokenizer"].pop("dir"), "'tokenizer.dir'"),
+        (lambda m: m["shards"][0].pop("file"), "shards[0] has no 'file'"),
+    ],
+)
+def test_hand_edited_manifest_names_the_missing_field(tmp_path, edit, field):
+    (tmp_path / "c.txt").write_text("a b\n", encoding="utf-8")
+    prepare(str(tmp_path / "c.txt"), WordTokenizer(["a", "b", "<unk>", "<eos>"]), tmp_path / "o", workers=1, quiet=True)
+    path = tmp_path / "o" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ValueError) as info:
+        TokenData(tmp_path / "o")
+    assert str(info.value).startswith(f"{path}: ") and field in str(info.value)

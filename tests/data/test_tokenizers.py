@@ -142,3 +142,11 @@ def test_gpt2_ranks_from_env_var_and_clear_errors(shared_data, tmp_path, monkeyp
     short.write_text("SGVsbG8= 0\n", encoding="utf-8")
     with pytest.raises(ValueError, match="GPT-2's file has 50256"):
         get_tokenizer("gpt2", ranks_path=short)
+
+
+def test_word_literal_eos_is_text_not_a_document_end():
+    # three "<eos>" words in the text and one line: only the line counts, so z (2) ranks first
+    tok = WordTokenizer.build(["<eos> z <eos> z <eos>"])
+    assert tok.words == ["z", "<eos>", "<unk>"]
+    assert tok.encode("z <eos> z") == [tok.ids["z"], tok.unk_id, tok.ids["z"]]
+    assert tok.encode("z\nz") == [tok.ids["z"], tok.eot_id, tok.ids["z"]]  # a newline still is one

@@ -59,11 +59,22 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"emaprobe {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a path the system refused: a file where a folder goes, no permission, disk full
+        print(f"emaprobe {args.command}: error: {_os_error_line(err)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt as err:
         why = f": {err}" if str(err) else ""
         hint = getattr(args, "resume_hint", "")
         print(f"emaprobe {args.command}: interrupted{why}" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return 130
+
+
+def _os_error_line(err: OSError) -> str:
+    """``path: reason`` for an OSError from the system; its own message for one raised with a sentence."""
+    if err.filename is None:
+        return str(err)
+    where = f"{err.filename}" + (f" -> {err.filename2}" if err.filename2 is not None else "")
+    return f"{where}: {err.strerror or err}"
 
 
 if __name__ == "__main__":

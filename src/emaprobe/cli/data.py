@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 PREPARE_EPILOG = """\
@@ -50,7 +54,8 @@ def _tokenizer_options(args: argparse.Namespace) -> dict:
 
 def _check_prepare_args(args: argparse.Namespace) -> None:
     """The flags, checked by name before any work; ``prepare`` checks the same in its parameters' words."""
-    from emaprobe.data.splits import check_spec
+    from emaprobe.data.prepare import check_target
+    from emaprobe.data.splits import check_spec, is_prepared
     from emaprobe.data.tokens import MANIFEST
 
     if args.workers < 1:
@@ -72,8 +77,15 @@ def _check_prepare_args(args: argparse.Namespace) -> None:
             raise FileNotFoundError(f"--ranks {args.ranks}: no such file")
     if (Path(args.out).expanduser() / MANIFEST).is_file() and not args.overwrite:
         raise ValueError(f"--out {args.out} already holds a prepared corpus; pass --overwrite to replace it")
+    try:
+        check_target(args.out, args.overwrite)  # now, not after a tokenizer has trained on the corpus
+    except ValueError as err:
+        raise ValueError(f"--out: {err}") from None
     for flag, spec in (("--data", args.data), ("--tokenizer-corpus", args.tokenizer_corpus)):
         if spec is not None:
+            # check_spec takes a prepared folder (training reads one); prepare needs raw text
+            if is_prepared(Path(spec).expanduser()):
+                raise ValueError(f"{flag}: {spec} is already a prepared corpus ({MANIFEST}), not raw text")
             check_spec(spec, flag)
 
 
@@ -86,15 +98,16 @@ def run_prepare(args: argparse.Namespace) -> int:
         tok = resolve_tokenizer(args.tokenizer, **_tokenizer_options(args))
     except RanksNotFound:
         raise RanksNotFound("pass --ranks FILE") from None
-    manifest = prepare(
-        args.data,
-        tok,
-        args.out,
-        workers=args.workers,
-        shard_tokens=args.shard_tokens,
-        overwrite=args.overwrite,
-        quiet=args.quiet,
-    )
+    with sigterm_as_interrupt():
+        manifest = prepare(
+            args.data,
+            tok,
+            args.out,
+            workers=args.workers,
+            shard_tokens=args.shard_tokens,
+            overwrite=args.overwrite,
+            quiet=args.quiet,
+        )
     run = manifest["run"]
     print(
         f"{args.out}: {manifest['n_tokens']:,} tokens ({manifest['dtype']}) in {len(manifest['shards'])} shard(s), "
@@ -103,6 +116,28 @@ def run_prepare(args: argparse.Namespace) -> int:
         f"{run['elapsed_s']:.1f} s, {run['tokens_per_s']:,.0f} tokens/s with {run['workers']} worker(s)"
     )
     return 0
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Inside, SIGTERM raises KeyboardInterrupt, so prepare removes its staging folder as on Ctrl-C.
+
+    SIGTERM's default ends the process at once and leaves the hidden staging folder to
+    the next run. Signal handlers can only be set from the main thread: elsewhere this
+    does nothing. The previous handler is restored on the way out.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_info(args: argparse.Namespace) -> int:

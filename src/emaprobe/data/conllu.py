@@ -32,6 +32,8 @@ COLUMNS = ("ID", "FORM", "LEMMA", "UPOS", "XPOS", "FEATS", "HEAD", "DEPREL", "DE
 _INT = re.compile(r"[1-9][0-9]*\Z")
 _RANGE = re.compile(r"([1-9][0-9]*)-([1-9][0-9]*)\Z")
 _DECIMAL = re.compile(r"(0|[1-9][0-9]*)\.([1-9][0-9]*)\Z")
+# ASCII only: str.isdigit() also takes "²" or "٣", which int() then refuses without a line number
+_HEAD = re.compile(r"[0-9]+\Z")
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,10 @@ class _Block:
                 raise self.error(
                     lineno, f"multiword token ID {id_!r} must start at word {n + 1} and span two or more words"
                 )
+            if first <= self.mwt_end:  # "1-2", word 1, "2-3": word 2 would belong to two tokens
+                raise self.error(
+                    lineno, f"multiword token ID {id_!r} overlaps the previous one, which ends at word {self.mwt_end}"
+                )
             if head != "_" or deprel != "_":
                 raise self.error(lineno, f"multiword token {id_!r} must have '_' for HEAD and DEPREL")
             self.multiword.append(MultiwordToken(first, last, form, misc))
@@ -156,7 +162,7 @@ class _Block:
         elif _INT.match(id_):
             if int(id_) != n + 1:
                 raise self.error(lineno, f"word ID {id_} out of sequence; expected {n + 1}")
-            if not head.isdigit():
+            if not _HEAD.match(head):
                 raise self.error(lineno, f"HEAD {head!r} of word {id_} is not a non-negative integer")
             if int(head) == int(id_):
                 raise self.error(lineno, f"word {id_} is its own head")
@@ -169,7 +175,8 @@ class _Block:
 
     def finish(self, end_line: int) -> Sentence:
         if not self.words:
-            raise self.error(self.line, "sentence has comments but no words")
+            what = "comments but no words" if self.comments and not (self.multiword or self.empty) else "no words"
+            raise self.error(self.line, f"sentence has {what}")
         n = len(self.words)
         if self.mwt_end > n:
             raise self.error(end_line, f"multiword token reaches word {self.mwt_end}, but the sentence has {n} words")

@@ -21,11 +21,17 @@ removes the partial folder, and a killed run leaves only a hidden
 ``.<name>.partial-*`` (or, killed mid-swap, ``.<name>.old-*``) sibling and no
 manifest. The next prepare of the same ``out_dir`` removes such leftovers, and says
 so; a sibling whose owner (host and process id, in its ``.owner`` file) is still
-alive belongs to a concurrent prepare and is left alone.
+alive belongs to a concurrent prepare and is left alone. A worker process whose
+parent is gone (killed) exits by itself within a second.
+
+``out_dir`` is resolved first: a symlink's target is what gets replaced, and ``.``
+is its real folder (refused, as is any folder that holds the working directory,
+since replacing it would leave the caller in a deleted folder).
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import multiprocessing as mp
@@ -35,10 +41,12 @@ import shutil
 import socket
 import sys
 import tempfile
+import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +60,7 @@ from emaprobe.utils import atomic_write_json, progress_disabled, run_record
 
 DEFAULT_SHARD_TOKENS = 100_000_000
 CHUNK_CHARS = 1 << 20  # text sent to a worker at a time: big enough to hide IPC cost
+ORPHAN_POLL_S = 1.0  # how often a worker checks that the prepare that started it still runs
 BYTES_RULE = "utf-8 bytes of each document + 1 per document for its end-of-text separator"
 
 _worker_tokenizer: Tokenizer | None = None
@@ -76,11 +85,31 @@ def encode_documents(tokenizer: Tokenizer, docs: list[str], dtype: np.dtype) -> 
     return out, len(docs), n_bytes
 
 
-def _init_worker(tokenizer_dir: str) -> None:
+def _init_worker(tokenizer_dir: str, parent_pid: int) -> None:
     global _worker_tokenizer
+    # a parent killed by SIGTERM/SIGKILL never shuts the pool down, and its workers would wait
+    # on their task queue for good; polling getppid works on every POSIX system (prctl is Linux's)
+    threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), name="orphan-watchdog", daemon=True).start()
     # each worker is one of N processes already; HF tokenizers' own thread pool would oversubscribe
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _worker_tokenizer = load_tokenizer(tokenizer_dir)
+
+
+def _exit_when_orphaned(
+    parent_pid: int,
+    poll_s: float = ORPHAN_POLL_S,
+    getppid: Callable[[], int] = os.getppid,
+    sleep: Callable[[float], None] = time.sleep,
+    exit_now: Callable[[int], None] = os._exit,
+) -> None:
+    """Poll until the parent is no longer ``parent_pid``, then end the process with status 1.
+
+    An orphan is re-parented (to init or a subreaper), so its ppid changes. ``parent_pid``
+    comes from the parent itself: a parent dead before this starts is caught too.
+    """
+    while getppid() == parent_pid:
+        sleep(poll_s)
+    exit_now(1)  # os._exit: no atexit or pool cleanup, which would wait on the dead parent
 
 
 def _encode_in_worker(docs: list[str], dtype_name: str) -> tuple[np.ndarray, int, int]:
@@ -149,7 +178,8 @@ def _encoded_chunks(
     # worker held (seen in CI, test_interrupt_mid_write_leaves_no_files); the executor cancels
     # what has not started and waits for at most the 2 x workers chunks in flight.
     ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(str(tokenizer_dir),)) as pool:
+    initargs = (str(tokenizer_dir), os.getpid())
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=initargs) as pool:
         pending: deque = deque()
         try:
             # Pool.imap would read the whole corpus ahead into its queue; a window keeps memory bounded
@@ -159,6 +189,13 @@ def _encoded_chunks(
                     yield pending.popleft().result()
             while pending:
                 yield pending.popleft().result()
+        except BrokenProcessPool as err:  # from result() or, once broken, from submit()
+            # ChildProcessError, an OSError, so the command line prints one line; prepare's own
+            # handler removes the staging folder on the way out
+            raise ChildProcessError(
+                "a tokenizer worker process died (killed, or out of memory?); prepare stopped and removed "
+                "its partial output"
+            ) from err
         finally:
             for future in pending:
                 future.cancel()
@@ -182,14 +219,14 @@ def prepare(
     processes, so a script that calls this with workers > 1 needs the usual
     ``if __name__ == "__main__":`` guard.
     """
-    tok = resolve_tokenizer(tokenizer, **tokenizer_options)
-    out = Path(out_dir).expanduser()
+    out = resolve_out(out_dir)
     workers = (os.cpu_count() or 1) if workers is None else int(workers)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     if shard_tokens < 1:
         raise ValueError(f"shard_tokens must be >= 1, got {shard_tokens}")
-    _check_target(out, overwrite)
+    _check_target(out, overwrite)  # before the tokenizer, which may train on the whole corpus
+    tok = resolve_tokenizer(tokenizer, **tokenizer_options)
     docs = iter_documents(spec)  # a spec that names nothing fails before any file is made
     out.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_partials(out)
@@ -247,11 +284,12 @@ def clean_stale_partials(out: str | os.PathLike, announce: bool = True) -> list[
     Those are the hidden ``.<name>.partial-*`` staging folders and ``.<name>.old-*``
     trash folders whose owner no longer runs. Each removal is printed to stderr.
     """
-    out = Path(out).expanduser()
+    out = resolve_out(out)
     if not out.parent.is_dir():
         return []
     removed = []
-    for pattern in (f".{out.name}.partial-*", f".{out.name}.old-*"):
+    name = glob.escape(out.name)  # an out name with [ or ] must match itself, not a class
+    for pattern in (f".{name}.partial-*", f".{name}.old-*"):
         for folder in sorted(out.parent.glob(pattern)):
             if not folder.is_dir() or folder.is_symlink():
                 continue
@@ -275,8 +313,27 @@ def _chmod_like_mkdir(folder: Path) -> None:
     os.chmod(folder, 0o777 & ~umask)
 
 
+def resolve_out(out_dir: str | os.PathLike) -> Path:
+    """The absolute, symlink-free ``out_dir``: staging goes beside the folder that gets replaced."""
+    # Path(".").name is "" and a symlink's parent is not its target's: both broke the swap
+    return Path(out_dir).expanduser().resolve()
+
+
+def check_target(out_dir: str | os.PathLike, overwrite: bool) -> None:
+    """Raise ValueError if ``out_dir`` may not receive a prepared corpus (checks only, writes nothing)."""
+    _check_target(resolve_out(out_dir), overwrite)
+
+
 def _check_target(out: Path, overwrite: bool) -> None:
+    cwd = Path.cwd().resolve()
+    if out == cwd or out in cwd.parents:
+        raise ValueError(f"{out}: is the working folder or holds it; prepare replaces the whole folder, which "
+                         "would leave this process in a deleted one; choose a new folder (such as a subfolder)")
     if not out.exists():
+        # mkdir of the parents would fail later with a bare "File exists"
+        blocker = next((p for p in out.parents if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise ValueError(f"{out}: cannot be made, {blocker} is a file, not a folder")
         return
     if not out.is_dir():
         raise ValueError(f"{out}: exists and is not a folder")

@@ -17,10 +17,13 @@ A data spec is one of:
 - a folder: every file of those kinds directly inside it, in sorted name order.
 - a glob (``data/c4-train.*.json.gz``; ``**`` recurses): the matching files, sorted.
 
-Documents that are empty or only whitespace are skipped. A corpus with no document
-at all, a file that matches nothing, a corrupt or truncated ``.gz``/``.xz``, bad
-UTF-8, malformed JSON, a line that is not an object or has no string ``text`` field
-all raise ValueError or FileNotFoundError naming the file and line.
+Documents that are empty or only whitespace are skipped. A UTF-8 byte order mark at
+the start of a file is dropped. A corpus with no document at all, a file that matches
+nothing, a corrupt or truncated ``.gz``/``.xz``, bad UTF-8, malformed JSON, a line
+that is not an object or has no string ``text`` field, a ``text`` with a lone
+surrogate escape (``"\\ud83d"``), and a folder written by ``emaprobe data prepare``
+(token shards, not text) all raise ValueError or FileNotFoundError naming the file
+and line.
 """
 
 from __future__ import annotations
@@ -42,6 +45,9 @@ SUPPORTED = tuple(s + c for s in JSON_SUFFIXES + TEXT_SUFFIXES for c in COMPRESS
 _GLOB_CHARS = "*?["
 # what gzip/lzma raise on a damaged or cut-short stream
 _CORRUPT = (lzma.LZMAError, EOFError, zlib.error, gzip.BadGzipFile, OSError)
+# the file that marks a folder written by prepare (emaprobe.data.tokens.MANIFEST; that module
+# imports the tokenizers, which import this one)
+_PREPARED_MARKER = "manifest.json"
 
 
 def is_ptb_spec(spec: str) -> bool:
@@ -76,6 +82,9 @@ def resolve_files(spec: str) -> list[Path]:
             raise ValueError(f"{path}: unsupported file type; the readers take {list(SUPPORTED)}")
         return [path]
     if path.is_dir():
+        if (path / _PREPARED_MARKER).is_file():
+            # its manifest.json would otherwise be read as JSON lines and fail at line 1
+            raise ValueError(f"{path} is already a prepared corpus ({_PREPARED_MARKER}), not raw text")
         files = sorted(p for p in path.iterdir() if p.is_file() and file_kind(p) is not None)
         if not files:
             raise FileNotFoundError(f"{path}: a folder with no corpus files (looked for {list(SUPPORTED)})")
@@ -115,7 +124,8 @@ def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
                 raise ValueError(f"{path}: corrupt, truncated or unreadable file after line {lineno} ({err})") from err
             lineno += 1
             try:
-                text = raw.decode("utf-8")
+                # utf-8-sig on the first line: an editor's byte order mark is not text
+                text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError as err:
                 raise ValueError(f"{path}:{lineno}: not valid UTF-8 ({err.reason} at byte {err.start})") from err
             yield lineno, text.rstrip("\r\n")
@@ -137,7 +147,22 @@ def iter_jsonl(path: Path) -> Iterator[str]:
         text = obj["text"]
         if not isinstance(text, str):
             raise ValueError(f"{path}:{lineno}: the 'text' field is a {type(text).__name__}, not a string")
+        _check_unicode(text, line, path, lineno)
         yield text
+
+
+def _check_unicode(text: str, line: str, path: Path, lineno: int) -> None:
+    """Refuse a lone surrogate, which json.loads accepts but no tokenizer can encode."""
+    # the line itself was valid UTF-8, so a surrogate can only come from a \u escape
+    if "\\u" not in line:
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(
+            f"{path}:{lineno}: the 'text' field is not valid Unicode: a lone surrogate "
+            f"{text[err.start]!r} at character {err.start} (an escape such as \\ud83d without its pair)"
+        ) from None
 
 
 def iter_text_blocks(path: Path) -> Iterator[str]:

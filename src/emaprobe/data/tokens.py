@@ -175,11 +175,20 @@ def _check_manifest(manifest: Any, where: Path) -> None:
         raise ValueError(f"{where}: not an emaprobe token manifest (no \"format\": \"{FORMAT}\")")
     if manifest.get("version") != FORMAT_VERSION:
         raise ValueError(f"{where}: manifest version {manifest.get('version')!r}; this emaprobe reads {FORMAT_VERSION}")
-    for field in ("dtype", "n_tokens", "n_documents", "n_bytes", "shards", "tokenizer"):
+    for field in ("spec", "dtype", "n_tokens", "n_documents", "n_bytes", "shards", "tokenizer"):
         if field not in manifest:
             raise ValueError(f"{where}: manifest has no {field!r} field")
     if manifest["dtype"] not in DTYPES:
         raise ValueError(f"{where}: dtype {manifest['dtype']!r}; choose one of {list(DTYPES)}")
+    # a hand-edited manifest must fail here, by name, not as a KeyError where a field is read
+    if not isinstance(manifest["tokenizer"], dict) or "dir" not in manifest["tokenizer"]:
+        raise ValueError(f"{where}: manifest has no 'tokenizer.dir' field (the saved tokenizer's folder)")
+    if not isinstance(manifest["shards"], list):
+        raise ValueError(f"{where}: the 'shards' field is a {type(manifest['shards']).__name__}, not a list")
+    for i, shard in enumerate(manifest["shards"]):
+        for field in ("file", "n_tokens"):
+            if not isinstance(shard, dict) or field not in shard:
+                raise ValueError(f"{where}: shards[{i}] has no {field!r} field")
     total = sum(int(s["n_tokens"]) for s in manifest["shards"])
     if total != int(manifest["n_tokens"]):
         raise ValueError(f"{where}: shards hold {total} tokens but n_tokens says {manifest['n_tokens']}")
@@ -231,6 +240,9 @@ def eval_batches(
     """
     if batch_size < 1 or seq_len < 1:
         raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size}, {seq_len}")
+    if max_tokens is not None and max_tokens < 0:
+        # a negative cap would make divmod give negative windows and a bogus remainder batch
+        raise ValueError(f"max_tokens must be >= 0 (or None for every target), got {max_tokens}")
     n_targets = max(len(tokens) - 1, 0)
     if max_tokens is not None:
         n_targets = min(n_targets, int(max_tokens))

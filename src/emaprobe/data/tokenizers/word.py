@@ -4,7 +4,8 @@ Words are whitespace-separated; every line ends with ``<eos>``, which is also th
 end-of-text id that separates documents. A newline inside a text encodes to
 ``<eos>`` and decodes back, so a file in PTB layout (one sentence a line) gives the
 same stream whether it is read as one document or as one document a line. Words
-outside the vocabulary become ``<unk>`` (PTB already spells rare words that way).
+outside the vocabulary become ``<unk>`` (PTB already spells rare words that way), and so
+does a literal ``<eos>`` in the text: only a newline or the pipeline places that id.
 The vocabulary is built from a training corpus and saved as a JSON word list.
 """
 
@@ -59,8 +60,10 @@ class WordTokenizer(Tokenizer):
         """
         counts: Counter[str] = Counter()
         for doc in documents:
-            counts.update(doc.split())
-            counts[eos] += doc.count("\n") + 1
+            words = doc.split()
+            counts.update(words)
+            # eos counts newlines and ends only: the eos word spelled in the text encodes to unk
+            counts[eos] += doc.count("\n") + 1 - words.count(eos)
         counts.setdefault(unk, 0)
         if max_vocab is not None and max_vocab < 2:
             raise ValueError(f"max_vocab must be >= 2 (room for {unk!r} and {eos!r}), got {max_vocab}")
@@ -76,7 +79,8 @@ class WordTokenizer(Tokenizer):
         ids: list[int] = []
         lines = text.split("\n")
         for i, line in enumerate(lines):
-            ids.extend(self.ids.get(w, self.unk_id) for w in line.split())
+            # the eos word spelled in the text is text, not a document end (the base-class contract)
+            ids.extend(self.unk_id if w == self.eos else self.ids.get(w, self.unk_id) for w in line.split())
             if i < len(lines) - 1:
                 ids.append(self.eot_id)
         return ids
