@@ -99,3 +99,21 @@ def test_gpt_compiled_generate_gives_the_eager_tokens():
         assert torch.equal(model(seq)[0][:, -n:].argmax(-1), eager)
     with pytest.raises(ContextLimitError, match=f"{bs + 1} new tokens do not fit"):
         next(model.generate(idx, bs + 1, temperature=0, compile=True))
+
+
+@pytest.mark.parametrize("temperature", [1e-300, 1e-37, 1e-30])
+def test_a_tiny_temperature_samples_the_argmax_instead_of_failing(temperature):
+    """Logits divided by a tiny temperature overflowed to inf (a NaN softmax, then multinomial's error);
+    with each row's max subtracted first the others go to -inf at most, and below float32's smallest
+    normal number the temperature is greedy."""
+    from emaprobe.models.common import sample_next
+
+    logits = torch.randn(4, V, generator=torch.Generator().manual_seed(0)) * 100  # (B, V)
+    for top_k in (None, 5):
+        assert torch.equal(sample_next(logits, temperature, top_k), logits.argmax(-1))
+
+
+def test_gpt_prompt_window_is_what_generate_keeps():
+    model = GPT(GPTConfig(vocab_size=V, block_size=24, d_model=16, n_layer=1, n_head=2, d_ff=32))
+    assert [model.prompt_window(n) for n in (0, 1, 10, 24)] == [24, 24, 15, 1]
+    assert small_spen("ema").prompt_window(10) is None

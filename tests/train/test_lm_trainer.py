@@ -168,8 +168,9 @@ def test_nan_loss_stops_run_and_keeps_last_good_checkpoint(tmp_path, log_every, 
 
 def test_losses_are_read_back_once_per_log_line_not_per_step(tmp_path, monkeypatch):
     # a read-back waits for every queued kernel (on a GPU the host then cannot run ahead of it): the loop
-    # makes one per log line, for all the steps since the last, and calls item() nowhere (CPU AdamW's own
-    # item() on its step counts, which the fused CUDA AdamW does not make, is not the loop's)
+    # makes one per log line, for all the steps since the last, and one item() per checkpoint, whether the
+    # weights are finite (CPU AdamW's own item() on its step counts, which the fused CUDA AdamW does not
+    # make, is not the loop's)
     reads, items = [], []
     tolist, item = torch.Tensor.tolist, torch.Tensor.item
 
@@ -181,7 +182,7 @@ def test_losses_are_read_back_once_per_log_line_not_per_step(tmp_path, monkeypat
     tokens = torch.randint(0, 32, (2_000,), generator=torch.Generator().manual_seed(0))
     cfg = TrainConfig(steps=12, batch_size=4, seq_len=16, log_every=4, ckpt_every=0, eval_every=0)
     train_lm(_PoisonedLM(32, after=10**9), LMData(train=tokens), cfg, tmp_path, quiet=True)
-    assert reads == [(4, 2)] * 3 and items == [], items
+    assert reads == [(4, 2)] * 3 and items == [()], items  # ckpt_every=0: the one checkpoint is the last step
     assert [m["step"] for m in _metrics(tmp_path)] == [4, 8, 12]
 
 

@@ -30,8 +30,14 @@ Data: `ptb` (Penn Treebank, word level; validation is ptb:valid), a folder writt
 OUT gets run.json (argv, git SHA, seed, resolved configs), metrics.jsonl, checkpoint.pt
 (atomic; --resume continues it exactly), model/ (safetensors + config.json) and tokenizer/.
 --resume of a run whose checkpoint is already at or past --steps prints that there is
-nothing to train, changes no file and exits 0; raise --steps to continue it. A resume
-with another model config or batch stream is an error naming each field that differs.
+nothing to train, changes no file (but brings model/ up to the checkpoint) and exits 0;
+raise --steps to continue it. A resume with another model config, batch stream or
+--data/--val is an error naming what differs; changed optimizer settings (lr, betas, eps,
+weight decay, clipping) apply from the resumed step on. Without a checkpoint.pt, an OUT
+holding a run stopped before its first checkpoint (run.json, metrics.jsonl) is started over
+with --resume and refused without it; one holding a trained model/ is refused either way,
+rather than overwritten. --resume says on stderr when it starts a run. A NaN or infinite
+loss, validation loss or weight stops the run and keeps the last good checkpoint.
 """
 
 EVAL_EPILOG = """\
@@ -50,6 +56,9 @@ examples:
 
 The prompt is read once; every new token is then fed alone through the model's
 recurrent state (SPEN's traces, O(1) memory; GPT's KV cache) and printed as it comes.
+A GPT's window does not slide: it reads only the prompt's last block_size - TOKENS + 1
+tokens, so that the new ones fit, and says on stderr how many it dropped (the whole
+prompt is still printed). A temperature below about 1e-38 is greedy, like 0.
 """
 
 CONFIGS_EPILOG = """\
@@ -235,7 +244,8 @@ def register(sub) -> None:
     p.add_argument(
         "--tokenizer", default=None, help="tokenizer name or saved folder (default: word for ptb, else gpt2)",
     )
-    p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out (start fresh if none)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the checkpoint in --out (without one, start the run there, said on stderr)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     # command: errors and interrupts name the subcommand ("emaprobe lm train: error: ...")
     p.set_defaults(func=_train, command="lm train", resume_hint="rerun with --resume to continue")

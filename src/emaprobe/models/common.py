@@ -122,13 +122,23 @@ def init_weights(model: nn.Module, std: float, n_layer: int) -> None:
             nn.init.normal_(mod.weight, mean=0.0, std=std)
 
 
+GREEDY_BELOW = torch.finfo(torch.float32).tiny  # sample_next: a smaller temperature (0 included) is greedy
+
+
 def sample_next(
     logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, generator=None
 ) -> torch.Tensor:
-    """logits (B, V) -> token ids (B,). temperature <= 0 means greedy."""
-    if temperature <= 0:
+    """logits (B, V) -> token ids (B,). temperature <= 0 means greedy.
+
+    Each row's max is subtracted before dividing by the temperature, so a tiny temperature sends the
+    other logits to -inf at most and never overflows the max to inf (whose softmax is NaN). Below
+    float32's smallest normal number a temperature could round to 0 there (0 / 0 for the max), so it is
+    greedy, as sampling is in that limit.
+    """
+    if temperature < GREEDY_BELOW:
         return logits.argmax(-1)
-    logits = logits.float() / temperature
+    logits = logits.float()
+    logits = (logits - logits.amax(-1, keepdim=True)) / temperature  # (B, V), each row's max now 0
     if top_k is not None and 0 < top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -202,8 +212,12 @@ class LanguageModel(nn.Module):
         return n - self.embedding_params() if exclude_embeddings else n
 
     # ------------------------------------------------------------------ save / load
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``model.safetensors`` and ``config.json`` into ``directory``, each atomically."""
+    def save_pretrained(self, directory: str | Path, extra: dict | None = None) -> Path:
+        """Write ``model.safetensors`` and ``config.json`` into ``directory``, each atomically.
+
+        ``extra`` adds fields to config.json (the trainer's ``checkpoint_step``), which ``from_pretrained``
+        does not read; config.json is written after the weights, so a field there never runs ahead of them.
+        """
         from safetensors.torch import save
 
         directory = Path(directory)
@@ -218,6 +232,7 @@ class LanguageModel(nn.Module):
                 "config": dataclasses.asdict(self.config),
                 "num_params": self.num_params(),
                 "emaprobe_version": __version__,
+                **(extra or {}),
             },
         )
         return directory
@@ -233,6 +248,12 @@ class LanguageModel(nn.Module):
         """Whether a one-token step keeps every state tensor's shape (a scan's h_T does, a growing KV
         cache does not, a preallocated one does): what ``generate(compile=True)`` needs."""
         return False
+
+    def prompt_window(self, max_new_tokens: int) -> int | None:
+        """How many of a prompt's last tokens ``generate`` keeps so that ``max_new_tokens`` new ones fit in
+        ``context_limit`` without sliding the window; None: all of them."""
+        limit = self.context_limit
+        return None if limit is None else limit - max(max_new_tokens - 1, 0)
 
     def _prefill(self, idx: torch.Tensor):
         """Logits (B, 1, V) at the last prompt position and the state after the prompt, read in
@@ -284,7 +305,7 @@ class LanguageModel(nn.Module):
                     f"{type(self).__name__}: {max_new_tokens} new tokens do not fit in the context of "
                     f"{limit} positions; ask for at most {limit} or raise block_size"
                 )
-            idx = idx[:, -(limit - max(max_new_tokens - 1, 0)) :]
+            idx = idx[:, -self.prompt_window(max_new_tokens) :]
         step = self._advance
         if compile:
             if self.static_state:

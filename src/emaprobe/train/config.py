@@ -10,6 +10,7 @@ Tokens per optimizer step = batch_size * seq_len * grad_accum * world_size.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -24,7 +25,10 @@ COMPILE_MODES = ("default", "reduce-overhead")
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW with linear warmup and cosine decay to ``min_lr_ratio * lr`` at the last step.
+    """AdamW with linear warmup and cosine decay toward ``min_lr_ratio * lr``.
+
+    The cosine reaches the floor one step after the last (at 0-based step ``steps``), so the
+    last step runs just above it (``schedule.lr_at``; committed results use this schedule).
 
     Weight decay applies to matrices only (dim >= 2; the nanoGPT convention), and not
     to the decay logits and gate biases of the context mixers, which are marked
@@ -41,8 +45,16 @@ class OptimConfig:
     grad_clip: float = 1.0  # max global grad norm; 0 turns clipping off
 
     def __post_init__(self) -> None:
+        # inf and NaN pass a plain comparison (NaN fails every one, so `x < 0` lets it through), and
+        # torch would then train on them silently (grad_clip=nan turned clipping off) or fail late
+        for name in ("lr", "weight_decay", "eps", "grad_clip"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"optim.{name} must be a finite number, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"optim.lr must be > 0, got {self.lr}")
+        if not self.eps > 0:
+            # eps=0 divides by a zero second moment (NaN weights after a step with a finite loss)
+            raise ValueError(f"optim.eps must be > 0 (AdamW divides by sqrt(v) + eps), got {self.eps}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"optim.min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
         if self.warmup_steps < 0:

@@ -29,7 +29,8 @@ checkpoint (written atomically) stays as it was.
 
 SIGTERM or SIGINT (``timeout``, a scheduler's preemption, Ctrl-C) on a single-process
 run finishes the step under way, writes a checkpoint there and raises
-``TrainingInterrupted``, so a resume loses no work; a second signal acts at once.
+``TrainingInterrupted``, so a resume loses no work (in the last step, after the run
+finished, so that a caller stops too); a second signal acts at once.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import json
 import math
 import os
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -52,7 +54,7 @@ import torch
 from tqdm import tqdm
 
 from emaprobe.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from emaprobe.train.config import COMPILE_MODES, TrainConfig
+from emaprobe.train.config import COMPILE_MODES, OptimConfig, TrainConfig
 from emaprobe.train.dist import (
     DistInfo,
     all_gather_objects,
@@ -75,7 +77,8 @@ RUN_NAME = "run.json"
 
 
 class TrainingDiverged(ValueError):
-    """The loss or gradient norm became NaN or infinite; the last good checkpoint is kept."""
+    """The loss, gradient norm, validation loss or (at a checkpoint) the weights became NaN or infinite;
+    the last good checkpoint is kept."""
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -139,19 +142,29 @@ def decays_weight(param: torch.nn.Parameter) -> bool:
     return param.dim() >= 2 and not getattr(param, "_no_weight_decay", False)
 
 
+def group_settings(o: OptimConfig) -> list[dict[str, Any]]:
+    """AdamW's settings for each of ``make_optimizer``'s groups, the decayed one first (lr aside: the
+    loop sets it every step)."""
+    common = {"betas": (o.beta1, o.beta2), "eps": o.eps}
+    return [{**common, "weight_decay": o.weight_decay}, {**common, "weight_decay": 0.0}]
+
+
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW with two groups: weight decay on the parameters ``decays_weight`` picks, none on the rest."""
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if decays_weight(p)]
     no_decay = [p for p in params if not decays_weight(p)]
-    groups = [
-        {"params": decay, "weight_decay": cfg.optim.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    o = cfg.optim
-    return torch.optim.AdamW(
-        groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=device.type == "cuda" or None
-    )
+    settings = group_settings(cfg.optim)
+    groups = [{"params": decay, **settings[0]}, {"params": no_decay, **settings[1]}]
+    return torch.optim.AdamW(groups, lr=cfg.optim.lr, fused=device.type == "cuda" or None)
+
+
+def apply_group_settings(optimizer: torch.optim.Optimizer, o: OptimConfig) -> None:
+    """Put this run's betas, eps and weight decay into ``optimizer``'s groups. ``load_state_dict``
+    restores the checkpoint's, so without this a resume that changes them would announce the change
+    and train on the old values; for unchanged settings it writes the values the groups already hold."""
+    for group, settings in zip(optimizer.param_groups, group_settings(o), strict=True):
+        group.update(settings)
 
 
 class NextTokenLoss(torch.nn.Module):
@@ -255,6 +268,55 @@ def _model_kind(cfg: Any) -> str | None:
     return None
 
 
+def check_out_dir(out: Path, resume: bool, run_files: Sequence[str] = (RUN_NAME, METRICS_NAME),
+                  kept: Sequence[str] = ()) -> bool:
+    """Whether ``out`` holds a checkpoint to resume; raise where starting there would lose a run.
+
+    A checkpoint needs ``resume``. Without one, ``run_files`` are those of a run stopped before its
+    first checkpoint: there is nothing to continue and nothing to lose (the same command makes the
+    same run), so ``resume`` starts it over and only a run without ``resume`` is refused, in case the
+    folder was named by mistake. ``kept`` files (a model exported at a checkpoint since deleted, to
+    save disk) are refused either way: a new run would overwrite them. Both errors name the files.
+    """
+    if (out / CHECKPOINT_NAME).exists():
+        if not resume:
+            raise ValueError(f"{out} already holds a checkpoint; pass --resume to continue it, or choose another --out")
+        return True
+
+    def present(names: Sequence[str]) -> list[str]:
+        return [name + "/" * (out / name).is_dir() for name in names if (out / name).exists()]
+
+    lost = present(kept)
+    if lost:
+        raise ValueError(
+            f"{out} holds a trained run's files ({', '.join(lost + present(run_files))}) but no {CHECKPOINT_NAME}, "
+            "so it can neither be resumed nor reused without losing them; choose a new --out, or remove those "
+            "files first"
+        )
+    found = present(run_files)
+    if found and not resume:
+        raise ValueError(
+            f"{out} holds the files of a run stopped before its first checkpoint ({', '.join(found)}); pass "
+            "--resume to start it over there, or choose a new --out"
+        )
+    return False
+
+
+def _check_data(ckpt: dict[str, Any], data_name: str, path: Path, note: bool = True) -> None:
+    """Refuse to resume on other data than the checkpoint's (its batches and validation numbers would mix
+    two corpora in one curve). A checkpoint from before the field was stored is resumed with a note."""
+    if "data" not in ckpt:
+        if note:
+            print(f"note: {path} does not record its training data (an older checkpoint); resuming without "
+                  "checking that --data and --val are the same", file=sys.stderr, flush=True)
+        return
+    if ckpt["data"] != data_name:
+        raise ValueError(
+            f"{path}: the checkpoint was trained on {ckpt['data']!r} but this run reads {data_name!r}; a resumed "
+            "run must read the same batches, so resume with the same --data and --val, or start a new --out"
+        )
+
+
 def _check_resume(ckpt: dict[str, Any], train_cfg: dict, model_cfg: Any, info: DistInfo, path: Path) -> str:
     """Raise if the checkpoint cannot continue as this run; return the train settings that changed ('' if none)."""
     saved_model = ckpt.get("model_config")
@@ -297,16 +359,22 @@ def train_lm(
     resume: bool = False,
     model_config: Any = None,
     extra_record: dict[str, Any] | None = None,
-    on_checkpoint: Callable[[torch.nn.Module, Path], None] | None = None,
+    on_checkpoint: Callable[[torch.nn.Module, Path, int], None] | None = None,
     quiet: bool = False,
     stop_after: int | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` for ``cfg.steps`` optimizer steps; returns the final metrics.
 
     ``model_config`` (a dataclass or dict) is recorded in run.json and the checkpoint,
-    and checked on resume. ``on_checkpoint(model, out_dir)`` runs on rank 0 after every
-    checkpoint (the CLI exports ``save_pretrained`` there). ``stop_after`` ends the
+    and checked on resume, as is ``data.name``. ``on_checkpoint(model, out_dir, step)`` runs on
+    rank 0 after every checkpoint, and on resume with the checkpoint's weights, so that an export
+    a killed or failed run left behind the checkpoint catches up (the CLI exports
+    ``save_pretrained`` there, and skips an export already at ``step``). ``stop_after`` ends the
     run after that many steps as if it were killed (tests use it).
+
+    A stop request (SIGTERM, SIGINT) that arrives during the last step is acted on after the
+    final checkpoint: ``TrainingInterrupted`` is raised all the same, so a caller running
+    several trainings stops too.
     """
     out = Path(out_dir)
     info = env_dist_info()
@@ -324,17 +392,26 @@ def train_lm(
     start_step, tokens_seen, metrics = 0, 0, []
     clock = {"before": 0.0, "since": 0.0}  # training seconds of earlier processes, and this one's start
 
-    if ckpt_path.exists() and not resume:
-        raise ValueError(f"{out} already holds a checkpoint; pass --resume to continue it, or choose another --out")
-    if resume and ckpt_path.exists():
+    has_ckpt = check_out_dir(out, resume)
+    # every rank has looked at the folder before rank 0 writes run.json into it below
+    barrier(info)
+    if resume and not has_ckpt and info.is_main:
+        again = (out / METRICS_NAME).exists() or (out / RUN_NAME).exists()
+        what = "the run there stopped before its first checkpoint; starting it over" if again else "starting a new run"
+        print(f"no checkpoint in {out}; {what}", file=sys.stderr, flush=True)
+    if has_ckpt:
         ckpt = load_checkpoint(ckpt_path, map_location="cpu")
         changed = _check_resume(ckpt, train_cfg, model_cfg, info, ckpt_path)
+        _check_data(ckpt, data.name, ckpt_path, note=info.is_main)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
+        apply_group_settings(optimizer, cfg.optim)
         sampler.load_state_dict(ckpt["sampler"][info.rank])
         set_rng_state(ckpt["rng"][info.rank])
         start_step, tokens_seen, metrics = ckpt["step"], ckpt["tokens"], list(ckpt["metrics"])
         clock["before"] = ckpt.get("train_s", 0.0)
+        if on_checkpoint is not None and info.is_main:
+            on_checkpoint(model, out, start_step)
         if start_step >= cfg.steps:
             # nothing to train: say so, keep every file as it is, and succeed
             note = (f"{ckpt_path} is already at step {start_step}, at or past steps={cfg.steps}; nothing to train "
@@ -402,13 +479,34 @@ def train_lm(
         pending.clear()
         for at, (loss_value, norm_value) in zip(steps, values):
             if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
-                where = f"step {last_ckpt_step} in {ckpt_path}" if last_ckpt_step else "none was written yet"
-                raise TrainingDiverged(
-                    f"training diverged at step {at}: loss {loss_value}, grad norm {norm_value}; "
-                    f"the last good checkpoint is kept ({where}). Lower --set train.optim.lr or raise "
-                    "--set train.optim.warmup_steps, then rerun with --resume"
-                )
+                raise diverged(at, f"loss {loss_value}, grad norm {norm_value}")
         return values[-1][0], values[-1][1]
+
+    def diverged(at: int, what: str) -> TrainingDiverged:
+        """The error for a bad step ``at``: what was not finite, which checkpoint is kept, what to do next."""
+        if last_ckpt_step:
+            kept, then = f"(step {last_ckpt_step} in {ckpt_path})", "rerun with --resume"
+        else:  # a resume would find no checkpoint, only this run's files
+            kept, then = "(none was written yet)", f"start again in a new --out (or remove {out} first)"
+        return TrainingDiverged(
+            f"training diverged at step {at}: {what}; the last good checkpoint is kept {kept}. Lower "
+            f"--set train.optim.lr or raise --set train.optim.warmup_steps, then {then}"
+        )
+
+    def checkpoint(done: int) -> None:
+        """Checkpoint step ``done`` and export it; a step whose update left NaN or infinite weights (from a
+        finite loss and gradient, e.g. a tiny optim.eps) is divergence instead, and the last good one stays."""
+        nonlocal last_ckpt_step
+        read_back()
+        if not weights_finite(model):
+            raise diverged(done, "the weights are NaN or infinite at its checkpoint, though every loss and grad "
+                                 "norm read was finite; check optim.eps and optim.lr")
+        _save(model, optimizer, sampler, cfg, train_cfg, model_cfg, info, done, tokens_seen, metrics, ckpt_path,
+              train_s(), data.name)
+        last_ckpt_step = done
+        if on_checkpoint is not None and info.is_main:
+            on_checkpoint(model, out, done)
+        barrier(info)
 
     def emit(rec: dict[str, Any]) -> None:
         metrics.append(rec)
@@ -469,6 +567,8 @@ def train_lm(
             if data.val is not None and at_eval:
                 read_back()
                 ev = evaluate()
+                if not math.isfinite(ev["loss"]):
+                    raise diverged(done, f"validation loss {ev['loss']}")
                 last_val = {"step": done, "val_loss": ev["loss"], "val_ppl": ev["ppl"], "val_bpb": ev["bpb"],
                             "val_tokens": ev["tokens"]}
                 emit(last_val)
@@ -476,20 +576,11 @@ def train_lm(
                     print(f"eval step {done}/{cfg.steps}  val loss {ev['loss']:.3f}  ppl {ev['ppl']:.2f}", flush=True)
                 t_log = time.perf_counter()  # evaluation time is not training throughput
             if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == cfg.steps:
-                read_back()
-                _save(model, optimizer, sampler, cfg, train_cfg, model_cfg, info, done, tokens_seen, metrics, ckpt_path,
-                      train_s())
-                last_ckpt_step = done
-                if on_checkpoint is not None and info.is_main:
-                    on_checkpoint(model, out)
-                barrier(info)
+                checkpoint(done)
             if request["signal"] is not None and done < cfg.steps:
                 read_back()
                 if last_ckpt_step != done:
-                    _save(model, optimizer, sampler, cfg, train_cfg, model_cfg, info, done, tokens_seen, metrics,
-                          ckpt_path, train_s())
-                    if on_checkpoint is not None:
-                        on_checkpoint(model, out)
+                    checkpoint(done)
                 raise TrainingInterrupted(
                     f"{signal.Signals(request['signal']).name} at step {done} of {cfg.steps}: checkpoint written to "
                     f"{ckpt_path}"
@@ -508,8 +599,25 @@ def train_lm(
             log_file.close()
         if writer is not None:
             writer.close()
+    if request["signal"] is not None:
+        # it came during the last step (or its checkpoint), past the loop's last look: the run is complete,
+        # but whoever started it (a CLI, a sweep of several runs) was asked to stop, so it must hear of it
+        raise TrainingInterrupted(
+            f"{signal.Signals(request['signal']).name} during the last step ({step + 1} of {cfg.steps}): the run "
+            f"finished and its checkpoint is written to {ckpt_path}"
+        )
     return {"step": last.get("step", start_step), "tokens": tokens_seen, "train": last, "val": last_val,
             "train_s": train_s(), "resumed_from": start_step or None}
+
+
+def weights_finite(model: torch.nn.Module) -> bool:
+    """Whether every parameter is finite: each tensor's max-abs (which NaN and inf reach, and which cannot
+    overflow as a sum of squares could), then one read-back. Checkpoint steps only: it waits for the device."""
+    params = [p.detach() for p in model.parameters()]
+    if not params:
+        return True
+    peaks = torch._foreach_norm(params, math.inf)
+    return bool(torch.stack([x.float() for x in peaks]).max().isfinite().item())
 
 
 def _raise_distributed_failure(err: Exception, info: DistInfo, step: int, ckpt_step: int | None, path: Path):
@@ -531,7 +639,8 @@ def _raise_distributed_failure(err: Exception, info: DistInfo, step: int, ckpt_s
     ) from err
 
 
-def _save(model, optimizer, sampler, cfg, train_cfg, model_cfg, info, step, tokens, metrics, path, train_s) -> None:
+def _save(model, optimizer, sampler, cfg, train_cfg, model_cfg, info, step, tokens, metrics, path, train_s,
+          data_name) -> None:
     # every rank's sampler and RNG state is gathered so that each one resumes its own stream
     samplers = all_gather_objects(sampler.state_dict(), info)
     rngs = all_gather_objects(rng_state(), info)
@@ -551,6 +660,7 @@ def _save(model, optimizer, sampler, cfg, train_cfg, model_cfg, info, step, toke
             "world_size": info.world_size,
             "seed": cfg.seed,
             "metrics": list(metrics),
+            "data": data_name,  # a resume on other data is refused (_check_data)
             "train_s": train_s,  # wall seconds of training (evaluations included) over every process so far
         },
     )

@@ -3,7 +3,8 @@
 ``run_lm_training`` resolves a named model config plus dotted overrides, the data
 spec and the tokenizer, then calls ``train_lm``. Besides what ``train_lm`` writes,
 the run folder gets ``tokenizer/`` (``load_tokenizer``) and ``model/``
-(``save_pretrained``, refreshed at every checkpoint), so ``evaluate_run`` and
+(``save_pretrained``, refreshed at every checkpoint and brought up to the checkpoint on
+resume; its config.json's ``checkpoint_step`` says which), so ``evaluate_run`` and
 ``stream_generate`` need nothing but the folder.
 """
 
@@ -27,7 +28,7 @@ from emaprobe.train.config import TrainConfig
 from emaprobe.train.corpus import load_lm_data, open_split
 from emaprobe.train.dist import DistInfo, env_dist_info, resolve_device
 from emaprobe.train.evaluate import evaluate_lm
-from emaprobe.train.lm import RUN_NAME, LMData, autocast_context, train_lm
+from emaprobe.train.lm import RUN_NAME, LMData, autocast_context, check_out_dir, train_lm
 from emaprobe.utils import apply_overrides, atomic_write_json, run_record
 
 MODEL_DIR = "model"
@@ -68,6 +69,7 @@ def run_lm_training(
     out = Path(out_dir)
     cfg = train_config(train_overrides, base_train)
     resolve_config(config, model_overrides, prefix="model.")  # a bad name or field fails before any data is read
+    check_out_dir(out, resume, kept=(MODEL_DIR,))  # and a folder that would lose a run
     streams, tok = lm_data if lm_data is not None else load_lm_data(data, val=val, tokenizer=tokenizer)
     model_cfg = resolve_config(config, model_overrides, vocab_size=tok.vocab_size, prefix="model.")
     block = getattr(model_cfg, "block_size", None)
@@ -81,11 +83,8 @@ def run_lm_training(
     if info.is_main:
         _save_tokenizer(tok, out / TOKENIZER_DIR)
 
-    def export(m: torch.nn.Module, folder: Path) -> None:
-        m.save_pretrained(folder / MODEL_DIR)
-
     result = train_lm(
-        model, streams, cfg, out, resume=resume, model_config=model_cfg, on_checkpoint=export, quiet=quiet,
+        model, streams, cfg, out, resume=resume, model_config=model_cfg, on_checkpoint=export_model, quiet=quiet,
         stop_after=stop_after,
         extra_record={"config_name": config, "tokenizer": tok.name, "vocab_size": tok.vocab_size},
     )
@@ -93,6 +92,29 @@ def run_lm_training(
                   num_params=model.num_params(), num_params_non_embedding=model.num_params(exclude_embeddings=True),
                   out_dir=str(out))
     return result
+
+
+def export_model(model: torch.nn.Module, run_dir: Path, step: int) -> None:
+    """``run_dir/model/`` from ``model`` at checkpoint ``step``, unless it already holds that step: on resume
+    this is how an export that a killed or failed run left behind its checkpoint catches up."""
+    folder = run_dir / MODEL_DIR
+    if exported_step(folder) == step:
+        return
+    model.save_pretrained(folder, extra={"checkpoint_step": step})
+
+
+def exported_step(folder: Path) -> int | None:
+    """The checkpoint step ``export_model`` wrote into ``folder``; None where it is missing (no export yet,
+    a weights file gone, or a folder from before the step was recorded)."""
+    from emaprobe.models.common import CONFIG_FILE, WEIGHTS_FILE
+
+    if not (folder / WEIGHTS_FILE).is_file() or not (folder / CONFIG_FILE).is_file():
+        return None
+    try:
+        meta = json.loads((folder / CONFIG_FILE).read_text())
+    except (OSError, ValueError):  # a damaged config.json is rewritten
+        return None
+    return meta.get("checkpoint_step") if isinstance(meta, dict) else None
 
 
 def _save_tokenizer(tok: Tokenizer, folder: Path) -> None:
@@ -208,7 +230,8 @@ def stream_generate(
 
     The arguments are checked before anything is yielded, so an error is never printed
     after the prompt. Prompt words a word-level tokenizer does not know are named in one
-    warning on stderr, since each becomes its unknown token.
+    warning on stderr, since each becomes its unknown token. A model with a context limit (GPT)
+    reads only the prompt's last ``prompt_window`` tokens; a line on stderr says how many were dropped.
     """
     check_generate_args(max_new_tokens, temperature, top_k)
     dev = resolve_device(device, DistInfo())
@@ -219,6 +242,12 @@ def stream_generate(
     ids = tok.encode(prompt)
     if not ids:
         raise ValueError("the prompt encodes to no tokens; give some text")
+    keep = model.prompt_window(max_new_tokens)
+    if keep is not None and len(ids) > keep:
+        # the whole prompt is still printed; only its last `keep` tokens condition the continuation
+        print(f"note: the model reads only the last {keep} of the prompt's {len(ids)} tokens (its first "
+              f"{len(ids) - keep} were dropped): its context of {limit} positions must also hold the "
+              f"{max_new_tokens} new ones", file=sys.stderr, flush=True)
     unknown = _unknown_words(tok, prompt)
     if unknown:
         print(f"warning: {len(unknown)} prompt word(s) are not in the {tok.name} tokenizer's vocabulary and became "
