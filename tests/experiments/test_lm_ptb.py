@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
@@ -64,7 +65,8 @@ def test_seeds_pair_the_variants_and_the_claims_carry_mean_std_and_interval(tmp_
     assert claim.ours == pytest.approx(sum(d) / 2, abs=1e-5)
     assert claim.std == pytest.approx(abs(d[0] - d[1]) / 2 ** 0.5, abs=1e-5)
     assert "seeds [0, 1]; 95% t-interval" in claim.note and "seeds [0, 1]" in claim.scale
-    assert claim.command == "emaprobe run lm_ptb --smoke --set seeds=0,1", "the seeds found, where the budget has others"
+    # the seeds and variants found, where the budget has others
+    assert claim.command == "emaprobe run lm_ptb --smoke --set seeds=0,1 --set variants='[\"spen-ema\", \"spen-selective\"]'"
     readme = (tmp_path / "README.md").read_text()
     assert "seeds 0, 1" in readme and "±" in readme
     assert "(2 seeds); selective against fixed EMA" in readme
@@ -150,3 +152,67 @@ def test_demo_content_section_compares_spen_and_gpt(tmp_path, capsys):
     )
     assert json.loads((tmp_path / "content.json").read_text())["section"] == "content"
     assert "SPEN-ema / GPT perplexity" in capsys.readouterr().out
+
+
+def test_the_claims_command_carries_every_setting_that_differs_from_its_budget():
+    cfg = dataclasses.replace(lm_ptb.smoke(), lr=1e-3, steps=6)
+    res = {"spen-ema": {0: {"experiment_config": dataclasses.asdict(cfg)}},
+           "gpt": {0: {"experiment_config": dataclasses.asdict(cfg)}}}
+    assert lm_ptb.rerun_command(res) == ("emaprobe run lm_ptb --smoke --set steps=6 --set lr=0.001 "
+                                         "--set variants='[\"spen-ema\", \"gpt\"]'")
+
+
+COMMITTED = Path(__file__).resolve().parents[2] / "results"
+
+
+@pytest.mark.parametrize("folder", ["lm_ptb", "lm_ptb_h200"])
+def test_the_committed_claims_keep_their_command(folder):
+    if not (COMMITTED / folder / "claims.json").is_file():
+        pytest.skip("needs the committed results/ (an installed package has none)")
+    committed = {c["command"] for c in json.loads((COMMITTED / folder / "claims.json").read_text())}
+    assert committed == {lm_ptb.rerun_command(lm_ptb.load_results(COMMITTED / folder))}
+
+
+def test_a_run_of_other_settings_is_refused_whatever_seeds_and_variants_it_asks_for(tmp_path, monkeypatch):
+    # the report reads every run in the folder, so a run of other settings at a new seed would mix in
+    cfg = dataclasses.replace(lm_ptb.smoke(), variants=("spen-ema",))
+    (tmp_path / "gpt-s4.json").write_text(json.dumps({"experiment_config": dataclasses.asdict(cfg)}))
+    monkeypatch.setattr(lm_ptb, "run_variant", lambda *a, **k: pytest.fail("a refused run must not train"))
+    with pytest.raises(ValueError, match=r"gpt-s4.json was made with other settings \(steps=4; this run has steps=5\)"):
+        lm_ptb.run(dataclasses.replace(cfg, steps=5, seeds=(3,)), tmp_path, quiet=True)
+    assert [p for p, _ in lm_ptb.conflicts(dataclasses.replace(cfg, steps=5), tmp_path)] == [tmp_path / "gpt-s4.json"]
+    assert lm_ptb.conflicts(dataclasses.replace(cfg, seeds=(7,), variants=("gpt",)), tmp_path) == []
+
+
+def test_a_corrupt_result_json_is_an_error_naming_the_file(tmp_path):
+    (tmp_path / "spen-ema-s0.json").write_text('{"broken')
+    for call in (lambda: lm_ptb.run(lm_ptb.smoke(), tmp_path, quiet=True), lambda: lm_ptb.load_results(tmp_path)):
+        with pytest.raises(ValueError, match=r"spen-ema-s0.json: malformed JSON at line 1"):
+            call()
+
+
+def test_a_seq_len_past_a_variants_context_is_refused_before_any_training():
+    with pytest.raises(ValueError, match=r"seq_len=512 is longer than the context of variant\(s\) gpt \(gpt-tiny, "
+                                         r"block_size=256\); lower --set seq_len to 256 or less, or leave them out "
+                                         r"with --set variants=spen-ema,"):
+        lm_ptb.Config(seq_len=512)
+    assert lm_ptb.Config(seq_len=512, variants=("spen-ema",)).seq_len == 512  # SPEN has no block size
+
+
+def test_a_stop_mid_run_says_the_run_starts_again_and_where_the_finished_ones_are(tmp_path, monkeypatch):
+    from emaprobe.train import TrainingInterrupted
+
+    cfg = dataclasses.replace(lm_ptb.smoke(), variants=("spen-ema", "gpt"))
+    monkeypatch.setattr(lm_ptb, "ptb_data", lambda: None)
+
+    def run_variant(v, c, seed, data, run_dir, **kw):
+        if v.name == "gpt":  # the trainer's own message names a checkpoint in run_dir, a temporary folder
+            raise TrainingInterrupted(f"SIGINT at step 2 of 4: checkpoint written to {run_dir / 'checkpoint.pt'}")
+        return {"experiment_config": dataclasses.asdict(c), "train_config": {"seed": seed}}
+
+    monkeypatch.setattr(lm_ptb, "run_variant", run_variant)
+    with pytest.raises(KeyboardInterrupt) as err:
+        lm_ptb.run(cfg, tmp_path, quiet=True)
+    text = str(err.value)
+    assert "checkpoint written" not in text and text.startswith("SIGINT: gpt seed 0 stopped part way and starts again")
+    assert f"the 1 of 2 runs finished are kept in {tmp_path}/" in text and (tmp_path / "spen-ema-s0.json").is_file()

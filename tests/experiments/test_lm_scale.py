@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -237,3 +238,69 @@ def test_smoke_run_writes_runs_report_and_claims(tmp_path, capsys):
     before = {p: p.stat().st_mtime_ns for p in runs}
     run_experiment("lm_scale", budget="smoke", overrides=overrides, out=out)
     assert {p: p.stat().st_mtime_ns for p in runs} == before
+
+
+def test_a_jobs_checkpoint_folder_is_keyed_by_every_setting_its_numbers_depend_on():
+    cfg, job = L.smoke(), L.Job("gpt", "tiny", 1e-3, 0, 64)
+    folder = L.job_folder(job, cfg)
+    assert folder.parent == L.work_dir(cfg) / "jobs" and folder.name.startswith(job.name + "-")
+    # how and where jobs run, and which others run, leave it where an interrupted run finds it again
+    for how in (dict(parallel=3), dict(workers=4), dict(stages=("lr",)), dict(only="gpt-*"), dict(seeds=5),
+                dict(ckpt_every=7), dict(headline_variants=("spen-selective",))):
+        assert L.job_folder(dataclasses.replace(job, ckpt_every=7), dataclasses.replace(cfg, **how)) == folder, how
+    for what in (dict(weight_decay=0.0), dict(warmup_frac=0.5), dict(min_lr_ratio=0.9), dict(seq_len=8),
+                 dict(batch_size=3), dict(eval_batches=1), dict(compile=True), dict(train="ptb:valid")):
+        assert L.job_folder(job, dataclasses.replace(cfg, **what)) != folder, what
+    assert L.job_folder(dataclasses.replace(job, seed=1), cfg) != folder
+
+
+def test_other_settings_never_resume_a_checkpoint_nor_pass_for_done(tmp_path, capsys):
+    # the audit's case: the same work_dir, other settings: every job must train, not read the first run's checkpoint
+    work = {"work_dir": str(tmp_path / "work"), "stages": "lr", "lrs": "0.001"}  # two jobs: spen-ema and gpt
+    run_experiment("lm_scale", budget="smoke", overrides=work, out=tmp_path / "a")
+    other = {**work, "weight_decay": "0.0", "warmup_frac": "0.5", "min_lr_ratio": "0.9"}
+    run_experiment("lm_scale", budget="smoke", overrides=other, out=tmp_path / "b")
+    assert "nothing to train" not in capsys.readouterr().out
+    a, b = ({p.name: json.loads(p.read_text()) for p in (tmp_path / d / "runs").glob("*.json")} for d in "ab")
+    assert set(a) == set(b) and len(a) == 2
+    for name in a:
+        assert b[name]["experiment_config"]["weight_decay"] == 0.0
+        assert b[name]["train_curve"] != a[name]["train_curve"], name
+    # the same --out with other settings: its finished jobs are another config's, so the run is refused
+    before = {p: p.read_bytes() for p in (tmp_path / "a" / "runs").glob("*.json")}
+    with pytest.raises(ValueError, match=r"runs/.*\.json holds lm_scale results made with other settings \("
+                                         r"min_lr_ratio: 0.1 there, 0.9 now; warmup_frac: 0.02 there, 0.5 now; "
+                                         r"weight_decay: 0.1 there, 0.0 now\) \(and 1 more .*--overwrite"):
+        run_experiment("lm_scale", budget="smoke", overrides=other, out=tmp_path / "a")
+    with pytest.raises(ValueError, match="made with other settings"):  # the module itself, called directly
+        L.run(_smoke_with(other), tmp_path / "a")
+    assert {p: p.read_bytes() for p in before} == before
+    run_experiment("lm_scale", budget="smoke", overrides=other, out=tmp_path / "a", overwrite=True)
+    assert {n: json.loads((tmp_path / "a" / "runs" / n).read_text())["train_curve"] for n in a} == \
+        {n: r["train_curve"] for n, r in b.items()}, "replaced: the same settings give the same numbers"
+
+
+def _smoke_with(overrides: dict) -> L.Config:
+    from emaprobe.experiments.protocol import config_for, get_experiment
+
+    return config_for(get_experiment("lm_scale"), "smoke", overrides)
+
+
+def test_the_claims_command_carries_the_settings_every_run_shares():
+    cfg = dataclasses.asdict(dataclasses.replace(L.smoke(), weight_decay=0.0, work_dir="w", stages=("lr",), parallel=2))
+    runs = {"a": {"experiment_config": cfg}, "b": {"experiment_config": {**cfg, "seeds": 3}}}
+    # seeds differ between the runs (a folder filled stage by stage): no one command set them, so none is named
+    assert L.rerun_command(runs, Path("out")) == "emaprobe run lm_scale --smoke --set weight_decay=0.0 --out out"
+    gpu = dataclasses.asdict(L.gpu())
+    assert L.rerun_command({"a": {"experiment_config": gpu}}, "results/lm_scale") == (
+        "EMAPROBE_DATA=... emaprobe run lm_scale --budget gpu --out results/lm_scale")
+
+
+COMMITTED = Path(__file__).resolve().parents[2] / "results" / "lm_scale"
+
+
+@pytest.mark.skipif(not (COMMITTED / "claims.json").is_file(), reason="needs the committed results/")
+def test_the_committed_folder_keeps_its_command_and_resumes_under_its_budget():
+    committed = {c["command"] for c in json.loads((COMMITTED / "claims.json").read_text())}
+    assert committed == {L.rerun_command(L.load_runs(COMMITTED), Path("results/lm_scale"))}
+    assert L.conflicts(L.gpu(), COMMITTED) == [], "a staged folder: plan fields differ between its runs, not settings"

@@ -1,7 +1,10 @@
 """The experiment protocol: claim rows that cannot lie about their form, verdict rules, the registry."""
 
+import dataclasses
 import json
 import math
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -108,3 +111,120 @@ def test_a_report_of_foreign_json_is_a_named_error(tmp_path):
     (tmp_path / protocol.get_experiment("probe_lag").RESULT).write_text('{"per_seed": []}')
     with pytest.raises(ValueError, match=r"the probe_lag JSON there lacks what the report reads \(KeyError: 'config'\)"):
         protocol.run_experiment("probe_lag", out=tmp_path, report_only=True)
+
+
+# ---------------------------------------------------------------------------- one config a folder
+
+
+def _fake_experiment(monkeypatch):
+    """A registered experiment whose one JSON (``RESULT``) records its config, as the probes' do."""
+    import sys
+    import types
+    from dataclasses import asdict, dataclass
+
+    from emaprobe.utils import atomic_write_json, read_json
+
+    mod = types.ModuleType("fake_experiments.folder")
+
+    @dataclass(frozen=True)
+    class Config:
+        seeds: int = 5
+        scale: float = 1.0
+        workers: int = 1
+
+    def run(cfg, out):
+        atomic_write_json(out / "result.json", {"config": asdict(cfg), "values": [cfg.scale] * cfg.seeds})
+
+    def report(out):
+        r = read_json(out / "result.json")
+        write_claims(out, [protocol.Claim(**{**ROW, "seeds": len(r["values"]), "std": None if len(r["values"]) == 1
+                                             else 0.0, "ours": r["values"][0]})])
+
+    mod.NAME, mod.Config, mod.run, mod.report, mod.RESULT = "folder", Config, run, report, "result.json"
+    mod.EXECUTION_FIELDS = ("workers",)
+    mod.smoke = lambda: Config(seeds=1, scale=0.5)
+    monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    monkeypatch.setitem(protocol.EXPERIMENTS, "folder", mod.__name__)
+    return mod
+
+
+def test_a_folder_of_another_configs_results_is_refused_unless_overwrite(monkeypatch, tmp_path, capsys):
+    from emaprobe.cli import main
+
+    _fake_experiment(monkeypatch)
+    out = tmp_path / "folder"
+    protocol.run_experiment("folder", out=out)  # the default: 5 seeds
+    protocol.run_experiment("folder", out=out, overrides={"workers": "4"})  # how it runs: the same config goes on
+    assert json.loads((out / "result.json").read_text())["config"]["seeds"] == 5
+    before = (out / "result.json").read_bytes()
+    with pytest.raises(ValueError, match=r"result.json holds folder results made with other settings \(scale: 1.0 "
+                                         r"there, 0.5 now; seeds: 5 there, 1 now\).*choose another --out, or pass "
+                                         r"--overwrite"):
+        protocol.run_experiment("folder", budget="smoke", out=out)
+    assert main(["run", "folder", "--smoke", "--out", str(out)]) == 2
+    assert f"{out / 'result.json'} holds folder results" in capsys.readouterr().err
+    assert (out / "result.json").read_bytes() == before, "nothing is overwritten"
+    assert main(["run", "folder", "--smoke", "--out", str(out), "--overwrite"]) == 0
+    assert "removed" in capsys.readouterr().out
+    assert json.loads((out / "result.json").read_text())["config"]["seeds"] == 1
+    assert read_claims(out)[0].seeds == 1
+    # the default folder, runs/folder, is scratch: each run replaces it, as before
+    monkeypatch.chdir(tmp_path)
+    protocol.run_experiment("folder")
+    protocol.run_experiment("folder", budget="smoke")
+    assert json.loads((tmp_path / "runs" / "folder" / "result.json").read_text())["config"]["seeds"] == 1
+
+
+def test_report_only_refuses_what_it_would_ignore(monkeypatch, tmp_path, capsys):
+    from emaprobe.cli import main
+
+    _fake_experiment(monkeypatch)
+    protocol.run_experiment("folder", out=tmp_path)
+    for extra in (["--set", "seeds=abc"], ["--smoke"], ["--budget", "smoke"], ["--overwrite"]):
+        assert main(["run", "folder", "--report-only", *extra, "--out", str(tmp_path)]) == 2, extra
+        err = capsys.readouterr().err
+        assert "--report-only rebuilds the report from the JSON already in" in err and "would be ignored" in err
+    assert main(["run", "folder", "--report-only", "--out", str(tmp_path)]) == 0
+
+
+def test_config_diff_names_nested_fields_and_reads_tuples_as_lists():
+    there = {"seeds": [0, 1], "data": {"n_train": 4000, "n_val": 500}, "threads": 1, "old": 3}
+    now = {"seeds": (0, 1), "data": {"n_train": 300, "n_val": 500}, "threads": 2, "new": 4}
+    assert protocol.config_diff(there, now, ignore=("threads",)) == {
+        "data.n_train": (4000, 300), "new": ("absent", 4), "old": (3, "absent")}
+    assert protocol.config_diff(there, now, ignore=("threads",), predates_ok=True) == {"data.n_train": (4000, 300)}
+    assert protocol.config_diff(there, now, ignore=("data",), predates_ok=True) == {"threads": (1, 2)}
+
+
+COMMITTED = Path(__file__).resolve().parents[2] / "results"
+
+
+@pytest.mark.skipif(not (COMMITTED / "probes" / "probe_mqar_gpu_long" / "mqar.json").is_file(),
+                    reason="needs the committed results/ (an installed package has none)")
+def test_probe_mqar_refuses_a_committed_folder_of_another_budget_before_writing(tmp_path):
+    from emaprobe.experiments import probe_mqar
+
+    out = tmp_path / "probe_mqar_gpu_long"
+    shutil.copytree(COMMITTED / "probes" / "probe_mqar_gpu_long", out)
+    before = (out / "mqar.json").read_bytes()
+    with pytest.raises(ValueError, match=r"mqar.json holds probe_mqar results made with other settings \(.*budget: "
+                                         r"'gpu_long' there, 'smoke' now"):
+        protocol.run_experiment("probe_mqar", budget="smoke", out=out)
+    assert (out / "mqar.json").read_bytes() == before and not (out / "partial").exists()
+    # its own resume rule is the same: the committed budget goes on from the committed rows
+    assert protocol.stored_conflicts(probe_mqar, probe_mqar.gpu_long(), out) == []
+
+
+def test_common_command_sets_nested_fields_lists_and_shell_words():
+    from emaprobe.experiments.common import command, nearest_budget
+    from emaprobe.experiments.roles import smoke as roles_smoke
+
+    cfg = dataclasses.asdict(dataclasses.replace(roles_smoke(), seeds=2, treebank="",
+                                                 budgets=(10, 20), eval_grammars=("a b.yaml",)))
+    cfg["two_stage"]["n_units"] = 9
+    assert nearest_budget("roles", cfg) == "smoke"
+    assert command("roles", Path("o"), cfg, budget="smoke") == (
+        "emaprobe run roles --smoke --set two_stage.n_units=9 --set budgets=10,20 --set seeds=2 "
+        "--set eval_grammars='[\"a b.yaml\"]' --set treebank= --out o")
+    assert command("lm_scale", None, {"train": "my text/*.xz"}) == "emaprobe run lm_scale --set 'train=my text/*.xz'"
+    assert nearest_budget("roles", dataclasses.asdict(protocol.get_experiment("roles").Config())) == "default"

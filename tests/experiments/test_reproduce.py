@@ -7,7 +7,7 @@ import base64
 import json
 import sys
 import types
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import pytest
 
@@ -43,7 +43,7 @@ def _fake_module(name: str, *, requires=None, fail: bool = False) -> types.Modul
         if fail:
             raise RuntimeError("the fake experiment broke")
         values = [cfg.scale * (2.0 + 0.1 * s) for s in range(cfg.seeds)]
-        atomic_write_json(out / "result.json", {"values": values, "seeds": cfg.seeds})
+        atomic_write_json(out / "result.json", {"config": asdict(cfg), "values": values, "seeds": cfg.seeds})
 
     def report(out):
         r = read_json(out / "result.json")
@@ -54,7 +54,7 @@ def _fake_module(name: str, *, requires=None, fail: bool = False) -> types.Modul
                                  command=f"emaprobe run {name}", labels="0", note="a fake claim")])
         _png(out / "curve.png")
 
-    mod.NAME, mod.Config, mod.run, mod.report = name, Config, run, report
+    mod.NAME, mod.Config, mod.run, mod.report, mod.RESULT = name, Config, run, report, "result.json"
     mod.smoke = lambda: Config(seeds=3, scale=0.5)
     mod.BUDGETS = {"gpu": lambda: Config(seeds=3, scale=4.0)}
     if requires is not None:
@@ -135,23 +135,60 @@ def test_a_failed_experiment_is_reported_and_sets_the_exit_code(monkeypatch, tmp
 @pytest.mark.parametrize(
     "content, words",
     [
-        ("{not json", "claims.json"),
-        ('{"claim": "x"}', "expected a JSON list of claims"),
-        ('[{"claim": "x", "metric": "m", "paper": 1, "ours": 1, "std": null, "seeds": 3, "scale": "s",'
-         ' "verdict": "maybe", "command": "c"}]', "row 0: claim 'x': verdict must be one of"),
-        ('[{"claim": "x", "ourz": 1}]', "row 0 has unknown fields ['ourz']"),
+        (b"{not json", "malformed JSON at line 1"),
+        (b'{"broken', "malformed JSON at line 1"),
+        (b"[\xff\xfe]", "not UTF-8 text (byte 1"),
+        (b'{"claim": "x"}', "expected a JSON list of claims"),
+        (b'[{"claim": "x", "metric": "m", "paper": 1, "ours": 1, "std": null, "seeds": 3, "scale": "s",'
+         b' "verdict": "maybe", "command": "c"}]', "row 0: claim 'x': verdict must be one of"),
+        (b'[{"claim": "x", "ourz": 1}]', "row 0 has unknown fields ['ourz']"),
     ],
-    ids=["bad-json", "not-a-list", "bad-verdict", "unknown-field"],
+    ids=["bad-json", "cut-short", "not-utf8", "not-a-list", "bad-verdict", "unknown-field"],
 )
-def test_malformed_claims_json_is_an_error_naming_the_file(fake_registry, tmp_path, capsys, content, words):
-    folder = tmp_path / "results" / "fake"
+def test_an_unreadable_claims_json_fails_its_entry_and_the_report_is_still_written(fake_registry, tmp_path, capsys,
+                                                                                   content, words):
+    root = tmp_path / "results"
+    write_claims(root / "good", [Claim(claim="c1", metric="m", paper=None, ours=1.0, std=None, seeds=3, scale="s",
+                                       verdict="inconclusive", command="emaprobe run good")])
+    folder = root / "fake"
     folder.mkdir(parents=True)
-    (folder / "claims.json").write_text(content)
-    with pytest.raises(ValueError, match="claims.json") as err:
-        read_all(tmp_path / "results")
-    assert words in str(err.value) and str(folder / "claims.json") in str(err.value)
-    assert main(["reproduce", "--from", str(tmp_path / "results"), "--out", str(tmp_path / "rep")]) == 2
-    assert str(folder / "claims.json") in capsys.readouterr().err
+    (folder / "claims.json").write_bytes(content)
+    entries = {e.name: e for e in read_all(root)}
+    assert entries["fake"].status == "failed" and str(folder / "claims.json") in entries["fake"].reason
+    assert words in entries["fake"].reason
+    assert entries["good"].status == "read", "one bad file costs its own row, not the others'"
+    assert main(["reproduce", "--from", str(root), "--out", str(tmp_path / "rep")]) == 1
+    printed = capsys.readouterr().out
+    assert "fake" in printed and str(folder / "claims.json") in printed and "1 experiment(s) failed" in printed
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| good | c1 |" in md and str(folder / "claims.json") in md
+
+
+def test_only_finds_an_experiment_where_the_whole_read_finds_it(fake_registry, tmp_path):
+    root = tmp_path / "results"
+    claim = Claim(claim="c1", metric="m", paper=None, ours=1.0, std=None, seeds=3, scale="s",
+                  verdict="inconclusive", command="emaprobe run fake")
+    write_claims(root / "probes" / "fake", [claim])
+    (entry,) = read_all(root, ["fake"])  # as results/probes/probe_lag for --only probe_lag
+    assert (entry.name, entry.status, entry.folder) == ("probes/fake", "read", str(root / "probes" / "fake"))
+    assert [e.name for e in read_all(root) if e.status == "read"] == [entry.name]
+
+
+def test_a_run_into_folders_of_other_settings_is_refused_before_anything_runs(fake_registry, tmp_path, capsys):
+    reproduce("smoke", out=tmp_path, names=["fake"], log=lambda *_: None)
+    before = (tmp_path / "fake" / "result.json").read_bytes()
+    fake_registry["fake"].run = lambda cfg, out: pytest.fail("a refused run must not start")
+    # --budget cpu: fake has no cpu budget, so its default (5 seeds, scale 1) against the smoke run's
+    assert main(["reproduce", "--budget", "cpu", "--only", "fake", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'fake' / 'result.json'} holds fake results made with other settings" in err
+    assert "scale: 0.5 there, 1.0 now; seeds: 3 there, 5 now" in err and "--overwrite" in err
+    assert (tmp_path / "fake" / "result.json").read_bytes() == before
+    fake_registry["fake"].run = _fake_module("fake").run
+    assert main(["reproduce", "--budget", "cpu", "--only", "fake", "--out", str(tmp_path), "--overwrite"]) == 0
+    assert read_json(tmp_path / "fake" / "result.json")["seeds"] == 5
+    # the same budget again: the same config, so it goes on (reruns) without a word
+    assert main(["reproduce", "--budget", "cpu", "--only", "fake", "--out", str(tmp_path)]) == 0
 
 
 def test_bad_arguments_are_named(tmp_path, capsys):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -69,6 +71,8 @@ def test_smoke_via_run_writes_json_report_plots_and_claims(tmp_path, monkeypatch
     for c in rows.values():
         assert c.labels and c.labels != "n/a" and c.verdict == "inconclusive"  # one seed decides nothing
     assert rows["transfer_b"].paper == 61.8 and rows["hebbian_over_bigru_within_a"].paper == 0.96
+    # the command that made these numbers: the smoke budget and its override, not the committed 5-seed run's
+    assert {c.command for c in rows.values()} == {f"emaprobe run roles --smoke --set treebank= --out {out}"}
     assert "named by the within-A test set's own roles" in rows["hebbian_over_bigru_within_a"].note
     # report() reads only the JSON: delete the outputs and rebuild them
     for name in ("README.md", "claims.json", "roles.png"):
@@ -217,3 +221,35 @@ def test_an_interrupted_run_keeps_its_finished_seeds_and_only_those_of_its_own_s
     assert "made by other code or settings: seed 0" in capsys.readouterr().out
     assert [r["seed"] for r in result["per_seed"]] == [0, 1, 2] and not (out / "partial").exists()
     assert result["config"]["two_stage"]["n_units"] == 9
+
+
+COMMITTED = Path(__file__).resolve().parents[2] / "results" / "roles"
+needs_committed = pytest.mark.skipif(not (COMMITTED / "roles.json").is_file(),
+                                     reason="needs the committed results/ (an installed package has none)")
+
+
+@needs_committed
+def test_the_committed_claims_keep_their_command():
+    result = json.loads((COMMITTED / "roles.json").read_text())
+    committed = {c["command"] for c in json.loads((COMMITTED / "claims.json").read_text())}
+    assert committed == {roles.rerun_command(result, Path("results/roles"))}
+
+
+@needs_committed
+def test_a_smoke_run_into_a_copy_of_the_committed_folder_is_refused(tmp_path, capsys):
+    out = tmp_path / "roles"
+    shutil.copytree(COMMITTED, out)
+    before = (out / "roles.json").read_bytes()
+    assert main(["run", "roles", "--smoke", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'roles.json'} holds roles results made with other settings" in err
+    assert "seeds: 5 there, 1 now" in err and "--overwrite" in err
+    assert main(["run", "roles", "--report-only", "--set", "seeds=abc", "--out", str(out)]) == 2
+    assert "--set would be ignored" in capsys.readouterr().err
+    assert (out / "roles.json").read_bytes() == before
+
+
+def test_a_corrupt_roles_json_is_an_error_naming_the_file(tmp_path):
+    (tmp_path / "roles.json").write_text('{"broken')
+    with pytest.raises(ValueError, match=r"roles.json: malformed JSON at line 1"):
+        roles.report(tmp_path)

@@ -11,11 +11,17 @@ examples:
   emaprobe run roles --set seeds=2                  any config field, dotted for nested ones
   emaprobe run lm_scale --budget gpu --out results/lm_scale     the committed results
   emaprobe run lm_scale --report-only --out results/lm_scale    rebuild README, plots, claims
+  emaprobe run roles --smoke --out runs/roles --overwrite        replace results of other settings
 
 Output goes to runs/NAME/ (ignored by git) unless --out names another folder; write into
-results/ only on purpose. lm_scale keeps its checkpoints and token caches apart from the
-output, in runs/lm_scale-work/ under the current folder (--set work_dir=DIR moves them), and
-says so when it starts. Each experiment writes JSON, then a report made from that JSON
+results/ only on purpose. A folder named with --out holds one config's results: the same
+command goes on from where it stopped, and a run whose settings differ from those of the
+results already there is refused (it names the file and the fields) unless --overwrite
+removes them; the default runs/NAME/ is scratch that a run replaces (lm_ptb and lm_scale,
+which keep a file a run, still refuse to mix runs of other settings there).
+lm_scale keeps its checkpoints and token caches apart from the output, in
+runs/lm_scale-work/ under the current folder (--set work_dir=DIR moves them), and says so
+when it starts. Each experiment writes JSON, then a report made from that JSON
 alone: README.md, PNG plots and claims.json (the paper's figure beside ours, with seeds,
 scale, labels used and a verdict).
 """
@@ -44,9 +50,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.smoke and args.budget not in (None, "smoke"):
         raise ValueError("--smoke and --budget name two budgets; give one")
     budget = "smoke" if args.smoke else (args.budget or "default")
-    folder = run_experiment(
-        args.name, budget=budget, overrides=parse_set(args.set), out=args.out, report_only=args.report_only
-    )
+    folder = run_experiment(args.name, budget=budget, overrides=parse_set(args.set), out=args.out,
+                            report_only=args.report_only, overwrite=args.overwrite)
     print(f"wrote {folder}/ (README.md, claims.json and the JSON it was made from)")
     return 0
 
@@ -67,5 +72,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", metavar="FIELD=VALUE",
                    help="override a config field, dotted for nested ones (repeatable)")
     p.add_argument("--out", default=None, help="output folder (default: runs/NAME)")
-    p.add_argument("--report-only", action="store_true", help="rebuild the report from the JSON already in --out")
+    p.add_argument("--report-only", action="store_true",
+                   help="rebuild the report from the JSON already in --out (takes no --smoke, --budget or --set)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="remove this experiment's results in --out that were made with other settings, then run "
+                   "(without it such a folder is refused)")
     p.set_defaults(func=_run)

@@ -237,20 +237,58 @@ def write_result(stem: Path, result: dict, draw) -> None:
     print(f"wrote {stem.with_suffix('.png')}")
 
 
-def command(name: str, out: Path, cfg: dict) -> str:
-    """The ``emaprobe run`` line that rebuilds ``cfg``: its budget plus a ``--set`` per field that differs."""
+def _set_item(key: str, value) -> str:
+    """One ``--set`` as a shell reads it: a list of numbers comma-joined (``seeds=0,1``), any other list as
+    quoted JSON, a scalar as Python prints it (quoted only where the shell would change it: a glob, a space,
+    an empty value)."""
+    import json
+    import shlex
+
+    if isinstance(value, (list, tuple)):
+        numbers = value and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        return f"--set {key}={','.join(map(str, value))}" if numbers else f"--set {key}='{json.dumps(list(value))}'"
+    return f"--set {shlex.quote(f'{key}={value}')}"
+
+
+def _flat_config(cfg) -> dict:
+    """A config (dataclass or dict) as ``{dotted field: value}``, tuples as lists (as JSON gives them back)."""
     import dataclasses
     import json
 
+    from emaprobe.experiments.protocol import flatten_config
+
+    as_dict = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+    return flatten_config(json.loads(json.dumps(as_dict, default=str)))
+
+
+def nearest_budget(name: str, cfg: dict) -> str:
+    """The named budget of experiment ``name`` whose config differs from ``cfg`` in the fewest fields (the ones both
+    have; ``default`` first on a tie): for results that record their config but not the budget it started from."""
     from emaprobe.experiments.protocol import budgets, get_experiment
 
-    budget = cfg.get("budget") or "default"
+    have = _flat_config(cfg)
+
+    def distance(make) -> int:
+        base = _flat_config(make())
+        return sum(base[k] != have[k] for k in base.keys() & have.keys())
+
     table = budgets(get_experiment(name))
-    base = dataclasses.asdict(table[budget]()) if budget in table else {}
-    sets = [f"--set {k}='{json.dumps(v)}'" if isinstance(v, (list, tuple)) else f"--set {k}={v}"
-            for k, v in cfg.items() if k in base and base[k] != v and not (isinstance(v, list) and list(base[k]) == v)]
-    b = f" --budget {budget}" if budget != "default" else ""
-    return " ".join([f"emaprobe run {name}{b}", *sets, f"--out {out}"])
+    order = ["default", *(b for b in table if b != "default")]
+    return min(order, key=lambda b: distance(table[b]))
 
 
-__all__ = ["command", "pick_device", "pyplot", "save_fig", "write_result"]
+def command(name: str, out: Path | None, cfg: dict, budget: str | None = None) -> str:
+    """The ``emaprobe run`` line that rebuilds ``cfg``: its budget (``cfg``'s own ``budget`` field, else ``budget``,
+    else ``default``) plus a ``--set`` per field that differs from that budget's config (dotted where nested; a
+    field the budget lacks is left out), then ``--out out`` unless ``out`` is None."""
+    budget = cfg.get("budget") or budget or "default"
+    from emaprobe.experiments.protocol import budgets, get_experiment
+
+    table = budgets(get_experiment(name))
+    base = _flat_config(table[budget]()) if budget in table else {}
+    sets = [_set_item(k, v) for k, v in _flat_config(cfg).items() if k in base and base[k] != v]
+    b = {"default": "", "smoke": " --smoke"}.get(budget, f" --budget {budget}")
+    return " ".join([f"emaprobe run {name}{b}", *sets, *([f"--out {out}"] if out is not None else [])])
+
+
+__all__ = ["command", "nearest_budget", "pick_device", "pyplot", "save_fig", "write_result"]

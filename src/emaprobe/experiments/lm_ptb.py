@@ -22,9 +22,10 @@ Seeds:     every variant runs at every seed (default 0, 1, 2); a seed fixes the 
            weights and the batches, the same for every variant, so comparisons are paired
            by seed, and the claims carry mean ± std and a 95% t-interval over seeds.
 Resume:    each (variant, seed) run is its own JSON; a rerun keeps those already in OUT
-           with the same settings and refuses ones made with others, so an interrupted
-           run continues, and seeds or variants run in separate processes into one OUT
-           (``--set variants=gpt,spen-ema`` in one, the rest in another).
+           with the same settings and refuses ones made with others (of any variant or
+           seed: the report reads them all), so an interrupted run continues (the run it
+           stopped starts again), and seeds or variants run in separate processes into one
+           OUT (``--set variants=gpt,spen-ema`` in one, the rest in another).
 Hardware:  CPU; the committed numbers came from 2 shared cores, one torch thread a run.
            The 4000-step runs (8.2M tokens, results/lm_ptb_h200, seeds 0-4) took 6 minutes a
            seed on one NVIDIA H200: test perplexity spen-ema 120.5 ± 0.6, learned_ema
@@ -84,10 +85,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emaprobe.experiments.common import mean_std_text, plot_paired, pyplot, save_fig
+from emaprobe.experiments.common import command, mean_std_text, nearest_budget, plot_paired, pyplot, save_fig
 from emaprobe.experiments.protocol import (
     SAME_LOSS_NATS,
     Claim,
+    config_diff,
     no_difference_note,
     verdict_from_interval,
     verdict_no_difference,
@@ -98,7 +100,7 @@ from emaprobe.train import TrainConfig
 from emaprobe.train.config import OptimConfig
 from emaprobe.train.corpus import load_lm_data
 from emaprobe.train.run import evaluate_run, run_lm_training
-from emaprobe.utils import atomic_write_json, atomic_write_text, run_record
+from emaprobe.utils import atomic_write_json, atomic_write_text, read_json, run_record
 
 NAME = "lm_ptb"
 
@@ -151,6 +153,24 @@ class Config:
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown:
             raise ValueError(f"unknown variant {unknown[0]!r}; choose one of {sorted(VARIANTS)}")
+        self._check_seq_len()
+
+    def _check_seq_len(self) -> None:
+        """Every variant's model must take ``seq_len`` tokens: checked now, not after the variants before it trained."""
+        from emaprobe.models import resolve_config
+
+        too_long = {}
+        for name in self.variants:
+            v = VARIANTS[name]
+            block = getattr(resolve_config(v.config, dict(v.overrides)), "block_size", None)
+            if block is not None and self.seq_len > block:
+                too_long[name] = (v.config, block)
+        if too_long:
+            which = ", ".join(f"{n} ({c}, block_size={b})" for n, (c, b) in too_long.items())
+            fits = [n for n in self.variants if n not in too_long]
+            raise ValueError(f"seq_len={self.seq_len} is longer than the context of variant(s) {which}; lower --set "
+                             f"seq_len to {min(b for _, b in too_long.values())} or less"
+                             + (f", or leave them out with --set variants={','.join(fits)}" if fits else ""))
 
     def train_config(self, seed: int) -> TrainConfig:
         return TrainConfig(
@@ -187,6 +207,26 @@ def _settings(ec: dict) -> dict:
     return {k: v for k, v in ec.items() if k not in ("seeds", "variants", "seed")}
 
 
+def _result_files(out: Path) -> list[Path]:
+    """Every ``<variant>-s<seed>.json`` in ``out``, of any variant and seed: what the report reads."""
+    return [path for name in VARIANTS for path in sorted(out.glob(f"{name}-s*.json"))
+            if re.fullmatch(re.escape(name) + r"-s\d+\.json", path.name)]
+
+
+def conflicts(cfg: Config, out: str | Path) -> list[tuple[Path, dict]]:
+    """The runs in ``out`` (any variant, any seed: the report reads them all) made with settings other than
+    ``cfg``'s: ``[(file, {field: (there, now)})]`` (``protocol.check_out`` refuses them, or removes them)."""
+    want = _settings(dataclasses.asdict(cfg))
+    found = []
+    for path in _result_files(Path(out)):
+        have = _settings(read_json(path).get("experiment_config", {}))
+        # a field the saved run predates is not compared (results/lm_ptb_h200 has no ``threads``)
+        diff = config_diff(have, want, predates_ok=True)
+        if diff:
+            found.append((path, diff))
+    return found
+
+
 def run(cfg: Config, out: str | Path, runs_dir: str | Path | None = None, quiet: bool = False) -> dict[str, dict]:
     """Train every variant at every seed, evaluate each on the whole valid and test splits, and write one
     JSON a run, ``OUT/<variant>-s<seed>.json``: -> {variant: {seed: result}}.
@@ -198,7 +238,10 @@ def run(cfg: Config, out: str | Path, runs_dir: str | Path | None = None, quiet:
     to a temporary folder.
     """
     out = Path(out)
-    want = _settings(dataclasses.asdict(cfg))
+    for path, diff in conflicts(cfg, out)[:1]:
+        there, now = (", ".join(f"{k}={values[i]!r}" for k, values in diff.items()) for i in (0, 1))
+        raise ValueError(f"{path} was made with other settings ({there}; this run has {now}): choose another --out, "
+                         "or move that file away (`emaprobe run --overwrite` removes every such file)")
     jobs = [(name, seed) for seed in cfg.seeds for name in cfg.variants]
     results: dict[str, dict] = {}
     todo = []
@@ -207,15 +250,7 @@ def run(cfg: Config, out: str | Path, runs_dir: str | Path | None = None, quiet:
         if not path.is_file():
             todo.append((name, seed))
             continue
-        r = json.loads(path.read_text())
-        have = _settings(r["experiment_config"])
-        # a field the saved run predates is not compared (results/lm_ptb_h200 has no ``threads``)
-        diff = sorted(k for k in set(want) & set(have) if want[k] != have[k])
-        if diff:
-            raise ValueError(f"{path} was made with other settings ({', '.join(f'{k}={have.get(k)!r}' for k in diff)}; "
-                             f"this run has {', '.join(f'{k}={want.get(k)!r}' for k in diff)}): choose another --out, "
-                             "or move that file away")
-        results.setdefault(name, {})[seed] = r
+        results.setdefault(name, {})[seed] = read_json(path)
     if not quiet and len(todo) < len(jobs):
         print(f"{len(jobs) - len(todo)} of {len(jobs)} runs already in {out}: kept", flush=True)
     data = ptb_data() if todo else None
@@ -231,12 +266,27 @@ def run(cfg: Config, out: str | Path, runs_dir: str | Path | None = None, quiet:
                     print(f"[{i}/{len(todo)}] {name}, seed {seed}: {v.config} {dict(v.overrides)} ({v.question})",
                           flush=True)
                 path = result_path(out, name, seed)
-                atomic_write_json(path, run_variant(v, cfg, seed, data, base / f"{name}-s{seed}", smoke=cfg.smoke,
-                                                    quiet=quiet))
-                results.setdefault(name, {})[seed] = json.loads(path.read_text())  # as a later run reads it
+                try:
+                    record = run_variant(v, cfg, seed, data, base / f"{name}-s{seed}", smoke=cfg.smoke, quiet=quiet)
+                except KeyboardInterrupt as err:
+                    if runs_dir is not None:
+                        raise  # its checkpoint is in runs_dir, where the message says
+                    raise _interrupted(err, name, seed, out, len(jobs) - len(todo) + i - 1, len(jobs)) from err
+                atomic_write_json(path, record)
+                results.setdefault(name, {})[seed] = read_json(path)  # as a later run reads it
     finally:
         torch.set_num_threads(threads)
     return {name: dict(sorted(results[name].items())) for name in cfg.variants}
+
+
+def _interrupted(err: KeyboardInterrupt, name: str, seed: int, out: Path, done: int, total: int) -> KeyboardInterrupt:
+    """What a stop mid-run leaves: the trainer's message names a checkpoint in a temporary folder, which is gone
+    once this returns, so say instead that the stopped run starts again and that the finished ones are kept."""
+    signal_name = str(err).split(" at step ")[0] if " at step " in str(err) else ""  # "SIGINT at step 3 of 300: ..."
+    return KeyboardInterrupt(
+        (f"{signal_name}: " if signal_name else "") + f"{name} seed {seed} stopped part way and starts again from "
+        f"step 0 on the next run (its checkpoint was in a temporary folder, now gone); the {done} of {total} runs "
+        f"finished are kept in {out}/ as <variant>-s<seed>.json, and the same command goes on from there")
 
 
 def report(out: str | Path) -> str:
@@ -274,20 +324,23 @@ def _interval(d: dict) -> str:
     return f"Paired by seed over seeds {d['seeds']}; 95% t-interval [{d['lo']:.4f}, {d['hi']:.4f}]"
 
 
+def rerun_command(res: dict[str, dict]) -> str:
+    """The command that makes these runs into an empty folder: the budget nearest their settings, a ``--set`` per
+    setting that differs from it, and the seeds and variants found where the budget has others. Without
+    ``--out``: the committed claims name none (the numbers do not depend on it)."""
+    settings = {**_settings(_any_run(res)["experiment_config"]), "seeds": _seeds(res), "variants": list(res)}
+    budget = nearest_budget(NAME, settings)
+    return command(NAME, None, settings, budget=budget)
+
+
 def claims(res: dict[str, dict]) -> list[Claim]:
     """This run speaks to two of the paper's claims, and to the proposed fix, at small scale; each is
     paired by seed, and a verdict other than inconclusive needs two seeds or more."""
     any_r = _any_run(res)
-    ec = any_r["experiment_config"]
     seeds = _seeds(res)
     scale = (f"{any_r['num_params'] / 1e6:.1f}M params, {any_r['tokens']:,} tokens each, PTB word level "
              f"(10k vocabulary), " + (f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds}"))
-    gpu, smoke_run = ec.get("device") == "cuda", bool(ec.get("smoke"))
-    budget = SMOKE if smoke_run else (BUDGETS["gpu"]() if gpu else Config())
-    # the command that makes these runs into an empty folder: the seeds found, where the budget has others
-    command = ("emaprobe run lm_ptb" + (" --budget gpu" if gpu else "") + (" --smoke" if smoke_run else "")
-               + ("" if tuple(seeds) == budget.seeds else f" --set seeds={','.join(map(str, seeds))}"))
-    common = dict(scale=scale, command=command, labels="none (language modelling)")
+    common = dict(scale=scale, command=rerun_command(res), labels="none (language modelling)")
     rows = []
     d = paired(res, "spen-ema", "gpt", _ppl_ratio)
     if d:
@@ -367,7 +420,7 @@ def load_results(out_dir: str | Path) -> dict[str, dict]:
         pattern = re.compile(re.escape(name) + r"-s(\d+)\.json")
         for path in sorted(out.glob(f"{name}-s*.json")):
             if pattern.fullmatch(path.name):
-                r = json.loads(path.read_text())
+                r = read_json(path)
                 found.setdefault(name, {})[r["train_config"]["seed"]] = r
     if not found:
         raise FileNotFoundError(f"{out}: no {NAME} result JSON; run `emaprobe run {NAME}` first")

@@ -47,7 +47,10 @@ Hardware:  the GPU budget ran on one NVIDIA H200 (bf16 autocast, ``torch.compile
 Writes:    OUT/runs/<job>.json per run (run record with card, git SHA and torch version,
            resolved configs, parameter counts, token curve, final evals, throughput),
            OUT/README.md, OUT/*.png and OUT/claims.json, all drawn from the JSON
-           (``report``). Checkpoints go to ``work_dir`` (default runs/lm_scale-work), never OUT.
+           (``report``). Checkpoints go to ``work_dir`` (default runs/lm_scale-work), never OUT,
+           one folder a job and its settings (``jobs/<job>-<hash>``, ``job_folder``), so a run
+           of other settings never resumes another's checkpoint. An OUT whose run JSON was
+           made with other job settings is refused (``conflicts``; ``--overwrite`` removes it).
 
 Getting the data onto a lent GPU machine (at most 64 MiB travels a call, the checkout
 included; the text shards are 15-29 MiB each): copy the shards into git-ignored folders
@@ -79,6 +82,7 @@ import dataclasses
 import fnmatch
 import functools
 import glob
+import hashlib
 import json
 import math
 import multiprocessing as mp
@@ -90,10 +94,12 @@ from typing import Any
 
 import numpy as np
 
-from emaprobe.experiments.common import plot_paired, pyplot, run_pool, save_fig
+from emaprobe.experiments.common import command, nearest_budget, plot_paired, pyplot, run_pool, save_fig
 from emaprobe.experiments.protocol import (
     SAME_LOSS_NATS,
     Claim,
+    config_diff,
+    conflict_message,
     no_difference_note,
     verdict_from_interval,
     verdict_no_difference,
@@ -246,6 +252,42 @@ class Job:
         return f"{self.variant}-{self.size}-lr{self.lr:g}-s{self.seed}-{_tokens_label(self.tokens)}"
 
 
+# Config fields that pick which jobs run, or how and where they run, but not what a job computes: a job's own
+# variant, size, lr, seed, tokens and curve points are in its Job, and a checkpoint resumes bit for bit whatever
+# ckpt_every is. Every other field (data, tokenizer, seq_len, batch_size, schedule, weight decay, evaluation,
+# compile, device) is a setting of every job, and one added later is too unless it is named here.
+NOT_JOB_SETTINGS = ("stages", "only", "parallel", "workers", "work_dir", "small_size", "ladder", "headline_size",
+                    "lr_tokens", "mechanism_tokens", "headline_tokens", "headline_variants", "headline_seeds",
+                    "ladder_tokens", "curve_points", "lrs", "spen_lr", "gpt_lr", "mechanisms", "seeds", "ckpt_every")
+
+
+def job_settings(experiment_config: dict[str, Any]) -> dict[str, Any]:
+    """What every job's numbers depend on besides its Job: ``experiment_config`` (a Config as a dict) without
+    ``NOT_JOB_SETTINGS``, as JSON gives it back (tuples are lists)."""
+    return json.loads(json.dumps({k: v for k, v in experiment_config.items() if k not in NOT_JOB_SETTINGS}))
+
+
+def job_folder(job: Job, cfg: Config) -> Path:
+    """Where ``job`` keeps its checkpoint: its name plus a short hash of its settings and its Job (but
+    ``ckpt_every``), so a run of other settings never resumes it, and the same settings always do."""
+    key = json.dumps({"settings": job_settings(dataclasses.asdict(cfg)),
+                      "job": {k: v for k, v in dataclasses.asdict(job).items() if k != "ckpt_every"}}, sort_keys=True)
+    return work_dir(cfg) / "jobs" / f"{job.name}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+
+
+def conflicts(cfg: Config, out: str | Path) -> list[tuple[Path, dict]]:
+    """The run JSON in ``out/runs`` made with job settings other than ``cfg``'s: ``[(file, {field: (there, now)})]``.
+    A finished job counts as done by its JSON, and the report reads every one, so these would pass for this
+    config's (``protocol.check_out`` refuses them, or removes them). Fields a record predates are not compared."""
+    want = job_settings(dataclasses.asdict(cfg))
+    found = []
+    for path in sorted((Path(out) / "runs").glob("*.json")):
+        diff = config_diff(job_settings(read_json(path).get("experiment_config", {})), want, predates_ok=True)
+        if diff:
+            found.append((path, diff))
+    return found
+
+
 def _tokens_label(n: int) -> str:
     for unit, div in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
         if n >= div:
@@ -393,13 +435,15 @@ def train_job(job: Job, cfg: Config, out: Path) -> dict[str, Any]:
     overrides = dict(VARIANTS[job.variant][1])
     if job.family == "gpt":
         overrides["block_size"] = str(max(cfg.seq_len, 1))
-    run_dir = work_dir(cfg) / "jobs" / job.name
+    run_dir = job_folder(job, cfg)
     lm_data = LMData(train=data["train"], val=data["valid"], bytes_per_token=data["valid"].bytes_per_token,
                      name=f"{cfg.train} (val {cfg.valid})")
     try:
         result = run_lm_training(
             job.config_name, cfg.train, run_dir, model_overrides=overrides, base_train=train_cfg,
-            lm_data=(lm_data, tok), resume=(run_dir / "checkpoint.pt").is_file(), quiet=True,
+            # a job's folder is its earlier start: the trainer continues its checkpoint, or starts it over
+            # where it stopped before the first one (a new job has no folder, and nothing to say)
+            lm_data=(lm_data, tok), resume=run_dir.exists(), quiet=True,
         )
     except TrainingInterrupted as err:
         raise TrainingInterrupted(f"{job.name}: {err}; rerun the same command to continue (finished jobs are "
@@ -457,6 +501,9 @@ def _job_in_subprocess(job: Job, cfg: Config, out: str) -> tuple[str, float]:
 def run(cfg: Config, out: Path) -> None:
     """Every stage of ``cfg.stages`` in order; finished jobs (their JSON exists) are skipped."""
     out = Path(out)
+    found = conflicts(cfg, out)
+    if found:  # a job counts as done by its JSON: one of other settings would pass for this config's
+        raise ValueError(conflict_message(NAME, found))
     (out / "runs").mkdir(parents=True, exist_ok=True)
     print(f"[{NAME}] results to {out}/; checkpoints and token caches to {work_dir(cfg)}/ (--set work_dir=DIR)",
           flush=True)
@@ -882,19 +929,35 @@ def unmeasured(s: dict[str, Any], rows: list[Claim]) -> dict[str, str]:
     return why
 
 
+# where and how the jobs ran, not what they computed: left out of the command that reruns them
+EXECUTION_ONLY = ("stages", "only", "parallel", "workers", "work_dir")
+
+
+def rerun_command(runs: dict[str, dict], out: str | Path) -> str:
+    """The command that makes ``runs`` into ``out``: the budget nearest their configs, and a ``--set`` per field
+    that differs from it. A folder filled stage by stage holds runs of several configs (a later stage adds
+    headline variants or seeds, say): a field whose value differs between its runs is left out, as no one
+    command set it, and so are ``EXECUTION_ONLY`` fields. Data outside the checkout needs EMAPROBE_DATA."""
+    values: dict[str, list] = {}
+    for r in runs.values():
+        for k, v in json.loads(json.dumps(r["experiment_config"])).items():
+            values.setdefault(k, []).append(v)
+    shared = {k: vs[0] for k, vs in values.items() if k not in EXECUTION_ONLY and all(v == vs[0] for v in vs)}
+    line = command(NAME, out, shared, budget=nearest_budget(NAME, shared))
+    needs_data = not str(shared.get("train", "ptb")).startswith("ptb")
+    return ("EMAPROBE_DATA=... " if needs_data else "") + line
+
+
 def report(out: Path) -> None:
     """README.md, the plots and claims.json, from OUT/runs/*.json alone."""
     out = Path(out)
     runs = load_runs(out)
     s = summarize(runs)
-    any_r = next(iter(runs.values()))
-    smoke_run = any_r["experiment_config"]["train"].startswith("ptb")
-    command = ("emaprobe run lm_scale --smoke" if smoke_run else
-               "EMAPROBE_DATA=... emaprobe run lm_scale --budget gpu --out results/lm_scale")
+    rerun = rerun_command(runs, out)
     atomic_write_json(out / "summary.json", s)
-    write_claims(out, claims(s, command))
+    write_claims(out, claims(s, rerun))
     figures = _plots(s, runs, out)
-    atomic_write_text(out / "README.md", _readme(s, runs, figures, command))
+    atomic_write_text(out / "README.md", _readme(s, runs, figures, rerun))
 
 
 def _fmt_ci(m: float, lo: float, hi: float, digits: int = 4) -> str:

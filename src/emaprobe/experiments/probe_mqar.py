@@ -53,6 +53,8 @@ Order:     the claim cell's lr grid, then its extra seeds at each mixer's best l
 Writes:    OUT/mqar.json (grid rows: cell, lr, accuracy, loss, seconds; claim-cell seeds), written
            after every run, so a stopped run keeps its rows and a rerun of the same config
            (``parallel``, ``gla_backend`` and ``compile`` may differ: rows say how they ran) skips them;
+           ``emaprobe run`` refuses another config's OUT before anything is written (``--overwrite``
+           replaces it; ``run`` called directly starts such a folder afresh);
            OUT/partial/*.pt, a checkpoint per unfinished run, saved every 100 steps: a run stopped
            part way (a timeout, a lost machine) goes on from its last check, and its file is
            deleted once its row is in mqar.json (git ignores the folder);
@@ -64,7 +66,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
-import json
 import multiprocessing as mp
 import time
 from dataclasses import dataclass
@@ -74,7 +75,7 @@ import numpy as np
 import torch
 
 from emaprobe.experiments.common import command, pick_device, pyplot, run_pool, save_fig
-from emaprobe.experiments.protocol import Claim, verdict_from_interval, write_claims
+from emaprobe.experiments.protocol import Claim, config_diff, verdict_from_interval, write_claims
 from emaprobe.layers import mixer_class
 from emaprobe.ops import available_gla_backends, resolve_gla_backend
 from emaprobe.probes.linear import mean_ci
@@ -86,6 +87,7 @@ NAME = "probe_mqar"
 RESULT = "mqar.json"
 PARTIAL = "partial"  # OUT/partial/: checkpoints of runs not yet finished
 HOW = ("parallel", "gla_backend", "compile")  # config fields that say how runs execute, not what they measure
+EXECUTION_FIELDS = HOW  # what protocol.check_out leaves out when it compares an --out's mqar.json with a config
 SELECTIVE = ("gla", "selective")  # the input-dependent mechanisms of the claim
 
 
@@ -216,8 +218,8 @@ def run(cfg: Config, out: Path) -> None:
     resumed = False
     if path.is_file():  # resume: keep rows measured under the same config (how they ran aside)
         old = read_json(path)
-        same = json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples read back as lists
-        resumed = {**old.get("config", {}), **{k: same[k] for k in HOW}} == same
+        # the rule protocol.check_out applies before `emaprobe run` calls this, so a config it lets through resumes
+        resumed = not config_diff(old.get("config", {}), dataclasses.asdict(cfg), HOW)
         if resumed:
             rows = old["rows"]
             earlier = list(dict.fromkeys([*old.get("resumed_from", []), old.get("git_sha", "unknown")]))

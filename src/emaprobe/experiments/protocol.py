@@ -14,6 +14,15 @@ and optionally ``BUDGETS: dict[str, Callable[[], Config]]``, further named budge
 ``requires(cfg) -> list[str]``, what ``cfg`` needs that is missing here (shared data, say;
 empty when it can run), which ``emaprobe reproduce`` reports as the reason it skipped.
 
+A folder named with ``--out`` holds the results of one config. Before ``run``, ``check_out``
+refuses it where its results of that experiment were made with other settings (a rerun would
+replace or mix them silently), unless ``--overwrite`` says to remove them; the same config
+resumes. The default ``runs/<NAME>/`` is the tool's scratch, replaced by each run as before
+(but for experiments whose ``run`` itself refuses to mix results: lm_ptb, lm_scale). Where its
+results are one JSON, an experiment names it ``RESULT`` (its ``config`` is compared, but for the
+fields of ``EXECUTION_FIELDS``: how a run executes, not what it measures); where they are one
+file a run, it defines ``conflicts(cfg, out) -> [(file, {field: (there, now)})]`` itself.
+
 ``emaprobe run NAME [--smoke | --budget B] [--set a.b=c ...] [--out DIR]`` runs any of
 them (``run_experiment``). Output goes to ``runs/<NAME>/`` unless ``--out`` says
 otherwise; the committed results under ``results/`` are written only by an explicit
@@ -28,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -99,12 +109,27 @@ def run_experiment(
     overrides: dict[str, str] | None = None,
     out: str | Path | None = None,
     report_only: bool = False,
+    overwrite: bool = False,
 ) -> Path:
-    """Run experiment ``name`` at ``budget`` into ``out`` (default ``runs/<name>``), then report."""
+    """Run experiment ``name`` at ``budget`` into ``out`` (default ``runs/<name>``), then report.
+
+    An ``out`` given may already hold results of the same config (they resume); results made with another
+    are refused (``check_out``), or removed first with ``overwrite``."""
     exp = get_experiment(name)
     folder = Path(out) if out is not None else default_out(exp.NAME)
-    if not report_only:
-        exp.run(config_for(exp, budget, overrides), folder)
+    if report_only:
+        # a report reads only the JSON already there: a budget or an override would be silently ignored
+        asked = [flag for flag, given in (("--smoke/--budget", budget != "default"), ("--set", bool(overrides)),
+                                           ("--overwrite", overwrite)) if given]
+        if asked:
+            raise ValueError(f"--report-only rebuilds the report from the JSON already in {folder} and runs nothing, "
+                             f"so {' and '.join(asked)} would be ignored; drop {'them' if len(asked) > 1 else 'it'}, "
+                             "or drop --report-only to run")
+    else:
+        cfg = config_for(exp, budget, overrides)
+        if out is not None or overwrite:  # a folder the user named keeps its results; runs/<name> is scratch
+            check_out(exp, cfg, folder, overwrite=overwrite)
+        exp.run(cfg, folder)
     try:
         exp.report(folder)
     except (KeyError, IndexError, TypeError) as err:  # a report reads its JSON by field names
@@ -112,6 +137,85 @@ def run_experiment(
                          f"{err}); was it written by `emaprobe run {exp.NAME}` of this version? Rerun it into "
                          "that folder, or point --out at one that it wrote") from err
     return folder
+
+
+# ---------------------------------------------------------------------------- one config a folder
+
+
+def flatten_config(cfg: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: nested config fields by their dotted ``--set`` names."""
+    out: dict[str, Any] = {}
+    for key, value in cfg.items():
+        if isinstance(value, dict):
+            out.update(flatten_config(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_diff(there: dict, now: dict, ignore: Sequence[str] = (), *,
+                predates_ok: bool = False) -> dict[str, tuple[Any, Any]]:
+    """``{field: (value there, value now)}`` for each field (dotted where nested) whose values differ, compared as
+    JSON gives them back (a tuple is a list). ``ignore`` names fields (or whole nested ones) left out. A field one
+    side lacks differs as ``"absent"``, unless ``predates_ok``: then it is left out (a record made before the field
+    existed)."""
+    a = flatten_config(json.loads(json.dumps(there, default=str)))
+    b = flatten_config(json.loads(json.dumps(now, default=str)))
+    keys = (a.keys() & b.keys()) if predates_ok else (a.keys() | b.keys())
+    skip = set(ignore)
+    # top-level fields first: a message that names only the first few names the plainest (seeds, steps)
+    return {k: (a.get(k, "absent"), b.get(k, "absent")) for k in sorted(keys, key=lambda k: (k.count("."), k))
+            if k not in skip and k.split(".")[0] not in skip and a.get(k, "absent") != b.get(k, "absent")}
+
+
+def diff_text(diff: dict[str, tuple[Any, Any]], most: int = 6) -> str:
+    """``"seeds: 5 there, 1 now; lr: ..."``, the first ``most`` fields, then how many more."""
+    parts = [f"{k}: {there!r} there, {now!r} now" for k, (there, now) in list(diff.items())[:most]]
+    more = len(diff) - most
+    return "; ".join(parts) + (f"; and {more} more field{'s' * (more > 1)}" if more > 0 else "")
+
+
+def stored_conflicts(exp: ModuleType, cfg: Any, out: str | Path) -> list[tuple[Path, dict[str, tuple[Any, Any]]]]:
+    """``exp``'s result files in ``out`` made with settings other than ``cfg``'s: ``[(file, differing fields)]``.
+
+    Its own ``conflicts(cfg, out)`` where it has one; else its ``RESULT`` JSON's ``config`` against ``cfg``, but
+    for its ``EXECUTION_FIELDS``. A result that records no config counts as made by another."""
+    out = Path(out)
+    own = getattr(exp, "conflicts", None)
+    if own is not None:
+        return own(cfg, out)
+    name = getattr(exp, "RESULT", None)
+    if name is None or not (out / name).is_file():
+        return []
+    path = out / name
+    stored = read_json(path)
+    there = stored.get("config") if isinstance(stored, dict) else None
+    if not isinstance(there, dict):
+        return [(path, {"config": ("none recorded", "this run's")})]
+    diff = config_diff(there, dataclasses.asdict(cfg), getattr(exp, "EXECUTION_FIELDS", ()))
+    return [(path, diff)] if diff else []
+
+
+def conflict_message(name: str, found: list[tuple[Path, dict]]) -> str:
+    """One error for results made with other settings: the first file and its fields, how many more, the ways out."""
+    path, diff = found[0]
+    others = f" (and {len(found) - 1} more of its result files)" if len(found) > 1 else ""
+    return (f"{path} holds {name} results made with other settings ({diff_text(diff)}){others}; a run would replace "
+            "or mix them silently, so it is refused: choose another --out, or pass --overwrite to remove them first")
+
+
+def check_out(exp: ModuleType, cfg: Any, out: str | Path, *, overwrite: bool = False, log=print) -> None:
+    """Refuse to run ``cfg`` into ``out`` where ``exp``'s results there were made with other settings (a ValueError
+    naming the file and the fields); the same config goes on (resumes). With ``overwrite`` those files are removed
+    instead, so the run starts afresh."""
+    found = stored_conflicts(exp, cfg, out)
+    if not found:
+        return
+    if not overwrite:
+        raise ValueError(conflict_message(exp.NAME, found))
+    for path, diff in found:
+        path.unlink()
+        log(f"removed {path}: made with other settings ({diff_text(diff, most=3)}); --overwrite")
 
 
 @dataclass(frozen=True)
@@ -235,13 +339,19 @@ __all__ = [
     "VERDICTS",
     "Claim",
     "budgets",
+    "check_out",
+    "config_diff",
     "config_for",
+    "conflict_message",
     "default_out",
+    "diff_text",
+    "flatten_config",
     "get_experiment",
     "no_difference_note",
     "read_claims",
     "register_experiment",
     "run_experiment",
+    "stored_conflicts",
     "verdict_from_interval",
     "verdict_no_difference",
     "write_claims",

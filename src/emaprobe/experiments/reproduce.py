@@ -15,7 +15,10 @@ scale, labels used, verdict, and the command that reruns it), then each experime
 figures. An experiment that cannot run here is skipped with its reason: a GPU budget
 without CUDA, or whatever its optional ``requires(cfg) -> list[str]`` reports missing
 (shared data, say). An experiment that fails is listed with its error, and the command
-exits non-zero. A malformed ``claims.json`` is an error naming the file and row.
+exits non-zero; so is a ``claims.json`` that cannot be read (the reason names the file and row),
+and the report is still written. With ``--budget`` and ``--out``, a folder of OUT that holds an
+experiment's results of other settings is refused before anything runs, unless ``overwrite``
+removes them (the default OUT is scratch, replaced as before).
 """
 
 from __future__ import annotations
@@ -95,10 +98,25 @@ def _read(name: str, folder: Path, status: str, **kw) -> Entry:
                  figures=_figures(folder), **kw)
 
 
-def run_all(budget: str, out: str | Path, names: list[str] | None = None, *, log=print) -> list[Entry]:
-    """Run each experiment (all registered, or ``names``) at ``budget`` into ``out/<name>``."""
+def _check_folders(planned: list[tuple], overwrite: bool, log) -> None:
+    """Before anything runs: refuse (one ValueError listing every case) where an experiment's folder holds
+    results of other settings, or remove them with ``overwrite`` (``protocol.check_out``)."""
+    found = []
+    for name, exp, _, cfg, folder in planned:
+        if overwrite:
+            protocol.check_out(exp, cfg, folder, overwrite=True, log=log)
+        elif conflicts := protocol.stored_conflicts(exp, cfg, folder):
+            found.append(protocol.conflict_message(name, conflicts))
+    if found:
+        raise ValueError(f"{len(found)} experiment folder(s) hold results of other settings:\n  " + "\n  ".join(found))
+
+
+def run_all(budget: str, out: str | Path, names: list[str] | None = None, *, check: bool = True,
+            overwrite: bool = False, log=print) -> list[Entry]:
+    """Run each experiment (all registered, or ``names``) at ``budget`` into ``out/<name>``; with ``check``, a
+    folder there with results of other settings is refused before any runs, unless ``overwrite`` removes them."""
     out = Path(out)
-    entries = []
+    entries, planned = [], []
     for name in names if names is not None else sorted(protocol.EXPERIMENTS):
         try:
             exp = protocol.get_experiment(name)
@@ -113,24 +131,49 @@ def run_all(budget: str, out: str | Path, names: list[str] | None = None, *, log
             entries.append(Entry(name, "skipped", reason="; ".join(reasons), budget=own))
             log(f"{name}: skipped ({'; '.join(reasons)})")
             continue
-        folder = out / name
-        log(f"{name}: running budget {own} into {folder}/")
-        start = time.perf_counter()
-        try:
-            exp.run(cfg, folder)
-            exp.report(folder)
-        except Exception as err:  # noqa: BLE001 - one experiment's failure is reported, the rest still run
-            last = traceback.format_exception_only(type(err), err)[-1].strip()
-            entries.append(Entry(name, "failed", reason=last, folder=str(folder), budget=own,
-                                 seconds=time.perf_counter() - start))
-            log(f"{name}: failed: {last}")
-            continue
-        if not (folder / CLAIMS_NAME).is_file():
-            entries.append(Entry(name, "failed", reason=f"its report wrote no {folder / CLAIMS_NAME}",
-                                 folder=str(folder), budget=own, seconds=time.perf_counter() - start))
-            continue
-        entries.append(_read(name, folder, "ran", budget=own, seconds=time.perf_counter() - start))
-    return entries
+        planned.append((name, exp, own, cfg, out / name))
+        entries.append(None)  # its place in the report's order, filled once it has run
+    if check or overwrite:
+        _check_folders(planned, overwrite, log)
+    ran = iter(planned)
+    return [e if e is not None else _run_one(*next(ran), log=log) for e in entries]
+
+
+def _run_one(name: str, exp, own: str, cfg, folder: Path, *, log=print) -> Entry:
+    """Run and report one experiment into ``folder``: its entry, ``ran``, or ``failed`` with the reason."""
+    log(f"{name}: running budget {own} into {folder}/")
+    start = time.perf_counter()
+    try:
+        exp.run(cfg, folder)
+        exp.report(folder)
+    except Exception as err:  # noqa: BLE001 - one experiment's failure is reported, the rest still run
+        last = traceback.format_exception_only(type(err), err)[-1].strip()
+        log(f"{name}: failed: {last}")
+        return Entry(name, "failed", reason=last, folder=str(folder), budget=own, seconds=time.perf_counter() - start)
+    if not (folder / CLAIMS_NAME).is_file():
+        return Entry(name, "failed", reason=f"its report wrote no {folder / CLAIMS_NAME}", folder=str(folder),
+                     budget=own, seconds=time.perf_counter() - start)
+    return _read(name, folder, "ran", budget=own, seconds=time.perf_counter() - start)
+
+
+def _where_found(names: list[str], found: list[str]) -> list[str]:
+    """Each name as the whole read finds it: an experiment whose claims sit deeper (``probe_lag`` in
+    ``probes/probe_lag``) goes by the folders of that name; one found nowhere stays as it is (missing)."""
+    out = []
+    for name in names:
+        nested = [f for f in found if f != name and Path(f).name == name]
+        out += [name] if name in found or not nested else nested
+    return list(dict.fromkeys(out))
+
+
+def _read_or_fail(name: str, folder: Path) -> Entry:
+    """The entry of a folder's claims, or ``failed`` with the reason where they cannot be read (a corrupt or
+    foreign claims.json), so one bad file costs its own row, not the whole report."""
+    try:
+        return _read(name, folder, "read")
+    except (ValueError, OSError) as err:  # read_claims' and read_json's errors name the file and row
+        return Entry(name, "failed", reason=f"{type(err).__name__}: {err}", folder=str(folder),
+                     figures=_figures(folder))
 
 
 def read_all(root: str | Path, names: list[str] | None = None) -> list[Entry]:
@@ -147,15 +190,16 @@ def read_all(root: str | Path, names: list[str] | None = None) -> list[Entry]:
     if names is None:
         seen = {Path(f).name for f in found}
         names = found + sorted(set(protocol.EXPERIMENTS) - seen)
-    unknown = [n for n in names if n not in protocol.EXPERIMENTS and n not in found]
+    unknown = [n for n in names if n not in protocol.EXPERIMENTS and n not in found
+               and n not in {Path(f).name for f in found}]
     if unknown:
         raise ValueError(f"--only {unknown[0]}: neither an experiment nor a folder of {root} with a {CLAIMS_NAME}; "
                          f"experiments: {sorted(protocol.EXPERIMENTS)}; folders: {found}")
     entries = []
-    for name in names:
+    for name in _where_found(names, found):
         folder = root / name
         if (folder / CLAIMS_NAME).is_file():
-            entries.append(_read(name, folder, "read"))
+            entries.append(_read_or_fail(name, folder))
         else:
             there = folder.is_dir()
             entries.append(Entry(name, "missing", folder=str(folder) if there else None,
@@ -338,19 +382,23 @@ def write_report(report: Report, out: str | Path) -> dict[str, Path]:
 def reproduce(
     budget: str | None = "smoke",
     from_dir: str | Path | None = None,
-    out: str | Path = DEFAULT_OUT,
+    out: str | Path | None = None,
     names: list[str] | None = None,
     *,
+    overwrite: bool = False,
     log=print,
 ) -> Report:
-    """Run every experiment at ``budget`` (or read ``from_dir``), then write the report into ``out``."""
+    """Run every experiment at ``budget`` (or read ``from_dir``), then write the report into ``out`` (default
+    ``DEFAULT_OUT``, the tool's scratch). In an ``out`` given, a folder ``out/<name>`` with results of other
+    settings is refused, or replaced with ``overwrite`` (``run_all``)."""
+    check, out = out is not None, Path(out) if out is not None else DEFAULT_OUT
     if from_dir is not None:
         entries = read_all(from_dir, names)
         source = f"{Path(from_dir).as_posix()}/ (committed results, read, not rerun)"
     else:
         if budget not in REPORT_BUDGETS:
             raise ValueError(f"unknown budget {budget!r}; choose one of {list(REPORT_BUDGETS)}")
-        entries = run_all(budget, out, names, log=log)
+        entries = run_all(budget, out, names, check=check, overwrite=overwrite, log=log)
         source = f"every experiment run at budget {budget!r} into {Path(out).as_posix()}/"
     report = Report(source=source, entries=entries, record=run_record())
     write_report(report, out)

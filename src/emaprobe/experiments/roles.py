@@ -20,7 +20,8 @@ Writes:     OUT/roles.json (run record, resolved config, seeds, per-seed results
             OUT/roles_budget.png and OUT/claims.json.
 Resumes:    each finished seed is saved at once in OUT/partial/seed-<s>.json; the same command
             after an interruption keeps those made by the same code (git SHA) and settings, and
-            computes the rest. The folder goes once roles.json is written.
+            computes the rest. The folder goes once roles.json is written. `emaprobe run roles`
+            refuses an OUT whose roles.json was made with other settings (--overwrite replaces it).
 
 Learners, per seed (data, embeddings and initial weights all follow the seed):
     hebbian            the spec, the faithful reading: K = 3 WTA + Oja units on [e_t; traces
@@ -78,14 +79,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from emaprobe.experiments.common import mean_std_text, pyplot, save_fig
+from emaprobe.experiments.common import command, mean_std_text, nearest_budget, pyplot, save_fig
 from emaprobe.experiments.protocol import Claim, verdict_from_interval, write_claims
 from emaprobe.models.bigru import BiGRUConfig, BiGRUTagger
 from emaprobe.models.hebbian import FixedEmbeddings, HebbianConfig, HebbianVote, role_targets, vote
 from emaprobe.tasks.role_data import RoleDataConfig, label_budget, label_counts, sample_eval_set, unseen_tokens
 from emaprobe.tasks.sentence import NO_ROLE, ROLES, RoleSentence
 from emaprobe.train.tagger import LinearProbe, TaggerTrainConfig, train_tagger
-from emaprobe.utils import atomic_write_json, atomic_write_text, config_to_dict, run_record
+from emaprobe.utils import atomic_write_json, atomic_write_text, config_to_dict, read_json, run_record
 from emaprobe.utils.progress import progress_disabled, progress_lines
 
 NAME = "roles"
@@ -99,7 +100,8 @@ HEBBIAN_MODELS = ("hebbian", "hebbian_causal", "two_stage", "two_stage_causal")
 MODELS = HEBBIAN_MODELS + ("bigru", "majority")
 CURVE_METHODS = ("two_stage", "probe", "bigru")
 STRUCTURAL_DEPTH = 2  # deep-set tokens this deep sit in clauses nested past anything in training
-COMMAND = "EMAPROBE_DATA=/path/to/data emaprobe run roles --out results/roles"
+RESULT = "roles.json"
+EXECUTION_FIELDS = ("threads", "workers")  # how the seeds are spread over processes; the results do not depend on it
 
 
 @dataclass(frozen=True)
@@ -500,7 +502,7 @@ def load_partial(out: Path, seed: int, settings: dict[str, Any]) -> dict[str, An
     if not path.is_file():
         return None
     try:
-        saved = json.loads(path.read_text())
+        saved = read_json(path)
         same = saved["settings"] == settings
     except (ValueError, KeyError, TypeError) as err:
         print(f"{path} is unreadable ({err}): seed {seed} is computed again", flush=True)
@@ -600,7 +602,7 @@ def run(cfg: Config, out: str | Path) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "per_seed": per_seed,
     }
-    atomic_write_json(out / "roles.json", result)
+    atomic_write_json(out / RESULT, result)
     shutil.rmtree(out / PARTIAL, ignore_errors=True)  # roles.json holds every seed now
     return result
 
@@ -634,10 +636,20 @@ CURVE_LABELS = {"two_stage": "two-stage Hebbian, naming", "probe": "linear probe
 
 
 def _read(out: Path) -> dict[str, Any]:
-    path = out / "roles.json"
+    path = out / RESULT
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; run `emaprobe run roles --out {out}` first")
-    return json.loads(path.read_text())
+    return read_json(path)
+
+
+def rerun_command(result: dict[str, Any], out: str | Path | None = None) -> str:
+    """The command that made ``result``: its budget and a ``--set`` per field it changed, into ``out``. Where the
+    UD treebank came from the shared data folder (``treebank=auto``), it says that folder is needed too."""
+    cfg = result["config"]
+    line = command(NAME, out, cfg, budget=nearest_budget(NAME, cfg))
+    if cfg.get("treebank") == "auto" and (result.get("treebank") or {}).get("treebank"):
+        line = f"EMAPROBE_DATA=/path/to/data {line}"
+    return line
 
 
 def _verdict(ms: dict[str, float], threshold: float) -> str:
@@ -648,8 +660,9 @@ def _verdict(ms: dict[str, float], threshold: float) -> str:
     return verdict_from_interval(ms["mean"] - half, ms["mean"] + half, threshold=threshold)
 
 
-def claims(result: dict[str, Any]) -> list[Claim]:
-    """The claims.json rows, computed from roles.json alone."""
+def claims(result: dict[str, Any], out: str | Path | None = None) -> list[Claim]:
+    """The claims.json rows, computed from roles.json alone (``out``: the folder the command names)."""
+    rerun = rerun_command(result, out)
     agg, n = result["aggregate"], len(result["seeds"])
     lab = result["labels"]
     val_labels = round(lab["two_stage"]["mean"])
@@ -662,7 +675,7 @@ def claims(result: dict[str, Any]) -> list[Claim]:
     rows.append(Claim(
         claim="hebbian_over_bigru_within_a", metric="accuracy ratio two-stage Hebbian / BiGRU, within-A test",
         paper=PAPER["ratio_hebbian_bigru"], ours=r["mean"], std=_spread(r, n), seeds=n, scale=scale,
-        verdict=_verdict(r, PAPER["ratio_hebbian_bigru"]), command=COMMAND,
+        verdict=_verdict(r, PAPER["ratio_hebbian_bigru"]), command=rerun,
         labels=f"Hebbian: 0 in training, {val_labels} A-val tokens for naming; BiGRU: {train_labels} "
                "(A-train, plus A-val for early stopping)",
         note=f"the spec learner (K=3, one-to-one) reaches {result['ratio_within_a']['hebbian']['mean']:.3f}"
@@ -673,7 +686,7 @@ def claims(result: dict[str, Any]) -> list[Claim]:
         claim="hebbian_over_bigru_within_a_spec", metric="accuracy ratio spec Hebbian (K=3, Hungarian) / BiGRU, "
         "within-A test", paper=PAPER["ratio_hebbian_bigru"], ours=spec["mean"], std=_spread(spec, n), seeds=n,
         scale=scale, verdict=_verdict(spec, PAPER["ratio_hebbian_bigru"]),
-        command=COMMAND, labels=f"0 in training; {val_labels} A-val tokens fix the one-to-one naming of 3 units",
+        command=rerun, labels=f"0 in training; {val_labels} A-val tokens fix the one-to-one naming of 3 units",
     ))
     curve = result["curve"]["sets"]["within_a"]["two_stage"]
     if "100" in curve:
@@ -682,7 +695,7 @@ def claims(result: dict[str, Any]) -> list[Claim]:
             claim="hebbian_over_bigru_within_a_100_labels", metric="accuracy ratio two-stage Hebbian named with "
             "100 labelled tokens / fully supervised BiGRU, within-A test", paper=PAPER["ratio_hebbian_bigru"],
             ours=c["mean"], std=_spread(c, n), seeds=n, scale=scale,
-            verdict=_verdict(c, PAPER["ratio_hebbian_bigru"]), command=COMMAND,
+            verdict=_verdict(c, PAPER["ratio_hebbian_bigru"]), command=rerun,
             labels="Hebbian: 100 A-val tokens for naming; BiGRU: " + str(train_labels),
             note=ceiling,
         ))
@@ -697,7 +710,7 @@ def claims(result: dict[str, Any]) -> list[Claim]:
         claim="deep_hebbian_beats_bigru", metric="two-stage Hebbian minus BiGRU accuracy, deep set, depth >= 2 "
         "(fraction; > 0 = Hebbian ahead)", paper=None, ours=d["mean"], std=_spread(d, n), seeds=n, scale=scale,
         verdict=deep_verdict,
-        command=COMMAND,
+        command=rerun,
         labels=f"Hebbian: {val_labels} A-val naming tokens; BiGRU: {train_labels}",
         note=f"Hebbian ahead on {wins} of {n} seeds (its causal variant: {dc['wins']} of {n}, "
              f"{100 * dc['mean']:+.1f} points); the paper says the Hebbian learner beats the supervised "
@@ -710,7 +723,7 @@ def claims(result: dict[str, Any]) -> list[Claim]:
     rows.append(Claim(
         claim="transfer_b", metric="two-stage Hebbian accuracy on grammar B (%), trained and named on A only",
         paper=PAPER["transfer_b"], ours=bs["mean"], std=_spread(bs, n), seeds=n, scale=scale,
-        verdict=_verdict(bs, PAPER["transfer_b"]), command=COMMAND,
+        verdict=_verdict(bs, PAPER["transfer_b"]), command=rerun,
         labels=f"Hebbian: {val_labels} A-val naming tokens; none from B",
         note=f"BiGRU on B: {_pct(agg['transfer_b']['bigru']['accuracy'])}; spec Hebbian "
              f"{_pct(agg['transfer_b']['hebbian']['accuracy'])}",
@@ -990,7 +1003,7 @@ def report(out: str | Path) -> Path:
     atomic_write_text(out / "README.md", markdown(result))
     plot_bars(result, out / "roles.png")
     plot_curve(result, out / "roles_budget.png")
-    write_claims(out, claims(result))
+    write_claims(out, claims(result, out))
     return out / "README.md"
 
 

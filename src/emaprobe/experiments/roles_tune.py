@@ -47,6 +47,7 @@ from emaprobe.utils import atomic_write_json, atomic_write_text, read_json, run_
 
 NAME = "roles_tune"
 RESULT = "tune.json"
+EXECUTION_FIELDS = ("workers",)  # spreads the seeds over processes; the scores do not depend on it
 
 
 @dataclass(frozen=True)

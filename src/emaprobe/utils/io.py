@@ -52,12 +52,14 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    """Parse a JSON file; malformed JSON raises a ValueError naming the file and line."""
+    """Parse a JSON file; malformed JSON, or bytes that are not UTF-8, raise a ValueError naming the file."""
     path = Path(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: malformed JSON at line {err.lineno}: {err.msg}") from err
+    except UnicodeDecodeError as err:  # its own message names the codec and byte, never the file
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason}), so not JSON") from err
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
