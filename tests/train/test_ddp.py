@@ -43,7 +43,9 @@ def _worker(rank: int, port: int, out: str) -> None:
 
         # the whole loop under DDP: every rank samples its own stream, rank 0 checkpoints them all
         tokens = torch.randint(0, V, (3_000,), generator=torch.Generator().manual_seed(1))
-        cfg = TrainConfig(steps=4, batch_size=2, seq_len=16, log_every=1, eval_every=2, eval_batches=2, ckpt_every=2)
+        # device cpu: gloo ranks on the CPU, also on a machine with one GPU (where "auto" would take it)
+        cfg = TrainConfig(steps=4, batch_size=2, seq_len=16, log_every=1, eval_every=2, eval_batches=2, ckpt_every=2,
+                          device="cpu")
         train_lm(_small_spen(), LMData(train=tokens, val=tokens[:500]), cfg, f"{out}/run", quiet=True)
     finally:
         shutdown_distributed()

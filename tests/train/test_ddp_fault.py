@@ -50,7 +50,8 @@ def _worker(rank: int, port: int, out: str, fail_rank: int) -> None:
     inner = build_model("spen-tiny", vocab_size=V, d_model=32, n_layer=1, d_bottleneck=16, d_ff=32, n_head=2)
     model = Faulty(inner, FAIL_AT_FORWARD if rank == fail_rank else None)
     tokens = torch.randint(0, V, (3_000,), generator=torch.Generator().manual_seed(1))
-    cfg = TrainConfig(steps=6, batch_size=2, seq_len=16, log_every=1, eval_every=0, ckpt_every=2)
+    # device cpu: gloo ranks on the CPU, also on a machine with one GPU (where "auto" would take it)
+    cfg = TrainConfig(steps=6, batch_size=2, seq_len=16, log_every=1, eval_every=0, ckpt_every=2, device="cpu")
     clean = False
     try:
         train_lm(model, LMData(train=tokens), cfg, f"{out}/run", quiet=True)

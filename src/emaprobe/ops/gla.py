@@ -249,8 +249,8 @@ def chunk_gla(
     q_dec = (qs * (start.unsqueeze(4) + loc).exp()).reshape(B, H, N, C, K)
     o = o + q_dec @ S_before  # (B, H, N, C, V)
     o = o.reshape(B, H, N * C, V)[:, :, :T].transpose(1, 2)  # (B, T, H, V)
-    nan = torch.tensor(float("nan"), dtype=acc, device=q.device)
-    return torch.where(bad_o, nan, o).to(out_dtype), torch.where(bad_S, nan, S)
+    # masked_fill with a Python scalar: no host-to-device copy (a decode step must never synchronize)
+    return o.masked_fill(bad_o, float("nan")).to(out_dtype), S.masked_fill(bad_S, float("nan"))
 
 
 def _nonfinite(q, k, v, g, h0) -> tuple[torch.Tensor, torch.Tensor]:
