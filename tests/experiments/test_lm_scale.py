@@ -255,7 +255,7 @@ def test_a_jobs_checkpoint_folder_is_keyed_by_every_setting_its_numbers_depend_o
 
 
 def test_other_settings_never_resume_a_checkpoint_nor_pass_for_done(tmp_path, capsys):
-    # the audit's case: the same work_dir, other settings: every job must train, not read the first run's checkpoint
+    # the same work_dir, other settings: every job must train, not read the first run's checkpoint
     work = {"work_dir": str(tmp_path / "work"), "stages": "lr", "lrs": "0.001"}  # two jobs: spen-ema and gpt
     run_experiment("lm_scale", budget="smoke", overrides=work, out=tmp_path / "a")
     other = {**work, "weight_decay": "0.0", "warmup_frac": "0.5", "min_lr_ratio": "0.9"}

@@ -1,4 +1,4 @@
-"""The trainer at the edges an audit found: settings changed on resume, NaN weights and validation
+"""The trainer at its edges: settings changed on resume, NaN weights and validation
 losses, run folders without a checkpoint, another corpus on resume, a stale model/ export, a stop
 request in the last step, and a GPT prompt longer than its window. Tiny models on random tokens,
 a few steps each."""
