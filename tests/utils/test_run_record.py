@@ -24,6 +24,20 @@ def test_run_record_carries_the_sha_and_extras():
     assert rec["git_sha"] is None or rec["git_sha"].split("-")[0].isalnum()
 
 
+def test_run_record_names_the_device_the_run_used_not_the_machines_gpu(monkeypatch):
+    """A --device cpu run on a machine with a GPU is a CPU figure: its record must not name the card."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA Test Card")
+    assert io.run_record(device="cpu")["device"] == f"cpu ({os.cpu_count()} cores)"
+    assert io.run_record(device=torch.device("cpu"))["device"].startswith("cpu (")
+    assert io.run_record(device="cuda")["device"] == "NVIDIA Test Card"
+    assert io.run_record()["device"] == "NVIDIA Test Card"  # no device given: what "auto" would take
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert io.run_record()["device"].startswith("cpu (")
+
+
 def test_a_command_names_the_code_it_started_with_when_head_moves(monkeypatch, tmp_path):
     from emaprobe.cli import main
 

@@ -164,6 +164,7 @@ def _run(widths, tokens: int, repeats: int, dev: torch.device, out_dir) -> dict:
               f"the floor, 4 N d_ff bytes at the copy bandwidth ({bw / 1e12:.2f} TB/s):")
         print(format_selection(rows))
     result = run_record(
+        device=dev,
         benchmark=f"ffn-{dev.type}",
         card=card,
         tokens=tokens,

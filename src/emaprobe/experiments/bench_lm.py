@@ -741,7 +741,7 @@ def run(bc: BenchConfig, device: str | torch.device = "cpu", out_dir: str | Path
 
     def record() -> dict:
         return run_record(
-            benchmark="lm", card=card, device_type=dev.type, bench_config=dataclasses.asdict(bc),
+            device=dev, benchmark="lm", card=card, device_type=dev.type, bench_config=dataclasses.asdict(bc),
             peak_flops=peak, peak_flops_source=source, mfu_formula=MFU_FORMULA,
             torch_threads=torch.get_num_threads(), **({"resumed_from": earlier} if earlier else {}),
             rows=rows, versus=versus(rows), **({"trainer_vs_step": trainer_vs_step(rows)} if bc.trainer else {}),

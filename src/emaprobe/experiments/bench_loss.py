@@ -114,7 +114,7 @@ def run(tokens: int = 16384, vocab: int = 50257, width: int = 768, device: str =
                     row[f"{name}_{what}_x_floor"] = row[f"{name}_{what}_ms"] / row[f"floor_{what}_ms"]
     for row in rows:
         print(format_table(row, forms, card))
-    result = run_record(benchmark=f"loss-{dev.type}", card=card, **({"copy_bandwidth_Bps": bw} if on_gpu else {}),
+    result = run_record(device=dev, benchmark=f"loss-{dev.type}", card=card, **({"copy_bandwidth_Bps": bw} if on_gpu else {}),
                         peak_flops=peak, peak_flops_source=peak_source, repeats=repeats, rows=rows)
     if out_dir is not None:
         path = atomic_write_json(Path(out_dir) / f"loss_{card_slug(card)}.json", result)

@@ -122,6 +122,7 @@ def run_cpu(shapes, alphas=DEFAULT_ALPHAS, repeats: int = 7, out_dir: str | Path
     print(f"EMA scan, CPU, {torch.get_num_threads()} torch threads, median of {repeats} (float32; lfilter is single-threaded)")
     print(table)
     result = run_record(
+        device="cpu",
         benchmark="scan-cpu",
         alphas=list(alphas),
         repeats=repeats,

@@ -439,6 +439,7 @@ def train_lm(
         # lines logged after the checkpoint by a killed run are dropped, so the curve stays exact
         atomic_write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in metrics))
         record = run_record(
+            device=device,
             seed=cfg.seed,
             world_size=info.world_size,
             device_used=str(device),

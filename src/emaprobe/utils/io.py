@@ -109,8 +109,24 @@ def pinned_git_sha() -> Iterator[None]:
         os.environ.pop("EMAPROBE_GIT_SHA", None)
 
 
-def run_record(**extra: Any) -> dict[str, Any]:
-    """What every result file records: argv, git SHA, versions, host and time, plus ``extra``."""
+def device_name(device: Any = None) -> str:
+    """The device a run used, as results name it: a CUDA card's name, or the CPU and its cores.
+    None: the machine's first GPU where it has one (what "auto" picks), else the CPU."""
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return f"{dev.type} ({os.cpu_count()} cores)" if dev.type == "cpu" else dev.type
+
+
+def run_record(device: Any = None, **extra: Any) -> dict[str, Any]:
+    """What every result file records: argv, git SHA, versions, host and time, plus ``extra``.
+
+    ``device``: the one the run used (a ``--device cpu`` benchmark on a GPU machine is a CPU
+    figure); None names the machine's GPU, or its CPU where it has none."""
     import torch
 
     from emaprobe import __version__
@@ -122,7 +138,7 @@ def run_record(**extra: Any) -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "host": platform.node(),
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
+        "device": device_name(device),
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     rec.update(extra)
