@@ -12,10 +12,12 @@ import pytest
 from emaprobe.cli import main
 from emaprobe.experiments import roles
 from emaprobe.experiments.protocol import config_for, get_experiment, read_claims
-from emaprobe.experiments.roles import MODELS, aggregate, score, smoke
+from emaprobe.experiments.roles import MODELS, aggregate, deep_margins, score, smoke
+from emaprobe.models.hebbian import FixedEmbeddings, HebbianVote
 from emaprobe.tasks.grammar import resolve_grammar_path
 from emaprobe.tasks.role_data import label_budget
 from emaprobe.tasks.sentence import RoleSentence
+from emaprobe.utils import config_to_dict
 
 CLAIM_IDS = {"hebbian_over_bigru_within_a", "deep_hebbian_beats_bigru", "transfer_b"}
 
@@ -130,6 +132,13 @@ def test_smoke_on_the_treebank(tmp_path, shared_data):
         (["--set", "nonsense"], "FIELD=VALUE"),
         (["--treebank", "/nonexistent/ud", "--no-treebank"], "--treebank DIR and --no-treebank contradict each other"),
         (["--seeds", "1", "--set", "seeds=2"], "--seeds and --set seeds=2 both set seeds; give one"),
+        # a nested seed is overwritten by the experiment seed, so roles.json would name a seed that did nothing
+        (["--set", "data.seed=7"], "data.seed=7: nested seeds are set from the experiment seed"),
+        (["--set", "hebbian.seed=7"], "hebbian.seed=7: nested seeds"),
+        (["--set", "two_stage.seed=1"], "two_stage.seed=1: nested seeds"),
+        (["--set", "bigru.seed=2"], "choose seeds with first_seed and seeds"),
+        # grammar A has no clause at depth 2: refused before any training, not at aggregation
+        (["--set", "data.deep_grammar=grammar_a"], "deep grammar 'grammar_a'"),
     ],
 )
 def test_bad_arguments_give_one_line_errors(tmp_path, capsys, args, message):
@@ -253,3 +262,62 @@ def test_a_corrupt_roles_json_is_an_error_naming_the_file(tmp_path):
     (tmp_path / "roles.json").write_text('{"broken')
     with pytest.raises(ValueError, match=r"roles.json: malformed JSON at line 1"):
         roles.report(tmp_path)
+
+
+def test_the_curve_names_a_hungarian_learner_whose_spare_units_predict_no_role():
+    # one-to-one naming names 3 of K units; a token won by another unit gets no role (scored wrong), as
+    # HebbianVote.predict does, instead of a KeyError after all the training
+    cfg = smoke()
+    ts = dataclasses.replace(cfg.two_stage, mapping="hungarian", members=1, epochs=1, class_restarts=1)
+    cfg = dataclasses.replace(cfg, two_stage=ts, budgets=(25,))
+    data = dataclasses.replace(cfg.data, n_train=150, n_val=60, n_test=40).build()
+    emb = FixedEmbeddings.from_sentences(data.train, cfg.bigru.dim, 0)
+    learner = HebbianVote(ts, emb).fit(data.train)
+    curve = roles.label_curve(cfg, 0, emb, learner, data.val, {"within_a": data.test_a})
+    named = learner.namings(data.val)[0]
+    assert len(named) == 3 < ts.n_units
+    assert set(curve["sets"]["within_a"]["two_stage"]) == {"25", "all"}
+
+
+def test_a_deep_grammar_without_depth_2_is_refused_before_training(tmp_path, monkeypatch):
+    def trained(*_args, **_kw):
+        raise AssertionError("a seed was trained")
+
+    monkeypatch.setattr(roles, "run_seed", trained)
+    cfg = dataclasses.replace(smoke(), treebank="", data=dataclasses.replace(smoke().data, deep_grammar="grammar_a"))
+    with pytest.raises(ValueError, match=r"deep grammar 'grammar_a' .* no scored token at clause depth >= 2"):
+        roles.run(cfg, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_aggregation_leaves_out_seeds_without_deep_tokens():
+    def seed(structural):
+        r = {"accuracy": 0.5, "per_role": {}, "per_depth": {}, "per_construction": {}}
+        return {"results": {"deep": {m: {**r, **({"structural": {"accuracy": structural}} if structural else {})}
+                                     for m in MODELS}}}
+
+    assert deep_margins([seed(None)]) == {}
+    assert "structural" not in aggregate([seed(None)])["deep"]["bigru"]
+    agg = aggregate([seed(None), seed(0.75)])["deep"]["bigru"]["structural"]
+    assert agg["mean"] == 0.75 and agg["n"] == 1
+    assert deep_margins([seed(None), seed(0.75)])["two_stage"]["n"] == 1
+
+
+def test_two_eval_grammars_of_one_file_name_are_refused(tmp_path, capsys):
+    # both would be the set "eval:g" (and draw with one seed): one was silently lost
+    paths = []
+    for d in ("d1", "d2"):
+        (tmp_path / d).mkdir()
+        paths.append(tmp_path / d / "g.yaml")
+        shutil.copy(resolve_grammar_path("grammar_b"), paths[-1])
+    rc = main(["roles", "--smoke", "--no-treebank", "--quiet", "--out", str(tmp_path / "x"),
+               "--eval-grammar", str(paths[0]), "--eval-grammar", str(paths[1])])
+    assert rc == 2
+    assert f"{paths[0]} and {paths[1]} would both be the set 'eval:g'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+@needs_committed
+def test_the_committed_config_passes_validation_and_equals_the_default():
+    saved = json.loads((COMMITTED / "roles.json").read_text())["config"]
+    assert json.loads(json.dumps(config_to_dict(roles.Config()))) == saved

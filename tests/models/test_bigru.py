@@ -115,3 +115,23 @@ def test_linear_probe_separates_separable_roles_and_checks_shapes():
         LinearProbe().fit(X, y[:5])
     with pytest.raises(ValueError, match="not fitted"):
         LinearProbe().predict(X)
+
+
+def test_empty_sentences_are_skipped_in_training_and_predict_nothing():
+    # a grammar whose start rule may derive no token gives length-0 sentences, which GRU packing refuses
+    from emaprobe.tasks.sentence import RoleSentence
+
+    empty = RoleSentence((), (), (), (), ())
+    train = toy_corpus(40, 0, n_nouns=10)
+    emb = FixedEmbeddings.from_sentences(train, 8, 0)
+    tagger = BiGRUTagger(BiGRUConfig(dim=8, hidden=8), emb)
+    train_tagger(tagger, [empty, *train, empty], None, TaggerTrainConfig(batch_size=4, steps=5), quiet=True)
+    assert tagger.history[-1]["steps"] == 5
+    mixed = [empty, train[0], empty, train[1]]
+    assert tagger.predict(mixed) == tagger.predict([train[0], train[1]])
+    assert tagger.predict([empty, empty]) == []
+    ids, lengths = emb.ids(mixed)
+    logits = tagger(ids, lengths)  # (B, T, R): the empty rows are zeros, the others as alone
+    assert torch.equal(logits[0], torch.zeros_like(logits[0]))
+    alone = tagger(*emb.ids([train[0]]))[0]
+    assert torch.allclose(logits[1, : len(train[0])], alone[: len(train[0])], atol=1e-6)

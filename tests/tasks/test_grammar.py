@@ -351,3 +351,24 @@ def test_the_relative_clause_np_comes_from_the_shared_lexicon(tmp_path):
     assert "\n  NP:" not in Path(load_grammar("grammar_a").path).read_text()
     # grammar B includes the lexicon but never reaches NP: no relative-clause construction
     assert not {"subject_relative", "object_relative"} & load_grammar("grammar_b").constructions
+
+
+def test_one_file_included_by_two_routes_is_no_conflict(tmp_path):
+    # mine includes lexicon.yaml directly and through extra.yaml: the same definitions, from one file
+    _write(tmp_path, "include: [lexicon.yaml]\nrules:\n  NPx:\n    - [Det, N:head]\n", "extra.yaml")
+    mine = _write(tmp_path, """\
+        include: [lexicon.yaml, extra.yaml]
+        start: S
+        rules:
+          S:
+            - clause: intransitive
+              body: [NPx:AGENT, Vi.past]
+        """, "mine.yaml")
+    g = load_grammar(mine)
+    assert g.sample(random.Random(0)).roles[1] == "AGENT"
+    # two different files defining one name still conflict
+    _write(tmp_path, "lexicon:\n  Det: [a]\n", "other.yaml")
+    clash = _write(tmp_path, "include: [lexicon.yaml, other.yaml]\nstart: S\nrules: {S: [{clause: x, body: [Det]}]}\n",
+                   "clash.yaml")
+    with pytest.raises(GrammarError, match=r"lexicon.Det is defined by both .*lexicon.yaml and .*other.yaml"):
+        load_grammar(clash)

@@ -83,6 +83,7 @@ from emaprobe.experiments.common import command, mean_std_text, nearest_budget, 
 from emaprobe.experiments.protocol import Claim, verdict_from_interval, write_claims
 from emaprobe.models.bigru import BiGRUConfig, BiGRUTagger
 from emaprobe.models.hebbian import FixedEmbeddings, HebbianConfig, HebbianVote, role_targets, vote
+from emaprobe.tasks.grammar import load_grammar
 from emaprobe.tasks.role_data import RoleDataConfig, label_budget, label_counts, sample_eval_set, unseen_tokens
 from emaprobe.tasks.sentence import NO_ROLE, ROLES, RoleSentence
 from emaprobe.train.tagger import LinearProbe, TaggerTrainConfig, train_tagger
@@ -102,6 +103,12 @@ CURVE_METHODS = ("two_stage", "probe", "bigru")
 STRUCTURAL_DEPTH = 2  # deep-set tokens this deep sit in clauses nested past anything in training
 RESULT = "roles.json"
 EXECUTION_FIELDS = ("threads", "workers")  # how the seeds are spread over processes; the results do not depend on it
+SEEDED_FIELDS = ("data", "hebbian", "two_stage", "bigru", "bigru_train", "budget_train", "ud_bigru_train")
+
+
+def eval_set_name(path: str | Path) -> str:
+    """The result key of an ``--eval-grammar`` file (its file name: committed results use it)."""
+    return f"eval:{Path(path).stem}"
 
 
 @dataclass(frozen=True)
@@ -145,6 +152,20 @@ class Config:
         dims = {self.hebbian.dim, self.two_stage.dim, self.bigru.dim}
         if len(dims) != 1:
             raise ValueError(f"hebbian.dim, two_stage.dim and bigru.dim must agree (shared embeddings), got {dims}")
+        # every learner's seed, and the data's, is the experiment seed: a nested seed is overwritten per seed,
+        # so a non-default one would be recorded in roles.json without producing it
+        fixed = {name: getattr(self, name).seed for name in SEEDED_FIELDS}
+        moved = {f"{k}.seed": v for k, v in fixed.items() if v != 0}
+        if moved:
+            raise ValueError(f"{', '.join(f'{k}={v}' for k, v in moved.items())}: nested seeds are set from the "
+                             "experiment seed; choose seeds with first_seed and seeds (--set first_seed=7)")
+        stems: dict[str, str] = {}
+        for path in self.eval_grammars:
+            key = eval_set_name(path)
+            if key in stems:
+                raise ValueError(f"eval grammars {stems[key]} and {path} would both be the set {key!r} (sets are "
+                                 "named by file name): rename one")
+            stems[key] = path
 
 
 def smoke() -> Config:
@@ -321,7 +342,9 @@ def label_curve(
         )
         for name, sents in eval_sets.items():
             preds = {
-                "two_stage": vote([[mp[int(k)] for k in win] for mp, win in zip(mappings, clusters[name])]),
+                # a unit no label named (Hungarian naming names only 3) predicts no role, scored wrong
+                "two_stage": vote([[mp.get(int(k), NO_ROLE) for k in win]
+                                   for mp, win in zip(mappings, clusters[name])]),
                 "probe": [ROLES[int(i)] for i in probe.predict(feats[name])],
                 "bigru": tagger.predict(sents),
             }
@@ -335,7 +358,7 @@ def run_seed(cfg: Config, seed: int, quiet: bool = True) -> dict[str, Any]:
     data = dataclasses.replace(cfg.data, seed=seed).build()
     sets: dict[str, Sequence[RoleSentence]] = dict(data.eval_sets())
     for path in cfg.eval_grammars:
-        sets[f"eval:{Path(path).stem}"] = tuple(sample_eval_set(path, cfg.data.n_test, seed=seed, train=data.train))
+        sets[eval_set_name(path)] = tuple(sample_eval_set(path, cfg.data.n_test, seed=seed, train=data.train))
     out = _fit_domain(cfg, seed, data.train, data.val, sets, ud=False, quiet=quiet)
     out["seed"] = seed
     out["data"] = {k: label_counts(v) for k, v in {"train": data.train, "val": data.val, **sets}.items()}
@@ -401,8 +424,9 @@ def aggregate(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
             for part in ("per_role", "per_depth", "per_construction"):
                 keys = sorted({k for r in rs for k in r[part]}, key=str)
                 entry[part] = {k: _mean_std([r[part][k]["accuracy"] for r in rs if k in r[part]]) for k in keys}
-            if "structural" in rs[0]:
-                entry["structural"] = _mean_std([r["structural"]["accuracy"] for r in rs])
+            structural = [r["structural"]["accuracy"] for r in rs if "structural" in r]  # seeds with deep tokens
+            if structural:
+                entry["structural"] = _mean_std(structural)
             out[name][model] = entry
     return out
 
@@ -424,8 +448,9 @@ def aggregate_curve(per_seed: list[dict[str, Any]], domain: str = "curve") -> di
                         if key in s[domain]["sets"][name][m]]
                 entry = {"accuracy": _mean_std([r["accuracy"] for r in rows]),
                          "ratio_to_bigru": _mean_std([r["accuracy"] / f for r, f in zip(rows, full)])}
-                if "structural" in rows[0]:
-                    entry["structural"] = _mean_std([r["structural"] for r in rows])
+                structural = [r["structural"] for r in rows if "structural" in r]
+                if structural:
+                    entry["structural"] = _mean_std(structural)
                 out["sets"][name][m][key] = entry
     return out
 
@@ -439,8 +464,9 @@ def aggregate_ceiling(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
         full = [s["results"][name]["bigru"]["accuracy"] for s in per_seed]
         entry = {"accuracy": _mean_std([r["accuracy"] for r in rows]),
                  "ratio_to_bigru": _mean_std([r["accuracy"] / f for r, f in zip(rows, full)])}
-        if "structural" in rows[0]:
-            entry["structural"] = _mean_std([r["structural"] for r in rows])
+        structural = [r["structural"] for r in rows if "structural" in r]
+        if structural:
+            entry["structural"] = _mean_std(structural)
         out[name] = entry
     return out
 
@@ -457,13 +483,27 @@ def ratios(per_seed: list[dict[str, Any]], set_name: str = "within_a") -> dict[s
 
 
 def deep_margins(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per seed, Hebbian minus BiGRU accuracy at depth >= 2 on the deep set (points of accuracy)."""
+    """Per seed, Hebbian minus BiGRU accuracy at depth >= 2 on the deep set (points of accuracy); seeds whose
+    deep set has no token that deep are left out, and with none the result is empty."""
+    deep = [s["results"]["deep"] for s in per_seed if "structural" in s["results"].get("deep", {}).get("bigru", {})]
     out = {}
-    for model in HEBBIAN_MODELS:
-        vals = [s["results"]["deep"][model]["structural"]["accuracy"]
-                - s["results"]["deep"]["bigru"]["structural"]["accuracy"] for s in per_seed]
+    for model in HEBBIAN_MODELS if deep else ():
+        vals = [d[model]["structural"]["accuracy"] - d["bigru"]["structural"]["accuracy"] for d in deep]
         out[model] = {**_mean_std(vals), "per_seed": vals, "wins": int(sum(v > 0 for v in vals))}
     return out
+
+
+def check_deep_grammar(data: RoleDataConfig, seed: int) -> None:
+    """Refuse, before any training, a deep grammar whose test sentences never reach ``STRUCTURAL_DEPTH``: the
+    depth >= 2 results would have nothing to score. Samples as the first seed's deep set does (without its
+    exclusion of training sentences, so it trains nothing and samples nothing the run uses)."""
+    g = load_grammar(data.deep_grammar)
+    sample = g.sample_many(max(data.n_test, 100), f"{seed}:test:{g.name}")
+    depths = [d for s in sample for r, d in zip(s.roles, s.depth) if r != NO_ROLE]
+    if not any(d >= STRUCTURAL_DEPTH for d in depths):
+        raise ValueError(f"deep grammar {data.deep_grammar!r} ({g.path}) gives no scored token at clause depth >= "
+                         f"{STRUCTURAL_DEPTH} (deepest in {len(sample)} sentences: {max(depths, default=None)}); "
+                         "the deep set scores structure at that depth: choose a grammar with clauses nested that deep")
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -536,6 +576,7 @@ def run(cfg: Config, out: str | Path) -> dict[str, Any]:
     for path in cfg.eval_grammars:
         if not Path(path).is_file():
             raise FileNotFoundError(f"eval grammar {path}: no such file")
+    check_deep_grammar(cfg.data, cfg.first_seed)
     treebank = resolve_treebank(cfg.treebank)
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
@@ -699,25 +740,26 @@ def claims(result: dict[str, Any], out: str | Path | None = None) -> list[Claim]
             labels="Hebbian: 100 A-val tokens for naming; BiGRU: " + str(train_labels),
             note=ceiling,
         ))
-    d = result["deep_margin"]["two_stage"]
-    dc = result["deep_margin"]["two_stage_causal"]
-    wins = d["wins"]
-    if n < 3:
-        deep_verdict = "inconclusive"
-    else:  # every seed ahead confirms, none refutes; between, it rests on the interval
-        deep_verdict = "confirmed" if wins == n else ("refuted" if wins == 0 else _verdict(d, 0.0))
-    rows.append(Claim(
-        claim="deep_hebbian_beats_bigru", metric="two-stage Hebbian minus BiGRU accuracy, deep set, depth >= 2 "
-        "(fraction; > 0 = Hebbian ahead)", paper=None, ours=d["mean"], std=_spread(d, n), seeds=n, scale=scale,
-        verdict=deep_verdict,
-        command=rerun,
-        labels=f"Hebbian: {val_labels} A-val naming tokens; BiGRU: {train_labels}",
-        note=f"Hebbian ahead on {wins} of {n} seeds (its causal variant: {dc['wins']} of {n}, "
-             f"{100 * dc['mean']:+.1f} points); the paper says the Hebbian learner beats the supervised "
-             f"model on structure-dependent roles and gives 84 on deep roles; ours: two-stage "
-             f"{100 * agg['deep']['two_stage']['structural']['mean']:.1f}, BiGRU "
-             f"{100 * agg['deep']['bigru']['structural']['mean']:.1f} at depth >= 2",
-    ))
+    d = result["deep_margin"].get("two_stage")
+    if d is not None:  # None: no seed's deep set reached depth >= 2
+        dc = result["deep_margin"]["two_stage_causal"]
+        wins, nd = d["wins"], d["n"]
+        if nd < 3:
+            deep_verdict = "inconclusive"
+        else:  # every seed ahead confirms, none refutes; between, it rests on the interval
+            deep_verdict = "confirmed" if wins == nd else ("refuted" if wins == 0 else _verdict(d, 0.0))
+        rows.append(Claim(
+            claim="deep_hebbian_beats_bigru", metric="two-stage Hebbian minus BiGRU accuracy, deep set, depth >= 2 "
+            "(fraction; > 0 = Hebbian ahead)", paper=None, ours=d["mean"], std=_spread(d, nd), seeds=nd, scale=scale,
+            verdict=deep_verdict,
+            command=rerun,
+            labels=f"Hebbian: {val_labels} A-val naming tokens; BiGRU: {train_labels}",
+            note=f"Hebbian ahead on {wins} of {nd} seeds (its causal variant: {dc['wins']} of {nd}, "
+                 f"{100 * dc['mean']:+.1f} points); the paper says the Hebbian learner beats the supervised "
+                 f"model on structure-dependent roles and gives 84 on deep roles; ours: two-stage "
+                 f"{100 * agg['deep']['two_stage']['structural']['mean']:.1f}, BiGRU "
+                 f"{100 * agg['deep']['bigru']['structural']['mean']:.1f} at depth >= 2",
+        ))
     b = agg["transfer_b"]["two_stage"]["accuracy"]
     bs = {k: 100 * v for k, v in b.items() if k != "n"} | {"n": b["n"]}
     rows.append(Claim(
@@ -750,13 +792,17 @@ def targets(result: dict[str, Any]) -> list[str]:
     lab = round(result["labels"]["two_stage"]["mean"])
     out.append(f"- two-stage / BiGRU within-A >= 0.90 over {r['n']} seeds: {mean_std_text(r, '.3f')} "
                f"(min {min(r['per_seed']):.3f}) with {lab} naming labels: {'met' if r['mean'] >= 0.90 else 'missed'}")
-    d = result["deep_margin"]["two_stage"]
-    out.append(f"- two-stage beats the BiGRU at depth >= 2 on every seed: {d['wins']} of {d['n']} "
-               f"(margin {mean_std_text(d, '+.1f', 100)} points): "
-               f"{'met' if d['wins'] == d['n'] else 'missed'}")
-    dc = result["deep_margin"]["two_stage_causal"]
-    out.append(f"  (the causal two-stage variant: ahead on {dc['wins']} of {dc['n']} seeds, "
-               f"{mean_std_text(dc, '+.1f', 100)} points)")
+    d = result["deep_margin"].get("two_stage")
+    if d is None:
+        out.append(f"- two-stage beats the BiGRU at depth >= 2 on every seed: no deep token reached depth "
+                   f">= {STRUCTURAL_DEPTH}")
+    else:
+        out.append(f"- two-stage beats the BiGRU at depth >= 2 on every seed: {d['wins']} of {d['n']} "
+                   f"(margin {mean_std_text(d, '+.1f', 100)} points): "
+                   f"{'met' if d['wins'] == d['n'] else 'missed'}")
+        dc = result["deep_margin"]["two_stage_causal"]
+        out.append(f"  (the causal two-stage variant: ahead on {dc['wins']} of {dc['n']} seeds, "
+                   f"{mean_std_text(dc, '+.1f', 100)} points)")
     curve = result["curve"]["sets"]["within_a"]["two_stage"]
     probe = result["curve"]["sets"]["within_a"]["probe"]
     best = max((v["ratio_to_bigru"]["mean"], k) for k, v in curve.items()
@@ -931,7 +977,7 @@ def plot_bars(result: dict[str, Any], path: Path) -> None:
     agg = result["aggregate"]
     labels = model_labels(result["config"])
     groups = [(s, "accuracy", s) for s in agg]
-    if "deep" in agg:
+    if all("structural" in agg.get("deep", {}).get(m, {}) for m in MODELS):
         groups.insert(list(agg).index("deep") + 1, ("deep", "structural", "deep, depth>=2"))
     fig, ax = plt.subplots(figsize=(1.6 * len(groups) + 5, 3.6))
     width = 0.8 / len(MODELS)
@@ -960,6 +1006,12 @@ def plot_curve(result: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(2, 3, figsize=(12, 7.2), sharey=True)
     axes = axes.ravel()
     colours = {"two_stage": "C0", "probe": "C1", "bigru": "C3"}
+
+    def scored(domain: str, set_name: str, metric: str) -> bool:  # depth >= 2: only where deep tokens were scored
+        per = result[domain]["sets"].get(set_name, {})
+        return bool(per) and all(metric in v for by_budget in per.values() for v in by_budget.values())
+
+    panels = [p for p in panels if scored(*p[:3])]
     for ax, (domain, set_name, metric, title) in zip(axes, panels):
         curve = result[domain]
         keys = list(curve["labels"])

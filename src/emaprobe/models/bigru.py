@@ -97,7 +97,16 @@ class BiGRUTagger(nn.Module):
                 p.copy_(torch.rand(p.shape, generator=gen) * 2 * bound - bound)
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """ids (B, T), lengths (B,) -> logits (B, T, R); packing keeps padding out of the backward GRU."""
+        """ids (B, T), lengths (B,) -> logits (B, T, R); packing keeps padding out of the backward GRU.
+
+        A sentence of length 0 (a grammar may derive one) has no token to tag: it skips the GRU, which
+        cannot pack it, and its row of logits is zeros (its targets are all ``IGNORE``, so no loss)."""
+        keep = lengths > 0  # (B,)
+        if not bool(keep.all()):
+            logits = self.head.weight.new_zeros(*ids.shape, len(ROLES))  # (B, T, R)
+            if bool(keep.any()):
+                logits[keep] = self(ids[keep], lengths[keep])
+            return logits
         x = self.embed(ids)  # (B, T, D)
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         out, _ = self.gru(packed)

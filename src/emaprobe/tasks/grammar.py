@@ -329,6 +329,9 @@ def _merge_includes(path: Path, data: dict, chain: tuple[Path, ...]):
         _, inc_lex, inc_rules, inc_origin = _read_with_includes(inc_path, chain)
         for section, mine, theirs in (("lexicon", lexicon, inc_lex), ("rules", rules, inc_rules)):
             for name, definition in theirs.items():
+                if name in mine and Path(origin[(section, name)]).resolve() == Path(
+                        inc_origin[(section, name)]).resolve():
+                    continue  # one file reached by two include routes: the same definition, no conflict
                 if name in mine:
                     raise GrammarError(
                         f"{path}: {section}.{name} is defined by both {origin[(section, name)]} "
