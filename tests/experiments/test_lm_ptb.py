@@ -160,6 +160,7 @@ def test_the_claims_command_carries_every_setting_that_differs_from_its_budget()
            "gpt": {0: {"experiment_config": dataclasses.asdict(cfg)}}}
     assert lm_ptb.rerun_command(res) == ("emaprobe run lm_ptb --smoke --set steps=6 --set lr=0.001 "
                                          "--set variants='[\"spen-ema\", \"gpt\"]'")
+    assert lm_ptb.rerun_command(res, "runs/x").endswith(" --out runs/x")
 
 
 COMMITTED = Path(__file__).resolve().parents[2] / "results"
@@ -170,7 +171,7 @@ def test_the_committed_claims_keep_their_command(folder):
     if not (COMMITTED / folder / "claims.json").is_file():
         pytest.skip("needs the committed results/ (an installed package has none)")
     committed = {c["command"] for c in json.loads((COMMITTED / folder / "claims.json").read_text())}
-    assert committed == {lm_ptb.rerun_command(lm_ptb.load_results(COMMITTED / folder))}
+    assert committed == {lm_ptb.rerun_command(lm_ptb.load_results(COMMITTED / folder), f"results/{folder}")}
 
 
 def test_a_run_of_other_settings_is_refused_whatever_seeds_and_variants_it_asks_for(tmp_path, monkeypatch):

@@ -29,6 +29,15 @@ def test_probe_smoke_writes_report_and_claims(name, tmp_path):
     assert claims[0].seeds >= 2
 
 
+@pytest.mark.parametrize("name", ["probe_lag", "probe_depth"])
+def test_a_missing_checkpoint_fails_before_any_probe_runs(name, tmp_path, monkeypatch):
+    """The checkpoints are looked at first: at --budget cpu the seeds' probes take minutes, all lost before."""
+    exp = get_experiment(name)
+    monkeypatch.setattr(exp, "run_seed", lambda *a, **k: pytest.fail("a seed ran before the checkpoints were checked"))
+    with pytest.raises(FileNotFoundError, match="nope does not exist"):
+        run_experiment(name, budget="smoke", overrides={"ckpts": f'["{tmp_path / "nope"}"]'}, out=tmp_path / "out")
+
+
 def test_probe_map_reads_what_exists(tmp_path):
     lag = run_experiment("probe_lag", budget="smoke", out=tmp_path / "lag")
     out = run_experiment("probe_map", budget="smoke", overrides={

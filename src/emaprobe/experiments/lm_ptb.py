@@ -292,7 +292,7 @@ def _interrupted(err: KeyboardInterrupt, name: str, seed: int, out: Path, done: 
 def report(out: str | Path) -> str:
     """README.md, val_loss.png, paired.png and claims.json from the JSON in ``out``; returns the README text."""
     text = write_report(out)
-    write_claims(out, claims(load_results(out)))
+    write_claims(out, claims(load_results(out), out))
     return text
 
 
@@ -324,23 +324,23 @@ def _interval(d: dict) -> str:
     return f"Paired by seed over seeds {d['seeds']}; 95% t-interval [{d['lo']:.4f}, {d['hi']:.4f}]"
 
 
-def rerun_command(res: dict[str, dict]) -> str:
-    """The command that makes these runs into an empty folder: the budget nearest their settings, a ``--set`` per
-    setting that differs from it, and the seeds and variants found where the budget has others. Without
-    ``--out``: the committed claims name none (the numbers do not depend on it)."""
+def rerun_command(res: dict[str, dict], out: str | Path | None = None) -> str:
+    """The command that makes these runs into ``out`` (where it names a folder; the same command goes on there
+    after a stop): the budget nearest their settings, a ``--set`` per setting that differs from it, and the seeds
+    and variants found where the budget has others."""
     settings = {**_settings(_any_run(res)["experiment_config"]), "seeds": _seeds(res), "variants": list(res)}
     budget = nearest_budget(NAME, settings)
-    return command(NAME, None, settings, budget=budget)
+    return command(NAME, out, settings, budget=budget)
 
 
-def claims(res: dict[str, dict]) -> list[Claim]:
+def claims(res: dict[str, dict], out: str | Path | None = None) -> list[Claim]:
     """This run speaks to two of the paper's claims, and to the proposed fix, at small scale; each is
     paired by seed, and a verdict other than inconclusive needs two seeds or more."""
     any_r = _any_run(res)
     seeds = _seeds(res)
     scale = (f"{any_r['num_params'] / 1e6:.1f}M params, {any_r['tokens']:,} tokens each, PTB word level "
              f"(10k vocabulary), " + (f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds}"))
-    common = dict(scale=scale, command=rerun_command(res), labels="none (language modelling)")
+    common = dict(scale=scale, command=rerun_command(res, out), labels="none (language modelling)")
     rows = []
     d = paired(res, "spen-ema", "gpt", _ppl_ratio)
     if d:

@@ -138,7 +138,11 @@ def run_ckpt(cfg: Config, path: str, seed_count: int) -> dict:
 
 
 def run(cfg: Config, out: Path) -> None:
+    from emaprobe.train.run import run_folders
+
     out = Path(out)
+    for path in cfg.ckpts:  # a missing checkpoint fails now, not after every seed's probes
+        run_folders(path)
     t0 = time.perf_counter()
     seeds = [run_seed(cfg, s) for s in range(cfg.seeds)]
     ckpts = [run_ckpt(cfg, p, cfg.seeds) for p in cfg.ckpts]

@@ -216,7 +216,11 @@ def run_ckpt(cfg: Config, path: str, dev: torch.device, log=print) -> dict:
 
 
 def run(cfg: Config, out: Path) -> None:
+    from emaprobe.train.run import run_folders
+
     out = Path(out)
+    for path in cfg.ckpts:  # a missing checkpoint fails now, not after every seed's probes
+        run_folders(path)
     dev = pick_device(cfg.device)
     t0 = time.perf_counter()
     seeds = [run_seed(cfg, s, dev) for s in range(cfg.seeds)]

@@ -126,10 +126,10 @@ def _save_tokenizer(tok: Tokenizer, folder: Path) -> None:
     tok.save(folder)
 
 
-def load_run(ckpt: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, Tokenizer, dict]:
-    """The model, tokenizer and run.json of a run folder (or of a bare ``save_pretrained`` folder)."""
-    from emaprobe.models import from_pretrained
-
+def run_folders(ckpt: str | os.PathLike) -> tuple[Path, Path, Path]:
+    """(model folder, run folder, tokenizer folder) of a run folder or a bare ``save_pretrained`` folder;
+    FileNotFoundError naming what is missing. Cheap: an experiment checks its checkpoints with it before
+    any work, not after."""
     root = Path(ckpt)
     if not root.exists():
         raise FileNotFoundError(f"{root} does not exist")
@@ -140,6 +140,14 @@ def load_run(ckpt: str | os.PathLike, device: torch.device | str = "cpu") -> tup
         raise FileNotFoundError(f"{root}: no model here (expected {MODEL_DIR}/config.json, written by `lm train`)")
     if not tok_dir.is_dir():
         raise FileNotFoundError(f"{root}: no {TOKENIZER_DIR}/ folder beside the model")
+    return model_dir, run_dir, tok_dir
+
+
+def load_run(ckpt: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, Tokenizer, dict]:
+    """The model, tokenizer and run.json of a run folder (or of a bare ``save_pretrained`` folder)."""
+    from emaprobe.models import from_pretrained
+
+    model_dir, run_dir, tok_dir = run_folders(ckpt)
     model = from_pretrained(model_dir).to(device)
     model.eval()
     run = json.loads((run_dir / RUN_NAME).read_text()) if (run_dir / RUN_NAME).is_file() else {}
