@@ -66,7 +66,8 @@ def test_seeds_pair_the_variants_and_the_claims_carry_mean_std_and_interval(tmp_
     assert claim.std == pytest.approx(abs(d[0] - d[1]) / 2 ** 0.5, abs=1e-5)
     assert "seeds [0, 1]; 95% t-interval" in claim.note and "seeds [0, 1]" in claim.scale
     # the seeds and variants found, where the budget has others
-    assert claim.command == "emaprobe run lm_ptb --smoke --set seeds=0,1 --set variants='[\"spen-ema\", \"spen-selective\"]'"
+    assert claim.command == ("emaprobe run lm_ptb --smoke --set seeds=0,1 --set variants='[\"spen-ema\", "
+                             f"\"spen-selective\"]' --out {tmp_path}")
     readme = (tmp_path / "README.md").read_text()
     assert "seeds 0, 1" in readme and "±" in readme
     assert "(2 seeds); selective against fixed EMA" in readme
