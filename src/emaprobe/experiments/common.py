@@ -255,7 +255,7 @@ def _flat_config(cfg) -> dict:
     import dataclasses
     import json
 
-    from emaprobe.experiments.protocol import flatten_config
+    from emaprobe.utils.config import flatten_config
 
     as_dict = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg
     return flatten_config(json.loads(json.dumps(as_dict, default=str)))

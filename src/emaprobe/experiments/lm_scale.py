@@ -255,10 +255,12 @@ class Job:
 # Config fields that pick which jobs run, or how and where they run, but not what a job computes: a job's own
 # variant, size, lr, seed, tokens and curve points are in its Job, and a checkpoint resumes bit for bit whatever
 # ckpt_every is. Every other field (data, tokenizer, seq_len, batch_size, schedule, weight decay, evaluation,
-# compile, device) is a setting of every job, and one added later is too unless it is named here.
-NOT_JOB_SETTINGS = ("stages", "only", "parallel", "workers", "work_dir", "small_size", "ladder", "headline_size",
-                    "lr_tokens", "mechanism_tokens", "headline_tokens", "headline_variants", "headline_seeds",
-                    "ladder_tokens", "curve_points", "lrs", "spen_lr", "gpt_lr", "mechanisms", "seeds", "ckpt_every")
+# compile, device) is a setting of every job, and one added later is too unless it is named here. The first
+# of them, EXECUTION_FIELDS, say where and how jobs run: a rerun command leaves them out too.
+EXECUTION_FIELDS = ("stages", "only", "parallel", "workers", "work_dir")
+NOT_JOB_SETTINGS = EXECUTION_FIELDS + (
+    "small_size", "ladder", "headline_size", "lr_tokens", "mechanism_tokens", "headline_tokens", "headline_variants",
+    "headline_seeds", "ladder_tokens", "curve_points", "lrs", "spen_lr", "gpt_lr", "mechanisms", "seeds", "ckpt_every")
 
 
 def job_settings(experiment_config: dict[str, Any]) -> dict[str, Any]:
@@ -929,20 +931,16 @@ def unmeasured(s: dict[str, Any], rows: list[Claim]) -> dict[str, str]:
     return why
 
 
-# where and how the jobs ran, not what they computed: left out of the command that reruns them
-EXECUTION_ONLY = ("stages", "only", "parallel", "workers", "work_dir")
-
-
 def rerun_command(runs: dict[str, dict], out: str | Path) -> str:
     """The command that makes ``runs`` into ``out``: the budget nearest their configs, and a ``--set`` per field
     that differs from it. A folder filled stage by stage holds runs of several configs (a later stage adds
     headline variants or seeds, say): a field whose value differs between its runs is left out, as no one
-    command set it, and so are ``EXECUTION_ONLY`` fields. Data outside the checkout needs EMAPROBE_DATA."""
+    command set it, and so are ``EXECUTION_FIELDS``. Data outside the checkout needs EMAPROBE_DATA."""
     values: dict[str, list] = {}
     for r in runs.values():
         for k, v in json.loads(json.dumps(r["experiment_config"])).items():
             values.setdefault(k, []).append(v)
-    shared = {k: vs[0] for k, vs in values.items() if k not in EXECUTION_ONLY and all(v == vs[0] for v in vs)}
+    shared = {k: vs[0] for k, vs in values.items() if k not in EXECUTION_FIELDS and all(v == vs[0] for v in vs)}
     line = command(NAME, out, shared, budget=nearest_budget(NAME, shared))
     needs_data = not str(shared.get("train", "ptb")).startswith("ptb")
     return ("EMAPROBE_DATA=... " if needs_data else "") + line

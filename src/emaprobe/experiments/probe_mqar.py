@@ -86,8 +86,9 @@ from emaprobe.utils import atomic_write_json, atomic_write_text, read_json, run_
 NAME = "probe_mqar"
 RESULT = "mqar.json"
 PARTIAL = "partial"  # OUT/partial/: checkpoints of runs not yet finished
-HOW = ("parallel", "gla_backend", "compile")  # config fields that say how runs execute, not what they measure
-EXECUTION_FIELDS = HOW  # what protocol.check_out leaves out when it compares an --out's mqar.json with a config
+# config fields that say how runs execute, not what they measure: a resume, and protocol.check_out's comparison
+# of an --out's mqar.json with a config, leave them out
+EXECUTION_FIELDS = ("parallel", "gla_backend", "compile")
 SELECTIVE = ("gla", "selective")  # the input-dependent mechanisms of the claim
 
 
@@ -219,7 +220,7 @@ def run(cfg: Config, out: Path) -> None:
     if path.is_file():  # resume: keep rows measured under the same config (how they ran aside)
         old = read_json(path)
         # the rule protocol.check_out applies before `emaprobe run` calls this, so a config it lets through resumes
-        resumed = not config_diff(old.get("config", {}), dataclasses.asdict(cfg), HOW)
+        resumed = not config_diff(old.get("config", {}), dataclasses.asdict(cfg), EXECUTION_FIELDS)
         if resumed:
             rows = old["rows"]
             earlier = list(dict.fromkeys([*old.get("resumed_from", []), old.get("git_sha", "unknown")]))

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ from types import ModuleType
 from typing import Any
 
 from emaprobe.utils import apply_overrides, atomic_write_json, read_json
+from emaprobe.utils.config import config_diff, flatten_config
 
 RUNS_DIR = Path("runs")
 CLAIMS_NAME = "claims.json"
@@ -142,35 +142,11 @@ def run_experiment(
 # ---------------------------------------------------------------------------- one config a folder
 
 
-def flatten_config(cfg: dict, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: nested config fields by their dotted ``--set`` names."""
-    out: dict[str, Any] = {}
-    for key, value in cfg.items():
-        if isinstance(value, dict):
-            out.update(flatten_config(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def config_diff(there: dict, now: dict, ignore: Sequence[str] = (), *,
-                predates_ok: bool = False) -> dict[str, tuple[Any, Any]]:
-    """``{field: (value there, value now)}`` for each field (dotted where nested) whose values differ, compared as
-    JSON gives them back (a tuple is a list). ``ignore`` names fields (or whole nested ones) left out. A field one
-    side lacks differs as ``"absent"``, unless ``predates_ok``: then it is left out (a record made before the field
-    existed)."""
-    a = flatten_config(json.loads(json.dumps(there, default=str)))
-    b = flatten_config(json.loads(json.dumps(now, default=str)))
-    keys = (a.keys() & b.keys()) if predates_ok else (a.keys() | b.keys())
-    skip = set(ignore)
-    # top-level fields first: a message that names only the first few names the plainest (seeds, steps)
-    return {k: (a.get(k, "absent"), b.get(k, "absent")) for k in sorted(keys, key=lambda k: (k.count("."), k))
-            if k not in skip and k.split(".")[0] not in skip and a.get(k, "absent") != b.get(k, "absent")}
-
-
 def diff_text(diff: dict[str, tuple[Any, Any]], most: int = 6) -> str:
     """``"seeds: 5 there, 1 now; lr: ..."``, the first ``most`` fields, then how many more."""
-    parts = [f"{k}: {there!r} there, {now!r} now" for k, (there, now) in list(diff.items())[:most]]
+    # top-level fields first: a message that names only the first few names the plainest (seeds, steps)
+    shown = sorted(diff.items(), key=lambda item: (item[0].count("."), item[0]))[:most]
+    parts = [f"{k}: {there!r} there, {now!r} now" for k, (there, now) in shown]
     more = len(diff) - most
     return "; ".join(parts) + (f"; and {more} more field{'s' * (more > 1)}" if more > 0 else "")
 

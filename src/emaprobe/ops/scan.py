@@ -191,12 +191,13 @@ def _empty_state(h0: torch.Tensor | None, shape: tuple[int, ...], device: torch.
     return torch.zeros(shape, dtype=acc, device=device) if h0 is None else h0.to(acc, copy=True)
 
 
-def _check_h0(h0: torch.Tensor | None, want: tuple[int, ...], what: str) -> None:
+def _check_h0(h0: torch.Tensor | None, want: tuple[int, ...], what: str, name: str = "h0") -> None:
+    # exactly ``want``: a state of another shape would broadcast silently (a batch-1 state into a batch-3 step)
     if h0 is None:
         return
-    _check_float("h0", h0)
+    _check_float(name, h0)
     if tuple(h0.shape) != want:
-        raise ValueError(f"h0 must have shape {want} ({what}), got {tuple(h0.shape)}")
+        raise ValueError(f"{name} must have shape {want} ({what}), got {tuple(h0.shape)}")
 
 
 # ---------------------------------------------------------------------------- autograd

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from emaprobe.ops.naive import accum_dtype
-from emaprobe.ops.scan import DEFAULT_ALPHAS, _check_alphas, _check_devices, _check_float
+from emaprobe.ops.scan import DEFAULT_ALPHAS, _check_alphas, _check_devices, _check_float, _check_h0
 from emaprobe.ops.triton.cache import cached
 
 
@@ -28,13 +28,6 @@ def _step_coefs(vals: tuple[float, ...], device: torch.device,
     return cached("ema_step_coefs", _make_step_coefs, vals, device, dtype)
 
 
-def _check_state(h: torch.Tensor, want: tuple[int, ...], what: str) -> None:
-    # a state of another shape would broadcast silently (a batch-1 state into a batch-3 step)
-    _check_float("h", h)
-    if tuple(h.shape) != want:
-        raise ValueError(f"h must have shape {want} ({what}), got {tuple(h.shape)}")
-
-
 def linear_scan_step(a_t: torch.Tensor, b_t: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
     """One step ``h <- a_t * h + b_t``; a_t and b_t broadcast to (B, *F), h (B, *F) exactly.
 
@@ -46,7 +39,7 @@ def linear_scan_step(a_t: torch.Tensor, b_t: torch.Tensor, h: torch.Tensor | Non
     if h is None:
         _check_devices(a_t=a_t, b_t=b_t)
         return torch.broadcast_to(b_t, shape).to(accum_dtype(a_t, b_t))
-    _check_state(h, tuple(shape), "the broadcast shape of a_t and b_t")
+    _check_h0(h, tuple(shape), "the broadcast shape of a_t and b_t", name="h")
     _check_devices(a_t=a_t, b_t=b_t, h=h)
     acc = accum_dtype(a_t, b_t, h)
     return torch.addcmul(b_t.to(acc), a_t.to(acc), h.to(acc))
@@ -62,7 +55,7 @@ def ema_step(
         raise ValueError(f"x_t must have shape (B, D), got {tuple(x_t.shape)}")
     vals = _check_alphas(alphas)
     if h is not None:
-        _check_state(h, (x_t.shape[0], len(vals), x_t.shape[1]), "(B, S, D)")
+        _check_h0(h, (x_t.shape[0], len(vals), x_t.shape[1]), "(B, S, D)", name="h")
         _check_devices(x_t=x_t, h=h)
     acc = accum_dtype(x_t) if h is None else accum_dtype(x_t, h)
     alpha, decay = _step_coefs(tuple(vals), x_t.device, acc)

@@ -71,6 +71,7 @@ from emaprobe.utils.progress import progress_disabled, progress_lines
 from emaprobe.train.sampler import BatchSampler
 from emaprobe.train.schedule import lr_at
 from emaprobe.utils import atomic_write_json, atomic_write_text, config_to_dict, run_record
+from emaprobe.utils.config import config_diff
 
 METRICS_NAME = "metrics.jsonl"
 RUN_NAME = "run.json"
@@ -236,20 +237,12 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
-def _describe_diff(saved: Any, now: Any, prefix: str = "") -> str:
+def _describe_diff(saved: Any, now: Any) -> str:
     """``"d_model: checkpoint 64, now 128; optim.lr: ..."``: the fields where two config dicts differ."""
     if not (isinstance(saved, dict) and isinstance(now, dict)):
-        return f"{prefix.rstrip('.') or 'config'}: checkpoint {saved!r}, now {now!r}"
-    parts = []
-    for key in sorted(set(saved) | set(now)):
-        a, b = saved.get(key, "<absent>"), now.get(key, "<absent>")
-        if a == b:
-            continue
-        if isinstance(a, dict) and isinstance(b, dict):
-            parts.append(_describe_diff(a, b, f"{prefix}{key}."))
-        else:
-            parts.append(f"{prefix}{key}: checkpoint {a!r}, now {b!r}")
-    return "; ".join(parts)
+        return f"config: checkpoint {saved!r}, now {now!r}"
+    return "; ".join(f"{k}: checkpoint {a!r}, now {b!r}"
+                     for k, (a, b) in config_diff(saved, now, absent="<absent>").items())
 
 
 # a resumed run must read the same batches: these fields fix the data stream

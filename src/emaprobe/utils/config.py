@@ -13,6 +13,31 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def flatten_config(cfg: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: nested config fields by their dotted ``--set`` names."""
+    out: dict[str, Any] = {}
+    for key, value in cfg.items():
+        if isinstance(value, dict):
+            out.update(flatten_config(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_diff(there: dict, now: dict, ignore: typing.Sequence[str] = (), *, predates_ok: bool = False,
+                absent: str = "absent") -> dict[str, tuple[Any, Any]]:
+    """``{field: (value there, value now)}`` for each field (dotted where nested, in name order) whose values
+    differ, compared as JSON gives them back (a tuple is a list). ``ignore`` names fields (or whole nested
+    ones) left out. A field one side lacks differs as ``absent``, unless ``predates_ok``: then it is left out
+    (a record made before the field existed)."""
+    a = flatten_config(json.loads(json.dumps(there, default=str)))
+    b = flatten_config(json.loads(json.dumps(now, default=str)))
+    keys = (a.keys() & b.keys()) if predates_ok else (a.keys() | b.keys())
+    skip = set(ignore)
+    return {k: (a.get(k, absent), b.get(k, absent)) for k in sorted(keys)
+            if k not in skip and k.split(".")[0] not in skip and a.get(k, absent) != b.get(k, absent)}
+
+
 def _coerce(value: str, typ: Any, where: str) -> Any:
     origin = typing.get_origin(typ)
     if origin in (typing.Union, types.UnionType):
