@@ -89,3 +89,25 @@ def test_loading_bad_folders_fails_clearly(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="model.safetensors: cannot read safetensors"):
         from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("name", ["spen-tiny", "gpt-tiny"])
+def test_round_trip_keeps_the_saved_dtype(tmp_path, name, dtype):
+    # from_pretrained built a float32 model and load_state_dict cast the weights into it silently
+    model = _trained_a_little(build_model(name, **TINY)).to(dtype)
+    idx = torch.randint(0, 29, (2, 9))
+    before, _ = model(idx)
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = from_pretrained(tmp_path / "ckpt").eval()
+    assert {p.dtype for p in loaded.parameters()} == {dtype}
+    after, _ = loaded(idx)
+    assert after.dtype == before.dtype and torch.equal(before, after)
+
+
+@pytest.mark.parametrize("name", ["spen-tiny", "gpt-tiny"])
+def test_an_empty_batch_gives_empty_logits(name):
+    # the id range check took min() of an empty tensor
+    model = build_model(name, **TINY).eval()
+    logits, _ = model(torch.zeros(0, 5, dtype=torch.long))
+    assert logits.shape == (0, 5, 29)

@@ -292,3 +292,16 @@ def test_the_gradient_of_H_is_one_product_and_no_sum():
         and isinstance(n.meta.get("val"), torch.Tensor) and n.meta["val"].numel() == H.numel()
     ]
     assert writes == ["aten.mm.default"], writes
+
+
+def test_rmsnorm_keeps_float64():
+    # it computed in float32 whatever the input, so a float64 SPEN was float32-accurate in its norms
+    from emaprobe.models.common import RMSNorm
+
+    norm = RMSNorm(7).double()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(3, 7, dtype=torch.float64)
+    expect = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + norm.eps) * norm.weight
+    torch.testing.assert_close(norm(x), expect, rtol=1e-14, atol=0)
+    assert norm(x.float()).dtype == torch.float32

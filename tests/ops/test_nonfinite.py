@@ -227,3 +227,30 @@ def test_chunk_gla_zero_decay_is_a_reset():
     after = chunk_gla(**{**x, "q": x["q"][:, 34:], "k": x["k"][:, 34:], "v": x["v"][:, 34:],
                          "log_decay": x["log_decay"][:, 34:], "h0": torch.zeros_like(x["h0"])})[0]
     torch.testing.assert_close(out[:, 34:], after, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_linear_scan_first_decay_nonfinite_alike_at_every_length(bad):
+    # from no h0, a_0 multiplies a zero state: the loop's a_0 * 0 is NaN. The torch backend skipped that product
+    # in sequences of one chunk and kept it in longer ones, so the same prefix came out finite or NaN by length
+    for T in (7, 64, 65, 130):
+        a = torch.rand(2, T, 3) * 0.9
+        a[:, 0] = bad
+        b = torch.randn(2, T, 3)
+        got = linear_scan(a, b, backend="torch")
+        want = naive_linear_scan(a, b)
+        assert torch.equal(torch.isfinite(got), torch.isfinite(want)), T
+        assert not torch.isfinite(got).any(), T
+
+
+@pytest.mark.parametrize("T", [1, 5, 70])
+def test_a_float64_h0_keeps_the_state_float64(T):
+    # the chunked forms left h0 out of the accumulation dtype: a float64 state came back float32 at T >= 1
+    x = torch.randn(2, T, 3)
+    h0 = torch.randn(2, 3, 3, dtype=torch.float64)
+    _, state = ema_traces(x, (0.5, 0.1, 0.02), h0=h0, return_state=True, backend="torch")
+    _, ref = naive_ema_traces(x, (0.5, 0.1, 0.02), h0=h0, return_state=True)
+    assert state.dtype == ref.dtype == torch.float64
+    a = torch.rand(2, T, 3)
+    _, state = linear_scan(a, x, h0=h0[:, 0], return_state=True, backend="torch")
+    assert state.dtype == torch.float64

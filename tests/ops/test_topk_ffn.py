@@ -378,3 +378,14 @@ def test_triton_topk_mask_in_the_interpreter_equals_the_reference():
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "BAD []" in out.stdout, out.stdout[-2000:]
+
+
+@pytest.mark.parametrize("k", [True, 2.0, "2"])
+@pytest.mark.parametrize("impl", ["dense", "gather", "mask", "auto"])
+def test_topk_ffn_refuses_a_k_that_is_not_an_int(impl, k):
+    # k=True ran as k=1 in the mask form and failed inside torch.topk in the others; 2.0 failed deep in torch
+    c, w_up, w_down = torch.randn(3, 8), torch.randn(16, 8), torch.randn(8, 16)
+    with pytest.raises(ValueError, match="k must be an int"):
+        topk_ffn(c, w_up, w_down, k, "relu", impl)
+    with pytest.raises(ValueError, match="k must be an int"):
+        topk_mask(torch.randn(3, 16), k)

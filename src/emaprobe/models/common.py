@@ -61,7 +61,7 @@ def tied_logits(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 class RMSNorm(nn.Module):
-    """x / rms(x) * g over the last dim, computed in float32, returned in x's dtype."""
+    """x / rms(x) * g over the last dim, computed in float32 (float64 for float64 x), returned in x's dtype."""
 
     def __init__(self, d: int, eps: float = 1e-5):
         super().__init__()
@@ -69,9 +69,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
+        acc = torch.promote_types(x.dtype, torch.float32)
+        xf = x.to(acc)
         y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (y * self.weight.float()).to(x.dtype)
+        return (y * self.weight.to(acc)).to(x.dtype)
 
 
 def register_model(cls: type[LanguageModel]) -> type[LanguageModel]:
@@ -173,7 +174,7 @@ class LanguageModel(nn.Module):
         if idx.dim() != 2 or idx.shape[1] == 0:
             raise ValueError(f"{name}: idx must have shape (B, T) with T >= 1, got {tuple(idx.shape)}")
         # a range check syncs a GPU stream every step; on CUDA the embedding asserts instead
-        if idx.device.type == "cpu" and not torch.compiler.is_compiling():
+        if idx.device.type == "cpu" and not torch.compiler.is_compiling() and idx.numel():
             lo, hi = int(idx.min()), int(idx.max())
             V = self.config.vocab_size
             if lo < 0 or hi >= V:
@@ -404,7 +405,8 @@ def _clone_state(state):
 
 
 def from_pretrained(directory: str | Path, device: str | torch.device = "cpu") -> LanguageModel:
-    """Rebuild a model saved by ``save_pretrained``: the class named in config.json, its weights."""
+    """Rebuild a model saved by ``save_pretrained``: the class named in config.json, its weights, in the dtype
+    they were saved in (a float64 or bf16 model comes back as one, not cast to float32)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -431,5 +433,8 @@ def from_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
     unexpected = sorted(set(tensors) - set(model.state_dict()))
     if missing or unexpected:
         raise ValueError(f"{w_path}: weights do not match {kind} config; missing {missing}, unexpected {unexpected}")
+    saved = {t.dtype for t in tensors.values() if t.is_floating_point()}
+    if len(saved) == 1:
+        model.to(saved.pop())
     model.load_state_dict(tensors, strict=True)
     return model

@@ -53,7 +53,7 @@ def chunk_linear_scan(
     case never materialises a full-size decay tensor. Returns h (B, T, *F) in
     float32, or float64 when an input is float64.
     """
-    acc = accum_dtype(a, b)
+    acc = accum_dtype(a, b) if h0 is None else accum_dtype(a, b, h0)  # a float64 h0 keeps float64, as naive's
     b = b.to(acc)
     a = a.to(acc)
     while a.dim() < b.dim():
@@ -66,10 +66,12 @@ def chunk_linear_scan(
     timevar = a.shape[1] != 1
     if T <= chunk:
         out = torch.empty(shape, dtype=acc, device=b.device)
-        h = h0
+        # from a zero state, not from b_0: a_0 * 0 is NaN where a_0 is, as in the sequential loop and in the
+        # chunked path below, so a sequence's outputs do not depend on how long it is
+        h = torch.zeros((B,) + feat, dtype=acc, device=b.device) if h0 is None else h0
         for t in range(T):
             at = a[:, t] if timevar else a[:, 0]
-            h = b[:, t] if h is None else torch.addcmul(b[:, t], at, h)
+            h = torch.addcmul(b[:, t], at, h)
             out[:, t] = h
         return out
     n = -(-T // chunk)
@@ -120,7 +122,7 @@ def chunk_ema_traces(
     """EMA traces: x (B, T, D), alphas (S,) -> h (B, T, S, D), float32 (float64 for float64 x)."""
     B, T, D = x.shape
     S = alphas.numel()
-    acc = accum_dtype(x)
+    acc = accum_dtype(x) if h0 is None else accum_dtype(x, h0)
     x = x.to(acc)
     if T <= chunk:
         chunk = max(T, 1)

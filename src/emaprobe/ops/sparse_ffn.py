@@ -40,6 +40,7 @@ two differ only where a row's k-th and (k+1)-th values are equal.
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from collections.abc import Callable
 
@@ -155,6 +156,14 @@ def gather_topk_down(vals: torch.Tensor, idx: torch.Tensor, w_down: torch.Tensor
 _TRITON_MASK_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
+def _check_k(k, width: int, name: str) -> None:
+    # an int (a bool is not one: True would run as k = 1 in one form and fail in torch.topk in the others)
+    if isinstance(k, bool) or not isinstance(k, (numbers.Integral, torch.SymInt)):
+        raise ValueError(f"k must be an int, got {k!r} ({type(k).__name__})")
+    if not 1 <= k <= width:
+        raise ValueError(f"k must lie in [1, {name}{width}], got {k}")
+
+
 def topk_mask_reference(a: torch.Tensor, k: int) -> torch.Tensor:
     """a (..., F) -> h (..., F): the k largest of each row kept, zeros elsewhere; of values tied
     at the k-th, the lowest indices are kept (a stable descending sort). Any dtype and device."""
@@ -191,8 +200,7 @@ def topk_mask(a: torch.Tensor, k: int, relu: bool = False) -> torch.Tensor:
     """The k-WTA code of a (..., F): the k largest of each row kept in place, zeros elsewhere; with
     ``relu``, the code of relu(a), in the same one pass (the relu is never written out). The
     gradient flows to the kept nonzero entries (for relu codes: exactly topk's)."""
-    if not 1 <= k <= a.shape[-1]:
-        raise ValueError(f"k must lie in [1, {a.shape[-1]}], got {k}")
+    _check_k(k, a.shape[-1], "")
     return _TopkMask.apply(a, k, relu)
 
 
@@ -281,8 +289,7 @@ def topk_ffn(
         raise ValueError(f"topk_ffn: want c (..., d_in), w_up (d_ff, d_in) and w_down (d_out, d_ff); got "
                          f"{tuple(c.shape)}, {tuple(w_up.shape)} and {tuple(w_down.shape)}")
     d_ff = w_up.shape[0]
-    if not 1 <= k <= d_ff:
-        raise ValueError(f"k must lie in [1, d_ff={d_ff}], got {k}")
+    _check_k(k, d_ff, "d_ff=")
     _activation(act)  # a named error for an unknown activation, before any work
     name = resolve_ffn_impl(impl, c.device, k, d_ff, act)
     z = F.linear(c, w_up)  # (..., d_ff), before the activation, which each form applies
