@@ -304,3 +304,23 @@ def test_the_committed_folder_keeps_its_command_and_resumes_under_its_budget():
     committed = {c["command"] for c in json.loads((COMMITTED / "claims.json").read_text())}
     assert committed == {L.rerun_command(L.load_runs(COMMITTED), Path("results/lm_scale"))}
     assert L.conflicts(L.gpu(), COMMITTED) == [], "a staged folder: plan fields differ between its runs, not settings"
+
+
+def test_the_gap_claim_reads_the_mean_of_the_test_splits_and_names_each_split_alone():
+    # the claim's share is of the mean test loss (splits weighted alike); beside the Wikipedia perplexity ratio it
+    # read as Wikipedia's, so the note gives each split's own share too
+    cfg = L.Config(spen_lr=1e-3, gpt_lr=1e-3, headline_variants=("spen-selective",), headline_seeds=3)
+
+    def split_losses(r, wiki, books):
+        r["final"]["wikipedia.test"]["loss"], r["final"]["books.test"]["loss"] = wiki, books
+        return r
+
+    runs = {}
+    for k in range(3):  # ema - gpt: 0.2 nats on both splits; selective closes 0.6 on wikipedia, 1.0 on books
+        for variant, wiki, books in (("spen-ema", 4.3, 4.0), ("gpt", 4.1, 3.8), ("spen-selective", 4.18, 3.8)):
+            name, r = _headline_run(cfg, variant, k, wiki)
+            runs[name] = split_losses(r, wiki, books)
+    s = L.summarize(runs)
+    gap = {c.claim: c for c in L.claims(s, "cmd")}["selective_closes_gap"]
+    assert gap.ours == pytest.approx(0.8) and "mean test loss" in gap.metric
+    assert "On each test split alone: wikipedia.test 0.600 (by seed 0 0.600, 1 0.600, 2 0.600); books.test 1.000" in gap.note

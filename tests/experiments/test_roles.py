@@ -321,3 +321,12 @@ def test_two_eval_grammars_of_one_file_name_are_refused(tmp_path, capsys):
 def test_the_committed_config_passes_validation_and_equals_the_default():
     saved = json.loads((COMMITTED / "roles.json").read_text())["config"]
     assert json.loads(json.dumps(config_to_dict(roles.Config()))) == saved
+
+
+def test_verdicts_rest_on_the_t_interval_and_notes_state_it():
+    # mean +- 2 standard errors covers 88% at 5 seeds: 0.95 +- 0.01 read as below 0.96; the t-interval includes it
+    ms = {"mean": 0.95, "std": 0.01, "n": 5}
+    assert roles._verdict(ms, 0.96) == "inconclusive"
+    assert roles._verdict({**ms, "std": 0.005}, 0.96) == "refuted"
+    assert roles._rule(ms, 0.96) == ("95% t-interval [0.938, 0.962] over 5 seeds; verdict rule: confirmed when it "
+                                     "lies above 0.960, refuted when below, else inconclusive")

@@ -94,7 +94,7 @@ from typing import Any
 
 import numpy as np
 
-from emaprobe.experiments.common import command, nearest_budget, plot_paired, pyplot, run_pool, save_fig
+from emaprobe.experiments.common import command, nearest_budget, plot_paired, pyplot, run_pool, save_fig, t_half_width
 from emaprobe.experiments.protocol import (
     SAME_LOSS_NATS,
     Claim,
@@ -562,13 +562,11 @@ def _find(runs: dict[str, dict], **match: Any) -> list[dict]:
 
 def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
     """Mean and a two-sided t-interval; with one value the interval is (nan, nan)."""
-    from scipy import stats
-
     x = np.asarray(values, dtype=float)
     m = float(x.mean())
     if len(x) < 2:
         return m, float("nan"), float("nan")
-    half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    half = t_half_width(float(x.std(ddof=1)), len(x), level)
     return m, m - half, m + half
 
 
@@ -597,10 +595,28 @@ def power_law_fit(tokens: list[float], losses: list[float], at: float) -> dict[s
             "loss_lo": math.exp(pred - t * se), "loss_hi": math.exp(pred + t * se), "log_se": se, "points": n}
 
 
-def _test_loss(r: dict) -> float:
-    """The mean test loss over the final splits named ``*.test`` (nats/token)."""
-    tests = [v["loss"] for k, v in r["final"].items() if k.endswith(".test")] or [v["loss"] for v in r["final"].values()]
-    return float(np.mean(tests))
+MAIN_SPLIT = "wikipedia.test"  # the perplexity ratio's split, as the paper's GPT-2 figure is WikiText's
+
+
+def _main_split(r: dict) -> str:
+    """The split the perplexity ratio is read on: ``MAIN_SPLIT`` where the run has it, else its first split
+    named ``*.test``, else its first."""
+    final = r["final"]
+    if MAIN_SPLIT in final:
+        return MAIN_SPLIT
+    return next((k for k in final if k.endswith(".test")), next(iter(final)))
+
+
+def _test_splits(r: dict) -> list[str]:
+    return [k for k in r["final"] if k.endswith(".test")] or list(r["final"])
+
+
+def _test_loss(r: dict, split: str | None = None) -> float:
+    """The final loss (nats/token) on ``split``; by default the mean over the test splits (``*.test``), each
+    weighted alike: the loss every claim on losses reads (the notes give each split's figure too)."""
+    if split is not None:
+        return float(r["final"][split]["loss"])
+    return float(np.mean([r["final"][k]["loss"] for k in _test_splits(r)]))
 
 
 def summarize(runs: dict[str, dict]) -> dict[str, Any]:
@@ -672,7 +688,7 @@ def summarize(runs: dict[str, dict]) -> dict[str, Any]:
             for r in _find(runs, variant=v, size=cfg["headline_size"], tokens=cfg["headline_tokens"]):
                 by_seed.setdefault(v, {})[r["job"]["seed"]] = r
         pair_seeds = sorted(set(by_seed["spen-ema"]) & set(by_seed["gpt"]))
-        main = "wikipedia.test" if "wikipedia.test" in h["ratio"] else next(iter(h["ratio"]))
+        main = _main_split(sp)
         h["main_split"] = main
         h["ratio_seeds"] = {k: by_seed["spen-ema"][k]["final"][main]["ppl"] / by_seed["gpt"][k]["final"][main]["ppl"]
                             for k in pair_seeds}
@@ -685,8 +701,12 @@ def summarize(runs: dict[str, dict]) -> dict[str, Any]:
             if v in ("spen-ema", "gpt") or 0 not in runs_v:
                 continue
             r = runs_v[0]
-            gaps = {}
+            gaps, split_gaps = {}, {}
             for k in sorted(set(runs_v) & set(pair_seeds)):
+                for split in _test_splits(r):
+                    e_k, v_k, g_k = (_test_loss(x, split) for x in (by_seed["spen-ema"][k], runs_v[k], by_seed["gpt"][k]))
+                    if e_k > g_k:
+                        split_gaps.setdefault(split, {})[k] = (e_k - v_k) / (e_k - g_k)
                 e_k, v_k, g_k = (_test_loss(x) for x in (by_seed["spen-ema"][k], runs_v[k], by_seed["gpt"][k]))
                 if e_k > g_k:
                     gaps[k] = (e_k - v_k) / (e_k - g_k)
@@ -697,6 +717,9 @@ def summarize(runs: dict[str, dict]) -> dict[str, Any]:
                               "minus_ema": {"mean": m, "lo": lo, "hi": hi, "seeds": paired, "values": minus_ema},
                               "gap_losses": {"spen-ema": _test_loss(sp), v: _test_loss(r), "gpt": _test_loss(gp)},
                               "gap_closed_seeds": gaps,  # seed -> share of that seed's ema -> gpt gap closed
+                              "gap_closed_by_split": split_gaps,  # the same on each test split alone
+                              "minus_ema_by_split": {split: _paired(runs_v, by_seed["spen-ema"], split)[1]
+                                                     for split in _test_splits(r)},
                               "curve_ratio": _curve_ratio(r, gp),
                               "curve_ratio_seeds": {k: _curve_ratio(runs_v[k], by_seed["gpt"][k])
                                                     for k in sorted(set(runs_v) & set(pair_seeds)) if k},
@@ -799,7 +822,7 @@ def claims(s: dict[str, Any], command: str) -> list[Claim]:
         tol = SAME_LOSS_NATS
         verdict = verdict_no_difference(d["mean"], d["lo"], d["hi"], tol=tol)
         rows.append(Claim(
-            claim="predictor_ablation_delta_loss", metric="test loss, attention predictor - linear predictor (nats/token)",
+            claim="predictor_ablation_delta_loss", metric="mean test loss, attention predictor - linear predictor (nats/token)",
             paper=PAPER["predictor_ablation_delta_loss"], ours=round(d["mean"], 5),
             std=round(float(np.std(d["values"], ddof=1)), 5), seeds=d["seeds"], scale=small, verdict=verdict,
             command=command, labels="none (language modelling)",
@@ -810,7 +833,7 @@ def claims(s: dict[str, Any], command: str) -> list[Claim]:
     d = s["paired"].get("spen-selective - spen-ema")
     if d and d["seeds"] >= 2:
         rows.append(Claim(
-            claim="selection_beats_fixed_decay", metric="test loss, spen-selective - spen-ema (nats/token)",
+            claim="selection_beats_fixed_decay", metric="mean test loss, spen-selective - spen-ema (nats/token)",
             paper=None, ours=round(d["mean"], 5), std=round(float(np.std(d["values"], ddof=1)), 5), seeds=d["seeds"],
             scale=small, verdict=verdict_from_interval(d["lo"], d["hi"], threshold=0.0, above_confirms=False),
             command=command, labels="none (language modelling)",
@@ -821,7 +844,7 @@ def claims(s: dict[str, Any], command: str) -> list[Claim]:
     if g and len(g["values"]) >= 2:
         verdict = verdict_from_interval(g["lo"], g["hi"], threshold=0.5)
         rows.append(Claim(
-            claim="selective_closes_gap", metric="fraction of the spen-ema -> gpt test-loss gap closed by spen-selective",
+            claim="selective_closes_gap", metric="fraction of the spen-ema -> gpt mean test loss gap closed by spen-selective",
             paper=None, ours=round(g["mean"], 4), std=round(float(np.std(g["values"], ddof=1)), 4),
             seeds=len(g["values"]), scale=small, verdict=verdict, command=command, labels="none (language modelling)",
             note=(f"95% t-interval [{g['lo']:.3f}, {g['hi']:.3f}]. Verdict rule: confirmed when the interval lies "
@@ -840,15 +863,23 @@ def claims(s: dict[str, Any], command: str) -> list[Claim]:
             rule = "One seed per model, so no interval: the verdict stays inconclusive until more seeds run. "
         rows.append(Claim(
             claim="selective_closes_gap",
-            metric=f"fraction of the spen-ema -> gpt test-loss gap closed by spen-selective, {cfg['headline_size']} size",
+            metric=f"fraction of the spen-ema -> gpt mean test loss gap closed by spen-selective, {cfg['headline_size']} size",
             paper=None, ours=round(m, 4), std=round(float(np.std(gaps, ddof=1)), 4) if len(gaps) > 1 else None,
             seeds=len(gaps), scale=(f"{o['params'] / 1e6:.0f}M params, {o['tokens']:.3g} tokens, {_data_scale(cfg)}, "
                                     + ("seed 0" if len(gaps) == 1 else f"seeds {sorted(o['gap_closed_seeds'])}, paired")),
             verdict=verdict, command=command, labels="none (language modelling)",
             note=(f"seed 0's test loss (mean of the test splits): spen-ema {o['gap_losses']['spen-ema']:.4f}, "
                   f"spen-selective {o['gap_losses']['spen-selective']:.4f}, gpt {o['gap_losses']['gpt']:.4f}. " + rule
-                  + (s.get("selective_gap_note") or ""))))
+                  + _split_shares(o) + (s.get("selective_gap_note") or ""))))
     return rows
+
+
+def _split_shares(o: dict) -> str:
+    """'On each test split alone: wikipedia.test 0.712 (by seed 0 0.715, ...); ...': the share of the gap
+    closed on each split by itself, beside the mean-of-splits figure the claim reads."""
+    parts = [f"{split} {np.mean(list(by_seed.values())):.3f} (by seed {_by_seed(by_seed)})"
+             for split, by_seed in (o.get("gap_closed_by_split") or {}).items() if by_seed]
+    return ("On each test split alone: " + "; ".join(parts) + ". ") if parts else ""
 
 
 def _predictor_at_scale(h: dict[str, Any], cfg: dict[str, Any], command: str) -> Claim:
@@ -870,9 +901,13 @@ def _predictor_at_scale(h: dict[str, Any], cfg: dict[str, Any], command: str) ->
              "attending over past contexts.")
     if gaps:
         rule += " Share of the ema -> gpt test-loss gap it closes, by seed: " + _by_seed(gaps) + "."
+    for split, diffs in (o.get("minus_ema_by_split") or {}).items():
+        if len(diffs) >= 2:
+            m, lo, hi = t_interval(diffs)
+            rule += f" On {split} alone: {m:+.4f} (95% t-interval [{lo:.4f}, {hi:.4f}])."
     return Claim(
         claim="predictor_ablation_130m",
-        metric=f"test loss, attention predictor - linear predictor, {cfg['headline_size']} size (nats/token)",
+        metric=f"mean test loss, attention predictor - linear predictor, {cfg['headline_size']} size (nats/token)",
         paper=PAPER["predictor_ablation_delta_loss"], ours=round(d["mean"], 5),
         std=round(float(np.std(d["values"], ddof=1)), 5) if len(d["values"]) > 1 else None, seeds=len(d["seeds"]),
         scale=(f"{o['params'] / 1e6:.0f}M vs {h['spen']['params'] / 1e6:.0f}M params, {o['tokens']:.3g} tokens each, "
@@ -885,11 +920,11 @@ def _by_seed(values: dict, fmt: str = ".3f") -> str:
     return ", ".join(f"{k} {v:{fmt}}" for k, v in sorted(values.items()))
 
 
-def _paired(a: dict[int, dict], b: dict[int, dict]) -> tuple[list[int], list[float], tuple]:
-    """Test loss of a's runs minus b's, paired by seed (same data order): (seeds, differences,
+def _paired(a: dict[int, dict], b: dict[int, dict], split: str | None = None) -> tuple[list[int], list[float], tuple]:
+    """Test loss (``_test_loss``) of a's runs minus b's, paired by seed (same data order): (seeds, differences,
     (mean, lo, hi) of the 95% t-interval); no common seed gives ([], [], (nan, nan, nan))."""
     seeds = sorted(set(a) & set(b))
-    d = [_test_loss(a[k]) - _test_loss(b[k]) for k in seeds]
+    d = [_test_loss(a[k], split) - _test_loss(b[k], split) for k in seeds]
     return seeds, d, t_interval(d) if d else (math.nan, math.nan, math.nan)
 
 
@@ -1002,9 +1037,14 @@ def _readme(s: dict, runs: dict[str, dict], figures: list[str], command: str) ->
                          + f" | `{b['name']}` | {str(b['git_sha'])[:10]} |")
         for v, o in others.items():
             g0 = o["gap_closed_seeds"].get(0)
-            closed = f"; it closes {g0:.2f} of the ema -> gpt test-loss gap" if g0 is not None else ""
+            closed = (f"; it closes {g0:.2f} of the ema -> gpt gap in mean test loss (the test splits weighted "
+                      "alike)") if g0 is not None else ""
             if len(o["gap_closed_seeds"]) > 1:
                 closed += " (by seed: " + _by_seed(o["gap_closed_seeds"]) + ")"
+            by_split = {k: np.mean(list(v.values())) for k, v in (o.get("gap_closed_by_split") or {}).items() if v}
+            if by_split:
+                closed += "; on each test split alone, mean over seeds: " + ", ".join(
+                    f"{k} {v:.2f}" for k, v in by_split.items())
             d = o["minus_ema"]
             if len(d["seeds"]) > 1:
                 closed += (f"; test loss minus spen-ema's, paired by seed: {d['mean']:+.4f} nats "

@@ -65,10 +65,11 @@ The tables per role, depth, construction and budget: results/roles/README.md.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import math
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -79,7 +80,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from emaprobe.experiments.common import command, mean_std_text, nearest_budget, pyplot, save_fig
+from emaprobe.experiments.common import command, mean_std_text, nearest_budget, pyplot, save_fig, t_half_width
 from emaprobe.experiments.protocol import Claim, verdict_from_interval, write_claims
 from emaprobe.models.bigru import BiGRUConfig, BiGRUTagger
 from emaprobe.models.hebbian import FixedEmbeddings, HebbianConfig, HebbianVote, role_targets, vote
@@ -147,6 +148,8 @@ class Config:
             raise ValueError(f"Config.seeds must be >= 1, got {self.seeds}")
         if self.threads < 1 or self.workers < 1:
             raise ValueError(f"Config.threads and Config.workers must be >= 1, got {self.threads}, {self.workers}")
+        if not math.isfinite(self.probe_l2) or self.probe_l2 < 0:  # NaN too, before any seed trains
+            raise ValueError(f"Config.probe_l2 must be a finite number >= 0, got {self.probe_l2}")
         if any(b < 1 for b in self.budgets) or list(self.budgets) != sorted(set(self.budgets)):
             raise ValueError(f"Config.budgets must be increasing positive token counts, got {self.budgets}")
         dims = {self.hebbian.dim, self.two_stage.dim, self.bigru.dim}
@@ -644,8 +647,18 @@ def run(cfg: Config, out: str | Path) -> dict[str, Any]:
         "per_seed": per_seed,
     }
     atomic_write_json(out / RESULT, result)
-    shutil.rmtree(out / PARTIAL, ignore_errors=True)  # roles.json holds every seed now
+    _drop_partial(out)  # roles.json holds every seed now
     return result
+
+
+def _drop_partial(out: Path) -> None:
+    """Remove this experiment's per-seed files from OUT/partial, and the folder once nothing else is in it: the
+    folder may hold others' files (another experiment's checkpoints, the user's), which stay."""
+    folder = out / PARTIAL
+    for path in folder.glob("seed-*.json"):
+        path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        folder.rmdir()  # only when empty
 
 
 def _spread(ms: dict[str, float], n: int) -> float | None:
@@ -694,11 +707,25 @@ def rerun_command(result: dict[str, Any], out: str | Path | None = None) -> str:
 
 
 def _verdict(ms: dict[str, float], threshold: float) -> str:
-    """From mean ± 2 standard errors against the paper's figure; under 3 seeds always inconclusive."""
+    """From the mean's 95% Student-t interval over seeds against the paper's figure; under 3 seeds always
+    inconclusive."""
     if ms["n"] < 3:
         return "inconclusive"
-    half = 2 * ms["std"] / ms["n"] ** 0.5
+    half = t_half_width(ms["std"], ms["n"])
     return verdict_from_interval(ms["mean"] - half, ms["mean"] + half, threshold=threshold)
+
+
+def _rule(ms: dict[str, float], threshold: float, fmt: str = ".3f") -> str:
+    """The verdict's evidence and rule, for a claim's note: the interval ``_verdict`` judged, and how."""
+    if ms["n"] < 3:
+        return f"{ms['n']} seeds: inconclusive until 3 or more run"
+    half = t_half_width(ms["std"], ms["n"])
+    return (f"95% t-interval [{ms['mean'] - half:{fmt}}, {ms['mean'] + half:{fmt}}] over {ms['n']} seeds; verdict "
+            f"rule: confirmed when it lies above {threshold:{fmt}}, refuted when below, else inconclusive")
+
+
+def _note(*parts: str | None) -> str:
+    return "; ".join(p for p in parts if p)
 
 
 def claims(result: dict[str, Any], out: str | Path | None = None) -> list[Claim]:
@@ -719,8 +746,9 @@ def claims(result: dict[str, Any], out: str | Path | None = None) -> list[Claim]
         verdict=_verdict(r, PAPER["ratio_hebbian_bigru"]), command=rerun,
         labels=f"Hebbian: 0 in training, {val_labels} A-val tokens for naming; BiGRU: {train_labels} "
                "(A-train, plus A-val for early stopping)",
-        note=f"the spec learner (K=3, one-to-one) reaches {result['ratio_within_a']['hebbian']['mean']:.3f}"
-             + (f"; {ceiling}" if ceiling else ""),
+        note=_note(_rule(r, PAPER["ratio_hebbian_bigru"]),
+                   f"the spec learner (K=3, one-to-one) reaches {result['ratio_within_a']['hebbian']['mean']:.3f}",
+                   ceiling),
     ))
     spec = result["ratio_within_a"]["hebbian"]
     rows.append(Claim(
@@ -728,6 +756,7 @@ def claims(result: dict[str, Any], out: str | Path | None = None) -> list[Claim]
         "within-A test", paper=PAPER["ratio_hebbian_bigru"], ours=spec["mean"], std=_spread(spec, n), seeds=n,
         scale=scale, verdict=_verdict(spec, PAPER["ratio_hebbian_bigru"]),
         command=rerun, labels=f"0 in training; {val_labels} A-val tokens fix the one-to-one naming of 3 units",
+        note=_rule(spec, PAPER["ratio_hebbian_bigru"]),
     ))
     curve = result["curve"]["sets"]["within_a"]["two_stage"]
     if "100" in curve:
@@ -738,7 +767,7 @@ def claims(result: dict[str, Any], out: str | Path | None = None) -> list[Claim]
             ours=c["mean"], std=_spread(c, n), seeds=n, scale=scale,
             verdict=_verdict(c, PAPER["ratio_hebbian_bigru"]), command=rerun,
             labels="Hebbian: 100 A-val tokens for naming; BiGRU: " + str(train_labels),
-            note=ceiling,
+            note=_note(_rule(c, PAPER["ratio_hebbian_bigru"]), ceiling),
         ))
     d = result["deep_margin"].get("two_stage")
     if d is not None:  # None: no seed's deep set reached depth >= 2
@@ -767,8 +796,8 @@ def claims(result: dict[str, Any], out: str | Path | None = None) -> list[Claim]
         paper=PAPER["transfer_b"], ours=bs["mean"], std=_spread(bs, n), seeds=n, scale=scale,
         verdict=_verdict(bs, PAPER["transfer_b"]), command=rerun,
         labels=f"Hebbian: {val_labels} A-val naming tokens; none from B",
-        note=f"BiGRU on B: {_pct(agg['transfer_b']['bigru']['accuracy'])}; spec Hebbian "
-             f"{_pct(agg['transfer_b']['hebbian']['accuracy'])}",
+        note=_note(_rule(bs, PAPER["transfer_b"], ".1f"), f"BiGRU on B: {_pct(agg['transfer_b']['bigru']['accuracy'])}",
+                   f"spec Hebbian {_pct(agg['transfer_b']['hebbian']['accuracy'])}"),
     ))
     return rows
 
