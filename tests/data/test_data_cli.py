@@ -209,6 +209,9 @@ def test_a_dead_worker_exits_2_with_one_line_and_no_debris(tmp_path, capsys, mon
         def submit(self, *args, **kwargs):
             raise BrokenProcessPool("A child process terminated abruptly")
 
+        def shutdown(self, wait=True, cancel_futures=False):
+            pass
+
     monkeypatch.setattr(PREPARE, "ProcessPoolExecutor", DyingPool)
     (tmp_path / "c.txt").write_text("a b\n", encoding="utf-8")
     assert main(["data", "prepare", "--data", str(tmp_path / "c.txt"), "--tokenizer", "word", "--out",
@@ -231,8 +234,8 @@ def test_info_on_a_hand_edited_manifest_names_the_field(tmp_path, capsys):
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-def test_sigterm_becomes_an_interrupt_inside_prepare_only():
-    from emaprobe.cli.data import sigterm_as_interrupt
+def test_sigterm_becomes_an_interrupt_inside_a_command_only():
+    from emaprobe.cli import sigterm_as_interrupt
 
     seen = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
@@ -245,3 +248,36 @@ def test_sigterm_becomes_an_interrupt_inside_prepare_only():
         assert seen == [signal.SIGTERM]
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_overwrite_never_replaces_a_folder_that_only_has_a_file_named_manifest(tmp_path, capsys):
+    # any folder holding a file called manifest.json was taken for a corpus, and --overwrite deleted it whole
+    (tmp_path / "c.txt").write_text("a b\n", encoding="utf-8")
+    app = tmp_path / "webapp"
+    (app / "src").mkdir(parents=True)
+    (app / "manifest.json").write_text('{"name": "my web app"}', encoding="utf-8")
+    (app / "NOTES.md").write_text("mine", encoding="utf-8")
+    argv = ["data", "prepare", "--data", str(tmp_path / "c.txt"), "--tokenizer", "word", "--out", str(app),
+            "--workers", "1", "--quiet"]
+    for extra in ([], ["--overwrite"]):
+        assert main([*argv, *extra]) == 2
+        err = capsys.readouterr().err
+        assert "is not an emaprobe token manifest" in err and "already holds a prepared corpus" not in err
+    assert sorted(p.name for p in app.iterdir()) == ["NOTES.md", "manifest.json", "src"]
+
+
+def test_overwrite_keeps_a_corpus_folder_that_holds_other_files(tmp_path, capsys):
+    # a real corpus with a model trained into it (or the user's notes): --overwrite would have deleted those too
+    (tmp_path / "c.txt").write_text("a b\n", encoding="utf-8")
+    argv = ["data", "prepare", "--data", str(tmp_path / "c.txt"), "--tokenizer", "word", "--out",
+            str(tmp_path / "o"), "--workers", "1", "--quiet"]
+    assert main(argv) == 0
+    (tmp_path / "o" / "model").mkdir()
+    (tmp_path / "o" / "NOTES.md").write_text("mine", encoding="utf-8")
+    capsys.readouterr()
+    assert main([*argv, "--overwrite"]) == 2
+    assert "holds a prepared corpus and other files too (NOTES.md, model)" in capsys.readouterr().err
+    assert (tmp_path / "o" / "NOTES.md").read_text(encoding="utf-8") == "mine"
+    (tmp_path / "o" / "NOTES.md").unlink()
+    (tmp_path / "o" / "model").rmdir()
+    assert main([*argv, "--overwrite"]) == 0

@@ -146,8 +146,35 @@ def test_workers_start_the_watchdog_with_the_prepare_pid(monkeypatch):
         def start(self):
             pass
 
+    signals = []
     monkeypatch.setattr(prep.threading, "Thread", FakeThread)
     monkeypatch.setattr(prep, "load_tokenizer", lambda path: None)
+    monkeypatch.setattr(prep.signal, "signal", lambda sig, handler: signals.append((sig, handler)))
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")
     prep._init_worker("tok", 1234)
     assert started == [(prep._exit_when_orphaned, (1234,), True)]
+    # Ctrl-C to the process group is the parent's to act on: a worker it killed while starting hung prepare
+    assert signals == [(prep.signal.SIGINT, prep.signal.SIG_IGN)]
+
+
+def test_a_prepare_that_stops_early_ends_its_workers_at_once(tmp_path):
+    # the consumer gives up (Ctrl-C, an error): the pool's workers are ended, not waited for
+    import importlib
+    import multiprocessing as mp
+
+    import numpy as np
+
+    from emaprobe.data import WordTokenizer
+
+    prep = importlib.import_module("emaprobe.data.prepare")
+    tok = WordTokenizer(["a", "b", "<unk>", "<eos>"])
+    tok_dir = tok.save(tmp_path / "tokenizer")
+    before = set(mp.active_children())
+    chunks = iter([["a b a"] * 50] * 40)
+    gen = prep._encoded_chunks(chunks, tok, tok_dir, np.dtype("uint16"), 2)
+    ids, docs, _ = next(gen)
+    assert docs == 50 and len(ids) == 200
+    workers = set(mp.active_children()) - before
+    assert workers
+    gen.close()
+    assert not any(p.is_alive() for p in workers)

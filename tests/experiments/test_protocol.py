@@ -137,7 +137,9 @@ def _fake_experiment(monkeypatch):
 
     def report(out):
         r = read_json(out / "result.json")
-        write_claims(out, [protocol.Claim(**{**ROW, "seeds": len(r["values"]), "std": None if len(r["values"]) == 1
+        (out / "README.md").write_text("# folder\n\nWritten by `emaprobe run folder`.\n", encoding="utf-8")
+        write_claims(out, [protocol.Claim(**{**ROW, "command": "emaprobe run folder", "seeds": len(r["values"]),
+                                             "std": None if len(r["values"]) == 1
                                              else 0.0, "ours": r["values"][0]})])
 
     mod.NAME, mod.Config, mod.run, mod.report, mod.RESULT = "folder", Config, run, report, "result.json"
@@ -228,3 +230,83 @@ def test_common_command_sets_nested_fields_lists_and_shell_words():
         "--set eval_grammars='[\"a b.yaml\"]' --set treebank= --out o")
     assert command("lm_scale", None, {"train": "my text/*.xz"}) == "emaprobe run lm_scale --set 'train=my text/*.xz'"
     assert nearest_budget("roles", dataclasses.asdict(protocol.get_experiment("roles").Config())) == "default"
+
+
+def test_report_files_another_wrote_are_refused_unless_overwrite(monkeypatch, tmp_path, capsys):
+    # a run writes README.md and claims.json: into a folder holding someone else's it replaced them silently
+    from emaprobe.cli import main
+
+    _fake_experiment(monkeypatch)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "README.md").write_text("# my project\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"README.md was not written by `emaprobe run folder`.*--overwrite"):
+        protocol.run_experiment("folder", out=mine)
+    assert (mine / "README.md").read_text(encoding="utf-8") == "# my project\n" and not (mine / "result.json").exists()
+    other = tmp_path / "other"  # another experiment's claims
+    other.mkdir()
+    write_claims(other, [protocol.Claim(**{**ROW, "command": "emaprobe run probe_lag --out other"})])
+    assert main(["run", "folder", "--out", str(other)]) == 2
+    assert "claims.json was not written by `emaprobe run folder`" in capsys.readouterr().err
+    assert main(["run", "folder", "--out", str(mine), "--overwrite"]) == 0
+    assert read_claims(mine)[0].command == "emaprobe run folder"
+    protocol.run_experiment("folder", out=mine)  # its own report files: it goes on
+
+
+def test_an_empty_out_is_refused(monkeypatch, tmp_path, capsys):
+    # --out "" is the current folder: run from a checkout it would have replaced the project's README
+    from emaprobe.cli import main
+
+    _fake_experiment(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    for argv in (["run", "folder", "--out", ""], ["roles", "--smoke", "--out", " "]):
+        assert main(argv) == 2
+        assert "--out is empty" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_roles_alias_refuses_results_of_other_settings(tmp_path, capsys):
+    # `emaprobe roles --out DIR` skipped the check `emaprobe run roles --out DIR` makes, and replaced them
+    from emaprobe.cli import main
+
+    (tmp_path / "roles.json").write_text(json.dumps({"config": {"seeds": 5}}), encoding="utf-8")
+    before = (tmp_path / "roles.json").read_bytes()
+    assert main(["roles", "--smoke", "--no-treebank", "--quiet", "--out", str(tmp_path)]) == 2
+    assert "roles.json holds roles results made with other settings" in capsys.readouterr().err
+    assert (tmp_path / "roles.json").read_bytes() == before
+
+
+def test_roles_removes_only_its_own_partial_files(tmp_path):
+    from emaprobe.experiments import roles
+
+    partial = tmp_path / roles.PARTIAL
+    partial.mkdir()
+    for name in ("seed-0.json", "seed-1.json", "other.pt"):
+        (partial / name).write_text("x", encoding="utf-8")
+    roles._drop_partial(tmp_path)
+    assert sorted(p.name for p in partial.iterdir()) == ["other.pt"]
+    (partial / "other.pt").unlink()
+    roles._drop_partial(tmp_path)
+    assert not partial.exists()
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGKILL"), reason="POSIX signals")
+def test_sigterm_between_a_runs_stages_exits_130_saying_so(monkeypatch, tmp_path, capsys):
+    # outside run_pool and the trainer, SIGTERM kept its default: the process died (143) with no word said
+    import os
+    import signal
+    import time
+
+    from emaprobe.cli import main
+
+    mod = _fake_experiment(monkeypatch)
+
+    def run(cfg, out):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler interrupts this at once
+
+    monkeypatch.setattr(mod, "run", run)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["run", "folder", "--out", str(tmp_path / "o")]) == 130
+    assert capsys.readouterr().err == "emaprobe run: interrupted: SIGTERM\n"
+    assert signal.getsignal(signal.SIGTERM) is before

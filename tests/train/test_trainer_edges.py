@@ -267,3 +267,19 @@ def test_the_cosine_reaches_its_floor_one_step_after_the_last():
     o = OptimConfig(lr=1.0, min_lr_ratio=0.1, warmup_steps=2)
     assert lr_at(9, 10, o) > 0.1 and lr_at(10, 10, o) == pytest.approx(0.1)
     assert "one step after the last" in OptimConfig.__doc__
+
+
+def test_a_resume_removes_the_temporary_files_a_killed_write_left(tmp_path, capsys):
+    # SIGKILL during atomic_write leaves .checkpoint.pt.XXXXXXXX.tmp, as large as a checkpoint, and nothing removed it
+    out = tmp_path / "run"
+    _train(out, stop_after=1)
+    (out / "model").mkdir(exist_ok=True)
+    stale = [out / ".checkpoint.pt.k1l2m3n4.tmp", out / "model" / ".model.safetensors.a_b9c8d7.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a checkpoint")
+    (out / ".notes.tmp").write_text("not ours", encoding="utf-8")  # not atomic_write's name: kept
+    capsys.readouterr()
+    _train(out, resume=True)
+    err = capsys.readouterr().err
+    assert not any(p.exists() for p in stale) and (out / ".notes.tmp").exists()
+    assert all(f"removed {p}: a checkpoint or export a killed run was writing" in err for p in stale)

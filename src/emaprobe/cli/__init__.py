@@ -9,9 +9,13 @@ subcommand is adding a file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import pkgutil
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 from emaprobe.utils.io import pinned_git_sha
 
@@ -54,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        with pinned_git_sha():  # results name the code the command started with
+        with pinned_git_sha(), sigterm_as_interrupt():  # results name the code the command started with
             return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as err:
         print(f"emaprobe {args.command}: error: {err}", file=sys.stderr)
@@ -67,6 +71,27 @@ def main(argv: list[str] | None = None) -> int:
         hint = getattr(args, "resume_hint", "")
         print(f"emaprobe {args.command}: interrupted{why}" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return 130
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Inside, SIGTERM raises KeyboardInterrupt, so a command stopped by ``timeout`` or a scheduler cleans up and
+    says so as on Ctrl-C (prepare removes its staging folder; a run between its stages prints what stopped, exit
+    130). SIGTERM's default ends the process at once, with no message and its partial files left. Signal handlers
+    can only be set from the main thread: elsewhere this does nothing. The previous handler is restored on the way
+    out; code that handles SIGTERM itself (the trainer, ``run_pool``) sets its own inside."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _os_error_line(err: OSError) -> str:

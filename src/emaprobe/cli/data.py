@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import signal
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 PREPARE_EPILOG = """\
@@ -37,6 +33,9 @@ examples:
 """
 
 
+MAX_VOCAB_SIZE = 2**24  # --vocab-size: far past any real vocabulary, far below what the bpe trainer cannot allocate
+
+
 def _tokenizer_options(args: argparse.Namespace) -> dict:
     name = args.tokenizer
     corpus = args.tokenizer_corpus
@@ -54,7 +53,7 @@ def _tokenizer_options(args: argparse.Namespace) -> dict:
 
 def _check_prepare_args(args: argparse.Namespace) -> None:
     """The flags, checked by name before any work; ``prepare`` checks the same in its parameters' words."""
-    from emaprobe.data.prepare import check_target
+    from emaprobe.data.prepare import check_target, is_corpus
     from emaprobe.data.splits import check_spec, is_prepared
     from emaprobe.data.tokens import MANIFEST
 
@@ -69,13 +68,16 @@ def _check_prepare_args(args: argparse.Namespace) -> None:
                              f"not {args.tokenizer!r}; drop {flag}")
     if args.vocab_size is not None and args.vocab_size < 2:
         raise ValueError(f"--vocab-size must be >= 2, got {args.vocab_size}")
+    if args.vocab_size is not None and args.vocab_size > MAX_VOCAB_SIZE:
+        # the bpe trainer allocates for the whole vocabulary up front: 1e11 aborts the process
+        raise ValueError(f"--vocab-size must be <= {MAX_VOCAB_SIZE:,} (2**24), got {args.vocab_size:,}")
     if args.ranks is not None:
         # refused, not ignored, as --steps against --set train.steps is in `lm train`
         if args.tokenizer != "gpt2":
             raise ValueError(f"--ranks applies only to --tokenizer gpt2, not {args.tokenizer!r}; drop --ranks")
         if not Path(args.ranks).expanduser().is_file():
             raise FileNotFoundError(f"--ranks {args.ranks}: no such file")
-    if (Path(args.out).expanduser() / MANIFEST).is_file() and not args.overwrite:
+    if is_corpus(Path(args.out).expanduser()) and not args.overwrite:
         raise ValueError(f"--out {args.out} already holds a prepared corpus; pass --overwrite to replace it")
     try:
         check_target(args.out, args.overwrite)  # now, not after a tokenizer has trained on the corpus
@@ -98,16 +100,15 @@ def run_prepare(args: argparse.Namespace) -> int:
         tok = resolve_tokenizer(args.tokenizer, **_tokenizer_options(args))
     except RanksNotFound:
         raise RanksNotFound("pass --ranks FILE") from None
-    with sigterm_as_interrupt():
-        manifest = prepare(
-            args.data,
-            tok,
-            args.out,
-            workers=args.workers,
-            shard_tokens=args.shard_tokens,
-            overwrite=args.overwrite,
-            quiet=args.quiet,
-        )
+    manifest = prepare(
+        args.data,
+        tok,
+        args.out,
+        workers=args.workers,
+        shard_tokens=args.shard_tokens,
+        overwrite=args.overwrite,
+        quiet=args.quiet,
+    )
     run = manifest["run"]
     print(
         f"{args.out}: {manifest['n_tokens']:,} tokens ({manifest['dtype']}) in {len(manifest['shards'])} shard(s), "
@@ -116,28 +117,6 @@ def run_prepare(args: argparse.Namespace) -> int:
         f"{run['elapsed_s']:.1f} s, {run['tokens_per_s']:,.0f} tokens/s with {run['workers']} worker(s)"
     )
     return 0
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Inside, SIGTERM raises KeyboardInterrupt, so prepare removes its staging folder as on Ctrl-C.
-
-    SIGTERM's default ends the process at once and leaves the hidden staging folder to
-    the next run. Signal handlers can only be set from the main thread: elsewhere this
-    does nothing. The previous handler is restored on the way out.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt("SIGTERM")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def run_info(args: argparse.Namespace) -> int:

@@ -29,7 +29,7 @@ Grammar files: see emaprobe/tasks/grammars/README.md.
 def _run(args: argparse.Namespace) -> int:
     from emaprobe.cli.run import parse_set
     from emaprobe.experiments import roles
-    from emaprobe.experiments.protocol import config_for, default_out, get_experiment
+    from emaprobe.experiments.protocol import config_for, get_experiment, out_folder, prepare_out
 
     exp = get_experiment(roles.NAME)
     overrides = parse_set(args.set)
@@ -46,7 +46,8 @@ def _run(args: argparse.Namespace) -> int:
     cfg = config_for(exp, "smoke" if args.smoke else "default", overrides)
     for path in args.eval_grammar or []:
         if not Path(path).is_file():
-            raise FileNotFoundError(f"--eval-grammar {path}: no such file")
+            raise FileNotFoundError(f"--eval-grammar {path}: " + ("a folder, not a grammar file" if Path(path).is_dir()
+                                                                    else "no such file"))
     if args.eval_grammar:
         cfg = dataclasses.replace(cfg, eval_grammars=tuple(str(Path(p)) for p in args.eval_grammar))
     if args.treebank is not None:
@@ -60,7 +61,8 @@ def _run(args: argparse.Namespace) -> int:
         print("note: no treebank (set EMAPROBE_DATA or pass --treebank DIR); UD part skipped")
     if args.quiet:
         os.environ["TQDM_DISABLE"] = "1"
-    out = Path(args.out) if args.out else default_out(roles.NAME)
+    out = out_folder(roles.NAME, args.out)
+    prepare_out(exp, cfg, out, named=args.out is not None, overwrite=args.overwrite)  # as `emaprobe run roles`
     result = roles.run(cfg, out)
     roles.report(out)
     print(roles.headline(result))
@@ -87,6 +89,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="UD treebank folder (default: $EMAPROBE_DATA/ud-english-ewt if present)")
     p.add_argument("--no-treebank", action="store_true", help="skip the treebank part")
     p.add_argument("--out", default=None, help="output folder (default: runs/roles)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="remove roles results made with other settings from --out first (without it they are refused)")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE",
                    help="override a config field, dotted for nested ones (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

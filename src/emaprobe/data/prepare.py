@@ -38,6 +38,7 @@ import multiprocessing as mp
 import os
 import re
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -87,6 +88,9 @@ def encode_documents(tokenizer: Tokenizer, docs: list[str], dtype: np.dtype) -> 
 
 def _init_worker(tokenizer_dir: str, parent_pid: int) -> None:
     global _worker_tokenizer
+    # Ctrl-C reaches the whole process group; the parent decides what stops. A worker it killed while starting
+    # broke the pool, and prepare then hung at exit on a chunk left in a pipe no worker read
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # a parent killed by SIGTERM/SIGKILL never shuts the pool down, and its workers would wait
     # on their task queue for good; polling getppid works on every POSIX system (prctl is Linux's)
     threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), name="orphan-watchdog", daemon=True).start()
@@ -179,26 +183,44 @@ def _encoded_chunks(
     # what has not started and waits for at most the 2 x workers chunks in flight.
     ctx = mp.get_context("spawn")
     initargs = (str(tokenizer_dir), os.getpid())
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=initargs) as pool:
-        pending: deque = deque()
-        try:
-            # Pool.imap would read the whole corpus ahead into its queue; a window keeps memory bounded
-            for chunk in chunks:
-                pending.append(pool.submit(_encode_in_worker, chunk, dtype.name))
-                if len(pending) >= 2 * workers:
-                    yield pending.popleft().result()
-            while pending:
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=initargs)
+    pending: deque = deque()
+    done = False
+    try:
+        # Pool.imap would read the whole corpus ahead into its queue; a window keeps memory bounded
+        for chunk in chunks:
+            pending.append(pool.submit(_encode_in_worker, chunk, dtype.name))
+            if len(pending) >= 2 * workers:
                 yield pending.popleft().result()
-        except BrokenProcessPool as err:  # from result() or, once broken, from submit()
-            # ChildProcessError, an OSError, so the command line prints one line; prepare's own
-            # handler removes the staging folder on the way out
-            raise ChildProcessError(
-                "a tokenizer worker process died (killed, or out of memory?); prepare stopped and removed "
-                "its partial output"
-            ) from err
-        finally:
-            for future in pending:
-                future.cancel()
+        while pending:
+            yield pending.popleft().result()
+        done = True
+    except BrokenProcessPool as err:  # from result() or, once broken, from submit()
+        # ChildProcessError, an OSError, so the command line prints one line; prepare's own
+        # handler removes the staging folder on the way out
+        raise ChildProcessError(
+            "a tokenizer worker process died (killed, or out of memory?); prepare stopped and removed "
+            "its partial output"
+        ) from err
+    finally:
+        if done:
+            pool.shutdown(wait=True)
+        else:
+            _abandon(pool, pending)
+
+
+def _abandon(pool: ProcessPoolExecutor, pending: deque) -> None:
+    """Stop the pool of a prepare that stopped early (an error, Ctrl-C): nothing more starts, and the workers end
+    now. Waiting for the chunks in flight instead could wait for good where a worker had died: a chunk stays in a
+    pipe that no worker reads, and the queue's feeder thread, which the interpreter joins at exit, with it."""
+    for future in pending:
+        future.cancel()
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # the executor keeps no public list
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in processes:
+        proc.terminate()
+    for proc in processes:
+        proc.join(timeout=5)
 
 
 def prepare(
@@ -338,10 +360,32 @@ def _check_target(out: Path, overwrite: bool) -> None:
     if not out.is_dir():
         raise ValueError(f"{out}: exists and is not a folder")
     if (out / MANIFEST).is_file():
+        if not is_corpus(out):
+            raise ValueError(f"{out}: its {MANIFEST} is not an emaprobe token manifest, so the folder is not a prepared "
+                             "corpus, and prepare replaces the whole folder; choose a new or empty folder")
         if not overwrite:
-            raise ValueError(f"{out}: already holds a prepared corpus; pass overwrite=True to replace it")
+            raise ValueError(f"{out}: already holds a prepared corpus; pass overwrite=True (--overwrite) to replace it")
+        extra = sorted(p.name for p in out.iterdir() if not _written_by_prepare(p))
+        if extra:
+            shown = ", ".join(extra[:4]) + (f" and {len(extra) - 4} more" if len(extra) > 4 else "")
+            raise ValueError(f"{out}: holds a prepared corpus and other files too ({shown}), which replacing the folder "
+                             "would delete; move them out, or choose another folder")
     elif any(out.iterdir()):
         raise ValueError(f"{out}: a non-empty folder that is not a prepared corpus; choose a new or empty folder")
+
+
+def is_corpus(folder: Path) -> bool:
+    """Whether ``folder`` holds a prepared corpus: a manifest.json of this format (not merely a file of that name)."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == FORMAT
+
+
+def _written_by_prepare(path: Path) -> bool:
+    # what a prepared corpus folder holds: the manifest, the tokenizer folder, the shards
+    return path.name in (MANIFEST, "tokenizer", OWNER) or re.fullmatch(r"tokens_\d{5}\.bin", path.name) is not None
 
 
 def _prepare_into(

@@ -38,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +103,15 @@ def default_out(name: str) -> Path:
     return RUNS_DIR / name
 
 
+def out_folder(name: str, out: str | Path | None) -> Path:
+    """The folder a run of ``name`` writes: ``out``, or ``runs/<name>`` when None; an empty ``out`` is refused."""
+    if out is None:
+        return default_out(name)
+    if not str(out).strip():
+        raise ValueError("--out is empty; name a folder (an empty path would write into the current one)")
+    return Path(out)
+
+
 def run_experiment(
     name: str,
     *,
@@ -116,7 +126,7 @@ def run_experiment(
     An ``out`` given may already hold results of the same config (they resume); results made with another
     are refused (``check_out``), or removed first with ``overwrite``."""
     exp = get_experiment(name)
-    folder = Path(out) if out is not None else default_out(exp.NAME)
+    folder = out_folder(exp.NAME, out)
     if report_only:
         # a report reads only the JSON already there: a budget or an override would be silently ignored
         asked = [flag for flag, given in (("--smoke/--budget", budget != "default"), ("--set", bool(overrides)),
@@ -127,8 +137,7 @@ def run_experiment(
                              "or drop --report-only to run")
     else:
         cfg = config_for(exp, budget, overrides)
-        if out is not None or overwrite:  # a folder the user named keeps its results; runs/<name> is scratch
-            check_out(exp, cfg, folder, overwrite=overwrite)
+        prepare_out(exp, cfg, folder, named=out is not None, overwrite=overwrite)
         exp.run(cfg, folder)
     try:
         exp.report(folder)
@@ -170,6 +179,43 @@ def stored_conflicts(exp: ModuleType, cfg: Any, out: str | Path) -> list[tuple[P
         return [(path, {"config": ("none recorded", "this run's")})]
     diff = config_diff(there, dataclasses.asdict(cfg), getattr(exp, "EXECUTION_FIELDS", ()))
     return [(path, diff)] if diff else []
+
+
+def prepare_out(exp: ModuleType, cfg: Any, folder: Path, *, named: bool, overwrite: bool = False) -> None:
+    """Before ``exp`` runs ``cfg`` into ``folder``: refuse a README.md or claims.json there that another wrote
+    (``foreign_reports``; ``overwrite`` lets the run replace them), and, in a folder the user ``named`` (or with
+    ``overwrite``), results of other settings (``check_out``); the default ``runs/<name>`` is scratch."""
+    foreign = [] if overwrite else foreign_reports(exp.NAME, folder)
+    if foreign:
+        raise ValueError(f"{foreign[0]} was not written by `emaprobe run {exp.NAME}` (another experiment's, or yours), "
+                         f"and this run would replace it with {exp.NAME}'s: choose another --out, or pass --overwrite "
+                         "to replace it")
+    if named or overwrite:
+        check_out(exp, cfg, folder, overwrite=overwrite)
+
+
+def foreign_reports(name: str, out: str | Path) -> list[Path]:
+    """The report files a run of experiment ``name`` writes (README.md, claims.json) that ``out`` already holds
+    and that another wrote: a README naming neither ``emaprobe.experiments.<name>`` nor ``emaprobe run <name>``,
+    a claims.json with a row whose command does not run ``name``."""
+    out = Path(out)
+    found = []
+    readme = out / "README.md"
+    if readme.is_file():
+        text = readme.read_text(encoding="utf-8", errors="replace")
+        if not re.search(rf"emaprobe\.experiments\.{name}\b|emaprobe run {name}\b", text):
+            found.append(readme)
+    claims_path = out / CLAIMS_NAME
+    if claims_path.is_file():
+        try:
+            rows = read_json(claims_path)
+        except ValueError:
+            rows = None
+        ours = isinstance(rows, list) and all(isinstance(r, dict) and re.search(rf"\brun {name}\b", str(r.get("command")))
+                                              for r in rows)
+        if not ours:
+            found.append(claims_path)
+    return found
 
 
 def conflict_message(name: str, found: list[tuple[Path, dict]]) -> str:

@@ -72,6 +72,7 @@ from emaprobe.train.sampler import BatchSampler
 from emaprobe.train.schedule import lr_at
 from emaprobe.utils import atomic_write_json, atomic_write_text, config_to_dict, run_record
 from emaprobe.utils.config import config_diff
+from emaprobe.utils.io import remove_stale_temps
 
 METRICS_NAME = "metrics.jsonl"
 RUN_NAME = "run.json"
@@ -386,6 +387,9 @@ def train_lm(
     clock = {"before": 0.0, "since": 0.0}  # training seconds of earlier processes, and this one's start
 
     has_ckpt = check_out_dir(out, resume)
+    if info.is_main and out.is_dir():  # a run killed while writing a checkpoint left its temporary file
+        for path in remove_stale_temps(out):
+            print(f"removed {path}: a checkpoint or export a killed run was writing", file=sys.stderr, flush=True)
     # every rank has looked at the folder before rank 0 writes run.json into it below
     barrier(info)
     if resume and not has_ckpt and info.is_main:

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -45,6 +46,19 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> P
             os.unlink(tmp)
         raise
     return path
+
+
+_TEMP = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")  # mkstemp's name in atomic_write: .NAME.XXXXXXXX.tmp
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files ``atomic_write`` leaves in ``folder`` (and its subfolders) when its process is
+    killed mid-write: each as large as the file it was writing (a checkpoint), and nothing else removes them.
+    Call it only where no other process writes into ``folder``. -> the files removed."""
+    found = [p for p in Path(folder).rglob(".*.tmp") if p.is_file() and _TEMP.fullmatch(p.name)]
+    for path in found:
+        path.unlink(missing_ok=True)
+    return found
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
