@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 # each benchmark's help shows its own examples; `emaprobe bench --help` shows both
 SCAN_EXAMPLES = """\
@@ -80,14 +81,28 @@ def _ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from err
 
 
+def _check_out(out: str) -> None:
+    """``--out`` must be a folder, or a path where one can be made: checked now, not after the benchmark ran."""
+    path = Path(out).expanduser()
+    blocker = next((p for p in (path, *path.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        where = "" if blocker == path else f": {blocker}"
+        raise ValueError(f"--out {out}{where} is a file, not a folder; name a folder for the JSON")
+
+
 def _lm(args: argparse.Namespace) -> int:
     import torch
 
     from emaprobe.experiments.bench_lm import BenchConfig, merge, quick_config, run
 
+    mixers = None
+    if args.mixers is not None:
+        mixers = tuple(m.strip() for m in args.mixers.split(",") if m.strip())
+        if not mixers:
+            raise ValueError(f"--mixers {args.mixers!r} names no mixer; give them comma-separated, e.g. ema,selective")
     given = {
         "configs": tuple(args.config) if args.config else None,
-        "mixers": tuple(m for m in args.mixers.split(",") if m) if args.mixers else None,
+        "mixers": mixers,
         "seq_lens": args.seq_lens, "tokens_per_step": args.tokens_per_step, "steps": args.steps,
         "warmup": args.warmup, "repeats": args.repeats, "compile": args.compile, "compile_mode": args.compile_mode,
         "gen_batches": args.gen_batch, "gen_prompts": args.gen_prompts, "gen_tokens": args.gen_tokens,
@@ -99,9 +114,11 @@ def _lm(args: argparse.Namespace) -> int:
         extra = sorted(given) + [f for f in ("quick", "device", "peak_tflops", "resume") if getattr(args, f)]
         if extra:
             raise ValueError(f"--merge measures nothing, so it takes only --out and --tag; drop {extra}")
+        _check_out(args.out)
         merge(args.merge, out_dir=args.out, tag=args.tag or "merged")
         return 0
     bc = quick_config(**given) if args.quick else BenchConfig(**given)
+    _check_out(args.out)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     run(bc, device=device, out_dir=args.out, peak_tflops=args.peak_tflops, tag=args.tag, resume=args.resume)
     return 0
@@ -110,9 +127,10 @@ def _lm(args: argparse.Namespace) -> int:
 def _scan(args: argparse.Namespace) -> int:
     import torch
 
-    from emaprobe.experiments.bench_scan import DEFAULT_SHAPES, parse_shape, run_cpu
+    from emaprobe.experiments.bench_scan import DEFAULT_SHAPES, check_shapes_fit, parse_shape, run_cpu
 
     shapes = [parse_shape(s) for s in args.shape] if args.shape else list(DEFAULT_SHAPES)
+    _check_out(args.out)
     if args.device != "cuda" and (args.grid or args.tag):
         raise ValueError("--grid and --tag are for the CUDA benchmark: add --device cuda")
     if args.grid and (args.shape or args.sweep or args.tag):
@@ -127,9 +145,12 @@ def _scan(args: argparse.Namespace) -> int:
         if args.grid:
             run_grid(out_dir=args.out)
             return 0
+        if args.shape:
+            check_shapes_fit(shapes, "cuda")
         run_cuda(shapes if args.shape else None, out_dir=args.out, do_sweep=args.sweep,
                  peers=not args.no_peers, loop=not args.no_loop, warp=not args.no_warp, tag=args.tag)
         return 0
+    check_shapes_fit(shapes, "cpu")
     run_cpu(shapes, repeats=7 if args.repeats is None else args.repeats, out_dir=args.out)
     return 0
 
@@ -137,6 +158,7 @@ def _scan(args: argparse.Namespace) -> int:
 def _ffn(args: argparse.Namespace) -> int:
     from emaprobe.experiments.bench_ffn import WIDTHS, run
 
+    _check_out(args.out)
     run(tuple(args.width) if args.width else tuple(WIDTHS), tokens=args.tokens, repeats=args.repeats,
         device=args.device, out_dir=args.out, threads=args.threads)
     return 0
@@ -145,6 +167,7 @@ def _ffn(args: argparse.Namespace) -> int:
 def _loss(args: argparse.Namespace) -> int:
     from emaprobe.experiments.bench_loss import run
 
+    _check_out(args.out)
     run(tokens=args.tokens, vocab=args.vocab, width=args.width, device=args.device, repeats=args.repeats,
         out_dir=args.out)
     return 0

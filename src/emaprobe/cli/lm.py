@@ -177,10 +177,15 @@ def _eval(args) -> int:
     return 0
 
 
+MAX_SEED = 2**64 - 1  # torch.manual_seed's largest
+
+
 def _generate(args) -> int:
     from emaprobe.train.run import check_generate_args, stream_generate
 
     check_generate_args(args.tokens, args.temperature, args.top_k)  # before the prompt is printed
+    if not 0 <= args.seed <= MAX_SEED:
+        raise ValueError(f"--seed must lie in [0, 2**64 - 1] (what torch.manual_seed takes), got {args.seed}")
 
     for piece in stream_generate(
         args.ckpt, args.prompt, max_new_tokens=args.tokens, temperature=args.temperature, top_k=args.top_k,

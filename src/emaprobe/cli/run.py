@@ -41,7 +41,7 @@ def parse_set(items: list[str] | None) -> dict[str, str]:
 def _run(args: argparse.Namespace) -> int:
     from emaprobe.experiments.protocol import EXPERIMENTS, budgets, get_experiment, run_experiment
 
-    if args.list or not args.name:
+    if args.list or args.name is None:  # an empty name is an unknown experiment (get_experiment says so)
         for name in sorted(EXPERIMENTS):
             exp = get_experiment(name)
             doc = (exp.__doc__ or "").strip().splitlines()

@@ -92,6 +92,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import math
 import statistics
 import tempfile
 import time
@@ -149,6 +150,8 @@ class BenchConfig:
         if self.compile_mode != "default" and self.compile == "off":
             raise ValueError(f"--compile-mode {self.compile_mode} applies to compiled training rows; "
                              "--compile off leaves none (give --compile on or both)")
+        if not self.mixers:
+            raise ValueError(f"mixers must name at least one mixer, got {self.mixers}; choose from {sorted(MIXERS)}")
         unknown = sorted(set(self.mixers) - set(MIXERS))
         if unknown:
             raise ValueError(f"unknown mixer(s) {unknown}; choose from {sorted(MIXERS)}")
@@ -702,6 +705,8 @@ def run(bc: BenchConfig, device: str | torch.device = "cpu", out_dir: str | Path
     longer than one sitting is the same command run again. A kept row names its ``source``
     (file, git SHA, time, torch), as in ``merge``; rows that ended in an error are measured again."""
     check_tag(tag)
+    if peak_tflops is not None and not (math.isfinite(peak_tflops) and peak_tflops > 0):  # NaN fails both
+        raise ValueError(f"--peak-tflops must be a finite number > 0 (TFLOP/s), got {peak_tflops}")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is visible to torch")

@@ -14,9 +14,11 @@ Every figure is the median of ``--repeats`` timed runs after one warm-up.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +39,43 @@ def parse_shape(text: str) -> tuple[int, int, int]:
     if min(B, T, D) < 1:
         raise ValueError(f"--shape needs positive sizes, got {text!r}")
     return B, T, D
+
+
+def memory_bytes(device: str = "cpu") -> int | None:
+    """The whole memory of ``device`` in bytes (the host's RAM for cpu); None where it cannot be read."""
+    if device == "cuda":
+        return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_shapes_fit(shapes, device: str = "cpu", n_scales: int = len(DEFAULT_ALPHAS)) -> None:
+    """Refuse, before any shape is timed, one whose float32 input and its ``n_scales`` traces alone outgrow the
+    device's memory (a run holds several such tensors at once, so a shape that passes may still run out:
+    ``out_of_memory_named`` turns that into an error naming it)."""
+    total = memory_bytes(device)
+    for B, T, D in shapes:
+        need = 4 * B * T * D * (1 + n_scales)
+        if total is not None and need > total:
+            raise ValueError(f"--shape {B}x{T}x{D} cannot fit: its float32 input and {n_scales} traces alone take "
+                             f"{need / 2**30:,.1f} GiB, more than the {total / 2**30:,.1f} GiB of {device} memory; "
+                             "give a smaller shape")
+
+
+@contextlib.contextmanager
+def out_of_memory_named(shape) -> Iterator[None]:
+    """A failed allocation while ``shape`` is timed becomes a one-line ValueError that names the shape."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as err:  # torch.OutOfMemoryError is a RuntimeError
+        text = str(err).strip()
+        if not isinstance(err, MemoryError) and "out of memory" not in text and "can't allocate memory" not in text:
+            raise
+        B, T, D = shape
+        first = text.splitlines()[0] if text else type(err).__name__
+        raise ValueError(f"--shape {B}x{T}x{D} ran out of memory ({first}); give a smaller shape") from err
 
 
 def median_time(fn: Callable[[], object], repeats: int) -> float:
@@ -115,7 +154,8 @@ def run_cpu(shapes, alphas=DEFAULT_ALPHAS, repeats: int = 7, out_dir: str | Path
         raise ValueError(f"--repeats must be >= 1, got {repeats}")
     rows = []
     for shape in shapes:
-        rows.append(bench_cpu_shape(shape, tuple(alphas), repeats, loop_max_tokens))
+        with out_of_memory_named(shape):
+            rows.append(bench_cpu_shape(shape, tuple(alphas), repeats, loop_max_tokens))
         print(format_table(rows[-1:]).splitlines()[-1], flush=True)
     table = format_table(rows)
     print()

@@ -76,6 +76,7 @@ from types import SimpleNamespace
 
 import torch
 
+from emaprobe.experiments.bench_scan import out_of_memory_named
 from emaprobe.experiments.common import (
     bench_eager_ms,
     card_slug,
@@ -925,7 +926,8 @@ def run_cuda(shapes=None, alphas=DEFAULT_ALPHAS, out_dir: str | Path | None = No
         )
 
     for shape in shapes:
-        row = bench_shape(ts, shape, alphas, bw, peer_fns, loop)
+        with out_of_memory_named(shape):
+            row = bench_shape(ts, shape, alphas, bw, peer_fns, loop)
         print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
         rows.append(row)
         if out_dir is not None:  # a peer that kills the CUDA context later leaves these rows behind

@@ -153,6 +153,10 @@ class Config:
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown:
             raise ValueError(f"unknown variant {unknown[0]!r}; choose one of {sorted(VARIANTS)}")
+        if not self.variants or len(set(self.variants)) != len(self.variants):
+            raise ValueError(f"Config.variants must be distinct variant names, at least one; got {self.variants}")
+        if self.threads < 0:
+            raise ValueError(f"Config.threads must be >= 0 (0 leaves torch's own count), got {self.threads}")
         self._check_seq_len()
 
     def _check_seq_len(self) -> None:

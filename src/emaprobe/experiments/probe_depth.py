@@ -63,9 +63,21 @@ class Config:
     def __post_init__(self):
         if not self.depths or min(self.depths) < 1:
             raise ValueError(f"depths must be positive, got {self.depths}")
+        if not self.mechanisms or len(set(self.mechanisms)) != len(self.mechanisms):
+            raise ValueError(f"mechanisms must be distinct mechanism names, at least one; got {self.mechanisms}")
         for m in self.mechanisms:
             if m not in MECHANISMS:
                 raise ValueError(f"unknown mechanism {m!r}; choose from {list(MECHANISMS)}")
+        if self.vocab < 2:
+            raise ValueError(f"vocab must be >= 2 (a probe names one of vocab tokens, H = log2 vocab bits), "
+                             f"got {self.vocab}")
+        for name in ("d_model", "n_train", "n_test", "seeds"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.gate_steps < 0:
+            raise ValueError(f"gate_steps must be >= 0, got {self.gate_steps}")
+        if not (math.isfinite(self.gate_lr) and self.gate_lr > 0):
+            raise ValueError(f"gate_lr must be a finite number > 0, got {self.gate_lr}")
 
 
 def smoke() -> Config:

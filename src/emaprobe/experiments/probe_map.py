@@ -18,6 +18,9 @@ shaped source JSON leaves its column empty and says why.
 
 Command:   emaprobe run probe_map --out results/probes/probe_map     (after the other probes)
            emaprobe run probe_map --smoke                             (CI: reads whatever exists)
+Inputs:    the source paths above are relative to the current folder: run from the repository root,
+           or give them with --set roles=PATH, lag=PATH, mqar=[...]. Finding none is an error, except
+           in the smoke.
 Writes:    OUT/map.json, OUT/boundary_map.png, OUT/README.md, OUT/claims.json (no claim of its own: [])
 """
 
@@ -138,6 +141,12 @@ def run(cfg: Config, out: Path) -> None:
                         "git_sha": (res or {}).get("git_sha") or ((res or {}).get("run") or {}).get("git_sha")}
         for name, col in cols.items():  # two sources of one column (same task and budget) merge
             columns.setdefault(name, {}).update(col)
+    if not columns and cfg.budget != "smoke":  # the smoke reads whatever exists, nothing included (CI)
+        missing = "; ".join(s["missing"] for s in sources.values())
+        raise FileNotFoundError(
+            f"{NAME} found none of its inputs ({missing}); relative paths are read from the current folder "
+            f"({Path.cwd()}): run it from the repository root, or point at the JSON with --set roles=PATH "
+            "--set lag=PATH --set 'mqar=[\"PATH\"]'")
     atomic_write_json(Path(out) / RESULT, run_record(experiment=NAME, config=dataclasses.asdict(cfg), sources=sources,
                                                      columns=columns))
 

@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
+import math
 import multiprocessing as mp
 import time
 from dataclasses import dataclass
@@ -115,12 +116,27 @@ class Config:
     budget: str = "default"
 
     def __post_init__(self):
+        if len(self.claim_cell) != 3:
+            raise ValueError(f"claim_cell must be (T, N, D), three sizes, got {self.claim_cell}")
         T, N, D = self.claim_cell
         if T not in self.seq_lens or N not in self.pairs or D not in self.widths:
             raise ValueError(f"claim_cell {self.claim_cell} must be a cell of the grid "
                              f"(seq_lens {self.seq_lens}, pairs {self.pairs}, widths {self.widths})")
         if self.seeds < 1 or self.steps < 1 or self.parallel < 1:
             raise ValueError("seeds, steps and parallel must be >= 1")
+        for name in ("batch", "n_test", "key_dim", "rank"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.short_conv < 0:
+            raise ValueError(f"short_conv must be >= 0 (0: no conv), got {self.short_conv}")
+        if self.vocab < 8 or self.vocab % 2:
+            raise ValueError(f"vocab must be even and >= 8 (MQAR's keys and values split it in halves), "
+                             f"got {self.vocab}")
+        MQARConfig(self.vocab, T, N)  # the claim cell runs even where cells() drops it: its pairs must fit now
+        if not self.lrs or not all(math.isfinite(lr) and lr > 0 for lr in self.lrs):
+            raise ValueError(f"lrs must hold finite learning rates > 0, at least one; got {self.lrs}")
+        if not self.mixers or len(set(self.mixers)) != len(self.mixers):
+            raise ValueError(f"mixers must be distinct mixer names, at least one; got {self.mixers}")
         for m in self.mixers:  # before any training: a typo at the end of the list fails now, not hours in
             mixer_class(m)
         if self.gla_backend not in available_gla_backends():

@@ -69,6 +69,8 @@ class Config:
             raise ValueError(f"weights must be non-negative backward weights, got {self.weights}")
         if not self.members_grid or any(m < 1 for m in self.members_grid):
             raise ValueError(f"members_grid must hold vote sizes >= 1, got {self.members_grid}")
+        if self.data.n_val < 2:  # A-val is split in two halves, each naming the clusters the other scores
+            raise ValueError(f"data.n_val must be >= 2 (split in halves), got {self.data.n_val}")
 
 
 def smoke() -> Config:

@@ -42,6 +42,11 @@ class RoleDataConfig:
     transfer_grammar: str = "grammar_b"
     deep_grammar: str = "deep"
 
+    def __post_init__(self) -> None:
+        for name in ("n_train", "n_val", "n_test"):  # the learners fit on train, stop on val, are scored on test
+            if getattr(self, name) < 1:
+                raise ValueError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+
     def build(self) -> "RoleSplits":
         return make_splits(**asdict(self))
 
@@ -117,8 +122,8 @@ def make_splits(
 ) -> RoleSplits:
     """Deduplicated train / val / within-A test / transfer-B test / deep test."""
     for name, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
-        if value < 0:
-            raise ValueError(f"{name} must be >= 0, got {value}")
+        if value < 1:  # as RoleDataConfig, which the splits record, requires
+            raise ValueError(f"{name} must be >= 1, got {value}")
     ga, gb, gd = (_as_grammar(g) for g in (train_grammar, transfer_grammar, deep_grammar))
     a = sample_unique(ga, n_test + n_val + n_train, f"{seed}:train:{ga.name}")
     test_a, val, train = a[:n_test], a[n_test : n_test + n_val], a[n_test + n_val :]

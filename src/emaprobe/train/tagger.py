@@ -17,6 +17,7 @@ Used by ``emaprobe.experiments.roles``; a run of the whole experiment is
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -138,8 +139,8 @@ class LinearProbe:
     """
 
     def __init__(self, l2: float = 1e-3, max_iter: int = 200) -> None:
-        if l2 < 0:
-            raise ValueError(f"LinearProbe.l2 must be >= 0, got {l2}")
+        if not (math.isfinite(l2) and l2 >= 0):  # NaN fails both
+            raise ValueError(f"LinearProbe.l2 must be a finite number >= 0, got {l2}")
         self.l2, self.max_iter = l2, max_iter
         self.W: torch.Tensor | None = None  # (F, R)
         self.b: torch.Tensor | None = None  # (R,)
