@@ -218,3 +218,21 @@ def test_a_stop_mid_run_says_the_run_starts_again_and_where_the_finished_ones_ar
     text = str(err.value)
     assert "checkpoint written" not in text and text.startswith("SIGINT: gpt seed 0 stopped part way and starts again")
     assert f"the 1 of 2 runs finished are kept in {tmp_path}/" in text and (tmp_path / "spen-ema-s0.json").is_file()
+
+
+def test_a_finished_runs_folder_goes_at_once(tmp_path, monkeypatch):
+    # every run's checkpoint stayed in the temporary folder until the last: a SIGKILL left them all in /tmp
+    cfg = dataclasses.replace(lm_ptb.smoke(), variants=("spen-ema", "gpt"), seeds=(0, 1))
+    monkeypatch.setattr(lm_ptb, "ptb_data", lambda: None)
+    folders = []
+
+    def run_variant(v, c, seed, data, run_dir, **kw):
+        assert not any(f.exists() for f in folders), "the runs before this one were removed"
+        run_dir.mkdir(parents=True)
+        (run_dir / "checkpoint.pt").write_bytes(b"weights")
+        folders.append(run_dir)
+        return {"experiment_config": dataclasses.asdict(c), "train_config": {"seed": seed}}
+
+    monkeypatch.setattr(lm_ptb, "run_variant", run_variant)
+    lm_ptb.run(cfg, tmp_path / "out", quiet=True)
+    assert len(folders) == 4 and not any(f.exists() for f in folders)

@@ -77,6 +77,7 @@ import dataclasses
 import functools
 import json
 import re
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -278,6 +279,8 @@ def run(cfg: Config, out: str | Path, runs_dir: str | Path | None = None, quiet:
                     raise _interrupted(err, name, seed, out, len(jobs) - len(todo) + i - 1, len(jobs)) from err
                 atomic_write_json(path, record)
                 results.setdefault(name, {})[seed] = read_json(path)  # as a later run reads it
+                if runs_dir is None:  # its checkpoint is done with: a SIGKILL later leaves one run's, not all
+                    shutil.rmtree(base / f"{name}-s{seed}", ignore_errors=True)
     finally:
         torch.set_num_threads(threads)
     return {name: dict(sorted(results[name].items())) for name in cfg.variants}
