@@ -48,14 +48,6 @@ def test_probe_mqar_config_refuses(fields, match):
         _mqar_smoke(**fields)
 
 
-def test_probe_mqar_bad_vocab_leaves_no_stub_result(tmp_path):
-    """A stub mqar.json of the refused config would block the corrected command as "other settings"."""
-    out = tmp_path / "mq"
-    with pytest.raises(ValueError, match="vocab"):
-        run_experiment("probe_mqar", budget="smoke", overrides={"vocab": "4"}, out=out)
-    assert not out.exists()
-
-
 def _depth_smoke(**fields):
     depth = get_experiment("probe_depth")
     return depth.Config(**{**vars(depth.smoke()), **fields})
@@ -77,10 +69,15 @@ def test_probe_depth_config_refuses(fields, match):
         _depth_smoke(**fields)
 
 
-def test_probe_depth_zero_seeds_leaves_no_result(tmp_path):
-    out = tmp_path / "dp"
-    with pytest.raises(ValueError, match="seeds must be >= 1"):
-        run_experiment("probe_depth", budget="smoke", overrides={"seeds": "0"}, out=out)
+@pytest.mark.parametrize("name, overrides, match", [
+    ("probe_mqar", {"vocab": "4"}, "vocab"),
+    ("probe_depth", {"seeds": "0"}, "seeds must be >= 1"),
+])
+def test_a_refused_config_leaves_no_result(tmp_path, name, overrides, match):
+    """A stub result of the refused config would block the corrected command as "other settings"."""
+    out = tmp_path / name
+    with pytest.raises(ValueError, match=match):
+        run_experiment(name, budget="smoke", overrides=overrides, out=out)
     assert not out.exists()
 
 
