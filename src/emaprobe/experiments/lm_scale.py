@@ -746,7 +746,9 @@ def _curve_fit(r: dict) -> dict | None:
 
 
 def _extrapolate(f_a: dict, f_b: dict) -> dict:
-    """The perplexity ratio exp(L_a - L_b) at the fits' token count, its interval from the two loss intervals."""
+    """The perplexity ratio exp(L_a - L_b) at the fits' token count, and bounds on it from the two loss intervals
+    taken at their ends (a's low against b's high, and back): wider than a 95% interval of the ratio, so a verdict
+    on them errs towards inconclusive."""
     return {"tokens": f_a["at"], "ppl_ratio": math.exp(f_a["loss"] - f_b["loss"]),
             "ppl_ratio_lo": math.exp(f_a["loss_lo"] - f_b["loss_hi"]),
             "ppl_ratio_hi": math.exp(f_a["loss_hi"] - f_b["loss_lo"]), "fit": f_a}
@@ -796,8 +798,9 @@ def claims(s: dict[str, Any], command: str) -> list[Claim]:
             # the paper's gap is a claim about 8B tokens: judge the extrapolation's interval
             verdict = verdict_from_interval(ex["ppl_ratio_lo"], ex["ppl_ratio_hi"], threshold=PAPER["ppl_ratio_130m"] / 2)
             note = (f"measured at {h['spen']['tokens']:.3g} tokens; power law per family extrapolated to 8B tokens: "
-                    f"ratio {ex['ppl_ratio']:.2f} (95% interval {ex['ppl_ratio_lo']:.2f}-{ex['ppl_ratio_hi']:.2f}). "
-                    "Verdict rule: confirmed if that interval lies above 4 (half the paper's 8x), refuted if below, "
+                    f"ratio {ex['ppl_ratio']:.2f} (bounds {ex['ppl_ratio_lo']:.2f}-{ex['ppl_ratio_hi']:.2f}, each family's 95% "
+                    "interval taken at its ends: wider than a 95% interval). Verdict rule: confirmed if those bounds "
+                    "lie above 4 (half the paper's 8x), refuted if below, "
                     "else inconclusive (the fits use seed 0's curves). Both models are trained here on the same "
                     "tokens in the same order; the paper sets its SPEN (about 8B tokens) beside GPT-2's own perplexity. "
                     "Seed 0's ratios on every split: " + ", ".join(f"{k} {v:.2f}" for k, v in h["ratio"].items()))
@@ -1055,7 +1058,7 @@ def _readme(s: dict, runs: dict[str, dict], figures: list[str], command: str) ->
             if o.get("extrapolated"):
                 e = o["extrapolated"]
                 lines[-1] += (f" Extrapolated to 8B tokens (not a measurement): {e['ppl_ratio']:.2f} "
-                              f"(95% interval {e['ppl_ratio_lo']:.2f}-{e['ppl_ratio_hi']:.2f}).")
+                              f"(bounds {e['ppl_ratio_lo']:.2f}-{e['ppl_ratio_hi']:.2f} from the fits' 95% intervals).")
             lines += [f"Seed {k}'s along the curve: " + _curve_text(rk) + "."
                       for k, rk in o.get("curve_ratio_seeds", {}).items()]
         if len(h["ratio_seeds"]) > 1:
@@ -1071,8 +1074,8 @@ def _readme(s: dict, runs: dict[str, dict], figures: list[str], command: str) ->
             lines += ["", f"**Extrapolation, not a measurement:** fitting log L = c - a log D per family to the later "
                       f"curve points gives exponents a = {ex['fits']['spen']['exponent']:.3f} (SPEN) and "
                       f"{ex['fits']['gpt']['exponent']:.3f} (GPT), and at 8B tokens a perplexity ratio of "
-                      f"{ex['ppl_ratio']:.2f} (95% interval {ex['ppl_ratio_lo']:.2f}-{ex['ppl_ratio_hi']:.2f}). "
-                      "The points come from one cosine schedule, so the later ones include its annealing."]
+                      f"{ex['ppl_ratio']:.2f} (bounds {ex['ppl_ratio_lo']:.2f}-{ex['ppl_ratio_hi']:.2f}: each family's "
+                      "95% interval taken at its ends, so wider than a 95% interval of the ratio). The points come from one cosine schedule, so the later ones include its annealing."]
             if h.get("extrapolated_seeds"):
                 lines[-1] += " The same fit to each other seed's curves: " + _seed_extrapolations(h) + "."
         lines.append("")
