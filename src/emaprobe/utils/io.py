@@ -52,10 +52,12 @@ _TEMP = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")  # mkstemp's name in atomic_wr
 
 
 def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
-    """Remove the temporary files ``atomic_write`` leaves in ``folder`` (and its subfolders) when its process is
-    killed mid-write: each as large as the file it was writing (a checkpoint), and nothing else removes them.
-    Call it only where no other process writes into ``folder``. -> the files removed."""
-    found = [p for p in Path(folder).rglob(".*.tmp") if p.is_file() and _TEMP.fullmatch(p.name)]
+    """Remove the temporary files ``atomic_write`` leaves in ``folder`` (and the folders right inside it, such as a
+    run's exported model/) when its process is killed mid-write: each as large as the file it was writing (a
+    checkpoint), and nothing else removes them. Call it only where no other process writes into ``folder``.
+    -> the files removed."""
+    folder = Path(folder)
+    found = [p for p in (*folder.glob(".*.tmp"), *folder.glob("*/.*.tmp")) if p.is_file() and _TEMP.fullmatch(p.name)]
     for path in found:
         path.unlink(missing_ok=True)
     return found
