@@ -83,9 +83,11 @@ def _ints(text: str) -> tuple[int, ...]:
 
 def _check_out(out: str) -> None:
     """``--out`` must be a folder, or a path where one can be made: checked now, not after the benchmark ran."""
+    from emaprobe.utils.io import file_in_the_way
+
     path = Path(out).expanduser()
-    blocker = next((p for p in (path, *path.parents) if p.exists()), None)
-    if blocker is not None and not blocker.is_dir():
+    blocker = file_in_the_way(path)
+    if blocker is not None:
         where = "" if blocker == path else f": {blocker}"
         raise ValueError(f"--out {out}{where} is a file, not a folder; name a folder for the JSON")
 

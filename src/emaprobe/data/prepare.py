@@ -58,6 +58,7 @@ from emaprobe.data.readers import iter_documents, spec_identity
 from emaprobe.data.tokenizers import Tokenizer, load_tokenizer, resolve_tokenizer
 from emaprobe.data.tokens import FORMAT, FORMAT_VERSION, MANIFEST, TokenData
 from emaprobe.utils import atomic_write_json, progress_disabled, run_record
+from emaprobe.utils.io import file_in_the_way
 
 DEFAULT_SHARD_TOKENS = 100_000_000
 CHUNK_CHARS = 1 << 20  # text sent to a worker at a time: big enough to hide IPC cost
@@ -351,14 +352,13 @@ def _check_target(out: Path, overwrite: bool) -> None:
     if out == cwd or out in cwd.parents:
         raise ValueError(f"{out}: is the working folder or holds it; prepare replaces the whole folder, which "
                          "would leave this process in a deleted one; choose a new folder (such as a subfolder)")
-    if not out.exists():
-        # mkdir of the parents would fail later with a bare "File exists"
-        blocker = next((p for p in out.parents if p.exists()), None)
-        if blocker is not None and not blocker.is_dir():
-            raise ValueError(f"{out}: cannot be made, {blocker} is a file, not a folder")
-        return
-    if not out.is_dir():
+    blocker = file_in_the_way(out)
+    if blocker == out:
         raise ValueError(f"{out}: exists and is not a folder")
+    if blocker is not None:
+        raise ValueError(f"{out}: cannot be made, {blocker} is a file, not a folder")
+    if not out.exists():
+        return
     if (out / MANIFEST).is_file():
         if not is_corpus(out):
             raise ValueError(f"{out}: its {MANIFEST} is not an emaprobe token manifest, so the folder is not a prepared "

@@ -706,22 +706,26 @@ def rerun_command(result: dict[str, Any], out: str | Path | None = None) -> str:
     return line
 
 
+def _interval(ms: dict[str, float]) -> tuple[float, float]:
+    """The mean's 95% Student-t interval over seeds, from the mean and std the aggregate keeps."""
+    half = t_half_width(ms["std"], ms["n"])
+    return ms["mean"] - half, ms["mean"] + half
+
+
 def _verdict(ms: dict[str, float], threshold: float) -> str:
-    """From the mean's 95% Student-t interval over seeds against the paper's figure; under 3 seeds always
-    inconclusive."""
+    """From ``_interval`` against the paper's figure; under 3 seeds always inconclusive."""
     if ms["n"] < 3:
         return "inconclusive"
-    half = t_half_width(ms["std"], ms["n"])
-    return verdict_from_interval(ms["mean"] - half, ms["mean"] + half, threshold=threshold)
+    return verdict_from_interval(*_interval(ms), threshold=threshold)
 
 
 def _rule(ms: dict[str, float], threshold: float, fmt: str = ".3f") -> str:
     """The verdict's evidence and rule, for a claim's note: the interval ``_verdict`` judged, and how."""
     if ms["n"] < 3:
         return f"{ms['n']} seeds: inconclusive until 3 or more run"
-    half = t_half_width(ms["std"], ms["n"])
-    return (f"95% t-interval [{ms['mean'] - half:{fmt}}, {ms['mean'] + half:{fmt}}] over {ms['n']} seeds; verdict "
-            f"rule: confirmed when it lies above {threshold:{fmt}}, refuted when below, else inconclusive")
+    lo, hi = _interval(ms)
+    return (f"95% t-interval [{lo:{fmt}}, {hi:{fmt}}] over {ms['n']} seeds; verdict rule: confirmed when it lies "
+            f"above {threshold:{fmt}}, refuted when below, else inconclusive")
 
 
 def _note(*parts: str | None) -> str:

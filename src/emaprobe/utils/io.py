@@ -48,6 +48,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> P
     return path
 
 
+def file_in_the_way(path: str | os.PathLike) -> Path | None:
+    """What stops ``path`` being, or being made, a folder: ``path`` itself or its nearest existing parent, where
+    that is a file; None where nothing does (mkdir of its parents would fail with a bare "File exists")."""
+    path = Path(path)
+    nearest = next((p for p in (path, *path.parents) if p.exists()), None)
+    return None if nearest is None or nearest.is_dir() else nearest
+
+
 _TEMP = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")  # mkstemp's name in atomic_write: .NAME.XXXXXXXX.tmp
 
 
