@@ -50,6 +50,16 @@ def test_probe_map_reads_what_exists(tmp_path):
     assert read_claims(out) == []
 
 
+def test_probe_map_reads_mqar_at_the_lr_probe_mqar_chose():
+    mqar_columns = get_experiment("probe_map").mqar_columns
+    cell = {"seq_len": 24, "pairs": 2, "width": 16, "mixer": "gla", "diverged": False}
+    rows = [dict(cell, lr=1e-2, seed=0, accuracy=0.9, final_loss=2.0),  # tests better, trains worse
+            dict(cell, lr=3e-3, seed=0, accuracy=0.5, final_loss=1.0),
+            dict(cell, lr=3e-3, seed=1, accuracy=0.7, final_loss=1.1)]
+    cols, why = mqar_columns({"config": {"claim_cell": [24, 2, 16], "vocab": 16, "steps": 4}, "rows": rows})
+    assert why == "" and list(cols.values()) == [{"gla": pytest.approx(0.6)}]
+
+
 def test_probe_map_with_nothing(tmp_path):
     out = run_experiment("probe_map", budget="smoke", overrides={
         "roles": str(tmp_path / "a.json"), "lag": str(tmp_path / "b.json"), "mqar": f'["{tmp_path / "c.json"}"]'},
@@ -128,6 +138,43 @@ def test_mqar_claim_pairs_mixers_by_seed_whatever_order_the_runs_finished_in(tmp
     diffs = [acc[("gla", s)] - acc[("ema", s)] for s in range(3)]  # 0.85, 0.69, 0.70
     assert claim.ours == pytest.approx(sum(diffs) / 3)
     assert claim.std == pytest.approx(float(torch.tensor(diffs, dtype=torch.float64).std()))
+
+
+def test_best_lr_run_is_chosen_on_training_loss_never_on_the_reported_accuracy():
+    from emaprobe.probes.recall import best_lr_run, choice_loss
+
+    low_loss = {"lr": 3e-3, "accuracy": 0.20, "final_loss": 1.5, "diverged": False}
+    high_acc = {"lr": 1e-2, "accuracy": 0.90, "final_loss": 1.7, "diverged": False}
+    assert best_lr_run([high_acc, low_loss]) is low_loss
+    diverged = {"lr": 1e-1, "accuracy": 0.0, "final_loss": 0.1, "diverged": True}  # low loss before it blew up
+    nan = {"lr": 3e-1, "accuracy": 0.0, "final_loss": float("nan"), "diverged": False}
+    assert choice_loss(diverged) == choice_loss(nan) == float("inf")
+    assert best_lr_run([diverged, nan, high_acc]) is high_acc
+    tie = dict(low_loss, lr=1e-3)
+    assert best_lr_run([low_loss, tie])["lr"] == 1e-3 == best_lr_run([tie, low_loss])["lr"]  # whatever the order
+    with pytest.raises(ValueError, match="at least one"):
+        best_lr_run([])
+
+
+def test_mqar_runs_and_reports_the_claim_seeds_at_the_lr_of_lowest_training_loss(tmp_path, monkeypatch):
+    mqar = get_experiment("probe_mqar")
+    cfg = mqar.Config(mixers=("ema", "gla"), vocab=16, seq_lens=(24,), pairs=(2,), widths=(16,), lrs=(3e-3, 1e-2),
+                      steps=4, batch=2, n_test=4, seeds=3, claim_cell=(24, 2, 16), device="cpu")
+
+    def fake_train(model, task, steps, lr, seed, **kw):  # lr 1e-2 tests better but trains worse
+        return {"accuracy": 0.5 + (0.3 if lr == 1e-2 else 0.0) + 0.01 * seed, "final_loss": 2.0 if lr == 1e-2 else 1.0,
+                "diverged": False, "steps": steps, "seconds": 0.0, "resumed_at": 0}
+
+    monkeypatch.setattr(mqar, "train_recall", fake_train)
+    mqar.run(cfg, tmp_path)
+    rows = json.loads((tmp_path / "mqar.json").read_text())["rows"]
+    assert sorted((r["mixer"], r["lr"], r["seed"]) for r in rows if r["seed"] > 0) == [
+        (m, 3e-3, s) for m in ("ema", "gla") for s in (1, 2)]
+    assert {k: r["lr"] for k, r in mqar.best_per_cell(rows).items()} == {("ema", 24, 2, 16): 3e-3,
+                                                                          ("gla", 24, 2, 16): 3e-3}
+    mqar.report(tmp_path)
+    readme = (tmp_path / "README.md").read_text()
+    assert "- gla: 0.510 ± 0.010 (lr 0.003, n=3" in readme and "0.800 (0.01)" not in readme
 
 
 def test_mqar_run_stopped_part_way_goes_on_from_its_checkpoint(tmp_path, monkeypatch, capsys):

@@ -35,6 +35,7 @@ import numpy as np
 
 from emaprobe.experiments.common import pyplot, save_fig
 from emaprobe.experiments.protocol import write_claims
+from emaprobe.probes.recall import best_lr_run
 from emaprobe.utils import atomic_write_json, atomic_write_text, read_json, run_record
 
 NAME = "probe_map"
@@ -114,7 +115,8 @@ def lag_columns(res: dict, ks) -> tuple[dict, str]:
 
 
 def mqar_columns(res: dict) -> tuple[dict, str]:
-    """Accuracy at the claim cell per mixer: the seed-0 best lr, then the mean over that lr's seeds."""
+    """Accuracy at the claim cell per mixer: the best lr of seed 0 (``probes.recall.best_lr_run``, as
+    probe_mqar chooses it), then the mean over that lr's seeds."""
     cfg, rows = res.get("config", {}), res.get("rows", [])
     cell = tuple(cfg.get("claim_cell", ()))
     at = [r for r in rows if (r["seq_len"], r["pairs"], r["width"]) == cell]
@@ -123,7 +125,7 @@ def mqar_columns(res: dict) -> tuple[dict, str]:
         seed0 = [r for r in at if r["mixer"] == m and r["seed"] == 0]
         if not seed0:
             continue
-        lr = max(seed0, key=lambda r: r["accuracy"])["lr"]
+        lr = best_lr_run(seed0)["lr"]
         col[m] = float(np.mean([r["accuracy"] for r in at if r["mixer"] == m and r["lr"] == lr]))
     name = f"MQAR V={cfg.get('vocab')} T={cell[0]} N={cell[1]}, {cfg.get('steps')} steps (acc)" if cell else "MQAR"
     return ({name: col} if col else {}), "" if col else "MQAR JSON has no rows at its claim cell"

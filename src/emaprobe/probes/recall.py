@@ -275,4 +275,23 @@ def train_recall(
             "curve_every": w, "loss_curve": curve}
 
 
-__all__ = ["RecallModel", "RecallModelConfig", "recall_accuracy", "recall_step", "train_recall"]
+def choice_loss(result: dict) -> float:
+    """What runs at several learning rates are compared by (lower is better): ``final_loss``, the
+    training loss of the last tenth of steps. Each of those losses is taken on fresh sequences before
+    the step's update, so it is a held-out estimate that never sees the test draw ``accuracy`` is
+    measured on; choosing on accuracy itself would bias the chosen run's reported figure upward. A
+    diverged or non-finite run is worst (inf)."""
+    loss = float(result.get("final_loss", math.nan))
+    return math.inf if result.get("diverged") or not math.isfinite(loss) else loss
+
+
+def best_lr_run(results: list[dict]) -> dict:
+    """The result with the lowest ``choice_loss`` among runs at several learning rates (ties: the
+    smaller lr, so the choice does not depend on the order runs finished in)."""
+    if not results:
+        raise ValueError("best_lr_run needs at least one result")
+    return min(results, key=lambda r: (choice_loss(r), r["lr"]))
+
+
+__all__ = ["RecallModel", "RecallModelConfig", "best_lr_run", "choice_loss", "recall_accuracy", "recall_step",
+           "train_recall"]
