@@ -63,6 +63,7 @@ def _depth_smoke(**fields):
     ({"gate_steps": -1}, r"gate_steps must be >= 0, got -1"),
     ({"gate_lr": NAN}, r"gate_lr must be a finite number > 0, got nan"),
     ({"gate_lr": -1.0}, r"gate_lr must be a finite number > 0, got -1.0"),
+    ({"probe": "svm"}, r"probe must be one of \['lda', 'lbfgs', 'best'\], got 'svm'"),
 ])
 def test_probe_depth_config_refuses(fields, match):
     with pytest.raises(ValueError, match=match):

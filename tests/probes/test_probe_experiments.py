@@ -67,6 +67,22 @@ def test_probe_map_with_nothing(tmp_path):
     assert "nothing to draw" in (out / "README.md").read_text()
 
 
+@pytest.mark.parametrize("probe", ["best", "lda"])
+def test_probe_depth_records_and_counts_the_probe_each_fit_used(probe, tmp_path):
+    out = run_experiment("probe_depth", budget="smoke", overrides={"probe": probe}, out=tmp_path / probe)
+    res = json.loads((out / "depth.json").read_text())
+    cells = [s[m][str(L)] for s in res["per_seed"] for m in res["config"]["mechanisms"] for L in res["config"]["depths"]]
+    assert all(len(c["probes"]) == len(c["bits"]) for c in cells)
+    chosen = {p for c in cells for p in c["probes"]}
+    readme = (out / "README.md").read_text()
+    if probe == "best":
+        assert chosen <= {"lda", "lbfgs"}
+        n = sum(len(c["probes"]) for c in cells)
+        assert f"of {n} fits, LDA in the rest" in readme
+    else:
+        assert chosen == {"lda"} and "Probe `best`" not in readme
+
+
 def test_probe_configs_reject_bad_fields():
     lag = get_experiment("probe_lag")
     with pytest.raises(ValueError, match="claim_lag"):

@@ -34,7 +34,7 @@ import torch
 from emaprobe.experiments.common import command, pyplot, save_fig
 from emaprobe.experiments.protocol import Claim, verdict_from_interval, write_claims
 from emaprobe.probes.depth import MECHANISMS, DepthStack, train_gates
-from emaprobe.probes.linear import fit_probe, mean_ci
+from emaprobe.probes.linear import PROBE_METHODS, fit_probe, mean_ci
 from emaprobe.probes.states import residual_states
 from emaprobe.utils import atomic_write_json, atomic_write_text, read_json, run_record
 
@@ -58,6 +58,7 @@ class Config:
     ckpt_seq_len: int = 128
     ckpt_windows: int = 128
     ckpt_classes: int = 128
+    probe: str = "best"  # lda, lbfgs, or the better on held-out training rows (probes.linear)
     budget: str = "default"
 
     def __post_init__(self):
@@ -78,6 +79,8 @@ class Config:
             raise ValueError(f"gate_steps must be >= 0, got {self.gate_steps}")
         if not (math.isfinite(self.gate_lr) and self.gate_lr > 0):
             raise ValueError(f"gate_lr must be a finite number > 0, got {self.gate_lr}")
+        if self.probe not in PROBE_METHODS:
+            raise ValueError(f"probe must be one of {list(PROBE_METHODS)}, got {self.probe!r}")
 
 
 def smoke() -> Config:
@@ -106,8 +109,9 @@ def run_seed(cfg: Config, seed: int) -> dict:
             zte = torch.randint(0, cfg.vocab, (cfg.n_test, L), generator=g)
             with torch.no_grad():
                 htr, hte = stack(ztr), stack(zte)
-            bits = [fit_probe(htr, ztr[:, l], hte, zte[:, l], cfg.vocab).bits(h) for l in range(L)]
-            out[mech][str(L)] = {"bits": bits, "gate_loss_first_last": [curve[0], curve[-1]] if curve else None}
+            fits = [fit_probe(htr, ztr[:, l], hte, zte[:, l], cfg.vocab, method=cfg.probe) for l in range(L)]
+            out[mech][str(L)] = {"bits": [f.bits(h) for f in fits], "probes": [f.method for f in fits],
+                                 "gate_loss_first_last": [curve[0], curve[-1]] if curve else None}
         print(f"  seed {seed} {mech:<14} layer-1 bits at L={cfg.depths[-1]}: {out[mech][str(cfg.depths[-1])]['bits'][0]:.2f}",
               flush=True)
     return out
@@ -142,7 +146,8 @@ def run_ckpt(cfg: Config, path: str, seed_count: int) -> dict:
                 xte = rte[l][:, lag:].reshape(-1, rte[l].shape[-1])
                 ytr = remap[tr[:, : T - lag]].reshape(-1)
                 yte = remap[te[:, : T - lag]].reshape(-1)
-                row[f"lag{lag}"] = fit_probe(xtr, ytr, xte, yte, cfg.ckpt_classes).bits()
+                fit = fit_probe(xtr, ytr, xte, yte, cfg.ckpt_classes, method=cfg.probe)
+                row[f"lag{lag}"], row[f"lag{lag}_probe"] = fit.bits(), fit.method
             rows.append(row)
         per_seed.append(rows)
     return {"path": str(path), "kind": model.kind, "config_name": run.get("config_name"),
@@ -253,9 +258,29 @@ def report(out: Path) -> None:
             a = np.mean([s[l]["lag0"] for s in c["per_seed"]])
             b = np.mean([s[l]["lag1"] for s in c["per_seed"]])
             lines.append(f"| {l} | {a:.2f} | {b:.2f} |")
+    lines += _probe_choices(cfg, res)
     for c in claims:
         lines += ["", f"Claim `{c.claim}`: {c.ours:.3f} ± {c.std:.3f}: **{c.verdict}** ({c.note})."]
     atomic_write_text(out / "README.md", "\n".join(lines) + "\n")
+
+
+def _probe_choices(cfg: dict, res: dict) -> list[str]:
+    """README lines counting which probe ``best`` chose, per mechanism and per checkpoint (none for
+    a fixed probe, or for results written before the choice was recorded)."""
+    if cfg.get("probe", "lda") != "best":
+        return []
+    picks = {m: [p for s in res["per_seed"] for L in cfg["depths"] for p in s[m][str(L)].get("probes", [None])]
+             for m in cfg["mechanisms"]}
+    picks.update({f"checkpoint {c['config_name'] or c['path']}": [r.get(f"lag{lag}_probe") for s in c["per_seed"]
+                                                                 for r in s for lag in (0, 1)]
+                  for c in res["ckpts"]})
+    if not all(all(ps) for ps in picks.values()):
+        return []
+    n = sum(len(ps) for ps in picks.values())
+    lb = sum(ps.count("lbfgs") for ps in picks.values())
+    return ["", f"Probe `best` (`probes.linear`): L-BFGS was chosen in {lb} of {n} fits, LDA in the rest, each by "
+            "its cross-entropy on a fifth of the training states held out from both fits."] + [
+        f"- {name}: L-BFGS in {ps.count('lbfgs')} of {len(ps)}." for name, ps in picks.items()]
 
 
 __all__ = ["BUDGETS", "Config", "NAME", "report", "run", "smoke"]
