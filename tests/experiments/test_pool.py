@@ -89,7 +89,11 @@ def test_pool_on_sigterm_starts_no_job_waits_for_the_running_ones_and_says_what_
         if job == "a":
             assert b_runs.wait(10)
             signal.pthread_kill(main, signal.SIGTERM)
-            time.sleep(0.2)
+            # finish only once the main thread has taken the signal (its handler puts the old one back): on a
+            # loaded machine a fixed sleep could end first, and the pool would rightly start c
+            deadline = time.monotonic() + 30
+            while signal.getsignal(signal.SIGTERM) is not before and time.monotonic() < deadline:
+                time.sleep(0.005)
             return "a done"
         b_runs.set()
         time.sleep(0.4)  # b: the checkpoint being written after the signal
