@@ -193,6 +193,21 @@ def test_mqar_runs_and_reports_the_claim_seeds_at_the_lr_of_lowest_training_loss
     assert "- gla: 0.510 ± 0.010 (lr 0.003, n=3" in readme and "0.800 (0.01)" not in readme
 
 
+def test_mqar_claim_takes_the_input_dependent_mixer_that_trained_better_not_the_one_that_tested_better(tmp_path):
+    mqar = get_experiment("probe_mqar")
+    cfg = mqar.Config(mixers=("ema", "selective", "gla"), vocab=16, seq_lens=(24,), pairs=(2,), widths=(16,),
+                      lrs=(1e-2,), steps=4, batch=2, n_test=4, seeds=2, claim_cell=(24, 2, 16), device="cpu")
+    score = {"ema": (0.1, 3.0), "selective": (0.5, 1.0), "gla": (0.9, 2.0)}  # (test accuracy, training loss)
+    rows = [{"mixer": m, "seed": s, "seq_len": 24, "pairs": 2, "width": 16, "lr": 1e-2, "accuracy": a + 0.01 * s,
+             "final_loss": loss, "diverged": False, "steps": 4, "seconds": 1.0}
+            for m, (a, loss) in score.items() for s in range(2)]
+    (tmp_path / "mqar.json").write_text(json.dumps({"config": dataclasses.asdict(cfg), "rows": rows,
+                                                    "device": "cpu", "wall_seconds": 1.0}))
+    mqar.report(tmp_path)
+    (claim,) = read_claims(tmp_path)
+    assert claim.metric.startswith("MQAR accuracy, selective minus ema") and claim.ours == pytest.approx(0.4)
+
+
 def test_mqar_run_stopped_part_way_goes_on_from_its_checkpoint(tmp_path, monkeypatch, capsys):
     import emaprobe.probes.recall as recall
 

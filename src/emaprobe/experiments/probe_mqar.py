@@ -13,7 +13,8 @@ as Zoology does, but chosen here by the training loss of the last tenth of steps
 not by the test accuracy that is then reported (Zoology's choice, which lifts the
 chosen run's figure by the maximum of its noise). Claim ``selection_fixes_recall``: at ``claim_cell``, with
 ``seeds`` seeds at each mixer's best lr, does an input-dependent mixer (gla or
-selective, the better) beat fixed EMA's accuracy, CI above zero?
+selective, whichever trained to the lower loss there: chosen, as the lrs are, without
+the test draw) beat fixed EMA's accuracy, CI above zero?
 
 Command:   emaprobe run probe_mqar --budget cpu --out results/probes/probe_mqar
            emaprobe run probe_mqar --budget cpu_long --out results/probes/probe_mqar_cpu_long
@@ -83,7 +84,7 @@ from emaprobe.experiments.protocol import Claim, config_diff, verdict_from_inter
 from emaprobe.layers import mixer_class
 from emaprobe.ops import available_gla_backends, resolve_gla_backend
 from emaprobe.probes.linear import mean_ci
-from emaprobe.probes.recall import RecallModel, RecallModelConfig, best_lr_run, train_recall
+from emaprobe.probes.recall import RecallModel, RecallModelConfig, best_lr_run, choice_loss, train_recall
 from emaprobe.tasks.mqar import MQARConfig
 from emaprobe.utils import atomic_write_json, atomic_write_text, read_json, run_record
 
@@ -323,7 +324,8 @@ def claim_stats(cfg: dict, rows: list[dict]) -> dict:
         # in seed order: rows are saved as runs finish, and parallel runs finish in any order
         at = sorted((r for r in rows if r["mixer"] == m and _cell(r) == cell and r["lr"] == lr), key=lambda r: r["seed"])
         accs = [r["accuracy"] for r in at]
-        per[m] = {"lr": lr, "accs": accs, "seeds": [r["seed"] for r in at], **mean_ci(accs)}
+        per[m] = {"lr": lr, "accs": accs, "seeds": [r["seed"] for r in at],
+                  "choice_loss": float(np.mean([choice_loss(r) for r in at])), **mean_ci(accs)}
     return per
 
 
@@ -410,7 +412,7 @@ def report(out: Path) -> None:
     curves = _draw_curves(cfg, rows, per, out)
     cands = [m for m in SELECTIVE if m in per]
     claims = []
-    sel = max(cands, key=lambda m: per[m]["mean"]) if cands else None
+    sel = min(cands, key=lambda m: per[m]["choice_loss"]) if cands else None  # on training loss, as the lrs
     diff = paired_difference(per[sel], per["ema"]) if sel and "ema" in per else None
     if diff is not None:
         verdict = verdict_from_interval(diff["lo"], diff["hi"], threshold=0.0) if diff["n"] >= 2 else "inconclusive"
