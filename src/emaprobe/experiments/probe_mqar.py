@@ -433,10 +433,11 @@ def report(out: Path) -> None:
 
     lines = [f"# {NAME}: multi-query associative recall per context mixer", "",
              f"Made by `emaprobe.experiments.{NAME}`; drawn from `{RESULT}` alone. V={cfg['vocab']}, "
-             f"{cfg['steps']} steps x {cfg['batch']} fresh sequences, lrs {cfg['lrs']}, best lr per cell "
-             "(the lowest training loss over the last tenth of steps, measured on fresh sequences, so the "
-             "test accuracy shown plays no part in the choice; "
-             f"chance = 2/V = {2 / cfg['vocab']:.2g}: values are uniform over V/2 tokens); "
+             f"{cfg['steps']} steps x {cfg['batch']} fresh sequences, "
+             + (f"lr {cfg['lrs'][0]:g} (one lr, so no choice); " if len(cfg["lrs"]) == 1 else
+                f"lrs {cfg['lrs']}, best lr per cell (the lowest training loss over the last tenth of steps, "
+                "measured on fresh sequences, so the test accuracy shown plays no part in the choice); ")
+             + f"chance = 2/V = {2 / cfg['vocab']:.2g}: values are uniform over V/2 tokens; "
              f"{res['device']}, {res['wall_seconds']} s"
              + (f" (resuming the runs of {', '.join(str(c)[:10] for c in res['resumed_from'])})"
                 if res.get("resumed_from") else "") + ".", "", "![heatmap](mqar_heatmap.png)", "",
