@@ -71,7 +71,8 @@ def test_probe_map_with_nothing(tmp_path):
 def test_probe_depth_records_and_counts_the_probe_each_fit_used(probe, tmp_path):
     out = run_experiment("probe_depth", budget="smoke", overrides={"probe": probe}, out=tmp_path / probe)
     res = json.loads((out / "depth.json").read_text())
-    cells = [s[m][str(L)] for s in res["per_seed"] for m in res["config"]["mechanisms"] for L in res["config"]["depths"]]
+    cfg = res["config"]
+    cells = [s[m][str(L)] for s in res["per_seed"] for m in cfg["mechanisms"] for L in cfg["depths"]]
     assert all(len(c["probes"]) == len(c["bits"]) for c in cells)
     chosen = {p for c in cells for p in c["probes"]}
     readme = (out / "README.md").read_text()
