@@ -198,6 +198,18 @@ def check_tag(tag: str | None) -> None:
         raise ValueError(f"--tag {tag!r}: use letters, digits, '-' and '_' only (it becomes part of a file name)")
 
 
+def probe_choice_lines(picks: dict[str, list[str]], where: dict[str, str] | None = None) -> list[str]:
+    """README lines counting what the probe ``best`` (``probes.linear.fit_probe``) chose: in all, then per
+    group of fits (a mechanism, a checkpoint), each with ``where[group]`` after its count when given."""
+    n = sum(len(ps) for ps in picks.values())
+    lb = sum(ps.count("lbfgs") for ps in picks.values())
+    where = where or {}
+    return ["", f"Probe `best` (`probes.linear`): L-BFGS was chosen in {lb} of {n} fits, LDA in the rest, each by "
+            "its cross-entropy on a fifth of the training states held out from both fits."] + [
+        f"- {name}: L-BFGS in {ps.count('lbfgs')} of {len(ps)}" + (f" ({where[name]})" if where.get(name) else "") + "."
+        for name, ps in picks.items()]
+
+
 def save_fig(fig, path: Path, dpi: int = 120) -> Path:
     """Write ``fig`` as a PNG atomically and close it."""
     buf = io.BytesIO()

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emaprobe.experiments.common import command, pyplot, save_fig
+from emaprobe.experiments.common import command, probe_choice_lines, pyplot, save_fig
 from emaprobe.experiments.protocol import Claim, verdict_from_interval, write_claims
 from emaprobe.probes.depth import MECHANISMS, DepthStack, train_gates
 from emaprobe.probes.linear import PROBE_METHODS, fit_probe, mean_ci
@@ -280,13 +280,7 @@ def _probe_choices(cfg: dict, res: dict) -> list[str]:
     picks.update({f"checkpoint {c['config_name'] or c['path']}": [r.get(f"lag{lag}_probe") for s in c["per_seed"]
                                                                  for r in s for lag in (0, 1)]
                   for c in res["ckpts"]})
-    if not all(all(ps) for ps in picks.values()):
-        return []
-    n = sum(len(ps) for ps in picks.values())
-    lb = sum(ps.count("lbfgs") for ps in picks.values())
-    return ["", f"Probe `best` (`probes.linear`): L-BFGS was chosen in {lb} of {n} fits, LDA in the rest, each by "
-            "its cross-entropy on a fifth of the training states held out from both fits."] + [
-        f"- {name}: L-BFGS in {ps.count('lbfgs')} of {len(ps)}." for name, ps in picks.items()]
+    return probe_choice_lines(picks) if all(all(ps) for ps in picks.values()) else []
 
 
 __all__ = ["BUDGETS", "Config", "NAME", "report", "run", "smoke"]

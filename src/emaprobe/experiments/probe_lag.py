@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emaprobe.experiments.common import command, pick_device, pyplot, save_fig
+from emaprobe.experiments.common import command, pick_device, probe_choice_lines, pyplot, save_fig
 from emaprobe.experiments.protocol import Claim, verdict_from_interval, write_claims
 from emaprobe.probes.analytic import analytic_bits, lag_snr
 from emaprobe.probes.linear import PROBE_METHODS, fit_probe, mean_ci
@@ -339,16 +339,11 @@ def report(out: Path) -> None:
         lines += ["", f"Measured ema against analytic: mean |difference| {np.mean(np.abs(meas - ana)):.2f} bits, "
                   f"largest {np.max(np.abs(meas - ana)):.2f} bits (at k={cfg['lags'][int(np.argmax(np.abs(meas - ana)))]}); "
                   f"total bits summed over lags {meas.sum():.1f} measured, {ana.sum():.1f} analytic."]
-    chosen = [r.get("probe") for ps in res["per_seed"] for m in ps.values() for r in m["curve"]]
-    if cfg["probe"] == "best" and all(chosen):
-        lines += ["", f"Probe `best` (`probes.linear`): L-BFGS was chosen in {chosen.count('lbfgs')} of "
-                  f"{len(chosen)} fits, LDA in the rest, each by its cross-entropy on a fifth of the training "
-                  "states held out from both fits."]
-        for n in summ:
-            picks = [r["probe"] for ps in res["per_seed"] for r in ps[n]["curve"]]
-            lags_lb = sorted({r["lag"] for ps in res["per_seed"] for r in ps[n]["curve"] if r["probe"] == "lbfgs"})
-            lines.append(f"- {n}: L-BFGS in {picks.count('lbfgs')} of {len(picks)}"
-                         + (f" (lags {', '.join(map(str, lags_lb))})" if lags_lb else "") + ".")
+    picks = {n: [r.get("probe") for ps in res["per_seed"] for r in ps[n]["curve"]] for n in summ}
+    if cfg["probe"] == "best" and all(all(p) for p in picks.values()):
+        lags = {n: sorted({r["lag"] for ps in res["per_seed"] for r in ps[n]["curve"] if r["probe"] == "lbfgs"})
+                for n in summ}
+        lines += probe_choice_lines(picks, {n: f"lags {', '.join(map(str, ks))}" for n, ks in lags.items() if ks})
     totals = {n: float(sum(max(r["mean"], 0.0) for r in rows)) for n, rows in summ.items()}
     lines += ["", "Bits summed over the probed lags (negative means clipped to 0), the state's total "
               "recoverable identity budget: " + ", ".join(f"{n} {v:.1f}" for n, v in totals.items()) + "."]
