@@ -240,3 +240,29 @@ def test_bad_shapes_fail_clearly():
     for fn in (chunk_gla, naive_gla):  # the caller's names, not those of the scan inside
         with pytest.raises(ValueError, match="one device; got q on cpu, k on cpu, v on meta, log_decay on cpu"):
             fn(q, k, v.to("meta"), g)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_chunk_gla_compiles_on_cuda_at_spen_small_shape():
+    """``torch.compile`` of ``chunk_gla`` on CUDA at SPEN small's gla shape (B16 T1024, 3 heads of 64): values
+    and gradients as eager, and with a NaN key and an infinite value, NaN where eager has it. Its marks of
+    non-finite inputs were once a running int sum, which Inductor's Triton code generation failed on."""
+    shape = (16, 1024, 3, 64, 64)
+    compiled = torch.compile(chunk_gla, fullgraph=True)
+    results = []
+    for fn in (chunk_gla, compiled):
+        leaves = [t.detach().cuda().requires_grad_(True) for t in make_inputs(*shape, dtype=torch.float32, seed=3)]
+        o, S = fn(*leaves)
+        (o.square().mean() + S.mean()).backward()
+        results.append([o, S, *(t.grad for t in leaves)])
+    for name, ref, out in zip(["o", "S", "q", "k", "v", "log_decay", "h0"], *results):
+        assert rel_err(out, ref) < 1e-4, name
+    q, k, v, g, h0 = (t.cuda() for t in make_inputs(*shape, dtype=torch.float32, seed=4))
+    k[1, 500, 2, 7] = float("nan")
+    v[3, 900, 0, 5] = float("inf")
+    with torch.no_grad():
+        (o_ref, S_ref), (o, S) = chunk_gla(q, k, v, g, h0), compiled(q, k, v, g, h0)
+    for ref, out in ((o_ref, o), (S_ref, S)):
+        assert torch.equal(out.isnan(), ref.isnan()) and ref.isnan().any() and not ref.isnan().all()
+        assert rel_err(out.nan_to_num(0.0), ref.nan_to_num(0.0)) < 1e-4

@@ -259,8 +259,8 @@ def _nonfinite(q, k, v, g, h0) -> tuple[torch.Tensor, torch.Tensor]:
     o_t[:, c] once any S_t[i, c] is, or any q_t[i] (a product with NaN or Inf is never finite, and a
     state's NaN is never forgotten: exp(-inf) * NaN is NaN). A decay of 0 (g = -inf) is finite."""
     key = ~torch.isfinite(k) | torch.isnan(g) | (g == float("inf"))  # (B, T, H, K)
-    key_seen = key.int().cumsum(1) > 0  # (B, T, H, K): a row i of the state is non-finite from here
-    val_seen = (~torch.isfinite(v)).int().cumsum(1) > 0  # (B, T, H, V): a column c, from here
+    key_seen = _seen(key)  # (B, T, H, K): a row i of the state is non-finite from here
+    val_seen = _seen(~torch.isfinite(v))  # (B, T, H, V): a column c, from here
     bad_o = val_seen | key_seen.any(-1, keepdim=True) | (~torch.isfinite(q)).any(-1, keepdim=True)
     bad_S = key_seen[:, -1].unsqueeze(-1) | val_seen[:, -1].unsqueeze(-2)  # (B, H, K, V)
     if h0 is not None:
@@ -268,6 +268,15 @@ def _nonfinite(q, k, v, g, h0) -> tuple[torch.Tensor, torch.Tensor]:
         bad_o = bad_o | bad_h0.any(2).unsqueeze(1)
         bad_S = bad_S | bad_h0
     return bad_o, bad_S
+
+
+def _seen(bad: torch.Tensor) -> torch.Tensor:
+    """(B, T, ...) bool -> at each t, whether ``bad`` holds anywhere in [0, t]: by the first t where it does (a
+    min reduction), not by a running sum, which ``torch.compile`` turned into a scan over int64 that Inductor's
+    Triton code generation failed on (torch 2.11, SPEN with gla compiled on an H100)."""
+    T = bad.shape[1]
+    t = torch.arange(T, device=bad.device).view(1, T, *(1,) * (bad.dim() - 2))
+    return t >= torch.where(bad, t, T).amin(1, keepdim=True)
 
 
 def _finite_inputs(q, k, v, g, h0, acc: torch.dtype) -> tuple:
