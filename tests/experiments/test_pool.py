@@ -1,6 +1,7 @@
 """``experiments.common.run_pool``: jobs in workers, out-of-memory requeues, and stopping on a signal."""
 
 import concurrent.futures as cf
+import multiprocessing as mp
 import signal
 import threading
 import time
@@ -8,7 +9,7 @@ import time
 import pytest
 import torch
 
-from emaprobe.experiments.common import run_pool
+from emaprobe.experiments.common import errors_that_travel, run_pool
 from emaprobe.train import TrainingInterrupted
 
 
@@ -123,3 +124,30 @@ def test_pool_a_worker_stopped_alone_does_not_stop_the_others_from_finishing():
         with pytest.raises(KeyboardInterrupt, match="a signal to the workers: 1 run stopped, 0 not started, 0 failed"):
             run_pool(["a", "b", "c"], lambda j: pool.submit(work, j), got.append, limit=2)
     assert sorted(got) == ["a", "c"]
+
+
+class _HoldsAModule(Exception):
+    """An error that cannot be pickled, as some of ``torch.compile``'s cannot (they hold a module)."""
+
+    def __init__(self, message):
+        super().__init__(message)
+        self.module = torch
+
+
+def _fails(kind: str):
+    with errors_that_travel():
+        if kind == "module":
+            raise _HoldsAModule("codegen failed for buf13")
+        raise ValueError("a plain error")
+
+
+def test_a_workers_unpicklable_error_reaches_the_parent_by_type_and_message(capfd):
+    """Through a process pool: an error holding a module comes back as a RuntimeError naming its type and
+    message (not the pickling's own TypeError), with its traceback printed in the worker; a picklable one
+    comes back as it is."""
+    with cf.ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("fork")) as pool:
+        with pytest.raises(RuntimeError, match=r"^_HoldsAModule: codegen failed for buf13$"):
+            pool.submit(_fails, "module").result()
+        with pytest.raises(ValueError, match="a plain error"):
+            pool.submit(_fails, "plain").result()
+    assert "Traceback" in capfd.readouterr().err

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import contextlib
 import io
+import pickle
 import re
 import signal
 import statistics
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,6 +52,23 @@ def pick_device(name: str) -> torch.device:
 def _out_of_memory(err: BaseException) -> bool:
     """A CUDA allocation failure (PyTorch's, or cuBLAS's when it cannot make a handle)."""
     return isinstance(err, torch.OutOfMemoryError) or "CUBLAS_STATUS_ALLOC_FAILED" in str(err)
+
+
+@contextlib.contextmanager
+def errors_that_travel():
+    """Inside a worker process: an exception that cannot be pickled (one holding a module, as some of
+    ``torch.compile``'s do) would reach the parent as the pickling's own TypeError, its type, message and
+    traceback lost. Such an exception is printed here, traceback and all, and raised again as a RuntimeError
+    that names its type and message; any other goes as it is (an out-of-memory error keeps its type)."""
+    try:
+        yield
+    except Exception as err:
+        try:
+            pickle.dumps(err)
+        except Exception:  # noqa: BLE001 - any failure to pickle loses the error the same way
+            traceback.print_exc()
+            raise RuntimeError(f"{type(err).__name__}: {err}") from None
+        raise
 
 
 def run_pool(jobs: list, submit, record, limit: int, name=str) -> list[tuple]:

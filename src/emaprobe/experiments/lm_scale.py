@@ -94,7 +94,16 @@ from typing import Any
 
 import numpy as np
 
-from emaprobe.experiments.common import command, nearest_budget, plot_paired, pyplot, run_pool, save_fig, t_half_width
+from emaprobe.experiments.common import (
+    command,
+    errors_that_travel,
+    nearest_budget,
+    plot_paired,
+    pyplot,
+    run_pool,
+    save_fig,
+    t_half_width,
+)
 from emaprobe.experiments.protocol import (
     SAME_LOSS_NATS,
     Claim,
@@ -496,7 +505,8 @@ def train_job(job: Job, cfg: Config, out: Path) -> dict[str, Any]:
 
 def _job_in_subprocess(job: Job, cfg: Config, out: str) -> tuple[str, float]:
     os.environ.setdefault("TQDM_DISABLE", "1")
-    rec = train_job(job, cfg, Path(out))
+    with errors_that_travel():
+        rec = train_job(job, cfg, Path(out))
     return job.name, rec["final_val_loss"]
 
 

@@ -79,7 +79,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emaprobe.experiments.common import command, pick_device, pyplot, run_pool, save_fig
+from emaprobe.experiments.common import command, errors_that_travel, pick_device, pyplot, run_pool, save_fig
 from emaprobe.experiments.protocol import Claim, config_diff, verdict_from_interval, write_claims
 from emaprobe.layers import mixer_class
 from emaprobe.ops import available_gla_backends, resolve_gla_backend
@@ -216,7 +216,8 @@ def _key(r: dict) -> tuple:
 def _one_in_subprocess(cfg: Config, mixer: str, cell, lr: float, seed: int, out: Path) -> dict:
     torch.set_num_threads(1)  # the parent's cores are shared by `parallel` workers
     try:
-        return _one(cfg, mixer, cell, lr, seed, pick_device(cfg.device), out)
+        with errors_that_travel():
+            return _one(cfg, mixer, cell, lr, seed, pick_device(cfg.device), out)
     finally:  # a worker outlives its run: give the memory it cached back to the other workers' runs
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
