@@ -296,6 +296,27 @@ def test_the_claims_command_carries_the_settings_every_run_shares():
         "EMAPROBE_DATA=... emaprobe run lm_scale --budget gpu --out results/lm_scale")
 
 
+def test_the_claims_command_covers_every_stage_of_a_folder_filled_stage_by_stage():
+    """Seeds, headline seeds and variants, and the ladder's tokens, read from the runs of their own stage: the
+    command names the most seeds and every variant any run had, so it makes every run of the folder again."""
+    gpu = L.gpu()
+
+    def run(stage, **fields):
+        return {"experiment_config": dataclasses.asdict(dataclasses.replace(gpu, stages=(stage,), **fields))}
+
+    runs = {"lr": run("lr"), "m0": run("mechanisms"), "m3": run("mechanisms", seeds=6),
+            "h0": run("headline", headline_seeds=3),
+            "h1": run("headline", headline_seeds=3, headline_variants=("spen-ema", "gpt", "spen-selective")),
+            "h2": run("headline", headline_seeds=2, headline_variants=("spen-ema", "gpt", "spen-ema-attnpred")),
+            "ladder": run("ladder", ladder_tokens=20_000_000)}
+    assert L.rerun_command(runs, "r") == (
+        "EMAPROBE_DATA=... emaprobe run lm_scale --budget gpu --set seeds=6 --set headline_seeds=3 "
+        "--set headline_variants='[\"spen-ema\", \"gpt\", \"spen-selective\", \"spen-ema-attnpred\"]' "
+        "--set ladder_tokens=20000000 --out r")
+    runs["ladder2"] = run("ladder", ladder_tokens=0)  # ladders of two budgets: no one value covers both
+    assert "ladder_tokens" not in L.rerun_command(runs, "r")
+
+
 COMMITTED = Path(__file__).resolve().parents[2] / "results" / "lm_scale"
 
 

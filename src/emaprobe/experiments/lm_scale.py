@@ -42,8 +42,8 @@ Data:      the shared text (Wikipedia + Project Gutenberg, C4 layout: ``text/*.j
            unless they match files from the working folder; any C4/FineWeb JSONL
            glob or ``emaprobe data prepare`` folder works. Each spec is tokenized once,
            with ``workers`` processes, into ``work_dir/tokens`` and memory-mapped after.
-Hardware:  the GPU budget ran on one NVIDIA H200 (bf16 autocast, ``torch.compile``,
-           B16 x T1024); jobs of one stage run ``parallel`` at a time on the one GPU.
+Hardware:  the GPU budget ran on one NVIDIA H200, the mechanisms' seeds 3-5 on one H100 (bf16 autocast,
+           ``torch.compile``, B16 x T1024); jobs of one stage run ``parallel`` at a time on the one GPU.
 Writes:    OUT/runs/<job>.json per run (run record with card, git SHA and torch version,
            resolved configs, parameter counts, token curve, final evals, throughput),
            OUT/README.md, OUT/*.png and OUT/claims.json, all drawn from the JSON
@@ -979,16 +979,43 @@ def unmeasured(s: dict[str, Any], rows: list[Claim]) -> dict[str, str]:
     return why
 
 
+def _union(lists: list[list]) -> list:
+    return list(dict.fromkeys(x for items in lists for x in items))
+
+
+# plan fields that say how much of one stage runs -> (that stage, how the values of its runs combine into the one
+# that covers them all; None: only a value they agree on)
+STAGE_SIZE_FIELDS: dict[str, tuple[str, Any]] = {
+    "seeds": ("mechanisms", max),
+    "headline_seeds": ("headline", max),
+    "headline_variants": ("headline", _union),
+    "ladder_tokens": ("ladder", None),
+}
+
+
 def rerun_command(runs: dict[str, dict], out: str | Path) -> str:
     """The command that makes ``runs`` into ``out``: the budget nearest their configs, and a ``--set`` per field
     that differs from it. A folder filled stage by stage holds runs of several configs (a later stage adds
-    headline variants or seeds, say): a field whose value differs between its runs is left out, as no one
-    command set it, and so are ``EXECUTION_FIELDS``. Data outside the checkout needs EMAPROBE_DATA."""
+    headline variants or seeds, say). A field of ``STAGE_SIZE_FIELDS`` is read from the runs of its stage alone
+    and named by the value that covers them all (the most seeds, every headline variant); any other field whose
+    value differs between the runs is left out, as no one command set it, and so are ``EXECUTION_FIELDS``.
+    Data outside the checkout needs EMAPROBE_DATA."""
     values: dict[str, list] = {}
+    by_stage: dict[str, dict[str, list]] = {}
     for r in runs.values():
-        for k, v in json.loads(json.dumps(r["experiment_config"])).items():
+        cfg = json.loads(json.dumps(r["experiment_config"]))
+        for k, v in cfg.items():
             values.setdefault(k, []).append(v)
+            for stage in cfg.get("stages", ()):
+                by_stage.setdefault(stage, {}).setdefault(k, []).append(v)
     shared = {k: vs[0] for k, vs in values.items() if k not in EXECUTION_FIELDS and all(v == vs[0] for v in vs)}
+    for field, (stage, combine) in STAGE_SIZE_FIELDS.items():
+        vs = by_stage.get(stage, {}).get(field, [])
+        shared.pop(field, None)
+        if vs and all(v == vs[0] for v in vs):
+            shared[field] = vs[0]
+        elif vs and combine is not None:
+            shared[field] = combine(vs)
     line = command(NAME, out, shared, budget=nearest_budget(NAME, shared))
     needs_data = not str(shared.get("train", "ptb")).startswith("ptb")
     return ("EMAPROBE_DATA=... " if needs_data else "") + line
