@@ -246,8 +246,7 @@ def test_bad_shapes_fail_clearly():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_chunk_gla_compiles_on_cuda_at_spen_small_shape():
     """``torch.compile`` of ``chunk_gla`` on CUDA at SPEN small's gla shape (B16 T1024, 3 heads of 64): values
-    and gradients as eager, and with a NaN key and an infinite value, NaN where eager has it. Its marks of
-    non-finite inputs were once a running int sum, which Inductor's Triton code generation failed on."""
+    and gradients as eager, and with a NaN key and an infinite value, NaN where eager has it."""
     shape = (16, 1024, 3, 64, 64)
     compiled = torch.compile(chunk_gla, fullgraph=True)
     results = []
@@ -266,3 +265,14 @@ def test_chunk_gla_compiles_on_cuda_at_spen_small_shape():
     for ref, out in ((o_ref, o), (S_ref, S)):
         assert torch.equal(out.isnan(), ref.isnan()) and ref.isnan().any() and not ref.isnan().all()
         assert rel_err(out.nan_to_num(0.0), ref.nan_to_num(0.0)) < 1e-4
+
+
+def test_chunk_gla_traces_to_no_integer_running_sum():
+    """Compiled inside SPEN (small, gla, bf16 autocast) on an H100, an int64 cumsum in ``chunk_gla`` (its marks of
+    non-finite inputs, once ``key.int().cumsum(1) > 0``) stopped Inductor's Triton code generation; compiled alone
+    it did not, so the traced graph is checked instead: every running sum in it is over floating values."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    graph = make_fx(lambda *a: chunk_gla(*a, chunk_size=16, sub_chunk=8))(*make_inputs(2, 40, 2, 4, 3)).graph
+    sums = [n.meta["val"].dtype for n in graph.nodes if n.op == "call_function" and "cumsum" in str(n.target)]
+    assert sums and all(dtype.is_floating_point for dtype in sums), sums
