@@ -1000,22 +1000,19 @@ def rerun_command(runs: dict[str, dict], out: str | Path) -> str:
     and named by the value that covers them all (the most seeds, every headline variant); any other field whose
     value differs between the runs is left out, as no one command set it, and so are ``EXECUTION_FIELDS``.
     Data outside the checkout needs EMAPROBE_DATA."""
+    cfgs = [json.loads(json.dumps(r["experiment_config"])) for r in runs.values()]
     values: dict[str, list] = {}
-    by_stage: dict[str, dict[str, list]] = {}
-    for r in runs.values():
-        cfg = json.loads(json.dumps(r["experiment_config"]))
+    for cfg in cfgs:
         for k, v in cfg.items():
             values.setdefault(k, []).append(v)
-            for stage in cfg.get("stages", ()):
-                by_stage.setdefault(stage, {}).setdefault(k, []).append(v)
     shared = {k: vs[0] for k, vs in values.items() if k not in EXECUTION_FIELDS and all(v == vs[0] for v in vs)}
     for field, (stage, combine) in STAGE_SIZE_FIELDS.items():
-        vs = by_stage.get(stage, {}).get(field, [])
+        vs = [cfg[field] for cfg in cfgs if field in cfg and stage in cfg.get("stages", ())]
         shared.pop(field, None)
-        if vs and all(v == vs[0] for v in vs):
-            shared[field] = vs[0]
-        elif vs and combine is not None:
+        if vs and combine is not None:
             shared[field] = combine(vs)
+        elif vs and all(v == vs[0] for v in vs):
+            shared[field] = vs[0]
     line = command(NAME, out, shared, budget=nearest_budget(NAME, shared))
     needs_data = not str(shared.get("train", "ptb")).startswith("ptb")
     return ("EMAPROBE_DATA=... " if needs_data else "") + line
