@@ -79,6 +79,14 @@ def test_flops_per_token_counts_attention_and_the_dense_ffn():
     assert s["flops_per_token_executed"] == s["flops_per_token"] > s["flops_per_token_active"]
     assert (a2["flops_per_token_executed"] - a1["flops_per_token_executed"]) * 2 == (
         a2["flops_per_token"] - a1["flops_per_token"])
+    # a step of 16,384 tokens folds SPEN's predictor into its bottleneck (tests/models/test_spen.py holds
+    # the block's FLOPs to this count); a one-token call does not, nor does the attention mixer
+    folded, step = flops_per_token(spen, 1024, 16384), flops_per_token(spen, 1024, 1)
+    saved = 6 * 3 * 768 * 768 * 12 - 6 * 576 * 3 * 768 * 768 * 12 // 16384
+    assert step == s and folded["flops_per_token"] == s["flops_per_token"]
+    assert s["flops_per_token_executed"] - folded["flops_per_token_executed"] == saved
+    assert s["flops_per_token_active"] - folded["flops_per_token_active"] == saved
+    assert flops_per_token(attn, 1024, 16384) == a1
 
 
 def _measured(model, T, rate, compiled=True):

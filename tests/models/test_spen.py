@@ -116,6 +116,112 @@ def test_stacked_context_product_equals_predictor_then_concatenated_mix(predicto
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
+def _block_grads(block, x, state, return_parts):
+    out, st = block(x, state, return_parts=return_parts)[:2]
+    g_out, g_st = torch.randn_like(out, generator=torch.Generator().manual_seed(2)), torch.ones_like(st["mixer"])
+    wrt = [x] + ([state["mixer"]] if state else []) + list(block.parameters())
+    grads = torch.autograd.grad((out, st["mixer"]), wrt, (g_out, g_st), allow_unused=True)
+    return out, st, grads
+
+
+@pytest.mark.parametrize("with_past", [False, True])
+def test_folded_block_equals_predictor_then_mix(with_past):
+    # the EMA with the linear predictor folds P into M (``_fold_and_mix``): the block's output, state and
+    # the gradients to x, the incoming state and every weight equal the unfolded path's (``return_parts``
+    # runs it), float64, at a call long enough to fold (B T = 51 >= 4 d_b = 48), with and without a past.
+    # The past is one tensor, the mixer's state and h_last both, as a block's own state is in float64: the
+    # fold reads H_{-1} through the mixer's state, the unfolded path through h_last
+    block = small_spen().blocks[0].double()
+    assert block.folds(3 * 17) and not block.folds(47)
+    torch.manual_seed(1)
+    x = torch.randn(3, 17, 16, dtype=torch.float64, requires_grad=True)
+    state = None
+    if with_past:
+        with torch.no_grad():
+            _, st = block(torch.randn(3, 5, 16, dtype=torch.float64))
+        assert torch.equal(st["mixer"], st["h_last"])
+        h0 = st["mixer"].requires_grad_()
+        state = {"mixer": h0, "h_last": h0, "pred": None}
+    out, st, got = _block_grads(block, x, state, return_parts=False)
+    ref, st_ref, want = _block_grads(block, x, state, return_parts=True)
+    torch.testing.assert_close(out, ref, rtol=1e-11, atol=1e-11)
+    torch.testing.assert_close(st["mixer"], st_ref["mixer"], rtol=0, atol=0)
+    torch.testing.assert_close(st["h_last"], st_ref["h_last"], rtol=0, atol=0)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-11)
+
+
+def test_fold_needs_a_fixed_recurrence_a_shifted_product_and_decays_from_one_half():
+    assert small_spen().blocks[0].fold == ((2.0, 1 / 0.9, 1 / 0.98), (1.0, 0.1 / 0.9, 0.02 / 0.98))
+    assert small_spen(alphas=(0.5, 0.3)).blocks[0].fold is not None
+    assert small_spen(alphas=(0.6, 0.1)).blocks[0].fold is None  # 1 / a = 2.5 would scale H's rounding more
+    assert small_spen(predictor="attention").blocks[0].fold is None
+    for mixer in sorted(set(MIXERS) - {"ema"}):
+        assert small_spen(mixer).blocks[0].fold is None, mixer
+        assert not small_spen(mixer).blocks[0].folds(10**6), mixer
+
+
+def test_fold_saves_the_predictors_products():
+    # forward + backward FLOPs of one block at B T = N positions, folded and not: the fold removes the
+    # predictor's S D^2 a token from the forward product and both backward ones (6 S D^2 N FLOPs) and
+    # adds the product G = M_e W_P over the weights and its two backward products (6 d_b S D^2)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    block = small_spen().blocks[0]
+    S, D, d_b, N = 3, 16, 12, 3 * 29
+
+    def flops(return_parts):
+        x = torch.randn(3, 29, D, requires_grad=True)
+        with FlopCounterMode(display=False) as fc:
+            out = block(x, return_parts=return_parts)[0]
+            out.sum().backward()
+        return fc.get_total_flops()
+
+    assert flops(True) - flops(False) == 6 * S * D * D * N - 6 * d_b * S * D * D
+
+
+def test_folded_model_equals_steps():
+    # a whole model whose parallel call folds (B T = 51) against one token at a time (no fold), float32
+    model = small_spen()
+    assert model.blocks[0].folds(51) and not model.blocks[0].folds(3)
+    idx = torch.randint(0, V, (3, 17))
+    full, _ = model(idx)
+    state, steps = None, []
+    for t in range(17):
+        logits, state = model(idx[:, t : t + 1], state)
+        steps.append(logits)
+    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("D", "d_b", "std"), [(16, 12, 0.3), (64, 48, 0.02)])
+def test_folded_bottleneck_rounds_like_the_unfolded_one_in_bf16(D, d_b, std):
+    # under bf16 autocast both paths round; the folded c is as close to the float64 c as the unfolded c
+    # is, within a factor of 2 (the fold scales H's rounding by up to 1 / a = 2). Compared at c: the
+    # top-k after it turns any rounding into a different choice of units for a few tokens
+    from emaprobe.models.spen import _in_autocast_dtype
+
+    torch.manual_seed(0)
+    cfg = SPENConfig(vocab_size=V, d_model=D, n_layer=1, d_bottleneck=d_b, d_ff=4 * D, init_std=std)
+    blk = SPEN(cfg).blocks[0]
+    u = blk.norm(torch.randn(4, 257, D)).detach()
+
+    def c_of(fold: bool, bf16: bool) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            H, _ = blk.mixer(_in_autocast_dtype(u))
+            return (blk._fold_and_mix(u, H) if fold else blk._predict_and_mix(u, H, None, None)[2]).double()
+
+    err = {}
+    for fold in (False, True):
+        c = c_of(fold, True)
+        blk.double()
+        u = u.double()
+        truth = c_of(False, False)
+        blk.float()
+        u = u.float()
+        err[fold] = ((c - truth).norm() / truth.norm()).item()
+    assert 0 < err[True] < 0.01 and err[True] < 2 * err[False], err
+
+
 def test_no_positional_encoding_and_tied_head():
     model = small_spen()
     assert not any("pos" in n for n, _ in model.named_parameters())

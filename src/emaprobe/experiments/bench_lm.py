@@ -35,7 +35,11 @@ The extra terms, forward + backward (3x the forward), per block:
     ema, learned_ema, selective        0             (O(S D) elementwise per token)
 
 SPEN's top-k FFN counts W2 in full (d_ff x D): the kept units are scattered into a dense
-d_ff vector and multiplied densely, so those FLOPs are executed. ``flops_per_token_active``
+d_ff vector and multiplied densely, so those FLOPs are executed. Where SPEN's block folds its
+predictor into its bottleneck (the EMA mixer with the linear predictor, ``SPENBlock.folds``;
+``models/spen.py``), the executed and active counts drop the predictor's 6 S D^2 a token a block
+and add the weights' product, 6 d_b S D^2 a block over the B T tokens of a step; the model's
+``flops_per_token`` (and so MFU) stays the model's own, 6 N. ``flops_per_token_active``
 counts only the k kept rows of W2 (k / d_ff of it), the FLOPs a sparse kernel would need.
 ``flops_per_token_executed`` halves the terms that grow with T (GPT's attention, SPEN's
 attention mixer and predictor): training attention is ``is_causal`` SDPA, whose flash and
@@ -199,11 +203,13 @@ def matmul_params(model: nn.Module) -> int:
     return n + model.tok_emb.weight.numel()
 
 
-def flops_per_token(model: nn.Module, T: int) -> dict:
-    """Training FLOPs per token (forward + backward) at length T; see the module docstring."""
+def flops_per_token(model: nn.Module, T: int, n_tokens: int | None = None) -> dict:
+    """Training FLOPs per token (forward + backward) at length T; see the module docstring.
+    ``n_tokens``: the positions of one call (B T), for SPEN's folded product (none if None)."""
     cfg = model.config
     N = matmul_params(model)
     L, D = cfg.n_layer, cfg.d_model
+    folded = 0
     if isinstance(cfg, GPTConfig):
         causal, idle_w2, other = 12 * L * D * T, 0, 0
     else:
@@ -212,9 +218,11 @@ def flops_per_token(model: nn.Module, T: int) -> dict:
         causal += 12 * D * T * L if cfg.predictor == "attention" else 0
         other = 12 * S * cfg.key_dim * D * L if cfg.mixer == "gla" else 0
         idle_w2 = (cfg.d_ff - cfg.k_active) * D * L  # W2 rows a sparse kernel would skip
+        if n_tokens and model.blocks[0].folds(n_tokens):  # the predictor's products go, G's come once a call
+            folded = 6 * S * D * D * L - 6 * cfg.d_bottleneck * S * D * D * L // n_tokens
     full = 6 * N + causal + other
-    return {"matmul_params": N, "flops_per_token": full, "flops_per_token_active": full - 6 * idle_w2,
-            "flops_per_token_executed": full - causal // 2}
+    return {"matmul_params": N, "flops_per_token": full, "flops_per_token_active": full - 6 * idle_w2 - folded,
+            "flops_per_token_executed": full - causal // 2 - folded}
 
 
 # ---------------------------------------------------------------------------- timing
@@ -271,7 +279,7 @@ def bench_train(label: str, cfg, T: int, compiled: bool, bc: BenchConfig, device
     row = _training_row("train", label, T, B, compiled, bc)
     _free(device)
     model = _build(cfg, device, T).train()
-    row.update(flops_per_token(model, T), params=model.num_params())
+    row.update(flops_per_token(model, T, B * T), params=model.num_params())
     tcfg = TrainConfig(device=device.type)
     opt = make_optimizer(model, tcfg, device)
     run = wrap_model(model, DistInfo(), device, compile=compiled, mode=bc.compile_mode)

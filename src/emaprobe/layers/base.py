@@ -88,6 +88,15 @@ class ContextMixer(nn.Module):
         if x.shape[1] == 0:
             raise ValueError(f"{name}: x must hold at least one position (T >= 1), got {tuple(x.shape)}")
 
+    def fixed_recurrence(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        """(a, b), S constants each, where every trace follows y_t^(s) = a_s y_{t-1}^(s) + b_s x_t
+        (y_{-1} the state, zero without one); None for a mixer whose context is anything else.
+
+        With a_s != 0, y_{t-1} = (y_t - b_s x_t) / a_s: the previous context is a fixed linear
+        function of the current one and the input, with no shift in time. SPEN's block uses
+        that to fold its predictor into its bottleneck (``models/spen.py``)."""
+        return None
+
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, n_scales={self.n_scales}"
 

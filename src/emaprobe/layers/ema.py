@@ -34,5 +34,9 @@ class EMAMixer(ContextMixer):
         # clone: h is a view of the float32 scan output, which would otherwise stay alive
         return y, h.clone()
 
+    def fixed_recurrence(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(1 - alpha_s, alpha_s): h_t = (1 - alpha_s) h_{t-1} + alpha_s x_t, as the scan computes it."""
+        return tuple(1.0 - a for a in self.alphas), self.alphas
+
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, alphas={self.alphas}"

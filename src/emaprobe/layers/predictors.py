@@ -49,6 +49,9 @@ class Predictor(nn.Module):
     over S*D inputs, no bias) in ``__init__`` and define ``finish``."""
 
     in_proj: nn.Linear
+    # True where finish(z, first) is exactly the shift of z by one step (x̂_t = in_proj(vec H_{t-1})),
+    # with no state and no other operation: a caller may then compute x̂ from H_{t-1} any way it likes
+    shift_only: bool = False
 
     def __init__(self, d_model: int, n_scales: int):
         super().__init__()
@@ -80,6 +83,8 @@ def register_predictor(name: str):
 @register_predictor("linear")
 class LinearPredictor(Predictor):
     """x̂_t = W_P vec(H_{t-1}); W_P (D, S*D), no bias, so an empty past predicts zero."""
+
+    shift_only = True
 
     def __init__(self, d_model: int, n_scales: int, **_unused):
         super().__init__(d_model, n_scales)

@@ -26,6 +26,11 @@ One block, in order (Figure 1 of arXiv 2604.08556; DESIGN.md "SPEN language mode
     y_t = W2 topk(act(W1 c_t))           W1: d_b -> d_ff, k of d_ff units kept
     x   = x + y
 
+Where the mixer is a fixed recurrence (the EMA) and the predictor the linear one, a call over
+enough positions computes c without x̂ and e: the recurrence gives H_{t-1} from H_t and u_t,
+so P folds into M (``SPENBlock._fold_and_mix``), the same c in exact arithmetic with the
+predictor's products gone. ``return_parts`` and one-token steps take the path above.
+
 There is no positional encoding (the traces carry order) and the output head is the
 token embedding, transposed. ``SPENConfig`` names the mixer and the predictor, so
 every context mechanism runs in the same block.
@@ -125,6 +130,13 @@ class SPENBlock(nn.Module):
         self.mix = nn.Linear((S + 1) * D, cfg.d_bottleneck, bias=False)  # M
         self.ffn = SparseFFN(cfg.d_bottleneck, cfg.d_ff, D, cfg.k_active, cfg.ffn_act, cfg.ffn_impl)
         self.drop = nn.Dropout(cfg.dropout)
+        # the folded product (``_fold_and_mix``): (1 / a_s, b_s / a_s) of the mixer's fixed recurrence as
+        # Python floats (exact whatever dtype the module is cast to), or None where the block cannot fold:
+        # not a fixed recurrence, a predictor that is not a shifted product, or a decay under FOLD_MIN_DECAY
+        self.fold: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+        rec = self.mixer.fixed_recurrence()
+        if rec is not None and self.predictor.shift_only and min(rec[0]) >= FOLD_MIN_DECAY:
+            self.fold = tuple(1.0 / a for a in rec[0]), tuple(b / a for a, b in zip(*rec))
 
     def forward(self, x: torch.Tensor, state: dict | None = None, return_parts: bool = False):
         """x (B, T, D) -> (x + y (B, T, D), state); with ``return_parts`` also a dict of
@@ -132,7 +144,10 @@ class SPENBlock(nn.Module):
         state = state or {}
         u = self.norm(x)  # (B, T, D)
         H, mix_state = self.mixer(_in_autocast_dtype(u), state.get("mixer"))  # (B, T, S, D)
-        x_hat, e, c, pred_state = self._predict_and_mix(u, H, state.get("h_last"), state.get("pred"))
+        if not return_parts and self.folds(u.shape[0] * u.shape[1]):
+            c, pred_state = self._fold_and_mix(u, H), None
+        else:
+            x_hat, e, c, pred_state = self._predict_and_mix(u, H, state.get("h_last"), state.get("pred"))
         y = self.ffn(c)  # (B, T, D)
         out = x + self.drop(y)
         new_state = {"mixer": mix_state, "h_last": H[:, -1].clone(), "pred": pred_state}
@@ -157,6 +172,47 @@ class SPENBlock(nn.Module):
         e = u - x_hat  # (B, T, D)
         c = torch.addmm(c_H.flatten(0, 1), e.to(H.dtype).flatten(0, 1), W[:, :D].t()).view_as(c_H)
         return x_hat, e, c, pred_state
+
+    def folds(self, n_tokens: int) -> bool:
+        """Whether a call over ``n_tokens`` (B T) positions computes c by ``_fold_and_mix``: where the
+        block can fold and the call has at least FOLD_MIN_TOKENS_PER_BOTTLENECK x d_b positions."""
+        return self.fold is not None and n_tokens >= FOLD_MIN_TOKENS_PER_BOTTLENECK * self.mix.out_features
+
+    def _fold_and_mix(self, u: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
+        """c = M [e; vec(H)], the value ``_predict_and_mix`` gives, in two products with no x̂ and no shift.
+
+        The mixer's traces follow H_t^(s) = a_s H_{t-1}^(s) + b_s x_t with fixed a, b (the EMA:
+        a = 1 - alpha, b = alpha), so H_{t-1}^(s) = (H_t^(s) - b_s x_t) / a_s, at every t including
+        the first (H_{-1} is the state the mixer started from, which is what h_last holds). With
+        x̂_t = W_P vec(H_{t-1}), e = u - x̂ and G = M_e W_P split by timescale into G_s (d_b, D):
+
+            c_t = M_e u_t - M_e W_P vec(H_{t-1}) + M_H vec(H_t)
+                = (M_e + sum_s G_s b_s / a_s) u_t + (M_H - [G_s / a_s]_s) vec(H_t)
+
+        (x_t is u_t in the products' dtype, as the mixer read it). Per token that is S D d_b + D d_b
+        multiply-adds against S D (D + d_b) + D d_b: the predictor's S D^2 goes, forward and in both
+        backward products, for one d_b x D x S D product over the weights a call. Gradients reach
+        W_P and M through G. The same c in exact arithmetic; in bf16 the rounding of H_t is scaled
+        by up to 1 / a_s, which FOLD_MIN_DECAY bounds at 2.
+        """
+        D = u.shape[-1]
+        W_P, W = self.predictor.in_proj.weight, self.mix.weight  # (D, S D); (d_b, (S+1) D), [0, D) acts on e
+        M_e, M_H = W[:, :D], W[:, D:]
+        inv, gain = self.fold
+        G = (M_e @ W_P).unflatten(1, (len(inv), D))  # (d_b, S, D)
+        W_H = M_H - torch.stack([G[:, s] * inv[s] for s in range(len(inv))], 1).flatten(1)  # acts on vec(H_t)
+        W_u = M_e + sum(G[:, s] * gain[s] for s in range(len(gain)))  # (d_b, D): acts on u_t
+        c = F.linear(H.flatten(2), W_H)  # (B, T, d_b)
+        return torch.addmm(c.flatten(0, 1), u.to(H.dtype).flatten(0, 1), W_u.t()).view_as(c)
+
+
+# The folded product (``SPENBlock._fold_and_mix``) runs where every decay a_s >= FOLD_MIN_DECAY (its
+# 1 / a_s scales H's rounding by at most 2; the EMA's alpha <= 0.5, as at the paper's 0.5, 0.1, 0.02),
+# and a call has at least FOLD_MIN_TOKENS_PER_BOTTLENECK x d_b positions: the product over the weights
+# costs d_b tokens' worth of the predictor's products, so this keeps it under a quarter of what the fold
+# saves, and a one-token decoding step keeps the two products over vec(H)
+FOLD_MIN_DECAY = 0.5
+FOLD_MIN_TOKENS_PER_BOTTLENECK = 4
 
 
 def _in_autocast_dtype(t: torch.Tensor) -> torch.Tensor:
