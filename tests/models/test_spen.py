@@ -200,15 +200,11 @@ def test_folded_bottleneck_rounds_like_the_unfolded_one_in_bf16(D, d_b, std):
             H, _ = blk.mixer(_in_autocast_dtype(u))
             return (blk._fold_and_mix(u, H) if fold else blk._predict_and_mix(u, H, None, None)[2]).double()
 
-    err = {}
-    for fold in (False, True):
-        c = c_of(fold, True)
-        blk.double()
-        u = u.double()
-        truth = c_of(False, False)
-        blk.float()
-        u = u.float()
-        err[fold] = ((c - truth).norm() / truth.norm()).item()
+    got = {fold: c_of(fold, True) for fold in (False, True)}
+    blk.double()
+    u = u.double()
+    truth = c_of(False, False)
+    err = {fold: ((c - truth).norm() / truth.norm()).item() for fold, c in got.items()}
     assert 0 < err[True] < 0.01 and err[True] < 2 * err[False], err
 
 
