@@ -198,7 +198,8 @@ def test_folded_bottleneck_rounds_like_the_unfolded_one_in_bf16(D, d_b, std):
     def c_of(fold: bool, bf16: bool) -> torch.Tensor:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             H, _ = blk.mixer(_in_autocast_dtype(u))
-            return (blk._fold_and_mix(u, H) if fold else blk._predict_and_mix(u, H, None, None)[2]).double()
+            return (blk._fold_and_mix(_in_autocast_dtype(u), H) if fold else
+                    blk._predict_and_mix(u, H, None, None)[2]).double()
 
     got = {fold: c_of(fold, True) for fold in (False, True)}
     blk.double()

@@ -143,9 +143,10 @@ class SPENBlock(nn.Module):
         u, H, x_hat, e, c, y (the glossary's symbols)."""
         state = state or {}
         u = self.norm(x)  # (B, T, D)
-        H, mix_state = self.mixer(_in_autocast_dtype(u), state.get("mixer"))  # (B, T, S, D)
+        x_in = _in_autocast_dtype(u)  # the mixer's input
+        H, mix_state = self.mixer(x_in, state.get("mixer"))  # (B, T, S, D)
         if not return_parts and self.folds(u.shape[0] * u.shape[1]):
-            c, pred_state = self._fold_and_mix(u, H), None
+            c, pred_state = self._fold_and_mix(x_in, H), None
         else:
             x_hat, e, c, pred_state = self._predict_and_mix(u, H, state.get("h_last"), state.get("pred"))
         y = self.ffn(c)  # (B, T, D)
@@ -178,7 +179,7 @@ class SPENBlock(nn.Module):
         block can fold and the call has at least FOLD_MIN_TOKENS_PER_BOTTLENECK x d_b positions."""
         return self.fold is not None and n_tokens >= FOLD_MIN_TOKENS_PER_BOTTLENECK * self.mix.out_features
 
-    def _fold_and_mix(self, u: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
+    def _fold_and_mix(self, x: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
         """c = M [e; vec(H)], the value ``_predict_and_mix`` gives, in two products with no x̂ and no shift.
 
         The mixer's traces follow H_t^(s) = a_s H_{t-1}^(s) + b_s x_t with fixed a, b (the EMA:
@@ -189,13 +190,13 @@ class SPENBlock(nn.Module):
             c_t = M_e u_t - M_e W_P vec(H_{t-1}) + M_H vec(H_t)
                 = (M_e + sum_s G_s b_s / a_s) u_t + (M_H - [G_s / a_s]_s) vec(H_t)
 
-        (x_t is u_t in the products' dtype, as the mixer read it). Per token that is S D d_b + D d_b
-        multiply-adds against S D (D + d_b) + D d_b: the predictor's S D^2 goes, forward and in both
+        ``x`` is the mixer's input: u in the products' dtype (u itself without autocast). Per token that
+        is S D d_b + D d_b multiply-adds against S D (D + d_b) + D d_b: the predictor's S D^2 goes, forward and in both
         backward products, for one d_b x D x S D product over the weights a call. Gradients reach
         W_P and M through G. The same c in exact arithmetic; in bf16 the rounding of H_t is scaled
         by up to 1 / a_s, which FOLD_MIN_DECAY bounds at 2.
         """
-        D = u.shape[-1]
+        D = x.shape[-1]
         W_P, W = self.predictor.in_proj.weight, self.mix.weight  # (D, S D); (d_b, (S+1) D), [0, D) acts on e
         M_e, M_H = W[:, :D], W[:, D:]
         inv, gain = self.fold
@@ -203,7 +204,7 @@ class SPENBlock(nn.Module):
         W_H = M_H - torch.stack([G[:, s] * inv[s] for s in range(len(inv))], 1).flatten(1)  # acts on vec(H_t)
         W_u = M_e + sum(G[:, s] * gain[s] for s in range(len(gain)))  # (d_b, D): acts on u_t
         c = F.linear(H.flatten(2), W_H)  # (B, T, d_b)
-        return torch.addmm(c.flatten(0, 1), u.to(H.dtype).flatten(0, 1), W_u.t()).view_as(c)
+        return torch.addmm(c.flatten(0, 1), x.flatten(0, 1), W_u.t()).view_as(c)
 
 
 # The folded product (``SPENBlock._fold_and_mix``) runs where every decay a_s >= FOLD_MIN_DECAY (its
