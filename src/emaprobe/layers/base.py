@@ -97,6 +97,15 @@ class ContextMixer(nn.Module):
         that to fold its predictor into its bottleneck (``models/spen.py``)."""
         return None
 
+    def traces_and_input(self, x: torch.Tensor, state=None):
+        """(y (B, T, S + 1, D), state): ``forward``'s context with x itself as slot S.
+
+        For a consumer that applies one product over [vec(y); x] (SPEN's folded block) instead
+        of one over vec(y) and one over x whose results are then added. Here by concatenation;
+        a mixer whose kernel can write x beside its traces overrides it."""
+        y, state = self(x, state)
+        return torch.cat([y, x.to(y.dtype).unsqueeze(2)], dim=2), state
+
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, n_scales={self.n_scales}"
 

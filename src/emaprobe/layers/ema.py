@@ -34,6 +34,18 @@ class EMAMixer(ContextMixer):
         # clone: h is a view of the float32 scan output, which would otherwise stay alive
         return y, h.clone()
 
+    def traces_and_input(self, x: torch.Tensor, state: torch.Tensor | None = None):
+        """The traces with x as slot S, written by the same scan: alpha = 1 is a trace with no
+        memory, h_t = x_t exactly, so one more timescale writes x beside the S traces in the same
+        launch (up to 4 timescales a launch), and no (B, T, S + 1, D) concatenation is made."""
+        if x.shape[1] == 1:
+            return super().traces_and_input(x, state)
+        self.check_input(x)
+        if state is not None:  # the memoryless slot's state is never read (its decay is 0)
+            state = torch.cat([state, state.new_zeros(state.shape[0], 1, state.shape[2])], dim=1)
+        y, h = ema_traces(x, self.alphas + (1.0,), h0=state, return_state=True, backend=self.backend)
+        return y, h[:, : self.n_scales].clone()
+
     def fixed_recurrence(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """(1 - alpha_s, alpha_s): h_t = (1 - alpha_s) h_{t-1} + alpha_s x_t, as the scan computes it."""
         return tuple(1.0 - a for a in self.alphas), self.alphas

@@ -144,10 +144,12 @@ class SPENBlock(nn.Module):
         state = state or {}
         u = self.norm(x)  # (B, T, D)
         x_in = _in_autocast_dtype(u)  # the mixer's input
-        H, mix_state = self.mixer(x_in, state.get("mixer"))  # (B, T, S, D)
         if not return_parts and self.folds(u.shape[0] * u.shape[1]):
-            c, pred_state = self._fold_and_mix(x_in, H), None
+            Hx, mix_state = self.mixer.traces_and_input(x_in, state.get("mixer"))  # (B, T, S + 1, D)
+            H = Hx[:, :, :-1]
+            c, pred_state = self._fold_and_mix(Hx), None
         else:
+            H, mix_state = self.mixer(x_in, state.get("mixer"))  # (B, T, S, D)
             x_hat, e, c, pred_state = self._predict_and_mix(u, H, state.get("h_last"), state.get("pred"))
         y = self.ffn(c)  # (B, T, D)
         out = x + self.drop(y)
@@ -179,8 +181,8 @@ class SPENBlock(nn.Module):
         block can fold and the call has at least FOLD_MIN_TOKENS_PER_BOTTLENECK x d_b positions."""
         return self.fold is not None and n_tokens >= FOLD_MIN_TOKENS_PER_BOTTLENECK * self.mix.out_features
 
-    def _fold_and_mix(self, x: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
-        """c = M [e; vec(H)], the value ``_predict_and_mix`` gives, in two products with no x̂ and no shift.
+    def _fold_and_mix(self, Hx: torch.Tensor) -> torch.Tensor:
+        """c = M [e; vec(H)], the value ``_predict_and_mix`` gives, in one product with no x̂ and no shift.
 
         The mixer's traces follow H_t^(s) = a_s H_{t-1}^(s) + b_s x_t with fixed a, b (the EMA:
         a = 1 - alpha, b = alpha), so H_{t-1}^(s) = (H_t^(s) - b_s x_t) / a_s, at every t including
@@ -188,23 +190,25 @@ class SPENBlock(nn.Module):
         x̂_t = W_P vec(H_{t-1}), e = u - x̂ and G = M_e W_P split by timescale into G_s (d_b, D):
 
             c_t = M_e u_t - M_e W_P vec(H_{t-1}) + M_H vec(H_t)
-                = (M_e + sum_s G_s b_s / a_s) u_t + (M_H - [G_s / a_s]_s) vec(H_t)
+                = (M_H - [G_s / a_s]_s) vec(H_t) + (M_e + sum_s G_s b_s / a_s) u_t
 
-        ``x`` is the mixer's input: u in the products' dtype (u itself without autocast). Per token that
-        is S D d_b + D d_b multiply-adds against S D (D + d_b) + D d_b: the predictor's S D^2 goes, forward and in both
+        ``Hx`` (B, T, S + 1, D) is the mixer's ``traces_and_input``: H_t with u_t (the mixer's input,
+        in the products' dtype) as slot S, so c is one product over [vec(H_t); u_t] with the two
+        folded weights side by side, and no second product adds into the first (``torch.addmm``
+        copies its addend into a new output before the product). Per token that is S D d_b + D d_b
+        multiply-adds against S D (D + d_b) + D d_b: the predictor's S D^2 goes, forward and in both
         backward products, for one d_b x D x S D product over the weights a call. Gradients reach
         W_P and M through G. The same c in exact arithmetic; in bf16 the rounding of H_t is scaled
         by up to 1 / a_s, which FOLD_MIN_DECAY bounds at 2.
         """
-        D = x.shape[-1]
+        D = Hx.shape[-1]
         W_P, W = self.predictor.in_proj.weight, self.mix.weight  # (D, S D); (d_b, (S+1) D), [0, D) acts on e
         M_e, M_H = W[:, :D], W[:, D:]
         inv, gain = self.fold
         G = (M_e @ W_P).unflatten(1, (len(inv), D))  # (d_b, S, D)
-        W_H = M_H - torch.stack([G[:, s] * inv[s] for s in range(len(inv))], 1).flatten(1)  # acts on vec(H_t)
-        W_u = M_e + sum(G[:, s] * gain[s] for s in range(len(gain)))  # (d_b, D): acts on u_t
-        c = F.linear(H.flatten(2), W_H)  # (B, T, d_b)
-        return torch.addmm(c.flatten(0, 1), x.flatten(0, 1), W_u.t()).view_as(c)
+        W_H = [M_H[:, s * D:(s + 1) * D] - G[:, s] * inv[s] for s in range(len(inv))]  # each acts on H_t^(s)
+        W_u = M_e + sum(G[:, s] * gain[s] for s in range(len(gain)))  # acts on u_t
+        return F.linear(Hx.flatten(2), torch.cat(W_H + [W_u], dim=1))  # (B, T, d_b)
 
 
 # The folded product (``SPENBlock._fold_and_mix``) runs where every decay a_s >= FOLD_MIN_DECAY (its
