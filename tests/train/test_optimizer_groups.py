@@ -40,3 +40,29 @@ def test_the_mark_survives_a_move_and_is_read_per_parameter():
     assert logits and all(not decays_weight(p) for p in logits)
     assert decays_weight(torch.nn.Parameter(torch.zeros(3, 3)))
     assert not decays_weight(torch.nn.Parameter(torch.zeros(3)))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("max_norm", [0.5, 1e3, float("inf")])
+def test_clip_and_step_is_clip_grad_norm_then_step(fused, max_norm):
+    # fused AdamW divides by the clip factor inside its step (grad_scale); the others clip first. Both
+    # give clip_grad_norm_'s norm, parameters and clipped gradients, over steps whose norms clip or not
+    from emaprobe.train.lm import clip_and_step
+
+    torch.manual_seed(0)
+    shapes = [(37, 5), (3,), (11, 2, 3)]
+    ours = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    ref = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    opt, opt_ref = (torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1, fused=fused) for ps in (ours, ref))
+    for scale in (3.0, 0.01, 3.0):
+        grads = [scale * torch.randn(s) for s in shapes]
+        for p, q, g in zip(ours, ref, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        norm = clip_and_step(opt, iter(ours), max_norm)
+        want = torch.nn.utils.clip_grad_norm_(ref, max_norm)
+        opt_ref.step()
+        torch.testing.assert_close(norm, want, rtol=0, atol=0)
+        for p, q in zip(ours, ref):
+            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=1e-7)
+    assert not hasattr(opt, "grad_scale")

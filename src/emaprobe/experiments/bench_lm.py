@@ -113,7 +113,7 @@ from emaprobe.models import GPTConfig, SPENConfig, build_model, resolve_config
 from emaprobe.train import OptimConfig, TrainConfig
 from emaprobe.train.config import COMPILE_MODES
 from emaprobe.train.dist import DistInfo
-from emaprobe.train.lm import (METRICS_NAME, LMData, accumulate_gradients, autocast_context,
+from emaprobe.train.lm import (METRICS_NAME, LMData, accumulate_gradients, autocast_context, clip_and_step,
                                 make_optimizer, train_lm, wrap_model)
 from emaprobe.utils import atomic_write_json, run_record
 
@@ -291,8 +291,7 @@ def bench_train(label: str, cfg, T: int, compiled: bool, bc: BenchConfig, device
 
     def step() -> None:
         accumulate_gradients(run, batch, autocast)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.optim.grad_clip)
-        opt.step()
+        clip_and_step(opt, model.parameters(), tcfg.optim.grad_clip)
         opt.zero_grad(set_to_none=True)
 
     t0 = time.perf_counter()

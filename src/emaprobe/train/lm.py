@@ -161,6 +161,32 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
     return torch.optim.AdamW(groups, lr=cfg.optim.lr, fused=device.type == "cuda" or None)
 
 
+def clip_and_step(optimizer: torch.optim.Optimizer, params, max_norm: float) -> torch.Tensor:
+    """Scale the gradients down to a global norm of at most ``max_norm`` (``math.inf``: never), as
+    ``clip_grad_norm_`` does, take ``optimizer``'s step, and return the norm before clipping.
+
+    An optimizer that takes a gradient scale into its own step (fused AdamW, which reads
+    ``optimizer.grad_scale`` as ``torch.amp.GradScaler`` sets it: ``_step_supports_amp_scaling``)
+    gets the clip factor's inverse there, so its kernel divides each gradient as it reads it;
+    ``clip_grad_norm_`` multiplies them all first, one more read and write of every gradient
+    (``notes/kernels.md``, row "clipping inside fused AdamW"). Any other optimizer, or one that a
+    GradScaler drives, clips with ``clip_grad_norm_`` and then steps.
+    """
+    params = [p for p in params if p.grad is not None]
+    if not getattr(optimizer, "_step_supports_amp_scaling", False) or hasattr(optimizer, "grad_scale"):
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        optimizer.step()
+        return norm
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    # clip_grad_norm_'s factor is min(max_norm / (norm + 1e-6), 1); its inverse divides
+    optimizer.grad_scale = torch.clamp((norm + 1e-6) / max_norm, min=1.0)
+    try:
+        optimizer.step()
+    finally:
+        del optimizer.grad_scale
+    return norm
+
+
 def apply_group_settings(optimizer: torch.optim.Optimizer, o: OptimConfig) -> None:
     """Put this run's betas, eps and weight decay into ``optimizer``'s groups. ``load_state_dict``
     restores the checkpoint's, so without this a resume that changes them would announce the change
@@ -541,8 +567,7 @@ def train_lm(
             batches = [tuple(t.to(device, non_blocking=True) for t in sampler.next()) for _ in range(cfg.grad_accum)]
             loss = all_reduce_mean(accumulate_gradients(run, batches, autocast), info)
             max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-            optimizer.step()
+            grad_norm = clip_and_step(optimizer, model.parameters(), max_norm)
             optimizer.zero_grad(set_to_none=True)
             done = step + 1
             pending.append((done, loss, grad_norm))
