@@ -74,25 +74,31 @@ def test_mixer_chunked_equals_parallel(name):
         assert final[0].shape[2] == 70 and s[0].shape[2] == 70
 
 
+CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"))
+
+
 @pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize("T", [1, 13])
 @pytest.mark.parametrize("with_past", [False, True])
-def test_traces_and_input_is_the_context_with_x_beside_it(name, T, with_past):
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+def test_traces_and_input_is_the_context_with_x_beside_it(name, T, with_past, device):
     # every mixer's y with x as slot S, and forward's state: the EMA's one scan with a memoryless
-    # timescale as much as the base's concatenation; values and gradients, float64, odd sizes
-    m = _mixer(name).double()
-    x = torch.randn(3, T, D, dtype=torch.float64, requires_grad=True)
+    # timescale as much as the base's concatenation; values and gradients, float64 (the CUDA kernels'
+    # float32 state and float64 in: their own tolerance), odd sizes
+    m = _mixer(name).double().to(device)
+    x = torch.randn(3, T, D, dtype=torch.float64, device=device, requires_grad=True)
     state = None
     if with_past:
         with torch.no_grad():
-            state = m(torch.randn(3, 5, D, dtype=torch.float64))[1]
+            state = m(torch.randn(3, 5, D, dtype=torch.float64, device=device))[1]
     yx, st = m.traces_and_input(x, state)
     y, st_ref = m(x, state)
     assert yx.shape == (3, T, m.n_scales + 1, D)
-    torch.testing.assert_close(yx, torch.cat([y, x.unsqueeze(2)], 2), rtol=1e-12, atol=1e-12)
+    tol = 1e-12 if device == "cpu" else 1e-6
+    torch.testing.assert_close(yx, torch.cat([y, x.unsqueeze(2)], 2), rtol=tol, atol=tol)
     assert torch.equal(yx[:, :, -1], x)  # x itself, not a trace of it
     for a, b in zip(*(s if isinstance(s, (tuple, list)) else [s] for s in (st, st_ref))):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
     g = torch.randn_like(yx)
     got = torch.autograd.grad(yx, [x] + list(m.parameters()), g, allow_unused=True)
     want = torch.autograd.grad((y, x), [x] + list(m.parameters()), (g[:, :, :-1], g[:, :, -1]), allow_unused=True)
@@ -100,7 +106,7 @@ def test_traces_and_input_is_the_context_with_x_beside_it(name, T, with_past):
         if a is None or b is None:
             assert a is None and b is None
         else:
-            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(a, b, rtol=1e-10 if device == "cpu" else 1e-5, atol=tol)
 
 
 @pytest.mark.parametrize("name", ALL)

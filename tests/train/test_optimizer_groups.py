@@ -44,18 +44,20 @@ def test_the_mark_survives_a_move_and_is_read_per_parameter():
 
 @pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("max_norm", [0.5, 1e3, float("inf")])
-def test_clip_and_step_is_clip_grad_norm_then_step(fused, max_norm):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_clip_and_step_is_clip_grad_norm_then_step(fused, max_norm, device):
     # fused AdamW divides by the clip factor inside its step (grad_scale); the others clip first. Both
     # give clip_grad_norm_'s norm, parameters and clipped gradients, over steps whose norms clip or not
     from emaprobe.train.lm import clip_and_step
 
     torch.manual_seed(0)
     shapes = [(37, 5), (3,), (11, 2, 3)]
-    ours = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    ours = [torch.nn.Parameter(torch.randn(s, device=device)) for s in shapes]
     ref = [torch.nn.Parameter(p.detach().clone()) for p in ours]
     opt, opt_ref = (torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1, fused=fused) for ps in (ours, ref))
     for scale in (3.0, 0.01, 3.0):
-        grads = [scale * torch.randn(s) for s in shapes]
+        grads = [scale * torch.randn(s, device=device) for s in shapes]
         for p, q, g in zip(ours, ref, grads):
             p.grad, q.grad = g.clone(), g.clone()
         norm = clip_and_step(opt, iter(ours), max_norm)
