@@ -45,7 +45,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,7 +161,8 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
     return torch.optim.AdamW(groups, lr=cfg.optim.lr, fused=device.type == "cuda" or None)
 
 
-def clip_and_step(optimizer: torch.optim.Optimizer, params, max_norm: float) -> torch.Tensor:
+def clip_and_step(optimizer: torch.optim.Optimizer, params: Iterable[torch.nn.Parameter],
+                  max_norm: float) -> torch.Tensor:
     """Scale the gradients down to a global norm of at most ``max_norm`` (``math.inf``: never), as
     ``clip_grad_norm_`` does, take ``optimizer``'s step, and return the norm before clipping.
 
