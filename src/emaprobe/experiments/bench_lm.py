@@ -12,7 +12,8 @@ Expected:  SPEN-130m batch-1 greedy generation at 1,000 tokens/s or more with th
 
 Training. Each row is one model at one length T with a fixed number of tokens per step
 (B = tokens_per_step // T): a full optimizer step as ``train_lm`` takes it (bf16 autocast
-on CUDA, ``accumulate_gradients``, clipping, fused AdamW), eager or under ``torch.compile``.
+on CUDA, ``accumulate_gradients``, fused AdamW clipping in its step: ``clip_and_step``), eager or
+under ``torch.compile``.
 Warm-up steps (which include compiling) are not timed; each figure is the median over
 ``repeats`` of ``steps`` timed steps, with CUDA synchronised around each timed region.
 GPT's ``block_size`` is raised to T for the benchmark model. ``compile_mode`` is the trainer's
