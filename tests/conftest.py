@@ -20,6 +20,13 @@ def shared_data() -> Path:
     return root
 
 
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")])])
+def device(request) -> str:
+    """A test that takes ``device`` runs on the CPU, and on CUDA where a device is present."""
+    return request.param
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

@@ -74,14 +74,9 @@ def test_mixer_chunked_equals_parallel(name):
         assert final[0].shape[2] == 70 and s[0].shape[2] == 70
 
 
-DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA device")])]
-
-
 @pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize("T", [1, 13])
 @pytest.mark.parametrize("with_past", [False, True])
-@pytest.mark.parametrize("device", DEVICES)
 def test_traces_and_input_is_the_context_with_x_beside_it(name, T, with_past, device):
     # every mixer's y with x as slot S, and forward's state: the EMA's one scan with a memoryless
     # timescale as much as the base's concatenation; values and gradients, float64 (the CUDA kernels'
