@@ -148,18 +148,14 @@ def test_compiled_calls_keep_no_tensor_made_at_run_time(ops, monkeypatch):
     assert all(kept >= 1 for kept, _ in _scratch_kept().values()), _scratch_kept()
 
 
-def _version(text: str) -> tuple[int, int]:
-    major, minor = text.split(".")[:2]
-    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
-
-
 def test_compiled_scans_equal_eager_in_the_triton_interpreter():
     """The kernels run by Triton's interpreter on CPU (TRITON_INTERPRET=1, a fresh process): values
     and gradients of compiled calls, through the custom ops, against eager calls."""
     triton = pytest.importorskip("triton", reason="Triton is not installed (pip install triton runs this check on CPU)")
     import numpy as np
+    from packaging.version import Version
 
-    if _version(triton.__version__) < (3, 9) and _version(np.__version__) >= (2, 4):
+    if Version(triton.__version__) < Version("3.9") and Version(np.__version__) >= Version("2.4"):
         # Triton 3.6's interpreter takes a loop bound from a one-element array with int(), which NumPy 2.4
         # turned from a deprecation warning into a TypeError (it passes with NumPy 2.2 and 2.3, and with
         # Triton 3.9 and NumPy 2.4)
