@@ -424,25 +424,6 @@ def test_scratch_is_made_once_per_thread_and_afresh_while_compiling(ops, monkeyp
     assert compiled and not compiled & first and len(alloc_compiled) == len(alloc_first)
 
 
-def test_warm_linear_scan_is_one_launch_handed_zeroed_marks(ops, monkeypatch):
-    """``linear_scan``'s warmed-up segments run as one launch (the tiles that must rescan wait on a
-    look-back inside it), handed int32 marks (B, NSEG + 1, programs along F) that are zero: made zero
-    once, and kept, since each launch leaves them zero."""
-    filled_empty(monkeypatch.setattr)
-    _, lin = ops
-    B, T, F = 2, 3001, 40
-    handed = []
-    for _ in range(2):
-        log = record(monkeypatch.setattr, lin, "lin", SMS)
-        lin.linear_scan_fwd(torch.rand(B, T, F) * 0.5 + 0.5, torch.randn(B, T, F), cfg=WARM, state=False)
-        ((name, grid, args, consts),) = log
-        assert name == "_lin_fwd_kernel" and consts["WARM"] and not consts["COMBINE"] and consts["STORE_OUT"]
-        marks = args[8]
-        assert marks.dtype == torch.int32 and marks.shape == (B, grid[1] + 1, grid[0]) and not marks.any()
-        handed.append(marks)
-    assert handed[0] is handed[1]
-
-
 def test_scratch_store_stays_bounded():
     owner: dict = {}
     made = []

@@ -106,13 +106,6 @@ WARM_BITS = 24
 # channel's decays there multiply to more than 2**-24 is rescanned from its exact incoming state
 # (decays under 0.878 on average forget within it: 0.878**128 = 2**-24)
 LIN_WARM_STEPS = 128
-# linear_scan's warmed-up segments wait on earlier segments of their row where they must rescan
-# (``linear_scan._look_back``): a program waits only on programs of lower index in its grid, which the GPU
-# starts no later (the order that CUB's single-pass scans rely on) and which never wait on later ones. The
-# warm plan makes about WARM_WARPS_PER_SM one-warp programs an SM; a grid of more than
-# LOOKBACK_PROGRAMS_PER_SM an SM (a forced ``min_programs``) takes the exact two passes instead, so that
-# a look-back grid stays within a wave or two and few programs ever wait
-LOOKBACK_PROGRAMS_PER_SM = 4
 # The EMA forward's traces are 3/4 of its bytes and are not read back by it: their stores are
 # marked evict_first, so that they leave L2 before the input does (notes/kernels.md)
 EMA_OUT_POLICY = "evict_first"
@@ -193,8 +186,3 @@ def ema_plan(cfg: TileConfig, programs: int, T: int, alphas, sms: int) -> tuple[
     if plan is None:
         return nseg, seglen, None
     return plan[0], plan[1], warm
-
-
-def lookback_fits(programs: int, sms: int) -> bool:
-    """Whether a look-back launch of ``programs`` programs stays within LOOKBACK_PROGRAMS_PER_SM an SM."""
-    return programs <= LOOKBACK_PROGRAMS_PER_SM * sms
