@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import torch
 import torch.multiprocessing as mp
 
@@ -26,20 +29,27 @@ def _batch():
     return tokens[:, :-1], tokens[:, 1:]
 
 
+def _ddp_gradients(rank: int, info, device, out: str) -> weakref.ref:
+    """This rank's gradients under DDP, saved; a weak reference to the DDP wrapper, garbage on return."""
+    model = _small_spen()
+    run = wrap_model(model, info, device)
+    x, y = _batch()
+    mine = slice(4 * rank, 4 * rank + 4)
+    micro = [(x[mine][:2], y[mine][:2]), (x[mine][2:], y[mine][2:])]  # gradient accumulation under no_sync
+    accumulate_gradients(run, micro)
+    torch.save({k: p.grad.clone() for k, p in model.named_parameters()}, f"{out}/grads{rank}.pt")
+    return weakref.ref(run)
+
+
 def _worker(rank: int, port: int, out: str) -> None:
     worker_env(rank, port, WORLD)
     torch.set_num_threads(1)
+    gc.disable()  # only shutdown_distributed's own collection may free the wrapper below
     info = env_dist_info()
     device = torch.device("cpu")
     init_distributed(info, device)
     try:
-        model = _small_spen()
-        run = wrap_model(model, info, device)
-        x, y = _batch()
-        mine = slice(4 * rank, 4 * rank + 4)
-        micro = [(x[mine][:2], y[mine][:2]), (x[mine][2:], y[mine][2:])]  # gradient accumulation under no_sync
-        accumulate_gradients(run, micro)
-        torch.save({k: p.grad.clone() for k, p in model.named_parameters()}, f"{out}/grads{rank}.pt")
+        wrapper = _ddp_gradients(rank, info, device, out)
 
         # the whole loop under DDP: every rank samples its own stream, rank 0 checkpoints them all
         tokens = torch.randint(0, V, (3_000,), generator=torch.Generator().manual_seed(1))
@@ -49,6 +59,8 @@ def _worker(rank: int, port: int, out: str) -> None:
         train_lm(_small_spen(), LMData(train=tokens, val=tokens[:500]), cfg, f"{out}/run", quiet=True)
     finally:
         shutdown_distributed()
+    # a DDP wrapper left to the interpreter's teardown holds the group's gloo work there
+    torch.save({"wrapper_freed": wrapper() is None}, f"{out}/shutdown{rank}.pt")
 
 
 def test_two_process_ddp_gradients_equal_one_process_on_combined_batch(tmp_path):
@@ -63,6 +75,9 @@ def test_two_process_ddp_gradients_equal_one_process_on_combined_batch(tmp_path)
         assert set(got) == set(want)
         for k in want:
             torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-7, msg=f"rank {rank}, {k}")
+
+    for rank in range(WORLD):
+        assert torch.load(tmp_path / f"shutdown{rank}.pt") == {"wrapper_freed": True}, f"rank {rank}"
 
     ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert ckpt["step"] == 4 and ckpt["world_size"] == WORLD and len(ckpt["sampler"]) == WORLD

@@ -16,6 +16,7 @@ error ("Connection closed by peer") instead of the failure's.
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -101,8 +102,15 @@ def shutdown_distributed(clean: bool = True) -> None:
     failure (``clean=False``) there is no barrier, since the others may wait in a
     collective this rank will never join; leaving closes this rank's connections, so
     their collective fails at once (gloo) instead of hanging until the timeout.
+
+    A DDP wrapper lies in a reference cycle, so one that is no longer used is freed only by the
+    garbage collector, and its reducer keeps the group (and any gloo work it holds) alive until
+    then: past ``destroy_process_group``, to the interpreter's teardown, where freeing gloo work
+    can abort the process (pytorch/pytorch#179291). A collection first frees them while the
+    group is still whole.
     """
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         if clean:
             dist.barrier()
         dist.destroy_process_group()
