@@ -1,4 +1,5 @@
-"""Two-process DDP on CPU (gloo): the same gradients as one process on the combined batch."""
+"""Two-process DDP on CPU (gloo): the same gradients as one process on the combined batch, the loop
+under DDP, and no DDP wrapper left alive for the interpreter's teardown after `shutdown_distributed`."""
 
 from __future__ import annotations
 
