@@ -89,7 +89,7 @@ def test_default_plan_warms_up_at_long_t_and_falls_back_to_two_passes(sms):
     cfg = plan.choose(None, plan.EMA_FWD, 1, 768, sms)
     nseg, seglen, warm = plan.ema_plan(cfg, 768 // cfg.block, 65536, ALPHAS, sms)
     assert warm == plan.warm_steps(ALPHAS, cfg.ct) and nseg > 1 and seglen >= plan.WARM_SEG_RATIO * max(warm)
-    slow = (0.5, 1e-3)  # a timescale that remembers 17k steps: too few programs with warm-ups
+    slow = (0.5, 1e-4)  # a timescale that remembers 166k steps, past T: no segment warms up
     assert plan.ema_plan(cfg, 768 // cfg.block, 65536, slow, sms)[2] is None
     no_warm = plan.TileConfig(ct=16, block=64, split=True, warmup=False, min_programs=8)
     assert plan.ema_plan(no_warm, 1, 65536, ALPHAS, sms)[2] is None  # warmup=False: two passes always
@@ -100,3 +100,36 @@ def test_enough_programs_run_in_one_pass():
     cfg = plan.choose(None, plan.EMA_FWD, 64, 768, 132)
     assert cfg is plan.EMA_FWD[0]
     assert plan.ema_plan(cfg, 64 * 768 // cfg.block, 512, ALPHAS, 132) == (1, 512, None)
+
+
+@pytest.mark.parametrize("sms", SM_COUNTS)
+@pytest.mark.parametrize("programs", [1, 2, 7, 16, 48, 100])
+@pytest.mark.parametrize("per_sm", [plan.WARM_WARPS_PER_SM, plan.LIN_WARM_WARPS_PER_SM])
+def test_warm_segments_stay_within_the_warps_asked_for(programs, per_sm, sms):
+    # rounded down: a program past what the SMs hold would run beside another and hold the launch up
+    for cfg in (*plan.EMA_FWD, *plan.EMA_BWD, *plan.LIN_FWD):
+        got = plan.warm_plan(cfg, programs, 65536, 832, sms, per_sm)
+        if got is None:
+            continue
+        nseg, seglen = got
+        assert nseg > 1 and nseg * programs * cfg.num_warps <= per_sm * sms
+        assert seglen >= plan.WARM_SEG_RATIO * 832 and seglen % cfg.ct == 0 and (nseg - 1) * seglen < 65536
+
+
+def test_few_channels_put_one_two_warp_program_on_each_sm():
+    # B=8 T=8192 D=256 on 132 SMs: 16 two-warp programs, so 8 segments of 1024 steps, 128 programs
+    # (rounded up, and two warm-ups a segment, it was 5 of 1664: 80 programs, 1.455x the floor against
+    # 1.333x on an H100)
+    cfg = plan.choose(None, plan.EMA_FWD, 8, 256, 132)
+    assert cfg.num_warps == 2
+    assert plan.ema_plan(cfg, 8 * 256 // cfg.block, 8192, ALPHAS, 132) == (8, 1024, plan.warm_steps(ALPHAS, cfg.ct))
+    # B=1 T=65536 D=1024: 8 programs, 16 segments (rounded up it was 17: 136 programs on 132 SMs)
+    assert plan.ema_plan(cfg, 1024 // cfg.block, 65536, ALPHAS, 132)[:2] == (16, 4096)
+
+
+def test_linear_scan_forward_warms_up_three_warps_an_sm():
+    # B=4 T=8192 F=768: 48 one-warp programs, 8 segments of 1024 steps (396 warps at most)
+    cfg = plan.choose(None, plan.LIN_FWD, 4, 768, 132)
+    assert cfg.num_warps == 1
+    programs = 4 * 768 // cfg.block
+    assert plan.warm_plan(cfg, programs, 8192, plan.LIN_WARM_STEPS, 132, plan.LIN_WARM_WARPS_PER_SM) == (8, 1024)

@@ -60,6 +60,7 @@ from emaprobe.ops.triton.plan import (
     LIN_BWD,
     LIN_FWD,
     LIN_WARM_STEPS,
+    LIN_WARM_WARPS_PER_SM,
     TileConfig,
     choose,
     segments,
@@ -417,7 +418,9 @@ def _lin_fwd_launch(a_shape: torch.Size, b_shape: torch.Size, has_h0: bool, stat
     cfg = choose(cfg, GATED_FWD if dx else LIN_FWD, B, F, sms)
     nf = -(-F // cfg.block)
     nseg, seglen = segments(cfg, B * nf, T, sms)
-    plan = None if nseg == 1 or cfg.warmup is False else warm_plan(cfg, B * nf, T, LIN_WARM_STEPS, sms)
+    plan = None
+    if nseg > 1 and cfg.warmup is not False:
+        plan = warm_plan(cfg, B * nf, T, LIN_WARM_STEPS, sms, LIN_WARM_WARPS_PER_SM)
     if plan is not None:
         nseg, seglen = plan
     kw = dict(CT=cfg.ct, BF=cfg.block, VEC=cfg.vec, STAGES=cfg.stages, num_warps=cfg.num_warps,

@@ -93,14 +93,21 @@ GATED_BWD = (TileConfig(ct=8, block=64, vec=2, stages=3),)
 # SM beat 2 and 24, 0.108 against 0.120 and 0.114 ms; notes/kernels.md).
 SPLIT_BELOW_PER_SM = 1
 WARPS_PER_SM = 8
-# Segments that warm up (EMA): each is at least WARM_SEG_RATIO times its warm-up (the warm-up
-# re-reads 1 / WARM_SEG_RATIO of the input) and there are enough for WARM_WARPS_PER_SM; where
-# that leaves fewer than one warp per SM, two passes run instead. A timescale's warm-up is the
-# steps after which the state it starts from weighs under 2**-WARM_BITS (float32 keeps 24 bits).
-# H100, B=1 T=65536 and B=4 T=8192: 2 per SM and twice the warm-up beat 1, 3, 4 and 6 per SM and
-# once or three times it, forward and backward (notes/kernels.md).
-WARM_SEG_RATIO = 2
+# Segments that warm up: each at least WARM_SEG_RATIO times its warm-up (the warm-up re-reads
+# 1 / WARM_SEG_RATIO of the input), and as many as keep the launch at or under WARM_WARPS_PER_SM
+# warps an SM: rounded down, since a program past what the SMs hold runs beside another on one SM
+# and the launch waits for that SM. Where that leaves fewer than one warp per SM, two passes run
+# instead. A timescale's warm-up is the steps after which the state it starts from weighs under
+# 2**-WARM_BITS (float32 keeps 24 bits). H100, the grid's few-channel shapes (notes/kernels.md,
+# "warm-up segments, the SMs filled once"): rounding down and segments of one warm-up against
+# rounding up and two, EMA forward 1.455 -> 1.333x the floor at B=8 T=8192 D=256, 1.383 -> 1.185 at
+# B=1 T=8192 D=4096, 1.323 -> 1.142 at B=1 T=65536 D=1024; the backward 1.707 -> 1.494 at B=8 T=8192
+# D=256. linear_scan's forward, whose warm-up is short (LIN_WARM_STEPS), runs three warps an SM
+# (B=4 T=8192 D=768: 1.290 against 1.383 at two); the EMA kernels two (three was slower at 10 of 13
+# shapes in the backward).
+WARM_SEG_RATIO = 1
 WARM_WARPS_PER_SM = 2
+LIN_WARM_WARPS_PER_SM = 3
 WARM_BITS = 24
 # linear_scan's decays are data: its segments warm up over this many steps, and a tile where some
 # channel's decays there multiply to more than 2**-24 is rescanned from its exact incoming state
@@ -164,11 +171,13 @@ def warm_steps(alphas, ct: int = 1) -> list[int] | None:
     return out
 
 
-def warm_plan(cfg: TileConfig, programs: int, T: int, warm: int, sms: int) -> tuple[int, int] | None:
-    """(NSEG, SEGLEN) for one pass of segments that each warm up over ``warm`` steps; None where that
-    gives one segment, or (unless ``cfg.warmup`` forces it) under one warp per SM: two passes then."""
-    warps_run, want = warps(cfg, programs, WARM_WARPS_PER_SM, sms)
-    seglen = max(-(-T // max(1, -(-want // max(warps_run, 1)))), WARM_SEG_RATIO * warm, cfg.ct)
+def warm_plan(cfg: TileConfig, programs: int, T: int, warm: int, sms: int,
+              per_sm: int = WARM_WARPS_PER_SM) -> tuple[int, int] | None:
+    """(NSEG, SEGLEN) for one pass of segments that each warm up over ``warm`` steps, at most ``per_sm``
+    warps an SM (or ``cfg.min_programs`` programs); None where that gives one segment, or (unless
+    ``cfg.warmup`` forces it) under one warp per SM: two passes then."""
+    warps_run, want = warps(cfg, programs, per_sm, sms)
+    seglen = max(-(-T // max(1, want // max(warps_run, 1))), WARM_SEG_RATIO * warm, cfg.ct)
     seglen = -(-seglen // cfg.ct) * cfg.ct
     nseg = -(-T // seglen)
     if nseg == 1 or (nseg * warps_run < sms and not cfg.warmup):
