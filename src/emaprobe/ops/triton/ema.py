@@ -36,7 +36,7 @@ fill the GPU, time is cut into segments. A fixed decay forgets: after W_k steps
 (``plan.warm_steps``: 24, 158, 824 at alpha = 0.5, 0.1, 0.02) a timescale's state weighs
 under 2**-24, float32's resolution of it. So each segment first scans the W steps before
 it from zero, storing nothing, then its own steps from that incoming state (``WARM``):
-one pass that re-reads W of every SEGLEN >= 2 W steps of input; the backward warms each
+one pass that re-reads W of every SEGLEN >= W steps of input; the backward warms each
 timescale's gradient over its own W_k. This is the old trick of starting an IIR filter's
 blocks early and letting the transient die. Where no such W exists (a decay near 1) or
 the segments would be too few, two passes run instead: pass 1 scans each segment from

@@ -103,8 +103,8 @@ WARPS_PER_SM = 8
 # rounding up and two, EMA forward 1.455 -> 1.333x the floor at B=8 T=8192 D=256, 1.383 -> 1.185 at
 # B=1 T=8192 D=4096, 1.323 -> 1.142 at B=1 T=65536 D=1024; the backward 1.707 -> 1.494 at B=8 T=8192
 # D=256. linear_scan's forward, whose warm-up is short (LIN_WARM_STEPS), runs three warps an SM
-# (B=4 T=8192 D=768: 1.290 against 1.383 at two); the EMA kernels two (three was slower at 10 of 13
-# shapes in the backward).
+# (B=4 T=8192 D=768: 1.290 against 1.383 at two; faster at 10 of 12 shapes); the EMA kernels two
+# (three was slower at 8 of 12 shapes in the backward).
 WARM_SEG_RATIO = 1
 WARM_WARPS_PER_SM = 2
 LIN_WARM_WARPS_PER_SM = 3
