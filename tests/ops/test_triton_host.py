@@ -424,6 +424,78 @@ def test_scratch_is_made_once_per_thread_and_afresh_while_compiling(ops, monkeyp
     assert compiled and not compiled & first and len(alloc_compiled) == len(alloc_first)
 
 
+def test_warm_linear_scan_is_one_launch_handed_zeroed_marks(ops, monkeypatch):
+    """``linear_scan``'s warmed-up segments run as one launch whose grid holds each tile twice along its
+    last axis (the second copy rescans where the first marks it must), handed int32 marks (B, NSEG + 1,
+    programs along F) that are zero: made zero once, and kept, since each launch leaves them zero."""
+    filled_empty(monkeypatch.setattr)
+    _, lin = ops
+    B, T, F = 2, 3001, 40
+    handed = []
+    for _ in range(2):
+        log = record(monkeypatch.setattr, lin, "lin", SMS)
+        lin.linear_scan_fwd(torch.rand(B, T, F) * 0.5 + 0.5, torch.randn(B, T, F), cfg=WARM, state=False)
+        ((name, grid, args, consts),) = log
+        consts = dict(consts)
+        assert name == "_lin_fwd_kernel" and consts["WARM"] and not consts["COMBINE"] and consts["STORE_OUT"]
+        nseg = args[15]  # T, F, SEGLEN, NSEG after the 12 pointers
+        assert grid == (1, nseg, 2 * B) and nseg > 1
+        marks = args[8]
+        assert marks.dtype == torch.int32 and marks.shape == (B, nseg + 1, 1) and not marks.any()
+        handed.append(marks)
+    assert handed[0] is handed[1]
+
+
+def test_warm_linear_scan_in_the_triton_interpreter():
+    """The one-launch warm-ups and rescans run by Triton's interpreter on CPU (TRITON_INTERPRET=1, a fresh
+    process), against float64: decays that forget within the warm-up, and decays that remember past it
+    (every segment after the first rescans, waiting on the earlier ones' marks), with and without h0;
+    the marks are back at zero after each call."""
+    triton = pytest.importorskip("triton", reason="Triton is not installed (pip install triton runs this check on CPU)")
+    import numpy as np
+    from packaging.version import Version
+
+    if Version(triton.__version__) < Version("3.9") and Version(np.__version__) >= Version("2.4"):
+        pytest.skip(f"Triton {triton.__version__}'s interpreter fails with NumPy {np.__version__}; Triton 3.9, "
+                    "or NumPy below 2.4, runs this check")
+    if torch.cuda.is_available():
+        pytest.skip("a CPU check: on a CUDA machine test_triton_scan.py runs the compiled kernel")
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import torch
+        import emaprobe.ops.triton.linear_scan as L
+        from emaprobe.ops.naive import naive_linear_scan
+        from emaprobe.ops.triton import plan
+        L.sm_count = lambda device: 132
+        cfg = plan.TileConfig(ct=16, block=64, split=True, warmup=True, min_programs=8)
+        g = torch.Generator().manual_seed(0)
+        B, T, F = 2, 1001, 40
+        for lo, hi, with_h0 in ((0.5, 0.8, False), (0.99, 1.0, True), (0.99, 1.0, False)):
+            a = torch.rand(B, T, F, generator=g) * (hi - lo) + lo
+            b = torch.randn(B, T, F, generator=g)
+            h0 = torch.randn(B, F, generator=g) if with_h0 else None
+            out, hT = L.linear_scan_fwd(a, b, h0, out_dtype=torch.float32, cfg=cfg)
+            ref, refT = naive_linear_scan(a.double(), b.double(), None if h0 is None else h0.double(), True)
+            p = L.cached("lin_fwd", L._lin_fwd_launch, a.shape, b.shape, with_h0, True, 132, cfg)
+            assert p.warm and len(p.launches) == 1 and p.nseg > 2, p
+            scale = ref.abs().max()
+            err = max((out.double() - ref).abs().max() / scale, (hT.double() - refT).abs().max() / scale)
+            zero = all(not marks.any() for _, _, marks in p.scratch.values())
+            print("CASE", lo, hi, with_h0, float(err), zero)
+    """)
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    cases = [line.split()[1:] for line in out.stdout.splitlines() if line.startswith("CASE")]
+    assert len(cases) == 3, out.stdout[-2000:]
+    for lo, hi, with_h0, err, zero in cases:
+        assert float(err) < 2.0 ** -20 and zero == "True", (lo, hi, with_h0, err, zero)
+
+
 def test_scratch_store_stays_bounded():
     owner: dict = {}
     made = []
