@@ -321,57 +321,6 @@ def test_linear_scan_warmup_segments_vs_naive(decays, a_shape, dtype):
         assert (out_T - exact_T).abs().max() <= 2.0 ** -18 * exact.abs().max()
 
 
-@pytest.mark.parametrize("decays", [(0.0, 0.9), (0.5, 1.0), (0.99, 1.0)], ids=["forget", "mixed", "remember"])
-def test_linear_scan_rescans_in_one_launch(decays):
-    """The default plan at B8 T8192 D256 (bf16): warmed-up segments and, in the grid's second half, the
-    rescans of the tiles whose decays remember past the warm-up (each waits for every earlier segment's
-    pair), one launch. Every output and h_T within 2**-18 of the largest against the exact two passes; 50
-    calls in a row equal the first, bit for bit (no race decides a value); the marks are zero again after
-    the launch; and a CUDA graph of three calls, replayed on new inputs, is as right."""
-    lo, hi = decays
-    shape = torch.Size((8, 8192, 256))
-    p = lin.cached("lin_fwd", lin._lin_fwd_launch, shape, shape, True, True, SMS, None)
-    assert p.warm and len(p.launches) == 1 and p.nseg > 2 and p.launches[0].grid[2] == 16
-    exact_cfg = replace(plan.LIN_FWD[-1], warmup=False)
-    g = torch.Generator(device="cuda").manual_seed(1)
-
-    def inputs():
-        a = (torch.rand(shape, device="cuda", generator=g) * (hi - lo) + lo).bfloat16()
-        return a, torch.randn(shape, device="cuda", generator=g).bfloat16()
-
-    def close(out, out_T, exact, exact_T):
-        scale = exact.abs().max()
-        return (out - exact).abs().max() <= 2.0 ** -18 * scale and (out_T - exact_T).abs().max() <= 2.0 ** -18 * scale
-
-    a, b = inputs()
-    h0 = torch.randn(8, 256, device="cuda", generator=g)
-    first = lin.linear_scan_fwd(a, b, h0, out_dtype=torch.float32)
-    assert close(*first, *lin.linear_scan_fwd(a, b, h0, out_dtype=torch.float32, cfg=exact_cfg))
-    for _ in range(50):
-        again = lin.linear_scan_fwd(a, b, h0, out_dtype=torch.float32)
-        assert torch.equal(again[0], first[0]) and torch.equal(again[1], first[1])
-    torch.cuda.synchronize()
-    # one set of marks per stream a call has run on (an earlier case's side stream's too): all back at zero
-    for _, _, marks in p.scratch.values():
-        assert marks.shape == (8, p.nseg + 1, 256 // plan.LIN_FWD[-1].block) and not marks.any()
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        lin.linear_scan_fwd(a, b, h0, out_dtype=torch.float32)  # on the capture's stream first
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = [lin.linear_scan_fwd(a, b, h0, out_dtype=torch.float32) for _ in range(3)]
-    for _ in range(4):
-        a_new, b_new = inputs()
-        a.copy_(a_new)
-        b.copy_(b_new)
-        graph.replay()
-        exact = lin.linear_scan_fwd(a, b, h0, out_dtype=torch.float32, cfg=exact_cfg)
-        assert all(close(*got, *exact) for got in captured)
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_fused_autograd_matches_naive(dtype):
     """The differentiable wrappers: grads to every input, through traces and final state."""

@@ -53,23 +53,6 @@ else:
                                          is_pure=True, pack=1)
 
 
-# A program that waits on another's mark (``linear_scan``'s rescans) sleeps this long between reads, so that
-# its polls leave the L2 to the programs it waits on
-WAIT_NS = 500
-
-if interpreted():
-    @triton.jit
-    def nap(x):
-        return x
-else:
-    _NAP = tl.constexpr(f"nanosleep.u32 {WAIT_NS}; mov.b32 $0, $1;")
-
-    @triton.jit
-    def nap(x):
-        # x, after a sleep of about WAIT_NS nanoseconds (``nanosleep``, sm_70 and later)
-        return tl.inline_asm_elementwise(_NAP, "=r,r", [x], dtype=tl.int32, is_pure=False, pack=1)
-
-
 NEG_LOG2E = tl.constexpr(-1.4426950408889634)  # -log2(e): e^-z = 2^(z * NEG_LOG2E)
 
 

@@ -12,11 +12,10 @@ and writes h once each (6 bytes per token-channel in bf16). a and b may be strid
 **Segments.** Here the decays are data, so no warm-up length is known in advance. The
 forward's segments warm up over ``plan.LIN_WARM_STEPS`` steps anyway, and each tile records
 whether some channel's decays over the warm-up multiplied to more than 2**-24 (the dropped
-state still counts). In the same launch, a second program per tile rescans the marked ones
-from their exact incoming state, once the earlier segments have published theirs; the others
-return once their tile's mark is set. So the result is right whatever the decays, fast where
-they forget (H100, B=1 T=65536: 0.190 -> 0.127 ms), and one launch a call. The backward runs
-two passes, as described in ``ema.py``.
+state still counts). A second launch (``FIXUP``) rescans only those tiles, from their exact
+incoming state; every other program of it returns at once. So the result is right whatever
+the decays, and fast where they forget (H100, B=1 T=65536: 0.190 -> 0.127 ms). The backward
+runs two passes, as described in ``ema.py``.
 
 **Backward**: ``g_t = a_{t+1} g_{t+1} + dy_t``, ``db_t = g_t``, ``da_t = g_t h_{t-1}``, fused
 into one kernel; the gradient of a returned final state enters as the carry at T.
@@ -49,7 +48,6 @@ from emaprobe.ops.triton.common import (
     last_row,
     launch,
     make_launch,
-    nap,
     segment_length,
     sigmoid2,
     sigmoid2_pair,
@@ -149,26 +147,23 @@ def _gate_args(X, BA, BG, b, offs_f, mask_f, rows, s_xb, s_xt, DX, GATED: tl.con
 
 @triton.jit
 def _lin_fwd_kernel(
-    A, U, OUT, HIN, HEND, AEND, ENDS, PRODS, SYNC, X, BA, BG,
+    A, U, OUT, HIN, HEND, AEND, ENDS, PRODS, FLAGS, X, BA, BG,
     T, F, SEGLEN, NSEG, WARMLEN, DX,
     s_ab, s_at, s_af, s_ub, s_ut, s_uf, s_xb, s_xt,
     CT: tl.constexpr, BF: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
     HAS_HIN: tl.constexpr, STORE_OUT: tl.constexpr, STORE_AEND: tl.constexpr, COMBINE: tl.constexpr,
-    EVEN_F: tl.constexpr, WARM: tl.constexpr, WSTAGES: tl.constexpr,
+    EVEN_F: tl.constexpr, WARM: tl.constexpr, FIXUP: tl.constexpr, WSTAGES: tl.constexpr,
     STORE_STATE: tl.constexpr, GATED: tl.constexpr, XV: tl.constexpr,
 ):
     """h_t = a_t h_{t-1} + u_t over one segment; A, U strided (B,T,F) views, OUT (B,T,F) contiguous,
     HIN (B,F) the state at t = 0. COMBINE (pass 2 of segments): the segment starts from HIN
     carried over every earlier segment's (end state from zero, decay product), ENDS and PRODS.
 
-    WARM (segments in one launch, grid (NF, NSEG, 2B)): a program of the first B along the grid's last
-    axis scans its segment's incoming state, unstored, from zero over the WARMLEN steps before it, then
-    its segment, and publishes (end state from zero, decay product) in ENDS and PRODS with a mark in SYNC
-    (``_publish``): 2 where some channel's decays over the warm-up multiplied to more than 2**-24 (the
-    dropped state still counts), else 1. The program of the same tile in the last B waits for that mark
-    and, where it is 2, for every earlier segment's, carries HIN over their pairs as COMBINE does and
-    rescans the segment exactly (``_rescan``). SYNC (B, NSEG + 1, NF) int32 is zero before the launch and
-    zero again after it (``_count_out``).
+    WARM (segments in one pass): the incoming state is scanned, unstored, from zero over the
+    WARMLEN steps before the segment; where some channel's decays there multiply to more than
+    2**-24 (the dropped state still counts), FLAGS (B,NSEG,programs along F) marks the tile. Every
+    segment also leaves its (end state from zero, decay product) in ENDS and PRODS, so that FIXUP
+    (COMBINE, only for marked tiles) can rescan those from their exact incoming state.
     STORE_STATE False: HEND is not stored (nobody asked for h_T; HEND is then any pointer).
     GATED (``gated_scan``): A and U hold the decay and input-gate logits, X (B,T,DX) the input with
     strides (s_xb, s_xt, 1), shared by the F / DX groups of channels, BA and BG (F,) float32 the
@@ -176,125 +171,51 @@ def _lin_fwd_kernel(
     """
     pid_f = tl.program_id(0)
     seg = tl.program_id(1)
-    z = tl.program_id(2)
-    rescan = False
-    if WARM:
-        nb = tl.num_programs(2) // 2
-        rescan = z >= nb
-        z = tl.where(rescan, z - nb, z)
-    b = z.to(tl.int64)
-    nf = tl.num_programs(0)
-    marks = SYNC + b * (NSEG + 1) * nf + pid_f  # this tile's marks, one a segment, then its count
-    # each branch sets its tile up itself, so that no value lives across both (registers)
-    if rescan:
-        if _wait(marks + seg * nf) == 2:
-            (rows, offs_f, mask_f, h, m, a_off, u_off, o_off, x_off, ba, bg, x_b, t_start,
-             seg_len) = _lin_fwd_setup(HIN, X, BA, BG, b, pid_f, seg, F, T, SEGLEN, DX, s_at, s_af, s_ut, s_uf, s_xb,
-                                       s_xt, CT, BF, VEC, HAS_HIN, EVEN_F, GATED, XV)
-            h = _carry(ENDS + b * NSEG * F + offs_f, PRODS + b * NSEG * F + offs_f, marks, h, seg, F, nf, mask_f)
-            h, _ = _lin_fwd_span(A + b * s_ab + t_start * s_at, U + b * s_ub + t_start * s_ut,
-                                 OUT + (b * T + t_start) * F, x_b + t_start * s_xt, a_off, u_off, o_off, x_off, m, h,
-                                 h, ba, bg, rows, seg_len, s_at, s_ut, s_xt, F, CT, BF, STAGES, True, False, GATED)
-            if STORE_STATE:
-                tl.store(HEND + (b * NSEG + seg) * F + offs_f, h, mask=mask_f)
-        _count_out(marks, NSEG, nf)
-    else:
-        (rows, offs_f, mask_f, h, m, a_off, u_off, o_off, x_off, ba, bg, x_b, t_start,
-         seg_len) = _lin_fwd_setup(HIN, X, BA, BG, b, pid_f, seg, F, T, SEGLEN, DX, s_at, s_af, s_ut, s_uf, s_xb, s_xt,
-                                   CT, BF, VEC, HAS_HIN, EVEN_F, GATED, XV)
+    b = tl.program_id(2).to(tl.int64)
+    flag_off = (b * NSEG + seg) * tl.num_programs(0) + pid_f
+    redo = True
+    if FIXUP:
+        redo = tl.load(FLAGS + flag_off) != 0
+    if redo:
+        rows = tl.arange(0, CT)
+        offs_f = tl.max_contiguous(tl.multiple_of(pid_f * BF + tl.arange(0, BF), VEC), VEC)
+        mask_f = channel_mask(offs_f, F, BF, EVEN_F)
         state_off = (b * NSEG + seg) * F + offs_f
-        one = tl.full((BF,), 1.0, tl.float32)
+        if HAS_HIN:
+            h = tl.load(HIN + b * F + offs_f, mask=mask_f, other=0.0).to(tl.float32)
+        else:
+            h = tl.zeros((BF,), dtype=tl.float32)
         if COMBINE:
             for k in tl.range(0, seg, num_stages=STAGES):
                 kk = (b * NSEG + k) * F + offs_f
                 h = tl.load(PRODS + kk, mask=mask_f, other=1.0) * h + tl.load(ENDS + kk, mask=mask_f, other=0.0)
-        lost = 0
+        t_start = (seg * SEGLEN).to(tl.int64)
+        a_off = rows[:, None] * s_at + offs_f[None, :] * s_af
+        u_off = rows[:, None] * s_ut + offs_f[None, :] * s_uf
+        o_off = rows[:, None] * F + offs_f[None, :]
+        m = tl.broadcast_to(mask_f[None, :], (CT, BF))
+        one = tl.full((BF,), 1.0, tl.float32)
+        x_off, ba, bg, x_b = _gate_args(X, BA, BG, b, offs_f, mask_f, rows, s_xb, s_xt, DX, GATED, XV, VEC)
         if WARM:
             w0 = tl.maximum(t_start - WARMLEN, 0)
             h = tl.where(w0 > 0, 0.0, h)
             h, pw = _lin_fwd_span(A + b * s_ab + w0 * s_at, U + b * s_ub + w0 * s_ut, OUT, x_b + w0 * s_xt, a_off,
                                   u_off, o_off, x_off, m, h, one, ba, bg, rows, t_start - w0, s_at, s_ut, s_xt, F, CT,
                                   BF, WSTAGES, False, True, GATED)
-            lost = tl.max(((w0 > 0) & (tl.abs(pw) > 5.960464477539063e-08) & mask_f).to(tl.int32), axis=0)  # 2**-24
+            lost = (w0 > 0) & (tl.abs(pw) > 5.960464477539063e-08) & mask_f  # 2**-24
+            tl.store(FLAGS + flag_off, tl.max(lost.to(tl.int32), axis=0))
         h_in = h
         h, aprod = _lin_fwd_span(A + b * s_ab + t_start * s_at, U + b * s_ub + t_start * s_ut,
                                  OUT + (b * T + t_start) * F, x_b + t_start * s_xt, a_off, u_off, o_off, x_off, m, h,
-                                 one, ba, bg, rows, seg_len, s_at, s_ut, s_xt, F, CT, BF, STAGES, STORE_OUT,
-                                 STORE_AEND | WARM, GATED)
+                                 one, ba, bg, rows, segment_length(seg, SEGLEN, T), s_at, s_ut, s_xt, F, CT, BF,
+                                 STAGES, STORE_OUT, STORE_AEND | WARM, GATED)
         if STORE_STATE:
             tl.store(HEND + state_off, h, mask=mask_f)
         if STORE_AEND:
             tl.store(AEND + state_off, aprod, mask=mask_f)
-        if WARM:  # this segment's end state from zero and its decay product, then its mark
-            _publish(ENDS + state_off, PRODS + state_off, marks + seg * nf, h - aprod * h_in, aprod, 1 + lost,
-                     mask_f)
-            _count_out(marks, NSEG, nf)
-
-
-@triton.jit
-def _lin_fwd_setup(HIN, X, BA, BG, b, pid_f, seg, F, T, SEGLEN, DX, s_at, s_af, s_ut, s_uf, s_xb, s_xt,
-                   CT: tl.constexpr, BF: tl.constexpr, VEC: tl.constexpr, HAS_HIN: tl.constexpr, EVEN_F: tl.constexpr,
-                   GATED: tl.constexpr, XV: tl.constexpr):
-    # one tile's lanes, masks, offsets, gate arguments, incoming state (HIN or zeros) and segment
-    rows = tl.arange(0, CT)
-    offs_f = tl.max_contiguous(tl.multiple_of(pid_f * BF + tl.arange(0, BF), VEC), VEC)
-    mask_f = channel_mask(offs_f, F, BF, EVEN_F)
-    if HAS_HIN:
-        h = tl.load(HIN + b * F + offs_f, mask=mask_f, other=0.0).to(tl.float32)
-    else:
-        h = tl.zeros((BF,), dtype=tl.float32)
-    m = tl.broadcast_to(mask_f[None, :], (CT, BF))
-    a_off = rows[:, None] * s_at + offs_f[None, :] * s_af
-    u_off = rows[:, None] * s_ut + offs_f[None, :] * s_uf
-    o_off = rows[:, None] * F + offs_f[None, :]
-    x_off, ba, bg, x_b = _gate_args(X, BA, BG, b, offs_f, mask_f, rows, s_xb, s_xt, DX, GATED, XV, VEC)
-    return (rows, offs_f, mask_f, h, m, a_off, u_off, o_off, x_off, ba, bg, x_b, (seg * SEGLEN).to(tl.int64),
-            segment_length(seg, SEGLEN, T))
-
-
-# The rescans' waits (after Merrill and Garland, "Single-pass Parallel Prefix Scan with Decoupled Look-back",
-# 2016): a warmed-up segment publishes its pair, then a release store marks it ready; a rescanning program
-# reads each mark it needs with acquire order before the pair. Rescanning programs come after every
-# warmed-up one in the grid (the last axis), so the GPU starts them no earlier, and warmed-up programs wait
-# on nothing: every wait ends. The last of a tile's 2 NSEG programs to finish (the count in its last SYNC
-# slot) sets the tile's marks back to zero, so the next call starts from zeros with no launch of its own.
-
-
-@triton.jit
-def _publish(ends_ptr, prods_ptr, mark_ptr, end, prod, mark, mask_f):
-    tl.store(ends_ptr, end, mask=mask_f)
-    tl.store(prods_ptr, prod, mask=mask_f)
-    tl.debug_barrier()  # every thread's pair stored before the mark
-    tl.atomic_xchg(mark_ptr, mark, sem="release", scope="gpu")
-
-
-@triton.jit
-def _wait(mark_ptr):
-    # a mark once it is set (acquire order: what was stored before it is visible after)
-    mark = tl.atomic_add(mark_ptr, 0, sem="acquire", scope="gpu")
-    while mark == 0:
-        mark = tl.atomic_add(mark_ptr + nap(mark), 0, sem="acquire", scope="gpu")
-    return mark
-
-
-@triton.jit
-def _carry(ends_ptr, prods_ptr, marks_ptr, h, seg, F, NF, mask_f):
-    # h (the state at t = 0) carried over segments 0 .. seg - 1, each read once its mark is set
-    for k in range(0, seg):
-        _wait(marks_ptr + k * NF)
-        p = tl.load(prods_ptr + k * F, mask=mask_f, other=1.0, cache_modifier=".cg")
-        e = tl.load(ends_ptr + k * F, mask=mask_f, other=0.0, cache_modifier=".cg")
-        h = p * h + e
-    return h
-
-
-@triton.jit
-def _count_out(marks_ptr, NSEG, NF):
-    # count this program out of its tile; the last of the 2 NSEG sets the tile's marks (and count) to zero
-    tl.debug_barrier()  # every thread's reads of the tile's marks done
-    if tl.atomic_add(marks_ptr + NSEG * NF, 1, sem="acq_rel", scope="gpu") == 2 * NSEG - 1:
-        for k in range(0, NSEG + 1):
-            tl.store(marks_ptr + k * NF, 0)
+        if WARM:  # this segment's end state from zero, for FIXUP's rescans
+            tl.store(ENDS + state_off, h - aprod * h_in, mask=mask_f)
+            tl.store(PRODS + state_off, aprod, mask=mask_f)
 
 
 @triton.jit
@@ -479,8 +400,8 @@ class _Launch(NamedTuple):
     state_shape: tuple[int, ...]  # (B, *F): h_T / g_0
     grid: tuple[int, int, int] | None  # None: T = 0 or B * F = 0, nothing to launch
     nseg: int
-    warm: bool  # (forward) segments that warm up, and rescans where they must, in one launch
-    sync_shape: tuple[int, ...]  # (B, NSEG + 1, NF) int32: the warm-up's marks and counts, zero between calls
+    warm: bool  # (forward) segments that warm up, then the tiles they left marked rescanned
+    flags_shape: tuple[int, ...]  # (B, NSEG, NF) int32: the warm-up's marks
     launches: tuple  # each launch (common.Launch; the call gives the tensors and their strides), in order
     scratch: dict  # cache.scratch's store: the tensors one call's launches pass between them
 
@@ -506,16 +427,20 @@ def _lin_fwd_launch(a_shape: torch.Size, b_shape: torch.Size, has_h0: bool, stat
               EVEN_F=F % cfg.block == 0, WSTAGES=cfg.warm_stages, GATED=dx > 0, XV=dx % cfg.vec == 0)
     grid = (nf, nseg, B)
     dx = max(dx, 1)
-    if plan is not None:  # one launch: warmed-up segments, then (the grid's second half) rescans where they must
-        warm = dict(kw, HAS_HIN=has_h0, STORE_OUT=True, STORE_AEND=False, COMBINE=False, WARM=True, STORE_STATE=state)
-        launches = (make_launch(_lin_fwd_kernel, (nf, nseg, 2 * B), warm, (T, F, seglen, nseg, LIN_WARM_STEPS, dx)),)
+    if plan is not None:  # one pass of warmed-up segments, then exact rescans of the tiles they left marked
+        both = dict(kw, HAS_HIN=has_h0, STORE_OUT=True, STORE_AEND=False, STORE_STATE=state)
+        launches = (make_launch(_lin_fwd_kernel, grid, dict(both, COMBINE=False, WARM=True, FIXUP=False),
+                                (T, F, seglen, nseg, LIN_WARM_STEPS, dx)),
+                    make_launch(_lin_fwd_kernel, grid, dict(both, COMBINE=True, WARM=False, FIXUP=True),
+                                (T, F, seglen, nseg, 0, dx)))
     else:  # one pass; or pass 1 (each segment's end state from zero and its decay product), then the scan
-        scan = dict(kw, HAS_HIN=has_h0, STORE_OUT=True, STORE_AEND=False, COMBINE=nseg > 1, WARM=False,
+        scan = dict(kw, HAS_HIN=has_h0, STORE_OUT=True, STORE_AEND=False, COMBINE=nseg > 1, WARM=False, FIXUP=False,
                     STORE_STATE=state)
-        pass1 = dict(kw, HAS_HIN=False, STORE_OUT=False, STORE_AEND=True, COMBINE=False, WARM=False, STORE_STATE=True)
+        pass1 = dict(kw, HAS_HIN=False, STORE_OUT=False, STORE_AEND=True, COMBINE=False, WARM=False, FIXUP=False,
+                     STORE_STATE=True)
         launches = tuple(make_launch(_lin_fwd_kernel, grid, c, (T, F, seglen, nseg, 0, dx))
                          for c in ((pass1, scan) if nseg > 1 else (scan,)))
-    return _Launch(shape, state_shape, grid, nseg, plan is not None, (B, nseg + 1, nf), launches, {})
+    return _Launch(shape, state_shape, grid, nseg, plan is not None, (B, nseg, nf), launches, {})
 
 
 def linear_scan_fwd(
@@ -574,9 +499,9 @@ def gated_scan_fwd(
 
 def _segment_scratch(p: _Launch, B: int, F: int, dev: torch.device) -> tuple:
     # (B, NSEG, F) float32 twice (segment end states / start gradients, decay products), and the
-    # forward warm-up's int32 marks, zeroed once (each launch leaves them zero), or None
+    # forward warm-up's int32 marks or None
     pair = [torch.empty((B, p.nseg, F), dtype=torch.float32, device=dev) for _ in range(2)]
-    return (*pair, torch.empty(p.sync_shape, dtype=torch.int32, device=dev).zero_() if p.warm else None)
+    return (*pair, torch.empty(p.flags_shape, dtype=torch.int32, device=dev) if p.warm else None)
 
 
 def _scan_fwd(p: _Launch, a3, b3, out, h0, state: bool, gate: tuple, gate_strides: tuple):
@@ -596,11 +521,13 @@ def _scan_fwd(p: _Launch, a3, b3, out, h0, state: bool, gate: tuple, gate_stride
     hend = out
     if state:
         hend = torch.empty((B, nseg, F) if nseg > 1 else p.state_shape, dtype=torch.float32, device=dev)
-    ends = prods = hend
+    ends = prods = flags = hend
     if nseg > 1:  # segments' end states and decay products; the warm-up's marks (``p.warm`` needs segments)
         ends, prods, marks = scratch(p.scratch, functools.partial(_segment_scratch, p, B, F, dev), dev)
-    if p.warm:  # one launch: warmed-up segments, and exact rescans where they must
-        launch(p.launches[0], (a3, b3, out, hin, hend, hend, ends, prods, marks, *gate), strides)
+        flags = hend if marks is None else marks
+    if p.warm:  # one pass of warmed-up segments, then exact rescans of the tiles they left marked
+        for site in p.launches:
+            launch(site, (a3, b3, out, hin, hend, hend, ends, prods, flags, *gate), strides)
     else:
         if nseg > 1:  # pass 1: each segment's end state from zero and its decay product
             launch(p.launches[0], (a3, b3, out, a3, ends, prods, a3, a3, a3, *gate), strides)
