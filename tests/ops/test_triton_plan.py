@@ -127,9 +127,9 @@ def test_few_channels_put_one_two_warp_program_on_each_sm():
     assert plan.ema_plan(cfg, 1024 // cfg.block, 65536, ALPHAS, 132)[:2] == (16, 4096)
 
 
-def test_linear_scan_forward_warms_up_three_warps_an_sm():
-    # B=4 T=8192 F=768: 48 one-warp programs, 8 segments of 1024 steps (396 warps at most)
+def test_linear_scan_forward_warms_up_four_warps_an_sm():
+    # B=4 T=8192 F=768: 48 one-warp programs of 16-row tiles, 11 segments of 752 steps (528 warps at most)
     cfg = plan.choose(None, plan.LIN_FWD, 4, 768, 132)
-    assert cfg.num_warps == 1
+    assert cfg.num_warps == 1 and cfg.ct == 16
     programs = 4 * 768 // cfg.block
-    assert plan.warm_plan(cfg, programs, 8192, plan.LIN_WARM_STEPS, 132, plan.LIN_WARM_WARPS_PER_SM) == (8, 1024)
+    assert plan.warm_plan(cfg, programs, 8192, plan.LIN_WARM_STEPS, 132, plan.LIN_WARM_WARPS_PER_SM) == (11, 752)

@@ -73,10 +73,13 @@ class TileConfig:
 # wrong on the H100 (F=40; right unpipelined, in one pass and in Triton's interpreter). Its forward
 # takes two 64-channel warps a program where they fill the GPU in one pass, as the EMA forward does
 # (H200, B=16 T=2048 D=768: 1.29x the floor against 1.48x; where segments run, 64 stays: there 128
-# was 1.66-2.03x against 1.50-1.76x; notes/kernels.md, "selective forward, two-warp programs").
+# was 1.66-2.03x against 1.50-1.76x; notes/kernels.md, "selective forward, two-warp programs"). The
+# 64-channel tiles, which run in segments, are 16 rows tall and 4 deep at four warps an SM
+# (LIN_WARM_WARPS_PER_SM): H100, the grid's segmented shapes 1-4% nearer the floor than 32 rows, 3 deep
+# and three warps (B=8 T=2048 D=1024 1.338 -> 1.293x; notes/kernels.md, "selective forward, shorter tiles").
 EMA_FWD = (TileConfig(ct=16, block=128, vec=4, stages=4), TileConfig(ct=32, block=128, num_warps=2, vec=2, stages=4))
 EMA_BWD = (TileConfig(ct=16, block=128, vec=4, stages=3), TileConfig(ct=16, block=64, vec=2, stages=4))
-LIN_FWD = (TileConfig(ct=32, block=128, num_warps=2, vec=2, stages=4), TileConfig(ct=32, block=64, vec=2, stages=3))
+LIN_FWD = (TileConfig(ct=32, block=128, num_warps=2, vec=2, stages=4), TileConfig(ct=16, block=64, vec=2, stages=4))
 LIN_BWD = (TileConfig(ct=16, block=64, vec=2, stages=3),)
 # The gated form (``gated_scan``) holds more per element (logits, x, gates; the backward also h_{t-1}
 # and the gradients): at linear_scan's depths its sm_90 code spills (200-760 bytes of stack a thread
@@ -102,12 +105,13 @@ WARPS_PER_SM = 8
 # "warm-up segments, the SMs filled once"): rounding down and segments of one warm-up against
 # rounding up and two, EMA forward 1.455 -> 1.333x the floor at B=8 T=8192 D=256, 1.383 -> 1.185 at
 # B=1 T=8192 D=4096, 1.323 -> 1.142 at B=1 T=65536 D=1024; the backward 1.707 -> 1.494 at B=8 T=8192
-# D=256. linear_scan's forward, whose warm-up is short (LIN_WARM_STEPS), runs three warps an SM
-# (B=4 T=8192 D=768: 1.290 against 1.383 at two; faster at 10 of 12 shapes); the EMA kernels two
-# (three was slower at 8 of 12 shapes in the backward).
+# D=256. linear_scan's forward, whose warm-up is short (LIN_WARM_STEPS), runs more warps an SM: three
+# against two at its former 32-row tiles (B=4 T=8192 D=768: 1.290 against 1.383; faster at 10 of 12
+# shapes), four at its 16-row tiles (LIN_FWD); the EMA kernels two (three was slower at 8 of 12 shapes in
+# the backward, and the forward at 11 of the 16 grid shapes by more than 1%).
 WARM_SEG_RATIO = 1
 WARM_WARPS_PER_SM = 2
-LIN_WARM_WARPS_PER_SM = 3
+LIN_WARM_WARPS_PER_SM = 4
 WARM_BITS = 24
 # linear_scan's decays are data: its segments warm up over this many steps, and a tile where some
 # channel's decays there multiply to more than 2**-24 is rescanned from its exact incoming state
