@@ -76,7 +76,9 @@ class TileConfig:
 # was 1.66-2.03x against 1.50-1.76x; notes/kernels.md, "selective forward, two-warp programs"). The
 # 64-channel tiles, which run in segments, are 16 rows tall and 4 deep at four warps an SM
 # (LIN_WARM_WARPS_PER_SM): H100, the grid's segmented shapes 1-4% nearer the floor than 32 rows, 3 deep
-# and three warps (B=8 T=2048 D=1024 1.338 -> 1.293x; notes/kernels.md, "selective forward, shorter tiles").
+# and three warps (B=8 T=2048 D=1024 1.338 -> 1.293x), which in turn beat two warps (B=4 T=8192 D=768
+# 1.290 against 1.383x; notes/kernels.md, "selective forward, shorter tiles", "warm-up segments, the
+# SMs filled once").
 EMA_FWD = (TileConfig(ct=16, block=128, vec=4, stages=4), TileConfig(ct=32, block=128, num_warps=2, vec=2, stages=4))
 EMA_BWD = (TileConfig(ct=16, block=128, vec=4, stages=3), TileConfig(ct=16, block=64, vec=2, stages=4))
 LIN_FWD = (TileConfig(ct=32, block=128, num_warps=2, vec=2, stages=4), TileConfig(ct=16, block=64, vec=2, stages=4))
@@ -105,10 +107,9 @@ WARPS_PER_SM = 8
 # "warm-up segments, the SMs filled once"): rounding down and segments of one warm-up against
 # rounding up and two, EMA forward 1.455 -> 1.333x the floor at B=8 T=8192 D=256, 1.383 -> 1.185 at
 # B=1 T=8192 D=4096, 1.323 -> 1.142 at B=1 T=65536 D=1024; the backward 1.707 -> 1.494 at B=8 T=8192
-# D=256. linear_scan's forward, whose warm-up is short (LIN_WARM_STEPS), runs more warps an SM: three
-# against two at its former 32-row tiles (B=4 T=8192 D=768: 1.290 against 1.383; faster at 10 of 12
-# shapes), four at its 16-row tiles (LIN_FWD); the EMA kernels two (three was slower at 8 of 12 shapes in
-# the backward, and the forward at 11 of the 16 grid shapes by more than 1%).
+# D=256. linear_scan's forward, whose warm-up is short (LIN_WARM_STEPS), runs LIN_WARM_WARPS_PER_SM
+# (see LIN_FWD); the EMA kernels two (three was slower at 8 of 12 shapes in the backward, and the
+# forward at 11 of the 16 grid shapes by more than 1%).
 WARM_SEG_RATIO = 1
 WARM_WARPS_PER_SM = 2
 LIN_WARM_WARPS_PER_SM = 4
