@@ -102,13 +102,11 @@ SHORT_MEMORY = (0.5, 0.3, 0.9)  # warm-ups of 24, 47 and 8 steps: many segments 
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("alphas,T", [(ALPHAS, 4097), (ALPHAS, 7001), (SHORT_MEMORY, 333), (SHORT_MEMORY, 4097),
-                                     (ALPHAS[::-1], 4097), ((0.02,), 4097)],
-                         ids=["paper-4097", "paper-7001", "short-333", "short-4097", "slowest-first", "one"])
+@pytest.mark.parametrize("alphas,T", [(ALPHAS, 4097), (ALPHAS, 7001), (SHORT_MEMORY, 333), (SHORT_MEMORY, 4097)],
+                         ids=["paper-4097", "paper-7001", "short-333", "short-4097"])
 def test_ema_warmup_segments_vs_naive(alphas, T, dtype):
     """Segments whose incoming state is a warm-up scan, h0 and the carry at T included: windows that
-    reach t = 0 and t = T - 1 and windows that do not, a partial last segment; the slowest timescale
-    (which the forward warms up alone first) last, in the middle, first, and alone."""
+    reach t = 0 and t = T - 1 and windows that do not, a partial last segment."""
     nseg, seglen, warm = plan.ema_plan(WARM, 1, T, alphas, SMS)
     assert warm is not None and nseg >= 3 and T % seglen
     _ema_case(1, T, 33, dtype, True, WARM, WARM, alphas)
@@ -138,11 +136,8 @@ def test_warmup_error_is_absolute_to_the_dropped_state():
     after = slice(seglen, 2 * seglen)
     got = ema.ema_traces_fwd(x.float(), ALPHAS, cfg=WARM)[0].double()[:, after] - ref[:, after]
     exact = ema.ema_traces_fwd(x.float(), ALPHAS, cfg=TWO_PASS)[0].double()[:, after] - ref[:, after]
-    # the slowest timescale (the third) drops its state max(warm) steps back; the others, which the forward
-    # warms up together over the second longest warm-up, theirs that many steps back
-    for k, back in enumerate((warm[1], warm[1], warm[2])):
-        dropped = ref[:, seglen - back, k].abs().max()
-        assert got[:, :, k].abs().max() <= 2.0 ** -24 * dropped * 1.01
+    dropped = ref[:, seglen - max(warm)].abs().max()
+    assert got.abs().max() <= 2.0 ** -24 * dropped * 1.01
     assert exact.abs().max() < 1e-2 * got.abs().max()
 
 

@@ -212,38 +212,12 @@ def _ema_fwd_span(x_ptr, o_ptr, x_off, o_off, m, h0, h1, h2, h3, d0, d1, d2, d3,
 
 
 @triton.jit
-def _warm_weights(dec64, alp, rows, CT: tl.constexpr):
-    # (alp * dec ** (CT - 1 - r) for each row r of a tile, dec ** CT): what a tile's row adds to the state at
-    # its last row, and the decay over the whole tile; the powers by squaring in float64, rounded once
-    e = CT - 1 - rows
-    p = tl.zeros((CT,), tl.float64) + 1.0
-    base = dec64
-    for j in tl.static_range(8):  # the bits of CT - 1 (CT <= 256)
-        p = tl.where(((e >> j) & 1) == 1, p * base, p)
-        base = base * base
-    return (p * alp).to(tl.float32), _pow(dec64, CT)
-
-
-@triton.jit
-def _ema_warm_sums(x_ptr, x_off, m, h, w, q, D, n, CT: tl.constexpr, STAGES: tl.constexpr):
-    # one timescale's state carried over n steps of x (a multiple of CT), nothing stored: each tile's rows
-    # weighted by ``w`` (``_warm_weights``) and summed into h = q * h + sum. One multiply-add an element,
-    # where the scan takes three (notes/kernels.md, "the slow timescale warms up alone")
-    for i0 in tl.range(0, n, CT, num_stages=STAGES):
-        i = tl.cast(i0, tl.int64)
-        x = tl.load(x_ptr + i * D + x_off, mask=m, other=0.0).to(tl.float32)
-        h = q * h + tl.sum(x * w[:, None], axis=0)
-    return h
-
-
-@triton.jit
 def _ema_fwd_kernel(
     X, OUT, HIN, HEND, ENDS, DEC, DEC64, ALP,
-    T, D, SD, SEGLEN, NSEG, WARMLEN, WARMLEN2,
+    T, D, SD, SEGLEN, NSEG, WARMLEN,
     NS: tl.constexpr, CT: tl.constexpr, BD: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
     HAS_HIN: tl.constexpr, STORE_OUT: tl.constexpr, COMBINE: tl.constexpr, WARM: tl.constexpr,
     EVEN_D: tl.constexpr, WSTAGES: tl.constexpr, OUT_POLICY: tl.constexpr, STORE_STATE: tl.constexpr,
-    SLOW: tl.constexpr,
 ):
     """h_t^(k) = DEC_k h_{t-1}^(k) + ALP_k x_t for NS <= 4 timescales over one segment.
 
@@ -251,11 +225,9 @@ def _ema_fwd_kernel(
     of this launch inside (B,T,S,D) / (B,S,D) / (B,NSEG,S,D) buffers whose row stride over S
     is D (SD = S*D per step). COMBINE (pass 2 of segments): the segment starts from HIN
     carried over every earlier segment's end state from zero, ENDS (written by pass 1).
-    WARM (segments in one pass): the segment's incoming state is carried, unstored, from zero
+    WARM (segments in one pass): the segment's incoming state is scanned, unstored, from zero
     over the WARMLEN steps before it (from HIN at t = 0 if they reach it), pipelined WSTAGES
-    deep: timescale SLOW alone by weighted sums until WARMLEN2 steps before the segment (every
-    other timescale forgets within WARMLEN2), then all of them by the scan; SEGLEN, WARMLEN and
-    WARMLEN2 are multiples of CT. OUT_POLICY: the L2 eviction policy of the
+    deep; SEGLEN and WARMLEN are multiples of CT. OUT_POLICY: the L2 eviction policy of the
     trace stores (``EMA_OUT_POLICY``). STORE_STATE False: the end state is not stored (nobody
     asked for it; HEND is then any pointer).
     """
@@ -290,31 +262,13 @@ def _ema_fwd_kernel(
     m = tl.broadcast_to(mask_d[None, :], (CT, BD))
     if WARM:  # x is shared: one warm-up, as long as the slowest timescale needs (each its own was slower)
         w0 = tl.maximum(t_start - WARMLEN, 0)
-        w1 = tl.maximum(t_start - WARMLEN2, 0)
         if w0 > 0:  # the state WARMLEN steps back is dropped: its weight here is under 2**-24
             h0 = tl.zeros_like(h0)
             h1 = h0
             h2 = h0
             h3 = h0
-        if w1 > w0:  # the steps only the slowest timescale remembers
-            ws, qs = _warm_weights(tl.load(DEC64 + SLOW), tl.load(ALP + SLOW), rows, CT)
-            xs = X + (b * T + w0) * D
-            if SLOW == 0:
-                h0 = _ema_warm_sums(xs, x_off, m, h0, ws, qs, D, w1 - w0, CT, WSTAGES)
-            elif SLOW == 1:
-                h1 = _ema_warm_sums(xs, x_off, m, h1, ws, qs, D, w1 - w0, CT, WSTAGES)
-            elif SLOW == 2:
-                h2 = _ema_warm_sums(xs, x_off, m, h2, ws, qs, D, w1 - w0, CT, WSTAGES)
-            else:
-                h3 = _ema_warm_sums(xs, x_off, m, h3, ws, qs, D, w1 - w0, CT, WSTAGES)
-        if w1 > 0:  # the others' state WARMLEN2 steps back is dropped likewise
-            z = tl.zeros_like(h0)
-            h0 = h0 if SLOW == 0 else z
-            h1 = h1 if SLOW == 1 else z
-            h2 = h2 if SLOW == 2 else z
-            h3 = h3 if SLOW == 3 else z
-        h0, h1, h2, h3 = _ema_fwd_span(X + (b * T + w1) * D, OUT, x_off, o_off, m, h0, h1, h2, h3, d0, d1, d2, d3,
-                                       a0, a1, a2, a3, D, SD, rows, t_start - w1, NS, CT, BD, WSTAGES, False, "")
+        h0, h1, h2, h3 = _ema_fwd_span(X + (b * T + w0) * D, OUT, x_off, o_off, m, h0, h1, h2, h3, d0, d1, d2, d3,
+                                       a0, a1, a2, a3, D, SD, rows, t_start - w0, NS, CT, BD, WSTAGES, False, "")
     h0, h1, h2, h3 = _ema_fwd_span(X + (b * T + t_start) * D, OUT + (b * T + t_start) * SD, x_off, o_off, m,
                                    h0, h1, h2, h3, d0, d1, d2, d3, a0, a1, a2, a3, D, SD, rows,
                                    segment_length(seg, SEGLEN, T), NS, CT, BD, STAGES, STORE_OUT, OUT_POLICY)
@@ -545,14 +499,6 @@ def _pass1_buffer(p: _Launch, dev: torch.device) -> torch.Tensor:
     return torch.empty(p.state_shape, dtype=torch.float32, device=dev)
 
 
-def _slowest(warm: list[int] | None) -> tuple[int, int, int]:
-    """(the index of the longest warm-up, its steps, the longest of the others' or 0) in one group."""
-    if not warm:
-        return 0, 0, 0
-    slow = max(range(len(warm)), key=warm.__getitem__)
-    return slow, warm[slow], max(warm[:slow] + warm[slow + 1:], default=0)
-
-
 def _ema_fwd_launch(B: int, T: int, D: int, alphas: tuple[float, ...], has_h0: bool, state: bool,
                     device: torch.device, sms: int, cfg: TileConfig | None) -> _Launch:
     S = len(alphas)
@@ -562,13 +508,11 @@ def _ema_fwd_launch(B: int, T: int, D: int, alphas: tuple[float, ...], has_h0: b
     groups = []
     for (dec, dec64, alp), s0 in zip(_coefs(alphas, device).groups, range(0, S, GROUP)):
         kw = dict(_tile_constants(cfg, D, min(GROUP, S - s0)), OUT_POLICY=EMA_OUT_POLICY)
-        # x is shared: one warm-up long enough for the group's slowest timescale, which runs alone over the
-        # steps past every other one's warm-up
-        slow, warmlen, warmlen2 = _slowest(None if warm is None else warm[s0:s0 + GROUP])
-        args = (dec, dec64, alp, T, D, S * D, seglen, nseg, warmlen, warmlen2)
-        pass1 = dict(kw, HAS_HIN=False, STORE_OUT=False, COMBINE=False, WARM=False, STORE_STATE=True, SLOW=0)
-        scan = dict(kw, HAS_HIN=has_h0, STORE_OUT=True, COMBINE=two_pass, WARM=warm is not None, STORE_STATE=state,
-                    SLOW=slow)
+        # x is shared: one warm-up long enough for the group's slowest timescale
+        warmlen = 0 if warm is None else max(warm[s0:s0 + GROUP])
+        args = (dec, dec64, alp, T, D, S * D, seglen, nseg, warmlen)
+        pass1 = dict(kw, HAS_HIN=False, STORE_OUT=False, COMBINE=False, WARM=False, STORE_STATE=True)
+        scan = dict(kw, HAS_HIN=has_h0, STORE_OUT=True, COMBINE=two_pass, WARM=warm is not None, STORE_STATE=state)
         grid = (nd, nseg, B)
         groups.append((s0, make_launch(_ema_fwd_kernel, grid, pass1, args),
                        make_launch(_ema_fwd_kernel, grid, scan, args)))
