@@ -436,26 +436,47 @@ def test_scratch_store_stays_bounded():
 
 
 def test_plans_distinct_per_key_and_shared_across_dtypes(ops, monkeypatch):
-    """Shape, alphas, initial state or not, tile config and SM count each make their own plan; the
-    input dtype does not enter the plan (Triton specializes on it), and outputs keep their dtypes."""
+    """Shape, alphas, initial state or not, tile config, SM count and the bits the warm-ups keep each
+    make their own plan; beyond those bits the dtype does not enter the plan (Triton specializes on it),
+    and outputs keep their dtypes."""
     filled_empty(monkeypatch.setattr)
     base = ("ema_fwd", 1, 4097, 33, ALPHAS, None, True)
     want, _ = _call(ops, monkeypatch, base)
     fwd = cache.store("ema_fwd")
     assert len(fwd) == 1
+    launches64, (out64, _) = _call(ops, monkeypatch, base, dtype=torch.float64)
+    assert len(fwd) == 1 and out64.dtype == torch.float64  # float32's warm-ups: the same plan
+    assert launches64[0][2][0] == ("x", 0, "torch.float64")  # the kernel gets the input itself
     launches16, (out16, hT16) = _call(ops, monkeypatch, base, dtype=torch.bfloat16)
-    assert len(fwd) == 1 and out16.dtype == torch.bfloat16 and hT16.dtype == torch.float32
-    assert launches16[0][2][0] == ("x", 0, "torch.bfloat16")  # the kernel gets the bf16 input itself
+    assert len(fwd) == 2 and out16.dtype == torch.bfloat16 and hT16.dtype == torch.float32  # 16 bits' plan
+    assert launches16[0][2][0] == ("x", 0, "torch.bfloat16")
     variants = [("ema_fwd", 1, 4000, 33, ALPHAS, None, True), ("ema_fwd", 1, 4097, 33, (0.5,), None, True),
                 ("ema_fwd", 1, 4097, 33, ALPHAS, None, False), ("ema_fwd", 1, 4097, 33, ALPHAS, WARM, True),
                 ("ema_fwd", 2, 4097, 33, ALPHAS, None, True), ("ema_fwd", 1, 4097, 40, ALPHAS, None, True)]
     for i, v in enumerate(variants):
         _call(ops, monkeypatch, v)
-        assert len(fwd) == 2 + i
+        assert len(fwd) == 3 + i
     _call(ops, monkeypatch, base, sms=30)
-    assert len(fwd) == 2 + len(variants)
+    assert len(fwd) == 3 + len(variants)
     assert _call(ops, monkeypatch, base)[0] == want  # among them all, the first key's plan is still its own
     assert len(cache.store("ema_coefs")) == 2  # one per alphas on this one device
+
+
+@pytest.mark.parametrize("op", ["ema_fwd", "ema_bwd"])
+def test_warm_ups_keep_the_bits_of_what_the_kernel_writes(ops, monkeypatch, op):
+    """bf16 and float16 outputs (traces forward, dx backward) warm up to plan.WARM_MARGIN_BITS under
+    their resolution: shorter warm-ups than float32's 24 bits, which float64 keeps too."""
+    B, T, D = 1, 4097, 33
+    nd = -(-D // WARM.block)
+    for dtype, bits in ((torch.float32, 24), (torch.float64, 24), (torch.float16, 19), (torch.bfloat16, 16)):
+        launches, (out, _) = _call(ops, monkeypatch, (op, B, T, D, ALPHAS, WARM, True), dtype=dtype)
+        assert out.dtype == dtype
+        nseg, seglen, warm = plan.ema_plan(WARM, B * nd, T, ALPHAS, SMS, bits)
+        assert warm == plan.warm_steps(ALPHAS, WARM.ct, bits) and nseg > 1
+        # the forward warms x up once, as long as its slowest timescale needs; the backward each gradient
+        warmlens = (max(warm),) if op == "ema_fwd" else (*warm, 0)
+        assert launches[-1][2][8:] == (T, D, 3 * D, seglen, nseg, *warmlens)
+    assert plan.warm_steps(ALPHAS, 1, 16) == [16, 106, 549] and plan.warm_steps(ALPHAS, 1) == [24, 158, 824]
 
 
 def test_two_devices_get_their_own_plan_and_coefficients(ops, monkeypatch):

@@ -19,6 +19,13 @@ def test_plan_needs_neither_triton_nor_a_gpu():
     assert "import triton" not in source and "import torch" not in source
 
 
+def test_warm_bits_stop_eight_bits_under_the_output():
+    assert [plan.warm_bits(b) for b in (8, 11, 24, 53)] == [16, 19, 24, 24]  # bf16, float16, float32, float64
+    assert plan.warm_steps(ALPHAS, 1, plan.warm_bits(8)) == [16, 106, 549]
+    for w16, w24 in zip(plan.warm_steps(ALPHAS, 1, 16), plan.warm_steps(ALPHAS, 1, 24)):
+        assert w16 < w24
+
+
 def test_warm_steps_forget_to_float32_resolution():
     w = plan.warm_steps(ALPHAS)
     assert w == [24, 158, 824]

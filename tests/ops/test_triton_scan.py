@@ -123,6 +123,20 @@ def test_ema_warmup_matches_two_passes_elementwise():
             assert (got - want).abs().max() <= 2.0 ** -22 * want.abs().max()
 
 
+def test_bf16_warmup_within_one_rounding_of_two_passes():
+    """bf16 outputs warm up to 16 bits (``plan.warm_bits``): traces and dx within one bf16 rounding of
+    the exact two passes' plus 2**-16 of the state a warm-up drops (absolute, so a value near zero may
+    differ by more than its own rounding), and nearly all equal to them."""
+    x = torch.randn(2, 6001, 40, device="cuda", dtype=torch.bfloat16)
+    gy = torch.randn(2, 6001, 3, 40, device="cuda", dtype=torch.bfloat16)
+    assert plan.ema_plan(WARM, 2, 6001, ALPHAS, SMS, 16)[2] == plan.warm_steps(ALPHAS, WARM.ct, 16)
+    for fn in (lambda c: ema.ema_traces_fwd(x, ALPHAS, cfg=c)[0],
+               lambda c: ema.ema_traces_bwd(gy, ALPHAS, None, torch.bfloat16, cfg=c)[0]):
+        got, want = fn(WARM).float(), fn(TWO_PASS).float()
+        assert ((got - want).abs() <= 2.0 ** -7 * want.abs() + 2.0 ** -15 * want.abs().max()).all()
+        assert (got != want).float().mean() < 0.01
+
+
 def test_warmup_error_is_absolute_to_the_dropped_state():
     """The documented bound: a warm-up drops the state W steps back, so it errs by at most 2**-24
     of that state. After inputs 1e6 times larger, that is far more than the two passes' error."""

@@ -34,7 +34,9 @@ the scan cost about 8 shuffles per element.
 **Segments when channels are few** (``plan.ema_plan``). When B * D / BD programs cannot
 fill the GPU, time is cut into segments. A fixed decay forgets: after W_k steps
 (``plan.warm_steps``: 24, 158, 824 at alpha = 0.5, 0.1, 0.02) a timescale's state weighs
-under 2**-24, float32's resolution of it. So each segment first scans the W steps before
+under 2**-24, float32's resolution of it; where the kernel writes bf16 (float16), which keeps 8
+(11) bits, under 2**-16 (2**-19) after 549 (652) steps at alpha = 0.02, 2**-8 of the output's own
+resolution (``plan.warm_bits``). So each segment first scans the W steps before
 it from zero, storing nothing, then its own steps from that incoming state (``WARM``):
 one pass that re-reads W of every SEGLEN >= W steps of input; the backward warms each
 timescale's gradient over its own W_k. This is the old trick of starting an IIR filter's
@@ -82,7 +84,7 @@ from emaprobe.ops.triton.common import (
     sm_count,
     tile_plan,
 )
-from emaprobe.ops.triton.plan import EMA_BWD, EMA_FWD, EMA_OUT_POLICY, TileConfig, choose, ema_plan
+from emaprobe.ops.triton.plan import EMA_BWD, EMA_FWD, EMA_OUT_POLICY, WARM_BITS, TileConfig, choose, ema_plan, warm_bits
 
 # ---------------------------------------------------------------------------- kernels
 
@@ -432,6 +434,8 @@ def _host_alphas(alphas) -> tuple[float, ...]:
 
 
 GROUP = 4  # timescales one launch scans (one x read per group)
+# the bits a warm-up keeps, by the dtype of what the kernel writes (plan.warm_bits); float32 and wider: WARM_BITS
+_WARM_BITS = {torch.bfloat16: warm_bits(8), torch.float16: warm_bits(11)}
 
 
 class Coefs(NamedTuple):
@@ -479,12 +483,13 @@ def _state_shape(B: int, nseg: int, S: int, D: int) -> tuple[int, ...]:
     return (B, S, D) if nseg == 1 else (B, nseg, S, D)
 
 
-def _segmented(cfg: TileConfig | None, table, B: int, T: int, D: int, alphas: tuple[float, ...], sms: int):
+def _segmented(cfg: TileConfig | None, table, B: int, T: int, D: int, alphas: tuple[float, ...], sms: int,
+               bits: int):
     """The tile config one launch takes and how it cuts T: (cfg, channel blocks, segments, segment
-    length, warm-up steps per timescale or None, whether the segments need two passes)."""
+    length, warm-up steps per timescale (keeping ``bits``) or None, whether the segments need two passes)."""
     cfg = choose(cfg, table, B, D, sms)
     nd = -(-D // cfg.block)
-    nseg, seglen, warm = ema_plan(cfg, B * nd, T, alphas, sms)
+    nseg, seglen, warm = ema_plan(cfg, B * nd, T, alphas, sms, bits)
     return cfg, nd, nseg, seglen, warm, nseg > 1 and warm is None
 
 
@@ -500,11 +505,11 @@ def _pass1_buffer(p: _Launch, dev: torch.device) -> torch.Tensor:
 
 
 def _ema_fwd_launch(B: int, T: int, D: int, alphas: tuple[float, ...], has_h0: bool, state: bool,
-                    device: torch.device, sms: int, cfg: TileConfig | None) -> _Launch:
+                    device: torch.device, sms: int, cfg: TileConfig | None, bits: int = WARM_BITS) -> _Launch:
     S = len(alphas)
     if T == 0 or B * D == 0:
         return _Launch(S, None, (), False, (), {})
-    cfg, nd, nseg, seglen, warm, two_pass = _segmented(cfg, EMA_FWD, B, T, D, alphas, sms)
+    cfg, nd, nseg, seglen, warm, two_pass = _segmented(cfg, EMA_FWD, B, T, D, alphas, sms, bits)
     groups = []
     for (dec, dec64, alp), s0 in zip(_coefs(alphas, device).groups, range(0, S, GROUP)):
         kw = dict(_tile_constants(cfg, D, min(GROUP, S - s0)), OUT_POLICY=EMA_OUT_POLICY)
@@ -532,14 +537,17 @@ def ema_traces_fwd(
     ``alphas``: S floats, or a tensor (whose values are read back: a CUDA one costs a synchronization).
     ``state`` False: h_T is neither allocated nor stored, and None comes back in its place.
     The launch plan is made once per (B, T, D, alphas, h0 given or not, state or not, device and its
-    SM count, cfg) (``cache.py``); the dtypes do not enter it.
+    SM count, cfg, the bits its warm-ups keep) (``cache.py``); the dtypes enter it only by those bits:
+    a bf16 or float16 output's warm-ups stop ``plan.WARM_MARGIN_BITS`` under its resolution.
     """
     x = x.contiguous()
     B, T, D = x.shape
     alphas = _host_alphas(alphas)
     dev = x.device
-    p = cached("ema_fwd", _ema_fwd_launch, B, T, D, alphas, h0 is not None, state, dev, sm_count(dev), cfg)
-    out = torch.empty(B, T, p.S, D, dtype=out_dtype or x.dtype, device=dev)
+    out_dtype = out_dtype or x.dtype
+    p = cached("ema_fwd", _ema_fwd_launch, B, T, D, alphas, h0 is not None, state, dev, sm_count(dev), cfg,
+               _WARM_BITS.get(out_dtype, WARM_BITS))
+    out = torch.empty(B, T, p.S, D, dtype=out_dtype, device=dev)
     h0f = None if h0 is None else h0.float().contiguous()
     if p.grid is None:
         hT = torch.zeros(B, p.S, D, device=dev) if h0f is None else h0f.clone()
@@ -563,10 +571,10 @@ def ema_traces_fwd(
 
 
 def _ema_bwd_launch(B: int, T: int, S: int, D: int, alphas: tuple[float, ...], has_gf: bool, state: bool,
-                    device: torch.device, sms: int, cfg: TileConfig | None) -> _Launch:
+                    device: torch.device, sms: int, cfg: TileConfig | None, bits: int = WARM_BITS) -> _Launch:
     if T == 0 or B * D == 0:
         return _Launch(S, None, (), False, (), {})
-    cfg, nd, nseg, seglen, warm, two_pass = _segmented(cfg, EMA_BWD, B, T, D, alphas, sms)
+    cfg, nd, nseg, seglen, warm, two_pass = _segmented(cfg, EMA_BWD, B, T, D, alphas, sms, bits)
     groups = []
     for (dec, dec64, alp), s0 in zip(_coefs(alphas, device).groups, range(0, S, GROUP)):
         kw = _tile_constants(cfg, D, min(GROUP, S - s0))
@@ -594,14 +602,15 @@ def ema_traces_bwd(
 
     ``g_0`` is dL/dh_0 total (the backward state at t = 0); dL/dh0 = (1 - alpha) g_0. ``state``
     False: g_0 is neither allocated nor stored (no h0 wants a gradient), None in its place.
-    ``alphas`` as in ``ema_traces_fwd``; the plan is cached as there.
+    ``alphas`` as in ``ema_traces_fwd``; the plan is cached as there, its warm-ups' bits by ``x_dtype``
+    (dx's).
     """
     gh = gh.contiguous()
     B, T, S, D = gh.shape
     alphas = _host_alphas(alphas)
     dev = gh.device
     p = cached("ema_bwd", _ema_bwd_launch, B, T, S, D, alphas, g_final is not None, state, dev, sm_count(dev),
-               cfg)
+               cfg, _WARM_BITS.get(x_dtype, WARM_BITS))
     gx = torch.empty(B, T, D, dtype=x_dtype, device=dev)
     gf = None if g_final is None else g_final.float().contiguous()
     if p.grid is None:

@@ -103,7 +103,8 @@ WARPS_PER_SM = 8
 # warps an SM: rounded down, since a program past what the SMs hold runs beside another on one SM
 # and the launch waits for that SM. Where that leaves fewer than one warp per SM, two passes run
 # instead. A timescale's warm-up is the steps after which the state it starts from weighs under
-# 2**-WARM_BITS (float32 keeps 24 bits). H100, the grid's few-channel shapes (notes/kernels.md,
+# 2**-bits: WARM_BITS (float32 keeps 24) where the outputs are float32, and WARM_MARGIN_BITS under the
+# outputs' own resolution where they have fewer bits (``warm_bits``). H100, the grid's few-channel shapes (notes/kernels.md,
 # "warm-up segments, the SMs filled once"): rounding down and segments of one warm-up against
 # rounding up and two, EMA forward 1.455 -> 1.333x the floor at B=8 T=8192 D=256, 1.383 -> 1.185 at
 # B=1 T=8192 D=4096, 1.323 -> 1.142 at B=1 T=65536 D=1024; the backward 1.707 -> 1.494 at B=8 T=8192
@@ -114,6 +115,7 @@ WARM_SEG_RATIO = 1
 WARM_WARPS_PER_SM = 2
 LIN_WARM_WARPS_PER_SM = 4
 WARM_BITS = 24
+WARM_MARGIN_BITS = 8
 # linear_scan's decays are data: its segments warm up over this many steps, and a tile where some
 # channel's decays there multiply to more than 2**-24 is rescanned from its exact incoming state
 # (decays under 0.878 on average forget within it: 0.878**128 = 2**-24)
@@ -155,23 +157,30 @@ def segments(cfg: TileConfig, programs: int, T: int, sms: int) -> tuple[int, int
     return -(-T // seglen), seglen
 
 
-def warm_steps(alphas, ct: int = 1) -> list[int] | None:
-    """Steps W_k after which timescale k forgets: |1 - alpha_k| ** W_k <= 2**-WARM_BITS, rounded up
+def warm_bits(significand_bits: int) -> int:
+    """The bits a warm-up keeps for outputs of ``significand_bits`` (bf16 8, float16 11, float32 24):
+    WARM_MARGIN_BITS more than they hold, at most float32's WARM_BITS. bf16 16, float16 19, float32 24."""
+    return min(WARM_BITS, significand_bits + WARM_MARGIN_BITS)
+
+
+def warm_steps(alphas, ct: int = 1, bits: int = WARM_BITS) -> list[int] | None:
+    """Steps W_k after which timescale k forgets: |1 - alpha_k| ** W_k <= 2**-bits, rounded up
     to a multiple of ``ct``; None if some |1 - alpha_k| >= 1 (a state that never fades).
 
     A segment scanned from zero W_k steps early then differs from the exact scan by at most
-    2**-WARM_BITS times the state it dropped (the state W_k steps back), an absolute error at
-    float32's resolution of that state, decaying from there. Relative to a much smaller state
+    2**-bits times the state it dropped (the state W_k steps back), decaying from there: at 24 bits,
+    an absolute error at float32's resolution of that state; at ``warm_bits`` of a narrower output,
+    2**-WARM_MARGIN_BITS of that output's resolution of it. Relative to a much smaller state
     (after inputs that fell by orders of magnitude) it is larger than the sequential scan's own
     rounding; ``TileConfig(warmup=False)`` keeps the exact two passes. At the default alphas
-    (0.5, 0.1, 0.02): 24, 158 and 824 steps.
+    (0.5, 0.1, 0.02): 24, 158 and 824 steps at 24 bits; 16, 106 and 549 at bf16's 16.
     """
     out = []
     for a in alphas:
         d = abs(1.0 - float(a))
         if not d < 1.0:  # also NaN
             return None
-        w = 0 if d == 0.0 else math.ceil(WARM_BITS * math.log(2.0) / -math.log(d))
+        w = 0 if d == 0.0 else math.ceil(bits * math.log(2.0) / -math.log(d))
         out.append(-(-w // ct) * ct)
     return out
 
@@ -190,12 +199,14 @@ def warm_plan(cfg: TileConfig, programs: int, T: int, warm: int, sms: int,
     return nseg, seglen
 
 
-def ema_plan(cfg: TileConfig, programs: int, T: int, alphas, sms: int) -> tuple[int, int, list[int] | None]:
-    """(NSEG, SEGLEN, per-timescale warm-up steps or None) for an EMA launch of ``programs`` programs."""
+def ema_plan(cfg: TileConfig, programs: int, T: int, alphas, sms: int,
+             bits: int = WARM_BITS) -> tuple[int, int, list[int] | None]:
+    """(NSEG, SEGLEN, per-timescale warm-up steps or None) for an EMA launch of ``programs`` programs
+    whose warm-ups keep ``bits`` (``warm_bits``)."""
     nseg, seglen = segments(cfg, programs, T, sms)
     if nseg == 1 or cfg.warmup is False:
         return nseg, seglen, None
-    warm = warm_steps(alphas, cfg.ct)
+    warm = warm_steps(alphas, cfg.ct, bits)
     plan = None if warm is None else warm_plan(cfg, programs, T, max(warm), sms)
     if plan is None:
         return nseg, seglen, None
