@@ -479,6 +479,21 @@ def test_warm_ups_keep_the_bits_of_what_the_kernel_writes(ops, monkeypatch, op):
     assert plan.warm_steps(ALPHAS, 1, 16) == [16, 106, 549] and plan.warm_steps(ALPHAS, 1) == [24, 158, 824]
 
 
+def test_linear_scan_warm_ups_keep_the_bits_of_its_output(ops, monkeypatch):
+    """linear_scan's forward: a bf16 or float16 output warms up over ``plan.lin_warm_steps`` of its bits and
+    marks for rescans the tiles whose decays multiplied past 2**-bits; float32 and float64 keep 24 bits."""
+    B, T, F = 1, 3001, 40
+    case = ("lin_fwd", B, T, (F,), None, WARM, True)
+    for dtype, bits in ((torch.float32, 24), (torch.float64, 24), (torch.float16, 19), (torch.bfloat16, 16)):
+        launches, (out, _) = _call(ops, monkeypatch, case, dtype=dtype)
+        assert out.dtype == dtype and [dict(c[3])["WARM"] for c in launches] == [True, False]
+        warm = plan.lin_warm_steps(bits, WARM.ct)
+        nseg, seglen = plan.warm_plan(WARM, B, T, warm, SMS, plan.LIN_WARM_WARPS_PER_SM)
+        assert launches[0][2][12:19] == (T, F, seglen, nseg, warm, 2.0 ** -bits, 1)
+        assert launches[1][2][16:18] == (0, 0.0)  # the rescans: no warm-up
+    assert plan.lin_warm_steps(16, WARM.ct) < plan.lin_warm_steps(24, WARM.ct)
+
+
 def test_two_devices_get_their_own_plan_and_coefficients(ops, monkeypatch):
     """A plan holds its device's coefficient tensors: a second device must not reuse them."""
     ema, _ = ops

@@ -26,6 +26,14 @@ def test_warm_bits_stop_eight_bits_under_the_output():
         assert w16 < w24
 
 
+def test_lin_warm_steps_scale_with_the_bits_and_keep_their_decay():
+    """linear_scan's warm-up shrinks with the bits kept, and a decay of 0.878 still forgets within it."""
+    assert [plan.lin_warm_steps(b, 16) for b in (16, 19, 24)] == [96, 112, 128]
+    assert plan.lin_warm_steps() == plan.LIN_WARM_STEPS and plan.lin_warm_steps(16) == 86
+    for bits in (16, 19, 24):
+        assert 0.878 ** plan.lin_warm_steps(bits) <= 2.0 ** -bits < 0.878 ** (plan.lin_warm_steps(bits) - 1)
+
+
 def test_warm_steps_forget_to_float32_resolution():
     w = plan.warm_steps(ALPHAS)
     assert w == [24, 158, 824]

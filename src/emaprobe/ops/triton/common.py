@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from emaprobe.ops.triton.plan import WARM_BITS, warm_bits
+
 
 @triton.jit
 def combine(a1, b1, a2, b2):
@@ -125,6 +127,15 @@ def sm_count(device: torch.device) -> int:
     if idx not in _SM_COUNT:
         _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
     return _SM_COUNT[idx]
+
+
+def out_warm_bits(dtype: torch.dtype) -> int:
+    """The bits a segment's warm-up keeps where the kernel writes ``dtype``: ``plan.warm_bits`` of its
+    significand (bf16 16, float16 19), WARM_BITS (float32's 24) for float32, float64 and the rest."""
+    return _OUT_WARM_BITS.get(dtype, WARM_BITS)
+
+
+_OUT_WARM_BITS = {torch.bfloat16: warm_bits(8), torch.float16: warm_bits(11)}  # their significands' bits
 
 
 # ---------------------------------------------------------------------------- launches

@@ -80,11 +80,12 @@ from emaprobe.ops.triton.common import (
     last_row,
     launch,
     make_launch,
+    out_warm_bits,
     segment_length,
     sm_count,
     tile_plan,
 )
-from emaprobe.ops.triton.plan import EMA_BWD, EMA_FWD, EMA_OUT_POLICY, WARM_BITS, TileConfig, choose, ema_plan, warm_bits
+from emaprobe.ops.triton.plan import EMA_BWD, EMA_FWD, EMA_OUT_POLICY, WARM_BITS, TileConfig, choose, ema_plan
 
 # ---------------------------------------------------------------------------- kernels
 
@@ -434,8 +435,6 @@ def _host_alphas(alphas) -> tuple[float, ...]:
 
 
 GROUP = 4  # timescales one launch scans (one x read per group)
-# the bits a warm-up keeps, by the dtype of what the kernel writes (plan.warm_bits); float32 and wider: WARM_BITS
-_WARM_BITS = {torch.bfloat16: warm_bits(8), torch.float16: warm_bits(11)}
 
 
 class Coefs(NamedTuple):
@@ -546,7 +545,7 @@ def ema_traces_fwd(
     dev = x.device
     out_dtype = out_dtype or x.dtype
     p = cached("ema_fwd", _ema_fwd_launch, B, T, D, alphas, h0 is not None, state, dev, sm_count(dev), cfg,
-               _WARM_BITS.get(out_dtype, WARM_BITS))
+               out_warm_bits(out_dtype))
     out = torch.empty(B, T, p.S, D, dtype=out_dtype, device=dev)
     h0f = None if h0 is None else h0.float().contiguous()
     if p.grid is None:
@@ -610,7 +609,7 @@ def ema_traces_bwd(
     alphas = _host_alphas(alphas)
     dev = gh.device
     p = cached("ema_bwd", _ema_bwd_launch, B, T, S, D, alphas, g_final is not None, state, dev, sm_count(dev),
-               cfg, _WARM_BITS.get(x_dtype, WARM_BITS))
+               cfg, out_warm_bits(x_dtype))
     gx = torch.empty(B, T, D, dtype=x_dtype, device=dev)
     gf = None if g_final is None else g_final.float().contiguous()
     if p.grid is None:

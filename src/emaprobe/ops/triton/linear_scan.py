@@ -10,9 +10,10 @@ and writes h once each (6 bytes per token-channel in bf16). a and b may be strid
 (a decay broadcast over batch or time is not copied).
 
 **Segments.** Here the decays are data, so no warm-up length is known in advance. The
-forward's segments warm up over ``plan.LIN_WARM_STEPS`` steps anyway, and each tile records
-whether some channel's decays over the warm-up multiplied to more than 2**-24 (the dropped
-state still counts). A second launch (``FIXUP``) rescans only those tiles, from their exact
+forward's segments warm up over ``plan.LIN_WARM_STEPS`` steps anyway (fewer where the output has
+fewer bits, ``plan.lin_warm_steps``: 96 for bf16), and each tile records whether some channel's
+decays over the warm-up multiplied to more than 2**-bits (2**-24; 2**-16 for bf16, ``plan.warm_bits``:
+the dropped state still counts). A second launch (``FIXUP``) rescans only those tiles, from their exact
 incoming state; every other program of it returns at once. So the result is right whatever
 the decays, and fast where they forget (H100, B=1 T=65536: 0.190 -> 0.127 ms). The backward
 runs two passes, as described in ``ema.py``.
@@ -48,6 +49,7 @@ from emaprobe.ops.triton.common import (
     last_row,
     launch,
     make_launch,
+    out_warm_bits,
     segment_length,
     sigmoid2,
     sigmoid2_pair,
@@ -59,10 +61,11 @@ from emaprobe.ops.triton.plan import (
     GATED_FWD,
     LIN_BWD,
     LIN_FWD,
-    LIN_WARM_STEPS,
     LIN_WARM_WARPS_PER_SM,
+    WARM_BITS,
     TileConfig,
     choose,
+    lin_warm_steps,
     segments,
     warm_plan,
 )
@@ -148,7 +151,7 @@ def _gate_args(X, BA, BG, b, offs_f, mask_f, rows, s_xb, s_xt, DX, GATED: tl.con
 @triton.jit
 def _lin_fwd_kernel(
     A, U, OUT, HIN, HEND, AEND, ENDS, PRODS, FLAGS, X, BA, BG,
-    T, F, SEGLEN, NSEG, WARMLEN, DX,
+    T, F, SEGLEN, NSEG, WARMLEN, LOST, DX,
     s_ab, s_at, s_af, s_ub, s_ut, s_uf, s_xb, s_xt,
     CT: tl.constexpr, BF: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
     HAS_HIN: tl.constexpr, STORE_OUT: tl.constexpr, STORE_AEND: tl.constexpr, COMBINE: tl.constexpr,
@@ -161,9 +164,10 @@ def _lin_fwd_kernel(
 
     WARM (segments in one pass): the incoming state is scanned, unstored, from zero over the
     WARMLEN steps before the segment; where some channel's decays there multiply to more than
-    2**-24 (the dropped state still counts), FLAGS (B,NSEG,programs along F) marks the tile. Every
-    segment also leaves its (end state from zero, decay product) in ENDS and PRODS, so that FIXUP
-    (COMBINE, only for marked tiles) can rescan those from their exact incoming state.
+    LOST (2**-bits, ``plan.warm_bits``: the dropped state still counts), FLAGS (B,NSEG,programs along
+    F) marks the tile. Every segment also leaves its (end state from zero, decay product) in ENDS
+    and PRODS, so that FIXUP (COMBINE, only for marked tiles) can rescan those from their exact
+    incoming state.
     STORE_STATE False: HEND is not stored (nobody asked for h_T; HEND is then any pointer).
     GATED (``gated_scan``): A and U hold the decay and input-gate logits, X (B,T,DX) the input with
     strides (s_xb, s_xt, 1), shared by the F / DX groups of channels, BA and BG (F,) float32 the
@@ -202,7 +206,7 @@ def _lin_fwd_kernel(
             h, pw = _lin_fwd_span(A + b * s_ab + w0 * s_at, U + b * s_ub + w0 * s_ut, OUT, x_b + w0 * s_xt, a_off,
                                   u_off, o_off, x_off, m, h, one, ba, bg, rows, t_start - w0, s_at, s_ut, s_xt, F, CT,
                                   BF, WSTAGES, False, True, GATED)
-            lost = (w0 > 0) & (tl.abs(pw) > 5.960464477539063e-08) & mask_f  # 2**-24
+            lost = (w0 > 0) & (tl.abs(pw) > LOST) & mask_f
             tl.store(FLAGS + flag_off, tl.max(lost.to(tl.int32), axis=0))
         h_in = h
         h, aprod = _lin_fwd_span(A + b * s_ab + t_start * s_at, U + b * s_ub + t_start * s_ut,
@@ -407,8 +411,9 @@ class _Launch(NamedTuple):
 
 
 def _lin_fwd_launch(a_shape: torch.Size, b_shape: torch.Size, has_h0: bool, state: bool, sms: int,
-                    cfg: TileConfig | None, dx: int = 0) -> _Launch:
-    # dx > 0: the gated form (``gated_scan_fwd``), whose input x has dx channels
+                    cfg: TileConfig | None, dx: int = 0, bits: int = WARM_BITS) -> _Launch:
+    # dx > 0: the gated form (``gated_scan_fwd``), whose input x has dx channels; ``bits``: what the
+    # warm-ups keep (``plan.warm_bits`` of the output)
     shape = torch.broadcast_shapes(a_shape, b_shape)
     B, T = shape[0], shape[1]
     F = math.prod(shape[2:])
@@ -419,8 +424,9 @@ def _lin_fwd_launch(a_shape: torch.Size, b_shape: torch.Size, has_h0: bool, stat
     nf = -(-F // cfg.block)
     nseg, seglen = segments(cfg, B * nf, T, sms)
     plan = None
+    warm = lin_warm_steps(bits, cfg.ct)
     if nseg > 1 and cfg.warmup is not False:
-        plan = warm_plan(cfg, B * nf, T, LIN_WARM_STEPS, sms, LIN_WARM_WARPS_PER_SM)
+        plan = warm_plan(cfg, B * nf, T, warm, sms, LIN_WARM_WARPS_PER_SM)
     if plan is not None:
         nseg, seglen = plan
     kw = dict(CT=cfg.ct, BF=cfg.block, VEC=cfg.vec, STAGES=cfg.stages, num_warps=cfg.num_warps,
@@ -430,15 +436,15 @@ def _lin_fwd_launch(a_shape: torch.Size, b_shape: torch.Size, has_h0: bool, stat
     if plan is not None:  # one pass of warmed-up segments, then exact rescans of the tiles they left marked
         both = dict(kw, HAS_HIN=has_h0, STORE_OUT=True, STORE_AEND=False, STORE_STATE=state)
         launches = (make_launch(_lin_fwd_kernel, grid, dict(both, COMBINE=False, WARM=True, FIXUP=False),
-                                (T, F, seglen, nseg, LIN_WARM_STEPS, dx)),
+                                (T, F, seglen, nseg, warm, 2.0 ** -bits, dx)),
                     make_launch(_lin_fwd_kernel, grid, dict(both, COMBINE=True, WARM=False, FIXUP=True),
-                                (T, F, seglen, nseg, 0, dx)))
+                                (T, F, seglen, nseg, 0, 0.0, dx)))
     else:  # one pass; or pass 1 (each segment's end state from zero and its decay product), then the scan
         scan = dict(kw, HAS_HIN=has_h0, STORE_OUT=True, STORE_AEND=False, COMBINE=nseg > 1, WARM=False, FIXUP=False,
                     STORE_STATE=state)
         pass1 = dict(kw, HAS_HIN=False, STORE_OUT=False, STORE_AEND=True, COMBINE=False, WARM=False, FIXUP=False,
                      STORE_STATE=True)
-        launches = tuple(make_launch(_lin_fwd_kernel, grid, c, (T, F, seglen, nseg, 0, dx))
+        launches = tuple(make_launch(_lin_fwd_kernel, grid, c, (T, F, seglen, nseg, 0, 0.0, dx))
                          for c in ((pass1, scan) if nseg > 1 else (scan,)))
     return _Launch(shape, state_shape, grid, nseg, plan is not None, (B, nseg, nf), launches, {})
 
@@ -455,11 +461,14 @@ def linear_scan_fwd(
 
     ``state`` False: h_T is neither allocated nor stored, and None comes back in its place. The
     launch plan is made once per (a's shape, b's shape, h0 given or not, state or not, the device's
-    SM count, cfg) (``cache.py``; it holds no tensor, so the device enters only by its SM count)."""
+    SM count, cfg, the bits its warm-ups keep) (``cache.py``; it holds no tensor, so the device enters only
+    by its SM count; the dtypes only by those bits, ``common.out_warm_bits`` of the output's)."""
     dev = b.device
-    p = cached("lin_fwd", _lin_fwd_launch, a.shape, b.shape, h0 is not None, state, sm_count(dev), cfg)
+    out_dtype = out_dtype or torch.promote_types(a.dtype, b.dtype)
+    p = cached("lin_fwd", _lin_fwd_launch, a.shape, b.shape, h0 is not None, state, sm_count(dev), cfg, 0,
+               out_warm_bits(out_dtype))
     a3, b3 = _as_btf(a, p.shape), _as_btf(b, p.shape)
-    out = torch.empty(p.shape, dtype=out_dtype or torch.promote_types(a.dtype, b.dtype), device=dev)
+    out = torch.empty(p.shape, dtype=out_dtype, device=dev)
     return _scan_fwd(p, a3, b3, out, h0, state, (a3, a3, a3), (0, 0))
 
 
@@ -492,7 +501,8 @@ def gated_scan_fwd(
     once each: no float32 decays and inputs in memory."""
     dev = x.device
     shape, la, lg, x = _gated_views(logits, x)
-    p = cached("gated_fwd", _lin_fwd_launch, shape, shape, h0 is not None, state, sm_count(dev), cfg, x.shape[-1])
+    p = cached("gated_fwd", _lin_fwd_launch, shape, shape, h0 is not None, state, sm_count(dev), cfg, x.shape[-1],
+               out_warm_bits(x.dtype))
     out = torch.empty(shape, dtype=x.dtype, device=dev)
     return _scan_fwd(p, la, lg, out, h0, state, (x, _bias(decay_bias), _bias(gate_bias)), x.stride()[:2])
 

@@ -34,8 +34,9 @@ class TileConfig:
     ``WARPS_PER_SM`` (``warps``). ``split`` forces segments on (True) or off (False).
     ``warmup`` (the EMA kernels and ``linear_scan``'s forward): how segments get their incoming
     state. True: in one pass, each scanning the steps before it from zero for as long as a
-    timescale remembers anything at float32 resolution (``warm_steps``; LIN_WARM_STEPS for
-    ``linear_scan``, whose tiles that still remember are then rescanned exactly); False: two
+    timescale remembers anything at float32 resolution, or 8 bits under a narrower output's
+    (``warm_steps``, ``warm_bits``; ``lin_warm_steps`` for ``linear_scan``, whose tiles that still
+    remember are then rescanned exactly); False: two
     passes, the second combining the first's exact end states; None: warm-ups wherever
     segments of WARM_SEG_RATIO warm-ups each still make at least one warp per SM.
     """
@@ -118,7 +119,8 @@ WARM_BITS = 24
 WARM_MARGIN_BITS = 8
 # linear_scan's decays are data: its segments warm up over this many steps, and a tile where some
 # channel's decays there multiply to more than 2**-24 is rescanned from its exact incoming state
-# (decays under 0.878 on average forget within it: 0.878**128 = 2**-24)
+# (decays under 0.878 on average forget within it: 0.878**128 = 2**-24). Outputs of fewer bits warm
+# up over proportionally fewer steps to their ``warm_bits`` (``lin_warm_steps``)
 LIN_WARM_STEPS = 128
 # The EMA forward's traces are 3/4 of its bytes and are not read back by it: their stores are
 # marked evict_first, so that they leave L2 before the input does (notes/kernels.md)
@@ -183,6 +185,14 @@ def warm_steps(alphas, ct: int = 1, bits: int = WARM_BITS) -> list[int] | None:
         w = 0 if d == 0.0 else math.ceil(bits * math.log(2.0) / -math.log(d))
         out.append(-(-w // ct) * ct)
     return out
+
+
+def lin_warm_steps(bits: int = WARM_BITS, ct: int = 1) -> int:
+    """linear_scan's warm-up for outputs whose warm-ups keep ``bits`` (``warm_bits``): LIN_WARM_STEPS
+    scaled by bits / WARM_BITS, so that decays under 0.878 on average still forget within it
+    (0.878**86 = 2**-16), rounded up to a multiple of ``ct``. bf16 at 16-row tiles: 96 steps."""
+    w = math.ceil(LIN_WARM_STEPS * bits / WARM_BITS)
+    return -(-w // ct) * ct
 
 
 def warm_plan(cfg: TileConfig, programs: int, T: int, warm: int, sms: int,
