@@ -155,6 +155,21 @@ def test_warmup_error_is_absolute_to_the_dropped_state():
     assert exact.abs().max() < 1e-2 * got.abs().max()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_default_plan_warm_up_segments_vs_naive(dtype):
+    """The default plan at few channels and long T: warmed-up segments whose own steps run
+    plan.EMA_FWD_SEG_STAGES deep, against float64 and, elementwise, the exact two passes."""
+    B, T, D = 1, 65536, 40
+    cfg = plan.choose(None, plan.EMA_FWD, B, D, SMS)
+    bits = 16 if dtype == torch.bfloat16 else 24
+    assert plan.ema_plan(cfg, B, T, ALPHAS, SMS, bits)[2] is not None  # this shape warms up
+    _ema_case(B, T, D, dtype, True)
+    x = torch.randn(B, T, D, device="cuda", dtype=dtype)
+    got = ema.ema_traces_fwd(x, ALPHAS)[0].float()
+    want = ema.ema_traces_fwd(x, ALPHAS, cfg=replace(cfg, warmup=False))[0].float()
+    assert ((got - want).abs() <= 2.0 ** -7 * want.abs() + 2.0 ** -15 * want.abs().max()).all()
+
+
 def test_default_plan_warms_up_at_long_t_and_falls_back_to_two_passes():
     cfg = plan.choose(None, plan.EMA_FWD, 1, 768, SMS)
     nseg, seglen, warm = plan.ema_plan(cfg, 768 // cfg.block, 65536, ALPHAS, SMS)
