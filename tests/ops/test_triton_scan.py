@@ -157,8 +157,8 @@ def test_warmup_error_is_absolute_to_the_dropped_state():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_default_plan_warm_up_segments_vs_naive(dtype):
-    """The default plan at few channels and long T: warmed-up segments whose own steps run
-    plan.EMA_FWD_SEG_STAGES deep, against float64 and, elementwise, the exact two passes."""
+    """The default plan at few channels and long T (warmed-up segments, the SM count's own plan)
+    against float64 and, elementwise, the exact two passes."""
     B, T, D = 1, 65536, 40
     cfg = plan.choose(None, plan.EMA_FWD, B, D, SMS)
     bits = 16 if dtype == torch.bfloat16 else 24
