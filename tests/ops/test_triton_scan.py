@@ -155,19 +155,36 @@ def test_warmup_error_is_absolute_to_the_dropped_state():
     assert exact.abs().max() < 1e-2 * got.abs().max()
 
 
+def _lfilter_ema(xn: np.ndarray, gn: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """float64 IIR filters along axis 1: each timescale's trace of xn (B,T,D), and dx for the traces'
+    gradients gn (B,T,S,D): g_t = gy_t + (1 - alpha) g_{t+1} backwards in time, dx = sum_s alpha_s g^(s)."""
+    traces = [scipy.signal.lfilter([a], [1.0, a - 1.0], xn, axis=1) for a in ALPHAS]
+    dx = sum(a * scipy.signal.lfilter([1.0], [1.0, a - 1.0], gn[:, ::-1, s], axis=1)[:, ::-1]
+             for s, a in enumerate(ALPHAS))
+    return traces, dx
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_default_plan_warm_up_segments_vs_naive(dtype):
-    """The default plan at few channels and long T (warmed-up segments, the SM count's own plan)
-    against float64 and, elementwise, the exact two passes."""
-    B, T, D = 1, 65536, 40
-    cfg = plan.choose(None, plan.EMA_FWD, B, D, SMS)
+def test_default_plan_warm_up_segments_vs_float64(dtype):
+    """The default plans at few channels and long T (warmed-up segments, at this GPU's SM count),
+    forward and backward, against float64 IIR filters and, elementwise, the exact two passes."""
+    B, T, D = 2, 65536, 40
     bits = 16 if dtype == torch.bfloat16 else 24
-    assert plan.ema_plan(cfg, B, T, ALPHAS, SMS, bits)[2] is not None  # this shape warms up
-    _ema_case(B, T, D, dtype, True)
-    x = torch.randn(B, T, D, device="cuda", dtype=dtype)
-    got = ema.ema_traces_fwd(x, ALPHAS)[0].float()
-    want = ema.ema_traces_fwd(x, ALPHAS, cfg=replace(cfg, warmup=False))[0].float()
-    assert ((got - want).abs() <= 2.0 ** -7 * want.abs() + 2.0 ** -15 * want.abs().max()).all()
+    fwd, bwd = plan.choose(None, plan.EMA_FWD, B, D, SMS), plan.choose(None, plan.EMA_BWD, B, D, SMS)
+    for c in (fwd, bwd):  # both warm up at this shape
+        assert plan.ema_plan(c, B * -(-D // c.block), T, ALPHAS, SMS, bits)[2] is not None
+    x = torch.randn(B, T, D, device="cuda").to(dtype)
+    gy = torch.randn(B, T, 3, D, device="cuda").to(dtype)
+    out = ema.ema_traces_fwd(x, ALPHAS)[0]
+    gx = ema.ema_traces_bwd(gy, ALPHAS, None, dtype)[0]
+    traces, dx = _lfilter_ema(x.double().cpu().numpy(), gy.double().cpu().numpy())
+    for s, ref in enumerate(traces):
+        assert rel(out[:, :, s].cpu(), torch.from_numpy(ref)) < TOL[dtype]
+    assert rel(gx.cpu(), torch.from_numpy(dx.copy())) < TOL[dtype]
+    for got, want in ((out, ema.ema_traces_fwd(x, ALPHAS, cfg=replace(fwd, warmup=False))[0]),
+                      (gx, ema.ema_traces_bwd(gy, ALPHAS, None, dtype, cfg=replace(bwd, warmup=False))[0])):
+        got, want = got.float(), want.float()
+        assert ((got - want).abs() <= 2.0 ** -7 * want.abs() + 2.0 ** -15 * want.abs().max()).all()
 
 
 def test_default_plan_warms_up_at_long_t_and_falls_back_to_two_passes():
