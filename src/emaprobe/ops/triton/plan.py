@@ -123,11 +123,11 @@ WARM_MARGIN_BITS = 8
 # up over proportionally fewer steps to their ``warm_bits`` (``lin_warm_steps``)
 LIN_WARM_STEPS = 128
 # Where the default plan's EMA forward cuts time into segments that warm up, each segment's own steps
-# run this deep (its warm-up runs ``warm_stages``); one pass keeps ``stages``. H100, cd7534b, the grid's
-# 12 shapes at T >= 2048, two rounds in one process (notes/kernels.md, "the EMA forward's warm-up
-# segments, 6 deep"): 1x65536x256 1.312 -> 1.282x the floor, 2x8192x1024 1.296 -> 1.280, 8x8192x256
-# 1.293 -> 1.274; 2x2048x4096 1.225 -> 1.254 and 4x8192x768 1.226 -> 1.247, the two it slows; in one
-# pass (16x2048x768, 96 two-warp programs) 1.159 -> 1.239, so not there
+# run this deep (its warm-up runs ``warm_stages``); one pass keeps ``stages``. H100, the grid command twice
+# against the tree before, alternated in one call (notes/kernels.md, "the EMA forward's warm-up segments,
+# 6 deep"), means of two runs: 1x65536x256 1.314 -> 1.282x the floor, 8x8192x256 1.295 -> 1.275,
+# 2x8192x1024 1.279 -> 1.264; 4x8192x768 1.215 -> 1.242 and 2x2048x4096 1.225 -> 1.233, the two it slows.
+# In one pass (16x2048x768) 6 deep was slower (1.159 -> 1.239, a sweep), so not there
 EMA_FWD_SEG_STAGES = 6
 # The EMA forward's traces are 3/4 of its bytes and are not read back by it: their stores are
 # marked evict_first, so that they leave L2 before the input does (notes/kernels.md)
