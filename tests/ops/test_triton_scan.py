@@ -172,7 +172,7 @@ def _lfilter_ema(xn: np.ndarray, gn: np.ndarray) -> tuple[list[np.ndarray], np.n
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_default_plan_warm_up_segments_vs_float64(dtype):
+def test_ema_default_plan_warm_up_segments_vs_float64(dtype):
     """The default plans at few channels and long T (warmed-up segments, at this GPU's SM count),
     forward and backward, against float64 IIR filters and, elementwise, the exact two passes."""
     B, T, D = 2, 65536, 40
