@@ -301,15 +301,15 @@ def test_ema_fwd_launches_follow_the_planner(ops, monkeypatch, cfg):
         assert grid == (nd, nseg, B)
         assert args[8:] == (T, D, 3 * D, seglen, nseg, 0 if warm is None else max(warm))
     assert dict(launches[-1][3])["WARM"] == (warm is not None) and dict(launches[-1][3])["COMBINE"] == two_pass
-    # the default plan's warm-up segments run their own steps deeper; a given config keeps its depths
-    deep = cfg is None and warm is not None
-    assert dict(launches[-1][3])["STAGES"] == (plan.EMA_FWD_SEG_STAGES if deep else c.stages) != 0
+    # warm-up segments run their own steps at the config's seg_stages where it has one; else at stages
+    deep = warm is not None and c.seg_stages is not None
+    assert dict(launches[-1][3])["STAGES"] == (c.seg_stages if deep else c.stages) != 0
     assert dict(launches[-1][3])["WSTAGES"] == c.warm_stages
 
 
 def test_ema_fwd_deepens_only_the_default_plans_warm_up_segments(ops, monkeypatch):
     """One pass (B16 T300 D768), two passes (B1 T4097 D33) and the backward keep the table's depth;
-    the forward's default warm-up segments (B1 T65536 D33) take plan.EMA_FWD_SEG_STAGES."""
+    the forward's default warm-up segments (B1 T65536 D33) take the narrow config's seg_stages."""
     stages = {}
     for op, B, T, D in (("ema_fwd", 16, 300, 768), ("ema_fwd", 1, 4097, 33), ("ema_fwd", 1, 65536, 33),
                         ("ema_bwd", 1, 65536, 33)):
@@ -317,7 +317,7 @@ def test_ema_fwd_deepens_only_the_default_plans_warm_up_segments(ops, monkeypatc
         stages[op, T] = [dict(k)["STAGES"] for _, _, _, k in launches]
     assert stages["ema_fwd", 300] == [plan.choose(None, plan.EMA_FWD, 16, 768, SMS).stages]
     assert stages["ema_fwd", 4097] == [plan.EMA_FWD[-1].stages] * 2  # two passes
-    assert stages["ema_fwd", 65536] == [plan.EMA_FWD_SEG_STAGES] != [plan.EMA_FWD[-1].stages]
+    assert stages["ema_fwd", 65536] == [plan.EMA_FWD[-1].seg_stages] != [plan.EMA_FWD[-1].stages]
     assert set(stages["ema_bwd", 65536]) == {plan.EMA_BWD[-1].stages}
 
 

@@ -50,6 +50,9 @@ def test_tile_config_rejects_bad_shapes():
         plan.TileConfig(block=48)
     with pytest.raises(ValueError, match="stages"):
         plan.TileConfig(stages=0)
+    with pytest.raises(ValueError, match="seg_stages"):
+        plan.TileConfig(seg_stages=0)
+    assert plan.TileConfig().seg_stages is None  # unset: segments keep ``stages``
 
 
 def test_selective_forward_takes_two_warp_programs_only_in_one_pass():

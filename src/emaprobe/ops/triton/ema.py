@@ -39,11 +39,11 @@ under 2**-24, float32's resolution of it; where the kernel writes bf16 (float16)
 resolution (``plan.warm_bits``). So each segment first scans the W steps before
 it from zero, storing nothing, then its own steps from that incoming state (``WARM``):
 one pass that re-reads W of every SEGLEN >= W steps of input; the backward warms each
-timescale's gradient over its own W_k. The default plan's forward pipelines a warmed-up segment's
-own steps ``plan.EMA_FWD_SEG_STAGES`` deep. This is the old trick of starting an IIR filter's
-blocks early and letting the transient die. Where no such W exists (a decay near 1) or
-the segments would be too few, two passes run instead: pass 1 scans each segment from
-zero and keeps only its end state; pass 2 first carries the initial state over the end
+timescale's gradient over its own W_k. The forward pipelines a warmed-up segment's own steps
+``TileConfig.seg_stages`` deep where the config sets it (the default plan's: 6). This is the
+old trick of starting an IIR filter's blocks early and letting the transient die. Where no such
+W exists (a decay near 1) or the segments would be too few, two passes run instead: pass 1
+scans each segment from zero and keeps only its end state; pass 2 first carries the initial state over the end
 states of the segments before its own (``COMBINE``), then rescans its segment from that
 true incoming state (the "state passing" of chunked linear attention and Mamba-2, Dao &
 Gu 2024). H100, B=1 T=65536: forward 0.163 ms warmed up, 0.200 in two passes.
@@ -90,7 +90,6 @@ from emaprobe.ops.triton.common import (
 from emaprobe.ops.triton.plan import (
     EMA_BWD,
     EMA_FWD,
-    EMA_FWD_SEG_STAGES,
     EMA_OUT_POLICY,
     WARM_BITS,
     TileConfig,
@@ -519,10 +518,9 @@ def _ema_fwd_launch(B: int, T: int, D: int, alphas: tuple[float, ...], has_h0: b
     S = len(alphas)
     if T == 0 or B * D == 0:
         return _Launch(S, None, (), False, (), {})
-    given = cfg
     cfg, nd, nseg, seglen, warm, two_pass = _segmented(cfg, EMA_FWD, B, T, D, alphas, sms, bits)
-    if given is None and warm is not None:  # the default plan's warm-up segments: their own steps deeper
-        cfg = replace(cfg, stages=EMA_FWD_SEG_STAGES)
+    if warm is not None and cfg.seg_stages is not None:  # warmed-up segments: their own steps at their depth
+        cfg = replace(cfg, stages=cfg.seg_stages)
     groups = []
     for (dec, dec64, alp), s0 in zip(_coefs(alphas, device).groups, range(0, S, GROUP)):
         kw = dict(_tile_constants(cfg, D, min(GROUP, S - s0)), OUT_POLICY=EMA_OUT_POLICY)

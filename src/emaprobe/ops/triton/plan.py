@@ -28,6 +28,8 @@ class TileConfig:
     asynchronous copies ``stages - 1`` iterations ahead); ``warm_stages`` the same for the
     warm-up loops below, which hold no outputs and go deeper (6 against 4: B=1 T=65536 EMA
     forward 0.167 against 0.168 ms, backward 0.182 against 0.186; 8 was slower).
+    ``seg_stages`` (the EMA forward): the same for a segment's own steps where segments warm up
+    (None: ``stages``); one pass and two passes keep ``stages``.
     ``min_programs``: below this many (batch x channel-block) programs the time axis is
     cut into segments (two passes, one extra read of the input) to fill the GPU;
     0 means: split below ``SPLIT_BELOW_PER_SM`` warps per SM, into enough segments for
@@ -50,10 +52,11 @@ class TileConfig:
     split: bool | None = None
     warmup: bool | None = None
     warm_stages: int = 6
+    seg_stages: int | None = None
 
     def __post_init__(self):
-        for name in ("stages", "warm_stages"):
-            if getattr(self, name) < 1:
+        for name in ("stages", "warm_stages", "seg_stages"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"TileConfig.{name}={getattr(self, name)} must be at least 1")
         if self.block % (32 * self.vec * self.num_warps):
             # a warp's 32 lanes must lie along channels, so that a tile's CT rows stay in one thread
@@ -80,7 +83,13 @@ class TileConfig:
 # and three warps (B=8 T=2048 D=1024 1.338 -> 1.293x), which in turn beat two warps (B=4 T=8192 D=768
 # 1.290 against 1.383x; notes/kernels.md, "selective forward, shorter tiles", "warm-up segments, the
 # SMs filled once").
-EMA_FWD = (TileConfig(ct=16, block=128, vec=4, stages=4), TileConfig(ct=32, block=128, num_warps=2, vec=2, stages=4))
+# The narrow forward's segments that warm up run their own steps 6 deep (``seg_stages``). H100, the grid command
+# twice against the tree before, alternated in one call (notes/kernels.md, "the EMA forward's warm-up segments,
+# 6 deep"), means of two runs: 1x65536x256 1.314 -> 1.282x the floor, 8x8192x256 1.295 -> 1.275, 2x8192x1024
+# 1.279 -> 1.264; 4x8192x768 1.215 -> 1.242 and 2x2048x4096 1.225 -> 1.233, the two it slows. In one pass
+# (16x2048x768) 6 deep was slower (1.159 -> 1.239, a sweep), so ``stages`` stays 4 there
+EMA_FWD = (TileConfig(ct=16, block=128, vec=4, stages=4),
+           TileConfig(ct=32, block=128, num_warps=2, vec=2, stages=4, seg_stages=6))
 EMA_BWD = (TileConfig(ct=16, block=128, vec=4, stages=3), TileConfig(ct=16, block=64, vec=2, stages=4))
 LIN_FWD = (TileConfig(ct=32, block=128, num_warps=2, vec=2, stages=4), TileConfig(ct=16, block=64, vec=2, stages=4))
 LIN_BWD = (TileConfig(ct=16, block=64, vec=2, stages=3),)
@@ -122,13 +131,6 @@ WARM_MARGIN_BITS = 8
 # (decays under 0.878 on average forget within it: 0.878**128 = 2**-24). Outputs of fewer bits warm
 # up over proportionally fewer steps to their ``warm_bits`` (``lin_warm_steps``)
 LIN_WARM_STEPS = 128
-# Where the default plan's EMA forward cuts time into segments that warm up, each segment's own steps
-# run this deep (its warm-up runs ``warm_stages``); one pass keeps ``stages``. H100, the grid command twice
-# against the tree before, alternated in one call (notes/kernels.md, "the EMA forward's warm-up segments,
-# 6 deep"), means of two runs: 1x65536x256 1.314 -> 1.282x the floor, 8x8192x256 1.295 -> 1.275,
-# 2x8192x1024 1.279 -> 1.264; 4x8192x768 1.215 -> 1.242 and 2x2048x4096 1.225 -> 1.233, the two it slows.
-# In one pass (16x2048x768) 6 deep was slower (1.159 -> 1.239, a sweep), so not there
-EMA_FWD_SEG_STAGES = 6
 # The EMA forward's traces are 3/4 of its bytes and are not read back by it: their stores are
 # marked evict_first, so that they leave L2 before the input does (notes/kernels.md)
 EMA_OUT_POLICY = "evict_first"
