@@ -299,7 +299,9 @@ def test_ema_fwd_launches_follow_the_planner(ops, monkeypatch, cfg):
     assert len(launches) == 1 + two_pass
     for name, grid, args, kwargs in launches:
         assert grid == (nd, nseg, B)
-        assert args[8:] == (T, D, 3 * D, seglen, nseg, 0 if warm is None else max(warm))
+        assert args[8:] == (T, seglen, nseg, 0 if warm is None else max(warm))
+        # the row strides are constants of the compiled kernel (immediates in its addresses)
+        assert dict(kwargs)["D"] == D and dict(kwargs)["SD"] == 3 * D
     assert dict(launches[-1][3])["WARM"] == (warm is not None) and dict(launches[-1][3])["COMBINE"] == two_pass
     # warm-up segments run their own steps at the config's seg_stages where it has one; else at stages
     deep = warm is not None and c.seg_stages is not None
@@ -493,7 +495,8 @@ def test_warm_ups_keep_the_bits_of_what_the_kernel_writes(ops, monkeypatch, op):
         assert warm == plan.warm_steps(ALPHAS, WARM.ct, bits) and nseg > 1
         # the forward warms x up once, as long as its slowest timescale needs; the backward each gradient
         warmlens = (max(warm),) if op == "ema_fwd" else (*warm, 0)
-        assert launches[-1][2][8:] == (T, D, 3 * D, seglen, nseg, *warmlens)
+        head = (T, seglen, nseg) if op == "ema_fwd" else (T, D, 3 * D, seglen, nseg)  # the forward's D, SD: constants
+        assert launches[-1][2][8:] == (*head, *warmlens)
     assert plan.warm_steps(ALPHAS, 1, 16) == [16, 106, 549] and plan.warm_steps(ALPHAS, 1) == [24, 158, 824]
 
 

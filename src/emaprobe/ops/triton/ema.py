@@ -178,11 +178,22 @@ def _ema_fwd_one(x, live, h, dec, alp, k: tl.constexpr, o_ptr, o_off, m, D, rows
                  CT: tl.constexpr, STORE_OUT: tl.constexpr, SEV: tl.constexpr):
     # timescale k of a (CT, BD) tile: scan, add the carried state, store, return the new carry
     a = tl.where(live, dec, 1.0)  # padded rows decay by 1 and add 0: the last row is the end state
-    u = alp * x + tl.where((rows == 0)[:, None], dec * h[None, :], 0.0)  # the carry enters at row 0
+    ax = alp * x
+    u = tl.where((rows == 0)[:, None], ax + dec * h[None, :], ax)  # the carry enters at row 0
     _, hh = tl.associative_scan((a, u), 0, combine)
     if STORE_OUT:
         tl.store(o_ptr + k * D + o_off, hh.to(o_ptr.dtype.element_ty), mask=m, eviction_policy=SEV)
     return last_row(hh, rows, CT - 1)
+
+
+@triton.jit
+def _ema_warm_one(x, live, g, dec, rows, CT: tl.constexpr):
+    # a warm-up's timescale, in units of its alpha (g = h / alpha: g_t = dec g_{t-1} + x_t), one
+    # multiply-add an element against two; nothing is stored, and the caller scales the end state once
+    a = tl.where(live, dec, 1.0)
+    u = tl.where((rows == 0)[:, None], x + dec * g[None, :], x)
+    _, gg = tl.associative_scan((a, u), 0, combine)
+    return last_row(gg, rows, CT - 1)
 
 
 @triton.jit
@@ -191,13 +202,22 @@ def _ema_fwd_tile(x_ptr, o_ptr, x_off, o_off, m, live, h0, h1, h2, h3, d0, d1, d
     # one (CT, BD) tile of x, every timescale: load, scan, store (L2 eviction policy SEV); returns
     # the carried states
     x = tl.load(x_ptr + x_off, mask=m, other=0.0).to(tl.float32)
-    h0 = _ema_fwd_one(x, live, h0, d0, a0, 0, o_ptr, o_off, m, D, rows, CT, STORE_OUT, SEV)
-    if NS > 1:
-        h1 = _ema_fwd_one(x, live, h1, d1, a1, 1, o_ptr, o_off, m, D, rows, CT, STORE_OUT, SEV)
-    if NS > 2:
-        h2 = _ema_fwd_one(x, live, h2, d2, a2, 2, o_ptr, o_off, m, D, rows, CT, STORE_OUT, SEV)
-    if NS > 3:
-        h3 = _ema_fwd_one(x, live, h3, d3, a3, 3, o_ptr, o_off, m, D, rows, CT, STORE_OUT, SEV)
+    if STORE_OUT:
+        h0 = _ema_fwd_one(x, live, h0, d0, a0, 0, o_ptr, o_off, m, D, rows, CT, STORE_OUT, SEV)
+        if NS > 1:
+            h1 = _ema_fwd_one(x, live, h1, d1, a1, 1, o_ptr, o_off, m, D, rows, CT, STORE_OUT, SEV)
+        if NS > 2:
+            h2 = _ema_fwd_one(x, live, h2, d2, a2, 2, o_ptr, o_off, m, D, rows, CT, STORE_OUT, SEV)
+        if NS > 3:
+            h3 = _ema_fwd_one(x, live, h3, d3, a3, 3, o_ptr, o_off, m, D, rows, CT, STORE_OUT, SEV)
+    else:  # a warm-up (or pass 1): the states in units of alpha (``_ema_warm_one``)
+        h0 = _ema_warm_one(x, live, h0, d0, rows, CT)
+        if NS > 1:
+            h1 = _ema_warm_one(x, live, h1, d1, rows, CT)
+        if NS > 2:
+            h2 = _ema_warm_one(x, live, h2, d2, rows, CT)
+        if NS > 3:
+            h3 = _ema_warm_one(x, live, h3, d3, rows, CT)
     return h0, h1, h2, h3
 
 
@@ -227,7 +247,8 @@ def _ema_fwd_span(x_ptr, o_ptr, x_off, o_off, m, h0, h1, h2, h3, d0, d1, d2, d3,
 @triton.jit
 def _ema_fwd_kernel(
     X, OUT, HIN, HEND, ENDS, DEC, DEC64, ALP,
-    T, D, SD, SEGLEN, NSEG, WARMLEN,
+    T, SEGLEN, NSEG, WARMLEN,
+    D: tl.constexpr, SD: tl.constexpr,
     NS: tl.constexpr, CT: tl.constexpr, BD: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
     HAS_HIN: tl.constexpr, STORE_OUT: tl.constexpr, COMBINE: tl.constexpr, WARM: tl.constexpr,
     EVEN_D: tl.constexpr, WSTAGES: tl.constexpr, OUT_POLICY: tl.constexpr, STORE_STATE: tl.constexpr,
@@ -242,8 +263,11 @@ def _ema_fwd_kernel(
     over the WARMLEN steps before it (from HIN at t = 0 if they reach it), pipelined WSTAGES
     deep; SEGLEN and WARMLEN are multiples of CT. OUT_POLICY: the L2 eviction policy of the
     trace stores (``EMA_OUT_POLICY``). STORE_STATE False: the end state is not stored (nobody
-    asked for it; HEND is then any pointer).
+    asked for it; HEND is then any pointer). STORE_OUT False (pass 1) scans from zero.
+    D and SD are constants of the compiled kernel, so that a tile's row and timescale offsets are
+    immediates of its loads and stores (module docstring).
     """
+    tl.static_assert(STORE_OUT or not (HAS_HIN or COMBINE or WARM), "a scan that stores nothing starts from zero")
     pid_d = tl.program_id(0)
     seg = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
@@ -270,8 +294,9 @@ def _ema_fwd_kernel(
     d0, d1, d2, d3 = _load_coefs(DEC, NS)
     a0, a1, a2, a3 = _load_coefs(ALP, NS)
     t_start = seg * SEGLEN
-    x_off = rows[:, None] * D + offs_d[None, :]  # (CT, BD)
-    o_off = rows[:, None] * SD + offs_d[None, :]
+    # 64-bit offsets: with D and SD constant, each row's part is then an immediate of its address
+    x_off = rows[:, None].to(tl.int64) * D + offs_d[None, :].to(tl.int64)  # (CT, BD)
+    o_off = rows[:, None].to(tl.int64) * SD + offs_d[None, :].to(tl.int64)
     m = tl.broadcast_to(mask_d[None, :], (CT, BD))
     if WARM:  # x is shared: one warm-up, as long as the slowest timescale needs (each its own was slower)
         w0 = tl.maximum(t_start - WARMLEN, 0)
@@ -280,11 +305,31 @@ def _ema_fwd_kernel(
             h1 = h0
             h2 = h0
             h3 = h0
-        h0, h1, h2, h3 = _ema_fwd_span(X + (b * T + w0) * D, OUT, x_off, o_off, m, h0, h1, h2, h3, d0, d1, d2, d3,
-                                       a0, a1, a2, a3, D, SD, rows, t_start - w0, NS, CT, BD, WSTAGES, False, "")
+        # in units of alpha from zero (``_ema_warm_one``), then h = alpha g + dec^n h(w0), where h(w0) is
+        # the initial state at w0 = 0 and zero after
+        n = t_start - w0
+        g0, g1, g2, g3 = _ema_fwd_span(X + (b * T + w0) * D, OUT, x_off, o_off, m, tl.zeros_like(h0), tl.zeros_like(h0),
+                                       tl.zeros_like(h0), tl.zeros_like(h0), d0, d1, d2, d3, a0, a1, a2, a3, D, SD,
+                                       rows, n, NS, CT, BD, WSTAGES, False, "")
+        if HAS_HIN:
+            q0, q1, q2, q3 = _seg_decays(DEC64, n, NS)
+            h0 = a0 * g0 + q0 * h0
+            h1 = a1 * g1 + q1 * h1
+            h2 = a2 * g2 + q2 * h2
+            h3 = a3 * g3 + q3 * h3
+        else:
+            h0 = a0 * g0
+            h1 = a1 * g1
+            h2 = a2 * g2
+            h3 = a3 * g3
     h0, h1, h2, h3 = _ema_fwd_span(X + (b * T + t_start) * D, OUT + (b * T + t_start) * SD, x_off, o_off, m,
                                    h0, h1, h2, h3, d0, d1, d2, d3, a0, a1, a2, a3, D, SD, rows,
                                    segment_length(seg, SEGLEN, T), NS, CT, BD, STAGES, STORE_OUT, OUT_POLICY)
+    if not STORE_OUT:  # pass 1 scanned in units of alpha from zero
+        h0 = a0 * h0
+        h1 = a1 * h1
+        h2 = a2 * h2
+        h3 = a3 * h3
     if STORE_STATE:
         _store_state(HEND + st, h0, h1, h2, h3, mask_d, D, NS)
 
@@ -523,10 +568,10 @@ def _ema_fwd_launch(B: int, T: int, D: int, alphas: tuple[float, ...], has_h0: b
         cfg = replace(cfg, stages=cfg.seg_stages)
     groups = []
     for (dec, dec64, alp), s0 in zip(_coefs(alphas, device).groups, range(0, S, GROUP)):
-        kw = dict(_tile_constants(cfg, D, min(GROUP, S - s0)), OUT_POLICY=EMA_OUT_POLICY)
+        kw = dict(_tile_constants(cfg, D, min(GROUP, S - s0)), OUT_POLICY=EMA_OUT_POLICY, D=D, SD=S * D)
         # x is shared: one warm-up long enough for the group's slowest timescale
         warmlen = 0 if warm is None else max(warm[s0:s0 + GROUP])
-        args = (dec, dec64, alp, T, D, S * D, seglen, nseg, warmlen)
+        args = (dec, dec64, alp, T, seglen, nseg, warmlen)
         pass1 = dict(kw, HAS_HIN=False, STORE_OUT=False, COMBINE=False, WARM=False, STORE_STATE=True)
         scan = dict(kw, HAS_HIN=has_h0, STORE_OUT=True, COMBINE=two_pass, WARM=warm is not None, STORE_STATE=state)
         grid = (nd, nseg, B)
