@@ -166,8 +166,8 @@ def test_first_segment_takes_the_steps_the_others_spend_warming_up():
         for nseg in (2, 3, 5, 8, 13):
             for warm in (96, 576, 832):
                 for ct in (16, 32):
-                    seglen = -(-(-(-T // nseg)) // ct) * ct
-                    if -(-T // seglen) != nseg:
+                    seglen = ((T + nseg - 1) // nseg + ct - 1) // ct * ct  # the even cut
+                    if (T + seglen - 1) // seglen != nseg:
                         continue
                     rest, first = plan.first_segment(T, nseg, seglen, warm, ct, 0.5)
                     if (rest, first) == (seglen, seglen):  # the even cut (its last segment the short one)

@@ -233,7 +233,8 @@ def first_segment(T: int, nseg: int, seglen: int, warm: int, ct: int,
     cost = WARM_STEP_COST if cost is None else cost
     if nseg < 2 or warm <= 0 or cost <= 0:
         return seglen, seglen
-    rest = -(-(-(-(T - int(cost * warm)) // nseg)) // ct) * ct
+    rest = (T - int(cost * warm) + nseg - 1) // nseg
+    rest = (rest + ct - 1) // ct * ct  # a multiple of CT
     first = T - (nseg - 1) * rest
     if rest >= seglen or first < rest:
         return seglen, seglen
