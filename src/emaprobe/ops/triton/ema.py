@@ -56,6 +56,14 @@ the carry at T.
 The state is float32 throughout; outputs are written in the requested dtype (the
 input's), so bf16 in means bf16 traces out and half the bytes of float32.
 
+**Instructions a tile** (the forward, sm_90 SASS of the two-warp 32-row tile). D and S*D are
+constants of the compiled kernel and a tile's offsets 64-bit, so each row's and timescale's offset
+is an immediate of its load or store rather than two integer additions; a warm-up (and pass 1) scans
+in units of alpha (g = h / alpha: one multiply-add an element against two) and scales its end state
+once; the carry enters row 0 by a select (``u + 0`` elsewhere would be an addition: -0 + 0 = +0).
+Warm-up 614 -> 369 instructions a tile, a segment's own steps 1059 -> 777; on the H200 the grid's
+shapes 1-5% faster (notes/kernels.md, "fewer instructions a tile"). A new D compiles anew.
+
 **Host work.** A launch plan (tiles, segments, warm-ups, grid, every scalar and constant
 argument, the coefficient tensors' views) is made once per (shape, alphas, initial state or
 not, device and its SM count, tile config) and kept in ``cache.py``; an eager call then
