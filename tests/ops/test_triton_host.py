@@ -297,9 +297,11 @@ def test_ema_fwd_launches_follow_the_planner(ops, monkeypatch, cfg):
     nseg, seglen, warm = plan.ema_plan(c, B * nd, T, ALPHAS, SMS)
     two_pass = nseg > 1 and warm is None
     assert len(launches) == 1 + two_pass
+    # segments that warm up: the first (none) longer by the others' warm-up cost
+    seglen, first = (seglen, seglen) if warm is None else plan.first_segment(T, nseg, seglen, max(warm), c.ct)
     for name, grid, args, kwargs in launches:
         assert grid == (nd, nseg, B)
-        assert args[8:] == (T, seglen, nseg, 0 if warm is None else max(warm))
+        assert args[8:] == (T, seglen, first, nseg, 0 if warm is None else max(warm))
         # the row strides are constants of the compiled kernel (immediates in its addresses)
         assert dict(kwargs)["D"] == D and dict(kwargs)["SD"] == 3 * D
     assert dict(launches[-1][3])["WARM"] == (warm is not None) and dict(launches[-1][3])["COMBINE"] == two_pass
@@ -495,7 +497,9 @@ def test_warm_ups_keep_the_bits_of_what_the_kernel_writes(ops, monkeypatch, op):
         assert warm == plan.warm_steps(ALPHAS, WARM.ct, bits) and nseg > 1
         # the forward warms x up once, as long as its slowest timescale needs; the backward each gradient
         warmlens = (max(warm),) if op == "ema_fwd" else (*warm, 0)
-        head = (T, seglen, nseg) if op == "ema_fwd" else (T, D, 3 * D, seglen, nseg)  # the forward's D, SD: constants
+        # the forward's D, SD: constants; its first segment longer (``plan.first_segment``)
+        head = (T, *plan.first_segment(T, nseg, seglen, max(warm), WARM.ct), nseg) if op == "ema_fwd" else (
+            T, D, 3 * D, seglen, nseg)
         assert launches[-1][2][8:] == (*head, *warmlens)
     assert plan.warm_steps(ALPHAS, 1, 16) == [16, 106, 549] and plan.warm_steps(ALPHAS, 1) == [24, 158, 824]
 

@@ -151,3 +151,27 @@ def test_linear_scan_forward_warms_up_four_warps_an_sm():
     assert cfg.num_warps == 1 and cfg.ct == 16
     programs = 4 * 768 // cfg.block
     assert plan.warm_plan(cfg, programs, 8192, plan.LIN_WARM_STEPS, 132, plan.LIN_WARM_WARPS_PER_SM) == (11, 752)
+
+
+def test_first_segment_takes_the_steps_the_others_spend_warming_up():
+    """Segments that warm up are shorter by the warm-up's cost over NSEG; the first, which has no warm-up,
+    takes the rest: every segment's work (own steps plus cost times warm-up steps) is then at most the
+    even cut's, the segments still tile T, and the later ones stay multiples of CT."""
+    assert plan.first_segment(2048, 2, 1024, 576, 32, 0.5) == (896, 1152)  # the grid's T2048 shapes
+    assert plan.first_segment(2048, 1, 2048, 576, 32, 0.5) == (2048, 2048)  # one segment
+    assert plan.first_segment(2048, 2, 1024, 0, 32, 0.5) == (1024, 1024)  # nothing warms up
+    assert plan.first_segment(2048, 2, 1024, 576, 32, 0.0) == (1024, 1024)
+    assert plan.first_segment(65536, 64, 1024, 576, 32, 0.5) == (1024, 1024)  # no shorter multiple of CT
+    for T in (1000, 2048, 4097, 8192, 65536):
+        for nseg in (2, 3, 5, 8, 13):
+            for warm in (96, 576, 832):
+                for ct in (16, 32):
+                    seglen = ((T + nseg - 1) // nseg + ct - 1) // ct * ct  # the even cut
+                    if (T + seglen - 1) // seglen != nseg:
+                        continue
+                    rest, first = plan.first_segment(T, nseg, seglen, warm, ct, 0.5)
+                    if (rest, first) == (seglen, seglen):  # the even cut (its last segment the short one)
+                        continue
+                    assert first + (nseg - 1) * rest == T and rest % ct == 0 and first >= rest
+                    even = max(min(seglen, T), 0.5 * warm + seglen)
+                    assert max(first, 0.5 * warm + rest) <= even

@@ -40,7 +40,8 @@ resolution (``plan.warm_bits``). So each segment first scans the W steps before
 it from zero, storing nothing, then its own steps from that incoming state (``WARM``):
 one pass that re-reads W of every SEGLEN >= W steps of input; the backward warms each
 timescale's gradient over its own W_k. The forward pipelines a warmed-up segment's own steps
-``TileConfig.seg_stages`` deep where the config sets it (the default plan's: 6). This is the
+``TileConfig.seg_stages`` deep where the config sets it (the default plan's: 6), and gives the first
+segment, which needs no warm-up, the steps the others spend warming up (``plan.first_segment``). This is the
 old trick of starting an IIR filter's blocks early and letting the transient die. Where no such
 W exists (a decay near 1) or the segments would be too few, two passes run instead: pass 1
 scans each segment from zero and keeps only its end state; pass 2 first carries the initial state over the end
@@ -103,6 +104,7 @@ from emaprobe.ops.triton.plan import (
     TileConfig,
     choose,
     ema_plan,
+    first_segment,
 )
 
 # ---------------------------------------------------------------------------- kernels
@@ -255,7 +257,7 @@ def _ema_fwd_span(x_ptr, o_ptr, x_off, o_off, m, h0, h1, h2, h3, d0, d1, d2, d3,
 @triton.jit
 def _ema_fwd_kernel(
     X, OUT, HIN, HEND, ENDS, DEC, DEC64, ALP,
-    T, SEGLEN, NSEG, WARMLEN,
+    T, SEGLEN, FIRST, NSEG, WARMLEN,
     D: tl.constexpr, SD: tl.constexpr,
     NS: tl.constexpr, CT: tl.constexpr, BD: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
     HAS_HIN: tl.constexpr, STORE_OUT: tl.constexpr, COMBINE: tl.constexpr, WARM: tl.constexpr,
@@ -269,7 +271,8 @@ def _ema_fwd_kernel(
     carried over every earlier segment's end state from zero, ENDS (written by pass 1).
     WARM (segments in one pass): the segment's incoming state is scanned, unstored, from zero
     over the WARMLEN steps before it (from HIN at t = 0 if they reach it), pipelined WSTAGES
-    deep; SEGLEN and WARMLEN are multiples of CT. OUT_POLICY: the L2 eviction policy of the
+    deep; the first segment, which has none, is FIRST steps long, the others SEGLEN
+    (``plan.first_segment``; FIRST = SEGLEN in two passes); SEGLEN and WARMLEN are multiples of CT. OUT_POLICY: the L2 eviction policy of the
     trace stores (``EMA_OUT_POLICY``). STORE_STATE False: the end state is not stored (nobody
     asked for it; HEND is then any pointer). STORE_OUT False (pass 1) scans from zero.
     D and SD are constants of the compiled kernel, so that a tile's row and timescale offsets are
@@ -301,7 +304,8 @@ def _ema_fwd_kernel(
     # per-timescale coefficients, loaded once: a load inside the loop would sit on its critical path
     d0, d1, d2, d3 = _load_coefs(DEC, NS)
     a0, a1, a2, a3 = _load_coefs(ALP, NS)
-    t_start = seg * SEGLEN
+    t_start = tl.where(seg == 0, 0, FIRST + (seg - 1) * SEGLEN)
+    n_seg = tl.minimum(tl.where(seg == 0, FIRST, SEGLEN), T - t_start)
     # 64-bit offsets: with D and SD constant, each row's part is then an immediate of its address
     x_off = rows[:, None].to(tl.int64) * D + offs_d[None, :].to(tl.int64)  # (CT, BD)
     o_off = rows[:, None].to(tl.int64) * SD + offs_d[None, :].to(tl.int64)
@@ -332,7 +336,7 @@ def _ema_fwd_kernel(
             h3 = a3 * g3
     h0, h1, h2, h3 = _ema_fwd_span(X + (b * T + t_start) * D, OUT + (b * T + t_start) * SD, x_off, o_off, m,
                                    h0, h1, h2, h3, d0, d1, d2, d3, a0, a1, a2, a3, D, SD, rows,
-                                   segment_length(seg, SEGLEN, T), NS, CT, BD, STAGES, STORE_OUT, OUT_POLICY)
+                                   n_seg, NS, CT, BD, STAGES, STORE_OUT, OUT_POLICY)
     if not STORE_OUT:  # pass 1 scanned in units of alpha from zero
         h0 = a0 * h0
         h1 = a1 * h1
@@ -346,7 +350,8 @@ def _ema_fwd_kernel(
 def _ema_bwd_one(u, keep, g, dec, rows, CT: tl.constexpr):
     a = tl.where(keep, dec, 1.0)
     # the carry enters at row 0 with that row's coefficient
-    u = u.to(tl.float32) + tl.where((rows == 0)[:, None], a * g[None, :], 0.0)
+    u = u.to(tl.float32)
+    u = tl.where((rows == 0)[:, None], u + a * g[None, :], u)  # (u + 0 is an addition: -0 + 0 = +0)
     _, gg = tl.associative_scan((a, u), 0, combine)
     return gg, last_row(gg, rows, CT - 1)
 
@@ -572,14 +577,18 @@ def _ema_fwd_launch(B: int, T: int, D: int, alphas: tuple[float, ...], has_h0: b
     if T == 0 or B * D == 0:
         return _Launch(S, None, (), False, (), {})
     cfg, nd, nseg, seglen, warm, two_pass = _segmented(cfg, EMA_FWD, B, T, D, alphas, sms, bits)
-    if warm is not None and cfg.seg_stages is not None:  # warmed-up segments: their own steps at their depth
-        cfg = replace(cfg, stages=cfg.seg_stages)
+    first = seglen
+    if warm is not None:
+        if cfg.seg_stages is not None:  # warmed-up segments: their own steps at their depth
+            cfg = replace(cfg, stages=cfg.seg_stages)
+        # the first segment has no warm-up: it runs longer, the others shorter
+        seglen, first = first_segment(T, nseg, seglen, max(warm), cfg.ct)
     groups = []
     for (dec, dec64, alp), s0 in zip(_coefs(alphas, device).groups, range(0, S, GROUP)):
         kw = dict(_tile_constants(cfg, D, min(GROUP, S - s0)), OUT_POLICY=EMA_OUT_POLICY, D=D, SD=S * D)
         # x is shared: one warm-up long enough for the group's slowest timescale
         warmlen = 0 if warm is None else max(warm[s0:s0 + GROUP])
-        args = (dec, dec64, alp, T, seglen, nseg, warmlen)
+        args = (dec, dec64, alp, T, seglen, first, nseg, warmlen)
         pass1 = dict(kw, HAS_HIN=False, STORE_OUT=False, COMBINE=False, WARM=False, STORE_STATE=True)
         scan = dict(kw, HAS_HIN=has_h0, STORE_OUT=True, COMBINE=two_pass, WARM=warm is not None, STORE_STATE=state)
         grid = (nd, nseg, B)

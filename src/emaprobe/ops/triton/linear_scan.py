@@ -99,7 +99,8 @@ def _lin_fwd_tile(a_ptr, u_ptr, o_ptr, x_ptr, a_off, u_off, o_off, x_off, m, h, 
     else:
         a = tl.load(a_ptr + a_off, mask=m, other=1.0).to(tl.float32)
         u = tl.load(u_ptr + u_off, mask=m, other=0.0).to(tl.float32)
-    u += tl.where((rows == 0)[:, None], a * h[None, :], 0.0)  # the carry enters at row 0
+    # the carry enters at row 0; a select, not u + 0 elsewhere (an addition the compiler keeps: -0 + 0 = +0)
+    u = tl.where((rows == 0)[:, None], u + a * h[None, :], u)
     acum, hh = tl.associative_scan((a, u), 0, combine)
     if STORE_OUT:
         tl.store(o_ptr + o_off, hh.to(o_ptr.dtype.element_ty), mask=m)
@@ -252,7 +253,7 @@ def _lin_bwd_tile(a_ptr, g_ptr, h_ptr, ga_ptr, gb_ptr, u_ptr, x_ptr, gx_ptr, a_o
         xv = tl.load(x_ptr + x_off, mask=m, other=0.0).to(tl.float32)
         at, _, st, it = _gates(la, lg, xv, ba, bg)
         at = tl.where(m, at, 1.0)  # rows past the segment carry k unchanged (their dy is 0)
-        u += tl.where((rows == 0)[:, None], g[None, :], 0.0)  # the carry k_{t+1} joins dy at row 0
+        u = tl.where((rows == 0)[:, None], u + g[None, :], u)  # the carry k_{t+1} joins dy at row 0
         one = tl.full(u.shape, 1.0, tl.float32)
         acum, kk, _, kx = tl.associative_scan((at, at * u, one, tl.full(u.shape, -0.0, tl.float32)), 0, combine_excl)
         if STORE_OUT:
@@ -270,7 +271,7 @@ def _lin_bwd_tile(a_ptr, g_ptr, h_ptr, ga_ptr, gb_ptr, u_ptr, x_ptr, gx_ptr, a_o
         carry = last_row(kk, rows, CT - 1)
     else:
         a = tl.load(a_ptr + a_off, mask=ma, other=1.0).to(tl.float32)
-        u += tl.where((rows == 0)[:, None], a * g[None, :], 0.0)  # the carry enters at row 0
+        u = tl.where((rows == 0)[:, None], u + a * g[None, :], u)  # the carry enters at row 0
         acum, gg = tl.associative_scan((a, u), 0, combine)
         if STORE_OUT:
             tl.store(gb_ptr + c_off, gg.to(gb_ptr.dtype.element_ty), mask=m)

@@ -126,6 +126,11 @@ WARM_WARPS_PER_SM = 2
 LIN_WARM_WARPS_PER_SM = 4
 WARM_BITS = 24
 WARM_MARGIN_BITS = 8
+# A segment that warms up first scans its warm-up, reading x alone and storing nothing: WARM_STEP_COST of
+# one of its own steps each. Only the first segment has none, so the EMA forward gives it that much more
+# of its own steps (``first_segment``) and a launch's programs end together: at two segments (T = 2048
+# in the grid) the others are about 10% shorter
+WARM_STEP_COST = 0.5
 # linear_scan's decays are data: its segments warm up over this many steps, and a tile where some
 # channel's decays there multiply to more than 2**-24 is rescanned from its exact incoming state
 # (decays under 0.878 on average forget within it: 0.878**128 = 2**-24). Outputs of fewer bits warm
@@ -216,6 +221,24 @@ def warm_plan(cfg: TileConfig, programs: int, T: int, warm: int, sms: int,
     if nseg == 1 or (nseg * warps_run < sms and not cfg.warmup):
         return None
     return nseg, seglen
+
+
+def first_segment(T: int, nseg: int, seglen: int, warm: int, ct: int,
+                  cost: float | None = None) -> tuple[int, int]:
+    """(SEGLEN, FIRST) for NSEG segments of which all but the first warm up over ``warm`` steps, each
+    ``cost`` (default WARM_STEP_COST) of a step of their own: the later segments SEGLEN steps long (a
+    multiple of ``ct``), the first the rest, FIRST = T - (NSEG - 1) SEGLEN, so that every segment's
+    program does about the same work. (seglen, seglen), the plan's even cut, where nothing warms up or
+    where that would not shorten the later segments."""
+    cost = WARM_STEP_COST if cost is None else cost
+    if nseg < 2 or warm <= 0 or cost <= 0:
+        return seglen, seglen
+    rest = (T - int(cost * warm) + nseg - 1) // nseg
+    rest = (rest + ct - 1) // ct * ct  # a multiple of CT
+    first = T - (nseg - 1) * rest
+    if rest >= seglen or first < rest:
+        return seglen, seglen
+    return rest, first
 
 
 def ema_plan(cfg: TileConfig, programs: int, T: int, alphas, sms: int,
