@@ -129,8 +129,10 @@ WARM_MARGIN_BITS = 8
 # A segment that warms up first scans its warm-up, reading x alone and storing nothing: WARM_STEP_COST of
 # one of its own steps each. Only the first segment has none, so the EMA forward gives it that much more
 # of its own steps (``first_segment``) and a launch's programs end together: at two segments (T = 2048
-# in the grid) the others are about 10% shorter
-WARM_STEP_COST = 0.5
+# in the grid) the others are about 10% shorter. H100, the EMA forward at the grid's T2048 shapes
+# (notes/kernels.md, "a longer first segment"): 0.75 took 3-5% off against an even cut, 0.5 1-4%;
+# 1.0 slowed the T8192 shapes by 2-7%
+WARM_STEP_COST = 0.75
 # linear_scan's decays are data: its segments warm up over this many steps, and a tile where some
 # channel's decays there multiply to more than 2**-24 is rescanned from its exact incoming state
 # (decays under 0.878 on average forget within it: 0.878**128 = 2**-24). Outputs of fewer bits warm
