@@ -5,10 +5,10 @@ plot, and the CLI's checks on --grid and --tag."""
 from __future__ import annotations
 
 import pytest
-
 import torch
 
 from emaprobe.cli import main
+from emaprobe.experiments import bench_scan
 from emaprobe.experiments import bench_scan_cuda as bench
 from emaprobe.experiments.common import check_tag
 
@@ -125,11 +125,37 @@ def test_plot_adds_a_gated_panel_for_rows_with_gated_figures(tmp_path, monkeypat
 @pytest.mark.parametrize(("args", "message"), [
     (["--grid"], "add --device cuda"),
     (["--tag", "one"], "add --device cuda"),
-    (["--device", "cuda", "--grid", "--shape", "1x8x8"], "drop --shape"),
+    (["--device", "cuda", "--grid", "--shape", "1x8x8"], "add --tag"),
+    (["--device", "cuda", "--grid", "--sweep"], "drop --sweep"),
 ])
 def test_bench_scan_grid_and_tag_misuse_is_named(args, message, capsys):
     assert main(["bench", "scan", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_bench_scan_grid_times_the_shapes_asked_for(monkeypatch):
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(bench, "run_grid", lambda **kw: asked.append(kw))
+    monkeypatch.setattr(bench_scan, "memory_bytes", lambda device: 2**30)  # (no CUDA device here to ask)
+    assert main(["bench", "scan", "--device", "cuda", "--grid", "--shape", "2x16x8", "--shape", "1x32x4",
+                 "--tag", "two"]) == 0
+    assert main(["bench", "scan", "--device", "cuda", "--grid"]) == 0
+    assert [(kw["shapes"], kw["tag"]) for kw in asked] == [([(2, 16, 8), (1, 32, 4)], "two"), (None, None)]
+
+
+def test_run_grid_names_its_files_by_card_and_tag_and_records_its_shapes(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "_checked_start", lambda alphas: (None, "Some Card", 1e12, {}))
+    row = dict(ours_ema_fwd_ms=0.05, ours_sel_fwd_ms=0.04, x_ema_fwd_vs_floor=1.2, x_sel_fwd_vs_floor=1.25,
+               x_stream_ema_vs_floor=1.05, x_stream_sel_vs_floor=1.08)
+    monkeypatch.setattr(bench, "grid_row", lambda ts, shape, alphas, bw: dict(row, B=shape[0], T=shape[1], D=shape[2]))
+    monkeypatch.setitem(__import__("sys").modules, "triton", type("T", (), {"__version__": "x"}))
+    result = bench.run_grid(out_dir=tmp_path, shapes=[(2, 16, 8)], tag="t2")
+    assert result["grid"] == {"shapes": ["2x16x8"]}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scan_grid_some-card_t2.json", "scan_grid_some-card_t2.png"]
+    assert bench.run_grid(shapes=[(2, 16, 8)])["grid"] == {"shapes": ["2x16x8"]}
+    with pytest.raises(ValueError, match="letters, digits"):
+        bench.run_grid(shapes=[(2, 16, 8)], tag="../x")
 
 
 def test_tags_become_file_names_only_when_safe():
@@ -148,7 +174,11 @@ def test_write_puts_the_json_and_the_drawing_beside_each_other(tmp_path, capsys)
 
 
 def test_sweep_configs_are_valid_tiles_and_cover_few_warp_launches():
-    from emaprobe.experiments.bench_scan_cuda import SWEEP, SWEEP_FEW_WARPS, sweep_configs
+    from emaprobe.experiments.bench_scan_cuda import (
+        SWEEP,
+        SWEEP_FEW_WARPS,
+        sweep_configs,
+    )
     from emaprobe.ops.triton.plan import TileConfig  # pure Python: no Triton needed
 
     cfgs = sweep_configs(TileConfig)

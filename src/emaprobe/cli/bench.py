@@ -14,6 +14,8 @@ SCAN_EXAMPLES = """\
                                                 Triton kernels against the copy-bandwidth floor
   emaprobe bench scan --device cuda --grid --out results/bench
                                                 the forwards over 16 shapes, time / floor heat maps
+  emaprobe bench scan --device cuda --grid --shape 32x2048x256 --shape 8x2048x1024 --tag t2048
+                                                two of them, in files of their own
   emaprobe bench scan --device cuda --shape 16x2048x768 --no-peers --tag host
                                                 one shape, in files of its own
 """
@@ -135,8 +137,11 @@ def _scan(args: argparse.Namespace) -> int:
     _check_out(args.out)
     if args.device != "cuda" and (args.grid or args.tag):
         raise ValueError("--grid and --tag are for the CUDA benchmark: add --device cuda")
-    if args.grid and (args.shape or args.sweep or args.tag):
-        raise ValueError("--grid times its own shapes into scan_grid_<card>.json: drop --shape, --sweep and --tag")
+    if args.grid and args.sweep:
+        raise ValueError("--grid times the forwards only, without tile sweeps: drop --sweep")
+    if args.grid and args.shape and not args.tag:
+        raise ValueError("--grid with --shape times those shapes only: add --tag, so that scan_grid_<card>.json "
+                         "keeps the whole grid's figures")
     if args.device == "cuda":
         if args.repeats is not None:
             raise ValueError("--repeats is for the CPU benchmark; the CUDA one times CUDA-graph replays its own way")
@@ -144,11 +149,11 @@ def _scan(args: argparse.Namespace) -> int:
             raise ValueError("--device cuda: no CUDA device is visible to torch")
         from emaprobe.experiments.bench_scan_cuda import run_cuda, run_grid
 
-        if args.grid:
-            run_grid(out_dir=args.out)
-            return 0
         if args.shape:
             check_shapes_fit(shapes, "cuda")
+        if args.grid:
+            run_grid(out_dir=args.out, shapes=shapes if args.shape else None, tag=args.tag)
+            return 0
         run_cuda(shapes if args.shape else None, out_dir=args.out, do_sweep=args.sweep,
                  peers=not args.no_peers, loop=not args.no_loop, warp=not args.no_warp, tag=args.tag)
         return 0
@@ -212,9 +217,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--grid", action="store_true",
                    help="instead: the EMA and selective forwards (graphed) against their floors over T 512-65536, "
                         "D 256-4096, B*T*D >= 2^24, beside a streaming kernel of the same bytes; writes "
-                        "scan_grid_<card>.json and .png (about a minute)")
-    g.add_argument("--tag", help="a suffix for the file names, scan_cuda_<card>_<tag>.json, so a run of one shape "
-                                 "does not replace the default shapes' figures (letters, digits, - and _)")
+                        "scan_grid_<card>.json and .png (about a minute); with --shape (and --tag) those "
+                        "shapes only")
+    g.add_argument("--tag", help="a suffix for the file names, scan_cuda_<card>_<tag>.json (scan_grid_<card>_<tag> "
+                                 "with --grid), so a run of one shape does not replace the default shapes' figures "
+                                 "(letters, digits, - and _)")
     s.set_defaults(func=_scan)
 
     f = bsub.add_parser(

@@ -843,9 +843,13 @@ def _checked_start(alphas) -> tuple[SimpleNamespace, str, float, dict]:
     return ts, card, bw, errs
 
 
-def run_grid(alphas=DEFAULT_ALPHAS, out_dir: str | Path | None = None, shapes=None) -> dict:
-    """``--grid``: the EMA and selective forwards over ``grid_shapes()``, after the float64 checks;
-    writes ``scan_grid_<card>.json`` and ``.png`` into ``out_dir``."""
+def run_grid(alphas=DEFAULT_ALPHAS, out_dir: str | Path | None = None, shapes=None, tag: str | None = None) -> dict:
+    """``--grid``: the EMA and selective forwards over ``shapes`` (default ``grid_shapes()``), after the
+    float64 checks; writes ``scan_grid_<card>[_<tag>].json`` and ``.png`` into ``out_dir``."""
+    check_tag(tag)
+    grid = {"T": list(GRID_TS), "D": list(GRID_DS), "min_elems": GRID_MIN_ELEMS}
+    if shapes is not None:  # the shapes asked for, not the grid's
+        grid = {"shapes": ["x".join(map(str, s)) for s in shapes]}
     shapes = grid_shapes() if shapes is None else shapes
     ts, card, bw, errs = _checked_start(alphas)
     rows = []
@@ -859,12 +863,13 @@ def run_grid(alphas=DEFAULT_ALPHAS, out_dir: str | Path | None = None, shapes=No
     print(grid_verdict(rows))
     result = run_record(benchmark="scan-cuda-grid", card=card, copy_bandwidth_Bps=bw, alphas=list(alphas), checks=errs,
                         rows=rows, triton=__import__("triton").__version__, floor_target=FLOOR_TARGET,
-                        grid={"T": list(GRID_TS), "D": list(GRID_DS), "min_elems": GRID_MIN_ELEMS},
+                        grid=grid,
                         timing="median per call of CUDA-graph replays (triton.testing.do_bench_cudagraph); "
                                "stream_*: torch.neg over bf16 moving the same bytes, graphed (stream_peer_ms)",
                         eager_fallbacks=sorted(set(EAGER_FALLBACKS)))
     if out_dir is not None:
-        write_result(Path(out_dir) / f"scan_grid_{card_slug(card)}", result, lambda path: plot_grid(rows, card, path))
+        stem = f"scan_grid_{card_slug(card)}" + (f"_{tag}" if tag else "")
+        write_result(Path(out_dir) / stem, result, lambda path: plot_grid(rows, card, path))
     return result
 
 
