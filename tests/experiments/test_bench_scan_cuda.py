@@ -4,7 +4,11 @@ plot, and the CLI's checks on --grid and --tag."""
 
 from __future__ import annotations
 
+import sys
+import types
+
 import pytest
+
 import torch
 
 from emaprobe.cli import main
@@ -149,7 +153,7 @@ def test_run_grid_names_its_files_by_card_and_tag_and_records_its_shapes(tmp_pat
     row = dict(ours_ema_fwd_ms=0.05, ours_sel_fwd_ms=0.04, x_ema_fwd_vs_floor=1.2, x_sel_fwd_vs_floor=1.25,
                x_stream_ema_vs_floor=1.05, x_stream_sel_vs_floor=1.08)
     monkeypatch.setattr(bench, "grid_row", lambda ts, shape, alphas, bw: dict(row, B=shape[0], T=shape[1], D=shape[2]))
-    monkeypatch.setitem(__import__("sys").modules, "triton", type("T", (), {"__version__": "x"}))
+    monkeypatch.setitem(sys.modules, "triton", types.SimpleNamespace(__version__="x"))  # what the JSON records
     result = bench.run_grid(out_dir=tmp_path, shapes=[(2, 16, 8)], tag="t2")
     assert result["grid"] == {"shapes": ["2x16x8"]}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scan_grid_some-card_t2.json", "scan_grid_some-card_t2.png"]
@@ -174,11 +178,7 @@ def test_write_puts_the_json_and_the_drawing_beside_each_other(tmp_path, capsys)
 
 
 def test_sweep_configs_are_valid_tiles_and_cover_few_warp_launches():
-    from emaprobe.experiments.bench_scan_cuda import (
-        SWEEP,
-        SWEEP_FEW_WARPS,
-        sweep_configs,
-    )
+    from emaprobe.experiments.bench_scan_cuda import SWEEP, SWEEP_FEW_WARPS, sweep_configs
     from emaprobe.ops.triton.plan import TileConfig  # pure Python: no Triton needed
 
     cfgs = sweep_configs(TileConfig)

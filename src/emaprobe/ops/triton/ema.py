@@ -41,8 +41,8 @@ it from zero, storing nothing, then its own steps from that incoming state (``WA
 one pass that re-reads W of every SEGLEN >= W steps of input; the backward warms each
 timescale's gradient over its own W_k. The forward pipelines a warmed-up segment's own steps
 ``TileConfig.seg_stages`` deep where the config sets it (the default plan's: 6), and gives the first
-segment, which needs no warm-up, the steps the others spend warming up (``plan.first_segment``). This is the
-old trick of starting an IIR filter's blocks early and letting the transient die. Where no such
+segment, which needs no warm-up, the steps the others spend warming up (``plan.first_segment``).
+This is the old trick of starting an IIR filter's blocks early and letting the transient die. Where no such
 W exists (a decay near 1) or the segments would be too few, two passes run instead: pass 1
 scans each segment from zero and keeps only its end state; pass 2 first carries the initial state over the end
 states of the segments before its own (``COMBINE``), then rescans its segment from that
@@ -272,8 +272,8 @@ def _ema_fwd_kernel(
     WARM (segments in one pass): the segment's incoming state is scanned, unstored, from zero
     over the WARMLEN steps before it (from HIN at t = 0 if they reach it), pipelined WSTAGES
     deep; the first segment, which has none, is FIRST steps long, the others SEGLEN
-    (``plan.first_segment``; FIRST = SEGLEN in two passes); SEGLEN and WARMLEN are multiples of CT. OUT_POLICY: the L2 eviction policy of the
-    trace stores (``EMA_OUT_POLICY``). STORE_STATE False: the end state is not stored (nobody
+    (``plan.first_segment``; FIRST = SEGLEN in two passes); SEGLEN and WARMLEN are multiples of CT.
+    OUT_POLICY: the L2 eviction policy of the trace stores (``EMA_OUT_POLICY``). STORE_STATE False: the end state is not stored (nobody
     asked for it; HEND is then any pointer). STORE_OUT False (pass 1) scans from zero.
     D and SD are constants of the compiled kernel, so that a tile's row and timescale offsets are
     immediates of its loads and stores (module docstring).
