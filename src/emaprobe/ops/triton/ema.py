@@ -184,15 +184,21 @@ def _seg_decays(DEC64, n, NS: tl.constexpr):
 
 
 @triton.jit
-def _ema_fwd_one(x, live, h, dec, alp, k: tl.constexpr, o_ptr, o_off, m, D, rows,
-                 CT: tl.constexpr, STORE_OUT: tl.constexpr, SEV: tl.constexpr):
-    # timescale k of a (CT, BD) tile: scan, add the carried state, store, return the new carry
-    a = tl.where(live, dec, 1.0)  # padded rows decay by 1 and add 0: the last row is the end state
-    ax = alp * x
-    u = tl.where((rows == 0)[:, None], ax + dec * h[None, :], ax)  # the carry enters at row 0
+def _ema_scan_one(u, a, h, dec, rows):
+    # one timescale of a (CT, BD) tile: h_t = a_t h_{t-1} + u_t down its rows from the carry h, where a is dec,
+    # or 1 on padded rows (which add 0: the last row is then the end state)
+    u = tl.where((rows == 0)[:, None], u + dec * h[None, :], u)  # the carry enters at row 0 (u + 0: -0 + 0 = +0)
     _, hh = tl.associative_scan((a, u), 0, combine)
-    if STORE_OUT:
-        tl.store(o_ptr + k * D + o_off, hh.to(o_ptr.dtype.element_ty), mask=m, eviction_policy=SEV)
+    return hh
+
+
+@triton.jit
+def _ema_fwd_one(x, live, h, dec, alp, k: tl.constexpr, o_ptr, o_off, m, D, rows, CT: tl.constexpr,
+                 SEV: tl.constexpr):
+    # timescale k of a tile: scan alpha x, store, return the new carry
+    a = tl.where(live, dec, 1.0)
+    hh = _ema_scan_one(alp * x, a, h, dec, rows)
+    tl.store(o_ptr + k * D + o_off, hh.to(o_ptr.dtype.element_ty), mask=m, eviction_policy=SEV)
     return last_row(hh, rows, CT - 1)
 
 
@@ -201,9 +207,7 @@ def _ema_warm_one(x, live, g, dec, rows, CT: tl.constexpr):
     # a warm-up's timescale, in units of its alpha (g = h / alpha: g_t = dec g_{t-1} + x_t), one
     # multiply-add an element against two; nothing is stored, and the caller scales the end state once
     a = tl.where(live, dec, 1.0)
-    u = tl.where((rows == 0)[:, None], x + dec * g[None, :], x)
-    _, gg = tl.associative_scan((a, u), 0, combine)
-    return last_row(gg, rows, CT - 1)
+    return last_row(_ema_scan_one(x, a, g, dec, rows), rows, CT - 1)
 
 
 @triton.jit
@@ -213,13 +217,13 @@ def _ema_fwd_tile(x_ptr, o_ptr, x_off, o_off, m, live, h0, h1, h2, h3, d0, d1, d
     # the carried states
     x = tl.load(x_ptr + x_off, mask=m, other=0.0).to(tl.float32)
     if STORE_OUT:
-        h0 = _ema_fwd_one(x, live, h0, d0, a0, 0, o_ptr, o_off, m, D, rows, CT, STORE_OUT, SEV)
+        h0 = _ema_fwd_one(x, live, h0, d0, a0, 0, o_ptr, o_off, m, D, rows, CT, SEV)
         if NS > 1:
-            h1 = _ema_fwd_one(x, live, h1, d1, a1, 1, o_ptr, o_off, m, D, rows, CT, STORE_OUT, SEV)
+            h1 = _ema_fwd_one(x, live, h1, d1, a1, 1, o_ptr, o_off, m, D, rows, CT, SEV)
         if NS > 2:
-            h2 = _ema_fwd_one(x, live, h2, d2, a2, 2, o_ptr, o_off, m, D, rows, CT, STORE_OUT, SEV)
+            h2 = _ema_fwd_one(x, live, h2, d2, a2, 2, o_ptr, o_off, m, D, rows, CT, SEV)
         if NS > 3:
-            h3 = _ema_fwd_one(x, live, h3, d3, a3, 3, o_ptr, o_off, m, D, rows, CT, STORE_OUT, SEV)
+            h3 = _ema_fwd_one(x, live, h3, d3, a3, 3, o_ptr, o_off, m, D, rows, CT, SEV)
     else:  # a warm-up (or pass 1): the states in units of alpha (``_ema_warm_one``)
         h0 = _ema_warm_one(x, live, h0, d0, rows, CT)
         if NS > 1:
@@ -273,8 +277,9 @@ def _ema_fwd_kernel(
     over the WARMLEN steps before it (from HIN at t = 0 if they reach it), pipelined WSTAGES
     deep; the first segment, which has none, is FIRST steps long, the others SEGLEN
     (``plan.first_segment``; FIRST = SEGLEN in two passes); SEGLEN and WARMLEN are multiples of CT.
-    OUT_POLICY: the L2 eviction policy of the trace stores (``EMA_OUT_POLICY``). STORE_STATE False: the end state is not stored (nobody
-    asked for it; HEND is then any pointer). STORE_OUT False (pass 1) scans from zero.
+    OUT_POLICY: the L2 eviction policy of the trace stores (``EMA_OUT_POLICY``). STORE_STATE False:
+    the end state is not stored (nobody asked for it; HEND is then any pointer). STORE_OUT False
+    (pass 1) scans from zero.
     D and SD are constants of the compiled kernel, so that a tile's row and timescale offsets are
     immediates of its loads and stores (module docstring).
     """
