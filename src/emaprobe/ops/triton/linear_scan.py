@@ -85,10 +85,10 @@ def _gates(la, lg, xv, ba, bg):
 
 
 @triton.jit
-def _lin_fwd_tile(a_ptr, u_ptr, o_ptr, x_ptr, a_off, u_off, o_off, x_off, m, h, aprod, ba, bg, rows,
-                  CT: tl.constexpr, STORE_OUT: tl.constexpr, STORE_AEND: tl.constexpr, GATED: tl.constexpr):
-    # one (CT, BF) tile; masked rows load a = 1, u = 0 (they carry the state unchanged). GATED: a_ptr and
-    # u_ptr hold the decay and input-gate logits, and a, u come from ``_gates`` with x
+def _lin_fwd_load(a_ptr, u_ptr, x_ptr, a_off, u_off, x_off, m, ba, bg, GATED: tl.constexpr):
+    # a (CT, BF) tile's decays and inputs, float32; masked rows load a = 1, u = 0 (they carry the state
+    # unchanged). GATED: a_ptr and u_ptr hold the decay and input-gate logits, and a, u come from ``_gates``
+    # with x
     if GATED:
         la = tl.load(a_ptr + a_off, mask=m, other=0.0).to(tl.float32)
         lg = tl.load(u_ptr + u_off, mask=m, other=0.0).to(tl.float32)
@@ -99,6 +99,13 @@ def _lin_fwd_tile(a_ptr, u_ptr, o_ptr, x_ptr, a_off, u_off, o_off, x_off, m, h, 
     else:
         a = tl.load(a_ptr + a_off, mask=m, other=1.0).to(tl.float32)
         u = tl.load(u_ptr + u_off, mask=m, other=0.0).to(tl.float32)
+    return a, u
+
+
+@triton.jit
+def _lin_fwd_scan(a, u, o_ptr, o_off, m, h, aprod, rows, CT: tl.constexpr, STORE_OUT: tl.constexpr,
+                  STORE_AEND: tl.constexpr):
+    # a loaded tile: scan from the carry h, store; returns the new carry and the decays' product
     # the carry enters at row 0; a select, not u + 0 elsewhere (an addition the compiler keeps: -0 + 0 = +0)
     u = tl.where((rows == 0)[:, None], u + a * h[None, :], u)
     acum, hh = tl.associative_scan((a, u), 0, combine)
@@ -107,6 +114,14 @@ def _lin_fwd_tile(a_ptr, u_ptr, o_ptr, x_ptr, a_off, u_off, o_off, x_off, m, h, 
     if STORE_AEND:
         aprod = aprod * last_row(acum, rows, CT - 1)
     return last_row(hh, rows, CT - 1), aprod
+
+
+@triton.jit
+def _lin_fwd_tile(a_ptr, u_ptr, o_ptr, x_ptr, a_off, u_off, o_off, x_off, m, h, aprod, ba, bg, rows,
+                  CT: tl.constexpr, STORE_OUT: tl.constexpr, STORE_AEND: tl.constexpr, GATED: tl.constexpr):
+    # one (CT, BF) tile: load, scan, store
+    a, u = _lin_fwd_load(a_ptr, u_ptr, x_ptr, a_off, u_off, x_off, m, ba, bg, GATED)
+    return _lin_fwd_scan(a, u, o_ptr, o_off, m, h, aprod, rows, CT, STORE_OUT, STORE_AEND)
 
 
 @triton.jit
@@ -126,6 +141,36 @@ def _lin_fwd_span(a_ptr, u_ptr, o_ptr, x_ptr, a_off, u_off, o_off, x_off, m, h, 
                                  o_off, x_off, m & (rows < n - last)[:, None], h, aprod, ba, bg, rows, CT, STORE_OUT,
                                  STORE_AEND, GATED)
     return h, aprod
+
+
+@triton.jit
+def _lin_fwd_warm_span(a_ptr, u_ptr, o_ptr, x_ptr, a_off, u_off, o_off, x_off, m, h, ba, bg, rows, nw, n, s_at,
+                       s_ut, s_xt, F, CT: tl.constexpr, BF: tl.constexpr, STAGES: tl.constexpr,
+                       STORE_OUT: tl.constexpr, GATED: tl.constexpr):
+    # a warmed-up segment: nw steps (a multiple of CT) just before the pointers, unstored, from h, then its n
+    # own steps, in one pipelined loop (as two loops, the tiles in flight ran dry where the warm-up ended).
+    # Returns the end state, the warm-up's decay product, the state it ended in, and the own decays' product
+    one = tl.full((BF,), 1.0, tl.float32)
+    pw = one
+    aprod = one
+    h_in = h
+    lo, hi, last, tail = tile_plan(n, CT, False, False)
+    for i0 in tl.range(lo - nw, hi, CT, num_stages=STAGES):
+        i = tl.cast(i0, tl.int64)
+        # the loads outside the branches, where Triton's pipeliner takes them
+        a, u = _lin_fwd_load(a_ptr + i * s_at, u_ptr + i * s_ut, x_ptr + i * s_xt, a_off, u_off, x_off, m, ba, bg,
+                             GATED)
+        if i0 < 0:
+            h, pw = _lin_fwd_scan(a, u, o_ptr, o_off, m, h, pw, rows, CT, False, True)
+            h_in = h
+        else:
+            h, aprod = _lin_fwd_scan(a, u, o_ptr + i * F, o_off, m, h, aprod, rows, CT, STORE_OUT, True)
+    if tail:
+        i = tl.cast(last, tl.int64)
+        h, aprod = _lin_fwd_tile(a_ptr + i * s_at, u_ptr + i * s_ut, o_ptr + i * F, x_ptr + i * s_xt, a_off, u_off,
+                                 o_off, x_off, m & (rows < n - last)[:, None], h, aprod, ba, bg, rows, CT, STORE_OUT,
+                                 True, GATED)
+    return h, pw, h_in, aprod
 
 
 @triton.jit
@@ -201,19 +246,23 @@ def _lin_fwd_kernel(
         m = tl.broadcast_to(mask_f[None, :], (CT, BF))
         one = tl.full((BF,), 1.0, tl.float32)
         x_off, ba, bg, x_b = _gate_args(X, BA, BG, b, offs_f, mask_f, rows, s_xb, s_xt, DX, GATED, XV, VEC)
-        if WARM:
+        a_seg = A + b * s_ab + t_start * s_at
+        u_seg = U + b * s_ub + t_start * s_ut
+        o_seg = OUT + (b * T + t_start) * F
+        n_seg = segment_length(seg, SEGLEN, T)
+        if WARM:  # the WARMLEN steps before the segment (a multiple of CT), then its own, in one loop
             w0 = tl.maximum(t_start - WARMLEN, 0)
             h = tl.where(w0 > 0, 0.0, h)
-            h, pw = _lin_fwd_span(A + b * s_ab + w0 * s_at, U + b * s_ub + w0 * s_ut, OUT, x_b + w0 * s_xt, a_off,
-                                  u_off, o_off, x_off, m, h, one, ba, bg, rows, t_start - w0, s_at, s_ut, s_xt, F, CT,
-                                  BF, WSTAGES, False, True, GATED)
+            h, pw, h_in, aprod = _lin_fwd_warm_span(a_seg, u_seg, o_seg, x_b + t_start * s_xt, a_off, u_off, o_off,
+                                                    x_off, m, h, ba, bg, rows, t_start - w0, n_seg, s_at, s_ut, s_xt,
+                                                    F, CT, BF, STAGES, STORE_OUT, GATED)
             lost = (w0 > 0) & (tl.abs(pw) > LOST) & mask_f
             tl.store(FLAGS + flag_off, tl.max(lost.to(tl.int32), axis=0))
-        h_in = h
-        h, aprod = _lin_fwd_span(A + b * s_ab + t_start * s_at, U + b * s_ub + t_start * s_ut,
-                                 OUT + (b * T + t_start) * F, x_b + t_start * s_xt, a_off, u_off, o_off, x_off, m, h,
-                                 one, ba, bg, rows, segment_length(seg, SEGLEN, T), s_at, s_ut, s_xt, F, CT, BF,
-                                 STAGES, STORE_OUT, STORE_AEND | WARM, GATED)
+        else:
+            h_in = h
+            h, aprod = _lin_fwd_span(a_seg, u_seg, o_seg, x_b + t_start * s_xt, a_off, u_off, o_off, x_off, m, h,
+                                     one, ba, bg, rows, n_seg, s_at, s_ut, s_xt, F, CT, BF, STAGES, STORE_OUT,
+                                     STORE_AEND, GATED)
         if STORE_STATE:
             tl.store(HEND + state_off, h, mask=mask_f)
         if STORE_AEND:
