@@ -216,14 +216,6 @@ def _ema_fwd_tile(x_ptr, o_ptr, x_off, o_off, m, live, h0, h1, h2, h3, d0, d1, d
     # one (CT, BD) tile of x, every timescale: load, scan, store (L2 eviction policy SEV); returns
     # the carried states
     x = tl.load(x_ptr + x_off, mask=m, other=0.0).to(tl.float32)
-    return _ema_fwd_scan(x, o_ptr, o_off, m, live, h0, h1, h2, h3, d0, d1, d2, d3, a0, a1, a2, a3, D, rows, NS, CT,
-                         STORE_OUT, SEV)
-
-
-@triton.jit
-def _ema_fwd_scan(x, o_ptr, o_off, m, live, h0, h1, h2, h3, d0, d1, d2, d3, a0, a1, a2, a3, D, rows,
-                  NS: tl.constexpr, CT: tl.constexpr, STORE_OUT: tl.constexpr, SEV: tl.constexpr):
-    # a loaded tile x (float32), every timescale: scan and store (``_ema_fwd_tile``)
     if STORE_OUT:
         h0 = _ema_fwd_one(x, live, h0, d0, a0, 0, o_ptr, o_off, m, D, rows, CT, SEV)
         if NS > 1:
@@ -264,50 +256,6 @@ def _ema_fwd_span(x_ptr, o_ptr, x_off, o_off, m, h0, h1, h2, h3, d0, d1, d2, d3,
         h0, h1, h2, h3 = _ema_fwd_tile(x_ptr + i * D, o_ptr + i * SD, x_off, o_off, m & live, live, h0, h1, h2, h3,
                                        d0, d1, d2, d3, a0, a1, a2, a3, D, rows, NS, CT, STORE_OUT, SEV)
     return h0, h1, h2, h3
-
-
-@triton.jit
-def _to_state(g0, g1, g2, g3, h0, h1, h2, h3, a0, a1, a2, a3, q0, q1, q2, q3, HAS_HIN: tl.constexpr):
-    # a warm-up's end state, in units of alpha from zero, to the state: alpha g + dec^n h(w0), where h(w0) is
-    # the initial state where the warm-up reaches t = 0 (q = dec^n) and nothing after
-    if HAS_HIN:
-        return a0 * g0 + q0 * h0, a1 * g1 + q1 * h1, a2 * g2 + q2 * h2, a3 * g3 + q3 * h3
-    return a0 * g0, a1 * g1, a2 * g2, a3 * g3
-
-
-@triton.jit
-def _ema_fwd_warm_span(x_ptr, o_ptr, x_off, o_off, m, g0, g1, g2, g3, h0, h1, h2, h3, q0, q1, q2, q3,
-                       d0, d1, d2, d3, a0, a1, a2, a3, D, SD, rows, nw, n, NS: tl.constexpr, CT: tl.constexpr,
-                       BD: tl.constexpr, STAGES: tl.constexpr, SEV: tl.constexpr, HAS_HIN: tl.constexpr):
-    # a warmed-up segment: nw (a multiple of CT) warm-up steps just before x_ptr, from g (units of alpha),
-    # then n steps of its own, stored, in one pipelined loop: as two loops, the tiles in flight ran dry
-    # where the warm-up ended and refilled before the first own tile. h (q = dec^nw) as in ``_to_state``;
-    # with nw = 0 the state is already h.
-    lo, hi, last, tail = tile_plan(n, CT, False, False)
-    live = tl.full((CT, BD), 1, tl.int1)
-    s0, s1, s2, s3 = _to_state(g0, g1, g2, g3, h0, h1, h2, h3, a0, a1, a2, a3, q0, q1, q2, q3, HAS_HIN)
-    g0 = tl.where(nw == 0, s0, g0)
-    g1 = tl.where(nw == 0, s1, g1)
-    g2 = tl.where(nw == 0, s2, g2)
-    g3 = tl.where(nw == 0, s3, g3)
-    for i0 in tl.range(lo - nw, hi, CT, num_stages=STAGES):
-        i = tl.cast(i0, tl.int64)
-        x = tl.load(x_ptr + i * D + x_off, mask=m, other=0.0).to(tl.float32)  # outside the branches: pipelined
-        if i0 < 0:  # the warm-up: nothing stored; after its last tile, the state
-            g0, g1, g2, g3 = _ema_fwd_scan(x, o_ptr, o_off, m, live, g0, g1, g2, g3, d0, d1, d2, d3,
-                                           a0, a1, a2, a3, D, rows, NS, CT, False, SEV)
-            if i0 == -CT:
-                g0, g1, g2, g3 = _to_state(g0, g1, g2, g3, h0, h1, h2, h3, a0, a1, a2, a3, q0, q1, q2, q3,
-                                           HAS_HIN)
-        else:
-            g0, g1, g2, g3 = _ema_fwd_scan(x, o_ptr + i * SD, o_off, m, live, g0, g1, g2, g3, d0, d1, d2, d3,
-                                           a0, a1, a2, a3, D, rows, NS, CT, True, SEV)
-    if tail:  # the last, partial tile: padded rows decay by 1 and add 0
-        i = tl.cast(last, tl.int64)
-        live = tl.broadcast_to((rows < n - last)[:, None], (CT, BD))
-        g0, g1, g2, g3 = _ema_fwd_tile(x_ptr + i * D, o_ptr + i * SD, x_off, o_off, m & live, live, g0, g1, g2, g3,
-                                       d0, d1, d2, d3, a0, a1, a2, a3, D, rows, NS, CT, True, SEV)
-    return g0, g1, g2, g3
 
 
 @triton.jit
@@ -379,32 +327,25 @@ def _ema_fwd_kernel(
             h2 = h0
             h3 = h0
         # in units of alpha from zero (``_ema_warm_one``), then h = alpha g + dec^n h(w0), where h(w0) is
-        # the initial state at w0 = 0 and zero after; a warm-up that reaches t = 0 may not be a whole
-        # number of tiles: its first r steps are one masked tile, before the loop
+        # the initial state at w0 = 0 and zero after
         n = t_start - w0
-        r = n % CT
-        g0 = tl.zeros_like(h0)
-        g1 = g0
-        g2 = g0
-        g3 = g0
-        if r > 0:
-            head = tl.broadcast_to((rows < r)[:, None], (CT, BD))
-            g0, g1, g2, g3 = _ema_fwd_tile(X + (b * T + w0) * D, OUT, x_off, o_off, m & head, head, g0, g1, g2, g3,
-                                           d0, d1, d2, d3, a0, a1, a2, a3, D, rows, NS, CT, False, "")
-        q0 = d0
-        q1 = d1
-        q2 = d2
-        q3 = d3
+        g0, g1, g2, g3 = _ema_fwd_span(X + (b * T + w0) * D, OUT, x_off, o_off, m, tl.zeros_like(h0), tl.zeros_like(h0),
+                                       tl.zeros_like(h0), tl.zeros_like(h0), d0, d1, d2, d3, a0, a1, a2, a3, D, SD,
+                                       rows, n, NS, CT, BD, WSTAGES, False, "")
         if HAS_HIN:
             q0, q1, q2, q3 = _seg_decays(DEC64, n, NS)
-        h0, h1, h2, h3 = _ema_fwd_warm_span(X + (b * T + t_start) * D, OUT + (b * T + t_start) * SD, x_off, o_off,
-                                            m, g0, g1, g2, g3, h0, h1, h2, h3, q0, q1, q2, q3, d0, d1, d2, d3,
-                                            a0, a1, a2, a3, D, SD, rows, n - r, n_seg, NS, CT, BD, STAGES,
-                                            OUT_POLICY, HAS_HIN)
-    else:
-        h0, h1, h2, h3 = _ema_fwd_span(X + (b * T + t_start) * D, OUT + (b * T + t_start) * SD, x_off, o_off, m,
-                                       h0, h1, h2, h3, d0, d1, d2, d3, a0, a1, a2, a3, D, SD, rows,
-                                       n_seg, NS, CT, BD, STAGES, STORE_OUT, OUT_POLICY)
+            h0 = a0 * g0 + q0 * h0
+            h1 = a1 * g1 + q1 * h1
+            h2 = a2 * g2 + q2 * h2
+            h3 = a3 * g3 + q3 * h3
+        else:
+            h0 = a0 * g0
+            h1 = a1 * g1
+            h2 = a2 * g2
+            h3 = a3 * g3
+    h0, h1, h2, h3 = _ema_fwd_span(X + (b * T + t_start) * D, OUT + (b * T + t_start) * SD, x_off, o_off, m,
+                                   h0, h1, h2, h3, d0, d1, d2, d3, a0, a1, a2, a3, D, SD, rows,
+                                   n_seg, NS, CT, BD, STAGES, STORE_OUT, OUT_POLICY)
     if not STORE_OUT:  # pass 1 scanned in units of alpha from zero
         h0 = a0 * h0
         h1 = a1 * h1
