@@ -15,8 +15,13 @@ fewer bits, ``plan.lin_warm_steps``: 96 for bf16), and each tile records whether
 decays over the warm-up multiplied to more than 2**-bits (2**-24; 2**-16 for bf16, ``plan.warm_bits``:
 the dropped state still counts). A second launch (``FIXUP``) rescans only those tiles, from their exact
 incoming state; every other program of it returns at once. So the result is right whatever
-the decays, and fast where they forget (H100, B=1 T=65536: 0.190 -> 0.127 ms). The backward
-runs two passes, as described in ``ema.py``.
+the decays, and fast where they forget (H100, B=1 T=65536: 0.190 -> 0.127 ms). A segment's
+warm-up and its own steps are one pipelined loop over consecutive tiles, the loads ahead of the branch
+that scans a warm-up tile or scans and stores an own one (``_lin_fwd_warm_span``): as two loops, each
+filled and drained a pipeline of its own, and the own loop took 383 instructions a 16-row tile against
+322 (sm_90 SASS; H100, the scan grid's segmented shapes 3-7% nearer the floor;
+notes/kernels.md, "warm-up and own steps in one loop"). The backward runs two passes, as described
+in ``ema.py``.
 
 **Backward**: ``g_t = a_{t+1} g_{t+1} + dy_t``, ``db_t = g_t``, ``da_t = g_t h_{t-1}``, fused
 into one kernel; the gradient of a returned final state enters as the carry at T.
@@ -148,7 +153,7 @@ def _lin_fwd_warm_span(a_ptr, u_ptr, o_ptr, x_ptr, a_off, u_off, o_off, x_off, m
                        s_ut, s_xt, F, CT: tl.constexpr, BF: tl.constexpr, STAGES: tl.constexpr,
                        STORE_OUT: tl.constexpr, GATED: tl.constexpr):
     # a warmed-up segment: nw steps (a multiple of CT) just before the pointers, unstored, from h, then its n
-    # own steps, in one pipelined loop (as two loops, the tiles in flight ran dry where the warm-up ended).
+    # own steps, in one pipelined loop (two loops each filled and drained a pipeline of their own).
     # Returns the end state, the warm-up's decay product, the state it ended in, and the own decays' product
     one = tl.full((BF,), 1.0, tl.float32)
     pw = one
