@@ -147,17 +147,19 @@ def test_bf16_warmup_within_one_rounding_of_two_passes():
 def test_warmup_error_is_absolute_to_the_dropped_state():
     """The documented bound: a warm-up drops the state W steps back, so it errs by at most 2**-24
     of that state. After inputs 1e6 times larger, that is far more than the two passes' error."""
-    x = torch.randn(1, 12001, 40, device="cuda", dtype=torch.float64)
-    x[:, :1000] *= 1e6
+    T = 12001
+    nseg, seglen, warm = plan.ema_plan(WARM, 1, T, ALPHAS, SMS)
+    seglen, first = plan.first_segment(T, nseg, seglen, max(warm), WARM.ct)  # the kernel's cut
+    w0 = first - max(warm)  # where the second segment's warm-up starts
+    assert nseg > 2 and w0 > 0
+    x = torch.randn(1, T, 40, device="cuda", dtype=torch.float64)
+    # loud where that warm-up starts, then quiet: the loud steps' rounding fades by the segment's start
+    x[:, :w0 + WARM.ct] *= 1e6
     ref = naive_ema_traces(x, ALPHAS)
-    nseg, seglen, warm = plan.ema_plan(WARM, 1, 12001, ALPHAS, SMS)
-    # the second segment's warm-up starts in the loud part (at 6001 steps its segments were one warm-up
-    # long: that warm-up began at t = 0 and dropped nothing)
-    assert seglen - max(warm) < 1000 < seglen
-    after = slice(seglen, 2 * seglen)
-    got = ema.ema_traces_fwd(x.float(), ALPHAS, cfg=WARM)[0].double()[:, after] - ref[:, after]
-    exact = ema.ema_traces_fwd(x.float(), ALPHAS, cfg=TWO_PASS)[0].double()[:, after] - ref[:, after]
-    dropped = ref[:, seglen - max(warm)].abs().max()
+    second = slice(first, first + seglen)
+    got = ema.ema_traces_fwd(x.float(), ALPHAS, cfg=WARM)[0].double()[:, second] - ref[:, second]
+    exact = ema.ema_traces_fwd(x.float(), ALPHAS, cfg=TWO_PASS)[0].double()[:, second] - ref[:, second]
+    dropped = ref[:, w0 - 1].abs().max()  # the state before the warm-up, which it drops
     assert got.abs().max() <= 2.0 ** -24 * dropped * 1.01
     assert exact.abs().max() < 1e-2 * got.abs().max()
 
