@@ -206,7 +206,7 @@ def _lin_fwd_kernel(
     s_ab, s_at, s_af, s_ub, s_ut, s_uf, s_xb, s_xt,
     CT: tl.constexpr, BF: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
     HAS_HIN: tl.constexpr, STORE_OUT: tl.constexpr, STORE_AEND: tl.constexpr, COMBINE: tl.constexpr,
-    EVEN_F: tl.constexpr, WARM: tl.constexpr, FIXUP: tl.constexpr, WSTAGES: tl.constexpr,
+    EVEN_F: tl.constexpr, WARM: tl.constexpr, FIXUP: tl.constexpr,
     STORE_STATE: tl.constexpr, GATED: tl.constexpr, XV: tl.constexpr,
 ):
     """h_t = a_t h_{t-1} + u_t over one segment; A, U strided (B,T,F) views, OUT (B,T,F) contiguous,
@@ -485,7 +485,7 @@ def _lin_fwd_launch(a_shape: torch.Size, b_shape: torch.Size, has_h0: bool, stat
     if plan is not None:
         nseg, seglen = plan
     kw = dict(CT=cfg.ct, BF=cfg.block, VEC=cfg.vec, STAGES=cfg.stages, num_warps=cfg.num_warps,
-              EVEN_F=F % cfg.block == 0, WSTAGES=cfg.warm_stages, GATED=dx > 0, XV=dx % cfg.vec == 0)
+              EVEN_F=F % cfg.block == 0, GATED=dx > 0, XV=dx % cfg.vec == 0)
     grid = (nf, nseg, B)
     dx = max(dx, 1)
     if plan is not None:  # one pass of warmed-up segments, then exact rescans of the tiles they left marked

@@ -25,9 +25,10 @@ class TileConfig:
     along channels (``vec`` adjacent channels each) and every tile row stays in one
     thread, so the in-tile scan is a sequential loop in registers with no shuffles.
     ``stages``: tiles in flight per program (Triton software-pipelines the loads as
-    asynchronous copies ``stages - 1`` iterations ahead); ``warm_stages`` the same for the
-    warm-up loops below, which hold no outputs and go deeper (6 against 4: B=1 T=65536 EMA
-    forward 0.167 against 0.168 ms, backward 0.182 against 0.186; 8 was slower).
+    asynchronous copies ``stages - 1`` iterations ahead); ``warm_stages`` the same for the EMA
+    kernels' warm-up loops below, which hold no outputs and go deeper (6 against 4: B=1 T=65536 EMA
+    forward 0.167 against 0.168 ms, backward 0.182 against 0.186; 8 was slower); ``linear_scan``'s
+    forward warms up inside its segment's own loop, at ``stages``.
     ``seg_stages`` (the EMA forward): the same for a segment's own steps where segments warm up
     (None: ``stages``); one pass and two passes keep ``stages``.
     ``min_programs``: below this many (batch x channel-block) programs the time axis is
