@@ -55,15 +55,16 @@ def test_tile_config_rejects_bad_shapes():
     assert plan.TileConfig().seg_stages is None  # unset: segments keep ``stages``
 
 
-def test_selective_forward_takes_two_warp_programs_only_in_one_pass():
-    """``linear_scan``'s forward: 128 channels in two warps where that fills the GPU in one pass (B=16
-    T=2048 D=768 on 132 SMs: 192 warps), else 64 channels in one warp, cut into segments."""
-    two_warps, one_warp = plan.LIN_FWD
-    assert (two_warps.block, two_warps.num_warps, one_warp.block, one_warp.num_warps) == (128, 2, 64, 1)
-    assert plan.choose(None, plan.LIN_FWD, 16, 768, 132) is two_warps
-    assert plan.segments(two_warps, 16 * 768 // 128, 2048, 132) == (1, 2048)
-    assert plan.choose(None, plan.LIN_FWD, 8, 256, 132) is one_warp  # 8 x 2 x 2 = 32 warps: segments
-    assert plan.segments(one_warp, 8 * 256 // 64, 8192, 132)[0] > 1
+def test_selective_forward_takes_two_warp_programs_tall_in_one_pass_short_in_segments():
+    """``linear_scan``'s forward: 128 channels in two warps, 32 rows where that fills the GPU in one pass
+    (B=16 T=2048 D=768 on 132 SMs: 192 warps), else 16 rows, cut into segments."""
+    one_pass, segmented = plan.LIN_FWD
+    assert (one_pass.block, one_pass.num_warps, one_pass.ct) == (128, 2, 32)
+    assert (segmented.block, segmented.num_warps, segmented.ct) == (128, 2, 16)
+    assert plan.choose(None, plan.LIN_FWD, 16, 768, 132) is one_pass
+    assert plan.segments(one_pass, 16 * 768 // 128, 2048, 132) == (1, 2048)
+    assert plan.choose(None, plan.LIN_FWD, 8, 256, 132) is segmented  # 8 x 2 x 2 = 32 warps: segments
+    assert plan.segments(segmented, 8 * 256 // 128, 8192, 132)[0] > 1
 
 
 @pytest.mark.parametrize("sms", SM_COUNTS)
@@ -146,9 +147,9 @@ def test_few_channels_put_one_two_warp_program_on_each_sm():
 
 
 def test_linear_scan_forward_warms_up_four_warps_an_sm():
-    # B=4 T=8192 F=768: 48 one-warp programs of 16-row tiles, 11 segments of 752 steps (528 warps at most)
+    # B=4 T=8192 F=768: 24 two-warp programs of 16-row tiles, 11 segments of 752 steps (528 warps at most)
     cfg = plan.choose(None, plan.LIN_FWD, 4, 768, 132)
-    assert cfg.num_warps == 1 and cfg.ct == 16
+    assert cfg.num_warps == 2 and cfg.ct == 16
     programs = 4 * 768 // cfg.block
     assert plan.warm_plan(cfg, programs, 8192, plan.LIN_WARM_STEPS, 132, plan.LIN_WARM_WARPS_PER_SM) == (11, 752)
 

@@ -76,14 +76,16 @@ class TileConfig:
 # sweeps in notes/kernels.md.
 # linear_scan's backward keeps 64: its 128-wide, pipelined, segmented backward got a broadcast decay
 # wrong on the H100 (F=40; right unpipelined, in one pass and in Triton's interpreter). Its forward
-# takes two 64-channel warps a program where they fill the GPU in one pass, as the EMA forward does
-# (H200, B=16 T=2048 D=768: 1.29x the floor against 1.48x; where segments run, 64 stays: there 128
-# was 1.66-2.03x against 1.50-1.76x; notes/kernels.md, "selective forward, two-warp programs"). The
-# 64-channel tiles, which run in segments, are 16 rows tall and 4 deep at four warps an SM
-# (LIN_WARM_WARPS_PER_SM): H100, the grid's segmented shapes 1-4% nearer the floor than 32 rows, 3 deep
-# and three warps (B=8 T=2048 D=1024 1.338 -> 1.293x), which in turn beat two warps (B=4 T=8192 D=768
-# 1.290 against 1.383x; notes/kernels.md, "selective forward, shorter tiles", "warm-up segments, the
-# SMs filled once").
+# takes two 64-channel warps a program, as the EMA forward does: 32 rows where they fill the GPU in one
+# pass (H200, B=16 T=2048 D=768: 1.29x the floor against 1.48x for one warp), 16 rows, 4 deep, in
+# segments at four warps an SM (LIN_WARM_WARPS_PER_SM). With each segment's warm-up inside its own loop
+# (``_lin_fwd_warm_span``), the two-warp tile beat the one-warp 64-channel one at every segmented grid
+# shape (H100, B=4 T=8192 D=768 1.160 -> 1.127x, B=1 T=65536 D=256 1.208 -> 1.175; notes/kernels.md,
+# "selective forward, two-warp segments"); before it, 64 channels had won in segments (H200: 128 at
+# 1.66-2.03x against 1.50-1.76x, "selective forward, two-warp programs"). 16 rows 4 deep at four warps an
+# SM beat 32 rows, 3 deep, three warps (H100, B=8 T=2048 D=1024 1.338 -> 1.293x), which in turn beat two
+# warps (B=4 T=8192 D=768 1.290 against 1.383x; "selective forward, shorter tiles", "warm-up segments,
+# the SMs filled once").
 # The narrow forward's segments that warm up run their own steps 6 deep (``seg_stages``). H100, the grid command
 # twice against the tree before, alternated in one call (notes/kernels.md, "the EMA forward's warm-up segments,
 # 6 deep"), means of two runs: 1x65536x256 1.314 -> 1.282x the floor, 8x8192x256 1.295 -> 1.275, 2x8192x1024
@@ -92,7 +94,8 @@ class TileConfig:
 EMA_FWD = (TileConfig(ct=16, block=128, vec=4, stages=4),
            TileConfig(ct=32, block=128, num_warps=2, vec=2, stages=4, seg_stages=6))
 EMA_BWD = (TileConfig(ct=16, block=128, vec=4, stages=3), TileConfig(ct=16, block=64, vec=2, stages=4))
-LIN_FWD = (TileConfig(ct=32, block=128, num_warps=2, vec=2, stages=4), TileConfig(ct=16, block=64, vec=2, stages=4))
+LIN_FWD = (TileConfig(ct=32, block=128, num_warps=2, vec=2, stages=4),
+           TileConfig(ct=16, block=128, num_warps=2, vec=2, stages=4))
 LIN_BWD = (TileConfig(ct=16, block=64, vec=2, stages=3),)
 # The gated form (``gated_scan``) holds more per element (logits, x, gates; the backward also h_{t-1}
 # and the gradients): at linear_scan's depths its sm_90 code spills (200-760 bytes of stack a thread
