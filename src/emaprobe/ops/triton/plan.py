@@ -80,8 +80,9 @@ class TileConfig:
 # pass (H200, B=16 T=2048 D=768: 1.29x the floor against 1.48x for one warp), 16 rows, 4 deep, in
 # segments at four warps an SM (LIN_WARM_WARPS_PER_SM). With each segment's warm-up inside its own loop
 # (``_lin_fwd_warm_span``), the two-warp tile beat the one-warp 64-channel one at every segmented grid
-# shape (H100, B=4 T=8192 D=768 1.160 -> 1.127x, B=1 T=65536 D=256 1.208 -> 1.175; notes/kernels.md,
-# "selective forward, two-warp segments"); before it, 64 channels had won in segments (H200: 128 at
+# shape (H100, the grid alternated against the one-warp tile, means of two runs: B=4 T=8192 D=768 1.159 ->
+# 1.130x, B=1 T=65536 D=256 1.205 -> 1.176, 2.4-4.6% at all 11; notes/kernels.md, "selective forward,
+# two-warp segments"); before it, 64 channels had won in segments (H200: 128 at
 # 1.66-2.03x against 1.50-1.76x, "selective forward, two-warp programs"). 16 rows 4 deep at four warps an
 # SM beat 32 rows, 3 deep, three warps (H100, B=8 T=2048 D=1024 1.338 -> 1.293x), which in turn beat two
 # warps (B=4 T=8192 D=768 1.290 against 1.383x; "selective forward, shorter tiles", "warm-up segments,
