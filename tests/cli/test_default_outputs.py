@@ -55,6 +55,9 @@ COMMANDS = [
     pytest.param(["bench", "scan", "--shape", "2x70x8", "--repeats", "1"], id="bench-scan"),
     pytest.param(["bench", "ffn", "--width", "tiny", "--tokens", "32", "--repeats", "1"], id="bench-ffn"),
     pytest.param(["bench", "lm", "--quick", "--device", "cpu", "--mixers", "ema", "--no-train"], id="bench-lm"),
+    pytest.param(["bench", "compare", "--base", "results/bench/scan_grid_nvidia-h100-80gb-hbm3_ab_par_1.json",
+                  "--new", "results/bench/scan_grid_nvidia-h100-80gb-hbm3.json", "--metric", "x_sel_fwd_vs_floor"],
+                 id="bench-compare"),
     pytest.param(["demo", "--smoke"], id="demo"),
     pytest.param(["roles", "--smoke", "--no-treebank", "--quiet"], id="roles"),
     # every registered experiment at its smoke budget, and the report: what CI runs of `reproduce`

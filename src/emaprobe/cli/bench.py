@@ -41,7 +41,28 @@ Output: loss_<card>.json in runs/bench/ (ignored by git) unless --out names anot
 Each figure is a median of back-to-back calls; x = time over the floor: the fused passes' bytes at the copy
 bandwidth, and for the head's rows its products' FLOPs at the card's dense bf16 peak too.
 """
-EPILOG = "examples:\n" + SCAN_EXAMPLES + FFN_EXAMPLES + LOSS_EXAMPLES + SCAN_NOTES
+COMPARE_EXAMPLES = """\
+  emaprobe bench compare --base A1.json A2.json --new B1.json B2.json --metric x_sel_fwd_vs_floor
+                                                an A/B: runs of the tree before against the tree after
+"""
+COMPARE_EPILOG = """\
+examples:
+  emaprobe bench compare --base runs/bench/scan_grid_nvidia-h100-80gb-hbm3_old_1.json \\
+      runs/bench/scan_grid_nvidia-h100-80gb-hbm3_old_2.json --new runs/bench/scan_grid_nvidia-h100-80gb-hbm3.json \\
+      runs/bench/scan_grid_nvidia-h100-80gb-hbm3_new_2.json --metric x_sel_fwd_vs_floor --metric x_ema_fwd_vs_floor
+                                                a kernel change judged over the grid (lower is nearer the floor)
+  emaprobe bench compare --base lm_a.json --new lm_b.json --key part --key model --key T --key B \\
+      --key prompt --key compiled --metric tokens_per_s
+                                                bench lm rows matched on these fields only (their FLOP
+                                                counts may differ between trees)
+How to make the runs: the benchmark on the tree before and after, alternated (before, after, before,
+after), in one sitting on one card, each with its own --tag. Rows are matched by every non-float field
+unless --key names them; each float field is averaged over a side's runs; ratio = new / base. Prints a
+summary line a field (geometric mean of the ratios, the least and greatest) and, for each --metric, the
+rows. Output: compare_<benchmark>_<card>[_<tag>].json (and .png of the --metric ratios) in runs/bench/.
+Runs of different cards or benchmarks are refused.
+"""
+EPILOG = "examples:\n" + SCAN_EXAMPLES + FFN_EXAMPLES + LOSS_EXAMPLES + COMPARE_EXAMPLES + SCAN_NOTES
 SCAN_EPILOG = "examples:\n" + SCAN_EXAMPLES + SCAN_NOTES
 FFN_EPILOG = "examples:\n" + FFN_EXAMPLES + FFN_NOTES
 LOSS_EPILOG = "examples:\n" + LOSS_EXAMPLES + LOSS_NOTES
@@ -180,11 +201,20 @@ def _loss(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from emaprobe.experiments.bench_compare import run
+
+    _check_out(args.out)
+    run(args.base, args.new, tuple(args.metric or ()), tuple(args.key) if args.key else None, out_dir=args.out,
+        tag=args.tag)
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
         help="benchmarks: scan speed against the floor; the top-k FFN's three forms; the LM loss; LM training "
-        "and generation",
+        "and generation; an A/B of their JSONs",
         description="Benchmarks that print their peer and the physical floor in the same run and write JSON.",
         epilog=EPILOG + "\nemaprobe bench lm --help: whole language models (training tokens/s and MFU, generation).\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -265,6 +295,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--repeats", type=int, default=5, help="timed runs per figure on cpu (default: 5)")
     c.add_argument("--out", default="runs/bench", help="folder for the JSON (default: runs/bench)")
     c.set_defaults(func=_loss)
+
+    k = bsub.add_parser(
+        "compare",
+        help="an A/B of any benchmark's JSONs: runs of the tree before against the tree after, row by row",
+        description="Measure nothing: join runs of one benchmark on one card, the tree before (--base) and after "
+        "(--new), match their rows, average each side's runs and report new / base per row and field.",
+        epilog=COMPARE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    k.add_argument("--base", nargs="+", required=True, metavar="JSON", help="the runs before the change")
+    k.add_argument("--new", nargs="+", required=True, metavar="JSON", help="the runs after it")
+    k.add_argument("--metric", action="append", metavar="FIELD",
+                   help="a float field to list row by row (and plot); repeat for several (default: a summary line "
+                        "for every field, no rows)")
+    k.add_argument("--key", action="append", metavar="FIELD",
+                   help="a field rows are matched on; repeat for several (default: every non-float field)")
+    k.add_argument("--out", default="runs/bench", help="folder for the JSON and PNG (default: runs/bench)")
+    k.add_argument("--tag", help="a suffix for the file names (letters, digits, - and _)")
+    k.set_defaults(func=_compare)
 
     m = bsub.add_parser(
         "lm",
