@@ -83,10 +83,10 @@ class TileConfig:
 # shape (H100, the grid alternated against the one-warp tile, means of two runs: B=4 T=8192 D=768 1.159 ->
 # 1.130x, B=1 T=65536 D=256 1.205 -> 1.176, 2.4-4.6% at all 11; notes/kernels.md, "selective forward,
 # two-warp segments"); before it, 64 channels had won in segments (H200: 128 at
-# 1.66-2.03x against 1.50-1.76x, "selective forward, two-warp programs"). 16 rows 4 deep at four warps an
-# SM beat 32 rows, 3 deep, three warps (H100, B=8 T=2048 D=1024 1.338 -> 1.293x), which in turn beat two
-# warps (B=4 T=8192 D=768 1.290 against 1.383x; "selective forward, shorter tiles", "warm-up segments,
-# the SMs filled once").
+# 1.66-2.03x against 1.50-1.76x, "selective forward, two-warp programs"). For that one-warp tile, 16
+# rows 4 deep at four warps an SM beat 32 rows, 3 deep, three warps (H100, B=8 T=2048 D=1024 1.338 ->
+# 1.293x), which beat two warps (B=4 T=8192 D=768 1.290 against 1.383x; "selective forward, shorter
+# tiles", "warm-up segments, the SMs filled once").
 # The narrow forward's segments that warm up run their own steps 6 deep (``seg_stages``). H100, the grid command
 # twice against the tree before, alternated in one call (notes/kernels.md, "the EMA forward's warm-up segments,
 # 6 deep"), means of two runs: 1x65536x256 1.314 -> 1.282x the floor, 8x8192x256 1.295 -> 1.275, 2x8192x1024
