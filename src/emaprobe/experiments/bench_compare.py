@@ -92,14 +92,23 @@ def _num(v: float) -> str:
 
 
 def _label(keys: list[tuple]) -> dict[tuple, str]:
-    # each row's name from the key fields whose values vary among the rows ("B=8 T=2048 D=1024")
-    if not keys:
-        return {}
-    names = [k for k, _ in keys[0]]
+    # each row's name: few of the key fields that vary among the rows, enough to tell the rows apart
+    # ("B=8 T=2048 D=1024"; a row without a field skips it); one row, or rows alike: its whole key, cut
+    names = list(dict.fromkeys(n for k in keys for n, _ in k))
     varying = [n for n in names if len({dict(k).get(n) for k in keys}) > 1]
-    if not varying:  # one row, or rows alike: all of its key (long keys cut)
+    if not varying:
         return {k: _named(k)[:72] for k in keys}
-    return {k: " ".join(f"{n}={dict(k).get(n)}" for n in varying) for k in keys}
+    def distinct(fields):
+        return len({tuple(dict(k).get(u) for u in fields) for k in keys})
+
+    used: list[str] = []
+    while distinct(used) < len(keys):  # the field that tells the most rows apart next (the first of equals)
+        best = max((n for n in varying if n not in used), key=lambda n: distinct(used + [n]))
+        if distinct(used + [best]) == distinct(used):
+            break
+        used.append(best)
+    used.sort(key=names.index)  # in the rows' own order
+    return {k: " ".join(f"{n}={dict(k)[n]}" for n in used if dict(k).get(n) is not None) for k in keys}
 
 
 def compare(base: list[str | Path], new: list[str | Path], metrics: tuple[str, ...] = (),
@@ -185,7 +194,8 @@ def plot(res: dict, fields: tuple[str, ...], path: Path) -> None:
     one scale of at least 0.99-1.01, so that noise of a few tenths of a percent looks like it."""
     plt = pyplot()
     n = len(res["rows"])
-    fig, axes = plt.subplots(len(fields), 1, figsize=(8, (0.22 * n + 0.9) * len(fields) + 0.4), sharex=True,
+    width = 5 + 0.07 * max(len(r["row"]) for r in res["rows"])  # room for the rows' names
+    fig, axes = plt.subplots(len(fields), 1, figsize=(width, (0.22 * n + 0.9) * len(fields) + 0.4), sharex=True,
                              squeeze=False, layout="constrained")
     ratios = {f: [(r[f] or {}).get("ratio") or 1.0 for r in res["rows"]] for f in fields}
     spread = max([0.01] + [abs(x - 1.0) * 1.1 for xs in ratios.values() for x in xs])
