@@ -39,6 +39,7 @@ def test_ratios_are_new_over_base_of_each_sides_mean(tmp_path):
     assert (s["min_ratio"], s["min_row"], s["max_ratio"], s["max_row"]) == (0.5, "B=8", 1.25, "B=1")
     # a field one row lacks is compared where both sides have it
     assert first["extra"] is None and second["extra"]["ratio"] == 1.0 and res["summary"]["extra"]["rows"] == 1
+    assert compare(base, new, ("ms", "ms"))["metrics"] == ["ms"]  # a field named twice is listed once
     text = format_report(res, ("ms",))
     assert "new (1 run, bbbb) / base (2 runs, aaaa)" in text and "(0.5000)" in text and "(1.2500)" in text
 

@@ -116,6 +116,7 @@ def compare(base: list[str | Path], new: list[str | Path], metrics: tuple[str, .
     """The comparison (see the module docstring): ``summary`` per float field (rows, geometric mean of
     new / base, least and greatest ratio and their rows), ``rows`` with each side's means and the
     ratios of ``metrics`` (every field both sides have, if none are named)."""
+    metrics = tuple(dict.fromkeys(metrics))  # a field named twice is listed once
     b, n = load_side(base, key, "base"), load_side(new, key, "new")
     for field in ("benchmark", "card"):
         if b[field] != n[field]:
@@ -217,6 +218,7 @@ def run(base: list[str], new: list[str], metrics: tuple[str, ...] = (), key: tup
     the ``metrics``' ratios, when some are named) into ``out_dir``."""
     check_tag(tag)
     res = compare(base, new, metrics, key)
+    metrics = tuple(res["metrics"]) if metrics else ()
     print(format_report(res, metrics))
     if out_dir is not None:
         stem = Path(out_dir) / (f"compare_{card_slug(res['benchmark'])}_{card_slug(str(res['card']))}"
