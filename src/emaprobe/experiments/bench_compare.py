@@ -98,6 +98,7 @@ def _label(keys: list[tuple]) -> dict[tuple, str]:
     varying = [n for n in names if len({dict(k).get(n) for k in keys}) > 1]
     if not varying:
         return {k: _named(k)[:72] for k in keys}
+
     def distinct(fields):
         return len({tuple(dict(k).get(u) for u in fields) for k in keys})
 
