@@ -10,21 +10,20 @@ cards are refused, since only a baseline run on the same card is comparable.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
-from emaprobe.experiments.common import card_slug, check_tag, pyplot, save_fig
-from emaprobe.utils.io import atomic_write_json, run_record
+from emaprobe.experiments.common import card_slug, check_tag, pyplot, save_fig, write_result
+from emaprobe.utils.io import atomic_write_json, read_json, run_record
 
 
 def _read(path: Path) -> dict:
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
     try:
-        res = json.loads(path.read_text())
-    except FileNotFoundError as err:
-        raise ValueError(f"{path}: no such file") from err
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not a benchmark JSON ({type(err).__name__}: {err})") from err
+        res = read_json(path)
+    except ValueError as err:  # read_json names the file first
+        raise ValueError(f"{path}: not a benchmark JSON ({str(err).removeprefix(f'{path}: ')})") from err
     if not isinstance(res, dict) or not isinstance(res.get("rows"), list) or "benchmark" not in res:
         raise ValueError(f"{path}: not a benchmark JSON (an emaprobe bench result has 'benchmark' and 'rows')")
     return res
@@ -224,8 +223,9 @@ def run(base: list[str], new: list[str], metrics: tuple[str, ...] = (), key: tup
     if out_dir is not None:
         stem = Path(out_dir) / (f"compare_{card_slug(res['benchmark'])}_{card_slug(str(res['card']))}"
                                 + (f"_{tag}" if tag else ""))
-        print(f"wrote {atomic_write_json(stem.with_suffix('.json'), run_record(device='cpu', **res))}")
+        record = run_record(device="cpu", **res)
         if metrics:
-            plot(res, metrics, stem.with_suffix(".png"))
-            print(f"wrote {stem.with_suffix('.png')}")
+            write_result(stem, record, lambda path: plot(res, metrics, path))
+        else:
+            print(f"wrote {atomic_write_json(stem.with_suffix('.json'), record)}")
     return res
