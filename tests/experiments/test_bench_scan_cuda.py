@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 import types
+from dataclasses import replace
 
 import pytest
 
@@ -130,7 +131,7 @@ def test_plot_adds_a_gated_panel_for_rows_with_gated_figures(tmp_path, monkeypat
     (["--grid"], "add --device cuda"),
     (["--tag", "one"], "add --device cuda"),
     (["--device", "cuda", "--grid", "--shape", "1x8x8"], "add --tag"),
-    (["--device", "cuda", "--grid", "--sweep"], "drop --sweep"),
+    (["--sweep"], "add --device cuda"),
 ])
 def test_bench_scan_grid_and_tag_misuse_is_named(args, message, capsys):
     assert main(["bench", "scan", *args]) == 2
@@ -145,7 +146,9 @@ def test_bench_scan_grid_times_the_shapes_asked_for(monkeypatch):
     assert main(["bench", "scan", "--device", "cuda", "--grid", "--shape", "2x16x8", "--shape", "1x32x4",
                  "--tag", "two"]) == 0
     assert main(["bench", "scan", "--device", "cuda", "--grid"]) == 0
-    assert [(kw["shapes"], kw["tag"]) for kw in asked] == [([(2, 16, 8), (1, 32, 4)], "two"), (None, None)]
+    assert main(["bench", "scan", "--device", "cuda", "--grid", "--sweep", "--tag", "sweep"]) == 0
+    assert [(kw["shapes"], kw["tag"], kw["sweep"]) for kw in asked] == [
+        ([(2, 16, 8), (1, 32, 4)], "two", False), (None, None, False), (None, "sweep", True)]
 
 
 def test_run_grid_names_its_files_by_card_and_tag_and_records_its_shapes(tmp_path, monkeypatch):
@@ -160,6 +163,119 @@ def test_run_grid_names_its_files_by_card_and_tag_and_records_its_shapes(tmp_pat
     assert bench.run_grid(shapes=[(2, 16, 8)])["grid"] == {"shapes": ["2x16x8"]}
     with pytest.raises(ValueError, match="letters, digits"):
         bench.run_grid(shapes=[(2, 16, 8)], tag="../x")
+    # --sweep: each shape's variants, on the card's SM count, go into the same JSON; a plain grid keeps none
+    assert "sweep" not in result
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: types.SimpleNamespace(multi_processor_count=132))
+    swept = dict(B=2, T=16, D=8, kernel="sel", variant="default", ms=1.0, vs_default=1.0, x_vs_floor=1.2,
+                 max_diff=0.0, wrong=False)
+    monkeypatch.setattr(bench, "grid_sweep", lambda ts, shape, alphas, bw, sms: [dict(swept, sms=sms)])
+    result = bench.run_grid(out_dir=tmp_path, shapes=[(2, 16, 8)], tag="sw", sweep=True)
+    assert result["sweep"] == [dict(swept, sms=132)] and [v[0] for v in result["sweep_variants"]][0] == "ema"
+    assert (tmp_path / "scan_grid_some-card_sw.png").exists()
+
+
+def test_sweep_tiles_vary_the_default_plan_where_it_cuts_time_into_segments():
+    from emaprobe.ops.triton import plan
+
+    alphas = (0.5, 0.1, 0.02)
+    # one pass by default at 132 SMs: nothing to sweep
+    assert bench.sweep_tiles("ema", (16, 2048, 768), alphas, 132) == []
+    assert bench.sweep_tiles("sel", (64, 512, 768), alphas, 132) == []
+    B, T, D = 1, 65536, 256
+    for kernel, table, named in (("ema", plan.EMA_FWD, 6), ("sel", plan.LIN_FWD, 6)):
+        tiles = dict(bench.sweep_tiles(kernel, (B, T, D), alphas, 132))
+        assert len(tiles) == named == 1 + sum(v[0] == kernel for v in bench.GRID_SWEEP)
+        assert tiles["default"] == table[-1]  # the narrow tile, which segments
+        assert len(set(tiles.values())) == len(tiles)  # every variant is another tile
+    ema = dict(bench.sweep_tiles("ema", (B, T, D), alphas, 132))
+    assert ema["seg_stages=4"] == replace(ema["default"], seg_stages=4)
+
+    def nseg(cfg):  # the EMA forward's segments at this shape (bf16 outputs)
+        return plan.ema_plan(cfg, B * -(-D // cfg.block), T, alphas, 132, plan.warm_bits(8))[0]
+
+    # warps an SM set the segments through min_programs: fewer at one warp, more at three
+    assert nseg(ema["1 warp/SM"]) < nseg(ema["default"]) < nseg(ema["3 warps/SM"])
+    sel = dict(bench.sweep_tiles("sel", (B, T, D), alphas, 132))
+    assert sel["2 warps/SM"].min_programs * sel["2 warps/SM"].num_warps == 2 * 132
+    assert (sel["64ch 1 warp"].block, sel["64ch 1 warp"].num_warps) == (64, 1)
+
+
+def _fake_scans(wrong_stages: int | None = None, fail=lambda cfg: False):
+    """The two launchers' contracts on CPU, from the reference scans: a tile of ``wrong_stages`` stages
+    scales its output (a plan that computes something else), one that ``fail`` names raises."""
+    from emaprobe.ops import naive_ema_traces, naive_linear_scan
+
+    def check(cfg):
+        if fail(cfg):
+            raise RuntimeError("out of resources")
+        return 1.5 if cfg.stages == wrong_stages else 1.0
+
+    return types.SimpleNamespace(
+        ema_traces_fwd=lambda x, alphas, cfg: (naive_ema_traces(x.float(), alphas) * check(cfg), None),
+        linear_scan_fwd=lambda a, b, cfg: (naive_linear_scan(a.float(), b.float()) * check(cfg), None))
+
+
+def test_grid_sweep_times_each_tile_against_its_default_and_keeps_only_right_outputs():
+    alphas = (0.5, 0.1, 0.02)
+    shape, sms = (1, 1024, 64), 8  # segmented on a GPU of 8 SMs
+    timed = []
+
+    def timer(fn):  # each tile timed runs it and is 0.01 ms faster than the one before
+        fn()
+        timed.append(1)
+        return 1.0 - 0.01 * len(timed)
+
+    ts = _fake_scans(wrong_stages=6, fail=lambda cfg: cfg.ct == 16 and cfg.seg_stages == 6)  # the EMA's ct=16
+    rows = bench.grid_sweep(ts, shape, alphas, bw=1e9, sms=sms, timer=timer, device="cpu")
+    tiles = {k: bench.sweep_tiles(k, shape, alphas, sms) for k in ("ema", "sel")}
+    assert [(r["kernel"], r["variant"]) for r in rows] == [(k, n) for k in ("ema", "sel") for n, _ in tiles[k]]
+    by = {(r["kernel"], r["variant"]): r for r in rows}
+    assert "out of resources" in by["ema", "ct=16"]["error"] and "ms" not in by["ema", "ct=16"]
+    assert by["sel", "stages=6"]["wrong"] and by["sel", "stages=6"]["max_diff"] == pytest.approx(0.5, rel=1e-2)
+    assert not by["sel", "stages=3"]["wrong"] and by["sel", "stages=3"]["max_diff"] == 0.0
+    for k in ("ema", "sel"):
+        assert by[k, "default"]["vs_default"] == 1.0
+        floor = (8 if k == "ema" else 6) * 1024 * 64 / 1e9 * 1e3
+        assert by[k, "default"]["x_vs_floor"] == pytest.approx(by[k, "default"]["ms"] / floor)
+    assert len(timed) == sum(len(t) for t in tiles.values()) - 1  # the failed tile is not timed
+    # a failing default leaves nothing to compare against: its variants are not run
+    rows = bench.grid_sweep(_fake_scans(fail=lambda cfg: cfg == tiles["sel"][0][1]), shape, alphas, 1e9, sms,
+                            timer=lambda fn: 1.0, device="cpu")
+    assert [r["variant"] for r in rows if r["kernel"] == "sel"] == ["default"] and "error" in rows[-1]
+
+
+def test_sweep_best_takes_a_variant_only_past_the_noise_and_never_a_wrong_one():
+    def row(variant, ms, wrong=False, kernel="sel", T=8192):
+        return dict(B=1, T=T, D=256, kernel=kernel, variant=variant, ms=ms, vs_default=ms, x_vs_floor=1.2 * ms,
+                    max_diff=0.5 if wrong else 0.0, wrong=wrong)
+
+    rows = [row("default", 1.0), row("a", 0.995), row("b", 0.97), row("c", 0.90, wrong=True),
+            row("default", 1.0, T=2048), row("a", 0.995, T=2048),
+            row("default", 1.0, kernel="ema"), {**row("x", 1.0, kernel="ema"), "error": "boom"}]
+    del rows[-1]["ms"]
+    best = bench.sweep_best(rows)
+    assert {k: r["variant"] for k, r in best.items()} == {("sel", 1, 8192, 256): "b", ("sel", 1, 2048, 256): "default",
+                                                          ("ema", 1, 8192, 256): "default"}
+    line = bench.sweep_verdict(rows)
+    assert "selective forward: a variant beat the default at 1 of 2 segmented shapes (1x8192x256 b 0.970)" in line
+    assert "worst time / floor 1.200x by default, 1.200x with the fastest plan per shape" in line
+    assert "EMA forward: a variant beat the default at 0 of 1" in line
+    assert "not counted: sel 1x8192x256 c (wrong); ema 1x8192x256 x (error)" in line
+    assert bench.sweep_verdict([]).count("no segmented shape swept") == 2
+
+
+def test_plot_grid_adds_the_fastest_plans_below_when_swept(tmp_path):
+    rows = [dict(B=1, T=T, D=256, x_ema_fwd_vs_floor=1.2, x_sel_fwd_vs_floor=1.1, x_stream_ema_vs_floor=1.0,
+                 x_stream_sel_vs_floor=1.0) for T in (2048, 8192)]
+    sweep = [dict(B=1, T=8192, D=256, kernel=k, variant=v, ms=ms, vs_default=ms, x_vs_floor=ms, max_diff=0.0,
+                  wrong=False) for k in ("ema", "sel") for v, ms in (("default", 1.2), ("stages=3", 1.1))]
+    bench.plot_grid(rows, "card", tmp_path / "plain.png")
+    bench.plot_grid(rows, "card", tmp_path / "swept.png", sweep)
+    from PIL import Image
+
+    plain, swept = (Image.open(tmp_path / f"{n}.png").size for n in ("plain", "swept"))
+    assert swept[1] > 1.5 * plain[1]  # two rows of panels
 
 
 def test_tags_become_file_names_only_when_safe():

@@ -16,6 +16,9 @@ SCAN_EXAMPLES = """\
                                                 the forwards over 16 shapes, time / floor heat maps
   emaprobe bench scan --device cuda --grid --shape 32x2048x256 --shape 8x2048x1024 --tag t2048
                                                 two of them, in files of their own
+  emaprobe bench scan --device cuda --grid --sweep --tag sweep
+                                                the grid, and at its segmented shapes each forward's plan
+                                                with one change at a time: which plan is fastest on this card
   emaprobe bench scan --device cuda --shape 16x2048x768 --no-peers --tag host
                                                 one shape, in files of its own
 """
@@ -156,10 +159,8 @@ def _scan(args: argparse.Namespace) -> int:
 
     shapes = [parse_shape(s) for s in args.shape] if args.shape else list(DEFAULT_SHAPES)
     _check_out(args.out)
-    if args.device != "cuda" and (args.grid or args.tag):
-        raise ValueError("--grid and --tag are for the CUDA benchmark: add --device cuda")
-    if args.grid and args.sweep:
-        raise ValueError("--grid times the forwards only, without tile sweeps: drop --sweep")
+    if args.device != "cuda" and (args.grid or args.sweep or args.tag):
+        raise ValueError("--grid, --sweep and --tag are for the CUDA benchmark: add --device cuda")
     if args.grid and args.shape and not args.tag:
         raise ValueError("--grid with --shape times those shapes only: add --tag, so that scan_grid_<card>.json "
                          "keeps the whole grid's figures")
@@ -173,7 +174,7 @@ def _scan(args: argparse.Namespace) -> int:
         if args.shape:
             check_shapes_fit(shapes, "cuda")
         if args.grid:
-            run_grid(out_dir=args.out, shapes=shapes if args.shape else None, tag=args.tag)
+            run_grid(out_dir=args.out, shapes=shapes if args.shape else None, tag=args.tag, sweep=args.sweep)
             return 0
         run_cuda(shapes if args.shape else None, out_dir=args.out, do_sweep=args.sweep,
                  peers=not args.no_peers, loop=not args.no_loop, warp=not args.no_warp, tag=args.tag)
@@ -240,7 +241,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", default="runs/bench",
                    help="folder for the JSON (default: runs/bench; the committed figures need --out results/bench)")
     g = s.add_argument_group("CUDA only")
-    g.add_argument("--sweep", action="store_true", help="also time tile configurations, at each --shape (default: B16 T2048 D768 and B4 T8192 D768)")
+    g.add_argument("--sweep", action="store_true",
+                   help="also time tile configurations, at each --shape (default: B16 T2048 D768 and B4 T8192 D768); "
+                        "with --grid: at each shape where a forward cuts time into segments, its default plan with "
+                        "one change each (depth, warps an SM, tile), checked against the default's output, and "
+                        "the fastest plan per shape (a few minutes)")
     g.add_argument("--no-peers", action="store_true", help="skip accelerated-scan and flash-linear-attention")
     g.add_argument("--no-warp", action="store_true", help="skip accelerated-scan's warp kernel (slow first compile)")
     g.add_argument("--no-loop", action="store_true", help="skip the PyTorch step loop")

@@ -63,7 +63,10 @@ B*T*D >= 2^24), and writes ``scan_grid_<card>.json`` and ``.png`` (a heat map of
 target FLOOR_TARGET). Its peer at each shape is a plain streaming kernel moving the same bytes
 (``stream_peer_ms``: PyTorch's elementwise negation, half the bytes read and half written), what
 a kernel with no scan and no time axis gets out of the same traffic at that size. Run time:
-about a minute.
+about a minute. ``--grid --sweep`` also times, at each shape where a forward's default plan cuts
+time into segments, that plan with one change to its tile (GRID_SWEEP: depths, warps an SM, tile
+height or width), graphed beside the default and checked against the default's output
+(``grid_sweep``); the JSON keeps every variant and the plot adds the fastest plan per shape.
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -115,6 +119,30 @@ GRID_TS = (512, 2048, 8192, 65536)
 GRID_DS = (256, 768, 1024, 4096)
 GRID_MIN_ELEMS = 1 << 24
 FLOOR_TARGET = 1.3
+
+# --grid --sweep: plans the two forwards could take at the grid's segmented shapes, each one change to the
+# tile their default plan takes there (``sweep_tiles``). ``warps_per_sm`` sets ``min_programs`` so that the
+# segments run that many warps an SM (the defaults: plan.WARM_WARPS_PER_SM for the EMA forward,
+# plan.LIN_WARM_WARPS_PER_SM for the selective one). These are the variants of the H100 sweeps in
+# notes/kernels.md, so that another card's best plans are one command away.
+GRID_SWEEP = (
+    ("ema", "seg_stages=4", {"seg_stages": 4}),
+    ("ema", "seg_stages=8", {"seg_stages": 8}),
+    ("ema", "1 warp/SM", {"warps_per_sm": 1}),
+    ("ema", "3 warps/SM", {"warps_per_sm": 3}),
+    ("ema", "ct=16", {"ct": 16}),
+    ("sel", "2 warps/SM", {"warps_per_sm": 2}),
+    ("sel", "6 warps/SM", {"warps_per_sm": 6}),
+    ("sel", "stages=3", {"stages": 3}),
+    ("sel", "stages=6", {"stages": 6}),
+    ("sel", "64ch 1 warp", {"block": 64, "num_warps": 1}),
+)
+# a variant whose output differs from the default plan's by more than this (max abs, relative to the
+# output's largest value) is recorded as wrong and never the best (the EMA warm-ups differ by ~2e-3 in bf16)
+SWEEP_MAX_DIFF = 1e-2
+# a variant is the fastest plan at a shape only if it takes at least this share off the default's time
+# (two runs of one plan differed by up to 0.6% in the H100 A/Bs of notes/kernels.md)
+SWEEP_MIN_GAIN = 0.01
 
 EAGER_FALLBACKS: list[str] = []  # figures that could not be timed inside a CUDA graph
 # The host-overhead targets: the public ops' Python time a call (their launches included,
@@ -780,6 +808,131 @@ def grid_row(ts, shape, alphas, bw: float) -> dict:
     return row
 
 
+def default_tile(kernel: str, shape, alphas, sms: int):
+    """(the tile ``kernel``'s forward takes at ``shape`` (B, T, D) on ``sms`` SMs, whether its plan cuts time
+    into segments), as ``ops/triton`` plans it for bf16 outputs; ``kernel``: "ema" or "sel"."""
+    from emaprobe.ops.triton import plan  # pure Python
+
+    B, T, D = shape
+    cfg = plan.choose(None, plan.EMA_FWD if kernel == "ema" else plan.LIN_FWD, B, D, sms)
+    programs = B * -(-D // cfg.block)
+    if kernel == "ema":
+        nseg = plan.ema_plan(cfg, programs, T, alphas, sms, plan.warm_bits(8))[0]
+    else:
+        nseg = plan.segments(cfg, programs, T, sms)[0]
+    return cfg, nseg > 1
+
+
+def sweep_tiles(kernel: str, shape, alphas, sms: int, variants=GRID_SWEEP) -> list[tuple[str, object]]:
+    """(name, tile) for ``--grid --sweep``: the default tile first, then each of ``kernel``'s ``variants``
+    applied to it; none where the default plan runs in one pass (the variants change segments)."""
+    cfg, segmented = default_tile(kernel, shape, alphas, sms)
+    if not segmented:
+        return []
+    tiles = [("default", cfg)]
+    for k, name, change in variants:
+        if k == kernel:
+            change = dict(change)
+            per_sm = change.pop("warps_per_sm", None)
+            tile = replace(cfg, **change)
+            if per_sm is not None:
+                tile = replace(tile, min_programs=max(1, per_sm * sms // tile.num_warps))
+            tiles.append((name, tile))
+    return tiles
+
+
+def _sweep_call(ts, kernel: str, shape, alphas, device: str):
+    """``kernel``'s forward on fresh bf16 inputs of ``shape``, as a function of the tile: -> its output."""
+    B, T, D = shape
+    if kernel == "ema":
+        x = torch.randn(B, T, D, device=device, dtype=torch.bfloat16)
+        return lambda cfg: ts.ema_traces_fwd(x, alphas, cfg=cfg)[0]
+    a = (torch.rand(B, T, D, device=device) * 0.5 + 0.5).to(torch.bfloat16)
+    b = torch.randn(B, T, D, device=device, dtype=torch.bfloat16)
+    return lambda cfg: ts.linear_scan_fwd(a, b, cfg=cfg)[0]
+
+
+def grid_sweep(ts, shape, alphas, bw: float, sms: int, timer=None, device: str = "cuda") -> list[dict]:
+    """``--grid --sweep`` at one shape: each forward at each of its ``sweep_tiles``, timed by ``timer``
+    (default: graphed, 40 ms of replays) right after its default, and its output compared with the
+    default plan's (``max_diff``: max abs difference over the output's largest value)."""
+    timer = timer or (lambda fn: _bench(fn, "grid_sweep", rep=40))
+    B, T, D = shape
+    S = len(alphas)
+    floors = {"ema": (2 + 2 * S) * B * T * D / bw * 1e3, "sel": 6 * B * T * D / bw * 1e3}
+    rows = []
+    for kernel in ("ema", "sel"):
+        tiles = sweep_tiles(kernel, shape, alphas, sms)
+        if not tiles:
+            continue
+        with torch.no_grad():
+            run = _sweep_call(ts, kernel, shape, alphas, device)
+            ref = base = None
+            for name, cfg in tiles:
+                row = {"B": B, "T": T, "D": D, "kernel": kernel, "variant": name, "tile": asdict(cfg)}
+                try:
+                    out = run(cfg).float()
+                    ref = out if ref is None else ref
+                    row["max_diff"] = (out - ref).abs().max().item() / (ref.abs().max().item() or 1.0)
+                    del out
+                    row["ms"] = timer(lambda cfg=cfg: run(cfg))
+                except Exception as err:  # noqa: BLE001 - a tile that fails to compile or launch is recorded
+                    rows.append(dict(row, error=f"{type(err).__name__}: {err}"[:200]))
+                    if base is None:  # the default: nothing to set the variants against
+                        break
+                    continue
+                base = row["ms"] if base is None else base
+                rows.append(dict(row, x_vs_floor=row["ms"] / floors[kernel], vs_default=row["ms"] / base,
+                                 wrong=not row["max_diff"] <= SWEEP_MAX_DIFF))
+            del run, ref
+        torch.cuda.empty_cache()
+    return rows
+
+
+def _sweep_figures(row: dict) -> str:
+    if "error" in row:
+        return row["error"]
+    return (f"{row['ms']:.4f} ms ({row['x_vs_floor']:.3f}x, {row['vs_default']:.3f} of default, "
+            f"diff {row['max_diff']:.1e}{', WRONG' if row['wrong'] else ''})")
+
+
+def sweep_best(rows: list[dict]) -> dict:
+    """{(kernel, B, T, D): the fastest plan of ``grid_sweep``'s ``rows`` there}: the fastest right variant
+    where it takes at least SWEEP_MIN_GAIN off the default's time, else the default."""
+    best: dict = {}
+    for r in rows:
+        if "ms" in r and not r["wrong"]:
+            key = (r["kernel"], r["B"], r["T"], r["D"])
+            if r["variant"] == "default" or r["vs_default"] <= 1 - SWEEP_MIN_GAIN:
+                if key not in best or r["ms"] < best[key]["ms"]:
+                    best[key] = r
+    return best
+
+
+def sweep_verdict(rows: list[dict]) -> str:
+    """One line per forward: at how many swept shapes a variant beat the default plan, the best of them, and
+    the worst time / floor before and after taking the fastest plan per shape; failed and wrong variants named."""
+    best = sweep_best(rows)
+    lines = []
+    for name, k in (("EMA forward", "ema"), ("selective forward", "sel")):
+        mine = {key: r for key, r in best.items() if key[0] == k}
+        defaults = [r for r in rows if r["kernel"] == k and r["variant"] == "default" and "ms" in r]
+        if not mine or not defaults:
+            lines.append(f"{name}: no segmented shape swept")
+            continue
+        won = sorted((r for r in mine.values() if r["variant"] != "default"), key=lambda r: r["vs_default"])
+        gains = ", ".join(f"{r['B']}x{r['T']}x{r['D']} {r['variant']} {r['vs_default']:.3f}" for r in won)
+        lines.append(f"{name}: a variant beat the default at {len(won)} of {len(mine)} segmented shapes"
+                     + (f" ({gains})" if won else "")
+                     + f"; worst time / floor {max(r['x_vs_floor'] for r in defaults):.3f}x by default, "
+                       f"{max(r['x_vs_floor'] for r in mine.values()):.3f}x with the fastest plan per shape")
+    bad = [f"{r['kernel']} {r['B']}x{r['T']}x{r['D']} {r['variant']}" + (" (error)" if "error" in r else " (wrong)")
+           for r in rows if "error" in r or r.get("wrong")]
+    if bad:
+        lines.append("not counted: " + "; ".join(bad))
+    return "\n".join(lines)
+
+
 def grid_verdict(rows: list[dict]) -> str:
     """One line per kernel: its worst shape against FLOOR_TARGET, and how many shapes miss it."""
     lines = []
@@ -795,32 +948,40 @@ def grid_verdict(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_grid(rows: list[dict], card: str, path: Path) -> None:
-    """Two heat maps, T down and D across: each kernel's time as a multiple of its floor."""
+def plot_grid(rows: list[dict], card: str, path: Path, sweep: list[dict] | None = None) -> None:
+    """Two heat maps, T down and D across: each kernel's time as a multiple of its floor; with ``sweep``
+    rows (``grid_sweep``), two more below: the fastest plan per swept shape, named, and its time / floor."""
     plt = pyplot()
     import numpy as np
 
     Ts = sorted({r["T"] for r in rows})
     Ds = sorted({r["D"] for r in rows})
-    fig, axes = plt.subplots(1, 2, figsize=(10, 0.7 * len(Ts) + 2.2))
-    panels = (("EMA traces forward (S=3)", "x_ema_fwd_vs_floor", "x_stream_ema_vs_floor"),
-              ("selective scan forward", "x_sel_fwd_vs_floor", "x_stream_sel_vs_floor"))
-    for ax, (title, key, peer) in zip(axes, panels):
+    panels = [("EMA traces forward (S=3)", "x_ema_fwd_vs_floor", "x_stream_ema_vs_floor"),
+              ("selective scan forward", "x_sel_fwd_vs_floor", "x_stream_sel_vs_floor")]
+    cells = [{(r["T"], r["D"]): (r[key], f"{r[key]:.2f}x\nB={r['B']}"
+                                 + (f"\nstream {r[peer]:.2f}x" if peer in r else "")) for r in rows}
+             for _, key, peer in panels]
+    titles = [f"{title}: time / floor (stream: a streaming kernel of its bytes)" for title, _, _ in panels]
+    if sweep:
+        best = sweep_best(sweep)
+        for k, (title, _, _) in zip(("ema", "sel"), panels):
+            cells.append({(r["T"], r["D"]): (r["x_vs_floor"], f"{r['x_vs_floor']:.2f}x\n{r['variant']}\n"
+                                                             f"{r['vs_default']:.3f} of default")
+                          for key, r in best.items() if key[0] == k})
+            titles.append(f"{title}: the fastest plan per segmented shape (--sweep)")
+    fig, axes = plt.subplots(len(cells) // 2, 2, figsize=(10, (0.7 * len(Ts) + 2.2) * (len(cells) // 2)),
+                             squeeze=False)
+    for ax, cell, title in zip(axes.flat, cells, titles):
         grid = np.full((len(Ts), len(Ds)), np.nan)
-        for r in rows:
-            grid[Ts.index(r["T"]), Ds.index(r["D"])] = r[key]
+        for (T, D), (value, text) in cell.items():
+            grid[Ts.index(T), Ds.index(D)] = value
+            ax.text(Ds.index(D), Ts.index(T), text, ha="center", va="center", fontsize=7)
         im = ax.imshow(grid, cmap="RdYlGn_r", vmin=1.0, vmax=2 * FLOOR_TARGET - 1.0, aspect="auto")
-        for i, T in enumerate(Ts):
-            for j, D in enumerate(Ds):
-                r = next((r for r in rows if (r["T"], r["D"]) == (T, D)), None)
-                if r is not None:
-                    stream = f"\nstream {r[peer]:.2f}x" if peer in r else ""
-                    ax.text(j, i, f"{r[key]:.2f}x\nB={r['B']}{stream}", ha="center", va="center", fontsize=7)
         ax.set_xticks(range(len(Ds)), [str(d) for d in Ds])
         ax.set_yticks(range(len(Ts)), [str(t) for t in Ts])
         ax.set_xlabel("D (channels)")
         ax.set_ylabel("T (steps)")
-        ax.set_title(f"{title}: time / floor (stream: a streaming kernel of its bytes)", fontsize=8)
+        ax.set_title(title, fontsize=8)
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.suptitle(f"scan kernels over B*T*D >= 2^{GRID_MIN_ELEMS.bit_length() - 1}, graphed, bf16, on {card} "
                  f"(target {FLOOR_TARGET}x)", fontsize=10)
@@ -843,16 +1004,19 @@ def _checked_start(alphas) -> tuple[SimpleNamespace, str, float, dict]:
     return ts, card, bw, errs
 
 
-def run_grid(alphas=DEFAULT_ALPHAS, out_dir: str | Path | None = None, shapes=None, tag: str | None = None) -> dict:
+def run_grid(alphas=DEFAULT_ALPHAS, out_dir: str | Path | None = None, shapes=None, tag: str | None = None,
+             sweep: bool = False) -> dict:
     """``--grid``: the EMA and selective forwards over ``shapes`` (default ``grid_shapes()``), after the
-    float64 checks; writes ``scan_grid_<card>[_<tag>].json`` and ``.png`` into ``out_dir``."""
+    float64 checks; writes ``scan_grid_<card>[_<tag>].json`` and ``.png`` into ``out_dir``. ``sweep``: also
+    each segmented shape's plan variants (``grid_sweep``), kept in the JSON's ``sweep``."""
     check_tag(tag)
     grid = {"T": list(GRID_TS), "D": list(GRID_DS), "min_elems": GRID_MIN_ELEMS}
     if shapes is not None:  # the shapes asked for, not the grid's
         grid = {"shapes": ["x".join(map(str, s)) for s in shapes]}
     shapes = grid_shapes() if shapes is None else shapes
     ts, card, bw, errs = _checked_start(alphas)
-    rows = []
+    rows, sweep_rows = [], [] if sweep else None
+    sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count if sweep else 0
     for shape in shapes:
         rows.append(grid_row(ts, shape, alphas, bw))
         r = rows[-1]
@@ -860,16 +1024,24 @@ def run_grid(alphas=DEFAULT_ALPHAS, out_dir: str | Path | None = None, shapes=No
               f"({r['x_ema_fwd_vs_floor']:.2f}x; stream {r['x_stream_ema_vs_floor']:.2f}x), selective fwd "
               f"{r['ours_sel_fwd_ms']:.4f} ms ({r['x_sel_fwd_vs_floor']:.2f}x; stream "
               f"{r['x_stream_sel_vs_floor']:.2f}x)", flush=True)
+        if sweep:
+            for v in grid_sweep(ts, shape, alphas, bw, sms):
+                sweep_rows.append(v)
+                print(f"      {v['kernel']} {v['variant']:<24} {_sweep_figures(v)}", flush=True)
     print(grid_verdict(rows))
+    if sweep:
+        print(sweep_verdict(sweep_rows))
     result = run_record(benchmark="scan-cuda-grid", card=card, copy_bandwidth_Bps=bw, alphas=list(alphas), checks=errs,
                         rows=rows, triton=__import__("triton").__version__, floor_target=FLOOR_TARGET,
-                        grid=grid,
+                        grid=grid, **({"sweep": sweep_rows, "sweep_variants": [list(v) for v in GRID_SWEEP],
+                                       "sweep_timing": "graphed, 40 ms of replays, each variant right after "
+                                                       "its shape's default (grid_sweep)"} if sweep else {}),
                         timing="median per call of CUDA-graph replays (triton.testing.do_bench_cudagraph); "
                                "stream_*: torch.neg over bf16 moving the same bytes, graphed (stream_peer_ms)",
                         eager_fallbacks=sorted(set(EAGER_FALLBACKS)))
     if out_dir is not None:
         stem = f"scan_grid_{card_slug(card)}" + (f"_{tag}" if tag else "")
-        write_result(Path(out_dir) / stem, result, lambda path: plot_grid(rows, card, path))
+        write_result(Path(out_dir) / stem, result, lambda path: plot_grid(rows, card, path, sweep_rows))
     return result
 
 
