@@ -245,6 +245,19 @@ def test_grid_sweep_times_each_tile_against_its_default_and_keeps_only_right_out
     assert [r["variant"] for r in rows if r["kernel"] == "sel"] == ["default"] and "error" in rows[-1]
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_grid_sweep_variants_run_and_agree_with_the_default_plan_on_the_gpu():
+    pytest.importorskip("triton", reason="needs Triton")
+    sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    shape = (1, 8192, 256)  # both forwards cut time into segments on a card of 4 SMs or more
+    rows = bench.grid_sweep(bench._triton_ops(), shape, (0.5, 0.1, 0.02), bw=1e12, sms=sms,
+                            timer=lambda fn: (fn(), 1.0)[1])
+    assert {r["kernel"] for r in rows} == {"ema", "sel"}
+    assert len(rows) == sum(len(bench.sweep_tiles(k, shape, (0.5, 0.1, 0.02), sms)) for k in ("ema", "sel"))
+    assert [r for r in rows if "error" in r or r["wrong"]] == []
+
+
 def test_sweep_best_takes_a_variant_only_past_the_noise_and_never_a_wrong_one():
     def row(variant, ms, wrong=False, kernel="sel", T=8192):
         return dict(B=1, T=T, D=256, kernel=kernel, variant=variant, ms=ms, vs_default=ms, x_vs_floor=1.2 * ms,
