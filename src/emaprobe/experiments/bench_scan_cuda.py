@@ -781,27 +781,41 @@ def stream_peer_ms(nbytes: int) -> float:
     return ms
 
 
+def forward_bytes(kernel: str, shape, S: int) -> int:
+    """Bytes ``kernel``'s forward ("ema" or "sel") must move in bf16 at ``shape`` (B, T, D): the EMA reads x and
+    writes S traces, (2 + 2S) a token-channel; the selective scan reads a and b and writes h, 6."""
+    B, T, D = shape
+    return (2 + 2 * S if kernel == "ema" else 6) * B * T * D
+
+
+def _forward_call(ts, kernel: str, shape, alphas, device: str):
+    """``kernel``'s forward on fresh bf16 inputs of ``shape``, as a function of the tile (None: the
+    default plan): -> its output."""
+    B, T, D = shape
+    if kernel == "ema":
+        x = torch.randn(B, T, D, device=device, dtype=torch.bfloat16)
+        return lambda cfg: ts.ema_traces_fwd(x, alphas, cfg=cfg)[0]
+    a = (torch.rand(B, T, D, device=device) * 0.5 + 0.5).to(torch.bfloat16)
+    b = torch.randn(B, T, D, device=device, dtype=torch.bfloat16)
+    return lambda cfg: ts.linear_scan_fwd(a, b, cfg=cfg)[0]
+
+
 def grid_row(ts, shape, alphas, bw: float) -> dict:
     """One grid shape: the EMA forward and the selective forward, graphed, their floors, and a
     streaming kernel of each one's bytes (``stream_peer_ms``)."""
     B, T, D = shape
     S = len(alphas)
-    n = B * T * D
+    nbytes = {k: forward_bytes(k, shape, S) for k in ("ema", "sel")}
     row: dict = {"B": B, "T": T, "D": D, "S": S, "dtype": "bfloat16",
-                 "floor_fwd_ms": (2 + 2 * S) * n / bw * 1e3, "floor_sel_fwd_ms": 6 * n / bw * 1e3}
-    with torch.no_grad():
-        x = torch.randn(B, T, D, device="cuda", dtype=torch.bfloat16)
-        row["ours_ema_fwd_ms"] = _bench(lambda: ts.ema_traces_fwd(x, alphas), "grid_ema_fwd")
-        del x
-        torch.cuda.empty_cache()
-        a = (torch.rand(B, T, D, device="cuda") * 0.5 + 0.5).to(torch.bfloat16)
-        b = torch.randn(B, T, D, device="cuda", dtype=torch.bfloat16)
-        row["ours_sel_fwd_ms"] = _bench(lambda: ts.linear_scan_fwd(a, b), "grid_sel_fwd")
-        del a, b
-    torch.cuda.empty_cache()
-    row["stream_ema_fwd_ms"] = stream_peer_ms((2 + 2 * S) * n)
-    row["stream_sel_fwd_ms"] = stream_peer_ms(6 * n)
+                 "floor_fwd_ms": nbytes["ema"] / bw * 1e3, "floor_sel_fwd_ms": nbytes["sel"] / bw * 1e3}
     for k in ("ema", "sel"):
+        with torch.no_grad():
+            run = _forward_call(ts, k, shape, alphas, "cuda")
+            row[f"ours_{k}_fwd_ms"] = _bench(lambda: run(None), f"grid_{k}_fwd")
+            del run
+        torch.cuda.empty_cache()
+    for k in ("ema", "sel"):
+        row[f"stream_{k}_fwd_ms"] = stream_peer_ms(nbytes[k])
         floor = row["floor_fwd_ms" if k == "ema" else "floor_sel_fwd_ms"]
         row[f"x_{k}_fwd_vs_floor"] = row[f"ours_{k}_fwd_ms"] / floor
         row[f"x_stream_{k}_vs_floor"] = row[f"stream_{k}_fwd_ms"] / floor
@@ -841,32 +855,20 @@ def sweep_tiles(kernel: str, shape, alphas, sms: int, variants=GRID_SWEEP) -> li
     return tiles
 
 
-def _sweep_call(ts, kernel: str, shape, alphas, device: str):
-    """``kernel``'s forward on fresh bf16 inputs of ``shape``, as a function of the tile: -> its output."""
-    B, T, D = shape
-    if kernel == "ema":
-        x = torch.randn(B, T, D, device=device, dtype=torch.bfloat16)
-        return lambda cfg: ts.ema_traces_fwd(x, alphas, cfg=cfg)[0]
-    a = (torch.rand(B, T, D, device=device) * 0.5 + 0.5).to(torch.bfloat16)
-    b = torch.randn(B, T, D, device=device, dtype=torch.bfloat16)
-    return lambda cfg: ts.linear_scan_fwd(a, b, cfg=cfg)[0]
-
-
 def grid_sweep(ts, shape, alphas, bw: float, sms: int, timer=None, device: str = "cuda") -> list[dict]:
     """``--grid --sweep`` at one shape: each forward at each of its ``sweep_tiles``, timed by ``timer``
     (default: graphed, 40 ms of replays) right after its default, and its output compared with the
     default plan's (``max_diff``: max abs difference over the output's largest value)."""
     timer = timer or (lambda fn: _bench(fn, "grid_sweep", rep=40))
     B, T, D = shape
-    S = len(alphas)
-    floors = {"ema": (2 + 2 * S) * B * T * D / bw * 1e3, "sel": 6 * B * T * D / bw * 1e3}
     rows = []
     for kernel in ("ema", "sel"):
         tiles = sweep_tiles(kernel, shape, alphas, sms)
         if not tiles:
             continue
         with torch.no_grad():
-            run = _sweep_call(ts, kernel, shape, alphas, device)
+            run = _forward_call(ts, kernel, shape, alphas, device)
+            floor = forward_bytes(kernel, shape, len(alphas)) / bw * 1e3
             ref = base = None
             for name, cfg in tiles:
                 row = {"B": B, "T": T, "D": D, "kernel": kernel, "variant": name, "tile": asdict(cfg)}
@@ -882,7 +884,7 @@ def grid_sweep(ts, shape, alphas, bw: float, sms: int, timer=None, device: str =
                         break
                     continue
                 base = row["ms"] if base is None else base
-                rows.append(dict(row, x_vs_floor=row["ms"] / floors[kernel], vs_default=row["ms"] / base,
+                rows.append(dict(row, x_vs_floor=row["ms"] / floor, vs_default=row["ms"] / base,
                                  wrong=not row["max_diff"] <= SWEEP_MAX_DIFF))
             del run, ref
         torch.cuda.empty_cache()
