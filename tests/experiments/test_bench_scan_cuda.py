@@ -4,6 +4,7 @@ plot, and the CLI's checks on --grid and --tag."""
 
 from __future__ import annotations
 
+import json
 import sys
 import types
 from dataclasses import replace
@@ -16,6 +17,7 @@ from emaprobe.cli import main
 from emaprobe.experiments import bench_scan
 from emaprobe.experiments import bench_scan_cuda as bench
 from emaprobe.experiments.common import check_tag
+from emaprobe.utils import read_json
 
 
 def test_host_us_calls_fn_each_round_and_syncs_around_rounds():
@@ -132,6 +134,8 @@ def test_plot_adds_a_gated_panel_for_rows_with_gated_figures(tmp_path, monkeypat
     (["--tag", "one"], "add --device cuda"),
     (["--device", "cuda", "--grid", "--shape", "1x8x8"], "add --tag"),
     (["--sweep"], "add --device cuda"),
+    (["--grid", "--resume"], "add --device cuda"),
+    (["--device", "cuda", "--resume"], "add --grid"),
 ])
 def test_bench_scan_grid_and_tag_misuse_is_named(args, message, capsys):
     assert main(["bench", "scan", *args]) == 2
@@ -173,6 +177,80 @@ def test_run_grid_names_its_files_by_card_and_tag_and_records_its_shapes(tmp_pat
     result = bench.run_grid(out_dir=tmp_path, shapes=[(2, 16, 8)], tag="sw", sweep=True)
     assert result["sweep"] == [dict(swept, sms=132)] and [v[0] for v in result["sweep_variants"]][0] == "ema"
     assert (tmp_path / "scan_grid_some-card_sw.png").exists()
+
+
+def _fake_grid(monkeypatch, measured: list, fail_at=None, sha="aaa"):
+    """run_grid on CPU: a card, rows of made-up figures (``measured`` lists the shapes timed, and the shape
+    ``fail_at`` raises, as a run cut off would stop), the sweep one default row a shape."""
+    monkeypatch.setattr(bench, "_checked_start", lambda alphas: (None, "Some Card", 1e12, {}))
+    monkeypatch.setitem(sys.modules, "triton", types.SimpleNamespace(__version__="x"))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: types.SimpleNamespace(multi_processor_count=132))
+    monkeypatch.setenv("EMAPROBE_GIT_SHA", sha)
+
+    def grid_row(ts, shape, alphas, bw):
+        if shape == fail_at:
+            raise KeyboardInterrupt
+        measured.append(shape)
+        return dict(B=shape[0], T=shape[1], D=shape[2], ours_ema_fwd_ms=0.05, ours_sel_fwd_ms=0.04,
+                    x_ema_fwd_vs_floor=1.2, x_sel_fwd_vs_floor=1.25, x_stream_ema_vs_floor=1.05,
+                    x_stream_sel_vs_floor=1.08)
+
+    monkeypatch.setattr(bench, "grid_row", grid_row)
+    monkeypatch.setattr(bench, "grid_sweep", lambda ts, shape, alphas, bw, sms: [dict(
+        B=shape[0], T=shape[1], D=shape[2], kernel="ema", variant="default", ms=1.0, vs_default=1.0,
+        x_vs_floor=1.2, max_diff=0.0, wrong=False)])
+
+
+def test_run_grid_keeps_what_a_cut_off_run_measured_and_resume_measures_only_the_rest(tmp_path, monkeypatch):
+    shapes = [(2, 16, 8), (1, 32, 8), (1, 64, 4)]
+    measured: list = []
+    _fake_grid(monkeypatch, measured, fail_at=(1, 64, 4))
+    with pytest.raises(KeyboardInterrupt):
+        bench.run_grid(out_dir=tmp_path, shapes=shapes, tag="g", sweep=True)
+    path = tmp_path / "scan_grid_some-card_g.json"
+    cut = read_json(path)  # written after each shape: the two measured, the third named unfinished
+    assert [(r["B"], r["T"], r["D"]) for r in cut["rows"]] == shapes[:2] and cut["unfinished"] == ["1x64x4"]
+    assert len(cut["sweep"]) == 2 and not (tmp_path / "scan_grid_some-card_g.png").exists()
+
+    measured.clear()
+    _fake_grid(monkeypatch, measured, sha="bbb")
+    result = bench.run_grid(out_dir=tmp_path, shapes=shapes, tag="g", sweep=True, resume=True)
+    assert measured == [(1, 64, 4)]  # the kept shapes are not timed again
+    assert [(r["B"], r["T"], r["D"]) for r in result["rows"]] == shapes and "unfinished" not in result
+    assert [r.get("source", {}).get("git_sha") for r in result["rows"]] == ["aaa", "aaa", None]
+    assert [v.get("source", {}).get("git_sha") for v in result["sweep"]] == ["aaa", "aaa", None]
+    assert result["resumed_from"] == ["aaa"] and read_json(path) == json.loads(json.dumps(result))
+    assert (tmp_path / "scan_grid_some-card_g.png").exists()
+    # resumed again: every shape kept, the first source of each row and every earlier run named
+    measured.clear()
+    _fake_grid(monkeypatch, measured, sha="ccc")
+    again = bench.run_grid(out_dir=tmp_path, shapes=shapes, tag="g", sweep=True, resume=True)
+    assert measured == [] and again["resumed_from"] == ["aaa", "bbb"]
+    assert [r.get("source", {}).get("git_sha") for r in again["rows"]] == ["aaa", "aaa", "bbb"]
+    # no file yet: every shape is measured
+    measured.clear()
+    bench.run_grid(out_dir=tmp_path / "new", shapes=shapes[:1], tag="g", resume=True)
+    assert measured == shapes[:1]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"alphas": [0.5]}, "alphas"),
+    ({"card": "Other Card"}, "card"),
+    ({"sweep_variants": None}, "sweep variants"),
+    ({"benchmark": "lm"}, "not a bench scan --grid result"),
+])
+def test_run_grid_resume_refuses_a_file_measured_otherwise(tmp_path, monkeypatch, change, message):
+    _fake_grid(monkeypatch, [])
+    bench.run_grid(out_dir=tmp_path, shapes=[(2, 16, 8)], tag="g", sweep=True)
+    path = tmp_path / "scan_grid_some-card_g.json"
+    before = dict(read_json(path), **change)
+    path.write_text(json.dumps(before))
+    with pytest.raises(ValueError, match=message):
+        bench.run_grid(out_dir=tmp_path, shapes=[(2, 16, 8)], tag="g", sweep=True, resume=True)
+    assert read_json(path) == before  # nothing lost
+    with pytest.raises(ValueError, match="needs an output folder"):
+        bench.run_grid(shapes=[(2, 16, 8)], resume=True)
 
 
 def test_sweep_tiles_vary_the_default_plan_where_it_cuts_time_into_segments():

@@ -19,6 +19,9 @@ SCAN_EXAMPLES = """\
   emaprobe bench scan --device cuda --grid --sweep --tag sweep
                                                 the grid, and at its segmented shapes each forward's plan
                                                 with one change at a time: which plan is fastest on this card
+  emaprobe bench scan --device cuda --grid --sweep --tag sweep --resume
+                                                the same after a run cut off: the shapes already in its JSON
+                                                are kept, the rest measured
   emaprobe bench scan --device cuda --shape 16x2048x768 --no-peers --tag host
                                                 one shape, in files of its own
 """
@@ -159,8 +162,10 @@ def _scan(args: argparse.Namespace) -> int:
 
     shapes = [parse_shape(s) for s in args.shape] if args.shape else list(DEFAULT_SHAPES)
     _check_out(args.out)
-    if args.device != "cuda" and (args.grid or args.sweep or args.tag):
-        raise ValueError("--grid, --sweep and --tag are for the CUDA benchmark: add --device cuda")
+    if args.device != "cuda" and (args.grid or args.sweep or args.tag or args.resume):
+        raise ValueError("--grid, --sweep, --tag and --resume are for the CUDA benchmark: add --device cuda")
+    if args.resume and not args.grid:
+        raise ValueError("--resume keeps the shapes of an earlier --grid run: add --grid")
     if args.grid and args.shape and not args.tag:
         raise ValueError("--grid with --shape times those shapes only: add --tag, so that scan_grid_<card>.json "
                          "keeps the whole grid's figures")
@@ -174,7 +179,8 @@ def _scan(args: argparse.Namespace) -> int:
         if args.shape:
             check_shapes_fit(shapes, "cuda")
         if args.grid:
-            run_grid(out_dir=args.out, shapes=shapes if args.shape else None, tag=args.tag, sweep=args.sweep)
+            run_grid(out_dir=args.out, shapes=shapes if args.shape else None, tag=args.tag, sweep=args.sweep,
+                     resume=args.resume)
             return 0
         run_cuda(shapes if args.shape else None, out_dir=args.out, do_sweep=args.sweep,
                  peers=not args.no_peers, loop=not args.no_loop, warp=not args.no_warp, tag=args.tag)
@@ -252,8 +258,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--grid", action="store_true",
                    help="instead: the EMA and selective forwards (graphed) against their floors over T 512-65536, "
                         "D 256-4096, B*T*D >= 2^24, beside a streaming kernel of the same bytes; writes "
-                        "scan_grid_<card>.json and .png (about a minute); with --shape (and --tag) those "
-                        "shapes only")
+                        "scan_grid_<card>.json (after each shape too) and .png (about a minute); with --shape "
+                        "(and --tag) those shapes only")
+    g.add_argument("--resume", action="store_true",
+                   help="with --grid: where its JSON exists (a run cut off), keep the shapes it measured on this "
+                        "card with the same --sweep, and measure only the rest; each kept row names its source")
     g.add_argument("--tag", help="a suffix for the file names, scan_cuda_<card>_<tag>.json (scan_grid_<card>_<tag> "
                                  "with --grid), so a run of one shape does not replace the default shapes' figures "
                                  "(letters, digits, - and _)")

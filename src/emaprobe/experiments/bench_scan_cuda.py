@@ -67,6 +67,8 @@ about a minute. ``--grid --sweep`` also times, at each shape where a forward's d
 time into segments, that plan with one change to its tile (GRID_SWEEP: depths, warps an SM, tile
 height or width), graphed beside the default and checked against the default's output
 (``grid_sweep``); the JSON keeps every variant and the plot adds the fastest plan per shape.
+The grid's JSON is written after each shape as well, so a run cut off (a device lent for ten
+minutes a call) keeps the shapes it finished, and ``--resume`` measures only the rest.
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ from emaprobe.experiments.common import (
     write_result,
 )
 from emaprobe.ops import DEFAULT_ALPHAS, ema_step, ema_traces
-from emaprobe.utils import atomic_write_json, run_record
+from emaprobe.utils import atomic_write_json, read_json, run_record
 
 DEFAULT_SHAPES = ((64, 512, 768), (16, 2048, 768), (4, 8192, 768), (1, 65536, 768))
 HEADLINE = (16, 2048, 768)
@@ -1007,44 +1009,89 @@ def _checked_start(alphas) -> tuple[SimpleNamespace, str, float, dict]:
 
 
 def run_grid(alphas=DEFAULT_ALPHAS, out_dir: str | Path | None = None, shapes=None, tag: str | None = None,
-             sweep: bool = False) -> dict:
+             sweep: bool = False, resume: bool = False) -> dict:
     """``--grid``: the EMA and selective forwards over ``shapes`` (default ``grid_shapes()``), after the
-    float64 checks; writes ``scan_grid_<card>[_<tag>].json`` and ``.png`` into ``out_dir``. ``sweep``: also
-    each segmented shape's plan variants (``grid_sweep``), kept in the JSON's ``sweep``."""
+    float64 checks; writes ``scan_grid_<card>[_<tag>].json`` and ``.png`` into ``out_dir``, the JSON after
+    each shape too (listing the shapes still ``unfinished``), so a run cut off keeps what it measured.
+    ``sweep``: also each segmented shape's plan variants (``grid_sweep``), kept in the JSON's ``sweep``.
+    ``resume``: where that JSON exists, keep its shapes measured on this card with the same alphas and
+    sweep (an error names what differs), each row naming its ``source``, and measure only the rest."""
     check_tag(tag)
+    if resume and out_dir is None:
+        raise ValueError("--resume needs an output folder to resume from")
     grid = {"T": list(GRID_TS), "D": list(GRID_DS), "min_elems": GRID_MIN_ELEMS}
     if shapes is not None:  # the shapes asked for, not the grid's
         grid = {"shapes": ["x".join(map(str, s)) for s in shapes]}
-    shapes = grid_shapes() if shapes is None else shapes
+    shapes = [tuple(s) for s in (grid_shapes() if shapes is None else shapes)]
     ts, card, bw, errs = _checked_start(alphas)
+    stem = None if out_dir is None else Path(out_dir) / (f"scan_grid_{card_slug(card)}" + (f"_{tag}" if tag else ""))
+    kept, earlier = _grid_resumable(stem.with_suffix(".json"), card, alphas, sweep) if resume else ({}, [])
     rows, sweep_rows = [], [] if sweep else None
     sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count if sweep else 0
-    for shape in shapes:
-        rows.append(grid_row(ts, shape, alphas, bw))
-        r = rows[-1]
-        print(f"{r['B']:>4} x{r['T']:>6} x{r['D']:>5}: EMA fwd {r['ours_ema_fwd_ms']:.4f} ms "
-              f"({r['x_ema_fwd_vs_floor']:.2f}x; stream {r['x_stream_ema_vs_floor']:.2f}x), selective fwd "
-              f"{r['ours_sel_fwd_ms']:.4f} ms ({r['x_sel_fwd_vs_floor']:.2f}x; stream "
-              f"{r['x_stream_sel_vs_floor']:.2f}x)", flush=True)
+
+    def record(**extra) -> dict:
+        return run_record(benchmark="scan-cuda-grid", card=card, copy_bandwidth_Bps=bw, alphas=list(alphas),
+                          checks=errs, rows=rows, triton=__import__("triton").__version__, floor_target=FLOOR_TARGET,
+                          grid=grid, **({"resumed_from": earlier} if earlier else {}),
+                          **({"sweep": sweep_rows, "sweep_variants": [list(v) for v in GRID_SWEEP],
+                              "sweep_timing": "graphed, 40 ms of replays, each variant right after "
+                                              "its shape's default (grid_sweep)"} if sweep else {}),
+                          timing="median per call of CUDA-graph replays (triton.testing.do_bench_cudagraph); "
+                                 "stream_*: torch.neg over bf16 moving the same bytes, graphed (stream_peer_ms)",
+                          eager_fallbacks=sorted(set(EAGER_FALLBACKS)), **extra)
+
+    if kept:
+        print(f"--resume: {len(kept)} of {len(shapes)} shapes kept from {stem.with_suffix('.json')}", flush=True)
+    for i, shape in enumerate(shapes):
+        row, variants = kept.get(shape) or (grid_row(ts, shape, alphas, bw), None)
+        rows.append(row)
+        print(f"{row['B']:>4} x{row['T']:>6} x{row['D']:>5}: EMA fwd {row['ours_ema_fwd_ms']:.4f} ms "
+              f"({row['x_ema_fwd_vs_floor']:.2f}x; stream {row['x_stream_ema_vs_floor']:.2f}x), selective fwd "
+              f"{row['ours_sel_fwd_ms']:.4f} ms ({row['x_sel_fwd_vs_floor']:.2f}x; stream "
+              f"{row['x_stream_sel_vs_floor']:.2f}x)" + (f" (kept, {str(row['source']['git_sha'])[:10]})"
+                                                          if shape in kept else ""), flush=True)
         if sweep:
-            for v in grid_sweep(ts, shape, alphas, bw, sms):
+            for v in grid_sweep(ts, shape, alphas, bw, sms) if variants is None else variants:
                 sweep_rows.append(v)
                 print(f"      {v['kernel']} {v['variant']:<24} {_sweep_figures(v)}", flush=True)
+        if stem is not None and i + 1 < len(shapes):
+            atomic_write_json(stem.with_suffix(".json"),
+                              record(unfinished=["x".join(map(str, s)) for s in shapes[i + 1:]]))
     print(grid_verdict(rows))
     if sweep:
         print(sweep_verdict(sweep_rows))
-    result = run_record(benchmark="scan-cuda-grid", card=card, copy_bandwidth_Bps=bw, alphas=list(alphas), checks=errs,
-                        rows=rows, triton=__import__("triton").__version__, floor_target=FLOOR_TARGET,
-                        grid=grid, **({"sweep": sweep_rows, "sweep_variants": [list(v) for v in GRID_SWEEP],
-                                       "sweep_timing": "graphed, 40 ms of replays, each variant right after "
-                                                       "its shape's default (grid_sweep)"} if sweep else {}),
-                        timing="median per call of CUDA-graph replays (triton.testing.do_bench_cudagraph); "
-                               "stream_*: torch.neg over bf16 moving the same bytes, graphed (stream_peer_ms)",
-                        eager_fallbacks=sorted(set(EAGER_FALLBACKS)))
-    if out_dir is not None:
-        stem = f"scan_grid_{card_slug(card)}" + (f"_{tag}" if tag else "")
-        write_result(Path(out_dir) / stem, result, lambda path: plot_grid(rows, card, path, sweep_rows))
+    result = record()
+    if stem is not None:
+        write_result(stem, result, lambda path: plot_grid(rows, card, path, sweep_rows))
     return result
+
+
+def _grid_resumable(path: Path, card: str, alphas, sweep: bool) -> tuple[dict, list[str]]:
+    """{(B, T, D): (grid row, its sweep rows or None)} of an earlier ``run_grid`` at ``path`` that a resumed
+    one keeps, each row naming its ``source`` (file, git SHA, time, torch, copy bandwidth: its floors are
+    that run's), and the git SHAs of the runs they came from; ({}, []) where there is no file yet."""
+    if not path.is_file():
+        print(f"--resume: no {path} yet, so every shape is measured", flush=True)
+        return {}, []
+    old = read_json(path)
+    if not isinstance(old, dict) or old.get("benchmark") != "scan-cuda-grid" or not isinstance(old.get("rows"), list):
+        raise ValueError(f"--resume: {path} is not a bench scan --grid result (no benchmark 'scan-cuda-grid' "
+                         "with rows)")
+    variants = [list(v) for v in GRID_SWEEP] if sweep else None
+    differ = [f"{what} {was!r}, now {now!r}" for what, was, now in (
+        ("card", old.get("card"), card), ("alphas", old.get("alphas"), list(alphas)),
+        ("sweep variants", old.get("sweep_variants"), variants)) if was != now]
+    if differ:
+        raise ValueError(f"--resume: {path} was measured otherwise ({'; '.join(differ)}): rerun with its "
+                         "settings, pick another --tag, or drop --resume")
+    src = {"file": path.name, **{k: old.get(k) for k in ("git_sha", "time_utc", "torch", "copy_bandwidth_Bps")}}
+    kept = {}
+    for r in old["rows"]:
+        shape = (r["B"], r["T"], r["D"])
+        swept = [dict(v, source=v.get("source", src)) for v in old.get("sweep", [])
+                 if (v["B"], v["T"], v["D"]) == shape] if sweep else None
+        kept[shape] = (dict(r, source=r.get("source", src)), swept)
+    return kept, list(dict.fromkeys([*old.get("resumed_from", []), old.get("git_sha", "unknown")]))
 
 
 def _triton_ops() -> SimpleNamespace:
