@@ -108,7 +108,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from emaprobe.experiments.common import card_slug, check_tag, peak_flops, pyplot, save_fig, write_result
+from emaprobe.experiments.common import (card_slug, check_tag, earlier_runs, peak_flops, pyplot, result_source,
+                                         save_fig, write_result)
 from emaprobe.layers import MIXERS
 from emaprobe.models import GPTConfig, SPENConfig, build_model, resolve_config
 from emaprobe.train import OptimConfig, TrainConfig
@@ -802,10 +803,9 @@ def _resumable(path: Path, card: str, peak: float | None, bc: BenchConfig) -> tu
         raise ValueError(f"--resume: {path} was measured with other settings ({', '.join(differ)}: "
                          + "; ".join(f"{k} {was.get(k)!r}, now {now[k]!r}" for k in differ)
                          + "); rerun with those settings, pick another --tag, or drop --resume")
-    src = _source(old, path.name)
+    src = result_source(old, path.name)
     kept = {_row_key(r): {**r, "source": r.get("source", src)} for r in old["rows"] if not r.get("error")}
-    earlier = list(dict.fromkeys([*old.get("resumed_from", []), old.get("git_sha", "unknown")]))
-    return kept, earlier
+    return kept, earlier_runs(old)
 
 
 def _read_result(path: Path, prefix: str = "") -> dict:
@@ -817,11 +817,6 @@ def _read_result(path: Path, prefix: str = "") -> dict:
     if not isinstance(res, dict) or res.get("benchmark") != "lm" or "rows" not in res:
         raise ValueError(f"{prefix}{path}: not a bench lm result (no benchmark 'lm' with rows)")
     return res
-
-
-def _source(res: dict, name: str) -> dict:
-    """Where a row of a result file came from: the file, its git SHA, time and torch."""
-    return {"file": name, "git_sha": res.get("git_sha"), "time_utc": res.get("time_utc"), "torch": res.get("torch")}
 
 
 def _write(result: dict, stem: Path) -> None:
@@ -869,7 +864,7 @@ def merge(paths: list[str | Path], out_dir: str | Path = "runs/bench", tag: str 
             if key in seen:
                 raise ValueError(f"{key} is measured in both {seen[key]} and {p.name}: leave one file out")
             seen[key] = p.name
-            rows.append({**with_executed(r), "source": r.get("source", _source(res, p.name))})
+            rows.append({**with_executed(r), "source": r.get("source", result_source(res, p.name))})
     trained = [r for r in rows if r["part"] == "train" and r.get("tokens_per_s")]
     have = {_row_key(r) for r in trained}
     models = list(dict.fromkeys(r["model"] for r in trained))

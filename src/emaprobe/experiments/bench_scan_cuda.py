@@ -88,7 +88,9 @@ from emaprobe.experiments.common import (
     card_slug,
     check_tag,
     copy_bandwidth,
+    earlier_runs,
     pyplot,
+    result_source,
     save_fig,
     write_result,
 )
@@ -1025,7 +1027,8 @@ def run_grid(alphas=DEFAULT_ALPHAS, out_dir: str | Path | None = None, shapes=No
     shapes = [tuple(s) for s in (grid_shapes() if shapes is None else shapes)]
     ts, card, bw, errs = _checked_start(alphas)
     stem = None if out_dir is None else Path(out_dir) / (f"scan_grid_{card_slug(card)}" + (f"_{tag}" if tag else ""))
-    kept, earlier = _grid_resumable(stem.with_suffix(".json"), card, alphas, sweep) if resume else ({}, [])
+    variants = [list(v) for v in GRID_SWEEP] if sweep else None  # as the JSON keeps them
+    kept, earlier = _grid_resumable(stem.with_suffix(".json"), card, alphas, variants) if resume else ({}, [])
     rows, sweep_rows = [], [] if sweep else None
     sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count if sweep else 0
 
@@ -1033,7 +1036,7 @@ def run_grid(alphas=DEFAULT_ALPHAS, out_dir: str | Path | None = None, shapes=No
         return run_record(benchmark="scan-cuda-grid", card=card, copy_bandwidth_Bps=bw, alphas=list(alphas),
                           checks=errs, rows=rows, triton=__import__("triton").__version__, floor_target=FLOOR_TARGET,
                           grid=grid, **({"resumed_from": earlier} if earlier else {}),
-                          **({"sweep": sweep_rows, "sweep_variants": [list(v) for v in GRID_SWEEP],
+                          **({"sweep": sweep_rows, "sweep_variants": variants,
                               "sweep_timing": "graphed, 40 ms of replays, each variant right after "
                                               "its shape's default (grid_sweep)"} if sweep else {}),
                           timing="median per call of CUDA-graph replays (triton.testing.do_bench_cudagraph); "
@@ -1043,7 +1046,7 @@ def run_grid(alphas=DEFAULT_ALPHAS, out_dir: str | Path | None = None, shapes=No
     if kept:
         print(f"--resume: {len(kept)} of {len(shapes)} shapes kept from {stem.with_suffix('.json')}", flush=True)
     for i, shape in enumerate(shapes):
-        row, variants = kept.get(shape) or (grid_row(ts, shape, alphas, bw), None)
+        row, swept = kept.get(shape) or (grid_row(ts, shape, alphas, bw), None)
         rows.append(row)
         print(f"{row['B']:>4} x{row['T']:>6} x{row['D']:>5}: EMA fwd {row['ours_ema_fwd_ms']:.4f} ms "
               f"({row['x_ema_fwd_vs_floor']:.2f}x; stream {row['x_stream_ema_vs_floor']:.2f}x), selective fwd "
@@ -1051,7 +1054,7 @@ def run_grid(alphas=DEFAULT_ALPHAS, out_dir: str | Path | None = None, shapes=No
               f"{row['x_stream_sel_vs_floor']:.2f}x)" + (f" (kept, {str(row['source']['git_sha'])[:10]})"
                                                           if shape in kept else ""), flush=True)
         if sweep:
-            for v in grid_sweep(ts, shape, alphas, bw, sms) if variants is None else variants:
+            for v in grid_sweep(ts, shape, alphas, bw, sms) if swept is None else swept:
                 sweep_rows.append(v)
                 print(f"      {v['kernel']} {v['variant']:<24} {_sweep_figures(v)}", flush=True)
         if stem is not None and i + 1 < len(shapes):
@@ -1066,10 +1069,11 @@ def run_grid(alphas=DEFAULT_ALPHAS, out_dir: str | Path | None = None, shapes=No
     return result
 
 
-def _grid_resumable(path: Path, card: str, alphas, sweep: bool) -> tuple[dict, list[str]]:
+def _grid_resumable(path: Path, card: str, alphas, variants: list | None) -> tuple[dict, list[str]]:
     """{(B, T, D): (grid row, its sweep rows or None)} of an earlier ``run_grid`` at ``path`` that a resumed
     one keeps, each row naming its ``source`` (file, git SHA, time, torch, copy bandwidth: its floors are
-    that run's), and the git SHAs of the runs they came from; ({}, []) where there is no file yet."""
+    that run's), and the git SHAs of the runs they came from; ({}, []) where there is no file yet.
+    ``variants``: this run's sweep variants as the JSON keeps them (None: no sweep)."""
     if not path.is_file():
         print(f"--resume: no {path} yet, so every shape is measured", flush=True)
         return {}, []
@@ -1077,21 +1081,20 @@ def _grid_resumable(path: Path, card: str, alphas, sweep: bool) -> tuple[dict, l
     if not isinstance(old, dict) or old.get("benchmark") != "scan-cuda-grid" or not isinstance(old.get("rows"), list):
         raise ValueError(f"--resume: {path} is not a bench scan --grid result (no benchmark 'scan-cuda-grid' "
                          "with rows)")
-    variants = [list(v) for v in GRID_SWEEP] if sweep else None
     differ = [f"{what} {was!r}, now {now!r}" for what, was, now in (
         ("card", old.get("card"), card), ("alphas", old.get("alphas"), list(alphas)),
         ("sweep variants", old.get("sweep_variants"), variants)) if was != now]
     if differ:
         raise ValueError(f"--resume: {path} was measured otherwise ({'; '.join(differ)}): rerun with its "
                          "settings, pick another --tag, or drop --resume")
-    src = {"file": path.name, **{k: old.get(k) for k in ("git_sha", "time_utc", "torch", "copy_bandwidth_Bps")}}
+    src = result_source(old, path.name, "copy_bandwidth_Bps")
     kept = {}
     for r in old["rows"]:
         shape = (r["B"], r["T"], r["D"])
         swept = [dict(v, source=v.get("source", src)) for v in old.get("sweep", [])
-                 if (v["B"], v["T"], v["D"]) == shape] if sweep else None
+                 if (v["B"], v["T"], v["D"]) == shape] if variants is not None else None
         kept[shape] = (dict(r, source=r.get("source", src)), swept)
-    return kept, list(dict.fromkeys([*old.get("resumed_from", []), old.get("git_sha", "unknown")]))
+    return kept, earlier_runs(old)
 
 
 def _triton_ops() -> SimpleNamespace:

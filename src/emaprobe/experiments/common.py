@@ -271,6 +271,18 @@ def plot_paired(rows: list[tuple[str, list[float], float, float, float]], path: 
     return save_fig(fig, path)
 
 
+def result_source(res: dict, name: str, *extra: str) -> dict:
+    """Where a row of a result file ``name`` came from, kept in a resumed or merged result: the file, its
+    git SHA, time and torch, and ``extra`` fields of ``res``."""
+    return {"file": name, **{k: res.get(k) for k in ("git_sha", "time_utc", "torch", *extra)}}
+
+
+def earlier_runs(old: dict) -> list[str]:
+    """The git SHAs of the runs whose rows a result resumed from ``old`` keeps: those ``old`` was resumed
+    from, then ``old``'s own."""
+    return list(dict.fromkeys([*old.get("resumed_from", []), old.get("git_sha", "unknown")]))
+
+
 def write_result(stem: Path, result: dict, draw) -> None:
     """A benchmark's ``stem``.json from ``result`` and ``stem``.png drawn by ``draw(path)``, each named
     as it is written."""

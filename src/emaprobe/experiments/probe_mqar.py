@@ -79,7 +79,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emaprobe.experiments.common import command, errors_that_travel, pick_device, pyplot, run_pool, save_fig
+from emaprobe.experiments.common import (command, earlier_runs, errors_that_travel, pick_device, pyplot, run_pool,
+                                         save_fig)
 from emaprobe.experiments.protocol import Claim, config_diff, verdict_from_interval, write_claims
 from emaprobe.layers import mixer_class
 from emaprobe.ops import available_gla_backends, resolve_gla_backend
@@ -244,7 +245,7 @@ def run(cfg: Config, out: Path) -> None:
         resumed = not config_diff(old.get("config", {}), dataclasses.asdict(cfg), EXECUTION_FIELDS)
         if resumed:
             rows = old["rows"]
-            earlier = list(dict.fromkeys([*old.get("resumed_from", []), old.get("git_sha", "unknown")]))
+            earlier = earlier_runs(old)
             t0 -= old.get("wall_seconds", 0)  # wall seconds add up across resumes
     done = {_key(r) for r in rows}
 
